@@ -1,0 +1,32 @@
+# Thin wrapper over CMake so that the README's commands are one word each.
+#   make test   - install Debian deps (if missing), build, run every test
+#   make demo   - build, then run a small sweep end to end (embedded SQLite, local workers)
+#   make asan   - the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: setup configure build test demo asan bench clean
+
+setup:
+	./deploy/setup-debian.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+configure: setup $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	$(BUILD)/client/kvsweep demo
+
+asan:
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DKVSWEEP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSWEEP_BUILD_BENCH=OFF"
+
+clean:
+	rm -rf $(BUILD)

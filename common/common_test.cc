@@ -1,0 +1,55 @@
+#include <cstdio>
+#include <string>
+
+#include "common/file_util.h"
+#include "common/hash.h"
+#include "common/json_util.h"
+#include "gtest/gtest.h"
+
+namespace kvsweep {
+namespace {
+
+TEST(HashTest, KnownVectors) {
+  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(JsonTest, CanonicalIsKeySortedAndCompact) {
+  nlohmann::json j = {{"b", 1}, {"a", {{"z", true}, {"y", "s"}}}};
+  EXPECT_EQ(CanonicalJson(j), R"({"a":{"y":"s","z":true},"b":1})");
+}
+
+TEST(JsonTest, MalformedNamesWhat) {
+  auto j = ParseJson("{\"a\": ", "config.json");
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(j.status().message().find("config.json: invalid JSON"), std::string::npos);
+}
+
+TEST(FileTest, MissingFileIsNotFound) {
+  auto s = ReadFile("/nonexistent/kvsweep/file");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(s.status().message().find("/nonexistent/kvsweep/file"), std::string::npos);
+}
+
+TEST(FileTest, DirectoryIsFailedPrecondition) {
+  auto s = ReadFile("/tmp");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(FileTest, AtomicWriteThenMapRoundTrips) {
+  std::string path = ::testing::TempDir() + "/kvsweep_file_test.bin";
+  ASSERT_TRUE(WriteFileAtomic(path, "hello").ok());
+  auto m = MappedFile::Open(path);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)->view(), "hello");
+  auto h = Sha256File(path);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(*h, Sha256Hex("hello"));
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace kvsweep

@@ -1,0 +1,39 @@
+#include "common/json_util.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/hash.h"
+
+namespace kvsweep {
+
+std::string CanonicalJson(const nlohmann::json& j) {
+  // error_handler replace: never throw on invalid UTF-8 in strings.
+  return j.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string CanonicalJsonHash(const nlohmann::json& j) { return Sha256Hex(CanonicalJson(j)); }
+
+absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, absl::string_view what) {
+  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr,
+                                           /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    // Re-parse with exceptions only to get the parser's position message.
+    std::string detail = "malformed";
+    try {
+      nlohmann::json ignored = nlohmann::json::parse(text.begin(), text.end());
+      (void)ignored;
+    } catch (const nlohmann::json::exception& e) {
+      detail = e.what();
+    }
+    return absl::InvalidArgumentError(absl::StrCat(what, ": invalid JSON: ", detail));
+  }
+  return j;
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseJson(*text, path);
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package kvsweep needs to build, test and run on a CPU machine.
+# Idempotent: packages already present are skipped by apt. Needs root (or sudo).
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  libtorch-dev libopenblas0-pthread          # libtorch 1.13 (CPU); OpenBLAS instead of reference BLAS (~20x faster GEMM)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libssl-dev libsqlite3-dev sqlite3
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libsentencepiece-dev libcli11-dev
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then echo "setup: all ${#pkgs[@]} packages present"; exit 0; fi
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq || true
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"
