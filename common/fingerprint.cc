@@ -1,0 +1,142 @@
+#include "common/fingerprint.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/hash.h"
+#include "common/json_util.h"
+#include "common/log.h"
+
+namespace kvsweep {
+namespace {
+
+std::string CacheDir() {
+  if (const char* d = std::getenv("KVSWEEP_CACHE_DIR")) return d;
+  if (const char* x = std::getenv("XDG_CACHE_HOME")) return JoinPath(x, "kvsweep");
+  if (const char* h = std::getenv("HOME")) return JoinPath(JoinPath(h, ".cache"), "kvsweep");
+  return "";
+}
+
+std::string Basename(const std::string& p) {
+  size_t s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+std::mutex& CacheMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot hash '", path, "': is a directory"));
+  }
+  const std::string real = RealPath(path);
+  const std::string key = absl::StrCat(real, "|", st.st_size, "|", st.st_mtim.tv_sec, ".",
+                                       st.st_mtim.tv_nsec);
+  const std::string dir = CacheDir();
+  const std::string cache_file = dir.empty() ? "" : JoinPath(dir, "sha256-cache.json");
+  // Small files are cheaper to hash than to look up.
+  const bool use_cache = !cache_file.empty() && st.st_size > (8 << 20);
+  std::lock_guard<std::mutex> lock(CacheMutex());
+  nlohmann::json cache = nlohmann::json::object();
+  if (use_cache && PathExists(cache_file)) {
+    absl::StatusOr<nlohmann::json> c = ReadJsonFile(cache_file);
+    if (c.ok() && c->is_object()) cache = *c;
+    auto it = cache.find(key);
+    if (it != cache.end() && it->is_string()) return it->get<std::string>();
+  }
+  absl::StatusOr<std::string> h = Sha256File(path);
+  if (!h.ok()) return h.status();
+  if (use_cache) {
+    ::mkdir(dir.c_str(), 0755);
+    cache[key] = *h;
+    absl::Status w = WriteFileAtomic(cache_file, cache.dump());
+    if (!w.ok()) KV_LOG(DEBUG) << "hash cache not written: " << w.message();
+  }
+  return *h;
+}
+
+absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& model_path) {
+  if (!PathExists(model_path)) {
+    return absl::NotFoundError(absl::StrCat("model path '", model_path, "' does not exist"));
+  }
+  if (!IsDirectory(model_path)) return std::vector<std::string>{model_path};
+  std::vector<std::string> files;
+  const std::string config = JoinPath(model_path, "config.json");
+  if (!PathExists(config)) {
+    return absl::NotFoundError(absl::StrCat("model directory '", model_path, "' has no config.json"));
+  }
+  files.push_back(config);
+  std::vector<std::string> weights;
+  DIR* d = ::opendir(model_path.c_str());
+  if (d == nullptr) return ErrnoToStatus(errno, "list", model_path);
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (absl::EndsWith(name, ".safetensors") || name == "model.safetensors.index.json") {
+      weights.push_back(JoinPath(model_path, name));
+    }
+  }
+  ::closedir(d);
+  std::sort(weights.begin(), weights.end());
+  if (weights.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("model directory '", model_path, "' has no *.safetensors weights"));
+  }
+  files.insert(files.end(), weights.begin(), weights.end());
+  return files;
+}
+
+absl::StatusOr<std::vector<std::string>> TokenizerFiles(const std::string& model_path,
+                                                        const std::string& tokenizer_path) {
+  const std::string base = tokenizer_path.empty() ? model_path : tokenizer_path;
+  if (!PathExists(base)) {
+    return absl::NotFoundError(absl::StrCat("tokenizer path '", base, "' does not exist"));
+  }
+  if (!IsDirectory(base)) {
+    if (absl::EndsWith(base, "vocab.json")) {
+      std::string dir = base.substr(0, base.size() - std::string("vocab.json").size());
+      return std::vector<std::string>{base, JoinPath(dir, "merges.txt")};
+    }
+    return std::vector<std::string>{base};
+  }
+  for (const std::vector<std::string>& names :
+       {std::vector<std::string>{"tokenizer.json"},
+        std::vector<std::string>{"vocab.json", "merges.txt"},
+        std::vector<std::string>{"tokenizer.model"}}) {
+    std::vector<std::string> files;
+    for (const std::string& n : names) files.push_back(JoinPath(base, n));
+    if (std::all_of(files.begin(), files.end(), [](const std::string& f) { return PathExists(f); })) {
+      return files;
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "no tokenizer in '", base,
+      "' (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model); pass --tokenizer"));
+}
+
+absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& files) {
+  Sha256 h;
+  for (const std::string& f : files) {
+    absl::StatusOr<std::string> fh = FileSha256Cached(f);
+    if (!fh.ok()) return fh.status();
+    h.Update(Basename(f));
+    h.Update(std::string(1, '\0'));
+    h.Update(*fh);
+    h.Update("\n");
+  }
+  return h.HexDigest();
+}
+
+}  // namespace kvsweep

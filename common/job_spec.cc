@@ -1,0 +1,214 @@
+#include "common/job_spec.h"
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/fingerprint.h"
+#include "common/json_util.h"
+#include "common/method_spec.h"
+
+namespace kvsweep {
+
+namespace {
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+std::string Basename(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+}  // namespace
+
+bool IsKnownTask(const std::string& task) {
+  return task == "lambada_openai" || task == "wikitext";
+}
+
+std::string AssetsDir() {
+  const char* a = std::getenv("KVSWEEP_ASSETS");
+  return (a != nullptr && *a != '\0') ? a : "../shared/assets";
+}
+
+std::string DefaultCalibrationPath() {
+  return JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens");
+}
+
+nlohmann::json JobSpec::IdentityJson() const {
+  nlohmann::json calib = nullptr;
+  if (calibration) {
+    calib = {{"sha256", calibration->sha256},
+             {"windows", calibration->windows},
+             {"window_len", calibration->window_len}};
+  }
+  return {{"engine_version", engine_version},
+          {"model_sha256", model_sha256},
+          {"tokenizer_sha256", tokenizer_sha256},
+          {"task",
+           {{"name", task}, {"data_sha256", data_sha256}, {"limit", limit},
+            {"window", window}, {"context", context}}},
+          {"method", method},
+          {"kv_heads", kv_heads},
+          {"dtype", dtype},
+          {"calibration", calib},
+          {"diagnostics", diagnostics}};
+}
+
+std::string JobSpec::JobId() const { return CanonicalJsonHash(IdentityJson()); }
+
+nlohmann::json JobSpec::ToJson() const {
+  nlohmann::json j = IdentityJson();
+  j["job_id"] = JobId();
+  j["model_name"] = model_name;
+  j["model_path"] = model_path;
+  j["tokenizer_path"] = tokenizer_path;
+  j["task"]["data_path"] = data_path;
+  j["native_kv_heads"] = native_kv_heads;
+  j["head_dim"] = head_dim;
+  j["num_layers"] = num_layers;
+  if (calibration) j["calibration"]["path"] = calibration->path;
+  return j;
+}
+
+absl::StatusOr<JobSpec> JobSpec::FromJson(const nlohmann::json& j) {
+  JobSpec s;
+  try {
+    s.engine_version = j.at("engine_version").get<std::string>();
+    s.model_sha256 = j.at("model_sha256").get<std::string>();
+    s.tokenizer_sha256 = j.at("tokenizer_sha256").get<std::string>();
+    const auto& t = j.at("task");
+    s.task = t.at("name").get<std::string>();
+    s.data_sha256 = t.at("data_sha256").get<std::string>();
+    s.data_path = t.at("data_path").get<std::string>();
+    s.limit = t.at("limit").get<int>();
+    s.window = t.at("window").get<int>();
+    s.context = t.at("context").get<int>();
+    s.method = j.at("method").get<std::string>();
+    s.kv_heads = j.at("kv_heads").get<int>();
+    s.dtype = j.at("dtype").get<std::string>();
+    s.diagnostics = j.at("diagnostics").get<bool>();
+    s.model_name = j.at("model_name").get<std::string>();
+    s.model_path = j.at("model_path").get<std::string>();
+    s.tokenizer_path = j.value("tokenizer_path", "");
+    s.native_kv_heads = j.at("native_kv_heads").get<int>();
+    s.head_dim = j.at("head_dim").get<int>();
+    s.num_layers = j.at("num_layers").get<int>();
+    if (!j.at("calibration").is_null()) {
+      const auto& c = j.at("calibration");
+      s.calibration = CalibrationSpec{c.at("path").get<std::string>(),
+                                      c.at("sha256").get<std::string>(),
+                                      c.at("windows").get<int>(), c.at("window_len").get<int>()};
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("job spec JSON: ", e.what()));
+  }
+  if (j.contains("job_id") && j["job_id"].is_string() && j["job_id"] != s.JobId()) {
+    return absl::InvalidArgumentError("job spec JSON: job_id does not match its content");
+  }
+  return s;
+}
+
+absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
+  JobSpec s;
+  if (req.model_path.empty()) return Invalid("model", "no model path given");
+  if (!IsKnownTask(req.task)) {
+    return Invalid("task", absl::StrCat("unknown task '", req.task,
+                                        "' (known: lambada_openai, wikitext)"));
+  }
+  if (req.data_path.empty()) return Invalid("data", "no data file given");
+  if (req.dtype != "fp32" && req.dtype != "bf16" && req.dtype != "fp16") {
+    return Invalid("dtype", absl::StrCat("'", req.dtype, "' is not one of fp32|bf16|fp16"));
+  }
+  if (req.limit < 0) return Invalid("limit", absl::StrCat(req.limit, " is negative"));
+  if (req.window < 0) return Invalid("window", absl::StrCat(req.window, " is negative"));
+  if (req.max_window < 0) return Invalid("max_window", absl::StrCat(req.max_window, " is negative"));
+  if (req.kv_heads < 0) return Invalid("kv_heads", absl::StrCat(req.kv_heads, " is negative"));
+
+  absl::StatusOr<ModelConfig> cfg = ReadModelConfig(req.model_path);
+  if (!cfg.ok()) return cfg.status();
+  s.model_path = req.model_path;
+  s.model_name = req.model_name.empty() ? Basename(req.model_path) : req.model_name;
+  s.head_dim = cfg->head_dim;
+  s.num_layers = cfg->num_layers;
+  s.native_kv_heads = cfg->num_kv_heads;
+
+  // Window and context.
+  int w = req.window;
+  if (w == 0) {
+    w = cfg->max_positions;
+    if (req.max_window > 0 && req.max_window < w) w = req.max_window;
+  }
+  if (w > cfg->max_positions) {
+    return Invalid("window", absl::StrCat(w, " exceeds the model's max positions ",
+                                          cfg->max_positions));
+  }
+  if (w < 2) return Invalid("window", absl::StrCat(w, " is too small (need >= 2)"));
+  if (req.context < 1 || req.context > w) {
+    return Invalid("context", absl::StrCat(req.context, " out of range [1, window=", w, "]"));
+  }
+  s.window = w;
+  s.context = req.task == "wikitext" ? req.context : 1;
+  s.limit = req.limit;
+  s.task = req.task;
+  s.dtype = req.dtype;
+  s.diagnostics = req.diagnostics;
+
+  // GQA pooling.
+  const int kvh = req.kv_heads == 0 ? cfg->num_kv_heads : req.kv_heads;
+  if (kvh > cfg->num_kv_heads || cfg->num_kv_heads % kvh != 0) {
+    return Invalid("kv_heads", absl::StrCat(kvh, " does not divide the model's ",
+                                            cfg->num_kv_heads, " KV heads"));
+  }
+  s.kv_heads = kvh;
+
+  // Method.
+  absl::StatusOr<MethodSpec> m = ParseMethodSpec(req.method);
+  if (!m.ok()) return m.status();
+  absl::StatusOr<MethodSpec> rm = ResolveMethodSpec(*m, cfg->head_dim);
+  if (!rm.ok()) return rm.status();
+  s.method = rm->ToString();
+  if (rm->needs_calibration()) {
+    CalibrationSpec c;
+    c.path = req.calibration_path.empty() ? DefaultCalibrationPath() : req.calibration_path;
+    if (!PathExists(c.path)) {
+      return absl::NotFoundError(absl::StrCat(
+          "calibration: method '", s.method, "' needs a calibration text and '", c.path,
+          "' does not exist (pass --calibration FILE)"));
+    }
+    if (req.calibration_windows < 1 || req.calibration_len < 2) {
+      return Invalid("calibration", "windows must be >= 1 and window length >= 2");
+    }
+    c.windows = req.calibration_windows;
+    c.window_len = req.calibration_len;
+    absl::StatusOr<std::string> h = FileSha256Cached(c.path);
+    if (!h.ok()) return h.status();
+    c.sha256 = *h;
+    s.calibration = c;
+  }
+
+  // Fingerprints.
+  absl::StatusOr<std::vector<std::string>> mf = ModelFiles(req.model_path);
+  if (!mf.ok()) return mf.status();
+  absl::StatusOr<std::string> mh = FilesFingerprint(*mf);
+  if (!mh.ok()) return mh.status();
+  s.model_sha256 = *mh;
+  s.tokenizer_path = req.tokenizer_path;
+  if (cfg->arch == Arch::kLlama2c && req.tokenizer_path.empty()) {
+    return Invalid("tokenizer", "a llama2.c model needs --tokenizer tok*.bin");
+  }
+  absl::StatusOr<std::vector<std::string>> tf = TokenizerFiles(req.model_path, req.tokenizer_path);
+  if (!tf.ok()) return tf.status();
+  absl::StatusOr<std::string> th = FilesFingerprint(*tf);
+  if (!th.ok()) return th.status();
+  s.tokenizer_sha256 = *th;
+  if (!PathExists(req.data_path)) {
+    return absl::NotFoundError(absl::StrCat("data: '", req.data_path, "' does not exist"));
+  }
+  s.data_path = req.data_path;
+  absl::StatusOr<std::string> dh = FileSha256Cached(req.data_path);
+  if (!dh.ok()) return dh.status();
+  s.data_sha256 = *dh;
+  return s;
+}
+
+}  // namespace kvsweep

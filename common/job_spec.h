@@ -1,0 +1,93 @@
+// Job specs: what one evaluation is, resolved and canonical.
+//
+// A JobRequest is what a user writes (paths, a method string, optional knobs). ResolveJob
+// checks it without loading weights (config.json, file existence, method vs. head_dim, kv_heads
+// divides, window/context ranges), fills every default, and fingerprints the inputs. The
+// resulting JobSpec's identity is sha256 of the canonical JSON of everything that changes the
+// number (DESIGN.md "Job identity"); paths and names are carried along but not hashed.
+#ifndef KVSWEEP_COMMON_JOB_SPEC_H_
+#define KVSWEEP_COMMON_JOB_SPEC_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "nlohmann/json.hpp"
+
+namespace kvsweep {
+
+// Bump when a change to the engine changes any number it reports.
+inline constexpr char kEngineVersion[] = "kvsweep-engine/1";
+
+struct JobRequest {
+  std::string model_path;
+  std::string model_name;       // display name; defaults to the path's basename
+  std::string tokenizer_path;   // empty: the model directory's tokenizer
+  std::string task;             // lambada_openai | wikitext
+  std::string data_path;
+  int limit = 0;                // LAMBADA docs (0 = all)
+  int window = 0;               // W (0 = model max positions, capped by max_window)
+  int max_window = 0;           // cap for the default W (0 = none)
+  int context = 1;              // C for rolling windows
+  std::string method = "none";
+  int kv_heads = 0;             // 0 = native
+  std::string dtype = "fp32";   // fp32 | bf16 | fp16
+  std::string calibration_path;   // empty: assets' wiki.valid.tokens if the method needs one
+  int calibration_windows = 16;
+  int calibration_len = 512;
+  bool diagnostics = false;
+};
+
+struct CalibrationSpec {
+  std::string path;
+  std::string sha256;
+  int windows = 16;
+  int window_len = 512;
+};
+
+struct JobSpec {
+  std::string model_name;
+  std::string model_path;
+  std::string model_sha256;
+  std::string tokenizer_path;   // empty: the model directory
+  std::string tokenizer_sha256;
+  std::string task;
+  std::string data_path;
+  std::string data_sha256;
+  int limit = 0;
+  int window = 0;               // resolved W
+  int context = 1;              // resolved C
+  std::string method;           // canonical, resolved against head_dim
+  int kv_heads = 0;             // resolved (native when not pooled)
+  int native_kv_heads = 0;
+  int head_dim = 0;
+  int num_layers = 0;
+  std::string dtype = "fp32";
+  std::optional<CalibrationSpec> calibration;
+  bool diagnostics = false;
+  std::string engine_version = kEngineVersion;
+
+  // Everything that changes the number, and nothing else.
+  nlohmann::json IdentityJson() const;
+  // sha256 hex of CanonicalJson(IdentityJson()).
+  std::string JobId() const;
+  // Identity plus paths, names and the job id (what `eval --format json` prints as "spec").
+  nlohmann::json ToJson() const;
+  static absl::StatusOr<JobSpec> FromJson(const nlohmann::json& j);
+};
+
+// Tasks the engine knows ("lambada_openai", "wikitext").
+bool IsKnownTask(const std::string& task);
+
+// Validates and resolves a request (see file comment). Errors are kInvalidArgument or
+// kNotFound with a one-line message naming the offending field or path.
+absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req);
+
+// $KVSWEEP_ASSETS or "../shared/assets".
+std::string AssetsDir();
+std::string DefaultCalibrationPath();
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_COMMON_JOB_SPEC_H_

@@ -1,0 +1,118 @@
+#include "common/job_spec.h"
+
+#include "gtest/gtest.h"
+
+namespace kvsweep {
+namespace {
+
+JobRequest Req() {
+  JobRequest r;
+  r.model_path = AssetsDir() + "/models/ref-llama";
+  r.task = "lambada_openai";
+  r.data_path = AssetsDir() + "/data/lambada_openai/lambada_test.jsonl";
+  r.limit = 50;
+  return r;
+}
+
+TEST(JobSpecTest, ResolvesDefaultsAndFingerprints) {
+  auto s = ResolveJob(Req());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->model_name, "ref-llama");
+  EXPECT_EQ(s->window, 2048);
+  EXPECT_EQ(s->kv_heads, 2);
+  EXPECT_EQ(s->method, "none");
+  EXPECT_EQ(s->model_sha256.size(), 64u);
+  EXPECT_EQ(s->tokenizer_sha256.size(), 64u);
+  // The published sha256 of lambada_test.jsonl (assets SHA256SUMS).
+  EXPECT_EQ(s->data_sha256, "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226");
+  EXPECT_FALSE(s->calibration.has_value());
+}
+
+TEST(JobSpecTest, IdentityIgnoresNamesAndPathsButNotNumbersChangers) {
+  auto a = ResolveJob(Req());
+  JobRequest r = Req();
+  r.model_name = "renamed";
+  auto b = ResolveJob(r);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->JobId(), b->JobId());
+  r.method = "quant:bits=4";
+  auto c = ResolveJob(r);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(a->JobId(), c->JobId());
+  r.method = "quant:group=64,bits=4";  // same method, other spelling
+  EXPECT_EQ(ResolveJob(r)->JobId(), c->JobId());
+  r = Req();
+  r.limit = 51;
+  EXPECT_NE(ResolveJob(r)->JobId(), a->JobId());
+  r = Req();
+  r.kv_heads = 2;  // native spelled out == default
+  EXPECT_EQ(ResolveJob(r)->JobId(), a->JobId());
+}
+
+TEST(JobSpecTest, JsonRoundTrip) {
+  JobRequest r = Req();
+  r.method = "rank:r=16";
+  auto a = ResolveJob(r);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(a->calibration.has_value());
+  auto b = JobSpec::FromJson(a->ToJson());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->JobId(), a->JobId());
+  EXPECT_EQ(b->ToJson(), a->ToJson());
+  nlohmann::json tampered = a->ToJson();
+  tampered["method"] = "none";
+  EXPECT_FALSE(JobSpec::FromJson(tampered).ok());
+  EXPECT_FALSE(JobSpec::FromJson(nlohmann::json::object()).ok());
+}
+
+void ExpectBad(JobRequest r, absl::StatusCode code, const std::string& fragment) {
+  auto s = ResolveJob(r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), code) << s.status();
+  EXPECT_NE(s.status().message().find(fragment), std::string::npos) << s.status().message();
+}
+
+TEST(JobSpecTest, BadRequests) {
+  JobRequest r = Req();
+  r.task = "hellaswag";
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "unknown task 'hellaswag'");
+  r = Req();
+  r.model_path = "/nonexistent";
+  ExpectBad(r, absl::StatusCode::kNotFound, "/nonexistent");
+  r = Req();
+  r.data_path = "/nonexistent.jsonl";
+  ExpectBad(r, absl::StatusCode::kNotFound, "/nonexistent.jsonl");
+  r = Req();
+  r.window = 4096;
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "exceeds the model's max positions 2048");
+  r = Req();
+  r.task = "wikitext";
+  r.window = 128;
+  r.context = 129;
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "context: 129 out of range [1, window=128]");
+  r = Req();
+  r.kv_heads = 3;
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "kv_heads: 3 does not divide the model's 2");
+  r = Req();
+  r.kv_heads = 4;
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "kv_heads: 4 does not divide");
+  r = Req();
+  r.limit = -1;
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "limit: -1 is negative");
+  r = Req();
+  r.method = "rank:r=128";
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "exceeds head_dim=64");
+  r = Req();
+  r.method = "rank:r=16";
+  r.calibration_path = "/nonexistent/calib.txt";
+  ExpectBad(r, absl::StatusCode::kNotFound, "needs a calibration text");
+  r = Req();
+  r.dtype = "int8";
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "dtype");
+  r = Req();
+  r.model_path = AssetsDir() + "/models/stories260K/stories260K.bin";
+  ExpectBad(r, absl::StatusCode::kInvalidArgument, "needs --tokenizer");
+}
+
+}  // namespace
+}  // namespace kvsweep

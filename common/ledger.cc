@@ -1,0 +1,211 @@
+#include "common/ledger.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace kvsweep {
+namespace {
+
+// Bits for one of K or V, per token per head, at context length L.
+TensorBits BitsFor(const MethodSpec& m, bool compressed, int d, int L) {
+  TensorBits b;
+  if (!compressed) {
+    b.payload = 16.0 * d;
+    return b;
+  }
+  const double dd = d;
+  switch (m.family) {
+    case MethodFamily::kNone:
+      b.payload = 16.0 * d;
+      break;
+    case MethodFamily::kQuant: {
+      const int meta_per_group = m.sym ? 16 : 32;
+      const long long window = std::min<long long>(m.residual, L);
+      long long quantized = L - window;  // tokens outside the residual window
+      if (m.axis == QuantAxis::kChannel) quantized = (quantized / m.group) * m.group;  // whole blocks
+      const long long fp16_tokens = L - quantized;
+      b.payload = static_cast<double>(quantized) * m.bits * dd / L;
+      double scales = 0;
+      if (m.axis == QuantAxis::kToken) {
+        scales = static_cast<double>(quantized) * (dd / m.group) * meta_per_group / L;
+      } else {
+        scales = static_cast<double>(quantized / m.group) * dd * meta_per_group / L;
+      }
+      b.metadata = scales + static_cast<double>(fp16_tokens) * 16.0 * dd / L;
+      if (m.basis == Basis::kPca) b.basis = 16.0 * dd * dd / L;
+      break;
+    }
+    case MethodFamily::kRank:
+      b.payload = 16.0 * m.r;
+      if (m.basis == Basis::kPca || m.basis == Basis::kSvd) b.basis = 16.0 * m.r * dd / L;
+      break;
+    case MethodFamily::kHybrid:
+      b.payload = static_cast<double>(m.bits) * m.r;
+      b.metadata = (static_cast<double>(m.r) / m.group) * 32.0;
+      if (m.basis == Basis::kPca || m.basis == Basis::kSvd) b.basis = 16.0 * m.r * dd / L;
+      break;
+  }
+  return b;
+}
+
+nlohmann::json BitsJson(const TensorBits& b, int d) {
+  return {{"payload_bits", b.payload},
+          {"metadata_bits", b.metadata},
+          {"basis_bits", b.basis},
+          {"total_bits", b.total()},
+          {"fraction", b.total() / (16.0 * d)}};
+}
+
+}  // namespace
+
+double Ledger::cache_bytes() const {
+  return (k.total() + v.total()) * kv_heads * num_layers * static_cast<double>(context_len) / 8.0;
+}
+
+nlohmann::json Ledger::ToJson() const {
+  return {{"k", BitsJson(k, head_dim)},
+          {"v", BitsJson(v, head_dim)},
+          {"fraction_payload", fraction_payload},
+          {"fraction_total", fraction_total},
+          {"fraction_of_native", fraction_of_native},
+          {"kv_heads", kv_heads},
+          {"native_kv_heads", native_kv_heads},
+          {"head_dim", head_dim},
+          {"num_layers", num_layers},
+          {"context_len", context_len},
+          {"unit", "bits per cached token per layer per KV head"},
+          {"cache_bytes", cache_bytes()}};
+}
+
+absl::StatusOr<Ledger> ComputeLedger(const MethodSpec& spec, int head_dim, int kv_heads,
+                                     int native_kv_heads, int num_layers, int context_len) {
+  if (!spec.resolved()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ledger needs a resolved method, got '", spec.ToString(), "'"));
+  }
+  if (head_dim <= 0 || kv_heads <= 0 || native_kv_heads <= 0 || num_layers <= 0 ||
+      context_len <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ledger shapes must be positive (head_dim=", head_dim, ", kv_heads=", kv_heads,
+        ", native_kv_heads=", native_kv_heads, ", layers=", num_layers,
+        ", context_len=", context_len, ")"));
+  }
+  Ledger l;
+  l.head_dim = head_dim;
+  l.kv_heads = kv_heads;
+  l.native_kv_heads = native_kv_heads;
+  l.num_layers = num_layers;
+  l.context_len = context_len;
+  l.k = BitsFor(spec, spec.compresses_k(), head_dim, context_len);
+  l.v = BitsFor(spec, spec.compresses_v(), head_dim, context_len);
+  const double full = 2.0 * 16.0 * head_dim;
+  l.fraction_payload = (l.k.payload + l.v.payload) / full;
+  l.fraction_total = (l.k.total() + l.v.total()) / full;
+  l.fraction_of_native = l.fraction_total * kv_heads / native_kv_heads;
+  return l;
+}
+
+absl::StatusOr<BudgetConvention> ParseBudgetConvention(absl::string_view s) {
+  if (s == "payload") return BudgetConvention::kPayload;
+  if (s == "total") return BudgetConvention::kTotal;
+  return absl::InvalidArgumentError(
+      absl::StrCat("budget convention '", s, "' is not one of payload|total"));
+}
+
+const char* BudgetConventionName(BudgetConvention c) {
+  return c == BudgetConvention::kPayload ? "payload" : "total";
+}
+
+namespace {
+
+// Fraction of a method under a convention, counting both K and V (target must be kv).
+absl::StatusOr<double> Achieved(const std::string& spec, int head_dim,
+                                const SolverOptions& o) {
+  absl::StatusOr<MethodSpec> m = ParseMethodSpec(spec);
+  if (!m.ok()) return m.status();
+  absl::StatusOr<MethodSpec> r = ResolveMethodSpec(*m, head_dim);
+  if (!r.ok()) return r.status();
+  absl::StatusOr<Ledger> l = ComputeLedger(*r, head_dim, 1, 1, 1, o.context_len);
+  if (!l.ok()) return l.status();
+  return o.convention == BudgetConvention::kPayload ? l->fraction_payload : l->fraction_total;
+}
+
+std::string WithExtra(std::string spec, const SolverOptions& o) {
+  if (!o.extra.empty()) absl::StrAppend(&spec, ",", o.extra);
+  return spec;
+}
+
+}  // namespace
+
+absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget, int head_dim,
+                                         const SolverOptions& o) {
+  if (!(budget > 0.0 && budget <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("budget %g out of range (0, 1]", budget));
+  }
+  if (head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("head_dim ", head_dim, " is not positive"));
+  }
+  if (o.tolerance < 0 || !std::isfinite(o.tolerance)) {
+    return absl::InvalidArgumentError("budget tolerance must be a finite number >= 0");
+  }
+  std::vector<std::string> candidates;
+  if (family == "none") {
+    candidates.push_back("none");
+  } else if (family == "quant") {
+    if (o.convention == BudgetConvention::kPayload) {
+      for (int bits = 8; bits >= 1; --bits) {
+        candidates.push_back(WithExtra(absl::StrCat("quant:bits=", bits), o));
+      }
+    } else {
+      // bits + meta/group per element: try every bits and every group dividing head_dim.
+      for (int bits = 8; bits >= 1; --bits) {
+        for (int g = head_dim; g >= 1; --g) {
+          if (head_dim % g == 0) {
+            candidates.push_back(WithExtra(absl::StrCat("quant:bits=", bits, ",group=", g), o));
+          }
+        }
+      }
+    }
+  } else if (family == "rank") {
+    for (int r = head_dim; r >= 1; --r) {
+      candidates.push_back(WithExtra(absl::StrCat("rank:r=", r), o));
+    }
+  } else if (family == "hybrid") {
+    for (int r = head_dim; r >= 1; --r) {
+      candidates.push_back(WithExtra(absl::StrCat("hybrid:r=", r, ",bits=", o.hybrid_bits), o));
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget solver: unknown family '", family, "' (known: none, quant, rank, hybrid)"));
+  }
+  // Candidates are ordered from largest to smallest storage; pick the closest to the budget,
+  // preferring the earlier (higher-fidelity) one on ties.
+  SolvedMethod best;
+  double best_err = INFINITY;
+  for (const std::string& c : candidates) {
+    absl::StatusOr<double> a = Achieved(c, head_dim, o);
+    if (!a.ok()) return a.status();
+    double err = std::fabs(*a - budget);
+    if (err < best_err - 1e-12) {
+      best_err = err;
+      best.spec = c;
+      best.achieved = *a;
+    }
+  }
+  if (best_err > o.tolerance * budget + 1e-12) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "budget %g (%s convention) cannot be met by family %s on head_dim %d: the closest is "
+        "'%s' at %.6g",
+        budget, BudgetConventionName(o.convention), std::string(family), head_dim, best.spec,
+        best.achieved));
+  }
+  absl::StatusOr<std::string> canon = CanonicalMethodSpec(best.spec, head_dim);
+  if (!canon.ok()) return canon.status();
+  best.spec = *canon;
+  return best;
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,81 @@
+// Model configuration read from a Hugging Face `config.json` (or a llama2.c `.bin` header):
+// everything the engine needs to build the forward pass and the coordinator needs to validate
+// jobs (head_dim, KV heads, max positions). JSON only, no libtorch.
+//
+// Errors: kNotFound / kPermissionDenied for unreadable files; kInvalidArgument for malformed
+// JSON, unknown architectures, missing keys and values out of range (message names the key);
+// kUnimplemented for recognised features kvsweep does not support (e.g. a rope_scaling type).
+#ifndef KVSWEEP_COMMON_MODEL_CONFIG_H_
+#define KVSWEEP_COMMON_MODEL_CONFIG_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace kvsweep {
+
+// Never renumber: stored in result provenance.
+enum class Arch { kGpt2 = 0, kLlama = 1, kMistral = 2, kQwen2 = 3, kLlama2c = 4 };
+const char* ArchName(Arch a);
+
+enum class RopeScaling { kNone = 0, kLinear = 1, kLlama3 = 2 };
+
+struct ModelConfig {
+  Arch arch = Arch::kLlama;
+  std::string model_type;     // as written in config.json ("llama2c" for .bin files)
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int intermediate_size = 0;
+  int max_positions = 0;
+  double norm_eps = 1e-5;
+  std::string activation;     // "gelu_new" (tanh GELU), "gelu", "silu", "relu"
+  bool tie_word_embeddings = false;
+  bool qkv_bias = false;      // gpt2 and qwen2 have q/k/v biases; llama: attention_bias
+  bool o_bias = false;        // gpt2; llama attention_bias
+  bool mlp_bias = false;
+  // RoPE (llama family, llama2c).
+  double rope_theta = 10000.0;
+  bool rope_interleaved = false;  // llama2c pairs (2i, 2i+1); HF rotate-half pairs (i, i+d/2)
+  RopeScaling rope_scaling = RopeScaling::kNone;
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int rope_original_max_positions = 8192;
+  // Per-layer sliding window (0 = full causal attention); size num_layers.
+  std::vector<int> sliding_window;
+  // GPT-2 attention options.
+  bool scale_attn_weights = true;
+  bool scale_attn_by_inverse_layer_idx = false;
+  std::optional<int> bos_token_id;
+  std::optional<int> eos_token_id;
+  std::string torch_dtype;    // dtype written in config.json, informational
+
+  bool uses_rope() const { return arch != Arch::kGpt2; }
+  nlohmann::json ToJson() const;
+};
+
+// Reads `path`: a Hugging Face model directory (its config.json) or a llama2.c `.bin` file.
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path);
+// Parses a config.json object (exposed for tests).
+absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::string& what);
+
+// The llama2.c legacy header: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+// vocab_size (negative: unshared classifier), seq_len).
+struct Llama2cHeader {
+  int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+  bool shared_classifier;
+};
+absl::StatusOr<Llama2cHeader> ParseLlama2cHeader(const void* data, size_t size,
+                                                 const std::string& what);
+ModelConfig Llama2cConfig(const Llama2cHeader& h);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_COMMON_MODEL_CONFIG_H_

@@ -1,0 +1,147 @@
+#include "common/model_config.h"
+
+#include <cstdlib>
+
+#include "common/job_spec.h"
+#include "gtest/gtest.h"
+
+namespace kvsweep {
+namespace {
+
+using nlohmann::json;
+
+std::string Asset(const std::string& rel) { return AssetsDir() + "/" + rel; }
+
+TEST(ModelConfigTest, RefModels) {
+  auto g = ReadModelConfig(Asset("models/ref-gpt2"));
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->arch, Arch::kGpt2);
+  EXPECT_EQ(g->head_dim, 64);
+  EXPECT_EQ(g->num_kv_heads, 4);
+  EXPECT_EQ(g->max_positions, 1024);
+  EXPECT_EQ(g->intermediate_size, 1024);
+  EXPECT_TRUE(g->tie_word_embeddings);
+  auto l = ReadModelConfig(Asset("models/ref-llama"));
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->arch, Arch::kLlama);
+  EXPECT_EQ(l->num_heads, 4);
+  EXPECT_EQ(l->num_kv_heads, 2);
+  EXPECT_EQ(l->head_dim, 64);
+  EXPECT_DOUBLE_EQ(l->rope_theta, 10000.0);  // from rope_parameters
+  EXPECT_TRUE(l->tie_word_embeddings);
+  auto s = ReadModelConfig(Asset("models/stories260K/stories260K.bin"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->arch, Arch::kLlama2c);
+  EXPECT_EQ(s->hidden_size, 64);
+  EXPECT_EQ(s->num_kv_heads, 4);
+  EXPECT_EQ(s->head_dim, 8);
+  EXPECT_EQ(s->vocab_size, 512);
+}
+
+json Llama() {
+  return {{"model_type", "llama"}, {"vocab_size", 100}, {"hidden_size", 64},
+          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+          {"intermediate_size", 128}, {"rope_theta", 500000.0}};
+}
+
+TEST(ModelConfigTest, RopeThetaTopLevelOrInParameters) {
+  auto a = ParseHfConfig(Llama(), "c");
+  ASSERT_TRUE(a.ok());
+  EXPECT_DOUBLE_EQ(a->rope_theta, 500000.0);
+  json j = Llama();
+  j.erase("rope_theta");
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  auto b = ParseHfConfig(j, "c");
+  ASSERT_TRUE(b.ok());
+  EXPECT_DOUBLE_EQ(b->rope_theta, 1e6);
+  j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 5e5}, {"factor", 32.0},
+                          {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192}};
+  auto c = ParseHfConfig(j, "c");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling, RopeScaling::kLlama3);
+  j["rope_parameters"]["rope_type"] = "yarn";
+  auto d = ParseHfConfig(j, "c");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(ModelConfigTest, SlidingWindows) {
+  json m = Llama();
+  m["model_type"] = "mistral";
+  m["sliding_window"] = 16;
+  auto a = ParseHfConfig(m, "c");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->sliding_window, (std::vector<int>{16, 16}));
+  m["sliding_window"] = nullptr;
+  EXPECT_EQ(ParseHfConfig(m, "c")->sliding_window, (std::vector<int>{0, 0}));
+  m.erase("sliding_window");  // MistralConfig default
+  EXPECT_EQ(ParseHfConfig(m, "c")->sliding_window, (std::vector<int>{4096, 4096}));
+  json q = Llama();
+  q["model_type"] = "qwen2";
+  q["sliding_window"] = 8;
+  q["layer_types"] = {"full_attention", "sliding_attention"};
+  auto b = ParseHfConfig(q, "c");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->qkv_bias);
+  EXPECT_EQ(b->sliding_window, (std::vector<int>{0, 8}));
+}
+
+void ExpectBad(json j, absl::StatusCode code, const std::string& fragment) {
+  auto c = ParseHfConfig(j, "config.json");
+  ASSERT_FALSE(c.ok()) << j.dump();
+  EXPECT_EQ(c.status().code(), code) << c.status();
+  EXPECT_NE(c.status().message().find(fragment), std::string::npos) << c.status().message();
+}
+
+TEST(ModelConfigTest, BadConfigs) {
+  json j = Llama();
+  j["model_type"] = "bert";
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "unknown architecture 'bert'");
+  j = Llama();
+  j.erase("model_type");
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "missing 'model_type'");
+  j = Llama();
+  j["num_hidden_layers"] = 0;
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "'num_hidden_layers' = 0 out of range");
+  j = Llama();
+  j["hidden_size"] = -64;
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "'hidden_size' = -64 out of range");
+  j = Llama();
+  j["num_key_value_heads"] = 3;
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "not divisible by num_key_value_heads=3");
+  j = Llama();
+  j["vocab_size"] = "many";
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "'vocab_size' must be an integer");
+  j = Llama();
+  j["rms_norm_eps"] = -1;
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "'rms_norm_eps' = -1 out of range");
+  j = Llama();
+  j["hidden_act"] = "swish2";
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "activation 'swish2'");
+  j = Llama();
+  j.erase("vocab_size");
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "missing required key 'vocab_size'");
+  ExpectBad(json::array(), absl::StatusCode::kInvalidArgument, "not a JSON object");
+}
+
+TEST(ModelConfigTest, Llama2cHeaderValidation) {
+  int32_t h[7] = {64, 172, 5, 8, 4, 512, 512};
+  EXPECT_TRUE(ParseLlama2cHeader(h, sizeof(h), "x").ok());
+  EXPECT_FALSE(ParseLlama2cHeader(h, 10, "x").ok());
+  h[3] = 7;  // 64 % 7 != 0
+  auto r = ParseLlama2cHeader(h, sizeof(h), "x");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("inconsistent"), std::string::npos);
+  h[3] = 8;
+  h[2] = -1;
+  EXPECT_NE(ParseLlama2cHeader(h, sizeof(h), "x").status().message().find("n_layers = -1"),
+            std::string::npos);
+}
+
+TEST(ModelConfigTest, MissingDirIsNotFound) {
+  auto c = ReadModelConfig("/nonexistent/model");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace kvsweep
