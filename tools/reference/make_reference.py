@@ -107,21 +107,21 @@ def load_tokenizers(assets):
     def from_transformers(tok):
         return lambda texts: [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
 
-    # GPT-2 vocab.json + merges.txt through transformers' GPT2Tokenizer.
-    vocab = os.path.join(assets, "tokenizers/gpt2/vocab.json")
-    merges = os.path.join(assets, "tokenizers/gpt2/merges.txt")
-    try:
-        t = transformers.GPT2Tokenizer(vocab_file=vocab, merges_file=merges)
-        toks["gpt2-vocab-merges"] = (from_transformers(t), f"transformers.{type(t).__name__}(vocab, merges)",
-                                     ["tokenizers/gpt2/vocab.json", "tokenizers/gpt2/merges.txt"])
-    except Exception:
-        log("GPT2Tokenizer(vocab, merges) failed; using tokenizers ByteLevelBPETokenizer")
-        traceback.print_exc()
-        from tokenizers import ByteLevelBPETokenizer
-        t = ByteLevelBPETokenizer(vocab, merges)
-        toks["gpt2-vocab-merges"] = (lambda texts: [e.ids for e in t.encode_batch(texts)],
-                                     "tokenizers.ByteLevelBPETokenizer(vocab, merges)",
-                                     ["tokenizers/gpt2/vocab.json", "tokenizers/gpt2/merges.txt"])
+    # GPT-2 vocab.json + merges.txt: transformers' GPT2Tokenizer.from_pretrained on a folder holding
+    # just those two files (v5's constructor ignores vocab_file=; from_pretrained converts them).
+    import shutil
+    import tempfile
+    gdir = tempfile.mkdtemp()
+    for f in ["vocab.json", "merges.txt"]:
+        shutil.copy(os.path.join(assets, "tokenizers/gpt2", f), gdir)
+    t = transformers.GPT2Tokenizer.from_pretrained(gdir)
+    toks["gpt2-vocab-merges"] = (from_transformers(t), f"transformers.GPT2Tokenizer.from_pretrained(vocab+merges) -> {type(t).__name__}",
+                                 ["tokenizers/gpt2/vocab.json", "tokenizers/gpt2/merges.txt"])
+    from tokenizers import ByteLevelBPETokenizer
+    bl = ByteLevelBPETokenizer(os.path.join(gdir, "vocab.json"), os.path.join(gdir, "merges.txt"))
+    toks["gpt2-vocab-merges@tokenizers"] = (lambda texts: [e.ids for e in bl.encode_batch(texts)],
+                                            "tokenizers.ByteLevelBPETokenizer(vocab, merges)",
+                                            ["tokenizers/gpt2/vocab.json", "tokenizers/gpt2/merges.txt"])
 
     for name, rel in [("ref-gpt2", "models/ref-gpt2"), ("ref-llama", "models/ref-llama")]:
         d = os.path.join(assets, rel)
@@ -149,13 +149,14 @@ def load_tokenizers(assets):
     sp = spmlib.SentencePieceProcessor(model_file=spm)
     toks["llama2-spm"] = (lambda texts: [list(x) for x in sp.encode(texts)], "sentencepiece.SentencePieceProcessor",
                           ["tokenizers/llama2/tokenizer.model"])
-    try:
-        t = transformers.LlamaTokenizer(vocab_file=spm)
-        toks["llama2-spm@transformers"] = (from_transformers(t), f"transformers.{type(t).__name__}(vocab_file)",
-                                           ["tokenizers/llama2/tokenizer.model"])
-    except Exception:
-        log("transformers.LlamaTokenizer(tokenizer.model) failed")
-        traceback.print_exc()
+    # Llama 2 tokenizer.model through transformers: from_pretrained on a folder holding only the
+    # SentencePiece model (v5 converts it to a tokenizers pipeline). This is the reference for
+    # kvsweep's tokenizer.model support; plain sentencepiece is recorded beside it.
+    ldir = tempfile.mkdtemp()
+    shutil.copy(spm, ldir)
+    t = transformers.LlamaTokenizer.from_pretrained(ldir)
+    toks["llama2-hf"] = (from_transformers(t), f"transformers.LlamaTokenizer.from_pretrained(tokenizer.model) -> {type(t).__name__}",
+                         ["tokenizers/llama2/tokenizer.model"])
     return toks
 
 
@@ -178,6 +179,10 @@ def tokenizer_fixtures(assets, out):
         full_ids = enc(docs)
         lines = [",".join(map(str, c)) + "|" + ",".join(map(str, f)) + "\n" for c, f in zip(ctx_ids, full_ids)]
         wiki_ids = enc([wiki])[0]
+        if not wiki_ids or not full_ids[0]:
+            ERRORS["tokenizers/" + name] = f"{desc} produced no ids; entry dropped"
+            log("!!", name, "produced no ids; dropped")
+            continue
         chunks = [",".join(map(str, wiki_ids[k:k + 4096])) for k in range(0, len(wiki_ids), 4096)]
         result[name] = {
             "reference": desc,
@@ -196,6 +201,10 @@ def tokenizer_fixtures(assets, out):
             if base in result:
                 agree[name] = (result[name]["lambada"]["sha256"] == result[base]["lambada"]["sha256"] and
                                result[name]["wikitext"]["sha256"] == result[base]["wikitext"]["sha256"])
+    for a, b in [("gpt2-vocab-merges", "ref-gpt2"), ("llama2-hf", "ref-llama"), ("llama2-hf", "llama2-spm")]:
+        if a in result and b in result:
+            agree[a + "=" + b] = (result[a]["lambada"]["sha256"] == result[b]["lambada"]["sha256"] and
+                                  result[a]["wikitext"]["sha256"] == result[b]["wikitext"]["sha256"])
     result["_agreement"] = agree
     log("agreement:", agree)
     dump(os.path.join(out, "tokenizer_ids.json"), result)
