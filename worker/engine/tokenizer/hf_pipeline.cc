@@ -607,12 +607,14 @@ class PipelineTokenizer final : public Tokenizer {
         return absl::InvalidArgumentError(absl::StrCat("added token ", t->id, " is empty"));
       }
       vocab_size_ = std::max(vocab_size_, t->id + 1);
-      added_by_id_[t->id] = t;
       if (!t->normalized) {
         raw_.Add(t->content, t);
+        added_text_[t->id] = t->content;
       } else {
+        // HF matches a normalized token's normalized content, and decodes to it too.
         std::string pattern = t->content;
         if (spec_.normalizer != nullptr) KV_RETURN_IF_ERROR(spec_.normalizer->Normalize(&pattern));
+        added_text_[t->id] = pattern;
         normalized_.Add(std::move(pattern), t);
       }
     }
@@ -664,9 +666,9 @@ class PipelineTokenizer final : public Tokenizer {
     std::vector<std::string> tokens;
     tokens.reserve(ids.size());
     for (int32_t id : ids) {
-      auto it = added_by_id_.find(id);
-      if (it != added_by_id_.end()) {
-        tokens.push_back(it->second->content);
+      auto it = added_text_.find(id);
+      if (it != added_text_.end()) {
+        tokens.push_back(it->second);
       } else if (const std::string* t = spec_.model->IdToToken(id)) {
         tokens.push_back(*t);
       }
@@ -687,7 +689,7 @@ class PipelineTokenizer final : public Tokenizer {
   std::unique_ptr<Regex> word_char_;
   AddedMatcher raw_;         // added tokens with normalized = false
   AddedMatcher normalized_;  // added tokens with normalized = true (patterns normalized)
-  absl::flat_hash_map<int32_t, const AddedToken*> added_by_id_;
+  absl::flat_hash_map<int32_t, std::string> added_text_;  // id -> text it decodes to
   int32_t vocab_size_ = 0;
 };
 

@@ -68,11 +68,16 @@ class Llama2cTokenizer final : public Tokenizer {
 
   // run.c decode(): the leading space of a piece that follows BOS is dropped (the start of the
   // sequence counts as following BOS, like SentencePiece's decoder); <0xXX> is the raw byte.
+  // BOS and EOS themselves decode to nothing (tok*.bin spells BOS "\n<s>\n").
   std::string Decode(absl::Span<const int32_t> ids) const override {
     std::string out;
     int32_t prev = kBos;
     for (int32_t id : ids) {
       if (id < 0 || id >= static_cast<int32_t>(vocab_.size())) continue;
+      if (id == kBos || id == kEos) {  // control tokens: no text (as SentencePiece decodes them)
+        prev = id;
+        continue;
+      }
       absl::string_view piece = vocab_[id];
       if (prev == kBos && !piece.empty() && piece[0] == ' ') piece.remove_prefix(1);
       unsigned int byte = 0;
