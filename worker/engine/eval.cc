@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/ledger.h"
 #include "common/log.h"
 #include "common/method_spec.h"
