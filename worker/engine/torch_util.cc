@@ -64,6 +64,32 @@ int64_t FreeDeviceBytes(torch::Device device) {
   return -1;
 }
 
+int64_t PeakDeviceBytes(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].peak;  // aggregate over pools
+  }
+#endif
+  return -1;
+}
+
+void ResetPeakDeviceBytes(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+}
+
+std::string DeviceName(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()) == cudaSuccess) return prop.name;
+  }
+#endif
+  return device.str();
+}
+
 absl::Status StatusFromException(const std::exception& e, const std::string& context) {
   std::string what = e.what();
   // c10 messages carry a C++ backtrace after the first line; keep the first line.

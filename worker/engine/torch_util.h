@@ -23,6 +23,12 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& s);
 // allocator holds but does not use); -1 for the CPU or when unknown.
 int64_t FreeDeviceBytes(torch::Device device);
 
+// Peak bytes allocated by libtorch on `device` since the last reset (CUDA), -1 elsewhere.
+int64_t PeakDeviceBytes(torch::Device device);
+void ResetPeakDeviceBytes(torch::Device device);
+// A short name of the device ("NVIDIA H200", "cpu").
+std::string DeviceName(torch::Device device);
+
 absl::Status StatusFromException(const std::exception& e, const std::string& context);
 
 // Runs `fn` (returning absl::Status or StatusOr<T>), converting libtorch exceptions.
