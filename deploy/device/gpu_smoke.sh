@@ -10,11 +10,6 @@ t0=$(date +%s)
 deploy/build-cuda.sh build-cuda > "$out/build.log" 2>&1 || { tail -60 "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 w=build-cuda/worker/kvsweep-worker
-if ! $w eval --help > /dev/null 2>&1; then
-  # libsentencepiece's embedded protobuf clashes with libprotobuf (until it is dropped).
-  export LD_PRELOAD=$(ls /opt/debs/usr/lib/x86_64-linux-gnu/libprotobuf.so.32 /usr/lib/x86_64-linux-gnu/libprotobuf.so.32 2>/dev/null | head -1)
-  echo "worker crashed at start; LD_PRELOAD=$LD_PRELOAD"
-fi
 export KVSWEEP_ASSETS=$assets
 head -n 200 "$assets/data/wikitext-2/wiki.test.raw" > /tmp/wiki200.raw
 for model in ${MODELS:-ref-llama}; do
