@@ -54,11 +54,11 @@ def main():
     ap.add_argument("--only", default="gpt2-124m,llama-1b,mistral-7b")
     a = ap.parse_args()
     for name in a.only.split(","):
-        cfg, tok = shapes()[name]
         d = os.path.join(a.out, name)
         if os.path.exists(os.path.join(d, "config.json")):
             print("exists", d, flush=True)
             continue
+        cfg, tok = shapes()[name]
         t0 = time.time()
         torch.manual_seed(0)
         with torch.device("cuda"):

@@ -122,6 +122,12 @@ absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torc
 
 absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
                                            const std::function<bool(double)>& progress) {
+  // The engine boundary: whatever libtorch throws becomes a Status here.
+  return GuardTorch("evaluating " + spec.model_name, [&] { return RunImpl(spec, progress); });
+}
+
+absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
+                                               const std::function<bool(double)>& progress) {
   const auto t_start = std::chrono::steady_clock::now();
   const std::string started = UtcNow();
   absl::StatusOr<torch::Device> device = ParseDevice(options_.device);
@@ -135,9 +141,9 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
   absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
   if (!task.ok()) return task.status();
 
-  ResetPeakDeviceBytes(*device);
   absl::Status st = EnsureModel(spec, *device, *dtype);
   if (!st.ok()) return st;
+  ResetPeakDeviceBytes(*device);  // peak over the job: weights plus everything it allocates
   const ModelConfig& cfg = model_->config();
   if (cfg.head_dim != spec.head_dim || cfg.num_kv_heads != spec.native_kv_heads) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -44,6 +44,8 @@ class Engine {
   std::string held_model() const { return model_key_.empty() ? "" : model_path_; }
 
  private:
+  absl::StatusOr<nlohmann::json> RunImpl(const JobSpec& spec,
+                                         const std::function<bool(double)>& progress);
   absl::Status EnsureModel(const JobSpec& spec, torch::Device device, torch::ScalarType dtype);
   EngineOptions options_;
   std::string model_key_, model_path_, tokenizer_key_;

@@ -48,9 +48,11 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& s) {
   return absl::InvalidArgumentError(absl::StrCat("device '", s, "' is not cpu|cuda|cuda:N"));
 }
 
+// The CUDA helpers below never throw: libtorch's allocator raises c10::Error ("Invalid device
+// argument") when asked about a device it has not initialized yet.
 int64_t FreeDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
-  if (device.is_cuda()) {
+  if (device.is_cuda()) try {
     c10::cuda::CUDACachingAllocator::emptyCache();
     size_t free_b = 0, total_b = 0;
     int prev = 0;
@@ -59,6 +61,8 @@ int64_t FreeDeviceBytes(torch::Device device) {
     const bool ok = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
     cudaSetDevice(prev);
     return ok ? static_cast<int64_t>(free_b) : -1;
+  } catch (const std::exception&) {
+    return -1;
   }
 #endif
   return -1;
@@ -66,9 +70,11 @@ int64_t FreeDeviceBytes(torch::Device device) {
 
 int64_t PeakDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
-  if (device.is_cuda()) {
+  if (device.is_cuda()) try {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
     return stats.allocated_bytes[0].peak;  // aggregate over pools
+  } catch (const std::exception&) {
+    return -1;
   }
 #endif
   return -1;
@@ -76,7 +82,10 @@ int64_t PeakDeviceBytes(torch::Device device) {
 
 void ResetPeakDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  if (device.is_cuda()) try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  } catch (const std::exception&) {
+  }
 #endif
 }
 
