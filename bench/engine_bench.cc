@@ -25,6 +25,7 @@
 #include "common/file_util.h"
 #include "common/job_spec.h"
 #include "worker/engine/eval.h"
+#include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 #include "worker/engine/tasks/task.h"
 
@@ -115,6 +116,48 @@ int JobMode(std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// --check-fused DEVICE: the fused CUDA fake quantizer against the libtorch path (same process,
+// KVSWEEP_FUSED_QUANT toggled): bitwise equality on strided [B, H, T, D] views in fp32/bf16/fp16
+// for asym/sym, bits 1..8 and groups 16..128, and the time of each path.
+int CheckFused(const std::string& device) {
+  absl::StatusOr<torch::Device> dev = ParseDevice(device);
+  if (!dev.ok()) return Die(dev.status());
+  torch::manual_seed(0);
+  int failures = 0;
+  std::printf("%-6s %4s %5s %4s %10s %12s %12s %8s\n", "dtype", "bits", "group", "sym", "mismatch", "torch us", "fused us", "speedup");
+  for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (int bits : {1, 2, 3, 4, 8}) {
+      for (int group : {16, 64, 128}) {
+        for (bool sym : {false, true}) {
+          if (sym && bits < 2) continue;
+          // [B, T, H, D] memory seen as [B, H, T, D], like the model's projections.
+          torch::Tensor x = (torch::randn({4, 512, 8, 128}, torch::TensorOptions().device(*dev)) * 3).to(dt).transpose(1, 2);
+          x.select(2, 7).fill_(0.5);  // constant rows: exact
+          QuantFormat f{bits, group, sym, false};
+          auto time = [&](const char* env) {
+            setenv("KVSWEEP_FUSED_QUANT", env, 1);
+            torch::Tensor y = FakeQuantize(x, f);
+            if (dev->is_cuda()) torch::cuda::synchronize();
+            const double t0 = Now();
+            for (int i = 0; i < 20; ++i) y = FakeQuantize(x, f);
+            if (dev->is_cuda()) torch::cuda::synchronize();
+            return std::make_pair(y, (Now() - t0) / 20 * 1e6);
+          };
+          auto [ref, t_ref] = time("0");
+          auto [got, t_got] = time("1");
+          const int64_t bad = ref.ne(got).sum().item<int64_t>();
+          failures += bad != 0;
+          std::printf("%-6s %4d %5d %4d %10lld %12.1f %12.1f %8.2f\n", DtypeName(dt), bits, group, sym,
+                      static_cast<long long>(bad), t_ref, t_got, t_ref / t_got);
+        }
+      }
+    }
+  }
+  unsetenv("KVSWEEP_FUSED_QUANT");
+  std::printf("%s\n", failures == 0 ? "fused == libtorch path on every case" : "MISMATCH");
+  return failures == 0 ? 0 : 1;
+}
+
 int CpuSuite(std::map<std::string, std::string>& f) {
   int lines = 400;
   std::vector<int> threads = {1, 2};
@@ -194,5 +237,6 @@ int main(int argc, char** argv) {
     }
     flags[k] = argv[++i];
   }
+  if (flags.count("--check-fused")) return CheckFused(flags["--check-fused"]);
   return flags.count("--model") ? JobMode(flags) : CpuSuite(flags);
 }

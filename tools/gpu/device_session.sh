@@ -10,11 +10,16 @@ ckpt=/root/ckpt
 work=/tmp/kvs
 mkdir -p "$work" "$ckpt"
 if [ ! -d "$assets/models" ]; then
-  mkdir -p "$assets" && tar -xJf .device/gpu1/assets.tar.xz -C "$assets"
+  mkdir -p "$assets" && for t in .device/gpu*/assets.tar.xz; do tar -xJf "$t" -C "$assets"; done
 fi
-[ -e "$ckpt/ref-llama" ] || ln -s "$assets/models/ref-llama" "$ckpt/ref-llama"
+for m in "$assets"/models/ref-*; do [ -f "$m/config.json" ] && ln -sfn "$m" "$ckpt/$(basename "$m")"; done
 if [ -z "${KVSWEEP_DEBS_UNPACKED:-}" ]; then source .debs/unpack-debs.sh .debs; export KVSWEEP_DEBS_UNPACKED=1; fi
 export KVSWEEP_ASSETS=$assets
+if [ ! -x build-cuda/bench/kvsweep-engine-bench ]; then
+  t0=$(date +%s)
+  deploy/build-cuda.sh build-cuda > "$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - t0 )) s"
+fi
 case $phase in
   smoke)
     METHODS=${METHODS:-"none quant:bits=4 quant:bits=2,group=32,axis=channel,residual=32 rank:r=16 rank:r=16,basis=svd hybrid:r=32,bits=8"} \
@@ -23,6 +28,8 @@ case $phase in
   bench)
     tools/gpu/run_gpu_bench.sh "$assets" "$ckpt" "$work/bench" "$*" | tail -60
     cp "$work/bench/results.jsonl" "$OUT/results.jsonl"; cp "$work/bench/table.md" "$OUT/table.md" ;;
+  checkfused)
+    build-cuda/bench/kvsweep-engine-bench --check-fused cuda | tee "$work/checkfused.txt" | tail -25 ;;
   fulljob)
     model=$1 W=$2
     /usr/bin/time -v build-cuda/worker/kvsweep-worker eval --model "$ckpt/$model" --task wikitext \

@@ -65,12 +65,15 @@ Tensor Attend(const Tensor& q, const KvPair& kv, const Tensor& allowed, int wind
   if (!kv.k.position_dependent() && !kv.v.position_dependent() && !q.is_cpu()) {
     // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
     // there is no sliding window.
+    // Contiguous [B, H, T, D] operands: with the strided views the projections produce, SDPA
+    // was measured slower than with a codec's contiguous output (docs/gpu.md).
+    const Tensor qc = q.contiguous(), kc = kv.k.compressed.contiguous(), vc = kv.v.compressed.contiguous();
     if (window == 0) {
-      return at::scaled_dot_product_attention(q, kv.k.compressed, kv.v.compressed, {}, 0.0,
-                                              /*is_causal=*/true, scale, /*enable_gqa=*/groups > 1);
+      return at::scaled_dot_product_attention(qc, kc, vc, {}, 0.0, /*is_causal=*/true, scale,
+                                              /*enable_gqa=*/groups > 1);
     }
-    return at::scaled_dot_product_attention(q, kv.k.compressed, kv.v.compressed, allowed, 0.0,
-                                            /*is_causal=*/false, scale, /*enable_gqa=*/groups > 1);
+    return at::scaled_dot_product_attention(qc, kc, vc, allowed, 0.0, /*is_causal=*/false, scale,
+                                            /*enable_gqa=*/groups > 1);
   }
 #endif
   auto scores_with = [&](const Tensor& k) {

@@ -77,8 +77,18 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
   absl::Status s = GuardTorch("scoring", [&]() -> absl::Status {
     torch::NoGradGuard no_grad;
     while (pos < order.size()) {
+      // A batch: the longest remaining request sets T; shorter ones join while the batch fits
+      // the budget and padding stays under max_padding of the batch (lengths are sorted, so
+      // LAMBADA-like short documents form several batches of similar length).
       const int64_t T = requests[order[pos]].input.size();
-      const int64_t B = std::max<int64_t>(1, std::min<int64_t>(budget / T, order.size() - pos));
+      const int64_t max_b = std::max<int64_t>(1, std::min<int64_t>(budget / T, order.size() - pos));
+      int64_t B = 1, real = T;
+      while (B < max_b) {
+        const int64_t next = requests[order[pos + B]].input.size();
+        if (static_cast<double>((B + 1) * T - (real + next)) > options.max_padding * (B + 1) * T) break;
+        real += next;
+        ++B;
+      }
       std::vector<size_t> batch(order.begin() + pos, order.begin() + pos + B);
       pos += B;
       // [B, T] right-padded with token 0.

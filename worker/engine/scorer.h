@@ -32,6 +32,9 @@ struct ScoreResult {
 struct ScorerOptions {
   // Tokens per forward batch (B x padded T); 0 = a default for the device.
   int64_t batch_tokens = 0;
+  // Largest fraction of padding tokens a batch may hold (sorted lengths make batches of similar
+  // length; padded positions cost compute but never change results).
+  double max_padding = 0.1;
   // Rows per LM-head chunk (bounds the [rows, vocab] fp32 logits buffer).
   int64_t head_rows = 2048;
 };

@@ -1,5 +1,7 @@
 #include "worker/engine/kv/quantizer.h"
 
+#include "worker/engine/kv/fused_quant.h"
+
 #include <vector>
 
 namespace kvsweep::engine {
@@ -68,6 +70,8 @@ std::vector<int64_t> WithLast(const torch::IntArrayRef sizes, int64_t last) {
 }  // namespace
 
 Tensor FakeQuantize(const Tensor& x, const QuantFormat& f) {
+  Tensor fused;
+  if (FusedFakeQuantize(x, f, &fused)) return fused;  // CUDA: one kernel, bitwise the same
   Quantized r = QuantizeCore(x, f);
   Tensor y;
   if (f.fp16_meta) {

@@ -1,0 +1,18 @@
+// The fused CUDA fake quantizer, as quantizer.cc's FakeQuantize uses it: bitwise the same
+// result as the libtorch path (fused_quant.cu explains), one kernel instead of ~12.
+#ifndef KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_H_
+#define KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_H_
+
+#include "worker/engine/kv/quantizer.h"
+
+namespace kvsweep::engine {
+
+// Sets *out and returns true when the kernel applies: a CUDA build, x on a CUDA device in
+// fp32/bf16/fp16 with 1..4 dimensions and a contiguous last dimension, fp32 metadata (the
+// simulated `quant`; the packed format keeps the libtorch path), and the environment variable
+// KVSWEEP_FUSED_QUANT not set to 0. Returns false otherwise (the caller uses libtorch ops).
+bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_H_

@@ -1,0 +1,26 @@
+// The CUDA side of the fused fake quantizer (fused_quant.cu); no libtorch in this header so that
+// nvcc compiles the kernel without torch's headers. See fused_quant.h for the torch-facing call.
+#ifndef KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_KERNEL_H_
+#define KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_KERNEL_H_
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace kvsweep::engine {
+
+enum { kFusedF32 = 0, kFusedBF16 = 1, kFusedF16 = 2 };
+
+// x: rows indexed by three outer dimensions (sizes `rows`, element strides `strides`), each row
+// `n` contiguous elements; y: contiguous [rows..., n].
+struct FusedQuantShape {
+  int64_t rows[3];
+  int64_t strides[3];
+  int64_t n;
+};
+
+cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQuantShape& s,
+                                 int group, int bits, bool sym, cudaStream_t stream);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_KERNEL_H_
