@@ -2,6 +2,7 @@
 #include <string>
 
 #include "common/file_util.h"
+#include "common/fingerprint.h"
 #include "common/hash.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
@@ -48,6 +49,21 @@ TEST(FileTest, AtomicWriteThenMapRoundTrips) {
   auto h = Sha256File(path);
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(*h, Sha256Hex("hello"));
+  std::remove(path.c_str());
+}
+
+TEST(FingerprintTest, InProcessMemoFollowsFileChanges) {
+  std::string path = ::testing::TempDir() + "/kvsweep_memo_test.txt";
+  ASSERT_TRUE(WriteFileAtomic(path, "first").ok());
+  auto a = FileSha256Cached(path);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, Sha256Hex("first"));
+  EXPECT_EQ(*FileSha256Cached(path), *a);  // memoized
+  // A new size (and mtime) is a new key: the memo must not serve the old digest.
+  ASSERT_TRUE(WriteFileAtomic(path, "second!").ok());
+  auto b = FileSha256Cached(path);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, Sha256Hex("second!"));
   std::remove(path.c_str());
 }
 
