@@ -4,10 +4,12 @@
 // fake's savepoint.
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/json_util.h"
+#include "common/status_macros.h"
 #include "storage/result_store.h"
 
 namespace kvsweep {
@@ -274,6 +276,17 @@ class FakeResultStore final : public ResultStore {
     }
     std::sort(out.begin(), out.end(),
               [](const ActiveJob& a, const ActiveJob& b) { return a.seq < b.seq; });
+    return out;
+  }
+
+  absl::StatusOr<std::vector<ActiveJob>> LoadJobs(
+      const std::vector<std::string>& job_ids) override {
+    KV_ASSIGN_OR_RETURN(std::vector<ActiveJob> all, LoadActiveJobs());
+    std::set<std::string> want(job_ids.begin(), job_ids.end());
+    std::vector<ActiveJob> out;
+    for (ActiveJob& j : all) {
+      if (want.count(j.job_id)) out.push_back(std::move(j));
+    }
     return out;
   }
 

@@ -243,6 +243,9 @@ class ResultStore {
 
   // Every queued and leased job, in insertion order.
   virtual absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() = 0;
+  // Those of `job_ids` that are queued or leased, in insertion order (unknown ids are skipped).
+  virtual absl::StatusOr<std::vector<ActiveJob>> LoadJobs(
+      const std::vector<std::string>& job_ids) = 0;
 
   // kNotFound "no sweep named 'x'".
   virtual absl::StatusOr<SweepInfo> GetSweep(const std::string& name) = 0;

@@ -139,6 +139,11 @@ TEST_P(ResultStoreConformance, SubmitQueuesNewJobsInOrder) {
   EXPECT_EQ(info->total, 3);
   EXPECT_EQ(info->count(JobState::kQueued), 3);
   EXPECT_EQ(*store_->CountJobs(), 3);
+  auto some = store_->LoadJobs({"c", "zzz", "a"});
+  ASSERT_TRUE(some.ok());
+  ASSERT_EQ(some->size(), 2u);
+  EXPECT_EQ((*some)[0].job_id, "a");
+  EXPECT_EQ((*some)[1].job_id, "c");
 }
 
 TEST_P(ResultStoreConformance, ResubmitEnqueuesNothingAndOtherSweepsReuseDoneJobs) {

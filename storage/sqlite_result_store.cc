@@ -421,32 +421,26 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
     absl::MutexLock lock(&rmu_);
-    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_,
-                                     "SELECT job_id, spec_json, model_key, state, priority, "
-                                     "attempts, max_attempts, next_eligible_ms, fence, lease_id, "
-                                     "lease_worker, lease_deadline_ms, crash_workers, seq "
-                                     "FROM jobs WHERE state IN ('queued','leased') ORDER BY seq"));
+    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns,
+                                                                  " ORDER BY seq")));
     std::vector<ActiveJob> out;
-    for (;;) {
-      KV_ASSIGN_OR_RETURN(bool row, st->Step());
-      if (!row) break;
-      ActiveJob j;
-      j.job_id = st->Text(0);
-      j.spec_json = st->Text(1);
-      j.model_key = st->Text(2);
-      KV_ASSIGN_OR_RETURN(j.state, ParseJobState(st->Text(3)));
-      j.priority = static_cast<int>(st->Int(4));
-      j.attempts = static_cast<int>(st->Int(5));
-      j.max_attempts = static_cast<int>(st->Int(6));
-      j.next_eligible_ms = st->Int(7);
-      j.fence = st->Int(8);
-      j.lease_id = st->Text(9);
-      j.lease_worker = st->Text(10);
-      j.lease_deadline_ms = st->Int(11);
-      j.crash_workers = ParseStringList(st->Text(12));
-      j.seq = st->Int(13);
-      out.push_back(std::move(j));
+    KV_RETURN_IF_ERROR(ReadActive(st.get(), &out));
+    return out;
+  }
+
+  absl::StatusOr<std::vector<ActiveJob>> LoadJobs(
+      const std::vector<std::string>& job_ids) override {
+    absl::MutexLock lock(&rmu_);
+    KV_ASSIGN_OR_RETURN(auto st,
+                        Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns, " AND job_id = ?")));
+    std::vector<ActiveJob> out;
+    for (const std::string& id : job_ids) {
+      st->Reset();
+      st->Bind(1, id);
+      KV_RETURN_IF_ERROR(ReadActive(st.get(), &out));
     }
+    std::sort(out.begin(), out.end(),
+              [](const ActiveJob& a, const ActiveJob& b) { return a.seq < b.seq; });
     return out;
   }
 
@@ -1036,6 +1030,35 @@ class SqliteResultStore final : public ResultStore {
     st->Bind(1, op.worker.worker_id).Bind(2, op.worker.hostname).Bind(3, op.worker.device);
     st->Bind(4, op.worker.evaluator).Bind(5, op.worker.pid).Bind(6, op.now_ms);
     SQL_RUN(st);
+    return absl::OkStatus();
+  }
+
+  static constexpr const char* kActiveColumns =
+      "SELECT job_id, spec_json, model_key, state, priority, attempts, max_attempts, "
+      "next_eligible_ms, fence, lease_id, lease_worker, lease_deadline_ms, crash_workers, seq "
+      "FROM jobs WHERE state IN ('queued','leased')";
+
+  absl::Status ReadActive(Stmt* st, std::vector<ActiveJob>* out) {
+    for (;;) {
+      KV_ASSIGN_OR_RETURN(bool row, st->Step());
+      if (!row) break;
+      ActiveJob j;
+      j.job_id = st->Text(0);
+      j.spec_json = st->Text(1);
+      j.model_key = st->Text(2);
+      KV_ASSIGN_OR_RETURN(j.state, ParseJobState(st->Text(3)));
+      j.priority = static_cast<int>(st->Int(4));
+      j.attempts = static_cast<int>(st->Int(5));
+      j.max_attempts = static_cast<int>(st->Int(6));
+      j.next_eligible_ms = st->Int(7);
+      j.fence = st->Int(8);
+      j.lease_id = st->Text(9);
+      j.lease_worker = st->Text(10);
+      j.lease_deadline_ms = st->Int(11);
+      j.crash_workers = ParseStringList(st->Text(12));
+      j.seq = st->Int(13);
+      out->push_back(std::move(j));
+    }
     return absl::OkStatus();
   }
 
