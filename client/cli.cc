@@ -508,7 +508,8 @@ int RunKvsweep(int argc, char** argv) {
       ->check(CLI::Range(100, 86400000))
       ->capture_default_str();
 
-  std::string file, sweep, db, sql, format, output;
+  std::string file, sweep, db, sql, output;
+  std::string table_format, query_format, export_format;
   bool dry_run = false, json = false, failed = false, quarantined = false, include_spec = false;
   int interval_ms = 1000, max_rows = 10000;
   TableSpec tspec;
@@ -544,12 +545,12 @@ int RunKvsweep(int argc, char** argv) {
   table->add_option("--metric", tspec.metric, "metric to show")->capture_default_str();
   table->add_option("--delta", tspec.delta, "show differences from this column (e.g. none)");
   table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
-  table->add_option("--format", format, "md, csv, latex or json")->default_val("md");
+  table->add_option("--format", table_format, "md, csv, latex or json")->default_val("md");
   table->add_option("--db", db, "read this database file instead of asking the coordinator");
 
   CLI::App* query = app.add_subcommand("query", "run read-only SQL on the result database");
   query->add_option("sql", sql)->required();
-  query->add_option("--format", format, "text, csv or json")->default_val("text");
+  query->add_option("--format", query_format, "text, csv or json")->default_val("text");
   query->add_option("--max-rows", max_rows, "row limit")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
@@ -557,7 +558,7 @@ int RunKvsweep(int argc, char** argv) {
 
   CLI::App* exp = app.add_subcommand("export", "write a sweep's jobs and results");
   exp->add_option("sweep", sweep)->required();
-  exp->add_option("--format", format, "jsonl or csv")->default_val("jsonl");
+  exp->add_option("--format", export_format, "jsonl or csv")->default_val("jsonl");
   exp->add_option("--output,-o", output, "file (default stdout)");
   exp->add_flag("--include-spec", include_spec, "add each job's spec (jsonl)");
   exp->add_option("--db", db, "read this database file instead of asking the coordinator");
@@ -598,9 +599,9 @@ int RunKvsweep(int argc, char** argv) {
   if (*watch) return Watch(g, sweep, interval_ms);
   if (*cancel) return Cancel(g, sweep);
   if (*retry) return Retry(g, sweep, failed, quarantined);
-  if (*table) return TableCmd(g, db, sweep, tspec, format);
-  if (*query) return QueryCmd(g, db, sql, format, max_rows);
-  if (*exp) return Export(g, db, sweep, format, output, include_spec);
+  if (*table) return TableCmd(g, db, sweep, tspec, table_format);
+  if (*query) return QueryCmd(g, db, sql, query_format, max_rows);
+  if (*exp) return Export(g, db, sweep, export_format, output, include_spec);
   if (*demo_cmd) return RunDemo(demo);
   return kExitUsage;
 }
