@@ -61,6 +61,7 @@ struct Backend {
   std::string name;
   Factory make;
 };
+void PrintTo(const Backend& b, std::ostream* os) { *os << b.name; }
 
 class ResultStoreConformance : public ::testing::TestWithParam<Backend> {
  protected:
