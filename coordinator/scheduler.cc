@@ -261,11 +261,10 @@ void Scheduler::LoseLease(MemJob& j, const std::string& why, int64_t now) {
 
 // ---- Workers -----------------------------------------------------------------------------------
 
-void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
-                      const std::string& held_model,
-                      std::function<void(absl::StatusOr<LeaseOffer>)> done) {
-  std::unique_lock<std::mutex> lock(mu_);
-  const int64_t now = clock_->NowMs();
+Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
+                                           const std::string& session,
+                                           const std::string& held_model, int64_t now,
+                                           LeaseOffer* offer, GrantLease* grant) {
   auto touched = worker_touched_.find(worker.worker_id);
   if (touched == worker_touched_.end() || now - touched->second > kTouchEveryMs) {
     worker_touched_[worker.worker_id] = now;
@@ -279,22 +278,12 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
       MemJob& j = it->second;
       if (j.lease_session.empty() || j.lease_session == session) {
         // The worker did not get our answer (or we restarted and cannot tell): hand out the
-        // same lease again. The answer waits for a commit, so the grant it repeats is durable.
+        // same lease again.
         j.lease_session = session;
         SetDeadline(j, now + options_.lease_ttl_ms);
-        LeaseOffer offer{true, j.job_id, j.spec_json, j.lease_id, j.fence, j.deadline_ms,
-                         j.attempts, 0};
-        Enqueue(TouchWorker{worker, now},
-                [offer, done](Mutation& m) {
-                  if (!m.status.ok()) {
-                    done(absl::UnavailableError(
-                        absl::StrCat("coordinator storage: ", m.status.message())));
-                  } else {
-                    done(offer);
-                  }
-                },
-                false);
-        return;
+        *offer = LeaseOffer{true, j.job_id, j.spec_json, j.lease_id, j.fence, j.deadline_ms,
+                            j.attempts, 0};
+        return Decision::kRepeat;
       }
       LoseLease(j, absl::StrCat("abandoned: worker ", worker.worker_id,
                                 " restarted while holding the lease"),
@@ -304,16 +293,13 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
   PromoteDelayed(now);
   MemJob* j = PickJob(held_model);
   if (j == nullptr) {
-    int retry = options_.idle_retry_ms;
+    *offer = LeaseOffer();
+    offer->retry_after_ms = options_.idle_retry_ms;
     if (!delayed_.empty()) {
-      retry = static_cast<int>(
+      offer->retry_after_ms = static_cast<int>(
           std::clamp<int64_t>(delayed_.begin()->first - now, 20, options_.idle_retry_ms));
     }
-    lock.unlock();
-    LeaseOffer none;
-    none.retry_after_ms = retry;
-    done(none);
-    return;
+    return Decision::kNone;
   }
   Unready(*j);
   const int64_t expected = j->fence;
@@ -326,26 +312,56 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
   SetDeadline(*j, now + options_.lease_ttl_ms);
   worker_lease_[worker.worker_id] = j->job_id;
   ++leased_count_;
-  LeaseOffer offer{true, j->job_id, j->spec_json, j->lease_id, j->fence, j->deadline_ms,
-                   j->attempts, 0};
-  GrantLease g;
-  g.job_id = j->job_id;
-  g.expected_fence = expected;
-  g.lease_id = j->lease_id;
-  g.worker_id = worker.worker_id;
-  g.deadline_ms = j->deadline_ms;
-  g.now_ms = now;
-  Enqueue(std::move(g),
-          [offer, done](Mutation& m) mutable {
-            if (!m.status.ok()) {
-              done(absl::UnavailableError(
-                  absl::StrCat("could not record the lease: ", m.status.message())));
-              return;
-            }
-            offer.attempt = std::get<GrantLease>(m.op).attempt;
-            done(offer);
-          },
-          /*must_succeed=*/true);
+  *offer = LeaseOffer{true, j->job_id, j->spec_json, j->lease_id, j->fence, j->deadline_ms,
+                      j->attempts, 0};
+  grant->job_id = j->job_id;
+  grant->expected_fence = expected;
+  grant->lease_id = j->lease_id;
+  grant->worker_id = worker.worker_id;
+  grant->deadline_ms = j->deadline_ms;
+  grant->now_ms = now;
+  return Decision::kNew;
+}
+
+void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
+                      const std::string& held_model,
+                      std::function<void(absl::StatusOr<LeaseOffer>)> done) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMs();
+  LeaseOffer offer;
+  GrantLease grant;
+  switch (DecideLease(worker, session, held_model, now, &offer, &grant)) {
+    case Decision::kNone:
+      lock.unlock();
+      done(offer);
+      return;
+    case Decision::kRepeat:
+      // Answered after a commit, so the grant it repeats is durable by then.
+      Enqueue(TouchWorker{worker, now},
+              [offer, done](Mutation& m) {
+                if (!m.status.ok()) {
+                  done(absl::UnavailableError(
+                      absl::StrCat("could not record the lease: ", m.status.message())));
+                } else {
+                  done(offer);
+                }
+              },
+              false);
+      return;
+    case Decision::kNew:
+      Enqueue(std::move(grant),
+              [offer, done](Mutation& m) mutable {
+                if (!m.status.ok()) {
+                  done(absl::UnavailableError(
+                      absl::StrCat("could not record the lease: ", m.status.message())));
+                  return;
+                }
+                offer.attempt = std::get<GrantLease>(m.op).attempt;
+                done(offer);
+              },
+              /*must_succeed=*/true);
+      return;
+  }
 }
 
 HeartbeatReply Scheduler::Heartbeat(const std::string& worker_id, const std::string& job_id,
@@ -370,9 +386,10 @@ HeartbeatReply Scheduler::Heartbeat(const std::string& worker_id, const std::str
 }
 
 void Scheduler::Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                         std::string result_json,
-                         std::function<void(absl::StatusOr<bool>)> done) {
+                         std::string result_json, const NextLease* next,
+                         std::function<void(absl::StatusOr<CompleteOutcome>)> done) {
   std::unique_lock<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMs();
   auto it = jobs_.find(job_id);
   if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
     it->second.completing++;
@@ -381,9 +398,21 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
     r.fence = fence;
     r.worker_id = worker_id;
     r.result_json = std::move(result_json);
-    r.now_ms = clock_->NowMs();
+    r.now_ms = now;
+    // Both halves of a complete-and-lease answer once; the lease callback runs second.
+    struct Shared {
+      absl::Status status;
+      bool duplicate = false;
+    };
+    auto shared = std::make_shared<Shared>();
+    LeaseOffer offer;
+    GrantLease grant;
+    const bool granting =
+        next != nullptr &&
+        DecideLease(next->worker, next->session, next->held_model, now, &offer, &grant) ==
+            Decision::kNew;
     Enqueue(std::move(r),
-            [this, job_id, fence, done](Mutation& m) {
+            [this, job_id, fence, done, shared, granting](Mutation& m) {
               {
                 std::lock_guard<std::mutex> l(mu_);
                 auto it = jobs_.find(job_id);
@@ -392,13 +421,44 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
                   if (m.status.ok()) Forget(job_id);
                 }
               }
+              shared->status = m.status;
+              if (m.status.ok()) shared->duplicate = std::get<RecordResult>(m.op).duplicate;
+              if (granting) return;  // the lease callback answers
               if (!m.status.ok()) {
                 done(m.status);
               } else {
-                done(std::get<RecordResult>(m.op).duplicate);
+                done(CompleteOutcome{shared->duplicate, std::nullopt});
               }
             },
             /*must_succeed=*/true);
+    if (granting) {
+      const std::string worker = next->worker.worker_id;
+      Enqueue(std::move(grant),
+              [this, done, shared, offer, worker](Mutation& m) mutable {
+                if (!shared->status.ok()) {
+                  // The result was refused: do not keep the lease we decided with it.
+                  if (m.status.ok()) {
+                    std::lock_guard<std::mutex> l(mu_);
+                    auto it = jobs_.find(offer.job_id);
+                    if (it != jobs_.end() && it->second.state == JobState::kLeased &&
+                        it->second.fence == offer.fence && it->second.lease_worker == worker &&
+                        it->second.completing == 0) {
+                      EndLeaseLocked(it->second, FailKind::kHandedBack, "", clock_->NowMs(),
+                                     nullptr);
+                    }
+                  }
+                  done(shared->status);
+                  return;
+                }
+                CompleteOutcome out{shared->duplicate, std::nullopt};
+                if (m.status.ok()) {
+                  offer.attempt = std::get<GrantLease>(m.op).attempt;
+                  out.next = offer;
+                }
+                done(out);
+              },
+              /*must_succeed=*/true);
+    }
     return;
   }
   std::string reason;
@@ -406,13 +466,14 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
   if (rv != revoked_.end()) reason = rv->second;
   lock.unlock();
   // Not leased under this token: either a repeat of a result already recorded, or stale.
+  // (A repeat gets no next lease; the worker asks with Lease.)
   absl::StatusOr<std::optional<int64_t>> recorded = store_->ResultFence(job_id);
   if (!recorded.ok()) {
     done(recorded.status());
     return;
   }
   if (recorded->has_value() && **recorded == fence) {
-    done(true);
+    done(CompleteOutcome{true, std::nullopt});
     return;
   }
   done(absl::FailedPreconditionError(absl::StrCat(
@@ -424,24 +485,11 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
       ")")));
 }
 
-void Scheduler::Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                     FailKind kind, const std::string& error,
-                     std::function<void(absl::StatusOr<JobState>)> done) {
-  std::unique_lock<std::mutex> lock(mu_);
-  const int64_t now = clock_->NowMs();
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end() || it->second.state != JobState::kLeased || it->second.fence != fence ||
-      it->second.completing > 0) {
-    lock.unlock();
-    done(absl::FailedPreconditionError(
-        absl::StrCat("stale fencing token ", fence, " for job ", job_id.substr(0, 12),
-                     ": the job is not leased under this token")));
-    return;
-  }
-  MemJob& j = it->second;
+JobState Scheduler::EndLeaseLocked(MemJob& j, FailKind kind, const std::string& error,
+                                   int64_t now, std::function<void(Mutation&)> done) {
   EndLease e;
-  e.job_id = job_id;
-  e.fence = fence;
+  e.job_id = j.job_id;
+  e.fence = j.fence;
   e.now_ms = now;
   e.error = error;
   switch (kind) {
@@ -468,6 +516,7 @@ void Scheduler::Fail(const std::string& worker_id, const std::string& job_id, in
       break;
   }
   const JobState new_state = e.new_state;
+  const std::string job_id = j.job_id;
   if (new_state == JobState::kQueued) {
     deadlines_.erase({j.deadline_ms, j.job_id});
     auto w = worker_lease_.find(j.lease_worker);
@@ -483,16 +532,31 @@ void Scheduler::Fail(const std::string& worker_id, const std::string& job_id, in
   } else {
     Forget(job_id);
   }
-  (void)worker_id;
-  Enqueue(std::move(e),
-          [new_state, done](Mutation& m) {
-            if (!m.status.ok()) {
-              done(m.status);
-            } else {
-              done(new_state);
-            }
-          },
-          /*must_succeed=*/true);
+  Enqueue(std::move(e), std::move(done), /*must_succeed=*/true);
+  return new_state;
+}
+
+void Scheduler::Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
+                     FailKind kind, const std::string& error,
+                     std::function<void(absl::StatusOr<JobState>)> done) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMs();
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.state != JobState::kLeased || it->second.fence != fence ||
+      it->second.lease_worker != worker_id || it->second.completing > 0) {
+    lock.unlock();
+    done(absl::FailedPreconditionError(
+        absl::StrCat("stale fencing token ", fence, " for job ", job_id.substr(0, 12),
+                     ": the job is not leased to ", worker_id, " under this token")));
+    return;
+  }
+  EndLeaseLocked(it->second, kind, error, now, [done](Mutation& m) {
+    if (!m.status.ok()) {
+      done(m.status);
+    } else {
+      done(std::get<EndLease>(m.op).new_state);
+    }
+  });
 }
 
 void Scheduler::ExpireLeases() {

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -73,6 +74,18 @@ struct HeartbeatReply {
 
 enum class FailKind { kRetryable, kPermanent, kHandedBack };
 
+// Complete-and-lease: who asks for the next job.
+struct NextLease {
+  WorkerRecord worker;
+  std::string session;
+  std::string held_model;
+};
+
+struct CompleteOutcome {
+  bool duplicate = false;
+  std::optional<LeaseOffer> next;  // when asked for and a job was leased
+};
+
 struct SubmitOutcome {
   int enqueued = 0, requeued = 0, done = 0, pending = 0, failed = 0;
 };
@@ -113,9 +126,11 @@ class Scheduler {
   HeartbeatReply Heartbeat(const std::string& worker_id, const std::string& job_id,
                            int64_t fence);
   // Records the result exactly once (kFailedPrecondition for a stale token; OK with
-  // *duplicate for a repeat of a recorded result).
+  // duplicate = true for a repeat of a recorded result). With `next`, also leases the worker
+  // its next job in the same commit; if the result is refused, that lease is handed back.
   void Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                std::string result_json, std::function<void(absl::StatusOr<bool>)> done);
+                std::string result_json, const NextLease* next,
+                std::function<void(absl::StatusOr<CompleteOutcome>)> done);
   // Ends the lease without a result; `done` gets the job's new state.
   void Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
             FailKind kind, const std::string& error,
@@ -155,7 +170,17 @@ class Scheduler {
   };
   using ReadyKey = std::pair<int64_t, std::string>;  // (seq, job id)
 
+  enum class Decision { kNone, kRepeat, kNew };
+
   // All below with mu_ held.
+  // Decides `worker`'s lease: none (offer->retry_after_ms set), its existing lease again
+  // (kRepeat), or a new one (memory updated; *grant to be enqueued).
+  Decision DecideLease(const WorkerRecord& worker, const std::string& session,
+                       const std::string& held_model, int64_t now, LeaseOffer* offer,
+                       GrantLease* grant);
+  // Ends j's lease without a result (a failure or a hand-back) and queues the EndLease.
+  JobState EndLeaseLocked(MemJob& j, FailKind kind, const std::string& error, int64_t now,
+                          std::function<void(Mutation&)> done);
   void Adopt(const ActiveJob& a, int64_t now);
   void MakeReady(MemJob& j, int64_t now);
   void Unready(MemJob& j);

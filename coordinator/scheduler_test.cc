@@ -126,9 +126,16 @@ class SchedulerTest : public ::testing::Test {
   }
   absl::StatusOr<bool> Complete(const std::string& worker, const LeaseOffer& l,
                                 const std::string& result = kResult) {
-    std::promise<absl::StatusOr<bool>> p;
-    sched_->Complete(worker, l.job_id, l.fence, result,
-                     [&p](absl::StatusOr<bool> r) { p.set_value(r); });
+    auto r = CompleteAndLease(worker, l, nullptr, result);
+    if (!r.ok()) return r.status();
+    return r->duplicate;
+  }
+  absl::StatusOr<CompleteOutcome> CompleteAndLease(const std::string& worker, const LeaseOffer& l,
+                                                   const NextLease* next,
+                                                   const std::string& result = kResult) {
+    std::promise<absl::StatusOr<CompleteOutcome>> p;
+    sched_->Complete(worker, l.job_id, l.fence, result, next,
+                     [&p](absl::StatusOr<CompleteOutcome> r) { p.set_value(r); });
     return p.get_future().get();
   }
   absl::StatusOr<JobState> Fail(const std::string& worker, const LeaseOffer& l, FailKind k,
@@ -382,6 +389,55 @@ TEST_F(SchedulerTest, ConcurrentCompletesOfOneResultMakeOneRow) {
   EXPECT_EQ(duplicates, 15);
   EXPECT_EQ(errors, 0);
   EXPECT_EQ(*store_->CountResults(), 1);
+}
+
+TEST_F(SchedulerTest, CompleteAndLeaseCommitsBothOrKeepsNeither) {
+  ExpandedSweep s = MakeSweep("s", {{"m1", "a"}, {"m1", "b"}, {"m1", "c"}});
+  ASSERT_TRUE(sched_->Submit(s, "", "").ok());
+  NextLease next{{"w1", "host", "cpu", "fake", 1}, "w1-session", "m1"};
+  LeaseOffer a = LeaseOk("w1");
+  auto out = CompleteAndLease("w1", a, &next);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->duplicate);
+  ASSERT_TRUE(out->next.has_value());
+  EXPECT_EQ(out->next->job_id, s.jobs[1].job_id);
+  EXPECT_EQ(out->next->attempt, 1);
+  EXPECT_TRUE(sched_->Heartbeat("w1", out->next->job_id, out->next->fence).keep_going);
+  // A repeat of the same Complete is a duplicate and leases nothing more.
+  auto again = CompleteAndLease("w1", a, &next);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_FALSE(again->next.has_value());
+  // A refused result keeps no lease: the job it would have leased goes straight back.
+  LeaseOffer b = *out->next;
+  clock_.Advance(1001);
+  sched_->ExpireLeases();  // b's lease is lost
+  clock_.Advance(1000);
+  LeaseOffer b2 = LeaseOk("w2");
+  ASSERT_EQ(b2.job_id, b.job_id);
+  auto refused = CompleteAndLease("w1", b, &next);
+  // b is no longer leased to w1 under that token: stale, answered without a lease.
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  sched_->Flush();
+  LeaseOffer c = LeaseOk("w3");
+  EXPECT_EQ(c.job_id, s.jobs[2].job_id);
+  EXPECT_EQ(*store_->CountResults(), 1);
+}
+
+TEST_F(SchedulerTest, ResultRefusedByTheStoreHandsTheNextLeaseBack) {
+  ExpandedSweep s = MakeSweep("s", {{"m1", "a"}, {"m1", "b"}});
+  ASSERT_TRUE(sched_->Submit(s, "", "").ok());
+  NextLease next{{"w1", "host", "cpu", "fake", 1}, "w1-session", ""};
+  LeaseOffer a = LeaseOk("w1");
+  auto out = CompleteAndLease("w1", a, &next, "not json");
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  sched_->Flush();
+  // b was leased with the refused result and handed straight back: no backoff, no attempt.
+  LeaseOffer b = LeaseOk("w2");
+  EXPECT_EQ(b.job_id, s.jobs[1].job_id);
+  EXPECT_EQ(b.attempt, 1);
+  // a is still leased to w1, which may report it properly.
+  EXPECT_EQ(*Complete("w1", a), false);
 }
 
 TEST_F(SchedulerTest, StorageFailureFailsTheCallAndReloadsTheSchedule) {

@@ -56,7 +56,33 @@ absl::Status ValidateLeaseId(const std::string& id) {
   return absl::OkStatus();
 }
 
+void FillLease(const LeaseOffer& offer, int ttl, v1::LeaseResponse* resp) {
+  resp->set_has_job(offer.has_job);
+  resp->set_retry_after_ms(offer.retry_after_ms);
+  if (!offer.has_job) return;
+  resp->set_job_id(offer.job_id);
+  resp->set_spec_json(offer.spec_json);
+  resp->set_lease_id(offer.lease_id);
+  resp->set_fencing_token(offer.fence);
+  resp->set_deadline_unix_ms(offer.deadline_ms);
+  resp->set_lease_ttl_ms(ttl);
+  resp->set_heartbeat_interval_ms(std::max(ttl / 3, 10));
+  resp->set_attempt(offer.attempt);
+}
+
 }  // namespace
+
+absl::Status ValidateLeaseRequest(const v1::LeaseRequest& req, const std::string& prefix) {
+  const v1::WorkerInfo& w = req.worker();
+  absl::Status s = ValidateWorkerId(w.worker_id(), (prefix + ".worker_id").c_str());
+  if (!s.ok()) return s;
+  if (w.hostname().size() > 256 || w.device().size() > 64 || w.evaluator().size() > 64 ||
+      w.session().size() > 128 || req.held_model().size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, ": hostname/device/evaluator/session/held_model too long"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateWorkerId(const std::string& id, const char* field) {
   if (id.empty() || id.size() > 128) {
@@ -287,12 +313,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
   const v1::WorkerInfo& w = req->worker();
-  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(w.worker_id(), "worker.worker_id"));
-  if (w.hostname().size() > 256 || w.device().size() > 64 || w.evaluator().size() > 64 ||
-      w.session().size() > 128 || req->held_model().size() > 128) {
-    reactor->Finish(Invalid("worker: hostname/device/evaluator/session/held_model too long"));
-    return reactor;
-  }
+  KV_FINISH_IF_ERROR(reactor, ValidateLeaseRequest(*req, "worker"));
   WorkerRecord record{w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()};
   const int ttl = scheduler_->options().lease_ttl_ms;
   scheduler_->Lease(record, w.session(), req->held_model(),
@@ -301,18 +322,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* 
                         reactor->Finish(ToGrpc(offer.status()));
                         return;
                       }
-                      resp->set_has_job(offer->has_job);
-                      resp->set_retry_after_ms(offer->retry_after_ms);
-                      if (offer->has_job) {
-                        resp->set_job_id(offer->job_id);
-                        resp->set_spec_json(offer->spec_json);
-                        resp->set_lease_id(offer->lease_id);
-                        resp->set_fencing_token(offer->fence);
-                        resp->set_deadline_unix_ms(offer->deadline_ms);
-                        resp->set_lease_ttl_ms(ttl);
-                        resp->set_heartbeat_interval_ms(std::max(ttl / 3, 10));
-                        resp->set_attempt(offer->attempt);
-                      }
+                      FillLease(*offer, ttl, resp);
                       reactor->Finish(grpc::Status::OK);
                     });
   return reactor;
@@ -359,13 +369,36 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
     reactor->Finish(Invalid(absl::StrCat("result_json: ", m.status().message())));
     return reactor;
   }
+  std::unique_ptr<NextLease> next;
+  if (req->has_next()) {
+    KV_FINISH_IF_ERROR(reactor, ValidateLeaseRequest(req->next(), "next.worker"));
+    const v1::WorkerInfo& w = req->next().worker();
+    if (w.worker_id() != req->worker_id()) {
+      reactor->Finish(Invalid("next.worker.worker_id: must be the completing worker"));
+      return reactor;
+    }
+    next = std::make_unique<NextLease>(NextLease{
+        {w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()},
+        w.session(),
+        req->next().held_model()});
+  }
+  const int ttl = scheduler_->options().lease_ttl_ms;
+  const bool want_next = next != nullptr;
   scheduler_->Complete(req->worker_id(), req->job_id(), req->fencing_token(),
-                       req->result_json(), [reactor, resp](absl::StatusOr<bool> dup) {
-                         if (!dup.ok()) {
-                           reactor->Finish(ToGrpc(dup.status()));
+                       req->result_json(), next.get(),
+                       [reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
+                         if (!out.ok()) {
+                           reactor->Finish(ToGrpc(out.status()));
                            return;
                          }
-                         resp->set_duplicate(*dup);
+                         resp->set_duplicate(out->duplicate);
+                         if (want_next) {
+                           if (out->next) {
+                             FillLease(*out->next, ttl, resp->mutable_next());
+                           } else {
+                             resp->mutable_next()->set_has_job(false);
+                           }
+                         }
                          reactor->Finish(grpc::Status::OK);
                        });
   return reactor;

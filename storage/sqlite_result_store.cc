@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -338,7 +340,21 @@ class SqliteResultStore final : public ResultStore {
  public:
   SqliteResultStore() = default;
   ~SqliteResultStore() override {
+    if (checkpointer_.joinable()) {
+      {
+        std::lock_guard<std::mutex> l(ckpt_mu_);
+        ckpt_stop_ = true;
+      }
+      ckpt_cv_.notify_all();
+      checkpointer_.join();
+    }
+    if (wdb_ != nullptr) {
+      absl::MutexLock lock(&wmu_);
+      stmts_.clear();
+      Exec(wdb_, "PRAGMA wal_checkpoint(TRUNCATE)").IgnoreError();
+    }
     stmts_.clear();
+    sqlite3_close_v2(cdb_);
     sqlite3_close_v2(wdb_);
     sqlite3_close_v2(rdb_);
     sqlite3_close_v2(qdb_);
@@ -358,6 +374,13 @@ class SqliteResultStore final : public ResultStore {
       KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA synchronous=FULL"));
       KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA foreign_keys=ON"));
       KV_RETURN_IF_ERROR(Migrate());
+      // Checkpoints copy the WAL into the database file; run on the commit path (SQLite's
+      // default) they stall an unlucky commit for tens of ms. A background connection does
+      // them instead; commits only append to the WAL.
+      KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA wal_autocheckpoint=0"));
+      KV_RETURN_IF_ERROR(OpenConn(path, SQLITE_OPEN_READWRITE, &cdb_));
+      sqlite3_busy_timeout(cdb_, busy);
+      checkpointer_ = std::thread([this] { CheckpointLoop(); });
     }
     KV_RETURN_IF_ERROR(OpenConn(path, o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &rdb_));
     sqlite3_busy_timeout(rdb_, busy);
@@ -387,28 +410,29 @@ class SqliteResultStore final : public ResultStore {
     }
     absl::MutexLock lock(&wmu_);
     hard_error_ = absl::OkStatus();
-    absl::Status s = Exec(wdb_, "BEGIN IMMEDIATE");
+    absl::Status s = Ctl("BEGIN IMMEDIATE");
     if (!s.ok()) {
+      hard_error_ = absl::OkStatus();
       for (Mutation& m : batch) m.status = s;
       return s;
     }
     for (Mutation& m : batch) {
-      s = Exec(wdb_, "SAVEPOINT m");
+      s = Ctl("SAVEPOINT m");
       if (!s.ok()) {
         hard_error_ = s;
         break;
       }
       m.status = std::visit([this](auto& op) { return Do(op); }, m.op);
       if (!hard_error_.ok()) break;
-      if (!m.status.ok()) s = Exec(wdb_, "ROLLBACK TO m");
-      if (s.ok()) s = Exec(wdb_, "RELEASE m");
+      if (!m.status.ok()) s = Ctl("ROLLBACK TO m");
+      if (s.ok()) s = Ctl("RELEASE m");
       if (!s.ok()) {
         hard_error_ = s;
         break;
       }
     }
     if (hard_error_.ok()) {
-      s = Exec(wdb_, "COMMIT");
+      s = Ctl("COMMIT");
       if (!s.ok()) hard_error_ = s;
     }
     if (!hard_error_.ok()) {
@@ -661,6 +685,22 @@ class SqliteResultStore final : public ResultStore {
     return absl::OkStatus();
   }
 
+  void CheckpointLoop() {
+    std::unique_lock<std::mutex> l(ckpt_mu_);
+    while (!ckpt_stop_) {
+      ckpt_cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return ckpt_stop_; });
+      if (ckpt_stop_) break;
+      l.unlock();
+      int wal_pages = 0, done_pages = 0;
+      int rc = sqlite3_wal_checkpoint_v2(cdb_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages,
+                                         &done_pages);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        KV_LOG(WARNING) << "result store: checkpoint: " << sqlite3_errmsg(cdb_);
+      }
+      l.lock();
+    }
+  }
+
   absl::Status CheckJournalMode(sqlite3* db) {
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(db, "PRAGMA journal_mode"));
     KV_ASSIGN_OR_RETURN(bool row, st->Step());
@@ -735,6 +775,15 @@ class SqliteResultStore final : public ResultStore {
     Stmt* raw = st->get();
     stmts_.emplace(sql, std::move(*st));
     return raw;
+  }
+
+  // Runs a transaction-control statement through the statement cache (no re-parse per batch).
+  absl::Status Ctl(const char* sql) {
+    absl::StatusOr<Stmt*> st = W(sql);
+    if (!st.ok()) return st.status();
+    absl::Status s = (*st)->Run();
+    (*st)->Reset();
+    return s;
   }
 
   // Marks a SQLite failure inside a mutation: the whole batch is rolled back.
@@ -1128,6 +1177,11 @@ class SqliteResultStore final : public ResultStore {
   sqlite3* rdb_ = nullptr;   // coordinator reads
   absl::Mutex qmu_;
   sqlite3* qdb_ = nullptr;   // user SQL: read-only, authorizer
+  sqlite3* cdb_ = nullptr;   // background WAL checkpoints
+  std::thread checkpointer_;
+  std::mutex ckpt_mu_;
+  std::condition_variable ckpt_cv_;
+  bool ckpt_stop_ = false;
 };
 
 }  // namespace

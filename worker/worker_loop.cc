@@ -155,6 +155,44 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop) 
   }
 }
 
+v1::LeaseRequest WorkerLoop::MakeLeaseRequest() const {
+  v1::LeaseRequest req;
+  v1::WorkerInfo* w = req.mutable_worker();
+  w->set_worker_id(worker_id_);
+  w->set_hostname(hostname_);
+  w->set_device(options_.device);
+  w->set_evaluator(options_.evaluator_name);
+  w->set_pid(::getpid());
+  w->set_session(session_);
+  req.set_held_model(held_model_);
+  return req;
+}
+
+void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind,
+                            const std::string& error) {
+  v1::FailRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_job_id(lease.job_id());
+  req.set_lease_id(lease.lease_id());
+  req.set_fencing_token(lease.fencing_token());
+  req.set_kind(kind);
+  req.set_error(OneLine(error).substr(0, kMaxErrorBytes));
+  v1::FailResponse resp;
+  grpc::Status s = Retrying(
+      "fail", [&](grpc::ClientContext* ctx) { return stub_->Fail(ctx, req, &resp); },
+      /*until_stop=*/true);
+  std::lock_guard<std::mutex> l(stats_mu_);
+  if (kind == v1::FAILURE_KIND_HANDED_BACK) {
+    ++stats_.handed_back;
+    Journal("handed_back", lease.job_id(), lease.fencing_token(), s.ok() ? "" : s.error_message());
+  } else {
+    ++stats_.failed;
+    Journal("failed", lease.job_id(), lease.fencing_token(),
+            absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ",
+                         error));
+  }
+}
+
 absl::Status WorkerLoop::Run() {
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options_.coordinator);
   if (!channel.ok()) return channel.status();
@@ -163,20 +201,29 @@ absl::Status WorkerLoop::Run() {
   KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
                << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
   while (!draining_) {
-    v1::LeaseRequest req;
-    v1::WorkerInfo* w = req.mutable_worker();
-    w->set_worker_id(worker_id_);
-    w->set_hostname(hostname_);
-    w->set_device(options_.device);
-    w->set_evaluator(options_.evaluator_name);
-    w->set_pid(::getpid());
-    w->set_session(session_);
-    req.set_held_model(held_model_);
+    if (next_lease_) {
+      v1::LeaseResponse lease = std::move(*next_lease_);
+      next_lease_.reset();
+      absl::Status js = RunJob(lease);
+      if (!js.ok()) return js;
+      continue;
+    }
+    v1::LeaseRequest req = MakeLeaseRequest();
     v1::LeaseResponse resp;
+    const auto t0 = std::chrono::steady_clock::now();
     grpc::Status s = Retrying(
         "lease", [&](grpc::ClientContext* ctx) { return stub_->Lease(ctx, req, &resp); },
         /*until_stop=*/false);
-    if (draining_) break;
+    if (options_.observe_rpc && s.ok()) {
+      options_.observe_rpc(resp.has_job() ? "lease" : "lease-empty",
+                           std::chrono::duration<double, std::milli>(
+                               std::chrono::steady_clock::now() - t0).count());
+    }
+    if (draining_) {
+      // A lease granted while we started draining goes straight back.
+      if (s.ok() && resp.has_job()) ReportFail(resp, v1::FAILURE_KIND_HANDED_BACK, "draining");
+      break;
+    }
     if (!s.ok()) {
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
           s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
@@ -194,6 +241,10 @@ absl::Status WorkerLoop::Run() {
     }
     absl::Status js = RunJob(resp);
     if (!js.ok()) return js;
+  }
+  if (next_lease_) {
+    ReportFail(*next_lease_, v1::FAILURE_KIND_HANDED_BACK, "draining");
+    next_lease_.reset();
   }
   Journal("drained", "", 0);
   KV_LOG(INFO) << "worker " << worker_id_ << ": drained, exiting";
@@ -225,35 +276,11 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
   }
 
-  auto report_fail = [&](v1::FailureKind kind, const std::string& error) {
-    v1::FailRequest req;
-    req.set_worker_id(worker_id_);
-    req.set_job_id(job_id);
-    req.set_lease_id(lease.lease_id());
-    req.set_fencing_token(fence);
-    req.set_kind(kind);
-    req.set_error(OneLine(error).substr(0, kMaxErrorBytes));
-    v1::FailResponse resp;
-    grpc::Status s = Retrying(
-        "fail", [&](grpc::ClientContext* ctx) { return stub_->Fail(ctx, req, &resp); },
-        /*until_stop=*/true);
-    std::lock_guard<std::mutex> l(stats_mu_);
-    if (kind == v1::FAILURE_KIND_HANDED_BACK) {
-      ++stats_.handed_back;
-      Journal("handed_back", job_id, fence, s.ok() ? "" : s.error_message());
-    } else {
-      ++stats_.failed;
-      Journal("failed", job_id, fence,
-              absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ",
-                           error));
-    }
-  };
-
   absl::StatusOr<nlohmann::json> spec_json = ParseJson(lease.spec_json(), "job spec");
   absl::StatusOr<JobSpec> spec =
       spec_json.ok() ? JobSpec::FromJson(*spec_json) : absl::StatusOr<JobSpec>(spec_json.status());
   if (!spec.ok()) {
-    report_fail(v1::FAILURE_KIND_PERMANENT, std::string(spec.status().message()));
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT, std::string(spec.status().message()));
     return absl::OkStatus();
   }
 
@@ -333,11 +360,11 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   }
   if (!result.ok()) {
     if (absl::IsCancelled(result.status()) && handing_back()) {
-      report_fail(v1::FAILURE_KIND_HANDED_BACK, "worker draining");
+      ReportFail(lease, v1::FAILURE_KIND_HANDED_BACK, "worker draining");
     } else {
       KV_LOG(WARNING) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12)
                       << " failed: " << result.status();
-      report_fail(Permanent(result.status().code()) ? v1::FAILURE_KIND_PERMANENT
+      ReportFail(lease, Permanent(result.status().code()) ? v1::FAILURE_KIND_PERMANENT
                                                     : v1::FAILURE_KIND_RETRYABLE,
                   result.status().ToString());
     }
@@ -346,7 +373,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   held_model_ = spec->model_sha256;
   nlohmann::json& r = *result;
   if (!r.is_object()) {
-    report_fail(v1::FAILURE_KIND_PERMANENT, "evaluator returned a non-object result");
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT, "evaluator returned a non-object result");
     return absl::OkStatus();
   }
   if (!r.contains("provenance") || !r["provenance"].is_object()) r["provenance"] = nlohmann::json::object();
@@ -366,10 +393,17 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   req.set_lease_id(lease.lease_id());
   req.set_fencing_token(fence);
   req.set_result_json(CanonicalJson(r));
+  // Complete-and-lease: ask for the next job in the same call, unless draining.
+  if (!draining_) *req.mutable_next() = MakeLeaseRequest();
   v1::CompleteResponse resp;
+  const auto t0 = std::chrono::steady_clock::now();
   grpc::Status s = Retrying(
       "complete", [&](grpc::ClientContext* ctx) { return stub_->Complete(ctx, req, &resp); },
       /*until_stop=*/true);
+  if (options_.observe_rpc && s.ok()) {
+    options_.observe_rpc("complete", std::chrono::duration<double, std::milli>(
+                                         std::chrono::steady_clock::now() - t0).count());
+  }
   std::lock_guard<std::mutex> l(stats_mu_);
   if (s.ok()) {
     if (resp.duplicate()) {
@@ -379,6 +413,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
       ++stats_.recorded;
       Journal("recorded", job_id, fence);
     }
+    if (resp.has_next() && resp.next().has_job()) next_lease_ = resp.next();
   } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
     ++stats_.rejected;
     Journal("rejected", job_id, fence, s.error_message());

@@ -16,8 +16,10 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -54,6 +56,9 @@ struct WorkerOptions {
   int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
   std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines
   WorkerFaults faults;
+  // Called after each Lease ("lease" / "lease-empty") and Complete ("complete") call with its
+  // latency in ms (the load benchmark's measurements). May be empty.
+  std::function<void(const char* rpc, double ms)> observe_rpc;
 };
 
 struct WorkerStats {
@@ -79,7 +84,11 @@ class WorkerLoop {
   const std::string& worker_id() const { return worker_id_; }
 
  private:
+  // Runs one job and reports it. When the report also brought the next lease
+  // (complete-and-lease), it is left in next_lease_.
   absl::Status RunJob(const v1::LeaseResponse& lease);
+  void ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind, const std::string& error);
+  v1::LeaseRequest MakeLeaseRequest() const;
   // Sleeps up to `ms`, returning early on drain. Returns false if draining.
   bool SleepUnlessDraining(int ms);
   void Journal(const std::string& event, const std::string& job_id, int64_t fence,
@@ -96,6 +105,7 @@ class WorkerLoop {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::string held_model_;
+  std::optional<v1::LeaseResponse> next_lease_;
   int journal_fd_ = -1;
 
   std::mutex mu_;
