@@ -69,7 +69,8 @@ void Scheduler::Stop() {
   if (reaper_.joinable()) reaper_.join();
   if (committer_.joinable()) committer_.join();
   KV_LOG(INFO) << "scheduler: stopped after " << commits_ << " commits of " << mutations_
-               << " mutations";
+               << " mutations, " << (commits_ > 0 ? apply_us_ / 1000.0 / commits_ : 0.0)
+               << " ms per commit";
 }
 
 // ---- Memory bookkeeping (mu_ held) -------------------------------------------------------------
@@ -417,7 +418,8 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
                 std::lock_guard<std::mutex> l(mu_);
                 auto it = jobs_.find(job_id);
                 if (it != jobs_.end() && it->second.fence == fence) {
-                  it->second.completing--;
+                  // (> 0 check: a reload after a storage error resets the count.)
+                  if (it->second.completing > 0) it->second.completing--;
                   if (m.status.ok()) Forget(job_id);
                 }
               }
@@ -723,7 +725,11 @@ void Scheduler::CommitLoop() {
       std::vector<Mutation> muts;
       muts.reserve(batch.size());
       for (Pending& p : batch) muts.push_back(std::move(p.mutation));
+      const auto apply_start = std::chrono::steady_clock::now();
       absl::Status s = store_->Apply(muts);
+      const int64_t apply_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                   std::chrono::steady_clock::now() - apply_start)
+                                   .count();
       if (!s.ok()) {
         KV_LOG(ERROR) << "commit of " << muts.size() << " mutations failed: " << s;
         reload = true;
@@ -742,6 +748,7 @@ void Scheduler::CommitLoop() {
       std::lock_guard<std::mutex> q(q_mu_);
       ++commits_;
       mutations_ += static_cast<int64_t>(muts.size());
+      apply_us_ += apply_us;
     }
     if (reload) {
       std::vector<Pending> failed;
@@ -808,6 +815,7 @@ SchedulerStats Scheduler::Stats() {
   std::lock_guard<std::mutex> q(q_mu_);
   s.commits = commits_;
   s.mutations = mutations_;
+  s.apply_ms = apply_us_ / 1000.0;
   return s;
 }
 

@@ -98,6 +98,7 @@ struct CancelOutcome {
 struct SchedulerStats {
   int64_t commits = 0;     // transactions
   int64_t mutations = 0;   // mutations in them
+  double apply_ms = 0;     // time spent applying them (SQL + fsync)
   int64_t queued = 0, leased = 0, delayed = 0;
 };
 
@@ -228,7 +229,7 @@ class Scheduler {
   bool reload_requested_ = false;
   bool stopping_ = false;
   int64_t enqueued_ = 0, answered_ = 0;
-  int64_t commits_ = 0, mutations_ = 0;
+  int64_t commits_ = 0, mutations_ = 0, apply_us_ = 0;
 
   std::mutex reaper_mu_;
   std::condition_variable reaper_cv_;

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "common/json_util.h"
 #include "common/status_macros.h"
 #include "storage/result_store.h"
@@ -243,7 +243,7 @@ absl::Status DoOp(FakeState& s, TouchWorker& op) {
 class FakeResultStore final : public ResultStore {
  public:
   absl::Status Apply(std::vector<Mutation>& batch) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (Mutation& m : batch) {
       FakeState copy = state_;
       m.status = std::visit([&copy](auto& op) { return DoOp(copy, op); }, m.op);
@@ -253,7 +253,7 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     std::vector<ActiveJob> out;
     for (const auto& [id, j] : state_.jobs) {
       if (IsFinal(j.state)) continue;
@@ -291,12 +291,12 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<SweepInfo> GetSweep(const std::string& name) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return Info(name);
   }
 
   absl::StatusOr<std::vector<SweepInfo>> ListSweeps() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     std::vector<SweepInfo> out;
     for (const std::string& n : state_.sweep_order) {
       absl::StatusOr<SweepInfo> i = Info(n);
@@ -308,7 +308,7 @@ class FakeResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(
       const std::string& sweep, const std::vector<JobState>& states) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto sw = state_.sweeps.find(sweep);
     if (sw == state_.sweeps.end()) {
       return absl::NotFoundError(absl::StrCat("no sweep named '", sweep, "'"));
@@ -332,7 +332,7 @@ class FakeResultStore final : public ResultStore {
                       const std::function<bool(const ExportRow&)>& fn) override {
     std::vector<ExportRow> rows;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       auto sw = state_.sweeps.find(sweep);
       if (sw == state_.sweeps.end()) {
         return absl::NotFoundError(absl::StrCat("no sweep named '", sweep, "'"));
@@ -358,18 +358,18 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::optional<int64_t>> ResultFence(const std::string& job_id) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto r = state_.results.find(job_id);
     if (r == state_.results.end()) return std::optional<int64_t>();
     return std::optional<int64_t>(r->second.first);
   }
 
   absl::StatusOr<int64_t> CountResults() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int64_t>(state_.results.size());
   }
   absl::StatusOr<int64_t> CountJobs() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int64_t>(state_.jobs.size());
   }
 
@@ -378,7 +378,7 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::Status IntegrityCheck() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [id, j] : state_.jobs) {
       if ((j.state == JobState::kDone) != (state_.results.count(id) > 0)) {
         return absl::DataLossError(absl::StrCat("job ", id, " disagrees with results"));
@@ -414,7 +414,7 @@ class FakeResultStore final : public ResultStore {
     return info;
   }
 
-  absl::Mutex mu_;
+  std::mutex mu_;
   FakeState state_;
 };
 

@@ -18,7 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -349,7 +349,7 @@ class SqliteResultStore final : public ResultStore {
       checkpointer_.join();
     }
     if (wdb_ != nullptr) {
-      absl::MutexLock lock(&wmu_);
+      std::lock_guard<std::mutex> lock(wmu_);
       stmts_.clear();
       Exec(wdb_, "PRAGMA wal_checkpoint(TRUNCATE)").IgnoreError();
     }
@@ -408,7 +408,7 @@ class SqliteResultStore final : public ResultStore {
       for (Mutation& m : batch) m.status = s;
       return s;
     }
-    absl::MutexLock lock(&wmu_);
+    std::lock_guard<std::mutex> lock(wmu_);
     hard_error_ = absl::OkStatus();
     absl::Status s = Ctl("BEGIN IMMEDIATE");
     if (!s.ok()) {
@@ -444,7 +444,7 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns,
                                                                   " ORDER BY seq")));
     std::vector<ActiveJob> out;
@@ -454,7 +454,7 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<ActiveJob>> LoadJobs(
       const std::vector<std::string>& job_ids) override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st,
                         Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns, " AND job_id = ?")));
     std::vector<ActiveJob> out;
@@ -469,12 +469,12 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::StatusOr<SweepInfo> GetSweep(const std::string& name) override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     return GetSweepLocked(name);
   }
 
   absl::StatusOr<std::vector<SweepInfo>> ListSweeps() override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, "SELECT name FROM sweeps ORDER BY sweep_id"));
     std::vector<std::string> names;
     for (;;) {
@@ -492,7 +492,7 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(
       const std::string& sweep, const std::vector<JobState>& states) override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(int64_t sid, SweepId(sweep));
     KV_ASSIGN_OR_RETURN(auto st,
               Stmt::Prepare(rdb_,
@@ -526,7 +526,7 @@ class SqliteResultStore final : public ResultStore {
     // stream) never holds the read connection.
     std::vector<ExportRow> rows;
     {
-      absl::MutexLock lock(&rmu_);
+      std::lock_guard<std::mutex> lock(rmu_);
       KV_ASSIGN_OR_RETURN(int64_t sid, SweepId(sweep));
       KV_ASSIGN_OR_RETURN(auto st,
                 Stmt::Prepare(rdb_,
@@ -557,7 +557,7 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::optional<int64_t>> ResultFence(const std::string& job_id) override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, "SELECT fence FROM results WHERE job_id = ?"));
     st->Bind(1, job_id);
     KV_ASSIGN_OR_RETURN(bool row, st->Step());
@@ -570,7 +570,7 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<QueryResult> Query(const std::string& sql, int max_rows,
                                     int timeout_ms) override {
-    absl::MutexLock lock(&qmu_);
+    std::lock_guard<std::mutex> lock(qmu_);
     const char* tail = nullptr;
     sqlite3_stmt* raw = nullptr;
     int rc = sqlite3_prepare_v2(qdb_, sql.c_str(), static_cast<int>(sql.size()), &raw, &tail);
@@ -642,7 +642,7 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::Status IntegrityCheck() override {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, "PRAGMA integrity_check"));
     std::vector<std::string> report;
     for (;;) {
@@ -1159,7 +1159,7 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::StatusOr<int64_t> Count(const char* table) {
-    absl::MutexLock lock(&rmu_);
+    std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, absl::StrCat("SELECT count(*) FROM ", table)));
     KV_ASSIGN_OR_RETURN(bool row, st->Step());
     (void)row;
@@ -1169,13 +1169,14 @@ class SqliteResultStore final : public ResultStore {
 
   SqliteOptions options_;
   std::string path_;
-  absl::Mutex wmu_;
+  // std::mutex, not absl::Mutex: Debian's Abseil runs deadlock detection on every lock.
+  std::mutex wmu_;
   sqlite3* wdb_ = nullptr;  // write connection (committer thread)
   std::map<std::string, std::unique_ptr<Stmt>> stmts_;  // cached statements on wdb_
   absl::Status hard_error_;  // a SQLite failure inside the current batch
-  absl::Mutex rmu_;
+  std::mutex rmu_;
   sqlite3* rdb_ = nullptr;   // coordinator reads
-  absl::Mutex qmu_;
+  std::mutex qmu_;
   sqlite3* qdb_ = nullptr;   // user SQL: read-only, authorizer
   sqlite3* cdb_ = nullptr;   // background WAL checkpoints
   std::thread checkpointer_;

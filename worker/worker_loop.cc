@@ -401,8 +401,18 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
       "complete", [&](grpc::ClientContext* ctx) { return stub_->Complete(ctx, req, &resp); },
       /*until_stop=*/true);
   if (options_.observe_rpc && s.ok()) {
-    options_.observe_rpc("complete", std::chrono::duration<double, std::milli>(
-                                         std::chrono::steady_clock::now() - t0).count());
+    options_.observe_rpc(resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
+                         std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - t0).count());
+  }
+  if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    // The coordinator cannot store this result (an evaluator bug): fail the job for good
+    // rather than let its lease run out and count as a crash.
+    KV_LOG(ERROR) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
+                  << " refused: " << s.error_message();
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT,
+               absl::StrCat("result refused by the coordinator: ", s.error_message()));
+    return absl::OkStatus();
   }
   std::lock_guard<std::mutex> l(stats_mu_);
   if (s.ok()) {

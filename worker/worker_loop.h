@@ -56,8 +56,9 @@ struct WorkerOptions {
   int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
   std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines
   WorkerFaults faults;
-  // Called after each Lease ("lease" / "lease-empty") and Complete ("complete") call with its
-  // latency in ms (the load benchmark's measurements). May be empty.
+  // Called after each Lease ("lease" / "lease-empty") and Complete ("complete", or
+  // "complete+lease" when it also brought the next job) with its latency in ms (the load
+  // benchmark's measurements). May be empty.
   std::function<void(const char* rpc, double ms)> observe_rpc;
 };
 

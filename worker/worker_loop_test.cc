@@ -219,6 +219,58 @@ TEST_F(WorkerLoopTest, WorkerWithoutTheTokenIsRefused) {
   EXPECT_THAT(std::string(loop2.Run().message()), HasSubstr("wrong bearer token"));
 }
 
+// An evaluator whose results the coordinator cannot store, and one that fails.
+class BrokenEvaluator final : public Evaluator {
+ public:
+  explicit BrokenEvaluator(absl::Status error) : error_(std::move(error)) {}
+  absl::StatusOr<nlohmann::json> Run(const JobSpec&, const ProgressFn&) override {
+    if (!error_.ok()) return error_;
+    return nlohmann::json{{"metrics", "not an object"}};
+  }
+
+ private:
+  absl::Status error_;
+};
+
+TEST_F(WorkerLoopTest, UnstorableResultFailsTheJobForGood) {
+  StartCoordinator();
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("broken", 1), "", "").ok());
+  BrokenEvaluator eval(absl::OkStatus());
+  WorkerLoop loop(Options(), &eval);
+  std::thread t([&] { (void)loop.Run(); });
+  EXPECT_TRUE(WaitFor([&] { return Info("broken").count(JobState::kFailed) == 1; }));
+  loop.RequestDrain();
+  t.join();
+  ASSERT_EQ(Info("broken").recent_errors.size(), 1u);
+  EXPECT_THAT(Info("broken").recent_errors[0],
+              HasSubstr("result refused by the coordinator: result_json: result: metrics is "
+                        "missing or not a non-empty object"));
+}
+
+TEST_F(WorkerLoopTest, EvaluatorErrorsAreRetriedOrFailedByKind) {
+  StartCoordinator();
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("errs", 1), "", "").ok());
+  BrokenEvaluator bad_input(absl::InvalidArgumentError("model has no lm_head"));
+  WorkerLoop loop(Options(), &bad_input);
+  std::thread t([&] { (void)loop.Run(); });
+  EXPECT_TRUE(WaitFor([&] { return Info("errs").count(JobState::kFailed) == 1; }));
+  loop.RequestDrain();
+  t.join();
+  EXPECT_EQ(loop.stats().leased, 1);  // permanent: not retried
+  EXPECT_THAT(Info("errs").recent_errors.at(0), HasSubstr("model has no lm_head"));
+  // A retryable error (out of memory) is retried up to max_attempts (3), with backoff.
+  ASSERT_EQ(*server_->scheduler()->Retry("errs", true, false), 1);
+  BrokenEvaluator oom(absl::ResourceExhaustedError("CUDA out of memory"));
+  WorkerLoop loop2(Options(), &oom);
+  std::thread t2([&] { (void)loop2.Run(); });
+  EXPECT_TRUE(WaitFor([&] { return Info("errs").count(JobState::kFailed) == 1 &&
+                                   loop2.stats().leased == 3; }));
+  loop2.RequestDrain();
+  t2.join();
+  EXPECT_THAT(Info("errs").recent_errors.at(0),
+              HasSubstr("gave up after 3 attempts. Last: RESOURCE_EXHAUSTED: CUDA out of memory"));
+}
+
 TEST(WorkerFaultTest, ParsesTestFaults) {
   WorkerFaults f;
   ASSERT_TRUE(ParseFault("crash-on-job-substring:quant:bits=3", &f).ok());
