@@ -75,7 +75,11 @@ int Run(int argc, char** argv) {
   std::string coordinator_bin = absl::StrCat(SelfDir(), "/../coordinator/kvsweep-coordinator");
   std::string dir;
   bool json = false;
+  int nice_workers = 0;
   CLI::App app{"kvsweep orchestration load benchmark"};
+  app.add_option("--nice-workers", nice_workers,
+                 "run the simulated workers at this nice value (they stand for other machines)")
+      ->check(CLI::Range(0, 19));
   app.add_option("--jobs", jobs, "jobs (a multiple of 100)")->check(CLI::Range(100, 1000000));
   app.add_option("--workers", workers, "simulated workers")->check(CLI::Range(1, 2000));
   app.add_option("--sleep-ms", sleep_ms, "fake evaluation time per job")->check(CLI::Range(0, 60000));
@@ -153,6 +157,9 @@ int Run(int argc, char** argv) {
     return 1;
   }
 
+  // Threads inherit the creating thread's nice value (Linux nice is per thread); the
+  // coordinator process was started before this.
+  if (nice_workers > 0) setpriority(PRIO_PROCESS, 0, nice_workers);
   std::mutex mu;
   std::vector<double> lease_ms, complete_ms, next_job_ms;
   lease_ms.reserve(jobs + workers);
@@ -216,6 +223,7 @@ int Run(int argc, char** argv) {
       {"jobs", jobs},
       {"workers", workers},
       {"sleep_ms", sleep_ms},
+      {"nice_workers", nice_workers},
       {"submit_s", submit_s},
       {"wall_s", wall},
       {"completions_per_s", jobs / wall},
