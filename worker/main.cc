@@ -4,6 +4,7 @@
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
+//   kvsweep-worker generate ...                                   (greedy generation)
 //
 // SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
 // a second signal hands the current job back at once.
@@ -24,8 +25,9 @@
 #include "worker/worker_loop.h"
 
 #ifdef KVSWEEP_HAVE_ENGINE
-#include "worker/engine/engine_evaluator.h"
 #include "worker/engine/eval_command.h"
+#include "worker/engine/generate.h"
+#include "worker/engine_evaluator.h"
 #endif
 
 namespace {
@@ -46,12 +48,13 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   using namespace kvsweep;
-  if (argc >= 2 && std::string(argv[1]) == "eval") {
+  if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "generate")) {
 #ifdef KVSWEEP_HAVE_ENGINE
-    return RunEvalCommand(argc - 1, argv + 1);
+    if (std::string(argv[1]) == "eval") return engine::RunEvalCommand(argc - 1, argv + 1);
+    return engine::RunGenerateCommand(argc - 1, argv + 1);
 #else
-    return Fail("this kvsweep-worker was built without the libtorch engine; `eval` needs it "
-                "(configure with -DKVSWEEP_WITH_TORCH=ON)");
+    return Fail(std::string("this kvsweep-worker was built without the libtorch engine; `") +
+                argv[1] + "` needs it (configure with -DKVSWEEP_WITH_TORCH=ON)");
 #endif
   }
 

@@ -1,0 +1,255 @@
+#include "worker/engine/eval.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/ledger.h"
+#include "common/log.h"
+#include "common/method_spec.h"
+#include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/tasks/task.h"
+
+#if defined(__has_include)
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+#endif
+#ifndef TORCH_VERSION
+#define TORCH_VERSION "unknown"
+#endif
+#ifndef KVSWEEP_GIT_COMMIT
+#define KVSWEEP_GIT_COMMIT "unknown"
+#endif
+#ifndef KVSWEEP_VERSION
+#define KVSWEEP_VERSION "unknown"
+#endif
+
+namespace kvsweep::engine {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+std::string UtcNow() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  return buf;
+}
+
+// First `windows` consecutive windows of `len` tokens of the calibration text (no prefix).
+absl::StatusOr<std::vector<std::vector<int32_t>>> CalibrationWindows(const CalibrationSpec& c,
+                                                                     const Tokenizer& tok) {
+  absl::StatusOr<std::string> text = ReadFile(c.path);
+  if (!text.ok()) return text.status();
+  if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " is not valid UTF-8 at byte ", bad));
+  }
+  absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(*text);
+  if (!ids.ok()) return ids.status();
+  const int64_t need = static_cast<int64_t>(c.windows) * c.window_len;
+  if (static_cast<int64_t>(ids->size()) < need) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " has ", ids->size(),
+                                                   " tokens; ", c.windows, " windows of ", c.window_len,
+                                                   " need ", need));
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (int w = 0; w < c.windows; ++w) {
+    out.emplace_back(ids->begin() + static_cast<int64_t>(w) * c.window_len,
+                     ids->begin() + static_cast<int64_t>(w + 1) * c.window_len);
+  }
+  return out;
+}
+
+}  // namespace
+
+Engine::Engine(EngineOptions options) : options_(std::move(options)) {
+  if (options_.threads > 0) at::set_num_threads(options_.threads);
+}
+
+absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torch::ScalarType dtype) {
+  const std::string key = absl::StrCat(spec.model_sha256, "|", spec.kv_heads, "|", DtypeName(dtype), "|", device.str());
+  if (key != model_key_) {
+    model_.reset();
+    codecs_.clear();
+    model_key_.clear();
+    auto t0 = std::chrono::steady_clock::now();
+    ModelOptions mo;
+    mo.device = device;
+    mo.dtype = dtype;
+    mo.kv_heads = spec.kv_heads == spec.native_kv_heads ? 0 : spec.kv_heads;
+    absl::StatusOr<std::unique_ptr<Model>> m = Model::Load(spec.model_path, mo);
+    if (!m.ok()) return m.status();
+    model_ = std::move(*m);
+    model_key_ = key;
+    model_path_ = spec.model_path;
+    last_load_s_ = Seconds(t0, std::chrono::steady_clock::now());
+  } else {
+    last_load_s_ = 0;
+  }
+  const std::string tkey = absl::StrCat(spec.tokenizer_sha256, "|", spec.tokenizer_path, "|", spec.model_path);
+  if (tkey != tokenizer_key_) {
+    tokenizer_.reset();
+    tokenizer_key_.clear();
+    const std::string path = spec.tokenizer_path.empty() ? spec.model_path : spec.tokenizer_path;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadTokenizer(path);
+    if (!t.ok()) return t.status();
+    if ((*t)->vocab_size() > model_->config().vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tokenizer ", path, " has ", (*t)->vocab_size(), " tokens but the model's vocabulary has ",
+          model_->config().vocab_size, " (tokenizer and model do not belong together)"));
+    }
+    tokenizer_ = std::move(*t);
+    tokenizer_key_ = tkey;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
+                                           const std::function<bool(double)>& progress) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::string started = UtcNow();
+  absl::StatusOr<torch::Device> device = ParseDevice(options_.device);
+  if (!device.ok()) return device.status();
+  absl::StatusOr<torch::ScalarType> dtype = ParseDtype(spec.dtype);
+  if (!dtype.ok()) return dtype.status();
+  absl::StatusOr<MethodSpec> parsed = ParseMethodSpec(spec.method);
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<MethodSpec> method = ResolveMethodSpec(*parsed, spec.head_dim);
+  if (!method.ok()) return method.status();
+  absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
+  if (!task.ok()) return task.status();
+
+  ResetPeakDeviceBytes(*device);
+  absl::Status st = EnsureModel(spec, *device, *dtype);
+  if (!st.ok()) return st;
+  const ModelConfig& cfg = model_->config();
+  if (cfg.head_dim != spec.head_dim || cfg.num_kv_heads != spec.native_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job spec was resolved for head_dim ", spec.head_dim, " / ", spec.native_kv_heads,
+        " KV heads but the model has ", cfg.head_dim, " / ", cfg.num_kv_heads));
+  }
+
+  // Codec (prepared once per model + method + calibration).
+  const auto t_codec = std::chrono::steady_clock::now();
+  const std::string ckey = absl::StrCat(method->ToString(), "|", spec.calibration ? spec.calibration->sha256 : "",
+                                        "|", spec.calibration ? spec.calibration->windows : 0, "|",
+                                        spec.calibration ? spec.calibration->window_len : 0);
+  std::shared_ptr<KvCodec> codec;
+  if (auto it = codecs_.find(ckey); it != codecs_.end()) {
+    codec = it->second;
+  } else {
+    absl::StatusOr<std::unique_ptr<KvCodec>> c = NewKvCodec(*method);
+    if (!c.ok()) return c.status();
+    CodecContext ctx;
+    ctx.model = model_.get();
+    if (method->needs_calibration()) {
+      if (!spec.calibration) {
+        return absl::FailedPreconditionError(absl::StrCat("method '", method->ToString(), "' needs a calibration text"));
+      }
+      absl::StatusOr<std::vector<std::vector<int32_t>>> w = CalibrationWindows(*spec.calibration, *tokenizer_);
+      if (!w.ok()) return w.status();
+      ctx.calibration_windows = std::move(*w);
+    }
+    absl::Status ps = GuardTorch("preparing codec " + method->ToString(), [&] { return (*c)->Prepare(ctx); });
+    if (!ps.ok()) return ps;
+    codec = std::shared_ptr<KvCodec>(std::move(*c));
+    codecs_[ckey] = codec;
+  }
+  const double codec_s = Seconds(t_codec, std::chrono::steady_clock::now());
+
+  // Task data.
+  const auto t_prep = std::chrono::steady_clock::now();
+  std::optional<int32_t> prefix = tokenizer_->bos_id();
+  if (!prefix) prefix = tokenizer_->eos_id();
+  if (!prefix) prefix = cfg.bos_token_id;
+  if (!prefix) prefix = cfg.eos_token_id;
+  if (!prefix) {
+    return absl::InvalidArgumentError("neither the tokenizer nor the model config names a BOS or EOS token (needed as the prefix token)");
+  }
+  TaskInput in;
+  in.data_path = spec.data_path;
+  in.tokenizer = tokenizer_.get();
+  in.window = spec.window;
+  in.context = spec.context;
+  in.limit = spec.limit;
+  in.prefix_id = *prefix;
+  absl::StatusOr<std::vector<ScoreRequest>> requests = (*task)->Prepare(in);
+  if (!requests.ok()) return requests.status();
+  const double prep_s = Seconds(t_prep, std::chrono::steady_clock::now());
+  KV_LOG(INFO) << spec.task << ": " << requests->size() << " sequences, method " << method->ToString()
+               << ", kv_heads " << model_->kv_heads();
+
+  // Score.
+  const auto t_score = std::chrono::steady_clock::now();
+  ScorerOptions so;
+  so.batch_tokens = options_.batch_tokens;
+  ScoreStats stats;
+  absl::StatusOr<std::vector<ScoreResult>> results =
+      ScoreRequests(*model_, codec.get(), *requests, so, progress, &stats);
+  if (!results.ok()) return results.status();
+  const double score_s = Seconds(t_score, std::chrono::steady_clock::now());
+
+  nlohmann::json metrics = (*task)->Metrics(*results);
+  const int ctx_len = std::max<int>(1, static_cast<int>(std::lround(
+                                           static_cast<double>(stats.forward_tokens) / std::max<int64_t>(1, stats.sequences))));
+  absl::StatusOr<Ledger> ledger = ComputeLedger(*method, cfg.head_dim, model_->kv_heads(), cfg.num_kv_heads,
+                                                cfg.num_layers, ctx_len);
+  if (!ledger.ok()) return ledger.status();
+  nlohmann::json ledger_json = ledger->ToJson();
+  ledger_json["context_len_rule"] = "mean tokens per evaluated sequence";
+  if (double measured = codec->MeasuredBytesPerToken(); measured >= 0) {
+    ledger_json["measured_bytes_per_token"] = measured;
+  }
+
+  const double wall_s = Seconds(t_start, std::chrono::steady_clock::now());
+  nlohmann::json out;
+  out["spec"] = spec.ToJson();
+  out["metrics"] = {{spec.task, metrics}};
+  out["ledger"] = ledger_json;
+  out["timing"] = {{"wall_s", wall_s},
+                   {"load_s", last_load_s_},
+                   {"codec_s", codec_s},
+                   {"prepare_s", prep_s},
+                   {"score_s", score_s},
+                   {"tokens_per_s", score_s > 0 ? stats.forward_tokens / score_s : 0.0},
+                   {"forward_tokens", stats.forward_tokens},
+                   {"padded_tokens", stats.padded_tokens},
+                   {"scored_tokens", stats.scored_tokens},
+                   {"sequences", stats.sequences},
+                   {"peak_device_bytes", PeakDeviceBytes(*device)},
+                   {"batch_tokens", options_.batch_tokens > 0 ? options_.batch_tokens
+                                                              : DefaultBatchTokens(*model_, codec.get(), *requests)}};
+  out["provenance"] = {{"engine_version", kEngineVersion},
+                       {"kvsweep_version", KVSWEEP_VERSION},
+                       {"git_commit", KVSWEEP_GIT_COMMIT},
+                       {"libtorch", TORCH_VERSION},
+                       {"device", device->str()},
+                       {"device_name", DeviceName(*device)},
+                       {"dtype", DtypeName(*dtype)},
+                       {"threads", at::get_num_threads()},
+                       {"host", Hostname()},
+                       {"started_at", started},
+                       {"arch", ArchName(cfg.arch)},
+                       {"parameters", model_->num_parameters()},
+                       {"tokenizer", tokenizer_->kind()},
+                       {"prefix_token_id", *prefix},
+                       {"model_reused", last_load_s_ == 0}};
+  return out;
+}
+
+}  // namespace kvsweep::engine

@@ -1,0 +1,131 @@
+#include "worker/engine/eval_command.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "common/job_spec.h"
+#include "common/log.h"
+#include "worker/engine/eval.h"
+
+namespace kvsweep::engine {
+namespace {
+
+int ExitCodeFor(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kOutOfRange:
+      return 2;
+    case absl::StatusCode::kResourceExhausted:
+      return 3;
+    default:
+      return 1;
+  }
+}
+
+int Fail(const absl::Status& s) {
+  std::string msg(s.message());
+  for (char& c : msg) if (c == '\n') c = ' ';
+  std::fprintf(stderr, "error: %s\n", msg.c_str());
+  return ExitCodeFor(s);
+}
+
+// Progress on stderr: a line at most every 2 s (and at the end).
+class ProgressPrinter {
+ public:
+  bool operator()(double f) {
+    auto now = std::chrono::steady_clock::now();
+    const double el = std::chrono::duration<double>(now - start_).count();
+    if (f < 1.0 && std::chrono::duration<double>(now - last_).count() < 2.0) return true;
+    last_ = now;
+    const double eta = f > 0 ? el * (1 - f) / f : 0;
+    std::fprintf(stderr, "%s[eval] %5.1f%%  elapsed %.0fs  eta %.0fs%s", tty_ ? "\r" : "", 100 * f, el, eta,
+                 tty_ && f < 1.0 ? "" : "\n");
+    std::fflush(stderr);
+    return true;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_ = start_;
+  bool tty_ = isatty(STDERR_FILENO);
+};
+
+std::string TextSummary(const nlohmann::json& r) {
+  std::string out;
+  const auto& spec = r["spec"];
+  out += absl::StrFormat("model %s  task %s  method %s  kv_heads %d\n", spec["model_name"].get<std::string>(),
+                         spec["task"]["name"].get<std::string>(), spec["method"].get<std::string>(),
+                         spec["kv_heads"].get<int>());
+  for (auto it = r["metrics"].begin(); it != r["metrics"].end(); ++it) {
+    for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+      out += absl::StrFormat("  %-14s %s\n", m.key(), m.value().dump());
+    }
+  }
+  out += absl::StrFormat("  %-14s %.6g (payload %.6g)\n", "kv fraction", r["ledger"]["fraction_total"].get<double>(),
+                         r["ledger"]["fraction_payload"].get<double>());
+  out += absl::StrFormat("  %-14s %.2fs (%.0f tokens/s)\n", "wall", r["timing"]["wall_s"].get<double>(),
+                         r["timing"]["tokens_per_s"].get<double>());
+  return out;
+}
+
+}  // namespace
+
+int RunEvalCommand(int argc, char** argv) {
+  CLI::App app{"Evaluate one model on one task with a KV-cache method; result on stdout.", "kvsweep-worker eval"};
+  JobRequest req;
+  EngineOptions eng;
+  std::string format = "text";
+  app.add_option("--model", req.model_path, "Hugging Face model directory or llama2.c .bin")->required();
+  app.add_option("--model-name", req.model_name, "Display name (default: the directory name)");
+  app.add_option("--tokenizer", req.tokenizer_path, "Tokenizer file or directory (default: the model's)");
+  app.add_option("--task", req.task, "lambada_openai | wikitext")->required();
+  app.add_option("--data", req.data_path, "Data file (LAMBADA jsonl, or any UTF-8 text for wikitext)")->required();
+  app.add_option("--method", req.method, "KV method spec (none, quant:bits=4, rank:r=16, hybrid:r=32,bits=8, ...)");
+  app.add_option("--kv-heads", req.kv_heads, "Mean-pool K/V heads down to N (must divide the native count)");
+  app.add_option("--limit", req.limit, "Score the first N LAMBADA documents");
+  app.add_option("--window", req.window, "W: tokens per window (default: the model's max positions)");
+  app.add_option("--max-window", req.max_window, "Cap for the default W");
+  app.add_option("--context", req.context, "C: rolling-window context (1 = lm-eval default; W/2+1 = sliding)");
+  app.add_option("--dtype", req.dtype, "fp32 | bf16 | fp16");
+  app.add_option("--device", eng.device, "cpu | cuda | cuda:N");
+  app.add_option("--threads", eng.threads, "CPU threads (default: libtorch's)");
+  app.add_option("--batch-tokens", eng.batch_tokens, "Tokens per forward batch (default: per device)");
+  app.add_option("--calibration", req.calibration_path, "Calibration text for PCA bases (default: assets' wiki.valid.tokens)");
+  app.add_option("--calibration-windows", req.calibration_windows, "Calibration windows");
+  app.add_option("--calibration-len", req.calibration_len, "Tokens per calibration window");
+  app.add_flag("--diagnostics", req.diagnostics, "Per-layer attention KL, top-1 flip rate, damage ratio");
+  app.add_option("--format", format, "json | text")->check(CLI::IsMember({"json", "text"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  if (eng.threads < 0) return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
+  if (eng.batch_tokens < 0) return Fail(absl::InvalidArgumentError("--batch-tokens must be >= 0"));
+  absl::StatusOr<JobSpec> spec = ResolveJob(req);
+  if (!spec.ok()) return Fail(spec.status());
+  Engine engine(eng);
+  ProgressPrinter progress;
+  absl::StatusOr<nlohmann::json> r = engine.Run(*spec, [&](double f) { return progress(f); });
+  if (!r.ok()) return Fail(r.status());
+  if (format == "json") {
+    std::cout << r->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  } else {
+    std::cout << TextSummary(*r);
+  }
+  return 0;
+}
+
+}  // namespace kvsweep::engine

@@ -1,0 +1,71 @@
+// KvCodec: how a compressed KV cache looks to attention. One interface, one file per method
+// family (none, quant, rank, hybrid), one registry (kv/registry.cc).
+//
+// What is simulated (DESIGN.md): for every query position t, each cached key/value j <= t is in
+// exactly the state a real compressed cache would hold at decode step t. Per-token methods are
+// position-independent: one compressed tensor serves every query. Methods whose stored state
+// depends on t (channel-axis blocks with an unfinished fp16 block, an fp16 residual window)
+// return the compressed tensor, the raw tensor and a [T, T] mask choosing between them.
+#ifndef KVSWEEP_WORKER_ENGINE_KV_KV_CODEC_H_
+#define KVSWEEP_WORKER_ENGINE_KV_KV_CODEC_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/ledger.h"
+#include "common/method_spec.h"
+#include "worker/engine/torch_util.h"
+
+namespace kvsweep::engine {
+
+class Model;
+
+// What attention reads for K (or V) of one layer. Shapes [B, Hkv, T, D].
+struct KvOperand {
+  torch::Tensor compressed;
+  torch::Tensor raw;             // defined only when position dependent
+  torch::Tensor use_compressed;  // bool [T, T]: query t sees entry j compressed; undefined = all
+  bool position_dependent() const { return use_compressed.defined(); }
+};
+
+struct KvPair {
+  KvOperand k, v;
+};
+
+// Data a codec may need before it runs (PCA bases need calibration activations, SVD bases the
+// weights). Prepare() is called once per (model, codec) before evaluation.
+struct CodecContext {
+  const Model* model = nullptr;
+  // Calibration token windows (each a vector of ids), empty when the method needs none.
+  std::vector<std::vector<int32_t>> calibration_windows;
+};
+
+class KvCodec {
+ public:
+  KvCodec() = default;
+  virtual ~KvCodec() = default;
+  KvCodec(const KvCodec&) = delete;
+  KvCodec& operator=(const KvCodec&) = delete;
+
+  virtual const MethodSpec& spec() const = 0;
+  // Computes data-dependent state. Errors: kInvalidArgument (shapes), kFailedPrecondition
+  // (calibration missing), kInternal (numerics).
+  virtual absl::Status Prepare(const CodecContext& ctx) { return absl::OkStatus(); }
+  // k, v: [B, Hkv, T, D] for `layer`; k is pre-RoPE iff spec().rope == kPre (the model applies
+  // RoPE to what this returns). May throw c10::Error (caught at the engine boundary).
+  virtual KvPair Apply(int layer, const torch::Tensor& k, const torch::Tensor& v) const = 0;
+  // Bytes the cache actually holds for the last Apply of each layer, when the codec stores real
+  // codes (packed mode); -1 otherwise.
+  virtual double MeasuredBytesPerToken() const { return -1; }
+};
+
+// Builds the codec for a resolved method spec. kInvalidArgument for specs the registry cannot
+// build (unknown family, unresolved spec).
+absl::StatusOr<std::unique_ptr<KvCodec>> NewKvCodec(const MethodSpec& spec);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_KV_KV_CODEC_H_

@@ -1,0 +1,447 @@
+#include "worker/engine/model.h"
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/log.h"
+#include "worker/engine/checkpoint.h"
+
+#if defined(__has_include)
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+#endif
+#ifndef TORCH_VERSION_MAJOR
+#define TORCH_VERSION_MAJOR 1
+#define TORCH_VERSION_MINOR 0
+#endif
+// SDPA with enable_gqa exists from libtorch 2.5; Debian's 1.13 uses the explicit path below.
+#define KVSWEEP_HAS_SDPA (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
+
+namespace kvsweep::engine {
+namespace {
+
+using torch::Tensor;
+
+Tensor RmsNorm(const Tensor& x, const Tensor& w, double eps) {
+  // transformers' LlamaRMSNorm: statistics in fp32, then weight * normalized.to(input dtype).
+  Tensor xf = x.to(torch::kFloat32);
+  Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * torch::rsqrt(var + eps);
+  return w * xf.to(x.scalar_type());
+}
+
+Tensor LayerNorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  return torch::layer_norm(x, {x.size(-1)}, w, b, eps);
+}
+
+Tensor Activation(const Tensor& x, const std::string& act) {
+  if (act == "silu") return torch::silu(x);
+  if (act == "gelu_new" || act == "gelu_pytorch_tanh") return torch::gelu(x, "tanh");
+  if (act == "gelu") return torch::gelu(x);
+  return torch::relu(x);  // "relu": the config parser admits nothing else
+}
+
+// allowed[t][j]: query t may attend to key j (causal, and within the sliding window if any).
+Tensor AllowedMask(int64_t T, int window, torch::Device device) {
+  Tensor t = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
+  Tensor j = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  Tensor allowed = j <= t;
+  if (window > 0) allowed = allowed & ((t - j) < window);
+  return allowed;
+}
+
+Tensor RepeatKv(const Tensor& x, int64_t groups) {
+  return groups == 1 ? x : x.repeat_interleave(groups, /*dim=*/1);
+}
+
+// Attention over q [B, H, T, D] and what the cache holds (see KvOperand), [B, H, T, D] out.
+Tensor Attend(const Tensor& q, const KvPair& kv, const Tensor& allowed, int window, double scale) {
+  const int64_t groups = q.size(1) / kv.k.compressed.size(1);
+#if KVSWEEP_HAS_SDPA
+  if (!kv.k.position_dependent() && !kv.v.position_dependent() && !q.is_cpu()) {
+    // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
+    // there is no sliding window.
+    if (window == 0) {
+      return at::scaled_dot_product_attention(q, kv.k.compressed, kv.v.compressed, {}, 0.0,
+                                              /*is_causal=*/true, scale, /*enable_gqa=*/groups > 1);
+    }
+    return at::scaled_dot_product_attention(q, kv.k.compressed, kv.v.compressed, allowed, 0.0,
+                                            /*is_causal=*/false, scale, /*enable_gqa=*/groups > 1);
+  }
+#endif
+  auto scores_with = [&](const Tensor& k) {
+    return torch::matmul(q, RepeatKv(k, groups).transpose(-2, -1));
+  };
+  Tensor s = scores_with(kv.k.compressed);
+  if (kv.k.position_dependent()) {
+    s = torch::where(kv.k.use_compressed, s, scores_with(kv.k.raw));
+  }
+  s = (s * scale).to(torch::kFloat32).masked_fill(allowed.logical_not(),
+                                                   -std::numeric_limits<float>::infinity());
+  Tensor p = torch::softmax(s, -1).to(q.scalar_type());
+  if (!kv.v.position_dependent()) return torch::matmul(p, RepeatKv(kv.v.compressed, groups));
+  Tensor m = kv.v.use_compressed.to(p.scalar_type());
+  return torch::matmul(p * m, RepeatKv(kv.v.compressed, groups)) +
+         torch::matmul(p * (1 - m), RepeatKv(kv.v.raw, groups));
+}
+
+}  // namespace
+
+int64_t Model::num_parameters() const {
+  std::set<const void*> seen;
+  int64_t n = 0;
+  auto add = [&](const Tensor& t) {
+    if (t.defined() && seen.insert(t.data_ptr()).second) n += t.numel();
+  };
+  add(tok_emb_);
+  add(pos_emb_);
+  add(final_w_);
+  add(final_b_);
+  add(lm_head_);
+  for (const LayerWeights& l : layers_) {
+    for (const Tensor* t : {&l.norm1_w, &l.norm1_b, &l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv, &l.wo,
+                            &l.bo, &l.norm2_w, &l.norm2_b, &l.w_gate, &l.w_up, &l.b_up, &l.w_down,
+                            &l.b_down}) {
+      add(*t);
+    }
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
+                                                   const ModelOptions& options) {
+  std::unique_ptr<Model> m(new Model());
+  m->options_ = options;
+  absl::StatusOr<ModelConfig> cfg = ReadModelConfig(path);
+  if (!cfg.ok()) return cfg.status();
+  m->config_ = *cfg;
+  absl::Status s = GuardTorch("loading " + path, [&]() -> absl::Status {
+    torch::NoGradGuard no_grad;
+    absl::Status st = m->config_.arch == Arch::kLlama2c ? m->LoadLlama2c(path) : m->LoadHf(path);
+    if (!st.ok()) return st;
+    m->kv_heads_ = m->config_.num_kv_heads;
+    if (options.kv_heads != 0 && options.kv_heads != m->config_.num_kv_heads) {
+      st = m->PoolKvHeads(options.kv_heads);
+      if (!st.ok()) return st;
+    }
+    m->BuildRope();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  KV_LOG(INFO) << "loaded " << ArchName(m->config_.arch) << " model " << path << " ("
+               << m->num_parameters() << " params, " << m->config_.num_layers << " layers, "
+               << m->config_.num_heads << "q/" << m->kv_heads_ << "kv heads of "
+               << m->config_.head_dim << ", " << DtypeName(options.dtype) << " on "
+               << options.device.str() << ")";
+  return m;
+}
+
+absl::Status Model::LoadHf(const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ck_or = Checkpoint::Open(dir);
+  if (!ck_or.ok()) return ck_or.status();
+  std::shared_ptr<Checkpoint> ck(std::move(*ck_or));
+  keepalive_ = ck;
+  const ModelConfig& c = config_;
+  const int64_t V = c.vocab_size, Hd = c.hidden_size, D = c.head_dim, H = c.num_heads,
+                Hkv = c.num_kv_heads, I = c.intermediate_size;
+  const torch::ScalarType dt = options_.dtype;
+  const torch::Device dev = options_.device;
+  absl::Status err;
+  auto load = [&](const std::string& name, std::vector<int64_t> shape) -> Tensor {
+    if (!err.ok()) return Tensor();
+    absl::StatusOr<Tensor> t = ck->Load(name, shape, dt, dev);
+    if (!t.ok()) {
+      err = t.status();
+      return Tensor();
+    }
+    return *t;
+  };
+  layers_.resize(c.num_layers);
+  if (c.arch == Arch::kGpt2) {
+    std::string p = ck->Has("transformer.wte.weight") ? "transformer." : "";
+    tok_emb_ = load(p + "wte.weight", {V, Hd});
+    pos_emb_ = load(p + "wpe.weight", {c.max_positions, Hd});
+    for (int i = 0; i < c.num_layers && err.ok(); ++i) {
+      const std::string l = absl::StrCat(p, "h.", i, ".");
+      LayerWeights& w = layers_[i];
+      w.norm1_w = load(l + "ln_1.weight", {Hd});
+      w.norm1_b = load(l + "ln_1.bias", {Hd});
+      Tensor qkv = load(l + "attn.c_attn.weight", {Hd, 3 * Hd});  // Conv1D: [in, out]
+      Tensor qkv_b = load(l + "attn.c_attn.bias", {3 * Hd});
+      if (!err.ok()) break;
+      qkv = qkv.t();
+      w.wq = qkv.slice(0, 0, Hd).contiguous();
+      w.wk = qkv.slice(0, Hd, 2 * Hd).contiguous();
+      w.wv = qkv.slice(0, 2 * Hd, 3 * Hd).contiguous();
+      w.bq = qkv_b.slice(0, 0, Hd).contiguous();
+      w.bk = qkv_b.slice(0, Hd, 2 * Hd).contiguous();
+      w.bv = qkv_b.slice(0, 2 * Hd, 3 * Hd).contiguous();
+      w.wo = load(l + "attn.c_proj.weight", {Hd, Hd});
+      w.bo = load(l + "attn.c_proj.bias", {Hd});
+      w.norm2_w = load(l + "ln_2.weight", {Hd});
+      w.norm2_b = load(l + "ln_2.bias", {Hd});
+      w.w_up = load(l + "mlp.c_fc.weight", {Hd, I});
+      w.b_up = load(l + "mlp.c_fc.bias", {I});
+      w.w_down = load(l + "mlp.c_proj.weight", {I, Hd});
+      w.b_down = load(l + "mlp.c_proj.bias", {Hd});
+      if (!err.ok()) break;
+      w.wo = w.wo.t().contiguous();
+      w.w_up = w.w_up.t().contiguous();
+      w.w_down = w.w_down.t().contiguous();
+    }
+    final_w_ = load(p + "ln_f.weight", {Hd});
+    final_b_ = load(p + "ln_f.bias", {Hd});
+  } else {
+    tok_emb_ = load("model.embed_tokens.weight", {V, Hd});
+    for (int i = 0; i < c.num_layers && err.ok(); ++i) {
+      const std::string l = absl::StrCat("model.layers.", i, ".");
+      LayerWeights& w = layers_[i];
+      w.norm1_w = load(l + "input_layernorm.weight", {Hd});
+      w.wq = load(l + "self_attn.q_proj.weight", {H * D, Hd});
+      w.wk = load(l + "self_attn.k_proj.weight", {Hkv * D, Hd});
+      w.wv = load(l + "self_attn.v_proj.weight", {Hkv * D, Hd});
+      w.wo = load(l + "self_attn.o_proj.weight", {Hd, H * D});
+      if (c.qkv_bias) {
+        w.bq = load(l + "self_attn.q_proj.bias", {H * D});
+        w.bk = load(l + "self_attn.k_proj.bias", {Hkv * D});
+        w.bv = load(l + "self_attn.v_proj.bias", {Hkv * D});
+      }
+      if (c.o_bias) w.bo = load(l + "self_attn.o_proj.bias", {Hd});
+      w.norm2_w = load(l + "post_attention_layernorm.weight", {Hd});
+      w.w_gate = load(l + "mlp.gate_proj.weight", {I, Hd});
+      w.w_up = load(l + "mlp.up_proj.weight", {I, Hd});
+      w.w_down = load(l + "mlp.down_proj.weight", {Hd, I});
+      if (c.mlp_bias) {
+        w.b_up = load(l + "mlp.up_proj.bias", {I});
+        w.b_down = load(l + "mlp.down_proj.bias", {Hd});
+      }
+    }
+    final_w_ = load("model.norm.weight", {Hd});
+  }
+  if (!err.ok()) return err;
+  if (c.tie_word_embeddings) {
+    lm_head_ = tok_emb_;
+  } else if (ck->Has("lm_head.weight")) {
+    lm_head_ = load("lm_head.weight", {V, Hd});
+  } else {
+    return absl::NotFoundError(absl::StrCat(
+        dir, ": tensor 'lm_head.weight' is missing and tie_word_embeddings is false"));
+  }
+  return err;
+}
+
+absl::Status Model::LoadLlama2c(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<MappedFile>> f_or = MappedFile::Open(path);
+  if (!f_or.ok()) return f_or.status();
+  std::shared_ptr<MappedFile> f(std::move(*f_or));
+  keepalive_ = f;
+  absl::StatusOr<Llama2cHeader> h = ParseLlama2cHeader(f->data(), f->size(), path);
+  if (!h.ok()) return h.status();
+  const int64_t V = h->vocab_size, Hd = h->dim, L = h->n_layers, I = h->hidden_dim;
+  const int64_t D = Hd / h->n_heads, Hkv = h->n_kv_heads, H = h->n_heads;
+  const int64_t kv_dim = Hkv * D;
+  // llama2.c's legacy layout (run.c memory_map_weights), all fp32.
+  const int64_t counts[] = {V * Hd,       L * Hd,      L * Hd * (H * D), L * Hd * kv_dim,
+                            L * Hd * kv_dim, L * (H * D) * Hd, L * Hd,  L * Hd * I,
+                            L * I * Hd,   L * Hd * I,  Hd,          h->seq_len * D};
+  int64_t floats = 0;
+  for (int64_t n : counts) floats += n;
+  if (!h->shared_classifier) floats += V * Hd;
+  const uint64_t expect = 28 + static_cast<uint64_t>(floats) * 4;
+  if (f->size() != expect) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": llama2.c file is ", f->size(), " bytes but its header implies ", expect,
+        " (truncated, or not the legacy format)"));
+  }
+  const float* p = reinterpret_cast<const float*>(f->data() + 28);
+  const auto dt = options_.dtype;
+  const auto dev = options_.device;
+  auto take = [&](int64_t n, std::vector<int64_t> shape) {
+    Tensor t = torch::from_blob(const_cast<float*>(p), shape, torch::kFloat32);
+    p += n;
+    return t;
+  };
+  Tensor emb = take(counts[0], {V, Hd});
+  Tensor rms_att = take(counts[1], {L, Hd});
+  Tensor wq = take(counts[2], {L, H * D, Hd});
+  Tensor wk = take(counts[3], {L, kv_dim, Hd});
+  Tensor wv = take(counts[4], {L, kv_dim, Hd});
+  Tensor wo = take(counts[5], {L, Hd, H * D});
+  Tensor rms_ffn = take(counts[6], {L, Hd});
+  Tensor w1 = take(counts[7], {L, I, Hd});
+  Tensor w2 = take(counts[8], {L, Hd, I});
+  Tensor w3 = take(counts[9], {L, I, Hd});
+  Tensor rms_final = take(counts[10], {Hd});
+  p += counts[11];  // unused legacy RoPE tables
+  Tensor wcls = h->shared_classifier ? emb : take(V * Hd, {V, Hd});
+  auto conv = [&](const Tensor& t) { return t.to(dev).to(dt).contiguous(); };
+  tok_emb_ = conv(emb);
+  layers_.resize(L);
+  for (int64_t i = 0; i < L; ++i) {
+    LayerWeights& w = layers_[i];
+    w.norm1_w = conv(rms_att[i]);
+    w.wq = conv(wq[i]);
+    w.wk = conv(wk[i]);
+    w.wv = conv(wv[i]);
+    w.wo = conv(wo[i]);
+    w.norm2_w = conv(rms_ffn[i]);
+    w.w_gate = conv(w1[i]);
+    w.w_down = conv(w2[i]);
+    w.w_up = conv(w3[i]);
+  }
+  final_w_ = conv(rms_final);
+  lm_head_ = h->shared_classifier ? tok_emb_ : conv(wcls);
+  return absl::OkStatus();
+}
+
+absl::Status Model::PoolKvHeads(int target) {
+  const int native = config_.num_kv_heads;
+  if (target <= 0 || target > native || native % target != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_heads=", target, " does not divide the model's ",
+                                                   native, " KV heads"));
+  }
+  const int64_t g = native / target, D = config_.head_dim;
+  auto pool = [&](const Tensor& t) -> Tensor {
+    if (!t.defined()) return t;
+    // Rows are grouped by head: [native*D, ...] -> [target, g, D, ...] -> mean over g.
+    std::vector<int64_t> shape = {target, g, D};
+    for (int64_t i = 1; i < t.dim(); ++i) shape.push_back(t.size(i));
+    std::vector<int64_t> out = {target * D};
+    for (int64_t i = 1; i < t.dim(); ++i) out.push_back(t.size(i));
+    return t.to(torch::kFloat32).reshape(shape).mean(1).reshape(out).to(t.scalar_type()).contiguous();
+  };
+  for (LayerWeights& w : layers_) {
+    w.wk = pool(w.wk);
+    w.bk = pool(w.bk);
+    w.wv = pool(w.wv);
+    w.bv = pool(w.bv);
+  }
+  kv_heads_ = target;
+  return absl::OkStatus();
+}
+
+void Model::BuildRope() {
+  if (!config_.uses_rope()) return;
+  const int64_t D = config_.head_dim;
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  // transformers: inv_freq = 1 / theta^(arange(0, D, 2) / D), in fp32.
+  Tensor exponents = torch::arange(0, D, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat32) / static_cast<float>(D);
+  Tensor inv = 1.0 / torch::pow(static_cast<float>(config_.rope_theta), exponents);
+  if (config_.rope_scaling == RopeScaling::kLinear) {
+    inv = inv / static_cast<float>(config_.rope_factor);
+  } else if (config_.rope_scaling == RopeScaling::kLlama3) {
+    const double factor = config_.rope_factor, lo = config_.rope_low_freq_factor,
+                 hi = config_.rope_high_freq_factor, old = config_.rope_original_max_positions;
+    const double low_wavelen = old / lo, high_wavelen = old / hi;
+    Tensor wavelen = 2 * M_PI / inv;
+    Tensor scaled = torch::where(wavelen > low_wavelen, inv / factor, inv);
+    Tensor smooth = (old / wavelen - lo) / (hi - lo);
+    Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
+    Tensor medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen);
+    inv = torch::where(medium, smoothed, scaled);
+  }
+  Tensor pos = torch::arange(config_.max_positions, f32);
+  Tensor angles = torch::outer(pos, inv);  // [P, D/2]
+  if (!config_.rope_interleaved) angles = torch::cat({angles, angles}, -1);  // rotate-half layout
+  rope_cos_ = angles.cos().to(options_.device).to(options_.dtype);
+  rope_sin_ = angles.sin().to(options_.device).to(options_.dtype);
+}
+
+Tensor Model::ApplyRope(const Tensor& x) const {
+  if (!config_.uses_rope() || !x.defined()) return x;
+  const int64_t T = x.size(2), D = x.size(3);
+  Tensor cos = rope_cos_.slice(0, 0, T), sin = rope_sin_.slice(0, 0, T);
+  if (config_.rope_interleaved) {
+    // llama2.c: pairs (2i, 2i+1) rotate by angle pos * freq_i.
+    Tensor xp = x.reshape({x.size(0), x.size(1), T, D / 2, 2});
+    Tensor x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
+    return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).reshape(x.sizes());
+  }
+  // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1).
+  Tensor x1 = x.slice(-1, 0, D / 2), x2 = x.slice(-1, D / 2, D);
+  return x * cos + torch::cat({-x2, x1}, -1) * sin;
+}
+
+Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
+                      AttentionObserver* observer) const {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& c = config_;
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t H = c.num_heads, Hkv = kv_heads_, D = c.head_dim, Hd = c.hidden_size;
+  TORCH_CHECK(T <= c.max_positions, "sequence of ", T, " tokens exceeds max positions ",
+              c.max_positions);
+  const torch::Device dev = options_.device;
+  Tensor ids = tokens.to(dev, torch::kLong);
+  TORCH_CHECK(ids.numel() == 0 || (ids.min().item<int64_t>() >= 0 &&
+                                   ids.max().item<int64_t>() < c.vocab_size),
+              "token id out of range for vocab of ", c.vocab_size);
+
+  // Embeddings.
+  Tensor x = tok_emb_.index_select(0, ids.reshape({-1})).view({B, T, Hd});
+  if (c.arch == Arch::kGpt2) x = x + pos_emb_.slice(0, 0, T).unsqueeze(0);
+
+  std::map<int, Tensor> allowed_by_window;
+  auto allowed = [&](int window) -> const Tensor& {
+    auto it = allowed_by_window.find(window);
+    if (it == allowed_by_window.end()) {
+      it = allowed_by_window.emplace(window, AllowedMask(T, window, dev)).first;
+    }
+    return it->second;
+  };
+  const bool rope_pre = codec != nullptr && codec->spec().rope == RopeStage::kPre &&
+                        codec->spec().compresses_k();
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    const bool gpt2 = c.arch == Arch::kGpt2;
+    // Attention block.
+    Tensor h = gpt2 ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps) : RmsNorm(x, w.norm1_w, c.norm_eps);
+    Tensor q = torch::linear(h, w.wq, w.bq).view({B, T, H, D}).transpose(1, 2);     // [B, H, T, D]
+    Tensor k = torch::linear(h, w.wk, w.bk).view({B, T, Hkv, D}).transpose(1, 2);   // [B, Hkv, T, D]
+    Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);   // [B, Hkv, T, D]
+    q = ApplyRope(q);
+    KvPair kv;
+    if (rope_pre) {
+      // Keys are compressed before the rotary embedding, then rotated as the cache would be.
+      kv = codec->Apply(l, k, v);
+      kv.k.compressed = ApplyRope(kv.k.compressed);
+      kv.k.raw = ApplyRope(kv.k.raw);
+      k = ApplyRope(k);
+    } else {
+      k = ApplyRope(k);
+      kv = codec != nullptr ? codec->Apply(l, k, v) : KvPair{{k, {}, {}}, {v, {}, {}}};
+    }
+    double scale = 1.0;
+    if (!gpt2 || c.scale_attn_weights) scale /= std::sqrt(static_cast<double>(D));
+    if (gpt2 && c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(l + 1);
+    const int window = c.sliding_window[l];
+    Tensor attn = Attend(q, kv, allowed(window), window, scale);  // [B, H, T, D]
+    if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
+    x = x + torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
+
+    // MLP block.
+    h = gpt2 ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps) : RmsNorm(x, w.norm2_w, c.norm_eps);
+    Tensor m;
+    if (gpt2) {
+      m = torch::linear(Activation(torch::linear(h, w.w_up, w.b_up), c.activation), w.w_down, w.b_down);
+    } else {
+      m = torch::linear(Activation(torch::linear(h, w.w_gate), c.activation) *
+                            torch::linear(h, w.w_up, w.b_up),
+                        w.w_down, w.b_down);
+    }
+    x = x + m;
+  }
+  return c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
+                               : RmsNorm(x, final_w_, c.norm_eps);
+}
+
+Tensor Model::Logits(const Tensor& hidden) const {
+  torch::NoGradGuard no_grad;
+  return torch::matmul(hidden, lm_head_.t()).to(torch::kFloat32);
+}
+
+}  // namespace kvsweep::engine

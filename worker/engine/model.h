@@ -1,0 +1,95 @@
+// A decoder-only transformer loaded from a Hugging Face checkpoint (gpt2, llama, mistral, qwen2)
+// or a llama2.c .bin, with the whole forward pass in one readable function (Forward) and a KV
+// codec hook inside attention.
+//
+// Weights are stored the torch.nn.Linear way ([out, in]); GPT-2's Conv1D ([in, out]) and fused
+// c_attn are converted at load. `kv_heads` below the native count mean-pools the K/V projections
+// (and biases) of consecutive groups of native KV heads (GQA checkpoint conversion); query heads
+// are unchanged.
+#ifndef KVSWEEP_WORKER_ENGINE_MODEL_H_
+#define KVSWEEP_WORKER_ENGINE_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/torch_util.h"
+
+namespace kvsweep::engine {
+
+struct ModelOptions {
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  int kv_heads = 0;  // 0 = native
+};
+
+struct LayerWeights {
+  torch::Tensor norm1_w, norm1_b;  // [hidden] (b: gpt2 only)
+  torch::Tensor wq, bq;            // [H*D, hidden], [H*D]
+  torch::Tensor wk, bk;            // [Hkv*D, hidden]
+  torch::Tensor wv, bv;            // [Hkv*D, hidden]
+  torch::Tensor wo, bo;            // [hidden, H*D]
+  torch::Tensor norm2_w, norm2_b;
+  torch::Tensor w_gate;            // llama family: [inter, hidden]
+  torch::Tensor w_up, b_up;        // [inter, hidden] (gpt2: c_fc)
+  torch::Tensor w_down, b_down;    // [hidden, inter]
+};
+
+// Per-layer observer of attention, for diagnostics: receives q [B, H, T, D] (post-RoPE), the
+// uncompressed K/V [B, Hkv, T, D] (post-RoPE) and what attention actually read.
+class AttentionObserver {
+ public:
+  virtual ~AttentionObserver() = default;
+  virtual void Observe(int layer, const torch::Tensor& q, const torch::Tensor& k_raw,
+                       const torch::Tensor& v_raw, const KvPair& seen,
+                       const torch::Tensor& allowed) = 0;
+};
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path,
+                                                     const ModelOptions& options);
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  int kv_heads() const { return kv_heads_; }
+  int64_t num_parameters() const;
+
+  // tokens: [B, T] int64 (any device). Returns the final-normed hidden states [B, T, hidden] in
+  // the compute dtype. `codec` may be null (= none). T must not exceed max_positions.
+  torch::Tensor Forward(const torch::Tensor& tokens, const KvCodec* codec,
+                        AttentionObserver* observer = nullptr) const;
+  // hidden [..., hidden] -> fp32 logits [..., vocab].
+  torch::Tensor Logits(const torch::Tensor& hidden) const;
+
+  const LayerWeights& layer(int i) const { return layers_[i]; }
+  // Applies this model's RoPE to x [B, Hx, T, D] at positions 0..T-1 (no-op for gpt2).
+  torch::Tensor ApplyRope(const torch::Tensor& x) const;
+
+ private:
+  Model() = default;
+  absl::Status LoadHf(const std::string& dir);
+  absl::Status LoadLlama2c(const std::string& path);
+  absl::Status PoolKvHeads(int target);
+  void BuildRope();
+
+  ModelConfig config_;
+  ModelOptions options_;
+  int kv_heads_ = 0;
+  torch::Tensor tok_emb_;   // [vocab, hidden]
+  torch::Tensor pos_emb_;   // gpt2: [max_positions, hidden]
+  torch::Tensor final_w_, final_b_;
+  torch::Tensor lm_head_;   // [vocab, hidden] (tied: tok_emb_)
+  std::vector<LayerWeights> layers_;
+  torch::Tensor rope_cos_, rope_sin_;  // [max_positions, D] in the compute dtype
+  std::shared_ptr<void> keepalive_;    // the checkpoint mapping backing zero-copy weights
+};
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_MODEL_H_

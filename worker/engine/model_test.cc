@@ -1,0 +1,162 @@
+// Logits of the engine against transformers (fp32, TF32 off) on fixed inputs: tiny
+// random-initialized checkpoints written by transformers itself (gpt2, llama with sharded fp16
+// weights and an untied head, llama with llama3 RoPE scaling, mistral with a sliding window of 8
+// and head_dim != hidden/heads in bf16, qwen2 with q/k/v biases) and the real ref-gpt2 /
+// ref-llama. Fixtures: tools/reference/make_reference.py.
+#include "worker/engine/model.h"
+#include "worker/engine/generate.h"
+#include "worker/engine/tokenizer/tokenizer.h"
+
+#include <cmath>
+#include <fstream>
+
+#include "common/job_spec.h"
+#include "common/json_util.h"
+#include "gtest/gtest.h"
+
+namespace kvsweep::engine {
+namespace {
+
+struct Fixture {
+  nlohmann::json meta;
+  std::vector<float> logits;  // [B, T, vocab_slice]
+};
+
+Fixture ReadFixture(const std::string& name) {
+  Fixture f;
+  const std::string base = std::string(KVSWEEP_FIXTURES) + "/logits/" + name;
+  auto meta = ReadJsonFile(base + ".json");
+  EXPECT_TRUE(meta.ok()) << meta.status();
+  f.meta = *meta;
+  std::ifstream in(base + ".f32", std::ios::binary);
+  in.seekg(0, std::ios::end);
+  f.logits.resize(in.tellg() / sizeof(float));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(f.logits.data()), f.logits.size() * sizeof(float));
+  return f;
+}
+
+torch::Tensor Ids(const nlohmann::json& ids) {
+  std::vector<int64_t> flat;
+  int64_t rows = ids.size(), cols = ids[0].size();
+  for (const auto& r : ids)
+    for (const auto& v : r) flat.push_back(v.get<int64_t>());
+  return torch::tensor(flat, torch::kLong).view({rows, cols});
+}
+
+void CheckModel(const std::string& name, const std::string& path) {
+  Fixture f = ReadFixture(name);
+  auto m = Model::Load(path, ModelOptions{});
+  ASSERT_TRUE(m.ok()) << m.status();
+  torch::Tensor ids = Ids(f.meta["input_ids"]);
+  torch::Tensor logits = (*m)->Logits((*m)->Forward(ids, nullptr));  // [B, T, V]
+  const int64_t slice = f.meta["vocab_slice"].get<int64_t>();
+  torch::Tensor want = torch::from_blob(f.logits.data(), {ids.size(0), ids.size(1), slice}, torch::kFloat32);
+  const double diff = (logits.slice(-1, 0, slice) - want).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4) << name << ": max |logit - transformers| = " << diff;
+  // Whole-vocabulary checks: logsumexp per position and the next token's log-prob.
+  torch::Tensor lse = torch::logsumexp(logits.to(torch::kFloat64), -1);
+  double lse_diff = 0;
+  for (int64_t b = 0; b < ids.size(0); ++b)
+    for (int64_t t = 0; t < ids.size(1); ++t)
+      lse_diff = std::max(lse_diff, std::fabs(lse[b][t].item<double>() - f.meta["logsumexp"][b][t].get<double>()));
+  EXPECT_LE(lse_diff, 1e-4) << name;
+  torch::Tensor argmax = logits.argmax(-1);
+  int64_t mismatched = 0;
+  for (int64_t b = 0; b < ids.size(0); ++b)
+    for (int64_t t = 0; t < ids.size(1); ++t)
+      mismatched += argmax[b][t].item<int64_t>() != f.meta["argmax"][b][t].get<int64_t>();
+  EXPECT_EQ(mismatched, 0) << name;
+  std::cout << name << ": max |dlogit| " << diff << ", max |dlogsumexp| " << lse_diff << "\n";
+}
+
+class TinyModelTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TinyModelTest, LogitsMatchTransformers) {
+  CheckModel(GetParam(), std::string(KVSWEEP_FIXTURES) + "/tiny_models/" + GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
+                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama3rope",
+                                           "tiny-mistral", "tiny-qwen2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) if (c == '-') c = '_';
+                           return n;
+                         });
+
+TEST(RefModelTest, Gpt2LogitsMatchTransformers) {
+  CheckModel("ref-gpt2", AssetsDir() + "/models/ref-gpt2");
+}
+
+TEST(RefModelTest, LlamaLogitsMatchTransformers) {
+  CheckModel("ref-llama", AssetsDir() + "/models/ref-llama");
+}
+
+TEST(ModelTest, KvHeadsNativeIsExactlyNone) {
+  const std::string path = AssetsDir() + "/models/ref-llama";
+  auto a = Model::Load(path, ModelOptions{});
+  ModelOptions o;
+  o.kv_heads = 2;
+  auto b = Model::Load(path, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  torch::Tensor ids = torch::randint(0, 32000, {1, 32}, torch::kLong);
+  EXPECT_TRUE(torch::equal((*a)->Forward(ids, nullptr), (*b)->Forward(ids, nullptr)));
+}
+
+TEST(ModelTest, KvHeadPoolingMeanPoolsProjections) {
+  const std::string path = AssetsDir() + "/models/ref-llama";
+  auto a = Model::Load(path, ModelOptions{});
+  ModelOptions o;
+  o.kv_heads = 1;
+  auto b = Model::Load(path, o);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+  EXPECT_EQ((*b)->kv_heads(), 1);
+  torch::Tensor wk = (*a)->layer(0).wk;  // [2*64, 256]
+  torch::Tensor pooled = (wk.slice(0, 0, 64) + wk.slice(0, 64, 128)) / 2;
+  EXPECT_TRUE(torch::allclose((*b)->layer(0).wk, pooled, 1e-6, 1e-6));
+  ModelOptions bad;
+  bad.kv_heads = 3;
+  auto c = Model::Load(path, bad);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("does not divide"), std::string::npos);
+}
+
+TEST(ModelTest, CausalityFutureTokensDoNotChangeThePast) {
+  auto m = Model::Load(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-mistral", ModelOptions{});
+  ASSERT_TRUE(m.ok());
+  torch::Tensor ids = torch::randint(0, 96, {1, 30}, torch::kLong);
+  torch::Tensor ids2 = ids.clone();
+  ids2[0][20] = (ids[0][20].item<int64_t>() + 1) % 96;
+  torch::Tensor a = (*m)->Forward(ids, nullptr), b = (*m)->Forward(ids2, nullptr);
+  EXPECT_TRUE(torch::equal(a.slice(1, 0, 20), b.slice(1, 0, 20)));
+  EXPECT_FALSE(torch::equal(a.slice(1, 20, 21), b.slice(1, 20, 21)));
+}
+
+}  // namespace
+}  // namespace kvsweep::engine
+
+namespace kvsweep::engine {
+namespace {
+
+// The assets README: greedy decoding from BOS + "Once upon a time" continues with this text.
+TEST(Stories260KTest, GreedyContinuationMatchesTheReadme) {
+  const std::string dir = AssetsDir() + "/models/stories260K";
+  auto m = Model::Load(dir + "/stories260K.bin", ModelOptions{});
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto tok = LoadTokenizer(dir + "/tok512.bin");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("Once upon a time");
+  ASSERT_TRUE(ids.ok());
+  std::vector<int32_t> prompt = {1};
+  prompt.insert(prompt.end(), ids->begin(), ids->end());
+  auto out = GreedyGenerate(**m, nullptr, prompt, 40, -1);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const std::string text = (*tok)->Decode(*out);
+  const std::string expected = ", there was a little girl named Lily. She loved to play outside in the park.";
+  EXPECT_EQ(text.substr(0, expected.size()), expected) << "got: " << text;
+}
+
+}  // namespace
+}  // namespace kvsweep::engine

@@ -1,0 +1,152 @@
+#include "worker/engine/scorer.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvsweep::engine {
+
+int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
+                           const std::vector<ScoreRequest>& requests) {
+  const torch::Device dev = model.options().device;
+  if (dev.is_cpu()) return 4096;  // ~4 windows of 1k: enough to amortize, small enough for caches
+  // GPU: size the batch from free memory. Live bytes per token in one layer: the residual
+  // stream, norms, q/k/v, attention output and the MLP activations in the compute dtype, plus
+  // the [H, T] fp32 score rows when attention is materialized (position-dependent codecs).
+  const ModelConfig& c = model.config();
+  const int64_t elt = torch::elementSize(model.options().dtype);
+  int64_t max_len = 1;
+  for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
+  int64_t per_token = (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
+  if (codec != nullptr && codec->spec().position_dependent()) per_token += 3 * c.num_heads * max_len * 4;
+  const int64_t free_b = FreeDeviceBytes(dev);
+  if (free_b <= 0) return 16384;
+  // Keep half of what is free for the allocator's slack, the LM-head chunk and codec temporaries.
+  const int64_t budget = free_b / 2 / per_token;
+  return std::clamp<int64_t>(budget, max_len, 262144);
+}
+
+absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const KvCodec* codec,
+                                                       const std::vector<ScoreRequest>& requests,
+                                                       const ScorerOptions& options,
+                                                       const ScoreProgress& progress,
+                                                       ScoreStats* stats,
+                                                       AttentionObserver* observer) {
+  const ModelConfig& c = model.config();
+  int64_t total_tokens = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const ScoreRequest& r = requests[i];
+    if (r.input.empty()) return absl::InvalidArgumentError(absl::StrCat("request ", i, ": empty input"));
+    if (static_cast<int64_t>(r.input.size()) > c.max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": ", r.input.size(),
+                                                     " tokens exceed the model's ", c.max_positions,
+                                                     " positions"));
+    }
+    if (r.cont.size() > r.input.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": more continuation than input tokens"));
+    }
+    for (int32_t id : r.input) {
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("request ", i, ": token id ", id,
+                                                       " outside the model's vocabulary of ", c.vocab_size));
+      }
+    }
+    for (int32_t id : r.cont) {
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("request ", i, ": token id ", id,
+                                                       " outside the model's vocabulary of ", c.vocab_size));
+      }
+    }
+    total_tokens += r.input.size();
+  }
+  int64_t budget = options.batch_tokens;
+  if (budget <= 0) budget = DefaultBatchTokens(model, codec, requests);
+
+  // Longest first: padding is small and the first batch hits peak memory early.
+  std::vector<size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return requests[a].input.size() > requests[b].input.size();
+  });
+
+  std::vector<ScoreResult> results(requests.size());
+  int64_t done_tokens = 0;
+  size_t pos = 0;
+  ScoreStats local;
+  absl::Status s = GuardTorch("scoring", [&]() -> absl::Status {
+    torch::NoGradGuard no_grad;
+    while (pos < order.size()) {
+      const int64_t T = requests[order[pos]].input.size();
+      const int64_t B = std::max<int64_t>(1, std::min<int64_t>(budget / T, order.size() - pos));
+      std::vector<size_t> batch(order.begin() + pos, order.begin() + pos + B);
+      pos += B;
+      // [B, T] right-padded with token 0.
+      torch::Tensor ids = torch::zeros({B, T}, torch::kLong);
+      auto acc = ids.accessor<int64_t, 2>();
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& in = requests[batch[b]].input;
+        for (size_t t = 0; t < in.size(); ++t) acc[b][t] = in[t];
+        local.forward_tokens += in.size();
+      }
+      local.padded_tokens += B * T;
+      local.sequences += B;
+      torch::Tensor hidden = model.Forward(ids, codec, observer);  // [B, T, hidden]
+      // Gather the scored positions: row r of `rows` predicts target[r].
+      std::vector<int64_t> flat_pos, target;
+      std::vector<int64_t> owner;
+      for (int64_t b = 0; b < B; ++b) {
+        const ScoreRequest& r = requests[batch[b]];
+        const int64_t L = r.input.size(), n = r.cont.size();
+        for (int64_t i = 0; i < n; ++i) {
+          flat_pos.push_back(b * T + (L - n + i));
+          target.push_back(r.cont[i]);
+          owner.push_back(b);
+        }
+      }
+      local.scored_tokens += target.size();
+      for (int64_t b = 0; b < B; ++b) results[batch[b]] = ScoreResult{0.0, true};
+      if (!flat_pos.empty()) {
+        torch::Tensor flat = hidden.reshape({B * T, hidden.size(-1)});
+        torch::Tensor pos_t = torch::tensor(flat_pos, torch::kLong).to(hidden.device());
+        torch::Tensor tgt_t = torch::tensor(target, torch::kLong).to(hidden.device());
+        std::vector<double> ll(target.size());
+        std::vector<uint8_t> hit(target.size());
+        const int64_t chunk = std::max<int64_t>(1, options.head_rows);
+        for (int64_t s0 = 0; s0 < static_cast<int64_t>(target.size()); s0 += chunk) {
+          const int64_t s1 = std::min<int64_t>(s0 + chunk, target.size());
+          torch::Tensor rows = flat.index_select(0, pos_t.slice(0, s0, s1));
+          torch::Tensor logp = torch::log_softmax(model.Logits(rows), -1);  // fp32 [n, V]
+          torch::Tensor tg = tgt_t.slice(0, s0, s1);
+          torch::Tensor lp = logp.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64).cpu();
+          torch::Tensor am = (logp.argmax(-1) == tg).cpu();
+          auto lpa = lp.accessor<double, 1>();
+          auto ama = am.accessor<bool, 1>();
+          for (int64_t i = s0; i < s1; ++i) {
+            ll[i] = lpa[i - s0];
+            hit[i] = ama[i - s0];
+          }
+        }
+        for (size_t i = 0; i < target.size(); ++i) {
+          ScoreResult& r = results[batch[owner[i]]];
+          r.loglik += ll[i];
+          r.greedy = r.greedy && hit[i];
+        }
+      }
+      done_tokens += [&] {
+        int64_t n = 0;
+        for (size_t i : batch) n += requests[i].input.size();
+        return n;
+      }();
+      if (progress && !progress(static_cast<double>(done_tokens) / std::max<int64_t>(1, total_tokens))) {
+        return absl::CancelledError("scoring stopped: the job was cancelled or its lease lost");
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (stats != nullptr) *stats = local;
+  if (!s.ok()) return s;
+  return results;
+}
+
+}  // namespace kvsweep::engine

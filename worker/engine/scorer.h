@@ -1,0 +1,65 @@
+// Scores continuation log-likelihoods in batches: the engine's one hot loop.
+//
+// A request is an input sequence and the tokens its last positions must predict (lm-eval's
+// (context, continuation) after truncation): position input.size() - cont.size() + i predicts
+// cont[i]. Requests are sorted by length, right-padded into batches (causal attention makes the
+// padding invisible to real positions, for every codec, since compressed state never crosses
+// from later to earlier tokens), run through the model with the job's KV codec, and only the
+// scored positions go through the LM head.
+#ifndef KVSWEEP_WORKER_ENGINE_SCORER_H_
+#define KVSWEEP_WORKER_ENGINE_SCORER_H_
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/model.h"
+
+namespace kvsweep::engine {
+
+struct ScoreRequest {
+  std::vector<int32_t> input;
+  std::vector<int32_t> cont;  // the last cont.size() positions of input predict these
+};
+
+struct ScoreResult {
+  double loglik = 0;    // sum of log p(cont[i] | ...)
+  bool greedy = true;   // every cont token is the argmax
+};
+
+struct ScorerOptions {
+  // Tokens per forward batch (B x padded T); 0 = a default for the device.
+  int64_t batch_tokens = 0;
+  // Rows per LM-head chunk (bounds the [rows, vocab] fp32 logits buffer).
+  int64_t head_rows = 2048;
+};
+
+struct ScoreStats {
+  int64_t forward_tokens = 0;   // real (unpadded) tokens run through the model
+  int64_t padded_tokens = 0;
+  int64_t sequences = 0;
+  int64_t scored_tokens = 0;
+};
+
+// Returns false to stop (cancellation); `fraction` is of forward tokens done.
+using ScoreProgress = std::function<bool(double fraction)>;
+
+// The batch budget used when ScorerOptions.batch_tokens is 0: 4096 tokens on the CPU; on a GPU,
+// sized from free device memory and the model's per-token activation footprint.
+int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
+                           const std::vector<ScoreRequest>& requests);
+
+// Errors: kInvalidArgument (empty input, input longer than the model allows, a token id outside
+// the vocabulary, cont longer than input), kCancelled, kResourceExhausted (OOM), kInternal.
+absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const KvCodec* codec,
+                                                       const std::vector<ScoreRequest>& requests,
+                                                       const ScorerOptions& options,
+                                                       const ScoreProgress& progress,
+                                                       ScoreStats* stats,
+                                                       AttentionObserver* observer = nullptr);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_SCORER_H_
