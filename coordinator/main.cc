@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "coordinator/server.h"
 
 namespace {
@@ -74,28 +75,26 @@ int main(int argc, char** argv) {
     o.token = *t;
   }
 
-  // Signals are taken by one thread with sigwait; every other thread blocks them.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
-
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(o);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   if (!port_file.empty()) {
     absl::Status w = WriteFileAtomic(port_file, absl::StrCat((*server)->port(), "\n"));
     if (!w.ok()) return Fail(std::string(w.message()));
   }
-  std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    KV_LOG(INFO) << "kvsweep-coordinator: signal " << sig << ", shutting down";
-    (*server)->Shutdown();
-  });
+  // SIGTERM/SIGINT: stop serving (answer what is in flight, commit), then exit 0.
+  std::thread stopper;
+  CoordinatorServer* srv = server->get();
+  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals =
+      ShutdownSignals::Install([&stopper, srv](int sig) {
+        if (stopper.joinable()) return;  // already shutting down
+        KV_LOG(INFO) << "kvsweep-coordinator: signal " << sig << ", shutting down";
+        stopper = std::thread([srv] { srv->Shutdown(); });
+      });
+  if (!signals.ok()) return Fail(std::string(signals.status().message()));
   (*server)->Wait();
-  waiter.join();
+  signals->reset();
+  if (stopper.joinable()) stopper.join();
   server->reset();
   KV_LOG(INFO) << "kvsweep-coordinator: exited cleanly";
   return 0;

@@ -1,6 +1,8 @@
 // End-to-end through the `kvsweep` CLI and raw RPCs: the user workflow (submit, watch, status,
 // table, query, export, cancel, retry), resubmission (issue 4 item 3), bad input (item 4) and
-// the security defaults (loopback, bearer token, TLS/mTLS).
+// the security defaults (loopback, bearer token, TLS/mTLS). These test orchestration, so their
+// workers always use the fake evaluator (any method spec "runs"); fault_test and
+// real_sweep_test use the engine when it is built.
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -24,6 +26,12 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
+Harness::WorkerFlags Fake() {
+  Harness::WorkerFlags f;
+  f.force_fake = true;
+  return f;
+}
+
 TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   Harness h("cli_flow");
   h.StartCoordinator();
@@ -37,8 +45,8 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   CommandResult sub = h.Cli({"submit", yaml});
   ASSERT_EQ(sub.exit_code, 0) << sub.err;
   EXPECT_THAT(sub.out, HasSubstr("6 enqueued, 0 already done"));
-  h.StartWorker();
-  h.StartWorker();
+  h.StartWorker(Fake());
+  h.StartWorker(Fake());
   CommandResult watch = h.Cli({"watch", "flow", "--interval-ms", "100"});
   ASSERT_EQ(watch.exit_code, 0) << watch.err;
   EXPECT_THAT(watch.err, HasSubstr("/6 done"));
@@ -124,7 +132,7 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
 TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
   Harness h("resubmit");
   h.StartCoordinator();
-  h.StartWorker();
+  h.StartWorker(Fake());
   const std::string v1 = h.WriteFile("v1.yaml", h.SweepYaml("grow", {"none", "quant:bits=4"},
                                                             "[native, 1]"));
   h.Submit(v1);
@@ -153,7 +161,7 @@ TEST(EndToEndTest, CancelThenResubmitThenRetry) {
   Harness h("cancel");
   h.StartCoordinator();
   h.Submit(h.WriteFile("c.yaml", h.SweepYaml("c", {"quant:bits=1", "quant:bits=2", "quant:bits=3"})));
-  Harness::WorkerFlags slow;
+  Harness::WorkerFlags slow = Fake();
   slow.extra = {"--fault", "delay-job:60000"};
   const int w = h.StartWorker(slow);
   ASSERT_TRUE(WaitUntil([&] { return h.Sweep("c").count(JobState::kLeased) == 1; },
@@ -174,7 +182,7 @@ TEST(EndToEndTest, CancelThenResubmitThenRetry) {
   EXPECT_EQ(watch.exit_code, 3);  // finished, but not all done
   EXPECT_THAT(watch.out, HasSubstr("0/3 done, 0 failed, 0 quarantined, 3 cancelled"));
   h.worker(w)->Signal(SIGKILL);
-  h.StartWorker();
+  h.StartWorker(Fake());
   CommandResult re = h.Cli({"submit", JoinPath(h.dir(), "c.yaml")});
   EXPECT_THAT(re.out, HasSubstr("0 enqueued, 0 already done, 0 already pending, 3 requeued"));
   ASSERT_EQ(h.Cli({"watch", "c", "--interval-ms", "100"}).exit_code, 0);
@@ -394,7 +402,7 @@ TEST(EndToEndTest, BearerTokenIsRequiredWhenConfigured) {
   grpc::ClientContext ctx2;
   ctx2.AddMetadata("authorization", "Bearer correct-horse-battery");
   EXPECT_TRUE(stub->Lease(&ctx2, lr, &resp).ok());
-  Harness::WorkerFlags wf;
+  Harness::WorkerFlags wf = Fake();
   wf.extra = {"--token-file", wrong_file};
   const int w = h.StartWorker(wf);
   std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(30));

@@ -21,16 +21,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::vector<std::string> QuantMethods(int n) {
-  std::vector<std::string> m;
-  for (int g : {64, 32, 16, 8, 4, 2}) {
-    for (int b = 1; b <= 8 && static_cast<int>(m.size()) < n; ++b) {
-      m.push_back(absl::StrCat("quant:bits=", b, ",group=", g));
-    }
-  }
-  return m;
-}
-
 // The first job id worker i's journal says it leased (waits for it).
 std::string FirstLeased(Harness& h, int i) {
   std::string job;
@@ -52,7 +42,7 @@ std::string FirstLeased(Harness& h, int i) {
 TEST(FaultTest, WorkerKilledMidJobIsReleasedAfterLeaseExpiryAndRecordedOnce) {
   Harness h("kill_worker");
   h.StartCoordinator();
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("killw", QuantMethods(4))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("killw", 4)));
   Harness::WorkerFlags slow;
   slow.extra = {"--fault", "delay-job:30000"};  // surely mid-job when killed
   const int a = h.StartWorker(slow);
@@ -78,7 +68,7 @@ TEST(FaultTest, CoordinatorKilledTwiceLosesNothingAcknowledgedAndRerunsNothingFi
   Harness h("kill_coordinator");
   h.StartCoordinator();
   const int kJobs = 24;
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("killc", QuantMethods(kJobs))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("killc", kJobs)));
   Harness::WorkerFlags f;
   f.fake_sleep_ms = 250;
   for (int i = 0; i < 3; ++i) h.StartWorker(f);
@@ -132,7 +122,7 @@ TEST(FaultTest, WorkerBackAfterItsLeaseExpiredIsFencedOut) {
   Harness::CoordinatorFlags cf;
   cf.lease_ttl_ms = 1500;
   h.StartCoordinator(cf);
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("stale", QuantMethods(2))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("stale", 2)));
   Harness::WorkerFlags late;
   late.extra = {"--fault", "pause-before-complete:5000"};
   const int a = h.StartWorker(late);
@@ -167,7 +157,7 @@ TEST(FaultTest, StaleTokenIsRejectedOverRpc) {
   Harness::CoordinatorFlags cf;
   cf.lease_ttl_ms = 500;
   h.StartCoordinator(cf);
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("rpc", QuantMethods(1))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("rpc", 1)));
   auto stub = h.WorkerStub();
   v1::LeaseRequest lr;
   lr.mutable_worker()->set_worker_id("raw-worker");
@@ -208,7 +198,7 @@ TEST(FaultTest, StaleTokenIsRejectedOverRpc) {
 TEST(FaultTest, SameResultSubmittedManyTimesConcurrentlyIsOneRow) {
   Harness h("dup_results");
   h.StartCoordinator();
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("dup", QuantMethods(1))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("dup", 1)));
   auto stub = h.WorkerStub();
   v1::LeaseRequest lr;
   lr.mutable_worker()->set_worker_id("raw-worker");
@@ -257,11 +247,11 @@ TEST(FaultTest, JobThatCrashesEveryWorkerIsQuarantinedWhileTheRestFinishes) {
   Harness::CoordinatorFlags cf;
   cf.lease_ttl_ms = 1500;
   h.StartCoordinator(cf);
-  std::vector<std::string> methods = QuantMethods(6);
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("poison", methods)));
-  // quant:bits=3,group=64 canonicalizes to "quant:bits=3,group=64,axis=..."; only it matches.
+  const int kJobs = 6;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("poison", kJobs)));
+  // Only job l3's spec JSON contains "limit":3, (canonical JSON, keys sorted).
   Harness::WorkerFlags f;
-  f.extra = {"--fault", "crash-on-job-substring:quant:bits=3,group=64,"};
+  f.extra = {"--fault", "crash-on-job-substring:\"limit\":3,"};
   for (int i = 0; i < 3; ++i) h.StartWorker(f);
   // A supervisor: restart whatever dies (as Kubernetes or Slurm would), until the sweep ends.
   int restarts = 0;
@@ -295,13 +285,13 @@ TEST(FaultTest, JobThatCrashesEveryWorkerIsQuarantinedWhileTheRestFinishes) {
   EXPECT_GE(restarts, 3);
   // Workers are not blamed: none is marked or refused; the survivors keep leasing.
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs WHERE state = 'done'"),
-            static_cast<int64_t>(methods.size()) - 1);
+            kJobs - 1);
 }
 
 TEST(FaultTest, SigtermDrainsAWorkerThatFinishesItsJob) {
   Harness h("drain_finish");
   h.StartCoordinator();
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("drain1", QuantMethods(3))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drain1", 3)));
   Harness::WorkerFlags f;
   f.extra = {"--fault", "delay-job:1500", "--drain-timeout-ms", "60000"};
   const int a = h.StartWorker(f);
@@ -329,7 +319,7 @@ TEST(FaultTest, SigtermDrainsAWorkerThatFinishesItsJob) {
 TEST(FaultTest, SigtermHandsBackAJobThatWouldOutlastTheDrainTimeout) {
   Harness h("drain_handback");
   h.StartCoordinator();
-  h.Submit(h.WriteFile("s.yaml", h.SweepYaml("drain2", QuantMethods(2))));
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drain2", 2)));
   Harness::WorkerFlags f;
   f.extra = {"--fault", "delay-job:60000", "--drain-timeout-ms", "200"};
   const int a = h.StartWorker(f);

@@ -108,7 +108,7 @@ int Harness::StartWorker(const WorkerFlags& f) {
   const int i = static_cast<int>(workers_.size());
   std::vector<std::string> argv = {WorkerBin(), "--coordinator", address(), "--device", "cpu",
                                    "--journal", journal(i), "--rpc-timeout-ms", "3000"};
-  if (kEngine) {
+  if (kEngine && !f.force_fake) {
     argv.insert(argv.end(), {"--evaluator", "engine", "--threads", "1"});
   } else {
     argv.insert(argv.end(),
@@ -175,6 +175,17 @@ std::string Harness::SweepYaml(const std::string& name, const std::vector<std::s
                                AssetsDir(), "/data/lambada_openai/lambada_test.jsonl\n",
                                "    limit: 3\nmethods:\n");
   for (const std::string& m : methods) absl::StrAppend(&y, "  - \"", m, "\"\n");
+  return y;
+}
+
+std::string Harness::DistinctJobsYaml(const std::string& name, int n) const {
+  std::string y = absl::StrCat("name: ", name, "\nmodels:\n  - name: ref-llama\n    path: ",
+                               AssetsDir(), "/models/ref-llama\ntasks:\n");
+  for (int k = 1; k <= n; ++k) {
+    absl::StrAppend(&y, "  - {name: l", k, ", task: lambada_openai, data: ", AssetsDir(),
+                    "/data/lambada_openai/lambada_test.jsonl, limit: ", k, "}\n");
+  }
+  absl::StrAppend(&y, "methods: [none]\n");
   return y;
 }
 

@@ -71,6 +71,8 @@ class Harness {
 
   struct WorkerFlags {
     int fake_sleep_ms = 150;   // fake evaluator only
+    // Use the fake evaluator even when the engine is built (tests of orchestration alone).
+    bool force_fake = false;
     std::vector<std::string> extra;  // e.g. --fault ..., --drain-timeout-ms
   };
   // Starts a worker; returns its index. Its journal is journal(i), its log log(i).
@@ -93,6 +95,9 @@ class Harness {
   // A sweep on the assets' ref-llama: `methods` (YAML list items), LAMBADA with a small limit.
   std::string SweepYaml(const std::string& name, const std::vector<std::string>& methods,
                         const std::string& kv_heads = "[native]") const;
+  // `n` distinct jobs every engine can run: method none on ref-llama, LAMBADA with limits
+  // 1..n (tasks l1..ln). Job k's spec JSON contains `"limit":k,`.
+  std::string DistinctJobsYaml(const std::string& name, int n) const;
   // Submits through the CLI and checks it worked.
   void Submit(const std::string& yaml_path);
 

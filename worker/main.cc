@@ -20,6 +20,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/log.h"
+#include "common/signals.h"
 #include "rpc/rpc_util.h"
 #include "worker/fake_evaluator.h"
 #include "worker/worker_loop.h"
@@ -138,27 +139,14 @@ int main(int argc, char** argv) {
   o.evaluator_name = evaluator;
   if (!o.worker_id.empty()) SetLogTag(o.worker_id);
 
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
-
   WorkerLoop loop(o, eval.get());
-  std::atomic<bool> done{false};
-  std::thread signals([&] {
-    while (!done) {
-      int sig = 0;
-      if (sigwait(&sigs, &sig) != 0) continue;
-      if (done) break;
-      loop.RequestDrain();
-    }
-  });
+  // SIGTERM/SIGINT: the first drains, the second hands the current job back at once.
+  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals =
+      ShutdownSignals::Install([&loop](int) { loop.RequestDrain(); });
+  if (!signals.ok()) return Fail(std::string(signals.status().message()));
   absl::Status s = loop.Run();
-  done = true;
-  ::kill(::getpid(), SIGTERM);  // wake the signal thread (blocked signals queue for sigwait)
-  signals.join();
+  signals->reset();
   if (!s.ok()) return Fail(std::string(s.message()));
   return 0;
 }
