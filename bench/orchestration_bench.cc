@@ -63,6 +63,14 @@ double SelfCpuSeconds() {
   return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
 }
 
+// The 1-minute load average: the box is shared, and the figures mean little without it.
+double LoadAverage() {
+  std::ifstream f("/proc/loadavg");
+  double l = -1;
+  f >> l;
+  return l;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -185,6 +193,7 @@ int Run(int argc, char** argv) {
     };
     loops.push_back(std::make_unique<WorkerLoop>(o, eval.get()));
   }
+  const double load_before = LoadAverage();
   const double coord_cpu0 = ProcessCpuSeconds((*coord)->pid());
   const double self_cpu0 = SelfCpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
@@ -200,6 +209,7 @@ int Run(int argc, char** argv) {
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double coord_cpu = ProcessCpuSeconds((*coord)->pid()) - coord_cpu0;
   const double self_cpu = SelfCpuSeconds() - self_cpu0;
+  const double load_after = LoadAverage();
   for (auto& l : loops) l->RequestDrain();
   for (auto& t : threads) t.join();
   (*coord)->Signal(SIGTERM);
@@ -240,12 +250,15 @@ int Run(int argc, char** argv) {
       {"ms_per_commit", commit_ms},
       {"results", results},
       {"integrity", integrity.ok() ? "ok" : std::string(integrity.message())},
-      {"hardware_threads", std::thread::hardware_concurrency()}};
+      {"hardware_threads", std::thread::hardware_concurrency()},
+      {"load_average_1m", {{"before", load_before}, {"after", load_after}}}};
   if (json) {
     std::cout << out.dump(2) << "\n";
   } else {
-    std::printf("jobs %d, workers %d, fake job %d ms, machine threads %u\n", jobs, workers,
-                sleep_ms, std::thread::hardware_concurrency());
+    std::printf("jobs %d, workers %d, fake job %d ms, machine threads %u, load average %.2f -> "
+                "%.2f\n",
+                jobs, workers, sleep_ms, std::thread::hardware_concurrency(), load_before,
+                load_after);
     std::printf("submit (expand + resolve + insert): %.2f s\n", submit_s);
     std::printf("durable completions/s: %.0f  (%d jobs in %.2f s)\n", jobs / wall, jobs, wall);
     std::printf("lease latency ms, every job grant (Lease, or Complete+next lease): "

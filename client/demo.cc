@@ -66,6 +66,13 @@ absl::StatusOr<bool> WorkerHasEngine(const std::string& bin, const std::string& 
   return text->find("engine: yes") != std::string::npos;
 }
 
+std::string OneLine(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
 std::string Tail(const std::string& path, size_t bytes) {
   absl::StatusOr<std::string> t = ReadFile(path);
   if (!t.ok()) return "";
@@ -172,6 +179,7 @@ methods:
   ProgressBar bar(stderr);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.timeout_s);
   int rc = 0;
+  bool finished = false;
   for (;;) {
     absl::StatusOr<SweepInfo> info = (*server)->store()->GetSweep("demo");
     if (!info.ok()) {
@@ -189,16 +197,21 @@ methods:
     bar.Update(c);
     if (c.queued + c.leased == 0) {
       bar.Finish();
-      for (const std::string& e : info->recent_errors) std::cerr << "  error " << e << "\n";
-      if (c.done != c.total) rc = 1;
+      finished = true;
+      if (c.done != c.total) {
+        rc = 1;
+        std::cerr << "kvsweep demo: " << c.total - c.done << " of " << c.total
+                  << " jobs did not produce a result:\n";
+        for (const std::string& e : info->recent_errors) std::cerr << "  error " << e << "\n";
+      }
       break;
     }
     bool any_alive = false;
     for (auto& w : workers) any_alive = any_alive || w->Running();
     if (!any_alive) {
       bar.Finish();
-      rc = DemoError(absl::StrCat("every worker exited before the sweep finished; last log:\n",
-                                  Tail(logs[0], 2000)));
+      rc = DemoError(absl::StrCat("every worker exited before the sweep finished (",
+                                  OneLine(Tail(logs[0], 300)), "); logs in ", dir));
       break;
     }
     if (std::chrono::steady_clock::now() > deadline) {
@@ -212,7 +225,7 @@ methods:
   for (auto& w : workers) {
     if (!w->Wait(std::chrono::seconds(30))) w->Signal(SIGKILL);
   }
-  if (rc == 0) {
+  if (finished) {
     std::vector<TableInput> in;
     absl::Status s = (*server)->store()->Export("demo", false, [&](const ExportRow& r) {
       TableInput t;
@@ -228,7 +241,10 @@ methods:
       ts.cols = "kv_heads";
       ts.metric = metric;
       absl::StatusOr<Table> t = BuildTable(in, ts);
-      if (!t.ok()) return DemoError(std::string(t.status().message()));
+      if (!t.ok()) {
+        std::cerr << "kvsweep demo: " << t.status().message() << "\n";
+        continue;
+      }
       std::cout << *FormatTable(*t, "md") << "\n";
     }
     std::cout << "Results are in " << co.db_path

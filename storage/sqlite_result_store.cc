@@ -206,7 +206,6 @@ CREATE TABLE sweeps(
 CREATE TABLE jobs(
   seq               INTEGER PRIMARY KEY,
   job_id            TEXT NOT NULL UNIQUE,
-  spec_json         TEXT NOT NULL,
   model_key         TEXT NOT NULL,
   model             TEXT NOT NULL,
   task              TEXT NOT NULL,
@@ -227,6 +226,11 @@ CREATE TABLE jobs(
   created_ms        INTEGER NOT NULL,
   updated_ms        INTEGER NOT NULL);
 CREATE INDEX jobs_by_state ON jobs(state);
+-- Specs live apart from the job rows: a job row changes on every lease and result, and SQLite
+-- rewrites a whole row on update.
+CREATE TABLE job_specs(
+  job_id    TEXT PRIMARY KEY REFERENCES jobs(job_id),
+  spec_json TEXT NOT NULL);
 CREATE TABLE sweep_jobs(
   sweep_id  INTEGER NOT NULL REFERENCES sweeps(sweep_id),
   job_id    TEXT NOT NULL REFERENCES jobs(job_id),
@@ -446,7 +450,7 @@ class SqliteResultStore final : public ResultStore {
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
     std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns,
-                                                                  " ORDER BY seq")));
+                                                                  " ORDER BY j.seq")));
     std::vector<ActiveJob> out;
     KV_RETURN_IF_ERROR(ReadActive(st.get(), &out));
     return out;
@@ -456,7 +460,7 @@ class SqliteResultStore final : public ResultStore {
       const std::vector<std::string>& job_ids) override {
     std::lock_guard<std::mutex> lock(rmu_);
     KV_ASSIGN_OR_RETURN(auto st,
-                        Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns, " AND job_id = ?")));
+                        Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns, " AND j.job_id = ?")));
     std::vector<ActiveJob> out;
     for (const std::string& id : job_ids) {
       st->Reset();
@@ -531,7 +535,8 @@ class SqliteResultStore final : public ResultStore {
       KV_ASSIGN_OR_RETURN(auto st,
                 Stmt::Prepare(rdb_,
                               "SELECT j.job_id, sj.labels, j.state, r.result_json, "
-                              "CASE WHEN ?2 THEN j.spec_json ELSE '' END, j.last_error "
+                              "CASE WHEN ?2 THEN (SELECT spec_json FROM job_specs s WHERE "
+                              "s.job_id = j.job_id) ELSE '' END, j.last_error "
                               "FROM sweep_jobs sj JOIN jobs j ON j.job_id = sj.job_id "
                               "LEFT JOIN results r ON r.job_id = sj.job_id "
                               "WHERE sj.sweep_id = ?1 ORDER BY sj.rowid"));
@@ -843,13 +848,16 @@ class SqliteResultStore final : public ResultStore {
           return absl::InvalidArgumentError(absl::StrCat("job spec: ", e.what()));
         }
         SQL_W(st,
-             "INSERT INTO jobs(job_id, spec_json, model_key, model, task, method, kv_heads, "
+             "INSERT INTO jobs(job_id, model_key, model, task, method, kv_heads, "
              "state, priority, max_attempts, created_ms, updated_ms) "
-             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10, ?10)");
+             "VALUES (?1, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10, ?10)");
         st->Bind(1, j.job_id).Bind(2, j.spec_json).Bind(3, j.model_key).Bind(4, model);
         st->Bind(5, task).Bind(6, method).Bind(7, kv_heads).Bind(8, j.priority);
         st->Bind(9, j.max_attempts).Bind(10, op.now_ms);
         SQL_RUN(st);
+        SQL_W(sp, "INSERT INTO job_specs(job_id, spec_json) VALUES (?1, ?2)");
+        sp->Bind(1, j.job_id).Bind(2, j.spec_json);
+        SQL_RUN(sp);
         ++op.enqueued;
         op.queued_job_ids.push_back(j.job_id);
       } else if (!s.ok()) {
@@ -1083,9 +1091,11 @@ class SqliteResultStore final : public ResultStore {
   }
 
   static constexpr const char* kActiveColumns =
-      "SELECT job_id, spec_json, model_key, state, priority, attempts, max_attempts, "
-      "next_eligible_ms, fence, lease_id, lease_worker, lease_deadline_ms, crash_workers, seq "
-      "FROM jobs WHERE state IN ('queued','leased')";
+      "SELECT j.job_id, s.spec_json, j.model_key, j.state, j.priority, j.attempts, "
+      "j.max_attempts, j.next_eligible_ms, j.fence, j.lease_id, j.lease_worker, "
+      "j.lease_deadline_ms, j.crash_workers, j.seq "
+      "FROM jobs j JOIN job_specs s ON s.job_id = j.job_id "
+      "WHERE j.state IN ('queued','leased')";
 
   absl::Status ReadActive(Stmt* st, std::vector<ActiveJob>* out) {
     for (;;) {
