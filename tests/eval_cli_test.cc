@@ -99,6 +99,11 @@ TEST(EvalCliTest, WikitextJsonFields) {
   for (const char* k : {"token_ppl", "word_ppl", "bits_per_byte", "loglik_sum", "tokens", "words", "bytes"}) EXPECT_TRUE(m.contains(k)) << k;
   EXPECT_EQ(m["words"], 15);
   EXPECT_EQ(m["bytes"], 77);
+  // PTB or any file: the same protocol, named for the metrics.
+  ProcResult p = Exec(Eval(A("models/ref-gpt2"), "ptb", text, {"--window", "16"}));
+  ASSERT_EQ(p.status, 0) << p.err;
+  auto pm = nlohmann::json::parse(p.out)["metrics"]["ptb"];
+  EXPECT_EQ(pm["loglik_sum"], m["loglik_sum"]);
 }
 
 TEST(EvalCliTest, BadFlagsAndFiles) {

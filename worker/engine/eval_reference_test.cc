@@ -46,9 +46,13 @@ void ExpectClose(const nlohmann::json& got, const nlohmann::json& want, const st
   EXPECT_LE(rel, 1e-4) << what << ": loglik_sum " << g << " vs transformers " << w;
   std::cout << what << ": rel |d loglik_sum| = " << rel << "\n";
   for (const char* count : {"n", "tokens", "words", "bytes", "windows"}) {
-    if (want.contains(count)) EXPECT_EQ(got[count], want[count]) << what << " " << count;
+    if (want.contains(count)) {
+      EXPECT_EQ(got[count], want[count]) << what << " " << count;
+    }
   }
-  if (want.contains("acc")) EXPECT_DOUBLE_EQ(got["acc"].get<double>(), want["acc"].get<double>()) << what;
+  if (want.contains("acc")) {
+    EXPECT_DOUBLE_EQ(got["acc"].get<double>(), want["acc"].get<double>()) << what;
+  }
 }
 
 class RefTaskTest : public ::testing::TestWithParam<std::string> {
