@@ -385,7 +385,7 @@ class Expander {
       KV_ASSIGN(e.task, Str(t["task"], path + ".task"));
       if (!IsKnownTask(e.task)) {
         return Err(t["task"], path + ".task",
-                   absl::StrCat("unknown task '", e.task, "' (known: lambada_openai, wikitext)"));
+                   absl::StrCat("unknown task '", e.task, "' (known: lambada_openai, wikitext, ptb, text)"));
       }
       KV_ASSIGN(std::string data, Str(t["data"], path + ".data"));
       e.data = Resolve(data);
