@@ -20,11 +20,28 @@ namespace {
 
 using ::testing::HasSubstr;
 
+std::vector<std::string>& Created() {
+  static std::vector<std::string> paths;
+  return paths;
+}
+
+// Removes every database the tests made when the program ends.
+class CleanupEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    for (const std::string& p : Created()) {
+      for (const char* suffix : {"", "-wal", "-shm"}) std::remove((p + suffix).c_str());
+    }
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new CleanupEnvironment);
+
 std::string TempPath(const std::string& stem) {
   static std::atomic<int> n{0};
   std::string p = absl::StrCat(::testing::TempDir(), "/kvsweep_store_", getpid(), "_", n++, "_",
                                stem, ".db");
   for (const char* suffix : {"", "-wal", "-shm"}) std::remove((p + suffix).c_str());
+  Created().push_back(p);
   return p;
 }
 

@@ -50,9 +50,12 @@ Harness::Harness(const std::string& name) {
 }
 
 Harness::~Harness() {
-  if (::testing::Test::HasFailure()) DumpLogs();
+  const bool failed = ::testing::Test::HasFailure();
+  if (failed) DumpLogs();
   for (auto& w : workers_) w.reset();  // SIGKILL whatever still runs
   coordinator_.reset();
+  // Keep the directory (database, logs, journals) only when something failed.
+  if (!failed) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
 }
 
 std::string Harness::address() const { return absl::StrCat("127.0.0.1:", port_); }

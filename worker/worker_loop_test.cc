@@ -74,6 +74,11 @@ int FreePort() {
 
 class WorkerLoopTest : public ::testing::Test {
  protected:
+  void TearDown() override {
+    server_.reset();
+    for (const char* s : {"", "-wal", "-shm", ".lock", ".journal"}) std::remove((db_ + s).c_str());
+  }
+
   void StartCoordinator(const std::string& listen = "127.0.0.1:0", const std::string& token = "") {
     CoordinatorOptions o;
     o.db_path = db_;
