@@ -264,8 +264,16 @@ absl::StatusOr<MethodSpec> ParseMethodSpec(absl::string_view text) {
       if (m.axis == QuantAxis::kChannel && m.basis != Basis::kIdentity) {
         return Bad(spec, "basis rotation is defined for axis=token only");
       }
+      if (m.sym && m.bits < 2) {
+        return Bad(spec, "sym=1 needs bits >= 2 (a 1-bit symmetric code has no nonzero level)");
+      }
       if (m.packed && (m.axis != QuantAxis::kToken || m.basis != Basis::kIdentity)) {
         return Bad(spec, "packed=1 supports axis=token, basis=identity only");
+      }
+      if (m.packed && m.residual > 0) {
+        // A packed cache's bytes per token would depend on the context length; the packed mode
+        // exists to check the ledger byte for byte, so it stays per-token.
+        return Bad(spec, "packed=1 supports residual=0 only");
       }
       break;
     case MethodFamily::kRank:

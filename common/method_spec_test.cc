@@ -77,6 +77,13 @@ TEST(MethodSpecTest, BadSpecsAreOneLineErrors) {
   ExpectError("none:bits=4", "takes no keys");
   ExpectError("quant:bits", "expected key=value");
   ExpectError("quant:bits=4,basis=hadamard", "power-of-two head_dim", 96);
+  ExpectError("quant:bits=1,sym=1", "sym=1 needs bits >= 2");
+  ExpectError("quant:bits=4,packed=1,axis=channel", "packed=1 supports axis=token, basis=identity");
+  ExpectError("quant:bits=4,packed=1,basis=hadamard", "packed=1 supports axis=token, basis=identity");
+  ExpectError("quant:bits=4,packed=1,residual=8", "packed=1 supports residual=0 only");
+  ExpectError("quant:bits=2,axis=channel,basis=pca", "basis rotation is defined for axis=token");
+  ExpectError("rank:r=0", "r=0 out of range");
+  ExpectError("hybrid:r=16,bits=4,basis=hadamard", "basis=hadamard is not one of");
 }
 
 TEST(MethodSpecTest, UnresolvedSpecPrintsSymbolicGroup) {

@@ -12,32 +12,35 @@ echo "build: $(( $(date +%s) - t0 )) s"
 w=build-cuda/worker/kvsweep-worker
 export KVSWEEP_ASSETS=$assets
 head -n 200 "$assets/data/wikitext-2/wiki.test.raw" > /tmp/wiki200.raw
+# Every method on CPU fp32, GPU fp32 and GPU bf16; results in one JSON-lines file.
+res="$out/smoke.jsonl"
+: > "$res"
 for model in ${MODELS:-ref-llama}; do
-  for dev in cpu cuda; do
-    for dt in fp32 bf16; do
-      [ $dev = cpu ] && [ $dt = bf16 ] && continue
-      $w eval --model "$assets/models/$model" --task lambada_openai --data "$assets/data/lambada_openai/lambada_test.jsonl" \
-        --limit 400 --device $dev --dtype $dt --format json > "$out/${model}_lambada_${dev}_${dt}.json" 2>"$out/${model}_lambada_${dev}_${dt}.err"
-      $w eval --model "$assets/models/$model" --task wikitext --data /tmp/wiki200.raw \
-        --device $dev --dtype $dt --format json > "$out/${model}_wiki_${dev}_${dt}.json" 2>"$out/${model}_wiki_${dev}_${dt}.err"
+  for method in ${METHODS:-none}; do
+    for dev in cpu cuda; do
+      for dt in fp32 bf16; do
+        [ $dev = cpu ] && [ $dt = bf16 ] && continue
+        for task in lambada_openai wikitext; do
+          if [ $task = wikitext ]; then data=/tmp/wiki200.raw; extra=""; else data="$assets/data/lambada_openai/lambada_test.jsonl"; extra="--limit 400"; fi
+          $w eval --model "$assets/models/$model" --task $task --data "$data" $extra --method "$method" \
+            --device $dev --dtype $dt --format json 2>>"$out/smoke.err" | python3 -c "
+import json,sys
+r=json.load(sys.stdin); print(json.dumps({'model':'$model','method':'$method','device':'$dev','dtype':'$dt','task':'$task',
+  'metrics':r['metrics']['$task'],'tokens_per_s':r['timing']['tokens_per_s']}))" >> "$res" || echo "FAILED $model $method $dev $dt $task"
+        done
+      done
     done
   done
 done
-python3 - "$out" <<'PY'
-import json, sys, glob, os
-out = sys.argv[1]
-rows = {}
-for f in sorted(glob.glob(os.path.join(out, "*_*_*_*.json"))):
-    try:
-        r = json.load(open(f))
-    except Exception as e:
-        print("unreadable", f, e, open(f[:-5] + ".err").read()[-500:]); continue
-    m = list(r["metrics"].values())[0]
-    print(f"{os.path.basename(f):40s} loglik {m['loglik_sum']:.6f}  tok/s {r['timing']['tokens_per_s']:.0f}")
-    rows[os.path.basename(f)[:-5]] = m["loglik_sum"]
-for k, v in rows.items():
-    if "_cuda_" in k:
-        base = rows.get(k.replace("_cuda_", "_cpu_").replace("_bf16", "_fp32"))
-        if base:
-            print(f"{k:36s} rel vs cpu fp32: {abs(v - base) / abs(base):.3e}")
+python3 - "$res" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+cpu = {(r["model"], r["method"], r["task"]): r["metrics"]["loglik_sum"] for r in rows if r["device"] == "cpu"}
+print("| model | method | task | device | dtype | loglik_sum | rel vs CPU fp32 | tok/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    base = cpu.get((r["model"], r["method"], r["task"]))
+    ll = r["metrics"]["loglik_sum"]
+    rel = abs(ll - base) / abs(base) if base else float("nan")
+    print(f"| {r['model']} | `{r['method']}` | {r['task']} | {r['device']} | {r['dtype']} | {ll:.4f} | {rel:.2e} | {r['tokens_per_s']:.0f} |")
 PY

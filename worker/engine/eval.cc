@@ -11,6 +11,7 @@
 #include "common/ledger.h"
 #include "common/log.h"
 #include "common/method_spec.h"
+#include "worker/engine/diagnostics.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/tasks/task.h"
 
@@ -204,6 +205,17 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
   if (!results.ok()) return results.status();
   const double score_s = Seconds(t_score, std::chrono::steady_clock::now());
 
+  nlohmann::json diagnostics;
+  double diag_s = 0;
+  if (spec.diagnostics) {
+    const auto t_diag = std::chrono::steady_clock::now();
+    absl::StatusOr<nlohmann::json> d =
+        RunDiagnostics(*model_, codec.get(), *method, *requests, DiagnosticsOptions{});
+    if (!d.ok()) return d.status();
+    diagnostics = std::move(*d);
+    diag_s = Seconds(t_diag, std::chrono::steady_clock::now());
+  }
+
   nlohmann::json metrics = (*task)->Metrics(*results);
   const int ctx_len = std::max<int>(1, static_cast<int>(std::lround(
                                            static_cast<double>(stats.forward_tokens) / std::max<int64_t>(1, stats.sequences))));
@@ -214,6 +226,7 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
   ledger_json["context_len_rule"] = "mean tokens per evaluated sequence";
   if (double measured = codec->MeasuredBytesPerToken(); measured >= 0) {
     ledger_json["measured_bytes_per_token"] = measured;
+    ledger_json["ledger_bytes_per_token"] = (ledger->k.total() + ledger->v.total()) / 8.0;
   }
 
   const double wall_s = Seconds(t_start, std::chrono::steady_clock::now());
@@ -221,11 +234,13 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
   out["spec"] = spec.ToJson();
   out["metrics"] = {{spec.task, metrics}};
   out["ledger"] = ledger_json;
+  if (spec.diagnostics) out["diagnostics"] = std::move(diagnostics);
   out["timing"] = {{"wall_s", wall_s},
                    {"load_s", last_load_s_},
                    {"codec_s", codec_s},
                    {"prepare_s", prep_s},
                    {"score_s", score_s},
+                   {"diagnostics_s", diag_s},
                    {"tokens_per_s", score_s > 0 ? stats.forward_tokens / score_s : 0.0},
                    {"forward_tokens", stats.forward_tokens},
                    {"padded_tokens", stats.padded_tokens},

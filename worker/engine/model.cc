@@ -366,6 +366,14 @@ Tensor Model::ApplyRope(const Tensor& x) const {
   return x * cos + torch::cat({-x2, x1}, -1) * sin;
 }
 
+double Model::AttentionScale(int layer) const {
+  const bool gpt2 = config_.arch == Arch::kGpt2;
+  double scale = 1.0;
+  if (!gpt2 || config_.scale_attn_weights) scale /= std::sqrt(static_cast<double>(config_.head_dim));
+  if (gpt2 && config_.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer + 1);
+  return scale;
+}
+
 Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                       AttentionObserver* observer) const {
   torch::NoGradGuard no_grad;
@@ -415,9 +423,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       k = ApplyRope(k);
       kv = codec != nullptr ? codec->Apply(l, k, v) : KvPair{{k, {}, {}}, {v, {}, {}}};
     }
-    double scale = 1.0;
-    if (!gpt2 || c.scale_attn_weights) scale /= std::sqrt(static_cast<double>(D));
-    if (gpt2 && c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(l + 1);
+    const double scale = AttentionScale(l);
     const int window = c.sliding_window[l];
     Tensor attn = Attend(q, kv, allowed(window), window, scale);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));

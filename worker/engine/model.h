@@ -68,6 +68,8 @@ class Model {
   torch::Tensor Logits(const torch::Tensor& hidden) const;
 
   const LayerWeights& layer(int i) const { return layers_[i]; }
+  // The factor attention multiplies q.k by in `layer` (1/sqrt(D), GPT-2's options).
+  double AttentionScale(int layer) const;
   // Applies this model's RoPE to x [B, Hx, T, D] at positions 0..T-1 (no-op for gpt2).
   torch::Tensor ApplyRope(const torch::Tensor& x) const;
 

@@ -9,6 +9,9 @@
 namespace kvsweep::engine {
 
 std::unique_ptr<KvCodec> NewNoneCodec(const MethodSpec& spec);
+std::unique_ptr<KvCodec> NewQuantCodec(const MethodSpec& spec);
+std::unique_ptr<KvCodec> NewRankCodec(const MethodSpec& spec);
+std::unique_ptr<KvCodec> NewHybridCodec(const MethodSpec& spec);
 
 }  // namespace kvsweep::engine
 

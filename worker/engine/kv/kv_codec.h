@@ -57,14 +57,18 @@ class KvCodec {
   // k, v: [B, Hkv, T, D] for `layer`; k is pre-RoPE iff spec().rope == kPre (the model applies
   // RoPE to what this returns). May throw c10::Error (caught at the engine boundary).
   virtual KvPair Apply(int layer, const torch::Tensor& k, const torch::Tensor& v) const = 0;
-  // Bytes the cache actually holds for the last Apply of each layer, when the codec stores real
-  // codes (packed mode); -1 otherwise.
+  // When the codec stores real codes (packed mode): the bytes its cache actually holds (K and V
+  // together: codes, scales, zeros, anything kept in fp16) per cached token per layer per KV
+  // head, over the last Apply of each layer; -1 otherwise. Comparable to the ledger's
+  // (k.total_bits + v.total_bits) / 8.
   virtual double MeasuredBytesPerToken() const { return -1; }
 };
 
 // Builds the codec for a resolved method spec. kInvalidArgument for specs the registry cannot
 // build (unknown family, unresolved spec).
 absl::StatusOr<std::unique_ptr<KvCodec>> NewKvCodec(const MethodSpec& spec);
+// The families the registry can build, in registry order (tests loop over it).
+std::vector<MethodFamily> RegisteredFamilies();
 
 }  // namespace kvsweep::engine
 

@@ -13,6 +13,9 @@ struct Entry {
 
 constexpr Entry kRegistry[] = {
     {MethodFamily::kNone, &NewNoneCodec},
+    {MethodFamily::kQuant, &NewQuantCodec},
+    {MethodFamily::kRank, &NewRankCodec},
+    {MethodFamily::kHybrid, &NewHybridCodec},
 };
 
 }  // namespace
@@ -27,6 +30,12 @@ absl::StatusOr<std::unique_ptr<KvCodec>> NewKvCodec(const MethodSpec& spec) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("no codec registered for method family '", FamilyName(spec.family), "'"));
+}
+
+std::vector<MethodFamily> RegisteredFamilies() {
+  std::vector<MethodFamily> out;
+  for (const Entry& e : kRegistry) out.push_back(e.family);
+  return out;
 }
 
 }  // namespace kvsweep::engine

@@ -1,0 +1,161 @@
+// `quant`: min-max quantization of cached K and/or V (DESIGN.md "KV-cache compression").
+//
+//   axis=token    each token's head vector [D] in groups of `group` channels, optionally in a
+//                 rotated basis (x -> U^T x, quantize, -> U x^); per token, so one pass serves
+//                 every query (no mask) unless a residual window is set.
+//   axis=channel  each channel over blocks of `group` consecutive tokens (KIVI keys); a block is
+//                 quantized once complete, so entries of the unfinished block are read in fp16
+//                 (masks from cache_masks.h).
+//   residual=R    the R most recent tokens are read in fp16 (masks).
+//   packed=1      the cache format itself: codes bit-packed (quantizer.h), scales/zeros in fp16, a
+//                 tensor the method does not compress held in fp16; attention reads what is decoded
+//                 from those bytes, and MeasuredBytesPerToken() reports their size.
+//
+// "fp16" entries (an untargeted tensor, the residual window, the unfinished channel block) are
+// the layer's own K/V in the compute dtype when simulated: in fp32 compute they are the fp32
+// values, not fp16-rounded ones (the reference `none` is the same fp32 cache); the ledger counts
+// them at 16 bits. Only packed=1 stores and reads real fp16 (it exists to hold real bytes).
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/kv/bases.h"
+#include "worker/engine/kv/cache_masks.h"
+#include "worker/engine/kv/codecs.h"
+#include "worker/engine/kv/quantizer.h"
+#include "worker/engine/model.h"
+
+namespace kvsweep::engine {
+namespace {
+
+using torch::Tensor;
+
+class QuantCodec final : public KvCodec {
+ public:
+  explicit QuantCodec(MethodSpec spec) : spec_(std::move(spec)) {
+    format_.bits = spec_.bits;
+    format_.group = spec_.group;
+    format_.sym = spec_.sym;
+    format_.fp16_meta = spec_.packed;
+  }
+
+  const MethodSpec& spec() const override { return spec_; }
+
+  absl::Status Prepare(const CodecContext& ctx) override {
+    if (spec_.basis == Basis::kIdentity) return absl::OkStatus();
+    absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
+    if (!b.ok()) return b.status();
+    const torch::TensorOptions to = torch::TensorOptions()
+                                        .dtype(ctx.model->options().dtype)
+                                        .device(ctx.model->options().device);
+    auto convert = [&](std::vector<Tensor>& bases) {
+      for (Tensor& u : bases) {
+        if (u.defined()) u = u.to(to);
+      }
+      return std::move(bases);
+    };
+    rot_k_ = convert(b->k);
+    rot_v_ = convert(b->v);
+    return absl::OkStatus();
+  }
+
+  KvPair Apply(int layer, const Tensor& k, const Tensor& v) const override {
+    // k, v: [B, Hkv, T, D].
+    if (spec_.packed) return ApplyPacked(layer, k, v);  // per token (the parser enforces it)
+    Tensor mask;
+    if (spec_.position_dependent()) {
+      const int block = spec_.axis == QuantAxis::kChannel ? spec_.group : 1;
+      mask = CompressedStateMask(k.size(2), block, spec_.residual, k.device());
+    }
+    KvPair out;
+    out.k = spec_.compresses_k() ? Operand(Quantize(k, Rotation(rot_k_, layer)), k, mask)
+                                 : KvOperand{k, {}, {}};
+    out.v = spec_.compresses_v() ? Operand(Quantize(v, Rotation(rot_v_, layer)), v, mask)
+                                 : KvOperand{v, {}, {}};
+    return out;
+  }
+
+  double MeasuredBytesPerToken() const override {
+    if (!spec_.packed) return -1;
+    std::lock_guard<std::mutex> lock(mu_);
+    double bytes = 0, entries = 0;
+    for (const auto& [b, e] : held_) {
+      bytes += b;
+      entries += e;
+    }
+    return entries > 0 ? bytes / entries : -1;
+  }
+
+ private:
+  const Tensor* Rotation(const std::vector<Tensor>& rot, int layer) const {
+    if (spec_.basis == Basis::kIdentity) return nullptr;
+    TORCH_CHECK(layer < static_cast<int>(rot.size()) && rot[layer].defined(), "quant codec '",
+                spec_.ToString(), "' applied before Prepare built its bases");
+    return &rot[layer];
+  }
+
+  static KvOperand Operand(Tensor compressed, const Tensor& raw, const Tensor& mask) {
+    if (!mask.defined()) return KvOperand{std::move(compressed), {}, {}};
+    return KvOperand{std::move(compressed), raw, mask};
+  }
+
+  // x [B, Hkv, T, D] -> its compressed state, same shape and dtype.
+  Tensor Quantize(const Tensor& x, const Tensor* rotation) const {
+    if (spec_.axis == QuantAxis::kToken) {
+      if (rotation == nullptr) return FakeQuantize(x, format_);
+      // rotation [Hkv, D, D], columns = basis vectors: coefficients x U, back with U^T.
+      Tensor coeff = torch::matmul(x, *rotation);
+      return torch::matmul(FakeQuantize(coeff, format_), rotation->transpose(-1, -2));
+    }
+    // Channel axis: blocks of G tokens, each channel quantized over its G tokens, i.e. token-axis
+    // quantization of the transposed block. Tokens past the last whole block stay as they are
+    // (never read compressed: see the mask).
+    const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), G = spec_.group;
+    const int64_t full = T / G * G;
+    if (full == 0) return x;
+    Tensor blocks = x.slice(2, 0, full).reshape({B, H, full / G, G, D}).transpose(3, 4);  // [B,H,nb,D,G]
+    QuantFormat f = format_;
+    f.group = static_cast<int>(G);
+    Tensor q = FakeQuantize(blocks, f).transpose(3, 4).reshape({B, H, full, D});
+    return full == T ? q : torch::cat({q, x.slice(2, full, T)}, 2);
+  }
+
+  // packed=1: encode, pack, and read back from the stored bytes.
+  KvPair ApplyPacked(int layer, const Tensor& k, const Tensor& v) const {
+    double bytes = 0;
+    auto store = [&](const Tensor& x, bool compressed) -> Tensor {
+      if (!compressed) {
+        Tensor held = x.to(torch::kFloat16);  // an fp16 cache of the untouched tensor
+        bytes += held.numel() * 2.0;
+        return held.to(x.scalar_type());
+      }
+      QuantCodes c = EncodeCodes(x, format_);
+      Tensor packed = PackCodes(c.codes, format_.bits);  // uint8 [B, Hkv, T, ceil(D/8)*bits]
+      bytes += packed.numel() + c.scale.numel() * 2.0 + (c.zero.defined() ? c.zero.numel() * 2.0 : 0.0);
+      QuantCodes held{UnpackCodes(packed, format_.bits, x.size(-1)), c.scale, c.zero};
+      return DecodeCodes(held, format_, x.scalar_type());
+    };
+    KvPair out;
+    out.k = KvOperand{store(k, spec_.compresses_k()), {}, {}};
+    out.v = KvOperand{store(v, spec_.compresses_v()), {}, {}};
+    const double entries = static_cast<double>(k.size(0)) * k.size(1) * k.size(2);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (static_cast<int>(held_.size()) <= layer) held_.resize(layer + 1, {0.0, 0.0});
+    held_[layer] = {bytes, entries};
+    return out;
+  }
+
+  MethodSpec spec_;
+  QuantFormat format_;
+  std::vector<Tensor> rot_k_, rot_v_;  // per layer [Hkv, D, D] (basis != identity)
+  mutable std::mutex mu_;
+  // packed: (bytes held, cached token-head entries) of each layer's last Apply.
+  mutable std::vector<std::pair<double, double>> held_;
+};
+
+}  // namespace
+
+std::unique_ptr<KvCodec> NewQuantCodec(const MethodSpec& spec) {
+  return std::make_unique<QuantCodec>(spec);
+}
+
+}  // namespace kvsweep::engine
