@@ -2,6 +2,7 @@
 #   make test   - install Debian deps (if missing), build, run every test
 #   make demo   - build, then run a small sweep end to end (embedded SQLite, local workers)
 #   make asan   - the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench  - the orchestration load benchmark (docs/orchestration-bench.md)
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
@@ -27,6 +28,10 @@ demo: build
 
 asan:
 	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DKVSWEEP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSWEEP_BUILD_BENCH=OFF"
+
+bench: build
+	$(BUILD)/bench/kvsweep_orchestration_bench --jobs 10000 --workers 200 --sleep-ms 50
+	$(BUILD)/bench/kvsweep_result_store_bench
 
 clean:
 	rm -rf $(BUILD)

@@ -1,7 +1,15 @@
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <string>
 
 #include "common/file_util.h"
+#include "common/fingerprint.h"
+#include "common/signals.h"
 #include "common/hash.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
@@ -49,6 +57,44 @@ TEST(FileTest, AtomicWriteThenMapRoundTrips) {
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(*h, Sha256Hex("hello"));
   std::remove(path.c_str());
+}
+
+TEST(FingerprintTest, InProcessMemoFollowsFileChanges) {
+  std::string path = ::testing::TempDir() + "/kvsweep_memo_test.txt";
+  ASSERT_TRUE(WriteFileAtomic(path, "first").ok());
+  auto a = FileSha256Cached(path);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, Sha256Hex("first"));
+  EXPECT_EQ(*FileSha256Cached(path), *a);  // memoized
+  // A new size (and mtime) is a new key: the memo must not serve the old digest.
+  ASSERT_TRUE(WriteFileAtomic(path, "second!").ok());
+  auto b = FileSha256Cached(path);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, Sha256Hex("second!"));
+  std::remove(path.c_str());
+}
+
+TEST(SignalsTest, SigtermBecomesACallbackWhateverThreadGetsIt) {
+  std::atomic<int> calls{0};
+  std::atomic<int> last{0};
+  auto s = ShutdownSignals::Install([&](int sig) {
+    last = sig;
+    ++calls;
+  });
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(ShutdownSignals::Install([](int) {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // From another thread, as when a library thread receives it.
+  std::thread([] { ::kill(::getpid(), SIGTERM); }).join();
+  for (int i = 0; i < 500 && calls < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(last, SIGTERM);
+  ::raise(SIGINT);
+  for (int i = 0; i < 500 && calls < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(last, SIGINT);
+  s->reset();
+  EXPECT_TRUE(ShutdownSignals::Install([](int) {}).ok());  // installable again
 }
 
 }  // namespace

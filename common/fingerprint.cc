@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 
 #include "absl/strings/match.h"
@@ -34,6 +35,13 @@ std::mutex& CacheMutex() {
   return mu;
 }
 
+// In-process memo keyed like the disk cache: expanding a sweep resolves thousands of jobs over
+// the same few model, tokenizer and data files, and each must not re-hash them.
+std::map<std::string, std::string>& Memo() {
+  static std::map<std::string, std::string> memo;
+  return memo;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
@@ -50,15 +58,20 @@ absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
   // Small files are cheaper to hash than to look up.
   const bool use_cache = !cache_file.empty() && st.st_size > (8 << 20);
   std::lock_guard<std::mutex> lock(CacheMutex());
+  if (auto m = Memo().find(key); m != Memo().end()) return m->second;
   nlohmann::json cache = nlohmann::json::object();
   if (use_cache && PathExists(cache_file)) {
     absl::StatusOr<nlohmann::json> c = ReadJsonFile(cache_file);
     if (c.ok() && c->is_object()) cache = *c;
     auto it = cache.find(key);
-    if (it != cache.end() && it->is_string()) return it->get<std::string>();
+    if (it != cache.end() && it->is_string()) {
+      Memo()[key] = it->get<std::string>();
+      return it->get<std::string>();
+    }
   }
   absl::StatusOr<std::string> h = Sha256File(path);
   if (!h.ok()) return h.status();
+  Memo()[key] = *h;
   if (use_cache) {
     ::mkdir(dir.c_str(), 0755);
     cache[key] = *h;

@@ -6,7 +6,7 @@ pkgs=(
   build-essential cmake pkg-config git
   libtorch-dev libopenblas0-pthread          # libtorch 1.13 (CPU); OpenBLAS instead of reference BLAS (~20x faster GEMM)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libssl-dev libsqlite3-dev sqlite3
+  libabsl-dev libssl-dev openssl libsqlite3-dev sqlite3   # openssl: the TLS test makes certificates
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libcli11-dev
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)

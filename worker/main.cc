@@ -1,18 +1,152 @@
-// kvsweep-worker. `eval` runs one job from flags (the engine's contract); the coordinator-pull
-// loop lands with the orchestration work.
-#include <cstdio>
-#include <cstring>
+// kvsweep-worker: evaluates jobs it pulls from a kvsweep-coordinator.
+//
+//   kvsweep-worker --coordinator HOST:PORT --device cpu|cuda[:i] [--evaluator engine|fake]
+//       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
+//       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
+//   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
+//   kvsweep-worker generate ...                                   (greedy generation)
+//
+// SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
+// a second signal hands the current job back at once.
+//
+// --evaluator=fake and --fault exist FOR TESTS AND BENCHMARKS ONLY: the fake evaluator's
+// metrics are placeholders, and faults make the worker crash, hang or report late on purpose.
+#include <signal.h>
+#include <unistd.h>
 
+#include <iostream>
+#include <regex>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "common/log.h"
+#include "common/signals.h"
+#include "rpc/rpc_util.h"
+#include "worker/fake_evaluator.h"
+#include "worker/worker_loop.h"
+
+#ifdef KVSWEEP_HAVE_ENGINE
 #include "worker/engine/eval_command.h"
 #include "worker/engine/generate.h"
+#include "worker/engine_evaluator.h"
+#endif
+
+namespace {
+
+constexpr bool kHaveEngine =
+#ifdef KVSWEEP_HAVE_ENGINE
+    true;
+#else
+    false;
+#endif
+
+int Fail(const std::string& msg) {
+  std::cerr << "kvsweep-worker: " << msg << "\n";
+  return 2;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  if (argc >= 2 && std::strcmp(argv[1], "eval") == 0) {
-    return kvsweep::engine::RunEvalCommand(argc - 1, argv + 1);
+  using namespace kvsweep;
+  if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "generate")) {
+#ifdef KVSWEEP_HAVE_ENGINE
+    if (std::string(argv[1]) == "eval") return engine::RunEvalCommand(argc - 1, argv + 1);
+    return engine::RunGenerateCommand(argc - 1, argv + 1);
+#else
+    return Fail(std::string("this kvsweep-worker was built without the libtorch engine; `") +
+                argv[1] + "` needs it (configure with -DKVSWEEP_WITH_TORCH=ON)");
+#endif
   }
-  if (argc >= 2 && std::strcmp(argv[1], "generate") == 0) {
-    return kvsweep::engine::RunGenerateCommand(argc - 1, argv + 1);
+
+  WorkerOptions o;
+  std::string evaluator = "engine";
+  std::string token_file;
+  std::vector<std::string> faults;
+  int threads = 0;
+  FakeEvaluatorOptions fake;
+  bool version = false;
+  CLI::App app{"kvsweep-worker: pulls KV-cache compression jobs from a kvsweep-coordinator"};
+  app.add_flag("--version", version, "print the version and whether the engine is built in");
+  app.add_option("--coordinator", o.coordinator.address, "coordinator address (host:port)")
+      ->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--evaluator", evaluator,
+                 "engine (libtorch) or fake (placeholder numbers: tests and benchmarks only)")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads for the engine (0: its default)")
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--fake-sleep-ms", fake.sleep_ms, "fake evaluator: time per job")
+      ->check(CLI::Range(0, 86400000))
+      ->capture_default_str();
+  app.add_option("--worker-id", o.worker_id, "worker id (default <hostname>-<pid>)");
+  app.add_option("--token-file", token_file, "file holding the coordinator's bearer token");
+  app.add_flag("--tls", o.coordinator.tls, "use TLS (with the system roots unless --tls-ca)");
+  app.add_option("--tls-ca", o.coordinator.tls_files.ca, "CA that signed the coordinator's cert");
+  app.add_option("--tls-cert", o.coordinator.tls_files.cert, "client certificate (mTLS)");
+  app.add_option("--tls-key", o.coordinator.tls_files.key, "client private key (mTLS)");
+  app.add_option("--tls-server-name", o.coordinator.tls_server_name,
+                 "name to expect in the coordinator's certificate");
+  app.add_option("--drain-timeout-ms", o.drain_timeout_ms,
+                 "on SIGTERM, let the current job run this long before handing it back")
+      ->check(CLI::Range(0, 86400000))
+      ->capture_default_str();
+  app.add_option("--rpc-timeout-ms", o.rpc_timeout_ms, "deadline of each call")
+      ->check(CLI::Range(100, 600000))
+      ->capture_default_str();
+  app.add_option("--journal", o.journal_path,
+                 "append one line per event (lease, recorded, rejected, ...) to this file");
+  app.add_option("--fault", faults,
+                 "TEST ONLY: crash-on-job-substring:XYZ | hang | pause-before-complete:MS | "
+                 "delay-job:MS");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    return Fail(e.what());
   }
-  std::fprintf(stderr, "usage: kvsweep-worker eval --model DIR --task T --data FILE [--method SPEC] ...\n");
-  return 2;
+  if (version) {
+    std::cout << "kvsweep-worker 0.1.0 (engine: " << (kHaveEngine ? "yes" : "no") << ")\n";
+    return 0;
+  }
+  if (!std::regex_match(o.device, std::regex("cpu|cuda(:[0-9]+)?"))) {
+    return Fail("--device: '" + o.device + "' is not cpu, cuda or cuda:N");
+  }
+  for (const std::string& f : faults) {
+    absl::Status s = ParseFault(f, &o.faults);
+    if (!s.ok()) return Fail(std::string(s.message()));
+  }
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> t = ReadTokenFile(token_file);
+    if (!t.ok()) return Fail(std::string(t.status().message()));
+    o.coordinator.token = *t;
+  }
+  std::unique_ptr<Evaluator> eval;
+  (void)threads;  // only the engine uses it
+  if (evaluator == "fake") {
+    eval = NewFakeEvaluator(fake);
+  } else if (evaluator == "engine") {
+#ifdef KVSWEEP_HAVE_ENGINE
+    eval = NewEngineEvaluator(o.device, threads);
+#else
+    return Fail("this kvsweep-worker was built without the libtorch engine (configure with "
+                "-DKVSWEEP_WITH_TORCH=ON); only --evaluator=fake is available, and its numbers "
+                "are placeholders");
+#endif
+  } else {
+    return Fail("--evaluator: '" + evaluator + "' is not engine or fake");
+  }
+  o.evaluator_name = evaluator;
+  if (!o.worker_id.empty()) SetLogTag(o.worker_id);
+
+  signal(SIGPIPE, SIG_IGN);
+  WorkerLoop loop(o, eval.get());
+  // SIGTERM/SIGINT: the first drains, the second hands the current job back at once.
+  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals =
+      ShutdownSignals::Install([&loop](int) { loop.RequestDrain(); });
+  if (!signals.ok()) return Fail(std::string(signals.status().message()));
+  absl::Status s = loop.Run();
+  signals->reset();
+  if (!s.ok()) return Fail(std::string(s.message()));
+  return 0;
 }

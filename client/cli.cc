@@ -1,0 +1,609 @@
+#include "client/cli.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/progress.h"
+#include "client/table.h"
+#include "common/file_util.h"
+#include "common/json_util.h"
+#include "common/status_macros.h"
+#include "kvsweep/v1/coordinator.grpc.pb.h"
+#include "storage/result_store.h"
+
+namespace kvsweep {
+
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitSweepFailed = 3;
+
+int Error(const absl::Status& s) {
+  std::string msg(s.message());
+  for (char& c : msg) {
+    if (c == '\n') c = ' ';
+  }
+  std::cerr << "kvsweep: " << msg << "\n";
+  return kExitError;
+}
+int Error(const std::string& msg) { return Error(absl::InvalidArgumentError(msg)); }
+
+// An RPC failure as one line; names the address when the coordinator is unreachable.
+absl::Status RpcError(const grpc::Status& s, const ClientConfig& cfg) {
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", cfg.address,
+                                               ": ", s.error_message()));
+  }
+  return FromGrpc(s);
+}
+
+struct Globals {
+  ClientConfig cfg;
+  std::string token_file;
+  int timeout_ms = 60000;
+};
+
+absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(Globals& g) {
+  if (!g.token_file.empty() && g.cfg.token.empty()) {
+    absl::StatusOr<std::string> t = ReadTokenFile(g.token_file);
+    if (!t.ok()) return t.status();
+    g.cfg.token = *t;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> ch = MakeChannel(g.cfg);
+  if (!ch.ok()) return ch.status();
+  return v1::SweepService::NewStub(*ch);
+}
+
+// A job of a sweep, from the coordinator (Export) or a database file.
+struct Item {
+  std::string job_id, sweep, state, last_error;
+  nlohmann::json labels;
+  std::optional<nlohmann::json> result;
+  std::optional<nlohmann::json> spec;
+};
+
+absl::StatusOr<std::vector<Item>> FetchItems(Globals& g, const std::string& db,
+                                             const std::string& sweep, bool include_spec) {
+  std::vector<Item> items;
+  auto add = [&](const std::string& job_id, const std::string& labels, const std::string& state,
+                 const std::string& result, const std::string& spec,
+                 const std::string& error) -> absl::Status {
+    Item it;
+    it.job_id = job_id;
+    it.sweep = sweep;
+    it.state = state;
+    it.last_error = error;
+    absl::StatusOr<nlohmann::json> l = ParseJson(labels, "labels");
+    if (!l.ok()) return l.status();
+    it.labels = *l;
+    if (!result.empty()) {
+      absl::StatusOr<nlohmann::json> r = ParseJson(result, "result");
+      if (!r.ok()) return r.status();
+      it.result = *r;
+    }
+    if (!spec.empty()) {
+      absl::StatusOr<nlohmann::json> s = ParseJson(spec, "spec");
+      if (!s.ok()) return s.status();
+      it.spec = *s;
+    }
+    items.push_back(std::move(it));
+    return absl::OkStatus();
+  };
+  if (!db.empty()) {
+    SqliteOptions o;
+    o.read_only = true;
+    absl::StatusOr<std::unique_ptr<ResultStore>> store = NewSqliteResultStore(db, o);
+    if (!store.ok()) return store.status();
+    absl::Status inner;
+    absl::Status s = (*store)->Export(sweep, include_spec, [&](const ExportRow& r) {
+      inner = add(r.job_id, r.labels_json, JobStateName(r.state), r.result_json, r.spec_json,
+                  r.last_error);
+      return inner.ok();
+    });
+    if (!s.ok()) return s;
+    if (!inner.ok()) return inner;
+    return items;
+  }
+  KV_ASSIGN_OR_RETURN(auto stub, Stub(g));
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  v1::ExportRequest req;
+  req.set_sweep(sweep);
+  req.set_include_spec(include_spec);
+  auto reader = stub->Export(&ctx, req);
+  v1::ExportRecord rec;
+  absl::Status inner;
+  while (reader->Read(&rec)) {
+    std::string state = v1::JobState_Name(rec.state());
+    state = absl::AsciiStrToLower(state.substr(std::string("JOB_STATE_").size()));
+    inner = add(rec.job_id(), rec.labels_json(), state, rec.result_json(), rec.spec_json(),
+                rec.last_error());
+    if (!inner.ok()) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (!inner.ok()) return inner;
+  if (!s.ok()) return RpcError(s, g.cfg);
+  return items;
+}
+
+absl::StatusOr<QueryResult> RunQuery(Globals& g, const std::string& db, const std::string& sql,
+                                     int max_rows) {
+  if (!db.empty()) {
+    SqliteOptions o;
+    o.read_only = true;
+    absl::StatusOr<std::unique_ptr<ResultStore>> store = NewSqliteResultStore(db, o);
+    if (!store.ok()) return store.status();
+    return (*store)->Query(sql, max_rows, 60000);
+  }
+  KV_ASSIGN_OR_RETURN(auto stub, Stub(g));
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  v1::QueryRequest req;
+  req.set_sql(sql);
+  req.set_max_rows(max_rows);
+  v1::QueryResponse resp;
+  grpc::Status s = stub->Query(&ctx, req, &resp);
+  if (!s.ok()) return RpcError(s, g.cfg);
+  QueryResult out;
+  out.columns.assign(resp.columns().begin(), resp.columns().end());
+  out.truncated = resp.truncated();
+  for (const v1::Row& row : resp.rows()) {
+    std::vector<QueryResult::Value> r;
+    for (const v1::Cell& c : row.cells()) {
+      switch (c.value_case()) {
+        case v1::Cell::kIntValue: r.emplace_back(static_cast<int64_t>(c.int_value())); break;
+        case v1::Cell::kRealValue: r.emplace_back(c.real_value()); break;
+        case v1::Cell::kTextValue: r.emplace_back(c.text_value()); break;
+        case v1::Cell::kBlobValue:
+          r.emplace_back(std::vector<uint8_t>(c.blob_value().begin(), c.blob_value().end()));
+          break;
+        default: r.emplace_back(std::monostate());
+      }
+    }
+    out.rows.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::string ValueText(const QueryResult::Value& v) {
+  if (std::holds_alternative<int64_t>(v)) return std::to_string(std::get<int64_t>(v));
+  if (std::holds_alternative<double>(v)) return absl::StrFormat("%.10g", std::get<double>(v));
+  if (std::holds_alternative<std::string>(v)) return std::get<std::string>(v);
+  if (std::holds_alternative<std::vector<uint8_t>>(v)) {
+    return absl::StrCat("<blob ", std::get<std::vector<uint8_t>>(v).size(), " bytes>");
+  }
+  return "NULL";
+}
+
+nlohmann::json ValueJson(const QueryResult::Value& v) {
+  if (std::holds_alternative<int64_t>(v)) return std::get<int64_t>(v);
+  if (std::holds_alternative<double>(v)) return std::get<double>(v);
+  if (std::holds_alternative<std::string>(v)) return std::get<std::string>(v);
+  if (std::holds_alternative<std::vector<uint8_t>>(v)) return ValueText(v);
+  return nullptr;
+}
+
+std::string FormatQuery(const QueryResult& q, const std::string& format) {
+  std::string out;
+  if (format == "csv") {
+    std::vector<std::string> h;
+    for (const std::string& c : q.columns) h.push_back(CsvField(c));
+    out = absl::StrJoin(h, ",") + "\n";
+    for (const auto& row : q.rows) {
+      std::vector<std::string> f;
+      for (const auto& v : row) f.push_back(std::holds_alternative<std::monostate>(v) ? "" : CsvField(ValueText(v)));
+      absl::StrAppend(&out, absl::StrJoin(f, ","), "\n");
+    }
+    return out;
+  }
+  if (format == "json") {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& row : q.rows) {
+      nlohmann::json o = nlohmann::json::object();
+      for (size_t c = 0; c < row.size() && c < q.columns.size(); ++c) o[q.columns[c]] = ValueJson(row[c]);
+      rows.push_back(o);
+    }
+    return rows.dump(2) + "\n";
+  }
+  // Aligned text columns.
+  std::vector<size_t> w(q.columns.size());
+  for (size_t c = 0; c < q.columns.size(); ++c) w[c] = q.columns[c].size();
+  for (const auto& row : q.rows) {
+    for (size_t c = 0; c < row.size() && c < w.size(); ++c) w[c] = std::max(w[c], ValueText(row[c]).size());
+  }
+  for (size_t c = 0; c < q.columns.size(); ++c) {
+    absl::StrAppend(&out, c ? "  " : "", absl::StrFormat("%-*s", static_cast<int>(w[c]), q.columns[c]));
+  }
+  absl::StrAppend(&out, "\n");
+  for (const auto& row : q.rows) {
+    for (size_t c = 0; c < row.size() && c < w.size(); ++c) {
+      absl::StrAppend(&out, c ? "  " : "", absl::StrFormat("%-*s", static_cast<int>(w[c]), ValueText(row[c])));
+    }
+    absl::StrAppend(&out, "\n");
+  }
+  return out;
+}
+
+ProgressCounts Counts(const v1::SweepStatus& s) {
+  ProgressCounts c;
+  c.total = s.total();
+  c.done = s.done();
+  c.leased = s.leased();
+  c.queued = s.queued();
+  c.failed = s.failed();
+  c.quarantined = s.quarantined();
+  c.cancelled = s.cancelled();
+  return c;
+}
+
+// ---- Commands ------------------------------------------------------------------------------
+
+int Submit(Globals& g, const std::string& file, bool dry_run) {
+  absl::StatusOr<std::string> yaml = ReadFile(file);
+  if (!yaml.ok()) return Error(yaml.status());
+  std::string dir = RealPath(file);
+  dir = dir.substr(0, dir.find_last_of('/'));
+  if (dir.empty()) dir = "/";
+  auto stub = Stub(g);
+  if (!stub.ok()) return Error(stub.status());
+  v1::SubmitSweepRequest req;
+  req.set_sweep_yaml(*yaml);
+  req.set_base_dir(dir);
+  req.set_dry_run(dry_run);
+  req.set_source_name(file);
+  v1::SubmitSweepResponse resp;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
+  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  std::string shape = absl::StrCat(resp.jobs_total(), " jobs (", resp.combinations(),
+                                   " combinations, ", resp.excluded(), " excluded)");
+  if (dry_run) {
+    std::cout << "sweep '" << resp.sweep() << "' (dry run): " << shape << "; nothing submitted\n";
+  } else {
+    std::cout << "sweep '" << resp.sweep() << "': " << shape << "; " << resp.jobs_enqueued()
+              << " enqueued, " << resp.jobs_done() << " already done, " << resp.jobs_pending()
+              << " already pending, " << resp.jobs_requeued() << " requeued, "
+              << resp.jobs_failed() << " failed earlier\n";
+  }
+  return 0;
+}
+
+int Status(Globals& g, const std::string& sweep, bool json) {
+  auto stub = Stub(g);
+  if (!stub.ok()) return Error(stub.status());
+  v1::GetStatusRequest req;
+  req.set_sweep(sweep);
+  v1::GetStatusResponse resp;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  grpc::Status s = (*stub)->GetStatus(&ctx, req, &resp);
+  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  if (json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const v1::SweepStatus& st : resp.sweeps()) {
+      out.push_back({{"sweep", st.sweep()}, {"total", st.total()}, {"queued", st.queued()},
+                     {"leased", st.leased()}, {"done", st.done()}, {"failed", st.failed()},
+                     {"quarantined", st.quarantined()}, {"cancelled", st.cancelled()},
+                     {"finished", st.finished()}, {"priority", st.priority()},
+                     {"recent_errors", std::vector<std::string>(st.recent_errors().begin(),
+                                                                st.recent_errors().end())}});
+    }
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  if (resp.sweeps_size() == 0) {
+    std::cout << "no sweeps\n";
+    return 0;
+  }
+  std::printf("%-24s %7s %7s %7s %7s %7s %11s %9s\n", "sweep", "total", "done", "running",
+              "queued", "failed", "quarantined", "cancelled");
+  for (const v1::SweepStatus& st : resp.sweeps()) {
+    std::printf("%-24s %7d %7d %7d %7d %7d %11d %9d\n", st.sweep().c_str(), st.total(), st.done(),
+                st.leased(), st.queued(), st.failed(), st.quarantined(), st.cancelled());
+    for (const std::string& e : st.recent_errors()) std::printf("  error %s\n", e.c_str());
+  }
+  return 0;
+}
+
+int Watch(Globals& g, const std::string& sweep, int interval_ms) {
+  auto stub = Stub(g);
+  if (!stub.ok()) return Error(stub.status());
+  v1::WatchRequest req;
+  req.set_sweep(sweep);
+  req.set_interval_ms(interval_ms);
+  grpc::ClientContext ctx;
+  if (!g.cfg.token.empty()) ctx.AddMetadata("authorization", "Bearer " + g.cfg.token);
+  auto reader = (*stub)->Watch(&ctx, req);
+  ProgressBar bar(stderr);
+  v1::SweepStatus st;
+  bool any = false;
+  v1::SweepStatus last;
+  while (reader->Read(&st)) {
+    any = true;
+    last = st;
+    bar.Update(Counts(st));
+  }
+  bar.Finish();
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  if (!any || !last.finished()) return Error("watch: the stream ended before the sweep finished");
+  std::cout << "sweep '" << sweep << "' finished: " << last.done() << "/" << last.total()
+            << " done, " << last.failed() << " failed, " << last.quarantined()
+            << " quarantined, " << last.cancelled() << " cancelled\n";
+  for (const std::string& e : last.recent_errors()) std::cout << "  error " << e << "\n";
+  return last.done() == last.total() ? 0 : kExitSweepFailed;
+}
+
+int Cancel(Globals& g, const std::string& sweep) {
+  auto stub = Stub(g);
+  if (!stub.ok()) return Error(stub.status());
+  v1::CancelRequest req;
+  req.set_sweep(sweep);
+  v1::CancelResponse resp;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  grpc::Status s = (*stub)->Cancel(&ctx, req, &resp);
+  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  std::cout << "sweep '" << sweep << "': cancelled " << resp.cancelled() << " jobs";
+  if (resp.kept_for_others()) std::cout << " (kept " << resp.kept_for_others() << " that other sweeps need)";
+  std::cout << "\n";
+  return 0;
+}
+
+int Retry(Globals& g, const std::string& sweep, bool failed, bool quarantined) {
+  if (!failed && !quarantined) return Error("retry: pass --failed and/or --quarantined");
+  auto stub = Stub(g);
+  if (!stub.ok()) return Error(stub.status());
+  v1::RetryRequest req;
+  req.set_sweep(sweep);
+  req.set_failed(failed);
+  req.set_quarantined(quarantined);
+  v1::RetryResponse resp;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  grpc::Status s = (*stub)->Retry(&ctx, req, &resp);
+  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  std::cout << "sweep '" << sweep << "': requeued " << resp.requeued() << " jobs\n";
+  return 0;
+}
+
+int TableCmd(Globals& g, const std::string& db, const std::string& sweep, const TableSpec& spec,
+             const std::string& format) {
+  if (format != "md" && format != "csv" && format != "latex" && format != "json") {
+    return Error(absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json)"));
+  }
+  absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
+  if (!items.ok()) return Error(items.status());
+  std::vector<TableInput> in;
+  for (const Item& it : *items) in.push_back({it.labels, it.result});
+  absl::StatusOr<Table> t = BuildTable(in, spec);
+  if (!t.ok()) return Error(t.status());
+  absl::StatusOr<std::string> text = FormatTable(*t, format);
+  if (!text.ok()) return Error(text.status());
+  std::cout << *text;
+  return 0;
+}
+
+int QueryCmd(Globals& g, const std::string& db, const std::string& sql, const std::string& format,
+             int max_rows) {
+  if (format != "text" && format != "csv" && format != "json") {
+    return Error(absl::StrCat("query: unknown format '", format, "' (text, csv, json)"));
+  }
+  absl::StatusOr<QueryResult> q = RunQuery(g, db, sql, max_rows);
+  if (!q.ok()) return Error(q.status());
+  std::cout << FormatQuery(*q, format);
+  if (q->truncated) std::cerr << "kvsweep: (output truncated at " << max_rows << " rows)\n";
+  return 0;
+}
+
+int Export(Globals& g, const std::string& db, const std::string& sweep, const std::string& format,
+           const std::string& output, bool include_spec) {
+  if (format != "jsonl" && format != "csv") {
+    return Error(absl::StrCat("export: unknown format '", format, "' (jsonl, csv)"));
+  }
+  absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, include_spec);
+  if (!items.ok()) return Error(items.status());
+  std::string out;
+  if (format == "jsonl") {
+    for (const Item& it : *items) {
+      nlohmann::json j = {{"job_id", it.job_id}, {"sweep", it.sweep},   {"state", it.state},
+                          {"labels", it.labels}, {"result", it.result ? *it.result : nlohmann::json(nullptr)}};
+      if (it.spec) j["spec"] = *it.spec;
+      if (!it.last_error.empty()) j["last_error"] = it.last_error;
+      absl::StrAppend(&out, j.dump(), "\n");
+    }
+  } else {
+    // Columns: identity, labels, then every metric seen (task.metric, ledger.*, timing.*).
+    std::set<std::string> metric_cols;
+    auto flatten = [](const nlohmann::json& r) {
+      std::map<std::string, std::string> f;
+      if (auto m = r.find("metrics"); m != r.end() && m->is_object()) {
+        for (auto t = m->begin(); t != m->end(); ++t) {
+          if (!t->is_object()) continue;
+          for (auto k = t->begin(); k != t->end(); ++k) {
+            if (k->is_number()) f[absl::StrCat(t.key(), ".", k.key())] = k->dump();
+          }
+        }
+      }
+      for (const char* section : {"ledger", "timing"}) {
+        if (auto s = r.find(section); s != r.end() && s->is_object()) {
+          for (auto k = s->begin(); k != s->end(); ++k) {
+            if (k->is_number()) f[absl::StrCat(section, ".", k.key())] = k->dump();
+          }
+        }
+      }
+      return f;
+    };
+    std::vector<std::map<std::string, std::string>> flat;
+    for (const Item& it : *items) {
+      flat.push_back(it.result ? flatten(*it.result) : std::map<std::string, std::string>());
+      for (const auto& [k, v] : flat.back()) metric_cols.insert(k);
+    }
+    std::vector<std::string> header = {"job_id", "sweep", "state"};
+    for (const std::string& d : TableDimensions()) header.push_back(d);
+    header.insert(header.end(), metric_cols.begin(), metric_cols.end());
+    header.push_back("last_error");
+    std::vector<std::string> h;
+    for (const std::string& c : header) h.push_back(CsvField(c));
+    out = absl::StrJoin(h, ",") + "\n";
+    for (size_t i = 0; i < items->size(); ++i) {
+      const Item& it = (*items)[i];
+      std::vector<std::string> row = {it.job_id, it.sweep, it.state};
+      for (const std::string& d : TableDimensions()) row.push_back(LabelText(it.labels, d));
+      for (const std::string& m : metric_cols) {
+        auto f = flat[i].find(m);
+        row.push_back(f == flat[i].end() ? "" : f->second);
+      }
+      row.push_back(it.last_error);
+      for (std::string& f : row) f = CsvField(f);
+      absl::StrAppend(&out, absl::StrJoin(row, ","), "\n");
+    }
+  }
+  if (output.empty() || output == "-") {
+    std::cout << out;
+  } else {
+    absl::Status w = WriteFileAtomic(output, out);
+    if (!w.ok()) return Error(w);
+    std::cerr << "kvsweep: wrote " << items->size() << " jobs to " << output << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunKvsweep(int argc, char** argv) {
+  Globals g;
+  if (const char* a = std::getenv("KVSWEEP_COORDINATOR")) g.cfg.address = a;
+  if (const char* t = std::getenv("KVSWEEP_TOKEN_FILE")) g.token_file = t;
+  CLI::App app{"kvsweep: KV-cache compression sweeps (submit, follow, query results)"};
+  app.require_subcommand(1);
+  app.add_option("--coordinator", g.cfg.address,
+                 "coordinator address (env KVSWEEP_COORDINATOR)")
+      ->capture_default_str();
+  app.add_option("--token-file", g.token_file, "bearer token file (env KVSWEEP_TOKEN_FILE)");
+  app.add_flag("--tls", g.cfg.tls, "use TLS (system roots unless --tls-ca)");
+  app.add_option("--tls-ca", g.cfg.tls_files.ca, "CA of the coordinator's certificate");
+  app.add_option("--tls-cert", g.cfg.tls_files.cert, "client certificate (mTLS)");
+  app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)");
+  app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name");
+  app.add_option("--timeout-ms", g.timeout_ms, "deadline of each call")
+      ->check(CLI::Range(100, 86400000))
+      ->capture_default_str();
+
+  std::string file, sweep, db, sql, output;
+  std::string table_format, query_format, export_format;
+  bool dry_run = false, json = false, failed = false, quarantined = false, include_spec = false;
+  int interval_ms = 1000, max_rows = 10000;
+  TableSpec tspec;
+  std::vector<std::string> where;
+  DemoOptions demo;
+
+  CLI::App* submit = app.add_subcommand("submit", "expand a sweep file and enqueue its jobs");
+  submit->add_option("sweep_file", file, "sweep YAML (docs/sweep-spec.md)")->required();
+  submit->add_flag("--dry-run", dry_run, "validate and count the jobs; submit nothing");
+
+  CLI::App* status = app.add_subcommand("status", "job counts per state");
+  status->add_option("sweep", sweep, "one sweep (default: all)");
+  status->add_flag("--json", json, "machine-readable output");
+
+  CLI::App* watch = app.add_subcommand("watch", "follow a sweep until it finishes");
+  watch->add_option("sweep", sweep)->required();
+  watch->add_option("--interval-ms", interval_ms, "update period")
+      ->check(CLI::Range(50, 60000))
+      ->capture_default_str();
+
+  CLI::App* cancel = app.add_subcommand("cancel", "cancel a sweep's unfinished jobs");
+  cancel->add_option("sweep", sweep)->required();
+
+  CLI::App* retry = app.add_subcommand("retry", "requeue failed (or quarantined) jobs");
+  retry->add_option("sweep", sweep)->required();
+  retry->add_flag("--failed", failed, "requeue failed jobs");
+  retry->add_flag("--quarantined", quarantined, "requeue quarantined (poison) jobs");
+
+  CLI::App* table = app.add_subcommand("table", "pivot a sweep's results");
+  table->add_option("sweep", sweep)->required();
+  table->add_option("--rows", tspec.rows, "label for rows")->capture_default_str();
+  table->add_option("--cols", tspec.cols, "label for columns")->capture_default_str();
+  table->add_option("--metric", tspec.metric, "metric to show")->capture_default_str();
+  table->add_option("--delta", tspec.delta, "show differences from this column (e.g. none)");
+  table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
+  table->add_option("--format", table_format, "md, csv, latex or json")->default_val("md");
+  table->add_option("--db", db, "read this database file instead of asking the coordinator");
+
+  CLI::App* query = app.add_subcommand("query", "run read-only SQL on the result database");
+  query->add_option("sql", sql)->required();
+  query->add_option("--format", query_format, "text, csv or json")->default_val("text");
+  query->add_option("--max-rows", max_rows, "row limit")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  query->add_option("--db", db, "read this database file instead of asking the coordinator");
+
+  CLI::App* exp = app.add_subcommand("export", "write a sweep's jobs and results");
+  exp->add_option("sweep", sweep)->required();
+  exp->add_option("--format", export_format, "jsonl or csv")->default_val("jsonl");
+  exp->add_option("--output,-o", output, "file (default stdout)");
+  exp->add_flag("--include-spec", include_spec, "add each job's spec (jsonl)");
+  exp->add_option("--db", db, "read this database file instead of asking the coordinator");
+
+  CLI::App* demo_cmd = app.add_subcommand(
+      "demo", "run a small sweep end to end: embedded coordinator + local workers on ref-llama");
+  demo_cmd->add_option("--workers", demo.workers, "worker processes")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  demo_cmd->add_option("--evaluator", demo.evaluator,
+                       "engine, or fake (placeholder numbers: exercises the pipeline only)")
+      ->capture_default_str();
+  demo_cmd->add_option("--worker-bin", demo.worker_bin, "kvsweep-worker to run");
+  demo_cmd->add_option("--keep", demo.keep_dir, "keep the database and logs in this directory");
+  demo_cmd->add_option("--limit", demo.limit, "LAMBADA documents per job")
+      ->check(CLI::Range(1, 5153))
+      ->capture_default_str();
+  demo_cmd->add_option("--timeout-s", demo.timeout_s, "give up after this long")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << "kvsweep: " << e.what() << " (see kvsweep --help)\n";
+    return kExitUsage;
+  }
+  for (const std::string& w : where) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(w, absl::MaxSplits('=', 1));
+    if (w.find('=') == std::string::npos || kv.first.empty()) {
+      return Error(absl::StrCat("--where: '", w, "' is not KEY=VALUE"));
+    }
+    tspec.where.push_back(kv);
+  }
+  if (*submit) return Submit(g, file, dry_run);
+  if (*status) return Status(g, sweep, json);
+  if (*watch) return Watch(g, sweep, interval_ms);
+  if (*cancel) return Cancel(g, sweep);
+  if (*retry) return Retry(g, sweep, failed, quarantined);
+  if (*table) return TableCmd(g, db, sweep, tspec, table_format);
+  if (*query) return QueryCmd(g, db, sql, query_format, max_rows);
+  if (*exp) return Export(g, db, sweep, export_format, output, include_spec);
+  if (*demo_cmd) return RunDemo(demo);
+  return kExitUsage;
+}
+
+}  // namespace kvsweep

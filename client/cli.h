@@ -1,0 +1,32 @@
+// The `kvsweep` command line (docs/cli.md): submit, status, watch, cancel, retry, table, query,
+// export, demo. Errors print one line "kvsweep: <problem>" to stderr.
+//
+// Exit status: 0 success; 1 an error (bad input, the coordinator refused, unreachable);
+// 2 bad usage; 3 `watch` saw the sweep finish with failed, quarantined or cancelled jobs.
+#ifndef KVSWEEP_CLIENT_CLI_H_
+#define KVSWEEP_CLIENT_CLI_H_
+
+#include <string>
+
+#include "rpc/rpc_util.h"
+
+namespace kvsweep {
+
+int RunKvsweep(int argc, char** argv);
+
+struct DemoOptions {
+  int workers = 3;
+  std::string evaluator = "engine";   // engine | fake
+  std::string worker_bin;             // "" = next to this binary, then the build tree
+  std::string keep_dir;               // "" = a temporary directory, removed afterwards
+  int limit = 20;                     // LAMBADA documents per job
+  int fake_sleep_ms = 300;
+  int timeout_s = 900;
+};
+// Starts an embedded coordinator on a temporary SQLite file and `workers` local worker
+// processes, runs a small sweep on the assets' ref-llama, prints the table.
+int RunDemo(const DemoOptions& options);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_CLIENT_CLI_H_

@@ -1,0 +1,62 @@
+// `kvsweep table`: pivots a sweep's results into a comparison table.
+//
+//   rows  = a label (model, task, method, family, budget, kv_heads, seed, dtype, method_spec)
+//   cols  = another label
+//   metric= a number from the result: a task metric (acc, ppl, token_ppl, word_ppl,
+//           bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
+//           fraction_total, fraction_of_native, cache_bytes, ...) or a timing field (wall_s).
+//   delta = a column value (usually the method `none`): every other cell shows its difference
+//           from that column's cell in the same row.
+// Formats: md, csv, latex (booktabs), json.
+#ifndef KVSWEEP_CLIENT_TABLE_H_
+#define KVSWEEP_CLIENT_TABLE_H_
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace kvsweep {
+
+struct TableInput {
+  nlohmann::json labels;                 // the job's labels in the sweep
+  std::optional<nlohmann::json> result;  // the result object when done
+};
+
+struct TableSpec {
+  std::string rows = "model";
+  std::string cols = "method";
+  std::string metric = "ppl";
+  std::string delta;                                      // "" = none
+  std::vector<std::pair<std::string, std::string>> where;  // label filters (key=value)
+};
+
+struct Table {
+  std::string row_dim, col_dim, metric, delta;
+  std::vector<std::string> rows, cols;
+  std::vector<std::vector<std::optional<double>>> cells;  // [row][col]; after delta
+  std::vector<std::vector<bool>> is_delta;                // cell shows a difference
+};
+
+// Label keys a table can pivot on.
+const std::vector<std::string>& TableDimensions();
+// The label's value as text ("2", "0.25", "none"); "" if absent or null.
+std::string LabelText(const nlohmann::json& labels, const std::string& key);
+// The metric's value in a result object, if present (see file comment for where it looks).
+std::optional<double> MetricValue(const nlohmann::json& result, const std::string& metric);
+
+// kInvalidArgument: unknown dimension, rows == cols, a cell with several results (the message
+// names the labels that differ), the delta column missing, no rows left after filtering.
+absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec);
+// kInvalidArgument for an unknown format.
+absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& format);
+
+// RFC 4180 field quoting.
+std::string CsvField(const std::string& s);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_CLIENT_TABLE_H_

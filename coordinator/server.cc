@@ -1,0 +1,89 @@
+#include "coordinator/server.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace kvsweep {
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    const CoordinatorOptions& o) {
+  if (o.db_path.empty()) return absl::InvalidArgumentError("--db: no database path given");
+  absl::StatusOr<bool> loopback = IsLoopbackAddress(o.listen);
+  if (!loopback.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen: ", loopback.status().message()));
+  }
+  if (!*loopback && (o.tls.cert.empty() || o.tls.key.empty() || o.token.empty())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to listen on non-loopback address ", o.listen,
+        " without TLS and a bearer token (pass --tls-cert, --tls-key and --token-file)"));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = MakeServerCredentials(o.tls);
+  if (!creds.ok()) return creds.status();
+
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
+  // One coordinator per database: two would both think they own every lease.
+  const std::string lock_path = o.db_path + ".lock";
+  s->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (s->lock_fd_ < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot open lock file '", lock_path, "'"));
+  }
+  if (::flock(s->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database '", o.db_path, "' is in use by another kvsweep-coordinator"));
+  }
+  absl::StatusOr<std::unique_ptr<ResultStore>> store =
+      NewSqliteResultStore(o.db_path, SqliteOptions());
+  if (!store.ok()) return store.status();
+  s->store_ = std::move(*store);
+  s->scheduler_ = std::make_unique<Scheduler>(s->store_.get(), SystemClock(), o.scheduler);
+  absl::Status started = s->scheduler_->Start();
+  if (!started.ok()) return started;
+
+  ServiceOptions so = o.service;
+  so.token = o.token;
+  s->sweep_service_ = std::make_unique<SweepServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
+  s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), so);
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.AddListeningPort(o.listen, *creds, &s->port_);
+  builder.RegisterService(s->sweep_service_.get());
+  builder.RegisterService(s->worker_service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    s->scheduler_->Stop();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+  }
+  const std::string host = o.listen.substr(0, o.listen.rfind(':'));
+  s->address_ = absl::StartsWith(o.listen, "unix") ? o.listen : absl::StrCat(host, ":", s->port_);
+  KV_LOG(INFO) << "kvsweep-coordinator: listening on " << s->address_ << " ("
+               << (o.tls.enabled() ? (o.tls.ca.empty() ? "TLS" : "mTLS") : "plaintext")
+               << (o.token.empty() ? "" : ", bearer token") << "), database " << o.db_path;
+  return s;
+}
+
+CoordinatorServer::~CoordinatorServer() {
+  Shutdown();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+void CoordinatorServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (sweep_service_) sweep_service_->Shutdown();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (scheduler_) scheduler_->Stop();
+}
+
+void CoordinatorServer::Wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,442 @@
+#include "coordinator/service.h"
+
+#include <chrono>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "coordinator/sweep_spec.h"
+#include "rpc/rpc_util.h"
+
+namespace kvsweep {
+
+namespace {
+
+grpc::Status Invalid(const std::string& msg) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+}
+
+v1::JobState ToProto(JobState s) { return static_cast<v1::JobState>(static_cast<int>(s)); }
+
+void FillStatus(const SweepInfo& i, v1::SweepStatus* out) {
+  out->set_sweep(i.name);
+  out->set_total(i.total);
+  out->set_queued(i.count(JobState::kQueued));
+  out->set_leased(i.count(JobState::kLeased));
+  out->set_done(i.count(JobState::kDone));
+  out->set_failed(i.count(JobState::kFailed));
+  out->set_quarantined(i.count(JobState::kQuarantined));
+  out->set_cancelled(i.count(JobState::kCancelled));
+  out->set_created_unix_ms(i.created_ms);
+  out->set_finished(i.count(JobState::kQueued) + i.count(JobState::kLeased) == 0);
+  out->set_priority(i.priority);
+  for (const std::string& e : i.recent_errors) out->add_recent_errors(e);
+}
+
+absl::Status ValidateSweepName(const std::string& name) {
+  if (!IsValidSweepName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sweep: '", name.substr(0, 64),
+                     "' is not a valid sweep name ([A-Za-z0-9][A-Za-z0-9._-]{0,127})"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFence(int64_t fence) {
+  if (fence <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fencing_token: ", fence, " is not positive"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLeaseId(const std::string& id) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError("lease_id: must be 1 to 128 characters");
+  }
+  return absl::OkStatus();
+}
+
+void FillLease(const LeaseOffer& offer, int ttl, v1::LeaseResponse* resp) {
+  resp->set_has_job(offer.has_job);
+  resp->set_retry_after_ms(offer.retry_after_ms);
+  if (!offer.has_job) return;
+  resp->set_job_id(offer.job_id);
+  resp->set_spec_json(offer.spec_json);
+  resp->set_lease_id(offer.lease_id);
+  resp->set_fencing_token(offer.fence);
+  resp->set_deadline_unix_ms(offer.deadline_ms);
+  resp->set_lease_ttl_ms(ttl);
+  resp->set_heartbeat_interval_ms(std::max(ttl / 3, 10));
+  resp->set_attempt(offer.attempt);
+}
+
+}  // namespace
+
+absl::Status ValidateLeaseRequest(const v1::LeaseRequest& req, const std::string& prefix) {
+  const v1::WorkerInfo& w = req.worker();
+  absl::Status s = ValidateWorkerId(w.worker_id(), (prefix + ".worker_id").c_str());
+  if (!s.ok()) return s;
+  if (w.hostname().size() > 256 || w.device().size() > 64 || w.evaluator().size() > 64 ||
+      w.session().size() > 128 || req.held_model().size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, ": hostname/device/evaluator/session/held_model too long"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateWorkerId(const std::string& id, const char* field) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be 1 to 128 characters"));
+  }
+  for (char c : id) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != ':' && c != '@' && c != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": '", id.substr(0, 64), "' has characters outside [A-Za-z0-9._:@-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateJobId(const std::string& id) {
+  if (id.size() != 64) {
+    return absl::InvalidArgumentError("job_id: must be 64 hex digits (a sha256)");
+  }
+  for (char c : id) {
+    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) {
+      return absl::InvalidArgumentError("job_id: must be 64 lower-case hex digits (a sha256)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---- SweepService ------------------------------------------------------------------------------
+
+SweepServiceImpl::SweepServiceImpl(ResultStore* store, Scheduler* scheduler,
+                                   const ServiceOptions& options)
+    : store_(store), scheduler_(scheduler), options_(options) {}
+
+void SweepServiceImpl::Shutdown() {
+  std::lock_guard<std::mutex> lock(mu_);
+  shutdown_ = true;
+  cv_.notify_all();
+}
+
+#define KV_AUTH(ctx)                                                 \
+  do {                                                               \
+    absl::Status kv_auth_ = CheckBearer(*(ctx), options_.token);     \
+    if (!kv_auth_.ok()) return ToGrpc(kv_auth_);                     \
+  } while (0)
+#define KV_GRPC_CHECK(expr)                 \
+  do {                                      \
+    absl::Status kv_s_ = (expr);            \
+    if (!kv_s_.ok()) return ToGrpc(kv_s_);  \
+  } while (0)
+
+grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
+                                           const v1::SubmitSweepRequest* req,
+                                           v1::SubmitSweepResponse* resp) {
+  KV_AUTH(ctx);
+  if (req->sweep_yaml().empty()) return Invalid("sweep_yaml: empty");
+  if (req->sweep_yaml().size() > kMaxSweepYamlBytes) {
+    return Invalid(absl::StrCat("sweep_yaml: ", req->sweep_yaml().size(),
+                                " bytes is over the limit of ", kMaxSweepYamlBytes));
+  }
+  if (!req->base_dir().empty() && req->base_dir()[0] != '/') {
+    return Invalid(absl::StrCat("base_dir: '", req->base_dir(), "' is not an absolute path"));
+  }
+  if (req->source_name().size() > 256) return Invalid("source_name: over 256 characters");
+  ExpandOptions eo;
+  eo.base_dir = req->base_dir();
+  eo.source_name = req->source_name().empty() ? "sweep" : req->source_name();
+  eo.max_jobs = options_.max_jobs_per_sweep;
+  absl::StatusOr<ExpandedSweep> sweep = ExpandSweep(req->sweep_yaml(), eo);
+  if (!sweep.ok()) return ToGrpc(sweep.status());
+  resp->set_sweep(sweep->name);
+  resp->set_jobs_total(static_cast<int>(sweep->jobs.size()));
+  resp->set_combinations(sweep->combinations);
+  resp->set_excluded(sweep->excluded);
+  resp->set_dry_run(req->dry_run());
+  if (req->dry_run()) return grpc::Status::OK;
+  absl::StatusOr<SubmitOutcome> out = scheduler_->Submit(*sweep, req->sweep_yaml(), req->base_dir());
+  if (!out.ok()) return ToGrpc(out.status());
+  resp->set_jobs_enqueued(out->enqueued);
+  resp->set_jobs_requeued(out->requeued);
+  resp->set_jobs_done(out->done);
+  resp->set_jobs_pending(out->pending);
+  resp->set_jobs_failed(out->failed);
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx,
+                                         const v1::GetStatusRequest* req,
+                                         v1::GetStatusResponse* resp) {
+  KV_AUTH(ctx);
+  if (req->sweep().empty()) {
+    absl::StatusOr<std::vector<SweepInfo>> all = store_->ListSweeps();
+    if (!all.ok()) return ToGrpc(all.status());
+    for (const SweepInfo& i : *all) FillStatus(i, resp->add_sweeps());
+    return grpc::Status::OK;
+  }
+  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+  absl::StatusOr<SweepInfo> info = store_->GetSweep(req->sweep());
+  if (!info.ok()) return ToGrpc(info.status());
+  FillStatus(*info, resp->add_sweeps());
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,
+                                     grpc::ServerWriter<v1::SweepStatus>* writer) {
+  KV_AUTH(ctx);
+  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+  if (req->interval_ms() < 0) return Invalid("interval_ms: negative");
+  const int interval =
+      req->interval_ms() == 0 ? 1000 : std::clamp(req->interval_ms(), 50, 60000);
+  for (;;) {
+    absl::StatusOr<SweepInfo> info = store_->GetSweep(req->sweep());
+    if (!info.ok()) return ToGrpc(info.status());
+    v1::SweepStatus st;
+    FillStatus(*info, &st);
+    if (!writer->Write(st)) return grpc::Status::OK;  // the client went away
+    if (st.finished()) return grpc::Status::OK;
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(interval),
+                 [&] { return shutdown_ || ctx->IsCancelled(); });
+    if (shutdown_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator shutting down");
+    if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
+  }
+}
+
+grpc::Status SweepServiceImpl::Cancel(grpc::ServerContext* ctx, const v1::CancelRequest* req,
+                                      v1::CancelResponse* resp) {
+  KV_AUTH(ctx);
+  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+  absl::StatusOr<CancelOutcome> out = scheduler_->Cancel(req->sweep());
+  if (!out.ok()) return ToGrpc(out.status());
+  resp->set_cancelled(out->cancelled);
+  resp->set_kept_for_others(out->kept_for_others);
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::Retry(grpc::ServerContext* ctx, const v1::RetryRequest* req,
+                                     v1::RetryResponse* resp) {
+  KV_AUTH(ctx);
+  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+  if (!req->failed() && !req->quarantined()) {
+    return Invalid("retry: set failed and/or quarantined");
+  }
+  absl::StatusOr<int> n = scheduler_->Retry(req->sweep(), req->failed(), req->quarantined());
+  if (!n.ok()) return ToGrpc(n.status());
+  resp->set_requeued(*n);
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx, const v1::QueryRequest* req,
+                                     v1::QueryResponse* resp) {
+  KV_AUTH(ctx);
+  if (req->sql().empty()) return Invalid("sql: empty");
+  if (req->sql().size() > kMaxSqlBytes) {
+    return Invalid(absl::StrCat("sql: ", req->sql().size(), " bytes is over the limit of ",
+                                kMaxSqlBytes));
+  }
+  if (req->max_rows() < 0 || req->max_rows() > 100000) {
+    return Invalid(absl::StrCat("max_rows: ", req->max_rows(), " is out of range [0, 100000]"));
+  }
+  const int max_rows = req->max_rows() == 0 ? 10000 : req->max_rows();
+  absl::StatusOr<QueryResult> q = store_->Query(req->sql(), max_rows, options_.query_timeout_ms);
+  if (!q.ok()) return ToGrpc(q.status());
+  for (const std::string& c : q->columns) resp->add_columns(c);
+  size_t bytes = 0;
+  for (const auto& row : q->rows) {
+    v1::Row* r = resp->add_rows();
+    for (const QueryResult::Value& v : row) {
+      v1::Cell* c = r->add_cells();
+      if (std::holds_alternative<int64_t>(v)) {
+        c->set_int_value(std::get<int64_t>(v));
+      } else if (std::holds_alternative<double>(v)) {
+        c->set_real_value(std::get<double>(v));
+      } else if (std::holds_alternative<std::string>(v)) {
+        bytes += std::get<std::string>(v).size();
+        c->set_text_value(std::get<std::string>(v));
+      } else if (std::holds_alternative<std::vector<uint8_t>>(v)) {
+        const auto& b = std::get<std::vector<uint8_t>>(v);
+        bytes += b.size();
+        c->set_blob_value(std::string(b.begin(), b.end()));
+      }
+    }
+    if (bytes > static_cast<size_t>(kMaxMessageBytes) / 2) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "query: the result is over 8 MiB; select fewer columns or rows");
+    }
+  }
+  resp->set_truncated(q->truncated);
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::Export(grpc::ServerContext* ctx, const v1::ExportRequest* req,
+                                      grpc::ServerWriter<v1::ExportRecord>* writer) {
+  KV_AUTH(ctx);
+  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+  absl::Status s = store_->Export(req->sweep(), req->include_spec(), [&](const ExportRow& row) {
+    v1::ExportRecord r;
+    r.set_job_id(row.job_id);
+    r.set_sweep(row.sweep);
+    r.set_labels_json(row.labels_json);
+    r.set_state(ToProto(row.state));
+    r.set_result_json(row.result_json);
+    r.set_spec_json(row.spec_json);
+    r.set_last_error(row.last_error);
+    return writer->Write(r);
+  });
+  return ToGrpc(s);
+}
+
+#undef KV_AUTH
+
+// ---- WorkerService -----------------------------------------------------------------------------
+
+WorkerServiceImpl::WorkerServiceImpl(Scheduler* scheduler, const ServiceOptions& options)
+    : scheduler_(scheduler), options_(options) {}
+
+// Finishes `reactor` with `s` and returns it from the handler if `s` is not OK.
+#define KV_FINISH_IF_ERROR(reactor, expr)       \
+  do {                                          \
+    absl::Status kv_v_ = (expr);                \
+    if (!kv_v_.ok()) {                          \
+      (reactor)->Finish(ToGrpc(kv_v_));         \
+      return (reactor);                         \
+    }                                           \
+  } while (0)
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* ctx,
+                                                   const v1::LeaseRequest* req,
+                                                   v1::LeaseResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  const v1::WorkerInfo& w = req->worker();
+  KV_FINISH_IF_ERROR(reactor, ValidateLeaseRequest(*req, "worker"));
+  WorkerRecord record{w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()};
+  const int ttl = scheduler_->options().lease_ttl_ms;
+  scheduler_->Lease(record, w.session(), req->held_model(),
+                    [reactor, resp, ttl](absl::StatusOr<LeaseOffer> offer) {
+                      if (!offer.ok()) {
+                        reactor->Finish(ToGrpc(offer.status()));
+                        return;
+                      }
+                      FillLease(*offer, ttl, resp);
+                      reactor->Finish(grpc::Status::OK);
+                    });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                       const v1::HeartbeatRequest* req,
+                                                       v1::HeartbeatResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
+  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
+  if (!(req->progress() >= 0.0 && req->progress() <= 1.0)) {
+    reactor->Finish(Invalid("progress: must be a number in [0, 1]"));
+    return reactor;
+  }
+  HeartbeatReply r = scheduler_->Heartbeat(req->worker_id(), req->job_id(), req->fencing_token());
+  resp->set_keep_going(r.keep_going);
+  resp->set_reason(r.reason);
+  resp->set_deadline_unix_ms(r.deadline_ms);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContext* ctx,
+                                                      const v1::CompleteRequest* req,
+                                                      v1::CompleteResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
+  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
+  if (req->result_json().size() > kMaxResultJsonBytes) {
+    reactor->Finish(Invalid(absl::StrCat("result_json: ", req->result_json().size(),
+                                         " bytes is over the limit of ", kMaxResultJsonBytes)));
+    return reactor;
+  }
+  // Reject malformed results before they reach the queue (the store checks again).
+  absl::StatusOr<ResultMetrics> m = ExtractResultMetrics(req->result_json());
+  if (!m.ok()) {
+    reactor->Finish(Invalid(absl::StrCat("result_json: ", m.status().message())));
+    return reactor;
+  }
+  std::unique_ptr<NextLease> next;
+  if (req->has_next()) {
+    KV_FINISH_IF_ERROR(reactor, ValidateLeaseRequest(req->next(), "next.worker"));
+    const v1::WorkerInfo& w = req->next().worker();
+    if (w.worker_id() != req->worker_id()) {
+      reactor->Finish(Invalid("next.worker.worker_id: must be the completing worker"));
+      return reactor;
+    }
+    next = std::make_unique<NextLease>(NextLease{
+        {w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()},
+        w.session(),
+        req->next().held_model()});
+  }
+  const int ttl = scheduler_->options().lease_ttl_ms;
+  const bool want_next = next != nullptr;
+  scheduler_->Complete(req->worker_id(), req->job_id(), req->fencing_token(),
+                       req->result_json(), next.get(),
+                       [reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
+                         if (!out.ok()) {
+                           reactor->Finish(ToGrpc(out.status()));
+                           return;
+                         }
+                         resp->set_duplicate(out->duplicate);
+                         if (want_next) {
+                           if (out->next) {
+                             FillLease(*out->next, ttl, resp->mutable_next());
+                           } else {
+                             resp->mutable_next()->set_has_job(false);
+                           }
+                         }
+                         reactor->Finish(grpc::Status::OK);
+                       });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Fail(grpc::CallbackServerContext* ctx,
+                                                  const v1::FailRequest* req,
+                                                  v1::FailResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
+  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
+  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
+  if (req->error().size() > kMaxErrorBytes) {
+    reactor->Finish(Invalid(absl::StrCat("error: over ", kMaxErrorBytes, " bytes")));
+    return reactor;
+  }
+  FailKind kind;
+  switch (req->kind()) {
+    case v1::FAILURE_KIND_RETRYABLE: kind = FailKind::kRetryable; break;
+    case v1::FAILURE_KIND_PERMANENT: kind = FailKind::kPermanent; break;
+    case v1::FAILURE_KIND_HANDED_BACK: kind = FailKind::kHandedBack; break;
+    default:
+      reactor->Finish(Invalid(absl::StrCat("kind: ", static_cast<int>(req->kind()),
+                                           " is not RETRYABLE, PERMANENT or HANDED_BACK")));
+      return reactor;
+  }
+  scheduler_->Fail(req->worker_id(), req->job_id(), req->fencing_token(), kind, req->error(),
+                   [reactor, resp](absl::StatusOr<JobState> st) {
+                     if (!st.ok()) {
+                       reactor->Finish(ToGrpc(st.status()));
+                       return;
+                     }
+                     resp->set_new_state(ToProto(*st));
+                     reactor->Finish(grpc::Status::OK);
+                   });
+  return reactor;
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,84 @@
+// The coordinator's gRPC services. Handlers validate the request, call the scheduler or the
+// store, and convert the status back; they hold no state of their own.
+#ifndef KVSWEEP_COORDINATOR_SERVICE_H_
+#define KVSWEEP_COORDINATOR_SERVICE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "coordinator/scheduler.h"
+#include "kvsweep/v1/coordinator.grpc.pb.h"
+#include "storage/result_store.h"
+
+namespace kvsweep {
+
+struct ServiceOptions {
+  std::string token;  // bearer token every call must carry ("" = none)
+  int max_jobs_per_sweep = 200000;
+  int query_timeout_ms = 10000;
+};
+
+// SweepService: synchronous handlers (low rate; Watch blocks its thread while streaming).
+class SweepServiceImpl final : public v1::SweepService::Service {
+ public:
+  SweepServiceImpl(ResultStore* store, Scheduler* scheduler, const ServiceOptions& options);
+  // Makes running Watch streams return (server shutdown).
+  void Shutdown();
+
+  grpc::Status SubmitSweep(grpc::ServerContext* ctx, const v1::SubmitSweepRequest* req,
+                           v1::SubmitSweepResponse* resp) override;
+  grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest* req,
+                         v1::GetStatusResponse* resp) override;
+  grpc::Status Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,
+                     grpc::ServerWriter<v1::SweepStatus>* writer) override;
+  grpc::Status Cancel(grpc::ServerContext* ctx, const v1::CancelRequest* req,
+                      v1::CancelResponse* resp) override;
+  grpc::Status Retry(grpc::ServerContext* ctx, const v1::RetryRequest* req,
+                     v1::RetryResponse* resp) override;
+  grpc::Status Query(grpc::ServerContext* ctx, const v1::QueryRequest* req,
+                     v1::QueryResponse* resp) override;
+  grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportRequest* req,
+                      grpc::ServerWriter<v1::ExportRecord>* writer) override;
+
+ private:
+  ResultStore* store_;
+  Scheduler* scheduler_;
+  const ServiceOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutdown_ = false;
+};
+
+// WorkerService: callback handlers; a lease or result is answered from the committer thread
+// once it is durable, so no gRPC thread waits on an fsync.
+class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
+ public:
+  WorkerServiceImpl(Scheduler* scheduler, const ServiceOptions& options);
+
+  grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* ctx, const v1::LeaseRequest* req,
+                                  v1::LeaseResponse* resp) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
+                                      const v1::HeartbeatRequest* req,
+                                      v1::HeartbeatResponse* resp) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* ctx,
+                                     const v1::CompleteRequest* req,
+                                     v1::CompleteResponse* resp) override;
+  grpc::ServerUnaryReactor* Fail(grpc::CallbackServerContext* ctx, const v1::FailRequest* req,
+                                 v1::FailResponse* resp) override;
+
+ private:
+  Scheduler* scheduler_;
+  const ServiceOptions options_;
+};
+
+// Field validators shared with tests: kInvalidArgument naming the field.
+absl::Status ValidateWorkerId(const std::string& id, const char* field);
+absl::Status ValidateJobId(const std::string& id);
+absl::Status ValidateLeaseRequest(const v1::LeaseRequest& req, const std::string& prefix);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_COORDINATOR_SERVICE_H_

@@ -1,0 +1,232 @@
+#include "coordinator/sweep_spec.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace kvsweep {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+ExpandOptions Opts() {
+  ExpandOptions o;
+  o.base_dir = AssetsDir();
+  o.source_name = "sweep.yaml";
+  return o;
+}
+
+// A sweep over the assets' two reference models; $EXTRA is spliced in at the end.
+std::string Yaml(const std::string& methods, const std::string& extra = "") {
+  return absl::StrCat(R"(name: test-sweep
+models:
+  - name: llama
+    path: models/ref-llama
+    kv_heads: [1, native]
+  - name: gpt2
+    path: models/ref-gpt2
+    kv_heads: [1, 2, 4]
+tasks:
+  - name: lambada
+    task: lambada_openai
+    data: data/lambada_openai/lambada_test.jsonl
+    limit: 5
+methods:
+)",
+                      methods, extra);
+}
+
+TEST(SweepSpecTest, ProductOverModelsMethodsAndKvHeads) {
+  auto s = ExpandSweep(Yaml("  - none\n  - quant:bits=4\n  - {family: rank, budgets: [0.25]}\n"),
+                       Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->name, "test-sweep");
+  EXPECT_EQ(s->combinations, 3 * 2 + 3 * 3);
+  EXPECT_EQ(s->jobs.size(), 15u);
+  EXPECT_EQ(s->excluded, 0);
+  std::set<std::string> ids;
+  for (const SweepJob& j : s->jobs) {
+    ids.insert(j.job_id);
+    EXPECT_EQ(j.job_id, j.spec.JobId());
+    EXPECT_EQ(j.spec.limit, 5);
+  }
+  EXPECT_EQ(ids.size(), 15u);
+  // Expansion order: model, task, method, kv_heads.
+  EXPECT_EQ(s->jobs[0].labels["model"], "llama");
+  EXPECT_EQ(s->jobs[0].labels["method"], "none");
+  EXPECT_EQ(s->jobs[0].labels["kv_heads"], 1);
+  EXPECT_EQ(s->jobs[1].labels["kv_heads"], 2);  // native on ref-llama
+  const SweepJob& rank = s->jobs[4];
+  EXPECT_EQ(rank.labels["method"], "rank@0.25");
+  EXPECT_EQ(rank.labels["family"], "rank");
+  EXPECT_EQ(rank.labels["budget"], 0.25);
+  EXPECT_THAT(rank.spec.method, StartsWith("rank:r=16,"));  // d/4 on head_dim 64
+  EXPECT_EQ(s->jobs[14].labels["model"], "gpt2");
+  EXPECT_EQ(s->jobs[14].labels["kv_heads"], 4);
+}
+
+TEST(SweepSpecTest, TwoSpellingsOfOneMethodAreOneJob) {
+  auto s = ExpandSweep(Yaml("  - quant:bits=4\n  - quant:group=64,bits=4\n"), Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->combinations, 10);
+  EXPECT_EQ(s->jobs.size(), 5u);
+  EXPECT_EQ(s->merged, 5);
+  // The family × budget solver's INT4 at 25% is the same job again.
+  auto t = ExpandSweep(Yaml("  - quant:bits=4\n  - {family: quant, budgets: [0.25]}\n"), Opts());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->jobs.size(), 5u);
+}
+
+TEST(SweepSpecTest, ZipPairsListsElementwise) {
+  const std::string yaml = R"(name: zipped
+mode: zip
+models: [models/ref-llama, models/ref-gpt2]
+tasks:
+  - {task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 3}
+methods: [none, "quant:bits=2"]
+kv_heads: [1, 4]
+)";
+  auto s = ExpandSweep(yaml, Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->jobs.size(), 2u);
+  EXPECT_EQ(s->jobs[0].labels["model"], "ref-llama");
+  EXPECT_EQ(s->jobs[0].labels["method"], "none");
+  EXPECT_EQ(s->jobs[0].labels["kv_heads"], 1);
+  EXPECT_EQ(s->jobs[1].labels["model"], "ref-gpt2");
+  EXPECT_EQ(s->jobs[1].labels["method"], "quant:bits=2");
+  EXPECT_EQ(s->jobs[1].labels["kv_heads"], 4);
+}
+
+TEST(SweepSpecTest, ConstraintsAndExcludeDropCombinations) {
+  auto s = ExpandSweep(Yaml("  - none\n  - rank:r=32,basis=svd\n  - rank:r=128,basis=svd\n",
+                            "constraints: [\"r <= head_dim\", \"r <= head_dim/2\"]\n"
+                            "exclude:\n  - {model: gpt2, method: none}\n"),
+                       Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  // r=128 > 64 everywhere (5 combinations), gpt2's none (3 combinations).
+  EXPECT_EQ(s->combinations, 15);
+  EXPECT_EQ(s->excluded, 8);
+  EXPECT_EQ(s->jobs.size(), 7u);
+  for (const SweepJob& j : s->jobs) {
+    EXPECT_FALSE(j.labels["model"] == "gpt2" && j.labels["method"] == "none");
+    EXPECT_NE(j.labels["method"], "rank:r=128,basis=svd");
+  }
+  // Without the constraint, r=128 is an error that names the combination.
+  auto bad = ExpandSweep(Yaml("  - rank:r=128,basis=svd\n"), Opts());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("model 'llama', task 'lambada', method 'rank:r=128,basis=svd'"));
+}
+
+TEST(SweepSpecTest, SeedsApplyOnlyToRandomBases) {
+  auto s = ExpandSweep(Yaml("  - none\n  - rank:r=8,basis=random\n", "seeds: [1, 2]\n"), Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  // none: one job per (model, kv_heads) whatever the seed; random basis: one per seed.
+  EXPECT_EQ(s->jobs.size(), 5u + 10u);
+  int seeded = 0;
+  for (const SweepJob& j : s->jobs) {
+    if (j.labels["family"] == "rank") {
+      ++seeded;
+      EXPECT_THAT(j.labels["method"].get<std::string>(), HasSubstr("/seed="));
+      EXPECT_THAT(j.spec.method, HasSubstr(absl::StrCat("seed=", j.labels["seed"].get<int>())));
+    } else {
+      EXPECT_TRUE(j.labels["seed"].is_null());
+    }
+  }
+  EXPECT_EQ(seeded, 10);
+}
+
+struct BadCase {
+  std::string name;
+  std::string yaml;
+  std::string fragment;
+};
+
+std::string Replace(const std::string& s, const std::string& from, const std::string& to) {
+  return absl::StrReplaceAll(s, {{from, to}});
+}
+
+TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
+  const std::string good = Yaml("  - none\n");
+  const std::vector<BadCase> cases = {
+      {"malformed", "name: x\nmodels: [\n", "sweep.yaml:3: malformed YAML"},
+      {"empty", "", "sweep.yaml: the sweep is empty"},
+      {"not a map", "- a\n- b\n", "sweep: must be a mapping"},
+      {"unknown top key", good + "modles: []\n", "sweep.yaml:16: sweep: unknown key 'modles'"},
+      {"unknown model key", Replace(good, "path: models/ref-gpt2", "pth: models/ref-gpt2"),
+       "models[1]: unknown key 'pth'"},
+      {"unknown task key", Replace(good, "limit: 5", "limt: 5"), "tasks[0]: unknown key 'limt'"},
+      {"duplicate key", good + "name: again\n", "duplicate key 'name'"},
+      {"missing name", Replace(good, "name: test-sweep\n", ""), "missing required key 'name'"},
+      {"bad name", Replace(good, "name: test-sweep", "name: \"no spaces\""),
+       "'no spaces' is not a valid sweep name"},
+      {"unknown method", Yaml("  - foo:x=1\n"), "sweep.yaml:15: methods[0]: method 'foo:x=1': unknown family 'foo'"},
+      {"unknown family", Yaml("  - {family: prune, budgets: [0.5]}\n"),
+       "unknown method family 'prune'"},
+      {"budget too big", Yaml("  - {family: quant, budgets: [1.5]}\n"),
+       "methods[0].budgets[0]: budget 1.5 is out of range (0, 1]"},
+      {"budget zero", Yaml("  - {family: rank, budgets: [0]}\n"), "budget 0 is out of range"},
+      {"budget not a number", Yaml("  - {family: rank, budgets: [lots]}\n"),
+       "expected a finite number"},
+      {"unreachable budget", Yaml("  - {family: quant, budgets: [0.3]}\n"),
+       "cannot be met by family quant"},
+      {"impossible kv_heads", Replace(good, "kv_heads: [1, native]", "kv_heads: [3]"),
+       "kv_heads: 3 does not divide the model's 2 KV heads"},
+      {"bad kv_heads", Replace(good, "kv_heads: [1, native]", "kv_heads: [zero]"),
+       "'zero' is not 'native' or a positive integer"},
+      {"duplicate model", Replace(good, "name: gpt2", "name: llama"),
+       "duplicate model name 'llama'"},
+      {"duplicate method label", Yaml("  - none\n  - none\n"), "duplicate method label 'none'"},
+      {"duplicate task", Replace(good, "    limit: 5\n",
+                                 "    limit: 5\n  - name: lambada\n    task: lambada_openai\n"
+                                 "    data: data/lambada_openai/lambada_test.jsonl\n"),
+       "duplicate task name 'lambada'"},
+      {"missing model path", Replace(good, "models/ref-gpt2", "models/nope"),
+       "models[1].path: model path '"},
+      {"missing data", Replace(good, "lambada_test.jsonl", "missing.jsonl"),
+       "tasks[0].data: data file '"},
+      {"unknown task", Replace(good, "task: lambada_openai", "task: hellaswag"),
+       "unknown task 'hellaswag'"},
+      {"negative limit", Replace(good, "limit: 5", "limit: -1"), "-1 is out of range"},
+      {"exclude unknown model", good + "exclude:\n  - {model: mistral}\n",
+       "exclude[0].model: no model named 'mistral'"},
+      {"constraint field", good + "constraints: [\"rnk <= 3\"]\n", "unknown field 'rnk'"},
+      {"constraint syntax", good + "constraints: [\"r is small\"]\n", "expected '<a> <op> <b>'"},
+      {"zip per-model kv_heads", Replace(good, "name: test-sweep", "name: z\nmode: zip"),
+       "per-model kv_heads lists are only allowed with mode: product"},
+      {"zip lengths",
+       "name: z\nmode: zip\nmodels: [models/ref-llama, models/ref-gpt2]\n"
+       "tasks: [{task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl}]\n"
+       "methods: [none, \"quant:bits=4\", \"quant:bits=2\"]\n",
+       "mode zip: models has 2 entries; every list must have 3"},
+      {"bad mode", Replace(good, "name: test-sweep", "name: z\nmode: grid"),
+       "'grid' is not product or zip"},
+      {"all excluded", good + "constraints: [\"head_dim < 8\"]\n",
+       "the sweep has no jobs left after exclude/constraints"},
+  };
+  for (const BadCase& c : cases) {
+    auto s = ExpandSweep(c.yaml, Opts());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << s.status();
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.fragment)) << c.name;
+    // One line: the CLI prints it as is.
+    EXPECT_EQ(std::string(s.status().message()).find('\n'), std::string::npos) << c.name;
+  }
+}
+
+TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {
+  ExpandOptions o = Opts();
+  o.max_jobs = 10;
+  EXPECT_TRUE(ExpandSweep(Yaml("  - none\n  - quant:bits=4\n"), o).ok());
+  o.max_jobs = 9;
+  auto s = ExpandSweep(Yaml("  - none\n  - quant:bits=4\n"), o);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("expands to 10 combinations (limit 9)"));
+}
+
+}  // namespace
+}  // namespace kvsweep

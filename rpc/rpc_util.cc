@@ -1,0 +1,166 @@
+#include "rpc/rpc_util.h"
+
+#include <openssl/crypto.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+
+namespace kvsweep {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+namespace {
+absl::StatusOr<std::string> Pem(const std::string& path, const char* what) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat(what, ": ", text.status().message()));
+  }
+  if (!absl::StrContains(*text, "-----BEGIN")) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", path, "' is not PEM"));
+  }
+  return text;
+}
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsFiles& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  if (tls.cert.empty() || tls.key.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+  }
+  grpc::SslServerCredentialsOptions o;
+  absl::StatusOr<std::string> cert = Pem(tls.cert, "--tls-cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = Pem(tls.key, "--tls-key");
+  if (!key.ok()) return key.status();
+  o.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!tls.ca.empty()) {
+    absl::StatusOr<std::string> ca = Pem(tls.ca, "--tls-client-ca");
+    if (!ca.ok()) return ca.status();
+    o.pem_root_certs = *ca;
+    o.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(o);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Every worker gets its own connection (the load benchmark runs many in one process).
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (config.tls || config.tls_files.enabled()) {
+    grpc::SslCredentialsOptions o;
+    if (!config.tls_files.ca.empty()) {
+      absl::StatusOr<std::string> ca = Pem(config.tls_files.ca, "--tls-ca");
+      if (!ca.ok()) return ca.status();
+      o.pem_root_certs = *ca;
+    }
+    if (!config.tls_files.cert.empty() || !config.tls_files.key.empty()) {
+      if (config.tls_files.cert.empty() || config.tls_files.key.empty()) {
+        return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
+      }
+      absl::StatusOr<std::string> cert = Pem(config.tls_files.cert, "--tls-cert");
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key = Pem(config.tls_files.key, "--tls-key");
+      if (!key.ok()) return key.status();
+      o.pem_cert_chain = *cert;
+      o.pem_private_key = *key;
+    }
+    creds = grpc::SslCredentials(o);
+    if (!config.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(config.tls_server_name);
+    }
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(config.address, creds, args);
+}
+
+void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
+                    std::chrono::milliseconds timeout) {
+  if (!config.token.empty()) ctx->AddMetadata("authorization", "Bearer " + config.token);
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  std::string token(absl::StripAsciiWhitespace(*text));
+  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("token file '", path, "' is empty"));
+  for (char c : token) {
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token file '", path, "' must hold one printable ASCII word"));
+    }
+  }
+  return token;
+}
+
+absl::Status CheckBearer(const grpc::ServerContextBase& ctx, const std::string& token) {
+  if (token.empty()) return absl::OkStatus();
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return absl::UnauthenticatedError("missing bearer token (authorization metadata)");
+  }
+  const std::string got(it->second.data(), it->second.size());
+  const std::string want = "Bearer " + token;
+  if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), got.size()) != 0) {
+    return absl::UnauthenticatedError("wrong bearer token");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) {
+    return true;
+  }
+  std::string host;
+  std::string port;
+  if (absl::StartsWith(address, "[")) {
+    size_t close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "'"));
+    }
+    host = address.substr(1, close - 1);
+    port = address.substr(close + 2);
+  } else {
+    size_t colon = address.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad address '", address, "' (expected host:port)"));
+    }
+    host = address.substr(0, colon);
+    port = address.substr(colon + 1);
+  }
+  int p = -1;
+  if (!absl::SimpleAtoi(port, &p) || p < 0 || p > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("bad port in address '", address, "'"));
+  }
+  if (host == "localhost" || host == "::1" || host == "ip6-localhost") return true;
+  std::vector<std::string> octets = absl::StrSplit(host, '.');
+  if (octets.size() == 4 && octets[0] == "127") {
+    for (const std::string& o : octets) {
+      int v = -1;
+      if (!absl::SimpleAtoi(o, &v) || v < 0 || v > 255) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace kvsweep

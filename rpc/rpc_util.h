@@ -1,0 +1,72 @@
+// What every gRPC party of kvsweep shares: message size limits, absl <-> grpc status
+// conversion, TLS/mTLS credentials, the bearer token, and the loopback rule.
+//
+// Security model (DESIGN.md "Security"): the coordinator listens on loopback unless told
+// otherwise, and refuses a non-loopback address unless it has a TLS certificate and key and a
+// bearer token. Clients and workers send the token as `authorization: Bearer <token>` on every
+// call (per-call metadata, so it also works on a plaintext loopback channel).
+#ifndef KVSWEEP_RPC_RPC_UTIL_H_
+#define KVSWEEP_RPC_RPC_UTIL_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+
+namespace kvsweep {
+
+// Transport limit on one message, both directions, both ends. Larger messages fail with
+// RESOURCE_EXHAUSTED in gRPC before any handler sees them.
+inline constexpr int kMaxMessageBytes = 16 << 20;
+// Field limits checked by the handlers (INVALID_ARGUMENT beyond them).
+inline constexpr size_t kMaxSweepYamlBytes = 1 << 20;
+inline constexpr size_t kMaxResultJsonBytes = 8 << 20;
+inline constexpr size_t kMaxSqlBytes = 64 << 10;
+inline constexpr size_t kMaxErrorBytes = 4 << 10;
+inline constexpr char kDefaultListen[] = "127.0.0.1:50551";
+
+grpc::Status ToGrpc(const absl::Status& s);
+absl::Status FromGrpc(const grpc::Status& s);
+
+// Files holding PEM text. Server: cert + key, plus client_ca to require client certificates
+// (mTLS). Client: ca to verify the server (empty: the system roots), plus cert + key for mTLS.
+struct TlsFiles {
+  std::string cert, key, ca;
+  bool enabled() const { return !cert.empty() || !key.empty() || !ca.empty(); }
+};
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsFiles& tls);
+
+// How a client or worker reaches the coordinator.
+struct ClientConfig {
+  std::string address = kDefaultListen;
+  std::string token;              // bearer token ("" = none)
+  bool tls = false;               // use TLS even without files (system roots)
+  TlsFiles tls_files;
+  std::string tls_server_name;    // override the name checked in the server certificate
+};
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config);
+// Adds the bearer token and a deadline `timeout` from now to a call's context.
+void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
+                    std::chrono::milliseconds timeout);
+
+// Reads a token file (trailing whitespace stripped). kInvalidArgument if empty or not
+// printable ASCII; file errors as ReadFile.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// Checks the call's `authorization` metadata against `token` in constant time. OK when
+// `token` is empty (no authentication configured); kUnauthenticated otherwise.
+absl::Status CheckBearer(const grpc::ServerContextBase& ctx, const std::string& token);
+
+// True for 127.0.0.0/8, ::1, localhost and unix: sockets. `address` is host:port, [v6]:port
+// or unix:path. kInvalidArgument for something that is none of these.
+absl::StatusOr<bool> IsLoopbackAddress(const std::string& address);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_RPC_RPC_UTIL_H_

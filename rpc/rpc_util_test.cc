@@ -1,0 +1,69 @@
+#include "rpc/rpc_util.h"
+
+#include <cstdio>
+
+#include "common/file_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace kvsweep {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(RpcUtilTest, LoopbackAddresses) {
+  for (const char* a : {"127.0.0.1:50551", "127.1.2.3:0", "localhost:1", "[::1]:80",
+                        "unix:/tmp/x.sock"}) {
+    auto r = IsLoopbackAddress(a);
+    ASSERT_TRUE(r.ok()) << a;
+    EXPECT_TRUE(*r) << a;
+  }
+  for (const char* a : {"0.0.0.0:50551", "10.0.0.1:1", "[::]:80", "example.com:443",
+                        "128.0.0.1:5"}) {
+    auto r = IsLoopbackAddress(a);
+    ASSERT_TRUE(r.ok()) << a;
+    EXPECT_FALSE(*r) << a;
+  }
+  for (const char* a : {"nocolon", "127.0.0.1:port", "127.0.0.1:70000", "[::1"}) {
+    EXPECT_EQ(IsLoopbackAddress(a).status().code(), absl::StatusCode::kInvalidArgument) << a;
+  }
+}
+
+TEST(RpcUtilTest, StatusRoundTrip) {
+  absl::Status s = absl::FailedPreconditionError("stale fencing token 3");
+  grpc::Status g = ToGrpc(s);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(g.error_message(), "stale fencing token 3");
+  EXPECT_EQ(FromGrpc(g), s);
+  EXPECT_TRUE(ToGrpc(absl::OkStatus()).ok());
+}
+
+TEST(RpcUtilTest, TokenFiles) {
+  const std::string path = ::testing::TempDir() + "/kvsweep_token";
+  ASSERT_TRUE(WriteFileAtomic(path, "s3cret-token\n").ok());
+  EXPECT_EQ(*ReadTokenFile(path), "s3cret-token");
+  ASSERT_TRUE(WriteFileAtomic(path, "  \n").ok());
+  EXPECT_THAT(std::string(ReadTokenFile(path).status().message()), HasSubstr("is empty"));
+  ASSERT_TRUE(WriteFileAtomic(path, "two words").ok());
+  EXPECT_EQ(ReadTokenFile(path).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadTokenFile("/nonexistent/token").status().code(), absl::StatusCode::kNotFound);
+  std::remove(path.c_str());
+}
+
+TEST(RpcUtilTest, TlsFilesMustBeCompleteAndPem) {
+  TlsFiles only_cert;
+  only_cert.cert = "/x.pem";
+  EXPECT_THAT(std::string(MakeServerCredentials(only_cert).status().message()),
+              HasSubstr("needs both --tls-cert and --tls-key"));
+  const std::string path = ::testing::TempDir() + "/kvsweep_notpem";
+  ASSERT_TRUE(WriteFileAtomic(path, "hello").ok());
+  TlsFiles bad{path, path, ""};
+  auto c = MakeServerCredentials(bad);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("is not PEM"));
+  EXPECT_TRUE(MakeServerCredentials(TlsFiles()).ok());  // plaintext
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace kvsweep

@@ -1,0 +1,345 @@
+// Fault scenarios (issue 4, item 2), each with real processes and gRPC on loopback, each ending
+// with the same invariants: results = jobs, no duplicates, PRAGMA integrity_check ok.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rpc/rpc_util.h"
+#include "tests/harness.h"
+
+namespace kvsweep {
+namespace testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The first job id worker i's journal says it leased (waits for it).
+std::string FirstLeased(Harness& h, int i) {
+  std::string job;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        for (const auto& e : h.JournalEvents(i)) {
+          if (e.size() >= 3 && e[1] == "lease") {
+            job = e[2];
+            return true;
+          }
+        }
+        return false;
+      },
+      std::chrono::seconds(60)))
+      << "worker " << i << " never leased a job";
+  return job;
+}
+
+TEST(FaultTest, WorkerKilledMidJobIsReleasedAfterLeaseExpiryAndRecordedOnce) {
+  Harness h("kill_worker");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("killw", 4)));
+  Harness::WorkerFlags slow;
+  slow.extra = {"--fault", "delay-job:30000"};  // surely mid-job when killed
+  const int a = h.StartWorker(slow);
+  const std::string job = FirstLeased(h, a);
+  h.worker(a)->Signal(SIGKILL);
+  ASSERT_TRUE(h.worker(a)->Wait(std::chrono::seconds(10)).has_value());
+  const int b = h.StartWorker();
+  ASSERT_TRUE(h.WaitFinished("killw", std::chrono::seconds(120)));
+  h.CheckInvariants("killw");
+  // The killed worker's attempt ended as lost; the job was then run and recorded once.
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE job_id = '", job,
+                                  "' AND outcome = 'lost'")),
+            1);
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM results WHERE job_id = '", job, "'")), 1);
+  auto rows = h.SqlRows(absl::StrCat("SELECT error FROM attempts WHERE job_id = '", job,
+                                     "' AND outcome = 'lost'"));
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_THAT(rows[0][0], HasSubstr("lease expired"));
+  (void)b;
+}
+
+TEST(FaultTest, CoordinatorKilledTwiceLosesNothingAcknowledgedAndRerunsNothingFinished) {
+  Harness h("kill_coordinator");
+  h.StartCoordinator();
+  const int kJobs = 24;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("killc", kJobs)));
+  Harness::WorkerFlags f;
+  f.fake_sleep_ms = 250;
+  for (int i = 0; i < 3; ++i) h.StartWorker(f);
+  const int port = h.port();
+  for (int round = 0; round < 2; ++round) {
+    const int target = (round + 1) * kJobs / 3;
+    ASSERT_TRUE(WaitUntil([&] { return h.Sweep("killc").count(JobState::kDone) >= target; },
+                          std::chrono::seconds(120)));
+    h.KillCoordinator();
+    // Workers keep running (and retrying) while the coordinator is down.
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    EXPECT_TRUE(h.OpenDb()->IntegrityCheck().ok());
+    h.StartCoordinator(Harness::CoordinatorFlags(), port);
+  }
+  ASSERT_TRUE(h.WaitFinished("killc", std::chrono::seconds(180)));
+  h.CheckInvariants("killc");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), kJobs);
+  // Every result a worker was told was recorded is in the database, under that fence.
+  std::map<std::string, int64_t> recorded_at;
+  std::vector<std::tuple<int64_t, std::string, int>> leases;  // (time, job, worker)
+  for (int i = 0; i < h.num_workers(); ++i) {
+    for (const auto& e : h.JournalEvents(i)) {
+      if (e.size() < 4) continue;
+      int64_t t = 0;
+      ASSERT_TRUE(absl::SimpleAtoi(e[0], &t));
+      if (e[1] == "recorded") {
+        EXPECT_EQ(recorded_at.count(e[2]), 0u) << "recorded twice: " << e[2];
+        recorded_at[e[2]] = t;
+        EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM results WHERE job_id = '", e[2],
+                                        "' AND fence = ", e[3])),
+                  1)
+            << "acknowledged result lost: " << e[2];
+      }
+      if (e[1] == "lease") leases.emplace_back(t, e[2], i);
+    }
+  }
+  EXPECT_GE(recorded_at.size(), static_cast<size_t>(kJobs - 3));  // a few may be duplicates
+  // Nothing finished was run again: no lease of a job after its result was acknowledged.
+  for (const auto& [t, job, worker] : leases) {
+    auto r = recorded_at.find(job);
+    if (r != recorded_at.end()) EXPECT_LE(t, r->second) << "job " << job << " re-leased";
+  }
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts a JOIN results r ON r.job_id = a.job_id "
+                     "WHERE a.started_ms > r.recorded_ms"),
+            0);
+  h.StopCoordinator();
+}
+
+TEST(FaultTest, WorkerBackAfterItsLeaseExpiredIsFencedOut) {
+  Harness h("stale_worker");
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 1500;
+  h.StartCoordinator(cf);
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("stale", 2)));
+  Harness::WorkerFlags late;
+  late.extra = {"--fault", "pause-before-complete:5000"};
+  const int a = h.StartWorker(late);
+  const std::string job = FirstLeased(h, a);
+  const int b = h.StartWorker();
+  ASSERT_TRUE(h.WaitFinished("stale", std::chrono::seconds(120)));
+  // The late worker reports after the job was re-leased and done: rejected by the fence.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        for (const auto& e : h.JournalEvents(a)) {
+          if (e.size() >= 3 && e[1] == "rejected" && e[2] == job) return true;
+        }
+        return false;
+      },
+      std::chrono::seconds(30)));
+  bool saw_message = false;
+  for (const auto& e : h.JournalEvents(a)) {
+    if (e.size() >= 5 && e[1] == "rejected") {
+      EXPECT_THAT(e[4], HasSubstr("stale fencing token"));
+      saw_message = true;
+    }
+  }
+  EXPECT_TRUE(saw_message);
+  h.CheckInvariants("stale");
+  auto who = h.SqlRows(absl::StrCat("SELECT worker_id FROM results WHERE job_id = '", job, "'"));
+  ASSERT_EQ(who.size(), 1u);
+  EXPECT_THAT(who[0][0], HasSubstr(std::to_string(h.worker(b)->pid())));
+}
+
+TEST(FaultTest, StaleTokenIsRejectedOverRpc) {
+  Harness h("stale_rpc");
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 500;
+  h.StartCoordinator(cf);
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("rpc", 1)));
+  auto stub = h.WorkerStub();
+  v1::LeaseRequest lr;
+  lr.mutable_worker()->set_worker_id("raw-worker");
+  lr.mutable_worker()->set_session("s1");
+  v1::LeaseResponse lease;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(stub->Lease(&c1, lr, &lease).ok());
+  ASSERT_TRUE(lease.has_job());
+  EXPECT_EQ(lease.lease_ttl_ms(), 500);
+  // No heartbeat: the lease expires.
+  ASSERT_TRUE(WaitUntil([&] { return h.Sweep("rpc").count(JobState::kLeased) == 0; },
+                        std::chrono::seconds(20)));
+  v1::CompleteRequest cr;
+  cr.set_worker_id("raw-worker");
+  cr.set_job_id(lease.job_id());
+  cr.set_lease_id(lease.lease_id());
+  cr.set_fencing_token(lease.fencing_token());
+  cr.set_result_json(R"({"metrics": {"lambada_openai": {"acc": 0.1, "ppl": 9.0, "n": 3}}})");
+  v1::CompleteResponse resp;
+  grpc::ClientContext c2;
+  grpc::Status s = stub->Complete(&c2, cr, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("stale fencing token"));
+  EXPECT_THAT(s.error_message(), HasSubstr("lease expired"));
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id("raw-worker");
+  hb.set_job_id(lease.job_id());
+  hb.set_lease_id(lease.lease_id());
+  hb.set_fencing_token(lease.fencing_token());
+  v1::HeartbeatResponse hbr;
+  grpc::ClientContext c3;
+  ASSERT_TRUE(stub->Heartbeat(&c3, hb, &hbr).ok());
+  EXPECT_FALSE(hbr.keep_going());
+  EXPECT_THAT(hbr.reason(), HasSubstr("lease expired"));
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 0);
+}
+
+TEST(FaultTest, SameResultSubmittedManyTimesConcurrentlyIsOneRow) {
+  Harness h("dup_results");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("dup", 1)));
+  auto stub = h.WorkerStub();
+  v1::LeaseRequest lr;
+  lr.mutable_worker()->set_worker_id("raw-worker");
+  v1::LeaseResponse lease;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(stub->Lease(&c1, lr, &lease).ok());
+  ASSERT_TRUE(lease.has_job());
+  v1::CompleteRequest cr;
+  cr.set_worker_id("raw-worker");
+  cr.set_job_id(lease.job_id());
+  cr.set_lease_id(lease.lease_id());
+  cr.set_fencing_token(lease.fencing_token());
+  cr.set_result_json(R"({"metrics": {"lambada_openai": {"acc": 0.25, "ppl": 7.5, "n": 3}}})");
+  std::atomic<int> fresh{0}, dups{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&] {
+      auto s = h.WorkerStub();  // separate connections
+      v1::CompleteResponse resp;
+      grpc::ClientContext ctx;
+      grpc::Status st = s->Complete(&ctx, cr, &resp);
+      if (!st.ok()) {
+        ++errors;
+      } else if (resp.duplicate()) {
+        ++dups;
+      } else {
+        ++fresh;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(fresh, 1);
+  EXPECT_EQ(dups, 31);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 1);
+  // A different token for the same job is not a duplicate: it is stale.
+  cr.set_fencing_token(lease.fencing_token() + 1);
+  v1::CompleteResponse resp;
+  grpc::ClientContext c2;
+  EXPECT_EQ(stub->Complete(&c2, cr, &resp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  h.CheckInvariants("dup");
+}
+
+TEST(FaultTest, JobThatCrashesEveryWorkerIsQuarantinedWhileTheRestFinishes) {
+  Harness h("poison");
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 1500;
+  h.StartCoordinator(cf);
+  const int kJobs = 6;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("poison", kJobs)));
+  // Only job l3's spec JSON contains "limit":3, (canonical JSON, keys sorted).
+  Harness::WorkerFlags f;
+  f.extra = {"--fault", "crash-on-job-substring:\"limit\":3,"};
+  for (int i = 0; i < 3; ++i) h.StartWorker(f);
+  // A supervisor: restart whatever dies (as Kubernetes or Slurm would), until the sweep ends.
+  int restarts = 0;
+  std::set<int> handled;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const int n = h.num_workers();
+        for (int i = 0; i < n; ++i) {
+          if (handled.count(i) || h.worker(i) == nullptr || h.worker(i)->Running()) continue;
+          handled.insert(i);
+          const int st = *h.worker(i)->exit_status();
+          EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) << DescribeWaitStatus(st);
+          if (restarts++ < 10) h.StartWorker(f);
+        }
+        SweepInfo s = h.Sweep("poison");
+        return s.total > 0 && s.count(JobState::kQueued) + s.count(JobState::kLeased) == 0;
+      },
+      std::chrono::seconds(150)));
+  h.CheckInvariants("poison", /*expected_not_done=*/1);
+  EXPECT_EQ(h.Sweep("poison").count(JobState::kQuarantined), 1);
+  auto poison = h.SqlRows("SELECT job_id FROM jobs WHERE state = 'quarantined'");
+  ASSERT_EQ(poison.size(), 1u);
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(DISTINCT worker_id) FROM attempts WHERE job_id = '",
+                                  poison[0][0], "' AND outcome = 'lost'")),
+            3);
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE job_id = '", poison[0][0],
+                                  "'")),
+            3);
+  EXPECT_THAT(h.Sweep("poison").recent_errors.at(0),
+              HasSubstr("quarantined: lost its lease on 3 different workers"));
+  EXPECT_GE(restarts, 3);
+  // Workers are not blamed: none is marked or refused; the survivors keep leasing.
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs WHERE state = 'done'"),
+            kJobs - 1);
+}
+
+TEST(FaultTest, SigtermDrainsAWorkerThatFinishesItsJob) {
+  Harness h("drain_finish");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drain1", 3)));
+  Harness::WorkerFlags f;
+  f.extra = {"--fault", "delay-job:1500", "--drain-timeout-ms", "60000"};
+  const int a = h.StartWorker(f);
+  const std::string job = FirstLeased(h, a);
+  h.worker(a)->Signal(SIGTERM);
+  std::optional<int> st = h.worker(a)->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st.has_value()) << "worker did not exit after SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  // It finished the job it had, and took no other.
+  auto events = h.JournalEvents(a);
+  int leases = 0;
+  bool recorded = false;
+  for (const auto& e : events) {
+    if (e[1] == "lease") ++leases;
+    if (e[1] == "recorded" && e[2] == job) recorded = true;
+  }
+  EXPECT_EQ(leases, 1);
+  EXPECT_TRUE(recorded);
+  EXPECT_EQ(events.back()[1], "drained");
+  h.StartWorker();
+  ASSERT_TRUE(h.WaitFinished("drain1", std::chrono::seconds(120)));
+  h.CheckInvariants("drain1");
+}
+
+TEST(FaultTest, SigtermHandsBackAJobThatWouldOutlastTheDrainTimeout) {
+  Harness h("drain_handback");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drain2", 2)));
+  Harness::WorkerFlags f;
+  f.extra = {"--fault", "delay-job:60000", "--drain-timeout-ms", "200"};
+  const int a = h.StartWorker(f);
+  const std::string job = FirstLeased(h, a);
+  const auto t0 = std::chrono::steady_clock::now();
+  h.worker(a)->Signal(SIGTERM);
+  std::optional<int> st = h.worker(a)->Wait(std::chrono::seconds(30));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE job_id = '", job,
+                                  "' AND outcome = 'handed_back'")),
+            1);
+  // Handed back = requeued at once with its attempt refunded, not left to expire.
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT attempts FROM jobs WHERE job_id = '", job, "'")), 0);
+  h.StartWorker();
+  ASSERT_TRUE(h.WaitFinished("drain2", std::chrono::seconds(120)));
+  h.CheckInvariants("drain2");
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace kvsweep

@@ -1,0 +1,133 @@
+// Issue 4 item 1, with the real libtorch engine: a sweep of >= 24 jobs on the assets' ref-llama
+// (GQA, 2 KV heads) and ref-gpt2 (MHA, 4 heads) — LAMBADA with a small --limit, several
+// methods, kv_heads lists — completes with 3 workers; `kvsweep table` prints the pivot and
+// `kvsweep query` returns the rows. Registered only when the engine (kvsweep_engine) is built.
+#include <cmath>
+#include <fstream>
+#include <iterator>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/job_spec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/harness.h"
+
+namespace kvsweep {
+namespace testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// True if this engine has codecs for quant and rank (they live on their own branch until
+// merged); checked with `kvsweep-worker eval` on one document.
+bool EngineHasCodecs(Harness& h, std::string* why) {
+  if (!kEngine) return true;  // forced build on the fake evaluator: any method "runs"
+  for (const char* method : {"quant:bits=4", "rank:r=16,basis=svd"}) {
+    const std::string err = absl::StrCat(h.dir(), "/probe.err");
+    Subprocess::Options o;
+    o.stdout_path = absl::StrCat(h.dir(), "/probe.out");
+    o.stderr_path = err;
+    auto p = Subprocess::Spawn(
+        {WorkerBin(), "eval", "--model", AssetsDir() + "/models/ref-llama", "--task",
+         "lambada_openai", "--data", AssetsDir() + "/data/lambada_openai/lambada_test.jsonl",
+         "--limit", "1", "--method", method, "--format", "json"},
+        o);
+    if (!p.ok() || !(*p)->Wait(std::chrono::seconds(120)).has_value()) return true;
+    std::string text;
+    std::ifstream f(err);
+    text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    if (text.find("no codec registered for method family") != std::string::npos) {
+      *why = absl::StrCat("this engine has no codec for '", method, "' yet");
+      return false;
+    }
+  }
+  return true;
+}
+
+TEST(RealSweepTest, TwoModelsManyMethodsThreeWorkers) {
+  Harness h("real_sweep");
+  std::string why;
+  if (!EngineHasCodecs(h, &why)) GTEST_SKIP() << why;
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 30000;  // real jobs: heartbeats keep long ones alive
+  h.StartCoordinator(cf);
+  const std::string assets = AssetsDir();
+  const std::string yaml = h.WriteFile("real.yaml", absl::StrCat(R"(name: real
+models:
+  - name: ref-llama
+    path: )", assets, R"(/models/ref-llama
+    kv_heads: [native, 1]
+  - name: ref-gpt2
+    path: )", assets, R"(/models/ref-gpt2
+    kv_heads: [native, 2, 1]
+tasks:
+  - name: lambada
+    task: lambada_openai
+    data: )", assets, R"(/data/lambada_openai/lambada_test.jsonl
+    limit: 8
+methods:
+  - none
+  - quant:bits=8
+  - {family: quant, budgets: [0.25, 0.125]}
+  - {family: rank, budgets: [0.25], extra: "basis=svd"}
+)"));
+  CommandResult sub = h.Cli({"submit", yaml});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  EXPECT_THAT(sub.out, HasSubstr("25 jobs"));
+  for (int i = 0; i < 3; ++i) h.StartWorker();
+  CommandResult watch = h.Cli({"watch", "real", "--interval-ms", "500"}, std::chrono::seconds(1500));
+  ASSERT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  h.CheckInvariants("real");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 25);
+  EXPECT_EQ(h.SqlInt("SELECT count(DISTINCT worker_id) FROM results"), 3);
+
+  // The pivot: one row per method, one column per model, at one KV-head count.
+  CommandResult table = h.Cli({"table", "real", "--rows", "method", "--cols", "model", "--where",
+                               "kv_heads=1", "--metric", "ppl", "--format", "csv"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  std::vector<std::string> lines = absl::StrSplit(table.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 6u) << table.out;
+  EXPECT_EQ(lines[0], "method \\ model,ref-llama,ref-gpt2");
+  CommandResult md = h.Cli({"table", "real", "--rows", "kv_heads", "--cols", "method", "--where",
+                            "model=ref-gpt2", "--metric", "ppl", "--delta", "none"});
+  ASSERT_EQ(md.exit_code, 0) << md.err;
+  std::cout << md.out;
+
+  // query returns the rows, with sane numbers.
+  CommandResult q = h.Cli({"query",
+                           "SELECT model, method, kv_heads, acc, ppl, fraction_payload, n "
+                           "FROM results ORDER BY model, kv_heads, method",
+                           "--format", "json"});
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  nlohmann::json rows = nlohmann::json::parse(q.out);
+  ASSERT_EQ(rows.size(), 25u);
+  for (const auto& r : rows) {
+    EXPECT_GE(r["acc"].get<double>(), 0.0);
+    EXPECT_LE(r["acc"].get<double>(), 1.0);
+    EXPECT_GT(r["ppl"].get<double>(), 1.0);
+    EXPECT_TRUE(std::isfinite(r["ppl"].get<double>()));
+    EXPECT_EQ(r["n"], 8);
+    EXPECT_GT(r["fraction_payload"].get<double>(), 0.0);
+  }
+  // INT8 is close to the FP16 reference on both models at native KV heads (real engine only:
+  // developers may compile this test against the fake evaluator).
+  for (const char* model : {"ref-llama", "ref-gpt2"}) {
+    if (!kEngine) break;
+    auto ppl = [&](const std::string& method_prefix) {
+      auto v = h.SqlRows(absl::StrCat(
+          "SELECT ppl FROM sweep_results WHERE sweep = 'real' AND model_label = '", model,
+          "' AND method_label = '", method_prefix, "' AND kv_heads = (SELECT max(kv_heads) FROM "
+          "results WHERE model = '", model, "')"));
+      EXPECT_EQ(v.size(), 1u) << model << " " << method_prefix;
+      return v.empty() ? 0.0 : std::stod(v[0][0]);
+    };
+    const double ref = ppl("none"), int8 = ppl("quant:bits=8");
+    EXPECT_NEAR(int8 / ref, 1.0, 0.05) << model;
+  }
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace kvsweep

@@ -1,0 +1,20 @@
+// The real Evaluator: the libtorch engine (worker/engine, engine::Engine) behind the worker
+// loop's seam. Built into kvsweep-worker only when the engine target exists. The engine keeps
+// the loaded model, tokenizer and prepared codecs (PCA bases) between jobs of the same model;
+// the loop advertises that model to the coordinator for affinity.
+#ifndef KVSWEEP_WORKER_ENGINE_EVALUATOR_H_
+#define KVSWEEP_WORKER_ENGINE_EVALUATOR_H_
+
+#include <memory>
+#include <string>
+
+#include "worker/evaluator.h"
+
+namespace kvsweep {
+
+// `device`: cpu | cuda | cuda:N; `threads`: CPU intra-op threads (0 = libtorch's default).
+std::unique_ptr<Evaluator> NewEngineEvaluator(const std::string& device, int threads);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_WORKER_ENGINE_EVALUATOR_H_

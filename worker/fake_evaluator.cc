@@ -1,0 +1,77 @@
+#include "worker/fake_evaluator.h"
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "common/hash.h"
+#include "common/ledger.h"
+#include "common/method_spec.h"
+
+namespace kvsweep {
+namespace {
+
+class FakeEvaluator final : public Evaluator {
+ public:
+  explicit FakeEvaluator(const FakeEvaluatorOptions& o) : o_(o) {}
+
+  absl::StatusOr<nlohmann::json> Run(const JobSpec& spec, const ProgressFn& progress) override {
+    const auto start = std::chrono::steady_clock::now();
+    const auto until = start + std::chrono::milliseconds(o_.sleep_ms);
+    for (;;) {
+      auto now = std::chrono::steady_clock::now();
+      const double done =
+          o_.sleep_ms == 0 ? 1.0
+                           : std::min(1.0, std::chrono::duration<double, std::milli>(now - start)
+                                                   .count() / o_.sleep_ms);
+      if (!progress(done)) return absl::CancelledError("fake evaluator: stopped by the worker");
+      if (now >= until) break;
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(20)));
+    }
+    absl::StatusOr<MethodSpec> m = ParseMethodSpec(spec.method);
+    if (!m.ok()) return m.status();
+    absl::StatusOr<Ledger> ledger =
+        ComputeLedger(*m, spec.head_dim, spec.kv_heads, spec.native_kv_heads, spec.num_layers,
+                      spec.window);
+    if (!ledger.ok()) return ledger.status();
+    // Placeholder metrics: a deterministic function of the job id, nothing more.
+    const std::string h = Sha256Hex(spec.JobId());
+    const double u = std::stoul(h.substr(0, 8), nullptr, 16) / 4294967295.0;
+    nlohmann::json metrics;
+    if (spec.task != "lambada_openai") {  // wikitext, ptb, text: the rolling protocol's metrics
+      const int64_t tokens = 1000;
+      const double nll = 5.0 + u;
+      metrics[spec.task] = {{"token_ppl", std::exp(nll)}, {"word_ppl", std::exp(nll * 1.3)},
+                             {"bits_per_byte", nll / std::log(2.0) / 4.0},
+                             {"loglik_sum", -nll * tokens}, {"tokens", tokens},
+                             {"words", tokens * 3 / 4}, {"bytes", tokens * 4}};
+    } else {
+      const int64_t n = spec.limit > 0 ? spec.limit : 5153;
+      const double nll = 3.0 + 4.0 * u;
+      metrics[spec.task] = {{"acc", 0.5 * u}, {"ppl", std::exp(nll)},
+                            {"loglik_sum", -nll * n}, {"n", n}};
+    }
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return nlohmann::json{
+        {"metrics", metrics},
+        {"ledger", ledger->ToJson()},
+        {"timing", {{"wall_s", wall}, {"tokens_per_s", 0.0}}},
+        {"provenance",
+         {{"evaluator", "fake"},
+          {"note", "placeholder metrics from kvsweep's fake evaluator (load tests only)"},
+          {"engine_version", spec.engine_version}}}};
+  }
+
+ private:
+  FakeEvaluatorOptions o_;
+};
+
+}  // namespace
+
+std::unique_ptr<Evaluator> NewFakeEvaluator(const FakeEvaluatorOptions& options) {
+  return std::make_unique<FakeEvaluator>(options);
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,22 @@
+// A stand-in Evaluator for the coordinator load benchmark and unit tests of the worker loop:
+// it sleeps, then returns a result shaped like the engine's. Its metrics are PLACEHOLDERS
+// (deterministic in the job id, marked in provenance); its ledger is the real one (computed
+// from the method spec, no model needed). Never used where numbers matter.
+#ifndef KVSWEEP_WORKER_FAKE_EVALUATOR_H_
+#define KVSWEEP_WORKER_FAKE_EVALUATOR_H_
+
+#include <memory>
+
+#include "worker/evaluator.h"
+
+namespace kvsweep {
+
+struct FakeEvaluatorOptions {
+  int sleep_ms = 100;  // per job; progress is reported (and cancellation honoured) every 20 ms
+};
+
+std::unique_ptr<Evaluator> NewFakeEvaluator(const FakeEvaluatorOptions& options);
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_WORKER_FAKE_EVALUATOR_H_

@@ -1,0 +1,441 @@
+#include "worker/worker_loop.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/json_util.h"
+#include "common/log.h"
+
+namespace kvsweep {
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool Transient(grpc::StatusCode c) {
+  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         c == grpc::StatusCode::ABORTED || c == grpc::StatusCode::INTERNAL ||
+         c == grpc::StatusCode::UNKNOWN;
+}
+
+// Errors of a job that no retry can fix.
+bool Permanent(absl::StatusCode c) {
+  return c == absl::StatusCode::kInvalidArgument || c == absl::StatusCode::kNotFound ||
+         c == absl::StatusCode::kFailedPrecondition || c == absl::StatusCode::kUnimplemented ||
+         c == absl::StatusCode::kOutOfRange || c == absl::StatusCode::kPermissionDenied;
+}
+
+std::string OneLine(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  if (s.size() > 2000) s.resize(2000);
+  return s;
+}
+
+}  // namespace
+
+absl::Status ParseFault(const std::string& text, WorkerFaults* f) {
+  auto ms = [&](absl::string_view v, int* out) -> absl::Status {
+    if (!absl::SimpleAtoi(v, out) || *out < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--fault ", text, ": bad milliseconds"));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::StartsWith(text, "crash-on-job-substring:")) {
+    f->crash_on_substring = text.substr(std::string("crash-on-job-substring:").size());
+    if (f->crash_on_substring.empty()) {
+      return absl::InvalidArgumentError("--fault crash-on-job-substring: needs a substring");
+    }
+    return absl::OkStatus();
+  }
+  if (text == "hang") {
+    f->hang = true;
+    return absl::OkStatus();
+  }
+  if (absl::StartsWith(text, "pause-before-complete:")) {
+    return ms(absl::string_view(text).substr(22), &f->pause_before_complete_ms);
+  }
+  if (absl::StartsWith(text, "delay-job:")) {
+    return ms(absl::string_view(text).substr(10), &f->delay_job_ms);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--fault: unknown fault '", text,
+      "' (known: crash-on-job-substring:XYZ, hang, pause-before-complete:MS, delay-job:MS)"));
+}
+
+WorkerLoop::WorkerLoop(const WorkerOptions& options, Evaluator* evaluator)
+    : options_(options), evaluator_(evaluator) {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  hostname_ = host;
+  worker_id_ = options_.worker_id.empty() ? absl::StrCat(hostname_, "-", ::getpid())
+                                          : options_.worker_id;
+  std::mt19937_64 rng(std::random_device{}());
+  session_ = absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+  if (!options_.journal_path.empty()) {
+    journal_fd_ = ::open(options_.journal_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                         0644);
+    if (journal_fd_ < 0) KV_LOG(ERROR) << "cannot open journal " << options_.journal_path;
+  }
+}
+
+WorkerLoop::~WorkerLoop() {
+  if (journal_fd_ >= 0) ::close(journal_fd_);
+}
+
+void WorkerLoop::Journal(const std::string& event, const std::string& job_id, int64_t fence,
+                         const std::string& extra) {
+  if (journal_fd_ < 0) return;
+  std::string line = absl::StrCat(NowMs(), " ", event, " ", job_id.empty() ? "-" : job_id, " ",
+                                  fence, extra.empty() ? "" : " ", OneLine(extra), "\n");
+  // One write(2) per line with O_APPEND: whole lines even if the process dies right after.
+  ssize_t unused = ::write(journal_fd_, line.data(), line.size());
+  (void)unused;
+}
+
+void WorkerLoop::RequestDrain() {
+  if (draining_.exchange(true)) {
+    stop_now_ = true;
+    KV_LOG(WARNING) << "worker " << worker_id_ << ": second stop request, handing back now";
+  } else {
+    drain_deadline_ms_ = NowMs() + options_.drain_timeout_ms;
+    KV_LOG(INFO) << "worker " << worker_id_ << ": draining (no new leases; current job gets "
+                 << options_.drain_timeout_ms << " ms)";
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  cv_.notify_all();
+}
+
+bool WorkerLoop::SleepUnlessDraining(int ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds(ms), [this] { return draining_.load(); });
+  return !draining_;
+}
+
+WorkerStats WorkerLoop::stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+template <typename Call>
+grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop) {
+  int backoff = 100;
+  int64_t last_log = 0;
+  for (;;) {
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, options_.coordinator, std::chrono::milliseconds(options_.rpc_timeout_ms));
+    grpc::Status s = call(&ctx);
+    if (s.ok() || !Transient(s.error_code())) return s;
+    if (NowMs() - last_log > 5000) {
+      KV_LOG(WARNING) << "worker " << worker_id_ << ": " << what << ": " << s.error_message()
+                      << " (code " << s.error_code() << "); retrying";
+      last_log = NowMs();
+    }
+    if (until_stop ? stop_now_.load() : draining_.load()) return s;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(backoff), [&] {
+        return until_stop ? stop_now_.load() : draining_.load();
+      });
+    }
+    backoff = std::min(backoff * 2, options_.reconnect_max_ms);
+  }
+}
+
+v1::LeaseRequest WorkerLoop::MakeLeaseRequest() const {
+  v1::LeaseRequest req;
+  v1::WorkerInfo* w = req.mutable_worker();
+  w->set_worker_id(worker_id_);
+  w->set_hostname(hostname_);
+  w->set_device(options_.device);
+  w->set_evaluator(options_.evaluator_name);
+  w->set_pid(::getpid());
+  w->set_session(session_);
+  req.set_held_model(held_model_);
+  return req;
+}
+
+void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind,
+                            const std::string& error) {
+  v1::FailRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_job_id(lease.job_id());
+  req.set_lease_id(lease.lease_id());
+  req.set_fencing_token(lease.fencing_token());
+  req.set_kind(kind);
+  req.set_error(OneLine(error).substr(0, kMaxErrorBytes));
+  v1::FailResponse resp;
+  grpc::Status s = Retrying(
+      "fail", [&](grpc::ClientContext* ctx) { return stub_->Fail(ctx, req, &resp); },
+      /*until_stop=*/true);
+  std::lock_guard<std::mutex> l(stats_mu_);
+  if (kind == v1::FAILURE_KIND_HANDED_BACK) {
+    ++stats_.handed_back;
+    Journal("handed_back", lease.job_id(), lease.fencing_token(), s.ok() ? "" : s.error_message());
+  } else {
+    ++stats_.failed;
+    Journal("failed", lease.job_id(), lease.fencing_token(),
+            absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ",
+                         error));
+  }
+}
+
+absl::Status WorkerLoop::Run() {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options_.coordinator);
+  if (!channel.ok()) return channel.status();
+  channel_ = *channel;
+  stub_ = v1::WorkerService::NewStub(channel_);
+  KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
+               << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
+  while (!draining_) {
+    if (next_lease_) {
+      v1::LeaseResponse lease = std::move(*next_lease_);
+      next_lease_.reset();
+      absl::Status js = RunJob(lease);
+      if (!js.ok()) return js;
+      continue;
+    }
+    v1::LeaseRequest req = MakeLeaseRequest();
+    v1::LeaseResponse resp;
+    const auto t0 = std::chrono::steady_clock::now();
+    grpc::Status s = Retrying(
+        "lease", [&](grpc::ClientContext* ctx) { return stub_->Lease(ctx, req, &resp); },
+        /*until_stop=*/false);
+    if (options_.observe_rpc && s.ok()) {
+      options_.observe_rpc(resp.has_job() ? "lease" : "lease-empty",
+                           std::chrono::duration<double, std::milli>(
+                               std::chrono::steady_clock::now() - t0).count());
+    }
+    if (draining_) {
+      // A lease granted while we started draining goes straight back.
+      if (s.ok() && resp.has_job()) ReportFail(resp, v1::FAILURE_KIND_HANDED_BACK, "draining");
+      break;
+    }
+    if (!s.ok()) {
+      if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+          s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+          s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+          s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+        return FromGrpc(s);
+      }
+      KV_LOG(WARNING) << "worker " << worker_id_ << ": lease: " << s.error_message();
+      SleepUnlessDraining(1000);
+      continue;
+    }
+    if (!resp.has_job()) {
+      SleepUnlessDraining(std::clamp(resp.retry_after_ms(), 10, 5000));
+      continue;
+    }
+    absl::Status js = RunJob(resp);
+    if (!js.ok()) return js;
+  }
+  if (next_lease_) {
+    ReportFail(*next_lease_, v1::FAILURE_KIND_HANDED_BACK, "draining");
+    next_lease_.reset();
+  }
+  Journal("drained", "", 0);
+  KV_LOG(INFO) << "worker " << worker_id_ << ": drained, exiting";
+  return absl::OkStatus();
+}
+
+absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
+  const std::string& job_id = lease.job_id();
+  const int64_t fence = lease.fencing_token();
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    ++stats_.leased;
+  }
+  Journal("lease", job_id, fence, absl::StrCat("attempt=", lease.attempt()));
+  KV_LOG(DEBUG) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12) << " fence "
+                << fence;
+
+  // FOR TESTS: faults that make this worker die or hang on a job.
+  if (!options_.faults.crash_on_substring.empty() &&
+      absl::StrContains(lease.spec_json(), options_.faults.crash_on_substring)) {
+    Journal("crash", job_id, fence);
+    KV_LOG(ERROR) << "worker " << worker_id_ << ": fault injection: crashing on job "
+                  << job_id.substr(0, 12);
+    std::abort();
+  }
+  if (options_.faults.hang) {
+    Journal("hang", job_id, fence);
+    KV_LOG(ERROR) << "worker " << worker_id_ << ": fault injection: hanging";
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+
+  absl::StatusOr<nlohmann::json> spec_json = ParseJson(lease.spec_json(), "job spec");
+  absl::StatusOr<JobSpec> spec =
+      spec_json.ok() ? JobSpec::FromJson(*spec_json) : absl::StatusOr<JobSpec>(spec_json.status());
+  if (!spec.ok()) {
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT, std::string(spec.status().message()));
+    return absl::OkStatus();
+  }
+
+  // Heartbeats from their own thread, so a long forward pass never lets the lease lapse.
+  std::atomic<bool> lost{false};
+  std::string lost_reason;
+  std::mutex hb_mu;
+  std::condition_variable hb_cv;
+  bool hb_stop = false;
+  std::atomic<double> progress{0.0};
+  const int interval = lease.heartbeat_interval_ms() > 0 ? lease.heartbeat_interval_ms() : 10000;
+  std::thread heartbeat([&] {
+    int64_t last_log = 0;
+    std::unique_lock<std::mutex> l(hb_mu);
+    for (;;) {
+      hb_cv.wait_for(l, std::chrono::milliseconds(interval), [&] { return hb_stop; });
+      if (hb_stop) return;
+      l.unlock();
+      v1::HeartbeatRequest req;
+      req.set_worker_id(worker_id_);
+      req.set_job_id(job_id);
+      req.set_lease_id(lease.lease_id());
+      req.set_fencing_token(fence);
+      req.set_progress(std::clamp(progress.load(), 0.0, 1.0));
+      v1::HeartbeatResponse resp;
+      grpc::ClientContext ctx;
+      PrepareContext(&ctx, options_.coordinator,
+                     std::chrono::milliseconds(std::min(interval, options_.rpc_timeout_ms)));
+      grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+      l.lock();
+      if (s.ok() && !resp.keep_going()) {
+        lost_reason = resp.reason();
+        lost = true;
+        return;
+      }
+      if (!s.ok() && NowMs() - last_log > 5000) {
+        // The coordinator may be restarting; the lease survives that, so keep trying.
+        KV_LOG(WARNING) << "worker " << worker_id_ << ": heartbeat: " << s.error_message();
+        last_log = NowMs();
+      }
+    }
+  });
+  auto stop_heartbeat = [&] {
+    {
+      std::lock_guard<std::mutex> l(hb_mu);
+      hb_stop = true;
+    }
+    hb_cv.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  };
+  auto handing_back = [&] {
+    return stop_now_.load() || (draining_.load() && NowMs() > drain_deadline_ms_.load());
+  };
+  ProgressFn on_progress = [&](double fraction) {
+    progress = fraction;
+    return !lost.load() && !handing_back();
+  };
+
+  if (options_.faults.delay_job_ms > 0) {
+    const int64_t until = NowMs() + options_.faults.delay_job_ms;
+    while (NowMs() < until && on_progress(0.0)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  absl::StatusOr<nlohmann::json> result = on_progress(0.0)
+                                              ? evaluator_->Run(*spec, on_progress)
+                                              : absl::CancelledError("stopped before starting");
+  stop_heartbeat();
+
+  if (lost) {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    ++stats_.abandoned;
+    Journal("abandoned", job_id, fence, lost_reason);
+    KV_LOG(WARNING) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12)
+                    << " abandoned: " << lost_reason;
+    return absl::OkStatus();
+  }
+  if (!result.ok()) {
+    if (absl::IsCancelled(result.status()) && handing_back()) {
+      ReportFail(lease, v1::FAILURE_KIND_HANDED_BACK, "worker draining");
+    } else {
+      KV_LOG(WARNING) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12)
+                      << " failed: " << result.status();
+      ReportFail(lease, Permanent(result.status().code()) ? v1::FAILURE_KIND_PERMANENT
+                                                    : v1::FAILURE_KIND_RETRYABLE,
+                  result.status().ToString());
+    }
+    return absl::OkStatus();
+  }
+  held_model_ = spec->model_sha256;
+  nlohmann::json& r = *result;
+  if (!r.is_object()) {
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT, "evaluator returned a non-object result");
+    return absl::OkStatus();
+  }
+  if (!r.contains("provenance") || !r["provenance"].is_object()) r["provenance"] = nlohmann::json::object();
+  r["provenance"]["worker"] = {{"worker_id", worker_id_},    {"hostname", hostname_},
+                               {"device", options_.device},  {"evaluator", options_.evaluator_name},
+                               {"attempt", lease.attempt()}, {"lease_id", lease.lease_id()}};
+
+  if (options_.faults.pause_before_complete_ms > 0) {
+    // FOR TESTS: no heartbeats from here on; the lease may well expire meanwhile.
+    Journal("pause", job_id, fence);
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.faults.pause_before_complete_ms));
+  }
+
+  v1::CompleteRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_job_id(job_id);
+  req.set_lease_id(lease.lease_id());
+  req.set_fencing_token(fence);
+  req.set_result_json(CanonicalJson(r));
+  // Complete-and-lease: ask for the next job in the same call, unless draining.
+  if (!draining_) *req.mutable_next() = MakeLeaseRequest();
+  v1::CompleteResponse resp;
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status s = Retrying(
+      "complete", [&](grpc::ClientContext* ctx) { return stub_->Complete(ctx, req, &resp); },
+      /*until_stop=*/true);
+  if (options_.observe_rpc && s.ok()) {
+    options_.observe_rpc(resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
+                         std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - t0).count());
+  }
+  if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    // The coordinator cannot store this result (an evaluator bug): fail the job for good
+    // rather than let its lease run out and count as a crash.
+    KV_LOG(ERROR) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
+                  << " refused: " << s.error_message();
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT,
+               absl::StrCat("result refused by the coordinator: ", s.error_message()));
+    return absl::OkStatus();
+  }
+  std::lock_guard<std::mutex> l(stats_mu_);
+  if (s.ok()) {
+    if (resp.duplicate()) {
+      ++stats_.duplicates;
+      Journal("duplicate", job_id, fence);
+    } else {
+      ++stats_.recorded;
+      Journal("recorded", job_id, fence);
+    }
+    if (resp.has_next() && resp.next().has_job()) next_lease_ = resp.next();
+  } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    ++stats_.rejected;
+    Journal("rejected", job_id, fence, s.error_message());
+    KV_LOG(WARNING) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
+                    << " rejected: " << s.error_message();
+  } else {
+    ++stats_.failed;
+    Journal("unreported", job_id, fence, s.error_message());
+    KV_LOG(ERROR) << "worker " << worker_id_ << ": could not report job " << job_id.substr(0, 12)
+                  << ": " << s.error_message();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvsweep

@@ -1,0 +1,124 @@
+// The worker's job loop: pull a job under a lease, run it through an Evaluator while a
+// separate thread heartbeats the lease, report the result (or the failure), repeat.
+//
+// - A heartbeat that says the lease is gone (cancelled, expired, handed to another worker)
+//   makes the progress callback return false: the evaluator stops, nothing is reported.
+// - Complete is retried until the coordinator gives a definitive answer (it is idempotent under
+//   the same fencing token), so a coordinator restart mid-report loses nothing.
+// - Drain (SIGTERM): take no new lease; finish the current job if it ends within the drain
+//   timeout, else stop it and hand it back (the job is requeued at once, no attempt used).
+//   A second request stops at once.
+// - The coordinator being down is waited out with capped exponential backoff.
+// - Model affinity: each Lease advertises the model of the last job, so the coordinator can
+//   keep this worker (and the evaluator's loaded model and bases) on it.
+#ifndef KVSWEEP_WORKER_WORKER_LOOP_H_
+#define KVSWEEP_WORKER_WORKER_LOOP_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvsweep/v1/coordinator.grpc.pb.h"
+#include "rpc/rpc_util.h"
+#include "worker/evaluator.h"
+
+namespace kvsweep {
+
+// Fault injection, FOR TESTS ONLY (the fault tests in tests/ and the load benchmark). Parsed
+// from `--fault` values:
+//   crash-on-job-substring:XYZ   abort() when starting a job whose spec JSON contains XYZ
+//   hang                         on the first job, stop heartbeating and block forever
+//   pause-before-complete:MS     after evaluating, stop heartbeating and wait MS before
+//                                reporting (a worker that "comes back" after its lease expired)
+//   delay-job:MS                 wait MS (heartbeating) before evaluating each job
+struct WorkerFaults {
+  std::string crash_on_substring;
+  bool hang = false;
+  int pause_before_complete_ms = 0;
+  int delay_job_ms = 0;
+};
+// kInvalidArgument for an unknown fault.
+absl::Status ParseFault(const std::string& text, WorkerFaults* faults);
+
+struct WorkerOptions {
+  ClientConfig coordinator;
+  std::string worker_id;         // "" = <hostname>-<pid>
+  std::string device = "cpu";
+  std::string evaluator_name;    // reported to the coordinator ("engine", "fake")
+  int drain_timeout_ms = 60000;  // on drain, let the current job run this long, then hand back
+  int rpc_timeout_ms = 10000;
+  int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
+  std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines
+  WorkerFaults faults;
+  // Called after each Lease ("lease" / "lease-empty") and Complete ("complete", or
+  // "complete+lease" when it also brought the next job) with its latency in ms (the load
+  // benchmark's measurements). May be empty.
+  std::function<void(const char* rpc, double ms)> observe_rpc;
+};
+
+struct WorkerStats {
+  int64_t leased = 0, recorded = 0, duplicates = 0, rejected = 0, failed = 0, abandoned = 0,
+          handed_back = 0;
+};
+
+class WorkerLoop {
+ public:
+  // `evaluator` must outlive the loop.
+  WorkerLoop(const WorkerOptions& options, Evaluator* evaluator);
+  ~WorkerLoop();
+  WorkerLoop(const WorkerLoop&) = delete;
+  WorkerLoop& operator=(const WorkerLoop&) = delete;
+
+  // Runs until drained. OK on a clean exit; kUnauthenticated / kPermissionDenied /
+  // kInvalidArgument when the coordinator refuses this worker outright (no point retrying).
+  absl::Status Run();
+  // First call: drain (see file comment). Second call: stop the current job now.
+  void RequestDrain();
+
+  WorkerStats stats() const;
+  const std::string& worker_id() const { return worker_id_; }
+
+ private:
+  // Runs one job and reports it. When the report also brought the next lease
+  // (complete-and-lease), it is left in next_lease_.
+  absl::Status RunJob(const v1::LeaseResponse& lease);
+  void ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind, const std::string& error);
+  v1::LeaseRequest MakeLeaseRequest() const;
+  // Sleeps up to `ms`, returning early on drain. Returns false if draining.
+  bool SleepUnlessDraining(int ms);
+  void Journal(const std::string& event, const std::string& job_id, int64_t fence,
+               const std::string& extra = "");
+  // Retries `call` while the coordinator is unreachable; returns its final status.
+  template <typename Call>
+  grpc::Status Retrying(const char* what, Call call, bool until_stop);
+
+  WorkerOptions options_;
+  Evaluator* evaluator_;
+  std::string worker_id_;
+  std::string session_;
+  std::string hostname_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::string held_model_;
+  std::optional<v1::LeaseResponse> next_lease_;
+  int journal_fd_ = -1;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> stop_now_{false};
+  std::atomic<int64_t> drain_deadline_ms_{0};
+
+  mutable std::mutex stats_mu_;
+  WorkerStats stats_;
+};
+
+}  // namespace kvsweep
+
+#endif  // KVSWEEP_WORKER_WORKER_LOOP_H_
