@@ -2,6 +2,7 @@
 // Every bad input must be exactly one line on stderr ("error: ..."), nothing on stdout, a
 // non-zero exit (2 for bad input), and no crash.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -32,9 +33,13 @@ std::string Quote(const std::string& s) {
   return q + "'";
 }
 
+// ctest runs each test as its own process, several at once: every scratch path carries the pid.
+std::string Scratch(const std::string& name) {
+  return ::testing::TempDir() + "/kvsweep_cli_" + std::to_string(::getpid()) + "_" + name;
+}
+
 ProcResult Exec(const std::vector<std::string>& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string out = dir + "/cli_out.txt", err = dir + "/cli_err.txt";
+  const std::string out = Scratch("out.txt"), err = Scratch("err.txt");
   std::string cmd = Quote(KVSWEEP_WORKER_BIN);
   for (const auto& a : args) cmd += " " + Quote(a);
   cmd += " >" + out + " 2>" + err;
@@ -57,7 +62,7 @@ std::vector<std::string> Eval(const std::string& model, const std::string& task,
 }
 
 std::string TempFile(const std::string& name, const std::string& content) {
-  const std::string p = ::testing::TempDir() + "/" + name;
+  const std::string p = Scratch(name);
   EXPECT_TRUE(WriteFileAtomic(p, content).ok());
   return p;
 }
@@ -140,7 +145,7 @@ TEST(EvalCliTest, BadDataFiles) {
 
 // A copy of a model directory that a test may damage.
 std::string CopyModel(const std::string& src, const std::string& name) {
-  const std::string dst = ::testing::TempDir() + "/cli_" + name;
+  const std::string dst = Scratch(name);
   fs::remove_all(dst);
   fs::copy(src, dst, fs::copy_options::recursive);
   return dst;
