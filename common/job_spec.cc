@@ -22,7 +22,7 @@ std::string Basename(std::string p) {
 }  // namespace
 
 bool IsKnownTask(const std::string& task) {
-  return task == "lambada_openai" || task == "wikitext";
+  return task == "lambada_openai" || task == "wikitext" || task == "ptb" || task == "text";
 }
 
 std::string AssetsDir() {
@@ -113,7 +113,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   if (req.model_path.empty()) return Invalid("model", "no model path given");
   if (!IsKnownTask(req.task)) {
     return Invalid("task", absl::StrCat("unknown task '", req.task,
-                                        "' (known: lambada_openai, wikitext)"));
+                                        "' (known: lambada_openai, wikitext, ptb, text)"));
   }
   if (req.data_path.empty()) return Invalid("data", "no data file given");
   if (req.dtype != "fp32" && req.dtype != "bf16" && req.dtype != "fp16") {
@@ -147,7 +147,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     return Invalid("context", absl::StrCat(req.context, " out of range [1, window=", w, "]"));
   }
   s.window = w;
-  s.context = req.task == "wikitext" ? req.context : 1;
+  s.context = req.task == "lambada_openai" ? 1 : req.context;
   s.limit = req.limit;
   s.task = req.task;
   s.dtype = req.dtype;

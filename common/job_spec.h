@@ -24,7 +24,7 @@ struct JobRequest {
   std::string model_path;
   std::string model_name;       // display name; defaults to the path's basename
   std::string tokenizer_path;   // empty: the model directory's tokenizer
-  std::string task;             // lambada_openai | wikitext
+  std::string task;             // lambada_openai | wikitext | ptb | text
   std::string data_path;
   int limit = 0;                // LAMBADA docs (0 = all)
   int window = 0;               // W (0 = model max positions, capped by max_window)
@@ -77,7 +77,8 @@ struct JobSpec {
   static absl::StatusOr<JobSpec> FromJson(const nlohmann::json& j);
 };
 
-// Tasks the engine knows ("lambada_openai", "wikitext").
+// Tasks the engine knows: "lambada_openai"; "wikitext", "ptb" and "text" (the same rolling
+// perplexity protocol on any UTF-8 file, named for the metrics).
 bool IsKnownTask(const std::string& task);
 
 // Validates and resolves a request (see file comment). Errors are kInvalidArgument or

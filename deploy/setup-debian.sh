@@ -8,7 +8,7 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libsqlite3-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libsentencepiece-dev libcli11-dev
+  nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libcli11-dev
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)
 )
 missing=()

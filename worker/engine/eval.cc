@@ -135,6 +135,7 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
   absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
   if (!task.ok()) return task.status();
 
+  ResetPeakDeviceBytes(*device);
   absl::Status st = EnsureModel(spec, *device, *dtype);
   if (!st.ok()) return st;
   const ModelConfig& cfg = model_->config();
@@ -244,12 +245,16 @@ absl::StatusOr<nlohmann::json> Engine::Run(const JobSpec& spec,
                    {"forward_tokens", stats.forward_tokens},
                    {"padded_tokens", stats.padded_tokens},
                    {"scored_tokens", stats.scored_tokens},
-                   {"sequences", stats.sequences}};
+                   {"sequences", stats.sequences},
+                   {"peak_device_bytes", PeakDeviceBytes(*device)},
+                   {"batch_tokens", options_.batch_tokens > 0 ? options_.batch_tokens
+                                                              : DefaultBatchTokens(*model_, codec.get(), *requests)}};
   out["provenance"] = {{"engine_version", kEngineVersion},
                        {"kvsweep_version", KVSWEEP_VERSION},
                        {"git_commit", KVSWEEP_GIT_COMMIT},
                        {"libtorch", TORCH_VERSION},
                        {"device", device->str()},
+                       {"device_name", DeviceName(*device)},
                        {"dtype", DtypeName(*dtype)},
                        {"threads", at::get_num_threads()},
                        {"host", Hostname()},

@@ -86,7 +86,7 @@ int RunEvalCommand(int argc, char** argv) {
   app.add_option("--model", req.model_path, "Hugging Face model directory or llama2.c .bin")->required();
   app.add_option("--model-name", req.model_name, "Display name (default: the directory name)");
   app.add_option("--tokenizer", req.tokenizer_path, "Tokenizer file or directory (default: the model's)");
-  app.add_option("--task", req.task, "lambada_openai | wikitext")->required();
+  app.add_option("--task", req.task, "lambada_openai | wikitext | ptb | text")->required();
   app.add_option("--data", req.data_path, "Data file (LAMBADA jsonl, or any UTF-8 text for wikitext)")->required();
   app.add_option("--method", req.method, "KV method spec (none, quant:bits=4, rank:r=16, hybrid:r=32,bits=8, ...)");
   app.add_option("--kv-heads", req.kv_heads, "Mean-pool K/V heads down to N (must divide the native count)");

@@ -4,6 +4,8 @@
 // and head_dim != hidden/heads in bf16, qwen2 with q/k/v biases) and the real ref-gpt2 /
 // ref-llama. Fixtures: tools/reference/make_reference.py.
 #include "worker/engine/model.h"
+#include "worker/engine/generate.h"
+#include "worker/engine/tokenizer/tokenizer.h"
 
 #include <cmath>
 #include <fstream>
@@ -130,6 +132,30 @@ TEST(ModelTest, CausalityFutureTokensDoNotChangeThePast) {
   torch::Tensor a = (*m)->Forward(ids, nullptr), b = (*m)->Forward(ids2, nullptr);
   EXPECT_TRUE(torch::equal(a.slice(1, 0, 20), b.slice(1, 0, 20)));
   EXPECT_FALSE(torch::equal(a.slice(1, 20, 21), b.slice(1, 20, 21)));
+}
+
+}  // namespace
+}  // namespace kvsweep::engine
+
+namespace kvsweep::engine {
+namespace {
+
+// The assets README: greedy decoding from BOS + "Once upon a time" continues with this text.
+TEST(Stories260KTest, GreedyContinuationMatchesTheReadme) {
+  const std::string dir = AssetsDir() + "/models/stories260K";
+  auto m = Model::Load(dir + "/stories260K.bin", ModelOptions{});
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto tok = LoadTokenizer(dir + "/tok512.bin");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("Once upon a time");
+  ASSERT_TRUE(ids.ok());
+  std::vector<int32_t> prompt = {1};
+  prompt.insert(prompt.end(), ids->begin(), ids->end());
+  auto out = GreedyGenerate(**m, nullptr, prompt, 40, -1);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const std::string text = (*tok)->Decode(*out);
+  const std::string expected = ", there was a little girl named Lily. She loved to play outside in the park.";
+  EXPECT_EQ(text.substr(0, expected.size()), expected) << "got: " << text;
 }
 
 }  // namespace

@@ -7,6 +7,26 @@
 
 namespace kvsweep::engine {
 
+int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
+                           const std::vector<ScoreRequest>& requests) {
+  const torch::Device dev = model.options().device;
+  if (dev.is_cpu()) return 4096;  // ~4 windows of 1k: enough to amortize, small enough for caches
+  // GPU: size the batch from free memory. Live bytes per token in one layer: the residual
+  // stream, norms, q/k/v, attention output and the MLP activations in the compute dtype, plus
+  // the [H, T] fp32 score rows when attention is materialized (position-dependent codecs).
+  const ModelConfig& c = model.config();
+  const int64_t elt = torch::elementSize(model.options().dtype);
+  int64_t max_len = 1;
+  for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
+  int64_t per_token = (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
+  if (codec != nullptr && codec->spec().position_dependent()) per_token += 3 * c.num_heads * max_len * 4;
+  const int64_t free_b = FreeDeviceBytes(dev);
+  if (free_b <= 0) return 16384;
+  // Keep half of what is free for the allocator's slack, the LM-head chunk and codec temporaries.
+  const int64_t budget = free_b / 2 / per_token;
+  return std::clamp<int64_t>(budget, max_len, 262144);
+}
+
 absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const KvCodec* codec,
                                                        const std::vector<ScoreRequest>& requests,
                                                        const ScorerOptions& options,
@@ -40,9 +60,8 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
     }
     total_tokens += r.input.size();
   }
-  const bool cpu = model.options().device.is_cpu();
-  int64_t budget = options.batch_tokens > 0 ? options.batch_tokens : (cpu ? 4096 : 65536);
-  budget = std::max<int64_t>(budget, 1);
+  int64_t budget = options.batch_tokens;
+  if (budget <= 0) budget = DefaultBatchTokens(model, codec, requests);
 
   // Longest first: padding is small and the first batch hits peak memory early.
   std::vector<size_t> order(requests.size());

@@ -46,6 +46,11 @@ struct ScoreStats {
 // Returns false to stop (cancellation); `fraction` is of forward tokens done.
 using ScoreProgress = std::function<bool(double fraction)>;
 
+// The batch budget used when ScorerOptions.batch_tokens is 0: 4096 tokens on the CPU; on a GPU,
+// sized from free device memory and the model's per-token activation footprint.
+int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
+                           const std::vector<ScoreRequest>& requests);
+
 // Errors: kInvalidArgument (empty input, input longer than the model allows, a token id outside
 // the vocabulary, cont longer than input), kCancelled, kResourceExhausted (OOM), kInternal.
 absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const KvCodec* codec,

@@ -4,6 +4,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
+#ifdef KVSWEEP_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#endif
+
 namespace kvsweep::engine {
 
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s) {
@@ -41,6 +46,48 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& s) {
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
   return absl::InvalidArgumentError(absl::StrCat("device '", s, "' is not cpu|cuda|cuda:N"));
+}
+
+int64_t FreeDeviceBytes(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    size_t free_b = 0, total_b = 0;
+    int prev = 0;
+    cudaGetDevice(&prev);
+    cudaSetDevice(device.index() < 0 ? 0 : device.index());
+    const bool ok = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+    cudaSetDevice(prev);
+    return ok ? static_cast<int64_t>(free_b) : -1;
+  }
+#endif
+  return -1;
+}
+
+int64_t PeakDeviceBytes(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].peak;  // aggregate over pools
+  }
+#endif
+  return -1;
+}
+
+void ResetPeakDeviceBytes(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+}
+
+std::string DeviceName(torch::Device device) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()) == cudaSuccess) return prop.name;
+  }
+#endif
+  return device.str();
 }
 
 absl::Status StatusFromException(const std::exception& e, const std::string& context) {

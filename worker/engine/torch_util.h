@@ -19,6 +19,16 @@ const char* DtypeName(torch::ScalarType t);
 // unavailable in this build or N is out of range.
 absl::StatusOr<torch::Device> ParseDevice(const std::string& s);
 
+// Bytes free on `device` for new allocations (CUDA: driver-free plus what libtorch's caching
+// allocator holds but does not use); -1 for the CPU or when unknown.
+int64_t FreeDeviceBytes(torch::Device device);
+
+// Peak bytes allocated by libtorch on `device` since the last reset (CUDA), -1 elsewhere.
+int64_t PeakDeviceBytes(torch::Device device);
+void ResetPeakDeviceBytes(torch::Device device);
+// A short name of the device ("NVIDIA H200", "cpu").
+std::string DeviceName(torch::Device device);
+
 absl::Status StatusFromException(const std::exception& e, const std::string& context);
 
 // Runs `fn` (returning absl::Status or StatusOr<T>), converting libtorch exceptions.

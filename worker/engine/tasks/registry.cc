@@ -5,16 +5,23 @@
 namespace kvsweep::engine {
 
 std::unique_ptr<Task> NewLambadaTask();
-std::unique_ptr<Task> NewRollingTextTask();
+std::unique_ptr<Task> NewRollingTextTask(const char* name);
 
 namespace {
 struct Entry {
   const char* name;
   std::unique_ptr<Task> (*make)();
 };
+// Plain-text perplexity (WikiText, PTB, any UTF-8 file) is one protocol under three names; the
+// name only labels the metrics.
+std::unique_ptr<Task> NewWikitext() { return NewRollingTextTask("wikitext"); }
+std::unique_ptr<Task> NewPtb() { return NewRollingTextTask("ptb"); }
+std::unique_ptr<Task> NewText() { return NewRollingTextTask("text"); }
 constexpr Entry kTasks[] = {
     {"lambada_openai", &NewLambadaTask},
-    {"wikitext", &NewRollingTextTask},
+    {"wikitext", &NewWikitext},
+    {"ptb", &NewPtb},
+    {"text", &NewText},
 };
 }  // namespace
 
@@ -23,7 +30,7 @@ absl::StatusOr<std::unique_ptr<Task>> NewTask(const std::string& name) {
     if (name == e.name) return e.make();
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown task '", name, "' (known: lambada_openai, wikitext)"));
+      absl::StrCat("unknown task '", name, "' (known: lambada_openai, wikitext, ptb, text)"));
 }
 
 }  // namespace kvsweep::engine

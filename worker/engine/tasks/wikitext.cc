@@ -13,7 +13,8 @@ namespace {
 
 class RollingTextTask final : public Task {
  public:
-  const char* name() const override { return "wikitext"; }
+  explicit RollingTextTask(const char* name) : name_(name) {}
+  const char* name() const override { return name_; }
 
   absl::StatusOr<std::vector<ScoreRequest>> Prepare(const TaskInput& in) override {
     absl::StatusOr<std::string> text = ReadFile(in.data_path);
@@ -23,7 +24,7 @@ class RollingTextTask final : public Task {
       return absl::InvalidArgumentError(absl::StrCat(in.data_path, ": not valid UTF-8 at byte ", bad));
     }
     if (in.limit != 0) {
-      return absl::InvalidArgumentError("limit applies to lambada_openai only (wikitext scores the whole file)");
+      return absl::InvalidArgumentError(absl::StrCat("limit applies to lambada_openai only (", name_, " scores the whole file)"));
     }
     if (in.window < 1 || in.context < 1 || in.context > in.window) {
       return absl::InvalidArgumentError(absl::StrCat("context ", in.context, " out of range [1, window=", in.window, "]"));
@@ -51,12 +52,13 @@ class RollingTextTask final : public Task {
   }
 
  private:
+  const char* name_;
   int64_t tokens_ = 0, words_ = 0, bytes_ = 0;
 };
 
 }  // namespace
 
-std::unique_ptr<Task> NewRollingTextTask() { return std::make_unique<RollingTextTask>(); }
+std::unique_ptr<Task> NewRollingTextTask(const char* name) { return std::make_unique<RollingTextTask>(name); }
 
 std::vector<ScoreRequest> RollingWindows(const std::vector<int32_t>& tokens, int32_t prefix_id,
                                          int window, int context) {

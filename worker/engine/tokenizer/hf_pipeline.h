@@ -2,8 +2,9 @@
 //   added tokens split out of the raw text -> normalizer (per remaining segment) -> added tokens
 //   with normalized=true split out of the normalized text -> pre-tokenizer -> BPE model per
 //   piece; decode: ids -> token strings -> decoder chain -> concatenation.
-// Shared by the tokenizer.json and the GPT-2 vocab/merges loaders. Each component mirrors the
-// HF one of the same name (normalizers/, pre_tokenizers/, decoders/ in HF `tokenizers`).
+// Shared by the tokenizer.json, GPT-2 vocab/merges and SentencePiece .model loaders. Each
+// component mirrors the HF one of the same name (normalizers/, pre_tokenizers/, decoders/ in HF
+// `tokenizers`).
 // Internal to worker/engine/tokenizer.
 #ifndef KVSWEEP_WORKER_ENGINE_TOKENIZER_HF_PIPELINE_H_
 #define KVSWEEP_WORKER_ENGINE_TOKENIZER_HF_PIPELINE_H_

@@ -1,14 +1,16 @@
-// SentencePiece .model through libsentencepiece.
-//
-// Plain `EncodeAsIds` is what HF's slow LlamaTokenizer computes for text without special
-// tokens. The difference is special tokens: SentencePiece never produces control pieces from
-// text ("<s>" becomes "▁<", "s", ">"), HF splits them out first and maps them to their ids. We do
-// what HF does: control and unknown pieces found literally in the text are split out
-// (leftmost-longest), and each text segment between them is encoded on its own with
-// `EncodeAsIds` (so every segment gets the dummy-prefix "▁", as in HF's legacy LlamaTokenizer).
-#include <algorithm>
+// SentencePiece BPE `.model` -> the Hugging Face pipeline that transformers 5 builds from it
+// (LlamaTokenizer.from_pretrained on a folder holding only tokenizer.model), run by the same
+// pipeline classes as tokenizer.json:
+//   vocab    = the pieces, id = position (SentencePieceExtractor.extract)
+//   merges   = HfMergesFromPieces: ranked by the merged piece's id, not by piece score
+//   model    = BPE(byte_fallback=true, fuse_unk=true, no unk_token, no dropout)
+//   normalizer none; pre-tokenizer Metaspace("▁", prepend_scheme="first", split=false)
+//   decoder  = Replace("▁", " "), ByteFallback, Fuse, Strip(" ", 1, 0)
+//   added tokens: the UNKNOWN and CONTROL pieces as special tokens, USER_DEFINED pieces as
+//   non-special ones, all normalized=false (split out of the raw text first).
+// This is exactly what transformers 5.17 wrote into models/ref-llama/tokenizer.json for the
+// Llama 2 tokenizer.model. It is not libsentencepiece's segmentation: see docs/tokenizers.md.
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -16,115 +18,83 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "worker/engine/tokenizer/spm_backend.h"
-#include "worker/engine/tokenizer/text_util.h"
+#include "worker/engine/tokenizer/bpe.h"
+#include "worker/engine/tokenizer/hf_pipeline.h"
+#include "worker/engine/tokenizer/spm_model.h"
 #include "worker/engine/tokenizer/tokenizer.h"
 
 namespace kvsweep::engine {
-namespace {
-
-class SentencePieceTokenizer final : public Tokenizer {
- public:
-  SentencePieceTokenizer(std::string path, std::unique_ptr<tokenizer_internal::SpmBackend> sp)
-      : path_(std::move(path)), sp_(std::move(sp)) {
-    for (int id = 0; id < sp_->GetPieceSize(); ++id) {
-      if (sp_->IsControl(id) || sp_->IsUnknown(id)) {
-        const std::string piece = sp_->IdToPiece(id);
-        if (!piece.empty()) specials_.emplace_back(piece, id);
-      }
-    }
-    // Longest first, so that the first pattern matching at a position is the longest one.
-    std::stable_sort(specials_.begin(), specials_.end(),
-                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-  }
-
-  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text) const override {
-    std::string owned;
-    if (!tokenizer_internal::IsValidUtf8(text)) {
-      owned = tokenizer_internal::ToValidUtf8(text);
-      text = owned;
-    }
-    std::vector<int32_t> ids;
-    size_t seg_begin = 0;
-    auto flush = [&](size_t end) {
-      if (end > seg_begin) {
-        const std::vector<int> seg =
-            sp_->EncodeAsIds(std::string_view(text.data() + seg_begin, end - seg_begin));
-        ids.insert(ids.end(), seg.begin(), seg.end());
-      }
-    };
-    for (size_t i = 0; i < text.size();) {
-      const std::pair<std::string, int>* hit = nullptr;
-      {
-        for (const auto& s : specials_) {
-          if (text.compare(i, s.first.size(), s.first) == 0) {
-            hit = &s;
-            break;
-          }
-        }
-      }
-      if (hit == nullptr) {
-        ++i;
-        continue;
-      }
-      flush(i);
-      ids.push_back(hit->second);
-      i += hit->first.size();
-      seg_begin = i;
-    }
-    flush(text.size());
-    return ids;
-  }
-
-  std::string Decode(absl::Span<const int32_t> ids) const override {
-    std::string out;
-    std::vector<int> run;
-    auto flush = [&] {
-      if (!run.empty()) out += sp_->DecodeIds(run);
-      run.clear();
-    };
-    for (int32_t id : ids) {
-      if (id < 0 || id >= sp_->GetPieceSize()) continue;
-      if (sp_->IsControl(id) || sp_->IsUnknown(id)) {
-        flush();
-        out += sp_->IdToPiece(id);
-      } else {
-        run.push_back(id);
-      }
-    }
-    flush();
-    return out;
-  }
-
-  int32_t vocab_size() const override { return sp_->GetPieceSize(); }
-  std::optional<int32_t> bos_id() const override { return OptionalId(sp_->bos_id()); }
-  std::optional<int32_t> eos_id() const override { return OptionalId(sp_->eos_id()); }
-  std::string kind() const override { return "sentencepiece"; }
-  std::vector<std::string> files() const override { return {path_}; }
-
- private:
-  static std::optional<int32_t> OptionalId(int id) {
-    return id < 0 ? std::nullopt : std::optional<int32_t>(id);
-  }
-  std::string path_;
-  std::unique_ptr<tokenizer_internal::SpmBackend> sp_;
-  std::vector<std::pair<std::string, int>> specials_;  // (piece, id), longest first
-};
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> NewSentencePieceTokenizer(
     const std::string& model_path) {
+  using tokenizer_internal::AddedToken;
+  using tokenizer_internal::SpmModel;
+  using tokenizer_internal::SpmModelType;
+  using tokenizer_internal::SpmPieceType;
+
   KV_ASSIGN_OR_RETURN(std::string bytes, ReadFile(model_path));
   if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(model_path, ": empty file"));
-  std::string error;
-  std::unique_ptr<tokenizer_internal::SpmBackend> sp =
-      tokenizer_internal::SpmBackend::Load(bytes, &error);
-  if (sp == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_path, ": not a SentencePiece model: ", error));
+  KV_ASSIGN_OR_RETURN(SpmModel m, tokenizer_internal::ParseSpmModel(bytes, model_path));
+  bytes.clear();
+  bytes.shrink_to_fit();
+
+  if (m.model_type != static_cast<int64_t>(SpmModelType::kBpe)) {
+    return absl::UnimplementedError(absl::StrCat(model_path, ": SentencePiece model type ",
+                                                 tokenizer_internal::SpmModelTypeName(m.model_type),
+                                                 " is not supported (only BPE)"));
   }
-  return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(model_path, std::move(sp)));
+  // Both would change what the pieces mean; transformers' Llama conversion silently drops them
+  // (and other HF classes treat them differently), so refuse rather than guess.
+  if (m.treat_whitespace_as_suffix) {
+    return absl::UnimplementedError(absl::StrCat(
+        model_path, ": SentencePiece treat_whitespace_as_suffix=true is not supported"));
+  }
+  if (m.precompiled_charsmap_size > 0) {
+    return absl::UnimplementedError(
+        absl::StrCat(model_path, ": SentencePiece normalization rule \"", m.normalizer_name, "\" (",
+                     m.precompiled_charsmap_size, "-byte precompiled_charsmap) is not supported"));
+  }
+
+  std::vector<std::string> pieces;
+  pieces.reserve(m.pieces.size());
+  std::vector<std::pair<std::string, int32_t>> vocab;
+  vocab.reserve(m.pieces.size());
+  tokenizer_internal::PipelineSpec spec;
+  for (size_t id = 0; id < m.pieces.size(); ++id) {
+    const tokenizer_internal::SpmPiece& p = m.pieces[id];
+    pieces.push_back(p.piece);
+    vocab.emplace_back(p.piece, static_cast<int32_t>(id));
+    if (p.type == SpmPieceType::kUnknown || p.type == SpmPieceType::kControl ||
+        p.type == SpmPieceType::kUserDefined) {
+      AddedToken t;
+      t.content = p.piece;
+      t.id = static_cast<int32_t>(id);
+      t.special = p.type != SpmPieceType::kUserDefined;
+      t.normalized = false;
+      spec.added_tokens.push_back(std::move(t));
+    }
+  }
+  const auto merges = tokenizer_internal::HfMergesFromPieces(pieces);
+
+  tokenizer_internal::BpeOptions opts;
+  opts.byte_fallback = true;  // LlamaTokenizer sets it whatever the trainer spec says
+  opts.fuse_unk = true;       // no unk_token: as in ref-llama's tokenizer.json
+  KV_ASSIGN_OR_RETURN(spec.model, tokenizer_internal::BpeModel::Create(
+                                      std::move(vocab), merges, std::move(opts), model_path));
+  const std::string meta = "\xE2\x96\x81";  // "▁"
+  spec.pre_tokenizer = tokenizer_internal::NewMetaspacePreTokenizer(
+      meta, tokenizer_internal::PrependScheme::kFirst, /*split=*/false);
+  std::vector<std::unique_ptr<tokenizer_internal::Decoder>> decoders;
+  decoders.push_back(tokenizer_internal::NewReplaceDecoder(meta, " "));
+  decoders.push_back(tokenizer_internal::NewByteFallbackDecoder());
+  decoders.push_back(tokenizer_internal::NewFuseDecoder());
+  decoders.push_back(tokenizer_internal::NewStripDecoder(" ", /*start=*/1, /*stop=*/0));
+  spec.decoder = tokenizer_internal::NewSequenceDecoder(std::move(decoders));
+  if (m.bos_id >= 0) spec.bos_id = m.bos_id;
+  if (m.eos_id >= 0) spec.eos_id = m.eos_id;
+  spec.kind = "hf-sentencepiece-bpe";
+  spec.files = {model_path};
+  return tokenizer_internal::NewPipelineTokenizer(std::move(spec));
 }
 
 }  // namespace kvsweep::engine

@@ -1,12 +1,12 @@
 // Tokenizers of the evaluation engine: text <-> token ids, byte-for-byte equal to the reference
-// implementation of each format (Hugging Face `tokenizers` for tokenizer.json and GPT-2
-// vocab/merges, libsentencepiece for .model, karpathy's llama2.c for tok*.bin).
+// implementation of each format (Hugging Face for tokenizer.json, GPT-2 vocab/merges and
+// SentencePiece .model, karpathy's llama2.c for tok*.bin).
 //
 // Formats (kind()):
 //   "hf-json-bytelevel-bpe"  tokenizer.json, BPE model, byte-level (GPT-2, Llama 3, Qwen2)
 //   "hf-json-sp-bpe"         tokenizer.json, BPE model, SentencePiece style (Llama 2, Mistral)
 //   "gpt2-vocab-merges"      vocab.json + merges.txt (OpenAI GPT-2 layout)
-//   "sentencepiece"          SentencePiece .model through libsentencepiece
+//   "hf-sentencepiece-bpe"   SentencePiece BPE .model, converted as transformers 5 does
 //   "llama2c"                llama2.c tok*.bin
 //
 // Error codes of the loaders: kNotFound (a path or a file the format needs is missing),
@@ -81,10 +81,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
 // special token split out of text.
 absl::StatusOr<std::unique_ptr<Tokenizer>> NewGpt2Tokenizer(const std::string& vocab_path,
                                                             const std::string& merges_path);
-// SentencePiece .model. Text segments are encoded with plain `EncodeAsIds`; control and unknown
-// pieces written literally in the text ("<s>", "</s>", "<unk>") are split out first and map to
-// their ids, as HF's LlamaTokenizer does. Each segment between them is encoded on its own (so it
-// gets SentencePiece's dummy-prefix "▁"), as HF's (legacy) slow LlamaTokenizer does.
+// SentencePiece .model (BPE only), tokenized as Hugging Face transformers 5 tokenizes it: the
+// file is converted to the `tokenizers` pipeline that LlamaTokenizer.from_pretrained builds
+// from it (merges ranked by the merged piece's id, Metaspace prepend_scheme "first", byte
+// fallback; unknown/control/user-defined pieces split out of the text as added tokens), which
+// differs from libsentencepiece at runs of spaces (docs/tokenizers.md). BOS/EOS are the trainer
+// spec's bos_id/eos_id (none if -1). kInvalidArgument if the file is not a valid ModelProto
+// (truncated, garbage, duplicate pieces, ...); kUnimplemented for non-BPE model types (named),
+// treat_whitespace_as_suffix, or a precompiled normalization rule.
 absl::StatusOr<std::unique_ptr<Tokenizer>> NewSentencePieceTokenizer(const std::string& model_path);
 // llama2.c tok*.bin. `expected_vocab_size` > 0 (the model's vocab_size) is checked against the
 // number of entries in the file; 0 accepts any count.

@@ -1,6 +1,8 @@
 // Checks every tokenizer against tests/fixtures/tokenizer_ids.json, produced by Hugging Face on
-// the accelerator machine (the lead commits it). Until that file exists every case FAILS with
-// "fixture missing" (ctest label `fixture`; `ctest -LE fixture` leaves them out).
+// the accelerator machine (tools/reference/make_reference.py; the lead commits it). If that file
+// is missing every case FAILS with "fixture missing" (ctest label `fixture`; `ctest -LE fixture`
+// leaves them out). An entry named below but absent from the file is SKIPPED only if it is one
+// the next reference run is expected to add (kPendingEntries); every entry present must match.
 // KVSWEEP_TOKENIZER_FIXTURE overrides the file's path.
 //
 // Format: {"<name>": {"files": [paths relative to the assets],
@@ -9,10 +11,13 @@
 // LAMBADA line per doc: ids(context) "|" ids(text) "\n" with context = text minus its last
 // space-separated word; sha256 over all lines; head = ids(first doc's text). WikiText: ids of
 // the whole file, sha256 over ",".join(ids).
+#include <algorithm>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/hash.h"
@@ -32,11 +37,25 @@ using ::kvsweep::engine::testing::WikiPath;
 
 constexpr size_t kChunk = 4096;
 
+// Entries the fixture does not hold yet but the next reference run writes: "llama2-hf"
+// (transformers' LlamaTokenizer on the bare tokenizer.model) and "gpt2-vocab-merges" (the
+// previous run's GPT2Tokenizer path was broken). Their tests skip until then.
+constexpr const char* kPendingEntries[] = {"llama2-hf", "gpt2-vocab-merges"};
+
 std::string FixturePath() {
   if (const char* env = std::getenv("KVSWEEP_TOKENIZER_FIXTURE"); env != nullptr && *env != '\0') {
     return env;
   }
   return KVSWEEP_TOKENIZER_FIXTURE_DEFAULT;
+}
+
+absl::StatusOr<nlohmann::json> ReadFixture() {
+  const std::string path = FixturePath();
+  if (!PathExists(path)) {
+    return absl::NotFoundError(absl::StrCat(
+        "fixture missing: ", path, " (the Hugging Face reference ids; see docs/tokenizers.md)"));
+  }
+  return ReadJsonFile(path);
 }
 
 std::string Window(const std::vector<int32_t>& v, size_t at, size_t radius = 8) {
@@ -56,15 +75,18 @@ std::string FirstDiff(const std::vector<int32_t>& got, const std::vector<int32_t
 class TokenizerFixtureTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    const std::string path = FixturePath();
-    if (!PathExists(path)) {
-      GTEST_FAIL() << "fixture missing: " << path
-                   << " (the Hugging Face reference ids; see docs/tokenizers.md)";
-    }
-    auto j = ReadJsonFile(path);
+    auto j = ReadFixture();
     ASSERT_TRUE(j.ok()) << j.status();
-    ASSERT_TRUE(j->contains(GetParam())) << "fixture " << path << " has no entry \"" << GetParam()
-                                         << "\"";
+    if (!j->contains(GetParam())) {
+      const bool pending = std::any_of(std::begin(kPendingEntries), std::end(kPendingEntries),
+                                       [&](const char* n) { return GetParam() == n; });
+      if (pending) {
+        GTEST_SKIP() << "fixture " << FixturePath() << " has no entry \"" << GetParam()
+                     << "\" yet: the next reference run (tools/reference/make_reference.py) "
+                        "writes it";
+      }
+      GTEST_FAIL() << "fixture " << FixturePath() << " has no entry \"" << GetParam() << "\"";
+    }
     entry_ = (*j)[GetParam()];
     ASSERT_TRUE(entry_.contains("files") && entry_["files"].is_array() &&
                 !entry_["files"].empty())
@@ -140,12 +162,79 @@ TEST_P(TokenizerFixtureTest, Wikitext) {
 
 INSTANTIATE_TEST_SUITE_P(Hf, TokenizerFixtureTest,
                          ::testing::Values("gpt2-vocab-merges", "ref-gpt2", "ref-llama",
-                                           "llama2-spm", "mistral"),
+                                           "llama2-hf", "mistral"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;
                            return n;
                          });
+
+// "llama2-spm" holds the sentencepiece library's ids for the Llama 2 tokenizer.model. Our .model
+// tokenizer follows transformers instead (merges ranked by piece id, Metaspace prepend_scheme
+// "first"; docs/tokenizers.md), so it must differ from those ids exactly where the two differ:
+// equal on every LAMBADA document without a run of spaces or a leading space, different on
+// 537 documents that have one (the count ref-llama's tokenizer.json gives), and on WikiText the
+// same number of ids with every differing 4096-id chunk holding a whitespace-run piece.
+TEST(SentencePieceLibraryFixture, Llama2ModelDiffersOnlyAtSpaceRuns) {
+  auto j = ReadFixture();
+  ASSERT_TRUE(j.ok()) << j.status();
+  ASSERT_TRUE(j->contains("llama2-spm")) << "fixture " << FixturePath() << " has no llama2-spm";
+  const nlohmann::json& entry = (*j)["llama2-spm"];
+  auto t = LoadTokenizer(Asset(entry["files"][0].get<std::string>()));
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ((*t)->kind(), "hf-sentencepiece-bpe");
+
+  const auto texts = LambadaTexts();
+  const auto& doc_hashes = entry["lambada"]["doc_hashes"];
+  ASSERT_EQ(doc_hashes.size(), texts.size());
+  int differing = 0, equal_with_space_runs = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const bool space_run = absl::StrContains(texts[i], "  ") || absl::StartsWith(texts[i], " ");
+    const std::string line = LambadaLine(**t, texts[i]);
+    if (Sha256Hex(line).substr(0, 8) == doc_hashes[i].get<std::string>()) {
+      equal_with_space_runs += space_run;
+      continue;
+    }
+    ++differing;
+    if (!space_run) {
+      ADD_FAILURE() << "LAMBADA doc " << i << " differs from libsentencepiece without a run of "
+                    << "spaces. Our ids (context|text): " << line << "text: " << texts[i];
+    }
+  }
+  std::cerr << "[ compare ] llama2 .model vs libsentencepiece: " << differing << " of "
+            << texts.size() << " LAMBADA docs differ, all at runs of spaces; "
+            << equal_with_space_runs << " docs with space runs agree\n";
+  EXPECT_EQ(differing, 537);
+
+  auto wiki = ReadFile(WikiPath());
+  ASSERT_TRUE(wiki.ok()) << wiki.status();
+  auto ids_or = (*t)->Encode(*wiki);
+  ASSERT_TRUE(ids_or.ok()) << ids_or.status();
+  const std::vector<int32_t>& ids = *ids_or;
+  const auto& want = entry["wikitext"];
+  ASSERT_EQ(static_cast<int64_t>(ids.size()), want["count"].get<int64_t>());
+  // "▁" and "▁" x 2..16: the 16 pieces of score -1e9.
+  const std::set<int32_t> space_runs = {259,  268,  308,  418,  462,  539,  632,   795,
+                                        965,  1669, 1678, 3986, 4706, 9651, 18884, 29871};
+  const auto& chunks = want["chunk_hashes"];
+  ASSERT_EQ(chunks.size(), (ids.size() + kChunk - 1) / kChunk);
+  int differing_chunks = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    const size_t lo = k * kChunk, hi = std::min(ids.size(), lo + kChunk);
+    const std::vector<int32_t> chunk(ids.begin() + lo, ids.begin() + hi);
+    if (Sha256Hex(JoinIds(chunk)).substr(0, 16) == chunks[k].get<std::string>()) continue;
+    ++differing_chunks;
+    EXPECT_TRUE(std::any_of(chunk.begin(), chunk.end(),
+                            [&](int32_t id) { return space_runs.count(id) > 0; }))
+        << "wikitext chunk " << k << " differs from libsentencepiece without a whitespace-run piece";
+  }
+  std::cerr << "[ compare ] llama2 .model vs libsentencepiece: " << differing_chunks << " of "
+            << chunks.size() << " wikitext chunks differ\n";
+  EXPECT_EQ(differing_chunks, 3);  // the 9 ids that differ (docs/tokenizers.md) fall in 3 chunks
+  // The file starts with " \n": "▁" for the HF conversion, "▁▁" (dummy prefix) for SentencePiece.
+  EXPECT_EQ(ids[0], 29871);
+  EXPECT_EQ(want["head"][0].get<int32_t>(), 259);
+}
 
 }  // namespace
 }  // namespace kvsweep::engine

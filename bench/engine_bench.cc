@@ -1,0 +1,198 @@
+// Engine throughput (kvsweep-engine-bench).
+//
+// Default (CPU suite): WikiText scoring of ref-gpt2 and ref-llama, the full evaluation path
+// (tokenize, rolling windows, batched forward, LM head on scored positions, log-softmax) in
+// tokens/s beside a baseline measured in the same process: the bare forward pass over the same
+// windows with no LM head (an upper bound for any scorer).
+//
+//   kvsweep-engine-bench [--lines N] [--threads 1,2] [--models ref-gpt2,ref-llama]
+//
+// Job mode (GPU comparison, docs/gpu.md): one model held in memory, several methods, one JSON line
+// per (task, method) with metrics, tokens/s and peak device memory; a short warm-up job first.
+//
+//   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
+//       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N]
+//       [--wiki-lines N] [--out FILE.jsonl]
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "worker/engine/eval.h"
+#include "worker/engine/model.h"
+#include "worker/engine/tasks/task.h"
+
+using namespace kvsweep;
+using namespace kvsweep::engine;
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int Die(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+// The first `lines` lines of `text` (all when lines <= 0).
+std::string HeadLines(const std::string& text, int lines) {
+  if (lines <= 0) return text;
+  size_t pos = 0;
+  for (int i = 0; i < lines && pos != std::string::npos; ++i) {
+    pos = text.find('\n', pos);
+    if (pos != std::string::npos) ++pos;
+  }
+  return text.substr(0, pos);
+}
+
+int JobMode(std::map<std::string, std::string>& f) {
+  const std::string wiki_src = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
+  absl::StatusOr<std::string> text = ReadFile(wiki_src);
+  if (!text.ok()) return Die(text.status());
+  int wiki_lines = 0;
+  if (f.count("--wiki-lines") && !absl::SimpleAtoi(f["--wiki-lines"], &wiki_lines)) return 2;
+  const std::string wiki = "/tmp/kvsweep_bench_wiki_" + std::to_string(wiki_lines) + ".raw";
+  if (!WriteFileAtomic(wiki, HeadLines(*text, wiki_lines)).ok()) return 1;
+  EngineOptions eo;
+  eo.device = f.count("--device") ? f["--device"] : "cpu";
+  Engine engine(eo);
+  std::ofstream out;
+  if (f.count("--out")) out.open(f["--out"], std::ios::app);
+  auto request = [&](const std::string& task, const std::string& method) {
+    JobRequest r;
+    r.model_path = f["--model"];
+    r.task = task;
+    r.method = method;
+    r.dtype = f.count("--dtype") ? f["--dtype"] : "fp32";
+    r.data_path = task == "wikitext" ? wiki : AssetsDir() + "/data/lambada_openai/lambada_test.jsonl";
+    if (f.count("--window")) absl::SimpleAtoi(f["--window"], &r.window);
+    if (task == "lambada_openai" && f.count("--limit")) absl::SimpleAtoi(f["--limit"], &r.limit);
+    if (f.count("--calibration")) r.calibration_path = f["--calibration"];
+    return r;
+  };
+  // Warm-up: load the model, create CUDA handles, compile kernels.
+  {
+    JobRequest w = request("lambada_openai", "none");
+    w.limit = 16;
+    absl::StatusOr<JobSpec> s = ResolveJob(w);
+    if (!s.ok()) return Die(s.status());
+    absl::StatusOr<nlohmann::json> r = engine.Run(*s, nullptr);
+    if (!r.ok()) return Die(r.status());
+    std::fprintf(stderr, "warm-up done (load %.1fs)\n", (*r)["timing"]["load_s"].get<double>());
+  }
+  for (absl::string_view task : absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
+    for (absl::string_view method : absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';')) {
+      absl::StatusOr<JobSpec> s = ResolveJob(request(std::string(task), std::string(method)));
+      if (!s.ok()) return Die(s.status());
+      absl::StatusOr<nlohmann::json> r = engine.Run(*s, nullptr);
+      if (!r.ok()) return Die(r.status());
+      nlohmann::json row = {{"engine", "kvsweep"},
+                            {"model", (*r)["spec"]["model_name"]},
+                            {"task", task},
+                            {"method", method},
+                            {"canonical_method", (*r)["spec"]["method"]},
+                            {"window", (*r)["spec"]["task"]["window"]},
+                            {"dtype", (*r)["spec"]["dtype"]},
+                            {"metrics", (*r)["metrics"][std::string(task)]},
+                            {"forward_tokens", (*r)["timing"]["forward_tokens"]},
+                            {"score_s", (*r)["timing"]["score_s"]},
+                            {"tokens_per_s", (*r)["timing"]["tokens_per_s"]},
+                            {"timing", (*r)["timing"]},
+                            {"ledger_fraction_total", (*r)["ledger"]["fraction_total"]}};
+      std::printf("%s\n", row.dump().c_str());
+      std::fflush(stdout);
+      if (out.is_open()) out << row.dump() << "\n" << std::flush;
+    }
+  }
+  return 0;
+}
+
+int CpuSuite(std::map<std::string, std::string>& f) {
+  int lines = 400;
+  std::vector<int> threads = {1, 2};
+  std::vector<std::string> models = {"ref-gpt2", "ref-llama"};
+  if (f.count("--lines") && !absl::SimpleAtoi(f["--lines"], &lines)) return 2;
+  if (f.count("--threads")) {
+    threads.clear();
+    for (auto t : absl::StrSplit(f["--threads"], ',')) {
+      int n = 0;
+      if (!absl::SimpleAtoi(t, &n)) return 2;
+      threads.push_back(n);
+    }
+  }
+  if (f.count("--models")) models = absl::StrSplit(f["--models"], ',');
+  absl::StatusOr<std::string> text = ReadFile(AssetsDir() + "/data/wikitext-2/wiki.test.raw");
+  if (!text.ok()) return Die(text.status());
+  const std::string head = HeadLines(*text, lines);
+  const std::string data = "/tmp/kvsweep_bench_wiki.raw";
+  if (!WriteFileAtomic(data, head).ok()) return 1;
+
+  std::printf("%-10s %7s %9s %12s %14s %8s\n", "model", "threads", "tokens", "eval tok/s", "forward tok/s", "ratio");
+  for (const std::string& name : models) {
+    for (int t : threads) {
+      JobRequest r;
+      r.model_path = AssetsDir() + "/models/" + name;
+      r.task = "wikitext";
+      r.data_path = data;
+      absl::StatusOr<JobSpec> spec = ResolveJob(r);
+      if (!spec.ok()) return Die(spec.status());
+      EngineOptions eo;
+      eo.threads = t;
+      Engine engine(eo);
+      (void)engine.Run(*spec, nullptr);  // warm-up: load, tokenizer, allocator
+      absl::StatusOr<nlohmann::json> out = engine.Run(*spec, nullptr);
+      if (!out.ok()) return Die(out.status());
+      const double eval_tps = (*out)["timing"]["tokens_per_s"].get<double>();
+      const int64_t tokens = (*out)["timing"]["forward_tokens"].get<int64_t>();
+      // Baseline: the same windows through the bare forward pass (no LM head, no scoring),
+      // batched like the scorer.
+      absl::StatusOr<std::unique_ptr<Model>> m = Model::Load(spec->model_path, ModelOptions{});
+      absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(spec->model_path);
+      if (!m.ok()) return Die(m.status());
+      if (!tok.ok()) return Die(tok.status());
+      auto ids = (*tok)->Encode(head);
+      auto windows = RollingWindows(*ids, 0, spec->window, 1);
+      double t0 = Now();
+      int64_t fwd = 0;
+      const int64_t per_batch = std::max<int64_t>(1, 4096 / spec->window);
+      for (size_t i = 0; i < windows.size(); i += per_batch) {
+        const size_t n = std::min<size_t>(per_batch, windows.size() - i);
+        const int64_t T = windows[i].input.size();
+        torch::Tensor x = torch::zeros({static_cast<int64_t>(n), T}, torch::kLong);
+        for (size_t b = 0; b < n; ++b) {
+          for (size_t k = 0; k < windows[i + b].input.size(); ++k) x[b][k] = windows[i + b].input[k];
+          fwd += windows[i + b].input.size();
+        }
+        (*m)->Forward(x, nullptr);
+      }
+      const double fwd_tps = fwd / (Now() - t0);
+      std::printf("%-10s %7d %9lld %12.0f %14.0f %8.2f\n", name.c_str(), at::get_num_threads(),
+                  static_cast<long long>(tokens), eval_tps, fwd_tps, eval_tps / fwd_tps);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    if (k.rfind("--", 0) != 0 || i + 1 >= argc) {
+      std::fprintf(stderr, "usage: see bench/engine_bench.cc\n");
+      return 2;
+    }
+    flags[k] = argv[++i];
+  }
+  return flags.count("--model") ? JobMode(flags) : CpuSuite(flags);
+}

@@ -1,0 +1,192 @@
+// `kvsweep-worker eval` as a user runs it: a real process, its stdout, stderr and exit status.
+// Every bad input must be exactly one line on stderr ("error: ..."), nothing on stdout, a
+// non-zero exit (2 for bad input), and no crash.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace kvsweep {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ProcResult {
+  int status = -1;
+  std::string out, err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+ProcResult Exec(const std::vector<std::string>& args) {
+  const std::string dir = ::testing::TempDir();
+  const std::string out = dir + "/cli_out.txt", err = dir + "/cli_err.txt";
+  std::string cmd = Quote(KVSWEEP_WORKER_BIN);
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " >" + out + " 2>" + err;
+  int rc = std::system(cmd.c_str());
+  ProcResult r;
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+  r.out = ReadFile(out).value_or("");
+  r.err = ReadFile(err).value_or("");
+  return r;
+}
+
+std::string A(const std::string& rel) { return AssetsDir() + "/" + rel; }
+const std::string kLambada = "data/lambada_openai/lambada_test.jsonl";
+
+std::vector<std::string> Eval(const std::string& model, const std::string& task, const std::string& data,
+                              std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"eval", "--model", model, "--task", task, "--data", data, "--format", "json"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::string TempFile(const std::string& name, const std::string& content) {
+  const std::string p = ::testing::TempDir() + "/" + name;
+  EXPECT_TRUE(WriteFileAtomic(p, content).ok());
+  return p;
+}
+
+void ExpectOneLineError(const std::vector<std::string>& args, const std::string& fragment, int code = 2) {
+  ProcResult r = Exec(args);
+  EXPECT_EQ(r.status, code) << absl::StrJoin(args, " ") << "\nstderr: " << r.err;
+  EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
+  std::vector<std::string> lines = absl::StrSplit(r.err, '\n', absl::SkipEmpty());
+  // Log lines (I/W ...) may precede; the error itself is one line starting with "error:".
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.back().rfind("error: ", 0), 0u) << r.err;
+  EXPECT_NE(lines.back().find(fragment), std::string::npos) << "expected '" << fragment << "' in: " << lines.back();
+  int errors = 0;
+  for (const auto& l : lines) errors += l.rfind("error:", 0) == 0;
+  EXPECT_EQ(errors, 1) << r.err;
+}
+
+TEST(EvalCliTest, JsonContract) {
+  ProcResult r = Exec(Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "8"}));
+  ASSERT_EQ(r.status, 0) << r.err;
+  // Exactly one JSON object on stdout.
+  auto j = nlohmann::json::parse(r.out);
+  for (const char* k : {"spec", "metrics", "ledger", "timing", "provenance"}) EXPECT_TRUE(j.contains(k)) << k;
+  for (const char* k : {"acc", "ppl", "loglik_sum", "n"}) EXPECT_TRUE(j["metrics"]["lambada_openai"].contains(k)) << k;
+  EXPECT_EQ(j["metrics"]["lambada_openai"]["n"], 8);
+  for (const char* k : {"k", "v", "fraction_payload", "fraction_total", "kv_heads"}) EXPECT_TRUE(j["ledger"].contains(k)) << k;
+  for (const char* k : {"wall_s", "tokens_per_s"}) EXPECT_TRUE(j["timing"].contains(k)) << k;
+  EXPECT_EQ(j["spec"]["method"], "none");
+  EXPECT_EQ(j["spec"]["job_id"].get<std::string>().size(), 64u);
+  EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);  // one line
+}
+
+TEST(EvalCliTest, WikitextJsonFields) {
+  const std::string text = TempFile("tiny.txt", "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
+  ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto m = nlohmann::json::parse(r.out)["metrics"]["wikitext"];
+  for (const char* k : {"token_ppl", "word_ppl", "bits_per_byte", "loglik_sum", "tokens", "words", "bytes"}) EXPECT_TRUE(m.contains(k)) << k;
+  EXPECT_EQ(m["words"], 15);
+  EXPECT_EQ(m["bytes"], 77);
+  // PTB or any file: the same protocol, named for the metrics.
+  ProcResult p = Exec(Eval(A("models/ref-gpt2"), "ptb", text, {"--window", "16"}));
+  ASSERT_EQ(p.status, 0) << p.err;
+  auto pm = nlohmann::json::parse(p.out)["metrics"]["ptb"];
+  EXPECT_EQ(pm["loglik_sum"], m["loglik_sum"]);
+}
+
+TEST(EvalCliTest, BadFlagsAndFiles) {
+  const std::string llama = A("models/ref-llama"), lam = A(kLambada);
+  ExpectOneLineError({"eval", "--task", "wikitext", "--data", lam}, "--model is required");
+  ExpectOneLineError(Eval("/nonexistent/model", "lambada_openai", lam), "/nonexistent/model");
+  ExpectOneLineError(Eval(llama, "lambada_openai", "/nonexistent/data.jsonl"), "/nonexistent/data.jsonl");
+  ExpectOneLineError(Eval(llama, "hellaswag", lam), "unknown task 'hellaswag'");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "quant:bits=17"}), "out of range [1, 8]");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "zip:r=1"}), "unknown family 'zip'");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--dtype", "int8"}), "dtype");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--kv-heads", "3"}), "does not divide");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "-1"}), "limit: -1 is negative");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "100000"}), "limit 100000 out of range");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "4096"}), "exceeds the model's max positions 2048");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "1"}), "window: 1 is too small");
+  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--window", "64", "--context", "65"}), "context: 65 out of range");
+  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--context", "0"}), "context: 0 out of range");
+  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--limit", "5"}), "limit applies to lambada_openai only");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "cuda"}), "cuda");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "tpu"}), "is not cpu|cuda|cuda:N");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "abc"}), "limit");
+}
+
+TEST(EvalCliTest, BadDataFiles) {
+  const std::string llama = A("models/ref-llama");
+  ExpectOneLineError(Eval(llama, "wikitext", TempFile("empty.txt", "")), "data file is empty");
+  ExpectOneLineError(Eval(llama, "wikitext", TempFile("bad_utf8.txt", "hello \xff\xfe world")), "not valid UTF-8 at byte 6");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("empty.jsonl", "\n\n")), "no documents");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("broken.jsonl", "{\"text\": \"a b\"}\n{\"text\": \n")), "broken.jsonl:2: invalid JSON");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("notext.jsonl", "{\"body\": \"a b\"}\n")), "notext.jsonl:1: expected an object with a string \"text\"");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("nums.jsonl", "{\"text\": 5}\n")), "expected an object");
+}
+
+// A copy of a model directory that a test may damage.
+std::string CopyModel(const std::string& src, const std::string& name) {
+  const std::string dst = ::testing::TempDir() + "/cli_" + name;
+  fs::remove_all(dst);
+  fs::copy(src, dst, fs::copy_options::recursive);
+  return dst;
+}
+
+TEST(EvalCliTest, BadModels) {
+  const std::string lam = A(kLambada);
+  std::string d = CopyModel(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gpt2", "truncated");
+  std::string w = *ReadFile(d + "/model.safetensors");
+  ASSERT_TRUE(WriteFileAtomic(d + "/model.safetensors", w.substr(0, w.size() - 1000)).ok());
+  fs::copy(A("models/ref-gpt2/tokenizer.json"), d + "/tokenizer.json");
+  ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}), "fall outside the data block");
+  // A header that lies about a dtype.
+  d = CopyModel(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gpt2", "lying");
+  w = *ReadFile(d + "/model.safetensors");
+  size_t at = w.find("\"F32\"");
+  ASSERT_NE(at, std::string::npos);
+  w.replace(at, 5, "\"F16\"");
+  ASSERT_TRUE(WriteFileAtomic(d + "/model.safetensors", w).ok());
+  fs::copy(A("models/ref-gpt2/tokenizer.json"), d + "/tokenizer.json");
+  ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}), "invalid safetensors");
+  // Config values out of range / unknown architecture.
+  d = CopyModel(A("models/ref-llama"), "badcfg");
+  std::string cfg = *ReadFile(d + "/config.json");
+  cfg.replace(cfg.find("\"num_hidden_layers\": 6"), 22, "\"num_hidden_layers\": -6");
+  ASSERT_TRUE(WriteFileAtomic(d + "/config.json", cfg).ok());
+  ExpectOneLineError(Eval(d, "lambada_openai", lam), "'num_hidden_layers' = -6 out of range");
+  d = CopyModel(A("models/ref-llama"), "bert");
+  cfg = *ReadFile(d + "/config.json");
+  cfg.replace(cfg.find("\"model_type\": \"llama\""), 21, "\"model_type\": \"bert\"");
+  ASSERT_TRUE(WriteFileAtomic(d + "/config.json", cfg).ok());
+  ExpectOneLineError(Eval(d, "lambada_openai", lam), "unknown architecture 'bert'");
+  // Tokenizer that does not belong to the model (GPT-2's 50257 tokens > Llama's 32000).
+  ExpectOneLineError(Eval(A("models/ref-llama"), "lambada_openai", lam, {"--tokenizer", A("tokenizers/gpt2/vocab.json"), "--limit", "2"}),
+                     "do not belong together");
+  // No tokenizer at all.
+  d = CopyModel(A("models/ref-llama"), "notok");
+  fs::remove(d + "/tokenizer.json");
+  ExpectOneLineError(Eval(d, "lambada_openai", lam), "no tokenizer in");
+  // Malformed tokenizer.json.
+  d = CopyModel(A("models/ref-llama"), "badtok");
+  ASSERT_TRUE(WriteFileAtomic(d + "/tokenizer.json", "{\"model\": ").ok());
+  ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}), "tokenizer.json");
+  // llama2.c model without its tokenizer.
+  ExpectOneLineError(Eval(A("models/stories260K/stories260K.bin"), "lambada_openai", lam), "needs --tokenizer");
+}
+
+}  // namespace
+}  // namespace kvsweep

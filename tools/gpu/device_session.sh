@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# What one device call runs (docs/gpu.md): PHASE is `smoke` (build, then every method on CPU fp32
+# vs GPU fp32 vs GPU bf16 on ref-llama), `bench SPEC...` (run_gpu_bench.sh plan) or `fulljob MODEL W`
+# (one full WikiText evaluation job through kvsweep-worker eval, timed with its load). Work files
+# in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files).
+set -uo pipefail
+phase=$1; shift
+assets=/tmp/assets
+ckpt=/root/ckpt
+work=/tmp/kvs
+mkdir -p "$work" "$ckpt"
+if [ ! -d "$assets/models" ]; then
+  mkdir -p "$assets" && tar -xJf .device/gpu1/assets.tar.xz -C "$assets"
+fi
+[ -e "$ckpt/ref-llama" ] || ln -s "$assets/models/ref-llama" "$ckpt/ref-llama"
+if [ -z "${KVSWEEP_DEBS_UNPACKED:-}" ]; then source .debs/unpack-debs.sh .debs; export KVSWEEP_DEBS_UNPACKED=1; fi
+export KVSWEEP_ASSETS=$assets
+case $phase in
+  smoke)
+    METHODS=${METHODS:-"none quant:bits=4 quant:bits=2,group=32,axis=channel,residual=32 rank:r=16 rank:r=16,basis=svd hybrid:r=32,bits=8"} \
+      deploy/device/gpu_smoke.sh "$assets" "$work/smoke" | tee "$work/smoke/table.md" | tail -45
+    cp "$work/smoke/smoke.jsonl" "$work/smoke/table.md" "$OUT/" ;;
+  bench)
+    tools/gpu/run_gpu_bench.sh "$assets" "$ckpt" "$work/bench" "$*" | tail -60
+    cp "$work/bench/results.jsonl" "$OUT/results.jsonl"; cp "$work/bench/table.md" "$OUT/table.md" ;;
+  fulljob)
+    model=$1 W=$2
+    /usr/bin/time -v build-cuda/worker/kvsweep-worker eval --model "$ckpt/$model" --task wikitext \
+      --data "$assets/data/wikitext-2/wiki.test.raw" --window "$W" --device cuda --dtype bf16 --format json \
+      > "$work/fulljob.json" 2> "$work/fulljob.err"
+    echo "rc=$?"; grep -E "Elapsed|Maximum resident" "$work/fulljob.err"
+    python3 -c "import json;r=json.load(open('$work/fulljob.json'));print(json.dumps({'metrics':r['metrics'],'timing':r['timing']},indent=1))"
+    cp "$work/fulljob.json" "$OUT/fulljob_$model.json" ;;
+esac
+tar -czf "$OUT/logs_$phase.tar.gz" -C "$work" . 2>/dev/null --exclude='*.raw'

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Side-by-side table of kvsweep vs transformers rows (JSON lines from kvsweep-engine-bench job
+mode and hf_bench.py): tokens/s, speedup, compression overhead vs none, numerics agreement and
+model FLOP utilization.
+
+  report.py RESULTS.jsonl [--models-dir DIR] [--peak-tflops 989]
+
+MFU counts 2·params FLOPs per forward token for every matmul of the body, plus the LM head for
+scored tokens only, plus causal attention 2·H·D·T_mean per layer per token (QK^T and PV, half
+the square), against the H200's dense bf16 datasheet peak (989 TFLOP/s; KINDS.md measured ~790
+on random data, given beside it).
+"""
+import argparse
+import collections
+import json
+import os
+
+
+def flops_per_token(cfg, window, scored_frac):
+    if cfg.get("model_type") == "gpt2":
+        Hd, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+        H = cfg["n_head"]
+        D = Hd // H
+        I = cfg.get("n_inner") or 4 * Hd
+        body = L * (4 * Hd * Hd + 2 * Hd * I)
+    else:
+        Hd, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+        H = cfg["num_attention_heads"]
+        D = cfg.get("head_dim") or Hd // H
+        Hkv = cfg.get("num_key_value_heads") or H
+        I = cfg["intermediate_size"]
+        body = L * (Hd * H * D * 2 + Hd * Hkv * D * 2 + 3 * Hd * I)
+    attn = L * 2 * H * D * window  # 2 matmuls x 2 FLOPs x H*D x T/2 (causal)
+    return 2 * body + attn + 2 * Hd * V * scored_frac
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--models-dir", default="")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    a = ap.parse_args()
+    rows = [json.loads(l) for l in open(a.results) if l.strip()]
+    by = collections.defaultdict(dict)
+    for r in rows:
+        by[(r["model"], r["task"], r["method"])][r["engine"]] = r
+    print("| model | task | W | method | transformers tok/s | kvsweep tok/s | speedup | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (model, task, method), e in sorted(by.items()):
+        k, h = e.get("kvsweep"), e.get("transformers")
+        none = by.get((model, task, "none"), {}).get("kvsweep")
+        cfg = {}
+        if a.models_dir and os.path.exists(os.path.join(a.models_dir, model, "config.json")):
+            cfg = json.load(open(os.path.join(a.models_dir, model, "config.json")))
+        cell = lambda x, f: f.format(x) if x is not None else "–"
+        ktps = k["tokens_per_s"] if k else None
+        htps = h["tokens_per_s"] if h else None
+        speed = ktps / htps if k and h else None
+        over = (none["tokens_per_s"] / ktps - 1) if k and none else None
+        rel = None
+        if k and h:
+            kl, hl = k["metrics"]["loglik_sum"], h["metrics"]["loglik_sum"]
+            rel = abs(kl - hl) / abs(hl)
+        mfu = None
+        if k and cfg:
+            t = k["timing"]
+            window_mean = t["forward_tokens"] / max(1, t["sequences"])
+            f = flops_per_token(cfg, window_mean, t["scored_tokens"] / t["forward_tokens"])
+            mfu = ktps * f / (a.peak_tflops * 1e12)
+        peak = "{:.1f} / {}".format(k["timing"].get("peak_device_bytes", 0) / 2**30,
+                                   "{:.1f}".format(h["peak_gpu_bytes"] / 2**30) if h else "–") if k else "–"
+        print(f"| {model} | {task} | {(k or h)['window']} | `{method}` | {cell(htps, '{:.0f}')} | {cell(ktps, '{:.0f}')} | "
+              f"{cell(speed, '{:.2f}×')} | {cell(over, '{:+.1%}')} | {cell(rel, '{:.1e}')} | {cell(mfu, '{:.1%}')} | {peak} |")
+
+
+if __name__ == "__main__":
+    main()

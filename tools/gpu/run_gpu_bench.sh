@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU comparison of docs/gpu.md, in one command on the accelerator machine (repo root):
+#
+#   tools/gpu/run_gpu_bench.sh ASSETS CKPT_DIR OUT_DIR "MODEL:W:LAMBADA_LIMIT ..." 
+#
+# Builds the CUDA worker (deploy/build-cuda.sh) if needed, writes random checkpoints at real
+# shapes (make_checkpoints.py) if missing, then for each model runs the same tasks and methods
+# through transformers (hf_bench.py) and kvsweep (kvsweep-engine-bench job mode), bf16, and
+# prints the side-by-side table (report.py). Methods: none, INT4 (group = head_dim), rank d/4,
+# hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25).
+set -uo pipefail
+assets=$1 ckpt=$2 out=$3 plan=$4
+mkdir -p "$ckpt" "$out"
+[ -x build-cuda/bench/kvsweep-engine-bench ] || deploy/build-cuda.sh build-cuda > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+models=$(for p in $plan; do echo -n "${p%%:*},"; done)
+python3 tools/gpu/make_checkpoints.py --assets "$assets" --out "$ckpt" --only "${models%,}" 2>&1 | grep -v Warning | tail -5
+export KVSWEEP_ASSETS=$assets
+for p in $plan; do
+  IFS=: read -r model W limit <<< "$p"
+  d=$(python3 -c "import json;c=json.load(open('$ckpt/$model/config.json'));print(c.get('head_dim') or (c.get('n_embd') or c['hidden_size'])//(c.get('n_head') or c['num_attention_heads']))")
+  methods="none;quant:bits=4,group=$d;rank:r=$((d/4)),basis=identity;hybrid:r=$((d/2)),bits=8,basis=identity"
+  echo "== $model d=$d W=$W lambada_limit=$limit"
+  python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
+    --tasks wikitext,lambada_openai --methods "$methods" --window "$W" --limit "$limit" 2>&1 | grep -v -i warn | tail -8
+  build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype bf16 \
+    --tasks wikitext,lambada_openai --methods "$methods" --window "$W" --limit "$limit" --out "$out/results.jsonl" \
+    2> "$out/kvsweep_$model.err" | cut -c1-200
+done
+python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" | tee "$out/table.md"

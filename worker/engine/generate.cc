@@ -1,0 +1,94 @@
+#include "worker/engine/generate.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "common/method_spec.h"
+#include "worker/engine/tokenizer/tokenizer.h"
+
+namespace kvsweep::engine {
+
+absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Model& model, const KvCodec* codec,
+                                                    const std::vector<int32_t>& prompt, int max_new,
+                                                    int32_t stop_id) {
+  if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
+  const ModelConfig& c = model.config();
+  for (int32_t id : prompt) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("generate: token id ", id, " outside the vocabulary"));
+    }
+  }
+  return GuardTorch("generate", [&]() -> absl::StatusOr<std::vector<int32_t>> {
+    std::vector<int32_t> seq = prompt, out;
+    for (int i = 0; i < max_new && static_cast<int>(seq.size()) < c.max_positions; ++i) {
+      torch::Tensor ids = torch::tensor(std::vector<int64_t>(seq.begin(), seq.end()), torch::kLong).unsqueeze(0);
+      torch::Tensor h = model.Forward(ids, codec);
+      const int32_t next = static_cast<int32_t>(model.Logits(h.select(1, h.size(1) - 1)).argmax(-1).item<int64_t>());
+      out.push_back(next);
+      seq.push_back(next);
+      if (next == stop_id) break;
+    }
+    return out;
+  });
+}
+
+int RunGenerateCommand(int argc, char** argv) {
+  CLI::App app{"Greedy continuation of a prompt (temperature 0).", "kvsweep-worker generate"};
+  std::string model_path, tokenizer_path, prompt, method = "none", dtype = "fp32", device = "cpu";
+  int max_new = 32;
+  app.add_option("--model", model_path, "Model directory or llama2.c .bin")->required();
+  app.add_option("--tokenizer", tokenizer_path, "Tokenizer (default: the model directory's)");
+  app.add_option("--prompt", prompt, "Prompt text")->required();
+  app.add_option("--max-new-tokens", max_new, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--method", method, "KV method spec (needs no calibration)");
+  app.add_option("--dtype", dtype, "fp32 | bf16 | fp16");
+  app.add_option("--device", device, "cpu | cuda | cuda:N");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  auto fail = [](const absl::Status& s) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+    return s.code() == absl::StatusCode::kInternal ? 1 : 2;
+  };
+  absl::StatusOr<torch::ScalarType> dt = ParseDtype(dtype);
+  if (!dt.ok()) return fail(dt.status());
+  absl::StatusOr<torch::Device> dev = ParseDevice(device);
+  if (!dev.ok()) return fail(dev.status());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(model_path, ModelOptions{*dev, *dt, 0});
+  if (!model.ok()) return fail(model.status());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(tokenizer_path.empty() ? model_path : tokenizer_path);
+  if (!tok.ok()) return fail(tok.status());
+  absl::StatusOr<MethodSpec> m = ParseMethodSpec(method);
+  if (!m.ok()) return fail(m.status());
+  absl::StatusOr<MethodSpec> rm = ResolveMethodSpec(*m, (*model)->config().head_dim);
+  if (!rm.ok()) return fail(rm.status());
+  if (rm->needs_calibration()) return fail(absl::InvalidArgumentError("generate: methods that need calibration are not supported here"));
+  absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*rm);
+  if (!codec.ok()) return fail(codec.status());
+  CodecContext ctx;
+  ctx.model = model->get();
+  absl::Status ps = (*codec)->Prepare(ctx);
+  if (!ps.ok()) return fail(ps);
+  absl::StatusOr<std::vector<int32_t>> ids = (*tok)->Encode(prompt);
+  if (!ids.ok()) return fail(ids.status());
+  std::vector<int32_t> input;
+  if (auto bos = (*tok)->bos_id()) input.push_back(*bos);
+  input.insert(input.end(), ids->begin(), ids->end());
+  const int32_t stop = (*tok)->eos_id().value_or(-1);
+  absl::StatusOr<std::vector<int32_t>> out = GreedyGenerate(**model, codec->get(), input, max_new, stop);
+  if (!out.ok()) return fail(out.status());
+  std::vector<int32_t> shown = *out;
+  if (!shown.empty() && shown.back() == stop) shown.pop_back();
+  std::cout << (*tok)->Decode(shown) << std::endl;
+  return 0;
+}
+
+}  // namespace kvsweep::engine
