@@ -2,9 +2,9 @@
 // TF32 off) with the same quantization applied inside attention to post-RoPE K and to V
 // (tools/reference/make_reference.py, fixtures in tests/fixtures/task_reference_ci.json).
 // LAMBADA on the first 400 documents and WikiText on the first 200 lines of wiki.test.raw at
-// W = 128 (C = 1), for ref-gpt2 and ref-llama, `none` plus the seven reference methods:
+// W = 128 (C = 1), for ref-gpt2 and ref-llama, the seven reference methods:
 // counts exact, relative |loglik_sum difference| <= 1e-4. The full-data comparison is
-// tools/compare_reference.py (docs/kv-methods.md has its last results).
+// tools/reference/check_full.py --methods (docs/kv-methods.md has its last results).
 #include <cmath>
 #include <fstream>
 
@@ -16,8 +16,8 @@
 namespace kvsweep::engine {
 namespace {
 
+// `none` on the same subsets is worker/engine/eval_reference_test.cc.
 const char* const kMethods[] = {
-    "none",
     "quant:bits=8,group=64",
     "quant:bits=4,group=64",
     "quant:bits=3,group=64",

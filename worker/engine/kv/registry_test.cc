@@ -5,6 +5,7 @@
 #include <cmath>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
 #include "common/ledger.h"
 #include "gtest/gtest.h"
@@ -179,6 +180,27 @@ TEST(RegistryCoverageTest, EveryRegisteredFamilyHasRows) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("resolved"), std::string::npos);
+}
+
+// The ledger counts as compressed exactly the tokens the masks read compressed at the last step
+// (L tokens cached), for every block size and window.
+TEST(LedgerMatchesMasksTest, CompressedTokenCounts) {
+  for (int L = 1; L <= 130; ++L) {
+    for (int block : {1, 4, 32}) {
+      for (int residual : {0, 3, 50}) {
+        const std::string s = block == 1 ? absl::StrCat("quant:bits=2,residual=", residual)
+                                         : absl::StrCat("quant:bits=2,axis=channel,group=", block, ",residual=", residual);
+        absl::StatusOr<MethodSpec> spec = Resolve(s);
+        ASSERT_TRUE(spec.ok()) << spec.status();
+        absl::StatusOr<Ledger> l = ComputeLedger(*spec, 64, 1, 1, 1, L);
+        ASSERT_TRUE(l.ok());
+        const int64_t n = CompressedTokens(L, block, residual);
+        EXPECT_DOUBLE_EQ(l->k.payload * L, n * 2.0 * 64) << s << " L=" << L;
+        // The last query's row of the mask has exactly n compressed entries.
+        EXPECT_EQ(CompressedStateMask(L, block, residual, torch::kCPU)[L - 1].sum().item<int64_t>(), n) << s;
+      }
+    }
+  }
 }
 
 // A cache decoded step by step, written independently of the masks: at step t token t is
