@@ -7,7 +7,10 @@
 # shapes (make_checkpoints.py) if missing, then for each model runs the same tasks and methods
 # through transformers (hf_bench.py) and kvsweep (kvsweep-engine-bench job mode), bf16, and
 # prints the side-by-side table (report.py). Methods: none, INT4 (group = head_dim), rank d/4,
-# hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25).
+# hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25). `none` runs twice, first:
+# whichever method runs first in a process pays cuBLAS/cuDNN heuristics and allocator growth
+# (measured: up to 2x on small models), so the first pass is a warm-up and report.py keeps the
+# last row per (model, task, method). COLD=1 skips the extra pass (docs/gpu.md, run 1).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -20,6 +23,7 @@ for p in $plan; do
   tasks=${tasks:-wikitext,lambada_openai}
   d=$(python3 -c "import json;c=json.load(open('$ckpt/$model/config.json'));print(c.get('head_dim') or (c.get('n_embd') or c['hidden_size'])//(c.get('n_head') or c['num_attention_heads']))")
   methods="none;quant:bits=4,group=$d;rank:r=$((d/4)),basis=identity;hybrid:r=$((d/2)),bits=8,basis=identity"
+  [ -n "${COLD:-}" ] || methods="none;$methods"
   echo "== $model d=$d W=$W lambada_limit=$limit"
   python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" 2>&1 | grep -v -i warn | tail -8
