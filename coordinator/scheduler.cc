@@ -242,22 +242,26 @@ void Scheduler::LoseLease(MemJob& j, const std::string& why, int64_t now) {
   Revoke(j.job_id, j.fence, absl::StrCat("lease lost: ", why));
   const std::string id = j.job_id;
   if (e.new_state == JobState::kQueued) {
-    deadlines_.erase({j.deadline_ms, j.job_id});
-    auto w = worker_lease_.find(j.lease_worker);
-    if (w != worker_lease_.end() && w->second == id) worker_lease_.erase(w);
-    --leased_count_;
-    j.state = JobState::kQueued;
-    j.fence++;
-    j.lease_id.clear();
-    j.lease_worker.clear();
-    j.lease_session.clear();
     j.crash_workers = crash;
-    j.next_eligible_ms = e.next_eligible_ms;
-    MakeReady(j, now);
+    Requeue(j, e.next_eligible_ms, now);
   } else {
     Forget(id);
   }
   Enqueue(std::move(e), nullptr, /*must_succeed=*/true);
+}
+
+void Scheduler::Requeue(MemJob& j, int64_t next_eligible_ms, int64_t now) {
+  deadlines_.erase({j.deadline_ms, j.job_id});
+  auto w = worker_lease_.find(j.lease_worker);
+  if (w != worker_lease_.end() && w->second == j.job_id) worker_lease_.erase(w);
+  --leased_count_;
+  j.state = JobState::kQueued;
+  j.fence++;
+  j.lease_id.clear();
+  j.lease_worker.clear();
+  j.lease_session.clear();
+  j.next_eligible_ms = next_eligible_ms;
+  MakeReady(j, now);
 }
 
 // ---- Workers -----------------------------------------------------------------------------------
@@ -520,17 +524,7 @@ JobState Scheduler::EndLeaseLocked(MemJob& j, FailKind kind, const std::string& 
   const JobState new_state = e.new_state;
   const std::string job_id = j.job_id;
   if (new_state == JobState::kQueued) {
-    deadlines_.erase({j.deadline_ms, j.job_id});
-    auto w = worker_lease_.find(j.lease_worker);
-    if (w != worker_lease_.end() && w->second == job_id) worker_lease_.erase(w);
-    --leased_count_;
-    j.state = JobState::kQueued;
-    j.fence++;
-    j.lease_id.clear();
-    j.lease_worker.clear();
-    j.lease_session.clear();
-    j.next_eligible_ms = e.next_eligible_ms;
-    MakeReady(j, now);
+    Requeue(j, e.next_eligible_ms, now);
   } else {
     Forget(job_id);
   }

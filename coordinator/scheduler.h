@@ -184,6 +184,9 @@ class Scheduler {
                           std::function<void(Mutation&)> done);
   void Adopt(const ActiveJob& a, int64_t now);
   void MakeReady(MemJob& j, int64_t now);
+  // Ends j's lease in memory and puts it back in the queue (fence bumped), eligible from
+  // next_eligible_ms.
+  void Requeue(MemJob& j, int64_t next_eligible_ms, int64_t now);
   void Unready(MemJob& j);
   void SetDeadline(MemJob& j, int64_t deadline);
   void Forget(const std::string& job_id);

@@ -232,4 +232,14 @@ std::vector<Tensor> LeadingColumns(const std::vector<Tensor>& bases, int r,
   return out;
 }
 
+absl::Status Projection::Prepare(const CodecContext& ctx) {
+  if (spec_.basis == Basis::kIdentity) return absl::OkStatus();
+  absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
+  if (!b.ok()) return b.status();
+  const auto to = torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
+  u_k_ = LeadingColumns(b->k, spec_.r, to);
+  u_v_ = LeadingColumns(b->v, spec_.r, to);
+  return absl::OkStatus();
+}
+
 }  // namespace kvsweep::engine

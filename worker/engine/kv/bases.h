@@ -67,6 +67,35 @@ absl::StatusOr<KvBases> BuildBases(const MethodSpec& spec, const CodecContext& c
 std::vector<torch::Tensor> LeadingColumns(const std::vector<torch::Tensor>& bases, int r,
                                           const torch::TensorOptions& options);
 
+// The projection `rank` and `hybrid` share: x -> coefficients on r basis vectors (what the
+// cache stores) -> back to R^D. With the identity basis the coefficients are the first r
+// coordinates and the rest is zero; otherwise each layer's U_r [Hkv, D, r] from BuildBases.
+class Projection {
+ public:
+  explicit Projection(const MethodSpec& spec) : spec_(spec) {}
+  // Builds U_r for every layer (nothing for the identity basis).
+  absl::Status Prepare(const CodecContext& ctx);
+  // x [B, Hkv, T, D] of `layer`; `store` maps the coefficients [B, Hkv, T, r] to what the cache
+  // holds (identity for rank, fake quantization for hybrid). Returns [B, Hkv, T, D].
+  template <typename Store>
+  torch::Tensor Apply(KvTensor which, int layer, const torch::Tensor& x, const Store& store) const {
+    const int64_t D = x.size(-1);
+    if (spec_.basis == Basis::kIdentity) {
+      torch::Tensor c = store(x.slice(-1, 0, spec_.r));
+      return spec_.r == D ? c : torch::cat({c, torch::zeros_like(x.slice(-1, spec_.r, D))}, -1);
+    }
+    const std::vector<torch::Tensor>& u = which == KvTensor::kK ? u_k_ : u_v_;
+    TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "codec '", spec_.ToString(),
+                "' applied before Prepare built its bases");
+    const torch::Tensor& ur = u[layer];  // [Hkv, D, r]
+    return torch::matmul(store(torch::matmul(x, ur)), ur.transpose(-1, -2));
+  }
+
+ private:
+  MethodSpec spec_;
+  std::vector<torch::Tensor> u_k_, u_v_;  // per layer [Hkv, D, r]
+};
+
 }  // namespace kvsweep::engine
 
 #endif  // KVSWEEP_WORKER_ENGINE_KV_BASES_H_

@@ -15,42 +15,23 @@ using torch::Tensor;
 
 class RankCodec final : public KvCodec {
  public:
-  explicit RankCodec(MethodSpec spec) : spec_(std::move(spec)) {}
+  explicit RankCodec(MethodSpec spec) : spec_(std::move(spec)), projection_(spec_) {}
   const MethodSpec& spec() const override { return spec_; }
 
-  absl::Status Prepare(const CodecContext& ctx) override {
-    if (spec_.basis == Basis::kIdentity) return absl::OkStatus();
-    absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
-    if (!b.ok()) return b.status();
-    const auto to = torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
-    u_k_ = LeadingColumns(b->k, spec_.r, to);
-    u_v_ = LeadingColumns(b->v, spec_.r, to);
-    return absl::OkStatus();
-  }
+  absl::Status Prepare(const CodecContext& ctx) override { return projection_.Prepare(ctx); }
 
   KvPair Apply(int layer, const Tensor& k, const Tensor& v) const override {
-    // k, v: [B, Hkv, T, D].
+    // k, v: [B, Hkv, T, D]; the cache stores the coefficients as they are.
+    const auto keep = [](const Tensor& c) { return c; };
     KvPair out;
-    out.k = KvOperand{spec_.compresses_k() ? Project(k, u_k_, layer) : k, {}, {}};
-    out.v = KvOperand{spec_.compresses_v() ? Project(v, u_v_, layer) : v, {}, {}};
+    out.k = KvOperand{spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, keep) : k, {}, {}};
+    out.v = KvOperand{spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, keep) : v, {}, {}};
     return out;
   }
 
  private:
-  Tensor Project(const Tensor& x, const std::vector<Tensor>& u, int layer) const {
-    const int64_t D = x.size(-1);
-    if (spec_.basis == Basis::kIdentity) {
-      return spec_.r == D ? x : torch::cat({x.slice(-1, 0, spec_.r), torch::zeros_like(x.slice(-1, spec_.r, D))}, -1);
-    }
-    TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "rank codec '",
-                spec_.ToString(), "' applied before Prepare built its bases");
-    const Tensor& ur = u[layer];                          // [Hkv, D, r]
-    Tensor coeff = torch::matmul(x, ur);                  // [B, Hkv, T, r]: what the cache stores
-    return torch::matmul(coeff, ur.transpose(-1, -2));    // [B, Hkv, T, D]
-  }
-
   MethodSpec spec_;
-  std::vector<Tensor> u_k_, u_v_;  // per layer [Hkv, D, r]
+  Projection projection_;
 };
 
 }  // namespace
