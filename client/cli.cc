@@ -323,28 +323,63 @@ int Status(Globals& g, const std::string& sweep, bool json) {
   return 0;
 }
 
-int Watch(Globals& g, const std::string& sweep, int interval_ms) {
+// Follows the sweep's status stream. A coordinator that goes away (restart, kill -9, network)
+// after the first update is waited for: the stream is reopened with backoff until it answers
+// again, for up to `give_up_s` seconds of continuous absence (0 = forever); any other error
+// ends the watch.
+int Watch(Globals& g, const std::string& sweep, int interval_ms, int give_up_s) {
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::WatchRequest req;
   req.set_sweep(sweep);
   req.set_interval_ms(interval_ms);
-  grpc::ClientContext ctx;
-  if (!g.cfg.token.empty()) ctx.AddMetadata("authorization", "Bearer " + g.cfg.token);
-  auto reader = (*stub)->Watch(&ctx, req);
   ProgressBar bar(stderr);
-  v1::SweepStatus st;
   bool any = false;
   v1::SweepStatus last;
-  while (reader->Read(&st)) {
-    any = true;
-    last = st;
-    bar.Update(Counts(st));
+  bool down = false;  // since down_since
+  std::chrono::steady_clock::time_point down_since;
+  int backoff_ms = 200;
+  while (true) {
+    grpc::ClientContext ctx;
+    if (!g.cfg.token.empty()) ctx.AddMetadata("authorization", "Bearer " + g.cfg.token);
+    auto reader = (*stub)->Watch(&ctx, req);
+    v1::SweepStatus st;
+    while (reader->Read(&st)) {
+      any = true;
+      last = st;
+      down = false;
+      backoff_ms = 200;
+      bar.Update(Counts(st));
+    }
+    const grpc::Status s = reader->Finish();
+    if (any && last.finished()) break;
+    // The stream ended early: OK (the coordinator shut down), UNAVAILABLE (it is not there) or
+    // CANCELLED (it went away mid-stream) are waited out once the watch has seen the sweep (a
+    // coordinator that never answered is more likely a wrong address: said at once); anything
+    // else is the answer.
+    const bool away = s.ok() || s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                      s.error_code() == grpc::StatusCode::CANCELLED;
+    if (!away || !any) {
+      bar.Finish();
+      if (s.ok()) return Error("watch: the stream ended before the sweep finished");
+      return Error(RpcError(s, g.cfg));
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!down) {
+      down = true;
+      down_since = now;
+      bar.Finish();
+      std::fprintf(stderr, "watch: lost the coordinator at %s (%s); reconnecting\n", g.cfg.address.c_str(),
+                   s.ok() ? "stream closed" : s.error_message().c_str());
+    } else if (give_up_s > 0 && now - down_since > std::chrono::seconds(give_up_s)) {
+      return Error(absl::StrCat("watch: the coordinator at ", g.cfg.address, " has been unreachable for ",
+                                give_up_s, " s (", s.ok() ? "stream closed" : s.error_message(),
+                                "); giving up (--give-up-after-s)"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+    backoff_ms = std::min(backoff_ms * 2, 5000);
   }
   bar.Finish();
-  grpc::Status s = reader->Finish();
-  if (!s.ok()) return Error(RpcError(s, g.cfg));
-  if (!any || !last.finished()) return Error("watch: the stream ended before the sweep finished");
   std::cout << "sweep '" << sweep << "' finished: " << last.done() << "/" << last.total()
             << " done, " << last.failed() << " failed, " << last.quarantined()
             << " quarantined, " << last.cancelled() << " cancelled\n";
@@ -511,7 +546,7 @@ int RunKvsweep(int argc, char** argv) {
   std::string file, sweep, db, sql, output;
   std::string table_format, query_format, export_format;
   bool dry_run = false, json = false, failed = false, quarantined = false, include_spec = false;
-  int interval_ms = 1000, max_rows = 10000;
+  int interval_ms = 1000, max_rows = 10000, give_up_s = 600;
   TableSpec tspec;
   std::vector<std::string> where;
   DemoOptions demo;
@@ -528,6 +563,10 @@ int RunKvsweep(int argc, char** argv) {
   watch->add_option("sweep", sweep)->required();
   watch->add_option("--interval-ms", interval_ms, "update period")
       ->check(CLI::Range(50, 60000))
+      ->capture_default_str();
+  watch->add_option("--give-up-after-s", give_up_s,
+                    "while the coordinator is unreachable, keep reconnecting this long (0: forever)")
+      ->check(CLI::Range(0, 365 * 86400))
       ->capture_default_str();
 
   CLI::App* cancel = app.add_subcommand("cancel", "cancel a sweep's unfinished jobs");
@@ -596,7 +635,7 @@ int RunKvsweep(int argc, char** argv) {
   }
   if (*submit) return Submit(g, file, dry_run);
   if (*status) return Status(g, sweep, json);
-  if (*watch) return Watch(g, sweep, interval_ms);
+  if (*watch) return Watch(g, sweep, interval_ms, give_up_s);
   if (*cancel) return Cancel(g, sweep);
   if (*retry) return Retry(g, sweep, failed, quarantined);
   if (*table) return TableCmd(g, db, sweep, tspec, table_format);

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <set>
@@ -109,11 +110,44 @@ TEST(FaultTest, CoordinatorKilledTwiceLosesNothingAcknowledgedAndRerunsNothingFi
   // Nothing finished was run again: no lease of a job after its result was acknowledged.
   for (const auto& [t, job, worker] : leases) {
     auto r = recorded_at.find(job);
-    if (r != recorded_at.end()) EXPECT_LE(t, r->second) << "job " << job << " re-leased";
+    if (r != recorded_at.end()) {
+      EXPECT_LE(t, r->second) << "job " << job << " re-leased";
+    }
   }
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts a JOIN results r ON r.job_id = a.job_id "
                      "WHERE a.started_ms > r.recorded_ms"),
             0);
+  h.StopCoordinator();
+}
+
+// `kvsweep watch` outlives a coordinator crash: it says it lost the coordinator, reconnects
+// when it is back on the same address and ends with the sweep's final counts, exit 0.
+TEST(FaultTest, WatchReconnectsAcrossACoordinatorRestart) {
+  Harness h("watch_restart");
+  h.StartCoordinator();
+  const int kJobs = 12;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("watchr", kJobs)));
+  Harness::WorkerFlags f;
+  f.fake_sleep_ms = 300;
+  f.force_fake = true;
+  for (int i = 0; i < 2; ++i) h.StartWorker(f);
+  CommandResult watch;
+  std::thread watcher([&] { watch = h.Cli({"watch", "watchr", "--interval-ms", "100"}, std::chrono::seconds(180)); });
+  ASSERT_TRUE(WaitUntil([&] { return h.Sweep("watchr").count(JobState::kDone) >= 2; }, std::chrono::seconds(120)));
+  const int port = h.port();
+  h.KillCoordinator();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  h.StartCoordinator(Harness::CoordinatorFlags(), port);
+  watcher.join();
+  EXPECT_EQ(watch.exit_code, 0) << watch.err;
+  EXPECT_THAT(watch.err, HasSubstr("watch: lost the coordinator at"));
+  EXPECT_THAT(watch.out, HasSubstr(absl::StrCat("finished: ", kJobs, "/", kJobs, " done")));
+  h.CheckInvariants("watchr");
+  // A coordinator that never answered is an error at once, not a wait.
+  Harness nobody("watch_nobody");
+  CommandResult r = nobody.Cli({"watch", "x"}, std::chrono::seconds(60));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   h.StopCoordinator();
 }
 
