@@ -247,10 +247,13 @@ methods:
       }
       std::cout << *FormatTable(*t, "md") << "\n";
     }
-    std::cout << "Results are in " << co.db_path
-              << (o.keep_dir.empty() ? " (removed on exit; pass --keep DIR to keep them)" : "")
-              << ". Try: kvsweep query --db " << co.db_path
-              << " \"SELECT method, kv_heads, ppl, acc FROM results\"\n";
+    if (o.keep_dir.empty()) {
+      std::cout << "The database is removed on exit; `kvsweep demo --keep DIR` keeps it for "
+                   "`kvsweep query --db DIR/demo.db \"SELECT method, kv_heads, ppl, acc FROM results\"`.\n";
+    } else {
+      std::cout << "Results are in " << co.db_path << ". Try: kvsweep query --db " << co.db_path
+                << " \"SELECT method, kv_heads, ppl, acc FROM results\"\n";
+    }
   }
   (*server)->Shutdown();
   server->reset();

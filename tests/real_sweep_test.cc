@@ -2,12 +2,17 @@
 // (GQA, 2 KV heads) and ref-gpt2 (MHA, 4 heads) — LAMBADA with a small --limit, several
 // methods, kv_heads lists — completes with 3 workers; `kvsweep table` prints the pivot and
 // `kvsweep query` returns the rows. Registered only when the engine (kvsweep_engine) is built.
+#include <sys/wait.h>
+
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/subprocess.h"
+#include "common/file_util.h"
 #include "common/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -126,6 +131,56 @@ methods:
     const double ref = ppl("none"), int8 = ppl("quant:bits=8");
     EXPECT_NEAR(int8 / ref, 1.0, 0.05) << model;
   }
+}
+
+// The README's main job: `kvsweep demo` starts an embedded coordinator on a SQLite file and
+// local worker processes, runs its sweep on ref-llama and prints the comparison tables; with
+// --keep the database stays for `kvsweep query`. Without the assets it says what it needs.
+TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
+  if (!kEngine) GTEST_SKIP() << "the demo needs the libtorch engine";
+  Harness h("demo");
+  const std::string keep = absl::StrCat(h.dir(), "/kept");
+  Subprocess::Options o;
+  o.stdout_path = absl::StrCat(h.dir(), "/demo.out");
+  o.stderr_path = absl::StrCat(h.dir(), "/demo.err");
+  auto p = Subprocess::Spawn({KVSWEEP_CLI_BIN, "demo", "--keep", keep}, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  std::optional<int> st = (*p)->Wait(std::chrono::seconds(300));
+  ASSERT_TRUE(st.has_value()) << "demo did not finish";
+  const std::string out = ReadFile(o.stdout_path).value_or("");
+  const std::string err = ReadFile(o.stderr_path).value_or("");
+  ASSERT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st) << "\n" << err;
+  EXPECT_THAT(err, HasSubstr("8/8 done"));
+  for (const char* s : {"| method \\ kv_heads | 2 | 1 |", "| none |", "ppl", "acc", "fraction_total",
+                        "quant@0.25", "rank@0.25[basis=svd]"}) {
+    EXPECT_THAT(out, HasSubstr(s)) << out;
+  }
+  const std::string db = keep + "/demo.db";
+  CommandResult q = h.Cli({"query", "--db", db, "--format", "json",
+                           "SELECT count(*) AS n, count(DISTINCT job_id) AS d FROM results"});
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  nlohmann::json rows = nlohmann::json::parse(q.out);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["n"], 8);
+  EXPECT_EQ(rows[0]["d"], 8);
+  CommandResult ic = h.Cli({"query", "--db", db, "PRAGMA integrity_check"});
+  ASSERT_EQ(ic.exit_code, 0) << ic.err;
+  EXPECT_THAT(ic.out, HasSubstr("ok"));
+
+  // No assets: one line saying what is missing and where it looked, non-zero exit.
+  Subprocess::Options bad;
+  bad.stdout_path = absl::StrCat(h.dir(), "/bad.out");
+  bad.stderr_path = absl::StrCat(h.dir(), "/bad.err");
+  bad.env["KVSWEEP_ASSETS"] = absl::StrCat(h.dir(), "/no-assets-here");
+  auto b = Subprocess::Spawn({KVSWEEP_CLI_BIN, "demo"}, bad);
+  ASSERT_TRUE(b.ok()) << b.status();
+  st = (*b)->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) != 0) << DescribeWaitStatus(*st);
+  const std::string berr = ReadFile(bad.stderr_path).value_or("");
+  EXPECT_THAT(berr, HasSubstr("needs the kvsweep test assets"));
+  EXPECT_THAT(berr, HasSubstr("no-assets-here"));
+  EXPECT_EQ(std::count(berr.begin(), berr.end(), '\n'), 1) << berr;
 }
 
 }  // namespace
