@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
 #include "common/json_util.h"
@@ -21,8 +22,17 @@ std::string Basename(std::string p) {
 }
 }  // namespace
 
+constexpr const char* kKnownTasks[] = {"lambada_openai", "wikitext", "ptb", "text"};
+
 bool IsKnownTask(const std::string& task) {
-  return task == "lambada_openai" || task == "wikitext" || task == "ptb" || task == "text";
+  for (const char* t : kKnownTasks) {
+    if (task == t) return true;
+  }
+  return false;
+}
+
+std::string UnknownTaskMessage(const std::string& task) {
+  return absl::StrCat("unknown task '", task, "' (known: ", absl::StrJoin(kKnownTasks, ", "), ")");
 }
 
 std::string AssetsDir() {
@@ -112,8 +122,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   JobSpec s;
   if (req.model_path.empty()) return Invalid("model", "no model path given");
   if (!IsKnownTask(req.task)) {
-    return Invalid("task", absl::StrCat("unknown task '", req.task,
-                                        "' (known: lambada_openai, wikitext, ptb, text)"));
+    return Invalid("task", UnknownTaskMessage(req.task));
   }
   if (req.data_path.empty()) return Invalid("data", "no data file given");
   if (req.dtype != "fp32" && req.dtype != "bf16" && req.dtype != "fp16") {

@@ -80,6 +80,8 @@ struct JobSpec {
 // Tasks the engine knows: "lambada_openai"; "wikitext", "ptb" and "text" (the same rolling
 // perplexity protocol on any UTF-8 file, named for the metrics).
 bool IsKnownTask(const std::string& task);
+// "unknown task 'X' (known: ...)": the one wording of that error in every layer.
+std::string UnknownTaskMessage(const std::string& task);
 
 // Validates and resolves a request (see file comment). Errors are kInvalidArgument or
 // kNotFound with a one-line message naming the offending field or path.

@@ -384,8 +384,7 @@ class Expander {
       if (!t["data"]) return Err(t, path, "missing required key 'data'");
       KV_ASSIGN(e.task, Str(t["task"], path + ".task"));
       if (!IsKnownTask(e.task)) {
-        return Err(t["task"], path + ".task",
-                   absl::StrCat("unknown task '", e.task, "' (known: lambada_openai, wikitext, ptb, text)"));
+        return Err(t["task"], path + ".task", UnknownTaskMessage(e.task));
       }
       KV_ASSIGN(std::string data, Str(t["data"], path + ".data"));
       e.data = Resolve(data);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -55,7 +56,10 @@ Harness::~Harness() {
   for (auto& w : workers_) w.reset();  // SIGKILL whatever still runs
   coordinator_.reset();
   // Keep the directory (database, logs, journals) only when something failed.
-  if (!failed) std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
+  if (!failed) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
 }
 
 std::string Harness::address() const { return absl::StrCat("127.0.0.1:", port_); }

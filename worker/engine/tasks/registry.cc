@@ -1,5 +1,6 @@
 // The task registry: an explicit table from task name to factory.
 #include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
 #include "worker/engine/tasks/task.h"
 
 namespace kvsweep::engine {
@@ -29,8 +30,7 @@ absl::StatusOr<std::unique_ptr<Task>> NewTask(const std::string& name) {
   for (const Entry& e : kTasks) {
     if (name == e.name) return e.make();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown task '", name, "' (known: lambada_openai, wikitext, ptb, text)"));
+  return absl::InvalidArgumentError(UnknownTaskMessage(name));
 }
 
 }  // namespace kvsweep::engine
