@@ -25,6 +25,7 @@
 #include "common/file_util.h"
 #include "common/job_spec.h"
 #include "worker/engine/eval.h"
+#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 #include "worker/engine/tasks/task.h"
@@ -117,12 +118,13 @@ int JobMode(std::map<std::string, std::string>& f) {
 }
 
 // --check-fused DEVICE: the fused CUDA fake quantizer against the libtorch path (same process,
-// KVSWEEP_FUSED_QUANT toggled): bitwise equality on strided [B, H, T, D] views in fp32/bf16/fp16
+// SetFusedFakeQuantEnabled toggled): bitwise equality on strided [B, H, T, D] views in fp32/bf16/fp16
 // for asym/sym, bits 1..8 and groups 16..128, and the time of each path.
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
   torch::manual_seed(0);
+  const bool was_enabled = FusedFakeQuantEnabled();
   int failures = 0;
   std::printf("%-6s %4s %5s %4s %10s %12s %12s %8s\n", "dtype", "bits", "group", "sym", "mismatch", "torch us", "fused us", "speedup");
   for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
@@ -134,8 +136,8 @@ int CheckFused(const std::string& device) {
           torch::Tensor x = (torch::randn({4, 512, 8, 128}, torch::TensorOptions().device(*dev)) * 3).to(dt).transpose(1, 2);
           x.select(2, 7).fill_(0.5);  // constant rows: exact
           QuantFormat f{bits, group, sym, false};
-          auto time = [&](const char* env) {
-            setenv("KVSWEEP_FUSED_QUANT", env, 1);
+          auto time = [&](bool fused) {
+            SetFusedFakeQuantEnabled(fused);
             torch::Tensor y = FakeQuantize(x, f);
             if (dev->is_cuda()) torch::cuda::synchronize();
             const double t0 = Now();
@@ -143,8 +145,8 @@ int CheckFused(const std::string& device) {
             if (dev->is_cuda()) torch::cuda::synchronize();
             return std::make_pair(y, (Now() - t0) / 20 * 1e6);
           };
-          auto [ref, t_ref] = time("0");
-          auto [got, t_got] = time("1");
+          auto [ref, t_ref] = time(false);
+          auto [got, t_got] = time(true);
           const int64_t bad = ref.ne(got).sum().item<int64_t>();
           failures += bad != 0;
           std::printf("%-6s %4d %5d %4d %10lld %12.1f %12.1f %8.2f\n", DtypeName(dt), bits, group, sym,
@@ -153,7 +155,7 @@ int CheckFused(const std::string& device) {
       }
     }
   }
-  unsetenv("KVSWEEP_FUSED_QUANT");
+  SetFusedFakeQuantEnabled(was_enabled);
   std::printf("%s\n", failures == 0 ? "fused == libtorch path on every case" : "MISMATCH");
   return failures == 0 ? 0 : 1;
 }

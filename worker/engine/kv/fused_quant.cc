@@ -1,5 +1,6 @@
 #include "worker/engine/kv/fused_quant.h"
 
+#include <atomic>
 #include <cstdlib>
 
 #ifdef KVSWEEP_CUDA
@@ -10,11 +11,25 @@
 #endif
 
 namespace kvsweep::engine {
+namespace {
+
+std::atomic<bool>& Enabled() {
+  static std::atomic<bool> enabled{[] {
+    const char* env = std::getenv("KVSWEEP_FUSED_QUANT");
+    return env == nullptr || env[0] != '0';
+  }()};
+  return enabled;
+}
+
+}  // namespace
+
+bool FusedFakeQuantEnabled() { return Enabled().load(std::memory_order_relaxed); }
+void SetFusedFakeQuantEnabled(bool enabled) { Enabled().store(enabled); }
 
 #ifdef KVSWEEP_CUDA
 bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out) {
   if (!x.is_cuda() || f.fp16_meta) return false;
-  if (const char* env = std::getenv("KVSWEEP_FUSED_QUANT"); env != nullptr && env[0] == '0') return false;
+  if (!FusedFakeQuantEnabled()) return false;
   int dtype = 0;
   switch (x.scalar_type()) {
     case torch::kFloat32: dtype = kFusedF32; break;

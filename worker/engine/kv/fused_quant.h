@@ -9,9 +9,15 @@ namespace kvsweep::engine {
 
 // Sets *out and returns true when the kernel applies: a CUDA build, x on a CUDA device in
 // fp32/bf16/fp16 with 1..4 dimensions and a contiguous last dimension, fp32 metadata (the
-// simulated `quant`; the packed format keeps the libtorch path), and the environment variable
-// KVSWEEP_FUSED_QUANT not set to 0. Returns false otherwise (the caller uses libtorch ops).
+// simulated `quant`; the packed format keeps the libtorch path), and the kernel enabled.
+// Returns false otherwise (the caller uses libtorch ops).
 bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out);
+
+// Whether FusedFakeQuantize may use the kernel: on by default, off when the environment variable
+// KVSWEEP_FUSED_QUANT is 0 at start-up (read once). The setter is for benchmarks and tests that
+// compare both paths in one process.
+bool FusedFakeQuantEnabled();
+void SetFusedFakeQuantEnabled(bool enabled);
 
 }  // namespace kvsweep::engine
 
