@@ -227,7 +227,11 @@ std::vector<Tensor> LeadingColumns(const std::vector<Tensor>& bases, int r,
                                    const torch::TensorOptions& options) {
   std::vector<Tensor> out;
   for (const Tensor& u : bases) {
-    out.push_back(u.defined() ? u.slice(-1, 0, r).to(options).contiguous() : Tensor());
+    if (!u.defined()) {
+      out.emplace_back();
+      continue;
+    }
+    out.push_back((r < 0 ? u : u.slice(-1, 0, r)).to(options).contiguous());
   }
   return out;
 }
@@ -237,8 +241,8 @@ absl::Status Projection::Prepare(const CodecContext& ctx) {
   absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
   if (!b.ok()) return b.status();
   const auto to = torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
-  u_k_ = LeadingColumns(b->k, spec_.r, to);
-  u_v_ = LeadingColumns(b->v, spec_.r, to);
+  u_k_ = LeadingColumns(b->k, r_, to);
+  u_v_ = LeadingColumns(b->v, r_, to);
   return absl::OkStatus();
 }
 

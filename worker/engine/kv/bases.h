@@ -62,17 +62,19 @@ struct KvBases {
 };
 absl::StatusOr<KvBases> BuildBases(const MethodSpec& spec, const CodecContext& ctx);
 
-// The first r columns of each layer's bases, [Hkv, D, r], converted to `options` (the model's
-// compute dtype and device); undefined entries stay undefined.
+// The first r columns of each layer's bases, [Hkv, D, r] (all D when r = Projection::kAllColumns),
+// converted to `options` (the model's compute dtype and device); undefined entries stay undefined.
 std::vector<torch::Tensor> LeadingColumns(const std::vector<torch::Tensor>& bases, int r,
                                           const torch::TensorOptions& options);
 
-// The projection `rank` and `hybrid` share: x -> coefficients on r basis vectors (what the
-// cache stores) -> back to R^D. With the identity basis the coefficients are the first r
-// coordinates and the rest is zero; otherwise each layer's U_r [Hkv, D, r] from BuildBases.
+// The projection `rank`, `hybrid` and rotated `quant` share: x -> coefficients on r basis
+// vectors (what the cache stores) -> back to R^D. With the identity basis the coefficients are
+// the first r coordinates and the rest is zero; otherwise each layer's U_r [Hkv, D, r] from
+// BuildBases. r = kAllColumns keeps every basis vector: a rotation (`quant` with a basis).
 class Projection {
  public:
-  explicit Projection(const MethodSpec& spec) : spec_(spec) {}
+  static constexpr int kAllColumns = -1;
+  Projection(const MethodSpec& spec, int r) : spec_(spec), r_(r) {}
   // Builds U_r for every layer (nothing for the identity basis).
   absl::Status Prepare(const CodecContext& ctx);
   // x [B, Hkv, T, D] of `layer`; `store` maps the coefficients [B, Hkv, T, r] to what the cache
@@ -80,9 +82,10 @@ class Projection {
   template <typename Store>
   torch::Tensor Apply(KvTensor which, int layer, const torch::Tensor& x, const Store& store) const {
     const int64_t D = x.size(-1);
+    const int64_t r = r_ == kAllColumns ? D : r_;
     if (spec_.basis == Basis::kIdentity) {
-      torch::Tensor c = store(x.slice(-1, 0, spec_.r));
-      return spec_.r == D ? c : torch::cat({c, torch::zeros_like(x.slice(-1, spec_.r, D))}, -1);
+      torch::Tensor c = store(r == D ? x : x.slice(-1, 0, r));
+      return r == D ? c : torch::cat({c, torch::zeros_like(x.slice(-1, r, D))}, -1);
     }
     const std::vector<torch::Tensor>& u = which == KvTensor::kK ? u_k_ : u_v_;
     TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "codec '", spec_.ToString(),
@@ -93,6 +96,7 @@ class Projection {
 
  private:
   MethodSpec spec_;
+  int r_;
   std::vector<torch::Tensor> u_k_, u_v_;  // per layer [Hkv, D, r]
 };
 

@@ -14,7 +14,7 @@ using torch::Tensor;
 
 class HybridCodec final : public KvCodec {
  public:
-  explicit HybridCodec(MethodSpec spec) : spec_(std::move(spec)), projection_(spec_) {
+  explicit HybridCodec(MethodSpec spec) : spec_(std::move(spec)), projection_(spec_, spec_.r) {
     format_.bits = spec_.bits;
     format_.group = spec_.group;
     format_.sym = false;

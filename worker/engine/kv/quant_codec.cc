@@ -31,7 +31,8 @@ using torch::Tensor;
 
 class QuantCodec final : public KvCodec {
  public:
-  explicit QuantCodec(MethodSpec spec) : spec_(std::move(spec)) {
+  explicit QuantCodec(MethodSpec spec)
+      : spec_(std::move(spec)), rotation_(spec_, Projection::kAllColumns) {
     format_.bits = spec_.bits;
     format_.group = spec_.group;
     format_.sym = spec_.sym;
@@ -40,23 +41,8 @@ class QuantCodec final : public KvCodec {
 
   const MethodSpec& spec() const override { return spec_; }
 
-  absl::Status Prepare(const CodecContext& ctx) override {
-    if (spec_.basis == Basis::kIdentity) return absl::OkStatus();
-    absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
-    if (!b.ok()) return b.status();
-    const torch::TensorOptions to = torch::TensorOptions()
-                                        .dtype(ctx.model->options().dtype)
-                                        .device(ctx.model->options().device);
-    auto convert = [&](std::vector<Tensor>& bases) {
-      for (Tensor& u : bases) {
-        if (u.defined()) u = u.to(to);
-      }
-      return std::move(bases);
-    };
-    rot_k_ = convert(b->k);
-    rot_v_ = convert(b->v);
-    return absl::OkStatus();
-  }
+  // Rotated bases (basis != identity) for the per-token axis; nothing otherwise.
+  absl::Status Prepare(const CodecContext& ctx) override { return rotation_.Prepare(ctx); }
 
   KvPair Apply(int layer, const Tensor& k, const Tensor& v) const override {
     // k, v: [B, Hkv, T, D].
@@ -67,9 +53,9 @@ class QuantCodec final : public KvCodec {
       mask = CompressedStateMask(k.size(2), block, spec_.residual, k.device());
     }
     KvPair out;
-    out.k = spec_.compresses_k() ? Operand(Quantize(k, Rotation(rot_k_, layer)), k, mask)
+    out.k = spec_.compresses_k() ? Operand(Quantize(KvTensor::kK, layer, k), k, mask)
                                  : KvOperand{k, {}, {}};
-    out.v = spec_.compresses_v() ? Operand(Quantize(v, Rotation(rot_v_, layer)), v, mask)
+    out.v = spec_.compresses_v() ? Operand(Quantize(KvTensor::kV, layer, v), v, mask)
                                  : KvOperand{v, {}, {}};
     return out;
   }
@@ -86,25 +72,17 @@ class QuantCodec final : public KvCodec {
   }
 
  private:
-  const Tensor* Rotation(const std::vector<Tensor>& rot, int layer) const {
-    if (spec_.basis == Basis::kIdentity) return nullptr;
-    TORCH_CHECK(layer < static_cast<int>(rot.size()) && rot[layer].defined(), "quant codec '",
-                spec_.ToString(), "' applied before Prepare built its bases");
-    return &rot[layer];
-  }
-
   static KvOperand Operand(Tensor compressed, const Tensor& raw, const Tensor& mask) {
     if (!mask.defined()) return KvOperand{std::move(compressed), {}, {}};
     return KvOperand{std::move(compressed), raw, mask};
   }
 
-  // x [B, Hkv, T, D] -> its compressed state, same shape and dtype.
-  Tensor Quantize(const Tensor& x, const Tensor* rotation) const {
+  // x [B, Hkv, T, D] of `layer` -> its compressed state, same shape and dtype.
+  Tensor Quantize(KvTensor which, int layer, const Tensor& x) const {
     if (spec_.axis == QuantAxis::kToken) {
-      if (rotation == nullptr) return FakeQuantize(x, format_);
-      // rotation [Hkv, D, D], columns = basis vectors: coefficients x U, back with U^T.
-      Tensor coeff = torch::matmul(x, *rotation);
-      return torch::matmul(FakeQuantize(coeff, format_), rotation->transpose(-1, -2));
+      // Coefficients x U on all D basis vectors (x itself for the identity basis), quantized,
+      // back with U^T.
+      return rotation_.Apply(which, layer, x, [this](const Tensor& c) { return FakeQuantize(c, format_); });
     }
     // Channel axis: blocks of G tokens, each channel quantized over its G tokens, i.e. token-axis
     // quantization of the transposed block. Tokens past the last whole block stay as they are
@@ -146,7 +124,7 @@ class QuantCodec final : public KvCodec {
 
   MethodSpec spec_;
   QuantFormat format_;
-  std::vector<Tensor> rot_k_, rot_v_;  // per layer [Hkv, D, D] (basis != identity)
+  Projection rotation_;  // r = D: a per-layer rotation (basis != identity), or the identity
   mutable std::mutex mu_;
   // packed: (bytes held, cached token-head entries) of each layer's last Apply.
   mutable std::vector<std::pair<double, double>> held_;

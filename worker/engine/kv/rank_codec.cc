@@ -15,7 +15,7 @@ using torch::Tensor;
 
 class RankCodec final : public KvCodec {
  public:
-  explicit RankCodec(MethodSpec spec) : spec_(std::move(spec)), projection_(spec_) {}
+  explicit RankCodec(MethodSpec spec) : spec_(std::move(spec)), projection_(spec_, spec_.r) {}
   const MethodSpec& spec() const override { return spec_; }
 
   absl::Status Prepare(const CodecContext& ctx) override { return projection_.Prepare(ctx); }
