@@ -223,10 +223,25 @@ int Run(int argc, char** argv) {
   absl::Status integrity = store.ok() ? store.value()->IntegrityCheck() : store.status();
   std::string log = ReadFile(dir + "/coordinator.log").value_or("");
   int64_t commits = 0, mutations = 0;
-  double commit_ms = 0;
+  double commit_ms = 0, commit_p50 = 0, commit_p99 = 0;
   if (size_t p = log.find("stopped after "); p != std::string::npos) {
-    std::sscanf(log.c_str() + p, "stopped after %ld commits of %ld mutations, %lf ms per commit",
-                &commits, &mutations, &commit_ms);
+    long n = 0;
+    std::sscanf(log.c_str() + p,
+                "stopped after %ld commits of %ld mutations, %lf ms per commit (n %ld, p50 %lf ms, "
+                "p99 %lf ms",
+                &commits, &mutations, &commit_ms, &n, &commit_p50, &commit_p99);
+  }
+
+  // The coordinator's own view of each call (handler start to answer, bucketed: an upper bound
+  // within 5%), logged at shutdown.
+  double srv_lease_p50 = 0, srv_lease_p99 = 0, srv_complete_p50 = 0, srv_complete_p99 = 0;
+  if (size_t p = log.find("rpc latency in the coordinator: "); p != std::string::npos) {
+    long n1 = 0, n2 = 0;
+    double m1 = 0, m2 = 0;
+    std::sscanf(log.c_str() + p,
+                "rpc latency in the coordinator: lease n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms; "
+                "complete n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms",
+                &n1, &srv_lease_p50, &srv_lease_p99, &m1, &n2, &srv_complete_p50, &srv_complete_p99, &m2);
   }
 
   nlohmann::json out = {
@@ -243,11 +258,14 @@ int Run(int argc, char** argv) {
                        {"max", Percentile(complete_ms, 1.0)}}},
       {"job_grant_ms", {{"p50", Percentile(next_job_ms, 0.5)}, {"p99", Percentile(next_job_ms, 0.99)},
                         {"max", Percentile(next_job_ms, 1.0)}, {"n", next_job_ms.size()}}},
+      {"coordinator_side_ms", {{"lease_p50", srv_lease_p50}, {"lease_p99", srv_lease_p99},
+                               {"complete_p50", srv_complete_p50}, {"complete_p99", srv_complete_p99}}},
       {"coordinator_cpu_cores", coord_cpu / wall},
       {"workers_process_cpu_cores", self_cpu / wall},
       {"commits", commits},
       {"mutations_per_commit", commits > 0 ? static_cast<double>(mutations) / commits : 0.0},
       {"ms_per_commit", commit_ms},
+      {"commit_ms", {{"p50", commit_p50}, {"p99", commit_p99}}},
       {"results", results},
       {"integrity", integrity.ok() ? "ok" : std::string(integrity.message())},
       {"hardware_threads", std::thread::hardware_concurrency()},
@@ -270,10 +288,14 @@ int Run(int argc, char** argv) {
                 lease_ms.size());
     std::printf("complete latency ms (incl. next lease): p50 %.2f  p99 %.2f  max %.2f\n", Percentile(complete_ms, 0.5),
                 Percentile(complete_ms, 0.99), Percentile(complete_ms, 1.0));
+    std::printf("in the coordinator (handler start to answer): Lease p50 %.2f p99 %.2f; "
+                "Complete(+next lease) p50 %.2f p99 %.2f\n",
+                srv_lease_p50, srv_lease_p99, srv_complete_p50, srv_complete_p99);
     std::printf("coordinator CPU: %.2f cores; worker-simulation process CPU: %.2f cores\n",
                 coord_cpu / wall, self_cpu / wall);
-    std::printf("group commit: %ld transactions, %.1f mutations and %.2f ms each\n", commits,
-                commits > 0 ? static_cast<double>(mutations) / commits : 0.0, commit_ms);
+    std::printf("group commit: %ld transactions, %.1f mutations and %.2f ms each (p50 %.2f, p99 %.2f)\n",
+                commits, commits > 0 ? static_cast<double>(mutations) / commits : 0.0, commit_ms,
+                commit_p50, commit_p99);
     std::printf("results in the database: %ld, integrity_check: %s\n", results,
                 integrity.ok() ? "ok" : std::string(integrity.message()).c_str());
   }
@@ -283,4 +305,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace kvsweep
 
-int main(int argc, char** argv) { return kvsweep::Run(argc, argv); }
+int main(int argc, char** argv) {
+  kvsweep::InitRpcProcess();
+  return kvsweep::Run(argc, argv);
+}

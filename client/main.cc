@@ -1,4 +1,8 @@
 // kvsweep: the command line for sweeps (docs/cli.md).
 #include "client/cli.h"
+#include "rpc/rpc_util.h"
 
-int main(int argc, char** argv) { return kvsweep::RunKvsweep(argc, argv); }
+int main(int argc, char** argv) {
+  kvsweep::InitRpcProcess();
+  return kvsweep::RunKvsweep(argc, argv);
+}

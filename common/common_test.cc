@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "common/signals.h"
 #include "common/hash.h"
 #include "common/json_util.h"
+#include "common/latency_histogram.h"
 #include "gtest/gtest.h"
 
 namespace kvsweep {
@@ -20,6 +22,23 @@ namespace {
 TEST(HashTest, KnownVectors) {
   EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(LatencyHistogramTest, PercentilesAreTightUpperBounds) {
+  LatencyHistogram h;
+  EXPECT_EQ(h.Count(), 0);
+  EXPECT_EQ(h.Percentile(0.99), 0);
+  for (int i = 1; i <= 1000; ++i) h.Record(i * 0.1);  // 0.1 .. 100 ms
+  h.Record(-1);                                        // clock went backwards: bucket 0
+  h.Record(1e9);                                       // beyond the last bucket: clamped
+  EXPECT_EQ(h.Count(), 1002);
+  for (double p : {0.5, 0.9, 0.99}) {
+    const double exact = std::ceil(p * 1002 - 1) * 0.1;  // rank ceil(p n), counting the -1 sample
+    EXPECT_GE(h.Percentile(p), exact * 0.999) << p;
+    EXPECT_LE(h.Percentile(p), exact * 1.051) << p;
+  }
+  EXPECT_GT(h.Percentile(1.0), 1e5);
+  EXPECT_NE(h.Summary().find("n 1002, p50 "), std::string::npos);
 }
 
 TEST(JsonTest, CanonicalIsKeySortedAndCompact) {

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/signals.h"
 #include "coordinator/server.h"
+#include "rpc/rpc_util.h"
 
 namespace {
 
@@ -31,6 +32,7 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   using namespace kvsweep;
+  InitRpcProcess();
   CoordinatorOptions o;
   std::string port_file, token_file, log_level;
   CLI::App app{"kvsweep-coordinator: hands sweep jobs to workers, records results in SQLite"};

@@ -70,7 +70,7 @@ void Scheduler::Stop() {
   if (committer_.joinable()) committer_.join();
   KV_LOG(INFO) << "scheduler: stopped after " << commits_ << " commits of " << mutations_
                << " mutations, " << (commits_ > 0 ? apply_us_ / 1000.0 / commits_ : 0.0)
-               << " ms per commit";
+               << " ms per commit (" << commit_ms_.Summary() << ")";
 }
 
 // ---- Memory bookkeeping (mu_ held) -------------------------------------------------------------
@@ -739,6 +739,7 @@ void Scheduler::CommitLoop() {
         }
         if (batch[i].done) batch[i].done(muts[i]);
       }
+      commit_ms_.Record(apply_us / 1000.0);
       std::lock_guard<std::mutex> q(q_mu_);
       ++commits_;
       mutations_ += static_cast<int64_t>(muts.size());

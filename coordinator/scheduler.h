@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/latency_histogram.h"
 #include "coordinator/sweep_spec.h"
 #include "storage/result_store.h"
 
@@ -238,6 +239,7 @@ class Scheduler {
   std::condition_variable reaper_cv_;
   bool started_ = false;
   std::thread committer_, reaper_;
+  LatencyHistogram commit_ms_;  // wall time of each transaction (SQL + fsync)
 };
 
 }  // namespace kvsweep

@@ -80,6 +80,10 @@ void CoordinatorServer::Shutdown() {
   if (sweep_service_) sweep_service_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (scheduler_) scheduler_->Stop();
+  if (worker_service_ && worker_service_->lease_latency().Count() + worker_service_->complete_latency().Count() > 0) {
+    KV_LOG(INFO) << "rpc latency in the coordinator: lease " << worker_service_->lease_latency().Summary()
+                 << "; complete " << worker_service_->complete_latency().Summary();
+  }
 }
 
 void CoordinatorServer::Wait() {

@@ -70,6 +70,10 @@ void FillLease(const LeaseOffer& offer, int ttl, v1::LeaseResponse* resp) {
   resp->set_attempt(offer.attempt);
 }
 
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
 }  // namespace
 
 absl::Status ValidateLeaseRequest(const v1::LeaseRequest& req, const std::string& prefix) {
@@ -310,6 +314,7 @@ WorkerServiceImpl::WorkerServiceImpl(Scheduler* scheduler, const ServiceOptions&
 grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* ctx,
                                                    const v1::LeaseRequest* req,
                                                    v1::LeaseResponse* resp) {
+  const auto t0 = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
   const v1::WorkerInfo& w = req->worker();
@@ -317,12 +322,13 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* 
   WorkerRecord record{w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()};
   const int ttl = scheduler_->options().lease_ttl_ms;
   scheduler_->Lease(record, w.session(), req->held_model(),
-                    [reactor, resp, ttl](absl::StatusOr<LeaseOffer> offer) {
+                    [this, t0, reactor, resp, ttl](absl::StatusOr<LeaseOffer> offer) {
                       if (!offer.ok()) {
                         reactor->Finish(ToGrpc(offer.status()));
                         return;
                       }
                       FillLease(*offer, ttl, resp);
+                      lease_ms_.Record(MsSince(t0));
                       reactor->Finish(grpc::Status::OK);
                     });
   return reactor;
@@ -352,6 +358,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContext* ctx,
                                                       const v1::CompleteRequest* req,
                                                       v1::CompleteResponse* resp) {
+  const auto t0 = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
   KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
@@ -386,7 +393,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
   const bool want_next = next != nullptr;
   scheduler_->Complete(req->worker_id(), req->job_id(), req->fencing_token(),
                        req->result_json(), next.get(),
-                       [reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
+                       [this, t0, reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
                          if (!out.ok()) {
                            reactor->Finish(ToGrpc(out.status()));
                            return;
@@ -399,6 +406,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                              resp->mutable_next()->set_has_job(false);
                            }
                          }
+                         complete_ms_.Record(MsSince(t0));
                          reactor->Finish(grpc::Status::OK);
                        });
   return reactor;

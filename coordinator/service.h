@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "common/latency_histogram.h"
 #include "coordinator/scheduler.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "storage/result_store.h"
@@ -69,9 +70,16 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   grpc::ServerUnaryReactor* Fail(grpc::CallbackServerContext* ctx, const v1::FailRequest* req,
                                  v1::FailResponse* resp) override;
 
+  // Time from a handler's start to its answer, as the coordinator sees it (excludes the
+  // network and gRPC's queue before the handler): Lease calls, and Complete calls (which carry
+  // the next lease when the worker asks for one). Logged when the server stops.
+  const LatencyHistogram& lease_latency() const { return lease_ms_; }
+  const LatencyHistogram& complete_latency() const { return complete_ms_; }
+
  private:
   Scheduler* scheduler_;
   const ServiceOptions options_;
+  LatencyHistogram lease_ms_, complete_ms_;
 };
 
 // Field validators shared with tests: kInvalidArgument naming the field.

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 
@@ -162,5 +163,7 @@ absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
   }
   return false;
 }
+
+void InitRpcProcess() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
 
 }  // namespace kvsweep

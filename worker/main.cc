@@ -49,6 +49,7 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   using namespace kvsweep;
+  InitRpcProcess();
   if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "generate")) {
 #ifdef KVSWEEP_HAVE_ENGINE
     if (std::string(argv[1]) == "eval") return engine::RunEvalCommand(argc - 1, argv + 1);

@@ -193,6 +193,69 @@ void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind
   }
 }
 
+void WorkerLoop::StartHeartbeats(const v1::LeaseResponse& lease) {
+  std::lock_guard<std::mutex> l(hb_mu_);
+  hb_job_id_ = lease.job_id();
+  hb_lease_id_ = lease.lease_id();
+  hb_fence_ = lease.fencing_token();
+  hb_interval_ms_ = lease.heartbeat_interval_ms() > 0 ? lease.heartbeat_interval_ms() : 10000;
+  hb_lost_ = false;
+  hb_lost_reason_.clear();
+  hb_progress_ = 0.0;
+  ++hb_generation_;
+  hb_active_ = true;
+  hb_cv_.notify_all();
+}
+
+bool WorkerLoop::StopHeartbeats(std::string* reason) {
+  std::unique_lock<std::mutex> l(hb_mu_);
+  hb_active_ = false;
+  hb_cv_.notify_all();
+  hb_cv_.wait(l, [&] { return !hb_in_flight_; });
+  *reason = hb_lost_reason_;
+  return hb_lost_.load();
+}
+
+void WorkerLoop::HeartbeatLoop() {
+  int64_t last_log = 0;
+  std::unique_lock<std::mutex> l(hb_mu_);
+  for (;;) {
+    hb_cv_.wait(l, [&] { return hb_quit_ || hb_active_; });
+    if (hb_quit_) return;
+    const uint64_t gen = hb_generation_;
+    const int interval = hb_interval_ms_;
+    hb_cv_.wait_for(l, std::chrono::milliseconds(interval),
+                    [&] { return hb_quit_ || !hb_active_ || hb_generation_ != gen; });
+    if (hb_quit_) return;
+    if (!hb_active_ || hb_generation_ != gen) continue;
+    v1::HeartbeatRequest req;
+    req.set_worker_id(worker_id_);
+    req.set_job_id(hb_job_id_);
+    req.set_lease_id(hb_lease_id_);
+    req.set_fencing_token(hb_fence_);
+    req.set_progress(std::clamp(hb_progress_.load(), 0.0, 1.0));
+    hb_in_flight_ = true;
+    l.unlock();
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, options_.coordinator,
+                   std::chrono::milliseconds(std::min(interval, options_.rpc_timeout_ms)));
+    grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    l.lock();
+    hb_in_flight_ = false;
+    if (s.ok() && !resp.keep_going() && hb_active_ && hb_generation_ == gen) {
+      hb_lost_reason_ = resp.reason();
+      hb_lost_ = true;
+      hb_active_ = false;  // no more beats for a lost lease
+    } else if (!s.ok() && NowMs() - last_log > 5000) {
+      // The coordinator may be restarting; the lease survives that, so keep trying.
+      KV_LOG(WARNING) << "worker " << worker_id_ << ": heartbeat: " << s.error_message();
+      last_log = NowMs();
+    }
+    hb_cv_.notify_all();
+  }
+}
+
 absl::Status WorkerLoop::Run() {
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options_.coordinator);
   if (!channel.ok()) return channel.status();
@@ -200,6 +263,22 @@ absl::Status WorkerLoop::Run() {
   stub_ = v1::WorkerService::NewStub(channel_);
   KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
                << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
+  // Connect before the first lease (a coordinator that is not up yet is waited for by the
+  // lease retries below, so this only bounds the wait).
+  channel_->WaitForConnected(std::chrono::system_clock::now() +
+                             std::chrono::milliseconds(std::min(options_.rpc_timeout_ms, 2000)));
+  hb_thread_ = std::thread([this] { HeartbeatLoop(); });
+  struct StopHeartbeatThread {
+    WorkerLoop* self;
+    ~StopHeartbeatThread() {
+      {
+        std::lock_guard<std::mutex> l(self->hb_mu_);
+        self->hb_quit_ = true;
+      }
+      self->hb_cv_.notify_all();
+      self->hb_thread_.join();
+    }
+  } stop_heartbeat_thread{this};
   while (!draining_) {
     if (next_lease_) {
       v1::LeaseResponse lease = std::move(*next_lease_);
@@ -285,58 +364,16 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   }
 
   // Heartbeats from their own thread, so a long forward pass never lets the lease lapse.
-  std::atomic<bool> lost{false};
+  StartHeartbeats(lease);
   std::string lost_reason;
-  std::mutex hb_mu;
-  std::condition_variable hb_cv;
-  bool hb_stop = false;
-  std::atomic<double> progress{0.0};
-  const int interval = lease.heartbeat_interval_ms() > 0 ? lease.heartbeat_interval_ms() : 10000;
-  std::thread heartbeat([&] {
-    int64_t last_log = 0;
-    std::unique_lock<std::mutex> l(hb_mu);
-    for (;;) {
-      hb_cv.wait_for(l, std::chrono::milliseconds(interval), [&] { return hb_stop; });
-      if (hb_stop) return;
-      l.unlock();
-      v1::HeartbeatRequest req;
-      req.set_worker_id(worker_id_);
-      req.set_job_id(job_id);
-      req.set_lease_id(lease.lease_id());
-      req.set_fencing_token(fence);
-      req.set_progress(std::clamp(progress.load(), 0.0, 1.0));
-      v1::HeartbeatResponse resp;
-      grpc::ClientContext ctx;
-      PrepareContext(&ctx, options_.coordinator,
-                     std::chrono::milliseconds(std::min(interval, options_.rpc_timeout_ms)));
-      grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
-      l.lock();
-      if (s.ok() && !resp.keep_going()) {
-        lost_reason = resp.reason();
-        lost = true;
-        return;
-      }
-      if (!s.ok() && NowMs() - last_log > 5000) {
-        // The coordinator may be restarting; the lease survives that, so keep trying.
-        KV_LOG(WARNING) << "worker " << worker_id_ << ": heartbeat: " << s.error_message();
-        last_log = NowMs();
-      }
-    }
-  });
-  auto stop_heartbeat = [&] {
-    {
-      std::lock_guard<std::mutex> l(hb_mu);
-      hb_stop = true;
-    }
-    hb_cv.notify_all();
-    if (heartbeat.joinable()) heartbeat.join();
-  };
+  bool lost_at_end = false;
+  auto stop_heartbeat = [&] { lost_at_end = StopHeartbeats(&lost_reason); };
   auto handing_back = [&] {
     return stop_now_.load() || (draining_.load() && NowMs() > drain_deadline_ms_.load());
   };
   ProgressFn on_progress = [&](double fraction) {
-    progress = fraction;
-    return !lost.load() && !handing_back();
+    hb_progress_ = fraction;
+    return !hb_lost_.load() && !handing_back();
   };
 
   if (options_.faults.delay_job_ms > 0) {
@@ -350,7 +387,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
                                               : absl::CancelledError("stopped before starting");
   stop_heartbeat();
 
-  if (lost) {
+  if (lost_at_end) {
     std::lock_guard<std::mutex> l(stats_mu_);
     ++stats_.abandoned;
     Journal("abandoned", job_id, fence, lost_reason);

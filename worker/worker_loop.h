@@ -21,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -94,6 +95,13 @@ class WorkerLoop {
   bool SleepUnlessDraining(int ms);
   void Journal(const std::string& event, const std::string& job_id, int64_t fence,
                const std::string& extra = "");
+  // The heartbeat thread (one per loop, for its whole Run): beats for the job set by
+  // StartHeartbeats, every lease.heartbeat_interval_ms, until StopHeartbeats.
+  void HeartbeatLoop();
+  void StartHeartbeats(const v1::LeaseResponse& lease);
+  // Stops beating for the current job, waiting out a beat in flight. Returns true (and the
+  // coordinator's reason) when a beat was told the lease is lost.
+  bool StopHeartbeats(std::string* reason);
   // Retries `call` while the coordinator is unreachable; returns its final status.
   template <typename Call>
   grpc::Status Retrying(const char* what, Call call, bool until_stop);
@@ -117,6 +125,17 @@ class WorkerLoop {
 
   mutable std::mutex stats_mu_;
   WorkerStats stats_;
+
+  std::thread hb_thread_;
+  std::mutex hb_mu_;
+  std::condition_variable hb_cv_;
+  bool hb_quit_ = false, hb_active_ = false, hb_in_flight_ = false;
+  uint64_t hb_generation_ = 0;
+  std::string hb_job_id_, hb_lease_id_, hb_lost_reason_;
+  int64_t hb_fence_ = 0;
+  int hb_interval_ms_ = 10000;
+  std::atomic<bool> hb_lost_{false};
+  std::atomic<double> hb_progress_{0.0};
 };
 
 }  // namespace kvsweep

@@ -138,6 +138,27 @@ TEST_F(WorkerLoopTest, RunsEveryJobOnceThenDrains) {
   EXPECT_EQ(std::get<std::string>(q->rows[0][2]), "fake");
 }
 
+// Jobs that outlast the lease TTL (600 ms) live on heartbeats: one heartbeat thread serves one job
+// after another, so every lease is kept (first attempt, nothing abandoned or re-leased).
+TEST_F(WorkerLoopTest, HeartbeatsKeepEachOfSeveralLongJobsLeased) {
+  StartCoordinator();
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("three", 3), "", "").ok());
+  auto eval = NewFakeEvaluator({1500});
+  WorkerLoop loop(Options(), eval.get());
+  std::thread t([&] { (void)loop.Run(); });
+  EXPECT_TRUE(WaitFor([&] { return Info("three").count(JobState::kDone) == 3; }));
+  loop.RequestDrain();
+  t.join();
+  EXPECT_EQ(loop.stats().recorded, 3);
+  EXPECT_EQ(loop.stats().leased, 3);
+  EXPECT_EQ(loop.stats().abandoned, 0);
+  auto q = server_->store()->Query(
+      "SELECT json_extract(result_json, '$.provenance.worker.attempt') FROM results", 10, 1000);
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_EQ(q->rows.size(), 3u);
+  for (const auto& row : q->rows) EXPECT_EQ(std::get<int64_t>(row[0]), 1);
+}
+
 TEST_F(WorkerLoopTest, CancelledJobStopsAtTheNextHeartbeat) {
   StartCoordinator();
   ASSERT_TRUE(server_->scheduler()->Submit(Sweep("long", 1), "", "").ok());
