@@ -117,16 +117,18 @@ int JobMode(std::map<std::string, std::string>& f) {
   return 0;
 }
 
-// --check-fused DEVICE: the fused CUDA fake quantizer against the libtorch path (same process,
-// SetFusedFakeQuantEnabled toggled): bitwise equality on strided [B, H, T, D] views in fp32/bf16/fp16
-// for asym/sym, bits 1..8 and groups 16..128, and the time of each path.
+// --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
+// one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
+// on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
+// and the time of each path.
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
   torch::manual_seed(0);
   const bool was_enabled = FusedFakeQuantEnabled();
   int failures = 0;
-  std::printf("%-6s %4s %5s %4s %10s %12s %12s %8s\n", "dtype", "bits", "group", "sym", "mismatch", "torch us", "fused us", "speedup");
+  std::printf("%-6s %4s %5s %4s %9s %9s %10s %10s %10s %8s %8s\n", "dtype", "bits", "group", "sym",
+              "mism.vec", "mism.warp", "torch us", "warp us", "vec us", "vec/torch", "vec/warp");
   for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (int bits : {1, 2, 3, 4, 8}) {
       for (int group : {16, 64, 128}) {
@@ -136,8 +138,9 @@ int CheckFused(const std::string& device) {
           torch::Tensor x = (torch::randn({4, 512, 8, 128}, torch::TensorOptions().device(*dev)) * 3).to(dt).transpose(1, 2);
           x.select(2, 7).fill_(0.5);  // constant rows: exact
           QuantFormat f{bits, group, sym, false};
-          auto time = [&](bool fused) {
+          auto time = [&](bool fused, bool vectorized) {
             SetFusedFakeQuantEnabled(fused);
+            SetFusedFakeQuantVectorized(vectorized);
             torch::Tensor y = FakeQuantize(x, f);
             if (dev->is_cuda()) torch::cuda::synchronize();
             const double t0 = Now();
@@ -145,18 +148,36 @@ int CheckFused(const std::string& device) {
             if (dev->is_cuda()) torch::cuda::synchronize();
             return std::make_pair(y, (Now() - t0) / 20 * 1e6);
           };
-          auto [ref, t_ref] = time(false);
-          auto [got, t_got] = time(true);
-          const int64_t bad = ref.ne(got).sum().item<int64_t>();
-          failures += bad != 0;
-          std::printf("%-6s %4d %5d %4d %10lld %12.1f %12.1f %8.2f\n", DtypeName(dt), bits, group, sym,
-                      static_cast<long long>(bad), t_ref, t_got, t_ref / t_got);
+          auto [ref, t_ref] = time(false, true);
+          auto [warp, t_warp] = time(true, false);
+          auto [vec, t_vec] = time(true, true);
+          const int64_t bad_vec = ref.ne(vec).sum().item<int64_t>();
+          const int64_t bad_warp = ref.ne(warp).sum().item<int64_t>();
+          failures += bad_vec != 0 || bad_warp != 0;
+          std::printf("%-6s %4d %5d %4d %9lld %9lld %10.1f %10.1f %10.1f %8.2f %8.2f\n", DtypeName(dt), bits,
+                      group, sym, static_cast<long long>(bad_vec), static_cast<long long>(bad_warp), t_ref,
+                      t_warp, t_vec, t_ref / t_vec, t_warp / t_vec);
         }
       }
     }
   }
+  // A view whose rows start 8 bytes past a 16-byte boundary: the vectorized kernel must hand it
+  // to the fallback, and the result must still be the libtorch path's.
+  {
+    torch::Tensor wide = torch::randn({4, 8, 512, 136}, torch::TensorOptions().device(*dev)).to(torch::kBFloat16);
+    torch::Tensor x = wide.slice(-1, 4, 132);
+    QuantFormat f{4, 64, false, false};
+    SetFusedFakeQuantEnabled(false);
+    torch::Tensor ref = FakeQuantize(x, f);
+    SetFusedFakeQuantEnabled(true);
+    SetFusedFakeQuantVectorized(true);
+    const int64_t bad = ref.ne(FakeQuantize(x, f)).sum().item<int64_t>();
+    failures += bad != 0;
+    std::printf("misaligned bf16 view (offset 8 bytes): mismatch %lld\n", static_cast<long long>(bad));
+  }
   SetFusedFakeQuantEnabled(was_enabled);
-  std::printf("%s\n", failures == 0 ? "fused == libtorch path on every case" : "MISMATCH");
+  SetFusedFakeQuantVectorized(true);
+  std::printf("%s\n", failures == 0 ? "fused (both kernels) == libtorch path on every case" : "MISMATCH");
   return failures == 0 ? 0 : 1;
 }
 

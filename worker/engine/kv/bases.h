@@ -85,7 +85,7 @@ class Projection {
     const int64_t r = r_ == kAllColumns ? D : r_;
     if (spec_.basis == Basis::kIdentity) {
       torch::Tensor c = store(r == D ? x : x.slice(-1, 0, r));
-      return r == D ? c : torch::cat({c, torch::zeros_like(x.slice(-1, r, D))}, -1);
+      return r == D ? c : torch::constant_pad_nd(c, {0, D - r});  // the dropped coordinates: 0
     }
     const std::vector<torch::Tensor>& u = which == KvTensor::kK ? u_k_ : u_v_;
     TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "codec '", spec_.ToString(),

@@ -54,8 +54,11 @@ bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tens
   TORCH_CHECK(e == cudaSuccess, "fused fake quantization kernel: ", cudaGetErrorString(e));
   return true;
 }
+
+void SetFusedFakeQuantVectorized(bool on) { SetFusedQuantVectorized(on); }
 #else
 bool FusedFakeQuantize(const torch::Tensor&, const QuantFormat&, torch::Tensor*) { return false; }
+void SetFusedFakeQuantVectorized(bool) {}
 #endif
 
 }  // namespace kvsweep::engine

@@ -4,18 +4,29 @@
 // q = clamp(rint((x - min) / scale)), y = q * scale + min with separate roundings (no FMA),
 // a group whose scale is 0 returned exactly, then rounded to the input dtype.
 //
-// One warp per group; lanes stride over the group's elements (groups are contiguous in memory:
-// the last dimension has stride 1). Rows may be strided in up to three outer dimensions (the
+// Two kernels, the same per-element arithmetic. The vectorized one (used when the base pointer,
+// the row strides and the group are multiples of 16 bytes): a team of LANES lanes per group
+// (LANES = group / elements per 16 bytes, at most 32, a power of two), each lane moving 16
+// bytes per load and store and keeping them in registers between the min/max pass and the
+// quantize pass; the team reduces with shuffles. A head of 64 bf16 values is 8 lanes × one load,
+// where the fallback (one warp per group, lanes striding over scalars) spent a whole warp, its
+// 64-bit index arithmetic and two scalar loads per lane on it. Groups are contiguous in memory
+// (the last dimension has stride 1); rows may be strided in up to three outer dimensions (the
 // model hands over transposed [B, H, T, D] views).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "worker/engine/kv/fused_quant_kernel.h"
 
 namespace kvsweep::engine {
 namespace {
+
+std::atomic<bool> g_vectorized{true};
+bool UseVectorKernel() { return g_vectorized.load(std::memory_order_relaxed); }
 
 __device__ __forceinline__ float Load(const float* p) { return *p; }
 __device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
@@ -23,6 +34,39 @@ __device__ __forceinline__ float Load(const __half* p) { return __half2float(*p)
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void Store(__half* p, float v) { *p = __float2half_rn(v); }
+
+// Per-element arithmetic shared by both kernels (bitwise the libtorch path).
+struct QuantParams {
+  float lo, scale, safe, levels, qmax;
+  bool sym;
+};
+
+__device__ __forceinline__ QuantParams MakeParams(float lo, float hi, int bits, bool sym) {
+  QuantParams p;
+  p.sym = sym;
+  p.lo = lo;
+  if (sym) {
+    p.qmax = static_cast<float>((1 << (bits - 1)) - 1);
+    p.scale = __fdiv_rn(fmaxf(fabsf(lo), fabsf(hi)), p.qmax);
+    p.levels = 0.f;
+  } else {
+    p.levels = static_cast<float>((1 << bits) - 1);
+    p.scale = __fdiv_rn(__fsub_rn(hi, lo), p.levels);
+    p.qmax = 0.f;
+  }
+  p.safe = p.scale > 0.f ? p.scale : 1.f;
+  return p;
+}
+
+__device__ __forceinline__ float QuantizeOne(float v, const QuantParams& p) {
+  if (!(p.scale > 0.f)) return v;
+  if (p.sym) {
+    const float q = fminf(fmaxf(rintf(__fdiv_rn(v, p.safe)), -p.qmax), p.qmax);
+    return __fmul_rn(q, p.scale);
+  }
+  const float q = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(v, p.lo), p.safe)), 0.f), p.levels);
+  return __fadd_rn(__fmul_rn(q, p.scale), p.lo);
+}
 
 template <typename T>
 __global__ void FakeQuantKernel(const T* __restrict__ x, T* __restrict__ y, FusedQuantShape s,
@@ -50,32 +94,123 @@ __global__ void FakeQuantKernel(const T* __restrict__ x, T* __restrict__ y, Fuse
       lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
       hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
     }
-    if (sym) {
-      const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
-      const float absmax = fmaxf(fabsf(lo), fabsf(hi));
-      const float scale = __fdiv_rn(absmax, qmax);
-      const float safe = scale > 0.f ? scale : 1.f;
-      for (int i = lane; i < group; i += 32) {
-        const float v = Load(in + i);
-        const float q = fminf(fmaxf(rintf(__fdiv_rn(v, safe)), -qmax), qmax);
-        Store(out + i, scale > 0.f ? __fmul_rn(q, scale) : v);
-      }
-    } else {
-      const float levels = static_cast<float>((1 << bits) - 1);
-      const float scale = __fdiv_rn(__fsub_rn(hi, lo), levels);
-      const float safe = scale > 0.f ? scale : 1.f;
-      for (int i = lane; i < group; i += 32) {
-        const float v = Load(in + i);
-        const float q = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(v, lo), safe)), 0.f), levels);
-        Store(out + i, scale > 0.f ? __fadd_rn(__fmul_rn(q, scale), lo) : v);
+    const QuantParams qp = MakeParams(lo, hi, bits, sym);
+    for (int i = lane; i < group; i += 32) Store(out + i, QuantizeOne(Load(in + i), qp));
+  }
+}
+
+template <typename T, int LANES>
+__global__ void FakeQuantVecKernel(const T* __restrict__ x, T* __restrict__ y, FusedQuantShape s,
+                                   int group, int bits, bool sym) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kTeamsPerWarp = 32 / LANES;
+  struct Pack {
+    uint4 raw;
+    __device__ __forceinline__ T* v() { return reinterpret_cast<T*>(&raw); }
+  };
+  const int64_t groups_per_row = s.n / group;
+  const int64_t total_groups = s.rows[0] * s.rows[1] * s.rows[2] * groups_per_row;
+  const int lane = threadIdx.x % LANES;
+  const int team_in_warp = (threadIdx.x & 31) / LANES;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  // The whole warp iterates together (its shuffles need every lane), teams past the end idle.
+  for (int64_t first = warp * kTeamsPerWarp; first < total_groups; first += warps * kTeamsPerWarp) {
+    const int64_t g = first + team_in_warp;
+    const bool active = g < total_groups;
+    const T* in = x;
+    T* out = y;
+    if (active) {
+      const int64_t gi = g % groups_per_row;
+      const int64_t row = g / groups_per_row;
+      const int64_t r2 = row % s.rows[2];
+      const int64_t r1 = (row / s.rows[2]) % s.rows[1];
+      const int64_t r0 = row / (s.rows[2] * s.rows[1]);
+      in = x + r0 * s.strides[0] + r1 * s.strides[1] + r2 * s.strides[2] + gi * group;
+      out = y + row * s.n + gi * group;  // y is contiguous
+    }
+    float lo = INFINITY, hi = -INFINITY;
+    Pack held;  // the lane's first (for heads up to LANES * kVec values: only) vector
+    held.raw = make_uint4(0, 0, 0, 0);
+    if (active) {
+      for (int base = lane * kVec; base < group; base += LANES * kVec) {
+        Pack p;
+        p.raw = *reinterpret_cast<const uint4*>(in + base);
+        if (base == lane * kVec) held = p;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          const float v = Load(&p.v()[j]);
+          lo = fminf(lo, v);
+          hi = fmaxf(hi, v);
+        }
       }
     }
+#pragma unroll
+    for (int off = LANES / 2; off > 0; off >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+      hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+    }
+    if (!active) continue;
+    const QuantParams qp = MakeParams(lo, hi, bits, sym);
+    for (int base = lane * kVec; base < group; base += LANES * kVec) {
+      Pack p;
+      if (base == lane * kVec) {
+        p = held;
+      } else {
+        p.raw = *reinterpret_cast<const uint4*>(in + base);
+      }
+      Pack q;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) Store(&q.v()[j], QuantizeOne(Load(&p.v()[j]), qp));
+      *reinterpret_cast<uint4*>(out + base) = q.raw;
+    }
   }
+}
+
+template <typename T, int LANES>
+cudaError_t LaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
+                      cudaStream_t stream) {
+  const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
+  const int threads = 256;
+  const int64_t teams_per_block = threads / LANES;
+  int64_t blocks = (groups + teams_per_block - 1) / teams_per_block;
+  if (blocks > 65535 * 16) blocks = 65535 * 16;  // grid-stride beyond this
+  if (blocks < 1) blocks = 1;
+  FakeQuantVecKernel<T, LANES><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<T*>(y), s, group, bits, sym);
+  return cudaGetLastError();
+}
+
+// The vectorized kernel when the layout allows 16-byte accesses; false otherwise.
+template <typename T>
+bool TryLaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
+                  cudaStream_t stream, cudaError_t* err) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
+      group % kVec != 0) {
+    return false;
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (s.rows[i] > 1 && s.strides[i] % kVec != 0) return false;
+  }
+  int lanes = 1;
+  while (lanes < 32 && lanes * 2 * kVec <= group) lanes *= 2;
+  switch (lanes) {
+    case 1: *err = LaunchVec<T, 1>(x, y, s, group, bits, sym, stream); break;
+    case 2: *err = LaunchVec<T, 2>(x, y, s, group, bits, sym, stream); break;
+    case 4: *err = LaunchVec<T, 4>(x, y, s, group, bits, sym, stream); break;
+    case 8: *err = LaunchVec<T, 8>(x, y, s, group, bits, sym, stream); break;
+    case 16: *err = LaunchVec<T, 16>(x, y, s, group, bits, sym, stream); break;
+    default: *err = LaunchVec<T, 32>(x, y, s, group, bits, sym, stream); break;
+  }
+  return true;
 }
 
 template <typename T>
 cudaError_t Launch(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
                    cudaStream_t stream) {
+  cudaError_t vec_err = cudaSuccess;
+  if (UseVectorKernel() && TryLaunchVec<T>(x, y, s, group, bits, sym, stream, &vec_err)) return vec_err;
   const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
   const int threads = 256;  // 8 warps
   int64_t blocks = (groups * 32 + threads - 1) / threads;
@@ -97,5 +232,8 @@ cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQ
     default: return cudaErrorInvalidValue;
   }
 }
+
+void SetFusedQuantVectorized(bool on) { g_vectorized.store(on); }
+bool FusedQuantVectorized() { return UseVectorKernel(); }
 
 }  // namespace kvsweep::engine

@@ -19,6 +19,12 @@ bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tens
 bool FusedFakeQuantEnabled();
 void SetFusedFakeQuantEnabled(bool enabled);
 
+// Which kernel: the vectorized one (default; 16-byte accesses, a few lanes per group) or the
+// one-warp-per-group fallback it replaces where the layout is not 16-byte aligned. Both are
+// bitwise the libtorch path; `kvsweep-engine-bench --check-fused` checks and times both.
+// No effect without CUDA.
+void SetFusedFakeQuantVectorized(bool on);
+
 }  // namespace kvsweep::engine
 
 #endif  // KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_H_

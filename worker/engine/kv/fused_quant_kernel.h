@@ -21,6 +21,11 @@ struct FusedQuantShape {
 cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQuantShape& s,
                                  int group, int bits, bool sym, cudaStream_t stream);
 
+// Which kernel LaunchFusedFakeQuant uses where the layout allows both: the vectorized one
+// (default) or the one-warp-per-group fallback. For the benchmark that checks both.
+void SetFusedQuantVectorized(bool on);
+bool FusedQuantVectorized();
+
 }  // namespace kvsweep::engine
 
 #endif  // KVSWEEP_WORKER_ENGINE_KV_FUSED_QUANT_KERNEL_H_
