@@ -1,5 +1,6 @@
 #include "common/latency_histogram.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
@@ -7,7 +8,9 @@
 namespace kvsweep {
 namespace {
 
-double UpperEdge(int bucket) { return LatencyHistogram::kFirstMs * std::pow(LatencyHistogram::kGrowth, bucket); }
+double UpperEdge(int bucket) {
+  return LatencyHistogram::kFirstMs * std::pow(LatencyHistogram::kGrowth, bucket);
+}
 
 }  // namespace
 

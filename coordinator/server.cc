@@ -80,9 +80,13 @@ void CoordinatorServer::Shutdown() {
   if (sweep_service_) sweep_service_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (scheduler_) scheduler_->Stop();
-  if (worker_service_ && worker_service_->lease_latency().Count() + worker_service_->complete_latency().Count() > 0) {
-    KV_LOG(INFO) << "rpc latency in the coordinator: lease " << worker_service_->lease_latency().Summary()
-                 << "; complete " << worker_service_->complete_latency().Summary();
+  if (worker_service_ != nullptr) {
+    const LatencyHistogram& lease = worker_service_->lease_latency();
+    const LatencyHistogram& complete = worker_service_->complete_latency();
+    if (lease.Count() + complete.Count() > 0) {
+      KV_LOG(INFO) << "rpc latency in the coordinator: lease " << lease.Summary() << "; complete "
+                   << complete.Summary();
+    }
   }
 }
 

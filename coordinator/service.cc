@@ -393,7 +393,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
   const bool want_next = next != nullptr;
   scheduler_->Complete(req->worker_id(), req->job_id(), req->fencing_token(),
                        req->result_json(), next.get(),
-                       [this, t0, reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
+                       [this, t0, reactor, resp, ttl,
+                        want_next](absl::StatusOr<CompleteOutcome> out) {
                          if (!out.ok()) {
                            reactor->Finish(ToGrpc(out.status()));
                            return;

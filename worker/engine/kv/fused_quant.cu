@@ -168,8 +168,8 @@ __global__ void FakeQuantVecKernel(const T* __restrict__ x, T* __restrict__ y, F
 }
 
 template <typename T, int LANES>
-cudaError_t LaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
-                      cudaStream_t stream) {
+cudaError_t LaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits,
+                      bool sym, cudaStream_t stream) {
   const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
   const int threads = 256;
   const int64_t teams_per_block = threads / LANES;
@@ -210,7 +210,9 @@ template <typename T>
 cudaError_t Launch(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
                    cudaStream_t stream) {
   cudaError_t vec_err = cudaSuccess;
-  if (UseVectorKernel() && TryLaunchVec<T>(x, y, s, group, bits, sym, stream, &vec_err)) return vec_err;
+  if (UseVectorKernel() && TryLaunchVec<T>(x, y, s, group, bits, sym, stream, &vec_err)) {
+    return vec_err;
+  }
   const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
   const int threads = 256;  // 8 warps
   int64_t blocks = (groups * 32 + threads - 1) / threads;

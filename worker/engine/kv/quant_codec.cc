@@ -82,7 +82,8 @@ class QuantCodec final : public KvCodec {
     if (spec_.axis == QuantAxis::kToken) {
       // Coefficients x U on all D basis vectors (x itself for the identity basis), quantized,
       // back with U^T.
-      return rotation_.Apply(which, layer, x, [this](const Tensor& c) { return FakeQuantize(c, format_); });
+      return rotation_.Apply(which, layer, x,
+                             [this](const Tensor& c) { return FakeQuantize(c, format_); });
     }
     // Channel axis: blocks of G tokens, each channel quantized over its G tokens, i.e. token-axis
     // quantization of the transposed block. Tokens past the last whole block stay as they are
