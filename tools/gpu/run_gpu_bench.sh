@@ -10,7 +10,8 @@
 # hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25). `none` runs twice, first:
 # whichever method runs first in a process pays cuBLAS/cuDNN heuristics and allocator growth
 # (measured: up to 2x on small models), so the first pass is a warm-up and report.py keeps the
-# last row per (model, task, method). COLD=1 skips the extra pass (docs/gpu.md, run 1).
+# last row per (model, task, method). COLD=1 skips the extra pass (docs/gpu.md, run 1). REPEAT=N
+# times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -26,9 +27,10 @@ for p in $plan; do
   [ -n "${COLD:-}" ] || methods="none;$methods"
   echo "== $model d=$d W=$W lambada_limit=$limit"
   python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
-    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" 2>&1 | grep -v -i warn | tail -8
+    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" 2>&1 | grep -v -i warn | tail -8
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype bf16 \
-    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --out "$out/results.jsonl" \
+    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
+    --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done
 python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" | tee "$out/table.md"
