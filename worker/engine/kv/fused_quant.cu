@@ -236,6 +236,5 @@ cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQ
 }
 
 void SetFusedQuantVectorized(bool on) { g_vectorized.store(on); }
-bool FusedQuantVectorized() { return UseVectorKernel(); }
 
 }  // namespace kvsweep::engine

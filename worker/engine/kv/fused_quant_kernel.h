@@ -24,7 +24,6 @@ cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQ
 // Which kernel LaunchFusedFakeQuant uses where the layout allows both: the vectorized one
 // (default) or the one-warp-per-group fallback. For the benchmark that checks both.
 void SetFusedQuantVectorized(bool on);
-bool FusedQuantVectorized();
 
 }  // namespace kvsweep::engine
 
