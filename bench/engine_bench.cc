@@ -57,6 +57,11 @@ std::string HeadLines(const std::string& text, int lines) {
 }
 
 int JobMode(std::map<std::string, std::string>& f) {
+  int repeat = 1;
+  if (f.count("--repeat") && (!absl::SimpleAtoi(f["--repeat"], &repeat) || repeat < 1)) {
+    std::fprintf(stderr, "--repeat: expected a positive integer, got '%s'\n", f["--repeat"].c_str());
+    return 2;
+  }
   const std::string wiki_src = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
   absl::StatusOr<std::string> text = ReadFile(wiki_src);
   if (!text.ok()) return Die(text.status());
@@ -64,11 +69,6 @@ int JobMode(std::map<std::string, std::string>& f) {
   if (f.count("--wiki-lines") && !absl::SimpleAtoi(f["--wiki-lines"], &wiki_lines)) return 2;
   const std::string wiki = "/tmp/kvsweep_bench_wiki_" + std::to_string(wiki_lines) + ".raw";
   if (!WriteFileAtomic(wiki, HeadLines(*text, wiki_lines)).ok()) return 1;
-  int repeat = 1;
-  if (f.count("--repeat") && (!absl::SimpleAtoi(f["--repeat"], &repeat) || repeat < 1)) {
-    std::fprintf(stderr, "--repeat: expected a positive integer, got '%s'\n", f["--repeat"].c_str());
-    return 2;
-  }
   EngineOptions eo;
   eo.device = f.count("--device") ? f["--device"] : "cpu";
   Engine engine(eo);
