@@ -84,6 +84,8 @@ int Run(int argc, char** argv) {
   std::string dir;
   bool json = false;
   int nice_workers = 0;
+  double jitter = 0;
+  int ramp_ms = 0;
   CLI::App app{"kvsweep orchestration load benchmark"};
   app.add_option("--nice-workers", nice_workers,
                  "run the simulated workers at this nice value (they stand for other machines)")
@@ -91,6 +93,13 @@ int Run(int argc, char** argv) {
   app.add_option("--jobs", jobs, "jobs (a multiple of 100)")->check(CLI::Range(100, 1000000));
   app.add_option("--workers", workers, "simulated workers")->check(CLI::Range(1, 2000));
   app.add_option("--sleep-ms", sleep_ms, "fake evaluation time per job")->check(CLI::Range(0, 60000));
+  app.add_option("--jitter", jitter,
+                 "spread of the fake job time: uniform in sleep-ms * [1 - j, 1 + j] (default 0: "
+                 "every job takes exactly sleep-ms, so the workers run in lockstep)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--ramp-ms", ramp_ms,
+                 "start the workers evenly over this time instead of all at once")
+      ->check(CLI::Range(0, 600000));
   app.add_option("--coordinator-bin", coordinator_bin, "kvsweep-coordinator to start");
   app.add_option("--dir", dir, "working directory (default: a new one under /tmp)");
   app.add_flag("--json", json, "print the figures as JSON");
@@ -173,7 +182,10 @@ int Run(int argc, char** argv) {
   lease_ms.reserve(jobs + workers);
   complete_ms.reserve(jobs);
   std::atomic<int> completed{0};
-  auto eval = NewFakeEvaluator({sleep_ms});
+  FakeEvaluatorOptions fo;
+  fo.sleep_ms = sleep_ms;
+  fo.jitter = jitter;
+  auto eval = NewFakeEvaluator(fo);
   std::vector<std::unique_ptr<WorkerLoop>> loops;
   for (int w = 0; w < workers; ++w) {
     WorkerOptions o;
@@ -198,15 +210,30 @@ int Run(int argc, char** argv) {
   const double self_cpu0 = SelfCpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
-  for (auto& l : loops) threads.emplace_back([&l] { (void)l->Run(); });
+  for (int w = 0; w < workers; ++w) {
+    const auto start_at = t0 + std::chrono::microseconds(int64_t{ramp_ms} * 1000 * w / workers);
+    threads.emplace_back([&l = loops[w], start_at] {
+      std::this_thread::sleep_until(start_at);
+      (void)l->Run();
+    });
+  }
+  // Completions once every worker has started (the ramp excluded): the steady rate.
+  int after_ramp = -1;
   while (completed.load() < jobs) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (after_ramp < 0 &&
+        std::chrono::steady_clock::now() >= t0 + std::chrono::milliseconds(ramp_ms)) {
+      after_ramp = completed.load();
+    }
     if (!(*coord)->Running()) {
       std::cerr << "coordinator died; see " << dir << "/coordinator.log\n";
       return 1;
     }
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (after_ramp < 0) after_ramp = jobs;  // everything finished during the ramp
+  const double steady_rate =
+      wall > ramp_ms / 1000.0 ? (jobs - after_ramp) / (wall - ramp_ms / 1000.0) : 0.0;
   const double coord_cpu = ProcessCpuSeconds((*coord)->pid()) - coord_cpu0;
   const double self_cpu = SelfCpuSeconds() - self_cpu0;
   const double load_after = LoadAverage();
@@ -248,10 +275,13 @@ int Run(int argc, char** argv) {
       {"jobs", jobs},
       {"workers", workers},
       {"sleep_ms", sleep_ms},
+      {"jitter", jitter},
+      {"ramp_ms", ramp_ms},
       {"nice_workers", nice_workers},
       {"submit_s", submit_s},
       {"wall_s", wall},
       {"completions_per_s", jobs / wall},
+      {"completions_per_s_after_ramp", steady_rate},
       {"lease_ms", {{"p50", Percentile(lease_ms, 0.5)}, {"p99", Percentile(lease_ms, 0.99)},
                     {"max", Percentile(lease_ms, 1.0)}, {"n", lease_ms.size()}}},
       {"complete_ms", {{"p50", Percentile(complete_ms, 0.5)}, {"p99", Percentile(complete_ms, 0.99)},
@@ -273,12 +303,14 @@ int Run(int argc, char** argv) {
   if (json) {
     std::cout << out.dump(2) << "\n";
   } else {
-    std::printf("jobs %d, workers %d, fake job %d ms, machine threads %u, load average %.2f -> "
-                "%.2f\n",
-                jobs, workers, sleep_ms, std::thread::hardware_concurrency(), load_before,
-                load_after);
+    std::printf("jobs %d, workers %d (started over %d ms), fake job %d ms +- %.0f%%, machine "
+                "threads %u, load average %.2f -> %.2f\n",
+                jobs, workers, ramp_ms, sleep_ms, jitter * 100, std::thread::hardware_concurrency(),
+                load_before, load_after);
     std::printf("submit (expand + resolve + insert): %.2f s\n", submit_s);
-    std::printf("durable completions/s: %.0f  (%d jobs in %.2f s)\n", jobs / wall, jobs, wall);
+    std::printf("durable completions/s: %.0f  (%d jobs in %.2f s)", jobs / wall, jobs, wall);
+    if (ramp_ms > 0) std::printf("; %.0f/s once every worker had started", steady_rate);
+    std::printf("\n");
     std::printf("lease latency ms, every job grant (Lease, or Complete+next lease): "
                 "p50 %.2f  p99 %.2f  max %.2f  (%zu grants)\n",
                 Percentile(next_job_ms, 0.5), Percentile(next_job_ms, 0.99),

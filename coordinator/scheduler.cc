@@ -51,6 +51,7 @@ absl::Status Scheduler::Start() {
                  << " leased) loaded";
   }
   started_ = true;
+  answerer_ = std::thread([this] { AnswerLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
   if (options_.reaper_thread) reaper_ = std::thread([this] { ReaperLoop(); });
   return absl::OkStatus();
@@ -68,6 +69,12 @@ void Scheduler::Stop() {
   q_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
   if (committer_.joinable()) committer_.join();
+  {
+    std::lock_guard<std::mutex> a(a_mu_);
+    a_stop_ = true;
+  }
+  a_cv_.notify_all();
+  if (answerer_.joinable()) answerer_.join();  // after answering everything handed to it
   KV_LOG(INFO) << "scheduler: stopped after " << commits_ << " commits of " << mutations_
                << " mutations, " << (commits_ > 0 ? apply_us_ / 1000.0 / commits_ : 0.0)
                << " ms per commit (" << commit_ms_.Summary() << ")";
@@ -392,7 +399,8 @@ HeartbeatReply Scheduler::Heartbeat(const std::string& worker_id, const std::str
 
 void Scheduler::Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
                          std::string result_json, const NextLease* next,
-                         std::function<void(absl::StatusOr<CompleteOutcome>)> done) {
+                         std::function<void(absl::StatusOr<CompleteOutcome>)> done,
+                         std::optional<ResultMetrics> metrics) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
   auto it = jobs_.find(job_id);
@@ -403,6 +411,7 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
     r.fence = fence;
     r.worker_id = worker_id;
     r.result_json = std::move(result_json);
+    r.metrics = std::move(metrics);
     r.now_ms = now;
     // Both halves of a complete-and-lease answer once; the lease callback runs second.
     struct Shared {
@@ -701,10 +710,17 @@ void Scheduler::CommitLoop() {
   for (;;) {
     std::vector<Pending> batch;
     bool reload = false;
+    int64_t reload_batch = 0;
     {
       std::unique_lock<std::mutex> q(q_mu_);
       q_cv_.wait(q, [this] { return !queue_.empty() || stopping_ || reload_requested_; });
-      if (queue_.empty() && stopping_) return;
+      if (queue_.empty() && stopping_) {
+        // A callback still running may queue one more mutation (a lease handed back).
+        q.unlock();
+        WaitAnswered();
+        q.lock();
+        if (queue_.empty()) return;
+      }
       if (static_cast<int>(queue_.size()) <= options_.max_batch) {
         batch.swap(queue_);
       } else {
@@ -714,7 +730,6 @@ void Scheduler::CommitLoop() {
       }
       reload = reload_requested_;
     }
-    size_t answered = batch.size();
     if (!batch.empty()) {
       std::vector<Mutation> muts;
       muts.reserve(batch.size());
@@ -737,28 +752,72 @@ void Scheduler::CommitLoop() {
           }
           reload = true;
         }
-        if (batch[i].done) batch[i].done(muts[i]);
       }
       commit_ms_.Record(apply_us / 1000.0);
-      std::lock_guard<std::mutex> q(q_mu_);
-      ++commits_;
-      mutations_ += static_cast<int64_t>(muts.size());
-      apply_us_ += apply_us;
+      {
+        std::lock_guard<std::mutex> q(q_mu_);
+        ++commits_;
+        mutations_ += static_cast<int64_t>(muts.size());
+        apply_us_ += apply_us;
+      }
+      // A batch that causes a reload counts as answered only after it (below), so that
+      // Flush() also waits for the reload.
+      const int64_t n = static_cast<int64_t>(muts.size());
+      Answer(std::move(batch), std::move(muts), reload ? 0 : n);
+      if (reload) reload_batch = n;
     }
     if (reload) {
+      // The callbacks update memory; let them all run on the memory they were decided on
+      // before it is thrown away.
+      WaitAnswered();
       std::vector<Pending> failed;
       Recover(&failed);
+      std::vector<Mutation> muts;
+      muts.reserve(failed.size());
       for (Pending& p : failed) {
         p.mutation.status =
             absl::UnavailableError("coordinator storage error; the schedule was reloaded, retry");
-        if (p.done) p.done(p.mutation);
+        muts.push_back(std::move(p.mutation));
       }
-      answered += failed.size();
+      const int64_t n = static_cast<int64_t>(muts.size()) + reload_batch;
+      Answer(std::move(failed), std::move(muts), n);
     }
-    // Counted only now, so that Flush() also waits for a reload the batch caused.
-    std::lock_guard<std::mutex> q(q_mu_);
-    answered_ += static_cast<int64_t>(answered);
-    flushed_cv_.notify_all();
+  }
+}
+
+void Scheduler::Answer(std::vector<Pending> batch, std::vector<Mutation> muts, int64_t count) {
+  {
+    std::lock_guard<std::mutex> a(a_mu_);
+    answers_.push_back(AnswerBatch{std::move(batch), std::move(muts), count});
+  }
+  a_cv_.notify_all();
+}
+
+void Scheduler::WaitAnswered() {
+  std::unique_lock<std::mutex> a(a_mu_);
+  a_cv_.wait(a, [this] { return answers_.empty() && !a_busy_; });
+}
+
+void Scheduler::AnswerLoop() {
+  std::unique_lock<std::mutex> a(a_mu_);
+  for (;;) {
+    a_cv_.wait(a, [this] { return !answers_.empty() || a_stop_; });
+    if (answers_.empty()) return;  // stopping, and everything handed over is answered
+    AnswerBatch b = std::move(answers_.front());
+    answers_.pop_front();
+    a_busy_ = true;
+    a.unlock();
+    for (size_t i = 0; i < b.pending.size(); ++i) {
+      if (b.pending[i].done) b.pending[i].done(b.muts[i]);
+    }
+    {
+      std::lock_guard<std::mutex> q(q_mu_);
+      answered_ += b.count;
+      flushed_cv_.notify_all();
+    }
+    a.lock();
+    a_busy_ = false;
+    a_cv_.notify_all();
   }
 }
 

@@ -5,7 +5,8 @@
 // are made under one mutex and their mutations queued, in the same order, to a single
 // committer thread that applies whatever has accumulated in ONE transaction (group commit:
 // one fsync for many leases and results). A caller is answered only after its mutation has
-// committed, so everything acknowledged is durable. Memory is therefore always "DB + the
+// committed, so everything acknowledged is durable; the answers (callbacks) run on an answer
+// thread, in commit order, while the committer starts the next transaction. Memory is therefore always "DB + the
 // queued mutations"; should the store ever disagree (an I/O error, a mutation refused
 // unexpectedly), the committer fails what is queued and reloads memory from the store.
 //
@@ -130,9 +131,12 @@ class Scheduler {
   // Records the result exactly once (kFailedPrecondition for a stale token; OK with
   // duplicate = true for a repeat of a recorded result). With `next`, also leases the worker
   // its next job in the same commit; if the result is refused, that lease is handed back.
+  // `metrics`: ExtractResultMetrics(result_json) if the caller has it (saves a parse in the
+  // transaction); nullopt and the store parses the result itself.
   void Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
                 std::string result_json, const NextLease* next,
-                std::function<void(absl::StatusOr<CompleteOutcome>)> done);
+                std::function<void(absl::StatusOr<CompleteOutcome>)> done,
+                std::optional<ResultMetrics> metrics = std::nullopt);
   // Ends the lease without a result; `done` gets the job's new state.
   void Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
             FailKind kind, const std::string& error,
@@ -202,6 +206,14 @@ class Scheduler {
   // Queues one mutation and waits for its commit (not with mu_ held).
   absl::StatusOr<Mutation> EnqueueAndWait(Mutation::Op op);
   void CommitLoop();
+  // Runs the callbacks of committed batches, in commit order, off the committer thread (so the
+  // next transaction starts while this one's callers are answered).
+  void AnswerLoop();
+  // Hands a committed (or failed) batch to AnswerLoop, which then counts `count` mutations
+  // as answered (for Flush).
+  void Answer(std::vector<Pending> batch, std::vector<Mutation> muts, int64_t count);
+  // Blocks until AnswerLoop has run every callback handed to it.
+  void WaitAnswered();
   void ReaperLoop();
   void Recover(std::vector<Pending>* failed);
   absl::Status LoadAll();
@@ -234,6 +246,17 @@ class Scheduler {
   bool stopping_ = false;
   int64_t enqueued_ = 0, answered_ = 0;
   int64_t commits_ = 0, mutations_ = 0, apply_us_ = 0;
+
+  struct AnswerBatch {
+    std::vector<Pending> pending;
+    std::vector<Mutation> muts;  // muts[i] is pending[i]'s mutation, as applied
+    int64_t count = 0;           // added to answered_ once the callbacks have run
+  };
+  std::mutex a_mu_;
+  std::condition_variable a_cv_;
+  std::deque<AnswerBatch> answers_;
+  bool a_busy_ = false, a_stop_ = false;
+  std::thread answerer_;
 
   std::mutex reaper_mu_;
   std::condition_variable reaper_cv_;

@@ -409,7 +409,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                          }
                          complete_ms_.Record(MsSince(t0));
                          reactor->Finish(grpc::Status::OK);
-                       });
+                       },
+                       *std::move(m));
   return reactor;
 }
 

@@ -95,6 +95,19 @@ struct GrantLease {
   int attempt = 0;  // the attempt number this lease is (attempts after the grant)
 };
 
+// Common metric columns pulled out of a result object (NaN-free; absent = nullopt).
+struct ResultMetrics {
+  std::optional<double> acc, ppl, token_ppl, word_ppl, bits_per_byte, loglik_sum;
+  std::optional<int64_t> n, tokens, words, bytes;
+  std::optional<double> fraction_payload, fraction_total;
+  std::optional<int64_t> kv_heads;
+  std::optional<double> wall_s, tokens_per_s;
+};
+// Validates a result object: a JSON object with an object "metrics" (one object per task,
+// numeric fields finite) and, if present, object "ledger"/"timing". kInvalidArgument naming
+// the offending field otherwise.
+absl::StatusOr<ResultMetrics> ExtractResultMetrics(absl::string_view result_json);
+
 // leased -> done, writing the result. Precondition, checked in the transaction that writes:
 // state leased and fence == `fence`. If instead the job's result was already recorded with this
 // same fence, the mutation succeeds with duplicate = true and writes nothing (an idempotent
@@ -106,6 +119,9 @@ struct RecordResult {
   std::string worker_id;
   std::string result_json;
   int64_t now_ms = 0;
+  // ExtractResultMetrics(result_json), when the caller has it already (the coordinator
+  // validates results before queueing them): spares the transaction a second parse.
+  std::optional<ResultMetrics> metrics;
   // Out.
   bool duplicate = false;
 };
@@ -289,19 +305,6 @@ int LatestSchemaVersion();
 
 // In-memory, for unit tests of callers only.
 std::unique_ptr<ResultStore> NewFakeResultStore();
-
-// Common metric columns pulled out of a result object (NaN-free; absent = nullopt).
-struct ResultMetrics {
-  std::optional<double> acc, ppl, token_ppl, word_ppl, bits_per_byte, loglik_sum;
-  std::optional<int64_t> n, tokens, words, bytes;
-  std::optional<double> fraction_payload, fraction_total;
-  std::optional<int64_t> kv_heads;
-  std::optional<double> wall_s, tokens_per_s;
-};
-// Validates a result object: a JSON object with an object "metrics" (one object per task,
-// numeric fields finite) and, if present, object "ledger"/"timing". kInvalidArgument naming
-// the offending field otherwise.
-absl::StatusOr<ResultMetrics> ExtractResultMetrics(absl::string_view result_json);
 
 }  // namespace kvsweep
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/hash.h"
 #include "common/ledger.h"
 #include "common/method_spec.h"
@@ -17,17 +18,28 @@ class FakeEvaluator final : public Evaluator {
 
   absl::StatusOr<nlohmann::json> Run(const JobSpec& spec, const ProgressFn& progress) override {
     const auto start = std::chrono::steady_clock::now();
-    const auto until = start + std::chrono::milliseconds(o_.sleep_ms);
+    // Per-job values (job time spread, placeholder metrics): deterministic in the fields that
+    // tell this benchmark's jobs apart (cheaper than the job id's canonical JSON).
+    const std::string h = Sha256Hex(absl::StrCat(spec.model_sha256, "|", spec.task, "|",
+                                                 spec.limit, "|", spec.window, "|", spec.method,
+                                                 "|", spec.kv_heads, "|", spec.dtype));
+    double sleep_ms = o_.sleep_ms;
+    if (o_.jitter > 0) {
+      const double v = std::stoul(h.substr(8, 8), nullptr, 16) / 4294967295.0;
+      sleep_ms *= 1.0 + o_.jitter * (2.0 * v - 1.0);
+    }
+    const auto until =
+        start + std::chrono::microseconds(static_cast<int64_t>(std::max(0.0, sleep_ms) * 1000));
     for (;;) {
       auto now = std::chrono::steady_clock::now();
       const double done =
-          o_.sleep_ms == 0 ? 1.0
-                           : std::min(1.0, std::chrono::duration<double, std::milli>(now - start)
-                                                   .count() / o_.sleep_ms);
+          sleep_ms <= 0 ? 1.0
+                        : std::min(1.0, std::chrono::duration<double, std::milli>(now - start)
+                                                .count() / sleep_ms);
       if (!progress(done)) return absl::CancelledError("fake evaluator: stopped by the worker");
       if (now >= until) break;
       std::this_thread::sleep_for(
-          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(20)));
+          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(50)));
     }
     absl::StatusOr<MethodSpec> m = ParseMethodSpec(spec.method);
     if (!m.ok()) return m.status();
@@ -35,8 +47,7 @@ class FakeEvaluator final : public Evaluator {
         ComputeLedger(*m, spec.head_dim, spec.kv_heads, spec.native_kv_heads, spec.num_layers,
                       spec.window);
     if (!ledger.ok()) return ledger.status();
-    // Placeholder metrics: a deterministic function of the job id, nothing more.
-    const std::string h = Sha256Hex(spec.JobId());
+    // Placeholder metrics: a deterministic function of the job, nothing more.
     const double u = std::stoul(h.substr(0, 8), nullptr, 16) / 4294967295.0;
     nlohmann::json metrics;
     if (spec.task != "lambada_openai") {  // wikitext, ptb, text: the rolling protocol's metrics

@@ -1,6 +1,6 @@
 // A stand-in Evaluator for the coordinator load benchmark and unit tests of the worker loop:
 // it sleeps, then returns a result shaped like the engine's. Its metrics are PLACEHOLDERS
-// (deterministic in the job id, marked in provenance); its ledger is the real one (computed
+// (deterministic in the job's spec, marked in provenance); its ledger is the real one (computed
 // from the method spec, no model needed). Never used where numbers matter.
 #ifndef KVSWEEP_WORKER_FAKE_EVALUATOR_H_
 #define KVSWEEP_WORKER_FAKE_EVALUATOR_H_
@@ -12,7 +12,10 @@
 namespace kvsweep {
 
 struct FakeEvaluatorOptions {
-  int sleep_ms = 100;  // per job; progress is reported (and cancellation honoured) every 20 ms
+  int sleep_ms = 100;  // per job; progress is reported (and cancellation honoured) every 50 ms
+  // Spread of the job time: each job sleeps sleep_ms * (1 + jitter * (2v - 1)) with v in [0, 1]
+  // a deterministic function of the job's spec (uniform over jobs), so the mean stays sleep_ms.
+  double jitter = 0;
 };
 
 std::unique_ptr<Evaluator> NewFakeEvaluator(const FakeEvaluatorOptions& options);

@@ -204,13 +204,17 @@ void WorkerLoop::StartHeartbeats(const v1::LeaseResponse& lease) {
   hb_progress_ = 0.0;
   ++hb_generation_;
   hb_active_ = true;
-  hb_cv_.notify_all();
+  hb_started_ = std::chrono::steady_clock::now();
+  // The thread sleeping until an earlier job's beat was due finds out about this job then, and
+  // this job's first beat is due later than that (unless its interval is shorter).
+  if (hb_idle_ || hb_started_ + std::chrono::milliseconds(hb_interval_ms_) < hb_wake_at_) {
+    hb_cv_.notify_all();
+  }
 }
 
 bool WorkerLoop::StopHeartbeats(std::string* reason) {
   std::unique_lock<std::mutex> l(hb_mu_);
-  hb_active_ = false;
-  hb_cv_.notify_all();
+  hb_active_ = false;  // the thread notices when it next wakes; no need to wake it now
   hb_cv_.wait(l, [&] { return !hb_in_flight_; });
   *reason = hb_lost_reason_;
   return hb_lost_.load();
@@ -219,14 +223,24 @@ bool WorkerLoop::StopHeartbeats(std::string* reason) {
 void WorkerLoop::HeartbeatLoop() {
   int64_t last_log = 0;
   std::unique_lock<std::mutex> l(hb_mu_);
+  uint64_t gen = 0;  // the job the schedule below is for
+  int interval = 0;
   for (;;) {
-    hb_cv_.wait(l, [&] { return hb_quit_ || hb_active_; });
+    if (!hb_active_) {
+      hb_idle_ = true;
+      hb_cv_.wait(l, [&] { return hb_quit_ || hb_active_; });
+      hb_idle_ = false;
+    }
     if (hb_quit_) return;
-    const uint64_t gen = hb_generation_;
-    const int interval = hb_interval_ms_;
-    hb_cv_.wait_for(l, std::chrono::milliseconds(interval),
-                    [&] { return hb_quit_ || !hb_active_ || hb_generation_ != gen; });
-    if (hb_quit_) return;
+    if (hb_generation_ != gen) {  // a new job: its first beat is due one interval after its start
+      gen = hb_generation_;
+      interval = hb_interval_ms_;
+      hb_wake_at_ = hb_started_ + std::chrono::milliseconds(interval);
+    }
+    if (hb_cv_.wait_until(l, hb_wake_at_, [&] { return hb_quit_ || hb_generation_ != gen; })) {
+      if (hb_quit_) return;
+      continue;  // woken for a job that must beat sooner
+    }
     if (!hb_active_ || hb_generation_ != gen) continue;
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
@@ -243,6 +257,7 @@ void WorkerLoop::HeartbeatLoop() {
     grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
     l.lock();
     hb_in_flight_ = false;
+    hb_wake_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval);
     if (s.ok() && !resp.keep_going() && hb_active_ && hb_generation_ == gen) {
       hb_lost_reason_ = resp.reason();
       hb_lost_ = true;

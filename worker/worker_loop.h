@@ -130,6 +130,10 @@ class WorkerLoop {
   std::mutex hb_mu_;
   std::condition_variable hb_cv_;
   bool hb_quit_ = false, hb_active_ = false, hb_in_flight_ = false;
+  // The heartbeat thread is waiting for a job (hb_idle_) or until hb_wake_at_; a new job wakes
+  // it only if it must beat sooner than that (no wake-ups, no context switches, per job).
+  bool hb_idle_ = false;
+  std::chrono::steady_clock::time_point hb_started_, hb_wake_at_;
   uint64_t hb_generation_ = 0;
   std::string hb_job_id_, hb_lease_id_, hb_lost_reason_;
   int64_t hb_fence_ = 0;
