@@ -192,6 +192,35 @@ int CheckFused(const std::string& device) {
     failures += bad != 0;
     std::printf("misaligned bf16 view (offset 8 bytes): mismatch %lld\n", static_cast<long long>(bad));
   }
+  // K and V in one launch (quant), and their first r coordinates quantized into zero-padded rows
+  // (identity-basis hybrid): against the libtorch path of each tensor, padded with
+  // constant_pad_nd, for both kernels; V with other strides than K.
+  if (!dev->is_cuda()) std::printf("pair: CUDA only (no fused kernel on %s)\n", device.c_str());
+  for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (int r : {128, 64, 32}) {
+      if (!dev->is_cuda()) break;
+      for (bool vectorized : {true, false}) {
+        const auto o = torch::TensorOptions().device(*dev);
+        torch::Tensor k = (torch::randn({2, 300, 4, 128}, o) * 2).to(dt).transpose(1, 2);
+        torch::Tensor v = torch::randn({2, 4, 300, 128}, o).to(dt);
+        QuantFormat f{4, r == 128 ? 64 : r, false, false};
+        torch::Tensor ks = k.slice(-1, 0, r), vs = v.slice(-1, 0, r);
+        SetFusedFakeQuantEnabled(false);
+        torch::Tensor rk = torch::constant_pad_nd(FakeQuantize(ks, f), {0, 128 - r});
+        torch::Tensor rv = torch::constant_pad_nd(FakeQuantize(vs, f), {0, 128 - r});
+        SetFusedFakeQuantEnabled(true);
+        SetFusedFakeQuantVectorized(vectorized);
+        torch::Tensor yk, yv;
+        const bool ran = FusedFakeQuantizePair(ks, vs, f, 128, &yk, &yv);
+        const int64_t bad = !ran ? -1
+                                 : rk.ne(yk).sum().item<int64_t>() + rv.ne(yv).sum().item<int64_t>() +
+                                       (yk.is_contiguous() && yv.is_contiguous() ? 0 : 1);
+        failures += bad != 0;
+        std::printf("pair %-5s r=%3d of 128, %s kernel: mismatch %lld\n", DtypeName(dt), r,
+                    vectorized ? "vectorized" : "warp", static_cast<long long>(bad));
+      }
+    }
+  }
   SetFusedFakeQuantEnabled(was_enabled);
   SetFusedFakeQuantVectorized(true);
   std::printf("%s\n", failures == 0 ? "fused (both kernels) == libtorch path on every case" : "MISMATCH");

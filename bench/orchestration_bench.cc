@@ -86,6 +86,7 @@ int Run(int argc, char** argv) {
   int nice_workers = 0;
   double jitter = 0;
   int ramp_ms = 0;
+  std::string model = "ref-llama";
   CLI::App app{"kvsweep orchestration load benchmark"};
   app.add_option("--nice-workers", nice_workers,
                  "run the simulated workers at this nice value (they stand for other machines)")
@@ -100,6 +101,7 @@ int Run(int argc, char** argv) {
   app.add_option("--ramp-ms", ramp_ms,
                  "start the workers evenly over this time instead of all at once")
       ->check(CLI::Range(0, 600000));
+  app.add_option("--model", model, "the assets' model the sweep names (hashed at submit only)");
   app.add_option("--coordinator-bin", coordinator_bin, "kvsweep-coordinator to start");
   app.add_option("--dir", dir, "working directory (default: a new one under /tmp)");
   app.add_flag("--json", json, "print the figures as JSON");
@@ -117,9 +119,9 @@ int Run(int argc, char** argv) {
   const std::string db = dir + "/bench.db";
   for (const char* s : {"", "-wal", "-shm", ".lock"}) std::remove((db + s).c_str());
 
-  // 100 distinct methods x (jobs/100) LAMBADA limits = `jobs` distinct jobs on ref-llama.
-  std::string yaml = absl::StrCat("name: bench\nmodels:\n  - path: ", AssetsDir(),
-                                  "/models/ref-llama\ntasks:\n");
+  // 100 distinct methods x (jobs/100) LAMBADA limits = `jobs` distinct jobs on `model`.
+  std::string yaml = absl::StrCat("name: bench\nmodels:\n  - path: ", AssetsDir(), "/models/",
+                                  model, "\ntasks:\n");
   for (int t = 1; t <= jobs / 100; ++t) {
     absl::StrAppend(&yaml, "  - {name: l", t, ", task: lambada_openai, data: ", AssetsDir(),
                     "/data/lambada_openai/lambada_test.jsonl, limit: ", t, "}\n");

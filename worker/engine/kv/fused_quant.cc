@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <vector>
 
 #ifdef KVSWEEP_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -27,37 +28,85 @@ bool FusedFakeQuantEnabled() { return Enabled().load(std::memory_order_relaxed);
 void SetFusedFakeQuantEnabled(bool enabled) { Enabled().store(enabled); }
 
 #ifdef KVSWEEP_CUDA
-bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out) {
-  if (!x.is_cuda() || f.fp16_meta) return false;
-  if (!FusedFakeQuantEnabled()) return false;
-  int dtype = 0;
-  switch (x.scalar_type()) {
-    case torch::kFloat32: dtype = kFusedF32; break;
-    case torch::kBFloat16: dtype = kFusedBF16; break;
-    case torch::kFloat16: dtype = kFusedF16; break;
-    default: return false;
+namespace {
+
+int KernelDtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return kFusedF32;
+    case torch::kBFloat16: return kFusedBF16;
+    case torch::kFloat16: return kFusedF16;
+    default: return -1;
   }
+}
+
+// x's layout as the kernel reads it, writing a new contiguous [..., out_n] to *y; false when the
+// kernel cannot read x.
+bool Describe(const torch::Tensor& x, const QuantFormat& f, int64_t out_n, FusedQuantTensor* t,
+              torch::Tensor* y) {
   const int64_t d = x.dim();
-  if (d < 1 || d > 4 || x.stride(-1) != 1 || f.group <= 0 || x.size(-1) % f.group != 0) return false;
-  FusedQuantShape s;
+  if (!x.is_cuda() || KernelDtype(x.scalar_type()) < 0 || d < 1 || d > 4 || x.stride(-1) != 1 ||
+      f.group <= 0 || x.size(-1) % f.group != 0 || out_n < x.size(-1)) {
+    return false;
+  }
+  FusedQuantShape& s = t->s;
   s.n = x.size(-1);
+  s.out_n = out_n;
   for (int i = 0; i < 3; ++i) {
     const int64_t dim = d - 4 + i;  // outer dimensions, right-aligned
     s.rows[i] = dim >= 0 ? x.size(dim) : 1;
     s.strides[i] = dim >= 0 ? x.stride(dim) : 0;
   }
-  *out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
-  if (x.numel() == 0) return true;
-  c10::cuda::CUDAGuard guard(x.device());
-  const cudaError_t e = LaunchFusedFakeQuant(x.data_ptr(), out->data_ptr(), dtype, s, f.group, f.bits,
-                                             f.sym, at::cuda::getCurrentCUDAStream());
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out_n;
+  *y = torch::empty(shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
+  t->x = x.data_ptr();
+  t->y = y->data_ptr();
+  return true;
+}
+
+void Launch(const FusedQuantTensor* t, int count, const torch::Tensor& like, const QuantFormat& f) {
+  c10::cuda::CUDAGuard guard(like.device());
+  const cudaError_t e = LaunchFusedFakeQuant(t, count, KernelDtype(like.scalar_type()), f.group,
+                                             f.bits, f.sym, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "fused fake quantization kernel: ", cudaGetErrorString(e));
+}
+
+}  // namespace
+
+bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out) {
+  if (f.fp16_meta || !FusedFakeQuantEnabled()) return false;
+  FusedQuantTensor t{};
+  if (!Describe(x, f, x.dim() > 0 ? x.size(-1) : 0, &t, out)) return false;
+  if (x.numel() > 0) Launch(&t, 1, x, f);
+  return true;
+}
+
+bool FusedFakeQuantizePair(const torch::Tensor& a, const torch::Tensor& b, const QuantFormat& f,
+                           int64_t out_n, torch::Tensor* ya, torch::Tensor* yb) {
+  if (f.fp16_meta || !FusedFakeQuantEnabled() || !a.defined() || !b.defined() ||
+      a.scalar_type() != b.scalar_type() || a.device() != b.device()) {
+    return false;
+  }
+  FusedQuantTensor t[2] = {};
+  torch::Tensor oa, ob;
+  if (!Describe(a, f, out_n, &t[0], &oa) || !Describe(b, f, out_n, &t[1], &ob)) return false;
+  if (a.numel() > 0 && b.numel() > 0) {
+    Launch(t, 2, a, f);
+  } else if (a.numel() > 0 || b.numel() > 0) {
+    Launch(a.numel() > 0 ? &t[0] : &t[1], 1, a, f);
+  }
+  *ya = std::move(oa);
+  *yb = std::move(ob);
   return true;
 }
 
 void SetFusedFakeQuantVectorized(bool on) { SetFusedQuantVectorized(on); }
 #else
 bool FusedFakeQuantize(const torch::Tensor&, const QuantFormat&, torch::Tensor*) { return false; }
+bool FusedFakeQuantizePair(const torch::Tensor&, const torch::Tensor&, const QuantFormat&, int64_t,
+                           torch::Tensor*, torch::Tensor*) {
+  return false;
+}
 void SetFusedFakeQuantVectorized(bool) {}
 #endif
 

@@ -13,11 +13,16 @@
 // 64-bit index arithmetic and two scalar loads per lane on it. Groups are contiguous in memory
 // (the last dimension has stride 1); rows may be strided in up to three outer dimensions (the
 // model hands over transposed [B, H, T, D] views).
+//
+// One launch serves K and V (blockIdx.y picks the tensor), and may write each row into a wider
+// zeroed output row (identity-basis hybrid: the first r coordinates quantized, the rest 0): on a
+// small model's millisecond forward passes the codec's launches, not its arithmetic, are the cost.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "worker/engine/kv/fused_quant_kernel.h"
@@ -68,9 +73,28 @@ __device__ __forceinline__ float QuantizeOne(float v, const QuantParams& p) {
   return __fadd_rn(__fmul_rn(q, p.scale), p.lo);
 }
 
+struct Tensors {
+  FusedQuantTensor t[2];
+};
+
+// y[..., n:out_n] = 0, grid-stride over every thread of the launch's blockIdx.y slice.
 template <typename T>
-__global__ void FakeQuantKernel(const T* __restrict__ x, T* __restrict__ y, FusedQuantShape s,
-                                int group, int bits, bool sym) {
+__device__ __forceinline__ void ZeroTail(T* y, const FusedQuantShape& s) {
+  const int64_t pad = s.out_n - s.n;
+  if (pad <= 0) return;
+  const int64_t total = s.rows[0] * s.rows[1] * s.rows[2] * pad;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    Store(y + (e / pad) * s.out_n + s.n + e % pad, 0.f);
+  }
+}
+
+template <typename T>
+__global__ void FakeQuantKernel(Tensors ts, int group, int bits, bool sym) {
+  const FusedQuantTensor& t = ts.t[blockIdx.y];
+  const T* __restrict__ x = static_cast<const T*>(t.x);
+  T* __restrict__ y = static_cast<T*>(t.y);
+  const FusedQuantShape& s = t.s;
   const int64_t groups_per_row = s.n / group;
   const int64_t total_groups = s.rows[0] * s.rows[1] * s.rows[2] * groups_per_row;
   const int lane = threadIdx.x & 31;
@@ -83,7 +107,7 @@ __global__ void FakeQuantKernel(const T* __restrict__ x, T* __restrict__ y, Fuse
     const int64_t r1 = (row / s.rows[2]) % s.rows[1];
     const int64_t r0 = row / (s.rows[2] * s.rows[1]);
     const T* in = x + r0 * s.strides[0] + r1 * s.strides[1] + r2 * s.strides[2] + gi * group;
-    T* out = y + row * s.n + gi * group;  // y is contiguous
+    T* out = y + row * s.out_n + gi * group;  // y is contiguous
     float lo = INFINITY, hi = -INFINITY;
     for (int i = lane; i < group; i += 32) {
       const float v = Load(in + i);
@@ -97,11 +121,15 @@ __global__ void FakeQuantKernel(const T* __restrict__ x, T* __restrict__ y, Fuse
     const QuantParams qp = MakeParams(lo, hi, bits, sym);
     for (int i = lane; i < group; i += 32) Store(out + i, QuantizeOne(Load(in + i), qp));
   }
+  ZeroTail(y, s);
 }
 
 template <typename T, int LANES>
-__global__ void FakeQuantVecKernel(const T* __restrict__ x, T* __restrict__ y, FusedQuantShape s,
-                                   int group, int bits, bool sym) {
+__global__ void FakeQuantVecKernel(Tensors ts, int group, int bits, bool sym) {
+  const FusedQuantTensor& t = ts.t[blockIdx.y];
+  const T* __restrict__ x = static_cast<const T*>(t.x);
+  T* __restrict__ y = static_cast<T*>(t.y);
+  const FusedQuantShape& s = t.s;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kTeamsPerWarp = 32 / LANES;
   struct Pack {
@@ -127,7 +155,7 @@ __global__ void FakeQuantVecKernel(const T* __restrict__ x, T* __restrict__ y, F
       const int64_t r1 = (row / s.rows[2]) % s.rows[1];
       const int64_t r0 = row / (s.rows[2] * s.rows[1]);
       in = x + r0 * s.strides[0] + r1 * s.strides[1] + r2 * s.strides[2] + gi * group;
-      out = y + row * s.n + gi * group;  // y is contiguous
+      out = y + row * s.out_n + gi * group;  // y is contiguous
     }
     float lo = INFINITY, hi = -INFINITY;
     Pack held;  // the lane's first (for heads up to LANES * kVec values: only) vector
@@ -165,72 +193,84 @@ __global__ void FakeQuantVecKernel(const T* __restrict__ x, T* __restrict__ y, F
       *reinterpret_cast<uint4*>(out + base) = q.raw;
     }
   }
+  ZeroTail(y, s);
+}
+
+// Blocks along x for `per_block` units of work per block over the largest of the tensors.
+unsigned Blocks(const Tensors& ts, int count, int group, int64_t per_block) {
+  int64_t most = 1;
+  for (int i = 0; i < count; ++i) {
+    const FusedQuantShape& s = ts.t[i].s;
+    const int64_t rows = s.rows[0] * s.rows[1] * s.rows[2];
+    most = std::max(most, rows * (s.n / group));
+  }
+  int64_t blocks = (most + per_block - 1) / per_block;
+  if (blocks > 65535 * 16) blocks = 65535 * 16;  // grid-stride beyond this
+  return static_cast<unsigned>(std::max<int64_t>(blocks, 1));
 }
 
 template <typename T, int LANES>
-cudaError_t LaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits,
-                      bool sym, cudaStream_t stream) {
-  const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
+cudaError_t LaunchVec(const Tensors& ts, int count, int group, int bits, bool sym,
+                      cudaStream_t stream) {
   const int threads = 256;
-  const int64_t teams_per_block = threads / LANES;
-  int64_t blocks = (groups + teams_per_block - 1) / teams_per_block;
-  if (blocks > 65535 * 16) blocks = 65535 * 16;  // grid-stride beyond this
-  if (blocks < 1) blocks = 1;
-  FakeQuantVecKernel<T, LANES><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<T*>(y), s, group, bits, sym);
+  const dim3 grid(Blocks(ts, count, group, threads / LANES), count);
+  FakeQuantVecKernel<T, LANES><<<grid, threads, 0, stream>>>(ts, group, bits, sym);
   return cudaGetLastError();
 }
 
-// The vectorized kernel when the layout allows 16-byte accesses; false otherwise.
+// The vectorized kernel when every tensor's layout allows 16-byte accesses; false otherwise.
 template <typename T>
-bool TryLaunchVec(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
-                  cudaStream_t stream, cudaError_t* err) {
+bool TryLaunchVec(const Tensors& ts, int count, int group, int bits, bool sym, cudaStream_t stream,
+                  cudaError_t* err) {
   constexpr int kVec = 16 / sizeof(T);
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
-      group % kVec != 0) {
-    return false;
-  }
-  for (int i = 0; i < 3; ++i) {
-    if (s.rows[i] > 1 && s.strides[i] % kVec != 0) return false;
+  if (group % kVec != 0) return false;
+  for (int t = 0; t < count; ++t) {
+    const FusedQuantTensor& x = ts.t[t];
+    if (reinterpret_cast<uintptr_t>(x.x) % 16 != 0 || reinterpret_cast<uintptr_t>(x.y) % 16 != 0 ||
+        x.s.out_n % kVec != 0) {
+      return false;
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (x.s.rows[i] > 1 && x.s.strides[i] % kVec != 0) return false;
+    }
   }
   int lanes = 1;
   while (lanes < 32 && lanes * 2 * kVec <= group) lanes *= 2;
   switch (lanes) {
-    case 1: *err = LaunchVec<T, 1>(x, y, s, group, bits, sym, stream); break;
-    case 2: *err = LaunchVec<T, 2>(x, y, s, group, bits, sym, stream); break;
-    case 4: *err = LaunchVec<T, 4>(x, y, s, group, bits, sym, stream); break;
-    case 8: *err = LaunchVec<T, 8>(x, y, s, group, bits, sym, stream); break;
-    case 16: *err = LaunchVec<T, 16>(x, y, s, group, bits, sym, stream); break;
-    default: *err = LaunchVec<T, 32>(x, y, s, group, bits, sym, stream); break;
+    case 1: *err = LaunchVec<T, 1>(ts, count, group, bits, sym, stream); break;
+    case 2: *err = LaunchVec<T, 2>(ts, count, group, bits, sym, stream); break;
+    case 4: *err = LaunchVec<T, 4>(ts, count, group, bits, sym, stream); break;
+    case 8: *err = LaunchVec<T, 8>(ts, count, group, bits, sym, stream); break;
+    case 16: *err = LaunchVec<T, 16>(ts, count, group, bits, sym, stream); break;
+    default: *err = LaunchVec<T, 32>(ts, count, group, bits, sym, stream); break;
   }
   return true;
 }
 
 template <typename T>
-cudaError_t Launch(const void* x, void* y, const FusedQuantShape& s, int group, int bits, bool sym,
+cudaError_t Launch(const Tensors& ts, int count, int group, int bits, bool sym,
                    cudaStream_t stream) {
   cudaError_t vec_err = cudaSuccess;
-  if (UseVectorKernel() && TryLaunchVec<T>(x, y, s, group, bits, sym, stream, &vec_err)) {
+  if (UseVectorKernel() && TryLaunchVec<T>(ts, count, group, bits, sym, stream, &vec_err)) {
     return vec_err;
   }
-  const int64_t groups = s.rows[0] * s.rows[1] * s.rows[2] * (s.n / group);
-  const int threads = 256;  // 8 warps
-  int64_t blocks = (groups * 32 + threads - 1) / threads;
-  if (blocks > 65535 * 16) blocks = 65535 * 16;  // grid-stride beyond this
-  if (blocks < 1) blocks = 1;
-  FakeQuantKernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<T*>(y), s, group, bits, sym);
+  const int threads = 256;  // 8 warps, one group each
+  const dim3 grid(Blocks(ts, count, group, threads / 32), count);
+  FakeQuantKernel<T><<<grid, threads, 0, stream>>>(ts, group, bits, sym);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQuantShape& s,
-                                 int group, int bits, bool sym, cudaStream_t stream) {
+cudaError_t LaunchFusedFakeQuant(const FusedQuantTensor* tensors, int count, int dtype, int group,
+                                 int bits, bool sym, cudaStream_t stream) {
+  if (count < 1 || count > 2) return cudaErrorInvalidValue;
+  Tensors ts{};
+  for (int i = 0; i < count; ++i) ts.t[i] = tensors[i];
   switch (dtype) {
-    case kFusedF32: return Launch<float>(x, y, s, group, bits, sym, stream);
-    case kFusedBF16: return Launch<__nv_bfloat16>(x, y, s, group, bits, sym, stream);
-    case kFusedF16: return Launch<__half>(x, y, s, group, bits, sym, stream);
+    case kFusedF32: return Launch<float>(ts, count, group, bits, sym, stream);
+    case kFusedBF16: return Launch<__nv_bfloat16>(ts, count, group, bits, sym, stream);
+    case kFusedF16: return Launch<__half>(ts, count, group, bits, sym, stream);
     default: return cudaErrorInvalidValue;
   }
 }

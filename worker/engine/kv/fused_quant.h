@@ -13,6 +13,13 @@ namespace kvsweep::engine {
 // Returns false otherwise (the caller uses libtorch ops).
 bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tensor* out);
 
+// K and V in one launch, each written into a new contiguous [..., out_n] (out_n >= the last
+// dimension n) whose first n columns are FakeQuantize(x) and the rest zero: what the libtorch
+// path gives with constant_pad_nd(FakeQuantize(x), {0, out_n - n}), bitwise. Same conditions as
+// FusedFakeQuantize for both, plus one dtype and device; false (nothing written) otherwise.
+bool FusedFakeQuantizePair(const torch::Tensor& a, const torch::Tensor& b, const QuantFormat& f,
+                           int64_t out_n, torch::Tensor* ya, torch::Tensor* yb);
+
 // Whether FusedFakeQuantize may use the kernel: on by default, off when the environment variable
 // KVSWEEP_FUSED_QUANT is 0 at start-up (read once). The setter is for benchmarks and tests that
 // compare both paths in one process.

@@ -11,15 +11,25 @@ namespace kvsweep::engine {
 enum { kFusedF32 = 0, kFusedBF16 = 1, kFusedF16 = 2 };
 
 // x: rows indexed by three outer dimensions (sizes `rows`, element strides `strides`), each row
-// `n` contiguous elements; y: contiguous [rows..., n].
+// `n` contiguous elements, all quantized; y: contiguous [rows..., out_n] (out_n >= n), its first n
+// columns the quantized row and the rest zero (the dropped coordinates of an identity-basis
+// projection).
 struct FusedQuantShape {
   int64_t rows[3];
   int64_t strides[3];
   int64_t n;
+  int64_t out_n;
 };
 
-cudaError_t LaunchFusedFakeQuant(const void* x, void* y, int dtype, const FusedQuantShape& s,
-                                 int group, int bits, bool sym, cudaStream_t stream);
+struct FusedQuantTensor {
+  const void* x;
+  void* y;
+  FusedQuantShape s;
+};
+
+// Quantizes `count` (1 or 2: K and V) tensors of one dtype and format in one launch.
+cudaError_t LaunchFusedFakeQuant(const FusedQuantTensor* tensors, int count, int dtype, int group,
+                                 int bits, bool sym, cudaStream_t stream);
 
 // Which kernel LaunchFusedFakeQuant uses where the layout allows both: the vectorized one
 // (default) or the one-warp-per-group fallback. For the benchmark that checks both.

@@ -4,6 +4,7 @@
 // pass serves every query. With basis=identity the coefficients are the first r coordinates.
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/codecs.h"
+#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 
@@ -27,6 +28,18 @@ class HybridCodec final : public KvCodec {
     // k, v: [B, Hkv, T, D]; the cache stores the coefficients quantized.
     const auto quantize = [this](const Tensor& c) { return FakeQuantize(c, format_); };
     KvPair out;
+    const int64_t D = k.size(-1);
+    Tensor ck, cv;
+    if (spec_.basis == Basis::kIdentity && spec_.compresses_k() && spec_.compresses_v() &&
+        v.size(-1) == D && spec_.r <= D &&
+        FusedFakeQuantizePair(k.slice(-1, 0, spec_.r), v.slice(-1, 0, spec_.r), format_, D, &ck,
+                              &cv)) {
+      // CUDA: the first r coordinates of K and V quantized and the rest zeroed, in one launch:
+      // bitwise Projection::Apply's slice, FakeQuantize and constant_pad_nd.
+      out.k = KvOperand{std::move(ck), {}, {}};
+      out.v = KvOperand{std::move(cv), {}, {}};
+      return out;
+    }
     out.k = KvOperand{spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, quantize) : k, {}, {}};
     out.v = KvOperand{spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, quantize) : v, {}, {}};
     return out;

@@ -21,6 +21,7 @@
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/codecs.h"
+#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 
@@ -53,6 +54,15 @@ class QuantCodec final : public KvCodec {
       mask = CompressedStateMask(k.size(2), block, spec_.residual, k.device());
     }
     KvPair out;
+    Tensor qk, qv;
+    if (spec_.axis == QuantAxis::kToken && spec_.basis == Basis::kIdentity &&
+        spec_.compresses_k() && spec_.compresses_v() && k.size(-1) == v.size(-1) &&
+        FusedFakeQuantizePair(k, v, format_, k.size(-1), &qk, &qv)) {
+      // CUDA: K and V in one launch, bitwise what Quantize gives each.
+      out.k = Operand(std::move(qk), k, mask);
+      out.v = Operand(std::move(qv), v, mask);
+      return out;
+    }
     out.k = spec_.compresses_k() ? Operand(Quantize(KvTensor::kK, layer, k), k, mask)
                                  : KvOperand{k, {}, {}};
     out.v = spec_.compresses_v() ? Operand(Quantize(KvTensor::kV, layer, v), v, mask)
