@@ -12,6 +12,7 @@
 //
 //   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat N]
+//       [--interleave]
 //       [--wiki-lines N] [--out FILE.jsonl]
 #include <algorithm>
 #include <chrono>
@@ -96,39 +97,74 @@ int JobMode(std::map<std::string, std::string>& f) {
     if (!r.ok()) return Die(r.status());
     std::fprintf(stderr, "warm-up done (load %.1fs)\n", (*r)["timing"]["load_s"].get<double>());
   }
+  // --interleave: pass i of every method before pass i + 1 of any, so that drift of the machine
+  // over the run hits every method alike; each row then also gets its cost against `none`
+  // paired pass by pass (median of tps_none[i] / tps[i] - 1).
+  const bool interleave = f.count("--interleave") > 0;
+  std::vector<std::string> methods =
+      absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';');
   for (absl::string_view task : absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
-    for (absl::string_view method : absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';')) {
-      absl::StatusOr<JobSpec> s = ResolveJob(request(std::string(task), std::string(method)));
+    struct Row {
+      JobSpec spec;
+      nlohmann::json first;
+      std::vector<double> tps;
+    };
+    std::vector<Row> rows;
+    auto pass = [&](Row& row) -> absl::Status {
+      absl::StatusOr<nlohmann::json> r = engine.Run(row.spec, nullptr);
+      if (!r.ok()) return r.status();
+      if (row.first.is_null()) row.first = *r;
+      row.tps.push_back((*r)["timing"]["tokens_per_s"].get<double>());
+      return absl::OkStatus();
+    };
+    for (const std::string& method : methods) {
+      absl::StatusOr<JobSpec> s = ResolveJob(request(std::string(task), method));
       if (!s.ok()) return Die(s.status());
-      absl::StatusOr<nlohmann::json> r = engine.Run(*s, nullptr);
-      if (!r.ok()) return Die(r.status());
+      rows.push_back(Row{*s, nullptr, {}});
       // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
-      std::vector<double> tps = {(*r)["timing"]["tokens_per_s"].get<double>()};
-      for (int i = 1; i < repeat; ++i) {
-        absl::StatusOr<nlohmann::json> again = engine.Run(*s, nullptr);
-        if (!again.ok()) return Die(again.status());
-        tps.push_back((*again)["timing"]["tokens_per_s"].get<double>());
+      for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
+        if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
       }
-      std::vector<double> sorted = tps;
-      std::sort(sorted.begin(), sorted.end());
-      const double median_tps = sorted[sorted.size() / 2];
-      nlohmann::json row = {{"engine", "kvsweep"},
-                            {"model", (*r)["spec"]["model_name"]},
-                            {"task", task},
-                            {"method", method},
-                            {"canonical_method", (*r)["spec"]["method"]},
-                            {"window", (*r)["spec"]["task"]["window"]},
-                            {"dtype", (*r)["spec"]["dtype"]},
-                            {"metrics", (*r)["metrics"][std::string(task)]},
-                            {"forward_tokens", (*r)["timing"]["forward_tokens"]},
-                            {"score_s", (*r)["timing"]["score_s"]},
-                            {"tokens_per_s", median_tps},
-                            {"tokens_per_s_runs", tps},
-                            {"timing", (*r)["timing"]},
-                            {"ledger_fraction_total", (*r)["ledger"]["fraction_total"]}};
-      std::printf("%s\n", row.dump().c_str());
+    }
+    for (int i = 1; interleave && i < repeat; ++i) {
+      for (Row& row : rows) {
+        if (absl::Status st = pass(row); !st.ok()) return Die(st);
+      }
+    }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    const Row* none = nullptr;  // the last `none` row: the earlier ones are warm-ups
+    for (const Row& row : rows) {
+      if (row.spec.method == "none") none = &row;
+    }
+    for (size_t m = 0; m < rows.size(); ++m) {
+      const Row& row = rows[m];
+      const nlohmann::json& r = row.first;
+      nlohmann::json out_row = {{"engine", "kvsweep"},
+                                {"model", r["spec"]["model_name"]},
+                                {"task", task},
+                                {"method", methods[m]},
+                                {"canonical_method", r["spec"]["method"]},
+                                {"window", r["spec"]["task"]["window"]},
+                                {"dtype", r["spec"]["dtype"]},
+                                {"metrics", r["metrics"][std::string(task)]},
+                                {"forward_tokens", r["timing"]["forward_tokens"]},
+                                {"score_s", r["timing"]["score_s"]},
+                                {"tokens_per_s", median(row.tps)},
+                                {"tokens_per_s_runs", row.tps},
+                                {"interleaved", interleave},
+                                {"timing", r["timing"]},
+                                {"ledger_fraction_total", r["ledger"]["fraction_total"]}};
+      if (interleave && none != nullptr && none->tps.size() == row.tps.size()) {
+        std::vector<double> cost;
+        for (size_t i = 0; i < row.tps.size(); ++i) cost.push_back(none->tps[i] / row.tps[i] - 1);
+        out_row["cost_vs_none_paired"] = median(cost);
+      }
+      std::printf("%s\n", out_row.dump().c_str());
       std::fflush(stdout);
-      if (out.is_open()) out << row.dump() << "\n" << std::flush;
+      if (out.is_open()) out << out_row.dump() << "\n" << std::flush;
     }
   }
   return 0;
@@ -300,6 +336,10 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
+    if (k == "--interleave") {  // the one flag without a value
+      flags[k] = "1";
+      continue;
+    }
     if (k.rfind("--", 0) != 0 || i + 1 >= argc) {
       std::fprintf(stderr, "usage: see bench/engine_bench.cc\n");
       return 2;

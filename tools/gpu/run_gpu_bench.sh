@@ -11,7 +11,9 @@
 # whichever method runs first in a process pays cuBLAS/cuDNN heuristics and allocator growth
 # (measured: up to 2x on small models), so the first pass is a warm-up and report.py keeps the
 # last row per (model, task, method). COLD=1 skips the extra pass (docs/gpu.md, run 1). REPEAT=N
-# times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks).
+# times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks);
+# INTERLEAVE=1 makes kvsweep's passes round-robin over the methods, each row also getting its
+# cost against `none` paired pass by pass (cost_vs_none_paired).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -30,7 +32,7 @@ for p in $plan; do
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" 2>&1 | grep -v -i warn | tail -8
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype bf16 \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
-    --out "$out/results.jsonl" \
+    ${INTERLEAVE:+--interleave} --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done
 python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" | tee "$out/table.md"
