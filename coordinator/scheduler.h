@@ -6,9 +6,9 @@
 // committer thread that applies whatever has accumulated in ONE transaction (group commit:
 // one fsync for many leases and results). A caller is answered only after its mutation has
 // committed, so everything acknowledged is durable; the answers (callbacks) run on an answer
-// thread, in commit order, while the committer starts the next transaction. Memory is therefore always "DB + the
-// queued mutations"; should the store ever disagree (an I/O error, a mutation refused
-// unexpectedly), the committer fails what is queued and reloads memory from the store.
+// thread, in commit order, while the committer starts the next transaction. Memory is therefore
+// always "DB + the queued mutations"; should the store ever disagree (an I/O error, a mutation
+// refused unexpectedly), the committer fails what is queued and reloads memory from the store.
 //
 // Lease semantics (docs/protocol.md): a lease lasts `lease_ttl_ms` and is renewed by
 // heartbeats (in memory only: after a coordinator restart every lease gets a fresh TTL). Each

@@ -144,8 +144,8 @@ absl::Status DoOp(FakeState& s, GrantLease& op) {
 }
 
 absl::Status DoOp(FakeState& s, RecordResult& op) {
-  absl::StatusOr<ResultMetrics> m =
-        op.metrics ? absl::StatusOr<ResultMetrics>(*op.metrics) : ExtractResultMetrics(op.result_json);
+  absl::StatusOr<ResultMetrics> m = op.metrics ? absl::StatusOr<ResultMetrics>(*op.metrics)
+                                                 : ExtractResultMetrics(op.result_json);
   if (!m.ok()) return m.status();
   auto it = s.jobs.find(op.job_id);
   if (it == s.jobs.end()) return absl::NotFoundError(absl::StrCat("unknown job ", op.job_id));

@@ -925,8 +925,8 @@ class SqliteResultStore final : public ResultStore {
   }
 
   absl::Status Do(RecordResult& op) {
-    absl::StatusOr<ResultMetrics> m =
-        op.metrics ? absl::StatusOr<ResultMetrics>(*op.metrics) : ExtractResultMetrics(op.result_json);
+    absl::StatusOr<ResultMetrics> m = op.metrics ? absl::StatusOr<ResultMetrics>(*op.metrics)
+                                                   : ExtractResultMetrics(op.result_json);
     if (!m.ok()) return m.status();
     JobState state;
     int64_t fence;

@@ -84,7 +84,8 @@ __device__ __forceinline__ void ZeroTail(T* y, const FusedQuantShape& s) {
   if (pad <= 0) return;
   const int64_t total = s.rows[0] * s.rows[1] * s.rows[2] * pad;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t e = first; e < total; e += step) {
     Store(y + (e / pad) * s.out_n + s.n + e % pad, 0.f);
   }
 }
