@@ -79,12 +79,13 @@ class WorkerLoopTest : public ::testing::Test {
     for (const char* s : {"", "-wal", "-shm", ".lock", ".journal"}) std::remove((db_ + s).c_str());
   }
 
-  void StartCoordinator(const std::string& listen = "127.0.0.1:0", const std::string& token = "") {
+  void StartCoordinator(const std::string& listen = "127.0.0.1:0", const std::string& token = "",
+                        int lease_ttl_ms = 600) {
     CoordinatorOptions o;
     o.db_path = db_;
     o.listen = listen;
     o.token = token;
-    o.scheduler.lease_ttl_ms = 600;
+    o.scheduler.lease_ttl_ms = lease_ttl_ms;
     o.scheduler.retry_base_ms = 50;
     o.scheduler.idle_retry_ms = 20;
     auto s = CoordinatorServer::Start(o);
@@ -157,6 +158,31 @@ TEST_F(WorkerLoopTest, HeartbeatsKeepEachOfSeveralLongJobsLeased) {
   ASSERT_TRUE(q.ok()) << q.status();
   ASSERT_EQ(q->rows.size(), 3u);
   for (const auto& row : q->rows) EXPECT_EQ(std::get<int64_t>(row[0]), 1);
+}
+
+// The heartbeat thread sleeps until a beat is due and is not woken per job; a job whose lease
+// needs beats sooner than the previous job's schedule (here: the coordinator came back with a
+// shorter lease) must still be beaten for in time.
+TEST_F(WorkerLoopTest, ShorterHeartbeatIntervalOfTheNextJobIsHonoured) {
+  const std::string listen = absl::StrCat("127.0.0.1:", FreePort());
+  StartCoordinator(listen, "", /*lease_ttl_ms=*/30000);  // beats every 10 s
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("first", 1), "", "").ok());
+  auto eval = NewFakeEvaluator({1500});
+  WorkerLoop loop(Options(), eval.get());
+  std::thread t([&] { (void)loop.Run(); });
+  ASSERT_TRUE(WaitFor([&] { return Info("first").count(JobState::kDone) == 1; }));
+  server_.reset();
+  StartCoordinator(listen, "", /*lease_ttl_ms=*/600);  // beats every 200 ms, 1.5 s jobs
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("second", 2), "", "").ok());  // one new job
+  EXPECT_TRUE(WaitFor([&] { return Info("second").count(JobState::kDone) == 2; }));
+  loop.RequestDrain();
+  t.join();
+  EXPECT_EQ(loop.stats().recorded, 2);
+  EXPECT_EQ(loop.stats().abandoned, 0);
+  auto q = server_->store()->Query(
+      "SELECT max(json_extract(result_json, '$.provenance.worker.attempt')) FROM results", 10, 1000);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(std::get<int64_t>(q->rows.at(0).at(0)), 1);  // no lease of the second job was lost
 }
 
 TEST_F(WorkerLoopTest, CancelledJobStopsAtTheNextHeartbeat) {
