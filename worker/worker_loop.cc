@@ -279,9 +279,13 @@ absl::Status WorkerLoop::Run() {
   KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
                << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
   // Connect before the first lease (a coordinator that is not up yet is waited for by the
-  // lease retries below, so this only bounds the wait).
-  channel_->WaitForConnected(std::chrono::system_clock::now() +
-                             std::chrono::milliseconds(std::min(options_.rpc_timeout_ms, 2000)));
+  // lease retries below, so this only bounds the wait), in steps that notice a drain request.
+  const auto connect_until = std::chrono::system_clock::now() +
+                             std::chrono::milliseconds(std::min(options_.rpc_timeout_ms, 2000));
+  while (!draining_ && std::chrono::system_clock::now() < connect_until &&
+         !channel_->WaitForConnected(std::min(
+             connect_until, std::chrono::system_clock::now() + std::chrono::milliseconds(50)))) {
+  }
   hb_thread_ = std::thread([this] { HeartbeatLoop(); });
   struct StopHeartbeatThread {
     WorkerLoop* self;

@@ -260,6 +260,27 @@ TEST_F(WorkerLoopTest, WaitsForTheCoordinatorToComeUp) {
   EXPECT_EQ(loop.stats().recorded, 3);
 }
 
+// A drain request while the worker is still waiting for its first connection (nobody listens)
+// ends Run at once, not after the connection wait (up to 2 s) and a lease attempt.
+TEST_F(WorkerLoopTest, DrainWhileConnectingEndsAtOnce) {
+  auto eval = NewFakeEvaluator({10});
+  WorkerOptions o = Options();
+  o.coordinator.address = absl::StrCat("127.0.0.1:", FreePort());
+  o.rpc_timeout_ms = 10000;
+  WorkerLoop loop(o, eval.get());
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    EXPECT_TRUE(loop.Run().ok());
+    done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  loop.RequestDrain();
+  // The old single wait took the full 2 s; a 50 ms step leaves a wide margin under 1.5 s.
+  EXPECT_TRUE(WaitFor([&] { return done.load(); }, std::chrono::milliseconds(1500)));
+  t.join();
+  EXPECT_EQ(loop.stats().leased, 0);
+}
+
 TEST_F(WorkerLoopTest, WorkerWithoutTheTokenIsRefused) {
   StartCoordinator("127.0.0.1:0", "sekrit");
   auto eval = NewFakeEvaluator({10});
