@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/model.h"
 
 namespace kvsweep::engine {
@@ -244,6 +245,17 @@ absl::Status Projection::Prepare(const CodecContext& ctx) {
   u_k_ = LeadingColumns(b->k, r_, to);
   u_v_ = LeadingColumns(b->v, r_, to);
   return absl::OkStatus();
+}
+
+bool Projection::ApplyQuantizedPair(const torch::Tensor& k, const torch::Tensor& v,
+                                    const QuantFormat& f, torch::Tensor* k_out,
+                                    torch::Tensor* v_out) const {
+  if (spec_.basis != Basis::kIdentity) return false;
+  const int64_t D = k.size(-1);
+  const int64_t r = r_ == kAllColumns ? D : r_;
+  if (v.size(-1) != D || r > D) return false;
+  // The first r coordinates quantized, the dropped ones written as 0 by the same kernel.
+  return FusedFakeQuantizePair(k.slice(-1, 0, r), v.slice(-1, 0, r), f, D, k_out, v_out);
 }
 
 }  // namespace kvsweep::engine

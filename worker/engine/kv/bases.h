@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "common/method_spec.h"
 #include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/kv/quantizer.h"
 #include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {
@@ -93,6 +94,12 @@ class Projection {
     const torch::Tensor& ur = u[layer];  // [Hkv, D, r]
     return torch::matmul(store(torch::matmul(x, ur)), ur.transpose(-1, -2));
   }
+  // K and V of one layer with FakeQuantize(·, f) as the store, both in one fused CUDA launch
+  // (the identity basis only): bitwise Apply(kK, ...) and Apply(kV, ...). False, nothing
+  // written, where that does not apply (another basis, no CUDA, a layout the kernel cannot
+  // read); the caller then uses Apply.
+  bool ApplyQuantizedPair(const torch::Tensor& k, const torch::Tensor& v, const QuantFormat& f,
+                          torch::Tensor* k_out, torch::Tensor* v_out) const;
 
  private:
   MethodSpec spec_;

@@ -4,7 +4,6 @@
 // pass serves every query. With basis=identity the coefficients are the first r coordinates.
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/codecs.h"
-#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 
@@ -28,14 +27,9 @@ class HybridCodec final : public KvCodec {
     // k, v: [B, Hkv, T, D]; the cache stores the coefficients quantized.
     const auto quantize = [this](const Tensor& c) { return FakeQuantize(c, format_); };
     KvPair out;
-    const int64_t D = k.size(-1);
     Tensor ck, cv;
-    if (spec_.basis == Basis::kIdentity && spec_.compresses_k() && spec_.compresses_v() &&
-        v.size(-1) == D && spec_.r <= D &&
-        FusedFakeQuantizePair(k.slice(-1, 0, spec_.r), v.slice(-1, 0, spec_.r), format_, D, &ck,
-                              &cv)) {
-      // CUDA: the first r coordinates of K and V quantized and the rest zeroed, in one launch:
-      // bitwise Projection::Apply's slice, FakeQuantize and constant_pad_nd.
+    if (spec_.compresses_k() && spec_.compresses_v() &&
+        projection_.ApplyQuantizedPair(k, v, format_, &ck, &cv)) {  // CUDA: one launch
       out.k = KvOperand{std::move(ck), {}, {}};
       out.v = KvOperand{std::move(cv), {}, {}};
       return out;

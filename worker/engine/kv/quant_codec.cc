@@ -21,7 +21,6 @@
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/codecs.h"
-#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 
@@ -55,10 +54,9 @@ class QuantCodec final : public KvCodec {
     }
     KvPair out;
     Tensor qk, qv;
-    if (spec_.axis == QuantAxis::kToken && spec_.basis == Basis::kIdentity &&
-        spec_.compresses_k() && spec_.compresses_v() && k.size(-1) == v.size(-1) &&
-        FusedFakeQuantizePair(k, v, format_, k.size(-1), &qk, &qv)) {
-      // CUDA: K and V in one launch, bitwise what Quantize gives each.
+    if (spec_.axis == QuantAxis::kToken && spec_.compresses_k() && spec_.compresses_v() &&
+        rotation_.ApplyQuantizedPair(k, v, format_, &qk, &qv)) {
+      // CUDA, identity basis: K and V in one launch, bitwise what Quantize gives each.
       out.k = Operand(std::move(qk), k, mask);
       out.v = Operand(std::move(qv), v, mask);
       return out;
