@@ -1,13 +1,15 @@
 // Coordinator load benchmark (issue 4 item 5): N jobs dispatched to W simulated workers.
 //
 // The coordinator is the real `kvsweep-coordinator` binary in its own process, on a SQLite file
-// with synchronous=FULL (so its CPU is measured apart). The W workers are the real WorkerLoop
-// (lease, heartbeat thread, complete; one gRPC connection each) in threads of this process,
-// with the fake evaluator sleeping --sleep-ms per job. Reports durable completions per second,
-// lease and complete latency percentiles (as the workers see them) and CPU of both processes.
+// with synchronous=FULL (so its CPU is measured apart). The W workers run in this process, one
+// gRPC connection each, with the fake evaluator's job time (--sleep-ms) and result: by default
+// event-driven (bench/worker_sim.h: the worker protocol on gRPC's callback API and one timer
+// thread), with --sim threads the real WorkerLoop (a thread and a heartbeat thread per worker).
+// Reports durable completions per second, lease and complete latency percentiles (as the
+// workers see them) and CPU of both processes.
 //
 //   kvsweep_orchestration_bench [--jobs 10000] [--workers 200] [--sleep-ms 50]
-//       [--coordinator-bin PATH] [--dir DIR] [--json]
+//       [--sim async|threads] [--coordinator-bin PATH] [--dir DIR] [--json]
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -35,6 +37,7 @@
 #include "nlohmann/json.hpp"
 #include "rpc/rpc_util.h"
 #include "storage/result_store.h"
+#include "bench/worker_sim.h"
 #include "worker/fake_evaluator.h"
 #include "worker/worker_loop.h"
 
@@ -87,6 +90,9 @@ int Run(int argc, char** argv) {
   double jitter = 0;
   int ramp_ms = 0;
   std::string model = "ref-llama";
+  std::string sim = "async";
+  std::string trace_path;
+  int lease_ttl_ms = 0;
   CLI::App app{"kvsweep orchestration load benchmark"};
   app.add_option("--nice-workers", nice_workers,
                  "run the simulated workers at this nice value (they stand for other machines)")
@@ -102,6 +108,15 @@ int Run(int argc, char** argv) {
                  "start the workers evenly over this time instead of all at once")
       ->check(CLI::Range(0, 600000));
   app.add_option("--model", model, "the assets' model the sweep names (hashed at submit only)");
+  app.add_option("--sim", sim,
+                 "how the workers are simulated: async (event-driven, little CPU of its own) or "
+                 "threads (the real WorkerLoop, two threads per worker)")
+      ->check(CLI::IsMember({"async", "threads"}));
+  app.add_option("--trace", trace_path,
+                 "write every call's latency to this file: ms since the first lease, rpc, latency ms");
+  app.add_option("--lease-ttl-ms", lease_ttl_ms,
+                 "the coordinator's lease TTL (0: its default); workers heartbeat every third of it")
+      ->check(CLI::Range(100, 3600000));
   app.add_option("--coordinator-bin", coordinator_bin, "kvsweep-coordinator to start");
   app.add_option("--dir", dir, "working directory (default: a new one under /tmp)");
   app.add_flag("--json", json, "print the figures as JSON");
@@ -144,9 +159,14 @@ int Run(int argc, char** argv) {
   so.stdout_path = so.stderr_path = dir + "/coordinator.log";
   const std::string port_file = dir + "/port";
   std::remove(port_file.c_str());
-  auto coord = Subprocess::Spawn({coordinator_bin, "--db", db, "--listen", "127.0.0.1:0",
-                                  "--port-file", port_file, "--idle-retry-ms", "50"},
-                                 so);
+  std::vector<std::string> coord_args = {coordinator_bin, "--db",          db,
+                                         "--listen",      "127.0.0.1:0", "--port-file",
+                                         port_file,       "--idle-retry-ms", "50"};
+  if (lease_ttl_ms > 0) {
+    coord_args.push_back("--lease-ttl-ms");
+    coord_args.push_back(std::to_string(lease_ttl_ms));
+  }
+  auto coord = Subprocess::Spawn(coord_args, so);
   if (!coord.ok()) {
     std::cerr << coord.status() << "\n";
     return 1;
@@ -181,43 +201,75 @@ int Run(int argc, char** argv) {
   if (nice_workers > 0) setpriority(PRIO_PROCESS, 0, nice_workers);
   std::mutex mu;
   std::vector<double> lease_ms, complete_ms, next_job_ms;
+  struct TraceRow {
+    double at_ms;
+    const char* rpc;
+    double ms;
+  };
+  std::vector<TraceRow> trace;
+  std::chrono::steady_clock::time_point t0;
   lease_ms.reserve(jobs + workers);
   complete_ms.reserve(jobs);
   std::atomic<int> completed{0};
   FakeEvaluatorOptions fo;
   fo.sleep_ms = sleep_ms;
   fo.jitter = jitter;
+  auto observe = [&](const char* rpc, double ms) {
+    std::lock_guard<std::mutex> l(mu);
+    if (!trace_path.empty()) {
+      trace.push_back(TraceRow{
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+          rpc, ms});
+    }
+    const std::string r = rpc;
+    // "Time to get a job": an explicit Lease, or a Complete that brought the next lease.
+    if (r == "lease" || r == "complete+lease") next_job_ms.push_back(ms);
+    if (r == "lease") lease_ms.push_back(ms);
+    if (r == "complete" || r == "complete+lease") {
+      complete_ms.push_back(ms);
+      ++completed;
+    }
+  };
   auto eval = NewFakeEvaluator(fo);
   std::vector<std::unique_ptr<WorkerLoop>> loops;
-  for (int w = 0; w < workers; ++w) {
-    WorkerOptions o;
+  std::unique_ptr<WorkerSim> async_sim;
+  if (sim == "threads") {
+    for (int w = 0; w < workers; ++w) {
+      WorkerOptions o;
+      o.coordinator = cfg;
+      o.worker_id = absl::StrCat("bench-", w);
+      o.evaluator_name = "fake";
+      o.observe_rpc = observe;
+      loops.push_back(std::make_unique<WorkerLoop>(o, eval.get()));
+    }
+  } else {
+    WorkerSimOptions o;
     o.coordinator = cfg;
-    o.worker_id = absl::StrCat("bench-", w);
-    o.evaluator_name = "fake";
-    o.observe_rpc = [&](const char* rpc, double ms) {
-      std::lock_guard<std::mutex> l(mu);
-      const std::string r = rpc;
-      // "Time to get a job": an explicit Lease, or a Complete that brought the next lease.
-      if (r == "lease" || r == "complete+lease") next_job_ms.push_back(ms);
-      if (r == "lease") lease_ms.push_back(ms);
-      if (r == "complete" || r == "complete+lease") {
-        complete_ms.push_back(ms);
-        ++completed;
-      }
-    };
-    loops.push_back(std::make_unique<WorkerLoop>(o, eval.get()));
+    o.workers = workers;
+    o.fake = fo;
+    o.ramp_ms = ramp_ms;
+    o.observe_rpc = observe;
+    async_sim = std::make_unique<WorkerSim>(o);
   }
   const double load_before = LoadAverage();
   const double coord_cpu0 = ProcessCpuSeconds((*coord)->pid());
   const double self_cpu0 = SelfCpuSeconds();
-  const auto t0 = std::chrono::steady_clock::now();
+  t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
-  for (int w = 0; w < workers; ++w) {
+  for (int w = 0; w < static_cast<int>(loops.size()); ++w) {
     const auto start_at = t0 + std::chrono::microseconds(int64_t{ramp_ms} * 1000 * w / workers);
     threads.emplace_back([&l = loops[w], start_at] {
       std::this_thread::sleep_until(start_at);
       (void)l->Run();
     });
+  }
+  if (async_sim) {
+    if (absl::Status s = async_sim->Start(); !s.ok()) {
+      std::cerr << s.message() << "\n";
+      (*coord)->Signal(SIGTERM);
+      (*coord)->Wait(std::chrono::seconds(60));
+      return 1;
+    }
   }
   // Completions once every worker has started (the ramp excluded): the steady rate.
   int after_ramp = -1;
@@ -241,6 +293,16 @@ int Run(int argc, char** argv) {
   const double load_after = LoadAverage();
   for (auto& l : loops) l->RequestDrain();
   for (auto& t : threads) t.join();
+  WorkerSimStats ss;
+  if (async_sim) {
+    async_sim->Stop();
+    ss = async_sim->stats();
+  }
+  if (!trace_path.empty()) {
+    std::ofstream f(trace_path);
+    for (const TraceRow& r : trace) f << r.at_ms << " " << r.rpc << " " << r.ms << "\n";
+    if (!f) std::cerr << "--trace: cannot write " << trace_path << "\n";
+  }
   (*coord)->Signal(SIGTERM);
   (*coord)->Wait(std::chrono::seconds(60));
 
@@ -280,6 +342,11 @@ int Run(int argc, char** argv) {
       {"jitter", jitter},
       {"ramp_ms", ramp_ms},
       {"nice_workers", nice_workers},
+      {"sim", sim},
+      {"sim_calls", {{"leased", ss.leased}, {"recorded", ss.recorded},
+                     {"duplicates", ss.duplicates}, {"rejected", ss.rejected},
+                     {"failed", ss.failed}, {"heartbeats", ss.heartbeats},
+                     {"rpc_errors", ss.rpc_errors}}},
       {"submit_s", submit_s},
       {"wall_s", wall},
       {"completions_per_s", jobs / wall},
@@ -305,9 +372,10 @@ int Run(int argc, char** argv) {
   if (json) {
     std::cout << out.dump(2) << "\n";
   } else {
-    std::printf("jobs %d, workers %d (started over %d ms), fake job %d ms +- %.0f%%, machine "
+    std::printf("jobs %d, workers %d (%s, started over %d ms), fake job %d ms +- %.0f%%, machine "
                 "threads %u, load average %.2f -> %.2f\n",
-                jobs, workers, ramp_ms, sleep_ms, jitter * 100, std::thread::hardware_concurrency(),
+                jobs, workers, sim.c_str(), ramp_ms, sleep_ms, jitter * 100,
+                std::thread::hardware_concurrency(),
                 load_before, load_after);
     std::printf("submit (expand + resolve + insert): %.2f s\n", submit_s);
     std::printf("durable completions/s: %.0f  (%d jobs in %.2f s)", jobs / wall, jobs, wall);
@@ -330,6 +398,14 @@ int Run(int argc, char** argv) {
     std::printf("group commit: %ld transactions, %.1f mutations and %.2f ms each (p50 %.2f, p99 %.2f)\n",
                 commits, commits > 0 ? static_cast<double>(mutations) / commits : 0.0, commit_ms,
                 commit_p50, commit_p99);
+    if (sim == "async") {
+      std::printf("simulated workers: %ld leases, %ld recorded, %ld duplicates, %ld rejected, "
+                  "%ld failed, %ld heartbeats, %ld call errors\n",
+                  static_cast<long>(ss.leased), static_cast<long>(ss.recorded),
+                  static_cast<long>(ss.duplicates), static_cast<long>(ss.rejected),
+                  static_cast<long>(ss.failed), static_cast<long>(ss.heartbeats),
+                  static_cast<long>(ss.rpc_errors));
+    }
     std::printf("results in the database: %ld, integrity_check: %s\n", results,
                 integrity.ok() ? "ok" : std::string(integrity.message()).c_str());
   }

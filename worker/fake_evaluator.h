@@ -20,6 +20,17 @@ struct FakeEvaluatorOptions {
 
 std::unique_ptr<Evaluator> NewFakeEvaluator(const FakeEvaluatorOptions& options);
 
+// The two halves of a fake job, for simulations that do their own waiting (the load
+// benchmark's event-driven workers): how long the job takes, and the result it returns.
+struct FakeJobPlan {
+  double sleep_ms = 0;  // this job's time: sleep_ms spread by jitter
+  double seed = 0;      // in [0, 1]: the placeholder metrics' value
+};
+FakeJobPlan PlanFakeJob(const JobSpec& spec, const FakeEvaluatorOptions& options);
+// The result after `wall_s` seconds: placeholder metrics, the real ledger of spec.method.
+absl::StatusOr<nlohmann::json> FakeJobResult(const JobSpec& spec, const FakeJobPlan& plan,
+                                             double wall_s);
+
 }  // namespace kvsweep
 
 #endif  // KVSWEEP_WORKER_FAKE_EVALUATOR_H_
