@@ -14,6 +14,7 @@ namespace kvsweep {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr auto kSlack = std::chrono::microseconds(1000);
 
 bool Transient(grpc::StatusCode c) {
   return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
@@ -139,7 +140,9 @@ void WorkerSim::TimerLoop() {
       cv_.wait(l);
       continue;
     }
-    if (Clock::now() < timers_.top().at) {
+    // Events due within kSlack of now run together: one wake-up for a burst of them (at 200
+    // workers × 50 ms they are ~0.3 ms apart), each at most kSlack early.
+    if (Clock::now() + kSlack < timers_.top().at) {
       cv_.wait_until(l, timers_.top().at);
       continue;
     }
