@@ -30,6 +30,7 @@ asan:
 	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DKVSWEEP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSWEEP_BUILD_BENCH=OFF"
 
 bench: build
+	$(BUILD)/bench/kvsweep_orchestration_bench --jobs 10000 --workers 200 --sleep-ms 75 --jitter 0.5 --ramp-ms 500
 	$(BUILD)/bench/kvsweep_orchestration_bench --jobs 10000 --workers 200 --sleep-ms 50
 	$(BUILD)/bench/kvsweep_result_store_bench
 
