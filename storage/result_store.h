@@ -292,6 +292,14 @@ struct SqliteOptions {
   int busy_timeout_ms = 5000;
   // Tests: stop migrating at this schema version (0: the latest).
   int max_schema_version = 0;
+  // The WAL is checkpointed in the background: as soon as a commit leaves it checkpoint_frames
+  // frames (4 KiB pages) long, and at least every checkpoint_ms. Under writes without a pause a
+  // background checkpoint never quite catches up with the writer, and SQLite starts the WAL over
+  // only once one has: when it holds wal_restart_frames frames or more, the writer finishes the
+  // checkpoint itself between two transactions.
+  int checkpoint_frames = 256;  // 1 MiB
+  int checkpoint_ms = 1000;
+  int wal_restart_frames = 16384;  // 64 MiB
 };
 
 // Opens (creating if needed, unless read_only) the database at `path`, in WAL mode with

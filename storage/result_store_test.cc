@@ -5,10 +5,13 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -502,6 +505,83 @@ TEST(SqliteResultStoreTest, UsesWalAndFullSync) {
   EXPECT_EQ(sqlite3_column_int(st, 0), LatestSchemaVersion());
   sqlite3_finalize(st);
   sqlite3_close(db);
+}
+
+int64_t FileSize(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  return f ? static_cast<int64_t>(f.tellg()) : -1;
+}
+
+// 300 jobs with 2 KiB specs: ~1 MiB of pages, all of it first written to the WAL.
+SubmitSweep BigSweep() {
+  SubmitSweep s;
+  s.name = "big";
+  for (int i = 0; i < 300; ++i) {
+    NewJob j = Job(absl::StrCat("job-", i));
+    j.spec_json = SpecJson("ref-llama", "none:" + std::string(2048, 'x'));
+    s.jobs.push_back(j);
+  }
+  return s;
+}
+
+// The background checkpointer copies committed pages into the database file while the store is
+// open (it once ran on a connection that had never read the database, so SQLite took it for a
+// non-WAL database and every checkpoint did nothing until the store closed).
+TEST(SqliteResultStoreTest, WalIsCheckpointedWhileTheStoreIsOpen) {
+  SqliteOptions by_timer;
+  by_timer.checkpoint_ms = 20;
+  by_timer.checkpoint_frames = 1 << 30;
+  SqliteOptions by_length;  // woken by the commit that makes the WAL long; the timer is far off
+  by_length.checkpoint_ms = 600000;
+  by_length.checkpoint_frames = 16;
+  for (const SqliteOptions& o : {by_timer, by_length}) {
+    const std::string path = TempPath("checkpoint");
+    auto store = OpenOrDie(path, o);
+    ASSERT_NE(store, nullptr);
+    const int64_t before = FileSize(path);
+    ApplyOk(store.get(), BigSweep());
+    for (int i = 0; i < 200 && FileSize(path) < before + 512 * 1024; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GE(FileSize(path), before + 512 * 1024)
+        << "checkpoint_ms " << o.checkpoint_ms << ": the database file did not grow, nothing "
+        << "was checkpointed (WAL " << FileSize(path + "-wal") << " bytes)";
+  }
+}
+
+// Leases and results written back to back, as under load: the WAL does not grow with the number
+// of transactions but starts over (its file stays within a few checkpoint intervals' writes).
+TEST(SqliteResultStoreTest, WalStaysBoundedUnderWritesWithoutPause) {
+  const std::string path = TempPath("walbound");
+  SqliteOptions o;
+  o.checkpoint_frames = 16;
+  o.wal_restart_frames = 64;
+  auto store = OpenOrDie(path, o);
+  ASSERT_NE(store, nullptr);
+  ApplyOk(store.get(), BigSweep());
+  int64_t wal_max = 0;
+  for (int i = 0; i < 300; ++i) {
+    const std::string id = absl::StrCat("job-", i);
+    std::vector<Mutation> b;
+    GrantLease g;
+    g.job_id = id;
+    g.lease_id = "l";
+    g.worker_id = "w";
+    b.emplace_back(g);
+    RecordResult r;
+    r.job_id = id;
+    r.fence = 1;
+    r.worker_id = "w";
+    r.result_json = ResultJson(10.0 + i) + std::string(1024, ' ');
+    b.emplace_back(r);
+    ASSERT_TRUE(store->Apply(b).ok());
+    ASSERT_TRUE(b[0].status.ok() && b[1].status.ok()) << b[0].status << " " << b[1].status;
+    wal_max = std::max(wal_max, FileSize(path + "-wal"));
+  }
+  EXPECT_EQ(*store->CountResults(), 300);
+  // 300 transactions of ~8 pages each would be ~10 MiB of WAL if it never started over.
+  EXPECT_LT(FileSize(path + "-wal"), 4 << 20) << "largest seen: " << wal_max;
+  EXPECT_TRUE(store->IntegrityCheck().ok());
 }
 
 TEST(SqliteResultStoreTest, MigratesAnOlderSchemaKeepingData) {

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <thread>
@@ -382,8 +383,15 @@ class SqliteResultStore final : public ResultStore {
       // default) they stall an unlucky commit for tens of ms. A background connection does
       // them instead; commits only append to the WAL.
       KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA wal_autocheckpoint=0"));
+      sqlite3_wal_hook(wdb_, &SqliteResultStore::OnWalCommit, this);
+      // A WAL file that once grew (a big submit, a burst) is cut back to this size when the
+      // WAL starts over.
+      KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA journal_size_limit=67108864"));
       KV_RETURN_IF_ERROR(OpenConn(path, SQLITE_OPEN_READWRITE, &cdb_));
       sqlite3_busy_timeout(cdb_, busy);
+      // A connection that has not read the database yet does not know it is in WAL mode:
+      // sqlite3_wal_checkpoint_v2 on it does nothing (it reports -1 frames). Read once first.
+      KV_RETURN_IF_ERROR(CheckJournalMode(cdb_));
       checkpointer_ = std::thread([this] { CheckpointLoop(); });
     }
     KV_RETURN_IF_ERROR(OpenConn(path, o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &rdb_));
@@ -414,6 +422,16 @@ class SqliteResultStore final : public ResultStore {
     }
     std::lock_guard<std::mutex> lock(wmu_);
     hard_error_ = absl::OkStatus();
+    if (restart_wanted_.exchange(false)) {
+      // The background checkpoint has copied nearly all of a long WAL; copying the rest here,
+      // with no transaction in flight, lets the next one start the WAL over.
+      int log = 0, done = 0;
+      const int rc =
+          sqlite3_wal_checkpoint_v2(wdb_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        KV_LOG(WARNING) << "result store: checkpoint: " << sqlite3_errmsg(wdb_);
+      }
+    }
     absl::Status s = Ctl("BEGIN IMMEDIATE");
     if (!s.ok()) {
       hard_error_ = absl::OkStatus();
@@ -690,17 +708,31 @@ class SqliteResultStore final : public ResultStore {
     return absl::OkStatus();
   }
 
+  // Runs in the committing thread after each commit, with the WAL's length in frames.
+  static int OnWalCommit(void* self, sqlite3*, const char*, int frames) {
+    auto* store = static_cast<SqliteResultStore*>(self);
+    if (frames >= store->options_.checkpoint_frames && !store->ckpt_wanted_.exchange(true)) {
+      std::lock_guard<std::mutex> l(store->ckpt_mu_);
+      store->ckpt_cv_.notify_all();
+    }
+    return SQLITE_OK;
+  }
+
   void CheckpointLoop() {
     std::unique_lock<std::mutex> l(ckpt_mu_);
     while (!ckpt_stop_) {
-      ckpt_cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return ckpt_stop_; });
+      ckpt_cv_.wait_for(l, std::chrono::milliseconds(options_.checkpoint_ms),
+                        [this] { return ckpt_stop_ || ckpt_wanted_.load(); });
       if (ckpt_stop_) break;
+      ckpt_wanted_ = false;
       l.unlock();
       int wal_pages = 0, done_pages = 0;
       int rc = sqlite3_wal_checkpoint_v2(cdb_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages,
                                          &done_pages);
       if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
         KV_LOG(WARNING) << "result store: checkpoint: " << sqlite3_errmsg(cdb_);
+      } else if (wal_pages >= options_.wal_restart_frames) {
+        restart_wanted_ = true;
       }
       l.lock();
     }
@@ -1194,6 +1226,8 @@ class SqliteResultStore final : public ResultStore {
   std::mutex ckpt_mu_;
   std::condition_variable ckpt_cv_;
   bool ckpt_stop_ = false;
+  std::atomic<bool> restart_wanted_{false};
+  std::atomic<bool> ckpt_wanted_{false};
 };
 
 }  // namespace
