@@ -1,9 +1,10 @@
 // ResultStore on SQLite.
 //
-// Three connections: the write connection (WAL, synchronous=FULL, every write inside
+// Connections: the write connection (WAL, synchronous=FULL, every write inside
 // BEGIN IMMEDIATE, prepared statements cached), a read connection for the coordinator's own
 // reads (status, export) and a query connection opened read-only, with an authorizer, for
-// user SQL. WAL lets readers run while the committer writes.
+// user SQL. WAL lets readers run while the committer writes. A fourth connection checkpoints
+// the WAL in the background (CheckpointLoop).
 #include <sqlite3.h>
 
 #include <algorithm>
