@@ -540,7 +540,7 @@ TEST(SqliteResultStoreTest, WalIsCheckpointedWhileTheStoreIsOpen) {
     ASSERT_NE(store, nullptr);
     const int64_t before = FileSize(path);
     ApplyOk(store.get(), BigSweep());
-    for (int i = 0; i < 200 && FileSize(path) < before + 512 * 1024; ++i) {
+    for (int i = 0; i < 500 && FileSize(path) < before + 512 * 1024; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     EXPECT_GE(FileSize(path), before + 512 * 1024)
