@@ -27,7 +27,7 @@ demo: build
 	$(BUILD)/client/kvsweep demo
 
 asan:
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DKVSWEEP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSWEEP_BUILD_BENCH=OFF"
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DKVSWEEP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSWEEP_BUILD_BENCH=ON"
 
 bench: build
 	$(BUILD)/bench/kvsweep_orchestration_bench --jobs 10000 --workers 200 --sleep-ms 75 --jitter 0.5 --ramp-ms 500

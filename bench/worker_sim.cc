@@ -142,8 +142,10 @@ void WorkerSim::TimerLoop() {
     }
     // Events due within kSlack of now run together: one wake-up for a burst of them (at 200
     // workers × 50 ms they are ~0.3 ms apart), each at most kSlack early.
-    if (Clock::now() + kSlack < timers_.top().at) {
-      cv_.wait_until(l, timers_.top().at);
+    // A copy: other threads push while this one waits, and may move the queue's storage.
+    const Clock::time_point next = timers_.top().at;
+    if (Clock::now() + kSlack < next) {
+      cv_.wait_until(l, next);
       continue;
     }
     const Timed t = timers_.top();
