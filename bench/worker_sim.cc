@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
-#include "kvsweep/v1/coordinator.grpc.pb.h"
 
 namespace kvsweep {
 
@@ -166,30 +165,40 @@ void WorkerSim::CallDone() {
   if (--inflight_ == 0) inflight_cv_.notify_all();
 }
 
-void WorkerSim::SendLease(Worker& w) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (stopping_) return;
-  }
-  {
-    std::lock_guard<std::mutex> l(inflight_mu_);
-    ++inflight_;
-  }
-  std::lock_guard<std::mutex> l(w.mu);
-  w.lease_req.Clear();
-  v1::WorkerInfo* info = w.lease_req.mutable_worker();
+void WorkerSim::FillLeaseRequest(const Worker& w, v1::LeaseRequest* req) const {
+  req->Clear();
+  v1::WorkerInfo* info = req->mutable_worker();
   info->set_worker_id(w.id);
   info->set_hostname(hostname_);
   info->set_device("cpu");
   info->set_evaluator("fake");
   info->set_pid(::getpid());
   info->set_session(w.session);
-  w.lease_req.set_held_model(w.held_model);
+  req->set_held_model(w.held_model);
+}
+
+grpc::ClientContext* WorkerSim::NewCall(std::unique_ptr<grpc::ClientContext>* slot,
+                                        int timeout_ms) {
+  {
+    std::lock_guard<std::mutex> l(inflight_mu_);
+    ++inflight_;
+  }
+  *slot = std::make_unique<grpc::ClientContext>();
+  PrepareContext(slot->get(), o_.coordinator, std::chrono::milliseconds(timeout_ms));
+  return slot->get();
+}
+
+void WorkerSim::SendLease(Worker& w) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_) return;
+  }
+  std::lock_guard<std::mutex> l(w.mu);
+  FillLeaseRequest(w, &w.lease_req);
   w.lease_resp.Clear();
-  w.ctx = std::make_unique<grpc::ClientContext>();
-  PrepareContext(w.ctx.get(), o_.coordinator, std::chrono::milliseconds(o_.rpc_timeout_ms));
+  grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
   const auto t0 = Clock::now();
-  w.stub->async()->Lease(w.ctx.get(), &w.lease_req, &w.lease_resp,
+  w.stub->async()->Lease(ctx, &w.lease_req, &w.lease_resp,
                          [this, &w, t0](grpc::Status s) {
                            OnLease(w, MsSince(t0), s);
                            CallDone();
@@ -275,26 +284,13 @@ void WorkerSim::SendComplete(Worker& w) {
     w.complete_req.set_lease_id(w.lease.lease_id());
     w.complete_req.set_fencing_token(w.lease.fencing_token());
     w.complete_req.set_result_json(CanonicalJson(*r));
-    v1::LeaseRequest* next = w.complete_req.mutable_next();
-    v1::WorkerInfo* info = next->mutable_worker();
-    info->set_worker_id(w.id);
-    info->set_hostname(hostname_);
-    info->set_device("cpu");
-    info->set_evaluator("fake");
-    info->set_pid(::getpid());
-    info->set_session(w.session);
-    next->set_held_model(w.held_model);
+    FillLeaseRequest(w, w.complete_req.mutable_next());
     w.complete_built = true;
   }
-  {
-    std::lock_guard<std::mutex> il(inflight_mu_);
-    ++inflight_;
-  }
   w.complete_resp.Clear();
-  w.ctx = std::make_unique<grpc::ClientContext>();
-  PrepareContext(w.ctx.get(), o_.coordinator, std::chrono::milliseconds(o_.rpc_timeout_ms));
+  grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
   const auto t0 = Clock::now();
-  w.stub->async()->Complete(w.ctx.get(), &w.complete_req, &w.complete_resp,
+  w.stub->async()->Complete(ctx, &w.complete_req, &w.complete_resp,
                             [this, &w, t0](grpc::Status s) {
                               OnComplete(w, MsSince(t0), s);
                               CallDone();
@@ -353,10 +349,6 @@ void WorkerSim::SendHeartbeat(Worker& w, uint64_t generation) {
     std::lock_guard<std::mutex> sl(mu_);
     if (stopping_) return;
   }
-  {
-    std::lock_guard<std::mutex> il(inflight_mu_);
-    ++inflight_;
-  }
   w.hb_req.Clear();
   w.hb_req.set_worker_id(w.id);
   w.hb_req.set_job_id(w.lease.job_id());
@@ -367,11 +359,9 @@ void WorkerSim::SendHeartbeat(Worker& w, uint64_t generation) {
                                                           0.0, 1.0));
   w.hb_resp.Clear();
   w.hb_in_flight = true;
-  w.hb_ctx = std::make_unique<grpc::ClientContext>();
-  PrepareContext(w.hb_ctx.get(), o_.coordinator,
-                 std::chrono::milliseconds(std::min(interval, o_.rpc_timeout_ms)));
+  grpc::ClientContext* ctx = NewCall(&w.hb_ctx, std::min(interval, o_.rpc_timeout_ms));
   w.stub->async()->Heartbeat(
-      w.hb_ctx.get(), &w.hb_req, &w.hb_resp, [this, &w, generation, interval](grpc::Status s) {
+      ctx, &w.hb_req, &w.hb_resp, [this, &w, generation, interval](grpc::Status s) {
         {
           std::lock_guard<std::mutex> l(w.mu);
           w.hb_in_flight = false;
@@ -394,10 +384,6 @@ void WorkerSim::SendFail(Worker& w, const std::string& error) {
     if (stopping_) return;
   }
   Count(&WorkerSimStats::failed);
-  {
-    std::lock_guard<std::mutex> il(inflight_mu_);
-    ++inflight_;
-  }
   std::lock_guard<std::mutex> l(w.mu);
   ++w.generation;
   w.fail_req.Clear();
@@ -408,9 +394,8 @@ void WorkerSim::SendFail(Worker& w, const std::string& error) {
   w.fail_req.set_kind(v1::FAILURE_KIND_PERMANENT);
   w.fail_req.set_error(error.substr(0, 4096));
   w.fail_resp.Clear();
-  w.ctx = std::make_unique<grpc::ClientContext>();
-  PrepareContext(w.ctx.get(), o_.coordinator, std::chrono::milliseconds(o_.rpc_timeout_ms));
-  w.stub->async()->Fail(w.ctx.get(), &w.fail_req, &w.fail_resp, [this, &w](grpc::Status s) {
+  grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
+  w.stub->async()->Fail(ctx, &w.fail_req, &w.fail_resp, [this, &w](grpc::Status s) {
     if (!s.ok()) Count(&WorkerSimStats::rpc_errors);
     SendLease(w);
     CallDone();

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "rpc/rpc_util.h"
 #include "worker/fake_evaluator.h"
 
@@ -77,6 +78,9 @@ class WorkerSim {
   void At(std::chrono::steady_clock::time_point at, int worker, Event event,
           uint64_t generation = 0);
   void TimerLoop();
+  void FillLeaseRequest(const Worker& w, v1::LeaseRequest* req) const;
+  // Counts a call in flight (Stop() waits for it) and puts a fresh context in `slot`.
+  grpc::ClientContext* NewCall(std::unique_ptr<grpc::ClientContext>* slot, int timeout_ms);
   void SendLease(Worker& w);
   void OnLease(Worker& w, double ms, const grpc::Status& s);
   void BeginJob(Worker& w);
