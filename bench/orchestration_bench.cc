@@ -129,6 +129,15 @@ int Run(int argc, char** argv) {
     return 2;
   }
   SetLogLevel(LogLevel::kWarning);
+  // Opened now so that an unwritable --trace fails before anything runs, not after the run.
+  std::ofstream trace_file;
+  if (!trace_path.empty()) {
+    trace_file.open(trace_path);
+    if (!trace_file) {
+      std::cerr << "--trace " << trace_path << ": " << std::strerror(errno) << "\n";
+      return 2;
+    }
+  }
   const bool own_dir = dir.empty();
   if (own_dir) {
     char tmpl[] = "/tmp/kvsweep-bench-XXXXXX";
@@ -308,10 +317,10 @@ int Run(int argc, char** argv) {
     async_sim->Stop();
     ss = async_sim->stats();
   }
-  if (!trace_path.empty()) {
-    std::ofstream f(trace_path);
-    for (const TraceRow& r : trace) f << r.at_ms << " " << r.rpc << " " << r.ms << "\n";
-    if (!f) std::cerr << "--trace: cannot write " << trace_path << "\n";
+  if (trace_file.is_open()) {
+    for (const TraceRow& r : trace) trace_file << r.at_ms << " " << r.rpc << " " << r.ms << "\n";
+    trace_file.close();
+    if (!trace_file) std::cerr << "--trace " << trace_path << ": write failed\n";
   }
   (*coord)->Signal(SIGTERM);
   (*coord)->Wait(std::chrono::seconds(60));

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
+#include "worker/worker_loop.h"
 
 namespace kvsweep {
 
@@ -14,12 +15,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kSlack = std::chrono::microseconds(1000);
-
-bool Transient(grpc::StatusCode c) {
-  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         c == grpc::StatusCode::ABORTED || c == grpc::StatusCode::INTERNAL ||
-         c == grpc::StatusCode::UNKNOWN;
-}
 
 double MsSince(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -31,8 +26,7 @@ double MsSince(Clock::time_point t0) {
 // most one Heartbeat; `mu` orders the timer thread's and gRPC's threads' use of the fields.
 struct WorkerSim::Worker {
   int index = 0;
-  std::string id;
-  std::string session;
+  WorkerIdentity who;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::WorkerService::Stub> stub;
 
@@ -75,8 +69,8 @@ absl::Status WorkerSim::Start() {
   for (int i = 0; i < o_.workers; ++i) {
     auto w = std::make_unique<Worker>();
     w->index = i;
-    w->id = absl::StrCat("bench-", i);
-    w->session = absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+    w->who = WorkerIdentity{absl::StrCat("bench-", i), hostname_, "cpu", "fake",
+                            absl::StrCat(absl::Hex(rng(), absl::kZeroPad16))};
     absl::StatusOr<std::shared_ptr<grpc::Channel>> ch = MakeChannel(o_.coordinator);
     if (!ch.ok()) return ch.status();
     w->channel = *ch;
@@ -165,18 +159,6 @@ void WorkerSim::CallDone() {
   if (--inflight_ == 0) inflight_cv_.notify_all();
 }
 
-void WorkerSim::FillLeaseRequest(const Worker& w, v1::LeaseRequest* req) const {
-  req->Clear();
-  v1::WorkerInfo* info = req->mutable_worker();
-  info->set_worker_id(w.id);
-  info->set_hostname(hostname_);
-  info->set_device("cpu");
-  info->set_evaluator("fake");
-  info->set_pid(::getpid());
-  info->set_session(w.session);
-  req->set_held_model(w.held_model);
-}
-
 grpc::ClientContext* WorkerSim::NewCall(std::unique_ptr<grpc::ClientContext>* slot,
                                         int timeout_ms) {
   {
@@ -194,7 +176,7 @@ void WorkerSim::SendLease(Worker& w) {
     if (stopping_) return;
   }
   std::lock_guard<std::mutex> l(w.mu);
-  FillLeaseRequest(w, &w.lease_req);
+  w.lease_req = MakeLeaseRequest(w.who, w.held_model);
   w.lease_resp.Clear();
   grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
   const auto t0 = Clock::now();
@@ -209,7 +191,7 @@ void WorkerSim::OnLease(Worker& w, double ms, const grpc::Status& s) {
   std::unique_lock<std::mutex> l(w.mu);
   if (!s.ok()) {
     Count(&WorkerSimStats::rpc_errors);
-    const int wait = Transient(s.error_code()) ? w.backoff_ms : 1000;
+    const int wait = IsTransient(s.error_code()) ? w.backoff_ms : 1000;
     w.backoff_ms = std::min(w.backoff_ms * 2, 2000);
     l.unlock();
     At(Clock::now() + std::chrono::milliseconds(wait), w.index, Event::kLease);
@@ -273,18 +255,15 @@ void WorkerSim::SendComplete(Worker& w) {
       SendFail(w, r.status().ToString());
       return;
     }
-    (*r)["provenance"]["worker"] = {{"worker_id", w.id},        {"hostname", hostname_},
-                                    {"device", "cpu"},          {"evaluator", "fake"},
-                                    {"attempt", w.lease.attempt()},
-                                    {"lease_id", w.lease.lease_id()}};
+    AddWorkerProvenance(w.who, w.lease, &*r);
     w.held_model = w.spec.model_sha256;
     w.complete_req.Clear();
-    w.complete_req.set_worker_id(w.id);
+    w.complete_req.set_worker_id(w.who.worker_id);
     w.complete_req.set_job_id(w.lease.job_id());
     w.complete_req.set_lease_id(w.lease.lease_id());
     w.complete_req.set_fencing_token(w.lease.fencing_token());
     w.complete_req.set_result_json(CanonicalJson(*r));
-    FillLeaseRequest(w, w.complete_req.mutable_next());
+    *w.complete_req.mutable_next() = MakeLeaseRequest(w.who, w.held_model);
     w.complete_built = true;
   }
   w.complete_resp.Clear();
@@ -302,7 +281,7 @@ void WorkerSim::OnComplete(Worker& w, double ms, const grpc::Status& s) {
   ++w.generation;  // no more beats for this job
   if (!s.ok()) {
     Count(&WorkerSimStats::rpc_errors);
-    if (Transient(s.error_code())) {  // the same result again, after a backoff
+    if (IsTransient(s.error_code())) {  // the same result again, after a backoff
       const int wait = w.backoff_ms;
       w.backoff_ms = std::min(w.backoff_ms * 2, 2000);
       l.unlock();
@@ -350,7 +329,7 @@ void WorkerSim::SendHeartbeat(Worker& w, uint64_t generation) {
     if (stopping_) return;
   }
   w.hb_req.Clear();
-  w.hb_req.set_worker_id(w.id);
+  w.hb_req.set_worker_id(w.who.worker_id);
   w.hb_req.set_job_id(w.lease.job_id());
   w.hb_req.set_lease_id(w.lease.lease_id());
   w.hb_req.set_fencing_token(w.lease.fencing_token());
@@ -387,7 +366,7 @@ void WorkerSim::SendFail(Worker& w, const std::string& error) {
   std::lock_guard<std::mutex> l(w.mu);
   ++w.generation;
   w.fail_req.Clear();
-  w.fail_req.set_worker_id(w.id);
+  w.fail_req.set_worker_id(w.who.worker_id);
   w.fail_req.set_job_id(w.lease.job_id());
   w.fail_req.set_lease_id(w.lease.lease_id());
   w.fail_req.set_fencing_token(w.lease.fencing_token());

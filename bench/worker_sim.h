@@ -78,7 +78,6 @@ class WorkerSim {
   void At(std::chrono::steady_clock::time_point at, int worker, Event event,
           uint64_t generation = 0);
   void TimerLoop();
-  void FillLeaseRequest(const Worker& w, v1::LeaseRequest* req) const;
   // Counts a call in flight (Stop() waits for it) and puts a fresh context in `slot`.
   grpc::ClientContext* NewCall(std::unique_ptr<grpc::ClientContext>* slot, int timeout_ms);
   void SendLease(Worker& w);

@@ -91,6 +91,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
   return grpc::CreateCustomChannel(config.address, creds, args);
 }
 
+bool IsTransient(grpc::StatusCode c) {
+  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         c == grpc::StatusCode::ABORTED || c == grpc::StatusCode::INTERNAL ||
+         c == grpc::StatusCode::UNKNOWN;
+}
+
 void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
                     std::chrono::milliseconds timeout) {
   if (!config.token.empty()) ctx->AddMetadata("authorization", "Bearer " + config.token);

@@ -56,6 +56,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
 // Debian's Abseil build leaves on and which gRPC's mutexes pay for on every lock (a graph
 // update and a stack trace; 2-5% of the coordinator's CPU under load). Idempotent.
 void InitRpcProcess();
+// A call that failed this way may succeed if retried (the coordinator is restarting, busy or
+// briefly unreachable).
+bool IsTransient(grpc::StatusCode code);
 // Adds the bearer token and a deadline `timeout` from now to a call's context.
 void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
                     std::chrono::milliseconds timeout);

@@ -24,12 +24,6 @@ int64_t NowMs() {
       .count();
 }
 
-bool Transient(grpc::StatusCode c) {
-  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         c == grpc::StatusCode::ABORTED || c == grpc::StatusCode::INTERNAL ||
-         c == grpc::StatusCode::UNKNOWN;
-}
-
 // Errors of a job that no retry can fix.
 bool Permanent(absl::StatusCode c) {
   return c == absl::StatusCode::kInvalidArgument || c == absl::StatusCode::kNotFound ||
@@ -138,7 +132,7 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop) 
     grpc::ClientContext ctx;
     PrepareContext(&ctx, options_.coordinator, std::chrono::milliseconds(options_.rpc_timeout_ms));
     grpc::Status s = call(&ctx);
-    if (s.ok() || !Transient(s.error_code())) return s;
+    if (s.ok() || !IsTransient(s.error_code())) return s;
     if (NowMs() - last_log > 5000) {
       KV_LOG(WARNING) << "worker " << worker_id_ << ": " << what << ": " << s.error_message()
                       << " (code " << s.error_code() << "); retrying";
@@ -155,17 +149,32 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop) 
   }
 }
 
-v1::LeaseRequest WorkerLoop::MakeLeaseRequest() const {
+v1::LeaseRequest MakeLeaseRequest(const WorkerIdentity& who, const std::string& held_model) {
   v1::LeaseRequest req;
   v1::WorkerInfo* w = req.mutable_worker();
-  w->set_worker_id(worker_id_);
-  w->set_hostname(hostname_);
-  w->set_device(options_.device);
-  w->set_evaluator(options_.evaluator_name);
+  w->set_worker_id(who.worker_id);
+  w->set_hostname(who.hostname);
+  w->set_device(who.device);
+  w->set_evaluator(who.evaluator);
   w->set_pid(::getpid());
-  w->set_session(session_);
-  req.set_held_model(held_model_);
+  w->set_session(who.session);
+  req.set_held_model(held_model);
   return req;
+}
+
+void AddWorkerProvenance(const WorkerIdentity& who, const v1::LeaseResponse& lease,
+                         nlohmann::json* result) {
+  nlohmann::json& r = *result;
+  if (!r.contains("provenance") || !r["provenance"].is_object()) {
+    r["provenance"] = nlohmann::json::object();
+  }
+  r["provenance"]["worker"] = {{"worker_id", who.worker_id}, {"hostname", who.hostname},
+                               {"device", who.device},       {"evaluator", who.evaluator},
+                               {"attempt", lease.attempt()}, {"lease_id", lease.lease_id()}};
+}
+
+WorkerIdentity WorkerLoop::Identity() const {
+  return WorkerIdentity{worker_id_, hostname_, options_.device, options_.evaluator_name, session_};
 }
 
 void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind,
@@ -306,7 +315,7 @@ absl::Status WorkerLoop::Run() {
       if (!js.ok()) return js;
       continue;
     }
-    v1::LeaseRequest req = MakeLeaseRequest();
+    v1::LeaseRequest req = MakeLeaseRequest(Identity(), held_model_);
     v1::LeaseResponse resp;
     const auto t0 = std::chrono::steady_clock::now();
     grpc::Status s = Retrying(
@@ -432,10 +441,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     ReportFail(lease, v1::FAILURE_KIND_PERMANENT, "evaluator returned a non-object result");
     return absl::OkStatus();
   }
-  if (!r.contains("provenance") || !r["provenance"].is_object()) r["provenance"] = nlohmann::json::object();
-  r["provenance"]["worker"] = {{"worker_id", worker_id_},    {"hostname", hostname_},
-                               {"device", options_.device},  {"evaluator", options_.evaluator_name},
-                               {"attempt", lease.attempt()}, {"lease_id", lease.lease_id()}};
+  AddWorkerProvenance(Identity(), lease, &r);
 
   if (options_.faults.pause_before_complete_ms > 0) {
     // FOR TESTS: no heartbeats from here on; the lease may well expire meanwhile.
@@ -450,7 +456,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   req.set_fencing_token(fence);
   req.set_result_json(CanonicalJson(r));
   // Complete-and-lease: ask for the next job in the same call, unless draining.
-  if (!draining_) *req.mutable_next() = MakeLeaseRequest();
+  if (!draining_) *req.mutable_next() = MakeLeaseRequest(Identity(), held_model_);
   v1::CompleteResponse resp;
   const auto t0 = std::chrono::steady_clock::now();
   grpc::Status s = Retrying(

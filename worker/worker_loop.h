@@ -47,6 +47,21 @@ struct WorkerFaults {
 // kInvalidArgument for an unknown fault.
 absl::Status ParseFault(const std::string& text, WorkerFaults* faults);
 
+// Who a worker is, as it tells the coordinator (WorkerLoop, and the load benchmark's
+// simulated workers).
+struct WorkerIdentity {
+  std::string worker_id;
+  std::string hostname;
+  std::string device;
+  std::string evaluator;
+  std::string session;  // random per process run: tells a restarted worker from a stuck one
+};
+// A Lease request from `who`, which last ran a job on `held_model` ("" = none).
+v1::LeaseRequest MakeLeaseRequest(const WorkerIdentity& who, const std::string& held_model);
+// Adds provenance.worker (who ran it, under which lease) to an evaluator's result object.
+void AddWorkerProvenance(const WorkerIdentity& who, const v1::LeaseResponse& lease,
+                         nlohmann::json* result);
+
 struct WorkerOptions {
   ClientConfig coordinator;
   std::string worker_id;         // "" = <hostname>-<pid>
@@ -90,7 +105,7 @@ class WorkerLoop {
   // (complete-and-lease), it is left in next_lease_.
   absl::Status RunJob(const v1::LeaseResponse& lease);
   void ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind, const std::string& error);
-  v1::LeaseRequest MakeLeaseRequest() const;
+  WorkerIdentity Identity() const;
   // Sleeps up to `ms`, returning early on drain. Returns false if draining.
   bool SleepUnlessDraining(int ms);
   void Journal(const std::string& event, const std::string& job_id, int64_t fence,
