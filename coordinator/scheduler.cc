@@ -9,22 +9,28 @@
 #include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "coordinator/lease_secret.h"
 
 namespace kvsweep {
 
 namespace {
 
-class RealClock final : public Clock {
- public:
-  int64_t NowMs() override {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-  }
-};
-
 std::string RevokeKey(const std::string& job_id, int64_t fence) {
   return absl::StrCat(job_id, "#", fence);
+}
+
+std::string WorkerSessionKey(const std::string& worker_id, const std::string& session) {
+  return absl::StrCat(worker_id, "\n", session);
+}
+
+// The task a job spec names ("" if it cannot be read: then no result can match it).
+std::string SpecTask(const std::string& spec_json) {
+  absl::StatusOr<nlohmann::json> j = ParseJson(spec_json, "spec");
+  if (!j.ok() || !j->is_object()) return "";
+  auto t = j->find("task");
+  if (t == j->end() || !t->is_object()) return "";
+  auto name = t->find("name");
+  return name != t->end() && name->is_string() ? name->get<std::string>() : "";
 }
 
 constexpr size_t kMaxRevoked = 100000;
@@ -32,8 +38,24 @@ constexpr int64_t kTouchEveryMs = 30000;
 
 }  // namespace
 
+MonotonicEpochClock::MonotonicEpochClock(std::function<int64_t()> wall_ms,
+                                         std::function<int64_t()> mono_ms)
+    : mono_ms_(std::move(mono_ms)), wall_at_start_(wall_ms()), mono_at_start_(mono_ms_()) {}
+
+int64_t MonotonicEpochClock::NowMs() { return wall_at_start_ + (mono_ms_() - mono_at_start_); }
+
 Clock* SystemClock() {
-  static RealClock clock;
+  static MonotonicEpochClock clock(
+      [] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+            .count();
+      },
+      [] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+      });
   return &clock;
 }
 
@@ -110,13 +132,14 @@ void Scheduler::Adopt(const ActiveJob& a, int64_t now) {
   j.fence = a.fence;
   j.seq = a.seq;
   j.crash_workers = a.crash_workers;
+  j.task = SpecTask(a.spec_json);
   if (a.state == JobState::kLeased) {
-    j.lease_id = a.lease_id;
+    j.lease_key = a.lease_id;
     j.lease_worker = a.lease_worker;
     // Renewals live in memory only: a lease found in the store gets a fresh TTL, so workers
-    // that kept running through a coordinator restart are not declared dead.
+    // that kept running through a coordinator restart are not declared dead. (Its session is
+    // not known: the lease is not handed out again, it is renewed or it expires.)
     SetDeadline(j, std::max(a.lease_deadline_ms, now + options_.lease_ttl_ms));
-    worker_lease_[j.lease_worker] = j.job_id;
     ++leased_count_;
   } else {
     MakeReady(j, now);
@@ -154,7 +177,7 @@ void Scheduler::Forget(const std::string& job_id) {
   MemJob& j = it->second;
   if (j.state == JobState::kLeased) {
     deadlines_.erase({j.deadline_ms, j.job_id});
-    auto w = worker_lease_.find(j.lease_worker);
+    auto w = worker_lease_.find(WorkerSessionKey(j.lease_worker, j.lease_session));
     if (w != worker_lease_.end() && w->second == job_id) worker_lease_.erase(w);
     --leased_count_;
   } else {
@@ -208,9 +231,28 @@ int64_t Scheduler::Backoff(int attempts) const {
   return std::min<int64_t>(d, options_.retry_max_ms);
 }
 
-std::string Scheduler::NewLeaseId() {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16), "-", ++lease_counter_);
+absl::Status Scheduler::CheckResultIsFor(const ResultMetrics& m, const MemJob& j) {
+  if (!m.job_id.empty() && m.job_id != j.job_id) {
+    return absl::InvalidArgumentError(absl::StrCat("result_json.job_id: ", m.job_id.substr(0, 12),
+                                                   " is not the completed job ",
+                                                   j.job_id.substr(0, 12)));
+  }
+  if (m.tasks.size() != 1 || m.tasks[0] != j.task) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "result_json.metrics: has results for '", absl::StrJoin(m.tasks, "', '"),
+        "'; job ", j.job_id.substr(0, 12), " is task '", j.task, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::CheckHolder(const MemJob& j, const std::string& worker_id,
+                                    const std::string& lease_id) const {
+  if (j.lease_worker != worker_id || !LeaseMatches(j.lease_key, lease_id)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("job ", j.job_id.substr(0, 12), " is not leased to ", worker_id,
+                     " under this lease id"));
+  }
+  return absl::OkStatus();
 }
 
 void Scheduler::Enqueue(Mutation::Op op, std::function<void(Mutation&)> done, bool must_succeed) {
@@ -259,12 +301,13 @@ void Scheduler::LoseLease(MemJob& j, const std::string& why, int64_t now) {
 
 void Scheduler::Requeue(MemJob& j, int64_t next_eligible_ms, int64_t now) {
   deadlines_.erase({j.deadline_ms, j.job_id});
-  auto w = worker_lease_.find(j.lease_worker);
+  auto w = worker_lease_.find(WorkerSessionKey(j.lease_worker, j.lease_session));
   if (w != worker_lease_.end() && w->second == j.job_id) worker_lease_.erase(w);
   --leased_count_;
   j.state = JobState::kQueued;
   j.fence++;
-  j.lease_id.clear();
+  j.lease_key.clear();
+  j.lease_secret.clear();
   j.lease_worker.clear();
   j.lease_session.clear();
   j.next_eligible_ms = next_eligible_ms;
@@ -282,24 +325,21 @@ Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
     worker_touched_[worker.worker_id] = now;
     Enqueue(TouchWorker{worker, now}, nullptr, false);
   }
-  auto held = worker_lease_.find(worker.worker_id);
+  // The same worker session asking while it holds a lease did not get our answer: hand out
+  // the same lease again. A Lease under the same worker id from another session (a restarted
+  // worker, or anyone who knows the id) leaves that lease alone: it is renewed by its holder or
+  // expires.
+  auto held = worker_lease_.find(WorkerSessionKey(worker.worker_id, session));
   if (held != worker_lease_.end()) {
     auto it = jobs_.find(held->second);
     if (it != jobs_.end() && it->second.state == JobState::kLeased &&
-        it->second.lease_worker == worker.worker_id && it->second.completing == 0) {
+        it->second.lease_worker == worker.worker_id && it->second.lease_session == session &&
+        !it->second.lease_secret.empty() && it->second.completing == 0) {
       MemJob& j = it->second;
-      if (j.lease_session.empty() || j.lease_session == session) {
-        // The worker did not get our answer (or we restarted and cannot tell): hand out the
-        // same lease again.
-        j.lease_session = session;
-        SetDeadline(j, now + options_.lease_ttl_ms);
-        *offer = LeaseOffer{true, j.job_id, j.spec_json, j.lease_id, j.fence, j.deadline_ms,
-                            j.attempts, 0};
-        return Decision::kRepeat;
-      }
-      LoseLease(j, absl::StrCat("abandoned: worker ", worker.worker_id,
-                                " restarted while holding the lease"),
-                now);
+      SetDeadline(j, now + options_.lease_ttl_ms);
+      *offer = LeaseOffer{true, j.job_id, j.spec_json, j.lease_secret, j.fence, j.deadline_ms,
+                          j.attempts, 0};
+      return Decision::kRepeat;
     }
   }
   PromoteDelayed(now);
@@ -318,17 +358,18 @@ Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
   j->state = JobState::kLeased;
   j->fence++;
   j->attempts++;
-  j->lease_id = NewLeaseId();
+  j->lease_secret = NewLeaseSecret();
+  j->lease_key = LeaseKey(j->lease_secret);
   j->lease_worker = worker.worker_id;
   j->lease_session = session;
   SetDeadline(*j, now + options_.lease_ttl_ms);
-  worker_lease_[worker.worker_id] = j->job_id;
+  worker_lease_[WorkerSessionKey(worker.worker_id, session)] = j->job_id;
   ++leased_count_;
-  *offer = LeaseOffer{true, j->job_id, j->spec_json, j->lease_id, j->fence, j->deadline_ms,
+  *offer = LeaseOffer{true, j->job_id, j->spec_json, j->lease_secret, j->fence, j->deadline_ms,
                       j->attempts, 0};
   grant->job_id = j->job_id;
   grant->expected_fence = expected;
-  grant->lease_id = j->lease_id;
+  grant->lease_id = j->lease_key;
   grant->worker_id = worker.worker_id;
   grant->deadline_ms = j->deadline_ms;
   grant->now_ms = now;
@@ -376,15 +417,16 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
   }
 }
 
-HeartbeatReply Scheduler::Heartbeat(const std::string& worker_id, const std::string& job_id,
-                                    int64_t fence) {
+absl::StatusOr<HeartbeatReply> Scheduler::Heartbeat(const std::string& worker_id,
+                                                    const std::string& job_id,
+                                                    const std::string& lease_id, int64_t fence) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
   auto it = jobs_.find(job_id);
-  if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence &&
-      it->second.lease_worker == worker_id) {
+  if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
+    if (absl::Status s = CheckHolder(it->second, worker_id, lease_id); !s.ok()) return s;
     SetDeadline(it->second, now + options_.lease_ttl_ms);
-    return {true, "", it->second.deadline_ms};
+    return HeartbeatReply{true, "", it->second.deadline_ms};
   }
   HeartbeatReply r;
   auto rv = revoked_.find(RevokeKey(job_id, fence));
@@ -397,14 +439,30 @@ HeartbeatReply Scheduler::Heartbeat(const std::string& worker_id, const std::str
   return r;
 }
 
-void Scheduler::Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                         std::string result_json, const NextLease* next,
+void Scheduler::Complete(const std::string& worker_id, const std::string& job_id,
+                         const std::string& lease_id, int64_t fence, std::string result_json,
+                         const NextLease* next,
                          std::function<void(absl::StatusOr<CompleteOutcome>)> done,
                          std::optional<ResultMetrics> metrics) {
+  if (!metrics.has_value()) {
+    absl::StatusOr<ResultMetrics> m = ExtractResultMetrics(result_json);
+    if (!m.ok()) {
+      done(absl::InvalidArgumentError(absl::StrCat("result_json: ", m.status().message())));
+      return;
+    }
+    metrics = *std::move(m);
+  }
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
   auto it = jobs_.find(job_id);
   if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
+    absl::Status holder = CheckHolder(it->second, worker_id, lease_id);
+    if (holder.ok()) holder = CheckResultIsFor(*metrics, it->second);
+    if (!holder.ok()) {
+      lock.unlock();
+      done(holder);
+      return;
+    }
     it->second.completing++;
     RecordResult r;
     r.job_id = job_id;
@@ -480,8 +538,22 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
   auto rv = revoked_.find(RevokeKey(job_id, fence));
   if (rv != revoked_.end()) reason = rv->second;
   lock.unlock();
-  // Not leased under this token: either a repeat of a result already recorded, or stale.
-  // (A repeat gets no next lease; the worker asks with Lease.)
+  // Not leased under this token: either a repeat of a result already recorded, or stale. Either
+  // way only the attempt's own holder is told which. (A repeat gets no next lease; the worker
+  // asks with Lease.)
+  absl::StatusOr<std::optional<ResultStore::AttemptLease>> attempt =
+      store_->LeaseOfAttempt(job_id, fence);
+  if (!attempt.ok()) {
+    done(attempt.status());
+    return;
+  }
+  if (attempt->has_value() && ((*attempt)->worker_id != worker_id ||
+                               !LeaseMatches((*attempt)->lease_id, lease_id))) {
+    done(absl::PermissionDeniedError(absl::StrCat("job ", job_id.substr(0, 12),
+                                                  " was not leased to ", worker_id,
+                                                  " under this lease id and fencing token")));
+    return;
+  }
   absl::StatusOr<std::optional<int64_t>> recorded = store_->ResultFence(job_id);
   if (!recorded.ok()) {
     done(recorded.status());
@@ -541,12 +613,20 @@ JobState Scheduler::EndLeaseLocked(MemJob& j, FailKind kind, const std::string& 
   return new_state;
 }
 
-void Scheduler::Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                     FailKind kind, const std::string& error,
+void Scheduler::Fail(const std::string& worker_id, const std::string& job_id,
+                     const std::string& lease_id, int64_t fence, FailKind kind,
+                     const std::string& error,
                      std::function<void(absl::StatusOr<JobState>)> done) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
   auto it = jobs_.find(job_id);
+  if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
+    if (absl::Status s = CheckHolder(it->second, worker_id, lease_id); !s.ok()) {
+      lock.unlock();
+      done(s);
+      return;
+    }
+  }
   if (it == jobs_.end() || it->second.state != JobState::kLeased || it->second.fence != fence ||
       it->second.lease_worker != worker_id || it->second.completing > 0) {
     lock.unlock();

@@ -40,11 +40,29 @@
 
 namespace kvsweep {
 
+// The scheduler's time: ms on the Unix epoch's scale, for timestamps in the store and lease
+// deadlines in memory. It must never step: a lease deadline compared against a clock that jumps
+// forward expires every lease at once, and one that jumps back strands a dead worker's job.
 class Clock {
  public:
   virtual ~Clock() = default;
-  virtual int64_t NowMs() = 0;  // wall clock, ms since the Unix epoch
+  virtual int64_t NowMs() = 0;
 };
+
+// Wall time read once, then advanced by a monotonic source: epoch-scaled, never steps. After a
+// step of the wall clock its readings differ from the wall clock by the step (until the process
+// restarts); what is stored stays ordered. `wall_ms`/`mono_ms` are injectable for tests.
+class MonotonicEpochClock final : public Clock {
+ public:
+  MonotonicEpochClock(std::function<int64_t()> wall_ms, std::function<int64_t()> mono_ms);
+  int64_t NowMs() override;
+
+ private:
+  std::function<int64_t()> mono_ms_;
+  int64_t wall_at_start_ = 0, mono_at_start_ = 0;
+};
+
+// MonotonicEpochClock over the system's realtime and steady clocks.
 Clock* SystemClock();
 
 struct SchedulerOptions {
@@ -125,21 +143,28 @@ class Scheduler {
   // lease: it ends as lost. Same session: the same lease is handed out again (idempotent).
   void Lease(const WorkerRecord& worker, const std::string& session, const std::string& held_model,
              std::function<void(absl::StatusOr<LeaseOffer>)> done);
-  // Synchronous and in memory: renews the lease if it is current.
-  HeartbeatReply Heartbeat(const std::string& worker_id, const std::string& job_id,
-                           int64_t fence);
+  // Synchronous and in memory: renews the lease if it is current. kPermissionDenied when the
+  // job is leased under `fence` but to another worker or under another lease secret.
+  absl::StatusOr<HeartbeatReply> Heartbeat(const std::string& worker_id,
+                                           const std::string& job_id,
+                                           const std::string& lease_id, int64_t fence);
   // Records the result exactly once (kFailedPrecondition for a stale token; OK with
-  // duplicate = true for a repeat of a recorded result). With `next`, also leases the worker
-  // its next job in the same commit; if the result is refused, that lease is handed back.
+  // duplicate = true for a repeat of a recorded result). kPermissionDenied when the attempt
+  // under `fence` belongs to another worker or lease secret (current, recorded or stale alike);
+  // kInvalidArgument when the result is not for this job (its metrics name another task, or
+  // its job_id is another job's). With `next`, also leases the worker its next job in the same
+  // commit; if the result is refused, that lease is handed back.
   // `metrics`: ExtractResultMetrics(result_json) if the caller has it (saves a parse in the
   // transaction); nullopt and the store parses the result itself.
-  void Complete(const std::string& worker_id, const std::string& job_id, int64_t fence,
-                std::string result_json, const NextLease* next,
+  void Complete(const std::string& worker_id, const std::string& job_id,
+                const std::string& lease_id, int64_t fence, std::string result_json,
+                const NextLease* next,
                 std::function<void(absl::StatusOr<CompleteOutcome>)> done,
                 std::optional<ResultMetrics> metrics = std::nullopt);
-  // Ends the lease without a result; `done` gets the job's new state.
-  void Fail(const std::string& worker_id, const std::string& job_id, int64_t fence,
-            FailKind kind, const std::string& error,
+  // Ends the lease without a result; `done` gets the job's new state. kPermissionDenied as for
+  // Heartbeat; kFailedPrecondition for a stale token.
+  void Fail(const std::string& worker_id, const std::string& job_id,
+            const std::string& lease_id, int64_t fence, FailKind kind, const std::string& error,
             std::function<void(absl::StatusOr<JobState>)> done);
 
   // --- Users (synchronous; serialized among themselves) ---
@@ -164,7 +189,10 @@ class Scheduler {
     JobState state = JobState::kQueued;
     int priority = 0, attempts = 0, max_attempts = 0;
     int64_t next_eligible_ms = 0, fence = 0, seq = 0;
-    std::string lease_id, lease_worker, lease_session;
+    std::string task;  // the spec's task: a result must be for it
+    // lease_key: LeaseKey(secret), as stored. lease_secret: the secret itself, in memory only
+    // while this process granted the lease (to hand the same lease out again to its session).
+    std::string lease_key, lease_secret, lease_worker, lease_session;
     int64_t deadline_ms = 0;
     std::vector<std::string> crash_workers;
     int completing = 0;  // RecordResult mutations in flight
@@ -217,7 +245,12 @@ class Scheduler {
   void ReaperLoop();
   void Recover(std::vector<Pending>* failed);
   absl::Status LoadAll();
-  std::string NewLeaseId();
+  // kInvalidArgument unless the result is for j: its metrics are for j's task alone, and its
+  // job_id, if it names one, is j's.
+  static absl::Status CheckResultIsFor(const ResultMetrics& m, const MemJob& j);
+  // kPermissionDenied unless `worker_id` holds j's lease under `lease_id`.
+  absl::Status CheckHolder(const MemJob& j, const std::string& worker_id,
+                           const std::string& lease_id) const;
 
   ResultStore* store_;
   Clock* clock_;
@@ -229,11 +262,12 @@ class Scheduler {
   std::map<int, std::map<std::string, std::set<ReadyKey>>, std::greater<int>> ready_;
   std::set<std::pair<int64_t, std::string>> delayed_;    // (eligible_ms, job id)
   std::set<std::pair<int64_t, std::string>> deadlines_;  // (deadline_ms, job id)
-  std::unordered_map<std::string, std::string> worker_lease_;  // worker id -> job id
+  // WorkerSessionKey(worker id, session) -> job id, for leases granted by this process (a
+  // session's lost Lease answer is answered again). Leases loaded from the store have no entry.
+  std::unordered_map<std::string, std::string> worker_lease_;
   std::unordered_map<std::string, int64_t> worker_touched_;    // worker id -> last TouchWorker
   std::unordered_map<std::string, std::string> revoked_;       // "job#fence" -> reason
   std::deque<std::string> revoked_order_;
-  int64_t lease_counter_ = 0;
   int64_t leased_count_ = 0;
 
   std::mutex admin_mu_;  // serializes Submit/Cancel/Retry

@@ -58,6 +58,10 @@ class FlakyStore final : public ResultStore {
   absl::StatusOr<std::optional<int64_t>> ResultFence(const std::string& id) override {
     return inner_->ResultFence(id);
   }
+  absl::StatusOr<std::optional<AttemptLease>> LeaseOfAttempt(const std::string& id,
+                                                             int64_t fence) override {
+    return inner_->LeaseOfAttempt(id, fence);
+  }
   absl::StatusOr<int64_t> CountResults() override { return inner_->CountResults(); }
   absl::StatusOr<int64_t> CountJobs() override { return inner_->CountJobs(); }
   absl::StatusOr<QueryResult> Query(const std::string& q, int m, int t) override {
@@ -134,16 +138,23 @@ class SchedulerTest : public ::testing::Test {
                                                    const NextLease* next,
                                                    const std::string& result = kResult) {
     std::promise<absl::StatusOr<CompleteOutcome>> p;
-    sched_->Complete(worker, l.job_id, l.fence, result, next,
+    sched_->Complete(worker, l.job_id, l.lease_id, l.fence, result, next,
                      [&p](absl::StatusOr<CompleteOutcome> r) { p.set_value(r); });
     return p.get_future().get();
   }
   absl::StatusOr<JobState> Fail(const std::string& worker, const LeaseOffer& l, FailKind k,
                                 const std::string& error = "boom") {
     std::promise<absl::StatusOr<JobState>> p;
-    sched_->Fail(worker, l.job_id, l.fence, k, error,
+    sched_->Fail(worker, l.job_id, l.lease_id, l.fence, k, error,
                  [&p](absl::StatusOr<JobState> r) { p.set_value(r); });
     return p.get_future().get();
+  }
+  // A heartbeat from `worker` for lease `l` (its own fence unless `fence` is given).
+  HeartbeatReply Beat(const std::string& worker, const LeaseOffer& l, int64_t fence = 0) {
+    absl::StatusOr<HeartbeatReply> r =
+        sched_->Heartbeat(worker, l.job_id, l.lease_id, fence == 0 ? l.fence : fence);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : HeartbeatReply();
   }
   SweepInfo Info(const std::string& sweep) {
     auto i = store_->GetSweep(sweep);
@@ -191,7 +202,7 @@ TEST_F(SchedulerTest, ExpiredLeaseIsRequeuedAndItsTokenRejected) {
   clock_.Advance(1001);
   sched_->ExpireLeases();
   sched_->Flush();
-  HeartbeatReply hb = sched_->Heartbeat("w1", a.job_id, a.fence);
+  HeartbeatReply hb = Beat("w1", a);
   EXPECT_FALSE(hb.keep_going);
   EXPECT_THAT(hb.reason, HasSubstr("lease expired on worker w1"));
   auto late = Complete("w1", a);
@@ -220,13 +231,14 @@ TEST_F(SchedulerTest, HeartbeatsKeepTheLease) {
   LeaseOffer a = LeaseOk("w1");
   for (int i = 0; i < 5; ++i) {
     clock_.Advance(900);
-    HeartbeatReply hb = sched_->Heartbeat("w1", a.job_id, a.fence);
+    HeartbeatReply hb = Beat("w1", a);
     EXPECT_TRUE(hb.keep_going) << hb.reason;
     EXPECT_EQ(hb.deadline_ms, clock_.NowMs() + 1000);
     sched_->ExpireLeases();
   }
-  EXPECT_FALSE(sched_->Heartbeat("w1", a.job_id, a.fence + 1).keep_going);
-  EXPECT_FALSE(sched_->Heartbeat("w2", a.job_id, a.fence).keep_going);
+  EXPECT_FALSE(Beat("w1", a, a.fence + 1).keep_going);
+  EXPECT_EQ(sched_->Heartbeat("w2", a.job_id, a.lease_id, a.fence).status().code(),
+            absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(*Complete("w1", a), false);
 }
 
@@ -322,7 +334,7 @@ TEST_F(SchedulerTest, CancelStopsLeasedJobsAndSparesSharedOnes) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->cancelled, 2);
   EXPECT_EQ(c->kept_for_others, 1);
-  HeartbeatReply hb = sched_->Heartbeat("w1", x.job_id, x.fence);
+  HeartbeatReply hb = Beat("w1", x);
   EXPECT_FALSE(hb.keep_going);
   EXPECT_EQ(hb.reason, "cancelled");
   EXPECT_EQ(Complete("w1", x).status().code(), absl::StatusCode::kFailedPrecondition);
@@ -344,7 +356,7 @@ TEST_F(SchedulerTest, LeasesSurviveACoordinatorRestart) {
   // The worker kept running through the restart: its lease is adopted with a fresh TTL.
   clock_.Advance(900);
   sched_->ExpireLeases();
-  EXPECT_TRUE(sched_->Heartbeat("w1", a.job_id, a.fence).keep_going);
+  EXPECT_TRUE(Beat("w1", a).keep_going);
   EXPECT_EQ(*Complete("w1", a), false);
   LeaseOffer b = LeaseOk("w2");
   EXPECT_TRUE(b.has_job);
@@ -359,11 +371,17 @@ TEST_F(SchedulerTest, RepeatedLeaseFromTheSameSessionIsIdempotent) {
   EXPECT_EQ(again.job_id, first.job_id);
   EXPECT_EQ(again.fence, first.fence);
   EXPECT_EQ(again.lease_id, first.lease_id);
-  // A new process under the same worker id: the old lease was abandoned.
+  // A new process under the same worker id (or anyone who knows the id) gets a job of its
+  // own; the lease of the first session is left to its holder: renewed, or it expires.
   LeaseOffer restarted = LeaseOk("w1", "", "session-2");
   EXPECT_EQ(restarted.job_id, s.jobs[1].job_id);
-  EXPECT_FALSE(sched_->Heartbeat("w1", first.job_id, first.fence).keep_going);
+  EXPECT_NE(restarted.lease_id, first.lease_id);
+  EXPECT_TRUE(Beat("w1", first).keep_going);
+  clock_.Advance(1001);
+  EXPECT_TRUE(Beat("w1", restarted).keep_going);
+  sched_->ExpireLeases();
   sched_->Flush();
+  EXPECT_FALSE(Beat("w1", first).keep_going);
   EXPECT_EQ(Info("s").count(JobState::kQueued), 1);
 }
 
@@ -402,7 +420,7 @@ TEST_F(SchedulerTest, CompleteAndLeaseCommitsBothOrKeepsNeither) {
   ASSERT_TRUE(out->next.has_value());
   EXPECT_EQ(out->next->job_id, s.jobs[1].job_id);
   EXPECT_EQ(out->next->attempt, 1);
-  EXPECT_TRUE(sched_->Heartbeat("w1", out->next->job_id, out->next->fence).keep_going);
+  EXPECT_TRUE(Beat("w1", *out->next).keep_going);
   // A repeat of the same Complete is a duplicate and leases nothing more.
   auto again = CompleteAndLease("w1", a, &next);
   ASSERT_TRUE(again.ok());
@@ -456,6 +474,116 @@ TEST_F(SchedulerTest, StorageFailureFailsTheCallAndReloadsTheSchedule) {
   EXPECT_EQ(*Complete("w1", again), false);
   EXPECT_TRUE(store_->IntegrityCheck().ok());
   sched_->Stop();
+}
+
+// Knowing a job id and its fencing token (both readable through `kvsweep query`) is not enough
+// to record, fail or renew someone else's lease: every call must carry the lease's secret, and
+// the store keeps only its key.
+TEST_F(SchedulerTest, OnlyTheLeaseHolderCanCompleteFailOrRenew) {
+  ExpandedSweep s = MakeSweep("s", {{"m1", "a"}, {"m1", "b"}});
+  ASSERT_TRUE(sched_->Submit(s, "", "").ok());
+  LeaseOffer a = LeaseOk("victim");
+  ASSERT_TRUE(a.has_job);
+  EXPECT_EQ(a.lease_id.size(), 32u);
+  sched_->Flush();
+  auto active = store_->LoadActiveJobs();
+  ASSERT_TRUE(active.ok());
+  for (const ActiveJob& j : *active) {
+    if (j.job_id != a.job_id) continue;
+    EXPECT_NE(j.lease_id, a.lease_id);  // the store has the key, not the secret
+    EXPECT_EQ(j.lease_id.size(), 64u);
+  }
+  LeaseOffer forged = a;
+  forged.lease_id = std::string(32, '0');
+  for (const std::string& who : {std::string("victim"), std::string("attacker")}) {
+    EXPECT_EQ(Complete(who, forged).status().code(), absl::StatusCode::kPermissionDenied) << who;
+    EXPECT_EQ(Fail(who, forged, FailKind::kPermanent).status().code(),
+              absl::StatusCode::kPermissionDenied)
+        << who;
+    EXPECT_EQ(sched_->Heartbeat(who, a.job_id, forged.lease_id, a.fence).status().code(),
+              absl::StatusCode::kPermissionDenied)
+        << who;
+  }
+  // The right secret under another worker id is refused too.
+  EXPECT_EQ(Complete("attacker", a).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(*store_->CountResults(), 0);
+  // The holder is unaffected: it renews and records its result.
+  EXPECT_TRUE(Beat("victim", a).keep_going);
+  EXPECT_EQ(*Complete("victim", a), false);
+  // Once recorded, a forger is still refused rather than told "duplicate".
+  EXPECT_EQ(Complete("victim", forged).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(*Complete("victim", a), true);
+  EXPECT_EQ(*store_->CountResults(), 1);
+}
+
+TEST_F(SchedulerTest, LeaseSecretStillWorksAfterACoordinatorRestart) {
+  ASSERT_TRUE(sched_->Submit(MakeSweep("s", {{"m1", "a"}}), "", "").ok());
+  LeaseOffer a = LeaseOk("w1");
+  sched_->Flush();
+  Restart();
+  LeaseOffer forged = a;
+  forged.lease_id = "not-the-secret";
+  EXPECT_EQ(Complete("w1", forged).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(Beat("w1", a).keep_going);
+  EXPECT_EQ(*Complete("w1", a), false);
+}
+
+TEST_F(SchedulerTest, AResultMustBeForTheJobItCompletes) {
+  ASSERT_TRUE(sched_->Submit(MakeSweep("s", {{"m1", "a"}}), "", "").ok());
+  LeaseOffer a = LeaseOk("w1");
+  auto wrong_task =
+      Complete("w1", a, R"({"metrics": {"wikitext": {"token_ppl": 3.0, "tokens": 10}}})");
+  EXPECT_EQ(wrong_task.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong_task.status().message()), HasSubstr("is task 'lambada_openai'"));
+  auto two_tasks = Complete(
+      "w1", a, R"({"metrics": {"lambada_openai": {"acc": 0.5}, "wikitext": {"tokens": 1}}})");
+  EXPECT_EQ(two_tasks.status().code(), absl::StatusCode::kInvalidArgument);
+  auto wrong_id = Complete("w1", a,
+                           absl::StrCat(R"({"job_id": ")", std::string(64, 'a'),
+                                        R"(", "metrics": {"lambada_openai": {"acc": 0.5}}})"));
+  EXPECT_EQ(wrong_id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong_id.status().message()), HasSubstr("is not the completed job"));
+  EXPECT_EQ(*store_->CountResults(), 0);
+  EXPECT_EQ(*Complete("w1", a,
+                      absl::StrCat(R"({"job_id": ")", a.job_id,
+                                   R"(", "metrics": {"lambada_openai": {"acc": 0.5}}})")),
+            false);
+}
+
+// Lease deadlines must not follow steps of the wall clock: the scheduler's clock is wall time
+// read once, advanced by a monotonic source.
+TEST(SchedulerClockTest, LeaseDeadlinesIgnoreWallClockSteps) {
+  std::atomic<int64_t> wall{1'700'000'000'000}, mono{5'000};
+  MonotonicEpochClock clock([&] { return wall.load(); }, [&] { return mono.load(); });
+  std::unique_ptr<ResultStore> store = NewFakeResultStore();
+  SchedulerOptions o;
+  o.lease_ttl_ms = 1000;
+  o.reaper_thread = false;
+  Scheduler sched(store.get(), &clock, o);
+  ASSERT_TRUE(sched.Start().ok());
+  ASSERT_TRUE(sched.Submit(MakeSweep("s", {{"m1", "a"}}), "", "").ok());
+  std::promise<absl::StatusOr<LeaseOffer>> p;
+  sched.Lease({"w1", "h", "cpu", "fake", 1}, "s1", "",
+              [&p](absl::StatusOr<LeaseOffer> r) { p.set_value(r); });
+  absl::StatusOr<LeaseOffer> l = p.get_future().get();
+  ASSERT_TRUE(l.ok() && l->has_job);
+  // The wall clock jumps 2 h forward: the lease is not expired.
+  wall += 2 * 3600 * 1000;
+  mono += 100;
+  sched.ExpireLeases();
+  auto hb = sched.Heartbeat("w1", l->job_id, l->lease_id, l->fence);
+  ASSERT_TRUE(hb.ok());
+  EXPECT_TRUE(hb->keep_going) << hb->reason;
+  // It jumps 4 h back and the worker goes silent: the lease still expires one TTL later.
+  wall -= 4 * 3600 * 1000;
+  mono += 1001;
+  sched.ExpireLeases();
+  sched.Flush();
+  hb = sched.Heartbeat("w1", l->job_id, l->lease_id, l->fence);
+  ASSERT_TRUE(hb.ok());
+  EXPECT_FALSE(hb->keep_going);
+  EXPECT_THAT(hb->reason, HasSubstr("lease expired"));
+  sched.Stop();
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/log.h"
 
 namespace kvsweep {
@@ -28,18 +29,22 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (!creds.ok()) return creds.status();
 
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
-  // One coordinator per database: two would both think they own every lease.
-  const std::string lock_path = o.db_path + ".lock";
-  s->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // One coordinator per database: two would both think they own every lease. The lock is on
+  // the database file itself (its inode), so a second coordinator reaching it through a symlink
+  // or a hard link is refused too. (flock locks are apart from SQLite's fcntl locks; this fd is
+  // closed only after the store, since closing any fd of the file drops the process's fcntl
+  // locks.)
+  s->lock_fd_ = ::open(o.db_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (s->lock_fd_ < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot open lock file '", lock_path, "'"));
+    return ErrnoToStatus(errno, "open database", o.db_path);
   }
   if (::flock(s->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "database '", o.db_path, "' is in use by another kvsweep-coordinator"));
   }
-  absl::StatusOr<std::unique_ptr<ResultStore>> store =
-      NewSqliteResultStore(o.db_path, SqliteOptions());
+  SqliteOptions sqlite;
+  sqlite.heap_limit_bytes = int64_t{1} << 30;
+  absl::StatusOr<std::unique_ptr<ResultStore>> store = NewSqliteResultStore(o.db_path, sqlite);
   if (!store.ok()) return store.status();
   s->store_ = std::move(*store);
   s->scheduler_ = std::make_unique<Scheduler>(s->store_.get(), SystemClock(), o.scheduler);
@@ -53,13 +58,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gRPC sets SO_REUSEPORT by default: a second coordinator on the same port would start and
+  // silently take half of the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(o.listen, *creds, &s->port_);
   builder.RegisterService(s->sweep_service_.get());
   builder.RegisterService(s->worker_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     s->scheduler_->Stop();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", o.listen, " (address in use by another process, or not local)"));
   }
   const std::string host = o.listen.substr(0, o.listen.rfind(':'));
   s->address_ = absl::StartsWith(o.listen, "unix") ? o.listen : absl::StrCat(host, ":", s->port_);
@@ -71,6 +80,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
 CoordinatorServer::~CoordinatorServer() {
   Shutdown();
+  server_.reset();
+  worker_service_.reset();
+  sweep_service_.reset();
+  scheduler_.reset();
+  store_.reset();  // before the lock's fd: see Start
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 

@@ -347,10 +347,15 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
     reactor->Finish(Invalid("progress: must be a number in [0, 1]"));
     return reactor;
   }
-  HeartbeatReply r = scheduler_->Heartbeat(req->worker_id(), req->job_id(), req->fencing_token());
-  resp->set_keep_going(r.keep_going);
-  resp->set_reason(r.reason);
-  resp->set_deadline_unix_ms(r.deadline_ms);
+  absl::StatusOr<HeartbeatReply> r = scheduler_->Heartbeat(req->worker_id(), req->job_id(),
+                                                           req->lease_id(), req->fencing_token());
+  if (!r.ok()) {
+    reactor->Finish(ToGrpc(r.status()));
+    return reactor;
+  }
+  resp->set_keep_going(r->keep_going);
+  resp->set_reason(r->reason);
+  resp->set_deadline_unix_ms(r->deadline_ms);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -391,8 +396,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
   }
   const int ttl = scheduler_->options().lease_ttl_ms;
   const bool want_next = next != nullptr;
-  scheduler_->Complete(req->worker_id(), req->job_id(), req->fencing_token(),
-                       req->result_json(), next.get(),
+  scheduler_->Complete(req->worker_id(), req->job_id(), req->lease_id(),
+                       req->fencing_token(), req->result_json(), next.get(),
                        [this, t0, reactor, resp, ttl,
                         want_next](absl::StatusOr<CompleteOutcome> out) {
                          if (!out.ok()) {
@@ -437,7 +442,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Fail(grpc::CallbackServerContext* c
                                            " is not RETRYABLE, PERMANENT or HANDED_BACK")));
       return reactor;
   }
-  scheduler_->Fail(req->worker_id(), req->job_id(), req->fencing_token(), kind, req->error(),
+  scheduler_->Fail(req->worker_id(), req->job_id(), req->lease_id(), req->fencing_token(), kind,
+                   req->error(),
                    [reactor, resp](absl::StatusOr<JobState> st) {
                      if (!st.ok()) {
                        reactor->Finish(ToGrpc(st.status()));

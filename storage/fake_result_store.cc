@@ -34,7 +34,7 @@ struct FakeSweep {
 };
 
 struct FakeAttempt {
-  std::string job_id, worker_id;
+  std::string job_id, worker_id, lease_id;
   int64_t fence = 0;
   AttemptOutcome outcome = AttemptOutcome::kRunning;
 };
@@ -139,7 +139,7 @@ absl::Status DoOp(FakeState& s, GrantLease& op) {
   j.lease_deadline_ms = op.deadline_ms;
   j.updated_ms = op.now_ms;
   op.attempt = j.attempts;
-  s.attempts.push_back({op.job_id, op.worker_id, j.fence, AttemptOutcome::kRunning});
+  s.attempts.push_back({op.job_id, op.worker_id, op.lease_id, j.fence, AttemptOutcome::kRunning});
   return absl::OkStatus();
 }
 
@@ -363,6 +363,17 @@ class FakeResultStore final : public ResultStore {
     auto r = state_.results.find(job_id);
     if (r == state_.results.end()) return std::optional<int64_t>();
     return std::optional<int64_t>(r->second.first);
+  }
+
+  absl::StatusOr<std::optional<AttemptLease>> LeaseOfAttempt(const std::string& job_id,
+                                                             int64_t fence) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const FakeAttempt& a : state_.attempts) {
+      if (a.job_id == job_id && a.fence == fence) {
+        return std::optional<AttemptLease>(AttemptLease{a.lease_id, a.worker_id});
+      }
+    }
+    return std::optional<AttemptLease>();
   }
 
   absl::StatusOr<int64_t> CountResults() override {

@@ -87,8 +87,13 @@ absl::StatusOr<ResultMetrics> ExtractResultMetrics(absl::string_view result_json
     return Bad("metrics", "is missing or not a non-empty object");
   }
   ResultMetrics r;
+  if (auto id = j.find("job_id"); id != j.end()) {
+    if (!id->is_string()) return Bad("job_id", "is not a string");
+    r.job_id = id->get<std::string>();
+  }
   for (auto it = m->begin(); it != m->end(); ++it) {
     const std::string where = absl::StrCat("metrics.", it.key());
+    r.tasks.push_back(it.key());
     if (!it->is_object()) return Bad(where, "is not an object");
     for (auto f = it->begin(); f != it->end(); ++f) {
       if (f->is_number_float() && !std::isfinite(f->get<double>())) {

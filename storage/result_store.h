@@ -87,6 +87,8 @@ struct SubmitSweep {
 struct GrantLease {
   std::string job_id;
   int64_t expected_fence = 0;
+  // What the store keeps of the lease's secret: its key (coordinator/lease_secret.h), never the
+  // secret itself, so that nothing readable through Query lets anyone act for the worker.
   std::string lease_id;
   std::string worker_id;
   int64_t deadline_ms = 0;
@@ -102,6 +104,8 @@ struct ResultMetrics {
   std::optional<double> fraction_payload, fraction_total;
   std::optional<int64_t> kv_heads;
   std::optional<double> wall_s, tokens_per_s;
+  std::vector<std::string> tasks;  // the keys of "metrics"
+  std::string job_id;              // the result's own "job_id", if it has one
 };
 // Validates a result object: a JSON object with an object "metrics" (one object per task,
 // numeric fields finite) and, if present, object "ledger"/"timing". kInvalidArgument naming
@@ -274,6 +278,14 @@ class ResultStore {
                               const std::function<bool(const ExportRow&)>& fn) = 0;
   // The fence the job's result was recorded with; nullopt if it has no result.
   virtual absl::StatusOr<std::optional<int64_t>> ResultFence(const std::string& job_id) = 0;
+  // The lease (its key, as GrantLease stored it) and worker of the job's attempt under `fence`;
+  // nullopt if there is no such attempt.
+  struct AttemptLease {
+    std::string lease_id;
+    std::string worker_id;
+  };
+  virtual absl::StatusOr<std::optional<AttemptLease>> LeaseOfAttempt(const std::string& job_id,
+                                                                     int64_t fence) = 0;
   // Number of rows in results (and jobs).
   virtual absl::StatusOr<int64_t> CountResults() = 0;
   virtual absl::StatusOr<int64_t> CountJobs() = 0;
@@ -300,6 +312,12 @@ struct SqliteOptions {
   int checkpoint_frames = 256;  // 1 MiB
   int checkpoint_ms = 1000;
   int wal_restart_frames = 16384;  // 64 MiB
+  // If > 0: SQLite's hard heap limit for the whole process (sqlite3_hard_heap_limit64). A
+  // backstop for user SQL that makes SQLite allocate without bound (the query connection's
+  // authorizer and limits bound single values and functions; big sorts spill to temporary
+  // files): past it, allocations fail with SQLITE_NOMEM instead of the kernel killing the
+  // process. The store's own connections use a few MiB.
+  int64_t heap_limit_bytes = 0;
 };
 
 // Opens (creating if needed, unless read_only) the database at `path`, in WAL mode with

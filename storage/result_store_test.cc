@@ -669,6 +669,14 @@ TEST(SqliteResultStoreTest, QueryIsReadOnly) {
            {"PRAGMA journal_mode=DELETE", "not authorized"},
            {"BEGIN", "not authorized"},
            {"SELEC 1", "syntax error"},
+           // Functions that reach outside the data or make large values out of nothing.
+           {"SELECT fts3_tokenizer('simple')", "not authorized: function fts3_tokenizer()"},
+           {"SELECT length(randomblob(900000000))", "not authorized: function randomblob()"},
+           {"SELECT zeroblob(1000000000)", "not authorized: function zeroblob()"},
+           {"SELECT load_extension('/tmp/x.so')", "not authorized: function load_extension()"},
+           {"WITH RECURSIVE c(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM c "
+            "WHERE length(s) < 100000000) SELECT max(length(s)) FROM c",
+            "too big"},
            {"", "no SQL statement"},
        }) {
     auto r = store->Query(b.sql, 10, 1000);
@@ -676,6 +684,13 @@ TEST(SqliteResultStoreTest, QueryIsReadOnly) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(b.fragment)) << b.sql;
   }
   EXPECT_TRUE(store->Query("PRAGMA table_info(results)", 100, 1000).ok());
+  // What users do query still works: aggregates, JSON, window functions, the view.
+  auto usual = store->Query(
+      "SELECT count(*), avg(ppl), max(json_extract(result_json, '$.timing.wall_s')), "
+      "row_number() OVER (ORDER BY 1), round(1.2345, 2), printf('%5.2f', 1.0) "
+      "FROM sweep_results GROUP BY model",
+      10, 1000);
+  EXPECT_TRUE(usual.ok()) << usual.status();
   auto many = store->Query(
       "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50) "
       "SELECT x FROM c",
@@ -687,7 +702,34 @@ TEST(SqliteResultStoreTest, QueryIsReadOnly) {
       "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
       "SELECT count(*) FROM c",
       10, 200);
-  EXPECT_EQ(forever.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(forever.status().code(), absl::StatusCode::kDeadlineExceeded) << forever.status();
+}
+
+TEST(SqliteResultStoreTest, DamagedDatabaseIsRefusedAtOpen) {
+  const std::string path = TempPath("damaged");
+  {
+    auto store = OpenOrDie(path);
+    std::vector<Mutation> batch;
+    SubmitSweep sub;
+    sub.name = "s";
+    for (int i = 0; i < 400; ++i) sub.jobs.push_back(Job(absl::StrCat("job-", i)));
+    batch.emplace_back(std::move(sub));
+    ASSERT_TRUE(store->Apply(batch).ok());
+  }
+  {
+    // Overwrite four b-tree pages in the middle of the file with garbage.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0, std::ios::end);
+    const std::streamoff size = f.tellp();
+    ASSERT_GT(size, 5 * 4096);
+    f.seekp(3 * 4096);
+    const std::string junk(4 * 4096, '\x5a');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  auto s = NewSqliteResultStore(path, SqliteOptions());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("is damaged"));
 }
 
 TEST(SqliteResultStoreTest, BusyDatabaseIsAborted) {

@@ -20,7 +20,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include <mutex>
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -299,27 +298,72 @@ CREATE VIEW sweep_results AS
 };
 constexpr int kLatestVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
-// User SQL may read; it may not attach files, run transactions or set pragmas.
-int QueryAuthorizer(void*, int action, const char* a1, const char* a2, const char*,
+// User SQL (`kvsweep query`) may read kvsweep's tables and views with a fixed set of plain
+// functions, nothing else: no attaching files, transactions or pragmas that set anything, and no
+// function that reaches outside the data (fts3_tokenizer registers a pointer and leaks
+// addresses, load_extension loads code) or makes large values out of nothing (randomblob,
+// zeroblob). The connection's limits bound the size of any one value and statement.
+constexpr const char* kQueryTables[] = {
+    "sweeps",  "jobs",          "job_specs",     "sweep_jobs",   "attempts", "results",
+    "workers", "sweep_results", "sqlite_master", "sqlite_schema"};
+// The longest value user SQL may make or read (results are at most 8 MiB).
+constexpr int kQueryMaxValueBytes = 16 << 20;
+constexpr const char* kQueryFunctions[] = {
+    // aggregate
+    "count", "sum", "total", "avg", "min", "max", "group_concat", "json_group_array",
+    "json_group_object",
+    // scalar
+    "abs", "round", "coalesce", "ifnull", "nullif", "iif", "length", "lower", "upper", "substr",
+    "substring", "trim", "ltrim", "rtrim", "replace", "instr", "printf", "format", "like",
+    "glob", "typeof", "quote", "hex", "char", "unicode", "sign", "exp", "ln", "log", "log10",
+    "log2", "sqrt", "pow", "power", "floor", "ceil", "ceiling", "date", "time", "datetime",
+    "julianday", "strftime", "unixepoch", "json", "json_extract", "json_type", "json_valid",
+    "json_array", "json_object", "json_array_length", "json_quote", "->", "->>",
+    // window
+    "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+    "first_value", "last_value", "nth_value"};
+
+struct QueryAuth {
+  std::string denied;  // what the last refusal was about, for the error message
+};
+
+bool InList(const char* name, const char* const* list, size_t n) {
+  if (name == nullptr) return false;
+  for (size_t i = 0; i < n; ++i) {
+    if (absl::EqualsIgnoreCase(name, list[i])) return true;
+  }
+  return false;
+}
+
+int QueryAuthorizer(void* arg, int action, const char* a1, const char* a2, const char* db,
                     const char*) {
+  auto* auth = static_cast<QueryAuth*>(arg);
+  auto deny = [&](std::string what) {
+    auth->denied = std::move(what);
+    return SQLITE_DENY;
+  };
   switch (action) {
-    case SQLITE_ATTACH:
-    case SQLITE_DETACH:
-    case SQLITE_TRANSACTION:
-    case SQLITE_SAVEPOINT:
-      return SQLITE_DENY;
+    case SQLITE_SELECT:
+    case SQLITE_RECURSIVE:
+      return SQLITE_OK;
+    case SQLITE_READ:
+      // (No database name: a common table expression of the statement itself.)
+      if (db == nullptr || InList(a1, kQueryTables, std::size(kQueryTables))) return SQLITE_OK;
+      return deny(absl::StrCat("table '", a1 == nullptr ? "" : a1, "'"));
+    case SQLITE_FUNCTION:
+      if (InList(a2, kQueryFunctions, std::size(kQueryFunctions))) return SQLITE_OK;
+      return deny(absl::StrCat("function ", a2 == nullptr ? "" : a2, "()"));
     case SQLITE_PRAGMA: {
-      // Introspection pragmas, which only read whatever their argument (a table name).
-      static const char* const kAllowed[] = {"table_info", "table_xinfo", "table_list",
-                                             "index_list", "index_info", "integrity_check",
-                                             "quick_check", "foreign_key_list"};
-      for (const char* p : kAllowed) {
-        if (a1 != nullptr && std::strcmp(a1, p) == 0) return SQLITE_OK;
-      }
-      return SQLITE_DENY;
+      // Introspection and checks: they read and report, and set nothing (a value given to
+      // them names a table).
+      static const char* const kAllowed[] = {"table_info", "table_xinfo",      "table_list",
+                                             "index_list", "index_info",       "foreign_key_list",
+                                             "quick_check", "integrity_check"};
+      if (InList(a1, kAllowed, std::size(kAllowed))) return SQLITE_OK;
+      return deny(absl::StrCat("PRAGMA ", a1 == nullptr ? "" : a1));
     }
     default:
-      return SQLITE_OK;
+      return deny("only read-only SQL is allowed");
   }
 }
 
@@ -369,6 +413,7 @@ class SqliteResultStore final : public ResultStore {
   absl::Status Open(const std::string& path, const SqliteOptions& o) {
     options_ = o;
     path_ = path;
+    if (o.heap_limit_bytes > 0) sqlite3_hard_heap_limit64(o.heap_limit_bytes);
     const int busy = o.busy_timeout_ms;
     if (!o.read_only) {
       KV_RETURN_IF_ERROR(OpenConn(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &wdb_));
@@ -379,6 +424,8 @@ class SqliteResultStore final : public ResultStore {
       // power loss, not just a crash of the process.
       KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA synchronous=FULL"));
       KV_RETURN_IF_ERROR(Exec(wdb_, "PRAGMA foreign_keys=ON"));
+      // A damaged file is refused at start, not found out by a later write.
+      KV_RETURN_IF_ERROR(QuickCheck(wdb_, path));
       KV_RETURN_IF_ERROR(Migrate());
       // Checkpoints copy the WAL into the database file; run on the commit path (SQLite's
       // default) they stall an unlucky commit for tens of ms. A background connection does
@@ -401,7 +448,14 @@ class SqliteResultStore final : public ResultStore {
     KV_RETURN_IF_ERROR(OpenConn(path, SQLITE_OPEN_READONLY, &qdb_));
     sqlite3_busy_timeout(qdb_, busy);
     KV_RETURN_IF_ERROR(Exec(qdb_, "PRAGMA query_only=ON"));
-    sqlite3_set_authorizer(qdb_, QueryAuthorizer, nullptr);
+    sqlite3_set_authorizer(qdb_, QueryAuthorizer, &query_auth_);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_LENGTH, kQueryMaxValueBytes);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_SQL_LENGTH, 1 << 20);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_COLUMN, 1000);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_EXPR_DEPTH, 200);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_COMPOUND_SELECT, 100);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_FUNCTION_ARG, 100);
+    sqlite3_limit(qdb_, SQLITE_LIMIT_ATTACHED, 0);
     if (o.read_only) {
       // Read-only opens do not migrate; refuse a schema they cannot read.
       absl::StatusOr<int> v = ReadVersion(rdb_);
@@ -589,17 +643,37 @@ class SqliteResultStore final : public ResultStore {
     return std::optional<int64_t>(st->Int(0));
   }
 
+  absl::StatusOr<std::optional<AttemptLease>> LeaseOfAttempt(const std::string& job_id,
+                                                             int64_t fence) override {
+    std::lock_guard<std::mutex> lock(rmu_);
+    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_,
+                                               "SELECT lease_id, worker_id FROM attempts "
+                                               "WHERE job_id = ? AND fence = ?"));
+    st->Bind(1, job_id).Bind(2, fence);
+    KV_ASSIGN_OR_RETURN(bool row, st->Step());
+    if (!row) return std::optional<AttemptLease>();
+    return std::optional<AttemptLease>(AttemptLease{st->Text(0), st->Text(1)});
+  }
+
   absl::StatusOr<int64_t> CountResults() override { return Count("results"); }
   absl::StatusOr<int64_t> CountJobs() override { return Count("jobs"); }
 
   absl::StatusOr<QueryResult> Query(const std::string& sql, int max_rows,
                                     int timeout_ms) override {
     std::lock_guard<std::mutex> lock(qmu_);
+    query_auth_.denied.clear();
     const char* tail = nullptr;
     sqlite3_stmt* raw = nullptr;
     int rc = sqlite3_prepare_v2(qdb_, sql.c_str(), static_cast<int>(sql.size()), &raw, &tail);
     Stmt st(qdb_, raw);
     if (rc != SQLITE_OK) {
+      if (!query_auth_.denied.empty()) {
+        std::string what = std::move(query_auth_.denied);
+        query_auth_.denied.clear();
+        return absl::InvalidArgumentError(absl::StrCat(
+            "query: not authorized: ", what,
+            " (SELECT of kvsweep's tables and views, with plain SQL functions)"));
+      }
       return absl::InvalidArgumentError(absl::StrCat("query: ", sqlite3_errmsg(qdb_)));
     }
     if (raw == nullptr) return absl::InvalidArgumentError("query: no SQL statement given");
@@ -773,6 +847,23 @@ class SqliteResultStore final : public ResultStore {
     KV_ASSIGN_OR_RETURN(auto v, Stmt::Prepare(db, "SELECT version FROM schema_version"));
     KV_ASSIGN_OR_RETURN(bool r3, v->Step());
     return r3 ? static_cast<int>(v->Int(0)) : 0;
+  }
+
+  static absl::Status QuickCheck(sqlite3* db, const std::string& path) {
+    absl::StatusOr<std::unique_ptr<Stmt>> st = Stmt::Prepare(db, "PRAGMA quick_check(5)");
+    std::vector<std::string> report;
+    absl::Status s = st.status();
+    while (s.ok()) {
+      absl::StatusOr<bool> row = (*st)->Step();
+      s = row.status();
+      if (!s.ok() || !*row) break;
+      report.push_back((*st)->Text(0));
+    }
+    if (s.ok() && report.size() == 1 && report[0] == "ok") return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat(
+        "database '", path, "' is damaged (quick_check: ",
+        s.ok() ? absl::StrJoin(report, "; ") : std::string(s.message()),
+        "); restore it from a backup or start a new one"));
   }
 
   absl::Status Migrate() {
@@ -1221,6 +1312,7 @@ class SqliteResultStore final : public ResultStore {
   std::mutex rmu_;
   sqlite3* rdb_ = nullptr;   // coordinator reads
   std::mutex qmu_;
+  QueryAuth query_auth_;  // guarded by qmu_ (the authorizer runs inside Query's prepare)
   sqlite3* qdb_ = nullptr;   // user SQL: read-only, authorizer
   sqlite3* cdb_ = nullptr;   // background WAL checkpoints
   std::thread checkpointer_;

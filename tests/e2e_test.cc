@@ -5,7 +5,9 @@
 // real_sweep_test use the engine when it is built.
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -374,6 +376,44 @@ TEST(EndToEndTest, ListensOnLoopbackUnlessSecured) {
             "kvsweep-coordinator: refusing to listen on non-loopback address 0.0.0.0:0 without "
             "TLS and a bearer token (pass --tls-cert, --tls-key and --token-file)\n");
   EXPECT_FALSE(PathExists(JoinPath(h.dir(), "o.db")));
+}
+
+// A second coordinator is refused at start, with a one-line error, whether it asks for the
+// same port (gRPC would otherwise share it through SO_REUSEPORT and split the clients) or
+// reaches the same database through another name (a symlink or a hard link).
+TEST(EndToEndTest, SecondCoordinatorOnTheSamePortOrDatabaseIsRefused) {
+  Harness h("second");
+  h.StartCoordinator();
+  auto refused = [&](const std::string& name, const std::string& db, const std::string& listen,
+                     const std::string& expected) {
+    const std::string err = JoinPath(h.dir(), name + ".err");
+    auto p = Subprocess::Spawn({CoordinatorBin(), "--db", db, "--listen", listen},
+                               {{}, JoinPath(h.dir(), name + ".out"), err});
+    ASSERT_TRUE(p.ok());
+    std::optional<int> st = (*p)->Wait(std::chrono::seconds(30));
+    if (!st.has_value()) {
+      (*p)->Signal(SIGKILL);
+      FAIL() << name << ": the second coordinator started";
+    }
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) != 0) << name;
+    // The log may come first; the error is one line, the last.
+    std::string text = ReadFile(err).value_or("");
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    const std::string last = text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    EXPECT_THAT(last, HasSubstr(absl::StrCat("kvsweep-coordinator: ", ""))) << name;
+    EXPECT_THAT(last, HasSubstr(expected)) << name << ": " << text;
+  };
+  refused("port", JoinPath(h.dir(), "other.db"), absl::StrCat("127.0.0.1:", h.port()),
+          absl::StrCat("cannot listen on 127.0.0.1:", h.port()));
+  const std::string sym = JoinPath(h.dir(), "symlink.db");
+  ASSERT_EQ(::symlink(h.db().c_str(), sym.c_str()), 0);
+  refused("symlink", sym, "127.0.0.1:0", "is in use by another kvsweep-coordinator");
+  const std::string hard = JoinPath(h.dir(), "hardlink.db");
+  ASSERT_EQ(::link(h.db().c_str(), hard.c_str()), 0);
+  refused("hardlink", hard, "127.0.0.1:0", "is in use by another kvsweep-coordinator");
+  // The first one still serves everything.
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("still", 1)));
+  EXPECT_EQ(h.Sweep("still").total, 1);
 }
 
 TEST(EndToEndTest, BearerTokenIsRequiredWhenConfigured) {

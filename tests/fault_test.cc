@@ -232,6 +232,89 @@ TEST(FaultTest, StaleTokenIsRejectedOverRpc) {
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 0);
 }
 
+// An attacker with the client's view of the database (`kvsweep query` shows job ids, fencing
+// tokens and what jobs.lease_id holds) cannot record, fail or renew a lease it does not hold.
+TEST(FaultTest, ForgedCallsOnAnotherWorkersLeaseAreDenied) {
+  Harness h("forgery");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("forge", 1)));
+  auto stub = h.WorkerStub();
+  v1::LeaseRequest lr;
+  lr.mutable_worker()->set_worker_id("victim");
+  lr.mutable_worker()->set_session("s1");
+  v1::LeaseResponse lease;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(stub->Lease(&c1, lr, &lease).ok());
+  ASSERT_TRUE(lease.has_job());
+  // What a reader of the database sees.
+  const auto rows =
+      h.SqlRows(absl::StrCat("SELECT lease_id FROM jobs WHERE job_id = '", lease.job_id(), "'"));
+  ASSERT_EQ(rows.size(), 1u);
+  const std::string stored = rows[0][0];
+  EXPECT_NE(stored, lease.lease_id());
+  const int64_t fence =
+      h.SqlInt(absl::StrCat("SELECT fence FROM jobs WHERE job_id = '", lease.job_id(), "'"));
+  EXPECT_EQ(fence, lease.fencing_token());
+  for (const std::string& who : {std::string("victim"), std::string("attacker")}) {
+    for (const std::string& id : {stored, std::string("0123456789abcdef")}) {
+      v1::CompleteRequest cr;
+      cr.set_worker_id(who);
+      cr.set_job_id(lease.job_id());
+      cr.set_lease_id(id);
+      cr.set_fencing_token(fence);
+      cr.set_result_json(R"({"metrics": {"lambada_openai": {"acc": 1.0, "ppl": 1.0, "n": 3}}})");
+      v1::CompleteResponse resp;
+      grpc::ClientContext c;
+      EXPECT_EQ(stub->Complete(&c, cr, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+      v1::FailRequest fr;
+      fr.set_worker_id(who);
+      fr.set_job_id(lease.job_id());
+      fr.set_lease_id(id);
+      fr.set_fencing_token(fence);
+      fr.set_kind(v1::FAILURE_KIND_PERMANENT);
+      v1::FailResponse fresp;
+      grpc::ClientContext cf;
+      EXPECT_EQ(stub->Fail(&cf, fr, &fresp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+      v1::HeartbeatRequest hb;
+      hb.set_worker_id(who);
+      hb.set_job_id(lease.job_id());
+      hb.set_lease_id(id);
+      hb.set_fencing_token(fence);
+      v1::HeartbeatResponse hbr;
+      grpc::ClientContext ch;
+      EXPECT_EQ(stub->Heartbeat(&ch, hb, &hbr).error_code(),
+                grpc::StatusCode::PERMISSION_DENIED);
+    }
+  }
+  // A Lease under the victim's worker id from another session does not take its job.
+  v1::LeaseRequest hijack = lr;
+  hijack.mutable_worker()->set_session("s2");
+  v1::LeaseResponse other;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(stub->Lease(&c2, hijack, &other).ok());
+  EXPECT_FALSE(other.has_job());
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 0);
+  EXPECT_EQ(h.Sweep("forge").count(JobState::kLeased), 1);
+  // The holder's result is recorded, and the secret is nowhere in the database.
+  v1::CompleteRequest cr;
+  cr.set_worker_id("victim");
+  cr.set_job_id(lease.job_id());
+  cr.set_lease_id(lease.lease_id());
+  cr.set_fencing_token(lease.fencing_token());
+  cr.set_result_json(R"({"metrics": {"lambada_openai": {"acc": 0.25, "ppl": 7.5, "n": 3}}})");
+  v1::CompleteResponse resp;
+  grpc::ClientContext c3;
+  grpc::Status s = stub->Complete(&c3, cr, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(resp.duplicate());
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM results WHERE result_json LIKE '%",
+                                  lease.lease_id(), "%'")),
+            0);
+  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE lease_id = '",
+                                  lease.lease_id(), "'")),
+            0);
+}
+
 TEST(FaultTest, SameResultSubmittedManyTimesConcurrentlyIsOneRow) {
   Harness h("dup_results");
   h.StartCoordinator();

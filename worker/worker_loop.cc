@@ -168,9 +168,11 @@ void AddWorkerProvenance(const WorkerIdentity& who, const v1::LeaseResponse& lea
   if (!r.contains("provenance") || !r["provenance"].is_object()) {
     r["provenance"] = nlohmann::json::object();
   }
+  // The lease id is the lease's secret: it never goes into anything stored.
   r["provenance"]["worker"] = {{"worker_id", who.worker_id}, {"hostname", who.hostname},
                                {"device", who.device},       {"evaluator", who.evaluator},
-                               {"attempt", lease.attempt()}, {"lease_id", lease.lease_id()}};
+                               {"attempt", lease.attempt()}, {"fence", lease.fencing_token()}};
+  r["job_id"] = lease.job_id();
 }
 
 WorkerIdentity WorkerLoop::Identity() const {

@@ -58,7 +58,8 @@ struct WorkerIdentity {
 };
 // A Lease request from `who`, which last ran a job on `held_model` ("" = none).
 v1::LeaseRequest MakeLeaseRequest(const WorkerIdentity& who, const std::string& held_model);
-// Adds provenance.worker (who ran it, under which lease) to an evaluator's result object.
+// Adds provenance.worker (who ran it: worker, attempt, fencing token) and the job id to an
+// evaluator's result object.
 void AddWorkerProvenance(const WorkerIdentity& who, const v1::LeaseResponse& lease,
                          nlohmann::json* result);
 
