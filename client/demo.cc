@@ -165,7 +165,8 @@ methods:
     so.stdout_path = so.stderr_path = logs.back();
     std::vector<std::string> argv = {worker_bin, "--coordinator", (*server)->address(),
                                      "--device", "cpu", "--evaluator", o.evaluator,
-                                     "--worker-id", absl::StrCat("demo-", i)};
+                                     "--worker-id", absl::StrCat("demo-", i),
+                                     "--spool-dir", JoinPath(dir, absl::StrCat("spool-", i))};
     if (o.evaluator == "engine") {
       argv.insert(argv.end(), {"--threads", "1"});
     } else {

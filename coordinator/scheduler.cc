@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +35,10 @@ std::string SpecTask(const std::string& spec_json) {
 }
 
 constexpr size_t kMaxRevoked = 100000;
+constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max() / 2;
+// Leases restored from the store expire no sooner than this (or two TTLs) after the first
+// worker call once the coordinator is back: every worker's reconnect backoff (<= 5 s) fits.
+constexpr int64_t kRestoredGraceMs = 10000;
 constexpr int64_t kTouchEveryMs = 30000;
 
 }  // namespace
@@ -114,8 +119,33 @@ absl::Status Scheduler::LoadAll() {
   worker_lease_.clear();
   leased_count_ = 0;
   const int64_t now = clock_->NowMs();
-  for (const ActiveJob& a : *active) Adopt(a, now);
+  restored_.clear();
+  for (const ActiveJob& a : *active) {
+    Adopt(a, now);
+    MemJob& j = jobs_.at(a.job_id);
+    if (j.state == JobState::kLeased) {
+      // Its worker may be retrying with a long backoff: no deadline until workers are back.
+      SetDeadline(j, kNoDeadline);
+      restored_.push_back(j.job_id);
+    }
+  }
+  awaiting_worker_ = !restored_.empty();
   return absl::OkStatus();
+}
+
+void Scheduler::OnWorkerCall(int64_t now) {
+  if (!awaiting_worker_) return;
+  awaiting_worker_ = false;
+  const int64_t grace = std::max<int64_t>(2 * int64_t{options_.lease_ttl_ms}, kRestoredGraceMs);
+  for (const std::string& id : restored_) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.state != JobState::kLeased) continue;
+    if (it->second.deadline_ms == kNoDeadline) SetDeadline(it->second, now + grace);
+  }
+  KV_LOG(INFO) << "scheduler: a worker is back; " << restored_.size()
+               << " leases held across the restart expire in " << grace
+               << " ms unless their workers renew them";
+  restored_.clear();
 }
 
 void Scheduler::Adopt(const ActiveJob& a, int64_t now) {
@@ -320,6 +350,7 @@ Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
                                            const std::string& session,
                                            const std::string& held_model, int64_t now,
                                            LeaseOffer* offer, GrantLease* grant) {
+  OnWorkerCall(now);
   auto touched = worker_touched_.find(worker.worker_id);
   if (touched == worker_touched_.end() || now - touched->second > kTouchEveryMs) {
     worker_touched_[worker.worker_id] = now;
@@ -422,6 +453,7 @@ absl::StatusOr<HeartbeatReply> Scheduler::Heartbeat(const std::string& worker_id
                                                     const std::string& lease_id, int64_t fence) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
+  OnWorkerCall(now);
   auto it = jobs_.find(job_id);
   if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
     if (absl::Status s = CheckHolder(it->second, worker_id, lease_id); !s.ok()) return s;
@@ -454,6 +486,7 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
   }
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
+  OnWorkerCall(now);
   auto it = jobs_.find(job_id);
   if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
     absl::Status holder = CheckHolder(it->second, worker_id, lease_id);
@@ -619,6 +652,7 @@ void Scheduler::Fail(const std::string& worker_id, const std::string& job_id,
                      std::function<void(absl::StatusOr<JobState>)> done) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMs();
+  OnWorkerCall(now);
   auto it = jobs_.find(job_id);
   if (it != jobs_.end() && it->second.state == JobState::kLeased && it->second.fence == fence) {
     if (absl::Status s = CheckHolder(it->second, worker_id, lease_id); !s.ok()) {

@@ -11,7 +11,8 @@
 // refused unexpectedly), the committer fails what is queued and reloads memory from the store.
 //
 // Lease semantics (docs/protocol.md): a lease lasts `lease_ttl_ms` and is renewed by
-// heartbeats (in memory only: after a coordinator restart every lease gets a fresh TTL). Each
+// heartbeats (in memory only: after a coordinator restart a restored lease has no deadline
+// until the first worker call, then max(2 TTL, 10 s) to be renewed by its holder). Each
 // change of a job's lease (grant, expiry, cancel, failure) bumps its fencing token; results and
 // failures must carry the current token. Expired leases count as the worker having died on the
 // job: the job goes back to the queue with backoff, or, once it has lost leases on
@@ -216,6 +217,8 @@ class Scheduler {
   JobState EndLeaseLocked(MemJob& j, FailKind kind, const std::string& error, int64_t now,
                           std::function<void(Mutation&)> done);
   void Adopt(const ActiveJob& a, int64_t now);
+  // The first worker call after a (re)load starts the clock of the leases it restored.
+  void OnWorkerCall(int64_t now);
   void MakeReady(MemJob& j, int64_t now);
   // Ends j's lease in memory and puts it back in the queue (fence bumped), eligible from
   // next_eligible_ms.
@@ -269,6 +272,9 @@ class Scheduler {
   std::unordered_map<std::string, std::string> revoked_;       // "job#fence" -> reason
   std::deque<std::string> revoked_order_;
   int64_t leased_count_ = 0;
+  // Leases restored by LoadAll, without a deadline until the first worker call.
+  std::vector<std::string> restored_;
+  bool awaiting_worker_ = false;
 
   std::mutex admin_mu_;  // serializes Submit/Cancel/Retry
 

@@ -363,6 +363,31 @@ TEST_F(SchedulerTest, LeasesSurviveACoordinatorRestart) {
   EXPECT_NE(b.job_id, a.job_id);
 }
 
+// A coordinator down for far longer than a TTL: the leases it restores have no deadline until
+// a worker is back, then a grace of at least a TTL (here max(2 TTL, 10 s)) to be renewed, so a
+// worker that finished during the outage and retries with backoff still delivers its result.
+TEST_F(SchedulerTest, RestoredLeasesGetAGraceAfterTheFirstWorkerIsBack) {
+  ASSERT_TRUE(sched_->Submit(MakeSweep("s", {{"m1", "a"}, {"m1", "b"}, {"m1", "c"}}), "", "").ok());
+  LeaseOffer a = LeaseOk("w1");
+  LeaseOffer b = LeaseOk("w2");
+  sched_->Flush();
+  Restart();
+  clock_.Advance(10 * 60 * 1000);  // ten minutes before any worker calls
+  sched_->ExpireLeases();
+  sched_->Flush();
+  EXPECT_EQ(Info("s").count(JobState::kLeased), 2);
+  LeaseOffer c = LeaseOk("w3");  // the first worker back
+  EXPECT_TRUE(c.has_job);
+  clock_.Advance(9000);  // past the 1 s TTL, within the 10 s grace
+  sched_->ExpireLeases();
+  EXPECT_EQ(*Complete("w1", a), false);
+  clock_.Advance(1001);  // w2 never came back: its lease ends
+  sched_->ExpireLeases();
+  sched_->Flush();
+  EXPECT_FALSE(Beat("w2", b).keep_going);
+  EXPECT_EQ(Complete("w2", b).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(SchedulerTest, RepeatedLeaseFromTheSameSessionIsIdempotent) {
   ExpandedSweep s = MakeSweep("s", {{"m1", "a"}, {"m1", "b"}});
   ASSERT_TRUE(sched_->Submit(s, "", "").ok());

@@ -1,5 +1,6 @@
 #include "rpc/rpc_util.h"
 
+#include <algorithm>
 #include <openssl/crypto.h>
 
 #include "absl/strings/ascii.h"
@@ -62,6 +63,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   // Every worker gets its own connection (the load benchmark runs many in one process).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              std::min(1000, config.max_reconnect_backoff_ms));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(1000, config.max_reconnect_backoff_ms));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, config.max_reconnect_backoff_ms);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (config.tls || config.tls_files.enabled()) {
     grpc::SslCredentialsOptions o;

@@ -48,6 +48,9 @@ struct ClientConfig {
   bool tls = false;               // use TLS even without files (system roots)
   TlsFiles tls_files;
   std::string tls_server_name;    // override the name checked in the server certificate
+  // gRPC's own reconnect backoff grows to 120 s by default: a coordinator back after an outage
+  // would be noticed minutes late. Capped here.
+  int max_reconnect_backoff_ms = 5000;
 };
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/file_util.h"
 #include "rpc/rpc_util.h"
 #include "tests/harness.h"
 
@@ -120,6 +121,91 @@ TEST(FaultTest, CoordinatorKilledTwiceLosesNothingAcknowledgedAndRerunsNothingFi
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts a JOIN results r ON r.job_id = a.job_id "
                      "WHERE a.started_ms > r.recorded_ms"),
             0);
+  h.StopCoordinator();
+}
+
+// A coordinator outage of many lease TTLs (here 25) loses no finished work: workers that
+// finish during it keep their results (spooled on disk) and keep beating for their leases, the
+// coordinator gives restored leases a grace once workers are back, and every result is
+// accepted; no job runs twice.
+TEST(FaultTest, CoordinatorDownForManyLeaseTtlsLosesNoFinishedWork) {
+  Harness h("long_outage");
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 1000;
+  h.StartCoordinator(cf);
+  const int kJobs = 16;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("outage", kJobs)));
+  Harness::WorkerFlags f;
+  f.fake_sleep_ms = 1500;
+  f.force_fake = true;
+  for (int i = 0; i < 4; ++i) h.StartWorker(f);
+  const int port = h.port();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        SweepInfo i = h.Sweep("outage");
+        return i.count(JobState::kDone) >= 4 && i.count(JobState::kLeased) >= 3;
+      },
+      std::chrono::seconds(120)));
+  h.KillCoordinator();
+  std::this_thread::sleep_for(std::chrono::seconds(25));
+  h.StartCoordinator(cf, port);
+  ASSERT_TRUE(h.WaitFinished("outage", std::chrono::seconds(180)));
+  h.CheckInvariants("outage");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), kJobs);
+  std::map<std::string, int> leases;
+  for (int i = 0; i < h.num_workers(); ++i) {
+    for (const auto& e : h.JournalEvents(i)) {
+      if (e.size() < 3) continue;
+      EXPECT_NE(e[1], "rejected") << "worker " << i << ": " << absl::StrJoin(e, " ");
+      EXPECT_NE(e[1], "unreported") << "worker " << i << ": " << absl::StrJoin(e, " ");
+      if (e[1] == "lease") ++leases[e[2]];
+    }
+  }
+  EXPECT_EQ(leases.size(), static_cast<size_t>(kJobs));
+  for (const auto& [job, n] : leases) EXPECT_EQ(n, 1) << "job " << job << " ran " << n << " times";
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), kJobs);
+  h.StopCoordinator();
+}
+
+// A worker killed after it finished a job but before the coordinator had the result: started
+// again under the same worker id, it reports the result from its spool (no second run).
+TEST(FaultTest, WorkerRestartedWithASpooledResultReportsIt) {
+  Harness h("spool_restart");
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 30000;
+  h.StartCoordinator(cf);
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("spooled", 1)));
+  Harness::WorkerFlags f;
+  f.force_fake = true;
+  f.fake_sleep_ms = 100;
+  // The worker finishes the job, spools the result, then pauses (no heartbeats) before
+  // reporting it: it is killed there.
+  const std::string spool = JoinPath(h.dir(), "spool");
+  f.extra = {"--worker-id", "same-id", "--spool-dir", spool, "--fault",
+             "pause-before-complete:60000"};
+  const int first = h.StartWorker(f);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        for (const auto& e : h.JournalEvents(first)) {
+          if (e.size() >= 2 && e[1] == "pause") return true;
+        }
+        return false;
+      },
+      std::chrono::seconds(60)));
+  h.worker(first)->Signal(SIGKILL);
+  h.worker(first)->Wait(std::chrono::seconds(10));
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 0);
+  f.extra = {"--worker-id", "same-id", "--spool-dir", spool};
+  const int second = h.StartWorker(f);
+  ASSERT_TRUE(h.WaitFinished("spooled", std::chrono::seconds(60)));
+  h.CheckInvariants("spooled");
+  bool reported = false;
+  for (const auto& e : h.JournalEvents(second)) {
+    if (e.size() >= 2 && e[1] == "recorded") reported = true;
+    EXPECT_NE(e[1], "lease") << "the job ran again";
+  }
+  EXPECT_TRUE(reported);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), 1);
   h.StopCoordinator();
 }
 

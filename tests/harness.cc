@@ -1,5 +1,6 @@
 #include "tests/harness.h"
 
+#include <algorithm>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -122,6 +123,9 @@ int Harness::StartWorker(const WorkerFlags& f) {
                 {"--evaluator", "fake", "--fake-sleep-ms", std::to_string(f.fake_sleep_ms)});
   }
   argv.insert(argv.end(), f.extra.begin(), f.extra.end());
+  if (std::find(f.extra.begin(), f.extra.end(), "--spool-dir") == f.extra.end()) {
+    argv.insert(argv.end(), {"--spool-dir", JoinPath(dir_, absl::StrCat("spool-", i))});
+  }
   Subprocess::Options o;
   o.stdout_path = o.stderr_path = log(i);
   auto p = Subprocess::Spawn(argv, o);

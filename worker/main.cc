@@ -97,6 +97,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--journal", o.journal_path,
                  "append one line per event (lease, recorded, rejected, ...) to this file");
+  o.spool_dir = DefaultSpoolDir();
+  app.add_option("--spool-dir", o.spool_dir,
+                 "finished results are kept here (fsynced) until the coordinator has them; a "
+                 "worker restarted with the same --worker-id reports them first ('' = off)")
+      ->capture_default_str();
+  app.add_option("--reconnect-max-ms", o.reconnect_max_ms,
+                 "longest wait between attempts to reach the coordinator")
+      ->check(CLI::Range(100, 5000))
+      ->capture_default_str();
   app.add_option("--fault", faults,
                  "TEST ONLY: crash-on-job-substring:XYZ | hang | pause-before-complete:MS | "
                  "delay-job:MS");

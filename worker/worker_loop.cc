@@ -125,14 +125,20 @@ WorkerStats WorkerLoop::stats() const {
 }
 
 template <typename Call>
-grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop) {
+grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop,
+                                  const std::function<bool()>& give_up) {
   int backoff = 100;
   int64_t last_log = 0;
   for (;;) {
     grpc::ClientContext ctx;
     PrepareContext(&ctx, options_.coordinator, std::chrono::milliseconds(options_.rpc_timeout_ms));
     grpc::Status s = call(&ctx);
-    if (s.ok() || !IsTransient(s.error_code())) return s;
+    // RESOURCE_EXHAUSTED: the coordinator's disk is full; the call succeeds once it is not.
+    if (s.ok() || !(IsTransient(s.error_code()) ||
+                    s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)) {
+      return s;
+    }
+    if (give_up && give_up()) return s;
     if (NowMs() - last_log > 5000) {
       KV_LOG(WARNING) << "worker " << worker_id_ << ": " << what << ": " << s.error_message()
                       << " (code " << s.error_code() << "); retrying";
@@ -283,7 +289,9 @@ void WorkerLoop::HeartbeatLoop() {
 }
 
 absl::Status WorkerLoop::Run() {
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options_.coordinator);
+  ClientConfig channel_config = options_.coordinator;
+  channel_config.max_reconnect_backoff_ms = options_.reconnect_max_ms;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(channel_config);
   if (!channel.ok()) return channel.status();
   channel_ = *channel;
   stub_ = v1::WorkerService::NewStub(channel_);
@@ -297,6 +305,11 @@ absl::Status WorkerLoop::Run() {
          !channel_->WaitForConnected(std::min(
              connect_until, std::chrono::system_clock::now() + std::chrono::milliseconds(50)))) {
   }
+  if (!options_.spool_dir.empty()) {
+    absl::StatusOr<ResultSpool> spool = ResultSpool::Open(options_.spool_dir);
+    if (!spool.ok()) return spool.status();
+    spool_ = *std::move(spool);
+  }
   hb_thread_ = std::thread([this] { HeartbeatLoop(); });
   struct StopHeartbeatThread {
     WorkerLoop* self;
@@ -309,6 +322,7 @@ absl::Status WorkerLoop::Run() {
       self->hb_thread_.join();
     }
   } stop_heartbeat_thread{this};
+  ReportSpooled();
   while (!draining_) {
     if (next_lease_) {
       v1::LeaseResponse lease = std::move(*next_lease_);
@@ -393,11 +407,17 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     return absl::OkStatus();
   }
 
-  // Heartbeats from their own thread, so a long forward pass never lets the lease lapse.
+  // Heartbeats from their own thread, so a long forward pass never lets the lease lapse. They go
+  // on until the coordinator has the result: a finished result keeps its lease alive through a
+  // coordinator outage.
   StartHeartbeats(lease);
   std::string lost_reason;
-  bool lost_at_end = false;
-  auto stop_heartbeat = [&] { lost_at_end = StopHeartbeats(&lost_reason); };
+  bool lost = false, beating = true;
+  auto stop_heartbeat = [&] {
+    if (!beating) return;
+    beating = false;
+    lost = StopHeartbeats(&lost_reason);
+  };
   auto handing_back = [&] {
     return stop_now_.load() || (draining_.load() && NowMs() > drain_deadline_ms_.load());
   };
@@ -415,9 +435,8 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   absl::StatusOr<nlohmann::json> result = on_progress(0.0)
                                               ? evaluator_->Run(*spec, on_progress)
                                               : absl::CancelledError("stopped before starting");
-  stop_heartbeat();
-
-  if (lost_at_end) {
+  if (!result.ok() || hb_lost_.load()) stop_heartbeat();
+  if (lost) {
     std::lock_guard<std::mutex> l(stats_mu_);
     ++stats_.abandoned;
     Journal("abandoned", job_id, fence, lost_reason);
@@ -440,16 +459,11 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   held_model_ = spec->model_sha256;
   nlohmann::json& r = *result;
   if (!r.is_object()) {
+    stop_heartbeat();
     ReportFail(lease, v1::FAILURE_KIND_PERMANENT, "evaluator returned a non-object result");
     return absl::OkStatus();
   }
   AddWorkerProvenance(Identity(), lease, &r);
-
-  if (options_.faults.pause_before_complete_ms > 0) {
-    // FOR TESTS: no heartbeats from here on; the lease may well expire meanwhile.
-    Journal("pause", job_id, fence);
-    std::this_thread::sleep_for(std::chrono::milliseconds(options_.faults.pause_before_complete_ms));
-  }
 
   v1::CompleteRequest req;
   req.set_worker_id(worker_id_);
@@ -457,13 +471,44 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   req.set_lease_id(lease.lease_id());
   req.set_fencing_token(fence);
   req.set_result_json(CanonicalJson(r));
+  if (req.ByteSizeLong() > static_cast<size_t>(kMaxMessageBytes) - 4096) {
+    stop_heartbeat();
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT,
+               absl::StrCat("result of ", req.result_json().size(), " bytes is too large to send"));
+    return absl::OkStatus();
+  }
+  if (spool_.has_value()) {
+    absl::Status put = spool_->Put(req, lease.heartbeat_interval_ms());
+    if (!put.ok()) {
+      KV_LOG(ERROR) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
+                    << " not spooled (it is still reported): " << put.message();
+    }
+  }
+  if (options_.faults.pause_before_complete_ms > 0) {
+    // FOR TESTS: no heartbeats from here on; the lease may well expire meanwhile.
+    stop_heartbeat();
+    Journal("pause", job_id, fence);
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.faults.pause_before_complete_ms));
+  }
   // Complete-and-lease: ask for the next job in the same call, unless draining.
   if (!draining_) *req.mutable_next() = MakeLeaseRequest(Identity(), held_model_);
+  const bool answered = ReportResult(lease, req);
+  stop_heartbeat();
+  // Not answered for good (the worker was told to stop at once): the spool keeps the result.
+  if (answered && spool_.has_value()) spool_->Remove(job_id, fence).IgnoreError();
+  return absl::OkStatus();
+}
+
+bool WorkerLoop::ReportResult(const v1::LeaseResponse& lease, const v1::CompleteRequest& req) {
+  const std::string& job_id = req.job_id();
+  const int64_t fence = req.fencing_token();
   v1::CompleteResponse resp;
   const auto t0 = std::chrono::steady_clock::now();
   grpc::Status s = Retrying(
       "complete", [&](grpc::ClientContext* ctx) { return stub_->Complete(ctx, req, &resp); },
-      /*until_stop=*/true);
+      /*until_stop=*/true,
+      // A beat answered that the lease is lost: the coordinator is up and will refuse it.
+      [this] { return hb_lost_.load(); });
   if (options_.observe_rpc && s.ok()) {
     options_.observe_rpc(resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
                          std::chrono::duration<double, std::milli>(
@@ -476,7 +521,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
                   << " refused: " << s.error_message();
     ReportFail(lease, v1::FAILURE_KIND_PERMANENT,
                absl::StrCat("result refused by the coordinator: ", s.error_message()));
-    return absl::OkStatus();
+    return true;
   }
   std::lock_guard<std::mutex> l(stats_mu_);
   if (s.ok()) {
@@ -488,18 +533,45 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
       Journal("recorded", job_id, fence);
     }
     if (resp.has_next() && resp.next().has_job()) next_lease_ = resp.next();
-  } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    return true;
+  }
+  if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+      s.error_code() == grpc::StatusCode::PERMISSION_DENIED || hb_lost_.load()) {
     ++stats_.rejected;
     Journal("rejected", job_id, fence, s.error_message());
     KV_LOG(WARNING) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
                     << " rejected: " << s.error_message();
-  } else {
-    ++stats_.failed;
-    Journal("unreported", job_id, fence, s.error_message());
-    KV_LOG(ERROR) << "worker " << worker_id_ << ": could not report job " << job_id.substr(0, 12)
-                  << ": " << s.error_message();
+    return true;
   }
-  return absl::OkStatus();
+  ++stats_.failed;
+  Journal("unreported", job_id, fence, s.error_message());
+  KV_LOG(ERROR) << "worker " << worker_id_ << ": could not report job " << job_id.substr(0, 12)
+                << ": " << s.error_message();
+  return !IsTransient(s.error_code()) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+void WorkerLoop::ReportSpooled() {
+  if (!spool_.has_value()) return;
+  for (const SpooledResult& sr : spool_->List(worker_id_)) {
+    if (stop_now_.load()) return;
+    v1::LeaseResponse lease;
+    lease.set_has_job(true);
+    lease.set_job_id(sr.request.job_id());
+    lease.set_lease_id(sr.request.lease_id());
+    lease.set_fencing_token(sr.request.fencing_token());
+    lease.set_heartbeat_interval_ms(sr.heartbeat_interval_ms);
+    KV_LOG(INFO) << "worker " << worker_id_ << ": reporting spooled result of job "
+                 << sr.request.job_id().substr(0, 12) << " (fence " << sr.request.fencing_token()
+                 << ")";
+    Journal("spooled", sr.request.job_id(), sr.request.fencing_token());
+    StartHeartbeats(lease);
+    const bool answered = ReportResult(lease, sr.request);
+    std::string reason;
+    StopHeartbeats(&reason);
+    if (answered) {
+      spool_->Remove(sr.request.job_id(), sr.request.fencing_token()).IgnoreError();
+    }
+  }
 }
 
 }  // namespace kvsweep

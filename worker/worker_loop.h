@@ -28,6 +28,7 @@
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "rpc/rpc_util.h"
 #include "worker/evaluator.h"
+#include "worker/result_spool.h"
 
 namespace kvsweep {
 
@@ -72,6 +73,10 @@ struct WorkerOptions {
   int rpc_timeout_ms = 10000;
   int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
   std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines
+  // Finished results are kept here (fsynced) until the coordinator has answered for them, and
+  // a worker started with the same worker id reports what it finds here first
+  // (worker/result_spool.h). "" = no spool.
+  std::string spool_dir;
   WorkerFaults faults;
   // Called after each Lease ("lease" / "lease-empty") and Complete ("complete", or
   // "complete+lease" when it also brought the next job) with its latency in ms (the load
@@ -118,9 +123,18 @@ class WorkerLoop {
   // Stops beating for the current job, waiting out a beat in flight. Returns true (and the
   // coordinator's reason) when a beat was told the lease is lost.
   bool StopHeartbeats(std::string* reason);
-  // Retries `call` while the coordinator is unreachable; returns its final status.
+  // Reports a finished result (heartbeats for its lease must be running), retrying while the
+  // coordinator is unreachable or its disk is full. Returns true once the coordinator has
+  // answered for good (recorded, duplicate, refused, lease lost); false if the worker was
+  // told to stop first.
+  bool ReportResult(const v1::LeaseResponse& lease, const v1::CompleteRequest& req);
+  // Reports what the spool holds from an earlier run under this worker id.
+  void ReportSpooled();
+  // Retries `call` while the coordinator is unreachable (or out of disk); returns its final
+  // status, or the last one once `give_up` holds or the worker drains (stops, if until_stop).
   template <typename Call>
-  grpc::Status Retrying(const char* what, Call call, bool until_stop);
+  grpc::Status Retrying(const char* what, Call call, bool until_stop,
+                        const std::function<bool()>& give_up = nullptr);
 
   WorkerOptions options_;
   Evaluator* evaluator_;
@@ -131,6 +145,7 @@ class WorkerLoop {
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::string held_model_;
   std::optional<v1::LeaseResponse> next_lease_;
+  std::optional<ResultSpool> spool_;
   int journal_fd_ = -1;
 
   std::mutex mu_;
