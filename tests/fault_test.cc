@@ -1,9 +1,14 @@
 // Fault scenarios (issue 4, item 2), each with real processes and gRPC on loopback, each ending
 // with the same invariants: results = jobs, no duplicates, PRAGMA integrity_check ok.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -164,6 +169,72 @@ TEST(FaultTest, CoordinatorDownForManyLeaseTtlsLosesNoFinishedWork) {
   EXPECT_EQ(leases.size(), static_cast<size_t>(kJobs));
   for (const auto& [job, n] : leases) EXPECT_EQ(n, 1) << "job " << job << " ran " << n << " times";
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), kJobs);
+  h.StopCoordinator();
+}
+
+// The coordinator's disk fills up mid-sweep: commits fail (RESOURCE_EXHAUSTED), workers keep
+// their finished results and their leases and retry; once space is freed every result is
+// accepted and no job runs twice. The database lives on a small tmpfs mounted for the test.
+TEST(FaultTest, CoordinatorDiskFullKeepsFinishedResultsUntilThereIsSpace) {
+  struct Unmount {
+    std::string dir;
+    ~Unmount() {
+      if (!dir.empty()) ::umount2(dir.c_str(), MNT_DETACH);
+    }
+  } unmount;
+  Harness h("disk_full");
+  const std::string fs = JoinPath(h.dir(), "fs");
+  ASSERT_EQ(::mkdir(fs.c_str(), 0755), 0);
+  if (::mount("tmpfs", fs.c_str(), "tmpfs", 0, "size=16m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs for the full-disk test (needs root): "
+                 << std::strerror(errno);
+  }
+  unmount.dir = fs;
+  h.set_db(JoinPath(fs, "sweeps.db"));
+  Harness::CoordinatorFlags cf;
+  cf.lease_ttl_ms = 1500;
+  h.StartCoordinator(cf);
+  const int kJobs = 12;
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("full", kJobs)));
+  Harness::WorkerFlags f;
+  f.force_fake = true;
+  f.fake_sleep_ms = 700;
+  for (int i = 0; i < 3; ++i) h.StartWorker(f);
+  ASSERT_TRUE(WaitUntil([&] { return h.Sweep("full").count(JobState::kDone) >= 3; },
+                        std::chrono::seconds(60)));
+  // Fill the disk.
+  const std::string filler = JoinPath(fs, "filler");
+  {
+    int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    const std::string block(1 << 16, 'x');
+    while (::write(fd, block.data(), block.size()) > 0) {
+    }
+    ::close(fd);
+  }
+  const int64_t done_when_full = h.Sweep("full").count(JobState::kDone);
+  std::this_thread::sleep_for(std::chrono::seconds(6));  // jobs finish; their results bounce
+  ::unlink(filler.c_str());
+  ASSERT_TRUE(h.WaitFinished("full", std::chrono::seconds(120)));
+  h.CheckInvariants("full");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), kJobs);
+  EXPECT_LT(done_when_full, kJobs);
+  // One attempt per job: nothing finished was thrown away and run again.
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), kJobs);
+  int refused = 0;
+  for (int i = 0; i < h.num_workers(); ++i) {
+    for (const auto& e : h.JournalEvents(i)) {
+      if (e.size() < 2) continue;
+      EXPECT_NE(e[1], "rejected");
+      EXPECT_NE(e[1], "unreported");
+    }
+    const std::string log = ReadFile(h.log(i)).value_or("");
+    if (log.find("No space left on device") != std::string::npos ||
+        log.find("database or disk is full") != std::string::npos) {
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0) << "the disk never filled up for a worker's report";
   h.StopCoordinator();
 }
 

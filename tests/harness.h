@@ -49,6 +49,8 @@ class Harness {
 
   const std::string& dir() const { return dir_; }
   const std::string& db() const { return db_; }
+  // Puts the database elsewhere (before StartCoordinator).
+  void set_db(const std::string& path) { db_ = path; }
   std::string address() const;
   int port() const { return port_; }
 
