@@ -2,6 +2,7 @@
 //
 //   kvsweep-coordinator --db sweeps.db [--listen 127.0.0.1:50551] [--port-file FILE]
 //       [--tls-cert F --tls-key F [--tls-client-ca F]] [--token-file F]
+//       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
 //       [--max-attempts-default ...] [--quarantine-after 3]
 //
@@ -45,7 +46,15 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", o.tls.cert, "server certificate (PEM)");
   app.add_option("--tls-key", o.tls.key, "server private key (PEM)");
   app.add_option("--tls-client-ca", o.tls.ca, "require client certificates signed by this CA (mTLS)");
-  app.add_option("--token-file", token_file, "file holding the bearer token every call must carry");
+  std::string worker_token_file, client_token_file, reader_token_file;
+  app.add_option("--token-file", token_file,
+                 "bearer token allowed every call (with the role tokens below, the admin's)");
+  app.add_option("--worker-token-file", worker_token_file,
+                 "bearer token of workers: lease, heartbeat, complete, fail only");
+  app.add_option("--client-token-file", client_token_file,
+                 "bearer token of users: submit, cancel, retry, status, watch, query, export");
+  app.add_option("--reader-token-file", reader_token_file,
+                 "bearer token of read-only users: status, watch, query, export");
   app.add_option("--lease-ttl-ms", o.scheduler.lease_ttl_ms, "lease duration; heartbeats renew it")
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
@@ -71,10 +80,14 @@ int main(int argc, char** argv) {
     return Fail(e.what());
   }
   if (!log_level.empty()) SetLogTag(log_level);
-  if (!token_file.empty()) {
-    absl::StatusOr<std::string> t = ReadTokenFile(token_file);
+  for (auto [file, token] : {std::pair{&token_file, &o.tokens.all},
+                             {&worker_token_file, &o.tokens.worker},
+                             {&client_token_file, &o.tokens.client},
+                             {&reader_token_file, &o.tokens.reader}}) {
+    if (file->empty()) continue;
+    absl::StatusOr<std::string> t = ReadTokenFile(*file);
     if (!t.ok()) return Fail(std::string(t.status().message()));
-    o.token = *t;
+    *token = *t;
   }
 
   signal(SIGPIPE, SIG_IGN);

@@ -475,7 +475,7 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
                          const std::string& lease_id, int64_t fence, std::string result_json,
                          const NextLease* next,
                          std::function<void(absl::StatusOr<CompleteOutcome>)> done,
-                         std::optional<ResultMetrics> metrics) {
+                         std::optional<ResultMetrics> metrics, const std::string& actor) {
   if (!metrics.has_value()) {
     absl::StatusOr<ResultMetrics> m = ExtractResultMetrics(result_json);
     if (!m.ok()) {
@@ -504,6 +504,7 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
     r.result_json = std::move(result_json);
     r.metrics = std::move(metrics);
     r.now_ms = now;
+    r.actor = actor;
     // Both halves of a complete-and-lease answer once; the lease callback runs second.
     struct Shared {
       absl::Status status;
@@ -712,7 +713,8 @@ absl::StatusOr<Mutation> Scheduler::EnqueueAndWait(Mutation::Op op) {
 
 absl::StatusOr<SubmitOutcome> Scheduler::Submit(const ExpandedSweep& sweep,
                                                 const std::string& yaml,
-                                                const std::string& base_dir) {
+                                                const std::string& base_dir,
+                                                const std::string& actor) {
   std::lock_guard<std::mutex> admin(admin_mu_);
   SubmitSweep op;
   op.name = sweep.name;
@@ -720,6 +722,7 @@ absl::StatusOr<SubmitOutcome> Scheduler::Submit(const ExpandedSweep& sweep,
   op.base_dir = base_dir;
   op.priority = sweep.priority;
   op.now_ms = clock_->NowMs();
+  op.actor = actor;
   op.jobs.reserve(sweep.jobs.size());
   for (const SweepJob& sj : sweep.jobs) {
     NewJob nj;
@@ -756,7 +759,8 @@ absl::StatusOr<SubmitOutcome> Scheduler::Submit(const ExpandedSweep& sweep,
   return SubmitOutcome{done.enqueued, done.requeued, done.done, done.pending, done.failed};
 }
 
-absl::StatusOr<CancelOutcome> Scheduler::Cancel(const std::string& sweep) {
+absl::StatusOr<CancelOutcome> Scheduler::Cancel(const std::string& sweep,
+                                                const std::string& actor) {
   std::lock_guard<std::mutex> admin(admin_mu_);
   absl::StatusOr<std::vector<SweepJobRef>> refs =
       store_->SweepJobs(sweep, {JobState::kQueued, JobState::kLeased});
@@ -764,6 +768,7 @@ absl::StatusOr<CancelOutcome> Scheduler::Cancel(const std::string& sweep) {
   CancelOutcome out;
   CancelJobs op;
   op.sweep = sweep;
+  op.actor = actor;
   auto promise = std::make_shared<std::promise<Mutation>>();
   std::future<Mutation> f = promise->get_future();
   {
@@ -791,7 +796,8 @@ absl::StatusOr<CancelOutcome> Scheduler::Cancel(const std::string& sweep) {
   return out;
 }
 
-absl::StatusOr<int> Scheduler::Retry(const std::string& sweep, bool failed, bool quarantined) {
+absl::StatusOr<int> Scheduler::Retry(const std::string& sweep, bool failed, bool quarantined,
+                                     const std::string& actor) {
   std::lock_guard<std::mutex> admin(admin_mu_);
   std::vector<JobState> from;
   if (failed) from.push_back(JobState::kFailed);
@@ -803,6 +809,8 @@ absl::StatusOr<int> Scheduler::Retry(const std::string& sweep, bool failed, bool
   if (!refs.ok()) return refs.status();
   RequeueJobs op;
   op.from = from;
+  op.sweep = sweep;
+  op.actor = actor;
   op.now_ms = clock_->NowMs();
   for (const SweepJobRef& r : *refs) op.job_ids.push_back(r.job_id);
   if (op.job_ids.empty()) return 0;

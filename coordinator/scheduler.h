@@ -161,7 +161,8 @@ class Scheduler {
                 const std::string& lease_id, int64_t fence, std::string result_json,
                 const NextLease* next,
                 std::function<void(absl::StatusOr<CompleteOutcome>)> done,
-                std::optional<ResultMetrics> metrics = std::nullopt);
+                std::optional<ResultMetrics> metrics = std::nullopt,
+                const std::string& actor = "");
   // Ends the lease without a result; `done` gets the job's new state. kPermissionDenied as for
   // Heartbeat; kFailedPrecondition for a stale token.
   void Fail(const std::string& worker_id, const std::string& job_id,
@@ -170,11 +171,14 @@ class Scheduler {
 
   // --- Users (synchronous; serialized among themselves) ---
 
+  // `actor`: who asks (rpc/auth.h Caller::name), recorded in the audit log with the change.
   absl::StatusOr<SubmitOutcome> Submit(const ExpandedSweep& sweep, const std::string& yaml,
-                                       const std::string& base_dir);
-  absl::StatusOr<CancelOutcome> Cancel(const std::string& sweep);
+                                       const std::string& base_dir,
+                                       const std::string& actor = "");
+  absl::StatusOr<CancelOutcome> Cancel(const std::string& sweep, const std::string& actor = "");
   // Requeues the sweep's failed (and optionally quarantined) jobs; returns how many.
-  absl::StatusOr<int> Retry(const std::string& sweep, bool failed, bool quarantined);
+  absl::StatusOr<int> Retry(const std::string& sweep, bool failed, bool quarantined,
+                            const std::string& actor = "");
 
   // Ends every lease past its deadline. Called by the reaper thread; tests call it directly.
   void ExpireLeases();

@@ -20,7 +20,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (!loopback.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--listen: ", loopback.status().message()));
   }
-  if (!*loopback && (o.tls.cert.empty() || o.tls.key.empty() || o.token.empty())) {
+  if (absl::Status t = o.tokens.Validate(); !t.ok()) return t;
+  if (!*loopback && (o.tls.cert.empty() || o.tls.key.empty() || o.tokens.empty())) {
     return absl::FailedPreconditionError(absl::StrCat(
         "refusing to listen on non-loopback address ", o.listen,
         " without TLS and a bearer token (pass --tls-cert, --tls-key and --token-file)"));
@@ -52,7 +53,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (!started.ok()) return started;
 
   ServiceOptions so = o.service;
-  so.token = o.token;
+  so.tokens = o.tokens;
   s->sweep_service_ = std::make_unique<SweepServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), so);
   grpc::ServerBuilder builder;
@@ -74,7 +75,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   s->address_ = absl::StartsWith(o.listen, "unix") ? o.listen : absl::StrCat(host, ":", s->port_);
   KV_LOG(INFO) << "kvsweep-coordinator: listening on " << s->address_ << " ("
                << (o.tls.enabled() ? (o.tls.ca.empty() ? "TLS" : "mTLS") : "plaintext")
-               << (o.token.empty() ? "" : ", bearer token") << "), database " << o.db_path;
+               << (o.tokens.empty() ? "" : ", bearer tokens") << "), database " << o.db_path;
   return s;
 }
 

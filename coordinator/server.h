@@ -19,15 +19,15 @@ struct CoordinatorOptions {
   std::string db_path;
   std::string listen = kDefaultListen;  // host:port; port 0 picks a free one
   TlsFiles tls;                         // cert + key (+ ca: require client certificates)
-  std::string token;                    // bearer token ("" = none)
+  BearerTokens tokens;                  // none: every caller may do everything (loopback)
   SchedulerOptions scheduler;
-  ServiceOptions service;               // its token is filled from `token`
+  ServiceOptions service;               // its tokens are filled from `tokens`
 };
 
 class CoordinatorServer {
  public:
   // Opens the store, loads the schedule and starts serving. Errors:
-  // kFailedPrecondition for a non-loopback address without TLS and a token, or a database
+  // kFailedPrecondition for a non-loopback address without TLS and tokens, or a database
   // another coordinator holds; kUnavailable if the address cannot be bound; store errors.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(const CoordinatorOptions& o);
   ~CoordinatorServer();

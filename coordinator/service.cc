@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "coordinator/sweep_spec.h"
+#include "rpc/auth.h"
 #include "rpc/rpc_util.h"
 
 namespace kvsweep {
@@ -125,11 +126,16 @@ void SweepServiceImpl::Shutdown() {
   cv_.notify_all();
 }
 
-#define KV_AUTH(ctx)                                                 \
-  do {                                                               \
-    absl::Status kv_auth_ = CheckBearer(*(ctx), options_.token);     \
-    if (!kv_auth_.ok()) return ToGrpc(kv_auth_);                     \
-  } while (0)
+// Authenticates the call and checks its role; declares `caller`.
+#define KV_AUTH(ctx, role, what)                                            \
+  absl::StatusOr<Caller> kv_caller_ = Authenticate(*(ctx), options_.tokens); \
+  if (!kv_caller_.ok()) return ToGrpc(kv_caller_.status());                  \
+  if (absl::Status kv_role_ = Require(*kv_caller_, (role), (what));          \
+      !kv_role_.ok()) {                                                      \
+    return ToGrpc(kv_role_);                                                 \
+  }                                                                          \
+  const Caller& caller = *kv_caller_;                                        \
+  (void)caller
 #define KV_GRPC_CHECK(expr)                 \
   do {                                      \
     absl::Status kv_s_ = (expr);            \
@@ -139,7 +145,7 @@ void SweepServiceImpl::Shutdown() {
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, req->dry_run() ? kRoleRead : kRoleSubmit, "submit sweeps");
   if (req->sweep_yaml().empty()) return Invalid("sweep_yaml: empty");
   if (req->sweep_yaml().size() > kMaxSweepYamlBytes) {
     return Invalid(absl::StrCat("sweep_yaml: ", req->sweep_yaml().size(),
@@ -161,7 +167,8 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
   resp->set_excluded(sweep->excluded);
   resp->set_dry_run(req->dry_run());
   if (req->dry_run()) return grpc::Status::OK;
-  absl::StatusOr<SubmitOutcome> out = scheduler_->Submit(*sweep, req->sweep_yaml(), req->base_dir());
+  absl::StatusOr<SubmitOutcome> out = scheduler_->Submit(*sweep, req->sweep_yaml(), req->base_dir(),
+                                                             caller.name);
   if (!out.ok()) return ToGrpc(out.status());
   resp->set_jobs_enqueued(out->enqueued);
   resp->set_jobs_requeued(out->requeued);
@@ -174,7 +181,7 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
 grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx,
                                          const v1::GetStatusRequest* req,
                                          v1::GetStatusResponse* resp) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleRead, "read status");
   if (req->sweep().empty()) {
     absl::StatusOr<std::vector<SweepInfo>> all = store_->ListSweeps();
     if (!all.ok()) return ToGrpc(all.status());
@@ -190,7 +197,7 @@ grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx,
 
 grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,
                                      grpc::ServerWriter<v1::SweepStatus>* writer) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleRead, "watch sweeps");
   KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
   if (req->interval_ms() < 0) return Invalid("interval_ms: negative");
   const int interval =
@@ -212,9 +219,9 @@ grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRe
 
 grpc::Status SweepServiceImpl::Cancel(grpc::ServerContext* ctx, const v1::CancelRequest* req,
                                       v1::CancelResponse* resp) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleSubmit, "cancel sweeps");
   KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
-  absl::StatusOr<CancelOutcome> out = scheduler_->Cancel(req->sweep());
+  absl::StatusOr<CancelOutcome> out = scheduler_->Cancel(req->sweep(), caller.name);
   if (!out.ok()) return ToGrpc(out.status());
   resp->set_cancelled(out->cancelled);
   resp->set_kept_for_others(out->kept_for_others);
@@ -223,12 +230,13 @@ grpc::Status SweepServiceImpl::Cancel(grpc::ServerContext* ctx, const v1::Cancel
 
 grpc::Status SweepServiceImpl::Retry(grpc::ServerContext* ctx, const v1::RetryRequest* req,
                                      v1::RetryResponse* resp) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleSubmit, "retry jobs");
   KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
   if (!req->failed() && !req->quarantined()) {
     return Invalid("retry: set failed and/or quarantined");
   }
-  absl::StatusOr<int> n = scheduler_->Retry(req->sweep(), req->failed(), req->quarantined());
+  absl::StatusOr<int> n = scheduler_->Retry(req->sweep(), req->failed(), req->quarantined(),
+                                                     caller.name);
   if (!n.ok()) return ToGrpc(n.status());
   resp->set_requeued(*n);
   return grpc::Status::OK;
@@ -236,7 +244,7 @@ grpc::Status SweepServiceImpl::Retry(grpc::ServerContext* ctx, const v1::RetryRe
 
 grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx, const v1::QueryRequest* req,
                                      v1::QueryResponse* resp) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleRead, "query results");
   if (req->sql().empty()) return Invalid("sql: empty");
   if (req->sql().size() > kMaxSqlBytes) {
     return Invalid(absl::StrCat("sql: ", req->sql().size(), " bytes is over the limit of ",
@@ -278,7 +286,7 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx, const v1::QueryRe
 
 grpc::Status SweepServiceImpl::Export(grpc::ServerContext* ctx, const v1::ExportRequest* req,
                                       grpc::ServerWriter<v1::ExportRecord>* writer) {
-  KV_AUTH(ctx);
+  KV_AUTH(ctx, kRoleRead, "export results");
   KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
   absl::Status s = store_->Export(req->sweep(), req->include_spec(), [&](const ExportRow& row) {
     v1::ExportRecord r;
@@ -316,7 +324,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* 
                                                    v1::LeaseResponse* resp) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  KV_FINISH_IF_ERROR(reactor, caller.status());
+  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
   const v1::WorkerInfo& w = req->worker();
   KV_FINISH_IF_ERROR(reactor, ValidateLeaseRequest(*req, "worker"));
   WorkerRecord record{w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()};
@@ -338,7 +348,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
                                                        const v1::HeartbeatRequest* req,
                                                        v1::HeartbeatResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  KV_FINISH_IF_ERROR(reactor, caller.status());
+  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
   KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
   KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
   KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
@@ -365,7 +377,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                                                       v1::CompleteResponse* resp) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  KV_FINISH_IF_ERROR(reactor, caller.status());
+  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
   KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
   KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
   KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
@@ -415,7 +429,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                          complete_ms_.Record(MsSince(t0));
                          reactor->Finish(grpc::Status::OK);
                        },
-                       *std::move(m));
+                       *std::move(m), caller->name);
   return reactor;
 }
 
@@ -423,7 +437,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Fail(grpc::CallbackServerContext* c
                                                   const v1::FailRequest* req,
                                                   v1::FailResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  KV_FINISH_IF_ERROR(reactor, CheckBearer(*ctx, options_.token));
+  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  KV_FINISH_IF_ERROR(reactor, caller.status());
+  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
   KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
   KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
   KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));

@@ -11,13 +11,14 @@
 
 #include "common/latency_histogram.h"
 #include "coordinator/scheduler.h"
+#include "rpc/auth.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "storage/result_store.h"
 
 namespace kvsweep {
 
 struct ServiceOptions {
-  std::string token;  // bearer token every call must carry ("" = none)
+  BearerTokens tokens;  // who may call what (none: everyone, everything)
   int max_jobs_per_sweep = 200000;
   int query_timeout_ms = 10000;
 };

@@ -53,6 +53,7 @@ struct ClientConfig {
   int max_reconnect_backoff_ms = 5000;
 };
 
+// kFailedPrecondition for a bearer token without TLS to an address that is not loopback.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config);
 
 // Once per process, before any RPC: turns off Abseil's mutex deadlock detection, which
@@ -69,10 +70,6 @@ void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
 // Reads a token file (trailing whitespace stripped). kInvalidArgument if empty or not
 // printable ASCII; file errors as ReadFile.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
-
-// Checks the call's `authorization` metadata against `token` in constant time. OK when
-// `token` is empty (no authentication configured); kUnauthenticated otherwise.
-absl::Status CheckBearer(const grpc::ServerContextBase& ctx, const std::string& token);
 
 // True for 127.0.0.0/8, ::1, localhost and unix: sockets. `address` is host:port, [v6]:port
 // or unix:path. kInvalidArgument for something that is none of these.

@@ -1,5 +1,7 @@
 #include "rpc/rpc_util.h"
 
+#include "rpc/auth.h"
+
 #include <cstdio>
 
 #include "common/file_util.h"
@@ -66,4 +68,35 @@ TEST(RpcUtilTest, TlsFilesMustBeCompleteAndPem) {
 }
 
 }  // namespace
+// A bearer token is never sent in clear off loopback: the channel is refused before any
+// connection is made.
+TEST(RpcUtilTest, BearerTokenIsNotSentInClearOffLoopback) {
+  ClientConfig c;
+  c.address = "coordinator.example.invalid:50551";
+  c.token = "secret";
+  auto ch = MakeChannel(c);
+  ASSERT_FALSE(ch.ok());
+  EXPECT_EQ(ch.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ch.status().message(),
+            "refusing to send the bearer token in clear to coordinator.example.invalid:50551 "
+            "(use --tls, or a loopback address)");
+  c.tls = true;
+  EXPECT_TRUE(MakeChannel(c).ok());
+  c.tls = false;
+  c.address = "127.0.0.1:50551";
+  EXPECT_TRUE(MakeChannel(c).ok());
+  c.address = "coordinator.example.invalid:50551";
+  c.token.clear();
+  EXPECT_TRUE(MakeChannel(c).ok());  // nothing secret to send
+}
+
+TEST(AuthTest, RoleTokensMustDiffer) {
+  BearerTokens t;
+  t.worker = "same";
+  t.client = "same";
+  EXPECT_EQ(t.Validate().code(), absl::StatusCode::kInvalidArgument);
+  t.client = "other";
+  EXPECT_TRUE(t.Validate().ok());
+}
+
 }  // namespace kvsweep

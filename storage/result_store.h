@@ -77,6 +77,7 @@ struct SubmitSweep {
   int priority = 0;
   int64_t now_ms = 0;
   std::vector<NewJob> jobs;  // distinct job ids
+  std::string actor;         // who submitted it (rpc/auth.h Caller::name): the audit log
   // Out.
   int enqueued = 0, requeued = 0, done = 0, pending = 0, failed = 0;
   std::vector<std::string> queued_job_ids;  // enqueued + requeued, for the scheduler
@@ -123,6 +124,7 @@ struct RecordResult {
   std::string worker_id;
   std::string result_json;
   int64_t now_ms = 0;
+  std::string actor;  // the authenticated caller that reported it (results.recorded_by)
   // ExtractResultMetrics(result_json), when the caller has it already (the coordinator
   // validates results before queueing them): spares the transaction a second parse.
   std::optional<ResultMetrics> metrics;
@@ -157,6 +159,7 @@ struct CancelJobs {
   };
   std::vector<Expect> jobs;
   int64_t now_ms = 0;
+  std::string actor;  // the audit log
   // Out.
   int cancelled = 0;
 };
@@ -166,6 +169,7 @@ struct RequeueJobs {
   std::vector<std::string> job_ids;
   std::vector<JobState> from;
   int64_t now_ms = 0;
+  std::string sweep, actor;  // the audit log
   // Out.
   std::vector<std::string> requeued;
 };

@@ -295,6 +295,18 @@ CREATE VIEW sweep_results AS
          r.*
   FROM sweep_jobs sj JOIN sweeps s USING(sweep_id) JOIN results r USING(job_id);
 )sql",
+    // 3: who did what. audit: submit/cancel/retry by authenticated caller; results.recorded_by:
+    // the caller that reported each result (its worker_id is what the worker says it is).
+    R"sql(
+CREATE TABLE audit(
+  audit_id  INTEGER PRIMARY KEY,
+  at_ms     INTEGER NOT NULL,
+  actor     TEXT NOT NULL,
+  action    TEXT NOT NULL,
+  sweep     TEXT NOT NULL,
+  detail    TEXT NOT NULL DEFAULT '{}');
+ALTER TABLE results ADD COLUMN recorded_by TEXT;
+)sql",
 };
 constexpr int kLatestVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -305,7 +317,7 @@ constexpr int kLatestVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 // zeroblob). The connection's limits bound the size of any one value and statement.
 constexpr const char* kQueryTables[] = {
     "sweeps",  "jobs",          "job_specs",     "sweep_jobs",   "attempts", "results",
-    "workers", "sweep_results", "sqlite_master", "sqlite_schema"};
+    "workers", "sweep_results", "audit",    "schema_version", "sqlite_master", "sqlite_schema"};
 // The longest value user SQL may make or read (results are at most 8 MiB).
 constexpr int kQueryMaxValueBytes = 16 << 20;
 constexpr const char* kQueryFunctions[] = {
@@ -323,6 +335,7 @@ constexpr const char* kQueryFunctions[] = {
     "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
     "first_value", "last_value", "nth_value"};
 
+constexpr char kWriteDenied[] = "writes";
 struct QueryAuth {
   std::string denied;  // what the last refusal was about, for the error message
 };
@@ -362,8 +375,14 @@ int QueryAuthorizer(void* arg, int action, const char* a1, const char* a2, const
       if (InList(a1, kAllowed, std::size(kAllowed))) return SQLITE_OK;
       return deny(absl::StrCat("PRAGMA ", a1 == nullptr ? "" : a1));
     }
+    case SQLITE_ATTACH:
+    case SQLITE_DETACH:
+      return deny("attaching databases");
+    case SQLITE_TRANSACTION:
+    case SQLITE_SAVEPOINT:
+      return deny("transactions");
     default:
-      return deny("only read-only SQL is allowed");
+      return deny(kWriteDenied);
   }
 }
 
@@ -667,6 +686,10 @@ class SqliteResultStore final : public ResultStore {
     int rc = sqlite3_prepare_v2(qdb_, sql.c_str(), static_cast<int>(sql.size()), &raw, &tail);
     Stmt st(qdb_, raw);
     if (rc != SQLITE_OK) {
+      if (query_auth_.denied == kWriteDenied) {
+        return absl::InvalidArgumentError(
+            "query: the statement would modify the database; only read-only SQL is allowed");
+      }
       if (!query_auth_.denied.empty()) {
         std::string what = std::move(query_auth_.denied);
         query_auth_.denied.clear();
@@ -892,6 +915,7 @@ class SqliteResultStore final : public ResultStore {
     }
     if (s.ok()) s = Exec(wdb_, "COMMIT");
     if (!s.ok()) Exec(wdb_, "ROLLBACK").IgnoreError();
+    if (s.ok()) schema_ = std::max(*v, target);
     return s;
   }
 
@@ -1008,6 +1032,22 @@ class SqliteResultStore final : public ResultStore {
       link->Bind(1, sid).Bind(2, j.job_id).Bind(3, j.labels_json);
       SQL_RUN(link);
     }
+    return Audit(op.now_ms, op.actor, "submit", op.name,
+                 nlohmann::json{{"jobs", op.jobs.size()},
+                                {"enqueued", op.enqueued},
+                                {"requeued", op.requeued},
+                                {"done", op.done}});
+  }
+
+  // One row of the audit log, in the transaction of what it records.
+  absl::Status Audit(int64_t now_ms, const std::string& actor, const char* action,
+                     const std::string& sweep, const nlohmann::json& detail) {
+    if (schema_ < 3) return absl::OkStatus();  // (tests that stop at an older schema)
+    SQL_W(st,
+          "INSERT INTO audit(at_ms, actor, action, sweep, detail) VALUES (?1, ?2, ?3, ?4, ?5)");
+    st->Bind(1, now_ms).Bind(2, actor.empty() ? std::string("unknown") : actor);
+    st->Bind(3, action).Bind(4, sweep).Bind(5, detail.dump());
+    SQL_RUN(st);
     return absl::OkStatus();
   }
 
@@ -1073,15 +1113,21 @@ class SqliteResultStore final : public ResultStore {
       SQL_W(st,
            "INSERT INTO results(job_id, fence, worker_id, recorded_ms, model, task, method, "
            "kv_heads, acc, ppl, token_ppl, word_ppl, bits_per_byte, loglik_sum, n, tokens, "
-           "words, bytes, fraction_payload, fraction_total, wall_s, tokens_per_s, result_json) "
+           "words, bytes, fraction_payload, fraction_total, wall_s, tokens_per_s, result_json, "
+           "recorded_by) "
            "SELECT job_id, ?2, ?3, ?4, model, task, method, kv_heads, ?5, ?6, ?7, ?8, ?9, ?10, "
-           "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19 FROM jobs WHERE job_id = ?1");
+           "?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20 FROM jobs WHERE job_id = ?1");
       st->Bind(1, op.job_id).Bind(2, op.fence).Bind(3, op.worker_id).Bind(4, op.now_ms);
       st->Bind(5, m->acc).Bind(6, m->ppl).Bind(7, m->token_ppl).Bind(8, m->word_ppl);
       st->Bind(9, m->bits_per_byte).Bind(10, m->loglik_sum).Bind(11, m->n);
       st->Bind(12, m->tokens).Bind(13, m->words).Bind(14, m->bytes);
       st->Bind(15, m->fraction_payload).Bind(16, m->fraction_total).Bind(17, m->wall_s);
       st->Bind(18, m->tokens_per_s).Bind(19, op.result_json);
+      if (op.actor.empty()) {
+        st->BindNull(20);
+      } else {
+        st->Bind(20, op.actor);
+      }
       SQL_RUN(st);
     }
     {
@@ -1181,7 +1227,8 @@ class SqliteResultStore final : public ResultStore {
     if (sqlite3_changes(wdb_) != 1) {
       return absl::NotFoundError(absl::StrCat("no sweep named '", op.sweep, "'"));
     }
-    return absl::OkStatus();
+    return Audit(op.now_ms, op.actor, "cancel", op.sweep,
+                 nlohmann::json{{"cancelled", op.cancelled}});
   }
 
   absl::Status Do(RequeueJobs& op) {
@@ -1199,7 +1246,10 @@ class SqliteResultStore final : public ResultStore {
       SQL_RUN(st);
       op.requeued.push_back(id);
     }
-    return absl::OkStatus();
+    std::vector<std::string> from;
+    for (JobState f : op.from) from.push_back(JobStateName(f));
+    return Audit(op.now_ms, op.actor, "retry", op.sweep,
+                 nlohmann::json{{"requeued", op.requeued.size()}, {"from", from}});
   }
 
   absl::Status Do(TouchWorker& op) {
@@ -1312,6 +1362,7 @@ class SqliteResultStore final : public ResultStore {
   std::mutex rmu_;
   sqlite3* rdb_ = nullptr;   // coordinator reads
   std::mutex qmu_;
+  int schema_ = 0;  // the schema version the writer migrated to
   QueryAuth query_auth_;  // guarded by qmu_ (the authorizer runs inside Query's prepare)
   sqlite3* qdb_ = nullptr;   // user SQL: read-only, authorizer
   sqlite3* cdb_ = nullptr;   // background WAL checkpoints

@@ -451,6 +451,66 @@ TEST(EndToEndTest, BearerTokenIsRequiredWhenConfigured) {
   EXPECT_THAT(ReadFile(h.log(w)).value_or(""), HasSubstr("kvsweep-worker: wrong bearer token"));
 }
 
+// Separate credentials per role: a worker token cannot submit or cancel, a client token cannot
+// lease or complete, a reader token only reads. What clients change is in the audit log with the
+// caller, and each result records the caller that reported it.
+TEST(EndToEndTest, RolesSeparateWorkersClientsAndReaders) {
+  Harness h("roles");
+  const std::string worker_tok = h.WriteFile("worker.tok", "worker-secret-1\n");
+  const std::string client_tok = h.WriteFile("client.tok", "client-secret-2\n");
+  const std::string reader_tok = h.WriteFile("reader.tok", "reader-secret-3\n");
+  Harness::CoordinatorFlags f;
+  f.extra = {"--worker-token-file", worker_tok, "--client-token-file", client_tok,
+             "--reader-token-file", reader_tok};
+  h.StartCoordinator(f);
+  const std::string sweep = h.WriteFile("s.yaml", h.DistinctJobsYaml("roles", 2));
+  CommandResult as_worker = h.Cli({"--token-file", worker_tok, "submit", sweep});
+  EXPECT_EQ(as_worker.exit_code, 1);
+  EXPECT_EQ(as_worker.err, "kvsweep: a worker token may not submit sweeps\n");
+  CommandResult as_reader = h.Cli({"--token-file", reader_tok, "submit", sweep});
+  EXPECT_EQ(as_reader.exit_code, 1);
+  EXPECT_EQ(as_reader.err, "kvsweep: a reader token may not submit sweeps\n");
+  CommandResult dry = h.Cli({"--token-file", reader_tok, "submit", "--dry-run", sweep});
+  EXPECT_EQ(dry.exit_code, 0) << dry.err;
+  CommandResult as_client = h.Cli({"--token-file", client_tok, "submit", sweep});
+  ASSERT_EQ(as_client.exit_code, 0) << as_client.err;
+  CommandResult cancel = h.Cli({"--token-file", worker_tok, "cancel", "roles"});
+  EXPECT_EQ(cancel.exit_code, 1);
+  EXPECT_EQ(cancel.err, "kvsweep: a worker token may not cancel sweeps\n");
+  CommandResult read = h.Cli({"--token-file", reader_tok, "status", "roles"});
+  EXPECT_EQ(read.exit_code, 0) << read.err;
+  CommandResult query = h.Cli({"--token-file", reader_tok, "query", "SELECT count(*) FROM jobs"});
+  EXPECT_EQ(query.exit_code, 0) << query.err;
+  // A client token cannot act as a worker.
+  auto stub = h.WorkerStub();
+  v1::LeaseRequest lr;
+  lr.mutable_worker()->set_worker_id("w");
+  v1::LeaseResponse resp;
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer client-secret-2");
+  grpc::Status denied = stub->Lease(&ctx, lr, &resp);
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(denied.error_message(), "a client token may not call the worker service");
+  // A worker with the worker token runs the sweep.
+  Harness::WorkerFlags wf = Fake();
+  wf.extra = {"--token-file", worker_tok};
+  h.StartWorker(wf);
+  ASSERT_TRUE(h.WaitFinished("roles", std::chrono::seconds(60)));
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results WHERE recorded_by LIKE 'worker peer=%'"), 2);
+  CommandResult retry = h.Cli({"--token-file", client_tok, "cancel", "roles"});
+  EXPECT_EQ(retry.exit_code, 0) << retry.err;
+  auto audit = h.SqlRows("SELECT actor, action, sweep FROM audit ORDER BY audit_id");
+  ASSERT_EQ(audit.size(), 2u);
+  EXPECT_THAT(audit[0][0], ::testing::StartsWith("client peer="));
+  EXPECT_EQ(audit[0][1], "submit");
+  EXPECT_EQ(audit[0][2], "roles");
+  EXPECT_EQ(audit[1][1], "cancel");
+  // The audit log is readable through query (read role).
+  CommandResult q = h.Cli({"--token-file", reader_tok, "query", "SELECT action FROM audit"});
+  EXPECT_EQ(q.exit_code, 0) << q.err;
+  EXPECT_THAT(q.out, HasSubstr("submit"));
+}
+
 TEST(EndToEndTest, TlsAndMutualTlsOnAnExposedAddress) {
   if (std::system("openssl version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl CLI";
   Harness h("tls");

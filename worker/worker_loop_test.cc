@@ -84,7 +84,7 @@ class WorkerLoopTest : public ::testing::Test {
     CoordinatorOptions o;
     o.db_path = db_;
     o.listen = listen;
-    o.token = token;
+    o.tokens.all = token;
     o.scheduler.lease_ttl_ms = lease_ttl_ms;
     o.scheduler.retry_base_ms = 50;
     o.scheduler.idle_retry_ms = 20;

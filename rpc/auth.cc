@@ -1,0 +1,76 @@
+#include "rpc/auth.h"
+
+#include <openssl/crypto.h>
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvsweep {
+namespace {
+
+bool SameToken(const std::string& got, const std::string& token) {
+  if (token.empty()) return false;
+  const std::string want = "Bearer " + token;
+  return got.size() == want.size() && CRYPTO_memcmp(got.data(), want.data(), got.size()) == 0;
+}
+
+std::string PeerName(const grpc::ServerContextBase& ctx, absl::string_view role) {
+  std::string name(role);
+  std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
+  if (auth != nullptr) {
+    std::vector<grpc::string_ref> cn = auth->FindPropertyValues("x509_common_name");
+    if (!cn.empty()) absl::StrAppend(&name, " cn=", std::string(cn[0].data(), cn[0].size()));
+  }
+  absl::StrAppend(&name, " peer=", ctx.peer());
+  return name;
+}
+
+}  // namespace
+
+absl::Status BearerTokens::Validate() const {
+  const std::pair<const char*, const std::string*> all_tokens[] = {
+      {"--token-file", &all},
+      {"--worker-token-file", &worker},
+      {"--client-token-file", &client},
+      {"--reader-token-file", &reader}};
+  for (size_t i = 0; i < 4; ++i) {
+    for (size_t j = i + 1; j < 4; ++j) {
+      if (!all_tokens[i].second->empty() && *all_tokens[i].second == *all_tokens[j].second) {
+        return absl::InvalidArgumentError(absl::StrCat(all_tokens[i].first, " and ",
+                                                       all_tokens[j].first,
+                                                       " hold the same token"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx,
+                                    const BearerTokens& tokens) {
+  if (tokens.empty()) return Caller{kAllRoles, PeerName(ctx, "anonymous")};
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return absl::UnauthenticatedError("missing bearer token (authorization metadata)");
+  }
+  const std::string got(it->second.data(), it->second.size());
+  // Every comparison runs, so the time taken does not tell which role matched.
+  const bool all = SameToken(got, tokens.all);
+  const bool worker = SameToken(got, tokens.worker);
+  const bool client = SameToken(got, tokens.client);
+  const bool reader = SameToken(got, tokens.reader);
+  if (all) return Caller{kAllRoles, PeerName(ctx, "admin")};
+  if (client) return Caller{kRoleSubmit | kRoleRead, PeerName(ctx, "client")};
+  if (worker) return Caller{kRoleWork, PeerName(ctx, "worker")};
+  if (reader) return Caller{kRoleRead, PeerName(ctx, "reader")};
+  return absl::UnauthenticatedError("wrong bearer token");
+}
+
+absl::Status Require(const Caller& caller, int role, absl::string_view what) {
+  if ((caller.roles & role) == role) return absl::OkStatus();
+  const std::string who = caller.name.substr(0, caller.name.find(' '));
+  return absl::PermissionDeniedError(absl::StrCat("a ", who, " token may not ", what));
+}
+
+}  // namespace kvsweep
