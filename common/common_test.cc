@@ -1,19 +1,25 @@
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
-#include <thread>
+#include <functional>
+#include <future>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
-#include "common/signals.h"
 #include "common/hash.h"
 #include "common/json_util.h"
 #include "common/latency_histogram.h"
+#include "common/signals.h"
 #include "gtest/gtest.h"
 
 namespace kvsweep {
@@ -53,6 +59,27 @@ TEST(JsonTest, MalformedNamesWhat) {
   EXPECT_NE(j.status().message().find("config.json: invalid JSON"), std::string::npos);
 }
 
+// Whatever file a path names, a parse error gives its position, never its bytes.
+TEST(JsonTest, ParseErrorsGiveTheByteNotTheContent) {
+  const std::string path = absl::StrCat(::testing::TempDir(), "/kvsweep_secret_", ::getpid());
+  ASSERT_TRUE(WriteFileAtomic(path, "\"SECRET-5f1d hunter2\nroot:x:0:0\n").ok());
+  auto j = ReadJsonFile(path);
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string m(j.status().message());
+  EXPECT_NE(m.find(absl::StrCat(path, ": invalid JSON at byte ")), std::string::npos) << m;
+  EXPECT_EQ(m.find("SECRET"), std::string::npos) << m;
+  EXPECT_EQ(m.find("hunter2"), std::string::npos) << m;
+  auto p = ParseJson("{\"token\": \"SECRET-5f1d", "result");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(std::string(p.status().message()).find("SECRET"), std::string::npos) << p.status();
+  // The offset is that of the first byte the parser could not take.
+  EXPECT_EQ(ParseJson("{\"a\" 1}", "x").status().message(), "x: invalid JSON at byte 5");
+  EXPECT_EQ(ParseJson("[1,2", "x").status().message(), "x: invalid JSON at byte 4 (end of input)");
+  EXPECT_EQ(ParseJson("", "x").status().message(), "x: invalid JSON at byte 0 (end of input)");
+  std::remove(path.c_str());
+}
+
 TEST(FileTest, MissingFileIsNotFound) {
   auto s = ReadFile("/nonexistent/kvsweep/file");
   ASSERT_FALSE(s.ok());
@@ -64,6 +91,114 @@ TEST(FileTest, DirectoryIsFailedPrecondition) {
   auto s = ReadFile("/tmp");
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+constexpr std::chrono::seconds kHangGuard(60);
+
+template <typename T>
+bool Ready(std::future<T>& f, std::chrono::milliseconds wait) {
+  return f.wait_for(wait) == std::future_status::ready;
+}
+
+// Opens `fifo` for writing (and closes it again) until `done`: any open() blocked waiting for a
+// writer returns, so a test of code that blocks still ends.
+void ReleaseFifoReaders(const std::string& fifo, const std::function<bool()>& done) {
+  while (!done()) {
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+// Runs `fn` on a thread of its own and waits for it; the wait is only a hang guard (code that
+// opens a FIFO for reading without O_NONBLOCK waits for a writer forever).
+template <typename F>
+auto GuardedRun(const std::string& what, const std::string& fifo, F fn) -> decltype(fn()) {
+  auto f = std::async(std::launch::async, fn);
+  if (!Ready(f, kHangGuard)) {
+    ADD_FAILURE() << what << ": still blocked after " << kHangGuard.count() << " s";
+    ReleaseFifoReaders(fifo, [&] { return Ready(f, std::chrono::milliseconds(50)); });
+  }
+  return f.get();
+}
+
+template <typename T>
+void ExpectNotRegular(const absl::StatusOr<T>& r, const std::string& path, const char* what) {
+  ASSERT_FALSE(r.ok()) << what << " accepted " << path;
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << what << ": " << r.status();
+  EXPECT_NE(r.status().message().find(absl::StrCat("'", path, "': not a regular file")),
+            std::string::npos)
+      << what << ": " << r.status();
+}
+
+// A FIFO is refused on its opened descriptor, without waiting for a writer.
+TEST(FileTest, FifoIsRefusedWithoutBlocking) {
+  const std::string fifo = absl::StrCat(::testing::TempDir(), "/kvsweep_fifo_", ::getpid());
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ExpectNotRegular(GuardedRun("ReadFile", fifo, [&] { return ReadFile(fifo); }), fifo, "ReadFile");
+  ExpectNotRegular(GuardedRun("ReadJsonFile", fifo, [&] { return ReadJsonFile(fifo); }), fifo,
+                   "ReadJsonFile");
+  ExpectNotRegular(GuardedRun("MappedFile", fifo, [&] { return MappedFile::Open(fifo); }), fifo,
+                   "MappedFile::Open");
+  ExpectNotRegular(GuardedRun("Sha256File", fifo, [&] { return Sha256File(fifo); }), fifo,
+                   "Sha256File");
+  std::remove(fifo.c_str());
+}
+
+// Hashing a FIFO neither waits for a writer nor, were it to block, holds up other hashes: the
+// memo's lock is not held while a file is opened or read.
+TEST(FingerprintTest, AFifoHoldsUpNoOtherHash) {
+  const std::string fifo = absl::StrCat(::testing::TempDir(), "/kvsweep_hfifo_", ::getpid());
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string regular = absl::StrCat(::testing::TempDir(), "/kvsweep_regular_", ::getpid());
+  ASSERT_TRUE(WriteFileAtomic(regular, "abc").ok());
+  auto fifo_hash = std::async(std::launch::async, [&] { return FileSha256Cached(fifo); });
+  EXPECT_TRUE(Ready(fifo_hash, kHangGuard)) << "hashing a FIFO: still blocked";
+  // Whether or not that one is stuck, another file hashes.
+  auto other = std::async(std::launch::async, [&] { return FileSha256Cached(regular); });
+  EXPECT_TRUE(Ready(other, kHangGuard)) << "hashing a regular file: held up by the FIFO's hash";
+  ReleaseFifoReaders(fifo, [&] {
+    return Ready(fifo_hash, std::chrono::milliseconds(50)) &&
+           Ready(other, std::chrono::milliseconds(0));
+  });
+  ExpectNotRegular(fifo_hash.get(), fifo, "FileSha256Cached");
+  auto h = other.get();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(*h, Sha256Hex("abc"));
+  std::remove(regular.c_str());
+  std::remove(fifo.c_str());
+}
+
+// Devices have no end (/dev/zero) or no size (both fstat as 0 bytes): they used to map and hash
+// as an empty file, and be read until memory ran out.
+TEST(FileTest, DevicesAreRefused) {
+  for (const std::string dev : {"/dev/zero", "/dev/null"}) {
+    ExpectNotRegular(MappedFile::Open(dev), dev, "MappedFile::Open");
+    ExpectNotRegular(Sha256File(dev), dev, "Sha256File");
+    ExpectNotRegular(FileSha256Cached(dev), dev, "FileSha256Cached");
+    ExpectNotRegular(FilesFingerprint({dev}), dev, "FilesFingerprint");
+    ExpectNotRegular(ReadFile(dev), dev, "ReadFile");
+    ExpectNotRegular(ReadJsonFile(dev), dev, "ReadJsonFile");
+  }
+}
+
+TEST(FileTest, ReadsAreBoundedBySize) {
+  const std::string path = absl::StrCat(::testing::TempDir(), "/kvsweep_limit_", ::getpid());
+  ASSERT_TRUE(WriteFileAtomic(path, "hello").ok());
+  auto r = ReadFile(path, /*max_bytes=*/5);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "hello");
+  r = ReadFile(path, /*max_bytes=*/4);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(
+      r.status().message().find(absl::StrCat("'", path, "': 5 bytes is over the limit of 4 bytes")),
+      std::string::npos)
+      << r.status();
+  EXPECT_TRUE(CheckRegularFile(path).ok());
+  ExpectNotRegular(absl::StatusOr<int>(CheckRegularFile(::testing::TempDir())),
+                   ::testing::TempDir(), "CheckRegularFile");
+  std::remove(path.c_str());
 }
 
 TEST(FileTest, AtomicWriteThenMapRoundTrips) {

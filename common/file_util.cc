@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -31,50 +33,89 @@ absl::Status ErrnoToStatus(int err, absl::string_view what, const std::string& p
 }
 
 namespace {
-// Opens `path` for reading and checks it is a regular file.
-absl::StatusOr<int> OpenRegular(const std::string& path, off_t* size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, "open", path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return ErrnoToStatus(err, "stat", path);
+
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISFIFO(mode)) return "FIFO";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISSOCK(mode)) return "socket";
+  return "special file";
+}
+
+// Owns a descriptor (move-only); closes it on destruction.
+class ScopedFd {
+ public:
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(ScopedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  ScopedFd& operator=(ScopedFd&&) = delete;
+  ~ScopedFd() {
+    if (fd_ >= 0) ::close(fd_);
   }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Opens `path` read-only and checks on the descriptor that it is a regular file. O_NONBLOCK
+// keeps the open of a FIFO from waiting for a writer; it is cleared again once the file is known
+// to be regular (where it means nothing anyway).
+absl::StatusOr<ScopedFd> OpenRegular(const std::string& path, struct stat* st) {
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (fd.get() < 0) return ErrnoToStatus(errno, "open", path);
+  if (::fstat(fd.get(), st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (!S_ISREG(st->st_mode)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot read '", path, "': is a directory"));
+        absl::StrCat("cannot read '", path, "': not a regular file (", FileKind(st->st_mode), ")"));
   }
-  *size = st.st_size;
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return ErrnoToStatus(errno, "open", path);
+  }
   return fd;
 }
+
+absl::Status TooLarge(const std::string& path, int64_t size, int64_t max_bytes) {
+  return absl::FailedPreconditionError(absl::StrCat("cannot read '", path, "': ", size,
+                                                    " bytes is over the limit of ", max_bytes,
+                                                    " bytes for this kind of file"));
+}
+
 }  // namespace
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  off_t size = 0;
-  absl::StatusOr<int> fd = OpenRegular(path, &size);
+absl::StatusOr<std::string> ReadFile(const std::string& path, int64_t max_bytes) {
+  struct stat st;
+  absl::StatusOr<ScopedFd> fd = OpenRegular(path, &st);
   if (!fd.ok()) return fd.status();
+  if (st.st_size > max_bytes) return TooLarge(path, st.st_size, max_bytes);
   std::string out;
-  out.reserve(size > 0 ? static_cast<size_t>(size) : 0);
+  out.reserve(static_cast<size_t>(st.st_size));
   char buf[1 << 16];
   while (true) {
-    ssize_t n = ::read(*fd, buf, sizeof(buf));
+    ssize_t n = ::read(fd->get(), buf, sizeof(buf));
     if (n < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      ::close(*fd);
-      return ErrnoToStatus(err, "read", path);
+      return ErrnoToStatus(errno, "read", path);
     }
     if (n == 0) break;
+    // A regular file still ends, but it may be growing while we read it.
+    if (static_cast<int64_t>(out.size()) + n > max_bytes) {
+      return TooLarge(path, static_cast<int64_t>(out.size()) + n, max_bytes);
+    }
     out.append(buf, static_cast<size_t>(n));
   }
-  ::close(*fd);
   return out;
 }
 
+absl::Status CheckRegularFile(const std::string& path) {
+  struct stat st;
+  return OpenRegular(path, &st).status();
+}
+
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  static std::atomic<uint64_t> calls{0};
+  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", calls.fetch_add(1));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoToStatus(errno, "create", tmp);
   size_t off = 0;
@@ -127,21 +168,20 @@ std::string RealPath(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  off_t size = 0;
-  absl::StatusOr<int> fd = OpenRegular(path, &size);
+  struct stat st;
+  absl::StatusOr<ScopedFd> fd = OpenRegular(path, &st);
   if (!fd.ok()) return fd.status();
+  const size_t size = static_cast<size_t>(st.st_size);
   const uint8_t* data = nullptr;
   if (size > 0) {
-    void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, *fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(*fd);
-      return ErrnoToStatus(err, "mmap", path);
-    }
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd->get(), 0);
+    if (p == MAP_FAILED) return ErrnoToStatus(errno, "mmap", path);
     data = static_cast<const uint8_t*>(p);
   }
-  ::close(*fd);  // the mapping stays valid after close
-  return std::unique_ptr<MappedFile>(new MappedFile(path, data, static_cast<size_t>(size)));
+  // The mapping stays valid after the descriptor is closed.
+  const int64_t mtime_ns =
+      static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  return std::unique_ptr<MappedFile>(new MappedFile(path, data, size, mtime_ns));
 }
 
 MappedFile::~MappedFile() {

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -30,55 +31,69 @@ std::string Basename(const std::string& p) {
   return s == std::string::npos ? p : p.substr(s + 1);
 }
 
-std::mutex& CacheMutex() {
+// In-process memo keyed like the disk cache: expanding a sweep resolves thousands of jobs over
+// the same few model, tokenizer and data files, and each must not re-hash them. The mutex guards
+// the map only: no file is opened or read while it is held (two threads may hash one file at
+// once; both store the same digest).
+std::mutex& MemoMutex() {
   static std::mutex mu;
   return mu;
 }
-
-// In-process memo keyed like the disk cache: expanding a sweep resolves thousands of jobs over
-// the same few model, tokenizer and data files, and each must not re-hash them.
 std::map<std::string, std::string>& Memo() {
   static std::map<std::string, std::string> memo;
   return memo;
 }
 
+std::optional<std::string> MemoGet(const std::string& key) {
+  std::lock_guard<std::mutex> lock(MemoMutex());
+  auto it = Memo().find(key);
+  if (it == Memo().end()) return std::nullopt;
+  return it->second;
+}
+
+void MemoPut(const std::string& key, const std::string& digest) {
+  std::lock_guard<std::mutex> lock(MemoMutex());
+  Memo()[key] = digest;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
-  if (S_ISDIR(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot hash '", path, "': is a directory"));
-  }
-  const std::string real = RealPath(path);
-  const std::string key = absl::StrCat(real, "|", st.st_size, "|", st.st_mtim.tv_sec, ".",
-                                       st.st_mtim.tv_nsec);
+  // The key and the bytes hashed come from one open of one regular file (MappedFile::Open
+  // refuses anything else without blocking on it); mapping reads nothing yet.
+  absl::StatusOr<std::unique_ptr<MappedFile>> f = MappedFile::Open(path);
+  if (!f.ok()) return f.status();
+  const std::string key =
+      absl::StrCat(RealPath(path), "|", (*f)->size(), "|", (*f)->mtime_ns() / 1000000000, ".",
+                   (*f)->mtime_ns() % 1000000000);
+  if (std::optional<std::string> m = MemoGet(key)) return *m;
   const std::string dir = CacheDir();
   const std::string cache_file = dir.empty() ? "" : JoinPath(dir, "sha256-cache.json");
   // Small files are cheaper to hash than to look up.
-  const bool use_cache = !cache_file.empty() && st.st_size > (8 << 20);
-  std::lock_guard<std::mutex> lock(CacheMutex());
-  if (auto m = Memo().find(key); m != Memo().end()) return m->second;
+  const bool use_cache = !cache_file.empty() && (*f)->size() > (8 << 20);
   nlohmann::json cache = nlohmann::json::object();
   if (use_cache && PathExists(cache_file)) {
     absl::StatusOr<nlohmann::json> c = ReadJsonFile(cache_file);
     if (c.ok() && c->is_object()) cache = *c;
     auto it = cache.find(key);
     if (it != cache.end() && it->is_string()) {
-      Memo()[key] = it->get<std::string>();
+      MemoPut(key, it->get<std::string>());
       return it->get<std::string>();
     }
   }
-  absl::StatusOr<std::string> h = Sha256File(path);
-  if (!h.ok()) return h.status();
-  Memo()[key] = *h;
+  Sha256 h;
+  h.Update((*f)->data(), (*f)->size());
+  const std::string digest = h.HexDigest();
+  MemoPut(key, digest);
   if (use_cache) {
+    // Concurrent writers (threads or processes) may drop each other's entries: that only costs
+    // a re-hash later.
     ::mkdir(dir.c_str(), 0755);
-    cache[key] = *h;
+    cache[key] = digest;
     absl::Status w = WriteFileAtomic(cache_file, cache.dump());
     if (!w.ok()) KV_LOG(DEBUG) << "hash cache not written: " << w.message();
   }
-  return *h;
+  return digest;
 }
 
 absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& model_path) {

@@ -12,7 +12,10 @@
 namespace kvsweep {
 
 // sha256 of the file's bytes, through the cache in $KVSWEEP_CACHE_DIR (default
-// $XDG_CACHE_HOME/kvsweep or ~/.cache/kvsweep; cache failures only cost a re-hash).
+// $XDG_CACHE_HOME/kvsweep or ~/.cache/kvsweep; cache failures only cost a re-hash) and an
+// in-process memo. Regular files only: anything else (FIFO, device, directory) is
+// kFailedPrecondition "cannot read 'PATH': not a regular file (KIND)", found without blocking
+// (MappedFile::Open). Thread-safe; no lock is held while a file is opened or hashed.
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path);
 
 // Files that define a model's numbers: for a Hugging Face directory config.json, the

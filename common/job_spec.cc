@@ -213,6 +213,9 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   if (!PathExists(req.data_path)) {
     return absl::NotFoundError(absl::StrCat("data: '", req.data_path, "' does not exist"));
   }
+  if (absl::Status r = CheckRegularFile(req.data_path); !r.ok()) {
+    return absl::Status(r.code(), absl::StrCat("data: ", r.message()));
+  }
   s.data_path = req.data_path;
   absl::StatusOr<std::string> dh = FileSha256Cached(req.data_path);
   if (!dh.ok()) return dh.status();

@@ -391,6 +391,9 @@ class Expander {
       if (!PathExists(e.data)) {
         return Err(t["data"], path + ".data", absl::StrCat("data file '", e.data, "' does not exist"));
       }
+      if (absl::Status r = CheckRegularFile(e.data); !r.ok()) {
+        return Err(t["data"], path + ".data", r.message());
+      }
       e.data = RealPath(e.data);
       e.name = e.task;
       if (t["name"]) {
@@ -513,6 +516,9 @@ class Expander {
       if (!PathExists(calibration_path_)) {
         return Err(n["path"], "calibration.path",
                    absl::StrCat("'", calibration_path_, "' does not exist"));
+      }
+      if (absl::Status r = CheckRegularFile(calibration_path_); !r.ok()) {
+        return Err(n["path"], "calibration.path", r.message());
       }
     }
     if (n["windows"]) {
@@ -770,8 +776,12 @@ class Expander {
               " entries; every list must have ", len, " (methods counts each budget) or 1"));
         }
       }
-      auto pick = [len](size_t n, size_t i) { return n == 1 ? 0 : i; };
-      (void)len;
+      if (len > static_cast<size_t>(o_.max_jobs)) {
+        return absl::InvalidArgumentError(absl::StrCat(o_.source_name, ": the sweep expands to ",
+                                                       len, " combinations (limit ", o_.max_jobs,
+                                                       ")"));
+      }
+      auto pick = [](size_t n, size_t i) { return n == 1 ? 0 : i; };
       for (size_t i = 0; i < len; ++i) {
         combos.push_back({&models_[pick(models_.size(), i)], &tasks_[pick(tasks_.size(), i)],
                           &methods_[pick(methods_.size(), i)],

@@ -1,9 +1,18 @@
 #include "coordinator/sweep_spec.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -226,6 +235,143 @@ TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.status().message()),
               HasSubstr("expands to 10 combinations (limit 9)"));
+}
+
+TEST(SweepSpecTest, ZipIsHeldToTheJobLimitBeforeAnyJobIsResolved) {
+  // rank:r=128 cannot be resolved on head_dim 64: had any job been resolved, that would be the
+  // error instead of the count.
+  const std::string yaml = R"(name: zipped
+mode: zip
+models: [models/ref-llama]
+tasks:
+  - {task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 3}
+methods: [none, "quant:bits=2", "rank:r=128,basis=svd"]
+)";
+  ExpandOptions o = Opts();
+  o.max_jobs = 2;
+  auto s = ExpandSweep(yaml, o);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("sweep.yaml: the sweep expands to 3 combinations (limit 2)"));
+  o.max_jobs = 3;
+  s = ExpandSweep(yaml, o);
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("method 'rank:r=128,basis=svd'"));
+
+  // The default limit, reached through one long list (seeds apply to none of the methods, so
+  // without the limit these would all be resolved and merged into one job).
+  std::string seeds = "seeds: [0";
+  for (int i = 1; i <= 200000; ++i) absl::StrAppend(&seeds, ",", i);
+  seeds += "]\n";
+  s = ExpandSweep(absl::StrCat(R"(name: zipped
+mode: zip
+models: [models/ref-llama]
+tasks:
+  - {task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 3}
+methods: [none]
+)",
+                               seeds),
+                  Opts());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("the sweep expands to 200001 combinations (limit 200000)"));
+}
+
+constexpr std::chrono::seconds kHangGuard(60);
+
+template <typename T>
+bool Ready(std::future<T>& f, std::chrono::milliseconds wait) {
+  return f.wait_for(wait) == std::future_status::ready;
+}
+
+// Opens each FIFO for writing (and closes it again) until `done`: any open() blocked waiting for
+// a writer returns, so a test of code that blocks still ends.
+void ReleaseFifoReaders(const std::vector<std::string>& fifos, const std::function<bool()>& done) {
+  while (!done()) {
+    for (const std::string& p : fifos) {
+      int fd = ::open(p.c_str(), O_WRONLY | O_NONBLOCK);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+}
+
+class NonRegularFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = JoinPath(::testing::TempDir(), absl::StrCat("kvsweep_sweep_fifo_", ::getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Fifo(const std::string& name) {
+    const std::string p = JoinPath(dir_, name);
+    EXPECT_EQ(::mkfifo(p.c_str(), 0600), 0) << p;
+    return p;
+  }
+  // ref-llama with its weights replaced by `weights` (config and tokenizer are links).
+  std::string ModelWithWeights(const std::string& weights) {
+    const std::string d = JoinPath(dir_, "model");
+    std::filesystem::create_directories(d);
+    for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::create_symlink(AssetsDir() + "/models/ref-llama/" + f, JoinPath(d, f));
+    }
+    std::filesystem::create_symlink(weights, JoinPath(d, "model.safetensors"));
+    return d;
+  }
+  static std::string OneModel(const std::string& model, const std::string& data) {
+    return absl::StrCat("name: odd-files\nmodels: [", model,
+                        "]\ntasks:\n  - {task: wikitext, data: ", data, "}\nmethods: [none]\n");
+  }
+  static void ExpectRefused(const absl::StatusOr<ExpandedSweep>& s, const std::string& path) {
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+    const std::string m(s.status().message());
+    EXPECT_THAT(m, HasSubstr(absl::StrCat("'", path, "': not a regular file")));
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+
+  std::string dir_;
+};
+
+// A FIFO (data file or model weights) is refused at once, and a normal sweep is not held up
+// meanwhile: no expansion waits on a FIFO, under a lock or otherwise. The waits are hang guards.
+TEST_F(NonRegularFileTest, FifoIsRefusedAndBlocksNoOtherSweep) {
+  const std::string data_fifo = Fifo("data.fifo");
+  const std::string weights_fifo = Fifo("weights.fifo");
+  const std::string model = ModelWithWeights(weights_fifo);
+  const std::string llama = AssetsDir() + "/models/ref-llama";
+  const std::string wiki = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
+  auto data = std::async(std::launch::async,
+                         [=] { return ExpandSweep(OneModel(llama, data_fifo), Opts()); });
+  EXPECT_TRUE(Ready(data, kHangGuard)) << "a sweep whose data is a FIFO: still blocked";
+  auto weights =
+      std::async(std::launch::async, [=] { return ExpandSweep(OneModel(model, wiki), Opts()); });
+  EXPECT_TRUE(Ready(weights, kHangGuard)) << "a sweep whose weights are a FIFO: still blocked";
+  // Whether or not those are stuck, a normal sweep expands.
+  auto normal =
+      std::async(std::launch::async, [] { return ExpandSweep(Yaml("  - none\n"), Opts()); });
+  EXPECT_TRUE(Ready(normal, kHangGuard)) << "a normal sweep: held up by the FIFO sweeps";
+  ReleaseFifoReaders({data_fifo, weights_fifo}, [&] {
+    return Ready(data, std::chrono::milliseconds(50)) &&
+           Ready(weights, std::chrono::milliseconds(0)) &&
+           Ready(normal, std::chrono::milliseconds(0));
+  });
+  auto d = data.get();
+  ExpectRefused(d, data_fifo);
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("sweep.yaml:4: tasks[0].data: "));
+  ExpectRefused(weights.get(), JoinPath(model, "model.safetensors"));
+  auto n = normal.get();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->jobs.size(), 5u);
+}
+
+// Character devices: /dev/zero used to hash as an empty file.
+TEST_F(NonRegularFileTest, DevZeroIsRefused) {
+  const std::string wiki = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
+  ExpectRefused(ExpandSweep(OneModel(AssetsDir() + "/models/ref-llama", "/dev/zero"), Opts()),
+                "/dev/zero");
+  const std::string model = ModelWithWeights("/dev/zero");
+  ExpectRefused(ExpandSweep(OneModel(model, wiki), Opts()), JoinPath(model, "model.safetensors"));
+  ExpectRefused(ExpandSweep(OneModel("/dev/zero", wiki), Opts()), "/dev/zero");
 }
 
 }  // namespace

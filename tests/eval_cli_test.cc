@@ -143,6 +143,38 @@ TEST(EvalCliTest, BadDataFiles) {
   ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("nums.jsonl", "{\"text\": 5}\n")), "expected an object");
 }
 
+// Files that are not regular files: devices have no end (or no size) and a FIFO blocks its
+// reader; each is refused by name, before anything reads it.
+TEST(EvalCliTest, FilesThatAreNotRegularFiles) {
+  const std::string llama = A("models/ref-llama");
+  ExpectOneLineError(Eval(llama, "wikitext", "/dev/zero"), "'/dev/zero': not a regular file");
+  ExpectOneLineError(Eval(llama, "lambada_openai", "/dev/zero"), "'/dev/zero': not a regular file");
+  ExpectOneLineError(Eval("/dev/zero", "wikitext", A("data/wikitext-2/wiki.test.raw")),
+                     "'/dev/zero': not a regular file");
+  // ref-llama with one of its files replaced by a link to /dev/zero.
+  for (const char* f : {"config.json", "tokenizer.json", "model-00002-of-00002.safetensors"}) {
+    const std::string d = Scratch(absl::StrCat("devzero_", f));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    for (const auto& e : fs::directory_iterator(llama)) {
+      const std::string name = e.path().filename().string();
+      fs::create_symlink(name == f ? fs::path("/dev/zero") : e.path(), fs::path(d) / name);
+    }
+    ExpectOneLineError(Eval(d, "wikitext", A("data/wikitext-2/wiki.test.raw")),
+                       absl::StrCat("'", d, "/", f, "': not a regular file"));
+    fs::remove_all(d);
+  }
+}
+
+// An error quotes no bytes of a file: a path may name a file that is none of the user's business.
+TEST(EvalCliTest, ErrorsDoNotEchoFileContent) {
+  ProcResult r = Exec(Eval(A("models/ref-llama"), "lambada_openai",
+                           TempFile("secret.jsonl", "{\"text\": \"SECRET-5f1d hunter2\n")));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("secret.jsonl:1: invalid JSON at byte "), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("SECRET"), std::string::npos) << r.err;
+}
+
 // A copy of a model directory that a test may damage.
 std::string CopyModel(const std::string& src, const std::string& name) {
   const std::string dst = Scratch(name);

@@ -55,7 +55,7 @@ std::string Hostname() {
 // First `windows` consecutive windows of `len` tokens of the calibration text (no prefix).
 absl::StatusOr<std::vector<std::vector<int32_t>>> CalibrationWindows(const CalibrationSpec& c,
                                                                      const Tokenizer& tok) {
-  absl::StatusOr<std::string> text = ReadFile(c.path);
+  absl::StatusOr<std::string> text = ReadFile(c.path, kMaxDataFileBytes);
   if (!text.ok()) return text.status();
   if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {
     return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " is not valid UTF-8 at byte ", bad));

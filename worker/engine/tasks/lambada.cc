@@ -19,7 +19,7 @@ class LambadaTask final : public Task {
   const char* name() const override { return "lambada_openai"; }
 
   absl::StatusOr<std::vector<ScoreRequest>> Prepare(const TaskInput& in) override {
-    absl::StatusOr<std::string> data = ReadFile(in.data_path);
+    absl::StatusOr<std::string> data = ReadFile(in.data_path, kMaxDataFileBytes);
     if (!data.ok()) return data.status();
     std::vector<std::string> docs;
     int line_no = 0;

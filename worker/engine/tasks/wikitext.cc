@@ -17,7 +17,7 @@ class RollingTextTask final : public Task {
   const char* name() const override { return name_; }
 
   absl::StatusOr<std::vector<ScoreRequest>> Prepare(const TaskInput& in) override {
-    absl::StatusOr<std::string> text = ReadFile(in.data_path);
+    absl::StatusOr<std::string> text = ReadFile(in.data_path, kMaxDataFileBytes);
     if (!text.ok()) return text.status();
     if (text->empty()) return absl::InvalidArgumentError(absl::StrCat(in.data_path, ": data file is empty"));
     if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {

@@ -33,9 +33,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewGpt2Tokenizer(const std::string& v
   std::vector<std::pair<std::string, int32_t>> vocab;
   vocab.reserve(vocab_json.size());
   for (const auto& [token, id] : vocab_json.items()) {
+    // Neither the token nor the value is quoted: a path may name any JSON file.
     if (!id.is_number_integer()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(vocab_path, ": token \"", token, "\" has no integer id"));
+      return absl::InvalidArgumentError(absl::StrCat(vocab_path, ": entry ", vocab.size() + 1,
+                                                     " (in key order) has no integer id"));
     }
     vocab.emplace_back(token, id.get<int32_t>());
   }
@@ -54,8 +55,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewGpt2Tokenizer(const std::string& v
     if (absl::StartsWith(line, "#version")) continue;  // HF skips these header lines
     std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
     if (parts.size() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat(merges_path, ":", i + 1,
-                                                     ": expected \"a b\", got \"", line, "\""));
+      // The line itself is not quoted: a path may name any text file.
+      return absl::InvalidArgumentError(
+          absl::StrCat(merges_path, ":", i + 1, ": expected \"a b\" (two tokens, one space), got ",
+                       parts.size(), " space-separated pieces"));
     }
     merges.emplace_back(std::string(parts[0]), std::string(parts[1]));
   }

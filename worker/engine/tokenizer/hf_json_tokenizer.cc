@@ -273,7 +273,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
   std::vector<std::pair<std::string, int32_t>> vocab;
   vocab.reserve(model["vocab"].size());
   for (const auto& [token, id] : model["vocab"].items()) {
-    if (!id.is_number_integer()) return ctx.Invalid(absl::StrCat("vocab entry \"", token, "\" has no integer id"));
+    if (!id.is_number_integer()) {
+      return ctx.Invalid(absl::StrCat("model.vocab entry ", vocab.size() + 1,
+                                      " (in key order) has no integer id"));
+    }
     vocab.emplace_back(token, id.get<int32_t>());
   }
   std::vector<std::pair<std::string, std::string>> merges;

@@ -532,6 +532,24 @@ TEST_F(BadInputTest, BadMergesLine) {
               absl::StatusCode::kInvalidArgument, "expected \"a b\"");
 }
 
+// Errors give a file's path and a position, never its bytes: a path may name any file.
+TEST_F(BadInputTest, ErrorsDoNotEchoFileContent) {
+  auto expect_no_secret = [](const absl::StatusOr<std::unique_ptr<Tokenizer>>& r) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    EXPECT_FALSE(absl::StrContains(r.status().message(), "SECRET")) << r.status();
+  };
+  Write("vocab.json", R"({"a":0,"b":1,"ab":2})");
+  auto merges = LoadTokenizer(Write("merges.txt", "#version: 0.2\nSECRET-5f1d is hunter2\n"));
+  expect_no_secret(merges);
+  ExpectError(merges, absl::StatusCode::kInvalidArgument, "merges.txt:2: expected \"a b\"");
+  expect_no_secret(LoadTokenizer(Write("vocab.json", R"({"SECRET-5f1d": "hunter2"})")));
+  expect_no_secret(LoadTokenizer(Write("tokenizer.json", "{\"model\": \"SECRET-5f1d\n")));
+  expect_no_secret(LoadTokenizer(
+      Write("tokenizer.json",
+            TokenizerJson(R"({"type":"BPE","vocab":{"SECRET-5f1d":"x"},"merges":[]})"))));
+}
+
 TEST_F(BadInputTest, VocabJsonWithoutMergesTxt) {
   const std::string vocab = Write("vocab.json", R"({"a":0})");
   ExpectError(LoadTokenizer(vocab), absl::StatusCode::kNotFound, "merges.txt not found");
