@@ -25,6 +25,9 @@ absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, absl::string_vi
       (void)ignored;
     } catch (const nlohmann::json::parse_error& e) {
       count = e.byte;
+    } catch (const nlohmann::json::out_of_range&) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": invalid JSON: a number is out of range"));
     } catch (const nlohmann::json::exception&) {
     }
     const size_t offset = count == 0 ? 0 : count - 1;
