@@ -1,6 +1,7 @@
 # Thin wrapper over CMake so that the README's commands are one word each.
 #   make test   - install Debian deps (if missing), build, run every test
-#   make demo   - build, then run a small sweep end to end (embedded SQLite, local workers)
+#   make demo   - build the two binaries it runs (the kvsweep CLI, whose `demo` embeds the
+#                 coordinator, and kvsweep-worker), then run a small sweep end to end
 #   make asan   - the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench  - the orchestration load benchmark (docs/orchestration-bench.md)
 BUILD ?= build
@@ -23,7 +24,11 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-demo: build
+# Only what the demo runs: not the tests and benchmarks `build` compiles.
+DEMO_TARGETS = kvsweep kvsweep-worker
+
+demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target $(DEMO_TARGETS)
 	$(BUILD)/client/kvsweep demo
 
 asan:

@@ -10,7 +10,10 @@ see tools/reference/README.md. Everything kvsweep's engine is checked against co
   logits/<name>.f32     raw little-endian float32 logits [batch, seq, vocab_slice]
   task_reference_<v>.json  LAMBADA / WikiText metrics, method none and fake-quantized KV (full data and
                         CI-sized subsets), lm-evaluation-harness definitions (see DESIGN.md)
+  task_reference_ci.json  also per document / per window loglik of every method on the CI subsets
+                        (LAMBADA first 400, WikiText first 200 lines at W = 128): "ci_per_doc"
   quant_unit.json       the fake-quantization function on fixed vectors (unit fixture)
+  kv/<name>.f32, .json  ref models' post-RoPE K/V on 16 tokens and hashes of their fake quantization
   env.json              library versions and device
 
 Each section is independent: a failure is logged and recorded in errors.json; the others still run.
@@ -366,6 +369,7 @@ class KvQuant:
     def __init__(self):
         self.cfg = None
         self.calls = 0
+        self.capture = None  # a list: every call's (key, value) as attention receives them
         self.inside = False
         self.orig_sdpa = torch.nn.functional.scaled_dot_product_attention
         self.iface = None
@@ -384,6 +388,8 @@ class KvQuant:
             orig = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
             def iface_wrapped(module, query, key, value, *args, **kw):
+                if self.capture is not None:
+                    self.capture.append((key.detach(), value.detach()))
                 if self.cfg is not None:
                     key, value = self.quant(key, value)
                     self.calls += 1
@@ -400,6 +406,8 @@ class KvQuant:
             traceback.print_exc()
 
         def sdpa_wrapped(q, k, v, *args, **kw):
+            if self.capture is not None and not self.inside:
+                self.capture.append((k.detach(), v.detach()))
             if self.cfg is not None and not self.inside:
                 k, v = self.quant(k, v)
                 self.calls += 1
@@ -443,6 +451,11 @@ def encode_pair(enc, context, continuation, prefix_id):
     return ctx, whole[len(ctx):]
 
 
+def f32(x):
+    # The shortest decimal that reads back as the same fp32 value (values here are fp32 sums).
+    return float(f"{x:.9g}")
+
+
 def score_batches(model, reqs, batch, device="cuda"):
     """reqs: list of (input_ids, n_cont, cont_tokens). Returns [(loglik, greedy)] in order."""
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i][0]))
@@ -479,7 +492,8 @@ def lambada_eval(model, enc, docs, max_len, prefix_id):
     res = score_batches(model, reqs, batch=64)
     lls = [r[0] for r in res]
     acc = sum(1 for r in res if r[1]) / len(res)
-    return {"acc": acc, "ppl": math.exp(-sum(lls) / len(lls)), "loglik_sum": sum(lls), "n": len(lls)}, lls
+    return {"acc": acc, "ppl": math.exp(-sum(lls) / len(lls)), "loglik_sum": sum(lls), "n": len(lls)}, lls, \
+        [r[1] for r in res]
 
 
 def rolling_windows(tokens, prefix, W, C):
@@ -556,7 +570,7 @@ def task_reference(assets, out, variants):
                 t0 = time.time()
                 for var in variants:
                     if var == "full":
-                        lam, lam_docs = lambada_eval(model, enc, docs, max_len, prefix)
+                        lam, lam_docs, _ = lambada_eval(model, enc, docs, max_len, prefix)
                         wk, wk_w = wikitext_eval(model, enc, wiki, max_len, 1, prefix)
                         r["full"] = {"lambada_openai": lam, "wikitext": wk}
                         if mname == "none":
@@ -565,13 +579,21 @@ def task_reference(assets, out, variants):
                             wk2, _ = wikitext_eval(model, enc, wiki, max_len, max_len // 2 + 1, prefix)
                             r["full_sliding"] = {"wikitext": wk2, "context": max_len // 2 + 1}
                     else:
-                        lam, _ = lambada_eval(model, enc, docs[:400], max_len, prefix)
+                        lam, lam_docs, lam_greedy = lambada_eval(model, enc, docs[:400], max_len, prefix)
                         sub = head_lines(wiki, 200)
                         wk, _ = wikitext_eval(model, enc, sub, max_len, 1, prefix)
-                        wk_small, _ = wikitext_eval(model, enc, sub, 128, 1, prefix)
+                        wk_small, wk_small_w = wikitext_eval(model, enc, sub, 128, 1, prefix)
                         wk_slide, _ = wikitext_eval(model, enc, sub, 128, 65, prefix)
                         r["ci"] = {"lambada_openai": lam, "wikitext": wk, "wikitext_w128": wk_small,
                                    "wikitext_w128_c65": wk_slide}
+                        # Per document (LAMBADA) and per window (WikiText W = 128), in request
+                        # order, for reference_test.cc's per-document comparison. Each value is
+                        # an fp32 sum; 9 significant digits round-trip it exactly.
+                        r["ci_per_doc"] = {
+                            "lambada_openai": {"loglik": [f32(x) for x in lam_docs],
+                                               "greedy": "".join("1" if g else "0" for g in lam_greedy)},
+                            "wikitext_w128": {"loglik": [f32(x) for x in wk_small_w]},
+                        }
                 if cfg is not None and kq.calls == 0:
                     raise RuntimeError(f"{name}: the SDPA patch was never called; quantization not applied")
                 r["sdpa_calls"] = kq.calls
@@ -583,6 +605,79 @@ def task_reference(assets, out, variants):
         dump(os.path.join(out, f"task_reference_{'_'.join(variants)}.json"), result)
     if per_doc:
         dump(os.path.join(out, "task_per_doc.json"), per_doc)
+
+
+KV_TOKENS = 16
+
+
+def sha16(t):
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().astype("<f4").tobytes()).hexdigest()[:16]
+
+
+@section("kv")
+def kv_reference(assets, out):
+    """The reference models' K/V on one short input, and the quantizer applied to them.
+
+    kv/<model>.f32: for each layer, K then V, each [Hkv, T, D] fp32 little-endian: post-RoPE,
+    what attention receives with method none; T = KV_TOKENS, the first tokens of the first LAMBADA
+    document (no prefix token). kv/<model>.json: the input ids and shapes, and for each quantized
+    method, per layer and tensor (k then v), the first 16 hex digits of the sha256 of the
+    fake-quantized values (the tensor itself where the method does not target it) computed on the
+    CPU (the engine's exact semantics) and on the GPU (how the task references were computed:
+    CUDA multiplies by the reciprocal of a Python-scalar divisor), and how many elements differ
+    between the two. reference_test.cc quantizes the stored K/V exactly and compares the engine's
+    own K/V with them.
+    """
+    configure_exact()
+    import transformers
+    docs = read_lambada(assets)
+    for name in ["ref-gpt2", "ref-llama"]:
+        d = os.path.join(assets, "models", name)
+        model = load_model(d)
+        cfg = model.config
+        tok = transformers.AutoTokenizer.from_pretrained(d)
+        ids = tok(docs[0], add_special_tokens=False)["input_ids"][:KV_TOKENS]
+        n_layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+        n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+        hkv = getattr(cfg, "num_key_value_heads", None) or n_heads
+        with KvQuant() as kq:
+            kq.capture = []
+            with torch.no_grad():
+                model(torch.tensor([ids]).cuda())
+            caps = kq.capture
+        assert len(caps) == n_layers, (len(caps), n_layers)
+        kv = []
+        for k, v in caps:
+            if k.shape[1] == n_heads and hkv != n_heads:  # the torch SDPA hook sees repeated heads
+                k, v = k[:, ::n_heads // hkv], v[:, ::n_heads // hkv]
+            assert k.shape[0] == 1 and k.shape[1] == hkv and k.shape[2] == len(ids), tuple(k.shape)
+            kv.append((k[0].float().contiguous(), v[0].float().contiguous()))
+        os.makedirs(os.path.join(out, "kv"), exist_ok=True)
+        with open(os.path.join(out, "kv", name + ".f32"), "wb") as f:
+            for k, v in kv:
+                f.write(k.cpu().numpy().astype("<f4").tobytes())
+                f.write(v.cpu().numpy().astype("<f4").tobytes())
+        methods = {}
+        for mname, c in QUANT_METHODS.items():
+            e = {"cpu": [], "gpu": [], "gpu_cpu_differ": 0}
+            for k, v in kv:
+                for which, x in (("k", k), ("v", v)):
+                    if c["target"] in (which, "kv"):
+                        yg = fake_quant(x, c["bits"], c["group"], c["sym"]).cpu()
+                        yc = fake_quant(x.cpu(), c["bits"], c["group"], c["sym"])
+                    else:
+                        yg = yc = x.cpu()
+                    e["cpu"].append(sha16(yc))
+                    e["gpu"].append(sha16(yg))
+                    e["gpu_cpu_differ"] += int((yg.view(torch.int32) != yc.view(torch.int32)).sum())
+            methods[mname] = e
+            log("kv", name, mname, "gpu/cpu elements differing:", e["gpu_cpu_differ"])
+        dump(os.path.join(out, "kv", name + ".json"),
+             {"model": name, "input_ids": ids, "layers": n_layers, "kv_heads": hkv, "tokens": len(ids),
+              "head_dim": kv[0][0].shape[-1], "layout": "per layer: K then V, each [kv_heads, tokens, head_dim] fp32 LE",
+              "methods": methods})
+        del model
+        torch.cuda.empty_cache()
 
 
 @section("env")
@@ -604,7 +699,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--assets", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", default="env,quant_unit,tiny,logits,tasks,tokenizers")
+    ap.add_argument("--only", default="env,quant_unit,tiny,logits,tasks,tokenizers,kv")
     ap.add_argument("--variants", default="ci,full")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -618,6 +713,8 @@ def main():
         logits_fixtures(a.assets, a.out, tiny)
     if "tokenizers" in only:
         tokenizer_fixtures(a.assets, a.out)
+    if "kv" in only:
+        kv_reference(a.assets, a.out)
     if "tasks" in only:
         for variant in a.variants.split(","):  # each variant its own file, CI-sized first
             task_reference(a.assets, a.out, [variant])
