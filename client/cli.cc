@@ -55,7 +55,13 @@ struct Globals {
   ClientConfig cfg;
   std::string token_file;
   int timeout_ms = 60000;
+  bool timeout_given = false;  // --timeout-ms on the command line
 };
+
+// Submit's deadline unless --timeout-ms is given: the coordinator hashes every input file it has
+// not seen at its size and mtime while expanding the sweep (a 14 GB model: about a minute), and
+// a deadline that cuts that short leaves the user nothing to do but wait anyway.
+constexpr int kSubmitTimeoutMs = 3600 * 1000;
 
 absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(Globals& g) {
   if (!g.token_file.empty() && g.cfg.token.empty()) {
@@ -270,8 +276,15 @@ int Submit(Globals& g, const std::string& file, bool dry_run) {
   req.set_source_name(file);
   v1::SubmitSweepResponse resp;
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+  const int timeout_ms = g.timeout_given ? g.timeout_ms : kSubmitTimeoutMs;
+  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(timeout_ms));
   grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
+  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return Error(absl::DeadlineExceededError(absl::StrCat(
+        "submit: no answer within ", timeout_ms,
+        " ms; the coordinator hashes input files it has not seen before (its log says which) "
+        "and keeps those hashes, so submitting again resumes; or raise --timeout-ms")));
+  }
   if (!s.ok()) return Error(RpcError(s, g.cfg));
   std::string shape = absl::StrCat(resp.jobs_total(), " jobs (", resp.combinations(),
                                    " combinations, ", resp.excluded(), " excluded)");
@@ -539,9 +552,11 @@ int RunKvsweep(int argc, char** argv) {
   app.add_option("--tls-cert", g.cfg.tls_files.cert, "client certificate (mTLS)");
   app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)");
   app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name");
-  app.add_option("--timeout-ms", g.timeout_ms, "deadline of each call")
-      ->check(CLI::Range(100, 86400000))
-      ->capture_default_str();
+  CLI::Option* timeout_opt =
+      app.add_option("--timeout-ms", g.timeout_ms,
+                     "deadline of each call (submit: 1 hour unless given; it hashes new inputs)")
+          ->check(CLI::Range(100, 86400000))
+          ->capture_default_str();
 
   std::string file, sweep, db, sql, output;
   std::string table_format, query_format, export_format;
@@ -579,10 +594,26 @@ int RunKvsweep(int argc, char** argv) {
 
   CLI::App* table = app.add_subcommand("table", "pivot a sweep's results");
   table->add_option("sweep", sweep)->required();
-  table->add_option("--rows", tspec.rows, "label for rows")->capture_default_str();
+  tspec.rows = "auto";
+  tspec.metric = "auto";
+  table->add_option("--rows", tspec.rows,
+                    "label for rows (auto: every label that varies, joined)")
+      ->capture_default_str();
   table->add_option("--cols", tspec.cols, "label for columns")->capture_default_str();
-  table->add_option("--metric", tspec.metric, "metric to show")->capture_default_str();
-  table->add_option("--delta", tspec.delta, "show differences from this column (e.g. none)");
+  table->add_option("--metric", tspec.metric,
+                    "metric to show (auto: ppl for LAMBADA, token_ppl for text tasks)")
+      ->capture_default_str();
+  table->add_option("--delta", tspec.delta,
+                    "show differences from this column (e.g. none), with paired-bootstrap "
+                    "intervals where results have per-document values");
+  table->add_option("--resamples", tspec.resamples, "bootstrap resamples for intervals")
+      ->check(CLI::Range(100, 100000))
+      ->capture_default_str();
+  table->add_option("--seed", tspec.seed, "bootstrap seed (the same seed, the same intervals)")
+      ->capture_default_str();
+  table->add_option("--level", tspec.level, "interval coverage")
+      ->check(CLI::Range(0.5, 0.999))
+      ->capture_default_str();
   table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
   table->add_option("--format", table_format, "md, csv, latex or json")->default_val("md");
   table->add_option("--db", db, "read this database file instead of asking the coordinator");
@@ -626,6 +657,7 @@ int RunKvsweep(int argc, char** argv) {
     std::cerr << "kvsweep: " << e.what() << " (see kvsweep --help)\n";
     return kExitUsage;
   }
+  g.timeout_given = timeout_opt->count() > 0;
   for (const std::string& w : where) {
     std::pair<std::string, std::string> kv = absl::StrSplit(w, absl::MaxSplits('=', 1));
     if (w.find('=') == std::string::npos || kv.first.empty()) {

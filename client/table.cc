@@ -28,6 +28,10 @@ std::string LabelText(const nlohmann::json& labels, const std::string& key) {
 }
 
 std::optional<double> MetricValue(const nlohmann::json& result, const std::string& metric) {
+  if (metric == "auto") {
+    if (auto v = MetricValue(result, "ppl")) return v;
+    return MetricValue(result, "token_ppl");
+  }
   auto number = [&](const nlohmann::json& obj) -> std::optional<double> {
     if (!obj.is_object()) return std::nullopt;
     auto it = obj.find(metric);
@@ -49,10 +53,27 @@ std::optional<double> MetricValue(const nlohmann::json& result, const std::strin
 
 absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec) {
   const auto& dims = TableDimensions();
-  for (const std::string& d : {spec.rows, spec.cols}) {
+  std::vector<std::string> row_dims = {spec.rows};
+  if (spec.rows == "auto") {
+    // Every label that varies among the jobs (other than the columns' and seeds).
+    row_dims.clear();
+    for (const char* d : {"model", "task", "kv_heads", "dtype"}) {
+      if (d == spec.cols) continue;
+      std::set<std::string> values;
+      for (const TableInput& in : inputs) values.insert(LabelText(in.labels, d));
+      if (values.size() > 1) row_dims.push_back(d);
+    }
+    if (row_dims.empty()) row_dims.push_back(spec.cols == "model" ? "task" : "model");
+  }
+  for (const std::string& d : {row_dims[0], spec.cols}) {
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "table: unknown dimension '", d, "' (known: ", absl::StrJoin(dims, ", "), ")"));
+    }
+  }
+  for (const std::string& d : row_dims) {
+    if (std::find(dims.begin(), dims.end(), d) == dims.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("table: unknown dimension '", d, "'"));
     }
   }
   if (spec.rows == spec.cols) {
@@ -64,7 +85,12 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     }
   }
   Table t;
-  t.row_dim = spec.rows;
+  t.row_dim = absl::StrJoin(row_dims, ", ");
+  auto row_label = [&](const nlohmann::json& labels) {
+    std::vector<std::string> parts;
+    for (const std::string& d : row_dims) parts.push_back(LabelText(labels, d));
+    return absl::StrJoin(parts, ", ");
+  };
   t.col_dim = spec.cols;
   t.metric = spec.metric;
   t.delta = spec.delta;
@@ -75,7 +101,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     bool keep = true;
     for (const auto& [k, v] : spec.where) keep = keep && LabelText(in.labels, k) == v;
     if (!keep) continue;
-    const std::string r = LabelText(in.labels, spec.rows);
+    const std::string r = row_label(in.labels);
     const std::string c = LabelText(in.labels, spec.cols);
     if (!row_index.count(r)) {
       row_index[r] = t.rows.size();
@@ -93,23 +119,45 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
   }
   t.cells.assign(t.rows.size(), std::vector<std::optional<double>>(t.cols.size()));
   t.is_delta.assign(t.rows.size(), std::vector<bool>(t.cols.size(), false));
+  t.seed_sd.assign(t.rows.size(), std::vector<std::optional<double>>(t.cols.size()));
+  t.seeds.assign(t.rows.size(), std::vector<int>(t.cols.size(), 0));
+  t.compared.assign(t.rows.size(),
+                    std::vector<std::optional<PairedComparison>>(t.cols.size()));
+  std::map<std::pair<size_t, size_t>, const TableInput*> single;  // cells of one job
   for (const auto& [rc, ins] : cell_inputs) {
+    std::vector<std::string> differ;
+    for (const std::string& d : dims) {
+      std::set<std::string> values;
+      for (const TableInput* in : ins) values.insert(LabelText(in->labels, d));
+      if (values.size() > 1) differ.push_back(d);
+    }
+    if (ins.size() > 1 && differ == std::vector<std::string>{"seed"}) {
+      // Seeds of one configuration: mean and standard deviation of those that are done.
+      std::vector<double> v;
+      for (const TableInput* in : ins) {
+        if (!in->result) continue;
+        if (std::optional<double> x = MetricValue(*in->result, spec.metric)) v.push_back(*x);
+      }
+      if (!v.empty()) {
+        double mean = 0;
+        for (double x : v) mean += x;
+        t.cells[rc.first][rc.second] = mean / v.size();
+        t.seed_sd[rc.first][rc.second] = SampleStddev(v);
+        t.seeds[rc.first][rc.second] = static_cast<int>(v.size());
+      }
+      continue;
+    }
     if (ins.size() > 1) {
       // Name what distinguishes them, so the user knows which --where to add.
-      std::vector<std::string> differ;
-      for (const std::string& d : dims) {
-        std::set<std::string> values;
-        for (const TableInput* in : ins) values.insert(LabelText(in->labels, d));
-        if (values.size() > 1) differ.push_back(d);
-      }
       return absl::InvalidArgumentError(absl::StrCat(
-          "table: the cell (", spec.rows, "=", t.rows[rc.first], ", ", spec.cols, "=",
+          "table: the cell (", t.row_dim, "=", t.rows[rc.first], ", ", spec.cols, "=",
           t.cols[rc.second], ") has ", ins.size(), " jobs that differ in ",
           differ.empty() ? std::string("nothing shown") : absl::StrJoin(differ, ", "),
           "; add --where ", differ.empty() ? std::string("...") : differ[0],
           "=VALUE or pivot on it"));
     }
     if (ins[0]->result) t.cells[rc.first][rc.second] = MetricValue(*ins[0]->result, spec.metric);
+    single[rc] = ins[0];
   }
   if (!metric_seen && std::any_of(inputs.begin(), inputs.end(),
                                   [](const TableInput& i) { return i.result.has_value(); })) {
@@ -126,6 +174,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
                                                      ")"));
     }
     const size_t ref = it->second;
+    std::set<std::string> notes;
     for (size_t r = 0; r < t.rows.size(); ++r) {
       const std::optional<double> base = t.cells[r][ref];
       for (size_t c = 0; c < t.cols.size(); ++c) {
@@ -133,11 +182,40 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
         t.is_delta[r][c] = true;
         if (!base || !t.cells[r][c]) {
           t.cells[r][c].reset();
-        } else {
-          t.cells[r][c] = *t.cells[r][c] - *base;
+          continue;
         }
+        t.cells[r][c] = *t.cells[r][c] - *base;
+        // Paired bootstrap where both cells are one job with per-unit results.
+        auto a = single.find({r, c});
+        auto b = single.find({r, ref});
+        if (a == single.end() || b == single.end() || !a->second->result ||
+            !b->second->result) {
+          continue;
+        }
+        std::optional<EvalUnits> ua = EvalUnits::FromResult(*a->second->result);
+        std::optional<EvalUnits> ub = EvalUnits::FromResult(*b->second->result);
+        if (!ua || !ub) {
+          notes.insert("no interval where a result has no per-unit values (older results)");
+          continue;
+        }
+        std::string metric = spec.metric;
+        if (metric == "auto") metric = ua->kind == "document" ? "ppl" : "token_ppl";
+        if (!IsUnitMetric(metric)) {
+          notes.insert(absl::StrCat("no interval for ", metric,
+                                    " (intervals: acc, ppl, loglik_sum, token_ppl, word_ppl, "
+                                    "bits_per_byte)"));
+          continue;
+        }
+        absl::StatusOr<PairedComparison> cmp =
+            PairedBootstrap(*ua, *ub, metric, spec.resamples, spec.seed, spec.level);
+        if (!cmp.ok()) {
+          notes.insert(absl::StrCat("no interval in row ", t.rows[r], ": ", cmp.status().message()));
+          continue;
+        }
+        t.compared[r][c] = *cmp;
       }
     }
+    t.notes.assign(notes.begin(), notes.end());
   }
   return t;
 }
@@ -148,6 +226,50 @@ std::string Num(const std::optional<double>& v, bool delta) {
   if (!v) return "";
   if (delta) return absl::StrFormat("%+.6g", *v);
   return absl::StrFormat("%.6g", *v);
+}
+
+// A cell as text: the value; ± the sd across seeds; for a compared delta cell the ratio and
+// both intervals, and `*` when the difference's interval excludes zero.
+std::string CellText(const Table& t, size_t r, size_t c) {
+  std::string s = Num(t.cells[r][c], t.is_delta[r][c]);
+  if (s.empty()) return s;
+  if (t.seed_sd[r][c]) {
+    absl::StrAppend(&s, " ± ", absl::StrFormat("%.3g", *t.seed_sd[r][c]), " (", t.seeds[r][c],
+                    " seeds)");
+  }
+  if (const auto& cmp = t.compared[r][c]) {
+    absl::StrAppend(&s, absl::StrFormat(" [%+.4g, %+.4g] ×%.4g [%.4g, %.4g]", cmp->diff_ci.lo,
+                                        cmp->diff_ci.hi, cmp->ratio, cmp->ratio_ci.lo,
+                                        cmp->ratio_ci.hi),
+                    cmp->significant ? " *" : "");
+  }
+  return s;
+}
+
+std::string Caption(const Table& t) {
+  std::string metric = t.metric == "auto" ? "ppl (LAMBADA) / token_ppl (text tasks)" : t.metric;
+  std::string c = absl::StrCat(metric, t.delta.empty() ? "" : absl::StrCat(" (difference from ",
+                                                                           t.delta, ")"));
+  bool any = false;
+  int resamples = 0;
+  double level = 0;
+  for (const auto& row : t.compared) {
+    for (const auto& cmp : row) {
+      if (cmp) {
+        any = true;
+        resamples = cmp->resamples;
+        level = cmp->level;
+      }
+    }
+  }
+  if (any) {
+    absl::StrAppend(&c, "; [", absl::StrFormat("%g", 100 * level),
+                    "% paired-bootstrap interval of the difference] ×ratio [its interval], ",
+                    resamples, " resamples over the same documents/windows; * = the "
+                    "difference's interval excludes 0");
+  }
+  for (const std::string& n : t.notes) absl::StrAppend(&c, "\n", n);
+  return c;
 }
 
 std::string Corner(const Table& t) { return absl::StrCat(t.row_dim, " \\ ", t.col_dim); }
@@ -192,20 +314,41 @@ std::string CsvField(const std::string& s) {
 
 absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& format) {
   std::string out;
-  const std::string caption =
-      absl::StrCat(t.metric, t.delta.empty() ? "" : absl::StrCat(" (difference from ", t.delta, ")"));
+  const std::string caption = Caption(t);
   if (format == "md") {
-    out = absl::StrCat("| ", MdEscape(Corner(t)), " |");
-    for (const std::string& c : t.cols) absl::StrAppend(&out, " ", MdEscape(c), " |");
-    absl::StrAppend(&out, "\n|---|");
-    for (size_t c = 0; c < t.cols.size(); ++c) absl::StrAppend(&out, "---:|");
-    absl::StrAppend(&out, "\n");
+    // Columns padded to their widest cell, so the table also reads aligned in a terminal.
+    std::vector<std::vector<std::string>> grid;
+    grid.push_back({MdEscape(Corner(t))});
+    for (const std::string& c : t.cols) grid[0].push_back(MdEscape(c));
     for (size_t r = 0; r < t.rows.size(); ++r) {
-      absl::StrAppend(&out, "| ", MdEscape(t.rows[r]), " |");
-      for (size_t c = 0; c < t.cols.size(); ++c) {
-        absl::StrAppend(&out, " ", Num(t.cells[r][c], t.is_delta[r][c]), " |");
+      grid.push_back({MdEscape(t.rows[r])});
+      for (size_t c = 0; c < t.cols.size(); ++c) grid.back().push_back(CellText(t, r, c));
+    }
+    auto width = [](const std::string& s) {  // display columns: count UTF-8 lead bytes
+      size_t w = 0;
+      for (unsigned char ch : s) w += (ch & 0xC0) != 0x80;
+      return w;
+    };
+    std::vector<size_t> w(t.cols.size() + 1, 3);
+    for (const auto& row : grid) {
+      for (size_t c = 0; c < row.size(); ++c) w[c] = std::max(w[c], width(row[c]));
+    }
+    for (size_t r = 0; r < grid.size(); ++r) {
+      out += "|";
+      for (size_t c = 0; c < grid[r].size(); ++c) {
+        const std::string pad(w[c] - width(grid[r][c]), ' ');
+        out += c == 0 ? absl::StrCat(" ", grid[r][c], pad, " |")
+                      : absl::StrCat(" ", pad, grid[r][c], " |");
       }
-      absl::StrAppend(&out, "\n");
+      out += "\n";
+      if (r == 0) {
+        out += "|";
+        for (size_t c = 0; c < w.size(); ++c) {
+          out += absl::StrCat(" ", std::string(w[c] - (c == 0 ? 0 : 1), '-'),
+                              c == 0 ? "" : ":", " |");
+        }
+        out += "\n";
+      }
     }
     absl::StrAppend(&out, "\n", caption, "\n");
     return out;
@@ -217,7 +360,7 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
     for (size_t r = 0; r < t.rows.size(); ++r) {
       absl::StrAppend(&out, CsvField(t.rows[r]));
       for (size_t c = 0; c < t.cols.size(); ++c) {
-        absl::StrAppend(&out, ",", Num(t.cells[r][c], t.is_delta[r][c]));
+        absl::StrAppend(&out, ",", CsvField(CellText(t, r, c)));
       }
       absl::StrAppend(&out, "\n");
     }
@@ -231,8 +374,8 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
     for (size_t r = 0; r < t.rows.size(); ++r) {
       absl::StrAppend(&out, LatexEscape(t.rows[r]));
       for (size_t c = 0; c < t.cols.size(); ++c) {
-        const std::string v = Num(t.cells[r][c], t.is_delta[r][c]);
-        absl::StrAppend(&out, " & ", v.empty() ? "--" : v);
+        const std::string v = CellText(t, r, c);
+        absl::StrAppend(&out, " & ", v.empty() ? "--" : LatexEscape(v));
       }
       absl::StrAppend(&out, " \\\\\n");
     }
@@ -241,16 +384,41 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
   }
   if (format == "json") {
     nlohmann::json cells = nlohmann::json::array();
-    for (const auto& row : t.cells) {
-      nlohmann::json r = nlohmann::json::array();
-      for (const auto& v : row) r.push_back(v ? nlohmann::json(*v) : nlohmann::json(nullptr));
-      cells.push_back(r);
+    nlohmann::json details = nlohmann::json::array();
+    for (size_t r = 0; r < t.rows.size(); ++r) {
+      nlohmann::json row = nlohmann::json::array();
+      nlohmann::json drow = nlohmann::json::array();
+      for (size_t c = 0; c < t.cols.size(); ++c) {
+        const auto& v = t.cells[r][c];
+        row.push_back(v ? nlohmann::json(*v) : nlohmann::json(nullptr));
+        nlohmann::json d = nlohmann::json::object();
+        if (t.seed_sd[r][c]) {
+          d["seed_sd"] = *t.seed_sd[r][c];
+          d["seeds"] = t.seeds[r][c];
+        }
+        if (const auto& cmp = t.compared[r][c]) {
+          d["value"] = cmp->a;
+          d["baseline"] = cmp->base;
+          d["diff"] = cmp->diff;
+          d["diff_ci"] = {cmp->diff_ci.lo, cmp->diff_ci.hi};
+          d["ratio"] = cmp->ratio;
+          d["ratio_ci"] = {cmp->ratio_ci.lo, cmp->ratio_ci.hi};
+          d["significant"] = cmp->significant;
+          d["level"] = cmp->level;
+          d["resamples"] = cmp->resamples;
+          d["seed"] = cmp->seed;
+        }
+        drow.push_back(d);
+      }
+      cells.push_back(row);
+      details.push_back(drow);
     }
     nlohmann::json j = {{"rows_dim", t.row_dim}, {"cols_dim", t.col_dim},
                         {"metric", t.metric},    {"delta", t.delta.empty() ? nlohmann::json(nullptr)
                                                                            : nlohmann::json(t.delta)},
                         {"rows", t.rows},        {"cols", t.cols},
-                        {"cells", cells}};
+                        {"cells", cells},        {"details", details},
+                        {"notes", t.notes}};
     return j.dump(2) + "\n";
   }
   return absl::InvalidArgumentError(

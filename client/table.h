@@ -6,8 +6,14 @@
 //           bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
 //           fraction_total, fraction_of_native, cache_bytes, ...) or a timing field (wall_s).
 //   delta = a column value (usually the method `none`): every other cell shows its difference
-//           from that column's cell in the same row.
-// Formats: md, csv, latex (booktabs), json.
+//           from that column's cell in the same row, and — where both jobs carry per-document
+//           (or per-window) results on the same data — the ratio and paired-bootstrap intervals
+//           of both (stats/bootstrap.h; seeded, so the same table every time). A `*` marks a
+//           difference whose interval excludes zero.
+//   rows "auto": every label that varies among the jobs (model, task, kv_heads, dtype), joined;
+//   metric "auto": ppl for LAMBADA, token_ppl for the perplexity tasks.
+// Jobs that differ only in `seed` share a cell: their mean, ± the standard deviation across seeds.
+// Formats: md (columns aligned), csv, latex (booktabs), json (with every interval).
 #ifndef KVSWEEP_CLIENT_TABLE_H_
 #define KVSWEEP_CLIENT_TABLE_H_
 
@@ -18,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "stats/bootstrap.h"
 
 namespace kvsweep {
 
@@ -27,11 +34,14 @@ struct TableInput {
 };
 
 struct TableSpec {
-  std::string rows = "model";
+  std::string rows = "model";   // a dimension, or "auto"
   std::string cols = "method";
-  std::string metric = "ppl";
+  std::string metric = "ppl";   // a metric, or "auto"
   std::string delta;                                      // "" = none
   std::vector<std::pair<std::string, std::string>> where;  // label filters (key=value)
+  int resamples = kDefaultResamples;  // paired bootstrap (delta cells)
+  uint64_t seed = kDefaultSeed;
+  double level = 0.95;
 };
 
 struct Table {
@@ -39,6 +49,12 @@ struct Table {
   std::vector<std::string> rows, cols;
   std::vector<std::vector<std::optional<double>>> cells;  // [row][col]; after delta
   std::vector<std::vector<bool>> is_delta;                // cell shows a difference
+  // [row][col]: several seeds in the cell: their standard deviation and count.
+  std::vector<std::vector<std::optional<double>>> seed_sd;
+  std::vector<std::vector<int>> seeds;
+  // [row][col]: delta cells whose jobs carry per-unit results on the same data.
+  std::vector<std::vector<std::optional<PairedComparison>>> compared;
+  std::vector<std::string> notes;  // why some cells have no interval
 };
 
 // Label keys a table can pivot on.

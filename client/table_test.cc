@@ -1,5 +1,7 @@
 #include "client/table.h"
 
+#include <cmath>
+
 #include "client/progress.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,9 +34,12 @@ TEST(TableTest, PivotsInFirstSeenOrder) {
   EXPECT_EQ(t->cols, (std::vector<std::string>{"none", "int4"}));
   EXPECT_EQ(*t->cells[0][1], 101.5);
   EXPECT_FALSE(t->cells[1][1].has_value());  // not done yet
+  // Columns aligned: names left, numbers right.
   EXPECT_EQ(*FormatTable(*t, "md"),
-            "| model \\ method | none | int4 |\n|---|---:|---:|\n| llama | 100 | 101.5 |\n"
-            "| gpt2 | 50 |  |\n\nppl\n");
+            "| model \\ method | none |  int4 |\n"
+            "| -------------- | ---: | ----: |\n"
+            "| llama          |  100 | 101.5 |\n"
+            "| gpt2           |   50 |       |\n\nppl\n");
   EXPECT_EQ(*FormatTable(*t, "csv"), "model \\ method,none,int4\nllama,100,101.5\ngpt2,50,\n");
 }
 
@@ -46,7 +51,8 @@ TEST(TableTest, DeltaAgainstAColumn) {
   EXPECT_DOUBLE_EQ(*t->cells[0][1], 1.5);
   EXPECT_EQ(*t->cells[0][0], 100);
   std::string md = *FormatTable(*t, "md");
-  EXPECT_THAT(md, HasSubstr("| llama | 100 | +1.5 |"));
+  EXPECT_THAT(md, HasSubstr("| llama          |  100 | +1.5 |"));
+  EXPECT_THAT(md, HasSubstr("no interval where a result has no per-unit values"));
   EXPECT_THAT(md, HasSubstr("ppl (difference from none)"));
   s.delta = "fp8";
   EXPECT_THAT(std::string(BuildTable(Inputs(), s).status().message()),
@@ -120,4 +126,94 @@ TEST(ProgressTest, RendersCountsAndEta) {
 }
 
 }  // namespace
+EvalUnits Docs(double shift, int n) {
+  EvalUnits u;
+  u.kind = "document";
+  for (int i = 0; i < n; ++i) {
+    u.loglik.push_back(-1.0 - (i % 5) * 0.4 + shift);
+    u.greedy.push_back(i % 4 == 0);
+    u.tokens.push_back(1 + i % 3);
+  }
+  return u;
+}
+
+TableInput WithUnits(const std::string& model, const std::string& method, const EvalUnits& u,
+                     const std::string& seed = "") {
+  TableInput t;
+  t.labels = {{"model", model}, {"method", method}, {"kv_heads", 2}};
+  if (!seed.empty()) t.labels["seed"] = seed;
+  nlohmann::json m = {{"ppl", *UnitMetric(u, "ppl", nullptr)},
+                      {"acc", *UnitMetric(u, "acc", nullptr)},
+                      {"units", u.ToJson()}};
+  t.result = nlohmann::json{{"metrics", {{"lambada_openai", m}}}};
+  return t;
+}
+
+// Differences from the baseline column carry a paired-bootstrap interval and ratio when both
+// results have per-document values; a clear shift is marked significant, no shift is not.
+TEST(TableTest, DeltaCellsCarryPairedBootstrapIntervals) {
+  std::vector<TableInput> in = {WithUnits("llama", "none", Docs(0, 300)),
+                                WithUnits("llama", "int4", Docs(-0.02, 300)),
+                                WithUnits("llama", "same", Docs(0, 300))};
+  TableSpec s;
+  s.delta = "none";
+  auto t = BuildTable(in, s);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE(t->compared[0][1].has_value());
+  const PairedComparison& c = *t->compared[0][1];
+  EXPECT_GT(c.diff, 0);
+  EXPECT_TRUE(c.significant);
+  EXPECT_LE(c.diff_ci.lo, c.diff);
+  EXPECT_GE(c.diff_ci.hi, c.diff);
+  EXPECT_NEAR(c.ratio, std::exp(0.02), 1e-9);
+  ASSERT_TRUE(t->compared[0][2].has_value());
+  EXPECT_FALSE(t->compared[0][2]->significant);
+  EXPECT_FALSE(t->compared[0][0].has_value());  // the baseline itself
+  const std::string md = *FormatTable(*t, "md");
+  EXPECT_THAT(md, HasSubstr(" *"));
+  EXPECT_THAT(md, HasSubstr("95% paired-bootstrap interval"));
+  nlohmann::json j = nlohmann::json::parse(*FormatTable(*t, "json"));
+  EXPECT_TRUE(j["details"][0][1]["significant"].get<bool>());
+  EXPECT_EQ(j["details"][0][1]["resamples"], 1000);
+  // The same seed gives the same interval; another seed another one.
+  auto again = BuildTable(in, s);
+  EXPECT_EQ(again->compared[0][1]->diff_ci.lo, c.diff_ci.lo);
+  s.seed = 7;
+  auto other = BuildTable(in, s);
+  EXPECT_NE(other->compared[0][1]->diff_ci.lo, c.diff_ci.lo);
+  // Different documents: no interval, and the table says why.
+  in.push_back(WithUnits("gpt2", "none", Docs(0, 300)));
+  in.push_back(WithUnits("gpt2", "int4", Docs(0, 200)));
+  s.seed = kDefaultSeed;
+  auto mixed = BuildTable(in, s);
+  ASSERT_TRUE(mixed.ok());
+  EXPECT_FALSE(mixed->compared[1][1].has_value());
+  EXPECT_THAT(*FormatTable(*mixed, "md"), HasSubstr("not the same documents (200 vs 300)"));
+}
+
+TEST(TableTest, SeedsAggregateAndAutoLayoutWorksOnAnySweep) {
+  std::vector<TableInput> in = {WithUnits("llama", "rank", Docs(0, 50), "1"),
+                                WithUnits("llama", "rank", Docs(-0.1, 50), "2"),
+                                WithUnits("llama", "none", Docs(0, 50))};
+  TableInput wiki;
+  wiki.labels = {{"model", "llama"}, {"method", "none"}, {"kv_heads", 2}, {"task", "wikitext"}};
+  wiki.result = nlohmann::json{{"metrics", {{"wikitext", {{"token_ppl", 30.0}}}}}};
+  in.push_back(wiki);
+  for (auto& i : in) {
+    if (!i.labels.contains("task")) i.labels["task"] = "lambada_openai";
+  }
+  TableSpec s;
+  s.rows = "auto";
+  s.metric = "auto";
+  auto t = BuildTable(in, s);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->row_dim, "task");
+  EXPECT_EQ(t->rows, (std::vector<std::string>{"lambada_openai", "wikitext"}));
+  EXPECT_EQ(t->seeds[0][0], 2);
+  ASSERT_TRUE(t->seed_sd[0][0].has_value());
+  EXPECT_GT(*t->seed_sd[0][0], 0);
+  EXPECT_EQ(*t->cells[1][1], 30.0);  // token_ppl for the text task
+  EXPECT_THAT(*FormatTable(*t, "md"), HasSubstr("(2 seeds)"));
+}
+
 }  // namespace kvsweep

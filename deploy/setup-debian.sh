@@ -11,6 +11,7 @@ pkgs=(
   nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libcli11-dev
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)
   clang-14 libclang-rt-14-dev                # fuzz targets: libFuzzer + sanitizers (make fuzz)
+  python3-numpy                              # independent check of the table's bootstrap intervals
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 
@@ -181,6 +182,66 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   EXPECT_THAT(berr, HasSubstr("needs the kvsweep test assets"));
   EXPECT_THAT(berr, HasSubstr("no-assets-here"));
   EXPECT_EQ(std::count(berr.begin(), berr.end(), '\n'), 1) << berr;
+}
+
+// The intervals `kvsweep table --delta` prints are recomputed independently, in numpy, from the
+// per-document and per-window values stored with the results (tools/stats/paired_bootstrap.py),
+// on a real sweep: ref-llama, LAMBADA (200 documents) and WikiText (first 200 lines, W = 128).
+TEST(RealSweepTest, TableIntervalsMatchAnIndependentNumpyComputation) {
+  if (!kEngine) GTEST_SKIP() << "needs the engine (per-document results)";
+  if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "needs /usr/bin/python3 with numpy (Debian python3-numpy; deploy/setup-debian.sh)";
+  }
+  Harness h("numpy_check");
+  h.StartCoordinator();
+  std::string wiki;
+  {
+    std::ifstream in(AssetsDir() + "/data/wikitext-2/wiki.test.raw");
+    std::string line;
+    for (int i = 0; i < 200 && std::getline(in, line); ++i) wiki += line + "\n";
+  }
+  const std::string wiki_path = h.WriteFile("wiki200.raw", wiki);
+  const std::string yaml = h.WriteFile(
+      "s.yaml", absl::StrCat("name: ci\nmodels:\n  - {name: ref-llama, path: ", AssetsDir(),
+                             "/models/ref-llama}\ntasks:\n  - {task: lambada_openai, data: ",
+                             AssetsDir(), "/data/lambada_openai/lambada_test.jsonl, limit: 200}\n",
+                             "  - {task: wikitext, data: ", wiki_path, ", window: 128}\n",
+                             "methods: [none, \"quant:bits=2,group=32\", \"quant:bits=8\"]\n"));
+  h.Submit(yaml);
+  Harness::WorkerFlags f;
+  h.StartWorker(f);
+  h.StartWorker(f);
+  ASSERT_TRUE(h.WaitFinished("ci", std::chrono::seconds(900)));
+  ASSERT_EQ(h.Sweep("ci").count(JobState::kDone), 6);
+  CommandResult table = h.Cli({"table", "ci", "--delta", "none", "--format", "json"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  CommandResult md = h.Cli({"table", "ci", "--delta", "none"});
+  ASSERT_EQ(md.exit_code, 0) << md.err;
+  std::cout << md.out;
+  // bits=2 is clearly worse than none on both tasks: its intervals exclude zero.
+  nlohmann::json t = nlohmann::json::parse(table.out);
+  ASSERT_EQ(t["rows"].size(), 2u) << table.out;
+  int significant = 0;
+  for (const auto& row : t["details"]) {
+    for (const auto& d : row) significant += d.value("significant", false) ? 1 : 0;
+  }
+  EXPECT_GE(significant, 2) << md.out;
+  CommandResult exported = h.Cli({"export", "ci", "--format", "jsonl"});
+  ASSERT_EQ(exported.exit_code, 0) << exported.err;
+  const std::string table_path = h.WriteFile("table.json", table.out);
+  const std::string export_path = h.WriteFile("export.jsonl", exported.out);
+  const std::string script =
+      std::string(__FILE__).substr(0, std::string(__FILE__).rfind("/tests/")) +
+      "/tools/stats/paired_bootstrap.py";
+  Subprocess::Options o;
+  o.stdout_path = o.stderr_path = absl::StrCat(h.dir(), "/numpy.log");
+  auto p = Subprocess::Spawn({"/usr/bin/python3", script, export_path, table_path}, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  std::optional<int> st = (*p)->Wait(std::chrono::seconds(300));
+  const std::string log = ReadFile(o.stdout_path).value_or("");
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << log;
+  EXPECT_THAT(log, HasSubstr("4 intervals checked, 0 disagree"));
 }
 
 }  // namespace

@@ -66,6 +66,12 @@ std::string TextSummary(const nlohmann::json& r) {
                          spec["kv_heads"].get<int>());
   for (auto it = r["metrics"].begin(); it != r["metrics"].end(); ++it) {
     for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+      if (m.key() == "units") {  // per-document/window values: in --format json
+        out += absl::StrFormat("  %-14s %s %ss (per-unit values in --format json)\n", "units",
+                               m.value().value("n", nlohmann::json(0)).dump(),
+                               m.value().value("kind", std::string("unit")));
+        continue;
+      }
       out += absl::StrFormat("  %-14s %s\n", m.key(), m.value().dump());
     }
   }

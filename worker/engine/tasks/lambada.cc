@@ -9,6 +9,8 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
+#include "stats/bootstrap.h"
+#include "stats/eval_units.h"
 #include "worker/engine/tasks/task.h"
 
 namespace kvsweep::engine {
@@ -83,6 +85,7 @@ class LambadaTask final : public Task {
       r.input.assign(all.begin() + start, all.end() - 1);
       r.cont = std::move(cont_ids);
       if (r.cont.size() > r.input.size()) r.cont.erase(r.cont.begin(), r.cont.end() - r.input.size());
+      cont_tokens_.push_back(static_cast<int32_t>(r.cont.size()));
       reqs.push_back(std::move(r));
     }
     return reqs;
@@ -91,14 +94,32 @@ class LambadaTask final : public Task {
   nlohmann::json Metrics(const std::vector<ScoreResult>& results) const override {
     double sum = 0;
     int64_t hits = 0;
+    EvalUnits units;
+    units.kind = "document";
+    std::vector<double> hit;
     for (const ScoreResult& r : results) {
       sum += r.loglik;
       hits += r.greedy;
+      units.loglik.push_back(r.loglik);
+      units.greedy.push_back(r.greedy ? 1 : 0);
+      hit.push_back(r.greedy ? 1.0 : 0.0);
     }
+    units.tokens = cont_tokens_;
     const double n = results.size();
-    return {{"acc", hits / n}, {"ppl", std::exp(-sum / n)}, {"loglik_sum", sum},
-            {"n", static_cast<int64_t>(results.size())}};
+    // Standard errors as lm-eval computes them: acc's is the sample mean's (n - 1), ppl's a
+    // bootstrap over documents.
+    nlohmann::json m = {{"acc", hits / n},
+                        {"acc_stderr", MeanStderr(hit)},
+                        {"ppl", std::exp(-sum / n)},
+                        {"loglik_sum", sum},
+                        {"n", static_cast<int64_t>(results.size())}};
+    if (std::optional<double> se = BootstrapStderr(units, "ppl")) m["ppl_stderr"] = *se;
+    m["units"] = units.ToJson();
+    return m;
   }
+
+ private:
+  std::vector<int32_t> cont_tokens_;  // scored tokens per document
 };
 
 }  // namespace

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "stats/bootstrap.h"
+#include "stats/eval_units.h"
 #include "worker/engine/tasks/task.h"
 
 namespace kvsweep::engine {
@@ -35,25 +37,45 @@ class RollingTextTask final : public Task {
     tokens_ = ids->size();
     words_ = CountWords(*text);
     bytes_ = text->size();
-    return RollingWindows(*ids, in.prefix_id, in.window, in.context);
+    std::vector<ScoreRequest> reqs = RollingWindows(*ids, in.prefix_id, in.window, in.context);
+    window_tokens_.clear();
+    for (const ScoreRequest& r : reqs) window_tokens_.push_back(static_cast<int32_t>(r.cont.size()));
+    return reqs;
   }
 
   nlohmann::json Metrics(const std::vector<ScoreResult>& results) const override {
     double ll = 0;
-    for (const ScoreResult& r : results) ll += r.loglik;
-    return {{"token_ppl", std::exp(-ll / tokens_)},
-            {"word_ppl", words_ > 0 ? std::exp(-ll / words_) : NAN},
-            {"bits_per_byte", -ll / (bytes_ * std::log(2.0))},
-            {"loglik_sum", ll},
-            {"tokens", tokens_},
-            {"words", words_},
-            {"bytes", bytes_},
-            {"windows", static_cast<int64_t>(results.size())}};
+    EvalUnits units;
+    units.kind = "window";
+    units.total_words = words_;
+    units.total_bytes = bytes_;
+    units.tokens = window_tokens_;
+    for (const ScoreResult& r : results) {
+      ll += r.loglik;
+      units.loglik.push_back(r.loglik);
+    }
+    nlohmann::json m = {{"token_ppl", std::exp(-ll / tokens_)},
+                        {"word_ppl", words_ > 0 ? std::exp(-ll / words_) : NAN},
+                        {"bits_per_byte", -ll / (bytes_ * std::log(2.0))},
+                        {"loglik_sum", ll},
+                        {"tokens", tokens_},
+                        {"words", words_},
+                        {"bytes", bytes_},
+                        {"windows", static_cast<int64_t>(results.size())}};
+    // Bootstrap over windows (one window: no spread to measure, no stderr).
+    for (const char* metric : {"token_ppl", "word_ppl", "bits_per_byte"}) {
+      if (std::optional<double> se = BootstrapStderr(units, metric)) {
+        m[absl::StrCat(metric, "_stderr")] = *se;
+      }
+    }
+    m["units"] = units.ToJson();
+    return m;
   }
 
  private:
   const char* name_;
   int64_t tokens_ = 0, words_ = 0, bytes_ = 0;
+  std::vector<int32_t> window_tokens_;  // scored tokens per window
 };
 
 }  // namespace
