@@ -1,9 +1,9 @@
 #include "common/fingerprint.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -81,9 +81,22 @@ absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
       return it->get<std::string>();
     }
   }
+  // Hashing runs at a few hundred MiB/s: a multi-GiB shard takes many seconds on first sight,
+  // so say so (a coordinator expanding a sweep, a worker verifying its inputs).
+  const bool large = (*f)->size() >= (int64_t{1} << 30);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (large) {
+    KV_LOG(INFO) << "hashing " << path << " (" << (*f)->size() / double(1 << 30)
+                 << " GiB, first time at this size and mtime)";
+  }
   Sha256 h;
   h.Update((*f)->data(), (*f)->size());
   const std::string digest = h.HexDigest();
+  if (large) {
+    KV_LOG(INFO) << "hashed " << path << " in "
+                 << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
+                 << " s";
+  }
   MemoPut(key, digest);
   if (use_cache) {
     // Concurrent writers (threads or processes) may drop each other's entries: that only costs
@@ -94,64 +107,6 @@ absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
     if (!w.ok()) KV_LOG(DEBUG) << "hash cache not written: " << w.message();
   }
   return digest;
-}
-
-absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& model_path) {
-  if (!PathExists(model_path)) {
-    return absl::NotFoundError(absl::StrCat("model path '", model_path, "' does not exist"));
-  }
-  if (!IsDirectory(model_path)) return std::vector<std::string>{model_path};
-  std::vector<std::string> files;
-  const std::string config = JoinPath(model_path, "config.json");
-  if (!PathExists(config)) {
-    return absl::NotFoundError(absl::StrCat("model directory '", model_path, "' has no config.json"));
-  }
-  files.push_back(config);
-  std::vector<std::string> weights;
-  DIR* d = ::opendir(model_path.c_str());
-  if (d == nullptr) return ErrnoToStatus(errno, "list", model_path);
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (absl::EndsWith(name, ".safetensors") || name == "model.safetensors.index.json") {
-      weights.push_back(JoinPath(model_path, name));
-    }
-  }
-  ::closedir(d);
-  std::sort(weights.begin(), weights.end());
-  if (weights.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("model directory '", model_path, "' has no *.safetensors weights"));
-  }
-  files.insert(files.end(), weights.begin(), weights.end());
-  return files;
-}
-
-absl::StatusOr<std::vector<std::string>> TokenizerFiles(const std::string& model_path,
-                                                        const std::string& tokenizer_path) {
-  const std::string base = tokenizer_path.empty() ? model_path : tokenizer_path;
-  if (!PathExists(base)) {
-    return absl::NotFoundError(absl::StrCat("tokenizer path '", base, "' does not exist"));
-  }
-  if (!IsDirectory(base)) {
-    if (absl::EndsWith(base, "vocab.json")) {
-      std::string dir = base.substr(0, base.size() - std::string("vocab.json").size());
-      return std::vector<std::string>{base, JoinPath(dir, "merges.txt")};
-    }
-    return std::vector<std::string>{base};
-  }
-  for (const std::vector<std::string>& names :
-       {std::vector<std::string>{"tokenizer.json"},
-        std::vector<std::string>{"vocab.json", "merges.txt"},
-        std::vector<std::string>{"tokenizer.model"}}) {
-    std::vector<std::string> files;
-    for (const std::string& n : names) files.push_back(JoinPath(base, n));
-    if (std::all_of(files.begin(), files.end(), [](const std::string& f) { return PathExists(f); })) {
-      return files;
-    }
-  }
-  return absl::NotFoundError(absl::StrCat(
-      "no tokenizer in '", base,
-      "' (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model); pass --tokenizer"));
 }
 
 absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& files) {

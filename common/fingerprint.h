@@ -1,5 +1,5 @@
 // Content fingerprints that go into job identity: a model's config and weights, its tokenizer
-// files, data files. Whole-file sha256 of multi-GiB weights is cached on disk keyed by
+// files, data files (which files: common/input_files.h). Whole-file sha256 of multi-GiB weights is cached on disk keyed by
 // (real path, size, mtime), so resubmitting a sweep does not re-hash models.
 #ifndef KVSWEEP_COMMON_FINGERPRINT_H_
 #define KVSWEEP_COMMON_FINGERPRINT_H_
@@ -17,16 +17,6 @@ namespace kvsweep {
 // kFailedPrecondition "cannot read 'PATH': not a regular file (KIND)", found without blocking
 // (MappedFile::Open). Thread-safe; no lock is held while a file is opened or hashed.
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path);
-
-// Files that define a model's numbers: for a Hugging Face directory config.json, the
-// safetensors index (if any) and every *.safetensors file; for a llama2.c .bin, the file.
-// kNotFound if there is no config.json / no weights.
-absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& model_path);
-
-// The tokenizer files for `tokenizer_path` if non-empty, else those in the model directory:
-// tokenizer.json, else vocab.json + merges.txt, else tokenizer.model. kNotFound otherwise.
-absl::StatusOr<std::vector<std::string>> TokenizerFiles(const std::string& model_path,
-                                                        const std::string& tokenizer_path);
 
 // sha256 over "<basename>\0<file sha256>\n" for each file in order.
 absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& files);

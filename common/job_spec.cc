@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
+#include "common/input_files.h"
 #include "common/json_util.h"
 #include "common/method_spec.h"
 
@@ -77,6 +78,7 @@ nlohmann::json JobSpec::ToJson() const {
   j["head_dim"] = head_dim;
   j["num_layers"] = num_layers;
   if (calibration) j["calibration"]["path"] = calibration->path;
+  if (!input_sha256.empty()) j["inputs"] = input_sha256;
   return j;
 }
 
@@ -109,6 +111,9 @@ absl::StatusOr<JobSpec> JobSpec::FromJson(const nlohmann::json& j) {
                                       c.at("sha256").get<std::string>(),
                                       c.at("windows").get<int>(), c.at("window_len").get<int>()};
     }
+    if (j.contains("inputs")) {
+      s.input_sha256 = j.at("inputs").get<std::map<std::string, std::string>>();
+    }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("job spec JSON: ", e.what()));
   }
@@ -133,6 +138,10 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   if (req.max_window < 0) return Invalid("max_window", absl::StrCat(req.max_window, " is negative"));
   if (req.kv_heads < 0) return Invalid("kv_heads", absl::StrCat(req.kv_heads, " is negative"));
 
+  // The files first: with a path policy, nothing (config.json included) is opened before every
+  // file of the model has passed it.
+  absl::StatusOr<ModelFiles> mf = ResolveModelFiles(req.model_path, req.path_policy);
+  if (!mf.ok()) return mf.status();
   absl::StatusOr<ModelConfig> cfg = ReadModelConfig(req.model_path);
   if (!cfg.ok()) return cfg.status();
   s.model_path = req.model_path;
@@ -179,6 +188,11 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   if (rm->needs_calibration()) {
     CalibrationSpec c;
     c.path = req.calibration_path.empty() ? DefaultCalibrationPath() : req.calibration_path;
+    if (req.path_policy != nullptr) {
+      if (absl::Status a = req.path_policy->Check(c.path); !a.ok()) {
+        return absl::Status(a.code(), absl::StrCat("calibration: ", a.message()));
+      }
+    }
     if (!PathExists(c.path)) {
       return absl::NotFoundError(absl::StrCat(
           "calibration: method '", s.method, "' needs a calibration text and '", c.path,
@@ -195,21 +209,34 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     s.calibration = c;
   }
 
-  // Fingerprints.
-  absl::StatusOr<std::vector<std::string>> mf = ModelFiles(req.model_path);
-  if (!mf.ok()) return mf.status();
-  absl::StatusOr<std::string> mh = FilesFingerprint(*mf);
+  // Fingerprints: exactly the files the engine's loaders read (common/input_files.h).
+  absl::StatusOr<std::string> mh = FilesFingerprint(mf->All());
   if (!mh.ok()) return mh.status();
   s.model_sha256 = *mh;
   s.tokenizer_path = req.tokenizer_path;
   if (cfg->arch == Arch::kLlama2c && req.tokenizer_path.empty()) {
     return Invalid("tokenizer", "a llama2.c model needs --tokenizer tok*.bin");
   }
-  absl::StatusOr<std::vector<std::string>> tf = TokenizerFiles(req.model_path, req.tokenizer_path);
+  absl::StatusOr<TokenizerFiles> tf = ResolveTokenizerFiles(
+      req.tokenizer_path.empty() ? req.model_path : req.tokenizer_path, req.path_policy);
   if (!tf.ok()) return tf.status();
-  absl::StatusOr<std::string> th = FilesFingerprint(*tf);
+  absl::StatusOr<std::string> th = FilesFingerprint(tf->All());
   if (!th.ok()) return th.status();
   s.tokenizer_sha256 = *th;
+  // Per-file hashes (memoized by FilesFingerprint: no second read).
+  std::vector<std::string> inputs = mf->All();
+  for (const std::string& f : tf->All()) inputs.push_back(f);
+  for (const std::string& f : inputs) {
+    absl::StatusOr<std::string> h = FileSha256Cached(f);
+    if (!h.ok()) return h.status();
+    s.input_sha256[f] = *h;
+  }
+  if (s.calibration) s.input_sha256[s.calibration->path] = s.calibration->sha256;
+  if (req.path_policy != nullptr) {
+    if (absl::Status a = req.path_policy->Check(req.data_path); !a.ok()) {
+      return absl::Status(a.code(), absl::StrCat("data: ", a.message()));
+    }
+  }
   if (!PathExists(req.data_path)) {
     return absl::NotFoundError(absl::StrCat("data: '", req.data_path, "' does not exist"));
   }
@@ -220,7 +247,76 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   absl::StatusOr<std::string> dh = FileSha256Cached(req.data_path);
   if (!dh.ok()) return dh.status();
   s.data_sha256 = *dh;
+  s.input_sha256[s.data_path] = s.data_sha256;
   return s;
+}
+
+namespace {
+
+absl::Status Changed(const std::string& path) {
+  return absl::FailedPreconditionError(absl::StrCat("input changed since submit: ", path));
+}
+
+// Hashes `files`; the first whose hash differs from the spec's record of it is the one named.
+// Then the aggregate must equal `want` (a file added to or dropped from the set changes only
+// that), else `whole` is named.
+absl::Status VerifyFileSet(const JobSpec& spec, const std::vector<std::string>& files,
+                           const std::string& want, const std::string& whole) {
+  for (const std::string& f : files) {
+    absl::StatusOr<std::string> h = FileSha256Cached(f);
+    if (!h.ok()) {
+      if (h.status().code() == absl::StatusCode::kNotFound) return Changed(f);
+      return h.status();
+    }
+    auto it = spec.input_sha256.find(f);
+    if (it != spec.input_sha256.end() && it->second != *h) return Changed(f);
+  }
+  absl::StatusOr<std::string> agg = FilesFingerprint(files);
+  if (!agg.ok()) return agg.status();
+  if (*agg != want) {
+    for (const std::string& f : files) {
+      if (spec.input_sha256.count(f) == 0) return Changed(f);
+    }
+    return Changed(whole);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyOneFile(const std::string& path, const std::string& want) {
+  absl::StatusOr<std::string> h = FileSha256Cached(path);
+  if (!h.ok()) {
+    if (h.status().code() == absl::StatusCode::kNotFound) return Changed(path);
+    return h.status();
+  }
+  return *h == want ? absl::OkStatus() : Changed(path);
+}
+
+}  // namespace
+
+absl::Status VerifyJobInputs(const JobSpec& spec) {
+  absl::StatusOr<ModelFiles> mf = ResolveModelFiles(spec.model_path);
+  if (!mf.ok()) {
+    if (mf.status().code() == absl::StatusCode::kNotFound) return Changed(spec.model_path);
+    return mf.status();
+  }
+  if (absl::Status s = VerifyFileSet(spec, mf->All(), spec.model_sha256, spec.model_path);
+      !s.ok()) {
+    return s;
+  }
+  const std::string tok = spec.tokenizer_path.empty() ? spec.model_path : spec.tokenizer_path;
+  absl::StatusOr<TokenizerFiles> tf = ResolveTokenizerFiles(tok);
+  if (!tf.ok()) {
+    if (tf.status().code() == absl::StatusCode::kNotFound) return Changed(tok);
+    return tf.status();
+  }
+  if (absl::Status s = VerifyFileSet(spec, tf->All(), spec.tokenizer_sha256, tok); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = VerifyOneFile(spec.data_path, spec.data_sha256); !s.ok()) return s;
+  if (spec.calibration) {
+    return VerifyOneFile(spec.calibration->path, spec.calibration->sha256);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvsweep

@@ -8,11 +8,13 @@
 #ifndef KVSWEEP_COMMON_JOB_SPEC_H_
 #define KVSWEEP_COMMON_JOB_SPEC_H_
 
+#include <map>
 #include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "common/path_policy.h"
 #include "nlohmann/json.hpp"
 
 namespace kvsweep {
@@ -37,6 +39,9 @@ struct JobRequest {
   int calibration_windows = 16;
   int calibration_len = 512;
   bool diagnostics = false;
+  // If set, every path (model, tokenizer, data, calibration, and each file of the model and
+  // tokenizer) must pass it before it is opened (the coordinator's --allow-path roots).
+  const PathPolicy* path_policy = nullptr;
 };
 
 struct CalibrationSpec {
@@ -67,6 +72,11 @@ struct JobSpec {
   std::optional<CalibrationSpec> calibration;
   bool diagnostics = false;
   std::string engine_version = kEngineVersion;
+  // sha256 of each input file at resolve time (model and tokenizer files as listed by
+  // common/input_files.h, data, calibration), by path. Not part of the identity (the aggregate
+  // hashes above are); lets the worker name the file that changed. Empty in specs written
+  // before it existed.
+  std::map<std::string, std::string> input_sha256;
 
   // Everything that changes the number, and nothing else.
   nlohmann::json IdentityJson() const;
@@ -86,6 +96,14 @@ std::string UnknownTaskMessage(const std::string& task);
 // Validates and resolves a request (see file comment). Errors are kInvalidArgument or
 // kNotFound with a one-line message naming the offending field or path.
 absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req);
+
+// Checks, before a job is evaluated, that its input files still hash to what the spec says
+// (model and tokenizer files re-resolved from their paths, data, calibration). Unchanged files
+// cost a stat: hashes are cached per (real path, size, mtime) (FileSha256Cached). A file that
+// changed, appeared, or vanished since the spec was resolved is kFailedPrecondition with exactly
+// "input changed since submit: PATH" (PATH: the file, or the model/tokenizer path when only the
+// set of files changed). Other I/O errors are returned as they are.
+absl::Status VerifyJobInputs(const JobSpec& spec);
 
 // $KVSWEEP_ASSETS or "../shared/assets".
 std::string AssetsDir();

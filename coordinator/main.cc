@@ -4,7 +4,7 @@
 //       [--tls-cert F --tls-key F [--tls-client-ca F]] [--token-file F]
 //       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
-//       [--max-attempts-default ...] [--quarantine-after 3]
+//       [--max-attempts-default ...] [--quarantine-after 3] [--allow-path DIR]...
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
 // point loses nothing that was acknowledged (docs/protocol.md).
@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
                  "how long workers wait before asking again when there is no job")
       ->check(CLI::Range(10, 60000))
       ->capture_default_str();
+  app.add_option("--allow-path", o.service.allowed_paths,
+                 "a directory whose files sweeps may name (models, tokenizers, data, "
+                 "calibration); repeatable. Default: the submitted sweep file's directory. "
+                 "KVSWEEP_ASSETS is always allowed");
   app.add_option("--log-tag", log_level, "tag printed on every log line");
   try {
     app.parse(argc, argv);
@@ -88,6 +92,11 @@ int main(int argc, char** argv) {
     absl::StatusOr<std::string> t = ReadTokenFile(*file);
     if (!t.ok()) return Fail(std::string(t.status().message()));
     *token = *t;
+  }
+
+  for (std::string& p : o.service.allowed_paths) {
+    if (!IsDirectory(p)) return Fail(absl::StrCat("--allow-path: '", p, "' is not a directory"));
+    p = RealPath(p);
   }
 
   signal(SIGPIPE, SIG_IGN);

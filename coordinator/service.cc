@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/path_policy.h"
 #include "coordinator/sweep_spec.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
@@ -159,6 +160,7 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
   eo.base_dir = req->base_dir();
   eo.source_name = req->source_name().empty() ? "sweep" : req->source_name();
   eo.max_jobs = options_.max_jobs_per_sweep;
+  eo.allowed_roots = SweepPathRoots(options_.allowed_paths, req->base_dir());
   absl::StatusOr<ExpandedSweep> sweep = ExpandSweep(req->sweep_yaml(), eo);
   if (!sweep.ok()) return ToGrpc(sweep.status());
   resp->set_sweep(sweep->name);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/latency_histogram.h"
 #include "coordinator/scheduler.h"
@@ -21,6 +22,9 @@ struct ServiceOptions {
   BearerTokens tokens;  // who may call what (none: everyone, everything)
   int max_jobs_per_sweep = 200000;
   int query_timeout_ms = 10000;
+  // --allow-path roots for sweep paths (empty: the sweep file's directory); KVSWEEP_ASSETS is
+  // always allowed (common/path_policy.h SweepPathRoots).
+  std::vector<std::string> allowed_paths;
 };
 
 // SweepService: synchronous handlers (low rate; Watch blocks its thread while streaming).

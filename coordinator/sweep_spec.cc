@@ -16,9 +16,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/input_files.h"
 #include "common/ledger.h"
 #include "common/method_spec.h"
 #include "common/model_config.h"
+#include "common/path_policy.h"
 #include "yaml-cpp/yaml.h"
 
 namespace kvsweep {
@@ -97,7 +99,9 @@ const char* const kConstraintFields[] = {"r",        "bits",   "group",    "resi
 
 class Expander {
  public:
-  explicit Expander(const ExpandOptions& o) : o_(o) {}
+  explicit Expander(const ExpandOptions& o) : o_(o) {
+    if (!o.allowed_roots.empty()) policy_.emplace(o.allowed_roots);
+  }
 
   absl::StatusOr<ExpandedSweep> Run(absl::string_view text) {
     YAML::Node root;
@@ -274,6 +278,14 @@ class Expander {
     return out;
   }
 
+  // The path policy (ExpandOptions::allowed_roots), checked before a named path is opened.
+  absl::Status CheckAllowed(const YAML::Node& n, absl::string_view field,
+                            const std::string& resolved) const {
+    if (!policy_) return absl::OkStatus();
+    absl::Status a = policy_->Check(resolved);
+    return a.ok() ? a : Err(n, field, a.message());
+  }
+
   std::string Resolve(const std::string& p) const {
     if (!p.empty() && p[0] == '/') return p;
     std::string base = o_.base_dir;
@@ -331,6 +343,7 @@ class Expander {
         if (m["tokenizer"]) {
           KV_ASSIGN(e.tokenizer, Str(m["tokenizer"], path + ".tokenizer"));
           e.tokenizer = Resolve(e.tokenizer);
+          KV_CHECK(CheckAllowed(m["tokenizer"], path + ".tokenizer", e.tokenizer));
           if (!PathExists(e.tokenizer)) {
             return Err(m["tokenizer"], path + ".tokenizer",
                        absl::StrCat("'", e.tokenizer, "' does not exist"));
@@ -348,10 +361,17 @@ class Expander {
       }
       const YAML::Node at = m.IsMap() ? m["path"] : m;
       const std::string resolved = Resolve(e.path);
+      KV_CHECK(CheckAllowed(at, path + ".path", resolved));
       if (!PathExists(resolved)) {
         return Err(at, path + ".path", absl::StrCat("model path '", resolved, "' does not exist"));
       }
       e.path = RealPath(resolved);
+      if (policy_) {
+        // Every file the engine would read (config.json included) passes the policy before
+        // config.json is opened below.
+        absl::StatusOr<ModelFiles> files = ResolveModelFiles(e.path, &*policy_);
+        if (!files.ok()) return Err(at, path + ".path", files.status().message());
+      }
       absl::StatusOr<ModelConfig> cfg = ReadModelConfig(e.path);
       if (!cfg.ok()) return Err(at, path + ".path", cfg.status().message());
       e.config = *cfg;
@@ -388,6 +408,7 @@ class Expander {
       }
       KV_ASSIGN(std::string data, Str(t["data"], path + ".data"));
       e.data = Resolve(data);
+      KV_CHECK(CheckAllowed(t["data"], path + ".data", e.data));
       if (!PathExists(e.data)) {
         return Err(t["data"], path + ".data", absl::StrCat("data file '", e.data, "' does not exist"));
       }
@@ -513,6 +534,7 @@ class Expander {
     if (n["path"]) {
       KV_ASSIGN(std::string p, Str(n["path"], "calibration.path"));
       calibration_path_ = Resolve(p);
+      KV_CHECK(CheckAllowed(n["path"], "calibration.path", calibration_path_));
       if (!PathExists(calibration_path_)) {
         return Err(n["path"], "calibration.path",
                    absl::StrCat("'", calibration_path_, "' does not exist"));
@@ -815,6 +837,7 @@ class Expander {
       req.calibration_windows = calibration_windows_;
       req.calibration_len = calibration_len_;
       req.diagnostics = diagnostics_;
+      req.path_policy = policy_ ? &*policy_ : nullptr;
       absl::StatusOr<JobSpec> spec = ResolveJob(req);
       if (!spec.ok()) {
         return ErrAt(c.method->line, c.method->path,
@@ -858,6 +881,7 @@ class Expander {
 #undef KV_ASSIGN_I
 
   ExpandOptions o_;
+  std::optional<PathPolicy> policy_;
   SolverOptions solver_;
   std::vector<ModelEntry> models_;
   std::vector<TaskEntry> tasks_;

@@ -44,6 +44,13 @@ struct ExpandOptions {
   std::string base_dir;               // relative paths resolve against it ("" = cwd)
   std::string source_name = "sweep";  // error prefix, e.g. the file name
   int max_jobs = 200000;              // refuse sweeps that expand to more combinations
+  // Path policy (common/path_policy.h): when not empty, every path the sweep names (models,
+  // tokenizers, data, calibration) and every file of a model or tokenizer must lie, symlinks
+  // resolved, under one of these directories; checked before the file is opened or hashed,
+  // else "<source>:<line>: <field>: 'PATH' is outside the allowed paths (...); start the
+  // coordinator with --allow-path". Empty: no restriction (in-process callers such as
+  // `kvsweep demo`); the coordinator always sets it (SweepPathRoots).
+  std::vector<std::string> allowed_roots;
 };
 
 absl::StatusOr<ExpandedSweep> ExpandSweep(absl::string_view yaml_text,

@@ -26,44 +26,55 @@ std::vector<std::string> Checkpoint::Names() const {
 }
 
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
+  absl::StatusOr<ModelFiles> files = ResolveModelFiles(dir);
+  if (!files.ok()) return files.status();
+  return Open(dir, *files);
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir,
+                                                             const ModelFiles& files) {
   std::unique_ptr<Checkpoint> ck(new Checkpoint());
   ck->dir_ = dir;
-  const std::string index_path = JoinPath(dir, "model.safetensors.index.json");
-  const std::string single = JoinPath(dir, "model.safetensors");
+  const std::string& index_path = files.weights_index;
+  if (files.weights.empty()) {
+    return absl::NotFoundError(absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
+  }
+  // Shards by file name: the index names them relative to the directory.
+  std::map<std::string, std::string> shard_paths;
+  for (const std::string& w : files.weights) {
+    shard_paths[w.substr(w.find_last_of('/') + 1)] = w;
+  }
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> weight_map;
-  if (PathExists(index_path)) {
+  if (!index_path.empty()) {
     absl::StatusOr<nlohmann::json> idx = ReadJsonFile(index_path);
     if (!idx.ok()) return idx.status();
     if (!idx->is_object() || !idx->contains("weight_map") || !(*idx)["weight_map"].is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(index_path, ": no \"weight_map\" object"));
     }
-    std::set<std::string> shards;
     for (auto it = (*idx)["weight_map"].begin(); it != (*idx)["weight_map"].end(); ++it) {
       if (!it.value().is_string()) {
         return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", it.key(), "'] is not a file name"));
       }
       const std::string shard = it.value().get<std::string>();
-      if (shard.find('/') != std::string::npos || shard.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(index_path, ": shard name '", shard, "' is not a plain file name"));
+      // Only the resolved list is opened: an index that changed since it was resolved (and
+      // names another file) is refused, not followed.
+      if (shard_paths.count(shard) == 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            index_path, ": shard '", shard, "' is not among the resolved model files"));
       }
       weight_map[it.key()] = shard;
-      shards.insert(shard);
     }
-    shard_names.assign(shards.begin(), shards.end());
-  } else if (PathExists(single)) {
-    shard_names.push_back("model.safetensors");
-  } else if (PathExists(JoinPath(dir, "pytorch_model.bin"))) {
-    return absl::UnimplementedError(absl::StrCat(
-        dir, ": only safetensors weights are supported (found pytorch_model.bin); convert with "
-             "transformers' save_pretrained(safe_serialization=True)"));
+    for (const auto& [name, path] : shard_paths) shard_names.push_back(name);
   } else {
-    return absl::NotFoundError(absl::StrCat(
-        dir, ": no model.safetensors or model.safetensors.index.json"));
+    if (files.weights.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": several weight files without an index"));
+    }
+    shard_names.push_back(shard_paths.begin()->first);
   }
   std::map<std::string, const SafetensorsFile*> by_name;
   for (const std::string& s : shard_names) {
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(JoinPath(dir, s));
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(shard_paths[s]);
     if (!f.ok()) return f.status();
     by_name[s] = f->get();
     ck->files_.push_back(std::move(*f));

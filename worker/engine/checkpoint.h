@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/input_files.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/torch_util.h"
 
@@ -20,6 +21,11 @@ namespace kvsweep::engine {
 
 class Checkpoint {
  public:
+  // Opens exactly `files.weights` (and reads `files.weights_index` if set): the list that job
+  // identity hashes (ResolveModelFiles). `dir` is for messages.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir,
+                                                          const ModelFiles& files);
+  // ResolveModelFiles(dir), then the above.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
   Checkpoint(const Checkpoint&) = delete;
   Checkpoint& operator=(const Checkpoint&) = delete;

@@ -141,6 +141,10 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
   if (!task.ok()) return task.status();
 
+  // The inputs must be the bytes the job id names: a file edited after submit would otherwise
+  // be evaluated and its result stored (and later reused) under the old id. Unchanged files cost
+  // a stat (hashes cached per path, size and mtime).
+  if (absl::Status v = VerifyJobInputs(spec); !v.ok()) return v;
   absl::Status st = EnsureModel(spec, *device, *dtype);
   if (!st.ok()) return st;
   ResetPeakDeviceBytes(*device);  // peak over the job: weights plus everything it allocates

@@ -36,7 +36,7 @@ class Engine {
 
   // Runs `spec`. `progress` gets the fraction done and may return false to cancel.
   // Errors: kInvalidArgument / kNotFound (inputs that can never work), kFailedPrecondition
-  // (device unavailable), kCancelled, kResourceExhausted (out of memory), kInternal.
+  // (device unavailable, or "input changed since submit: PATH" from VerifyJobInputs), kCancelled, kResourceExhausted (out of memory), kInternal.
   absl::StatusOr<nlohmann::json> Run(const JobSpec& spec,
                                      const std::function<bool(double)>& progress);
 

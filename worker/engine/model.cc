@@ -144,7 +144,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
 }
 
 absl::Status Model::LoadHf(const std::string& dir) {
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ck_or = Checkpoint::Open(dir);
+  // The files job identity hashed, and no other (common/input_files.h).
+  absl::StatusOr<ModelFiles> files = ResolveModelFiles(dir);
+  if (!files.ok()) return files.status();
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ck_or = Checkpoint::Open(dir, *files);
   if (!ck_or.ok()) return ck_or.status();
   std::shared_ptr<Checkpoint> ck(std::move(*ck_or));
   keepalive_ = ck;

@@ -490,7 +490,7 @@ TEST_F(BadInputTest, MissingPath) {
 
 TEST_F(BadInputTest, DirectoryWithoutTokenizer) {
   Write("config.json", "{}");
-  ExpectError(LoadTokenizer(dir_), absl::StatusCode::kNotFound, "no tokenizer found");
+  ExpectError(LoadTokenizer(dir_), absl::StatusCode::kNotFound, "no tokenizer in");
 }
 
 TEST_F(BadInputTest, MalformedJson) {
