@@ -4,11 +4,12 @@
 #                 coordinator, and kvsweep-worker), then run a small sweep end to end
 #   make asan   - the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench  - the orchestration load benchmark (docs/orchestration-bench.md)
+#   make fuzz   - the fuzz targets under libFuzzer (clang-14, ASan + UBSan), FUZZ_SECONDS each
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup configure build test demo asan bench clean
+.PHONY: setup configure build test demo asan bench fuzz fuzz-smoke clean
 
 setup:
 	./deploy/setup-debian.sh
@@ -21,7 +22,9 @@ configure: setup $(BUILD)/CMakeCache.txt
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+# The fuzz targets run a few seconds each first (their own clang build in build-fuzz/); then
+# every test of the main build (the fuzz targets' seed and regression inputs included).
+test: build fuzz-smoke
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # Only what the demo runs: not the tests and benchmarks `build` compiles.
@@ -39,5 +42,20 @@ bench: build
 	$(BUILD)/bench/kvsweep_orchestration_bench --jobs 10000 --workers 200 --sleep-ms 50
 	$(BUILD)/bench/kvsweep_result_store_bench
 
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS = fuzz_method_spec fuzz_sweep_yaml fuzz_rpc fuzz_hf_tokenizer fuzz_spm_model \
+               fuzz_safetensors
+
+fuzz: setup
+	CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DKVSWEEP_FUZZ=ON -DKVSWEEP_WITH_TORCH=OFF -DKVSWEEP_BUILD_TESTS=OFF \
+	  -DKVSWEEP_BUILD_BENCH=OFF -DKVSWEEP_FUZZ_SECONDS=$(FUZZ_SECONDS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS)
+	cd $(FUZZ_BUILD) && ctest -L fuzz --output-on-failure -j $(JOBS)
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=5
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
