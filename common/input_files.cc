@@ -136,10 +136,14 @@ absl::StatusOr<TokenizerFiles> FromDirectory(const std::string& dir, const PathP
 }  // namespace
 
 std::vector<std::string> ModelFiles::All() const {
+  // config.json, then the index and the weights sorted together by path: the order model
+  // fingerprints have always used, so model_sha256 (and job ids) of existing checkpoints stay.
+  std::vector<std::string> rest = weights;
+  if (!weights_index.empty()) rest.push_back(weights_index);
+  std::sort(rest.begin(), rest.end());
   std::vector<std::string> out;
   if (!config.empty()) out.push_back(config);
-  if (!weights_index.empty()) out.push_back(weights_index);
-  out.insert(out.end(), weights.begin(), weights.end());
+  out.insert(out.end(), rest.begin(), rest.end());
   return out;
 }
 

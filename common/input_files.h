@@ -24,7 +24,8 @@ struct ModelFiles {
   std::string weights_index;         // <dir>/model.safetensors.index.json, or empty
   std::vector<std::string> weights;  // the shards the index names (sorted), model.safetensors,
                                      // or the llama2.c .bin itself
-  // config, index, weights: the order the identity hashes them in.
+  // config, then index and weights sorted by path: the order the identity hashes them in
+  // (unchanged from before this list existed, so existing model hashes stay valid).
   std::vector<std::string> All() const;
 };
 

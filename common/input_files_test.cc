@@ -76,9 +76,19 @@ TEST_F(InputFilesTest, ModelFilesAreConfigIndexAndTheShardsItNames) {
   absl::StatusOr<ModelFiles> m = ResolveModelFiles(d);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_THAT(m->All(), ElementsAre(JoinPath(d, "config.json"),
-                                    JoinPath(d, "model.safetensors.index.json"),
                                     JoinPath(d, "model-00001-of-00002.safetensors"),
-                                    JoinPath(d, "model-00002-of-00002.safetensors")));
+                                    JoinPath(d, "model-00002-of-00002.safetensors"),
+                                    JoinPath(d, "model.safetensors.index.json")));
+}
+
+// The model fingerprint keeps the file order it had before the resolver existed: existing
+// checkpoints keep their model_sha256 (only tokenizer_sha256 gained tokenizer_config.json).
+TEST_F(InputFilesTest, ModelHashOfExistingCheckpointsIsUnchanged) {
+  absl::StatusOr<ModelFiles> m = ResolveModelFiles(JoinPath(AssetsDir(), "models/ref-gpt2"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<std::string> h = FilesFingerprint(m->All());
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(*h, "9a8b63e2c935404cd9ec80cf5c7d40ac960adc2c583687a44d296660867a9731");
 }
 
 TEST_F(InputFilesTest, UnlistedFilesAreNotHashed) {
