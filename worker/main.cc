@@ -3,6 +3,7 @@
 //   kvsweep-worker --coordinator HOST:PORT --device cpu|cuda[:i] [--evaluator engine|fake]
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
+//       [--exit-when-idle SECONDS]
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
 //   kvsweep-worker generate ...                                   (greedy generation)
 //
@@ -92,6 +93,12 @@ int main(int argc, char** argv) {
                  "on SIGTERM, let the current job run this long before handing it back")
       ->check(CLI::Range(0, 86400000))
       ->capture_default_str();
+  int exit_when_idle_s = 0;
+  app.add_option("--exit-when-idle", exit_when_idle_s,
+                 "exit 0 (as drained) after this many seconds without a job (0: never); batch "
+                 "jobs such as Slurm arrays end this way once the queue drains")
+      ->check(CLI::Range(0, 31536000))
+      ->capture_default_str();
   app.add_option("--rpc-timeout-ms", o.rpc_timeout_ms, "deadline of each call")
       ->check(CLI::Range(100, 600000))
       ->capture_default_str();
@@ -115,6 +122,7 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);
     return Fail(e.what());
   }
+  o.exit_when_idle_ms = int64_t{exit_when_idle_s} * 1000;
   if (version) {
     std::cout << "kvsweep-worker 0.1.0 (engine: " << (kHaveEngine ? "yes" : "no") << ")\n";
     return 0;

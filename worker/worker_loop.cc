@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <thread>
@@ -323,6 +324,8 @@ absl::Status WorkerLoop::Run() {
     }
   } stop_heartbeat_thread{this};
   ReportSpooled();
+  // Start of the current run of "no job" answers (exit_when_idle_ms).
+  std::optional<std::chrono::steady_clock::time_point> idle_since;
   while (!draining_) {
     if (next_lease_) {
       v1::LeaseResponse lease = std::move(*next_lease_);
@@ -359,9 +362,22 @@ absl::Status WorkerLoop::Run() {
       continue;
     }
     if (!resp.has_job()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!idle_since) idle_since = now;
+      if (options_.exit_when_idle_ms > 0 &&
+          now - *idle_since >= std::chrono::milliseconds(options_.exit_when_idle_ms)) {
+        const std::string why = absl::StrCat(
+            "idle for ",
+            std::round(std::chrono::duration<double>(now - *idle_since).count() * 10) / 10,
+            " s, exiting");
+        Journal("idle", "", 0, why);
+        KV_LOG(INFO) << "worker " << worker_id_ << ": " << why;
+        break;
+      }
       SleepUnlessDraining(std::clamp(resp.retry_after_ms(), 10, 5000));
       continue;
     }
+    idle_since.reset();
     absl::Status js = RunJob(resp);
     if (!js.ok()) return js;
   }

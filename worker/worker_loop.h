@@ -8,6 +8,9 @@
 // - Drain (SIGTERM): take no new lease; finish the current job if it ends within the drain
 //   timeout, else stop it and hand it back (the job is requeued at once, no attempt used).
 //   A second request stops at once.
+// - Exit when idle (options.exit_when_idle_ms > 0): once every Lease answer for that long has
+//   been "no job" (steady clock, from the first empty answer after the last job), the worker
+//   exits as if drained. An unreachable coordinator is not idleness: it may come back with jobs.
 // - The coordinator being down is waited out with capped exponential backoff.
 // - Model affinity: each Lease advertises the model of the last job, so the coordinator can
 //   keep this worker (and the evaluator's loaded model and bases) on it.
@@ -70,6 +73,8 @@ struct WorkerOptions {
   std::string device = "cpu";
   std::string evaluator_name;    // reported to the coordinator ("engine", "fake")
   int drain_timeout_ms = 60000;  // on drain, let the current job run this long, then hand back
+  // Exit (as drained, Run returns OK) after this long without a job; 0 = never.
+  int64_t exit_when_idle_ms = 0;
   int rpc_timeout_ms = 10000;
   int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
   std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "coordinator/server.h"
 #include "coordinator/sweep_spec.h"
 #include "gmock/gmock.h"
@@ -242,6 +243,36 @@ TEST_F(WorkerLoopTest, DrainLetsAShortJobFinish) {
   EXPECT_EQ(loop.stats().leased, 1);  // no new lease after the drain request
   EXPECT_EQ(Info("short").count(JobState::kDone), 1);
   EXPECT_EQ(Info("short").count(JobState::kQueued), 1);
+}
+
+TEST_F(WorkerLoopTest, ExitsWhenIdleOnceTheQueueDrains) {
+  StartCoordinator();
+  ASSERT_TRUE(server_->scheduler()->Submit(Sweep("idle", 3), "", "").ok());
+  // Each job takes longer than the idle limit: time spent on a job is not idleness.
+  auto eval = NewFakeEvaluator({400});
+  WorkerOptions o = Options();
+  o.exit_when_idle_ms = 300;
+  o.journal_path = db_ + ".journal";
+  WorkerLoop loop(o, eval.get());
+  absl::Status result;
+  std::atomic<bool> returned{false};
+  std::thread t([&] {
+    result = loop.Run();
+    returned = true;
+  });
+  // Without the option the loop would wait for jobs forever (until drained).
+  const bool exited = WaitFor([&] { return returned.load(); });
+  if (!exited) loop.RequestDrain();
+  t.join();
+  ASSERT_TRUE(exited) << "the worker did not exit after 300 ms without a job";
+  EXPECT_TRUE(result.ok()) << result;
+  EXPECT_EQ(loop.stats().recorded, 3);
+  EXPECT_EQ(Info("idle").count(JobState::kDone), 3);
+  absl::StatusOr<std::string> journal = ReadFile(o.journal_path);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  EXPECT_THAT(*journal, HasSubstr(" idle - 0 idle for "));
+  EXPECT_THAT(*journal, HasSubstr(" s, exiting\n"));
+  EXPECT_THAT(*journal, HasSubstr(" drained - 0"));
 }
 
 TEST_F(WorkerLoopTest, WaitsForTheCoordinatorToComeUp) {
