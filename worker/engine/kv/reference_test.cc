@@ -263,9 +263,9 @@ struct Verdict {
   bool pass() const { return typical_ok && tail_ok && mean_ok && greedy_ok; }
   std::string Describe() const {
     std::ostringstream s;
-    s << "median |D|/(|Q|+f) " << median_ratio << (typical_ok ? "" : " > 0.5 FAIL") << ", beyond |Q|+f "
-      << tail_fraction << (tail_ok ? "" : " > 0.2 FAIL") << ", z " << z << (mean_ok ? "" : " > 5 FAIL")
-      << ", greedy differs in " << greedy_diff << (greedy_ok ? "" : " (in a document within fp32) FAIL")
+    s << "median |D|/(|Q|+f) " << median_ratio << (typical_ok ? "" : " FAIL (a)") << ", beyond |Q|+f "
+      << tail_fraction << (tail_ok ? "" : " FAIL (b)") << ", z " << z << (mean_ok ? "" : " FAIL (c)")
+      << ", greedy differs in " << greedy_diff << (greedy_ok ? "" : " FAIL (b: in a document within fp32)")
       << ", rel |sum D| " << rel_sum;
     return s.str();
   }
