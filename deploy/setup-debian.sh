@@ -12,6 +12,7 @@ pkgs=(
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)
   clang-14 libclang-rt-14-dev                # fuzz targets: libFuzzer + sanitizers (make fuzz)
   python3-numpy                              # independent check of the table's bootstrap intervals
+  slurm-wlm munge                            # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
 )
 missing=()
 for p in "${pkgs[@]}"; do
