@@ -30,6 +30,16 @@ constexpr int kMaxLayers = 1024;
 constexpr int kMaxVocab = 1 << 22;
 constexpr int kMaxPositions = 1 << 24;
 
+// What a bad value is, for an error message: numbers as themselves, anything else by its type
+// only (a config file may be any file a path names; its strings are never echoed).
+std::string Describe(const nlohmann::json& v) {
+  if (v.is_number() || v.is_boolean() || v.is_null()) return v.dump();
+  if (v.is_string()) return absl::StrCat("a string of ", v.get_ref<const std::string&>().size(),
+                                         " characters");
+  if (v.is_array()) return absl::StrCat("an array of ", v.size());
+  return "an object";
+}
+
 // Reads an integer key; `def` is used when absent or null (nullopt default: required).
 class Reader {
  public:
@@ -43,7 +53,7 @@ class Reader {
     }
     if (!it->is_number_integer() && !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>())) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what_, ": '", key, "' must be an integer, got ", it->dump()));
+          absl::StrCat(what_, ": '", key, "' must be an integer, got ", Describe(*it)));
     }
     const double v = it->get<double>();
     if (v < lo || v > hi) {
@@ -62,7 +72,7 @@ class Reader {
     }
     if (!it->is_number()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what_, ": '", key, "' must be a number, got ", it->dump()));
+          absl::StrCat(what_, ": '", key, "' must be a number, got ", Describe(*it)));
     }
     const double v = it->get<double>();
     if (!std::isfinite(v) || v < lo || v > hi) {
@@ -81,7 +91,7 @@ class Reader {
     if (it == j_.end() || it->is_null()) return def;
     if (!it->is_boolean()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what_, ": '", key, "' must be true or false, got ", it->dump()));
+          absl::StrCat(what_, ": '", key, "' must be true or false, got ", Describe(*it)));
     }
     return it->get<bool>();
   }
@@ -257,7 +267,7 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
           c.sliding_window[i] = 0;
         } else {
           return absl::InvalidArgumentError(
-              absl::StrCat(what, ": layer_types[", i, "] = ", lt[i].dump(),
+              absl::StrCat(what, ": layer_types[", i, "] = ", Describe(lt[i]),
                            " is not full_attention or sliding_attention"));
         }
       }

@@ -144,4 +144,18 @@ TEST(ModelConfigTest, MissingDirIsNotFound) {
 }
 
 }  // namespace
+TEST(ModelConfigTest, BadValuesAreDescribedNotEchoed) {
+  // A config.json may be any file a path names: its strings never appear in an error.
+  nlohmann::json j = {{"model_type", "llama"},        {"hidden_size", "SECRET-7f3a"},
+                      {"num_hidden_layers", 2},        {"num_attention_heads", 2},
+                      {"vocab_size", 32},              {"max_position_embeddings", 64},
+                      {"intermediate_size", 16}};
+  absl::StatusOr<ModelConfig> c = ParseHfConfig(j, "config.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(std::string(c.status().message()).find("SECRET"), std::string::npos)
+      << c.status();
+  EXPECT_NE(std::string(c.status().message()).find("a string of 11 characters"), std::string::npos)
+      << c.status();
+}
+
 }  // namespace kvsweep
