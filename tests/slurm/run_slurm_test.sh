@@ -135,7 +135,7 @@ munge -n -S "$munge_socket" | unmunge -S "$munge_socket" >/dev/null 2>&1 ||
 cpus="$(nproc)"
 mem_avail_mb=$(($(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo) / 1024))
 real_memory=$((mem_avail_mb * 8 / 10))
-mkdir -p "$tmp/state" "$tmp/spool"
+mkdir -p "$tmp/state" "$tmp/spool/slurmd"
 cat >"$tmp/slurm.conf" <<EOF
 ClusterName=kvsweeptest
 SlurmctldHost=$node(127.0.0.1)
@@ -147,7 +147,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$munge_socket
 StateSaveLocation=$tmp/state
-SlurmdSpoolDir=$tmp/spool/slurmd-%n
+SlurmdSpoolDir=$tmp/spool/slurmd
 SlurmctldPidFile=$tmp/slurmctld.pid
 SlurmdPidFile=$tmp/slurmd.pid
 SlurmctldLogFile=$tmp/slurmctld.log
