@@ -153,7 +153,7 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   ASSERT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st) << "\n" << err;
   EXPECT_THAT(err, HasSubstr("8/8 done"));
   // (md columns are padded to their widest cell)
-  for (const char* s : {"| method \\ kv_heads |", "| none ", "ppl", "acc", "fraction_total",
+  for (const char* s : {"| method \\ kv_heads ", "| none ", "ppl", "acc", "fraction_total",
                         "quant@0.25", "rank@0.25[basis=svd]"}) {
     EXPECT_THAT(out, HasSubstr(s)) << out;
   }
