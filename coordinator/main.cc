@@ -5,6 +5,7 @@
 //       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
 //       [--max-attempts-default ...] [--quarantine-after 3] [--allow-path DIR]...
+//       [--metrics-listen [HOST:]PORT]
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
 // point loses nothing that was acknowledged (docs/protocol.md).
@@ -76,6 +77,10 @@ int main(int argc, char** argv) {
                  "a directory whose files sweeps may name (models, tokenizers, data, "
                  "calibration); repeatable. Default: the submitted sweep file's directory. "
                  "KVSWEEP_ASSETS is always allowed");
+  app.add_option("--metrics-listen", o.metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback; "
+                 "no authentication, so bind another address only on a trusted network). "
+                 "Default: off");
   app.add_option("--log-tag", log_level, "tag printed on every log line");
   try {
     app.parse(argc, argv);

@@ -10,6 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "grpcpp/health_check_service_interface.h"
+#ifdef KVSWEEP_WITH_GRPC_REFLECTION
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#endif
 
 namespace kvsweep {
 
@@ -56,6 +60,18 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   so.tokens = o.tokens;
   s->sweep_service_ = std::make_unique<SweepServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), so);
+  if (!o.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> m =
+        StartMetricsServer(o.metrics_listen, s->store_.get(), s->scheduler_.get());
+    if (!m.ok()) return m.status();
+    s->metrics_ = std::move(*m);
+    s->worker_service_->set_observer(s->metrics_.get());
+  }
+  // Both are process-wide switches read when a server is built.
+  grpc::EnableDefaultHealthCheckService(true);
+#ifdef KVSWEEP_WITH_GRPC_REFLECTION
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+#endif
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -71,17 +87,26 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", o.listen, " (address in use by another process, or not local)"));
   }
+  // The scheduler is running (Start above): ready for workers and clients.
+  if (grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService()) {
+    for (const char* name : kHealthServiceNames) health->SetServingStatus(name, true);
+  }
   const std::string host = o.listen.substr(0, o.listen.rfind(':'));
   s->address_ = absl::StartsWith(o.listen, "unix") ? o.listen : absl::StrCat(host, ":", s->port_);
   KV_LOG(INFO) << "kvsweep-coordinator: listening on " << s->address_ << " ("
                << (o.tls.enabled() ? (o.tls.ca.empty() ? "TLS" : "mTLS") : "plaintext")
                << (o.tokens.empty() ? "" : ", bearer tokens") << "), database " << o.db_path;
+  if (s->metrics_ != nullptr) {
+    KV_LOG(INFO) << "kvsweep-coordinator: Prometheus metrics on port " << s->metrics_->port()
+                 << " (/metrics)";
+  }
   return s;
 }
 
 CoordinatorServer::~CoordinatorServer() {
   Shutdown();
   server_.reset();
+  metrics_.reset();
   worker_service_.reset();
   sweep_service_.reset();
   scheduler_.reset();
@@ -92,6 +117,12 @@ CoordinatorServer::~CoordinatorServer() {
 void CoordinatorServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  if (server_ != nullptr) {
+    // Probes see NOT_SERVING while calls in flight are answered.
+    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+      for (const char* name : kHealthServiceNames) health->SetServingStatus(name, false);
+    }
+  }
   if (sweep_service_) sweep_service_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (scheduler_) scheduler_->Stop();

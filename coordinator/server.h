@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/service.h"
 #include "grpcpp/grpcpp.h"
@@ -22,11 +23,19 @@ struct CoordinatorOptions {
   BearerTokens tokens;                  // none: every caller may do everything (loopback)
   SchedulerOptions scheduler;
   ServiceOptions service;               // its tokens are filled from `tokens`
+  // Prometheus /metrics on this address (coordinator/metrics.h MetricsBindAddress); empty: off.
+  std::string metrics_listen;
 };
+
+// The services the grpc.health.v1 service reports on (besides "", the whole server): SERVING
+// once the scheduler runs, NOT_SERVING from Shutdown on.
+inline constexpr const char* kHealthServiceNames[] = {"", "kvsweep.v1.SweepService",
+                                                      "kvsweep.v1.WorkerService"};
 
 class CoordinatorServer {
  public:
-  // Opens the store, loads the schedule and starts serving. Errors:
+  // Opens the store, loads the schedule and starts serving (with grpc.health.v1, server
+  // reflection where gRPC has it, and /metrics when asked). Errors:
   // kFailedPrecondition for a non-loopback address without TLS and tokens, or a database
   // another coordinator holds; kUnavailable if the address cannot be bound; store errors.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(const CoordinatorOptions& o);
@@ -35,6 +44,8 @@ class CoordinatorServer {
   CoordinatorServer& operator=(const CoordinatorServer&) = delete;
 
   int port() const { return port_; }
+  // The /metrics port; 0 when not serving metrics.
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // "127.0.0.1:<port>" style address clients can dial.
   std::string address() const { return address_; }
   // Stops accepting calls, answers what is in flight, commits and closes. Idempotent.
@@ -49,6 +60,7 @@ class CoordinatorServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<SweepServiceImpl> sweep_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
+  std::unique_ptr<MetricsServer> metrics_;  // observes worker_service_: outlives server_'s calls
   std::unique_ptr<grpc::Server> server_;
   int lock_fd_ = -1;
   int port_ = 0;

@@ -340,7 +340,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* 
                         return;
                       }
                       FillLease(*offer, ttl, resp);
-                      lease_ms_.Record(MsSince(t0));
+                      const double ms = MsSince(t0);
+                      lease_ms_.Record(ms);
+                      if (observer_ != nullptr) observer_->LeaseAnswered(ms);
                       reactor->Finish(grpc::Status::OK);
                     });
   return reactor;
@@ -428,7 +430,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                              resp->mutable_next()->set_has_job(false);
                            }
                          }
-                         complete_ms_.Record(MsSince(t0));
+                         const double ms = MsSince(t0);
+                         complete_ms_.Record(ms);
+                         if (observer_ != nullptr) observer_->CompleteAnswered(ms, !out->duplicate);
                          reactor->Finish(grpc::Status::OK);
                        },
                        *std::move(m), caller->name);

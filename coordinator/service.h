@@ -58,6 +58,17 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   bool shutdown_ = false;
 };
 
+// Told of every WorkerService answer the latency histograms below record (the /metrics
+// endpoint). Called on the committer thread: implementations must be cheap and never block on
+// the scheduler.
+class WorkerServiceObserver {
+ public:
+  virtual ~WorkerServiceObserver() = default;
+  virtual void LeaseAnswered(double ms) = 0;
+  // `recorded`: the call recorded a new result (not a duplicate).
+  virtual void CompleteAnswered(double ms, bool recorded) = 0;
+};
+
 // WorkerService: callback handlers; a lease or result is answered from the committer thread
 // once it is durable, so no gRPC thread waits on an fsync.
 class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
@@ -80,11 +91,14 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   // the next lease when the worker asks for one). Logged when the server stops.
   const LatencyHistogram& lease_latency() const { return lease_ms_; }
   const LatencyHistogram& complete_latency() const { return complete_ms_; }
+  // Set before the server starts (not synchronized); must outlive the service's calls.
+  void set_observer(WorkerServiceObserver* observer) { observer_ = observer; }
 
  private:
   Scheduler* scheduler_;
   const ServiceOptions options_;
   LatencyHistogram lease_ms_, complete_ms_;
+  WorkerServiceObserver* observer_ = nullptr;
 };
 
 // Field validators shared with tests: kInvalidArgument naming the field.

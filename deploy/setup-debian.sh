@@ -13,6 +13,7 @@ pkgs=(
   clang-14 libclang-rt-14-dev                # fuzz targets: libFuzzer + sanitizers (make fuzz)
   python3-numpy                              # independent check of the table's bootstrap intervals
   slurm-wlm munge                            # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
+  prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
 )
 missing=()
 for p in "${pkgs[@]}"; do
