@@ -542,6 +542,7 @@ int RunKvsweep(int argc, char** argv) {
   if (const char* a = std::getenv("KVSWEEP_COORDINATOR")) g.cfg.address = a;
   if (const char* t = std::getenv("KVSWEEP_TOKEN_FILE")) g.token_file = t;
   CLI::App app{"kvsweep: KV-cache compression sweeps (submit, follow, query results)"};
+  app.set_version_flag("--version", "kvsweep " KVSWEEP_VERSION);
   app.require_subcommand(1);
   app.add_option("--coordinator", g.cfg.address,
                  "coordinator address (env KVSWEEP_COORDINATOR)")

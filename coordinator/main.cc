@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   CoordinatorOptions o;
   std::string port_file, token_file, log_level;
   CLI::App app{"kvsweep-coordinator: hands sweep jobs to workers, records results in SQLite"};
+  app.set_version_flag("--version", "kvsweep-coordinator " KVSWEEP_VERSION);
   app.add_option("--db", o.db_path, "SQLite database file (created if missing)")->required();
   app.add_option("--listen", o.listen,
                  "address to serve on (host:port; port 0 picks one). Non-loopback addresses "

@@ -416,6 +416,20 @@ TEST(EndToEndTest, SecondCoordinatorOnTheSamePortOrDatabaseIsRefused) {
   EXPECT_EQ(h.Sweep("still").total, 1);
 }
 
+TEST(EndToEndTest, EveryBinaryTellsItsVersion) {
+  Harness h("version");
+  for (const std::string& bin : {CoordinatorBin(), WorkerBin(), CliBin()}) {
+    const std::string out = JoinPath(h.dir(), "version.out");
+    auto p = Subprocess::Spawn({bin, "--version"}, {{}, out, JoinPath(h.dir(), "version.err")});
+    ASSERT_TRUE(p.ok());
+    std::optional<int> st = (*p)->Wait(std::chrono::seconds(30));
+    ASSERT_TRUE(st.has_value());
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << bin;
+    EXPECT_THAT(ReadFile(out).value_or(""), ::testing::MatchesRegex("kvsweep[-a-z]* 0\\.1\\.0.*\n"))
+        << bin;
+  }
+}
+
 TEST(EndToEndTest, BearerTokenIsRequiredWhenConfigured) {
   Harness h("token");
   const std::string token_file = h.WriteFile("token", "correct-horse-battery\n");
