@@ -177,6 +177,11 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     std::set<std::string> notes;
     for (size_t r = 0; r < t.rows.size(); ++r) {
       const std::optional<double> base = t.cells[r][ref];
+      // The baseline's units, decoded once for the whole row.
+      auto b = single.find({r, ref});
+      const std::optional<EvalUnits> ub =
+          b != single.end() && b->second->result ? EvalUnits::FromResult(*b->second->result)
+                                                 : std::nullopt;
       for (size_t c = 0; c < t.cols.size(); ++c) {
         if (c == ref) continue;
         t.is_delta[r][c] = true;
@@ -187,13 +192,11 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
         t.cells[r][c] = *t.cells[r][c] - *base;
         // Paired bootstrap where both cells are one job with per-unit results.
         auto a = single.find({r, c});
-        auto b = single.find({r, ref});
         if (a == single.end() || b == single.end() || !a->second->result ||
             !b->second->result) {
           continue;
         }
         std::optional<EvalUnits> ua = EvalUnits::FromResult(*a->second->result);
-        std::optional<EvalUnits> ub = EvalUnits::FromResult(*b->second->result);
         if (!ua || !ub) {
           notes.insert("no interval where a result has no per-unit values (older results)");
           continue;

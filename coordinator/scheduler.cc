@@ -24,16 +24,6 @@ std::string WorkerSessionKey(const std::string& worker_id, const std::string& se
   return absl::StrCat(worker_id, "\n", session);
 }
 
-// The task a job spec names ("" if it cannot be read: then no result can match it).
-std::string SpecTask(const std::string& spec_json) {
-  absl::StatusOr<nlohmann::json> j = ParseJson(spec_json, "spec");
-  if (!j.ok() || !j->is_object()) return "";
-  auto t = j->find("task");
-  if (t == j->end() || !t->is_object()) return "";
-  auto name = t->find("name");
-  return name != t->end() && name->is_string() ? name->get<std::string>() : "";
-}
-
 constexpr size_t kMaxRevoked = 100000;
 constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max() / 2;
 // Leases restored from the store expire no sooner than this (or two TTLs) after the first
@@ -162,7 +152,7 @@ void Scheduler::Adopt(const ActiveJob& a, int64_t now) {
   j.fence = a.fence;
   j.seq = a.seq;
   j.crash_workers = a.crash_workers;
-  j.task = SpecTask(a.spec_json);
+  j.task = a.task;
   if (a.state == JobState::kLeased) {
     j.lease_key = a.lease_id;
     j.lease_worker = a.lease_worker;

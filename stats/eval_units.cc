@@ -101,12 +101,13 @@ std::optional<double> UnitMetric(const EvalUnits& u, const std::string& metric,
   if (metric == "ppl") return u.kind == "document" ? std::optional<double>(std::exp(-ll / n))
                                                    : std::nullopt;
   if (u.tokens.size() != u.size()) return std::nullopt;
-  double tokens = 0, all_tokens = 0;
+  double tokens = 0;
   for (size_t i = 0; i < n; ++i) tokens += u.tokens[at(i)];
-  for (int32_t t : u.tokens) all_tokens += t;
   if (tokens <= 0) return std::nullopt;
   const double per_token = -ll / tokens;
   if (metric == "token_ppl") return std::exp(per_token);
+  double all_tokens = 0;  // the whole text's (word_ppl and bits_per_byte scale by it)
+  for (int32_t t : u.tokens) all_tokens += t;
   if (metric == "word_ppl") {
     if (u.total_words <= 0) return std::nullopt;
     return std::exp(per_token * all_tokens / u.total_words);

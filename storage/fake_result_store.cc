@@ -17,7 +17,7 @@ namespace {
 
 struct FakeJob {
   int64_t seq = 0;
-  std::string spec_json, model_key;
+  std::string spec_json, model_key, task;
   JobState state = JobState::kQueued;
   int priority = 0, attempts = 0, max_attempts = 0;
   int64_t next_eligible_ms = 0, fence = 0, lease_deadline_ms = 0, updated_ms = 0;
@@ -80,9 +80,10 @@ absl::Status DoOp(FakeState& s, SubmitSweep& op) {
       absl::StatusOr<nlohmann::json> spec = ParseJson(nj.spec_json, "job spec");
       if (!spec.ok()) return spec.status();
       // The columns the SQLite store pulls out of the spec must be there.
+      std::string task;
       try {
         (void)spec->at("model_name").get<std::string>();
-        (void)spec->at("task").at("name").get<std::string>();
+        task = spec->at("task").at("name").get<std::string>();
         (void)spec->at("method").get<std::string>();
         (void)spec->at("kv_heads").get<int64_t>();
       } catch (const nlohmann::json::exception& e) {
@@ -92,6 +93,7 @@ absl::Status DoOp(FakeState& s, SubmitSweep& op) {
       j.seq = s.next_seq++;
       j.spec_json = nj.spec_json;
       j.model_key = nj.model_key;
+      j.task = task;
       j.priority = nj.priority;
       j.max_attempts = nj.max_attempts;
       j.updated_ms = op.now_ms;
@@ -262,6 +264,7 @@ class FakeResultStore final : public ResultStore {
       a.job_id = id;
       a.spec_json = j.spec_json;
       a.model_key = j.model_key;
+      a.task = j.task;
       a.state = j.state;
       a.priority = j.priority;
       a.attempts = j.attempts;

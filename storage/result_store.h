@@ -202,6 +202,7 @@ struct ActiveJob {
   std::string job_id;
   std::string spec_json;
   std::string model_key;
+  std::string task;  // the spec's task name (jobs.task)
   JobState state = JobState::kQueued;
   int priority = 0;
   int attempts = 0;

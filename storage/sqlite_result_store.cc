@@ -1268,7 +1268,7 @@ class SqliteResultStore final : public ResultStore {
   static constexpr const char* kActiveColumns =
       "SELECT j.job_id, s.spec_json, j.model_key, j.state, j.priority, j.attempts, "
       "j.max_attempts, j.next_eligible_ms, j.fence, j.lease_id, j.lease_worker, "
-      "j.lease_deadline_ms, j.crash_workers, j.seq "
+      "j.lease_deadline_ms, j.crash_workers, j.seq, j.task "
       "FROM jobs j JOIN job_specs s ON s.job_id = j.job_id "
       "WHERE j.state IN ('queued','leased')";
 
@@ -1291,6 +1291,7 @@ class SqliteResultStore final : public ResultStore {
       j.lease_deadline_ms = st->Int(11);
       j.crash_workers = ParseStringList(st->Text(12));
       j.seq = st->Int(13);
+      j.task = st->Text(14);
       out->push_back(std::move(j));
     }
     return absl::OkStatus();

@@ -30,6 +30,7 @@
 #include "common/json_util.h"
 #include "common/method_spec.h"
 #include "gtest/gtest.h"
+#include "worker/engine/kv/reference_methods.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
@@ -39,16 +40,7 @@ namespace {
 
 using torch::Tensor;
 
-// The reference methods (tools/reference/make_reference.py QUANT_METHODS).
-const char* const kMethods[] = {
-    "quant:bits=8,group=64",
-    "quant:bits=4,group=64",
-    "quant:bits=3,group=64",
-    "quant:bits=2,group=64",
-    "quant:bits=4,group=32",
-    "quant:bits=2,group=32,target=k",
-    "quant:bits=2,group=32,target=v",
-};
+const auto& kMethods = kReferenceMethods;
 
 struct RefKv {
   nlohmann::json meta;

@@ -73,6 +73,7 @@
 #include "common/json_util.h"
 #include "common/method_spec.h"
 #include "gtest/gtest.h"
+#include "worker/engine/kv/reference_methods.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"
@@ -85,15 +86,7 @@ namespace {
 using torch::Tensor;
 
 // `none` on the same subsets, sums only, is also worker/engine/eval_reference_test.cc.
-const char* const kMethods[] = {
-    "quant:bits=8,group=64",
-    "quant:bits=4,group=64",
-    "quant:bits=3,group=64",
-    "quant:bits=2,group=64",
-    "quant:bits=4,group=32",
-    "quant:bits=2,group=32,target=k",
-    "quant:bits=2,group=32,target=v",
-};
+const auto& kMethods = kReferenceMethods;
 const char* const kTasks[] = {"lambada_openai", "wikitext_w128"};
 
 constexpr double kFloorPerToken = 2e-4;  // (model_test's 1e-4 on a logit) + (1e-4 on logsumexp)
