@@ -48,6 +48,12 @@ std::optional<double> MetricValue(const nlohmann::json& result, const std::strin
       if (auto v = number(*s)) return v;
     }
   }
+  // Attention diagnostics (sweeps with `diagnostics: true`): the means over layers.
+  if (auto d = result.find("diagnostics"); d != result.end() && d->is_object()) {
+    if (auto m = d->find("mean"); m != d->end()) {
+      if (auto v = number(*m)) return v;
+    }
+  }
   return std::nullopt;
 }
 

@@ -4,7 +4,9 @@
 //   cols  = another label
 //   metric= a number from the result: a task metric (acc, ppl, token_ppl, word_ppl,
 //           bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
-//           fraction_total, fraction_of_native, cache_bytes, ...) or a timing field (wall_s).
+//           fraction_total, fraction_of_native, cache_bytes, ...), a timing field (wall_s) or
+//           an attention diagnostic's mean over layers (kl_mean, flip_rate, out_rel_err,
+//           damage_ratio_geomean; sweeps with `diagnostics: true`).
 //   delta = a column value (usually the method `none`): every other cell shows its difference
 //           from that column's cell in the same row, and — where both jobs carry per-document
 //           (or per-window) results on the same data — the ratio and paired-bootstrap intervals

@@ -110,6 +110,8 @@ TEST(TableTest, MetricsComeFromTasksLedgerAndTiming) {
   EXPECT_EQ(*MetricValue(r, "fraction_payload"), 0.25);
   EXPECT_EQ(*MetricValue(r, "wall_s"), 3.0);
   EXPECT_FALSE(MetricValue(r, "acc").has_value());
+  r["diagnostics"] = {{"layers", {{{"flip_rate", 0.5}}}}, {"mean", {{"flip_rate", 0.125}}}};
+  EXPECT_EQ(*MetricValue(r, "flip_rate"), 0.125);  // the mean over layers
   EXPECT_EQ(CsvField("a,b"), "\"a,b\"");
   EXPECT_EQ(CsvField("say \"hi\""), "\"say \"\"hi\"\"\"");
 }
