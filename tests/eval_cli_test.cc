@@ -1,12 +1,15 @@
 // `kvsweep-worker eval` as a user runs it: a real process, its stdout, stderr and exit status.
 // Every bad input must be exactly one line on stderr ("error: ..."), nothing on stdout, a
 // non-zero exit (2 for bad input), and no crash.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -109,6 +112,59 @@ TEST(EvalCliTest, WikitextJsonFields) {
   ASSERT_EQ(p.status, 0) << p.err;
   auto pm = nlohmann::json::parse(p.out)["metrics"]["ptb"];
   EXPECT_EQ(pm["loglik_sum"], m["loglik_sum"]);
+}
+
+// Runs `git -C <source dir> ARGS` and returns its stdout without the trailing newline; nullopt
+// when git fails (no git, not a checkout).
+std::optional<std::string> Git(const std::string& args) {
+  const std::string cmd = "git -C " + Quote(KVSWEEP_SOURCE_DIR) + " " + args + " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return std::nullopt;
+  std::string out;
+  char buf[256];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  if (::pclose(p) != 0) return std::nullopt;
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+// Seconds since the epoch of a file's last modification; 0 when it cannot be read.
+int64_t MtimeS(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_mtime) : 0;
+}
+
+// provenance.git_commit is the commit the worker was built from (`git rev-parse HEAD`, "-dirty"
+// when tracked files differed), read at build time, so it follows new commits without a
+// re-configure. Skipped when the source directory is not a git checkout of its own.
+TEST(EvalCliTest, ProvenanceRecordsTheGitCommit) {
+  const std::optional<std::string> top = Git("rev-parse --show-toplevel");
+  std::error_code ec1, ec2;
+  if (!top || fs::canonical(*top, ec1) != fs::canonical(KVSWEEP_SOURCE_DIR, ec2) || ec1 || ec2) {
+    GTEST_SKIP() << KVSWEEP_SOURCE_DIR << " is not a git checkout: provenance says \"unknown\"";
+  }
+  const std::optional<std::string> head = Git("rev-parse HEAD");
+  ASSERT_TRUE(head.has_value());
+  const std::string text = TempFile("commit.txt", "The quick brown fox jumps over the lazy dog.\n");
+  ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string commit = nlohmann::json::parse(r.out)["provenance"]["git_commit"].get<std::string>();
+  const std::string hash = commit.substr(0, commit.find('-'));
+  const std::string suffix = commit.substr(hash.size());
+  EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos) << commit;
+  EXPECT_TRUE(suffix.empty() || suffix == "-dirty") << commit;
+  if (hash != *head) {
+    // HEAD may have moved (a commit, a checkout) after this worker was built: the provenance is
+    // then true of the build, only older than the tree. The reflog of HEAD says when it moved.
+    const std::optional<std::string> log = Git("rev-parse --path-format=absolute --git-path logs/HEAD");
+    int64_t moved = log ? MtimeS(*log) : 0;
+    if (moved == 0) moved = std::atoll(Git("log -1 --format=%ct HEAD").value_or("0").c_str());
+    if (moved > MtimeS(KVSWEEP_WORKER_BIN)) {
+      GTEST_SKIP() << "HEAD (" << *head << ") moved after kvsweep-worker was built from " << commit
+                   << "; rebuild to check";
+    }
+  }
+  EXPECT_EQ(hash, *head) << "provenance.git_commit " << commit << ", git rev-parse HEAD " << *head;
 }
 
 TEST(EvalCliTest, BadFlagsAndFiles) {

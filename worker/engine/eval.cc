@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "common/build_info.h"
 #include "common/file_util.h"
 #include "common/ledger.h"
 #include "common/log.h"
@@ -22,9 +23,6 @@
 #endif
 #ifndef TORCH_VERSION
 #define TORCH_VERSION "unknown"
-#endif
-#ifndef KVSWEEP_GIT_COMMIT
-#define KVSWEEP_GIT_COMMIT "unknown"
 #endif
 #ifndef KVSWEEP_VERSION
 #define KVSWEEP_VERSION "unknown"
@@ -261,7 +259,7 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
                                                               : DefaultBatchTokens(*model_, codec.get(), *requests)}};
   out["provenance"] = {{"engine_version", kEngineVersion},
                        {"kvsweep_version", KVSWEEP_VERSION},
-                       {"git_commit", KVSWEEP_GIT_COMMIT},
+                       {"git_commit", BuildGitCommit()},
                        {"libtorch", TORCH_VERSION},
                        {"device", device->str()},
                        {"device_name", DeviceName(*device)},
