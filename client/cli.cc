@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -55,13 +57,7 @@ struct Globals {
   ClientConfig cfg;
   std::string token_file;
   int timeout_ms = 60000;
-  bool timeout_given = false;  // --timeout-ms on the command line
 };
-
-// Submit's deadline unless --timeout-ms is given: the coordinator hashes every input file it has
-// not seen at its size and mtime while expanding the sweep (a 14 GB model: about a minute), and
-// a deadline that cuts that short leaves the user nothing to do but wait anyway.
-constexpr int kSubmitTimeoutMs = 3600 * 1000;
 
 absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(Globals& g) {
   if (!g.token_file.empty() && g.cfg.token.empty()) {
@@ -261,31 +257,87 @@ ProgressCounts Counts(const v1::SweepStatus& s) {
 
 // ---- Commands ------------------------------------------------------------------------------
 
+std::string GiB(int64_t bytes) { return absl::StrFormat("%.1f GiB", bytes / double(1 << 30)); }
+
+// One line about a pending submission's progress.
+std::string SubmitProgressLine(const v1::SubmitProgress& p) {
+  std::string line = absl::StrCat("preparing on the coordinator (", p.elapsed_ms() / 1000, " s): ");
+  if (!p.file().empty()) {
+    absl::StrAppend(&line, "hashing ", p.file(), " ", GiB(p.file_bytes_hashed()), " of ",
+                    GiB(p.file_bytes()), "; ");
+  }
+  absl::StrAppend(&line, GiB(p.bytes_hashed()), " hashed");
+  return line;
+}
+
+// Submits, then follows a pending submission (the coordinator hashing inputs it has not seen
+// before) until its final answer. Every call has its own --timeout-ms deadline; the
+// preparation itself has none.
+absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(Globals& g,
+                                                        const v1::SubmitSweepRequest& req) {
+  auto stub = Stub(g);
+  if (!stub.ok()) return stub.status();
+  v1::SubmitSweepResponse resp;
+  {
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+    grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
+    if (!s.ok()) return RpcError(s, g.cfg);
+  }
+  if (!resp.pending()) return resp;
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  std::cerr << "the coordinator is hashing input files it has not seen before (it keeps the "
+               "hashes; interrupting here does not stop it, and submitting again follows it)\n";
+  auto last_line = std::chrono::steady_clock::now();
+  auto last_answer = last_line;
+  const int wait_ms = std::clamp(g.timeout_ms / 2, 0, 5000);
+  while (resp.pending()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (tty) {
+      std::cerr << "\r\033[K" << SubmitProgressLine(resp.progress()) << std::flush;
+    } else if (now - last_line >= std::chrono::seconds(10)) {
+      std::cerr << SubmitProgressLine(resp.progress()) << "\n";
+      last_line = now;
+    }
+    v1::GetSubmissionRequest follow;
+    follow.set_submission(resp.submission());
+    follow.set_wait_ms(wait_ms);
+    v1::SubmitSweepResponse next;
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
+    grpc::Status s = (*stub)->GetSubmission(&ctx, follow, &next);
+    if (s.ok()) {
+      resp = std::move(next);
+      last_answer = std::chrono::steady_clock::now();
+      continue;
+    }
+    const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!transient ||
+        std::chrono::steady_clock::now() - last_answer > std::chrono::milliseconds(g.timeout_ms)) {
+      if (tty) std::cerr << "\n";
+      return RpcError(s, g.cfg);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, g.timeout_ms / 4 + 1)));
+  }
+  if (tty) std::cerr << "\r\033[K";
+  return resp;
+}
+
 int Submit(Globals& g, const std::string& file, bool dry_run) {
   absl::StatusOr<std::string> yaml = ReadFile(file);
   if (!yaml.ok()) return Error(yaml.status());
   std::string dir = RealPath(file);
   dir = dir.substr(0, dir.find_last_of('/'));
   if (dir.empty()) dir = "/";
-  auto stub = Stub(g);
-  if (!stub.ok()) return Error(stub.status());
   v1::SubmitSweepRequest req;
   req.set_sweep_yaml(*yaml);
   req.set_base_dir(dir);
   req.set_dry_run(dry_run);
   req.set_source_name(file);
-  v1::SubmitSweepResponse resp;
-  grpc::ClientContext ctx;
-  const int timeout_ms = g.timeout_given ? g.timeout_ms : kSubmitTimeoutMs;
-  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(timeout_ms));
-  grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
-  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    return Error(absl::DeadlineExceededError(absl::StrCat(
-        "submit: no answer within ", timeout_ms,
-        " ms; the coordinator hashes input files it has not seen before (its log says which) "
-        "and keeps those hashes, so submitting again resumes; or raise --timeout-ms")));
-  }
-  if (!s.ok()) return Error(RpcError(s, g.cfg));
+  absl::StatusOr<v1::SubmitSweepResponse> answer = SubmitAndFollow(g, req);
+  if (!answer.ok()) return Error(answer.status());
+  const v1::SubmitSweepResponse& resp = *answer;
   std::string shape = absl::StrCat(resp.jobs_total(), " jobs (", resp.combinations(),
                                    " combinations, ", resp.excluded(), " excluded)");
   if (dry_run) {
@@ -553,11 +605,9 @@ int RunKvsweep(int argc, char** argv) {
   app.add_option("--tls-cert", g.cfg.tls_files.cert, "client certificate (mTLS)");
   app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)");
   app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name");
-  CLI::Option* timeout_opt =
-      app.add_option("--timeout-ms", g.timeout_ms,
-                     "deadline of each call (submit: 1 hour unless given; it hashes new inputs)")
-          ->check(CLI::Range(100, 86400000))
-          ->capture_default_str();
+  app.add_option("--timeout-ms", g.timeout_ms, "deadline of each call")
+      ->check(CLI::Range(100, 86400000))
+      ->capture_default_str();
 
   std::string file, sweep, db, sql, output;
   std::string table_format, query_format, export_format;
@@ -658,7 +708,6 @@ int RunKvsweep(int argc, char** argv) {
     std::cerr << "kvsweep: " << e.what() << " (see kvsweep --help)\n";
     return kExitUsage;
   }
-  g.timeout_given = timeout_opt->count() > 0;
   for (const std::string& w : where) {
     std::pair<std::string, std::string> kv = absl::StrSplit(w, absl::MaxSplits('=', 1));
     if (w.find('=') == std::string::npos || kv.first.empty()) {

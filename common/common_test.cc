@@ -228,6 +228,62 @@ TEST(FingerprintTest, InProcessMemoFollowsFileChanges) {
   std::remove(path.c_str());
 }
 
+// A file of `bytes` (sparse: no disk used) whose last byte is 1.
+std::string SparseFile(const std::string& name, int64_t bytes) {
+  const std::string path = absl::StrCat(::testing::TempDir(), "/", name, "_", ::getpid());
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::pwrite(fd, "\1", 1, bytes - 1), 1);
+  ::close(fd);
+  return path;
+}
+
+TEST(FingerprintTest, AMonitorSeesTheBytesHashedAndCanCancel) {
+  const std::string cache = absl::StrCat(::testing::TempDir(), "/kvsweep_cache_", ::getpid());
+  ::setenv("KVSWEEP_CACHE_DIR", cache.c_str(), 1);
+  const int64_t size = (int64_t{150} << 20) + 7;  // three slices, the last one short
+  const std::string path = SparseFile("kvsweep_monitored", size);
+  Sha256 direct;
+  {
+    auto m = MappedFile::Open(path);
+    ASSERT_TRUE(m.ok());
+    direct.Update((*m)->data(), (*m)->size());
+  }
+  const std::string want = direct.HexDigest();
+
+  HashMonitor cancelled;
+  cancelled.cancelled = true;
+  {
+    ScopedHashMonitor scoped(&cancelled);
+    absl::StatusOr<std::string> h = FileSha256Cached(path);
+    ASSERT_FALSE(h.ok());
+    EXPECT_EQ(h.status().code(), absl::StatusCode::kCancelled);
+    EXPECT_EQ(h.status().message(), absl::StrCat("hashing '", path, "' was cancelled"));
+  }
+  EXPECT_EQ(cancelled.current().path, "");
+
+  HashMonitor monitor;
+  {
+    ScopedHashMonitor scoped(&monitor);
+    absl::StatusOr<std::string> h = FileSha256Cached(path);  // not cached: the cancel stored nothing
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(*h, want);
+    EXPECT_EQ(monitor.bytes_hashed.load(), size);
+    // Memoized now: a second call hashes nothing.
+    ASSERT_TRUE(FileSha256Cached(path).ok());
+    EXPECT_EQ(monitor.bytes_hashed.load(), size);
+  }
+  // Without a monitor nothing is reported (the scope ended).
+  const std::string other = SparseFile("kvsweep_unmonitored", 1 << 20);
+  ASSERT_TRUE(FileSha256Cached(other).ok());
+  EXPECT_EQ(monitor.bytes_hashed.load(), size);
+  std::remove(path.c_str());
+  std::remove(other.c_str());
+  std::remove((cache + "/sha256-cache.json").c_str());
+  ::rmdir(cache.c_str());
+  ::unsetenv("KVSWEEP_CACHE_DIR");
+}
+
 TEST(SignalsTest, SigtermBecomesACallbackWhateverThreadGetsIt) {
   std::atomic<int> calls{0};
   std::atomic<int> last{0};

@@ -56,7 +56,40 @@ void MemoPut(const std::string& key, const std::string& digest) {
   Memo()[key] = digest;
 }
 
+thread_local HashMonitor* t_monitor = nullptr;
+
+// Hashes in slices so that a monitor sees progress and a cancellation takes effect within one
+// slice (tens of milliseconds).
+absl::StatusOr<std::string> HashMapped(const std::string& path, const MappedFile& f) {
+  constexpr size_t kSlice = size_t{64} << 20;
+  Sha256 h;
+  HashMonitor* m = t_monitor;
+  const auto* p = static_cast<const unsigned char*>(f.data());
+  const size_t n = f.size();
+  if (m != nullptr) m->set_current({path, static_cast<int64_t>(n), 0});
+  for (size_t off = 0; off < n; off += kSlice) {
+    if (m != nullptr && m->cancelled.load()) {
+      m->set_current({});
+      return absl::CancelledError(absl::StrCat("hashing '", path, "' was cancelled"));
+    }
+    const size_t len = std::min(kSlice, n - off);
+    h.Update(p + off, len);
+    if (m != nullptr) {
+      m->bytes_hashed.fetch_add(static_cast<int64_t>(len));
+      m->set_current({path, static_cast<int64_t>(n), static_cast<int64_t>(off + len)});
+    }
+  }
+  if (m != nullptr) m->set_current({});
+  return h.HexDigest();
+}
+
 }  // namespace
+
+ScopedHashMonitor::ScopedHashMonitor(HashMonitor* monitor) : previous_(t_monitor) {
+  t_monitor = monitor;
+}
+
+ScopedHashMonitor::~ScopedHashMonitor() { t_monitor = previous_; }
 
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
   // The key and the bytes hashed come from one open of one regular file (MappedFile::Open
@@ -89,9 +122,9 @@ absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
     KV_LOG(INFO) << "hashing " << path << " (" << (*f)->size() / double(1 << 30)
                  << " GiB, first time at this size and mtime)";
   }
-  Sha256 h;
-  h.Update((*f)->data(), (*f)->size());
-  const std::string digest = h.HexDigest();
+  absl::StatusOr<std::string> hashed = HashMapped(path, **f);
+  if (!hashed.ok()) return hashed.status();
+  const std::string digest = *hashed;
   if (large) {
     KV_LOG(INFO) << "hashed " << path << " in "
                  << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()

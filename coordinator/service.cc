@@ -119,12 +119,20 @@ absl::Status ValidateJobId(const std::string& id) {
 
 SweepServiceImpl::SweepServiceImpl(ResultStore* store, Scheduler* scheduler,
                                    const ServiceOptions& options)
-    : store_(store), scheduler_(scheduler), options_(options) {}
+    : store_(store),
+      scheduler_(scheduler),
+      options_(options),
+      submissions_([this](const v1::SubmitSweepRequest& req, const std::string& caller,
+                          HashMonitor*) { return Prepare(req, caller); }) {}
 
 void SweepServiceImpl::Shutdown() {
-  std::lock_guard<std::mutex> lock(mu_);
-  shutdown_ = true;
-  cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutdown_ = true;
+    cv_.notify_all();
+  }
+  // Before the scheduler stops: a submission's thread may be enqueueing its jobs.
+  submissions_.Shutdown();
 }
 
 // Authenticates the call and checks its role; declares `caller`.
@@ -143,6 +151,54 @@ void SweepServiceImpl::Shutdown() {
     if (!kv_s_.ok()) return ToGrpc(kv_s_);  \
   } while (0)
 
+namespace {
+
+// How long SubmitSweep and GetSubmission wait for a submission before answering pending: at
+// most `cap`, and at most half of what is left of the call's deadline (the rest is for the
+// answer to travel).
+std::chrono::steady_clock::time_point WaitDeadline(const grpc::ServerContext& ctx,
+                                                   std::chrono::milliseconds cap) {
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto now = std::chrono::steady_clock::now();
+  const auto left = ctx.deadline() - now_sys;
+  std::chrono::milliseconds wait = cap;
+  if (left < std::chrono::hours(24 * 365)) {
+    wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(left / 2));
+  }
+  return now + std::max(wait, std::chrono::milliseconds(0));
+}
+
+constexpr std::chrono::milliseconds kSubmitWait{2000};
+
+}  // namespace
+
+absl::StatusOr<v1::SubmitSweepResponse> SweepServiceImpl::Prepare(
+    const v1::SubmitSweepRequest& req, const std::string& caller) {
+  ExpandOptions eo;
+  eo.base_dir = req.base_dir();
+  eo.source_name = req.source_name().empty() ? "sweep" : req.source_name();
+  eo.max_jobs = options_.max_jobs_per_sweep;
+  eo.allowed_roots = SweepPathRoots(options_.allowed_paths, req.base_dir());
+  absl::StatusOr<ExpandedSweep> sweep = ExpandSweep(req.sweep_yaml(), eo);
+  if (!sweep.ok()) return sweep.status();
+  v1::SubmitSweepResponse resp;
+  resp.set_sweep(sweep->name);
+  resp.set_jobs_total(static_cast<int>(sweep->jobs.size()));
+  resp.set_combinations(sweep->combinations);
+  resp.set_excluded(sweep->excluded);
+  resp.set_dry_run(req.dry_run());
+  if (req.dry_run()) return resp;
+  absl::StatusOr<SubmitOutcome> out =
+      scheduler_->Submit(*sweep, req.sweep_yaml(), req.base_dir(), caller);
+  if (!out.ok()) return out.status();
+  resp.set_jobs_enqueued(out->enqueued);
+  resp.set_jobs_requeued(out->requeued);
+  resp.set_jobs_done(out->done);
+  resp.set_jobs_pending(out->pending);
+  resp.set_jobs_failed(out->failed);
+  return resp;
+}
+
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
@@ -156,27 +212,30 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
     return Invalid(absl::StrCat("base_dir: '", req->base_dir(), "' is not an absolute path"));
   }
   if (req->source_name().size() > 256) return Invalid("source_name: over 256 characters");
-  ExpandOptions eo;
-  eo.base_dir = req->base_dir();
-  eo.source_name = req->source_name().empty() ? "sweep" : req->source_name();
-  eo.max_jobs = options_.max_jobs_per_sweep;
-  eo.allowed_roots = SweepPathRoots(options_.allowed_paths, req->base_dir());
-  absl::StatusOr<ExpandedSweep> sweep = ExpandSweep(req->sweep_yaml(), eo);
-  if (!sweep.ok()) return ToGrpc(sweep.status());
-  resp->set_sweep(sweep->name);
-  resp->set_jobs_total(static_cast<int>(sweep->jobs.size()));
-  resp->set_combinations(sweep->combinations);
-  resp->set_excluded(sweep->excluded);
-  resp->set_dry_run(req->dry_run());
-  if (req->dry_run()) return grpc::Status::OK;
-  absl::StatusOr<SubmitOutcome> out = scheduler_->Submit(*sweep, req->sweep_yaml(), req->base_dir(),
-                                                             caller.name);
-  if (!out.ok()) return ToGrpc(out.status());
-  resp->set_jobs_enqueued(out->enqueued);
-  resp->set_jobs_requeued(out->requeued);
-  resp->set_jobs_done(out->done);
-  resp->set_jobs_pending(out->pending);
-  resp->set_jobs_failed(out->failed);
+  absl::StatusOr<std::string> id = submissions_.Start(*req, caller.principal, caller.name);
+  if (!id.ok()) return ToGrpc(id.status());
+  absl::StatusOr<v1::SubmitSweepResponse> answer =
+      submissions_.Wait(*id, caller.principal, WaitDeadline(*ctx, kSubmitWait));
+  if (!answer.ok()) return ToGrpc(answer.status());
+  *resp = std::move(*answer);
+  return grpc::Status::OK;
+}
+
+grpc::Status SweepServiceImpl::GetSubmission(grpc::ServerContext* ctx,
+                                             const v1::GetSubmissionRequest* req,
+                                             v1::SubmitSweepResponse* resp) {
+  // Dry runs need only the read role, so following a submission does too; Wait answers only
+  // the caller that started it.
+  KV_AUTH(ctx, kRoleRead, "follow submissions");
+  if (req->submission().empty()) return Invalid("submission: empty");
+  if (req->wait_ms() < 0 || req->wait_ms() > 10000) {
+    return Invalid(absl::StrCat("wait_ms: ", req->wait_ms(), " is out of range [0, 10000]"));
+  }
+  absl::StatusOr<v1::SubmitSweepResponse> answer = submissions_.Wait(
+      req->submission(), caller.principal,
+      WaitDeadline(*ctx, std::chrono::milliseconds(req->wait_ms())));
+  if (!answer.ok()) return ToGrpc(answer.status());
+  *resp = std::move(*answer);
   return grpc::Status::OK;
 }
 

@@ -12,6 +12,7 @@
 
 #include "common/latency_histogram.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/submissions.h"
 #include "rpc/auth.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "storage/result_store.h"
@@ -31,11 +32,16 @@ struct ServiceOptions {
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   SweepServiceImpl(ResultStore* store, Scheduler* scheduler, const ServiceOptions& options);
-  // Makes running Watch streams return (server shutdown).
+  // Makes running Watch streams return and stops preparing submissions (server shutdown);
+  // call before the scheduler stops.
   void Shutdown();
 
+  // Starts the submission (coordinator/submissions.h) and waits for it at most 2 s or half the
+  // call's deadline.
   grpc::Status SubmitSweep(grpc::ServerContext* ctx, const v1::SubmitSweepRequest* req,
                            v1::SubmitSweepResponse* resp) override;
+  grpc::Status GetSubmission(grpc::ServerContext* ctx, const v1::GetSubmissionRequest* req,
+                             v1::SubmitSweepResponse* resp) override;
   grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest* req,
                          v1::GetStatusResponse* resp) override;
   grpc::Status Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,
@@ -50,12 +56,17 @@ class SweepServiceImpl final : public v1::SweepService::Service {
                       grpc::ServerWriter<v1::ExportRecord>* writer) override;
 
  private:
+  // Expands the sweep and enqueues its jobs: what a submission runs, off the RPC.
+  absl::StatusOr<v1::SubmitSweepResponse> Prepare(const v1::SubmitSweepRequest& req,
+                                                  const std::string& caller);
+
   ResultStore* store_;
   Scheduler* scheduler_;
   const ServiceOptions options_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool shutdown_ = false;
+  Submissions submissions_;  // last: its threads call Prepare, which uses the members above
 };
 
 // Told of every WorkerService answer the latency histograms below record (the /metrics

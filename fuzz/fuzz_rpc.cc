@@ -69,7 +69,7 @@ void Deadline(grpc::ClientContext* ctx) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   Env* env = GetEnv();
-  const uint8_t which = data[0] % 11;
+  const uint8_t which = data[0] % 12;
   ++data;
   --size;
   grpc::ClientContext ctx;
@@ -153,11 +153,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)env->workers->Complete(&ctx, r, &resp);
       break;
     }
-    default: {
+    case 10: {
       v1::FailRequest r;
       if (!Parse(data, size, &r)) return 0;
       v1::FailResponse resp;
       (void)env->workers->Fail(&ctx, r, &resp);
+      break;
+    }
+    default: {
+      v1::GetSubmissionRequest r;
+      if (!Parse(data, size, &r)) return 0;
+      v1::SubmitSweepResponse resp;
+      (void)env->sweeps->GetSubmission(&ctx, r, &resp);
       break;
     }
   }

@@ -128,6 +128,7 @@ def rpcs():
            + field(5, '{"metrics": {"lambada_openai": {"acc": 0.5}}}') + field(6, field(1, worker)),
         10: field(1, "w1") + field(2, job) + field(3, "0" * 32) + field(4, 1) + field(5, 1)
             + field(6, "boom"),
+        11: field(1, "0" * 32) + field(2, 50),
     }
     for k, body in seeds.items():
         put("rpc", "call%02d" % k, bytes([k]) + body)

@@ -15,15 +15,19 @@ bool SameToken(const std::string& got, const std::string& token) {
   return got.size() == want.size() && CRYPTO_memcmp(got.data(), want.data(), got.size()) == 0;
 }
 
-std::string PeerName(const grpc::ServerContextBase& ctx, absl::string_view role) {
-  std::string name(role);
+Caller MakeCaller(const grpc::ServerContextBase& ctx, int roles, absl::string_view role) {
+  Caller c;
+  c.roles = roles;
+  c.principal = std::string(role);
   std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
   if (auth != nullptr) {
     std::vector<grpc::string_ref> cn = auth->FindPropertyValues("x509_common_name");
-    if (!cn.empty()) absl::StrAppend(&name, " cn=", std::string(cn[0].data(), cn[0].size()));
+    if (!cn.empty()) {
+      absl::StrAppend(&c.principal, " cn=", std::string(cn[0].data(), cn[0].size()));
+    }
   }
-  absl::StrAppend(&name, " peer=", ctx.peer());
-  return name;
+  c.name = absl::StrCat(c.principal, " peer=", ctx.peer());
+  return c;
 }
 
 }  // namespace
@@ -48,7 +52,7 @@ absl::Status BearerTokens::Validate() const {
 
 absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx,
                                     const BearerTokens& tokens) {
-  if (tokens.empty()) return Caller{kAllRoles, PeerName(ctx, "anonymous")};
+  if (tokens.empty()) return MakeCaller(ctx, kAllRoles, "anonymous");
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) {
@@ -60,10 +64,10 @@ absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx,
   const bool worker = SameToken(got, tokens.worker);
   const bool client = SameToken(got, tokens.client);
   const bool reader = SameToken(got, tokens.reader);
-  if (all) return Caller{kAllRoles, PeerName(ctx, "admin")};
-  if (client) return Caller{kRoleSubmit | kRoleRead, PeerName(ctx, "client")};
-  if (worker) return Caller{kRoleWork, PeerName(ctx, "worker")};
-  if (reader) return Caller{kRoleRead, PeerName(ctx, "reader")};
+  if (all) return MakeCaller(ctx, kAllRoles, "admin");
+  if (client) return MakeCaller(ctx, kRoleSubmit | kRoleRead, "client");
+  if (worker) return MakeCaller(ctx, kRoleWork, "worker");
+  if (reader) return MakeCaller(ctx, kRoleRead, "reader");
   return absl::UnauthenticatedError("wrong bearer token");
 }
 

@@ -36,6 +36,9 @@ struct Caller {
   // For the audit log: the token's role ("admin", "client", "reader", "worker", "anonymous"),
   // the client certificate's common name when there is one, and the peer address.
   std::string name;
+  // `name` without the peer address: the same for every connection of one credential (what a
+  // submission's owner is).
+  std::string principal;
 };
 
 // Matches the call's `authorization: Bearer <token>` metadata against `tokens` (constant time
