@@ -2,7 +2,8 @@
 # What one device call runs (docs/gpu.md): PHASE is `smoke` (build, then every method on CPU fp32
 # vs GPU fp32 vs GPU bf16 on ref-llama), `bench SPEC...` (run_gpu_bench.sh plan) or `fulljob MODEL W`
 # (one full WikiText evaluation job through kvsweep-worker eval, timed with its load). Work files
-# in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files).
+# in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files). The results
+# behind docs/gpu.md are kept in tools/gpu/results/.
 set -uo pipefail
 phase=$1; shift
 assets=/tmp/assets

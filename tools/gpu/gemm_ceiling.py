@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast can ANY engine score a window at this shape? (docs/gpu.md, "The 1.5x goal at 7B/14B")
+"""How fast can ANY engine score a window at this shape? (docs/gpu.md, "The ceiling at 1B, 7B and 14B")
 
 For each model shape, in one process on the GPU, bf16:
   1. transformers' decoder body (AutoModelForCausalLM.from_config, SDPA, random weights: speed

@@ -10,7 +10,7 @@
 # hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25). `none` runs twice, first:
 # whichever method runs first in a process pays cuBLAS/cuDNN heuristics and allocator growth
 # (measured: up to 2x on small models), so the first pass is a warm-up and report.py keeps the
-# last row per (model, task, method). COLD=1 skips the extra pass (docs/gpu.md, run 1). REPEAT=N
+# last row per (model, task, method). COLD=1 skips the extra pass (cold rows: docs/gpu.md). REPEAT=N
 # times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks);
 # INTERLEAVE=1 makes kvsweep's passes round-robin over the methods, each row also getting its
 # cost against `none` paired pass by pass (cost_vs_none_paired).

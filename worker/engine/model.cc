@@ -66,7 +66,7 @@ Tensor Attend(const Tensor& q, const KvPair& kv, const Tensor& allowed, int wind
     // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
     // there is no sliding window.
     // Contiguous [B, H, T, D] operands: with the strided views the projections produce, SDPA
-    // was measured slower than with a codec's contiguous output (docs/gpu.md).
+    // ran slower on the H200 than with a codec's contiguous output.
     const Tensor qc = q.contiguous(), kc = kv.k.compressed.contiguous(), vc = kv.v.compressed.contiguous();
     if (window == 0) {
       return at::scaled_dot_product_attention(qc, kc, vc, {}, 0.0, /*is_causal=*/true, scale,
