@@ -1,4 +1,4 @@
-// Coordinator load benchmark (issue 4 item 5): N jobs dispatched to W simulated workers.
+// Coordinator load benchmark (docs/orchestration-bench.md): N jobs dispatched to W simulated workers.
 //
 // The coordinator is the real `kvsweep-coordinator` binary in its own process, on a SQLite file
 // with synchronous=FULL (so its CPU is measured apart). The W workers run in this process, one

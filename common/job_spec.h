@@ -4,7 +4,7 @@
 // checks it without loading weights (config.json, file existence, method vs. head_dim, kv_heads
 // divides, window/context ranges), fills every default, and fingerprints the inputs. The
 // resulting JobSpec's identity is sha256 of the canonical JSON of everything that changes the
-// number (DESIGN.md "Job identity"); paths and names are carried along but not hashed.
+// number (docs/architecture.md, "Job identity"); paths and names are carried along but not hashed.
 #ifndef KVSWEEP_COMMON_JOB_SPEC_H_
 #define KVSWEEP_COMMON_JOB_SPEC_H_
 

@@ -1,7 +1,7 @@
 // What every gRPC party of kvsweep shares: message size limits, absl <-> grpc status
 // conversion, TLS/mTLS credentials, the bearer token, and the loopback rule.
 //
-// Security model (DESIGN.md "Security"): the coordinator listens on loopback unless told
+// Security model (docs/protocol.md, "Transport and security"): the coordinator listens on loopback unless told
 // otherwise, and refuses a non-loopback address unless it has a TLS certificate and key and a
 // bearer token. Clients and workers send the token as `authorization: Bearer <token>` on every
 // call (per-call metadata, so it also works on a plaintext loopback channel).

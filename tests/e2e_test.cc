@@ -1,5 +1,5 @@
 // End-to-end through the `kvsweep` CLI and raw RPCs: the user workflow (submit, watch, status,
-// table, query, export, cancel, retry), resubmission (issue 4 item 3), bad input (item 4) and
+// table, query, export, cancel, retry), resubmission, bad input and
 // the security defaults (loopback, bearer token, TLS/mTLS). These test orchestration, so their
 // workers always use the fake evaluator (any method spec "runs"); fault_test and
 // real_sweep_test use the engine when it is built.

@@ -1,4 +1,4 @@
-// Fault scenarios (issue 4, item 2), each with real processes and gRPC on loopback, each ending
+// Fault scenarios (docs/reliability.md), each with real processes and gRPC on loopback, each ending
 // with the same invariants: results = jobs, no duplicates, PRAGMA integrity_check ok.
 #include <fcntl.h>
 #include <signal.h>

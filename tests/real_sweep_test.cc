@@ -1,4 +1,4 @@
-// Issue 4 item 1, with the real libtorch engine: a sweep of >= 24 jobs on the assets' ref-llama
+// A sweep through the real libtorch engine: >= 24 jobs on the assets' ref-llama
 // (GQA, 2 KV heads) and ref-gpt2 (MHA, 4 heads) — LAMBADA with a small --limit, several
 // methods, kv_heads lists — completes with 3 workers; `kvsweep table` prints the pivot and
 // `kvsweep query` returns the rows. Registered only when the engine (kvsweep_engine) is built.

@@ -1,5 +1,5 @@
 // `kvsweep-worker eval` refuses bad method specs and impossible combinations with exit status 2
-// and one line on stderr, before any model loads (issue 3, item 5): the CLI resolves the job from
+// and one line on stderr, before any model loads: the CLI resolves the job from
 // config.json alone first. Runs the real binary.
 #include <sys/wait.h>
 #include <unistd.h>

@@ -9,7 +9,7 @@ see tools/reference/README.md. Everything kvsweep's engine is checked against co
   logits/<name>.json    fixed input ids + logits (fp32, TF32 off) for tiny and ref models
   logits/<name>.f32     raw little-endian float32 logits [batch, seq, vocab_slice]
   task_reference_<v>.json  LAMBADA / WikiText metrics, method none and fake-quantized KV (full data and
-                        CI-sized subsets), lm-evaluation-harness definitions (see DESIGN.md)
+                        CI-sized subsets), lm-evaluation-harness definitions (see docs/engine.md)
   task_reference_ci.json  also per document / per window loglik of every method on the CI subsets
                         (LAMBADA first 400, WikiText first 200 lines at W = 128): "ci_per_doc"
   quant_unit.json       the fake-quantization function on fixed vectors (unit fixture)
@@ -90,7 +90,7 @@ def head_lines(text, n):
 
 
 def count_words(text):
-    # Runs of non-whitespace, whitespace = ASCII space, \t, \n, \v, \f, \r (DESIGN.md: words).
+    # Runs of non-whitespace, whitespace = ASCII space, \t, \n, \v, \f, \r (docs/engine.md: words).
     return len(re.findall(r"[^ \t\n\r\f\v]+", text))
 
 
@@ -336,7 +336,7 @@ def write_logits(out, name, path, ids, lg, vocab_slice):
 
 
 # ----------------------------------------------------------------------------------------------
-# Fake KV quantization (DESIGN.md "KV-cache compression", quant), written independently of the
+# Fake KV quantization (docs/kv-methods.md, quant), written independently of the
 # C++ engine: per token, groups of `group` consecutive channels of each head vector, min-max
 # (asym: scale=(max-min)/(2^B-1), zero=min; sym: scale=absmax/(2^(B-1)-1)), round half to even.
 def fake_quant(x, bits, group, sym):
@@ -438,7 +438,7 @@ def quant_unit(out):
 
 
 # ----------------------------------------------------------------------------------------------
-# Tasks, lm-evaluation-harness definitions (DESIGN.md "Tasks")
+# Tasks, lm-evaluation-harness definitions (docs/engine.md)
 def encode_pair(enc, context, continuation, prefix_id):
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
@@ -549,7 +549,7 @@ def task_reference(assets, out, variants):
     import transformers
     docs = read_lambada(assets)
     wiki = read_text(os.path.join(assets, "data/wikitext-2/wiki.test.raw"))
-    result = {"definitions": "lm-evaluation-harness lambada_openai / loglikelihood_rolling; DESIGN.md",
+    result = {"definitions": "lm-evaluation-harness lambada_openai / loglikelihood_rolling; docs/engine.md",
               "subsets": {"lambada_limit": 400, "wikitext_head_lines": 200}, "models": {}}
     per_doc = {}
     for name in ["ref-gpt2", "ref-llama"]:

@@ -1,4 +1,4 @@
-// Attention diagnostics of a KV method (DESIGN.md "Diagnostics"), per layer, measured by an
+// Attention diagnostics of a KV method (docs/kv-methods.md, "Diagnostics"), per layer, measured by an
 // AttentionObserver on unpadded sequences run with the job's codec. In every layer the layer's
 // input is the compressed run's hidden state; "clean" below means that layer's own uncompressed
 // (post-RoPE) K/V, "seen" what attention actually read (compressed entries, per-(t, j) masks).

@@ -1,7 +1,7 @@
 // Runs one evaluation job end to end: load (or reuse) the model and tokenizer, build the KV
 // codec (calibrating it if the method needs it), prepare the task, score, and assemble the
-// result object of DESIGN.md's contract: {"spec", "metrics", "ledger", "timing", "provenance"}
-// (+ "diagnostics" when asked).
+// result object of the eval contract (docs/architecture.md): {"spec", "metrics", "ledger",
+// "timing", "provenance"} (+ "diagnostics" when asked).
 #ifndef KVSWEEP_WORKER_ENGINE_EVAL_H_
 #define KVSWEEP_WORKER_ENGINE_EVAL_H_
 

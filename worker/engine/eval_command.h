@@ -1,5 +1,5 @@
 // `kvsweep-worker eval --model DIR --task T --data FILE --method SPEC ... --format json`:
-// runs one job from flags and prints exactly one JSON object on stdout (DESIGN.md "Contracts").
+// runs one job from flags and prints exactly one JSON object on stdout (docs/architecture.md, "The eval contract").
 // Logs and progress go to stderr. Exit status: 0 ok, 2 bad input (one-line reason on stderr),
 // 1 internal error, 3 out of memory.
 #ifndef KVSWEEP_WORKER_ENGINE_EVAL_COMMAND_H_

@@ -1,5 +1,5 @@
 // Which state each cache entry is in when a given query reads it, for methods whose stored state
-// depends on the decode step (DESIGN.md "What is simulated").
+// depends on the decode step (docs/kv-methods.md, "Masks").
 //
 // At decode step t the cache holds tokens 0..t (token t stored before it is read). With an fp16
 // residual window of R tokens, the R most recent tokens are kept uncompressed. With channel-axis

@@ -1,4 +1,4 @@
-// Encode/decode cost of the KV codecs on CPU (issue 3, item 6). Plain timing in one process:
+// Encode/decode cost of the KV codecs on CPU (docs/benchmarks.md). Plain timing in one process:
 // every measurement is a median over repetitions, and each is printed as a ratio to baselines
 // measured in the same run (so load from other processes shows up in both):
 //   copy       the cost of `none`'s cache write: cloning K and V (what storing them uncompressed

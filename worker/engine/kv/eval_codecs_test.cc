@@ -1,5 +1,5 @@
-// Codecs through the whole job (Engine::Run on real data): the ledger the result reports
-// (issue 3, item 3), packed bytes beside it, INT8 against none, kv_heads = native, GQA pooling's
+// Codecs through the whole job (Engine::Run on real data): the ledger the result reports,
+// packed bytes beside it, INT8 against none, kv_heads = native, GQA pooling's
 // fraction of the native cache, and the diagnostics object.
 #include <cmath>
 

@@ -1,4 +1,4 @@
-// `hybrid`: rank r, then the r coefficients quantized (DESIGN.md "KV-cache compression"):
+// `hybrid`: rank r, then the r coefficients quantized (docs/kv-methods.md, "hybrid"):
 // c = U_r^T k per (layer, KV head), c^ = min-max quantization of c per token (asymmetric, groups
 // of `group` consecutive coefficients, default all r; quantizer.h), k^ = U_r c^. Per token: one
 // pass serves every query. With basis=identity the coefficients are the first r coordinates.

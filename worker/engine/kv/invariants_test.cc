@@ -1,4 +1,4 @@
-// Model-level invariants of the KV codecs (issue 3, item 2) on the real ref-llama (GQA, RoPE) and
+// Model-level invariants of the KV codecs on the real ref-llama (GQA, RoPE) and
 // ref-gpt2 (MHA) checkpoints: rank r = head_dim is `none`, packed bytes are the ledger's, packed
 // and simulated quantization give the same logits, one-token channel blocks are per-token
 // quantization, and no method lets a query see a future token.

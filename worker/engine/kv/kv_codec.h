@@ -1,7 +1,7 @@
 // KvCodec: how a compressed KV cache looks to attention. One interface, one file per method
 // family (none, quant, rank, hybrid), one registry (kv/registry.cc).
 //
-// What is simulated (DESIGN.md): for every query position t, each cached key/value j <= t is in
+// What is simulated (docs/kv-methods.md): for every query position t, each cached key/value j <= t is in
 // exactly the state a real compressed cache would hold at decode step t. Per-token methods are
 // position-independent: one compressed tensor serves every query. Methods whose stored state
 // depends on t (channel-axis blocks with an unfinished fp16 block, an fp16 residual window)

@@ -1,4 +1,4 @@
-// `quant`: min-max quantization of cached K and/or V (DESIGN.md "KV-cache compression").
+// `quant`: min-max quantization of cached K and/or V (docs/kv-methods.md, "quant").
 //
 //   axis=token    each token's head vector [D] in groups of `group` channels, optionally in a
 //                 rotated basis (x -> U^T x, quantize, -> U x^); per token, so one pass serves

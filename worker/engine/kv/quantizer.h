@@ -1,7 +1,7 @@
 // The min-max quantizer every KV method shares (quant, hybrid, the diagnostics' damage
 // measurement), its integer codes, and the bit packing of the packed cache format.
 //
-// Definition (DESIGN.md "KV-cache compression"), per group of `group` consecutive elements of the
+// Definition (docs/kv-methods.md, "quant"), per group of `group` consecutive elements of the
 // last dimension, computed in fp32:
 //   asym: scale = (max - min) / (2^B - 1), q = clamp(round((x - min) / scale), 0, 2^B - 1),
 //         x^ = q * scale + min

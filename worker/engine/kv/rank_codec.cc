@@ -1,5 +1,5 @@
-// `rank`: k^ = U_r U_r^T k per (layer, KV head), for K and/or V (DESIGN.md "KV-cache
-// compression"); U_r = the first r vectors of the spec's basis (bases.h: pca, svd, random,
+// `rank`: k^ = U_r U_r^T k per (layer, KV head), for K and/or V (docs/kv-methods.md,
+// "rank"); U_r = the first r vectors of the spec's basis (bases.h: pca, svd, random,
 // identity). Per token, so one pass serves every query. With basis=identity the projection keeps
 // the first r coordinates and zeroes the rest exactly (no matmul, so r = D is bit-exact `none`).
 // A real cache stores the r coefficients U_r^T k in fp16; the simulation keeps them in the

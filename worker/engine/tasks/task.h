@@ -1,4 +1,4 @@
-// Evaluation tasks, defined as lm-evaluation-harness defines them (DESIGN.md "Tasks"), so that
+// Evaluation tasks, defined as lm-evaluation-harness defines them (docs/engine.md), so that
 // numbers compare. One interface, one file per task, one registry (registry.cc).
 #ifndef KVSWEEP_WORKER_ENGINE_TASKS_TASK_H_
 #define KVSWEEP_WORKER_ENGINE_TASKS_TASK_H_
