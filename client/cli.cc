@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "client/progress.h"
 #include "client/table.h"
+#include "common/cli_config.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
@@ -591,23 +592,23 @@ int Export(Globals& g, const std::string& db, const std::string& sweep, const st
 
 int RunKvsweep(int argc, char** argv) {
   Globals g;
-  if (const char* a = std::getenv("KVSWEEP_COORDINATOR")) g.cfg.address = a;
-  if (const char* t = std::getenv("KVSWEEP_TOKEN_FILE")) g.token_file = t;
   CLI::App app{"kvsweep: KV-cache compression sweeps (submit, follow, query results)"};
   app.set_version_flag("--version", "kvsweep " KVSWEEP_VERSION);
   app.require_subcommand(1);
-  app.add_option("--coordinator", g.cfg.address,
-                 "coordinator address (env KVSWEEP_COORDINATOR)")
+  // The connection settings also come from KVSWEEP_<FLAG> variables and --config FILE
+  // (common/cli_config.h): command line, then environment, then file.
+  WithEnv(app.add_option("--coordinator", g.cfg.address, "coordinator address"))
       ->capture_default_str();
-  app.add_option("--token-file", g.token_file, "bearer token file (env KVSWEEP_TOKEN_FILE)");
-  app.add_flag("--tls", g.cfg.tls, "use TLS (system roots unless --tls-ca)");
-  app.add_option("--tls-ca", g.cfg.tls_files.ca, "CA of the coordinator's certificate");
-  app.add_option("--tls-cert", g.cfg.tls_files.cert, "client certificate (mTLS)");
-  app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)");
-  app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name");
+  WithEnv(app.add_option("--token-file", g.token_file, "bearer token file"));
+  WithEnv(app.add_flag("--tls", g.cfg.tls, "use TLS (system roots unless --tls-ca)"));
+  WithEnv(app.add_option("--tls-ca", g.cfg.tls_files.ca, "CA of the coordinator's certificate"));
+  WithEnv(app.add_option("--tls-cert", g.cfg.tls_files.cert, "client certificate (mTLS)"));
+  WithEnv(app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)"));
+  WithEnv(app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name"));
   app.add_option("--timeout-ms", g.timeout_ms, "deadline of each call")
       ->check(CLI::Range(100, 86400000))
       ->capture_default_str();
+  AddConfigFile(&app);
 
   std::string file, sweep, db, sql, output;
   std::string table_format, query_format, export_format;

@@ -5,7 +5,11 @@
 //       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
 //       [--max-attempts-default ...] [--quarantine-after 3] [--allow-path DIR]...
-//       [--metrics-listen [HOST:]PORT]
+//       [--metrics-listen [HOST:]PORT] [--config FILE]
+//
+// The deployment settings (--db, --listen, --tls-*, --*token-file, --metrics-listen) also come
+// from KVSWEEP_<FLAG> variables (KVSWEEP_DB, KVSWEEP_TLS_CLIENT_CA, ...) and from --config FILE
+// (`db = "..."`); the command line wins over the environment, which wins over the file.
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
 // point loses nothing that was acknowledged (docs/protocol.md).
@@ -17,6 +21,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "common/cli_config.h"
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/signals.h"
@@ -39,24 +44,28 @@ int main(int argc, char** argv) {
   std::string port_file, token_file, log_level;
   CLI::App app{"kvsweep-coordinator: hands sweep jobs to workers, records results in SQLite"};
   app.set_version_flag("--version", "kvsweep-coordinator " KVSWEEP_VERSION);
-  app.add_option("--db", o.db_path, "SQLite database file (created if missing)")->required();
-  app.add_option("--listen", o.listen,
-                 "address to serve on (host:port; port 0 picks one). Non-loopback addresses "
-                 "need --tls-cert, --tls-key and --token-file")
+  WithEnv(app.add_option("--db", o.db_path, "SQLite database file (created if missing)"))
+      ->required();
+  WithEnv(app.add_option("--listen", o.listen,
+                         "address to serve on (host:port; port 0 picks one). Non-loopback "
+                         "addresses need --tls-cert, --tls-key and --token-file"))
       ->capture_default_str();
   app.add_option("--port-file", port_file, "write the bound port here once serving (tests)");
-  app.add_option("--tls-cert", o.tls.cert, "server certificate (PEM)");
-  app.add_option("--tls-key", o.tls.key, "server private key (PEM)");
-  app.add_option("--tls-client-ca", o.tls.ca, "require client certificates signed by this CA (mTLS)");
+  WithEnv(app.add_option("--tls-cert", o.tls.cert, "server certificate (PEM)"));
+  WithEnv(app.add_option("--tls-key", o.tls.key, "server private key (PEM)"));
+  WithEnv(app.add_option("--tls-client-ca", o.tls.ca,
+                         "require client certificates signed by this CA (mTLS)"));
   std::string worker_token_file, client_token_file, reader_token_file;
-  app.add_option("--token-file", token_file,
-                 "bearer token allowed every call (with the role tokens below, the admin's)");
-  app.add_option("--worker-token-file", worker_token_file,
-                 "bearer token of workers: lease, heartbeat, complete, fail only");
-  app.add_option("--client-token-file", client_token_file,
-                 "bearer token of users: submit, cancel, retry, status, watch, query, export");
-  app.add_option("--reader-token-file", reader_token_file,
-                 "bearer token of read-only users: status, watch, query, export");
+  WithEnv(app.add_option("--token-file", token_file,
+                         "bearer token allowed every call (with the role tokens below, the "
+                         "admin's)"));
+  WithEnv(app.add_option("--worker-token-file", worker_token_file,
+                         "bearer token of workers: lease, heartbeat, complete, fail only"));
+  WithEnv(app.add_option("--client-token-file", client_token_file,
+                         "bearer token of users: submit, cancel, retry, status, watch, query, "
+                         "export"));
+  WithEnv(app.add_option("--reader-token-file", reader_token_file,
+                         "bearer token of read-only users: status, watch, query, export"));
   app.add_option("--lease-ttl-ms", o.scheduler.lease_ttl_ms, "lease duration; heartbeats renew it")
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
@@ -78,11 +87,12 @@ int main(int argc, char** argv) {
                  "a directory whose files sweeps may name (models, tokenizers, data, "
                  "calibration); repeatable. Default: the submitted sweep file's directory. "
                  "KVSWEEP_ASSETS is always allowed");
-  app.add_option("--metrics-listen", o.metrics_listen,
-                 "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback; "
-                 "no authentication, so bind another address only on a trusted network). "
-                 "Default: off");
+  WithEnv(app.add_option("--metrics-listen", o.metrics_listen,
+                         "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: "
+                         "loopback; no authentication, so bind another address only on a "
+                         "trusted network). Default: off"));
   app.add_option("--log-tag", log_level, "tag printed on every log line");
+  AddConfigFile(&app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

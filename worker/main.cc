@@ -3,9 +3,13 @@
 //   kvsweep-worker --coordinator HOST:PORT --device cpu|cuda[:i] [--evaluator engine|fake]
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
-//       [--exit-when-idle SECONDS]
+//       [--exit-when-idle SECONDS] [--config FILE]
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
 //   kvsweep-worker generate ...                                   (greedy generation)
+//
+// The connection settings (--coordinator, --token-file, --tls, --tls-*), --device and --spool-dir
+// also come from KVSWEEP_<FLAG> variables (KVSWEEP_COORDINATOR, KVSWEEP_TLS_CA, ...) and from
+// --config FILE; the command line wins over the environment, which wins over the file.
 //
 // SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
 // a second signal hands the current job back at once.
@@ -20,6 +24,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "common/cli_config.h"
 #include "common/log.h"
 #include "common/signals.h"
 #include "rpc/rpc_util.h"
@@ -70,9 +75,9 @@ int main(int argc, char** argv) {
   bool version = false;
   CLI::App app{"kvsweep-worker: pulls KV-cache compression jobs from a kvsweep-coordinator"};
   app.add_flag("--version", version, "print the version and whether the engine is built in");
-  app.add_option("--coordinator", o.coordinator.address, "coordinator address (host:port)")
+  WithEnv(app.add_option("--coordinator", o.coordinator.address, "coordinator address (host:port)"))
       ->capture_default_str();
-  app.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  WithEnv(app.add_option("--device", o.device, "cpu, cuda or cuda:N"))->capture_default_str();
   app.add_option("--evaluator", evaluator,
                  "engine (libtorch) or fake (placeholder numbers: tests and benchmarks only)")
       ->capture_default_str();
@@ -82,13 +87,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 86400000))
       ->capture_default_str();
   app.add_option("--worker-id", o.worker_id, "worker id (default <hostname>-<pid>)");
-  app.add_option("--token-file", token_file, "file holding the coordinator's bearer token");
-  app.add_flag("--tls", o.coordinator.tls, "use TLS (with the system roots unless --tls-ca)");
-  app.add_option("--tls-ca", o.coordinator.tls_files.ca, "CA that signed the coordinator's cert");
-  app.add_option("--tls-cert", o.coordinator.tls_files.cert, "client certificate (mTLS)");
-  app.add_option("--tls-key", o.coordinator.tls_files.key, "client private key (mTLS)");
-  app.add_option("--tls-server-name", o.coordinator.tls_server_name,
-                 "name to expect in the coordinator's certificate");
+  WithEnv(app.add_option("--token-file", token_file,
+                         "file holding the coordinator's bearer token"));
+  WithEnv(app.add_flag("--tls", o.coordinator.tls,
+                       "use TLS (with the system roots unless --tls-ca)"));
+  WithEnv(app.add_option("--tls-ca", o.coordinator.tls_files.ca,
+                         "CA that signed the coordinator's cert"));
+  WithEnv(app.add_option("--tls-cert", o.coordinator.tls_files.cert, "client certificate (mTLS)"));
+  WithEnv(app.add_option("--tls-key", o.coordinator.tls_files.key, "client private key (mTLS)"));
+  WithEnv(app.add_option("--tls-server-name", o.coordinator.tls_server_name,
+                         "name to expect in the coordinator's certificate"));
   app.add_option("--drain-timeout-ms", o.drain_timeout_ms,
                  "on SIGTERM, let the current job run this long before handing it back")
       ->check(CLI::Range(0, 86400000))
@@ -105,9 +113,10 @@ int main(int argc, char** argv) {
   app.add_option("--journal", o.journal_path,
                  "append one line per event (lease, recorded, rejected, ...) to this file");
   o.spool_dir = DefaultSpoolDir();
-  app.add_option("--spool-dir", o.spool_dir,
-                 "finished results are kept here (fsynced) until the coordinator has them; a "
-                 "worker restarted with the same --worker-id reports them first ('' = off)")
+  WithEnv(app.add_option("--spool-dir", o.spool_dir,
+                         "finished results are kept here (fsynced) until the coordinator has "
+                         "them; a worker restarted with the same --worker-id reports them first "
+                         "('' = off)"))
       ->capture_default_str();
   app.add_option("--reconnect-max-ms", o.reconnect_max_ms,
                  "longest wait between attempts to reach the coordinator")
@@ -116,6 +125,7 @@ int main(int argc, char** argv) {
   app.add_option("--fault", faults,
                  "TEST ONLY: crash-on-job-substring:XYZ | hang | pause-before-complete:MS | "
                  "delay-job:MS");
+  AddConfigFile(&app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
