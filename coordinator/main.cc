@@ -5,11 +5,12 @@
 //       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
 //       [--max-attempts-default ...] [--quarantine-after 3] [--allow-path DIR]...
-//       [--metrics-listen [HOST:]PORT] [--config FILE]
+//       [--metrics-listen [HOST:]PORT] [--health-listen HOST:PORT] [--config FILE]
 //
-// The deployment settings (--db, --listen, --tls-*, --*token-file, --metrics-listen) also come
-// from KVSWEEP_<FLAG> variables (KVSWEEP_DB, KVSWEEP_TLS_CLIENT_CA, ...) and from --config FILE
-// (`db = "..."`); the command line wins over the environment, which wins over the file.
+// The deployment settings (--db, --listen, --tls-*, --*token-file, --metrics-listen,
+// --health-listen) also come from KVSWEEP_<FLAG> variables (KVSWEEP_DB, KVSWEEP_TLS_CLIENT_CA,
+// ...) and from --config FILE (`db = "..."`); the command line wins over the environment, which
+// wins over the file.
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
 // point loses nothing that was acknowledged (docs/protocol.md).
@@ -91,6 +92,9 @@ int main(int argc, char** argv) {
                          "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: "
                          "loopback; no authentication, so bind another address only on a "
                          "trusted network). Default: off"));
+  WithEnv(app.add_option("--health-listen", o.health_listen,
+                         "also serve grpc.health.v1 alone, in plaintext, on this host:port, for "
+                         "probes that cannot do TLS (Kubernetes grpc probes). Default: off"));
   app.add_option("--log-tag", log_level, "tag printed on every log line");
   AddConfigFile(&app);
   try {

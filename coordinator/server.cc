@@ -87,15 +87,38 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", o.listen, " (address in use by another process, or not local)"));
   }
+  if (!o.health_listen.empty()) {
+    // A server of its own, with nothing but the default health service (and reflection, which
+    // lists just that): a plaintext port on the main server would serve every service without
+    // TLS.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    health_builder.AddListeningPort(o.health_listen, grpc::InsecureServerCredentials(),
+                                    &s->health_port_);
+    s->health_server_ = health_builder.BuildAndStart();
+    if (s->health_server_ == nullptr || s->health_port_ == 0) {
+      s->server_->Shutdown();
+      s->scheduler_->Stop();
+      return absl::UnavailableError(absl::StrCat("--health-listen: cannot listen on ",
+                                                 o.health_listen));
+    }
+  }
   // The scheduler is running (Start above): ready for workers and clients.
-  if (grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService()) {
-    for (const char* name : kHealthServiceNames) health->SetServingStatus(name, true);
+  for (grpc::Server* server : {s->server_.get(), s->health_server_.get()}) {
+    if (server == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+      for (const char* name : kHealthServiceNames) health->SetServingStatus(name, true);
+    }
   }
   const std::string host = o.listen.substr(0, o.listen.rfind(':'));
   s->address_ = absl::StartsWith(o.listen, "unix") ? o.listen : absl::StrCat(host, ":", s->port_);
   KV_LOG(INFO) << "kvsweep-coordinator: listening on " << s->address_ << " ("
                << (o.tls.enabled() ? (o.tls.ca.empty() ? "TLS" : "mTLS") : "plaintext")
                << (o.tokens.empty() ? "" : ", bearer tokens") << "), database " << o.db_path;
+  if (s->health_server_ != nullptr) {
+    KV_LOG(INFO) << "kvsweep-coordinator: grpc.health.v1 alone, plaintext, on port "
+                 << s->health_port_;
+  }
   if (s->metrics_ != nullptr) {
     KV_LOG(INFO) << "kvsweep-coordinator: Prometheus metrics on port " << s->metrics_->port()
                  << " (/metrics)";
@@ -106,6 +129,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 CoordinatorServer::~CoordinatorServer() {
   Shutdown();
   server_.reset();
+  health_server_.reset();
   metrics_.reset();
   worker_service_.reset();
   sweep_service_.reset();
@@ -117,14 +141,16 @@ CoordinatorServer::~CoordinatorServer() {
 void CoordinatorServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
-  if (server_ != nullptr) {
-    // Probes see NOT_SERVING while calls in flight are answered.
-    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+  // Probes see NOT_SERVING while calls in flight are answered.
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
       for (const char* name : kHealthServiceNames) health->SetServingStatus(name, false);
     }
   }
   if (sweep_service_) sweep_service_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
   if (scheduler_) scheduler_->Stop();
   if (worker_service_ != nullptr) {
     const LatencyHistogram& lease = worker_service_->lease_latency();

@@ -25,6 +25,10 @@ struct CoordinatorOptions {
   ServiceOptions service;               // its tokens are filled from `tokens`
   // Prometheus /metrics on this address (coordinator/metrics.h MetricsBindAddress); empty: off.
   std::string metrics_listen;
+  // grpc.health.v1 alone, in plaintext, on this host:port (port 0 picks one); empty: off. For
+  // probes that cannot do TLS (Kubernetes' grpc probes) when --listen requires it: this server
+  // has no other service, so it bypasses neither TLS nor the tokens.
+  std::string health_listen;
 };
 
 // The services the grpc.health.v1 service reports on (besides "", the whole server): SERVING
@@ -44,6 +48,8 @@ class CoordinatorServer {
   CoordinatorServer& operator=(const CoordinatorServer&) = delete;
 
   int port() const { return port_; }
+  // The plaintext health port (health_listen); 0 when off.
+  int health_port() const { return health_port_; }
   // The /metrics port; 0 when not serving metrics.
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // "127.0.0.1:<port>" style address clients can dial.
@@ -62,8 +68,10 @@ class CoordinatorServer {
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<MetricsServer> metrics_;  // observes worker_service_: outlives server_'s calls
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // health_listen: grpc.health.v1 only
   int lock_fd_ = -1;
   int port_ = 0;
+  int health_port_ = 0;
   std::string address_;
   bool shut_down_ = false;
 };
