@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
+#include "common/hf_hub.h"
 #include "common/input_files.h"
 #include "common/json_util.h"
 #include "common/method_spec.h"
@@ -130,8 +131,8 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     return Invalid("task", UnknownTaskMessage(req.task));
   }
   if (req.data_path.empty()) return Invalid("data", "no data file given");
-  if (req.dtype != "fp32" && req.dtype != "bf16" && req.dtype != "fp16") {
-    return Invalid("dtype", absl::StrCat("'", req.dtype, "' is not one of fp32|bf16|fp16"));
+  if (absl::StatusOr<std::string> d = DtypeName(req.dtype); !d.ok()) {
+    return Invalid("dtype", d.status().message());
   }
   if (req.limit < 0) return Invalid("limit", absl::StrCat(req.limit, " is negative"));
   if (req.window < 0) return Invalid("window", absl::StrCat(req.window, " is negative"));
@@ -140,12 +141,19 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
 
   // The files first: with a path policy, nothing (config.json included) is opened before every
   // file of the model has passed it.
-  absl::StatusOr<ModelFiles> mf = ResolveModelFiles(req.model_path, req.path_policy);
+  // A Hugging Face repo id ("org/name") that is not a path names its snapshot in the hub cache.
+  std::string repo_label;
+  absl::StatusOr<std::string> model_path =
+      ResolveModelReference(req.model_path, /*base_dir=*/"", &repo_label);
+  if (!model_path.ok()) return model_path.status();
+  absl::StatusOr<ModelFiles> mf = ResolveModelFiles(*model_path, req.path_policy);
   if (!mf.ok()) return mf.status();
-  absl::StatusOr<ModelConfig> cfg = ReadModelConfig(req.model_path);
+  absl::StatusOr<ModelConfig> cfg = ReadModelConfig(*model_path);
   if (!cfg.ok()) return cfg.status();
-  s.model_path = req.model_path;
-  s.model_name = req.model_name.empty() ? Basename(req.model_path) : req.model_name;
+  s.model_path = *model_path;
+  s.model_name = !req.model_name.empty() ? req.model_name
+                 : !repo_label.empty()   ? repo_label
+                                         : Basename(*model_path);
   s.head_dim = cfg->head_dim;
   s.num_layers = cfg->num_layers;
   s.native_kv_heads = cfg->num_kv_heads;
@@ -168,7 +176,9 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   s.context = req.task == "lambada_openai" ? 1 : req.context;
   s.limit = req.limit;
   s.task = req.task;
-  s.dtype = req.dtype;
+  absl::StatusOr<std::string> dtype = ResolveDtype(req.dtype, *cfg);
+  if (!dtype.ok()) return Invalid("dtype", dtype.status().message());
+  s.dtype = *dtype;
   s.diagnostics = req.diagnostics;
 
   // GQA pooling.
@@ -218,7 +228,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     return Invalid("tokenizer", "a llama2.c model needs --tokenizer tok*.bin");
   }
   absl::StatusOr<TokenizerFiles> tf = ResolveTokenizerFiles(
-      req.tokenizer_path.empty() ? req.model_path : req.tokenizer_path, req.path_policy);
+      req.tokenizer_path.empty() ? *model_path : req.tokenizer_path, req.path_policy);
   if (!tf.ok()) return tf.status();
   absl::StatusOr<std::string> th = FilesFingerprint(tf->All());
   if (!th.ok()) return th.status();

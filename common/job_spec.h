@@ -23,8 +23,8 @@ namespace kvsweep {
 inline constexpr char kEngineVersion[] = "kvsweep-engine/1";
 
 struct JobRequest {
-  std::string model_path;
-  std::string model_name;       // display name; defaults to the path's basename
+  std::string model_path;       // a path, or a Hugging Face repo id (common/hf_hub.h)
+  std::string model_name;       // display name; defaults to the repo id or the path's basename
   std::string tokenizer_path;   // empty: the model directory's tokenizer
   std::string task;             // lambada_openai | wikitext | ptb | text
   std::string data_path;
@@ -34,7 +34,7 @@ struct JobRequest {
   int context = 1;              // C for rolling windows
   std::string method = "none";
   int kv_heads = 0;             // 0 = native
-  std::string dtype = "fp32";   // fp32 | bf16 | fp16
+  std::string dtype = "fp32";   // fp32 | bf16 | fp16, transformers' names, or auto (DtypeName)
   std::string calibration_path;   // empty: assets' wiki.valid.tokens if the method needs one
   int calibration_windows = 16;
   int calibration_len = 512;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
@@ -367,6 +368,33 @@ nlohmann::json ModelConfig::ToJson() const {
           {"intermediate_size", intermediate_size}, {"max_positions", max_positions},
           {"rope_theta", rope_theta},       {"sliding_window", sliding_window},
           {"tie_word_embeddings", tie_word_embeddings}};
+}
+
+absl::StatusOr<std::string> DtypeName(absl::string_view name) {
+  absl::string_view n = name;
+  absl::ConsumePrefix(&n, "torch.");
+  if (n == "fp32" || n == "float32" || n == "float") return std::string("fp32");
+  if (n == "bf16" || n == "bfloat16") return std::string("bf16");
+  if (n == "fp16" || n == "float16" || n == "half") return std::string("fp16");
+  if (n == "auto") return std::string("auto");
+  return absl::InvalidArgumentError(absl::StrCat(
+      "'", name.substr(0, 64), "' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto"));
+}
+
+absl::StatusOr<std::string> ResolveDtype(absl::string_view name, const ModelConfig& config) {
+  absl::StatusOr<std::string> d = DtypeName(name);
+  if (!d.ok() || *d != "auto") return d;
+  if (config.torch_dtype.empty()) {
+    return absl::InvalidArgumentError(
+        "auto: the model's config.json names no dtype (torch_dtype); give fp32, bf16 or fp16");
+  }
+  absl::StatusOr<std::string> own = DtypeName(config.torch_dtype);
+  if (!own.ok() || *own == "auto") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "auto: the model's dtype '", config.torch_dtype.substr(0, 64),
+        "' is not one kvsweep computes in (fp32, bf16, fp16)"));
+  }
+  return own;
 }
 
 }  // namespace kvsweep

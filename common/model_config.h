@@ -76,6 +76,15 @@ absl::StatusOr<Llama2cHeader> ParseLlama2cHeader(const void* data, size_t size,
                                                  const std::string& what);
 ModelConfig Llama2cConfig(const Llama2cHeader& h);
 
+// The compute dtypes a job runs in: "fp32", "bf16", "fp16" (the names in job specs).
+// DtypeName accepts those, transformers' spellings ("float32", "bfloat16", "float16", also with
+// "torch." in front) and "auto"; it returns the canonical name ("auto" stays "auto").
+// kInvalidArgument "'X' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto".
+absl::StatusOr<std::string> DtypeName(absl::string_view name);
+// DtypeName, with "auto" bound to the checkpoint's own dtype (config.json's `dtype` or
+// `torch_dtype`); kInvalidArgument when the config names none or one kvsweep does not compute in.
+absl::StatusOr<std::string> ResolveDtype(absl::string_view name, const ModelConfig& config);
+
 }  // namespace kvsweep
 
 #endif  // KVSWEEP_COMMON_MODEL_CONFIG_H_

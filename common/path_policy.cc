@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/hf_hub.h"
 #include "common/job_spec.h"
 
 namespace kvsweep {
@@ -79,6 +80,8 @@ std::vector<std::string> SweepPathRoots(const std::vector<std::string>& configur
   std::vector<std::string> roots = configured;
   if (roots.empty() && !base_dir.empty()) roots.push_back(base_dir);
   roots.push_back(AssetsDir());
+  // Models named by repo id live there (common/hf_hub.h); it holds only what was downloaded.
+  if (const std::string hub = HfHubCacheDir(); !hub.empty()) roots.push_back(hub);
   return roots;
 }
 

@@ -34,7 +34,8 @@ class PathPolicy {
 
 // The roots the coordinator applies to one submitted sweep: `configured` (--allow-path) if any,
 // else the sweep file's directory `base_dir` (when not empty); plus, always, the assets directory
-// (AssetsDir(): $KVSWEEP_ASSETS or ../shared/assets).
+// (AssetsDir(): $KVSWEEP_ASSETS or ../shared/assets) and the Hugging Face hub cache
+// (HfHubCacheDir(), where models named by repo id live).
 std::vector<std::string> SweepPathRoots(const std::vector<std::string>& configured,
                                         const std::string& base_dir);
 

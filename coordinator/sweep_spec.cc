@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/hf_hub.h"
 #include "common/input_files.h"
 #include "common/ledger.h"
 #include "common/method_spec.h"
@@ -154,10 +155,12 @@ class Expander {
     }
     if (root["dtype"]) {
       KV_ASSIGN(dtypes_, StrList(root["dtype"], "dtype"));
-      for (const std::string& d : dtypes_) {
-        if (d != "fp32" && d != "bf16" && d != "fp16") {
-          return Err(root["dtype"], "dtype", absl::StrCat("'", d, "' is not fp32, bf16 or fp16"));
-        }
+      // Canonical names ("bfloat16" is bf16); `auto` is bound to each model's own dtype when
+      // its jobs are resolved.
+      for (std::string& d : dtypes_) {
+        absl::StatusOr<std::string> name = DtypeName(d);
+        if (!name.ok()) return Err(root["dtype"], "dtype", name.status().message());
+        d = *name;
       }
     }
     KV_CHECK(ParseCalibration(root["calibration"]));
@@ -286,13 +289,19 @@ class Expander {
     return a.ok() ? a : Err(n, field, a.message());
   }
 
-  std::string Resolve(const std::string& p) const {
-    if (!p.empty() && p[0] == '/') return p;
+  // Where relative paths resolve: the sweep's base directory, else the working directory.
+  std::string BaseDir() const {
     std::string base = o_.base_dir;
     if (base.empty()) {
       char buf[4096];
       if (::getcwd(buf, sizeof(buf)) != nullptr) base = buf;
     }
+    return base;
+  }
+
+  std::string Resolve(const std::string& p) const {
+    if (!p.empty() && p[0] == '/') return p;
+    const std::string base = BaseDir();
     return base.empty() ? p : JoinPath(base, p);
   }
 
@@ -360,11 +369,16 @@ class Expander {
         return Err(m, path, "expected a path or a mapping with name and path");
       }
       const YAML::Node at = m.IsMap() ? m["path"] : m;
-      const std::string resolved = Resolve(e.path);
-      KV_CHECK(CheckAllowed(at, path + ".path", resolved));
-      if (!PathExists(resolved)) {
-        return Err(at, path + ".path", absl::StrCat("model path '", resolved, "' does not exist"));
+      // A path, or a Hugging Face repo id whose snapshot in the hub cache is the model.
+      std::string repo_label;
+      absl::StatusOr<std::string> found =
+          ResolveModelReference(Resolve(e.path), /*base_dir=*/"", nullptr);
+      if (!found.ok() && IsHfRepoId(e.path)) {
+        found = ResolveModelReference(e.path, BaseDir(), &repo_label);
       }
+      const std::string resolved = found.ok() ? *found : Resolve(e.path);
+      KV_CHECK(CheckAllowed(at, path + ".path", resolved));
+      if (!found.ok()) return Err(at, path + ".path", found.status().message());
       e.path = RealPath(resolved);
       if (policy_) {
         // Every file the engine would read (config.json included) passes the policy before
@@ -375,6 +389,7 @@ class Expander {
       absl::StatusOr<ModelConfig> cfg = ReadModelConfig(e.path);
       if (!cfg.ok()) return Err(at, path + ".path", cfg.status().message());
       e.config = *cfg;
+      if (e.name.empty() && !repo_label.empty()) e.name = repo_label;
       if (e.name.empty()) {
         std::string p = e.path;
         while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -744,7 +759,12 @@ class Expander {
         } else if (k == "budget") {
           m = !std::isnan(c.method->budget) && absl::StrCat(c.method->budget) == v;
         } else if (k == "seed") m = c.seed.has_value() && std::to_string(*c.seed) == v;
-        else if (k == "dtype") m = c.dtype == v;
+        else if (k == "dtype") {
+          absl::StatusOr<std::string> name = DtypeName(v);
+          m = name.ok() && (c.dtype == *name ||
+                            (c.dtype == "auto" &&
+                             ResolveDtype("auto", c.model->config).value_or("") == *name));
+        }
         all = all && m;
       }
       if (all) return true;

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <set>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/file_util.h"
+#include "common/path_policy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -224,6 +226,59 @@ TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
     // One line: the CLI prints it as is.
     EXPECT_EQ(std::string(s.status().message()).find('\n'), std::string::npos) << c.name;
   }
+}
+
+// `path: org/name` names a model in the Hugging Face hub cache (here a snapshot that links to
+// the assets' ref-llama); its label is the repo id. `dtype: auto` is each model's own dtype
+// (both assets' models are stored in float16), transformers' spellings are accepted, and an
+// exclude rule on a dtype matches however the dtype was spelled.
+TEST(SweepSpecTest, RepoIdsAndTransformersDtypes) {
+  namespace fs = std::filesystem;
+  const std::string hub = absl::StrCat(::testing::TempDir(), "/kvsweep_sweep_hub_", ::getpid());
+  const std::string commit = "89abcdef0123456789abcdef0123456789abcdef";
+  fs::create_directories(hub + "/models--acme--llama/refs");
+  fs::create_directories(hub + "/models--acme--llama/snapshots");
+  std::ofstream(hub + "/models--acme--llama/refs/main") << commit << "\n";
+  fs::create_directory_symlink(AssetsDir() + "/models/ref-llama",
+                               hub + "/models--acme--llama/snapshots/" + commit);
+  ::setenv("HF_HUB_CACHE", hub.c_str(), 1);
+  ExpandOptions o = Opts();
+  o.allowed_roots = SweepPathRoots({}, o.base_dir);  // the hub cache is among the defaults
+  auto s = ExpandSweep(R"(name: hub
+models: [acme/llama, models/ref-gpt2]
+tasks: [{task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 2}]
+methods: [none]
+dtype: [auto, bfloat16, torch.float32]
+exclude: [{model: ref-gpt2, dtype: float16}]
+)",
+                       o);
+  auto missing = ExpandSweep(R"(name: hub
+models: [acme/other]
+tasks: [{task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 2}]
+methods: [none]
+)",
+                             o);
+  auto bad_dtype = ExpandSweep(Yaml("  - none\n", "dtype: [int8]\n"), o);
+  ::unsetenv("HF_HUB_CACHE");
+  fs::remove_all(hub);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::multiset<std::string> got;
+  for (const SweepJob& j : s->jobs) {
+    got.insert(absl::StrCat(j.labels["model"].get<std::string>(), " ",
+                            j.labels["dtype"].get<std::string>()));
+  }
+  EXPECT_EQ(got, (std::multiset<std::string>{"acme/llama fp16", "acme/llama bf16",
+                                             "acme/llama fp32", "ref-gpt2 bf16",
+                                             "ref-gpt2 fp32"}));
+  EXPECT_EQ(s->excluded, 1);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("models[0].path: model path '"));
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("does not exist, and model 'acme/other' is not in the Hugging Face cache"));
+  ASSERT_FALSE(bad_dtype.ok());
+  EXPECT_THAT(std::string(bad_dtype.status().message()),
+              HasSubstr("dtype: 'int8' is not fp32, bf16, fp16"));
 }
 
 TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {

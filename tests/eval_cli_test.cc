@@ -99,6 +99,45 @@ TEST(EvalCliTest, JsonContract) {
   EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);  // one line
 }
 
+// `--model org/name` evaluates the snapshot the Hugging Face hub cache holds for it (here one
+// that links to the assets' ref-llama), labelled with the repo id, with transformers' dtype
+// names; the numbers equal the same job named by its directory. `--dtype auto` is the
+// checkpoint's own dtype (float16), which libtorch 1.13 cannot compute in on the CPU: a clear
+// error then, not a failure inside a matmul.
+TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
+  const std::string hub = Scratch("hub");
+  const std::string commit = "0123456789abcdef0123456789abcdef01234567";
+  fs::create_directories(hub + "/models--acme--llama/refs");
+  fs::create_directories(hub + "/models--acme--llama/snapshots");
+  std::ofstream(hub + "/models--acme--llama/refs/main") << commit;
+  fs::create_directory_symlink(A("models/ref-llama"), hub + "/models--acme--llama/snapshots/" + commit);
+  ::setenv("HF_HUB_CACHE", hub.c_str(), 1);  // the worker inherits it
+  ProcResult by_id = Exec(Eval("acme/llama", "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "torch.float32"}));
+  ProcResult missing = Exec(Eval("acme/absent", "lambada_openai", A(kLambada), {"--limit", "3"}));
+  ProcResult autod = Exec(Eval("acme/llama", "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "auto"}));
+  ::unsetenv("HF_HUB_CACHE");
+  ProcResult by_path = Exec(Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "fp32"}));
+  fs::remove_all(hub);
+  ASSERT_EQ(by_id.status, 0) << by_id.err;
+  ASSERT_EQ(by_path.status, 0) << by_path.err;
+  auto a = nlohmann::json::parse(by_id.out), b = nlohmann::json::parse(by_path.out);
+  EXPECT_EQ(a["spec"]["model_name"], "acme/llama");
+  EXPECT_EQ(b["spec"]["model_name"], "ref-llama");
+  EXPECT_EQ(a["spec"]["dtype"], "fp32");
+  EXPECT_EQ(a["spec"]["job_id"], b["spec"]["job_id"]);
+  EXPECT_EQ(a["metrics"], b["metrics"]);
+  if (autod.status == 0) {  // a libtorch with fp16 on the CPU
+    EXPECT_EQ(nlohmann::json::parse(autod.out)["spec"]["dtype"], "fp16");
+  } else {
+    EXPECT_EQ(autod.status, 2) << autod.err;
+    EXPECT_NE(autod.err.find("error: fp16 is not supported on cpu by this libtorch"), std::string::npos)
+        << autod.err;
+  }
+  EXPECT_EQ(missing.status, 2) << missing.err;
+  EXPECT_NE(missing.err.find("model 'acme/absent' is not in the Hugging Face cache " + hub), std::string::npos)
+      << missing.err;
+}
+
 TEST(EvalCliTest, WikitextJsonFields) {
   const std::string text = TempFile("tiny.txt", "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
   ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));

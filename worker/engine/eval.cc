@@ -132,6 +132,7 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   if (!device.ok()) return device.status();
   absl::StatusOr<torch::ScalarType> dtype = ParseDtype(spec.dtype);
   if (!dtype.ok()) return dtype.status();
+  if (absl::Status d = CheckDtypeOnDevice(*dtype, *device); !d.ok()) return d;
   absl::StatusOr<MethodSpec> parsed = ParseMethodSpec(spec.method);
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<MethodSpec> method = ResolveMethodSpec(*parsed, spec.head_dim);

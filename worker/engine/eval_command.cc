@@ -89,8 +89,10 @@ int RunEvalCommand(int argc, char** argv) {
   JobRequest req;
   EngineOptions eng;
   std::string format = "text";
-  app.add_option("--model", req.model_path, "Hugging Face model directory or llama2.c .bin")->required();
-  app.add_option("--model-name", req.model_name, "Display name (default: the directory name)");
+  app.add_option("--model", req.model_path,
+                 "Hugging Face model directory, repo id in the hub cache (org/name[@rev]) or "
+                 "llama2.c .bin")->required();
+  app.add_option("--model-name", req.model_name, "Display name (default: the repo id or the directory name)");
   app.add_option("--tokenizer", req.tokenizer_path, "Tokenizer file or directory (default: the model's)");
   app.add_option("--task", req.task, "lambada_openai | wikitext | ptb | text")->required();
   app.add_option("--data", req.data_path, "Data file (LAMBADA jsonl, or any UTF-8 text for wikitext)")->required();
@@ -100,7 +102,7 @@ int RunEvalCommand(int argc, char** argv) {
   app.add_option("--window", req.window, "W: tokens per window (default: the model's max positions)");
   app.add_option("--max-window", req.max_window, "Cap for the default W");
   app.add_option("--context", req.context, "C: rolling-window context (1 = lm-eval default; W/2+1 = sliding)");
-  app.add_option("--dtype", req.dtype, "fp32 | bf16 | fp16");
+  app.add_option("--dtype", req.dtype, "fp32 | bf16 | fp16 (or float32 | bfloat16 | float16) | auto (the checkpoint's)");
   app.add_option("--device", eng.device, "cpu | cuda | cuda:N");
   app.add_option("--threads", eng.threads, "CPU threads (default: libtorch's)");
   app.add_option("--batch-tokens", eng.batch_tokens, "Tokens per forward batch (default: per device)");

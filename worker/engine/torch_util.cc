@@ -1,5 +1,11 @@
 #include "worker/engine/torch_util.h"
 
+#include <torch/version.h>
+
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +22,31 @@ absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s) {
   if (s == "bf16") return torch::kBFloat16;
   if (s == "fp16") return torch::kFloat16;
   return absl::InvalidArgumentError(absl::StrCat("dtype '", s, "' is not one of fp32|bf16|fp16"));
+}
+
+absl::Status CheckDtypeOnDevice(torch::ScalarType dtype, torch::Device device) {
+  if (dtype == torch::kFloat32) return absl::OkStatus();
+  // Whether this libtorch multiplies matrices of the dtype on the device (1.13 has no fp16
+  // matmul on the CPU; 2.x has): asked once per (dtype, device type) with a 1x1 product.
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, bool> known;
+  const std::pair<int, int> key{static_cast<int>(dtype), static_cast<int>(device.type())};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    bool ok = true;
+    try {
+      torch::Tensor a = torch::ones({1, 1}, torch::TensorOptions().dtype(dtype).device(device));
+      (void)torch::mm(a, a);
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    it = known.emplace(key, ok).first;
+  }
+  if (it->second) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      DtypeName(dtype), " is not supported on ", device.str(), " by this libtorch (",
+      TORCH_VERSION, "): run the job on a GPU worker, or ask for another dtype"));
 }
 
 const char* DtypeName(torch::ScalarType t) {

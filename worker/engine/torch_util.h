@@ -14,6 +14,10 @@ namespace kvsweep::engine {
 
 // "fp32" | "bf16" | "fp16" -> scalar type; kInvalidArgument otherwise.
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s);
+// OK if this libtorch computes in `dtype` on `device` (probed once with a 1x1 matmul; libtorch
+// 1.13 has no fp16 matmul on the CPU). kFailedPrecondition naming the dtype, the device and the
+// libtorch version otherwise.
+absl::Status CheckDtypeOnDevice(torch::ScalarType dtype, torch::Device device);
 const char* DtypeName(torch::ScalarType t);
 // "cpu" | "cuda" | "cuda:N"; kInvalidArgument if malformed, kFailedPrecondition if CUDA is
 // unavailable in this build or N is out of range.
