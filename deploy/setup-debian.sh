@@ -14,6 +14,7 @@ pkgs=(
   python3-numpy                              # independent check of the table's bootstrap intervals
   slurm-wlm munge                            # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
   prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
+  systemd                                    # tests/deploy: systemd-analyze verify/security on deploy/systemd
 )
 missing=()
 for p in "${pkgs[@]}"; do
