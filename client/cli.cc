@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/plot.h"
 #include "client/progress.h"
 #include "client/table.h"
 #include "common/cli_config.h"
@@ -503,6 +504,21 @@ int TableCmd(Globals& g, const std::string& db, const std::string& sweep, const 
   return 0;
 }
 
+// `kvsweep plot` (client/plot.h): the figure from the same items `table` reads.
+int PlotCmd(Globals& g, const std::string& db, const std::string& sweep,
+            const PlotOptions& options) {
+  absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
+  if (!items.ok()) return Error(items.status());
+  std::vector<TableInput> in;
+  for (const Item& it : *items) in.push_back({it.labels, it.result});
+  std::vector<std::string> notes;
+  absl::StatusOr<std::string> wrote = WritePlot(sweep, in, options, &notes);
+  if (!wrote.ok()) return Error(wrote.status());
+  for (const std::string& n : notes) std::cerr << "kvsweep: plot: " << n << "\n";
+  std::cout << *wrote << "\n";
+  return 0;
+}
+
 int QueryCmd(Globals& g, const std::string& db, const std::string& sql, const std::string& format,
              int max_rows) {
   if (format != "text" && format != "csv" && format != "json") {
@@ -670,6 +686,24 @@ int RunKvsweep(int argc, char** argv) {
   table->add_option("--format", table_format, "md, csv, latex or json")->default_val("md");
   table->add_option("--db", db, "read this database file instead of asking the coordinator");
 
+  PlotOptions plot_opts;
+  CLI::App* plot = app.add_subcommand("plot", "draw a sweep's results as SVG (and PNG)");
+  plot->add_option("sweep", sweep)->required();
+  plot->add_option("--x", plot_opts.spec.x,
+                   "x axis: a result number (fraction_total, ...), bits, budget or kv_heads")
+      ->capture_default_str();
+  plot->add_option("--y", plot_opts.spec.y,
+                   "metric (auto: ppl for LAMBADA, token_ppl for text tasks; flip_rate, ...)")
+      ->capture_default_str();
+  plot->add_option("--series", plot_opts.spec.series, "label that makes one line each")
+      ->capture_default_str();
+  plot->add_option("--title", plot_opts.spec.title, "figure title (default: SWEEP: y vs x)");
+  plot->add_flag("--log-y", plot_opts.spec.log_y, "logarithmic y axis (perplexities)");
+  plot->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
+  plot->add_option("--out,-o", plot_opts.out, "SVG file (default SWEEP.svg)");
+  plot->add_option("--png", plot_opts.png, "also render a PNG with headless Chromium");
+  plot->add_option("--db", db, "read this database file instead of asking the coordinator");
+
   CLI::App* query = app.add_subcommand("query", "run read-only SQL on the result database");
   query->add_option("sql", sql)->required();
   query->add_option("--format", query_format, "text, csv or json")->default_val("text");
@@ -722,6 +756,10 @@ int RunKvsweep(int argc, char** argv) {
   if (*cancel) return Cancel(g, sweep);
   if (*retry) return Retry(g, sweep, failed, quarantined);
   if (*table) return TableCmd(g, db, sweep, tspec, table_format);
+  if (*plot) {
+    plot_opts.spec.where = tspec.where;
+    return PlotCmd(g, db, sweep, plot_opts);
+  }
   if (*query) return QueryCmd(g, db, sql, query_format, max_rows);
   if (*exp) return Export(g, db, sweep, export_format, output, include_spec);
   if (*demo_cmd) return RunDemo(demo);

@@ -1,5 +1,5 @@
-// The `kvsweep` command line (docs/cli.md): submit, status, watch, cancel, retry, table, query,
-// export, demo. Errors print one line "kvsweep: <problem>" to stderr.
+// The `kvsweep` command line (docs/cli.md): submit, status, watch, cancel, retry, table, plot,
+// query, export, demo. Errors print one line "kvsweep: <problem>" to stderr.
 //
 // Exit status: 0 success; 1 an error (bad input, the coordinator refused, unreachable);
 // 2 bad usage; 3 `watch` saw the sweep finish with failed, quarantined or cancelled jobs.
