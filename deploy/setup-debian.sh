@@ -16,6 +16,10 @@ pkgs=(
   prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
   systemd                                    # tests/deploy: systemd-analyze verify/security on deploy/systemd
 )
+# tests/deploy: kubectl reads deploy/k8s offline. Debian's kubectl is kubernetes-client; a
+# kubectl from elsewhere (Google's or Kubernetes' apt repository) serves as well and would
+# conflict with it.
+command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
