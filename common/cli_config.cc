@@ -94,8 +94,9 @@ class EnvFirstConfig : public CLI::ConfigBase {
         if (value.size() > 1 && value.front() == '[' && value.back() != ']') in_array = true;
       }
       if (Find(key) == nullptr) {
-        Throw(n, "not a setting of this program (a setting is `name = value`, name a long "
-                 "option without its dashes)");
+        Throw(n,
+              "not a setting of this program (a setting is `name = value`, name a long "
+              "option without its dashes)");
       }
     }
     if (in_array) Throw(static_cast<int>(std::count(text.begin(), text.end(), '\n')), "unclosed [");

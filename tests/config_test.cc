@@ -57,9 +57,9 @@ bool ServeOnce(const Harness& h, std::vector<std::string> args, const Env& env) 
   const std::string log = JoinPath(h.dir(), "coordinator-once.log");
   auto p = Subprocess::Spawn(args, {env, log, log});
   if (!p.ok()) return false;
-  const bool served =
-      WaitUntil([&] { return PathExists(port_file) || !(*p)->Running(); }, std::chrono::seconds(30)) &&
-      (*p)->Running();
+  const bool served = WaitUntil([&] { return PathExists(port_file) || !(*p)->Running(); },
+                                std::chrono::seconds(30)) &&
+                      (*p)->Running();
   if (!served) ADD_FAILURE() << ReadFile(log).value_or("");
   (*p)->Signal(SIGTERM);
   std::optional<int> st = (*p)->Wait(std::chrono::seconds(30));
@@ -125,26 +125,27 @@ TEST(ConfigTest, CliTakesItsCoordinatorAndTokenFromTheFileTheEnvironmentOrTheCom
   h.StartCoordinator(f);
   const std::string nowhere = "127.0.0.1:1";
   const std::string good = h.WriteFile(
-      "good.toml", absl::StrCat("coordinator = \"", h.address(), "\"\ntoken-file = \"", token,
-                                "\"\n"));
+      "good.toml",
+      absl::StrCat("coordinator = \"", h.address(), "\"\ntoken-file = \"", token, "\"\n"));
   CommandResult from_file = RunToEnd(h, {CliBin(), "--config", good, "status"}, {});
   EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
   EXPECT_EQ(from_file.out, "no sweeps\n");
 
-  const std::string wrong = h.WriteFile(
-      "wrong.toml", absl::StrCat("coordinator = \"", nowhere, "\"\n"));
-  CommandResult from_env = RunToEnd(h, {CliBin(), "--config", wrong, "status"},
-                               {{"KVSWEEP_COORDINATOR", h.address()}, {"KVSWEEP_TOKEN_FILE", token}});
+  const std::string wrong =
+      h.WriteFile("wrong.toml", absl::StrCat("coordinator = \"", nowhere, "\"\n"));
+  CommandResult from_env =
+      RunToEnd(h, {CliBin(), "--config", wrong, "status"},
+               {{"KVSWEEP_COORDINATOR", h.address()}, {"KVSWEEP_TOKEN_FILE", token}});
   EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
   EXPECT_EQ(from_env.out, "no sweeps\n");
 
   CommandResult from_flag =
       RunToEnd(h, {CliBin(), "--config", wrong, "--coordinator", h.address(), "status"},
-          {{"KVSWEEP_COORDINATOR", nowhere}, {"KVSWEEP_TOKEN_FILE", token}});
+               {{"KVSWEEP_COORDINATOR", nowhere}, {"KVSWEEP_TOKEN_FILE", token}});
   EXPECT_EQ(from_flag.exit_code, 0) << from_flag.err;
   CommandResult flag_wins =
       RunToEnd(h, {CliBin(), "--coordinator", nowhere, "status"},
-          {{"KVSWEEP_COORDINATOR", h.address()}, {"KVSWEEP_TOKEN_FILE", token}});
+               {{"KVSWEEP_COORDINATOR", h.address()}, {"KVSWEEP_TOKEN_FILE", token}});
   EXPECT_EQ(flag_wins.exit_code, 1);
   EXPECT_THAT(flag_wins.err, StartsWith("kvsweep: cannot reach the coordinator at " + nowhere));
 
@@ -162,12 +163,15 @@ TEST(ConfigTest, ABadConfigFileIsAOneLineErrorThatDoesNotQuoteTheFile) {
     std::string name, text, expected;
   };
   const std::vector<Case> cases = {
-      {"misspelt.toml", "# ok\n\ntls-cert = \"x\"\nsecret-looking-word-q7\n", ": line 4: not a setting"},
+      {"misspelt.toml", "# ok\n\ntls-cert = \"x\"\nsecret-looking-word-q7\n",
+       ": line 4: not a setting"},
       {"section.toml", "[secret-section-q7]\n", ": line 1: sections other than [default]"},
       {"unclosed.toml", "allow-path = [\"/secret-q7\",\n", ": line 1: unclosed ["},
   };
   const std::vector<std::pair<std::string, std::string>> programs = {
-      {CoordinatorBin(), "kvsweep-coordinator"}, {WorkerBin(), "kvsweep-worker"}, {CliBin(), "kvsweep"}};
+      {CoordinatorBin(), "kvsweep-coordinator"},
+      {WorkerBin(), "kvsweep-worker"},
+      {CliBin(), "kvsweep"}};
   for (const auto& [bin, prog] : programs) {
     for (const Case& c : cases) {
       if (prog != "kvsweep-coordinator" && c.name == "unclosed.toml") continue;  // allow-path
@@ -176,8 +180,7 @@ TEST(ConfigTest, ABadConfigFileIsAOneLineErrorThatDoesNotQuoteTheFile) {
       if (prog == "kvsweep") argv.push_back("status");
       CommandResult r = RunToEnd(h, argv, {});
       EXPECT_EQ(r.exit_code, 2) << prog << " " << c.name << ": " << r.err;
-      EXPECT_THAT(r.err, StartsWith(absl::StrCat(prog, ": --config ", file, c.expected)))
-          << c.name;
+      EXPECT_THAT(r.err, StartsWith(absl::StrCat(prog, ": --config ", file, c.expected))) << c.name;
       EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << prog << ": " << r.err;
       EXPECT_THAT(r.err, Not(HasSubstr("q7"))) << prog << ": " << r.err;
     }

@@ -47,7 +47,8 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
   const std::string client_tok = h.WriteFile("client.token", "mtls-client-3\n");
 
   Harness::CoordinatorFlags f;
-  f.listen_host = "0.0.0.0";  // not loopback: TLS and tokens are required (the harness dials 127.0.0.1)
+  // Not loopback: TLS and tokens are required (the harness dials 127.0.0.1).
+  f.listen_host = "0.0.0.0";
   f.extra = {"--tls-cert", tls + "/coordinator.crt", "--tls-key", tls + "/coordinator.key",
              "--tls-client-ca", tls + "/ca.crt", "--token-file", admin_tok,
              "--worker-token-file", worker_tok, "--client-token-file", client_tok};
@@ -80,7 +81,8 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
   h.CheckInvariants("mtls");
   // The certificates' names reach the records: results by the worker certificate, the submit by
   // the client certificate.
-  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results WHERE recorded_by LIKE 'worker cn=kvsweep-worker %'"),
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results "
+                     "WHERE recorded_by LIKE 'worker cn=kvsweep-worker %'"),
             4);
   CommandResult audit = user(tls, {"query", "SELECT actor FROM audit WHERE action = 'submit'"});
   EXPECT_EQ(audit.exit_code, 0) << audit.err;
@@ -156,7 +158,8 @@ TEST(MutualTlsTest, HealthListenServesOnlyHealthInPlaintext) {
   h.StartCoordinator(f);
   std::smatch m;
   const std::string log = ReadFile(h.dir() + "/coordinator.log").value_or("");
-  ASSERT_TRUE(std::regex_search(log, m, std::regex("grpc.health.v1 alone, plaintext, on port ([0-9]+)")))
+  ASSERT_TRUE(
+      std::regex_search(log, m, std::regex("grpc.health.v1 alone, plaintext, on port ([0-9]+)")))
       << log;
   const std::string health = "127.0.0.1:" + m[1].str();
   std::string response;
