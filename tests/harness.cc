@@ -37,6 +37,25 @@ std::string MakeTempDir(const std::string& stem) {
   return d;
 }
 
+namespace {
+
+// The binaries read KVSWEEP_<FLAG> settings variables (common/cli_config.h); the processes the
+// tests start get only the settings the tests give, whatever the shell running the tests exports
+// (docs/deploy.md has users export some). Cleared before main, in every test linking the harness.
+const bool kSettingsVariablesCleared = [] {
+  for (const char* name :
+       {"KVSWEEP_DB", "KVSWEEP_LISTEN", "KVSWEEP_TLS_CERT", "KVSWEEP_TLS_KEY",
+        "KVSWEEP_TLS_CLIENT_CA", "KVSWEEP_TOKEN_FILE", "KVSWEEP_WORKER_TOKEN_FILE",
+        "KVSWEEP_CLIENT_TOKEN_FILE", "KVSWEEP_READER_TOKEN_FILE", "KVSWEEP_METRICS_LISTEN",
+        "KVSWEEP_HEALTH_LISTEN", "KVSWEEP_COORDINATOR", "KVSWEEP_TLS", "KVSWEEP_TLS_CA",
+        "KVSWEEP_TLS_SERVER_NAME", "KVSWEEP_DEVICE", "KVSWEEP_SPOOL_DIR"}) {
+    ::unsetenv(name);
+  }
+  return true;
+}();
+
+}  // namespace
+
 bool WaitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {

@@ -18,6 +18,11 @@
 set -euo pipefail
 
 coordinator_bin=$1 worker_bin=$2 cli_bin=$3 assets=$4
+# The binaries run with the units' settings alone, not the calling shell's KVSWEEP_* variables.
+unset KVSWEEP_DB KVSWEEP_LISTEN KVSWEEP_TLS_CERT KVSWEEP_TLS_KEY KVSWEEP_TLS_CLIENT_CA \
+  KVSWEEP_TOKEN_FILE KVSWEEP_WORKER_TOKEN_FILE KVSWEEP_CLIENT_TOKEN_FILE KVSWEEP_READER_TOKEN_FILE \
+  KVSWEEP_METRICS_LISTEN KVSWEEP_HEALTH_LISTEN KVSWEEP_COORDINATOR KVSWEEP_TLS KVSWEEP_TLS_CA \
+  KVSWEEP_TLS_SERVER_NAME KVSWEEP_DEVICE KVSWEEP_SPOOL_DIR
 src=$(cd "$(dirname "$0")/../.." && pwd)
 units=$src/deploy/systemd
 
