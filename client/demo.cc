@@ -161,6 +161,11 @@ methods:
   std::vector<std::string> logs;
   for (int i = 0; i < o.workers; ++i) {
     Subprocess::Options so;
+    // The embedded coordinator is plaintext on loopback without tokens, whatever connection
+    // settings the shell exports for real deployments (KVSWEEP_TLS=1, ...: docs/deploy.md).
+    so.env = {{"KVSWEEP_TLS", ""},      {"KVSWEEP_TLS_CA", ""},          {"KVSWEEP_TLS_CERT", ""},
+              {"KVSWEEP_TLS_KEY", ""},  {"KVSWEEP_TLS_SERVER_NAME", ""}, {"KVSWEEP_TOKEN_FILE", ""},
+              {"KVSWEEP_DEVICE", ""},   {"KVSWEEP_SPOOL_DIR", ""}};
     logs.push_back(JoinPath(dir, absl::StrCat("worker-", i, ".log")));
     so.stdout_path = so.stderr_path = logs.back();
     std::vector<std::string> argv = {worker_bin, "--coordinator", (*server)->address(),

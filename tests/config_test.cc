@@ -155,6 +155,20 @@ TEST(ConfigTest, CliTakesItsCoordinatorAndTokenFromTheFileTheEnvironmentOrTheCom
   EXPECT_EQ(no_token.err, "kvsweep: missing bearer token (authorization metadata)\n");
 }
 
+// `kvsweep demo` starts workers for its embedded (plaintext, loopback, tokenless) coordinator:
+// a shell set up for a real deployment must not send them elsewhere or make them use TLS.
+TEST(ConfigTest, DemoWorkersIgnoreTheShellsConnectionSettings) {
+  Harness h("config_demo");
+  CommandResult r = RunToEnd(h,
+                             {CliBin(), "demo", "--evaluator", "fake", "--workers", "2", "--limit",
+                              "1", "--keep", h.dir() + "/demo"},
+                             {{"KVSWEEP_TLS", "1"},
+                              {"KVSWEEP_TOKEN_FILE", h.dir() + "/no-such-token"},
+                              {"KVSWEEP_TLS_CA", h.dir() + "/no-such-ca.crt"},
+                              {"KVSWEEP_DEVICE", "cuda:7"}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
 // A misspelt setting, a section, an unclosed list and a missing file: exit 2, one line on
 // stderr that names the file and the line, and never the file's content.
 TEST(ConfigTest, ABadConfigFileIsAOneLineErrorThatDoesNotQuoteTheFile) {
