@@ -344,6 +344,29 @@ int Submit(Globals& g, const std::string& file, bool dry_run) {
                                    " combinations, ", resp.excluded(), " excluded)");
   if (dry_run) {
     std::cout << "sweep '" << resp.sweep() << "' (dry run): " << shape << "; nothing submitted\n";
+    // Every job with the concrete method it runs (what a family x budget solved to).
+    std::vector<std::vector<std::string>> rows = {
+        {"model", "task", "method", "kv_heads", "dtype", "runs"}};
+    for (const v1::DryRunJob& j : resp.jobs()) {
+      rows.push_back({j.model(), j.task(), j.method(), absl::StrCat(j.kv_heads()), j.dtype(),
+                      j.method_spec()});
+    }
+    std::vector<size_t> width(rows[0].size(), 0);
+    for (const auto& r : rows) {
+      for (size_t c = 0; c + 1 < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
+    }
+    for (const auto& r : rows) {
+      std::string line;
+      for (size_t c = 0; c < r.size(); ++c) {
+        absl::StrAppend(&line, c ? "  " : "",
+                        c + 1 < r.size() ? absl::StrFormat("%-*s", static_cast<int>(width[c]), r[c])
+                                         : r[c]);
+      }
+      std::cout << line << "\n";
+    }
+    if (resp.jobs_size() < resp.jobs_total()) {
+      std::cout << "(the first " << resp.jobs_size() << " of " << resp.jobs_total() << " jobs)\n";
+    }
   } else {
     std::cout << "sweep '" << resp.sweep() << "': " << shape << "; " << resp.jobs_enqueued()
               << " enqueued, " << resp.jobs_done() << " already done, " << resp.jobs_pending()

@@ -190,9 +190,9 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   s.kv_heads = kvh;
 
   // Method.
-  absl::StatusOr<MethodSpec> m = ParseMethodSpec(req.method);
+  absl::StatusOr<KvMethod> m = ParseKvMethod(req.method);
   if (!m.ok()) return m.status();
-  absl::StatusOr<MethodSpec> rm = ResolveMethodSpec(*m, cfg->head_dim);
+  absl::StatusOr<KvMethod> rm = ResolveKvMethod(*m, cfg->head_dim, cfg->num_layers);
   if (!rm.ok()) return rm.status();
   s.method = rm->ToString();
   if (rm->needs_calibration()) {

@@ -32,7 +32,7 @@ struct JobRequest {
   int window = 0;               // W (0 = model max positions, capped by max_window)
   int max_window = 0;           // cap for the default W (0 = none)
   int context = 1;              // C for rolling windows
-  std::string method = "none";
+  std::string method = "none";   // a KvMethod (common/method_spec.h)
   int kv_heads = 0;             // 0 = native
   std::string dtype = "fp32";   // fp32 | bf16 | fp16, transformers' names, or auto (DtypeName)
   std::string calibration_path;   // empty: assets' wiki.valid.tokens if the method needs one
@@ -63,7 +63,7 @@ struct JobSpec {
   int limit = 0;
   int window = 0;               // resolved W
   int context = 1;              // resolved C
-  std::string method;           // canonical, resolved against head_dim
+  std::string method;           // canonical KvMethod, resolved against head_dim and layers
   int kv_heads = 0;             // resolved (native when not pooled)
   int native_kv_heads = 0;
   int head_dim = 0;

@@ -81,9 +81,18 @@ nlohmann::json Ledger::ToJson() const {
 
 absl::StatusOr<Ledger> ComputeLedger(const MethodSpec& spec, int head_dim, int kv_heads,
                                      int native_kv_heads, int num_layers, int context_len) {
-  if (!spec.resolved()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ledger needs a resolved method, got '", spec.ToString(), "'"));
+  KvMethod m;
+  m.k = m.v = spec;
+  return ComputeLedger(m, head_dim, kv_heads, native_kv_heads, num_layers, context_len);
+}
+
+absl::StatusOr<Ledger> ComputeLedger(const KvMethod& method, int head_dim, int kv_heads,
+                                     int native_kv_heads, int num_layers, int context_len) {
+  for (const MethodSpec& p : method.Parts()) {
+    if (!p.resolved()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ledger needs a resolved method, got '", method.ToString(), "'"));
+    }
   }
   if (head_dim <= 0 || kv_heads <= 0 || native_kv_heads <= 0 || num_layers <= 0 ||
       context_len <= 0) {
@@ -98,8 +107,33 @@ absl::StatusOr<Ledger> ComputeLedger(const MethodSpec& spec, int head_dim, int k
   l.native_kv_heads = native_kv_heads;
   l.num_layers = num_layers;
   l.context_len = context_len;
-  l.k = BitsFor(spec, spec.compresses_k(), head_dim, context_len);
-  l.v = BitsFor(spec, spec.compresses_v(), head_dim, context_len);
+  if (method.single()) {
+    l.k = BitsFor(method.k, method.k.compresses_k(), head_dim, context_len);
+    l.v = BitsFor(method.k, method.k.compresses_v(), head_dim, context_len);
+  } else {
+    for (const KvMethod::LayerOverride& o : method.overrides) {
+      if (o.last >= num_layers) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ledger: method '", method.ToString(), "' names layers beyond ", num_layers));
+      }
+    }
+    auto add = [](TensorBits* sum, const TensorBits& b) {
+      sum->payload += b.payload;
+      sum->metadata += b.metadata;
+      sum->basis += b.basis;
+    };
+    for (int layer = 0; layer < num_layers; ++layer) {
+      const MethodSpec& ks = method.KeySpec(layer);
+      const MethodSpec& vs = method.ValueSpec(layer);
+      add(&l.k, BitsFor(ks, ks.compresses_k(), head_dim, context_len));
+      add(&l.v, BitsFor(vs, vs.compresses_v(), head_dim, context_len));
+    }
+    for (TensorBits* t : {&l.k, &l.v}) {
+      t->payload /= num_layers;
+      t->metadata /= num_layers;
+      t->basis /= num_layers;
+    }
+  }
   const double full = 2.0 * 16.0 * head_dim;
   l.fraction_payload = (l.k.payload + l.v.payload) / full;
   l.fraction_total = (l.k.total() + l.v.total()) / full;
@@ -123,18 +157,27 @@ namespace {
 // Fraction of a method under a convention, counting both K and V (target must be kv).
 absl::StatusOr<double> Achieved(const std::string& spec, int head_dim,
                                 const SolverOptions& o) {
-  absl::StatusOr<MethodSpec> m = ParseMethodSpec(spec);
+  absl::StatusOr<KvMethod> m = ParseKvMethod(spec);
   if (!m.ok()) return m.status();
-  absl::StatusOr<MethodSpec> r = ResolveMethodSpec(*m, head_dim);
+  if (!m->overrides.empty()) {
+    return absl::InvalidArgumentError("budget solver: per-layer overrides are not solved");
+  }
+  absl::StatusOr<KvMethod> r = ResolveKvMethod(*m, head_dim, 1);
   if (!r.ok()) return r.status();
   absl::StatusOr<Ledger> l = ComputeLedger(*r, head_dim, 1, 1, 1, o.context_len);
   if (!l.ok()) return l.status();
   return o.convention == BudgetConvention::kPayload ? l->fraction_payload : l->fraction_total;
 }
 
+// The candidate for `spec` (a family's bits / r): with the extra keys, and as K and V parts
+// when either has keys of its own.
 std::string WithExtra(std::string spec, const SolverOptions& o) {
   if (!o.extra.empty()) absl::StrAppend(&spec, ",", o.extra);
-  return spec;
+  if (o.extra_k.empty() && o.extra_v.empty()) return spec;
+  std::string k = spec, v = spec;
+  if (!o.extra_k.empty()) absl::StrAppend(&k, ",", o.extra_k);
+  if (!o.extra_v.empty()) absl::StrAppend(&v, ",", o.extra_v);
+  return absl::StrCat("k=", k, ";v=", v);
 }
 
 }  // namespace
@@ -185,9 +228,15 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
   // preferring the earlier (higher-fidelity) one on ties.
   SolvedMethod best;
   double best_err = INFINITY;
+  // A candidate the extra keys make invalid (sym=1 at 1 bit) is skipped; if every one is, the
+  // first error is the answer.
+  absl::Status first_error;
   for (const std::string& c : candidates) {
     absl::StatusOr<double> a = Achieved(c, head_dim, o);
-    if (!a.ok()) return a.status();
+    if (!a.ok()) {
+      if (first_error.ok()) first_error = a.status();
+      continue;
+    }
     double err = std::fabs(*a - budget);
     if (err < best_err - 1e-12) {
       best_err = err;
@@ -195,6 +244,7 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
       best.achieved = *a;
     }
   }
+  if (best.spec.empty()) return first_error;
   if (best_err > o.tolerance * budget + 1e-12) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "budget %g (%s convention) cannot be met by family %s on head_dim %d: the closest is "
@@ -202,7 +252,7 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
         budget, BudgetConventionName(o.convention), std::string(family), head_dim, best.spec,
         best.achieved));
   }
-  absl::StatusOr<std::string> canon = CanonicalMethodSpec(best.spec, head_dim);
+  absl::StatusOr<std::string> canon = CanonicalKvMethod(best.spec, head_dim, 1);
   if (!canon.ok()) return canon.status();
   best.spec = *canon;
   return best;

@@ -47,6 +47,11 @@ struct Ledger {
 // `spec` must be resolved. kInvalidArgument if not, or for non-positive shapes.
 absl::StatusOr<Ledger> ComputeLedger(const MethodSpec& spec, int head_dim, int kv_heads,
                                      int native_kv_heads, int num_layers, int context_len);
+// A whole method (K and V apart, per-layer overrides): K's bits from each layer's K spec, V's
+// from its V spec, averaged over the layers (every layer holds the same number of tokens).
+// `method` must be resolved for `num_layers`.
+absl::StatusOr<Ledger> ComputeLedger(const KvMethod& method, int head_dim, int kv_heads,
+                                     int native_kv_heads, int num_layers, int context_len);
 
 // Budget conventions for matching methods across families.
 enum class BudgetConvention { kPayload = 0, kTotal = 1 };
@@ -60,6 +65,10 @@ struct SolverOptions {
   double tolerance = 0.0;     // allowed |achieved - budget| / budget
   int hybrid_bits = 8;        // hybrid: bits per coefficient; r follows from the budget
   std::string extra;          // extra keys appended to the spec (e.g. "basis=svd")
+  // K and V apart: keys appended to the K part and to the V part (either set makes the solved
+  // method `k=FAMILY:...,extra,extra_k;v=FAMILY:...,extra,extra_v`, the same bits / r for
+  // both), e.g. extra_k "axis=channel,group=32" for KIVI-style keys.
+  std::string extra_k, extra_v;
 };
 
 struct SolvedMethod {

@@ -71,6 +71,54 @@ TEST(LedgerTest, HybridAndPooling) {
   EXPECT_DOUBLE_EQ(p.cache_bytes(), 2.0 * 1024 * 1 * 6 * 1024 / 8);
 }
 
+Ledger LKv(const std::string& method, int layers = 6, int d = 64, int L = 1024) {
+  auto m = ParseKvMethod(method);
+  EXPECT_TRUE(m.ok()) << m.status();
+  auto r = ResolveKvMethod(*m, d, layers);
+  EXPECT_TRUE(r.ok()) << r.status();
+  auto l = ComputeLedger(*r, d, 1, 1, layers, L);
+  EXPECT_TRUE(l.ok()) << l.status();
+  return *l;
+}
+
+TEST(LedgerTest, KAndVApartCountEachTensorByItsOwnSpec) {
+  // KIVI-style: keys 2-bit per channel in blocks of 32, values 2-bit per token (group 64).
+  Ledger kivi = LKv("k=quant:bits=2,axis=channel,group=32;v=quant:bits=2", 6, 64, 1000);
+  const Ledger keys = L("quant:bits=2,axis=channel,group=32,target=k", 64, 1000);
+  const Ledger values = L("quant:bits=2,target=v", 64, 1000);
+  EXPECT_DOUBLE_EQ(kivi.k.total(), keys.k.total());
+  EXPECT_DOUBLE_EQ(kivi.v.total(), values.v.total());
+  EXPECT_DOUBLE_EQ(kivi.fraction_total, (keys.k.total() + values.v.total()) / 2048);
+  // A single spec through the KvMethod path is the MethodSpec ledger.
+  EXPECT_DOUBLE_EQ(LKv("quant:bits=4,group=32").fraction_total,
+                   L("quant:bits=4,group=32").fraction_total);
+}
+
+TEST(LedgerTest, PerLayerOverridesAverageOverLayers) {
+  // 4 layers at 2 bits, 2 layers at fp16: payload (4*128 + 2*1024) / 6 per tensor.
+  Ledger l = LKv("quant:bits=2,group=64;layers=0:none;layers=5:none", 6);
+  EXPECT_DOUBLE_EQ(l.k.payload, (4 * 128.0 + 2 * 1024.0) / 6);
+  EXPECT_DOUBLE_EQ(l.k.metadata, 4 * 32.0 / 6);
+  EXPECT_DOUBLE_EQ(l.v.payload, l.k.payload);
+  // K apart on every layer but overridden on one.
+  Ledger m = LKv("k=quant:bits=4;v=rank:r=16,basis=random;layers=2:none", 3);
+  EXPECT_DOUBLE_EQ(m.k.payload, (2 * 256.0 + 1024.0) / 3);
+  EXPECT_DOUBLE_EQ(m.v.payload, (2 * 256.0 + 1024.0) / 3);
+}
+
+TEST(SolverTest, KAndVApartSolveOneBitWidthForBoth) {
+  SolverOptions o;
+  o.extra_k = "axis=channel,group=32";
+  o.extra_v = "axis=token";
+  absl::StatusOr<SolvedMethod> s = SolveBudget("quant", 0.25, 64, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->spec, *CanonicalKvMethod("k=quant:bits=4,axis=channel,group=32;v=quant:bits=4", 64, 1));
+  EXPECT_DOUBLE_EQ(s->achieved, 0.25);
+  // Without keys of their own for K or V, the same as before.
+  SolverOptions plain;
+  EXPECT_EQ(SolveBudget("quant", 0.25, 64, plain)->spec, *CanonicalMethodSpec("quant:bits=4", 64));
+}
+
 TEST(SolverTest, QuarterBudgetMatchesInt4RankD4HybridHalf8) {
   SolverOptions o;
   auto q = SolveBudget("quant", 0.25, 64, o);

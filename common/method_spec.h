@@ -71,6 +71,57 @@ absl::StatusOr<MethodSpec> ResolveMethodSpec(MethodSpec spec, int head_dim);
 // Parse + resolve + canonical string, in one call.
 absl::StatusOr<std::string> CanonicalMethodSpec(absl::string_view text, int head_dim);
 
+// A job's whole method: one spec for K and V, or K and V apart, optionally with other specs on
+// ranges of layers.
+//
+//   SPEC                          one spec for K and V (its own target may still exclude one)
+//   k=SPEC;v=SPEC                 K and V apart, e.g. KIVI's keys per channel and values per
+//                                 token: k=quant:bits=2,axis=channel,group=32;v=quant:bits=2
+//                                 (a missing part is `none`; a part's target is set to k or v)
+//   ...;layers=A-B:SPEC           layers A..B (0-based, inclusive; `layers=A:SPEC` for one) use
+//                                 SPEC for K and V instead; repeatable, ranges disjoint
+//
+// Canonical form (part of job identity; ResolveKvMethod): parts resolved and canonical; K and V
+// that are the same spec, or one of them `none`, collapse to one spec (k=X;v=none is X with
+// target=k); overrides sorted, adjacent equal ones merged, those equal to the base dropped. So a
+// single spec's canonical string is exactly its MethodSpec canonical string. Every part that
+// compresses keys must use the same rope stage (the model rotates keys at one point); packed=1
+// is for single specs only.
+struct KvMethod {
+  struct LayerOverride {
+    int first = 0, last = 0;  // inclusive
+    MethodSpec spec;
+  };
+  bool split = false;  // false: `k` is the one spec (and `v` a copy of it)
+  MethodSpec k, v;     // split: target k and target v
+  std::vector<LayerOverride> overrides;
+
+  bool single() const { return !split && overrides.empty(); }
+  // What K (V) of `layer` are compressed with: a spec whose target includes K (V) or `none`-like
+  // for that tensor (compresses_k()/compresses_v() tell).
+  const MethodSpec& KeySpec(int layer) const;
+  const MethodSpec& ValueSpec(int layer) const;
+  // Every distinct spec, base first (codecs to build, calibration to prepare).
+  std::vector<MethodSpec> Parts() const;
+  // The spec that characterizes the method in one number of bits, rank, ...: the base K spec if
+  // it compresses anything, else the base V spec (constraints, diagnostics, labels).
+  const MethodSpec& primary() const;
+  // The family label: the family of the single spec, or both ("quant+rank", "quant" when K and V
+  // share it); "+layers" when there are overrides.
+  std::string FamilyLabel() const;
+  bool needs_calibration() const;
+  bool position_dependent() const;
+  std::string ToString() const;
+};
+
+// Parses without a model (shape-dependent defaults open, layer ranges unchecked).
+absl::StatusOr<KvMethod> ParseKvMethod(absl::string_view text);
+// Binds to a head dimension and layer count and canonicalizes (see above).
+absl::StatusOr<KvMethod> ResolveKvMethod(KvMethod m, int head_dim, int num_layers);
+// Parse + resolve + canonical string.
+absl::StatusOr<std::string> CanonicalKvMethod(absl::string_view text, int head_dim,
+                                              int num_layers);
+
 // Family names known to the parser, in registry order ("none", "quant", "rank", "hybrid").
 std::vector<std::string> MethodFamilyNames();
 const char* FamilyName(MethodFamily f);

@@ -187,7 +187,21 @@ absl::StatusOr<v1::SubmitSweepResponse> SweepServiceImpl::Prepare(
   resp.set_combinations(sweep->combinations);
   resp.set_excluded(sweep->excluded);
   resp.set_dry_run(req.dry_run());
-  if (req.dry_run()) return resp;
+  if (req.dry_run()) {
+    constexpr size_t kMaxListed = 10000;
+    for (size_t i = 0; i < sweep->jobs.size() && i < kMaxListed; ++i) {
+      const SweepJob& j = sweep->jobs[i];
+      v1::DryRunJob* d = resp.add_jobs();
+      d->set_job_id(j.job_id);
+      d->set_model(j.labels.value("model", ""));
+      d->set_task(j.labels.value("task", ""));
+      d->set_method(j.labels.value("method", ""));
+      d->set_method_spec(j.spec.method);
+      d->set_kv_heads(j.spec.kv_heads);
+      d->set_dtype(j.spec.dtype);
+    }
+    return resp;
+  }
   absl::StatusOr<SubmitOutcome> out =
       scheduler_->Submit(*sweep, req.sweep_yaml(), req.base_dir(), caller);
   if (!out.ok()) return out.status();

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -56,7 +57,7 @@ struct MethodTemplate {
   std::string family;      // family × budget
   double budget = kNoBudget;
   std::string extra;
-  MethodSpec parsed;       // explicit: the parsed (unresolved) spec
+  std::string extra_k, extra_v;  // family × budget with K and V apart (SolverOptions)
   int line = 0;
   std::string path;
 };
@@ -478,17 +479,16 @@ class Expander {
         const YAML::Node s = m.IsMap() ? m["spec"] : m;
         KV_ASSIGN(t.spec, Str(s, path));
         t.spec = std::string(absl::StripAsciiWhitespace(t.spec));
-        absl::StatusOr<MethodSpec> parsed = ParseMethodSpec(t.spec);
+        absl::StatusOr<KvMethod> parsed = ParseKvMethod(t.spec);
         if (!parsed.ok()) return Err(s, path, parsed.status().message());
-        t.parsed = *parsed;
-        t.family = FamilyName(parsed->family);
+        t.family = parsed->FamilyLabel();
         t.label = t.spec;
         if (m.IsMap() && m["label"]) {
           KV_ASSIGN(t.label, Str(m["label"], path + ".label"));
         }
         KV_CHECK(add(std::move(t), m));
       } else if (m.IsMap() && m["family"]) {
-        KV_CHECK(Keys(m, path, {"family", "budgets", "extra"}));
+        KV_CHECK(Keys(m, path, {"family", "budgets", "extra", "k", "v"}));
         KV_ASSIGN(std::string family, Str(m["family"], path + ".family"));
         const std::vector<std::string> known = MethodFamilyNames();
         if (std::find(known.begin(), known.end(), family) == known.end()) {
@@ -498,15 +498,26 @@ class Expander {
         }
         if (!m["budgets"]) return Err(m, path, "missing required key 'budgets'");
         std::string extra;
-        if (m["extra"]) {
-          KV_ASSIGN(extra, Str(m["extra"], path + ".extra"));
-          // Check the extra keys parse on this family (e.g. basis=svd for rank).
-          const std::string probe =
-              family == "quant" ? "quant:bits=4," + extra
-                                : family == "none" ? std::string("none:") + extra
-                                                   : family + ":r=1," + extra;
-          absl::StatusOr<MethodSpec> p = ParseMethodSpec(probe);
-          if (!p.ok()) return Err(m["extra"], path + ".extra", p.status().message());
+        // Check that extra keys parse on this family (e.g. basis=svd for rank).
+        auto probe = [&](const std::string& keys, const char* part) -> absl::Status {
+          const std::string probe_spec =
+              family == "quant" ? "quant:bits=4," + keys
+                                : family == "none" ? std::string("none:") + keys
+                                                   : family + ":r=1," + keys;
+          absl::StatusOr<KvMethod> p = ParseKvMethod(
+              part == nullptr ? probe_spec : absl::StrCat(part, "=", probe_spec));
+          return p.ok() ? absl::OkStatus() : p.status();
+        };
+        std::string extra_k, extra_v;
+        for (auto [key, value, part] : {std::make_tuple("extra", &extra, (const char*)nullptr),
+                                        std::make_tuple("k", &extra_k, "k"),
+                                        std::make_tuple("v", &extra_v, "v")}) {
+          if (!m[key]) continue;
+          const std::string kpath = absl::StrCat(path, ".", key);
+          KV_ASSIGN(*value, Str(m[key], kpath));
+          if (absl::Status p = probe(*value, part); !p.ok()) {
+            return Err(m[key], kpath, p.message());
+          }
         }
         const YAML::Node b = m["budgets"];
         std::vector<YAML::Node> items;
@@ -530,8 +541,12 @@ class Expander {
           bt.family = family;
           bt.budget = budget;
           bt.extra = extra;
+          bt.extra_k = extra_k;
+          bt.extra_v = extra_v;
           bt.label = absl::StrCat(family, "@", items[k].Scalar());
           if (!extra.empty()) absl::StrAppend(&bt.label, "[", extra, "]");
+          if (!extra_k.empty()) absl::StrAppend(&bt.label, "[k:", extra_k, "]");
+          if (!extra_v.empty()) absl::StrAppend(&bt.label, "[v:", extra_v, "]");
           KV_CHECK(add(std::move(bt), items[k]));
         }
       } else {
@@ -680,6 +695,8 @@ class Expander {
     if (spec.empty()) {
       SolverOptions so = solver_;
       so.extra = c.method->extra;
+      so.extra_k = c.method->extra_k;
+      so.extra_v = c.method->extra_v;
       absl::StatusOr<SolvedMethod> solved =
           SolveBudget(c.method->family, c.method->budget, c.model->config.head_dim, so);
       if (!solved.ok()) {
@@ -688,15 +705,20 @@ class Expander {
       }
       spec = solved->spec;
     }
-    absl::StatusOr<MethodSpec> parsed = ParseMethodSpec(spec);
+    absl::StatusOr<KvMethod> parsed = ParseKvMethod(spec);
     if (!parsed.ok()) return ErrAt(c.method->line, c.method->path, parsed.status().message());
     *seeded = false;
-    if (c.seed.has_value() && parsed->basis == Basis::kRandom &&
-        parsed->family != MethodFamily::kNone) {
-      parsed->seed = *c.seed;
-      *seeded = true;
+    if (c.seed.has_value()) {
+      std::vector<MethodSpec*> parts = {&parsed->k, &parsed->v};
+      for (KvMethod::LayerOverride& o : parsed->overrides) parts.push_back(&o.spec);
+      for (MethodSpec* p : parts) {
+        if (p->basis == Basis::kRandom && p->family != MethodFamily::kNone) {
+          p->seed = *c.seed;
+          *seeded = true;
+        }
+      }
     }
-    return std::make_pair(parsed->ToString(), *parsed);
+    return std::make_pair(parsed->ToString(), parsed->primary());
   }
 
   std::optional<double> Field(const std::string& f, const Combo& c, const MethodSpec& m) const {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -279,6 +280,46 @@ methods: [none]
   ASSERT_FALSE(bad_dtype.ok());
   EXPECT_THAT(std::string(bad_dtype.status().message()),
               HasSubstr("dtype: 'int8' is not fp32, bf16, fp16"));
+}
+
+// K and V apart: an explicit spec, and a family × budget whose K and V get their own keys (the
+// solver picks one bit width for both); labels say which part got what.
+TEST(SweepSpecTest, KAndVApartExplicitAndSolved) {
+  auto s = ExpandSweep(R"(name: kivi
+models: [models/ref-llama]
+tasks: [{task: lambada_openai, data: data/lambada_openai/lambada_test.jsonl, limit: 2}]
+methods:
+  - "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2"
+  - {family: quant, budgets: [0.25], k: "axis=channel,group=32,sym=1", v: "axis=token"}
+  - "quant:bits=2;layers=0:none"
+  - "k=quant:bits=4;v=quant:bits=4"
+  - quant:bits=4
+)",
+                       Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  // The last two are one job.
+  EXPECT_EQ(s->jobs.size(), 4u);
+  EXPECT_EQ(s->merged, 1);
+  std::map<std::string, std::pair<std::string, std::string>> by_label;
+  for (const SweepJob& j : s->jobs) {
+    by_label[j.labels["method"].get<std::string>()] = {j.labels["family"].get<std::string>(),
+                                                       j.spec.method};
+  }
+  const auto& kivi = by_label.at("k=quant:bits=2,axis=channel,group=32;v=quant:bits=2");
+  EXPECT_EQ(kivi.first, "quant");
+  EXPECT_THAT(kivi.second, StartsWith("k=quant:bits=2,group=32,axis=channel"));
+  const auto& solved = by_label.at("quant@0.25[k:axis=channel,group=32,sym=1][v:axis=token]");
+  EXPECT_EQ(solved.first, "quant");
+  EXPECT_THAT(solved.second, StartsWith("k=quant:bits=4,group=32,axis=channel,sym=1,target=k"));
+  EXPECT_THAT(solved.second, HasSubstr(";v=quant:bits=4,group=64,axis=token,sym=0,target=v"));
+  EXPECT_EQ(by_label.at("quant:bits=2;layers=0:none").first, "quant+layers");
+
+  auto bad = ExpandSweep(Yaml("  - {family: quant, budgets: [0.25], k: \"axis=diagonal\"}\n"), Opts());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("methods[0].k: method 'quant:bits=4,axis=diagonal': axis=diagonal is not one of"));
+  auto beyond = ExpandSweep(Yaml("  - \"quant:bits=2;layers=0-9:none\"\n"), Opts());
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_THAT(std::string(beyond.status().message()), HasSubstr("beyond the model's 6 layers"));
 }
 
 TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {

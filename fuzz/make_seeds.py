@@ -47,7 +47,10 @@ def method_specs():
             "quant:bits=4,axis=channel,sym=1", "quant:bits=2,axis=channel,group=32,residual=32",
             "quant:bits=4,basis=hadamard,seed=3,packed=1", "rank:r=32,basis=pca,target=kv",
             "rank:r=8,basis=random,seed=7,rope=pre", "hybrid:r=32,bits=4,group=32,basis=svd",
-            "quant:bits=99", "rank:", "quant:bits=4,,group=", "hybrid:r=-1"]):
+            "quant:bits=99", "rank:", "quant:bits=4,,group=", "hybrid:r=-1",
+            "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2",
+            "k=rank:r=16,basis=svd;v=quant:bits=4,sym=1;layers=0-1:none;layers=5:quant:bits=8",
+            "quant:bits=2;layers=3:hybrid:r=8,bits=4", "v=none;k=none", "k=;v=", "layers=1-:x"]):
         put("method_spec", "seed%02d" % i, s)
 
 

@@ -42,7 +42,11 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
                                            "[native, 1]"));
   CommandResult dry = h.Cli({"submit", yaml, "--dry-run"});
   ASSERT_EQ(dry.exit_code, 0) << dry.err;
-  EXPECT_EQ(dry.out, "sweep 'flow' (dry run): 6 jobs (6 combinations, 0 excluded); nothing submitted\n");
+  EXPECT_EQ(dry.out.rfind("sweep 'flow' (dry run): 6 jobs (6 combinations, 0 excluded); nothing "
+                          "submitted\n", 0), 0u) << dry.out;
+  // Then a header and every job with the concrete method it runs.
+  EXPECT_EQ(std::count(dry.out.begin(), dry.out.end(), '\n'), 8) << dry.out;
+  EXPECT_THAT(dry.out, HasSubstr("quant:bits=2,group=64,axis=token,sym=0,target=kv"));
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM sweeps"), 0);  // a dry run writes nothing
   CommandResult sub = h.Cli({"submit", yaml});
   ASSERT_EQ(sub.exit_code, 0) << sub.err;

@@ -61,7 +61,9 @@ FakeJobPlan PlanFakeJob(const JobSpec& spec, const FakeEvaluatorOptions& options
 
 absl::StatusOr<nlohmann::json> FakeJobResult(const JobSpec& spec, const FakeJobPlan& plan,
                                              double wall_s) {
-  absl::StatusOr<MethodSpec> m = ParseMethodSpec(spec.method);
+  absl::StatusOr<KvMethod> parsed = ParseKvMethod(spec.method);
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<KvMethod> m = ResolveKvMethod(*parsed, spec.head_dim, spec.num_layers);
   if (!m.ok()) return m.status();
   absl::StatusOr<Ledger> ledger = ComputeLedger(*m, spec.head_dim, spec.kv_heads,
                                                 spec.native_kv_heads, spec.num_layers, spec.window);

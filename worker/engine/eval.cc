@@ -133,9 +133,9 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   absl::StatusOr<torch::ScalarType> dtype = ParseDtype(spec.dtype);
   if (!dtype.ok()) return dtype.status();
   if (absl::Status d = CheckDtypeOnDevice(*dtype, *device); !d.ok()) return d;
-  absl::StatusOr<MethodSpec> parsed = ParseMethodSpec(spec.method);
+  absl::StatusOr<KvMethod> parsed = ParseKvMethod(spec.method);
   if (!parsed.ok()) return parsed.status();
-  absl::StatusOr<MethodSpec> method = ResolveMethodSpec(*parsed, spec.head_dim);
+  absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, spec.head_dim, spec.num_layers);
   if (!method.ok()) return method.status();
   absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
   if (!task.ok()) return task.status();
@@ -219,7 +219,7 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   if (spec.diagnostics) {
     const auto t_diag = std::chrono::steady_clock::now();
     absl::StatusOr<nlohmann::json> d =
-        RunDiagnostics(*model_, codec.get(), *method, *requests, DiagnosticsOptions{});
+        RunDiagnostics(*model_, codec.get(), method->primary(), *requests, DiagnosticsOptions{});
     if (!d.ok()) return d.status();
     diagnostics = std::move(*d);
     diag_s = Seconds(t_diag, std::chrono::steady_clock::now());

@@ -66,9 +66,10 @@ int RunGenerateCommand(int argc, char** argv) {
   if (!model.ok()) return fail(model.status());
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(tokenizer_path.empty() ? model_path : tokenizer_path);
   if (!tok.ok()) return fail(tok.status());
-  absl::StatusOr<MethodSpec> m = ParseMethodSpec(method);
+  absl::StatusOr<KvMethod> m = ParseKvMethod(method);
   if (!m.ok()) return fail(m.status());
-  absl::StatusOr<MethodSpec> rm = ResolveMethodSpec(*m, (*model)->config().head_dim);
+  absl::StatusOr<KvMethod> rm =
+      ResolveKvMethod(*m, (*model)->config().head_dim, (*model)->config().num_layers);
   if (!rm.ok()) return fail(rm.status());
   if (rm->needs_calibration()) return fail(absl::InvalidArgumentError("generate: methods that need calibration are not supported here"));
   absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*rm);

@@ -406,8 +406,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     }
     return it->second;
   };
-  const bool rope_pre = codec != nullptr && codec->spec().rope == RopeStage::kPre &&
-                        codec->spec().compresses_k();
+  const bool rope_pre = codec != nullptr && codec->keys_pre_rope();
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];

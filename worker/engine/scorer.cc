@@ -19,7 +19,7 @@ int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
   int64_t max_len = 1;
   for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
   int64_t per_token = (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
-  if (codec != nullptr && codec->spec().position_dependent()) per_token += 3 * c.num_heads * max_len * 4;
+  if (codec != nullptr && codec->position_dependent()) per_token += 3 * c.num_heads * max_len * 4;
   const int64_t free_b = FreeDeviceBytes(dev);
   if (free_b <= 0) return 16384;
   // Keep half of what is free for the allocator's slack, the LM-head chunk and codec temporaries.

@@ -59,6 +59,30 @@ TEST(EvalCodecsTest, ResultLedgerInt4AndRankD4) {
   EXPECT_EQ(r["spec"]["method"], "rank:r=16,basis=pca,target=kv,rope=post,seed=0");
 }
 
+// A method whose every layer is overridden with one spec runs through the composite codec and
+// scores exactly as that spec alone; K and V apart report each tensor's own ledger.
+TEST(EvalCodecsTest, KAndVApartAndPerLayerOverridesThroughTheModel) {
+  Engine engine(EngineOptions{});
+  nlohmann::json all_layers = RunJob(engine, "ref-llama", "quant:bits=2;layers=0-5:quant:bits=4", 20);
+  nlohmann::json plain = RunJob(engine, "ref-llama", "quant:bits=4", 20);
+  EXPECT_EQ(all_layers["metrics"]["lambada_openai"]["loglik_sum"],
+            plain["metrics"]["lambada_openai"]["loglik_sum"]);
+  EXPECT_DOUBLE_EQ(D(all_layers["ledger"]["fraction_total"]), D(plain["ledger"]["fraction_total"]));
+  EXPECT_NE(all_layers["spec"]["job_id"], plain["spec"]["job_id"]);
+
+  nlohmann::json kivi = RunJob(engine, "ref-llama", "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2", 20);
+  nlohmann::json keys = RunJob(engine, "ref-llama", "quant:bits=2,axis=channel,group=32,target=k", 20);
+  nlohmann::json values = RunJob(engine, "ref-llama", "quant:bits=2,target=v", 20);
+  ASSERT_TRUE(kivi.contains("ledger"));
+  EXPECT_DOUBLE_EQ(D(kivi["ledger"]["k"]["total_bits"]), D(keys["ledger"]["k"]["total_bits"]));
+  EXPECT_DOUBLE_EQ(D(kivi["ledger"]["v"]["total_bits"]), D(values["ledger"]["v"]["total_bits"]));
+  EXPECT_EQ(kivi["spec"]["method"].get<std::string>().rfind("k=quant:bits=2,group=32,axis=channel", 0), 0u);
+  // Compressing both tensors costs more than compressing either alone.
+  const double none_ll = D(RunJob(engine, "ref-llama", "none", 20)["metrics"]["lambada_openai"]["loglik_sum"]);
+  const double both = D(kivi["metrics"]["lambada_openai"]["loglik_sum"]);
+  EXPECT_LT(both, none_ll);
+}
+
 TEST(EvalCodecsTest, PackedBytesAppearBesideTheLedger) {
   Engine engine(EngineOptions{});
   for (const char* m : {"quant:bits=4,group=64,packed=1", "quant:bits=3,group=32,sym=1,target=k,packed=1"}) {

@@ -50,7 +50,15 @@ class KvCodec {
   KvCodec(const KvCodec&) = delete;
   KvCodec& operator=(const KvCodec&) = delete;
 
+  // The codec's spec; for a composite method (KvMethod with K and V apart or per-layer
+  // overrides) its primary() spec.
   virtual const MethodSpec& spec() const = 0;
+  // Whether some layer's K or V is position dependent (attention then needs [T, T] masks).
+  virtual bool position_dependent() const { return spec().position_dependent(); }
+  // Whether the model must hand this codec keys before RoPE and rotate what it returns.
+  virtual bool keys_pre_rope() const {
+    return spec().rope == RopeStage::kPre && spec().compresses_k();
+  }
   // Computes data-dependent state. Errors: kInvalidArgument (shapes), kFailedPrecondition
   // (calibration missing), kInternal (numerics).
   virtual absl::Status Prepare(const CodecContext& ctx) { return absl::OkStatus(); }
@@ -67,6 +75,9 @@ class KvCodec {
 // Builds the codec for a resolved method spec. kInvalidArgument for specs the registry cannot
 // build (unknown family, unresolved spec).
 absl::StatusOr<std::unique_ptr<KvCodec>> NewKvCodec(const MethodSpec& spec);
+// Builds the codec of a resolved method: the registry's codec for a single spec, else a
+// composite of one codec per distinct spec (kv/composite_codec.cc).
+absl::StatusOr<std::unique_ptr<KvCodec>> NewKvCodec(const KvMethod& method);
 // The families the registry can build, in registry order (tests loop over it).
 std::vector<MethodFamily> RegisteredFamilies();
 

@@ -3,6 +3,7 @@
 // bits (head_dim 64, context length 1024); every registered family must have rows. Then the
 // masks of position-dependent methods against a step-by-step simulated cache.
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -167,6 +168,59 @@ INSTANTIATE_TEST_SUITE_P(Codecs, RegistryTest, ::testing::ValuesIn(kRows), [](co
   }
   return n;
 });
+
+// K and V apart and per-layer overrides (KvMethod): every layer's K is exactly what the codec
+// of its K spec makes of it, and its V what the codec of its V spec makes of it.
+class CompositeCodecTest : public RegistryTest {};
+
+TEST_F(CompositeCodecTest, EachTensorOfEachLayerComesFromItsOwnSpec) {
+  absl::StatusOr<KvMethod> parsed = ParseKvMethod(
+      "k=quant:bits=2,axis=channel,group=32;v=rank:r=16;layers=1:none;layers=2:hybrid:r=32,bits=8");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, 64, 6);
+  ASSERT_TRUE(method.ok()) << method.status();
+  absl::StatusOr<std::unique_ptr<KvCodec>> composite = NewKvCodec(*method);
+  ASSERT_TRUE(composite.ok()) << composite.status();
+  ASSERT_TRUE((*composite)->Prepare(Context()).ok());
+  EXPECT_TRUE((*composite)->position_dependent());  // the channel-axis keys
+  EXPECT_FALSE((*composite)->keys_pre_rope());
+  EXPECT_EQ((*composite)->spec().ToString(), method->k.ToString());
+
+  std::map<std::string, std::unique_ptr<KvCodec>> single;
+  for (const char* s : {"quant:bits=2,axis=channel,group=32,target=k", "rank:r=16,target=v",
+                        "hybrid:r=32,bits=8"}) {
+    absl::StatusOr<MethodSpec> spec = Resolve(s);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    absl::StatusOr<std::unique_ptr<KvCodec>> c = NewKvCodec(*spec);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Prepare(Context()).ok());
+    single[s] = std::move(*c);
+  }
+  auto same = [](const KvOperand& a, const KvOperand& b) {
+    return torch::equal(a.compressed, b.compressed) &&
+           a.raw.defined() == b.raw.defined() && (!a.raw.defined() || torch::equal(a.raw, b.raw)) &&
+           a.use_compressed.defined() == b.use_compressed.defined() &&
+           (!a.use_compressed.defined() || torch::equal(a.use_compressed, b.use_compressed));
+  };
+  torch::manual_seed(3);
+  const Tensor k = torch::randn({1, 2, 40, 64});
+  const Tensor v = torch::randn({1, 2, 40, 64});
+  for (int layer : {0, 3, 5}) {
+    KvPair got = (*composite)->Apply(layer, k, v);
+    EXPECT_TRUE(same(got.k, single["quant:bits=2,axis=channel,group=32,target=k"]->Apply(layer, k, v).k))
+        << layer;
+    EXPECT_TRUE(same(got.v, single["rank:r=16,target=v"]->Apply(layer, k, v).v)) << layer;
+    EXPECT_TRUE(got.k.position_dependent());
+    EXPECT_FALSE(got.v.position_dependent());
+  }
+  KvPair none = (*composite)->Apply(1, k, v);
+  EXPECT_TRUE(torch::equal(none.k.compressed, k));
+  EXPECT_TRUE(torch::equal(none.v.compressed, v));
+  KvPair hybrid = (*composite)->Apply(2, k, v);
+  KvPair want = single["hybrid:r=32,bits=8"]->Apply(2, k, v);
+  EXPECT_TRUE(same(hybrid.k, want.k));
+  EXPECT_TRUE(same(hybrid.v, want.v));
+}
 
 TEST(RegistryCoverageTest, EveryRegisteredFamilyHasRows) {
   std::set<MethodFamily> seen;
