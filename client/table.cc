@@ -208,11 +208,12 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
           continue;
         }
         std::string metric = spec.metric;
-        if (metric == "auto") metric = ua->kind == "document" ? "ppl" : "token_ppl";
+        // auto: ppl for LAMBADA documents, token_ppl for text (wikitext documents, windows).
+        if (metric == "auto") metric = ua->kind == "document" && ua->words.empty() ? "ppl" : "token_ppl";
         if (!IsUnitMetric(metric)) {
           notes.insert(absl::StrCat("no interval for ", metric,
                                     " (intervals: acc, ppl, loglik_sum, token_ppl, word_ppl, "
-                                    "bits_per_byte)"));
+                                    "byte_ppl, bits_per_byte)"));
           continue;
         }
         absl::StatusOr<PairedComparison> cmp =

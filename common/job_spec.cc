@@ -24,13 +24,17 @@ std::string Basename(std::string p) {
 }
 }  // namespace
 
-constexpr const char* kKnownTasks[] = {"lambada_openai", "wikitext", "ptb", "text"};
+constexpr const char* kKnownTasks[] = {"lambada_openai", "wikitext", "wikitext_stream", "ptb", "text"};
 
 bool IsKnownTask(const std::string& task) {
   for (const char* t : kKnownTasks) {
     if (task == t) return true;
   }
   return false;
+}
+
+std::string TaskDefinition(const std::string& task) {
+  return task == "wikitext" ? "lm-eval-documents" : "";
 }
 
 std::string UnknownTaskMessage(const std::string& task) {
@@ -53,12 +57,14 @@ nlohmann::json JobSpec::IdentityJson() const {
              {"windows", calibration->windows},
              {"window_len", calibration->window_len}};
   }
+  nlohmann::json task_json = {{"name", task}, {"data_sha256", data_sha256}, {"limit", limit},
+                              {"window", window}, {"context", context}};
+  // Only where a task has a definition label, so that every other job id stays as it was.
+  if (!task_definition.empty()) task_json["definition"] = task_definition;
   return {{"engine_version", engine_version},
           {"model_sha256", model_sha256},
           {"tokenizer_sha256", tokenizer_sha256},
-          {"task",
-           {{"name", task}, {"data_sha256", data_sha256}, {"limit", limit},
-            {"window", window}, {"context", context}}},
+          {"task", task_json},
           {"method", method},
           {"kv_heads", kv_heads},
           {"dtype", dtype},
@@ -91,6 +97,7 @@ absl::StatusOr<JobSpec> JobSpec::FromJson(const nlohmann::json& j) {
     s.tokenizer_sha256 = j.at("tokenizer_sha256").get<std::string>();
     const auto& t = j.at("task");
     s.task = t.at("name").get<std::string>();
+    s.task_definition = t.value("definition", "");
     s.data_sha256 = t.at("data_sha256").get<std::string>();
     s.data_path = t.at("data_path").get<std::string>();
     s.limit = t.at("limit").get<int>();
@@ -176,6 +183,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   s.context = req.task == "lambada_openai" ? 1 : req.context;
   s.limit = req.limit;
   s.task = req.task;
+  s.task_definition = TaskDefinition(req.task);
   absl::StatusOr<std::string> dtype = ResolveDtype(req.dtype, *cfg);
   if (!dtype.ok()) return Invalid("dtype", dtype.status().message());
   s.dtype = *dtype;

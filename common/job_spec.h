@@ -26,9 +26,9 @@ struct JobRequest {
   std::string model_path;       // a path, or a Hugging Face repo id (common/hf_hub.h)
   std::string model_name;       // display name; defaults to the repo id or the path's basename
   std::string tokenizer_path;   // empty: the model directory's tokenizer
-  std::string task;             // lambada_openai | wikitext | ptb | text
+  std::string task;             // lambada_openai | wikitext | wikitext_stream | ptb | text
   std::string data_path;
-  int limit = 0;                // LAMBADA docs (0 = all)
+  int limit = 0;                // first documents: lambada_openai, wikitext (0 = all)
   int window = 0;               // W (0 = model max positions, capped by max_window)
   int max_window = 0;           // cap for the default W (0 = none)
   int context = 1;              // C for rolling windows
@@ -58,6 +58,9 @@ struct JobSpec {
   std::string tokenizer_path;   // empty: the model directory
   std::string tokenizer_sha256;
   std::string task;
+  // TaskDefinition(task) when the spec was resolved; part of the identity when non-empty. Empty
+  // in specs resolved before the task had one (their numbers follow the earlier definition).
+  std::string task_definition;
   std::string data_path;
   std::string data_sha256;
   int limit = 0;
@@ -87,9 +90,16 @@ struct JobSpec {
   static absl::StatusOr<JobSpec> FromJson(const nlohmann::json& j);
 };
 
-// Tasks the engine knows: "lambada_openai"; "wikitext", "ptb" and "text" (the same rolling
-// perplexity protocol on any UTF-8 file, named for the metrics).
+// Tasks the engine knows: "lambada_openai"; "wikitext" (lm-evaluation-harness's: documents of
+// wikitext-2-raw-v1, detokenized, rolling windows per document); "wikitext_stream", "ptb" and
+// "text" (the whole file as one stream of rolling windows, on any UTF-8 file, named for the
+// metrics). docs/engine.md defines each.
 bool IsKnownTask(const std::string& task);
+// A version label of a task's definition that is part of job identity, for tasks whose meaning
+// changed under the same name: "lm-eval-documents" for "wikitext" (which once named the stream
+// convention, now "wikitext_stream"), so that results of the earlier definition are never
+// reused for it. Empty for every other task (their job ids are unchanged).
+std::string TaskDefinition(const std::string& task);
 // "unknown task 'X' (known: ...)": the one wording of that error in every layer.
 std::string UnknownTaskMessage(const std::string& task);
 

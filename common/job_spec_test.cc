@@ -65,6 +65,36 @@ TEST(JobSpecTest, JsonRoundTrip) {
   EXPECT_FALSE(JobSpec::FromJson(nlohmann::json::object()).ok());
 }
 
+// `wikitext` is lm-eval's per-document task; the name once meant the stream convention (now
+// `wikitext_stream`). Its identity carries the definition, so that no result of the other
+// definition is reused for it; other tasks' identities have no such field (their ids unchanged).
+TEST(JobSpecTest, WikitextIdentityCarriesItsDefinition) {
+  JobRequest r = Req();
+  r.task = "wikitext";
+  r.data_path = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
+  r.limit = 0;
+  auto doc = ResolveJob(r);
+  ASSERT_TRUE(doc.ok()) << doc.status();
+  EXPECT_EQ(doc->task_definition, "lm-eval-documents");
+  EXPECT_EQ(doc->IdentityJson()["task"]["definition"], "lm-eval-documents");
+  r.task = "wikitext_stream";
+  auto stream = ResolveJob(r);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_FALSE(stream->IdentityJson()["task"].contains("definition"));
+  EXPECT_FALSE(ResolveJob(Req())->IdentityJson()["task"].contains("definition"));
+  // A spec of the earlier definition (no field) reads back as such, under its own id.
+  nlohmann::json old = doc->ToJson();
+  old["task"].erase("definition");
+  old.erase("job_id");
+  auto back = JobSpec::FromJson(old);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->task_definition, "");
+  EXPECT_NE(back->JobId(), doc->JobId());
+  auto round = JobSpec::FromJson(doc->ToJson());
+  ASSERT_TRUE(round.ok()) << round.status();
+  EXPECT_EQ(round->JobId(), doc->JobId());
+}
+
 void ExpectBad(JobRequest r, absl::StatusCode code, const std::string& fragment) {
   auto s = ResolveJob(r);
   ASSERT_FALSE(s.ok());

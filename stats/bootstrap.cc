@@ -63,7 +63,7 @@ absl::StatusOr<PairedComparison> PairedBootstrap(const EvalUnits& a, const EvalU
                                                  const std::string& metric, int resamples,
                                                  uint64_t seed, double level) {
   if (a.kind != base.kind || a.size() != base.size() || a.tokens != base.tokens ||
-      a.total_words != base.total_words || a.total_bytes != base.total_bytes) {
+      a.words != base.words || a.bytes != base.bytes || a.total_words != base.total_words || a.total_bytes != base.total_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "not the same ", a.kind.empty() ? "units" : a.kind + "s", " (", a.size(), " vs ",
         base.size(), "): a paired comparison needs the same data, limit and window"));

@@ -42,6 +42,8 @@ nlohmann::json EvalUnits::ToJson() const {
   nlohmann::json j = {{"kind", kind}, {"n", loglik.size()}, {"loglik_f64", Pack(loglik)}};
   if (!tokens.empty()) j["tokens_i32"] = Pack(tokens);
   if (!greedy.empty()) j["greedy_u8"] = Pack(greedy);
+  if (!words.empty()) j["words_i32"] = Pack(words);
+  if (!bytes.empty()) j["bytes_i32"] = Pack(bytes);
   if (total_words > 0) j["total_words"] = total_words;
   if (total_bytes > 0) j["total_bytes"] = total_bytes;
   return j;
@@ -57,8 +59,12 @@ absl::StatusOr<EvalUnits> EvalUnits::FromJson(const nlohmann::json& j) {
   if (absl::Status s = Unpack(j, "loglik_f64", &u.loglik); !s.ok()) return s;
   if (absl::Status s = Unpack(j, "tokens_i32", &u.tokens); !s.ok()) return s;
   if (absl::Status s = Unpack(j, "greedy_u8", &u.greedy); !s.ok()) return s;
+  if (absl::Status s = Unpack(j, "words_i32", &u.words); !s.ok()) return s;
+  if (absl::Status s = Unpack(j, "bytes_i32", &u.bytes); !s.ok()) return s;
   if ((!u.tokens.empty() && u.tokens.size() != u.loglik.size()) ||
       (!u.greedy.empty() && u.greedy.size() != u.loglik.size()) ||
+      (!u.words.empty() && u.words.size() != u.loglik.size()) ||
+      (!u.bytes.empty() && u.bytes.size() != u.loglik.size()) ||
       j.value("n", int64_t{-1}) != static_cast<int64_t>(u.loglik.size())) {
     return absl::InvalidArgumentError("units: arrays of different lengths");
   }
@@ -81,7 +87,7 @@ std::optional<EvalUnits> EvalUnits::FromResult(const nlohmann::json& result) {
 
 bool IsUnitMetric(const std::string& metric) {
   return metric == "acc" || metric == "ppl" || metric == "loglik_sum" || metric == "token_ppl" ||
-         metric == "word_ppl" || metric == "bits_per_byte";
+         metric == "word_ppl" || metric == "byte_ppl" || metric == "bits_per_byte";
 }
 
 std::optional<double> UnitMetric(const EvalUnits& u, const std::string& metric,
@@ -98,8 +104,25 @@ std::optional<double> UnitMetric(const EvalUnits& u, const std::string& metric,
   double ll = 0;
   for (size_t i = 0; i < n; ++i) ll += u.loglik[at(i)];
   if (metric == "loglik_sum") return ll;
-  if (metric == "ppl") return u.kind == "document" ? std::optional<double>(std::exp(-ll / n))
+  if (metric == "ppl") {  // LAMBADA's per-document mean; not defined for text documents
+    return u.kind == "document" && u.words.empty() ? std::optional<double>(std::exp(-ll / n))
                                                    : std::nullopt;
+  }
+  // lm-eval's weighted perplexities over the (resampled) documents.
+  auto weighted = [&](const std::vector<int32_t>& w) {
+    double sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += w[at(i)];
+    return sum;
+  };
+  if (u.words.size() == u.size() && metric == "word_ppl") {
+    const double words = weighted(u.words);
+    return words > 0 ? std::optional<double>(std::exp(-ll / words)) : std::nullopt;
+  }
+  if (u.bytes.size() == u.size() && (metric == "byte_ppl" || metric == "bits_per_byte")) {
+    const double bytes = weighted(u.bytes);
+    if (bytes <= 0) return std::nullopt;
+    return metric == "byte_ppl" ? std::exp(-ll / bytes) : -ll / (bytes * std::log(2.0));
+  }
   if (u.tokens.size() != u.size()) return std::nullopt;
   double tokens = 0;
   for (size_t i = 0; i < n; ++i) tokens += u.tokens[at(i)];
@@ -112,9 +135,10 @@ std::optional<double> UnitMetric(const EvalUnits& u, const std::string& metric,
     if (u.total_words <= 0) return std::nullopt;
     return std::exp(per_token * all_tokens / u.total_words);
   }
-  if (metric == "bits_per_byte") {
+  if (metric == "byte_ppl" || metric == "bits_per_byte") {
     if (u.total_bytes <= 0) return std::nullopt;
-    return per_token * all_tokens / (u.total_bytes * std::log(2.0));
+    const double per_byte = per_token * all_tokens / u.total_bytes;
+    return metric == "byte_ppl" ? std::exp(per_byte) : per_byte / std::log(2.0);
   }
   return std::nullopt;
 }

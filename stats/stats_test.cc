@@ -65,6 +65,33 @@ TEST(EvalUnitsTest, RoundTripsThroughJsonAndGivesTheTaskMetrics) {
   EXPECT_FALSE(EvalUnits::FromJson(bad).ok());
 }
 
+// wikitext documents: lm-eval's weighted perplexities, over the documents of a resample.
+TEST(EvalUnitsTest, TextDocumentsWeighByTheirOwnWordsAndBytes) {
+  EvalUnits u;
+  u.kind = "document";
+  u.loglik = {-10.0, -20.0, -5.5};
+  u.tokens = {5, 10, 3};
+  u.words = {4, 7, 2};
+  u.bytes = {20, 30, 9};
+  u.total_words = 13;
+  u.total_bytes = 59;
+  absl::StatusOr<EvalUnits> back = EvalUnits::FromJson(u.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->words, u.words);
+  EXPECT_EQ(back->bytes, u.bytes);
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "word_ppl", nullptr), std::exp(35.5 / 13));
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "byte_ppl", nullptr), std::exp(35.5 / 59));
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "bits_per_byte", nullptr), 35.5 / (59 * std::log(2.0)));
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "token_ppl", nullptr), std::exp(35.5 / 18));
+  EXPECT_FALSE(UnitMetric(u, "ppl", nullptr).has_value());  // LAMBADA's, not a text task's
+  const std::vector<uint32_t> idx = {1, 1, 2};
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "word_ppl", &idx), std::exp(45.5 / 16));
+  EXPECT_DOUBLE_EQ(*UnitMetric(u, "bits_per_byte", &idx), 45.5 / (69 * std::log(2.0)));
+  nlohmann::json bad = u.ToJson();
+  bad["words_i32"] = nlohmann::json("AAAAAA==");  // one value for three documents
+  EXPECT_EQ(EvalUnits::FromJson(bad).status().message(), "units: arrays of different lengths");
+}
+
 TEST(PairedBootstrapTest, SameUnitsGiveAZeroDifferenceAndAShiftIsSignificant) {
   std::vector<double> ll;
   std::vector<uint8_t> g;

@@ -140,10 +140,12 @@ TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
 
 TEST(EvalCliTest, WikitextJsonFields) {
   const std::string text = TempFile("tiny.txt", "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
-  ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));
+  ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext_stream", text, {"--window", "16"}));
   ASSERT_EQ(r.status, 0) << r.err;
-  auto m = nlohmann::json::parse(r.out)["metrics"]["wikitext"];
-  for (const char* k : {"token_ppl", "word_ppl", "bits_per_byte", "loglik_sum", "tokens", "words", "bytes"}) EXPECT_TRUE(m.contains(k)) << k;
+  auto m = nlohmann::json::parse(r.out)["metrics"]["wikitext_stream"];
+  for (const char* k : {"token_ppl", "word_ppl", "byte_ppl", "bits_per_byte", "loglik_sum", "tokens", "words", "bytes"}) {
+    EXPECT_TRUE(m.contains(k)) << k;
+  }
   EXPECT_EQ(m["words"], 15);
   EXPECT_EQ(m["bytes"], 77);
   // PTB or any file: the same protocol, named for the metrics.
@@ -151,6 +153,47 @@ TEST(EvalCliTest, WikitextJsonFields) {
   ASSERT_EQ(p.status, 0) << p.err;
   auto pm = nlohmann::json::parse(p.out)["metrics"]["ptb"];
   EXPECT_EQ(pm["loglik_sum"], m["loglik_sum"]);
+  // lm-eval's wikitext: a text without headings is one document; the detokenizer leaves this one
+  // as it is, so the loglik is the stream's, but words count as lm-eval counts them
+  // (len(re.split(r"\s+", text)): the trailing newline makes a 16th).
+  ProcResult w = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));
+  ASSERT_EQ(w.status, 0) << w.err;
+  auto wm = nlohmann::json::parse(w.out)["metrics"]["wikitext"];
+  EXPECT_EQ(wm["loglik_sum"], m["loglik_sum"]);
+  EXPECT_EQ(wm["words"], 16);
+  EXPECT_EQ(wm["bytes"], 77);
+  EXPECT_EQ(wm["documents"], 1);
+  EXPECT_EQ(wm["units"]["kind"], "document");
+}
+
+// --format lm-eval: lm-evaluation-harness's results file, its metric keys "<name>,none".
+TEST(EvalCliTest, LmEvalFormat) {
+  ProcResult l = Exec({"eval", "--model", A("models/ref-gpt2"), "--task", "lambada_openai", "--data", A(kLambada),
+                       "--limit", "8", "--format", "lm-eval"});
+  ASSERT_EQ(l.status, 0) << l.err;
+  auto lj = nlohmann::json::parse(l.out);
+  const auto& lr = lj["results"]["lambada_openai"];
+  for (const char* k : {"acc,none", "acc_stderr,none", "perplexity,none", "perplexity_stderr,none"}) {
+    EXPECT_TRUE(lr[k].is_number()) << k << " in " << lr.dump();
+  }
+  const auto& lm = lj["kvsweep"]["metrics"]["lambada_openai"];
+  EXPECT_EQ(lr["acc,none"], lm["acc"]);
+  EXPECT_EQ(lr["perplexity,none"], lm["ppl"]);
+  EXPECT_EQ(lj["n-samples"]["lambada_openai"]["effective"], 8);
+
+  // The first two documents of wiki.test.raw.
+  ProcResult w = Exec({"eval", "--model", A("models/ref-gpt2"), "--task", "wikitext", "--data",
+                       A("data/wikitext-2/wiki.test.raw"), "--limit", "2", "--window", "128", "--format", "lm-eval"});
+  ASSERT_EQ(w.status, 0) << w.err;
+  auto wj = nlohmann::json::parse(w.out);
+  const auto& wr = wj["results"]["wikitext"];
+  const auto& wm = wj["kvsweep"]["metrics"]["wikitext"];
+  EXPECT_EQ(wr["word_perplexity,none"], wm["word_ppl"]);
+  EXPECT_EQ(wr["byte_perplexity,none"], wm["byte_ppl"]);
+  EXPECT_EQ(wr["bits_per_byte,none"], wm["bits_per_byte"]);
+  EXPECT_EQ(wr["bits_per_byte_stderr,none"], "N/A");
+  EXPECT_EQ(wm["documents"], 2);
+  EXPECT_EQ(wm["words"], 1093 + 4751);  // tests/fixtures/lm_eval_wikitext_ref-gpt2.json
 }
 
 // Runs `git -C <source dir> ARGS` and returns its stdout without the trailing newline; nullopt
@@ -222,7 +265,8 @@ TEST(EvalCliTest, BadFlagsAndFiles) {
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "1"}), "window: 1 is too small");
   ExpectOneLineError(Eval(llama, "wikitext", lam, {"--window", "64", "--context", "65"}), "context: 65 out of range");
   ExpectOneLineError(Eval(llama, "wikitext", lam, {"--context", "0"}), "context: 0 out of range");
-  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--limit", "5"}), "limit applies to lambada_openai only");
+  ExpectOneLineError(Eval(llama, "wikitext_stream", lam, {"--limit", "5"}), "limit applies to lambada_openai and wikitext only");
+  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--limit", "5"}), "limit 5 out of range");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "cuda"}), "cuda");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "tpu"}), "is not cpu|cuda|cuda:N");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "abc"}), "limit");

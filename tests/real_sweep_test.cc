@@ -187,7 +187,8 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
 
 // The intervals `kvsweep table --delta` prints are recomputed independently, in numpy, from the
 // per-document and per-window values stored with the results (tools/stats/paired_bootstrap.py),
-// on a real sweep: ref-llama, LAMBADA (200 documents) and WikiText (first 200 lines, W = 128).
+// on a real sweep: ref-llama, LAMBADA (200 documents) and WikiText as one stream (first 200
+// lines, W = 128: per-window units).
 TEST(RealSweepTest, TableIntervalsMatchAnIndependentNumpyComputation) {
   if (!kEngine) GTEST_SKIP() << "needs the engine (per-document results)";
   if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
@@ -206,7 +207,7 @@ TEST(RealSweepTest, TableIntervalsMatchAnIndependentNumpyComputation) {
       "s.yaml", absl::StrCat("name: ci\nmodels:\n  - {name: ref-llama, path: ", AssetsDir(),
                              "/models/ref-llama}\ntasks:\n  - {task: lambada_openai, data: ",
                              AssetsDir(), "/data/lambada_openai/lambada_test.jsonl, limit: 200}\n",
-                             "  - {task: wikitext, data: ", wiki_path, ", window: 128}\n",
+                             "  - {task: wikitext_stream, data: ", wiki_path, ", window: 128}\n",
                              "methods: [none, \"quant:bits=2,group=32\", \"quant:bits=8\"]\n"));
   h.Submit(yaml);
   Harness::WorkerFlags f;

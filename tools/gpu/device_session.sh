@@ -33,7 +33,7 @@ case $phase in
     build-cuda/bench/kvsweep-engine-bench --check-fused cuda | tee "$work/checkfused.txt" | tail -25 ;;
   fulljob)
     model=$1 W=$2
-    /usr/bin/time -v build-cuda/worker/kvsweep-worker eval --model "$ckpt/$model" --task wikitext \
+    /usr/bin/time -v build-cuda/worker/kvsweep-worker eval --model "$ckpt/$model" --task wikitext_stream \
       --data "$assets/data/wikitext-2/wiki.test.raw" --window "$W" --device cuda --dtype bf16 --format json \
       > "$work/fulljob.json" 2> "$work/fulljob.err"
     echo "rc=$?"; grep -E "Elapsed|Maximum resident" "$work/fulljob.err"

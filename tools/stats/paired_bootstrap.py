@@ -41,6 +41,11 @@ def units(result):
                 out["greedy"] = np.frombuffer(base64.b64decode(u["greedy_u8"]), dtype="u1")
             out["words"] = u.get("total_words", 0)
             out["bytes"] = u.get("total_bytes", 0)
+            # wikitext documents: words and bytes of each (lm-eval's weights)
+            if "words_i32" in u:
+                out["unit_words"] = np.frombuffer(base64.b64decode(u["words_i32"]), dtype="<i4")
+            if "bytes_i32" in u:
+                out["unit_bytes"] = np.frombuffer(base64.b64decode(u["bytes_i32"]), dtype="<i4")
             return out
     return None
 
@@ -54,6 +59,11 @@ def metric(u, name, idx):
         return ll
     if name == "ppl":
         return np.exp(-ll / idx.shape[-1])
+    if name == "word_ppl" and "unit_words" in u:
+        return np.exp(-ll / u["unit_words"][idx].sum(axis=-1))
+    if name in ("byte_ppl", "bits_per_byte") and "unit_bytes" in u:
+        per_byte = -ll / u["unit_bytes"][idx].sum(axis=-1)
+        return np.exp(per_byte) if name == "byte_ppl" else per_byte / np.log(2.0)
     tokens = u["tokens"][idx].sum(axis=-1).astype(np.float64)
     per_token = -ll / tokens
     all_tokens = float(u["tokens"].sum())
@@ -61,6 +71,8 @@ def metric(u, name, idx):
         return np.exp(per_token)
     if name == "word_ppl":
         return np.exp(per_token * all_tokens / u["words"])
+    if name == "byte_ppl":
+        return np.exp(per_token * all_tokens / u["bytes"])
     if name == "bits_per_byte":
         return per_token * all_tokens / (u["bytes"] * np.log(2.0))
     raise ValueError(name)
@@ -101,7 +113,7 @@ def main():
             n = len(a["loglik"])
             name = table["metric"]
             if name == "auto":
-                name = "ppl" if a["kind"] == "document" else "token_ppl"
+                name = "ppl" if a["kind"] == "document" and "unit_words" not in a else "token_ppl"
             idx = (splitmix64(d["seed"], d["resamples"] * n) % np.uint64(n)).astype(np.int64)
             idx = idx.reshape(d["resamples"], n)
             diffs = metric(a, name, idx) - metric(b, name, idx)

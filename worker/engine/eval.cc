@@ -139,6 +139,13 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   if (!method.ok()) return method.status();
   absl::StatusOr<std::unique_ptr<Task>> task = NewTask(spec.task);
   if (!task.ok()) return task.status();
+  // A spec resolved under another definition of its task (`wikitext` before it was lm-eval's
+  // per-document task) names numbers this engine does not compute.
+  if (spec.task_definition != TaskDefinition(spec.task)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job spec defines task '", spec.task, "' as '", spec.task_definition,
+        "' but this engine computes '", TaskDefinition(spec.task), "'; resolve (submit) the job again"));
+  }
 
   // The inputs must be the bytes the job id names: a file edited after submit would otherwise
   // be evaluated and its result stored (and later reused) under the old id. Unchanged files cost

@@ -11,6 +11,7 @@
 #include "common/job_spec.h"
 #include "common/log.h"
 #include "worker/engine/eval.h"
+#include "worker/engine/lm_eval_format.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -94,11 +95,14 @@ int RunEvalCommand(int argc, char** argv) {
                  "llama2.c .bin")->required();
   app.add_option("--model-name", req.model_name, "Display name (default: the repo id or the directory name)");
   app.add_option("--tokenizer", req.tokenizer_path, "Tokenizer file or directory (default: the model's)");
-  app.add_option("--task", req.task, "lambada_openai | wikitext | ptb | text")->required();
-  app.add_option("--data", req.data_path, "Data file (LAMBADA jsonl, or any UTF-8 text for wikitext)")->required();
+  app.add_option("--task", req.task,
+                 "lambada_openai | wikitext (lm-eval's: per document) | wikitext_stream | ptb | text "
+                 "(the whole file as one stream)")->required();
+  app.add_option("--data", req.data_path,
+                 "Data file (LAMBADA jsonl; wiki.test.raw for wikitext; any UTF-8 text for the stream tasks)")->required();
   app.add_option("--method", req.method, "KV method spec (none, quant:bits=4, rank:r=16, hybrid:r=32,bits=8, ...)");
   app.add_option("--kv-heads", req.kv_heads, "Mean-pool K/V heads down to N (must divide the native count)");
-  app.add_option("--limit", req.limit, "Score the first N LAMBADA documents");
+  app.add_option("--limit", req.limit, "Score the first N documents (lambada_openai, wikitext)");
   app.add_option("--window", req.window, "W: tokens per window (default: the model's max positions)");
   app.add_option("--max-window", req.max_window, "Cap for the default W");
   app.add_option("--context", req.context, "C: rolling-window context (1 = lm-eval default; W/2+1 = sliding)");
@@ -110,7 +114,8 @@ int RunEvalCommand(int argc, char** argv) {
   app.add_option("--calibration-windows", req.calibration_windows, "Calibration windows");
   app.add_option("--calibration-len", req.calibration_len, "Tokens per calibration window");
   app.add_flag("--diagnostics", req.diagnostics, "Per-layer attention KL, top-1 flip rate, damage ratio");
-  app.add_option("--format", format, "json | text")->check(CLI::IsMember({"json", "text"}));
+  app.add_option("--format", format, "json | text | lm-eval (lm-evaluation-harness's results file)")
+      ->check(CLI::IsMember({"json", "text", "lm-eval"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -130,6 +135,8 @@ int RunEvalCommand(int argc, char** argv) {
   if (!r.ok()) return Fail(r.status());
   if (format == "json") {
     std::cout << r->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  } else if (format == "lm-eval") {
+    std::cout << LmEvalOutput(*r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {
     std::cout << TextSummary(*r);
   }

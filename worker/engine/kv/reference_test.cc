@@ -162,7 +162,7 @@ class RefModel {
       req.data_path = AssetsDir() + "/data/lambada_openai/lambada_test.jsonl";
       req.limit = 400;
     } else {
-      req.task = "wikitext";
+      req.task = "wikitext_stream";
       req.data_path = WikiHead200();
       req.window = 128;
     }

@@ -7,20 +7,22 @@ namespace kvsweep::engine {
 
 std::unique_ptr<Task> NewLambadaTask();
 std::unique_ptr<Task> NewRollingTextTask(const char* name);
+std::unique_ptr<Task> NewLmEvalWikitextTask();
 
 namespace {
 struct Entry {
   const char* name;
   std::unique_ptr<Task> (*make)();
 };
-// Plain-text perplexity (WikiText, PTB, any UTF-8 file) is one protocol under three names; the
-// name only labels the metrics.
-std::unique_ptr<Task> NewWikitext() { return NewRollingTextTask("wikitext"); }
+// Whole-file stream perplexity (WikiText, PTB, any UTF-8 file) is one protocol under three
+// names; the name only labels the metrics. `wikitext` is lm-eval's per-document task.
+std::unique_ptr<Task> NewWikitextStream() { return NewRollingTextTask("wikitext_stream"); }
 std::unique_ptr<Task> NewPtb() { return NewRollingTextTask("ptb"); }
 std::unique_ptr<Task> NewText() { return NewRollingTextTask("text"); }
 constexpr Entry kTasks[] = {
     {"lambada_openai", &NewLambadaTask},
-    {"wikitext", &NewWikitext},
+    {"wikitext", &NewLmEvalWikitextTask},
+    {"wikitext_stream", &NewWikitextStream},
     {"ptb", &NewPtb},
     {"text", &NewText},
 };

@@ -19,7 +19,7 @@ struct TaskInput {
   const Tokenizer* tokenizer = nullptr;
   int window = 0;       // W: max tokens per forward (lm-eval max_length)
   int context = 1;      // C: rolling-window context (text tasks)
-  int limit = 0;        // documents (LAMBADA); 0 = all
+  int limit = 0;        // first documents (lambada_openai, wikitext); 0 = all
   int32_t prefix_id = 0;  // BOS, else EOS (lm-eval prefix_token_id)
 };
 
@@ -39,7 +39,7 @@ class Task {
   virtual nlohmann::json Metrics(const std::vector<ScoreResult>& results) const = 0;
 };
 
-// "lambada_openai" | "wikitext"; kInvalidArgument otherwise.
+// "lambada_openai" | "wikitext" | "wikitext_stream" | "ptb" | "text"; kInvalidArgument otherwise.
 absl::StatusOr<std::unique_ptr<Task>> NewTask(const std::string& name);
 
 // Shared helpers (exposed for tests).
