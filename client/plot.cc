@@ -672,11 +672,13 @@ absl::Status RenderPng(const std::string& chromium, const std::string& svg_path,
   Subprocess::Options so;
   so.stdout_path = so.stderr_path = log;
   // A profile of its own (no first-run state, no clash with a running browser); no sandbox,
-  // which Chromium refuses to set up as root and which guards nothing for our own file.
+  // which Chromium refuses to set up as root and which guards nothing for our own file; shared
+  // memory in /tmp, since containers often have a small /dev/shm.
   absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Spawn(
-      {chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-       "--no-first-run", "--user-data-dir=" + JoinPath(dir, "profile"), "--screenshot=" + shot,
-       absl::StrCat("--window-size=", size.width, ",", size.height), FileUrl(svg)},
+      {chromium, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
+       "--hide-scrollbars", "--no-first-run", "--user-data-dir=" + JoinPath(dir, "profile"),
+       "--screenshot=" + shot, absl::StrCat("--window-size=", size.width, ",", size.height),
+       FileUrl(svg)},
       so);
   if (!p.ok()) return p.status();
   std::optional<int> st = (*p)->Wait(std::chrono::seconds(120));
