@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "client/plot.h"
 #include "client/progress.h"
+#include "client/report.h"
 #include "client/table.h"
 #include "common/cli_config.h"
 #include "common/file_util.h"
@@ -542,6 +543,65 @@ int PlotCmd(Globals& g, const std::string& db, const std::string& sweep,
   return 0;
 }
 
+// `kvsweep report` (client/report.h): the study's claims against the sweep. With --out, the page
+// goes to that file and its figures (client/plot.h) beside it; else the page goes to stdout.
+int ReportCmd(Globals& g, const std::string& db, const std::string& sweep,
+              const ReportOptions& options, const std::string& out) {
+  absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
+  if (!items.ok()) return Error(items.status());
+  std::vector<TableInput> in;
+  for (const Item& it : *items) in.push_back({it.labels, it.result});
+  absl::StatusOr<Report> report = BuildReport(sweep, in, options);
+  if (!report.ok()) return Error(report.status());
+  std::vector<std::pair<std::string, std::string>> figures;
+  if (!out.empty()) {
+    std::string stem = out;
+    if (absl::EndsWith(stem, ".md")) stem.resize(stem.size() - 3);
+    const std::string base = stem.substr(stem.find_last_of('/') + 1);
+    struct Figure {
+      const char* suffix;
+      PlotSpec spec;
+      const char* caption;
+    };
+    PlotSpec quality;
+    quality.x = "fraction_payload";
+    quality.y = "auto";
+    quality.log_y = true;
+    quality.title = "quality against storage (payload fraction)";
+    PlotSpec flips;
+    flips.x = "bits";
+    flips.y = "flip_rate";
+    flips.title = "top-1 flip rate against bits per code";
+    for (const Figure& f : {Figure{"-quality.svg", quality,
+                                   "Perplexity (log scale) against the payload fraction of the "
+                                   "cache, one line per method family, one panel per model and "
+                                   "task; error bars: ± one stored standard error."},
+                            Figure{"-flips.svg", flips,
+                                   "Top-1 flip rate (attention diagnostics, mean over layers) "
+                                   "against bits per code, for the methods that have bits."}}) {
+      absl::StatusOr<Plot> plot = BuildPlot(in, f.spec);
+      if (!plot.ok()) {
+        report->notes.push_back(absl::StrCat("figure ", base, f.suffix, " not drawn: ",
+                                             plot.status().message()));
+        continue;
+      }
+      const std::string path = stem + f.suffix;
+      if (absl::Status w = WriteFileAtomic(path, RenderSvg(*plot)); !w.ok()) return Error(w);
+      figures.emplace_back(base + f.suffix, f.caption);
+    }
+  }
+  const std::string page = RenderReportMarkdown(*report, options, figures);
+  if (out.empty()) {
+    std::cout << page;
+    return 0;
+  }
+  if (absl::Status w = WriteFileAtomic(out, page); !w.ok()) return Error(w);
+  std::cout << out;
+  for (const auto& f : figures) std::cout << " " << f.first;
+  std::cout << "\n";
+  return 0;
+}
+
 int QueryCmd(Globals& g, const std::string& db, const std::string& sql, const std::string& format,
              int max_rows) {
   if (format != "text" && format != "csv" && format != "json") {
@@ -727,6 +787,19 @@ int RunKvsweep(int argc, char** argv) {
   plot->add_option("--png", plot_opts.png, "also render a PNG with headless Chromium");
   plot->add_option("--db", db, "read this database file instead of asking the coordinator");
 
+  ReportOptions report_opts;
+  std::string report_out;
+  CLI::App* report = app.add_subcommand(
+      "report", "check the quantization-vs-rank study's claims against a sweep (Markdown)");
+  report->add_option("sweep", sweep)->required();
+  report->add_option("--out,-o", report_out,
+                     "write the page here and its figures beside it (default: stdout, no figures)");
+  report->add_option("--resamples", report_opts.resamples, "bootstrap resamples")
+      ->check(CLI::Range(100, 100000))
+      ->capture_default_str();
+  report->add_option("--seed", report_opts.seed, "bootstrap seed")->capture_default_str();
+  report->add_option("--db", db, "read this database file instead of asking the coordinator");
+
   CLI::App* query = app.add_subcommand("query", "run read-only SQL on the result database");
   query->add_option("sql", sql)->required();
   query->add_option("--format", query_format, "text, csv or json")->default_val("text");
@@ -783,6 +856,7 @@ int RunKvsweep(int argc, char** argv) {
     plot_opts.spec.where = tspec.where;
     return PlotCmd(g, db, sweep, plot_opts);
   }
+  if (*report) return ReportCmd(g, db, sweep, report_opts, report_out);
   if (*query) return QueryCmd(g, db, sql, query_format, max_rows);
   if (*exp) return Export(g, db, sweep, export_format, output, include_spec);
   if (*demo_cmd) return RunDemo(demo);
