@@ -5,12 +5,8 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <random>
-#include <thread>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
 #include "common/log.h"
@@ -32,6 +28,12 @@ bool Permanent(absl::StatusCode c) {
          c == absl::StatusCode::kOutOfRange || c == absl::StatusCode::kPermissionDenied;
 }
 
+std::string HostName() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
 std::string OneLine(std::string s) {
   for (char& c : s) {
     if (c == '\n' || c == '\r') c = ' ';
@@ -42,42 +44,16 @@ std::string OneLine(std::string s) {
 
 }  // namespace
 
-absl::Status ParseFault(const std::string& text, WorkerFaults* f) {
-  auto ms = [&](absl::string_view v, int* out) -> absl::Status {
-    if (!absl::SimpleAtoi(v, out) || *out < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--fault ", text, ": bad milliseconds"));
-    }
-    return absl::OkStatus();
-  };
-  if (absl::StartsWith(text, "crash-on-job-substring:")) {
-    f->crash_on_substring = text.substr(std::string("crash-on-job-substring:").size());
-    if (f->crash_on_substring.empty()) {
-      return absl::InvalidArgumentError("--fault crash-on-job-substring: needs a substring");
-    }
-    return absl::OkStatus();
-  }
-  if (text == "hang") {
-    f->hang = true;
-    return absl::OkStatus();
-  }
-  if (absl::StartsWith(text, "pause-before-complete:")) {
-    return ms(absl::string_view(text).substr(22), &f->pause_before_complete_ms);
-  }
-  if (absl::StartsWith(text, "delay-job:")) {
-    return ms(absl::string_view(text).substr(10), &f->delay_job_ms);
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--fault: unknown fault '", text,
-      "' (known: crash-on-job-substring:XYZ, hang, pause-before-complete:MS, delay-job:MS)"));
-}
-
 WorkerLoop::WorkerLoop(const WorkerOptions& options, Evaluator* evaluator)
-    : options_(options), evaluator_(evaluator) {
-  char host[256] = {0};
-  ::gethostname(host, sizeof(host) - 1);
-  hostname_ = host;
-  worker_id_ = options_.worker_id.empty() ? absl::StrCat(hostname_, "-", ::getpid())
-                                          : options_.worker_id;
+    : options_(options),
+      evaluator_(evaluator),
+      hostname_(HostName()),
+      worker_id_(options_.worker_id.empty() ? absl::StrCat(hostname_, "-", ::getpid())
+                                            : options_.worker_id),
+      faults_(options_.faults, worker_id_,
+              [this](const std::string& event, const std::string& job_id, int64_t fence) {
+                Journal(event, job_id, fence);
+              }) {
   std::mt19937_64 rng(std::random_device{}());
   session_ = absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
   if (!options_.journal_path.empty()) {
@@ -110,18 +86,20 @@ void WorkerLoop::RequestDrain() {
     KV_LOG(INFO) << "worker " << worker_id_ << ": draining (no new leases; current job gets "
                  << options_.drain_timeout_ms << " ms)";
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  cv_.notify_all();
+  MutexLock lock(&drain_mu_);
+  drain_cv_.SignalAll();
 }
 
 bool WorkerLoop::SleepUnlessDraining(int ms) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, std::chrono::milliseconds(ms), [this] { return draining_.load(); });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  MutexLock lock(&drain_mu_);
+  while (!draining_.load() && drain_cv_.WaitUntil(&drain_mu_, until)) {
+  }
   return !draining_;
 }
 
 WorkerStats WorkerLoop::stats() const {
-  std::lock_guard<std::mutex> lock(stats_mu_);
+  MutexLock lock(&stats_mu_);
   return stats_;
 }
 
@@ -147,10 +125,11 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop,
     }
     if (until_stop ? stop_now_.load() : draining_.load()) return s;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(backoff), [&] {
-        return until_stop ? stop_now_.load() : draining_.load();
-      });
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(backoff);
+      MutexLock lock(&drain_mu_);
+      while (!(until_stop ? stop_now_.load() : draining_.load()) &&
+             drain_cv_.WaitUntil(&drain_mu_, until)) {
+      }
     }
     backoff = std::min(backoff * 2, options_.reconnect_max_ms);
   }
@@ -199,7 +178,7 @@ void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind
   grpc::Status s = Retrying(
       "fail", [&](grpc::ClientContext* ctx) { return stub_->Fail(ctx, req, &resp); },
       /*until_stop=*/true);
-  std::lock_guard<std::mutex> l(stats_mu_);
+  MutexLock l(&stats_mu_);
   if (kind == v1::FAILURE_KIND_HANDED_BACK) {
     ++stats_.handed_back;
     Journal("handed_back", lease.job_id(), lease.fencing_token(), s.ok() ? "" : s.error_message());
@@ -208,84 +187,6 @@ void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind
     Journal("failed", lease.job_id(), lease.fencing_token(),
             absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ",
                          error));
-  }
-}
-
-void WorkerLoop::StartHeartbeats(const v1::LeaseResponse& lease) {
-  std::lock_guard<std::mutex> l(hb_mu_);
-  hb_job_id_ = lease.job_id();
-  hb_lease_id_ = lease.lease_id();
-  hb_fence_ = lease.fencing_token();
-  hb_interval_ms_ = lease.heartbeat_interval_ms() > 0 ? lease.heartbeat_interval_ms() : 10000;
-  hb_lost_ = false;
-  hb_lost_reason_.clear();
-  hb_progress_ = 0.0;
-  ++hb_generation_;
-  hb_active_ = true;
-  hb_started_ = std::chrono::steady_clock::now();
-  // The thread sleeping until an earlier job's beat was due finds out about this job then, and
-  // this job's first beat is due later than that (unless its interval is shorter).
-  if (hb_idle_ || hb_started_ + std::chrono::milliseconds(hb_interval_ms_) < hb_wake_at_) {
-    hb_cv_.notify_all();
-  }
-}
-
-bool WorkerLoop::StopHeartbeats(std::string* reason) {
-  std::unique_lock<std::mutex> l(hb_mu_);
-  hb_active_ = false;  // the thread notices when it next wakes; no need to wake it now
-  hb_cv_.wait(l, [&] { return !hb_in_flight_; });
-  *reason = hb_lost_reason_;
-  return hb_lost_.load();
-}
-
-void WorkerLoop::HeartbeatLoop() {
-  int64_t last_log = 0;
-  std::unique_lock<std::mutex> l(hb_mu_);
-  uint64_t gen = 0;  // the job the schedule below is for
-  int interval = 0;
-  for (;;) {
-    if (!hb_active_) {
-      hb_idle_ = true;
-      hb_cv_.wait(l, [&] { return hb_quit_ || hb_active_; });
-      hb_idle_ = false;
-    }
-    if (hb_quit_) return;
-    if (hb_generation_ != gen) {  // a new job: its first beat is due one interval after its start
-      gen = hb_generation_;
-      interval = hb_interval_ms_;
-      hb_wake_at_ = hb_started_ + std::chrono::milliseconds(interval);
-    }
-    if (hb_cv_.wait_until(l, hb_wake_at_, [&] { return hb_quit_ || hb_generation_ != gen; })) {
-      if (hb_quit_) return;
-      continue;  // woken for a job that must beat sooner
-    }
-    if (!hb_active_ || hb_generation_ != gen) continue;
-    v1::HeartbeatRequest req;
-    req.set_worker_id(worker_id_);
-    req.set_job_id(hb_job_id_);
-    req.set_lease_id(hb_lease_id_);
-    req.set_fencing_token(hb_fence_);
-    req.set_progress(std::clamp(hb_progress_.load(), 0.0, 1.0));
-    hb_in_flight_ = true;
-    l.unlock();
-    v1::HeartbeatResponse resp;
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, options_.coordinator,
-                   std::chrono::milliseconds(std::min(interval, options_.rpc_timeout_ms)));
-    grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
-    l.lock();
-    hb_in_flight_ = false;
-    hb_wake_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval);
-    if (s.ok() && !resp.keep_going() && hb_active_ && hb_generation_ == gen) {
-      hb_lost_reason_ = resp.reason();
-      hb_lost_ = true;
-      hb_active_ = false;  // no more beats for a lost lease
-    } else if (!s.ok() && NowMs() - last_log > 5000) {
-      // The coordinator may be restarting; the lease survives that, so keep trying.
-      KV_LOG(WARNING) << "worker " << worker_id_ << ": heartbeat: " << s.error_message();
-      last_log = NowMs();
-    }
-    hb_cv_.notify_all();
   }
 }
 
@@ -311,17 +212,11 @@ absl::Status WorkerLoop::Run() {
     if (!spool.ok()) return spool.status();
     spool_ = *std::move(spool);
   }
-  hb_thread_ = std::thread([this] { HeartbeatLoop(); });
+  heartbeats_.emplace(stub_.get(), options_.coordinator, options_.rpc_timeout_ms, worker_id_);
+  heartbeats_->Start();
   struct StopHeartbeatThread {
     WorkerLoop* self;
-    ~StopHeartbeatThread() {
-      {
-        std::lock_guard<std::mutex> l(self->hb_mu_);
-        self->hb_quit_ = true;
-      }
-      self->hb_cv_.notify_all();
-      self->hb_thread_.join();
-    }
+    ~StopHeartbeatThread() { self->heartbeats_->Quit(); }
   } stop_heartbeat_thread{this};
   ReportSpooled();
   // Start of the current run of "no job" answers (exit_when_idle_ms).
@@ -394,7 +289,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   const std::string& job_id = lease.job_id();
   const int64_t fence = lease.fencing_token();
   {
-    std::lock_guard<std::mutex> l(stats_mu_);
+    MutexLock l(&stats_mu_);
     ++stats_.leased;
   }
   Journal("lease", job_id, fence, absl::StrCat("attempt=", lease.attempt()));
@@ -402,18 +297,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
                 << fence;
 
   // FOR TESTS: faults that make this worker die or hang on a job.
-  if (!options_.faults.crash_on_substring.empty() &&
-      absl::StrContains(lease.spec_json(), options_.faults.crash_on_substring)) {
-    Journal("crash", job_id, fence);
-    KV_LOG(ERROR) << "worker " << worker_id_ << ": fault injection: crashing on job "
-                  << job_id.substr(0, 12);
-    std::abort();
-  }
-  if (options_.faults.hang) {
-    Journal("hang", job_id, fence);
-    KV_LOG(ERROR) << "worker " << worker_id_ << ": fault injection: hanging";
-    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-  }
+  faults_.OnJobStart(job_id, fence, lease.spec_json());
 
   absl::StatusOr<nlohmann::json> spec_json = ParseJson(lease.spec_json(), "job spec");
   absl::StatusOr<JobSpec> spec =
@@ -426,34 +310,30 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   // Heartbeats from their own thread, so a long forward pass never lets the lease lapse. They go
   // on until the coordinator has the result: a finished result keeps its lease alive through a
   // coordinator outage.
-  StartHeartbeats(lease);
+  Heartbeater& heartbeats = *heartbeats_;
+  heartbeats.StartJob(lease);
   std::string lost_reason;
   bool lost = false, beating = true;
   auto stop_heartbeat = [&] {
     if (!beating) return;
     beating = false;
-    lost = StopHeartbeats(&lost_reason);
+    lost = heartbeats.StopJob(&lost_reason);
   };
   auto handing_back = [&] {
     return stop_now_.load() || (draining_.load() && NowMs() > drain_deadline_ms_.load());
   };
   ProgressFn on_progress = [&](double fraction) {
-    hb_progress_ = fraction;
-    return !hb_lost_.load() && !handing_back();
+    heartbeats.SetProgress(fraction);
+    return !heartbeats.lost() && !handing_back();
   };
 
-  if (options_.faults.delay_job_ms > 0) {
-    const int64_t until = NowMs() + options_.faults.delay_job_ms;
-    while (NowMs() < until && on_progress(0.0)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
+  faults_.BeforeEvaluate([&] { return on_progress(0.0); });
   absl::StatusOr<nlohmann::json> result = on_progress(0.0)
                                               ? evaluator_->Run(*spec, on_progress)
                                               : absl::CancelledError("stopped before starting");
-  if (!result.ok() || hb_lost_.load()) stop_heartbeat();
+  if (!result.ok() || heartbeats.lost()) stop_heartbeat();
   if (lost) {
-    std::lock_guard<std::mutex> l(stats_mu_);
+    MutexLock l(&stats_mu_);
     ++stats_.abandoned;
     Journal("abandoned", job_id, fence, lost_reason);
     KV_LOG(WARNING) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12)
@@ -500,11 +380,10 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
                     << " not spooled (it is still reported): " << put.message();
     }
   }
-  if (options_.faults.pause_before_complete_ms > 0) {
+  if (faults_.pauses_before_complete()) {
     // FOR TESTS: no heartbeats from here on; the lease may well expire meanwhile.
     stop_heartbeat();
-    Journal("pause", job_id, fence);
-    std::this_thread::sleep_for(std::chrono::milliseconds(options_.faults.pause_before_complete_ms));
+    faults_.PauseBeforeComplete(job_id, fence);
   }
   // Complete-and-lease: ask for the next job in the same call, unless draining.
   if (!draining_) *req.mutable_next() = MakeLeaseRequest(Identity(), held_model_);
@@ -524,7 +403,7 @@ bool WorkerLoop::ReportResult(const v1::LeaseResponse& lease, const v1::Complete
       "complete", [&](grpc::ClientContext* ctx) { return stub_->Complete(ctx, req, &resp); },
       /*until_stop=*/true,
       // A beat answered that the lease is lost: the coordinator is up and will refuse it.
-      [this] { return hb_lost_.load(); });
+      [this] { return heartbeats_->lost(); });
   if (options_.observe_rpc && s.ok()) {
     options_.observe_rpc(resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
                          std::chrono::duration<double, std::milli>(
@@ -539,7 +418,7 @@ bool WorkerLoop::ReportResult(const v1::LeaseResponse& lease, const v1::Complete
                absl::StrCat("result refused by the coordinator: ", s.error_message()));
     return true;
   }
-  std::lock_guard<std::mutex> l(stats_mu_);
+  MutexLock l(&stats_mu_);
   if (s.ok()) {
     if (resp.duplicate()) {
       ++stats_.duplicates;
@@ -552,7 +431,7 @@ bool WorkerLoop::ReportResult(const v1::LeaseResponse& lease, const v1::Complete
     return true;
   }
   if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
-      s.error_code() == grpc::StatusCode::PERMISSION_DENIED || hb_lost_.load()) {
+      s.error_code() == grpc::StatusCode::PERMISSION_DENIED || heartbeats_->lost()) {
     ++stats_.rejected;
     Journal("rejected", job_id, fence, s.error_message());
     KV_LOG(WARNING) << "worker " << worker_id_ << ": result of job " << job_id.substr(0, 12)
@@ -580,10 +459,10 @@ void WorkerLoop::ReportSpooled() {
                  << sr.request.job_id().substr(0, 12) << " (fence " << sr.request.fencing_token()
                  << ")";
     Journal("spooled", sr.request.job_id(), sr.request.fencing_token());
-    StartHeartbeats(lease);
+    heartbeats_->StartJob(lease);
     const bool answered = ReportResult(lease, sr.request);
     std::string reason;
-    StopHeartbeats(&reason);
+    heartbeats_->StopJob(&reason);
     if (answered) {
       spool_->Remove(sr.request.job_id(), sr.request.fencing_token()).IgnoreError();
     }

@@ -14,42 +14,29 @@
 // - The coordinator being down is waited out with capped exponential backoff.
 // - Model affinity: each Lease advertises the model of the last job, so the coordinator can
 //   keep this worker (and the evaluator's loaded model and bases) on it.
+//
+// Threads: the job loop (Run) and the heartbeat thread (worker/heartbeater.h); RequestDrain and
+// stats() may be called from any thread. Test-only faults: worker/fault_injection.h.
 #ifndef KVSWEEP_WORKER_WORKER_LOOP_H_
 #define KVSWEEP_WORKER_WORKER_LOOP_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "rpc/rpc_util.h"
 #include "worker/evaluator.h"
+#include "worker/fault_injection.h"
+#include "worker/heartbeater.h"
 #include "worker/result_spool.h"
 
 namespace kvsweep {
-
-// Fault injection, FOR TESTS ONLY (the fault tests in tests/ and the load benchmark). Parsed
-// from `--fault` values:
-//   crash-on-job-substring:XYZ   abort() when starting a job whose spec JSON contains XYZ
-//   hang                         on the first job, stop heartbeating and block forever
-//   pause-before-complete:MS     after evaluating, stop heartbeating and wait MS before
-//                                reporting (a worker that "comes back" after its lease expired)
-//   delay-job:MS                 wait MS (heartbeating) before evaluating each job
-struct WorkerFaults {
-  std::string crash_on_substring;
-  bool hang = false;
-  int pause_before_complete_ms = 0;
-  int delay_job_ms = 0;
-};
-// kInvalidArgument for an unknown fault.
-absl::Status ParseFault(const std::string& text, WorkerFaults* faults);
 
 // Who a worker is, as it tells the coordinator (WorkerLoop, and the load benchmark's
 // simulated workers).
@@ -108,7 +95,7 @@ class WorkerLoop {
   // First call: drain (see file comment). Second call: stop the current job now.
   void RequestDrain();
 
-  WorkerStats stats() const;
+  WorkerStats stats() const ABSL_LOCKS_EXCLUDED(stats_mu_);
   const std::string& worker_id() const { return worker_id_; }
 
  private:
@@ -121,13 +108,6 @@ class WorkerLoop {
   bool SleepUnlessDraining(int ms);
   void Journal(const std::string& event, const std::string& job_id, int64_t fence,
                const std::string& extra = "");
-  // The heartbeat thread (one per loop, for its whole Run): beats for the job set by
-  // StartHeartbeats, every lease.heartbeat_interval_ms, until StopHeartbeats.
-  void HeartbeatLoop();
-  void StartHeartbeats(const v1::LeaseResponse& lease);
-  // Stops beating for the current job, waiting out a beat in flight. Returns true (and the
-  // coordinator's reason) when a beat was told the lease is lost.
-  bool StopHeartbeats(std::string* reason);
   // Reports a finished result (heartbeats for its lease must be running), retrying while the
   // coordinator is unreachable or its disk is full. Returns true once the coordinator has
   // answered for good (recorded, duplicate, refused, lease lost); false if the worker was
@@ -143,9 +123,9 @@ class WorkerLoop {
 
   WorkerOptions options_;
   Evaluator* evaluator_;
+  std::string hostname_;
   std::string worker_id_;
   std::string session_;
-  std::string hostname_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::string held_model_;
@@ -153,29 +133,20 @@ class WorkerLoop {
   std::optional<ResultSpool> spool_;
   int journal_fd_ = -1;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
+  FaultInjector faults_;
+  // Run only: the heartbeat thread for the jobs of this run (it needs stub_).
+  std::optional<Heartbeater> heartbeats_;
+
+  // Waits that end early on a drain or stop request. Guards no data: draining_, stop_now_ and
+  // drain_deadline_ms_ are atomics, read without it on the job thread's hot path.
+  Mutex drain_mu_;
+  CondVar drain_cv_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> stop_now_{false};
   std::atomic<int64_t> drain_deadline_ms_{0};
 
-  mutable std::mutex stats_mu_;
-  WorkerStats stats_;
-
-  std::thread hb_thread_;
-  std::mutex hb_mu_;
-  std::condition_variable hb_cv_;
-  bool hb_quit_ = false, hb_active_ = false, hb_in_flight_ = false;
-  // The heartbeat thread is waiting for a job (hb_idle_) or until hb_wake_at_; a new job wakes
-  // it only if it must beat sooner than that (no wake-ups, no context switches, per job).
-  bool hb_idle_ = false;
-  std::chrono::steady_clock::time_point hb_started_, hb_wake_at_;
-  uint64_t hb_generation_ = 0;
-  std::string hb_job_id_, hb_lease_id_, hb_lost_reason_;
-  int64_t hb_fence_ = 0;
-  int hb_interval_ms_ = 10000;
-  std::atomic<bool> hb_lost_{false};
-  std::atomic<double> hb_progress_{0.0};
+  mutable Mutex stats_mu_;
+  WorkerStats stats_ ABSL_GUARDED_BY(stats_mu_);
 };
 
 }  // namespace kvsweep
