@@ -79,6 +79,17 @@ std::vector<std::string> Differing(const std::vector<const TableInput*>& ins) {
   return differ;
 }
 
+// The position of `v` in `seen`, appended if new (first-seen order).
+size_t IndexOf(std::vector<std::string>* seen, const std::string& v) {
+  auto it = std::find(seen->begin(), seen->end(), v);
+  if (it != seen->end()) return it - seen->begin();
+  seen->push_back(v);
+  return seen->size() - 1;
+}
+
+// Panels per row, unless the models-by-tasks grid asks for fewer.
+constexpr int kMaxCols = 3;
+
 std::string Plural(size_t n, const char* one, const char* many) {
   return absl::StrCat(n, " ", n == 1 ? one : many);
 }
@@ -126,10 +137,22 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     if (d == spec.series) continue;
     if (std::string(d) == "model" || varies(d)) panel_dims.push_back(d);
   }
-  // Series: the --series label, plus what would otherwise put two cache layouts on one line.
+  auto panel_of = [&](const TableInput* in) {
+    std::vector<std::string> p;
+    for (const std::string& d : panel_dims) p.push_back(LabelText(in->labels, d));
+    return absl::StrJoin(p, ", ");
+  };
+  // Series: the --series label, plus what would otherwise put two cache layouts on one line
+  // (labels that vary inside a panel: two models' native KV-head counts do not split a line).
+  auto varies_in_a_panel = [&](const std::string& d) {
+    std::map<std::string, std::set<std::string>> values;
+    for (const TableInput* in : done) values[panel_of(in)].insert(LabelText(in->labels, d));
+    return std::any_of(values.begin(), values.end(),
+                       [](const auto& v) { return v.second.size() > 1; });
+  };
   std::vector<std::string> series_dims = {spec.series};
   for (const char* d : {"kv_heads", "dtype"}) {
-    if (d != spec.series && d != spec.x && varies(d)) series_dims.push_back(d);
+    if (d != spec.series && d != spec.x && varies_in_a_panel(d)) series_dims.push_back(d);
   }
 
   Plot plot;
@@ -143,7 +166,8 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     std::vector<const TableInput*> jobs;
     std::string metric;  // the resolved y metric
   };
-  std::vector<std::string> panel_names;
+  std::vector<std::string> panel_names, models, tasks;
+  std::map<std::string, std::pair<size_t, size_t>> panel_cell;   // (model, task) first-seen order
   std::map<std::string, std::vector<std::string>> panel_series;  // in first-seen order
   std::vector<std::string> primaries, secondaries;               // colours, dashes
   std::map<std::tuple<std::string, std::string, double>, Cell> cells;
@@ -155,25 +179,22 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     if (!x) ++no_x;
     if (!y) ++no_y;
     if (!x || !y) continue;
-    std::vector<std::string> p, rest;
-    for (const std::string& d : panel_dims) p.push_back(LabelText(in->labels, d));
-    const std::string panel = absl::StrJoin(p, ", ");
+    std::vector<std::string> rest;
+    const std::string panel = panel_of(in);
     const std::string primary = LabelText(in->labels, spec.series);
     for (size_t i = 1; i < series_dims.size(); ++i) {
       rest.push_back(absl::StrCat(series_dims[i], "=", LabelText(in->labels, series_dims[i])));
     }
     const std::string secondary = absl::StrJoin(rest, ", ");
     const std::string series = secondary.empty() ? primary : absl::StrCat(primary, ", ", secondary);
-    if (!panel_series.count(panel)) panel_names.push_back(panel);
+    if (!panel_series.count(panel)) {
+      panel_names.push_back(panel);
+      panel_cell[panel] = {IndexOf(&models, LabelText(in->labels, "model")),
+                           IndexOf(&tasks, LabelText(in->labels, "task"))};
+    }
     auto& names = panel_series[panel];
     if (std::find(names.begin(), names.end(), series) == names.end()) names.push_back(series);
-    auto index = [](std::vector<std::string>& seen, const std::string& v) -> size_t {
-      auto it = std::find(seen.begin(), seen.end(), v);
-      if (it != seen.end()) return it - seen.begin();
-      seen.push_back(v);
-      return seen.size() - 1;
-    };
-    const size_t color = index(primaries, primary), dash = index(secondaries, secondary);
+    const size_t color = IndexOf(&primaries, primary), dash = IndexOf(&secondaries, secondary);
     if (std::none_of(plot.legend.begin(), plot.legend.end(),
                      [&](const SeriesStyle& st) { return st.name == series; })) {
       plot.legend.push_back({series, color, dash});
@@ -194,6 +215,15 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     return absl::InvalidArgumentError(
         absl::StrCat("plot: no result has a metric '", spec.y,
                      "' (e.g. acc, ppl, token_ppl, word_ppl, bits_per_byte, flip_rate, kl_mean)"));
+  }
+  // Panels by model and task: one row per model, one column per task, when every model has
+  // every task and the tasks fit in a row.
+  if (panel_dims.size() == 2 && models.size() * tasks.size() == panel_names.size() &&
+      tasks.size() <= static_cast<size_t>(kMaxCols)) {
+    std::sort(
+        panel_names.begin(), panel_names.end(),
+        [&](const std::string& a, const std::string& b) { return panel_cell[a] < panel_cell[b]; });
+    plot.columns = static_cast<int>(tasks.size());
   }
   for (const std::string& panel : panel_names) {
     PlotPanel pp;
@@ -336,7 +366,7 @@ std::vector<double> LogTicks(double lo, double hi) {
 std::string TickLabel(double v) {
   if (v == 0) return "0";
   const double a = std::abs(v);
-  if (a >= 1e5 || a < 1e-3) {
+  if (a >= 1e4 || a < 1e-3) {
     int e = static_cast<int>(std::floor(std::log10(a) + 1e-9));
     double m = v / std::pow(10.0, e);
     if (std::abs(m) >= 10 - 1e-9) {
@@ -425,11 +455,14 @@ constexpr int kPlotW = 360, kPlotH = 240;  // one panel's data area
 constexpr int kPadLeft = 72, kPadRight = 18, kPadTop = 30, kPadBottom = 48;
 constexpr int kCellW = kPadLeft + kPlotW + kPadRight;
 constexpr int kCellH = kPadTop + kPlotH + kPadBottom;
-constexpr int kTitleH = 44, kNoteH = 18, kMaxCols = 3;
+constexpr int kTitleH = 44, kNoteH = 18;
 constexpr int kFontSize = 12;
 constexpr int kInset = 8;
 
-int Cols(const Plot& p) { return std::min<int>(kMaxCols, std::max<size_t>(1, p.panels.size())); }
+int Cols(const Plot& p) {
+  if (p.columns > 0) return p.columns;
+  return std::min<int>(kMaxCols, std::max<size_t>(1, p.panels.size()));
+}
 int Rows(const Plot& p) {
   return (static_cast<int>(std::max<size_t>(1, p.panels.size())) + Cols(p) - 1) / Cols(p);
 }

@@ -3,9 +3,10 @@
 //
 //   kvsweep plot SWEEP --x fraction_total --y ppl --log-y
 //
-//   panels = one per model, and per task when the sweep has several;
+//   panels = one per model, and per task when the sweep has several (then a row per model and a
+//            column per task);
 //   series = one line per method family (--series: any label), split further by kv_heads and
-//            dtype where those vary, so that a line never joins two cache layouts;
+//            dtype where those vary within a panel, so that a line never joins two cache layouts;
 //   points = one per job, in x order; jobs that differ only in `seed` are one point (their mean);
 //   error bars = ± one standard error as stored with each result (`<metric>_stderr`, what
 //            `kvsweep table` reads through MetricValue); none where the result stores none.
@@ -66,6 +67,7 @@ struct PlotPanel {
 struct Plot {
   std::string title, x_label;
   bool log_y = false;
+  int columns = 0;                  // panels per row; 0: as many as fit, up to three
   std::vector<SeriesStyle> legend;  // every series, first-seen order
   std::vector<PlotPanel> panels;
   std::vector<std::string> notes;  // what the error bars are; jobs left out and why

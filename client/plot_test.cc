@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <regex>
+#include <set>
 
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -237,6 +238,39 @@ TEST(PlotTest, SeveralTasksMakePanelsAndKvHeadsSplitLines) {
   EXPECT_EQ(p->title, "ppl / token_ppl vs fraction_total");
 }
 
+TEST(PlotTest, ModelsByTasksIsAGridAndNativeKvHeadsDoNotSplitLines) {
+  std::vector<TableInput> in;
+  for (const std::string model : {"llama", "gpt2"}) {
+    for (const std::string task : {"lambada", "wiki"}) {
+      JobArgs a;
+      a.model = model;
+      a.task = task;
+      a.kv_heads = model == "llama" ? 2 : 4;  // each model at its own native count
+      in.push_back(Job(a));
+    }
+  }
+  std::swap(in[1], in[2]);  // the sweep's order: llama/lambada, gpt2/lambada, llama/wiki, ...
+  absl::StatusOr<Plot> p = BuildPlot(in, PlotSpec());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->panels.size(), 4u);
+  EXPECT_EQ(p->columns, 2);
+  EXPECT_EQ(p->panels[0].title, "llama, lambada");
+  EXPECT_EQ(p->panels[1].title, "llama, wiki");
+  EXPECT_EQ(p->panels[2].title, "gpt2, lambada");
+  EXPECT_EQ(p->panels[3].title, "gpt2, wiki");
+  EXPECT_THAT(Names(p->legend), ElementsAre("quant"));
+  const std::string svg = RenderSvg(*p);
+  EXPECT_TRUE(WellFormedXml(svg));
+  // Two columns of frames.
+  std::set<std::string> frame_x;
+  const std::regex frame(R"re(class="frame" x="(\d+)")re");
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), frame); it != std::sregex_iterator();
+       ++it) {
+    frame_x.insert((*it)[1]);
+  }
+  EXPECT_EQ(frame_x.size(), 2u);
+}
+
 TEST(PlotTest, SeedsAreOnePointTheirMean) {
   std::vector<TableInput> in;
   for (int seed : {0, 1}) {
@@ -387,7 +421,8 @@ TEST(PlotTest, Ticks) {
   EXPECT_EQ(TickLabel(1e6), "1e6");
   EXPECT_EQ(TickLabel(2.5e5), "2.5e5");
   EXPECT_EQ(TickLabel(0.0001), "1e-4");
-  EXPECT_EQ(TickLabel(20000), "20000");
+  EXPECT_EQ(TickLabel(20000), "2e4");
+  EXPECT_EQ(TickLabel(5000), "5000");
   EXPECT_EQ(TickLabel(0), "0");
 }
 
