@@ -280,12 +280,26 @@ absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(Globals& g,
                                                         const v1::SubmitSweepRequest& req) {
   auto stub = Stub(g);
   if (!stub.ok()) return stub.status();
+  // A call that ends in DEADLINE_EXCEEDED or UNAVAILABLE is tried again (a busy or restarting
+  // coordinator): submitting again joins the submission already running, so nothing is done
+  // twice. Given up after this long without an answer:
+  const auto give_up = std::max(std::chrono::milliseconds(30000),
+                                std::chrono::milliseconds(g.timeout_ms) * 10);
+  auto transient = [](const grpc::Status& s) {
+    return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  };
+  const auto pause = std::chrono::milliseconds(std::min(1000, g.timeout_ms / 4 + 1));
   v1::SubmitSweepResponse resp;
-  {
+  for (const auto first = std::chrono::steady_clock::now();;) {
     grpc::ClientContext ctx;
     PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
     grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(s, g.cfg);
+    if (s.ok()) break;
+    if (!transient(s) || std::chrono::steady_clock::now() - first > give_up) {
+      return RpcError(s, g.cfg);
+    }
+    std::this_thread::sleep_for(pause);
   }
   if (!resp.pending()) return resp;
   const bool tty = ::isatty(STDERR_FILENO) == 1;
@@ -314,14 +328,11 @@ absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(Globals& g,
       last_answer = std::chrono::steady_clock::now();
       continue;
     }
-    const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-    if (!transient ||
-        std::chrono::steady_clock::now() - last_answer > std::chrono::milliseconds(g.timeout_ms)) {
+    if (!transient(s) || std::chrono::steady_clock::now() - last_answer > give_up) {
       if (tty) std::cerr << "\n";
       return RpcError(s, g.cfg);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, g.timeout_ms / 4 + 1)));
+    std::this_thread::sleep_for(pause);
   }
   if (tty) std::cerr << "\r\033[K";
   return resp;
@@ -511,15 +522,27 @@ int Retry(Globals& g, const std::string& sweep, bool failed, bool quarantined) {
   return 0;
 }
 
-int TableCmd(Globals& g, const std::string& db, const std::string& sweep, const TableSpec& spec,
-             const std::string& format) {
+// Several sweeps in one table: each job's labels get `sweep`, so that rows or columns can pivot
+// on it (rows "auto" does when there are several).
+int TableCmd(Globals& g, const std::string& db, const std::vector<std::string>& sweeps,
+             const TableSpec& spec, const std::string& format) {
   if (format != "md" && format != "csv" && format != "latex" && format != "json") {
     return Error(absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json)"));
   }
-  absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
-  if (!items.ok()) return Error(items.status());
   std::vector<TableInput> in;
-  for (const Item& it : *items) in.push_back({it.labels, it.result});
+  std::set<std::string> seen;
+  for (const std::string& sweep : sweeps) {
+    if (!seen.insert(sweep).second) {
+      return Error(absl::StrCat("table: sweep '", sweep, "' is named twice"));
+    }
+    absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
+    if (!items.ok()) return Error(items.status());
+    for (const Item& it : *items) {
+      nlohmann::json labels = it.labels;
+      labels["sweep"] = sweep;
+      in.push_back({labels, it.result});
+    }
+  }
   absl::StatusOr<Table> t = BuildTable(in, spec);
   if (!t.ok()) return Error(t.status());
   absl::StatusOr<std::string> text = FormatTable(*t, format);
@@ -743,8 +766,10 @@ int RunKvsweep(int argc, char** argv) {
   retry->add_flag("--failed", failed, "requeue failed jobs");
   retry->add_flag("--quarantined", quarantined, "requeue quarantined (poison) jobs");
 
-  CLI::App* table = app.add_subcommand("table", "pivot a sweep's results");
-  table->add_option("sweep", sweep)->required();
+  std::vector<std::string> table_sweeps;
+  CLI::App* table = app.add_subcommand("table", "pivot a sweep's results (or several sweeps')");
+  table->add_option("sweep", table_sweeps, "one or more sweeps (the label `sweep` tells them apart)")
+      ->required();
   tspec.rows = "auto";
   tspec.metric = "auto";
   table->add_option("--rows", tspec.rows,
@@ -851,7 +876,7 @@ int RunKvsweep(int argc, char** argv) {
   if (*watch) return Watch(g, sweep, interval_ms, give_up_s);
   if (*cancel) return Cancel(g, sweep);
   if (*retry) return Retry(g, sweep, failed, quarantined);
-  if (*table) return TableCmd(g, db, sweep, tspec, table_format);
+  if (*table) return TableCmd(g, db, table_sweeps, tspec, table_format);
   if (*plot) {
     plot_opts.spec.where = tspec.where;
     return PlotCmd(g, db, sweep, plot_opts);

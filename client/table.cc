@@ -14,7 +14,7 @@ namespace kvsweep {
 const std::vector<std::string>& TableDimensions() {
   static const std::vector<std::string> dims = {"model",    "task", "method", "family",
                                                 "budget",   "kv_heads", "seed", "dtype",
-                                                "method_spec"};
+                                                "method_spec", "sweep"};
   return dims;
 }
 
@@ -63,10 +63,14 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
   if (spec.rows == "auto") {
     // Every label that varies among the jobs (other than the columns' and seeds).
     row_dims.clear();
-    for (const char* d : {"model", "task", "kv_heads", "dtype"}) {
+    for (const char* d : {"sweep", "model", "task", "kv_heads", "dtype"}) {
       if (d == spec.cols) continue;
       std::set<std::string> values;
-      for (const TableInput& in : inputs) values.insert(LabelText(in.labels, d));
+      for (const TableInput& in : inputs) {
+        bool keep = true;  // among the jobs --where keeps
+        for (const auto& [k, v] : spec.where) keep = keep && LabelText(in.labels, k) == v;
+        if (keep) values.insert(LabelText(in.labels, d));
+      }
       if (values.size() > 1) row_dims.push_back(d);
     }
     if (row_dims.empty()) row_dims.push_back(spec.cols == "model" ? "task" : "model");

@@ -1,6 +1,7 @@
 // `kvsweep table`: pivots a sweep's results into a comparison table.
 //
-//   rows  = a label (model, task, method, family, budget, kv_heads, seed, dtype, method_spec)
+//   rows  = a label (model, task, method, family, budget, kv_heads, seed, dtype, method_spec),
+//           or `sweep` when the table reads several sweeps (`kvsweep table A B ...`)
 //   cols  = another label
 //   metric= a number from the result: a task metric (acc, ppl, token_ppl, word_ppl,
 //           bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
@@ -12,7 +13,8 @@
 //           (or per-window) results on the same data — the ratio and paired-bootstrap intervals
 //           of both (stats/bootstrap.h; seeded, so the same table every time). A `*` marks a
 //           difference whose interval excludes zero.
-//   rows "auto": every label that varies among the jobs (model, task, kv_heads, dtype), joined;
+//   rows "auto": every label that varies among the jobs (sweep, model, task, kv_heads, dtype),
+//           joined;
 //   metric "auto": ppl for LAMBADA, token_ppl for the perplexity tasks.
 // Jobs that differ only in `seed` share a cell: their mean, ± the standard deviation across seeds.
 // Formats: md (columns aligned), csv, latex (booktabs), json (with every interval).

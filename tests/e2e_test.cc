@@ -159,6 +159,16 @@ TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
   const std::string other = h.WriteFile("other.yaml", h.SweepYaml("other", {"quant:bits=2"}));
   CommandResult o = h.Cli({"submit", other});
   EXPECT_THAT(o.out, HasSubstr("0 enqueued, 1 already done"));
+  // One table across both sweeps: a row per sweep (rows auto), the shared job in both.
+  ASSERT_EQ(h.Cli({"watch", "other", "--interval-ms", "100"}).exit_code, 0);
+  CommandResult both = h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "csv"});
+  ASSERT_EQ(both.exit_code, 0) << both.err;
+  EXPECT_THAT(both.out, HasSubstr("sweep \\ method,none,quant:bits=4,quant:bits=2\n"));
+  EXPECT_THAT(both.out, HasSubstr("\ngrow,"));
+  EXPECT_THAT(both.out, HasSubstr("\nother,,,"));  // only its one job, quant:bits=2
+  CommandResult twice = h.Cli({"table", "grow", "grow"});
+  EXPECT_EQ(twice.exit_code, 1);
+  EXPECT_THAT(twice.err, HasSubstr("sweep 'grow' is named twice"));
   h.CheckInvariants("grow");
   h.CheckInvariants("other");
 }

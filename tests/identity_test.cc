@@ -117,10 +117,11 @@ TEST(IdentityTest, TokenizerConfigChangesTheJobId) {
   fs::remove_all(dir);
 }
 
-// Hashing a model the coordinator has not seen takes seconds per GiB; it runs apart from the
-// submit call, so a call deadline far shorter than the hashing does not fail the submit: the
+// Hashing a model the coordinator has not seen takes about a second per GiB; it runs apart from
+// the submit call, so a call deadline shorter than the hashing does not fail the submit: the
 // CLI follows the pending submission to its answer. (When hashing ran inside the call, this
-// submit ended in Deadline Exceeded.)
+// submit ended in Deadline Exceeded.) The shard is large enough that hashing it outlasts the
+// call's deadline on any current CPU (a few GB/s at most).
 TEST(IdentityTest, SubmitOutlivesTheCallDeadlineWhileHashing) {
   Harness h("identity_slow_hash");
   const std::string cache = JoinPath(h.dir(), "hash-cache");
@@ -129,13 +130,13 @@ TEST(IdentityTest, SubmitOutlivesTheCallDeadlineWhileHashing) {
   const std::string model = JoinPath(h.dir(), "big-llama");
   fs::copy(AssetsDir() + "/models/ref-llama", model, fs::copy_options::recursive);
   fs::permissions(model, fs::perms::owner_all, fs::perm_options::add);
-  // A 3 GiB shard (sparse: no disk used; hashing still reads every byte).
+  // A 4 GiB shard (sparse: no disk used; hashing still reads every byte).
   const std::string shard = JoinPath(model, "model-00002-of-00002.safetensors");
   fs::remove(shard);
   {
     std::ofstream(shard).put('\0');
   }
-  fs::resize_file(shard, uint64_t{3} << 30);
+  fs::resize_file(shard, uint64_t{4} << 30);
   const std::string yaml = h.WriteFile("s.yaml", absl::StrCat(R"(name: slowhash
 models:
   - {name: big, path: )", model, R"(}
@@ -143,18 +144,18 @@ tasks:
   - {task: lambada_openai, data: )", AssetsDir(), R"(/data/lambada_openai/lambada_test.jsonl, limit: 1}
 methods: [none, "quant:bits=4"]
 )"));
-  CommandResult r = h.Cli({"--timeout-ms", "300", "submit", yaml});
+  CommandResult r = h.Cli({"--timeout-ms", "1000", "submit", yaml});
   ::unsetenv("KVSWEEP_CACHE_DIR");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_THAT(r.out, HasSubstr("sweep 'slowhash': 2 jobs (2 combinations, 0 excluded); 2 enqueued"));
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs"), 2);
   // Submitting again finds the hashes cached: the same answer, nothing new.
-  CommandResult again = h.Cli({"--timeout-ms", "300", "submit", yaml});
+  CommandResult again = h.Cli({"--timeout-ms", "1000", "submit", yaml});
   ASSERT_EQ(again.exit_code, 0) << again.out << again.err;
   EXPECT_THAT(again.out, HasSubstr("2 jobs (2 combinations, 0 excluded); 0 enqueued, 0 already "
                                    "done, 2 already pending"));
   // A dry run from a reader's point of view goes the same way.
-  CommandResult dry = h.Cli({"--timeout-ms", "300", "submit", "--dry-run", yaml});
+  CommandResult dry = h.Cli({"--timeout-ms", "1000", "submit", "--dry-run", yaml});
   ASSERT_EQ(dry.exit_code, 0) << dry.err;
   EXPECT_THAT(dry.out, HasSubstr("(dry run): 2 jobs"));
   fs::remove(shard);
