@@ -684,8 +684,9 @@ absl::Status RenderPng(const std::string& chromium, const std::string& svg_path,
                        const std::string& png_path, SvgSize size) {
   if (chromium.empty()) {
     return absl::FailedPreconditionError(
-        "--png needs headless Chromium: install chromium (Debian: apt-get install chromium) or "
-        "set KVSWEEP_CHROMIUM to its path");
+        "--png needs headless Chromium and found none (KVSWEEP_CHROMIUM, or chromium, "
+        "chromium-browser, google-chrome on PATH): install chromium (Debian: apt-get install "
+        "chromium) or set KVSWEEP_CHROMIUM to its path");
   }
   const std::string svg = RealPath(svg_path);
   if (svg.empty()) return absl::NotFoundError(absl::StrCat("png: no file '", svg_path, "'"));

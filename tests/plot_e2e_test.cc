@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <regex>
 
 #include "absl/strings/str_cat.h"
@@ -75,13 +76,15 @@ class DemoPlotTest : public ::testing::Test {
   }
   static std::string Db() { return *dir_ + "/kept/demo.db"; }
   // The CLI on the kept database.
-  static CommandResult Plot(const std::vector<std::string>& args) {
+  static CommandResult Plot(const std::vector<std::string>& args,
+                            const std::map<std::string, std::string>& env = {}) {
     std::vector<std::string> argv = {KVSWEEP_CLI_BIN, "plot"};
     argv.insert(argv.end(), args.begin(), args.end());
     argv.insert(argv.end(), {"--db", Db()});
     Subprocess::Options o;
     o.stdout_path = absl::StrCat(*dir_, "/plot.out");
     o.stderr_path = absl::StrCat(*dir_, "/plot.err");
+    o.env = env;
     std::remove(o.stdout_path.c_str());  // the child appends
     std::remove(o.stderr_path.c_str());
     CommandResult r;
@@ -149,6 +152,14 @@ TEST_F(DemoPlotTest, OneLineErrors) {
     EXPECT_EQ(Count(r.err, "\n"), 1u) << r.err;
   }
   EXPECT_FALSE(PathExists(*dir_ + "/err.svg"));
+  // --png without a renderer: the SVG is written, the PNG is an error that says what to install.
+  CommandResult r = Plot({"demo", "--out", *dir_ + "/nopng.svg", "--png", *dir_ + "/nopng.png"},
+                         {{"KVSWEEP_CHROMIUM", *dir_ + "/no-such-chromium"}});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--png needs headless Chromium"));
+  EXPECT_THAT(r.err, HasSubstr("install chromium"));
+  EXPECT_TRUE(PathExists(*dir_ + "/nopng.svg"));
+  EXPECT_FALSE(PathExists(*dir_ + "/nopng.png"));
 }
 
 TEST_F(DemoPlotTest, RendersToPngWithHeadlessChromium) {
