@@ -19,8 +19,10 @@
 #include "common/hash.h"
 #include "common/json_util.h"
 #include "common/latency_histogram.h"
+#include "common/log.h"
 #include "common/signals.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace kvsweep {
 namespace {
@@ -282,6 +284,28 @@ TEST(FingerprintTest, AMonitorSeesTheBytesHashedAndCanCancel) {
   std::remove((cache + "/sha256-cache.json").c_str());
   ::rmdir(cache.c_str());
   ::unsetenv("KVSWEEP_CACHE_DIR");
+}
+
+TEST(LogTest, LinesAreDatedAndJsonIsOneObjectPerLine) {
+  const int64_t ms = int64_t{1796196026678};  // 2026-12-02T07:20:26.678Z
+  EXPECT_EQ(FormatLogLine(LogFormat::kText, LogLevel::kInfo, ms, "worker-3", "/src/model.cc", 138,
+                          "loaded"),
+            "I 2026-12-02T07:20:26.678Z [worker-3] model.cc:138] loaded\n");
+  EXPECT_EQ(FormatLogLine(LogFormat::kText, LogLevel::kError, ms + 5, "", "x.cc", 1, "bad"),
+            "E 2026-12-02T07:20:26.683Z x.cc:1] bad\n");
+  const std::string j = FormatLogLine(LogFormat::kJson, LogLevel::kWarning, ms, "", "a/b/c.cc",
+                                      7, "quote \" and\nnewline \xff");
+  ASSERT_EQ(j.back(), '\n');
+  EXPECT_EQ(j.find('\n'), j.size() - 1);  // one line: the message's newline is escaped
+  const nlohmann::json parsed = nlohmann::json::parse(j);
+  EXPECT_EQ(parsed["ts"], "2026-12-02T07:20:26.678Z");
+  EXPECT_EQ(parsed["level"], "warning");
+  EXPECT_EQ(parsed["src"], "c.cc:7");
+  EXPECT_FALSE(parsed.contains("tag"));
+  EXPECT_EQ(parsed["msg"], "quote \" and\nnewline \xef\xbf\xbd");  // invalid UTF-8 replaced
+  SetLogFormat(LogFormat::kJson);
+  EXPECT_EQ(GetLogFormat(), LogFormat::kJson);
+  SetLogFormat(LogFormat::kText);
 }
 
 TEST(SignalsTest, SigtermBecomesACallbackWhateverThreadGetsIt) {

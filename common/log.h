@@ -4,10 +4,17 @@
 //   KV_LOG(INFO) << "loaded " << n << " tensors";
 //
 // The threshold comes from KVSWEEP_LOG_LEVEL (debug|info|warning|error; default info) or
-// SetLogLevel().
+// SetLogLevel(). Lines are dated (UTC):
+//
+//   I 2026-12-02T07:20:26.678Z [worker-3] model.cc:138] loaded llama model ...
+//
+// or, with KVSWEEP_LOG_FORMAT=json (or SetLogFormat), one JSON object per line for log
+// collectors: {"ts":"2026-12-02T07:20:26.678Z","level":"info","tag":"worker-3",
+// "src":"model.cc:138","msg":"loaded llama model ..."} ("tag" only when set).
 #ifndef KVSWEEP_COMMON_LOG_H_
 #define KVSWEEP_COMMON_LOG_H_
 
+#include <cstdint>
 #include <sstream>
 #include <string>
 
@@ -17,6 +24,12 @@ enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
 
 void SetLogLevel(LogLevel level);
 LogLevel GetLogLevel();
+enum class LogFormat { kText = 0, kJson = 1 };
+void SetLogFormat(LogFormat format);
+LogFormat GetLogFormat();
+// One formatted line (with its newline), as the logger writes it; exposed for tests.
+std::string FormatLogLine(LogFormat format, LogLevel level, int64_t unix_ms, const std::string& tag,
+                          const char* file, int line, const std::string& message);
 // Sets a short tag printed on every line (e.g. "worker-3"), to tell processes apart in tests.
 void SetLogTag(const std::string& tag);
 
@@ -31,6 +44,9 @@ class LogMessage {
 
  private:
   LogLevel level_;
+  const char* file_;
+  int line_;
+  int64_t unix_ms_;
   std::ostringstream stream_;
 };
 // Swallows the stream when the level is below threshold.

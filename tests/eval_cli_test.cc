@@ -138,6 +138,25 @@ TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
       << missing.err;
 }
 
+// KVSWEEP_LOG_FORMAT=json: every log line on stderr is one JSON object; stdout is unchanged.
+TEST(EvalCliTest, JsonLogs) {
+  ::setenv("KVSWEEP_LOG_FORMAT", "json", 1);
+  ProcResult r = Exec(Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "2"}));
+  ::unsetenv("KVSWEEP_LOG_FORMAT");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out).contains("metrics"));
+  int logs = 0;
+  for (absl::string_view line : absl::StrSplit(r.err, '\n', absl::SkipEmpty())) {
+    if (line.rfind("{", 0) != 0) continue;  // the progress bar, not a log line
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_TRUE(j.contains("ts") && j.contains("level") && j.contains("src") && j.contains("msg"))
+        << line;
+    ++logs;
+  }
+  EXPECT_GT(logs, 0) << r.err;
+  EXPECT_EQ(r.err.find("] loaded"), std::string::npos) << "a text log line: " << r.err;
+}
+
 TEST(EvalCliTest, WikitextJsonFields) {
   const std::string text = TempFile("tiny.txt", "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
   ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext_stream", text, {"--window", "16"}));
