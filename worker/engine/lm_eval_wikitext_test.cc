@@ -5,7 +5,8 @@
 //
 // Quick: the detokenizer and the document split on small strings (expected values printed by the
 // Python reference), then the whole file's 62 documents, their detokenized texts, token ids
-// (ref-gpt2's tokenizer), words and bytes, all exact; the --format lm-eval shape.
+// (ref-gpt2's tokenizer), words and bytes, all exact; the --format lm-eval shape; the engine's
+// refusal of a wikitext spec of the stream definition.
 // Slow (labels slow, reference): `kvsweep-worker eval --task wikitext --format lm-eval` on
 // ref-gpt2 over the whole file: the total loglik, bits_per_byte and the logs of word_perplexity
 // and byte_perplexity within 1e-6 relative, every document's loglik within 2e-6 (kRelTolDoc).
@@ -24,6 +25,7 @@
 #include "common/json_util.h"
 #include "gtest/gtest.h"
 #include "stats/eval_units.h"
+#include "worker/engine/eval.h"
 #include "worker/engine/lm_eval_format.h"
 #include "worker/engine/tasks/task.h"
 #include "worker/engine/tasks/wikitext_documents.h"
@@ -148,6 +150,31 @@ TEST(LmEvalFormatTest, KeysAsLmEvalWritesThem) {
   EXPECT_EQ(out["versions"]["lambada_openai"], 1.0);
   EXPECT_EQ(out["config"]["limit"], 8);
   EXPECT_EQ(out["n-samples"]["lambada_openai"], (nlohmann::json{{"effective", 8}}));
+}
+
+// A `wikitext` spec resolved when the name meant the stream (no task.definition) is refused,
+// not evaluated under its old job id; resolved again, it runs.
+TEST(LmEvalWikitextIdentity, EngineRefusesASpecOfTheEarlierDefinition) {
+  JobRequest r;
+  r.model_path = AssetsDir() + "/models/ref-gpt2";
+  r.task = "wikitext";
+  r.data_path = WikiTestRaw();
+  r.limit = 1;
+  r.window = 64;
+  absl::StatusOr<JobSpec> spec = ResolveJob(r);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  JobSpec old = *spec;
+  old.task_definition.clear();
+  Engine engine{EngineOptions{}};
+  absl::StatusOr<nlohmann::json> refused = engine.Run(old, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("defines task 'wikitext' as ''"), std::string::npos)
+      << refused.status();
+  absl::StatusOr<nlohmann::json> ok = engine.Run(*spec, nullptr);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*ok)["metrics"]["wikitext"]["documents"], 1);
+  EXPECT_EQ((*ok)["spec"]["task"]["definition"], "lm-eval-documents");
 }
 
 // The task as a user runs it: `kvsweep-worker eval --task wikitext --format lm-eval` on ref-gpt2
