@@ -1,11 +1,11 @@
-// SentencePiece `.model` files (a serialized sentencepiece.ModelProto) read with a small
-// protobuf wire-format parser of our own, and the BPE merge list that Hugging Face transformers
-// 5 derives from such a model. No libsentencepiece and no libprotobuf: Debian's
-// libsentencepiece.so.0 carries its own copy of protobuf-lite and exports its symbols, which
-// interpose with the system libprotobuf that libtorch and gRPC load (the worker crashed during
-// static initialization). Internal to worker/engine/tokenizer.
+// SentencePiece `.model` files (a serialized sentencepiece.ModelProto) parsed by the system
+// libprotobuf from proto/sentencepiece/sentencepiece_model.proto (the fields read here), and the
+// BPE merge list that Hugging Face transformers 5 derives from such a model. No libsentencepiece:
+// Debian's libsentencepiece.so.0 carries its own copy of protobuf-lite and exports its symbols,
+// which interpose with the system libprotobuf that libtorch and gRPC load (the worker crashed
+// during static initialization). Internal to worker/engine/tokenizer.
 //
-// Field numbers (sentencepiece_model.proto; on-disk format, never renumber):
+// Field numbers (on-disk format, never renumber):
 //   ModelProto      pieces = 1 (repeated SentencePiece), trainer_spec = 2, normalizer_spec = 3
 //   SentencePiece   piece = 1 (string), score = 2 (float), type = 3 (enum, default NORMAL)
 //   TrainerSpec     model_type = 3 (default UNIGRAM), treat_whitespace_as_suffix = 24,
@@ -13,7 +13,7 @@
 //                   pad_id = 43 (-1)
 //   NormalizerSpec  name = 1, precompiled_charsmap = 2, add_dummy_prefix = 3,
 //                   remove_extra_whitespaces = 4, escape_whitespaces = 5 (all bools default true)
-// Every other field is skipped according to its wire type.
+// Every other field is kept by protobuf as an unknown field and ignored.
 #ifndef KVSWEEP_WORKER_ENGINE_TOKENIZER_SPM_MODEL_H_
 #define KVSWEEP_WORKER_ENGINE_TOKENIZER_SPM_MODEL_H_
 
@@ -72,12 +72,12 @@ struct SpmModel {
 };
 
 // Parses a serialized ModelProto. Returns kInvalidArgument with a one-line message
-// "<what>: not a valid SentencePiece model: <reason>" when the bytes are not one: truncated or
-// overlong varints, lengths past the end, group or unknown wire types, a known field with the
-// wrong wire type, field number 0, invalid UTF-8 in a piece, an empty or repeated piece, a piece
-// type or id outside its range, no pieces, no trainer_spec (spm_train always writes one; a file
-// cut between two pieces would otherwise parse). The reason names the field and the byte offset.
-// Does not judge the model type (see SpmModelTypeName).
+// "<what>: not a valid SentencePiece model: <reason>" when the bytes are not one: anything
+// protobuf's parser refuses (truncated or overlong varints, lengths past the end, invalid wire
+// types, a known field with the wrong wire type, field number 0), invalid UTF-8 in a piece, an
+// empty or repeated piece, a piece type or id outside its range, no pieces, no trainer_spec
+// (spm_train always writes one; a file cut between two pieces would otherwise parse). The reason
+// names the field (and the piece's index). Does not judge the model type (see SpmModelTypeName).
 absl::StatusOr<SpmModel> ParseSpmModel(absl::string_view bytes, absl::string_view what);
 
 // The merges transformers 5 derives for a SentencePiece BPE model (SentencePieceExtractor.extract

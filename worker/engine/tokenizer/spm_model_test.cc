@@ -267,12 +267,14 @@ TEST_F(SpmModelTest, SmallModelTokenizesLikeTheHfConversion) {
 // ---------------------------------------------------------------------------------------------
 // Bad inputs: exact code, message fragment, path named, one line.
 
+// What protobuf's parser refuses is one error naming the file and its size.
+constexpr char kUnparsable[] = "not a valid SentencePiece model: protobuf cannot parse its";
+
 TEST_F(SpmModelTest, Garbage) {
   ExpectError("this is not a protobuf \xff\xff\xff", absl::StatusCode::kInvalidArgument,
-              "not a valid SentencePiece model");
-  ExpectError(std::string(64, '\xff'), absl::StatusCode::kInvalidArgument, "varint");
-  ExpectError(std::string(16, '\0'), absl::StatusCode::kInvalidArgument,
-              "invalid field number 0 at byte 0");
+              kUnparsable);
+  ExpectError(std::string(64, '\xff'), absl::StatusCode::kInvalidArgument, kUnparsable);
+  ExpectError(std::string(16, '\0'), absl::StatusCode::kInvalidArgument, kUnparsable);
 }
 
 TEST_F(SpmModelTest, TruncatedLlama2) {
@@ -281,13 +283,13 @@ TEST_F(SpmModelTest, TruncatedLlama2) {
   // Mid-normalizer, mid-trainer spec, inside a piece (one starts at byte 100000: its key, its
   // length at 100001, its message to 100013), right after the last piece (no trainer spec), tiny.
   const std::vector<std::pair<size_t, std::string>> cuts = {
-      {full->size() - 1, "runs past the end"},
-      {499500, "runs past the end"},
-      {100001, "truncated varint at byte 100001"},
-      {100010, "length 11 at byte 100001 runs past the end (8 bytes left)"},
+      {full->size() - 1, kUnparsable},
+      {499500, kUnparsable},
+      {100001, kUnparsable},
+      {100010, kUnparsable},
       {499437, "no trainer_spec (field 2) after 32000 pieces"},
-      {1, "truncated varint at byte 1"},
-      {2, "runs past the end"},
+      {1, kUnparsable},
+      {2, kUnparsable},
   };
   for (const auto& [cut, fragment] : cuts) {
     SCOPED_TRACE(cut);
@@ -297,19 +299,24 @@ TEST_F(SpmModelTest, TruncatedLlama2) {
 
 TEST_F(SpmModelTest, WireFormatErrors) {
   const std::string ok = Model({{"a", 0}});
-  // Varints (field 9 is unknown at the top level: skipped by wire type).
-  ExpectError(ok + "\x0a\x85", absl::StatusCode::kInvalidArgument, "truncated varint at byte");
-  ExpectError(ok + "\x48" + std::string(9, '\xff') + "\x02", absl::StatusCode::kInvalidArgument,
-              "varint over 64 bits");
+  // Varints cut short; wire types 6 and 7 do not exist; fixed-width values cut short.
+  ExpectError(ok + "\x0a\x85", absl::StatusCode::kInvalidArgument, kUnparsable);
   ExpectError(ok + "\x48" + std::string(12, '\x80') + "\x01", absl::StatusCode::kInvalidArgument,
-              "varint over 64 bits");
-  // Wire types.
-  ExpectError(ok + "\x0b", absl::StatusCode::kInvalidArgument, "group wire type 3");
-  ExpectError(ok + "\x0e", absl::StatusCode::kInvalidArgument, "invalid wire type 6");
-  ExpectError(Proto().Varint(1, 5).str() + ok, absl::StatusCode::kInvalidArgument,
-              "pieces (field 1) at byte 0 has wire type 0, expected 2");
-  ExpectError(Model({{"a", 0}}, Proto().Bytes(3, "BPE")), absl::StatusCode::kInvalidArgument,
-              "trainer_spec.model_type (field 3)");
+              kUnparsable);
+  ExpectError(ok + "\x0e", absl::StatusCode::kInvalidArgument, kUnparsable);
+  ExpectError(ok + "\x49"
+                   "1234",
+              absl::StatusCode::kInvalidArgument, kUnparsable);
+  ExpectError(ok + "\x4d"
+                   "12",
+              absl::StatusCode::kInvalidArgument, kUnparsable);
+  // Protobuf keeps a known field sent with another wire type as an unknown field: a varint
+  // field 1 before the pieces changes nothing; a model_type sent as bytes leaves the default
+  // (UNIGRAM), which is then refused as a model type.
+  auto varint_pieces = LoadBytes(Proto().Varint(1, 5).str() + ok);
+  EXPECT_TRUE(varint_pieces.ok()) << varint_pieces.status();
+  ExpectError(Model({{"a", 0}}, Proto().Bytes(3, "BPE")), absl::StatusCode::kUnimplemented,
+              "model type UNIGRAM is not supported");
   // Unknown fields of every wire type are skipped, at every level.
   // Key 0xD9 0x0C = field 203, wire type 1 (fixed64), then its 8 bytes.
   const std::string fixed64_field = std::string("\xD9\x0C") + "12345678";
@@ -325,24 +332,18 @@ TEST_F(SpmModelTest, WireFormatErrors) {
       .Varint(77, 1);
   auto with_extras = LoadBytes(extra.str());
   EXPECT_TRUE(with_extras.ok()) << with_extras.status();
-  // A fixed64 or fixed32 value cut short.
-  ExpectError(ok + "\x49"
-                   "1234",
-              absl::StatusCode::kInvalidArgument, "truncated 8-byte value");
-  ExpectError(ok + "\x4d"
-                   "12",
-              absl::StatusCode::kInvalidArgument, "truncated 4-byte value");
 }
 
 TEST_F(SpmModelTest, BadPieces) {
-  ExpectError(Model({{"a\xff", 0}}), absl::StatusCode::kInvalidArgument, "pieces[3].piece at byte");
-  ExpectError(Model({{"a\xff", 0}}), absl::StatusCode::kInvalidArgument, "not valid UTF-8");
-  ExpectError(Model({{"", 0}}), absl::StatusCode::kInvalidArgument, "pieces[3] at byte");
+  ExpectError(Model({{"a\xff", 0}}), absl::StatusCode::kInvalidArgument,
+              "pieces[3].piece is not valid UTF-8");
+  ExpectError(Model({{"", 0}}), absl::StatusCode::kInvalidArgument,
+              "pieces[3] has an empty piece string");
   ExpectError(Model({{"a", 0}, {"b", 0}, {"a", 0}}), absl::StatusCode::kInvalidArgument,
               "pieces[3] and pieces[5] are both \"a\"");
   Proto bad_type;
   bad_type.Message(1, Proto().Bytes(1, "a").Varint(3, 9)).Message(2, Trainer());
-  ExpectError(bad_type.str(), absl::StatusCode::kInvalidArgument, "pieces[0].type at byte");
+  ExpectError(bad_type.str(), absl::StatusCode::kInvalidArgument, "pieces[0].type is 9 (valid: 1..6)");
   Proto no_pieces;
   no_pieces.Message(2, Trainer());
   ExpectError(no_pieces.str(), absl::StatusCode::kInvalidArgument, "no pieces (field 1)");
@@ -354,7 +355,8 @@ TEST_F(SpmModelTest, BadSpecialIds) {
   ExpectError(Model({{"a", 0}}, Trainer().Varint(42, uint64_t(-2))),
               absl::StatusCode::kInvalidArgument, "trainer_spec.eos_id = -2");
   ExpectError(Model({{"a", 0}}, Trainer().Varint(40, uint64_t{1} << 40)),
-              absl::StatusCode::kInvalidArgument, "trainer_spec.unk_id at byte");
+              absl::StatusCode::kInvalidArgument,
+              "trainer_spec.unk_id is out of the int32 range: 1099511627776");
 }
 
 TEST_F(SpmModelTest, UnsupportedModels) {
