@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
@@ -334,19 +335,44 @@ int CpuSuite(std::map<std::string, std::string>& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    if (k == "--interleave") {  // the one flag without a value
-      flags[k] = "1";
-      continue;
-    }
-    if (k.rfind("--", 0) != 0 || i + 1 >= argc) {
-      std::fprintf(stderr, "usage: see bench/engine_bench.cc\n");
-      return 2;
-    }
-    flags[k] = argv[++i];
+  // CLI11 parses (and answers --help); the modes read the given options by name.
+  CLI::App app{"kvsweep engine benchmark: the CPU suite, one model's job mode, or the fused "
+               "CUDA quantizer check (see the top of bench/engine_bench.cc)",
+               "kvsweep-engine-bench"};
+  const std::vector<std::pair<const char*, const char*>> options = {
+      {"--lines", "CPU suite: WikiText lines"},
+      {"--threads", "CPU suite: thread counts, comma-separated"},
+      {"--models", "CPU suite: models under the assets, comma-separated"},
+      {"--model", "job mode: a model directory"},
+      {"--device", "job mode: cpu | cuda | cuda:N"},
+      {"--dtype", "job mode: fp32 | bf16 | fp16"},
+      {"--tasks", "job mode: tasks, comma-separated"},
+      {"--methods", "job mode: method specs, ';'-separated"},
+      {"--window", "job mode: W"},
+      {"--limit", "job mode: LAMBADA documents"},
+      {"--repeat", "job mode: passes (tokens/s is the median)"},
+      {"--wiki-lines", "job mode: WikiText lines"},
+      {"--calibration", "job mode: calibration text"},
+      {"--out", "append JSON lines here"},
+      {"--check-fused", "check the fused CUDA quantizer on this device"},
+  };
+  std::map<std::string, std::string> values;
+  std::vector<std::pair<std::string, CLI::Option*>> given;
+  for (const auto& [name, help] : options) {
+    given.emplace_back(name, app.add_option(name, values[name], help));
   }
+  bool interleave = false;
+  app.add_flag("--interleave", interleave, "job mode: pass i of every method before pass i + 1");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  std::map<std::string, std::string> flags;
+  for (const auto& [name, opt] : given) {
+    if (opt->count() > 0) flags[name] = values[name];
+  }
+  if (interleave) flags["--interleave"] = "1";
   if (flags.count("--check-fused")) return CheckFused(flags["--check-fused"]);
   return flags.count("--model") ? JobMode(flags) : CpuSuite(flags);
 }

@@ -341,9 +341,7 @@ absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(Globals& g,
 int Submit(Globals& g, const std::string& file, bool dry_run) {
   absl::StatusOr<std::string> yaml = ReadFile(file);
   if (!yaml.ok()) return Error(yaml.status());
-  std::string dir = RealPath(file);
-  dir = dir.substr(0, dir.find_last_of('/'));
-  if (dir.empty()) dir = "/";
+  const std::string dir = DirName(RealPath(file));
   v1::SubmitSweepRequest req;
   req.set_sweep_yaml(*yaml);
   req.set_base_dir(dir);
@@ -580,7 +578,7 @@ int ReportCmd(Globals& g, const std::string& db, const std::string& sweep,
   if (!out.empty()) {
     std::string stem = out;
     if (absl::EndsWith(stem, ".md")) stem.resize(stem.size() - 3);
-    const std::string base = stem.substr(stem.find_last_of('/') + 1);
+    const std::string base = BaseName(stem);
     struct Figure {
       const char* suffix;
       PlotSpec spec;

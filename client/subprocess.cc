@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 
 extern char** environ;
 
@@ -113,9 +114,7 @@ std::string SelfDir() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return ".";
-  std::string p(buf, n);
-  size_t s = p.find_last_of('/');
-  return s == std::string::npos ? "." : p.substr(0, s);
+  return DirName(std::string(buf, n));
 }
 
 }  // namespace kvsweep

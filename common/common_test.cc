@@ -203,6 +203,17 @@ TEST(FileTest, ReadsAreBoundedBySize) {
   std::remove(path.c_str());
 }
 
+TEST(FileTest, BaseNameAndDirName) {
+  EXPECT_EQ(BaseName("a/b/c.json"), "c.json");
+  EXPECT_EQ(BaseName("models/ref-llama/"), "ref-llama");
+  EXPECT_EQ(BaseName("c.json"), "c.json");
+  EXPECT_EQ(BaseName("/"), "/");
+  EXPECT_EQ(DirName("a/b/c"), "a/b");
+  EXPECT_EQ(DirName("a/b/c/"), "a/b");
+  EXPECT_EQ(DirName("c"), ".");
+  EXPECT_EQ(DirName("/c"), "/");
+}
+
 TEST(FileTest, AtomicWriteThenMapRoundTrips) {
   std::string path = ::testing::TempDir() + "/kvsweep_file_test.bin";
   ASSERT_TRUE(WriteFileAtomic(path, "hello").ok());

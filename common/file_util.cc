@@ -1,5 +1,7 @@
 #include "common/file_util.h"
 
+#include <filesystem>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -159,6 +161,25 @@ std::string JoinPath(absl::string_view a, absl::string_view b) {
   while (!a.empty() && a.back() == '/') a.remove_suffix(1);
   while (!b.empty() && b.front() == '/') b.remove_prefix(1);
   return absl::StrCat(a, "/", b);
+}
+
+namespace {
+std::string WithoutTrailingSlashes(absl::string_view path) {
+  std::string p(path);
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+}  // namespace
+
+std::string BaseName(absl::string_view path) {
+  const std::string p = WithoutTrailingSlashes(path);
+  if (p == "/") return p;
+  return std::filesystem::path(p).filename().string();
+}
+
+std::string DirName(absl::string_view path) {
+  const std::string parent = std::filesystem::path(WithoutTrailingSlashes(path)).parent_path().string();
+  return parent.empty() ? "." : parent;
 }
 
 std::string RealPath(const std::string& path) {

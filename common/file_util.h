@@ -46,6 +46,12 @@ bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 // Joins two path pieces with exactly one '/'.
 std::string JoinPath(absl::string_view a, absl::string_view b);
+// The last component of `path`, trailing slashes ignored ("a/b/c.json" -> "c.json",
+// "models/ref-llama/" -> "ref-llama", "/" -> "/"); std::filesystem's filename().
+std::string BaseName(absl::string_view path);
+// Everything before the last component ("a/b/c" -> "a/b", "c" -> ".", "/c" -> "/");
+// std::filesystem's parent_path(), "." when there is none.
+std::string DirName(absl::string_view path);
 // Absolute, symlink-free path; returns `path` unchanged if it cannot be resolved.
 std::string RealPath(const std::string& path);
 

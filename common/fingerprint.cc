@@ -26,10 +26,6 @@ std::string CacheDir() {
   return "";
 }
 
-std::string Basename(const std::string& p) {
-  size_t s = p.find_last_of('/');
-  return s == std::string::npos ? p : p.substr(s + 1);
-}
 
 // In-process memo keyed like the disk cache: expanding a sweep resolves thousands of jobs over
 // the same few model, tokenizer and data files, and each must not re-hash them. The mutex guards
@@ -147,7 +143,7 @@ absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& fil
   for (const std::string& f : files) {
     absl::StatusOr<std::string> fh = FileSha256Cached(f);
     if (!fh.ok()) return fh.status();
-    h.Update(Basename(f));
+    h.Update(BaseName(f));
     h.Update(std::string(1, '\0'));
     h.Update(*fh);
     h.Update("\n");

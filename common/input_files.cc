@@ -18,17 +18,6 @@ absl::Status Allowed(const PathPolicy* policy, const std::string& path) {
   return policy == nullptr ? absl::OkStatus() : policy->Check(path);
 }
 
-std::string Basename(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string Dirname(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 // Shard file names of an index's weight_map, sorted and distinct.
 absl::StatusOr<std::vector<std::string>> IndexShards(const std::string& index_path) {
   absl::StatusOr<nlohmann::json> idx = ReadJsonFile(index_path);
@@ -61,7 +50,7 @@ absl::StatusOr<TokenizerFiles> HfJson(const std::string& json_path, const PathPo
   t.main = json_path;
   // NewHfJsonTokenizer reads tokenizer_config.json beside the file when it exists: it names
   // BOS/EOS, and BOS is the prefix token of every scored sequence.
-  const std::string config = JoinPath(Dirname(json_path), "tokenizer_config.json");
+  const std::string config = JoinPath(DirName(json_path), "tokenizer_config.json");
   if (PathExists(config)) {
     if (absl::Status a = Allowed(policy, config); !a.ok()) return a;
     t.config = config;
@@ -208,7 +197,7 @@ absl::StatusOr<TokenizerFiles> ResolveTokenizerFiles(const std::string& path,
   }
   if (IsDirectory(path)) return FromDirectory(path, policy);
 
-  const std::string name = Basename(path), dir = Dirname(path);
+  const std::string name = BaseName(path), dir = DirName(path);
   if (name == "tokenizer.json") return HfJson(path, policy);
   if (absl::EndsWith(name, "vocab.json")) return Gpt2(path, JoinPath(dir, "merges.txt"), policy);
   if (absl::EndsWith(name, "merges.txt")) return Gpt2(JoinPath(dir, "vocab.json"), path, policy);

@@ -17,11 +17,6 @@ namespace {
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
-std::string Basename(std::string p) {
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  size_t s = p.find_last_of('/');
-  return s == std::string::npos ? p : p.substr(s + 1);
-}
 }  // namespace
 
 constexpr const char* kKnownTasks[] = {"lambada_openai", "wikitext", "wikitext_stream", "ptb", "text"};
@@ -160,7 +155,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   s.model_path = *model_path;
   s.model_name = !req.model_name.empty() ? req.model_name
                  : !repo_label.empty()   ? repo_label
-                                         : Basename(*model_path);
+                                         : BaseName(*model_path);
   s.head_dim = cfg->head_dim;
   s.num_layers = cfg->num_layers;
   s.native_kv_heads = cfg->num_kv_heads;

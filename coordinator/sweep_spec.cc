@@ -23,6 +23,7 @@
 #include "common/method_spec.h"
 #include "common/model_config.h"
 #include "common/path_policy.h"
+#include "common/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
 namespace kvsweep {
@@ -84,20 +85,6 @@ const char* const kConstraintFields[] = {"r",        "bits",   "group",    "resi
                                          "num_layers", "budget", "limit",  "window",
                                          "context",  "seed"};
 
-// Status plumbing local to this file.
-#define KV_CHECK(expr)                   \
-  do {                                   \
-    absl::Status kv_s_ = (expr);         \
-    if (!kv_s_.ok()) return kv_s_;       \
-  } while (0)
-#define KV_CAT_(a, b) a##b
-#define KV_CAT(a, b) KV_CAT_(a, b)
-#define KV_ASSIGN(lhs, expr) KV_ASSIGN_I(KV_CAT(kv_a_, __LINE__), lhs, expr)
-#define KV_ASSIGN_I(tmp, lhs, expr) \
-  auto tmp = (expr);                \
-  if (!tmp.ok()) return tmp.status(); \
-  lhs = std::move(tmp).value()
-
 
 class Expander {
  public:
@@ -118,44 +105,44 @@ class Expander {
       return absl::InvalidArgumentError(absl::StrCat(o_.source_name, ": the sweep is empty"));
     }
     if (!root.IsMap()) return Err(root, "sweep", "must be a mapping of keys");
-    KV_CHECK(Keys(root, "sweep",
+    KV_RETURN_IF_ERROR(Keys(root, "sweep",
                   {"name", "priority", "max_attempts", "mode", "models", "tasks", "methods",
                    "budget", "kv_heads", "seeds", "dtype", "calibration", "diagnostics",
                    "exclude", "constraints"}));
     ExpandedSweep out;
     // Name, knobs.
     if (!root["name"]) return Err(root, "sweep", "missing required key 'name'");
-    KV_ASSIGN(out.name, Str(root["name"], "name"));
+    KV_ASSIGN_OR_RETURN(out.name, Str(root["name"], "name"));
     if (!IsValidSweepName(out.name)) {
       return Err(root["name"], "name",
                  absl::StrCat("'", out.name,
                               "' is not a valid sweep name ([A-Za-z0-9][A-Za-z0-9._-]{0,127})"));
     }
     if (root["priority"]) {
-      KV_ASSIGN(out.priority, Int(root["priority"], "priority", -1000000, 1000000));
+      KV_ASSIGN_OR_RETURN(out.priority, Int(root["priority"], "priority", -1000000, 1000000));
     }
     if (root["max_attempts"]) {
-      KV_ASSIGN(out.max_attempts, Int(root["max_attempts"], "max_attempts", 1, 100));
+      KV_ASSIGN_OR_RETURN(out.max_attempts, Int(root["max_attempts"], "max_attempts", 1, 100));
     }
     std::string mode = "product";
     if (root["mode"]) {
-      KV_ASSIGN(mode, Str(root["mode"], "mode"));
+      KV_ASSIGN_OR_RETURN(mode, Str(root["mode"], "mode"));
       if (mode != "product" && mode != "zip") {
         return Err(root["mode"], "mode", absl::StrCat("'", mode, "' is not product or zip"));
       }
     }
     const bool zip = mode == "zip";
-    KV_CHECK(ParseSolver(root["budget"]));
-    KV_CHECK(ParseModels(root, zip));
-    KV_CHECK(ParseTasks(root));
-    KV_CHECK(ParseMethods(root));
-    KV_ASSIGN(kv_heads_, KvHeadsList(root["kv_heads"], "kv_heads"));
+    KV_RETURN_IF_ERROR(ParseSolver(root["budget"]));
+    KV_RETURN_IF_ERROR(ParseModels(root, zip));
+    KV_RETURN_IF_ERROR(ParseTasks(root));
+    KV_RETURN_IF_ERROR(ParseMethods(root));
+    KV_ASSIGN_OR_RETURN(kv_heads_, KvHeadsList(root["kv_heads"], "kv_heads"));
     if (root["seeds"]) {
-      KV_ASSIGN(auto seeds, IntList(root["seeds"], "seeds", 0, 1 << 30));
+      KV_ASSIGN_OR_RETURN(auto seeds, IntList(root["seeds"], "seeds", 0, 1 << 30));
       seeds_.assign(seeds.begin(), seeds.end());
     }
     if (root["dtype"]) {
-      KV_ASSIGN(dtypes_, StrList(root["dtype"], "dtype"));
+      KV_ASSIGN_OR_RETURN(dtypes_, StrList(root["dtype"], "dtype"));
       // Canonical names ("bfloat16" is bf16); `auto` is bound to each model's own dtype when
       // its jobs are resolved.
       for (std::string& d : dtypes_) {
@@ -164,13 +151,13 @@ class Expander {
         d = *name;
       }
     }
-    KV_CHECK(ParseCalibration(root["calibration"]));
+    KV_RETURN_IF_ERROR(ParseCalibration(root["calibration"]));
     if (root["diagnostics"]) {
-      KV_ASSIGN(diagnostics_, Bool(root["diagnostics"], "diagnostics"));
+      KV_ASSIGN_OR_RETURN(diagnostics_, Bool(root["diagnostics"], "diagnostics"));
     }
-    KV_CHECK(ParseExclude(root["exclude"]));
-    KV_CHECK(ParseConstraints(root["constraints"]));
-    KV_CHECK(Expand(zip, &out));
+    KV_RETURN_IF_ERROR(ParseExclude(root["exclude"]));
+    KV_RETURN_IF_ERROR(ParseConstraints(root["constraints"]));
+    KV_RETURN_IF_ERROR(Expand(zip, &out));
     return out;
   }
 
@@ -237,13 +224,13 @@ class Expander {
                                                    absl::string_view path) const {
     std::vector<std::string> out;
     if (n.IsScalar()) {
-      KV_ASSIGN(std::string s, Str(n, path));
+      KV_ASSIGN_OR_RETURN(std::string s, Str(n, path));
       out.push_back(s);
       return out;
     }
     if (!n.IsSequence() || n.size() == 0) return Err(n, path, "expected a value or a non-empty list");
     for (size_t i = 0; i < n.size(); ++i) {
-      KV_ASSIGN(std::string s, Str(n[i], absl::StrCat(path, "[", i, "]")));
+      KV_ASSIGN_OR_RETURN(std::string s, Str(n[i], absl::StrCat(path, "[", i, "]")));
       out.push_back(s);
     }
     return out;
@@ -252,13 +239,13 @@ class Expander {
                                            int hi) const {
     std::vector<int> out;
     if (n.IsScalar()) {
-      KV_ASSIGN(int v, Int(n, path, lo, hi));
+      KV_ASSIGN_OR_RETURN(int v, Int(n, path, lo, hi));
       out.push_back(v);
       return out;
     }
     if (!n.IsSequence() || n.size() == 0) return Err(n, path, "expected a value or a non-empty list");
     for (size_t i = 0; i < n.size(); ++i) {
-      KV_ASSIGN(int v, Int(n[i], absl::StrCat(path, "[", i, "]"), lo, hi));
+      KV_ASSIGN_OR_RETURN(int v, Int(n[i], absl::StrCat(path, "[", i, "]"), lo, hi));
       out.push_back(v);
     }
     return out;
@@ -266,7 +253,7 @@ class Expander {
   // kv_heads: "native" (0) or positive integers; default [native].
   absl::StatusOr<std::vector<int>> KvHeadsList(const YAML::Node& n, absl::string_view path) const {
     if (!n) return std::vector<int>{0};
-    KV_ASSIGN(std::vector<std::string> items, StrList(n, path));
+    KV_ASSIGN_OR_RETURN(std::vector<std::string> items, StrList(n, path));
     std::vector<int> out;
     std::set<int> seen;
     for (const std::string& s : items) {
@@ -309,24 +296,24 @@ class Expander {
   absl::Status ParseSolver(const YAML::Node& n) {
     if (!n) return absl::OkStatus();
     if (!n.IsMap()) return Err(n, "budget", "must be a mapping");
-    KV_CHECK(Keys(n, "budget", {"convention", "tolerance", "context_len", "hybrid_bits"}));
+    KV_RETURN_IF_ERROR(Keys(n, "budget", {"convention", "tolerance", "context_len", "hybrid_bits"}));
     if (n["convention"]) {
-      KV_ASSIGN(std::string c, Str(n["convention"], "budget.convention"));
+      KV_ASSIGN_OR_RETURN(std::string c, Str(n["convention"], "budget.convention"));
       absl::StatusOr<BudgetConvention> bc = ParseBudgetConvention(c);
       if (!bc.ok()) return Err(n["convention"], "budget.convention", bc.status().message());
       solver_.convention = *bc;
     }
     if (n["tolerance"]) {
-      KV_ASSIGN(solver_.tolerance, Real(n["tolerance"], "budget.tolerance"));
+      KV_ASSIGN_OR_RETURN(solver_.tolerance, Real(n["tolerance"], "budget.tolerance"));
       if (solver_.tolerance < 0 || solver_.tolerance > 1) {
         return Err(n["tolerance"], "budget.tolerance", "must be in [0, 1]");
       }
     }
     if (n["context_len"]) {
-      KV_ASSIGN(solver_.context_len, Int(n["context_len"], "budget.context_len", 1, 1 << 24));
+      KV_ASSIGN_OR_RETURN(solver_.context_len, Int(n["context_len"], "budget.context_len", 1, 1 << 24));
     }
     if (n["hybrid_bits"]) {
-      KV_ASSIGN(solver_.hybrid_bits, Int(n["hybrid_bits"], "budget.hybrid_bits", 1, 8));
+      KV_ASSIGN_OR_RETURN(solver_.hybrid_bits, Int(n["hybrid_bits"], "budget.hybrid_bits", 1, 8));
     }
     return absl::OkStatus();
   }
@@ -342,18 +329,18 @@ class Expander {
       ModelEntry e;
       e.line = m.Mark().line + 1;
       if (m.IsScalar()) {
-        KV_ASSIGN(e.path, Str(m, path));
+        KV_ASSIGN_OR_RETURN(e.path, Str(m, path));
       } else if (m.IsMap()) {
-        KV_CHECK(Keys(m, path, {"name", "path", "tokenizer", "kv_heads"}));
+        KV_RETURN_IF_ERROR(Keys(m, path, {"name", "path", "tokenizer", "kv_heads"}));
         if (!m["path"]) return Err(m, path, "missing required key 'path'");
-        KV_ASSIGN(e.path, Str(m["path"], path + ".path"));
+        KV_ASSIGN_OR_RETURN(e.path, Str(m["path"], path + ".path"));
         if (m["name"]) {
-          KV_ASSIGN(e.name, Str(m["name"], path + ".name"));
+          KV_ASSIGN_OR_RETURN(e.name, Str(m["name"], path + ".name"));
         }
         if (m["tokenizer"]) {
-          KV_ASSIGN(e.tokenizer, Str(m["tokenizer"], path + ".tokenizer"));
+          KV_ASSIGN_OR_RETURN(e.tokenizer, Str(m["tokenizer"], path + ".tokenizer"));
           e.tokenizer = Resolve(e.tokenizer);
-          KV_CHECK(CheckAllowed(m["tokenizer"], path + ".tokenizer", e.tokenizer));
+          KV_RETURN_IF_ERROR(CheckAllowed(m["tokenizer"], path + ".tokenizer", e.tokenizer));
           if (!PathExists(e.tokenizer)) {
             return Err(m["tokenizer"], path + ".tokenizer",
                        absl::StrCat("'", e.tokenizer, "' does not exist"));
@@ -364,7 +351,7 @@ class Expander {
             return Err(m["kv_heads"], path + ".kv_heads",
                        "per-model kv_heads lists are only allowed with mode: product");
           }
-          KV_ASSIGN(e.kv_heads, KvHeadsList(m["kv_heads"], path + ".kv_heads"));
+          KV_ASSIGN_OR_RETURN(e.kv_heads, KvHeadsList(m["kv_heads"], path + ".kv_heads"));
         }
       } else {
         return Err(m, path, "expected a path or a mapping with name and path");
@@ -378,7 +365,7 @@ class Expander {
         found = ResolveModelReference(e.path, BaseDir(), &repo_label);
       }
       const std::string resolved = found.ok() ? *found : Resolve(e.path);
-      KV_CHECK(CheckAllowed(at, path + ".path", resolved));
+      KV_RETURN_IF_ERROR(CheckAllowed(at, path + ".path", resolved));
       if (!found.ok()) return Err(at, path + ".path", found.status().message());
       e.path = RealPath(resolved);
       if (policy_) {
@@ -391,12 +378,7 @@ class Expander {
       if (!cfg.ok()) return Err(at, path + ".path", cfg.status().message());
       e.config = *cfg;
       if (e.name.empty() && !repo_label.empty()) e.name = repo_label;
-      if (e.name.empty()) {
-        std::string p = e.path;
-        while (p.size() > 1 && p.back() == '/') p.pop_back();
-        size_t s = p.find_last_of('/');
-        e.name = s == std::string::npos ? p : p.substr(s + 1);
-      }
+      if (e.name.empty()) e.name = BaseName(e.path);
       if (!names.insert(e.name).second) {
         return Err(m, path, absl::StrCat("duplicate model name '", e.name, "'"));
       }
@@ -414,17 +396,17 @@ class Expander {
       const std::string path = absl::StrCat("tasks[", i, "]");
       const YAML::Node t = n[i];
       if (!t.IsMap()) return Err(t, path, "expected a mapping with task and data");
-      KV_CHECK(Keys(t, path, {"name", "task", "data", "limit", "window", "max_window", "context"}));
+      KV_RETURN_IF_ERROR(Keys(t, path, {"name", "task", "data", "limit", "window", "max_window", "context"}));
       TaskEntry e;
       if (!t["task"]) return Err(t, path, "missing required key 'task'");
       if (!t["data"]) return Err(t, path, "missing required key 'data'");
-      KV_ASSIGN(e.task, Str(t["task"], path + ".task"));
+      KV_ASSIGN_OR_RETURN(e.task, Str(t["task"], path + ".task"));
       if (!IsKnownTask(e.task)) {
         return Err(t["task"], path + ".task", UnknownTaskMessage(e.task));
       }
-      KV_ASSIGN(std::string data, Str(t["data"], path + ".data"));
+      KV_ASSIGN_OR_RETURN(std::string data, Str(t["data"], path + ".data"));
       e.data = Resolve(data);
-      KV_CHECK(CheckAllowed(t["data"], path + ".data", e.data));
+      KV_RETURN_IF_ERROR(CheckAllowed(t["data"], path + ".data", e.data));
       if (!PathExists(e.data)) {
         return Err(t["data"], path + ".data", absl::StrCat("data file '", e.data, "' does not exist"));
       }
@@ -434,19 +416,19 @@ class Expander {
       e.data = RealPath(e.data);
       e.name = e.task;
       if (t["name"]) {
-        KV_ASSIGN(e.name, Str(t["name"], path + ".name"));
+        KV_ASSIGN_OR_RETURN(e.name, Str(t["name"], path + ".name"));
       }
       if (t["limit"]) {
-        KV_ASSIGN(e.limit, Int(t["limit"], path + ".limit", 0, 1 << 30));
+        KV_ASSIGN_OR_RETURN(e.limit, Int(t["limit"], path + ".limit", 0, 1 << 30));
       }
       if (t["window"]) {
-        KV_ASSIGN(e.window, Int(t["window"], path + ".window", 0, 1 << 24));
+        KV_ASSIGN_OR_RETURN(e.window, Int(t["window"], path + ".window", 0, 1 << 24));
       }
       if (t["max_window"]) {
-        KV_ASSIGN(e.max_window, Int(t["max_window"], path + ".max_window", 0, 1 << 24));
+        KV_ASSIGN_OR_RETURN(e.max_window, Int(t["max_window"], path + ".max_window", 0, 1 << 24));
       }
       if (t["context"]) {
-        KV_ASSIGN(e.context, Int(t["context"], path + ".context", 1, 1 << 24));
+        KV_ASSIGN_OR_RETURN(e.context, Int(t["context"], path + ".context", 1, 1 << 24));
       }
       if (!names.insert(e.name).second) {
         return Err(t, path, absl::StrCat("duplicate task name '", e.name, "'"));
@@ -475,21 +457,21 @@ class Expander {
       t.line = m.Mark().line + 1;
       t.path = path;
       if (m.IsScalar() || (m.IsMap() && m["spec"])) {
-        if (m.IsMap()) KV_CHECK(Keys(m, path, {"spec", "label"}));
+        if (m.IsMap()) KV_RETURN_IF_ERROR(Keys(m, path, {"spec", "label"}));
         const YAML::Node s = m.IsMap() ? m["spec"] : m;
-        KV_ASSIGN(t.spec, Str(s, path));
+        KV_ASSIGN_OR_RETURN(t.spec, Str(s, path));
         t.spec = std::string(absl::StripAsciiWhitespace(t.spec));
         absl::StatusOr<KvMethod> parsed = ParseKvMethod(t.spec);
         if (!parsed.ok()) return Err(s, path, parsed.status().message());
         t.family = parsed->FamilyLabel();
         t.label = t.spec;
         if (m.IsMap() && m["label"]) {
-          KV_ASSIGN(t.label, Str(m["label"], path + ".label"));
+          KV_ASSIGN_OR_RETURN(t.label, Str(m["label"], path + ".label"));
         }
-        KV_CHECK(add(std::move(t), m));
+        KV_RETURN_IF_ERROR(add(std::move(t), m));
       } else if (m.IsMap() && m["family"]) {
-        KV_CHECK(Keys(m, path, {"family", "budgets", "extra", "k", "v"}));
-        KV_ASSIGN(std::string family, Str(m["family"], path + ".family"));
+        KV_RETURN_IF_ERROR(Keys(m, path, {"family", "budgets", "extra", "k", "v"}));
+        KV_ASSIGN_OR_RETURN(std::string family, Str(m["family"], path + ".family"));
         const std::vector<std::string> known = MethodFamilyNames();
         if (std::find(known.begin(), known.end(), family) == known.end()) {
           return Err(m["family"], path + ".family",
@@ -514,7 +496,7 @@ class Expander {
                                         std::make_tuple("v", &extra_v, "v")}) {
           if (!m[key]) continue;
           const std::string kpath = absl::StrCat(path, ".", key);
-          KV_ASSIGN(*value, Str(m[key], kpath));
+          KV_ASSIGN_OR_RETURN(*value, Str(m[key], kpath));
           if (absl::Status p = probe(*value, part); !p.ok()) {
             return Err(m[key], kpath, p.message());
           }
@@ -530,7 +512,7 @@ class Expander {
         }
         for (size_t k = 0; k < items.size(); ++k) {
           const std::string bpath = absl::StrCat(path, ".budgets[", k, "]");
-          KV_ASSIGN(double budget, Real(items[k], bpath));
+          KV_ASSIGN_OR_RETURN(double budget, Real(items[k], bpath));
           if (!(budget > 0 && budget <= 1)) {
             return Err(items[k], bpath,
                        absl::StrCat("budget ", items[k].Scalar(), " is out of range (0, 1]"));
@@ -547,7 +529,7 @@ class Expander {
           if (!extra.empty()) absl::StrAppend(&bt.label, "[", extra, "]");
           if (!extra_k.empty()) absl::StrAppend(&bt.label, "[k:", extra_k, "]");
           if (!extra_v.empty()) absl::StrAppend(&bt.label, "[v:", extra_v, "]");
-          KV_CHECK(add(std::move(bt), items[k]));
+          KV_RETURN_IF_ERROR(add(std::move(bt), items[k]));
         }
       } else {
         return Err(m, path,
@@ -560,11 +542,11 @@ class Expander {
   absl::Status ParseCalibration(const YAML::Node& n) {
     if (!n) return absl::OkStatus();
     if (!n.IsMap()) return Err(n, "calibration", "must be a mapping");
-    KV_CHECK(Keys(n, "calibration", {"path", "windows", "window_len"}));
+    KV_RETURN_IF_ERROR(Keys(n, "calibration", {"path", "windows", "window_len"}));
     if (n["path"]) {
-      KV_ASSIGN(std::string p, Str(n["path"], "calibration.path"));
+      KV_ASSIGN_OR_RETURN(std::string p, Str(n["path"], "calibration.path"));
       calibration_path_ = Resolve(p);
-      KV_CHECK(CheckAllowed(n["path"], "calibration.path", calibration_path_));
+      KV_RETURN_IF_ERROR(CheckAllowed(n["path"], "calibration.path", calibration_path_));
       if (!PathExists(calibration_path_)) {
         return Err(n["path"], "calibration.path",
                    absl::StrCat("'", calibration_path_, "' does not exist"));
@@ -574,10 +556,10 @@ class Expander {
       }
     }
     if (n["windows"]) {
-      KV_ASSIGN(calibration_windows_, Int(n["windows"], "calibration.windows", 1, 1 << 20));
+      KV_ASSIGN_OR_RETURN(calibration_windows_, Int(n["windows"], "calibration.windows", 1, 1 << 20));
     }
     if (n["window_len"]) {
-      KV_ASSIGN(calibration_len_, Int(n["window_len"], "calibration.window_len", 2, 1 << 24));
+      KV_ASSIGN_OR_RETURN(calibration_len_, Int(n["window_len"], "calibration.window_len", 2, 1 << 24));
     }
     return absl::OkStatus();
   }
@@ -589,12 +571,12 @@ class Expander {
       const std::string path = absl::StrCat("exclude[", i, "]");
       const YAML::Node e = n[i];
       if (!e.IsMap() || e.size() == 0) return Err(e, path, "expected a non-empty mapping");
-      KV_CHECK(Keys(e, path, {"model", "task", "method", "family", "kv_heads", "budget", "seed",
+      KV_RETURN_IF_ERROR(Keys(e, path, {"model", "task", "method", "family", "kv_heads", "budget", "seed",
                               "dtype"}));
       ExcludeRule rule;
       for (auto it = e.begin(); it != e.end(); ++it) {
         const std::string k = it->first.Scalar();
-        KV_ASSIGN(std::string v, Str(it->second, absl::StrCat(path, ".", k)));
+        KV_ASSIGN_OR_RETURN(std::string v, Str(it->second, absl::StrCat(path, ".", k)));
         // Names must refer to something in the sweep: a typo would silently exclude nothing.
         if (k == "model" && std::none_of(models_.begin(), models_.end(),
                                          [&](const ModelEntry& m) { return m.name == v; })) {
@@ -609,7 +591,7 @@ class Expander {
           return Err(it->second, path + ".method", absl::StrCat("no method labelled '", v, "'"));
         }
         if (k == "budget") {
-          KV_ASSIGN(double b, Real(it->second, path + ".budget"));
+          KV_ASSIGN_OR_RETURN(double b, Real(it->second, path + ".budget"));
           v = absl::StrCat(b);
         }
         rule.match[k] = v;
@@ -655,7 +637,7 @@ class Expander {
     if (!n.IsSequence()) return Err(n, "constraints", "expected a list of 'a <= b' strings");
     for (size_t i = 0; i < n.size(); ++i) {
       const std::string path = absl::StrCat("constraints[", i, "]");
-      KV_ASSIGN(std::string text, Str(n[i], path));
+      KV_ASSIGN_OR_RETURN(std::string text, Str(n[i], path));
       Constraint c;
       c.text = text;
       size_t pos = std::string::npos;
@@ -670,8 +652,8 @@ class Expander {
         return Err(n[i], path,
                    absl::StrCat("'", text, "': expected '<a> <op> <b>' with op one of <= >= == != < >"));
       }
-      KV_ASSIGN(c.lhs, ParseOperand(text.substr(0, pos), n[i], path));
-      KV_ASSIGN(c.rhs, ParseOperand(text.substr(pos + c.op.size()), n[i], path));
+      KV_ASSIGN_OR_RETURN(c.lhs, ParseOperand(text.substr(0, pos), n[i], path));
+      KV_ASSIGN_OR_RETURN(c.rhs, ParseOperand(text.substr(pos + c.op.size()), n[i], path));
       constraints_.push_back(std::move(c));
     }
     return absl::OkStatus();
@@ -857,7 +839,7 @@ class Expander {
     std::set<std::string> seen;
     for (const Combo& c : combos) {
       bool seeded = false;
-      KV_ASSIGN(auto method, ConcreteMethod(c, &seeded));
+      KV_ASSIGN_OR_RETURN(auto method, ConcreteMethod(c, &seeded));
       if (!Allowed(c, method.second) || Excluded(c, method.first)) {
         ++out->excluded;
         continue;
@@ -918,9 +900,6 @@ class Expander {
     return absl::OkStatus();
   }
 
-#undef KV_CHECK
-#undef KV_ASSIGN
-#undef KV_ASSIGN_I
 
   ExpandOptions o_;
   std::optional<PathPolicy> policy_;

@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   // Shards by file name: the index names them relative to the directory.
   std::map<std::string, std::string> shard_paths;
   for (const std::string& w : files.weights) {
-    shard_paths[w.substr(w.find_last_of('/') + 1)] = w;
+    shard_paths[BaseName(w)] = w;
   }
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> weight_map;

@@ -357,8 +357,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
   };
 
   // BOS/EOS: tokenizer_config.json beside the file, else guessed from well-known tokens.
-  const std::string dir = json_path.substr(0, json_path.find_last_of('/') + 1);
-  const std::string config_path = JoinPath(dir.empty() ? "." : dir, "tokenizer_config.json");
+  const std::string config_path = JoinPath(DirName(json_path), "tokenizer_config.json");
   bool from_config = false;
   if (PathExists(config_path)) {
     KV_ASSIGN_OR_RETURN(json cfg, ReadJsonFile(config_path));
