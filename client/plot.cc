@@ -30,10 +30,13 @@ namespace {
 
 // The method's bits per code: quant and hybrid; `none` is the uncompressed cache, which the
 // ledger counts at 16 bits per element. Rank codes keep 16-bit coefficients of fewer dimensions,
-// so "bits" does not describe them.
+// so "bits" does not describe them. A method with K and V apart (or layer overrides) is placed
+// by its primary spec, the keys' where they are compressed: what the attention diagnostics
+// (the flip rate: keys only) measure.
 std::optional<double> MethodBits(const nlohmann::json& labels) {
-  absl::StatusOr<MethodSpec> m = ParseMethodSpec(LabelText(labels, "method_spec"));
-  if (!m.ok()) return std::nullopt;
+  absl::StatusOr<KvMethod> kv = ParseKvMethod(LabelText(labels, "method_spec"));
+  if (!kv.ok()) return std::nullopt;
+  const MethodSpec* m = &kv->primary();
   switch (m->family) {
     case MethodFamily::kNone:
       return 16;
@@ -159,6 +162,7 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
   plot.x_label = spec.x;
   plot.log_y = spec.log_y;
   size_t no_x = 0, no_y = 0;
+  std::set<std::string> no_x_families;
   std::set<std::string> y_metrics;
   bool any_stderr = false, any_seeds = false;
   // panel -> series -> x -> jobs, all in first-seen order.
@@ -176,7 +180,10 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     const std::optional<double> x = AxisValue(*in, spec.x);
     const std::string metric = ResolveMetric(*in->result, spec.y);
     const std::optional<double> y = MetricValue(*in->result, metric);
-    if (!x) ++no_x;
+    if (!x) {
+      ++no_x;
+      no_x_families.insert(LabelText(in->labels, "family"));
+    }
     if (!y) ++no_y;
     if (!x || !y) continue;
     std::vector<std::string> rest;
@@ -296,9 +303,11 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
   if (any_seeds)
     plot.notes.push_back("points over several seeds: their mean (and mean standard error)");
   if (no_x > 0) {
-    plot.notes.push_back(
-        absl::StrCat("left out: ", Plural(no_x, "result", "results"), " without ", spec.x,
-                     spec.x == "bits" ? " (rank methods have no bits per code)" : ""));
+    plot.notes.push_back(absl::StrCat(
+        "left out: ", Plural(no_x, "result", "results"), " without ", spec.x,
+        spec.x == "bits"
+            ? absl::StrCat(" (", absl::StrJoin(no_x_families, ", "), ": no bits per code)")
+            : ""));
   }
   if (no_y > 0) {
     plot.notes.push_back(

@@ -13,7 +13,8 @@
 //
 // x and y are read like `kvsweep table` reads a metric (MetricValue: task metrics, ledger,
 // timing, attention diagnostics), or from the labels: `budget`, `kv_heads`, `seed`, and `bits`
-// (the method's bits per code: quant and hybrid; `none` at 16; rank has none and is left out).
+// (the method's bits per code: quant and hybrid; `none` at 16; K and V apart: the keys' where
+// they are compressed; rank has none and is left out).
 // y "auto" is ppl for LAMBADA and token_ppl for the perplexity tasks, like the table's.
 #ifndef KVSWEEP_CLIENT_PLOT_H_
 #define KVSWEEP_CLIENT_PLOT_H_

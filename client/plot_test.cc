@@ -302,10 +302,26 @@ TEST(PlotTest, BitsAxisFromTheMethodSpec) {
   EXPECT_EQ(p->panels[0].series[0].points[0].x, 16);  // none: the uncompressed cache
   EXPECT_EQ(p->panels[0].series[1].points[0].x, 2);
   EXPECT_EQ(p->panels[0].series[1].points[1].x, 4);
-  EXPECT_THAT(p->notes,
-              ::testing::Contains(HasSubstr(
-                  "left out: 1 result without bits (rank methods have no bits per code)")));
+  EXPECT_THAT(p->notes, ::testing::Contains(
+                            HasSubstr("left out: 1 result without bits (rank: no bits per code)")));
   EXPECT_THAT(p->notes, ::testing::Contains(HasSubstr("no error bars")));
+}
+
+TEST(PlotTest, BitsOfKAndVApartAreTheKeys) {
+  JobArgs a;
+  a.family = "quant";
+  a.method = "kivi2";
+  a.spec = "k=quant:bits=2,axis=channel,group=32;v=quant:bits=4";
+  std::vector<TableInput> in = {Job(a)};
+  a.method = a.spec = "v=quant:bits=3";  // keys uncompressed: the values' spec
+  in.push_back(Job(a));
+  PlotSpec s;
+  s.x = "bits";
+  absl::StatusOr<Plot> p = BuildPlot(in, s);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->panels[0].series[0].points.size(), 2u);
+  EXPECT_EQ(p->panels[0].series[0].points[0].x, 2);
+  EXPECT_EQ(p->panels[0].series[0].points[1].x, 3);
 }
 
 TEST(PlotTest, FlipRateFromTheDiagnostics) {
