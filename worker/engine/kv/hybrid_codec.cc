@@ -5,7 +5,6 @@
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/codecs.h"
 #include "worker/engine/kv/quantizer.h"
-#include "worker/engine/model.h"
 
 namespace kvsweep::engine {
 namespace {

@@ -22,7 +22,6 @@
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/codecs.h"
 #include "worker/engine/kv/quantizer.h"
-#include "worker/engine/model.h"
 
 namespace kvsweep::engine {
 namespace {

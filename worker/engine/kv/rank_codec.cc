@@ -6,7 +6,6 @@
 // compute dtype (fp32 on CPU), like every "fp16" quantity here, and the ledger counts 16 bits.
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/codecs.h"
-#include "worker/engine/model.h"
 
 namespace kvsweep::engine {
 namespace {
