@@ -17,7 +17,8 @@
 //           joined;
 //   metric "auto": ppl for LAMBADA, token_ppl for the perplexity tasks.
 // Jobs that differ only in `seed` share a cell: their mean, ± the standard deviation across seeds.
-// Formats: md (columns aligned), csv, latex (booktabs), json (with every interval).
+// Formats: md (columns aligned), csv, latex (booktabs), json (with every interval), html (the md
+// table's cells as a <table> fragment with its caption, every text escaped: the dashboard's).
 #ifndef KVSWEEP_CLIENT_TABLE_H_
 #define KVSWEEP_CLIENT_TABLE_H_
 

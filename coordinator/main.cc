@@ -5,11 +5,12 @@
 //       [--worker-token-file F] [--client-token-file F] [--reader-token-file F]
 //       [--lease-ttl-ms 30000] [--retry-base-ms 2000] [--retry-max-ms 300000]
 //       [--max-attempts-default ...] [--quarantine-after 3] [--allow-path DIR]...
-//       [--metrics-listen [HOST:]PORT] [--health-listen HOST:PORT] [--config FILE]
+//       [--metrics-listen [HOST:]PORT] [--health-listen HOST:PORT]
+//       [--http [HOST:]PORT [--http-port-file FILE]] [--config FILE]
 //
 // The deployment settings (--db, --listen, --tls-*, --*token-file, --metrics-listen,
-// --health-listen) also come from KVSWEEP_<FLAG> variables (KVSWEEP_DB, KVSWEEP_TLS_CLIENT_CA,
-// ...) and from --config FILE (`db = "..."`); the command line wins over the environment, which
+// --health-listen, --http) also come from KVSWEEP_<FLAG> variables (KVSWEEP_DB,
+// KVSWEEP_TLS_CLIENT_CA, ...) and from --config FILE (`db = "..."`); the command line wins over the environment, which
 // wins over the file.
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
@@ -95,6 +96,15 @@ int main(int argc, char** argv) {
   WithEnv(app.add_option("--health-listen", o.health_listen,
                          "also serve grpc.health.v1 alone, in plaintext, on this host:port, for "
                          "probes that cannot do TLS (Kubernetes grpc probes). Default: off"));
+  std::string http_port_file;
+  WithEnv(app.add_option("--http", o.http_listen,
+                         "serve the read-only web dashboard (sweeps, progress, jobs, tables, "
+                         "plots, JSON under /api/) at http://HOST:PORT/ (a bare PORT: loopback; "
+                         "port 0 picks one). It has --listen's TLS and tokens (a read token "
+                         "needed when tokens are set); off loopback it needs TLS and a token. "
+                         "Default: off"));
+  app.add_option("--http-port-file", http_port_file,
+                 "write the dashboard's bound port here once serving (tests)");
   app.add_option("--log-tag", log_level, "tag printed on every log line");
   AddConfigFile(&app);
   try {
@@ -124,6 +134,10 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(std::string(server.status().message()));
   if (!port_file.empty()) {
     absl::Status w = WriteFileAtomic(port_file, absl::StrCat((*server)->port(), "\n"));
+    if (!w.ok()) return Fail(std::string(w.message()));
+  }
+  if (!http_port_file.empty() && (*server)->http_port() > 0) {
+    absl::Status w = WriteFileAtomic(http_port_file, absl::StrCat((*server)->http_port(), "\n"));
     if (!w.ok()) return Fail(std::string(w.message()));
   }
   // SIGTERM/SIGINT: stop serving (answer what is in flight, commit), then exit 0.

@@ -103,6 +103,22 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                                                  o.health_listen));
     }
   }
+  if (!o.http_listen.empty()) {
+    DashboardOptions d;
+    d.listen = o.http_listen;
+    d.tls = o.tls;
+    d.tokens = o.tokens;
+    absl::StatusOr<std::unique_ptr<DashboardServer>> dashboard =
+        StartDashboard(d, s->store_.get());
+    if (!dashboard.ok()) {
+      s->server_->Shutdown();
+      if (s->health_server_ != nullptr) s->health_server_->Shutdown();
+      s->scheduler_->Stop();
+      return dashboard.status();
+    }
+    s->dashboard_ = std::move(*dashboard);
+    s->http_port_ = s->dashboard_->port();
+  }
   // The scheduler is running (Start above): ready for workers and clients.
   for (grpc::Server* server : {s->server_.get(), s->health_server_.get()}) {
     if (server == nullptr) continue;
@@ -119,6 +135,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     KV_LOG(INFO) << "kvsweep-coordinator: grpc.health.v1 alone, plaintext, on port "
                  << s->health_port_;
   }
+  if (s->dashboard_ != nullptr) {
+    KV_LOG(INFO) << "kvsweep-coordinator: dashboard at " << s->dashboard_->url()
+                 << (o.tokens.empty() ? "" : " (a token with the read role)");
+  }
   if (s->metrics_ != nullptr) {
     KV_LOG(INFO) << "kvsweep-coordinator: Prometheus metrics on port " << s->metrics_->port()
                  << " (/metrics)";
@@ -130,6 +150,7 @@ CoordinatorServer::~CoordinatorServer() {
   Shutdown();
   server_.reset();
   health_server_.reset();
+  dashboard_.reset();
   metrics_.reset();
   worker_service_.reset();
   sweep_service_.reset();
@@ -149,6 +170,7 @@ void CoordinatorServer::Shutdown() {
     }
   }
   if (sweep_service_) sweep_service_->Shutdown();
+  dashboard_.reset();  // stops serving pages; answers what it is writing
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
   if (scheduler_) scheduler_->Stop();

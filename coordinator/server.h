@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "coordinator/http_dashboard.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/service.h"
@@ -29,6 +30,9 @@ struct CoordinatorOptions {
   // probes that cannot do TLS (Kubernetes' grpc probes) when --listen requires it: this server
   // has no other service, so it bypasses neither TLS nor the tokens.
   std::string health_listen;
+  // The read-only web dashboard (coordinator/http_dashboard.h) on this HOST:PORT (port 0 picks
+  // one), with `tls` and `tokens` as the gRPC listener has them; empty: off.
+  std::string http_listen;
 };
 
 // The services the grpc.health.v1 service reports on (besides "", the whole server): SERVING
@@ -39,7 +43,7 @@ inline constexpr const char* kHealthServiceNames[] = {"", "kvsweep.v1.SweepServi
 class CoordinatorServer {
  public:
   // Opens the store, loads the schedule and starts serving (with grpc.health.v1, server
-  // reflection where gRPC has it, and /metrics when asked). Errors:
+  // reflection where gRPC has it, /metrics and the dashboard when asked). Errors:
   // kFailedPrecondition for a non-loopback address without TLS and tokens, or a database
   // another coordinator holds; kUnavailable if the address cannot be bound; store errors.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(const CoordinatorOptions& o);
@@ -52,6 +56,8 @@ class CoordinatorServer {
   int health_port() const { return health_port_; }
   // The /metrics port; 0 when not serving metrics.
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // The dashboard's port; 0 when off.
+  int http_port() const { return http_port_; }
   // "127.0.0.1:<port>" style address clients can dial.
   std::string address() const { return address_; }
   // Stops accepting calls, answers what is in flight, commits and closes. Idempotent.
@@ -69,9 +75,11 @@ class CoordinatorServer {
   std::unique_ptr<MetricsServer> metrics_;  // observes worker_service_: outlives server_'s calls
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // health_listen: grpc.health.v1 only
+  std::unique_ptr<DashboardServer> dashboard_;    // reads store_: goes before it
   int lock_fd_ = -1;
   int port_ = 0;
   int health_port_ = 0;
+  int http_port_ = 0;
   std::string address_;
   bool shut_down_ = false;
 };

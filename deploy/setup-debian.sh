@@ -14,6 +14,7 @@ pkgs=(
   python3-numpy                              # independent check of the table's bootstrap intervals
   slurm-wlm munge                            # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
   prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
+  libcpp-httplib-dev                         # kvsweep-coordinator --http (the web dashboard)
   chromium fonts-liberation                  # kvsweep plot --png: headless Chromium renders the SVG
   systemd                                    # tests/deploy: systemd-analyze verify/security on deploy/systemd
 )

@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -50,6 +51,24 @@ absl::Status BearerTokens::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The roles and role name of a header value, trying every token. 0 roles: none matched.
+std::pair<int, const char*> MatchToken(const std::string& got, const BearerTokens& tokens) {
+  // Every comparison runs, so the time taken does not tell which role matched.
+  const bool all = SameToken(got, tokens.all);
+  const bool worker = SameToken(got, tokens.worker);
+  const bool client = SameToken(got, tokens.client);
+  const bool reader = SameToken(got, tokens.reader);
+  if (all) return {kAllRoles, "admin"};
+  if (client) return {kRoleSubmit | kRoleRead, "client"};
+  if (worker) return {kRoleWork, "worker"};
+  if (reader) return {kRoleRead, "reader"};
+  return {0, ""};
+}
+
+}  // namespace
+
 absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx,
                                     const BearerTokens& tokens) {
   if (tokens.empty()) return MakeCaller(ctx, kAllRoles, "anonymous");
@@ -59,16 +78,27 @@ absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx,
     return absl::UnauthenticatedError("missing bearer token (authorization metadata)");
   }
   const std::string got(it->second.data(), it->second.size());
-  // Every comparison runs, so the time taken does not tell which role matched.
-  const bool all = SameToken(got, tokens.all);
-  const bool worker = SameToken(got, tokens.worker);
-  const bool client = SameToken(got, tokens.client);
-  const bool reader = SameToken(got, tokens.reader);
-  if (all) return MakeCaller(ctx, kAllRoles, "admin");
-  if (client) return MakeCaller(ctx, kRoleSubmit | kRoleRead, "client");
-  if (worker) return MakeCaller(ctx, kRoleWork, "worker");
-  if (reader) return MakeCaller(ctx, kRoleRead, "reader");
-  return absl::UnauthenticatedError("wrong bearer token");
+  const auto [roles, role] = MatchToken(got, tokens);
+  if (roles == 0) return absl::UnauthenticatedError("wrong bearer token");
+  return MakeCaller(ctx, roles, role);
+}
+
+absl::StatusOr<Caller> AuthenticateHeader(absl::string_view authorization,
+                                          const BearerTokens& tokens, absl::string_view peer) {
+  auto caller = [&](int roles, absl::string_view role) {
+    Caller c;
+    c.roles = roles;
+    c.principal = std::string(role);
+    c.name = absl::StrCat(c.principal, " peer=", peer);
+    return c;
+  };
+  if (tokens.empty()) return caller(kAllRoles, "anonymous");
+  if (authorization.empty()) {
+    return absl::UnauthenticatedError("missing bearer token (Authorization header)");
+  }
+  const auto [roles, role] = MatchToken(std::string(authorization), tokens);
+  if (roles == 0) return absl::UnauthenticatedError("wrong bearer token");
+  return caller(roles, role);
 }
 
 absl::Status Require(const Caller& caller, int role, absl::string_view what) {

@@ -44,6 +44,11 @@ struct Caller {
 // Matches the call's `authorization: Bearer <token>` metadata against `tokens` (constant time
 // per comparison).
 absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx, const BearerTokens& tokens);
+// The same match for an HTTP `Authorization` header's value ("Bearer <token>"; "" when the
+// request has none): for listeners other than gRPC (the coordinator's dashboard). `peer` goes
+// into the caller's name. Errors as Authenticate.
+absl::StatusOr<Caller> AuthenticateHeader(absl::string_view authorization,
+                                          const BearerTokens& tokens, absl::string_view peer);
 // kPermissionDenied unless `caller` has `role`; `what` names the call ("submit sweeps").
 absl::Status Require(const Caller& caller, int role, absl::string_view what);
 
