@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <mutex>
 #include <variant>
 #include <vector>
 
@@ -11,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/mutex.h"
 
 #ifdef KVSWEEP_WITH_PROMETHEUS
 #include "prometheus/collectable.h"
@@ -135,7 +135,7 @@ class PrometheusMetrics final : public MetricsServer {
 
   // Scrape threads only; the worker paths never take refresh_mu_.
   void MaybeRefresh() {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
+    MutexLock lock(&refresh_mu_);
     const auto now = std::chrono::steady_clock::now();
     if (refreshed_ && now - last_refresh_ < std::chrono::seconds(1)) return;
     refreshed_ = true;
@@ -179,10 +179,11 @@ class PrometheusMetrics final : public MetricsServer {
   prometheus::Counter& mutations_;
   prometheus::Counter& results_;
   std::shared_ptr<RefreshingCollectable> collectable_;
-  std::mutex refresh_mu_;
-  bool refreshed_ = false;                               // GUARDED_BY(refresh_mu_)
-  std::chrono::steady_clock::time_point last_refresh_;  // GUARDED_BY(refresh_mu_)
-  int64_t last_commits_ = 0, last_mutations_ = 0;       // GUARDED_BY(refresh_mu_)
+  Mutex refresh_mu_;
+  bool refreshed_ ABSL_GUARDED_BY(refresh_mu_) = false;
+  std::chrono::steady_clock::time_point last_refresh_ ABSL_GUARDED_BY(refresh_mu_);
+  int64_t last_commits_ ABSL_GUARDED_BY(refresh_mu_) = 0;
+  int64_t last_mutations_ ABSL_GUARDED_BY(refresh_mu_) = 0;
   int port_ = 0;
   // Last: destroyed first, so no scrape runs while the rest goes away.
   std::unique_ptr<prometheus::Exposer> exposer_;

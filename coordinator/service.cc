@@ -127,9 +127,9 @@ SweepServiceImpl::SweepServiceImpl(ResultStore* store, Scheduler* scheduler,
 
 void SweepServiceImpl::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     shutdown_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   // Before the scheduler stops: a submission's thread may be enqueueing its jobs.
   submissions_.Shutdown();
@@ -284,9 +284,10 @@ grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRe
     FillStatus(*info, &st);
     if (!writer->Write(st)) return grpc::Status::OK;  // the client went away
     if (st.finished()) return grpc::Status::OK;
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(interval),
-                 [&] { return shutdown_ || ctx->IsCancelled(); });
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval);
+    MutexLock lock(&mu_);
+    while (!shutdown_ && !ctx->IsCancelled() && cv_.WaitUntil(&mu_, until)) {
+    }
     if (shutdown_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator shutting down");
     if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
   }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/latency_histogram.h"
+#include "common/mutex.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/submissions.h"
 #include "rpc/auth.h"
@@ -63,9 +64,9 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   ResultStore* store_;
   Scheduler* scheduler_;
   const ServiceOptions options_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool shutdown_ = false;
+  Mutex mu_;
+  CondVar cv_;  // shutdown_ (Watch streams wait on it between updates)
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   Submissions submissions_;  // last: its threads call Prepare, which uses the members above
 };
 

@@ -30,7 +30,7 @@ Submissions::Submissions(PrepareFn prepare, SubmissionsOptions options)
 Submissions::~Submissions() { Shutdown(); }
 
 int Submissions::running() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return running_;
 }
 
@@ -63,7 +63,7 @@ absl::StatusOr<std::string> Submissions::Start(const v1::SubmitSweepRequest& req
   std::vector<std::thread> to_join;
   absl::StatusOr<std::string> id;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (shutdown_) return absl::UnavailableError("coordinator shutting down");
     to_join = ReapLocked(std::chrono::steady_clock::now());
     for (const auto& [eid, e] : entries_) {
@@ -111,18 +111,18 @@ void Submissions::Run(std::shared_ptr<Entry> entry, v1::SubmitSweepRequest reque
                  << entry->monitor.bytes_hashed.load() / double(1 << 30) << " GiB hashed): "
                  << (answer.ok() ? "ok" : answer.status().ToString());
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   entry->answer = std::move(answer);
   entry->finished = true;
   entry->finished_at = std::chrono::steady_clock::now();
   --running_;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 absl::StatusOr<v1::SubmitSweepResponse> Submissions::Wait(
     const std::string& id, const std::string& owner,
     std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second->owner != owner) {
     return absl::NotFoundError(absl::StrCat(
@@ -133,7 +133,8 @@ absl::StatusOr<v1::SubmitSweepResponse> Submissions::Wait(
         "again; the input hashes computed so far are kept"));
   }
   std::shared_ptr<Entry> e = it->second;
-  cv_.wait_until(lock, deadline, [&] { return e->finished || shutdown_; });
+  while (!e->finished && !shutdown_ && cv_.WaitUntil(&mu_, deadline)) {
+  }
   if (e->finished) {
     if (!e->answer.ok()) return e->answer.status();
     v1::SubmitSweepResponse r = *e->answer;
@@ -158,13 +159,13 @@ absl::StatusOr<v1::SubmitSweepResponse> Submissions::Wait(
 void Submissions::Shutdown() {
   std::vector<std::thread> threads;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     shutdown_ = true;
     for (auto& [id, e] : entries_) {
       e->monitor.cancelled.store(true);
       if (e->thread.joinable()) threads.push_back(std::move(e->thread));
     }
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   for (std::thread& t : threads) t.join();
 }

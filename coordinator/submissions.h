@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/fingerprint.h"
+#include "common/mutex.h"
 #include "kvsweep/v1/coordinator.pb.h"
 
 namespace kvsweep {
@@ -73,7 +74,7 @@ class Submissions {
     HashMonitor monitor;
     std::chrono::steady_clock::time_point started;
     std::chrono::steady_clock::time_point finished_at;
-    bool finished = false;  // guarded by mu_
+    bool finished = false;  // guarded by the Submissions' mu_
     absl::StatusOr<v1::SubmitSweepResponse> answer = v1::SubmitSweepResponse();  // once finished
     std::thread thread;
   };
@@ -81,15 +82,16 @@ class Submissions {
   void Run(std::shared_ptr<Entry> entry, v1::SubmitSweepRequest request);
   // Joins the threads of finished entries and drops those past keep_finished/max_finished.
   // Called with mu_ held; returns the threads to join after unlocking.
-  std::vector<std::thread> ReapLocked(std::chrono::steady_clock::time_point now);
+  std::vector<std::thread> ReapLocked(std::chrono::steady_clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const PrepareFn prepare_;
   const SubmissionsOptions options_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;                            // an entry finished, or shutdown
-  std::map<std::string, std::shared_ptr<Entry>> entries_;  // by id; guarded by mu_
-  int running_ = 0;                                        // guarded by mu_
-  bool shutdown_ = false;                                  // guarded by mu_
+  mutable Mutex mu_;
+  CondVar cv_;  // an entry finished, or shutdown
+  std::map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);  // by id
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace kvsweep

@@ -7,8 +7,8 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include <mutex>
 #include "common/json_util.h"
+#include "common/mutex.h"
 #include "common/status_macros.h"
 #include "storage/result_store.h"
 
@@ -246,7 +246,7 @@ absl::Status DoOp(FakeState& s, TouchWorker& op) {
 class FakeResultStore final : public ResultStore {
  public:
   absl::Status Apply(std::vector<Mutation>& batch) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (Mutation& m : batch) {
       FakeState copy = state_;
       m.status = std::visit([&copy](auto& op) { return DoOp(copy, op); }, m.op);
@@ -256,7 +256,7 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     std::vector<ActiveJob> out;
     for (const auto& [id, j] : state_.jobs) {
       if (IsFinal(j.state)) continue;
@@ -295,12 +295,12 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<SweepInfo> GetSweep(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return Info(name);
   }
 
   absl::StatusOr<std::vector<SweepInfo>> ListSweeps() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     std::vector<SweepInfo> out;
     for (const std::string& n : state_.sweep_order) {
       absl::StatusOr<SweepInfo> i = Info(n);
@@ -312,7 +312,7 @@ class FakeResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(
       const std::string& sweep, const std::vector<JobState>& states) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto sw = state_.sweeps.find(sweep);
     if (sw == state_.sweeps.end()) {
       return absl::NotFoundError(absl::StrCat("no sweep named '", sweep, "'"));
@@ -336,7 +336,7 @@ class FakeResultStore final : public ResultStore {
                       const std::function<bool(const ExportRow&)>& fn) override {
     std::vector<ExportRow> rows;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       auto sw = state_.sweeps.find(sweep);
       if (sw == state_.sweeps.end()) {
         return absl::NotFoundError(absl::StrCat("no sweep named '", sweep, "'"));
@@ -362,7 +362,7 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<std::optional<int64_t>> ResultFence(const std::string& job_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto r = state_.results.find(job_id);
     if (r == state_.results.end()) return std::optional<int64_t>();
     return std::optional<int64_t>(r->second.first);
@@ -370,7 +370,7 @@ class FakeResultStore final : public ResultStore {
 
   absl::StatusOr<std::optional<AttemptLease>> LeaseOfAttempt(const std::string& job_id,
                                                              int64_t fence) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (const FakeAttempt& a : state_.attempts) {
       if (a.job_id == job_id && a.fence == fence) {
         return std::optional<AttemptLease>(AttemptLease{a.lease_id, a.worker_id});
@@ -380,11 +380,11 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::StatusOr<int64_t> CountResults() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return static_cast<int64_t>(state_.results.size());
   }
   absl::StatusOr<int64_t> CountJobs() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return static_cast<int64_t>(state_.jobs.size());
   }
 
@@ -393,7 +393,7 @@ class FakeResultStore final : public ResultStore {
   }
 
   absl::Status IntegrityCheck() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (const auto& [id, j] : state_.jobs) {
       if ((j.state == JobState::kDone) != (state_.results.count(id) > 0)) {
         return absl::DataLossError(absl::StrCat("job ", id, " disagrees with results"));
@@ -403,7 +403,8 @@ class FakeResultStore final : public ResultStore {
   }
 
  private:
-  absl::StatusOr<SweepInfo> Info(const std::string& name) const {
+  absl::StatusOr<SweepInfo> Info(const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto sw = state_.sweeps.find(name);
     if (sw == state_.sweeps.end()) {
       return absl::NotFoundError(absl::StrCat("no sweep named '", name, "'"));
@@ -429,8 +430,8 @@ class FakeResultStore final : public ResultStore {
     return info;
   }
 
-  std::mutex mu_;
-  FakeState state_;
+  Mutex mu_;
+  FakeState state_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
