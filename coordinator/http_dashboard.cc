@@ -771,7 +771,7 @@ td.delta.significant { font-weight: bold; }
 .bar span { display: block; height: 100%; }
 .bar .done { background: #2e8540; } .bar .bad { background: #c62828; }
 .bar .leased { background: #4a90d9; }
-.progress-text { white-space: nowrap; }
+.progress-text, table.sweeps th, table.sweeps td { white-space: nowrap; }
 .tag { background: #888; color: #fff; border-radius: 3px; padding: 1px 6px; font-size: 12px; }
 .state-failed .state, .state-quarantined .state, code.error { color: #b71c1c; }
 .state-leased .state { color: #1f5fbf; font-weight: bold; }
