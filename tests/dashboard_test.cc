@@ -5,6 +5,7 @@
 // PNG of the window's size, and a running sweep's progress advances between two loads. The
 // Chromium part is skipped with a message where there is no Chromium (a failure under CI=true).
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -24,6 +25,7 @@
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "tests/harness.h"
 
@@ -56,7 +58,7 @@ HttpResponse Http(int port, const std::string& path, const std::string& authoriz
     std::string req = absl::StrCat(method, " ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n");
     if (!authorization.empty()) absl::StrAppend(&req, "Authorization: ", authorization, "\r\n");
     absl::StrAppend(&req, "\r\n");
-    if (::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size())) {
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
       char buf[8192];
       ssize_t n;
       while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
@@ -368,6 +370,52 @@ TEST(DashboardTest, TokensAndRoles) {
   EXPECT_EQ(Http(port, "/", "Basic !!!").status, 401);
   EXPECT_EQ(Http(port, "/", absl::StrCat("Basic ", absl::Base64Escape("worker-secret-2"))).status,
             401);  // no colon: no password
+  h.StopCoordinator();
+}
+
+// With the gRPC listener's TLS (deploy/tls/make-certs.sh's certificates, client CA): HTTPS only,
+// a client certificate from the CA required, then the token.
+TEST(DashboardTest, TlsAndClientCertificatesAsTheGrpcListener) {
+  if (std::system("openssl version > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "no openssl CLI (Debian: openssl)";
+  }
+  // A TLS client writing to a connection the server refused must not end the test.
+  ::signal(SIGPIPE, SIG_IGN);
+  Harness h("dashboard_tls");
+  const std::string tls = h.dir() + "/tls";
+  const std::string other = h.dir() + "/other-ca";
+  for (const std::string& d : {tls, other}) {
+    const std::string cmd = absl::StrCat("bash ", KVSWEEP_SOURCE_DIR, "/deploy/tls/make-certs.sh ",
+                                         d, " --coordinator-name 127.0.0.1 > ", d, ".log 2>&1");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadFile(d + ".log").value_or("");
+  }
+  const std::string reader = h.WriteFile("reader.token", "tls-reader-1\n");
+  const int port = StartWithDashboard(
+      h, {"--tls-cert", tls + "/coordinator.crt", "--tls-key", tls + "/coordinator.key",
+          "--tls-client-ca", tls + "/ca.crt", "--reader-token-file", reader});
+  ASSERT_GT(port, 0);
+  auto get = [&](const std::string& cert_dir, const std::string& token) {
+    httplib::SSLClient c("127.0.0.1", port, cert_dir + "/client.crt", cert_dir + "/client.key");
+    c.set_ca_cert_path((tls + "/ca.crt").c_str());
+    c.enable_server_certificate_verification(true);
+    c.set_connection_timeout(10, 0);
+    c.set_read_timeout(30, 0);
+    httplib::Headers headers;
+    if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
+    httplib::Result r = c.Get("/api/sweeps", headers);
+    return r ? r->status : 0;
+  };
+  EXPECT_EQ(get(tls, "tls-reader-1"), 200);
+  EXPECT_EQ(get(tls, ""), 401);
+  EXPECT_EQ(get(other, "tls-reader-1"), 0);  // a certificate from another CA: no handshake
+  EXPECT_EQ(Http(port, "/").status, 0);       // plaintext: no HTTP answer
+  {
+    httplib::SSLClient c("127.0.0.1", port);  // no client certificate
+    c.set_ca_cert_path((tls + "/ca.crt").c_str());
+    c.enable_server_certificate_verification(true);
+    httplib::Result r = c.Get("/");
+    EXPECT_FALSE(r) << r->status;
+  }
   h.StopCoordinator();
 }
 
