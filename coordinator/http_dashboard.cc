@@ -3,8 +3,8 @@
 #include <time.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cctype>
+#include <chrono>
 #include <exception>
 #include <map>
 #include <optional>
@@ -192,7 +192,7 @@ struct JobRow {
 struct Comparison {
   std::string table_html;  // "" when there is no table
   std::optional<json> table_json;
-  std::string plot_svg;    // the standalone document; "" when there is no plot
+  std::string plot_svg;  // the standalone document; "" when there is no plot
   std::vector<std::string> notes;
 };
 
@@ -276,28 +276,26 @@ class Dashboard final : public DashboardServer {
     server_->Get("/api/sweeps", [this](const httplib::Request& req, httplib::Response& res) {
       Index(req, res, /*api=*/true);
     });
-    server_->Get(R"(/sweep/([^/]+))", [this](const httplib::Request& req,
-                                            httplib::Response& res) {
+    server_->Get(R"(/sweep/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
       Sweep(req, res, req.matches[1], Kind::kPage);
     });
-    server_->Get(R"(/sweep/([^/]+)/plot\.svg)", [this](const httplib::Request& req,
-                                                      httplib::Response& res) {
-      Sweep(req, res, req.matches[1], Kind::kPlot);
-    });
-    server_->Get(R"(/api/sweep/([^/]+))", [this](const httplib::Request& req,
-                                                httplib::Response& res) {
-      Sweep(req, res, req.matches[1], Kind::kApi);
-    });
+    server_->Get(R"(/sweep/([^/]+)/plot\.svg)",
+                 [this](const httplib::Request& req, httplib::Response& res) {
+                   Sweep(req, res, req.matches[1], Kind::kPlot);
+                 });
+    server_->Get(R"(/api/sweep/([^/]+))",
+                 [this](const httplib::Request& req, httplib::Response& res) {
+                   Sweep(req, res, req.matches[1], Kind::kApi);
+                 });
     server_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       res.set_content(res.status == 404 ? "not found\n" : absl::StrCat("status ", res.status, "\n"),
                       "text/plain; charset=utf-8");
     });
 
-    port_ = address.port == 0 ? server_->bind_to_any_port(address.host)
-                              : (server_->bind_to_port(address.host, address.port)
-                                     ? address.port
-                                     : -1);
+    port_ = address.port == 0
+                ? server_->bind_to_any_port(address.host)
+                : (server_->bind_to_port(address.host, address.port) ? address.port : -1);
     if (port_ <= 0) {
       return absl::UnavailableError(absl::StrCat("--http: cannot listen on ", address.host_port,
                                                  " (address in use, or not local)"));
@@ -346,9 +344,8 @@ class Dashboard final : public DashboardServer {
         authorization = "Bearer ";  // malformed: matches no token
       }
     }
-    absl::StatusOr<Caller> caller =
-        AuthenticateHeader(authorization, options_.tokens,
-                           absl::StrCat(req.remote_addr, ":", req.remote_port));
+    absl::StatusOr<Caller> caller = AuthenticateHeader(
+        authorization, options_.tokens, absl::StrCat(req.remote_addr, ":", req.remote_port));
     if (!caller.ok()) {
       res.set_header("WWW-Authenticate", "Basic realm=\"kvsweep\", charset=\"UTF-8\"");
       Error(req, res, 401, caller.status().message());
@@ -377,8 +374,9 @@ class Dashboard final : public DashboardServer {
     bool running = false;
     std::string body = "<h1>Sweeps</h1>\n";
     if (sweeps->empty()) {
-      absl::StrAppend(&body, "<p class=\"empty\">No sweeps yet: <code>kvsweep submit "
-                             "SWEEP.yaml</code>.</p>\n");
+      absl::StrAppend(&body,
+                      "<p class=\"empty\">No sweeps yet: <code>kvsweep submit "
+                      "SWEEP.yaml</code>.</p>\n");
     } else {
       absl::StrAppend(&body,
                       "<table class=\"sweeps\">\n<thead><tr><th scope=\"col\">sweep</th>"
@@ -391,17 +389,18 @@ class Dashboard final : public DashboardServer {
                       "(UTC)</th></tr></thead>\n<tbody>\n");
       for (const SweepInfo& s : *sweeps) {
         running = running || !Finished(s);
-        absl::StrAppend(&body, "<tr class=\"sweep\" data-sweep=\"", Esc(s.name),
-                        "\" data-done=\"", s.count(JobState::kDone), "\" data-total=\"", s.total,
+        absl::StrAppend(&body, "<tr class=\"sweep\" data-sweep=\"", Esc(s.name), "\" data-done=\"",
+                        s.count(JobState::kDone), "\" data-total=\"", s.total,
                         "\"><th scope=\"row\"><a href=\"/sweep/", Esc(s.name), Esc(view->query),
-                        "\">", Esc(s.name), "</a>", s.cancelled ? " <span class=\"tag\">cancelled</span>" : "",
-                        "</th><td>", ProgressBar(s), "</td>");
+                        "\">", Esc(s.name), "</a>",
+                        s.cancelled ? " <span class=\"tag\">cancelled</span>" : "", "</th><td>",
+                        ProgressBar(s), "</td>");
         for (JobState st : kStates) {
           absl::StrAppend(&body, "<td class=\"num state-", JobStateName(st), "\">", s.count(st),
                           "</td>");
         }
-        absl::StrAppend(&body, "<td class=\"num\">", s.total, "</td><td>",
-                        FormatMs(s.created_ms), "</td></tr>\n");
+        absl::StrAppend(&body, "<td class=\"num\">", s.total, "</td><td>", FormatMs(s.created_ms),
+                        "</td></tr>\n");
       }
       absl::StrAppend(&body, "</tbody>\n</table>\n");
     }
@@ -411,14 +410,10 @@ class Dashboard final : public DashboardServer {
   static json SweepJson(const SweepInfo& s) {
     json counts = json::object();
     for (JobState st : kStates) counts[JobStateName(st)] = s.count(st);
-    return json{{"name", s.name},
-                {"priority", s.priority},
-                {"created_ms", s.created_ms},
-                {"cancelled", s.cancelled},
-                {"finished", Finished(s)},
-                {"total", s.total},
-                {"counts", counts},
-                {"recent_errors", s.recent_errors}};
+    return json{
+        {"name", s.name},           {"priority", s.priority},          {"created_ms", s.created_ms},
+        {"cancelled", s.cancelled}, {"finished", Finished(s)},         {"total", s.total},
+        {"counts", counts},         {"recent_errors", s.recent_errors}};
   }
 
   // Done (green), failed or quarantined (red), leased (blue) out of the total; the numbers in
@@ -432,7 +427,8 @@ class Dashboard final : public DashboardServer {
     };
     return absl::StrCat(
         "<div class=\"progress\"><div class=\"bar\" role=\"progressbar\" aria-valuemin=\"0\" "
-        "aria-valuemax=\"", s.total, "\" aria-valuenow=\"", done, "\">",
+        "aria-valuemax=\"",
+        s.total, "\" aria-valuenow=\"", done, "\">",
         "<span class=\"done\" style=\"width:", pct(done), "%\"></span>",
         "<span class=\"bad\" style=\"width:", pct(bad), "%\"></span>",
         "<span class=\"leased\" style=\"width:", pct(leased), "%\"></span></div>",
@@ -488,8 +484,8 @@ class Dashboard final : public DashboardServer {
       j["jobs"] = job_list;
       j["jobs_shown"] = shown;
       j["table"] = cmp->table_json ? *cmp->table_json : json(nullptr);
-      j["plot"] = cmp->plot_svg.empty() ? json(nullptr)
-                                        : json(absl::StrCat("/sweep/", name, "/plot.svg"));
+      j["plot"] =
+          cmp->plot_svg.empty() ? json(nullptr) : json(absl::StrCat("/sweep/", name, "/plot.svg"));
       j["notes"] = cmp->notes;
       res.set_content(Dump(j), "application/json; charset=utf-8");
       return;
@@ -505,7 +501,8 @@ class Dashboard final : public DashboardServer {
     for (JobRow& j : *jobs) by_id[j.job_id] = &j;
     const std::string of_sweep = absl::StrCat(
         "JOIN sweep_jobs sj ON sj.job_id = j.job_id JOIN sweeps s ON s.sweep_id = sj.sweep_id "
-        "WHERE s.name = '", sweep, "'");
+        "WHERE s.name = '",
+        sweep, "'");
     absl::StatusOr<QueryResult> counts = store_->Query(
         absl::StrCat("SELECT j.job_id, j.attempts, j.max_attempts FROM jobs j ", of_sweep),
         static_cast<int>(jobs->size()) + 1, kQueryTimeoutMs);
@@ -591,8 +588,8 @@ class Dashboard final : public DashboardServer {
       absl::StatusOr<Table> table = BuildTable(inputs, spec);
       if (!table.ok() && has_none) {
         // A row without its `none` cell yet (a running sweep): the values, without differences.
-        cmp->notes.push_back(absl::StrCat("differences from none not shown: ",
-                                          table.status().message()));
+        cmp->notes.push_back(
+            absl::StrCat("differences from none not shown: ", table.status().message()));
         spec.delta.clear();
         table = BuildTable(inputs, spec);
       }
@@ -631,13 +628,12 @@ class Dashboard final : public DashboardServer {
   std::string SweepPage(const SweepInfo& info, const std::vector<JobRow>& jobs, size_t shown,
                         const Comparison& cmp, const View& view) {
     const std::string name = Esc(info.name);
-    std::string b = absl::StrCat("<p class=\"crumbs\"><a href=\"/", Esc(view.query),
-                                 "\">sweeps</a> / ", name, "</p>\n<h1>", name,
-                                 info.cancelled ? " <span class=\"tag\">cancelled</span>" : "",
-                                 "</h1>\n<section class=\"summary\" data-sweep=\"", name,
-                                 "\" data-done=\"", info.count(JobState::kDone),
-                                 "\" data-total=\"", info.total, "\">\n", ProgressBar(info),
-                                 "\n<table class=\"counts\"><tr>");
+    std::string b = absl::StrCat(
+        "<p class=\"crumbs\"><a href=\"/", Esc(view.query), "\">sweeps</a> / ", name, "</p>\n<h1>",
+        name, info.cancelled ? " <span class=\"tag\">cancelled</span>" : "",
+        "</h1>\n<section class=\"summary\" data-sweep=\"", name, "\" data-done=\"",
+        info.count(JobState::kDone), "\" data-total=\"", info.total, "\">\n", ProgressBar(info),
+        "\n<table class=\"counts\"><tr>");
     for (JobState st : kStates) {
       absl::StrAppend(&b, "<th scope=\"col\">", JobStateName(st), "</th>");
     }
@@ -658,16 +654,16 @@ class Dashboard final : public DashboardServer {
       absl::StrAppend(&b, "</ul>\n");
     }
     absl::StrAppend(&b, "<h2>Results</h2>\n");
-    if (!cmp.table_html.empty()) absl::StrAppend(&b, "<div class=\"table-wrap\">", cmp.table_html,
-                                                 "</div>\n");
+    if (!cmp.table_html.empty())
+      absl::StrAppend(&b, "<div class=\"table-wrap\">", cmp.table_html, "</div>\n");
     if (!cmp.plot_svg.empty()) {
       std::string svg = cmp.plot_svg;
       if (absl::StartsWith(svg, "<?xml")) svg = svg.substr(svg.find('\n') + 1);
       absl::StrAppend(&b, "<figure class=\"plot\">", svg,
                       "<figcaption>kvsweep plot: the metric against the storage fraction, one "
                       "line per method family; error bars: ± one stored standard error. "
-                      "<a href=\"/sweep/", name, "/plot.svg", Esc(view.query),
-                      "\">SVG</a>.</figcaption></figure>\n");
+                      "<a href=\"/sweep/",
+                      name, "/plot.svg", Esc(view.query), "\">SVG</a>.</figcaption></figure>\n");
     }
     if (!cmp.notes.empty()) {
       absl::StrAppend(&b, "<ul class=\"notes\">\n");
@@ -718,8 +714,9 @@ class Dashboard final : public DashboardServer {
         for (const AttemptRow& a : j.attempt_rows) {
           absl::StrAppend(&b, "<tr><td class=\"num\">", a.fence, "</td><td>", Esc(a.worker),
                           "</td><td>", FormatMs(a.started_ms), "</td><td>",
-                          a.ended_ms > 0 ? absl::StrFormat("%.1f s", (a.ended_ms - a.started_ms) / 1000.0)
-                                         : std::string(),
+                          a.ended_ms > 0
+                              ? absl::StrFormat("%.1f s", (a.ended_ms - a.started_ms) / 1000.0)
+                              : std::string(),
                           "</td><td>", Esc(a.outcome), "</td><td>",
                           Esc(Truncate(a.error, kMaxErrorChars)), "</td></tr>");
         }
@@ -738,7 +735,8 @@ class Dashboard final : public DashboardServer {
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
         refresh > 0 ? absl::StrCat("<meta http-equiv=\"refresh\" content=\"", refresh, "\">\n")
                     : "",
-        "<title>kvsweep: ", Esc(title), "</title>\n<style>\n", kCss, "</style>\n</head>\n<body>\n"
+        "<title>kvsweep: ", Esc(title), "</title>\n<style>\n", kCss,
+        "</style>\n</head>\n<body>\n"
         "<header><a class=\"brand\" href=\"/\">kvsweep</a> <span>coordinator dashboard "
         "(read-only)</span></header>\n<main>\n",
         body, "</main>\n<footer>Rendered ", NowText(),
@@ -802,8 +800,8 @@ absl::StatusOr<std::unique_ptr<DashboardServer>> StartDashboard(const DashboardO
   if (!loopback.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--http: ", loopback.status().message()));
   }
-  if (!*loopback && (options.tls.cert.empty() || options.tls.key.empty() ||
-                     options.tokens.empty())) {
+  if (!*loopback &&
+      (options.tls.cert.empty() || options.tls.key.empty() || options.tokens.empty())) {
     return absl::FailedPreconditionError(absl::StrCat(
         "--http: refusing to serve the dashboard on non-loopback address ", options.listen,
         " without TLS and a bearer token (pass --tls-cert, --tls-key and --token-file)"));

@@ -12,7 +12,8 @@
 //
 // Query parameters, bounded (400 beyond the bounds): jobs=N (jobs listed, 1..2000, default 200),
 // metric=NAME (the table's and the plot's metric, [A-Za-z0-9_]{1,64}, default auto),
-// log_y=0|1 (the plot's y axis; default log where every value is positive), refresh=S (0 or 2..3600 seconds, default 5).
+// log_y=0|1 (the plot's y axis; default log where every value is positive), refresh=S (0 or 2..3600
+// seconds, default 5).
 //
 // Pages are rendered on the server, with no JavaScript (the Content-Security-Policy forbids
 // scripts): tables and bars read the same with JavaScript off. While a sweep on the page is
@@ -45,8 +46,8 @@
 namespace kvsweep {
 
 struct DashboardOptions {
-  std::string listen;  // HOST:PORT, [V6]:PORT or a bare PORT (then 127.0.0.1); port 0 picks one
-  TlsFiles tls;        // the gRPC listener's: cert + key (HTTPS), ca (client certificates)
+  std::string listen;   // HOST:PORT, [V6]:PORT or a bare PORT (then 127.0.0.1); port 0 picks one
+  TlsFiles tls;         // the gRPC listener's: cert + key (HTTPS), ca (client certificates)
   BearerTokens tokens;  // empty: every caller may read (the loopback default)
   int threads = 2;      // requests served at once
 };

@@ -5,8 +5,8 @@
 // PNG of the window's size, and a running sweep's progress advances between two loads. The
 // Chromium part is skipped with a message where there is no Chromium (a failure under CI=true).
 #include <arpa/inet.h>
-#include <signal.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,11 +88,13 @@ int StartWithDashboard(Harness& h, std::vector<std::string> extra = {}) {
   flags.extra.insert(flags.extra.end(), extra.begin(), extra.end());
   h.StartCoordinator(flags);
   int port = 0;
-  WaitUntil([&] { return absl::SimpleAtoi(absl::StripAsciiWhitespace(
-                                              ReadFile(port_file).value_or("")),
-                                          &port) &&
-                         port > 0; },
-            std::chrono::seconds(10));
+  WaitUntil(
+      [&] {
+        return absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(port_file).value_or("")),
+                                &port) &&
+               port > 0;
+      },
+      std::chrono::seconds(10));
   return port;
 }
 
@@ -105,9 +107,11 @@ std::string EscapingSweepYaml(const Harness& h) {
   const std::string a = assets != nullptr ? assets : "../shared/assets";
   return absl::StrCat("name: dash\nmodels:\n  - name: ref-llama\n    path: ", a,
                       "/models/ref-llama\ntasks:\n  - name: lambada\n    task: lambada_openai\n"
-                      "    data: ", a, "/data/lambada_openai/lambada_test.jsonl\n    limit: 3\n"
-                      "methods:\n  - none\n  - {spec: \"quant:bits=4\", label: '", kEvilLabel,
-                      "'}\n  - quant:bits=2\n");
+                      "    data: ",
+                      a,
+                      "/data/lambada_openai/lambada_test.jsonl\n    limit: 3\n"
+                      "methods:\n  - none\n  - {spec: \"quant:bits=4\", label: '",
+                      kEvilLabel, "'}\n  - quant:bits=2\n");
 }
 
 bool ChromiumRequired() {
@@ -127,14 +131,19 @@ std::optional<std::string> Chromium(const std::string& chromium, const std::stri
   const std::string profile = JoinPath(dir, absl::StrCat("chromium-profile-", k));
   if (js_off) {
     std::filesystem::create_directories(JoinPath(profile, "Default"));
-    EXPECT_TRUE(WriteFileAtomic(JoinPath(profile, "Default/Preferences"),
-                                R"({"profile":{"default_content_setting_values":{"javascript":2}}})")
-                    .ok());
+    EXPECT_TRUE(
+        WriteFileAtomic(JoinPath(profile, "Default/Preferences"),
+                        R"({"profile":{"default_content_setting_values":{"javascript":2}}})")
+            .ok());
   }
   const std::string out = JoinPath(dir, absl::StrCat("chromium-", k, ".out"));
   const std::string err = JoinPath(dir, absl::StrCat("chromium-", k, ".err"));
-  std::vector<std::string> argv = {chromium, "--headless", "--disable-gpu", "--no-sandbox",
-                                   "--disable-dev-shm-usage", "--hide-scrollbars",
+  std::vector<std::string> argv = {chromium,
+                                   "--headless",
+                                   "--disable-gpu",
+                                   "--no-sandbox",
+                                   "--disable-dev-shm-usage",
+                                   "--hide-scrollbars",
                                    absl::StrCat("--user-data-dir=", profile)};
   argv.insert(argv.end(), args.begin(), args.end());
   argv.push_back(url);
@@ -150,7 +159,8 @@ std::optional<std::string> Chromium(const std::string& chromium, const std::stri
   std::optional<int> st = (*p)->Wait(std::chrono::seconds(120));
   if (!st || !WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
     ADD_FAILURE() << "chromium " << url << ": " << (st ? DescribeWaitStatus(*st) : "timed out")
-                  << "\n" << ReadFile(err).value_or("");
+                  << "\n"
+                  << ReadFile(err).value_or("");
     return std::nullopt;
   }
   return ReadFile(out).value_or("");
@@ -159,8 +169,8 @@ std::optional<std::string> Chromium(const std::string& chromium, const std::stri
 // data-done of the sweep's row on the index page; -1 if absent.
 int DoneOnIndex(const std::string& html, const std::string& sweep) {
   std::smatch m;
-  if (!std::regex_search(html, m, std::regex(absl::StrCat("data-sweep=\"", sweep,
-                                                          "\" data-done=\"(\\d+)\"")))) {
+  if (!std::regex_search(
+          html, m, std::regex(absl::StrCat("data-sweep=\"", sweep, "\" data-done=\"(\\d+)\"")))) {
     return -1;
   }
   return std::stoi(m[1]);
@@ -265,9 +275,10 @@ TEST(DashboardTest, PagesJsonEscapingAndBounds) {
                     "checks are skipped";
   }
   // The JavaScript-off profile does block scripts: a page whose script marks its body.
-  const std::string marker = h.WriteFile(
-      "js.html", "<html><body><script>document.body.setAttribute('data-js', 'ran')</script>"
-                 "</body></html>");
+  const std::string marker =
+      h.WriteFile("js.html",
+                  "<html><body><script>document.body.setAttribute('data-js', 'ran')</script>"
+                  "</body></html>");
   EXPECT_THAT(Chromium(chromium, h.dir(), "file://" + marker, {"--dump-dom"}).value_or(""),
               HasSubstr("data-js=\"ran\""));
   EXPECT_THAT(Chromium(chromium, h.dir(), "file://" + marker, {"--dump-dom"}, true).value_or("?"),
@@ -363,9 +374,9 @@ TEST(DashboardTest, TokensAndRoles) {
   EXPECT_EQ(Http(port, "/", "Bearer reader-secret-1").status, 200);
   EXPECT_EQ(Http(port, "/api/sweeps", "Bearer client-secret-3").status, 200);
   // HTTP Basic, the token as the password (what a browser sends once asked).
-  EXPECT_EQ(Http(port, "/", absl::StrCat("Basic ", absl::Base64Escape("me:reader-secret-1")))
-                .status,
-            200);
+  EXPECT_EQ(
+      Http(port, "/", absl::StrCat("Basic ", absl::Base64Escape("me:reader-secret-1"))).status,
+      200);
   EXPECT_EQ(Http(port, "/", absl::StrCat("Basic ", absl::Base64Escape("me:wrong"))).status, 401);
   EXPECT_EQ(Http(port, "/", "Basic !!!").status, 401);
   EXPECT_EQ(Http(port, "/", absl::StrCat("Basic ", absl::Base64Escape("worker-secret-2"))).status,
@@ -408,7 +419,7 @@ TEST(DashboardTest, TlsAndClientCertificatesAsTheGrpcListener) {
   EXPECT_EQ(get(tls, "tls-reader-1"), 200);
   EXPECT_EQ(get(tls, ""), 401);
   EXPECT_EQ(get(other, "tls-reader-1"), 0);  // a certificate from another CA: no handshake
-  EXPECT_EQ(Http(port, "/").status, 0);       // plaintext: no HTTP answer
+  EXPECT_EQ(Http(port, "/").status, 0);      // plaintext: no HTTP answer
   {
     httplib::SSLClient c("127.0.0.1", port);  // no client certificate
     c.set_ca_cert_path((tls + "/ca.crt").c_str());
