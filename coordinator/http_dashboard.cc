@@ -6,6 +6,7 @@
 #include <cctype>
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <map>
 #include <optional>
 #include <thread>
@@ -183,14 +184,17 @@ struct JobRow {
   json labels;
   JobState state = JobState::kQueued;
   std::string last_error;
-  std::optional<json> result;
+  std::string result_text;               // the result object's JSON; "" unless done
+  std::optional<double> value;           // the view's metric in the result (from the Comparison)
   int attempts = -1, max_attempts = -1;  // -1: unknown (a store without SQL)
   std::vector<AttemptRow> attempt_rows;
 };
 
-// The comparison table and plot, built once per sweep, view and count of finished jobs.
+// The comparison table and plot, built once per sweep, view, set of jobs and count of finished
+// jobs (results are only ever added), with the metric of each job that has it.
 struct Comparison {
-  std::string table_html;  // "" when there is no table
+  std::map<std::string, double> values;  // job id -> the view's metric
+  std::string table_html;                // "" when there is no table
   std::optional<json> table_json;
   std::string plot_svg;  // the standalone document; "" when there is no plot
   std::vector<std::string> notes;
@@ -451,7 +455,7 @@ class Dashboard final : public DashboardServer {
                    info.status().message());
     }
     std::vector<JobRow> jobs;
-    absl::Status inner;
+    size_t ids_hash = 0;
     absl::Status exported = store_->Export(name, false, [&](const ExportRow& r) {
       JobRow j;
       j.job_id = r.job_id;
@@ -459,15 +463,18 @@ class Dashboard final : public DashboardServer {
       j.last_error = r.last_error;
       j.labels = json::parse(r.labels_json, nullptr, /*allow_exceptions=*/false);
       if (j.labels.is_discarded() || !j.labels.is_object()) j.labels = json::object();
-      if (!r.result_json.empty()) {
-        json result = json::parse(r.result_json, nullptr, /*allow_exceptions=*/false);
-        if (!result.is_discarded()) j.result = std::move(result);
-      }
+      j.result_text = r.result_json;  // parsed only when the comparison is not cached
+      ids_hash = ids_hash * 1000003u ^ std::hash<std::string>()(r.job_id);
       jobs.push_back(std::move(j));
       return true;
     });
     if (!exported.ok()) return Error(req, res, 503, exported.message());
-    const std::shared_ptr<const Comparison> cmp = Compare(*info, jobs, *view);
+    const std::shared_ptr<const Comparison> cmp = Compare(*info, jobs, ids_hash, *view);
+    for (JobRow& j : jobs) {
+      auto it = cmp->values.find(j.job_id);
+      if (it != cmp->values.end()) j.value = it->second;
+      std::string().swap(j.result_text);
+    }
     if (kind == Kind::kPlot) {
       if (cmp->plot_svg.empty()) {
         return Error(req, res, 404, absl::StrJoin(cmp->notes, "; "));
@@ -552,18 +559,15 @@ class Dashboard final : public DashboardServer {
              {"attempts", j.attempts >= 0 ? json(j.attempts) : json(nullptr)},
              {"max_attempts", j.max_attempts >= 0 ? json(j.max_attempts) : json(nullptr)},
              {"attempt_history", attempts}};
-    if (j.result) {
-      std::optional<double> v = MetricValue(*j.result, view.metric);
-      out["value"] = v ? json(*v) : json(nullptr);
-    }
+    if (j.state == JobState::kDone) out["value"] = j.value ? json(*j.value) : json(nullptr);
     return out;
   }
 
   std::shared_ptr<const Comparison> Compare(const SweepInfo& info, const std::vector<JobRow>& jobs,
-                                            const View& view) {
-    const std::string key =
-        absl::StrCat(info.name, "\n", view.metric, "\n", view.log_y ? (*view.log_y ? 1 : 0) : 2,
-                     "\n", info.total, "\n", info.count(JobState::kDone), "\n", jobs.size());
+                                            size_t ids_hash, const View& view) {
+    const std::string key = absl::StrCat(
+        info.name, "\n", view.metric, "\n", view.log_y ? (*view.log_y ? 1 : 0) : 2, "\n",
+        info.total, "\n", info.count(JobState::kDone), "\n", jobs.size(), "\n", ids_hash);
     {
       MutexLock lock(&cache_mu_);
       auto it = cache_.find(key);
@@ -573,9 +577,17 @@ class Dashboard final : public DashboardServer {
     std::vector<TableInput> inputs;
     bool has_none = false, any_result = false;
     for (const JobRow& j : jobs) {
-      inputs.push_back({j.labels, j.result});
+      std::optional<json> result;
+      if (!j.result_text.empty()) {
+        json r = json::parse(j.result_text, nullptr, /*allow_exceptions=*/false);
+        if (!r.is_discarded()) {
+          if (std::optional<double> v = MetricValue(r, view.metric)) cmp->values[j.job_id] = *v;
+          result = std::move(r);
+        }
+      }
       has_none = has_none || LabelText(j.labels, "method") == "none";
-      any_result = any_result || j.result.has_value();
+      any_result = any_result || result.has_value();
+      inputs.push_back({j.labels, std::move(result)});
     }
     if (!any_result) {
       cmp->notes.push_back("no results yet");
@@ -687,11 +699,7 @@ class Dashboard final : public DashboardServer {
     for (size_t i = 0; i < shown; ++i) {
       const JobRow& j = jobs[i];
       std::string value;
-      if (j.result) {
-        if (std::optional<double> v = MetricValue(*j.result, view.metric)) {
-          value = absl::StrFormat("%.6g", *v);
-        }
-      }
+      if (j.value) value = absl::StrFormat("%.6g", *j.value);
       absl::StrAppend(
           &b, "<tr class=\"job state-", JobStateName(j.state), "\"><td><code title=\"",
           Esc(j.job_id), "\">", Esc(j.job_id.substr(0, 12)), "</code></td><td>",

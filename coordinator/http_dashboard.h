@@ -30,8 +30,9 @@
 // dashboard shows no lease key either).
 //
 // Cost: each request reads the store's read and query connections; tables and plots (paired
-// bootstrap intervals) are built once per sweep, metric and count of finished jobs, and kept
-// for the next request. Requests are served by two threads.
+// bootstrap intervals) are built once per sweep, view, set of jobs and count of finished jobs,
+// and kept (with each job's metric) for the next request, which then parses no result object.
+// Requests are served by two threads.
 #ifndef KVSWEEP_COORDINATOR_HTTP_DASHBOARD_H_
 #define KVSWEEP_COORDINATOR_HTTP_DASHBOARD_H_
 

@@ -330,6 +330,17 @@ TEST(DashboardTest, RunningSweepProgressAdvancesBetweenLoads) {
   EXPECT_EQ(DoneOnIndex(first, "prog"), 0) << first;
   EXPECT_THAT(first, HasSubstr("http-equiv=\"refresh\" content=\"5\""));
   EXPECT_THAT(Http(port, "/sweep/prog").body, HasSubstr("http-equiv=\"refresh\""));
+  // Jobs with a value in the JSON (a sweep's table, plot and values are cached until its count
+  // of finished jobs changes).
+  auto valued = [&] {
+    const nlohmann::json sweep = nlohmann::json::parse(Http(port, "/api/sweep/prog").body);
+    int n = 0;
+    for (const nlohmann::json& job : sweep["jobs"]) {
+      n += job.contains("value") && job["value"].is_number();
+    }
+    return n;
+  };
+  EXPECT_EQ(valued(), 0);
 
   h.StartWorker(Fake(/*sleep_ms=*/300));
   ASSERT_TRUE(WaitUntil([&] { return h.Sweep("prog").count(JobState::kDone) >= 1; },
@@ -338,11 +349,13 @@ TEST(DashboardTest, RunningSweepProgressAdvancesBetweenLoads) {
   const int done = DoneOnIndex(second, "prog");
   EXPECT_GE(done, 1) << second;
   EXPECT_LE(done, kJobs);
+  EXPECT_GE(valued(), 1);
 
   ASSERT_TRUE(h.WaitFinished("prog", std::chrono::seconds(120)));
   const std::string last = load();
   EXPECT_EQ(DoneOnIndex(last, "prog"), kJobs) << last;
   EXPECT_THAT(last, Not(HasSubstr("http-equiv=\"refresh\"")));
+  EXPECT_EQ(valued(), kJobs);
   h.CheckInvariants("prog");
   if (chromium.empty()) {
     if (ChromiumRequired()) FAIL() << "CI=true but no chromium: deploy/setup-debian.sh installs it";
