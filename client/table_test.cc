@@ -71,6 +71,24 @@ TEST(TableTest, LatexAndJson) {
   EXPECT_EQ(FormatTable(*t, "xlsx").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TableTest, HtmlHasTheMdCellsEscaped) {
+  std::vector<TableInput> in = {In("llama", "none", 2, 100),
+                                In("llama", "<b>\"q&a'</b>", 2, 101.5)};
+  TableSpec spec;
+  spec.delta = "none";
+  auto t = BuildTable(in, spec);
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string html = *FormatTable(*t, "html");
+  EXPECT_THAT(html, HasSubstr("<table class=\"comparison\">"));
+  EXPECT_THAT(html, HasSubstr("<th scope=\"col\">model \\ method</th>"));
+  EXPECT_THAT(html, HasSubstr("<th scope=\"col\">&lt;b&gt;&quot;q&amp;a&#39;&lt;/b&gt;</th>"));
+  EXPECT_THAT(html, HasSubstr("<th scope=\"row\">llama</th><td class=\"value\">100</td>"
+                              "<td class=\"delta\">+1.5</td>"));
+  // The caption, a line per note.
+  EXPECT_THAT(html, HasSubstr("<p class=\"caption\">ppl (difference from none)<br>no interval "));
+  EXPECT_EQ(html.find("<b>"), std::string::npos);
+}
+
 TEST(TableTest, AmbiguousCellsNameTheDifferingLabel) {
   std::vector<TableInput> in = Inputs();
   in.push_back(In("llama", "none", 1, 120));

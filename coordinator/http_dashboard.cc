@@ -248,9 +248,11 @@ class Dashboard final : public DashboardServer {
     const int threads = std::max(1, options_.threads);
     server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     server_->set_payload_max_length(4096);  // GET only: no request has a body
-    server_->set_read_timeout(10, 0);
+    // A page is one request (styles and the plot are inline): no keep-alive, so that an idle
+    // browser connection does not hold one of the few threads.
+    server_->set_read_timeout(5, 0);
     server_->set_write_timeout(30, 0);
-    server_->set_keep_alive_max_count(20);
+    server_->set_keep_alive_max_count(1);
     server_->set_default_headers({
         {"Content-Security-Policy",
          "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "

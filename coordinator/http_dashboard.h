@@ -32,7 +32,7 @@
 // Cost: each request reads the store's read and query connections; tables and plots (paired
 // bootstrap intervals) are built once per sweep, view, set of jobs and count of finished jobs,
 // and kept (with each job's metric) for the next request, which then parses no result object.
-// Requests are served by two threads.
+// Requests are served by four threads, one request per connection.
 #ifndef KVSWEEP_COORDINATOR_HTTP_DASHBOARD_H_
 #define KVSWEEP_COORDINATOR_HTTP_DASHBOARD_H_
 
@@ -50,7 +50,7 @@ struct DashboardOptions {
   std::string listen;   // HOST:PORT, [V6]:PORT or a bare PORT (then 127.0.0.1); port 0 picks one
   TlsFiles tls;         // the gRPC listener's: cert + key (HTTPS), ca (client certificates)
   BearerTokens tokens;  // empty: every caller may read (the loopback default)
-  int threads = 2;      // requests served at once
+  int threads = 4;      // requests served at once
 };
 
 class DashboardServer {
