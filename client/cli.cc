@@ -589,13 +589,15 @@ int ReportCmd(Globals& g, const std::string& db, const std::string& sweep,
     quality.y = "auto";
     quality.log_y = true;
     quality.title = "quality against storage (payload fraction)";
+    quality.series = "method";  // one line per method: bases and variants share budgets
     PlotSpec flips;
     flips.x = "bits";
     flips.y = "flip_rate";
     flips.title = "top-1 flip rate against bits per code";
+    flips.series = "method";
     for (const Figure& f : {Figure{"-quality.svg", quality,
                                    "Perplexity (log scale) against the payload fraction of the "
-                                   "cache, one line per method family, one panel per model and "
+                                   "cache, one line per method, one panel per model and "
                                    "task; error bars: ± one stored standard error."},
                             Figure{"-flips.svg", flips,
                                    "Top-1 flip rate (attention diagnostics, mean over layers) "
@@ -821,6 +823,8 @@ int RunKvsweep(int argc, char** argv) {
       ->check(CLI::Range(100, 100000))
       ->capture_default_str();
   report->add_option("--seed", report_opts.seed, "bootstrap seed")->capture_default_str();
+  report->add_option("--note", report_opts.note,
+                     "Markdown shown under the title (how the page was made, the machine)");
   report->add_option("--db", db, "read this database file instead of asking the coordinator");
 
   CLI::App* query = app.add_subcommand("query", "run read-only SQL on the result database");

@@ -67,9 +67,16 @@ std::optional<Job> Classify(const TableInput& in) {
   j.model = Label(in.labels, "model");
   j.task = Label(in.labels, "task");
   j.label = Label(in.labels, "method");
+  // Stored results carry no spec: the canonical method is the `method_spec` label, the task
+  // the key of the result's metrics object (eval's own output has a spec: used when present).
   const nlohmann::json spec = r.value("spec", nlohmann::json::object());
-  j.task_kind = spec.is_object() ? spec.value("task", "") : "";
-  j.method = spec.is_object() ? spec.value("method", "") : "";
+  j.method = Label(in.labels, "method_spec");
+  if (j.method.empty() && spec.is_object()) j.method = spec.value("method", "");
+  if (auto m = r.find("metrics"); m != r.end() && m->is_object() && !m->empty()) {
+    j.task_kind = m->begin().key();
+  } else if (spec.is_object()) {
+    j.task_kind = spec.value("task", "");
+  }
   const nlohmann::json ledger = r.value("ledger", nlohmann::json::object());
   if (!ledger.is_object() || !ledger.contains("fraction_payload") || j.method.empty()) {
     return std::nullopt;
@@ -217,7 +224,7 @@ Verdict Claim::overall() const {
 }
 
 std::string Claim::Summary() const {
-  if (checks.empty()) return absl::StrCat("cannot tell: ", missing);
+  if (checks.empty()) return absl::StrCat("no check: the sweep needs ", missing);
   int n[3] = {0, 0, 0};
   for (const ClaimCheck& c : checks) ++n[static_cast<int>(c.verdict)];
   std::vector<std::string> parts;
@@ -226,8 +233,7 @@ std::string Claim::Summary() const {
       parts.push_back(absl::StrCat(VerdictName(v), " in ", n[static_cast<int>(v)]));
     }
   }
-  return absl::StrCat(VerdictName(overall()), " (", absl::StrJoin(parts, ", "), " of ",
-                      checks.size(), " checks)");
+  return absl::StrCat(absl::StrJoin(parts, ", "), " of ", checks.size(), " checks");
 }
 
 absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<TableInput>& inputs,
@@ -545,7 +551,7 @@ std::string RenderReportMarkdown(const Report& r, const ReportOptions& o,
   };
   std::string out = absl::StrCat(
       "# ", r.sweep, ": the claims of \"Quantization Dominates Rank Reduction for KV-Cache "
-      "Compression\"\n\n",
+      "Compression\"\n\n", o.note.empty() ? "" : o.note + "\n\n",
       "Each claim of the study (Salfati, arXiv 2604.11501), checked against this sweep's results. "
       "Intervals are ", absl::StrFormat("%g", o.level * 100), "% paired percentile bootstraps (",
       o.resamples, " resamples, seed ", o.seed,
@@ -556,8 +562,8 @@ std::string RenderReportMarkdown(const Report& r, const ReportOptions& o,
       r.jobs_used, " of ", r.jobs, " jobs used (", r.jobs_with_results, " with results).\n\n",
       "| claim | verdict |\n| --- | --- |\n");
   for (const Claim& c : r.claims) {
-    absl::StrAppend(&out, "| ", cell(c.statement), " | **", VerdictName(c.overall()), "**: ",
-                    cell(c.Summary()), " |\n");
+    absl::StrAppend(&out, "| ", cell(c.statement), " | **", VerdictName(c.overall()), "** (",
+                    cell(c.Summary()), ") |\n");
   }
   for (const Claim& c : r.claims) {
     absl::StrAppend(&out, "\n## ", c.id, ": ", VerdictName(c.overall()), "\n\n", c.statement,

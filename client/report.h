@@ -47,13 +47,15 @@ struct Claim {
   std::string missing;    // non-empty when no check could be made: which jobs it needs
   // holds if every check holds, does not hold if every check does not, else cannot tell.
   Verdict overall() const;
-  std::string Summary() const;  // "holds in 3 of 4 checks; does not hold in 1"
+  // "holds in 3, does not hold in 1 of 4 checks", or "no check: the sweep needs ...".
+  std::string Summary() const;
 };
 
 struct ReportOptions {
   int resamples = kDefaultResamples;
   uint64_t seed = kDefaultSeed;
   double level = 0.95;
+  std::string note;  // Markdown shown under the title (how the page was made, on what machine)
 };
 
 // Every job of one model, task and layout beside `none`: what the claims were read from.

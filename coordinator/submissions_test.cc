@@ -37,8 +37,9 @@ struct Gate {
                   HashMonitor* m) -> absl::StatusOr<v1::SubmitSweepResponse> {
       ++calls;
       last_actor = actor;
-      m->bytes_hashed.fetch_add(3 << 20);
+      // The file first: a reader that sees the bytes then sees the file too.
       m->set_current({"/models/x/model.safetensors", 10 << 20, 3 << 20});
+      m->bytes_hashed.fetch_add(3 << 20);
       while (released.wait_for(std::chrono::milliseconds(5)) != std::future_status::ready) {
         if (m->cancelled.load()) return absl::CancelledError("hashing cancelled");
       }
@@ -63,7 +64,7 @@ TEST(SubmissionsTest, AnswersPendingWithProgressUntilThePreparationFinishes) {
   do {
     r = subs.Wait(*id, "client", Now());
     ASSERT_TRUE(r.ok()) << r.status();
-  } while (r->progress().bytes_hashed() == 0);
+  } while (r->progress().bytes_hashed() == 0 || r->progress().file().empty());
   EXPECT_TRUE(r->pending());
   EXPECT_EQ(r->submission(), *id);
   EXPECT_EQ(r->progress().bytes_hashed(), 3 << 20);
