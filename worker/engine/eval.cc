@@ -14,6 +14,7 @@
 #include "common/method_spec.h"
 #include "worker/engine/diagnostics.h"
 #include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/placement.h"
 #include "worker/engine/tasks/task.h"
 
 #if defined(__has_include)
@@ -89,6 +90,10 @@ absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torc
     auto t0 = std::chrono::steady_clock::now();
     ModelOptions mo;
     mo.device = device;
+    // --device cuda:0,cuda:1: the layers split across the group (worker/engine/placement.h).
+    if (auto group = ParsePipelineDevices(options_.device); group.ok() && group->size() > 1) {
+      mo.pipeline = *group;
+    }
     mo.dtype = dtype;
     mo.kv_heads = spec.kv_heads == spec.native_kv_heads ? 0 : spec.kv_heads;
     absl::StatusOr<std::unique_ptr<Model>> m = Model::Load(spec.model_path, mo);
@@ -128,7 +133,10 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
                                                const std::function<bool(double)>& progress) {
   const auto t_start = std::chrono::steady_clock::now();
   const std::string started = UtcNow();
-  absl::StatusOr<torch::Device> device = ParseDevice(options_.device);
+  // A pipeline group's first device stands for it here (its embeddings, the job's inputs).
+  absl::StatusOr<std::vector<torch::Device>> devices = ParsePipelineDevices(options_.device);
+  if (!devices.ok()) return devices.status();
+  absl::StatusOr<torch::Device> device = devices->front();
   if (!device.ok()) return device.status();
   absl::StatusOr<torch::ScalarType> dtype = ParseDtype(spec.dtype);
   if (!dtype.ok()) return dtype.status();

@@ -20,7 +20,7 @@
 namespace kvsweep::engine {
 
 struct EngineOptions {
-  std::string device = "cpu";  // cpu | cuda | cuda:N
+  std::string device = "cpu";  // cpu | cuda | cuda:N, or a pipeline group "cuda:0,cuda:1"
   int threads = 0;             // CPU intra-op threads; 0 = libtorch's default
   int64_t batch_tokens = 0;    // scorer batch budget; 0 = device default
 };

@@ -122,6 +122,20 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
   absl::StatusOr<ModelConfig> cfg = ReadModelConfig(path);
   if (!cfg.ok()) return cfg.status();
   m->config_ = *cfg;
+  // A pipeline: each layer's device, planned before anything is loaded
+  // (worker/engine/placement.h).
+  m->layer_devices_.assign(std::max(0, m->config_.num_layers), options.device);
+  if (options.pipeline.size() >= 2) {
+    absl::StatusOr<Placement> p =
+        PlanModelPlacement(m->config_, options.dtype, options.kv_heads, options.pipeline);
+    if (!p.ok()) return p.status();
+    m->placement_ = *std::move(p);
+    m->options_.device = options.pipeline[0];
+    for (size_t l = 0; l < m->layer_devices_.size(); ++l) {
+      m->layer_devices_[l] = options.pipeline[m->placement_.layer_device[l]];
+    }
+    KV_LOG(INFO) << path << ": pipeline " << m->placement_.Describe(DeviceNames(options.pipeline));
+  }
   absl::Status s = GuardTorch("loading " + path, [&]() -> absl::Status {
     torch::NoGradGuard no_grad;
     absl::Status st = m->config_.arch == Arch::kLlama2c ? m->LoadLlama2c(path) : m->LoadHf(path);
@@ -155,7 +169,7 @@ absl::Status Model::LoadHf(const std::string& dir) {
   const int64_t V = c.vocab_size, Hd = c.hidden_size, D = c.head_dim, H = c.num_heads,
                 Hkv = c.num_kv_heads, I = c.intermediate_size;
   const torch::ScalarType dt = options_.dtype;
-  const torch::Device dev = options_.device;
+  torch::Device dev = options_.device;  // each layer's own in the loops below (a pipeline)
   absl::Status err;
   auto load = [&](const std::string& name, std::vector<int64_t> shape) -> Tensor {
     if (!err.ok()) return Tensor();
@@ -172,6 +186,7 @@ absl::Status Model::LoadHf(const std::string& dir) {
     tok_emb_ = load(p + "wte.weight", {V, Hd});
     pos_emb_ = load(p + "wpe.weight", {c.max_positions, Hd});
     for (int i = 0; i < c.num_layers && err.ok(); ++i) {
+      dev = layer_devices_[i];
       const std::string l = absl::StrCat(p, "h.", i, ".");
       LayerWeights& w = layers_[i];
       w.norm1_w = load(l + "ln_1.weight", {Hd});
@@ -199,11 +214,13 @@ absl::Status Model::LoadHf(const std::string& dir) {
       w.w_up = w.w_up.t().contiguous();
       w.w_down = w.w_down.t().contiguous();
     }
+    dev = layer_devices_.back();  // the final norm and an untied head: the last device
     final_w_ = load(p + "ln_f.weight", {Hd});
     final_b_ = load(p + "ln_f.bias", {Hd});
   } else {
     tok_emb_ = load("model.embed_tokens.weight", {V, Hd});
     for (int i = 0; i < c.num_layers && err.ok(); ++i) {
+      dev = layer_devices_[i];
       const std::string l = absl::StrCat("model.layers.", i, ".");
       LayerWeights& w = layers_[i];
       w.norm1_w = load(l + "input_layernorm.weight", {Hd});
@@ -226,6 +243,7 @@ absl::Status Model::LoadHf(const std::string& dir) {
         w.b_down = load(l + "mlp.down_proj.bias", {Hd});
       }
     }
+    dev = layer_devices_.back();
     final_w_ = load("model.norm.weight", {Hd});
   }
   if (!err.ok()) return err;
@@ -265,7 +283,7 @@ absl::Status Model::LoadLlama2c(const std::string& path) {
   }
   const float* p = reinterpret_cast<const float*>(f->data() + 28);
   const auto dt = options_.dtype;
-  const auto dev = options_.device;
+  auto dev = options_.device;
   auto take = [&](int64_t n, std::vector<int64_t> shape) {
     Tensor t = torch::from_blob(const_cast<float*>(p), shape, torch::kFloat32);
     p += n;
@@ -288,6 +306,7 @@ absl::Status Model::LoadLlama2c(const std::string& path) {
   tok_emb_ = conv(emb);
   layers_.resize(L);
   for (int64_t i = 0; i < L; ++i) {
+    dev = layer_devices_[i];
     LayerWeights& w = layers_[i];
     w.norm1_w = conv(rms_att[i]);
     w.wq = conv(wq[i]);
@@ -299,6 +318,7 @@ absl::Status Model::LoadLlama2c(const std::string& path) {
     w.w_down = conv(w2[i]);
     w.w_up = conv(w3[i]);
   }
+  dev = layer_devices_.back();
   final_w_ = conv(rms_final);
   lm_head_ = h->shared_classifier ? tok_emb_ : conv(wcls);
   return absl::OkStatus();
@@ -360,7 +380,9 @@ void Model::BuildRope() {
 Tensor Model::ApplyRope(const Tensor& x) const {
   if (!config_.uses_rope() || !x.defined()) return x;
   const int64_t T = x.size(2), D = x.size(3);
-  Tensor cos = rope_cos_.slice(0, 0, T), sin = rope_sin_.slice(0, 0, T);
+  // .to: a no-op but on a pipeline's later devices.
+  Tensor cos = rope_cos_.slice(0, 0, T).to(x.device());
+  Tensor sin = rope_sin_.slice(0, 0, T).to(x.device());
   if (config_.rope_interleaved) {
     // llama2.c: pairs (2i, 2i+1) rotate by angle pos * freq_i.
     Tensor xp = x.reshape({x.size(0), x.size(1), T, D / 2, 2});
@@ -398,11 +420,12 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   Tensor x = tok_emb_.index_select(0, ids.reshape({-1})).view({B, T, Hd});
   if (c.arch == Arch::kGpt2) x = x + pos_emb_.slice(0, 0, T).unsqueeze(0);
 
-  std::map<int, Tensor> allowed_by_window;
+  std::map<std::pair<int, int>, Tensor> allowed_by_window;  // (window, device index)
   auto allowed = [&](int window) -> const Tensor& {
-    auto it = allowed_by_window.find(window);
+    const std::pair<int, int> key{window, x.device().index()};
+    auto it = allowed_by_window.find(key);
     if (it == allowed_by_window.end()) {
-      it = allowed_by_window.emplace(window, AllowedMask(T, window, dev)).first;
+      it = allowed_by_window.emplace(key, AllowedMask(T, window, x.device())).first;
     }
     return it->second;
   };
@@ -410,6 +433,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
+    x = x.to(layer_devices_[l]);  // a pipeline's range boundary (else a no-op)
     const bool gpt2 = c.arch == Arch::kGpt2;
     // Attention block.
     Tensor h = gpt2 ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps) : RmsNorm(x, w.norm1_w, c.norm_eps);
@@ -446,8 +470,9 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     }
     x = x + m;
   }
-  return c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
-                               : RmsNorm(x, final_w_, c.norm_eps);
+  return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
+                                : RmsNorm(x, final_w_, c.norm_eps))
+      .to(lm_head_.device());
 }
 
 Tensor Model::Logits(const Tensor& hidden) const {

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/placement.h"
 #include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {
@@ -24,6 +25,9 @@ struct ModelOptions {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   int kv_heads = 0;  // 0 = native
+  // Two or more: the layers are split across these devices (a pipeline, placed by
+  // worker/engine/placement.h), and `device` is their first.
+  std::vector<torch::Device> pipeline;
 };
 
 struct LayerWeights {
@@ -61,13 +65,18 @@ class Model {
   int64_t num_parameters() const;
 
   // tokens: [B, T] int64 (any device). Returns the final-normed hidden states [B, T, hidden] in
-  // the compute dtype. `codec` may be null (= none). T must not exceed max_positions.
+  // the compute dtype, on the LM head's device (a pipeline's last; its first if the head is
+  // tied). `codec` may be null (= none). T must not exceed max_positions.
   torch::Tensor Forward(const torch::Tensor& tokens, const KvCodec* codec,
                         AttentionObserver* observer = nullptr) const;
   // hidden [..., hidden] -> fp32 logits [..., vocab].
   torch::Tensor Logits(const torch::Tensor& hidden) const;
 
   const LayerWeights& layer(int i) const { return layers_[i]; }
+  // Where layer i's weights are (options().device unless pipelined).
+  torch::Device layer_device(int i) const { return layer_devices_[i]; }
+  // The pipeline's placement (empty unless options().pipeline has two or more devices).
+  const Placement& placement() const { return placement_; }
   // The factor attention multiplies q.k by in `layer` (1/sqrt(D), GPT-2's options).
   double AttentionScale(int layer) const;
   // Applies this model's RoPE to x [B, Hx, T, D] at positions 0..T-1 (no-op for gpt2).
@@ -88,6 +97,8 @@ class Model {
   torch::Tensor final_w_, final_b_;
   torch::Tensor lm_head_;   // [vocab, hidden] (tied: tok_emb_)
   std::vector<LayerWeights> layers_;
+  std::vector<torch::Device> layer_devices_;
+  Placement placement_;
   torch::Tensor rope_cos_, rope_sin_;  // [max_positions, D] in the compute dtype
   std::shared_ptr<void> keepalive_;    // the checkpoint mapping backing zero-copy weights
 };

@@ -244,6 +244,12 @@ absl::Status Projection::Prepare(const CodecContext& ctx) {
   const auto to = torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
   u_k_ = LeadingColumns(b->k, r_, to);
   u_v_ = LeadingColumns(b->v, r_, to);
+  // A pipeline (worker/engine/placement.h): each layer's basis where that layer runs.
+  for (std::vector<torch::Tensor>* u : {&u_k_, &u_v_}) {
+    for (size_t l = 0; l < u->size(); ++l) {
+      if ((*u)[l].defined()) (*u)[l] = (*u)[l].to(ctx.model->layer_device(static_cast<int>(l)));
+    }
+  }
   return absl::OkStatus();
 }
 
