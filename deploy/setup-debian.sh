@@ -1,27 +1,45 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package kvsweep needs to build, test and run on a CPU machine.
-# Idempotent: packages already present are skipped by apt. Needs root (or sudo).
+# Installs the Debian 12 packages kvsweep needs. Idempotent: packages already present are
+# skipped by apt. Needs root (or sudo).
+#
+#   deploy/setup-debian.sh            everything to build, test and run on a CPU machine (make test)
+#   deploy/setup-debian.sh --build    only what compiling kvsweep, kvsweep-coordinator and
+#                                     kvsweep-worker needs (the container image's build stage)
 set -euo pipefail
-pkgs=(
-  build-essential cmake pkg-config git
+build_pkgs=(
+  build-essential cmake pkg-config
   libtorch-dev libopenblas0-pthread          # libtorch 1.13 (CPU); OpenBLAS instead of reference BLAS (~20x faster GEMM)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libssl-dev openssl libsqlite3-dev sqlite3   # openssl: the TLS test makes certificates
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libabsl-dev libssl-dev libsqlite3-dev
   nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libcli11-dev
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)
-  clang-14 libclang-rt-14-dev                # fuzz targets: libFuzzer + sanitizers (make fuzz)
-  python3-numpy                              # independent check of the table's bootstrap intervals
-  slurm-wlm munge                            # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
   prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
   libcpp-httplib-dev                         # kvsweep-coordinator --http (the web dashboard)
-  chromium fonts-liberation                  # kvsweep plot --png: headless Chromium renders the SVG
-  systemd                                    # tests/deploy: systemd-analyze verify/security on deploy/systemd
 )
-# tests/deploy: kubectl reads deploy/k8s offline. Debian's kubectl is kubernetes-client; a
-# kubectl from elsewhere (Google's or Kubernetes' apt repository) serves as well and would
-# conflict with it.
-command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
+pkgs=("${build_pkgs[@]}")
+case "${1:-}" in
+  --build) ;;
+  "")
+    pkgs+=(
+      git openssl sqlite3                    # openssl: the TLS test makes certificates
+      libgtest-dev libgmock-dev libbenchmark-dev
+      clang-14 libclang-rt-14-dev            # fuzz targets: libFuzzer + sanitizers (make fuzz)
+      python3-numpy                          # independent check of the table's bootstrap intervals
+      slurm-wlm munge                        # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
+      chromium fonts-liberation              # kvsweep plot --png: headless Chromium renders the SVG
+      systemd                                # tests/deploy: systemd-analyze verify/security on deploy/systemd
+      # tests/deploy: the container image (deploy/docker) built from a base made offline by
+      # mmdebstrap, run by podman and podman-compose; runc for hosts with hybrid cgroups (crun
+      # refuses them), netavark + aardvark-dns + iptables for the containers' network and names.
+      podman podman-compose runc netavark aardvark-dns iptables mmdebstrap
+    )
+    # tests/deploy: kubectl reads deploy/k8s offline. Debian's kubectl is kubernetes-client; a
+    # kubectl from elsewhere (Google's or Kubernetes' apt repository) serves as well and would
+    # conflict with it.
+    command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
+    ;;
+  *) echo "usage: $0 [--build]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
