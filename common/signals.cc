@@ -27,7 +27,7 @@ void OnSignal(int sig) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ShutdownSignals>> ShutdownSignals::Install(
-    std::function<void(int sig)> on_signal) {
+    std::function<void(int sig)> on_signal, std::vector<int> signals) {
   if (g_installed.exchange(true)) {
     return absl::FailedPreconditionError("shutdown signal handlers are already installed");
   }
@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<ShutdownSignals>> ShutdownSignals::Install(
   }
   std::unique_ptr<ShutdownSignals> s(new ShutdownSignals());
   s->on_signal_ = std::move(on_signal);
+  s->signals_ = std::move(signals);
   s->reader_ = std::thread([p = s.get()] {
     for (;;) {
       unsigned char b = 0;
@@ -51,20 +52,17 @@ absl::StatusOr<std::unique_ptr<ShutdownSignals>> ShutdownSignals::Install(
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  ::sigaction(SIGTERM, &sa, nullptr);
-  ::sigaction(SIGINT, &sa, nullptr);
+  for (int sig : s->signals_) ::sigaction(sig, &sa, nullptr);
   // Unblock them in this thread in case an earlier version of main blocked them.
   sigset_t sigs;
   sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
+  for (int sig : s->signals_) sigaddset(&sigs, sig);
   pthread_sigmask(SIG_UNBLOCK, &sigs, nullptr);
   return s;
 }
 
 ShutdownSignals::~ShutdownSignals() {
-  ::signal(SIGTERM, SIG_DFL);
-  ::signal(SIGINT, SIG_DFL);
+  for (int sig : signals_) ::signal(sig, SIG_DFL);
   const unsigned char stop = 0;
   ssize_t unused = ::write(g_pipe[1], &stop, 1);
   (void)unused;

@@ -5,9 +5,12 @@
 #ifndef KVSWEEP_COMMON_SIGNALS_H_
 #define KVSWEEP_COMMON_SIGNALS_H_
 
+#include <signal.h>
+
 #include <functional>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -17,8 +20,9 @@ class ShutdownSignals {
  public:
   // One instance per process at a time (kFailedPrecondition otherwise); kInternal if the pipe
   // or the handlers cannot be set up. `on_signal` runs on the reader thread, once per signal.
+  // `signals`: the ones handled (a supervised worker drains on SIGUSR1 instead).
   static absl::StatusOr<std::unique_ptr<ShutdownSignals>> Install(
-      std::function<void(int sig)> on_signal);
+      std::function<void(int sig)> on_signal, std::vector<int> signals = {SIGTERM, SIGINT});
   // Restores the default dispositions and joins the reader thread.
   ~ShutdownSignals();
   ShutdownSignals(const ShutdownSignals&) = delete;
@@ -27,6 +31,7 @@ class ShutdownSignals {
  private:
   ShutdownSignals() = default;
   std::function<void(int)> on_signal_;
+  std::vector<int> signals_;
   std::thread reader_;
 };
 

@@ -134,8 +134,15 @@ std::string Harness::log(int i) const { return JoinPath(dir_, absl::StrCat("work
 
 int Harness::StartWorker(const WorkerFlags& f) {
   const int i = static_cast<int>(workers_.size());
-  std::vector<std::string> argv = {WorkerBin(), "--coordinator", address(), "--device", "cpu",
-                                   "--journal", journal(i), "--rpc-timeout-ms", "3000"};
+  std::vector<std::string> argv = {WorkerBin(),
+                                   "--coordinator",
+                                   address(),
+                                   f.devices.empty() ? "--device" : "--devices",
+                                   f.devices.empty() ? "cpu" : f.devices,
+                                   "--journal",
+                                   journal(i),
+                                   "--rpc-timeout-ms",
+                                   "3000"};
   if (kEngine && !f.force_fake) {
     argv.insert(argv.end(), {"--evaluator", "engine", "--threads", "1"});
   } else {

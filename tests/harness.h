@@ -76,6 +76,9 @@ class Harness {
     // Use the fake evaluator even when the engine is built (tests of orchestration alone).
     bool force_fake = false;
     std::vector<std::string> extra;  // e.g. --fault ..., --drain-timeout-ms
+    // Non-empty: --devices DEVICES (a supervisor of one worker per device) instead of
+    // --device cpu.
+    std::string devices;
   };
   // Starts a worker; returns its index. Its journal is journal(i), its log log(i).
   int StartWorker(const WorkerFlags& flags);

@@ -1,5 +1,7 @@
 #include "worker/engine_evaluator.h"
 
+#include <torch/cuda.h>
+
 #include <exception>
 
 #include "absl/strings/str_cat.h"
@@ -36,6 +38,10 @@ class EngineEvaluator final : public Evaluator {
 
 std::unique_ptr<Evaluator> NewEngineEvaluator(const std::string& device, int threads) {
   return std::make_unique<EngineEvaluator>(device, threads);
+}
+
+int EngineCudaDeviceCount() {
+  return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
 }
 
 }  // namespace kvsweep

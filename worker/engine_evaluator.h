@@ -15,6 +15,10 @@ namespace kvsweep {
 // `device`: cpu | cuda | cuda:N; `threads`: CPU intra-op threads (0 = libtorch's default).
 std::unique_ptr<Evaluator> NewEngineEvaluator(const std::string& device, int threads);
 
+// How many CUDA devices the engine sees (0 on a CPU-only libtorch or a machine without any):
+// what `kvsweep-worker --devices all` runs a worker on.
+int EngineCudaDeviceCount();
+
 }  // namespace kvsweep
 
 #endif  // KVSWEEP_WORKER_ENGINE_EVALUATOR_H_

@@ -4,6 +4,8 @@
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
 //       [--exit-when-idle SECONDS] [--config FILE]
+//   kvsweep-worker --devices all|0,1,...|0+1,2+3|cpu:N [--max-restarts N] ...
+//       (one supervised worker process per device: worker/device_supervisor.h)
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
 //   kvsweep-worker generate ...                                   (greedy generation)
 //
@@ -12,7 +14,8 @@
 // --config FILE; the command line wins over the environment, which wins over the file.
 //
 // SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
-// a second signal hands the current job back at once.
+// a second signal hands the current job back at once. With --devices, the supervisor takes
+// them and passes each on to its workers (as SIGUSR1, on which a supervised worker drains).
 //
 // --evaluator=fake and --fault exist FOR TESTS AND BENCHMARKS ONLY: the fake evaluator's
 // metrics are placeholders, and faults make the worker crash, hang or report late on purpose.
@@ -28,6 +31,7 @@
 #include "common/log.h"
 #include "common/signals.h"
 #include "rpc/rpc_util.h"
+#include "worker/device_supervisor.h"
 #include "worker/fake_evaluator.h"
 #include "worker/worker_loop.h"
 
@@ -77,7 +81,10 @@ int main(int argc, char** argv) {
   app.add_flag("--version", version, "print the version and whether the engine is built in");
   WithEnv(app.add_option("--coordinator", o.coordinator.address, "coordinator address (host:port)"))
       ->capture_default_str();
-  WithEnv(app.add_option("--device", o.device, "cpu, cuda or cuda:N"))->capture_default_str();
+  WithEnv(app.add_option("--device", o.device,
+                         "cpu, cuda, cuda:N, or cuda:0,cuda:1,... (one model split layer-wise "
+                         "across those GPUs)"))
+      ->capture_default_str();
   app.add_option("--evaluator", evaluator,
                  "engine (libtorch) or fake (placeholder numbers: tests and benchmarks only)")
       ->capture_default_str();
@@ -125,6 +132,25 @@ int main(int argc, char** argv) {
   app.add_option("--fault", faults,
                  "TEST ONLY: crash-on-job-substring:XYZ | hang | pause-before-complete:MS | "
                  "delay-job:MS");
+  std::string devices;
+  int max_restarts = 5;
+  bool supervised = false;
+  // Command line only: the supervisor removes them from its workers' command lines, which a
+  // config file or the environment would not.
+  app.add_option("--devices", devices,
+                 "one supervised worker process per device: all (every CUDA device; one CPU "
+                 "worker where there is none), CUDA indices 0,1,..., pipeline groups 0+1,2+3 "
+                 "(one worker per group, its model's layers split across the group), or cpu:N")
+      ->configurable(false);
+  app.add_option("--max-restarts", max_restarts,
+                 "--devices: restarts of a crashing worker in a row before it is given up")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str()
+      ->configurable(false);
+  app.add_flag("--supervised", supervised,
+               "set by the --devices supervisor: drain on SIGUSR1, ignore SIGTERM/SIGINT")
+      ->group("")
+      ->configurable(false);
   AddConfigFile(&app);
   try {
     app.parse(argc, argv);
@@ -137,8 +163,11 @@ int main(int argc, char** argv) {
     std::cout << "kvsweep-worker 0.1.0 (engine: " << (kHaveEngine ? "yes" : "no") << ")\n";
     return 0;
   }
-  if (!std::regex_match(o.device, std::regex("cpu|cuda(:[0-9]+)?"))) {
-    return Fail("--device: '" + o.device + "' is not cpu, cuda or cuda:N");
+  // A comma-separated group is one engine with the model's layers split across the devices
+  // (worker/engine/placement.h).
+  if (!std::regex_match(o.device, std::regex("(cpu|cuda(:[0-9]+)?)(,(cpu|cuda(:[0-9]+)?))*"))) {
+    return Fail("--device: '" + o.device +
+                "' is not cpu, cuda, cuda:N or a pipeline group such as cuda:0,cuda:1");
   }
   for (const std::string& f : faults) {
     absl::Status s = ParseFault(f, &o.faults);
@@ -165,13 +194,59 @@ int main(int argc, char** argv) {
     return Fail("--evaluator: '" + evaluator + "' is not engine or fake");
   }
   o.evaluator_name = evaluator;
+  if (!devices.empty()) {
+    const std::vector<std::string> args(argv, argv + argc);
+    for (const std::string& a : args) {
+      if (a == "--device" || a.rfind("--device=", 0) == 0) {
+        return Fail("--device and --devices exclude each other (--devices gives each worker its "
+                    "--device)");
+      }
+    }
+    if (supervised) return Fail("--devices: a supervised worker cannot supervise");
+#ifdef KVSWEEP_HAVE_ENGINE
+    const int cuda_devices = evaluator == "engine" ? EngineCudaDeviceCount() : 0;
+#else
+    const int cuda_devices = 0;
+#endif
+    absl::StatusOr<std::vector<DeviceSlot>> slots = ParseDeviceSlots(devices, cuda_devices);
+    if (!slots.ok()) return Fail(std::string(slots.status().message()));
+    char exe[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) return Fail("--devices: cannot find this program's path (/proc/self/exe)");
+    SupervisorOptions so;
+    so.self_exe = std::string(exe, n);
+    so.argv = args;
+    so.slots = *std::move(slots);
+    so.max_restarts = max_restarts;
+    if (o.worker_id.empty()) {
+      char host[256] = {0};
+      ::gethostname(host, sizeof(host) - 1);
+      so.base_id = std::string(host) + "-" + std::to_string(::getpid());
+    } else {
+      so.base_id = o.worker_id;
+      SetLogTag(o.worker_id);
+    }
+    DeviceSupervisor supervisor(so);
+    absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals =
+        ShutdownSignals::Install([&supervisor](int sig) { supervisor.Forward(sig); });
+    if (!signals.ok()) return Fail(std::string(signals.status().message()));
+    const int rc = supervisor.Run();
+    signals->reset();
+    return rc;
+  }
   if (!o.worker_id.empty()) SetLogTag(o.worker_id);
 
   signal(SIGPIPE, SIG_IGN);
   WorkerLoop loop(o, eval.get());
   // SIGTERM/SIGINT: the first drains, the second hands the current job back at once.
-  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals =
-      ShutdownSignals::Install([&loop](int) { loop.RequestDrain(); });
+  // Supervised: stop requests come from the supervisor alone (worker/device_supervisor.h).
+  if (supervised) {
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+  }
+  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals = ShutdownSignals::Install(
+      [&loop](int) { loop.RequestDrain(); },
+      supervised ? std::vector<int>{SIGUSR1} : std::vector<int>{SIGTERM, SIGINT});
   if (!signals.ok()) return Fail(std::string(signals.status().message()));
   absl::Status s = loop.Run();
   signals->reset();

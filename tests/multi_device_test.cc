@@ -1,0 +1,201 @@
+// kvsweep-worker --devices (worker/device_supervisor.h) with real processes: a coordinator, one
+// supervisor and its CPU workers ("cpu:2"), real sweeps on the assets' ref-llama (the engine,
+// where built). Each scenario ends with the harness invariants: one result per job.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/harness.h"
+
+namespace kvsweep {
+namespace testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The pids of the processes whose parent is `parent` and whose command line has `arg`.
+std::vector<pid_t> ChildrenWithArg(pid_t parent, const std::string& arg) {
+  std::vector<pid_t> out;
+  DIR* d = ::opendir("/proc");
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::vector<std::string> f = absl::StrSplit(line.substr(close + 2), ' ');
+    pid_t ppid = 0;
+    if (f.size() < 2 || !absl::SimpleAtoi(f[1], &ppid) || ppid != parent) continue;
+    std::ifstream cmd(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::stringstream ss;
+    ss << cmd.rdbuf();
+    for (absl::string_view a : absl::StrSplit(ss.str(), '\0')) {
+      if (a == arg) {
+        out.push_back(pid);
+        break;
+      }
+    }
+  }
+  ::closedir(d);
+  return out;
+}
+
+std::set<std::string> ResultWorkers(const Harness& h) {
+  std::set<std::string> out;
+  for (const auto& r : h.SqlRows("SELECT DISTINCT worker_id FROM results")) out.insert(r[0]);
+  return out;
+}
+
+int64_t JobsOf(const Harness& h, const std::string& sweep) { return h.Sweep(sweep).total; }
+
+TEST(MultiDeviceTest, TwoSupervisedCpuWorkersShareARealSweepAndExitWhenIdle) {
+  Harness h("devices_share");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("share", 6)));
+  Harness::WorkerFlags f;
+  f.devices = "cpu:2";
+  // Each job holds its worker a little, so that both workers are busy while jobs remain.
+  f.extra = {"--worker-id", "node", "--exit-when-idle", "1", "--fault", "delay-job:300"};
+  const int w = h.StartWorker(f);
+  ASSERT_TRUE(h.WaitFinished("share", std::chrono::seconds(300)));
+  // Both workers idle out (exit 0), and so does the supervisor.
+  std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(120));
+  ASSERT_TRUE(st.has_value()) << "the supervisor did not exit once its workers were idle";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  h.CheckInvariants("share");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), JobsOf(h, "share"));
+  EXPECT_EQ(ResultWorkers(h), (std::set<std::string>{"node-cpu0", "node-cpu1"}));
+  // Each worker told the coordinator its own device and id.
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM workers WHERE worker_id IN ('node-cpu0', "
+                     "'node-cpu1') AND device = 'cpu'"),
+            2);
+  absl::StatusOr<std::string> log = ReadFile(h.log(w));
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("supervisor: every worker ended cleanly"));
+  EXPECT_THAT(*log, ::testing::Not(HasSubstr("crashed")));
+}
+
+TEST(MultiDeviceTest, AWorkerKilledMidJobIsRestartedAndEveryJobHasOneResult) {
+  Harness h("devices_kill");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("killc", 6)));
+  Harness::WorkerFlags f;
+  f.devices = "cpu:2";
+  f.extra = {"--worker-id", "node", "--exit-when-idle", "1", "--fault", "delay-job:2000"};
+  const int w = h.StartWorker(f);
+  const pid_t supervisor = h.worker(w)->pid();
+  // node-cpu1 holds a lease (its job is in delay-job): kill it there.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return h.SqlInt(
+                   "SELECT count(*) FROM jobs WHERE state = 'leased' AND lease_worker = "
+                   "'node-cpu1'") > 0;
+      },
+      std::chrono::seconds(120)))
+      << "node-cpu1 never held a lease";
+  std::vector<pid_t> victims = ChildrenWithArg(supervisor, "node-cpu1");
+  ASSERT_EQ(victims.size(), 1u);
+  ASSERT_EQ(::kill(victims[0], SIGKILL), 0);
+  // The supervisor starts node-cpu1 again (a new process under the same worker id).
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::vector<pid_t> now = ChildrenWithArg(supervisor, "node-cpu1");
+        return now.size() == 1 && now[0] != victims[0];
+      },
+      std::chrono::seconds(60)))
+      << "node-cpu1 was not restarted";
+  ASSERT_TRUE(h.WaitFinished("killc", std::chrono::seconds(300)));
+  std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(120));
+  ASSERT_TRUE(st.has_value());
+  // A crash that was restarted, then clean exits: success.
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  h.CheckInvariants("killc");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), JobsOf(h, "killc"));
+  // The killed worker's attempt was lost, and its job recorded once all the same.
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts WHERE worker_id = 'node-cpu1' AND "
+                     "outcome = 'lost'"),
+            1);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results r JOIN attempts a ON a.job_id = r.job_id "
+                     "WHERE a.outcome = 'lost'"),
+            1);
+  absl::StatusOr<std::string> log = ReadFile(h.log(w));
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("worker node-cpu1 crashed (signal 9"));
+}
+
+TEST(MultiDeviceTest, SigtermToTheSupervisorDrainsEveryWorker) {
+  Harness h("devices_drain");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drainc", 4)));
+  Harness::WorkerFlags f;
+  f.devices = "cpu:2";
+  // Jobs that outlast the drain timeout: each worker hands its job back at once.
+  f.extra = {"--worker-id", "node", "--fault", "delay-job:600000", "--drain-timeout-ms", "200"};
+  const int w = h.StartWorker(f);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return h.SqlInt(
+                   "SELECT count(*) FROM jobs WHERE state = "
+                   "'leased'") == 2;
+      },
+      std::chrono::seconds(120)))
+      << "the two workers did not both lease a job";
+  h.worker(w)->Signal(SIGTERM);
+  std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st.has_value()) << "the supervisor did not exit after SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  // One stop request each: handed back (a second one would also hand back, so check that no
+  // worker was asked twice through its log), nothing left leased.
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts WHERE outcome = 'handed_back'"), 2);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs WHERE state = 'leased'"), 0);
+  absl::StatusOr<std::string> log = ReadFile(h.log(w));
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("worker node-cpu0: draining"));
+  EXPECT_THAT(*log, HasSubstr("worker node-cpu1: draining"));
+  EXPECT_THAT(*log, ::testing::Not(HasSubstr("second stop request")));
+  // Another worker finishes the sweep.
+  h.StartWorker();
+  ASSERT_TRUE(h.WaitFinished("drainc", std::chrono::seconds(300)));
+  h.CheckInvariants("drainc");
+}
+
+TEST(MultiDeviceTest, BadDevicesAreRefusedWithOneLine) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--devices", "cpu:0"},
+        std::vector<std::string>{"--devices", "0,0"},
+        std::vector<std::string>{"--devices", "cpu:2", "--device", "cpu"}}) {
+    std::vector<std::string> argv = {WorkerBin(), "--coordinator", "127.0.0.1:1", "--evaluator",
+                                     "fake"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string err = MakeTempDir("devices_bad") + "/err";
+    Subprocess::Options o;
+    o.stderr_path = err;
+    auto p = Subprocess::Spawn(argv, o);
+    ASSERT_TRUE(p.ok());
+    std::optional<int> st = (*p)->Wait(std::chrono::seconds(30));
+    ASSERT_TRUE(st.has_value());
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2) << DescribeWaitStatus(*st);
+    absl::StatusOr<std::string> text = ReadFile(err);
+    ASSERT_TRUE(text.ok());
+    EXPECT_THAT(*text, HasSubstr("kvsweep-worker: --device"));
+    EXPECT_EQ(std::count(text->begin(), text->end(), '\n'), 1) << *text;
+  }
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace kvsweep
