@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What one device call runs (docs/gpu.md): PHASE is `smoke` (build, then every method on CPU fp32
-# vs GPU fp32 vs GPU bf16 on ref-llama), `bench SPEC...` (run_gpu_bench.sh plan) or `fulljob MODEL W`
-# (one full WikiText evaluation job through kvsweep-worker eval, timed with its load). Work files
+# vs GPU fp32 vs GPU bf16 on ref-llama), `bench SPEC...` (run_gpu_bench.sh plan), `families`
+# (tiny checkpoints of the newer model families and transformers' logits on them, for
+# tests/fixtures/), `checkfused` or `fulljob MODEL W` (one full WikiText evaluation job through
+# kvsweep-worker eval, timed with its load). Work files
 # in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files). The results
 # behind docs/gpu.md are kept in tools/gpu/results/.
 set -uo pipefail
@@ -25,10 +27,16 @@ case $phase in
   smoke)
     METHODS=${METHODS:-"none quant:bits=4 quant:bits=2,group=32,axis=channel,residual=32 rank:r=16 rank:r=16,basis=svd hybrid:r=32,bits=8"} \
       deploy/device/gpu_smoke.sh "$assets" "$work/smoke" | tee "$work/smoke/table.md" | tail -45
-    cp "$work/smoke/smoke.jsonl" "$work/smoke/table.md" "$OUT/" ;;
+    cp "$work/smoke/smoke.jsonl" "$OUT/"; cp "$work/smoke/table.md" "$OUT/smoke_table.md" ;;
   bench)
     tools/gpu/run_gpu_bench.sh "$assets" "$ckpt" "$work/bench" "$*" | tail -60
     cp "$work/bench/results.jsonl" "$OUT/results.jsonl"; cp "$work/bench/table.md" "$OUT/table.md" ;;
+  families)
+    # Tiny random checkpoints of the newer families and transformers' fp32 logits on them
+    # (tools/reference/make_family_fixtures.py), packed for tests/fixtures/.
+    PYTHONUNBUFFERED=1 python3 tools/reference/make_family_fixtures.py --out "$work/families" 2>&1 |
+      grep -v -i warn | tee "$work/families.log" | tail -12
+    tar -czf "$OUT/families.tar.gz" -C "$work/families" . ;;
   checkfused)
     build-cuda/bench/kvsweep-engine-bench --check-fused cuda | tee "$work/checkfused.txt" | tail -25 ;;
   fulljob)

@@ -3,7 +3,13 @@
 mode and hf_bench.py): tokens/s, speedup, compression overhead vs none, numerics agreement and
 model FLOP utilization.
 
-  report.py RESULTS.jsonl [--models-dir DIR] [--peak-tflops 989]
+  report.py RESULTS.jsonl [--models-dir DIR] [--peak-tflops 989] [--ceiling gemm_ceiling.jsonl]
+
+Rows are kept per (model, task, dtype, method), the last one of each. Position-dependent methods
+(axis=channel, residual=N) have no transformers run (hf_bench.py skips them): their speed-up is
+against transformers' `none` of the same task and dtype, marked †. "of cap" is the speed-up as a
+fraction of the largest speed-up over transformers any engine could reach on that shape
+(gemm_ceiling.py's products + attention cap: --ceiling).
 
 MFU counts 2·params FLOPs per forward token for every matmul of the body, plus the LM head for
 scored tokens only, plus causal attention 2·H·D·T_mean per layer per token (QK^T and PV, half
@@ -39,16 +45,27 @@ def main():
     ap.add_argument("results")
     ap.add_argument("--models-dir", default="")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--ceiling", default="")
     a = ap.parse_args()
     rows = [json.loads(l) for l in open(a.results) if l.strip()]
+    caps = {}
+    if a.ceiling and os.path.exists(a.ceiling):
+        for l in open(a.ceiling):
+            if l.strip():
+                c = json.loads(l)
+                caps[c["shape"]] = c["max_speedup_gemm_plus_attention"]
     by = collections.defaultdict(dict)
     for r in rows:
-        by[(r["model"], r["task"], r["method"])][r["engine"]] = r
-    print("| model | task | W | method | transformers tok/s | kvsweep tok/s | speedup | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (model, task, method), e in sorted(by.items()):
+        by[(r["model"], r["task"], r.get("dtype", "bf16"), r["method"])][r["engine"]] = r
+    print("| model | task | W | dtype | method | transformers tok/s | kvsweep tok/s | speedup | of cap | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (model, task, dtype, method), e in sorted(by.items()):
         k, h = e.get("kvsweep"), e.get("transformers")
-        none = by.get((model, task, "none"), {}).get("kvsweep")
+        none = by.get((model, task, dtype, "none"), {}).get("kvsweep")
+        dagger = ""
+        if k and not h and ("axis=channel" in method or "residual=" in method):
+            h = by.get((model, task, dtype, "none"), {}).get("transformers")
+            dagger = " †"
         cfg = {}
         if a.models_dir and os.path.exists(os.path.join(a.models_dir, model, "config.json")):
             cfg = json.load(open(os.path.join(a.models_dir, model, "config.json")))
@@ -58,7 +75,7 @@ def main():
         speed = ktps / htps if k and h else None
         over = (none["tokens_per_s"] / ktps - 1) if k and none else None
         rel = None
-        if k and h:
+        if k and h and not dagger:
             kl, hl = k["metrics"]["loglik_sum"], h["metrics"]["loglik_sum"]
             rel = abs(kl - hl) / abs(hl)
         mfu = None
@@ -69,8 +86,10 @@ def main():
             mfu = ktps * f / (a.peak_tflops * 1e12)
         peak = "{:.1f} / {}".format(k["timing"].get("peak_device_bytes", 0) / 2**30,
                                    "{:.1f}".format(h["peak_gpu_bytes"] / 2**30) if h else "–") if k else "–"
-        print(f"| {model} | {task} | {(k or h)['window']} | `{method}` | {cell(htps, '{:.0f}')} | {cell(ktps, '{:.0f}')} | "
-              f"{cell(speed, '{:.2f}×')} | {cell(over, '{:+.1%}')} | {cell(rel, '{:.1e}')} | {cell(mfu, '{:.1%}')} | {peak} |")
+        cap = caps.get(model)
+        of_cap = speed / cap if speed is not None and cap else None
+        print(f"| {model} | {task} | {(k or h)['window']} | {dtype} | `{method}` | {cell(htps, '{:.0f}')}{dagger} | {cell(ktps, '{:.0f}')} | "
+              f"{cell(speed, '{:.2f}×')}{dagger} | {cell(of_cap, '{:.0%}')} | {cell(over, '{:+.1%}')} | {cell(rel, '{:.1e}')} | {cell(mfu, '{:.1%}')} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@
 # shapes (make_checkpoints.py) if missing, then for each model runs the same tasks and methods
 # through transformers (hf_bench.py) and kvsweep (kvsweep-engine-bench job mode), bf16, and
 # prints the side-by-side table (report.py). Methods: none, INT4 (group = head_dim), rank d/4,
-# hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25). `none` runs twice, first:
+# hybrid r = d/2 at 8 bits (identity bases; same payload budget 0.25), and the position-dependent
+# INT4 channel axis (KIVI-style), INT2 channel blocks of 32 with a residual window of 32, INT4
+# with a residual window of 128 (kvsweep only: hf_bench.py skips them); METHODS="a;b;..." replaces
+# the list. DTYPE=fp16 runs both engines in fp16 (default bf16). `none` runs twice, first:
 # whichever method runs first in a process pays cuBLAS/cuDNN heuristics and allocator growth
 # (measured: up to 2x on small models), so the first pass is a warm-up and report.py keeps the
 # last row per (model, task, method). COLD=1 skips the extra pass (cold rows: docs/gpu.md). REPEAT=N
@@ -26,13 +29,17 @@ for p in $plan; do
   tasks=${tasks:-wikitext,lambada_openai}
   d=$(python3 -c "import json;c=json.load(open('$ckpt/$model/config.json'));print(c.get('head_dim') or (c.get('n_embd') or c['hidden_size'])//(c.get('n_head') or c['num_attention_heads']))")
   methods="none;quant:bits=4,group=$d;rank:r=$((d/4)),basis=identity;hybrid:r=$((d/2)),bits=8,basis=identity"
+  methods="$methods;quant:bits=4,axis=channel;quant:bits=2,axis=channel,group=32,residual=32;quant:bits=4,residual=128"
+  [ -z "${METHODS:-}" ] || methods=$METHODS
   [ -n "${COLD:-}" ] || methods="none;$methods"
   echo "== $model d=$d W=$W lambada_limit=$limit"
   python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
-    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" 2>&1 | grep -v -i warn | tail -8
-  build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype bf16 \
+    --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
+    --dtype "${DTYPE:-bf16}" 2>&1 | grep -v -i warn | tail -8
+  build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
     ${INTERLEAVE:+--interleave} --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done
-python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" | tee "$out/table.md"
+python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" \
+  --ceiling tools/gpu/results/gemm_ceiling.jsonl | tee "$out/table.md"

@@ -7,19 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "worker/engine/attention.h"
 #include "worker/engine/checkpoint.h"
-
-#if defined(__has_include)
-#if __has_include(<torch/version.h>)
-#include <torch/version.h>
-#endif
-#endif
-#ifndef TORCH_VERSION_MAJOR
-#define TORCH_VERSION_MAJOR 1
-#define TORCH_VERSION_MINOR 0
-#endif
-// SDPA with enable_gqa exists from libtorch 2.5; Debian's 1.13 uses the explicit path below.
-#define KVSWEEP_HAS_SDPA (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
 
 namespace kvsweep::engine {
 namespace {
@@ -43,53 +32,6 @@ Tensor Activation(const Tensor& x, const std::string& act) {
   if (act == "gelu_new" || act == "gelu_pytorch_tanh") return torch::gelu(x, "tanh");
   if (act == "gelu") return torch::gelu(x);
   return torch::relu(x);  // "relu": the config parser admits nothing else
-}
-
-// allowed[t][j]: query t may attend to key j (causal, and within the sliding window if any).
-Tensor AllowedMask(int64_t T, int window, torch::Device device) {
-  Tensor t = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
-  Tensor j = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
-  Tensor allowed = j <= t;
-  if (window > 0) allowed = allowed & ((t - j) < window);
-  return allowed;
-}
-
-Tensor RepeatKv(const Tensor& x, int64_t groups) {
-  return groups == 1 ? x : x.repeat_interleave(groups, /*dim=*/1);
-}
-
-// Attention over q [B, H, T, D] and what the cache holds (see KvOperand), [B, H, T, D] out.
-Tensor Attend(const Tensor& q, const KvPair& kv, const Tensor& allowed, int window, double scale) {
-  const int64_t groups = q.size(1) / kv.k.compressed.size(1);
-#if KVSWEEP_HAS_SDPA
-  if (!kv.k.position_dependent() && !kv.v.position_dependent() && !q.is_cpu()) {
-    // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
-    // there is no sliding window.
-    // Contiguous [B, H, T, D] operands: with the strided views the projections produce, SDPA
-    // ran slower on the H200 than with a codec's contiguous output.
-    const Tensor qc = q.contiguous(), kc = kv.k.compressed.contiguous(), vc = kv.v.compressed.contiguous();
-    if (window == 0) {
-      return at::scaled_dot_product_attention(qc, kc, vc, {}, 0.0, /*is_causal=*/true, scale,
-                                              /*enable_gqa=*/groups > 1);
-    }
-    return at::scaled_dot_product_attention(qc, kc, vc, allowed, 0.0, /*is_causal=*/false, scale,
-                                            /*enable_gqa=*/groups > 1);
-  }
-#endif
-  auto scores_with = [&](const Tensor& k) {
-    return torch::matmul(q, RepeatKv(k, groups).transpose(-2, -1));
-  };
-  Tensor s = scores_with(kv.k.compressed);
-  if (kv.k.position_dependent()) {
-    s = torch::where(kv.k.use_compressed, s, scores_with(kv.k.raw));
-  }
-  s = (s * scale).to(torch::kFloat32).masked_fill(allowed.logical_not(),
-                                                   -std::numeric_limits<float>::infinity());
-  Tensor p = torch::softmax(s, -1).to(q.scalar_type());
-  if (!kv.v.position_dependent()) return torch::matmul(p, RepeatKv(kv.v.compressed, groups));
-  Tensor m = kv.v.use_compressed.to(p.scalar_type());
-  return torch::matmul(p * m, RepeatKv(kv.v.compressed, groups)) +
-         torch::matmul(p * (1 - m), RepeatKv(kv.v.raw, groups));
 }
 
 }  // namespace

@@ -24,10 +24,15 @@ namespace kvsweep::engine {
 class Model;
 
 // What attention reads for K (or V) of one layer. Shapes [B, Hkv, T, D].
+// use_compressed is the rule of cache_masks.h written out; attention reads the rule itself
+// (block, residual) and never needs the [T, T] mask (the masked reference path and the
+// diagnostics do).
 struct KvOperand {
   torch::Tensor compressed;
   torch::Tensor raw;             // defined only when position dependent
   torch::Tensor use_compressed;  // bool [T, T]: query t sees entry j compressed; undefined = all
+  int block = 1;                 // position dependent: tokens per compressed block (1 = token axis)
+  int residual = 0;              // position dependent: the most recent tokens kept uncompressed
   bool position_dependent() const { return use_compressed.defined(); }
 };
 

@@ -48,8 +48,7 @@ class QuantCodec final : public KvCodec {
     if (spec_.packed) return ApplyPacked(layer, k, v);  // per token (the parser enforces it)
     Tensor mask;
     if (spec_.position_dependent()) {
-      const int block = spec_.axis == QuantAxis::kChannel ? spec_.group : 1;
-      mask = CompressedStateMask(k.size(2), block, spec_.residual, k.device());
+      mask = CompressedStateMask(k.size(2), Block(), spec_.residual, k.device());
     }
     KvPair out;
     Tensor qk, qv;
@@ -79,10 +78,12 @@ class QuantCodec final : public KvCodec {
   }
 
  private:
-  static KvOperand Operand(Tensor compressed, const Tensor& raw, const Tensor& mask) {
+  KvOperand Operand(Tensor compressed, const Tensor& raw, const Tensor& mask) const {
     if (!mask.defined()) return KvOperand{std::move(compressed), {}, {}};
-    return KvOperand{std::move(compressed), raw, mask};
+    return KvOperand{std::move(compressed), raw, mask, Block(), spec_.residual};
   }
+
+  int Block() const { return spec_.axis == QuantAxis::kChannel ? spec_.group : 1; }
 
   // x [B, Hkv, T, D] of `layer` -> its compressed state, same shape and dtype.
   Tensor Quantize(KvTensor which, int layer, const Tensor& x) const {

@@ -1,0 +1,57 @@
+// Attention over what a KV cache holds (kv/kv_codec.h), for the model's forward pass.
+//
+// Position-independent operands: one tensor serves every query (SDPA's fused kernels on the GPU
+// with libtorch >= 2.5, the explicit softmax otherwise).
+//
+// Position-dependent operands (channel-axis blocks, residual windows): query t reads entry j
+// compressed iff j < CompressedTokens(t + 1, block, residual) (kv/cache_masks.h) and its raw
+// value otherwise. AttendBlockwise computes exactly that, a block of queries at a time, with no
+// [B, H, T, T] tensor: for queries [t0, t1), the entries every one of them reads compressed (a
+// prefix, or under a sliding window the part all of them see) form one unmasked segment; the
+// rest of what any of them sees (the band of the unfinished block and the residual window near
+// the diagonal, and the lower edge of a sliding window) is gathered once per combination of K
+// and V states that can occur there, each with a [C, L] mask of which query reads which entry in
+// that state. Every (query, entry) pair that attention reads appears in exactly one segment with
+// the state it is read in, so one softmax over the concatenation is the per-query softmax of the
+// cache semantics, summed in another order. Query heads of a GQA group are folded into the query
+// rows, so K/V are never repeated. On the GPU in bf16/fp16 the unmasked segment goes through
+// flash attention and the masked rest through the memory-efficient kernel with a bias, the two
+// merged by their log-sum-exp; in fp32 (or if a kernel refuses its operands) the concatenation
+// goes through one masked SDPA call per block; on the CPU it is an explicit fp32 softmax.
+//
+// AttendMasked is the reference the blockwise path is tested against: [B, H, T, T] scores with
+// each entry's state chosen by the operands' use_compressed masks.
+#ifndef KVSWEEP_WORKER_ENGINE_ATTENTION_H_
+#define KVSWEEP_WORKER_ENGINE_ATTENTION_H_
+
+#include <cstdint>
+
+#include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/torch_util.h"
+
+namespace kvsweep::engine {
+
+// Queries per block of the blockwise path: 128 keeps the band (block + residual + unfinished
+// channel block, read in two states) small against the prefix at W = 4096, and the per-block
+// score tile of the explicit path (CPU) at [B, H, 128, T] fp32.
+inline constexpr int64_t kAttentionQueryBlock = 128;
+
+// q [B, H, T, D] (post-RoPE); kv operands [B, Hkv, T, D]; allowed: bool [T, T], causal and within
+// `window` (0 = none); returns [B, H, T, D]. Position-dependent operands take the blockwise path.
+torch::Tensor Attend(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,
+                     int window, double scale);
+
+// The blockwise path with `query_block` queries per block (tests vary it).
+torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int window, double scale,
+                              int64_t query_block = kAttentionQueryBlock);
+
+// The reference: explicit [B, H, T, T] scores and softmax in fp32.
+torch::Tensor AttendMasked(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,
+                           double scale);
+
+// bool [T, T]: query t may read entry j (j <= t and, with a window, t - j < window).
+torch::Tensor AllowedMask(int64_t T, int window, torch::Device device);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_ATTENTION_H_
