@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -15,6 +16,7 @@
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/harness.h"
 
 namespace kvsweep {
@@ -194,6 +196,42 @@ TEST(MultiDeviceTest, BadDevicesAreRefusedWithOneLine) {
     EXPECT_THAT(*text, HasSubstr("kvsweep-worker: --device"));
     EXPECT_EQ(std::count(text->begin(), text->end(), '\n'), 1) << *text;
   }
+}
+
+// `kvsweep-worker eval` with --device cpu,cpu (the model's layers split across two CPU
+// "devices", worker/engine/placement.h) gives the result --device cpu gives, to the bit.
+TEST(MultiDeviceTest, PipelineGroupOfTwoCpuDevicesGivesTheSameResultAsOne) {
+  if (!kEngine) GTEST_SKIP() << "needs the libtorch engine";
+  const std::string dir = MakeTempDir("pipeline_eval");
+  const char* assets = std::getenv("KVSWEEP_ASSETS");
+  ASSERT_NE(assets, nullptr) << "KVSWEEP_ASSETS is not set";
+  auto eval = [&](const std::string& device) {
+    const std::string out = dir + "/" + device + ".json", err = dir + "/" + device + ".err";
+    Subprocess::Options o;
+    o.stdout_path = out;
+    o.stderr_path = err;
+    auto p = Subprocess::Spawn(
+        {WorkerBin(), "eval", "--model", std::string(assets) + "/models/ref-llama", "--task",
+         "lambada_openai", "--data",
+         std::string(assets) + "/data/lambada_openai/lambada_test.jsonl", "--limit", "8",
+         "--device", device, "--threads", "1", "--format", "json"},
+        o);
+    EXPECT_TRUE(p.ok());
+    std::optional<int> st = (*p)->Wait(std::chrono::seconds(300));
+    EXPECT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0)
+        << device << ": " << ReadFile(err).value_or("");
+    absl::StatusOr<std::string> json = ReadFile(out);
+    EXPECT_TRUE(json.ok());
+    absl::StatusOr<std::string> log = ReadFile(err);
+    return std::make_pair(nlohmann::json::parse(json.value_or("{}"), nullptr, false),
+                          log.value_or(""));
+  };
+  const auto [one, one_log] = eval("cpu");
+  const auto [two, two_log] = eval("cpu,cpu");
+  ASSERT_TRUE(one.contains("metrics")) << one.dump();
+  EXPECT_EQ(one["metrics"], two["metrics"]);  // loglik of every document, bit for bit
+  EXPECT_THAT(two_log, HasSubstr("pipeline cpu layers 0-"));
+  EXPECT_THAT(one_log, ::testing::Not(HasSubstr("pipeline")));
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 # through deploy/slurm/kvsweep-coordinator.sbatch (plain bash, loopback, a temp database),
 # submits 8 distinct jobs with the kvsweep CLI, runs deploy/slurm/kvsweep-workers.sbatch as a
 # 3-task array with `sbatch --wait` (fake evaluator, --exit-when-idle), and checks that every
-# array task exited 0 after going idle and that every job has exactly one result.
+# array task exited 0 after going idle and that every job has exactly one result; then 8 more
+# through one task with KVSWEEP_DEVICES=cpu:2 (a supervised worker per device), both recording.
 #
 #   run_slurm_test.sh COORDINATOR_BIN WORKER_BIN CLI_BIN ASSETS_DIR
 #
@@ -256,4 +257,37 @@ jobs="$(query "SELECT COUNT(*), SUM(state = 'done') FROM jobs")"
 sweep_rows="$(query "SELECT COUNT(*) FROM sweep_results WHERE sweep = '$sweep'")"
 [ "$sweep_rows" = 8 ] || fail "sweep_results rows for $sweep: expected 8, got '$sweep_rows'"
 
-echo "PASS: 8 jobs through 3 Slurm array tasks (job $job_id), each job with exactly one result"
+# --- one task running a supervised worker per device (KVSWEEP_DEVICES=cpu:2) ---
+sweep2="slurm-devices"
+{
+  printf 'name: %s\nmodels:\n  - name: ref-llama\n    path: %s/models/ref-llama\ntasks:\n' \
+    "$sweep2" "$assets"
+  for k in 9 10 11 12 13 14 15 16; do
+    printf '  - {name: l%d, task: lambada_openai, data: %s/data/lambada_openai/lambada_test.jsonl, limit: %d}\n' \
+      "$k" "$assets" "$k"
+  done
+  printf 'methods: [none]\n'
+} >"$tmp/sweep2.yaml"
+cli submit "$tmp/sweep2.yaml" >"$tmp/submit2.out" 2>&1 || fail "kvsweep submit: $(cat "$tmp/submit2.out")"
+submit_out="$(
+  cd "$tmp/jobs" &&
+    KVSWEEP_DIR="$shared" KVSWEEP_WORKER_BIN="$worker_bin" KVSWEEP_EVALUATOR=fake \
+    KVSWEEP_DEVICES=cpu:2 KVSWEEP_WORKER_ARGS="--fake-sleep-ms 200" KVSWEEP_EXIT_WHEN_IDLE=3 \
+    KVSWEEP_WAIT_COORDINATOR_S=60 KVSWEEP_ASSETS="$assets" TMPDIR="$tmp/jobs" \
+    timeout 300 sbatch --wait --parsable --array=0 --cpus-per-task=1 --mem=400M --time=10 \
+      --output="$tmp/devices-%A_%a.out" "$repo/deploy/slurm/kvsweep-workers.sbatch" 2>&1
+)"
+sbatch_rc=$?
+job2="$(printf '%s\n' "$submit_out" | sed -n 's/^\([0-9][0-9]*\).*/\1/p' | head -n1)"
+[ -n "$job2" ] || fail "sbatch (KVSWEEP_DEVICES) did not submit: $submit_out"
+[ "$sbatch_rc" -eq 0 ] ||
+  fail "sbatch --wait (KVSWEEP_DEVICES) exited with $sbatch_rc: $submit_out $(cat "$tmp"/devices-*.out)"
+out="$tmp/devices-${job2}_0.out"
+grep -q 'supervisor: every worker ended cleanly' "$out" ||
+  fail "the supervised workers did not all end cleanly ($(cat "$out"))"
+counts="$(query "SELECT COUNT(*), COUNT(DISTINCT job_id), COUNT(DISTINCT worker_id), SUM(worker_id GLOB '[0-9]*-0-cpu[01]') FROM sweep_results WHERE sweep = '$sweep2'")"
+[ "$counts" = "8,8,2,8" ] ||
+  fail "results, job ids, workers, from the task's two workers: expected 8,8,2,8, got '$counts'"
+
+echo "PASS: 8 jobs through 3 Slurm array tasks (job $job_id), each job with exactly one result;"
+echo "PASS: 8 more through one task with KVSWEEP_DEVICES=cpu:2 (job $job2), both workers recording"
