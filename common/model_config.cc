@@ -20,6 +20,10 @@ const char* ArchName(Arch a) {
     case Arch::kMistral: return "mistral";
     case Arch::kQwen2: return "qwen2";
     case Arch::kLlama2c: return "llama2c";
+    case Arch::kQwen3: return "qwen3";
+    case Arch::kPhi3: return "phi3";
+    case Arch::kOlmo2: return "olmo2";
+    case Arch::kMixtral: return "mixtral";
   }
   return "?";
 }
@@ -181,11 +185,20 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     c.arch = Arch::kMistral;
   } else if (c.model_type == "qwen2") {
     c.arch = Arch::kQwen2;
+  } else if (c.model_type == "qwen3") {
+    c.arch = Arch::kQwen3;
+  } else if (c.model_type == "phi3") {
+    c.arch = Arch::kPhi3;
+  } else if (c.model_type == "olmo2") {
+    c.arch = Arch::kOlmo2;
+  } else if (c.model_type == "mixtral") {
+    c.arch = Arch::kMixtral;
   } else if (c.model_type.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing 'model_type'"));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": unknown architecture '", c.model_type,
-                                                   "' (supported: gpt2, llama, mistral, qwen2)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": unknown architecture '", c.model_type,
+                     "' (supported: gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
   }
   c.torch_dtype = rd.String("dtype", rd.String("torch_dtype", ""));
   c.bos_token_id = rd.OptionalTokenId("bos_token_id");
@@ -234,6 +247,8 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     }
     if (c.arch == Arch::kQwen2) {
       c.qkv_bias = true;
+    } else if (c.arch == Arch::kPhi3 || c.arch == Arch::kMixtral) {
+      // No biases in either (transformers hard-codes bias=False).
     } else {
       KV_READ(c.qkv_bias, rd.Bool("attention_bias", false));
       c.o_bias = c.qkv_bias;
@@ -241,9 +256,35 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     }
     absl::Status rope = ParseRope(j, rd, &c);
     if (!rope.ok()) return rope;
+    if (c.arch == Arch::kPhi3) {
+      // Phi-3.5/4-mini rotate a fraction of each head; kvsweep rotates all of it.
+      double partial = 1.0;
+      KV_READ(partial, rd.Double("partial_rotary_factor", 1.0, 0.0, 1.0));
+      if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+        KV_READ(partial, rd.Double(j["rope_parameters"], "partial_rotary_factor", partial, 0.0, 1.0));
+      }
+      if (partial != 1.0) {
+        return absl::UnimplementedError(absl::StrCat(
+            what, ": partial_rotary_factor ", partial, " is not supported (only 1.0)"));
+      }
+    }
+    if (c.arch == Arch::kQwen3) c.qk_norm = QkNorm::kPerHead;
+    if (c.arch == Arch::kOlmo2) {
+      c.qk_norm = QkNorm::kAllHeads;
+      c.norms_after = true;
+    }
+    if (c.arch == Arch::kMixtral) {
+      KV_READ(c.num_experts, rd.Int("num_local_experts", std::nullopt, 1, 1024));
+      KV_READ(c.experts_per_tok, rd.Int("num_experts_per_tok", std::nullopt, 1, c.num_experts));
+    }
 
     c.sliding_window.assign(c.num_layers, 0);
     int window = 0;
+    if (c.arch == Arch::kMixtral || c.arch == Arch::kPhi3) {
+      // Absent or null: full attention.
+      KV_READ(window, rd.Int("sliding_window", 0, 0, kMaxPositions));
+      c.sliding_window.assign(c.num_layers, window);
+    }
     if (c.arch == Arch::kMistral) {
       // MistralConfig's default is 4096 when the key is absent; null disables it.
       if (!j.contains("sliding_window")) {
@@ -272,7 +313,7 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
                            " is not full_attention or sliding_attention"));
         }
       }
-    } else if (c.arch == Arch::kQwen2) {
+    } else if (c.arch == Arch::kQwen2 || c.arch == Arch::kQwen3) {
       bool use_sw = false;
       KV_READ(use_sw, rd.Bool("use_sliding_window", false));
       if (use_sw) {

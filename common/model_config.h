@@ -18,10 +18,24 @@
 namespace kvsweep {
 
 // Never renumber: stored in result provenance.
-enum class Arch { kGpt2 = 0, kLlama = 1, kMistral = 2, kQwen2 = 3, kLlama2c = 4 };
+enum class Arch {
+  kGpt2 = 0,
+  kLlama = 1,
+  kMistral = 2,
+  kQwen2 = 3,
+  kLlama2c = 4,
+  kQwen3 = 5,
+  kPhi3 = 6,
+  kOlmo2 = 7,
+  kMixtral = 8,
+};
 const char* ArchName(Arch a);
 
 enum class RopeScaling { kNone = 0, kLinear = 1, kLlama3 = 2 };
+
+// RMSNorm of queries and keys before RoPE: per head over head_dim (qwen3), or over the whole
+// projection of all heads (olmo2).
+enum class QkNorm { kNone = 0, kPerHead = 1, kAllHeads = 2 };
 
 struct ModelConfig {
   Arch arch = Arch::kLlama;
@@ -48,6 +62,13 @@ struct ModelConfig {
   double rope_low_freq_factor = 1.0;
   double rope_high_freq_factor = 4.0;
   int rope_original_max_positions = 8192;
+  QkNorm qk_norm = QkNorm::kNone;
+  // olmo2: each sublayer's output is RMS-normed before the residual add, its input is not.
+  bool norms_after = false;
+  // Mixture of experts (mixtral): every layer's MLP is num_experts SwiGLU experts, each token
+  // routed to the experts_per_tok of highest router softmax, weights renormalized over them.
+  int num_experts = 0;
+  int experts_per_tok = 0;
   // Per-layer sliding window (0 = full causal attention); size num_layers.
   std::vector<int> sliding_window;
   // GPT-2 attention options.

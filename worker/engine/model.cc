@@ -34,6 +34,28 @@ Tensor Activation(const Tensor& x, const std::string& act) {
   return torch::relu(x);  // "relu": the config parser admits nothing else
 }
 
+// transformers' MixtralSparseMoeBlock: router softmax in fp32, the top experts_per_tok per
+// token, their weights renormalized to sum 1 (in the compute dtype), each expert a SwiGLU MLP.
+Tensor MixtureOfExperts(const Tensor& h, const LayerWeights& w, const ModelConfig& c) {
+  const Tensor flat = h.reshape({-1, h.size(-1)});
+  const Tensor probs = torch::softmax(torch::linear(flat, w.router).to(torch::kFloat32), -1);
+  auto [top_w, top_i] = probs.topk(c.experts_per_tok, -1);
+  top_w = (top_w / top_w.sum(-1, /*keepdim=*/true)).to(h.scalar_type());
+  Tensor out = torch::zeros_like(flat);
+  for (int e = 0; e < c.num_experts; ++e) {
+    const Tensor hit = top_i == e;  // [N, k]: at most one slot per token
+    const Tensor rows = hit.any(-1).nonzero().squeeze(-1);
+    if (rows.numel() == 0) continue;
+    const Tensor weight = (top_w * hit.to(top_w.scalar_type())).sum(-1).index_select(0, rows);
+    const Tensor xe = flat.index_select(0, rows);
+    const Tensor ye = torch::linear(Activation(torch::linear(xe, w.e_gate[e]), c.activation) *
+                                        torch::linear(xe, w.e_up[e]),
+                                    w.e_down[e]);
+    out.index_add_(0, rows, ye * weight.unsqueeze(-1));
+  }
+  return out.view(h.sizes());
+}
+
 }  // namespace
 
 int64_t Model::num_parameters() const {
@@ -50,8 +72,11 @@ int64_t Model::num_parameters() const {
   for (const LayerWeights& l : layers_) {
     for (const Tensor* t : {&l.norm1_w, &l.norm1_b, &l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv, &l.wo,
                             &l.bo, &l.norm2_w, &l.norm2_b, &l.w_gate, &l.w_up, &l.b_up, &l.w_down,
-                            &l.b_down}) {
+                            &l.b_down, &l.q_norm, &l.k_norm, &l.router}) {
       add(*t);
+    }
+    for (const auto* v : {&l.e_gate, &l.e_up, &l.e_down}) {
+      for (const Tensor& t : *v) add(t);
     }
   }
   return n;
@@ -165,21 +190,61 @@ absl::Status Model::LoadHf(const std::string& dir) {
       dev = layer_devices_[i];
       const std::string l = absl::StrCat("model.layers.", i, ".");
       LayerWeights& w = layers_[i];
-      w.norm1_w = load(l + "input_layernorm.weight", {Hd});
-      w.wq = load(l + "self_attn.q_proj.weight", {H * D, Hd});
-      w.wk = load(l + "self_attn.k_proj.weight", {Hkv * D, Hd});
-      w.wv = load(l + "self_attn.v_proj.weight", {Hkv * D, Hd});
+      if (c.norms_after) {
+        // olmo2: norm1/norm2 are applied to the attention and MLP outputs (Forward).
+        w.norm1_w = load(l + "post_attention_layernorm.weight", {Hd});
+        w.norm2_w = load(l + "post_feedforward_layernorm.weight", {Hd});
+      } else {
+        w.norm1_w = load(l + "input_layernorm.weight", {Hd});
+        w.norm2_w = load(l + "post_attention_layernorm.weight", {Hd});
+      }
+      if (c.arch == Arch::kPhi3) {
+        // Fused [q; k; v] rows.
+        Tensor qkv = load(l + "self_attn.qkv_proj.weight", {(H + 2 * Hkv) * D, Hd});
+        if (!err.ok()) break;
+        w.wq = qkv.slice(0, 0, H * D);
+        w.wk = qkv.slice(0, H * D, (H + Hkv) * D);
+        w.wv = qkv.slice(0, (H + Hkv) * D, (H + 2 * Hkv) * D);
+      } else {
+        w.wq = load(l + "self_attn.q_proj.weight", {H * D, Hd});
+        w.wk = load(l + "self_attn.k_proj.weight", {Hkv * D, Hd});
+        w.wv = load(l + "self_attn.v_proj.weight", {Hkv * D, Hd});
+      }
       w.wo = load(l + "self_attn.o_proj.weight", {Hd, H * D});
+      if (c.qk_norm != QkNorm::kNone) {
+        const bool all = c.qk_norm == QkNorm::kAllHeads;
+        w.q_norm = load(l + "self_attn.q_norm.weight", {all ? H * D : D});
+        w.k_norm = load(l + "self_attn.k_norm.weight", {all ? Hkv * D : D});
+      }
       if (c.qkv_bias) {
         w.bq = load(l + "self_attn.q_proj.bias", {H * D});
         w.bk = load(l + "self_attn.k_proj.bias", {Hkv * D});
         w.bv = load(l + "self_attn.v_proj.bias", {Hkv * D});
       }
       if (c.o_bias) w.bo = load(l + "self_attn.o_proj.bias", {Hd});
-      w.norm2_w = load(l + "post_attention_layernorm.weight", {Hd});
-      w.w_gate = load(l + "mlp.gate_proj.weight", {I, Hd});
-      w.w_up = load(l + "mlp.up_proj.weight", {I, Hd});
-      w.w_down = load(l + "mlp.down_proj.weight", {Hd, I});
+      if (c.num_experts > 0) {
+        // Hugging Face's Mixtral layout: block_sparse_moe.gate and experts.E.{w1 gate, w3 up,
+        // w2 down}.
+        const std::string moe = l + "block_sparse_moe.";
+        w.router = load(moe + "gate.weight", {c.num_experts, Hd});
+        for (int e = 0; e < c.num_experts; ++e) {
+          const std::string x = absl::StrCat(moe, "experts.", e, ".");
+          w.e_gate.push_back(load(x + "w1.weight", {I, Hd}));
+          w.e_up.push_back(load(x + "w3.weight", {I, Hd}));
+          w.e_down.push_back(load(x + "w2.weight", {Hd, I}));
+        }
+      } else if (c.arch == Arch::kPhi3) {
+        // Fused [gate; up] rows.
+        Tensor gate_up = load(l + "mlp.gate_up_proj.weight", {2 * I, Hd});
+        if (!err.ok()) break;
+        w.w_gate = gate_up.slice(0, 0, I);
+        w.w_up = gate_up.slice(0, I, 2 * I);
+        w.w_down = load(l + "mlp.down_proj.weight", {Hd, I});
+      } else {
+        w.w_gate = load(l + "mlp.gate_proj.weight", {I, Hd});
+        w.w_up = load(l + "mlp.up_proj.weight", {I, Hd});
+        w.w_down = load(l + "mlp.down_proj.weight", {Hd, I});
+      }
       if (c.mlp_bias) {
         w.b_up = load(l + "mlp.up_proj.bias", {I});
         w.b_down = load(l + "mlp.down_proj.bias", {Hd});
@@ -271,6 +336,11 @@ absl::Status Model::PoolKvHeads(int target) {
   if (target <= 0 || target > native || native % target != 0) {
     return absl::InvalidArgumentError(absl::StrCat("kv_heads=", target, " does not divide the model's ",
                                                    native, " KV heads"));
+  }
+  if (config_.qk_norm == QkNorm::kAllHeads && target != native) {
+    return absl::UnimplementedError(absl::StrCat(
+        "kv_heads=", target, ": pooling KV heads of a model whose key norm spans all heads (",
+        ArchName(config_.arch), ") is not supported"));
   }
   const int64_t g = native / target, D = config_.head_dim;
   auto pool = [&](const Tensor& t) -> Tensor {
@@ -378,9 +448,23 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     x = x.to(layer_devices_[l]);  // a pipeline's range boundary (else a no-op)
     const bool gpt2 = c.arch == Arch::kGpt2;
     // Attention block.
-    Tensor h = gpt2 ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps) : RmsNorm(x, w.norm1_w, c.norm_eps);
-    Tensor q = torch::linear(h, w.wq, w.bq).view({B, T, H, D}).transpose(1, 2);     // [B, H, T, D]
-    Tensor k = torch::linear(h, w.wk, w.bk).view({B, T, Hkv, D}).transpose(1, 2);   // [B, Hkv, T, D]
+    Tensor h = gpt2             ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps)
+               : c.norms_after ? x
+                               : RmsNorm(x, w.norm1_w, c.norm_eps);
+    Tensor q = torch::linear(h, w.wq, w.bq);
+    Tensor k = torch::linear(h, w.wk, w.bk);
+    if (c.qk_norm == QkNorm::kAllHeads) {
+      q = RmsNorm(q, w.q_norm, c.norm_eps);
+      k = RmsNorm(k, w.k_norm, c.norm_eps);
+    }
+    q = q.view({B, T, H, D});
+    k = k.view({B, T, Hkv, D});
+    if (c.qk_norm == QkNorm::kPerHead) {
+      q = RmsNorm(q, w.q_norm, c.norm_eps);
+      k = RmsNorm(k, w.k_norm, c.norm_eps);
+    }
+    q = q.transpose(1, 2);                                                           // [B, H, T, D]
+    k = k.transpose(1, 2);                                                           // [B, Hkv, T, D]
     Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);   // [B, Hkv, T, D]
     q = ApplyRope(q);
     KvPair kv;
@@ -398,19 +482,24 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     const int window = c.sliding_window[l];
     Tensor attn = Attend(q, kv, allowed(window), window, scale);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
-    x = x + torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
+    Tensor o = torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
+    x = x + (c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps) : o);
 
     // MLP block.
-    h = gpt2 ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps) : RmsNorm(x, w.norm2_w, c.norm_eps);
+    h = gpt2             ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
+        : c.norms_after ? x
+                        : RmsNorm(x, w.norm2_w, c.norm_eps);
     Tensor m;
-    if (gpt2) {
+    if (c.num_experts > 0) {
+      m = MixtureOfExperts(h, w, c);
+    } else if (gpt2) {
       m = torch::linear(Activation(torch::linear(h, w.w_up, w.b_up), c.activation), w.w_down, w.b_down);
     } else {
       m = torch::linear(Activation(torch::linear(h, w.w_gate), c.activation) *
                             torch::linear(h, w.w_up, w.b_up),
                         w.w_down, w.b_down);
     }
-    x = x + m;
+    x = x + (c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps) : m);
   }
   return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
                                 : RmsNorm(x, final_w_, c.norm_eps))
