@@ -28,7 +28,7 @@ test: build fuzz-smoke
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # Only what the demo runs: not the tests and benchmarks `build` compiles.
-DEMO_TARGETS = kvsweep kvsweep-worker
+DEMO_TARGETS = kvsweep kvsweep-coordinator kvsweep-worker
 
 demo: configure
 	cmake --build $(BUILD) -j $(JOBS) --target $(DEMO_TARGETS)

@@ -26,7 +26,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"

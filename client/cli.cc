@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/coordinator_client.h"
 #include "client/plot.h"
 #include "client/progress.h"
 #include "client/report.h"
@@ -26,6 +27,7 @@
 #include "common/file_util.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
+#include "spec/job_result.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "storage/result_store.h"
 
@@ -47,108 +49,7 @@ int Error(const absl::Status& s) {
 }
 int Error(const std::string& msg) { return Error(absl::InvalidArgumentError(msg)); }
 
-// An RPC failure as one line; names the address when the coordinator is unreachable.
-absl::Status RpcError(const grpc::Status& s, const ClientConfig& cfg) {
-  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", cfg.address,
-                                               ": ", s.error_message()));
-  }
-  return FromGrpc(s);
-}
-
-struct Globals {
-  ClientConfig cfg;
-  std::string token_file;
-  int timeout_ms = 60000;
-};
-
-absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(Globals& g) {
-  if (!g.token_file.empty() && g.cfg.token.empty()) {
-    absl::StatusOr<std::string> t = ReadTokenFile(g.token_file);
-    if (!t.ok()) return t.status();
-    g.cfg.token = *t;
-  }
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> ch = MakeChannel(g.cfg);
-  if (!ch.ok()) return ch.status();
-  return v1::SweepService::NewStub(*ch);
-}
-
-// A job of a sweep, from the coordinator (Export) or a database file.
-struct Item {
-  std::string job_id, sweep, state, last_error;
-  nlohmann::json labels;
-  std::optional<nlohmann::json> result;
-  std::optional<nlohmann::json> spec;
-};
-
-absl::StatusOr<std::vector<Item>> FetchItems(Globals& g, const std::string& db,
-                                             const std::string& sweep, bool include_spec) {
-  std::vector<Item> items;
-  auto add = [&](const std::string& job_id, const std::string& labels, const std::string& state,
-                 const std::string& result, const std::string& spec,
-                 const std::string& error) -> absl::Status {
-    Item it;
-    it.job_id = job_id;
-    it.sweep = sweep;
-    it.state = state;
-    it.last_error = error;
-    absl::StatusOr<nlohmann::json> l = ParseJson(labels, "labels");
-    if (!l.ok()) return l.status();
-    it.labels = *l;
-    if (!result.empty()) {
-      absl::StatusOr<nlohmann::json> r = ParseJson(result, "result");
-      if (!r.ok()) return r.status();
-      it.result = *r;
-    }
-    if (!spec.empty()) {
-      absl::StatusOr<nlohmann::json> s = ParseJson(spec, "spec");
-      if (!s.ok()) return s.status();
-      it.spec = *s;
-    }
-    items.push_back(std::move(it));
-    return absl::OkStatus();
-  };
-  if (!db.empty()) {
-    SqliteOptions o;
-    o.read_only = true;
-    absl::StatusOr<std::unique_ptr<ResultStore>> store = NewSqliteResultStore(db, o);
-    if (!store.ok()) return store.status();
-    absl::Status inner;
-    absl::Status s = (*store)->Export(sweep, include_spec, [&](const ExportRow& r) {
-      inner = add(r.job_id, r.labels_json, JobStateName(r.state), r.result_json, r.spec_json,
-                  r.last_error);
-      return inner.ok();
-    });
-    if (!s.ok()) return s;
-    if (!inner.ok()) return inner;
-    return items;
-  }
-  KV_ASSIGN_OR_RETURN(auto stub, Stub(g));
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
-  v1::ExportRequest req;
-  req.set_sweep(sweep);
-  req.set_include_spec(include_spec);
-  auto reader = stub->Export(&ctx, req);
-  v1::ExportRecord rec;
-  absl::Status inner;
-  while (reader->Read(&rec)) {
-    std::string state = v1::JobState_Name(rec.state());
-    state = absl::AsciiStrToLower(state.substr(std::string("JOB_STATE_").size()));
-    inner = add(rec.job_id(), rec.labels_json(), state, rec.result_json(), rec.spec_json(),
-                rec.last_error());
-    if (!inner.ok()) {
-      ctx.TryCancel();
-      break;
-    }
-  }
-  grpc::Status s = reader->Finish();
-  if (!inner.ok()) return inner;
-  if (!s.ok()) return RpcError(s, g.cfg);
-  return items;
-}
-
-absl::StatusOr<QueryResult> RunQuery(Globals& g, const std::string& db, const std::string& sql,
+absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string& db, const std::string& sql,
                                      int max_rows) {
   if (!db.empty()) {
     SqliteOptions o;
@@ -246,99 +147,9 @@ std::string FormatQuery(const QueryResult& q, const std::string& format) {
   return out;
 }
 
-ProgressCounts Counts(const v1::SweepStatus& s) {
-  ProgressCounts c;
-  c.total = s.total();
-  c.done = s.done();
-  c.leased = s.leased();
-  c.queued = s.queued();
-  c.failed = s.failed();
-  c.quarantined = s.quarantined();
-  c.cancelled = s.cancelled();
-  return c;
-}
-
 // ---- Commands ------------------------------------------------------------------------------
 
-std::string GiB(int64_t bytes) { return absl::StrFormat("%.1f GiB", bytes / double(1 << 30)); }
-
-// One line about a pending submission's progress.
-std::string SubmitProgressLine(const v1::SubmitProgress& p) {
-  std::string line = absl::StrCat("preparing on the coordinator (", p.elapsed_ms() / 1000, " s): ");
-  if (!p.file().empty()) {
-    absl::StrAppend(&line, "hashing ", p.file(), " ", GiB(p.file_bytes_hashed()), " of ",
-                    GiB(p.file_bytes()), "; ");
-  }
-  absl::StrAppend(&line, GiB(p.bytes_hashed()), " hashed");
-  return line;
-}
-
-// Submits, then follows a pending submission (the coordinator hashing inputs it has not seen
-// before) until its final answer. Every call has its own --timeout-ms deadline; the
-// preparation itself has none.
-absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(Globals& g,
-                                                        const v1::SubmitSweepRequest& req) {
-  auto stub = Stub(g);
-  if (!stub.ok()) return stub.status();
-  // A call that ends in DEADLINE_EXCEEDED or UNAVAILABLE is tried again (a busy or restarting
-  // coordinator): submitting again joins the submission already running, so nothing is done
-  // twice. Given up after this long without an answer:
-  const auto give_up = std::max(std::chrono::milliseconds(30000),
-                                std::chrono::milliseconds(g.timeout_ms) * 10);
-  auto transient = [](const grpc::Status& s) {
-    return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-  };
-  const auto pause = std::chrono::milliseconds(std::min(1000, g.timeout_ms / 4 + 1));
-  v1::SubmitSweepResponse resp;
-  for (const auto first = std::chrono::steady_clock::now();;) {
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
-    grpc::Status s = (*stub)->SubmitSweep(&ctx, req, &resp);
-    if (s.ok()) break;
-    if (!transient(s) || std::chrono::steady_clock::now() - first > give_up) {
-      return RpcError(s, g.cfg);
-    }
-    std::this_thread::sleep_for(pause);
-  }
-  if (!resp.pending()) return resp;
-  const bool tty = ::isatty(STDERR_FILENO) == 1;
-  std::cerr << "the coordinator is hashing input files it has not seen before (it keeps the "
-               "hashes; interrupting here does not stop it, and submitting again follows it)\n";
-  auto last_line = std::chrono::steady_clock::now();
-  auto last_answer = last_line;
-  const int wait_ms = std::clamp(g.timeout_ms / 2, 0, 5000);
-  while (resp.pending()) {
-    const auto now = std::chrono::steady_clock::now();
-    if (tty) {
-      std::cerr << "\r\033[K" << SubmitProgressLine(resp.progress()) << std::flush;
-    } else if (now - last_line >= std::chrono::seconds(10)) {
-      std::cerr << SubmitProgressLine(resp.progress()) << "\n";
-      last_line = now;
-    }
-    v1::GetSubmissionRequest follow;
-    follow.set_submission(resp.submission());
-    follow.set_wait_ms(wait_ms);
-    v1::SubmitSweepResponse next;
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
-    grpc::Status s = (*stub)->GetSubmission(&ctx, follow, &next);
-    if (s.ok()) {
-      resp = std::move(next);
-      last_answer = std::chrono::steady_clock::now();
-      continue;
-    }
-    if (!transient(s) || std::chrono::steady_clock::now() - last_answer > give_up) {
-      if (tty) std::cerr << "\n";
-      return RpcError(s, g.cfg);
-    }
-    std::this_thread::sleep_for(pause);
-  }
-  if (tty) std::cerr << "\r\033[K";
-  return resp;
-}
-
-int Submit(Globals& g, const std::string& file, bool dry_run) {
+int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
   absl::StatusOr<std::string> yaml = ReadFile(file);
   if (!yaml.ok()) return Error(yaml.status());
   const std::string dir = DirName(RealPath(file));
@@ -386,7 +197,7 @@ int Submit(Globals& g, const std::string& file, bool dry_run) {
   return 0;
 }
 
-int Status(Globals& g, const std::string& sweep, bool json) {
+int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::GetStatusRequest req;
@@ -427,7 +238,7 @@ int Status(Globals& g, const std::string& sweep, bool json) {
 // after the first update is waited for: the stream is reopened with backoff until it answers
 // again, for up to `give_up_s` seconds of continuous absence (0 = forever); any other error
 // ends the watch.
-int Watch(Globals& g, const std::string& sweep, int interval_ms, int give_up_s) {
+int Watch(CoordinatorConnection& g, const std::string& sweep, int interval_ms, int give_up_s) {
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::WatchRequest req;
@@ -487,7 +298,7 @@ int Watch(Globals& g, const std::string& sweep, int interval_ms, int give_up_s) 
   return last.done() == last.total() ? 0 : kExitSweepFailed;
 }
 
-int Cancel(Globals& g, const std::string& sweep) {
+int Cancel(CoordinatorConnection& g, const std::string& sweep) {
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::CancelRequest req;
@@ -503,7 +314,7 @@ int Cancel(Globals& g, const std::string& sweep) {
   return 0;
 }
 
-int Retry(Globals& g, const std::string& sweep, bool failed, bool quarantined) {
+int Retry(CoordinatorConnection& g, const std::string& sweep, bool failed, bool quarantined) {
   if (!failed && !quarantined) return Error("retry: pass --failed and/or --quarantined");
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
@@ -522,7 +333,7 @@ int Retry(Globals& g, const std::string& sweep, bool failed, bool quarantined) {
 
 // Several sweeps in one table: each job's labels get `sweep`, so that rows or columns can pivot
 // on it (rows "auto" does when there are several).
-int TableCmd(Globals& g, const std::string& db, const std::vector<std::string>& sweeps,
+int TableCmd(CoordinatorConnection& g, const std::string& db, const std::vector<std::string>& sweeps,
              const TableSpec& spec, const std::string& format) {
   if (format != "md" && format != "csv" && format != "latex" && format != "json") {
     return Error(absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json)"));
@@ -550,7 +361,7 @@ int TableCmd(Globals& g, const std::string& db, const std::vector<std::string>& 
 }
 
 // `kvsweep plot` (client/plot.h): the figure from the same items `table` reads.
-int PlotCmd(Globals& g, const std::string& db, const std::string& sweep,
+int PlotCmd(CoordinatorConnection& g, const std::string& db, const std::string& sweep,
             const PlotOptions& options) {
   absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
   if (!items.ok()) return Error(items.status());
@@ -566,7 +377,7 @@ int PlotCmd(Globals& g, const std::string& db, const std::string& sweep,
 
 // `kvsweep report` (client/report.h): the study's claims against the sweep. With --out, the page
 // goes to that file and its figures (client/plot.h) beside it; else the page goes to stdout.
-int ReportCmd(Globals& g, const std::string& db, const std::string& sweep,
+int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string& sweep,
               const ReportOptions& options, const std::string& out) {
   absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
   if (!items.ok()) return Error(items.status());
@@ -625,7 +436,7 @@ int ReportCmd(Globals& g, const std::string& db, const std::string& sweep,
   return 0;
 }
 
-int QueryCmd(Globals& g, const std::string& db, const std::string& sql, const std::string& format,
+int QueryCmd(CoordinatorConnection& g, const std::string& db, const std::string& sql, const std::string& format,
              int max_rows) {
   if (format != "text" && format != "csv" && format != "json") {
     return Error(absl::StrCat("query: unknown format '", format, "' (text, csv, json)"));
@@ -637,7 +448,7 @@ int QueryCmd(Globals& g, const std::string& db, const std::string& sql, const st
   return 0;
 }
 
-int Export(Globals& g, const std::string& db, const std::string& sweep, const std::string& format,
+int Export(CoordinatorConnection& g, const std::string& db, const std::string& sweep, const std::string& format,
            const std::string& output, bool include_spec) {
   if (format != "jsonl" && format != "csv") {
     return Error(absl::StrCat("export: unknown format '", format, "' (jsonl, csv)"));
@@ -648,7 +459,7 @@ int Export(Globals& g, const std::string& db, const std::string& sweep, const st
   if (format == "jsonl") {
     for (const Item& it : *items) {
       nlohmann::json j = {{"job_id", it.job_id}, {"sweep", it.sweep},   {"state", it.state},
-                          {"labels", it.labels}, {"result", it.result ? *it.result : nlohmann::json(nullptr)}};
+                          {"labels", it.labels}, {"result", it.result ? it.result->json() : nlohmann::json(nullptr)}};
       if (it.spec) j["spec"] = *it.spec;
       if (!it.last_error.empty()) j["last_error"] = it.last_error;
       absl::StrAppend(&out, j.dump(), "\n");
@@ -656,28 +467,9 @@ int Export(Globals& g, const std::string& db, const std::string& sweep, const st
   } else {
     // Columns: identity, labels, then every metric seen (task.metric, ledger.*, timing.*).
     std::set<std::string> metric_cols;
-    auto flatten = [](const nlohmann::json& r) {
-      std::map<std::string, std::string> f;
-      if (auto m = r.find("metrics"); m != r.end() && m->is_object()) {
-        for (auto t = m->begin(); t != m->end(); ++t) {
-          if (!t->is_object()) continue;
-          for (auto k = t->begin(); k != t->end(); ++k) {
-            if (k->is_number()) f[absl::StrCat(t.key(), ".", k.key())] = k->dump();
-          }
-        }
-      }
-      for (const char* section : {"ledger", "timing"}) {
-        if (auto s = r.find(section); s != r.end() && s->is_object()) {
-          for (auto k = s->begin(); k != s->end(); ++k) {
-            if (k->is_number()) f[absl::StrCat(section, ".", k.key())] = k->dump();
-          }
-        }
-      }
-      return f;
-    };
     std::vector<std::map<std::string, std::string>> flat;
     for (const Item& it : *items) {
-      flat.push_back(it.result ? flatten(*it.result) : std::map<std::string, std::string>());
+      flat.push_back(it.result ? it.result->Columns() : std::map<std::string, std::string>());
       for (const auto& [k, v] : flat.back()) metric_cols.insert(k);
     }
     std::vector<std::string> header = {"job_id", "sweep", "state"};
@@ -713,7 +505,7 @@ int Export(Globals& g, const std::string& db, const std::string& sweep, const st
 }  // namespace
 
 int RunKvsweep(int argc, char** argv) {
-  Globals g;
+  CoordinatorConnection g;
   CLI::App app{"kvsweep: KV-cache compression sweeps (submit, follow, query results)"};
   app.set_version_flag("--version", "kvsweep " KVSWEEP_VERSION);
   app.require_subcommand(1);
@@ -851,6 +643,7 @@ int RunKvsweep(int argc, char** argv) {
                        "engine, or fake (placeholder numbers: exercises the pipeline only)")
       ->capture_default_str();
   demo_cmd->add_option("--worker-bin", demo.worker_bin, "kvsweep-worker to run");
+  demo_cmd->add_option("--coordinator-bin", demo.coordinator_bin, "kvsweep-coordinator to run");
   demo_cmd->add_option("--keep", demo.keep_dir, "keep the database and logs in this directory");
   demo_cmd->add_option("--limit", demo.limit, "LAMBADA documents per job")
       ->check(CLI::Range(1, 5153))

@@ -17,14 +17,16 @@ int RunKvsweep(int argc, char** argv);
 struct DemoOptions {
   int workers = 3;
   std::string evaluator = "engine";   // engine | fake
-  std::string worker_bin;             // "" = next to this binary, then the build tree
+  std::string worker_bin;             // "" = next to this binary, then the build tree, then PATH
+  std::string coordinator_bin;        // likewise
   std::string keep_dir;               // "" = a temporary directory, removed afterwards
   int limit = 20;                     // LAMBADA documents per job
   int fake_sleep_ms = 300;
   int timeout_s = 900;
 };
-// Starts an embedded coordinator on a temporary SQLite file and `workers` local worker
-// processes, runs a small sweep on the assets' ref-llama, prints the table.
+// Starts a kvsweep-coordinator process on a temporary SQLite file and `workers` local worker
+// processes, submits a small sweep on the assets' ref-llama over gRPC, follows it, prints the
+// tables.
 int RunDemo(const DemoOptions& options);
 
 }  // namespace kvsweep

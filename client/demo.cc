@@ -1,29 +1,30 @@
-// `kvsweep demo`: the whole system on one machine in one command. An embedded coordinator on a
-// SQLite file in a temporary directory, N `kvsweep-worker` processes, a small sweep on the
+// `kvsweep demo`: the whole system on one machine in one command. A `kvsweep-coordinator` process
+// on a SQLite file in a temporary directory, N `kvsweep-worker` processes, a small sweep on the
 // assets' ref-llama (LAMBADA, FP16 vs INT4/INT2 vs rank at matched storage, native and pooled
-// KV heads), a live progress bar, then the comparison tables.
+// KV heads) submitted over gRPC as `kvsweep submit` does, a live progress bar, then the
+// comparison tables. The demo is a client like any other: it links no coordinator code.
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/cli.h"
+#include "client/coordinator_client.h"
 #include "client/progress.h"
-#include "client/subprocess.h"
 #include "client/table.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
-#include "common/json_util.h"
-#include "common/log.h"
-#include "coordinator/server.h"
-#include "coordinator/sweep_spec.h"
+#include "common/path_policy.h"
+#include "common/subprocess.h"
 
 namespace kvsweep {
 
@@ -34,20 +35,69 @@ int DemoError(const std::string& msg) {
   return 1;
 }
 
-std::string FindWorker(const std::string& given) {
+// `given`, else `name` next to this binary, in the build tree (../<build_dir>/<name>) or on PATH.
+std::string FindBinary(const std::string& given, const std::string& name,
+                       const std::string& build_dir) {
   if (!given.empty()) return given;
   const std::string self = SelfDir();
-  for (const std::string& c : {JoinPath(self, "kvsweep-worker"),
-                               JoinPath(self, "../worker/kvsweep-worker")}) {
+  for (const std::string& c :
+       {JoinPath(self, name), JoinPath(self, absl::StrCat("../", build_dir, "/", name))}) {
     if (::access(c.c_str(), X_OK) == 0) return RealPath(c);
   }
   if (const char* path = std::getenv("PATH")) {
     for (absl::string_view dir : absl::StrSplit(path, ':')) {
-      const std::string c = JoinPath(dir, "kvsweep-worker");
+      const std::string c = JoinPath(dir, name);
       if (::access(c.c_str(), X_OK) == 0) return c;
     }
   }
   return "";
+}
+
+// The local processes run plaintext on loopback without tokens, whatever deployment settings
+// the shell exports (KVSWEEP_TLS=1, KVSWEEP_DB, ...: docs/deploy.md).
+const std::map<std::string, std::string>& PlainEnv() {
+  static const auto* env = new std::map<std::string, std::string>{
+      {"KVSWEEP_DB", ""},           {"KVSWEEP_LISTEN", ""},
+      {"KVSWEEP_TLS_CERT", ""},     {"KVSWEEP_TLS_KEY", ""},
+      {"KVSWEEP_TLS_CLIENT_CA", ""}, {"KVSWEEP_TOKEN_FILE", ""},
+      {"KVSWEEP_WORKER_TOKEN_FILE", ""}, {"KVSWEEP_CLIENT_TOKEN_FILE", ""},
+      {"KVSWEEP_READER_TOKEN_FILE", ""}, {"KVSWEEP_METRICS_LISTEN", ""},
+      {"KVSWEEP_HEALTH_LISTEN", ""}, {"KVSWEEP_HTTP", ""},
+      {"KVSWEEP_COORDINATOR", ""},  {"KVSWEEP_TLS", ""},
+      {"KVSWEEP_TLS_CA", ""},       {"KVSWEEP_TLS_SERVER_NAME", ""},
+      {"KVSWEEP_DEVICE", ""},       {"KVSWEEP_SPOOL_DIR", ""}};
+  return *env;
+}
+
+// Starts kvsweep-coordinator on `dir`/demo.db and an ephemeral loopback port; its address once
+// it serves (it writes the port file then).
+absl::StatusOr<std::string> StartCoordinator(const std::string& bin, const std::string& dir,
+                                             const std::string& log,
+                                             std::unique_ptr<Subprocess>* out) {
+  const std::string port_file = JoinPath(dir, "coordinator.port");
+  std::remove(port_file.c_str());
+  Subprocess::Options so;
+  so.env = PlainEnv();
+  so.stdout_path = so.stderr_path = log;
+  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Spawn(
+      {bin, "--db", JoinPath(dir, "demo.db"), "--listen", "127.0.0.1:0", "--port-file", port_file,
+       "--lease-ttl-ms", "30000", "--idle-retry-ms", "200"},
+      so);
+  if (!p.ok()) return p.status();
+  *out = *std::move(p);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    absl::StatusOr<std::string> port = ReadFile(port_file);
+    if (port.ok() && !port->empty() && port->back() == '\n') {
+      return absl::StrCat("127.0.0.1:", absl::StripAsciiWhitespace(*port));
+    }
+    if (!(*out)->Running()) {
+      return absl::UnavailableError(absl::StrCat(
+          "kvsweep-coordinator exited (", DescribeWaitStatus(*(*out)->exit_status()), ")"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError("kvsweep-coordinator did not start serving within 60 s");
 }
 
 // "engine: yes" in `kvsweep-worker --version`.
@@ -93,10 +143,16 @@ int RunDemo(const DemoOptions& o) {
   if (o.evaluator != "engine" && o.evaluator != "fake") {
     return DemoError("--evaluator must be engine or fake");
   }
-  const std::string worker_bin = FindWorker(o.worker_bin);
+  const std::string worker_bin = FindBinary(o.worker_bin, "kvsweep-worker", "worker");
   if (worker_bin.empty()) {
     return DemoError("cannot find kvsweep-worker next to kvsweep, in the build tree or on PATH; "
                      "pass --worker-bin");
+  }
+  const std::string coordinator_bin =
+      FindBinary(o.coordinator_bin, "kvsweep-coordinator", "coordinator");
+  if (coordinator_bin.empty()) {
+    return DemoError("cannot find kvsweep-coordinator next to kvsweep, in the build tree or on "
+                     "PATH; pass --coordinator-bin");
   }
   std::string dir = o.keep_dir;
   if (dir.empty()) {
@@ -114,20 +170,23 @@ int RunDemo(const DemoOptions& o) {
         "Rebuild with -DKVSWEEP_WITH_TORCH=ON, or run `kvsweep demo --evaluator=fake` to "
         "exercise the pipeline with placeholder numbers."));
   }
-  // The embedded coordinator's INFO lines would drown the progress bar.
-  if (std::getenv("KVSWEEP_LOG_LEVEL") == nullptr) SetLogLevel(LogLevel::kWarning);
   if (o.evaluator == "fake") {
     std::cerr << "kvsweep demo: NOTE --evaluator=fake: the metrics below are PLACEHOLDERS "
                  "(only the storage ledger is real)\n";
   }
 
-  CoordinatorOptions co;
-  co.db_path = JoinPath(dir, "demo.db");
-  co.listen = "127.0.0.1:0";
-  co.scheduler.lease_ttl_ms = 30000;
-  co.scheduler.idle_retry_ms = 200;
-  absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(co);
-  if (!server.ok()) return DemoError(std::string(server.status().message()));
+  const std::string db_path = JoinPath(dir, "demo.db");
+  std::vector<std::string> logs = {JoinPath(dir, "coordinator.log")};
+  std::unique_ptr<Subprocess> coordinator;
+  absl::StatusOr<std::string> address =
+      StartCoordinator(coordinator_bin, dir, logs[0], &coordinator);
+  if (!address.ok()) {
+    const std::string tail = OneLine(Tail(logs[0], 300));
+    return DemoError(absl::StrCat(address.status().message(), tail.empty() ? "" : ": ", tail,
+                                  tail.empty() ? "" : absl::StrCat("; log in ", logs[0])));
+  }
+  CoordinatorConnection conn;
+  conn.cfg.address = *address;
 
   const std::string yaml = absl::StrCat(R"(# kvsweep demo: FP16 vs quantization vs rank reduction at matched storage on ref-llama.
 name: demo
@@ -145,30 +204,28 @@ methods:
   - {family: quant, budgets: [0.25, 0.125]}
   - {family: rank, budgets: [0.25], extra: "basis=svd"}
 )");
-  (void)WriteFileAtomic(JoinPath(dir, "demo.yaml"), yaml);
-  ExpandOptions eo;
-  eo.source_name = "demo.yaml";
-  absl::StatusOr<ExpandedSweep> sweep = ExpandSweep(yaml, eo);
-  if (!sweep.ok()) return DemoError(std::string(sweep.status().message()));
-  absl::StatusOr<SubmitOutcome> sub = (*server)->scheduler()->Submit(*sweep, yaml, dir);
+  const std::string yaml_path = JoinPath(dir, "demo.yaml");
+  if (absl::Status w = WriteFileAtomic(yaml_path, yaml); !w.ok()) {
+    return DemoError(std::string(w.message()));
+  }
+  v1::SubmitSweepRequest req;
+  req.set_sweep_yaml(yaml);
+  req.set_base_dir(dir);
+  req.set_source_name("demo.yaml");
+  absl::StatusOr<v1::SubmitSweepResponse> sub = SubmitAndFollow(conn, req);
   if (!sub.ok()) return DemoError(std::string(sub.status().message()));
-  std::cerr << "kvsweep demo: coordinator on " << (*server)->address() << ", database "
-            << co.db_path << "\nkvsweep demo: sweep 'demo': " << sweep->jobs.size()
+  std::cerr << "kvsweep demo: coordinator on " << *address << ", database " << db_path
+            << "\nkvsweep demo: sweep 'demo': " << sub->jobs_total()
             << " jobs on ref-llama (LAMBADA, " << o.limit << " documents each), " << o.workers
             << " workers\n";
 
   std::vector<std::unique_ptr<Subprocess>> workers;
-  std::vector<std::string> logs;
   for (int i = 0; i < o.workers; ++i) {
     Subprocess::Options so;
-    // The embedded coordinator is plaintext on loopback without tokens, whatever connection
-    // settings the shell exports for real deployments (KVSWEEP_TLS=1, ...: docs/deploy.md).
-    so.env = {{"KVSWEEP_TLS", ""},      {"KVSWEEP_TLS_CA", ""},          {"KVSWEEP_TLS_CERT", ""},
-              {"KVSWEEP_TLS_KEY", ""},  {"KVSWEEP_TLS_SERVER_NAME", ""}, {"KVSWEEP_TOKEN_FILE", ""},
-              {"KVSWEEP_DEVICE", ""},   {"KVSWEEP_SPOOL_DIR", ""}};
+    so.env = PlainEnv();
     logs.push_back(JoinPath(dir, absl::StrCat("worker-", i, ".log")));
     so.stdout_path = so.stderr_path = logs.back();
-    std::vector<std::string> argv = {worker_bin, "--coordinator", (*server)->address(),
+    std::vector<std::string> argv = {worker_bin, "--coordinator", *address,
                                      "--device", "cpu", "--evaluator", o.evaluator,
                                      "--worker-id", absl::StrCat("demo-", i),
                                      "--spool-dir", JoinPath(dir, absl::StrCat("spool-", i))};
@@ -186,20 +243,23 @@ methods:
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.timeout_s);
   int rc = 0;
   bool finished = false;
+  absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> stub = Stub(conn);
+  if (!stub.ok()) return DemoError(std::string(stub.status().message()));
   for (;;) {
-    absl::StatusOr<SweepInfo> info = (*server)->store()->GetSweep("demo");
-    if (!info.ok()) {
-      rc = DemoError(std::string(info.status().message()));
+    v1::GetStatusRequest sreq;
+    sreq.set_sweep("demo");
+    v1::GetStatusResponse sresp;
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, conn.cfg, std::chrono::milliseconds(conn.timeout_ms));
+    grpc::Status gs = (*stub)->GetStatus(&ctx, sreq, &sresp);
+    if (!gs.ok() || sresp.sweeps_size() != 1) {
+      bar.Finish();
+      rc = DemoError(gs.ok() ? "the coordinator does not know sweep 'demo'"
+                             : std::string(RpcError(gs, conn.cfg).message()));
       break;
     }
-    ProgressCounts c;
-    c.total = info->total;
-    c.done = info->count(JobState::kDone);
-    c.leased = info->count(JobState::kLeased);
-    c.queued = info->count(JobState::kQueued);
-    c.failed = info->count(JobState::kFailed);
-    c.quarantined = info->count(JobState::kQuarantined);
-    c.cancelled = info->count(JobState::kCancelled);
+    const v1::SweepStatus& status = sresp.sweeps(0);
+    const ProgressCounts c = Counts(status);
     bar.Update(c);
     if (c.queued + c.leased == 0) {
       bar.Finish();
@@ -208,7 +268,7 @@ methods:
         rc = 1;
         std::cerr << "kvsweep demo: " << c.total - c.done << " of " << c.total
                   << " jobs did not produce a result:\n";
-        for (const std::string& e : info->recent_errors) std::cerr << "  error " << e << "\n";
+        for (const std::string& e : status.recent_errors()) std::cerr << "  error " << e << "\n";
       }
       break;
     }
@@ -217,7 +277,7 @@ methods:
     if (!any_alive) {
       bar.Finish();
       rc = DemoError(absl::StrCat("every worker exited before the sweep finished (",
-                                  OneLine(Tail(logs[0], 300)), "); logs in ", dir));
+                                  OneLine(Tail(logs[1], 300)), "); logs in ", dir));
       break;
     }
     if (std::chrono::steady_clock::now() > deadline) {
@@ -232,15 +292,10 @@ methods:
     if (!w->Wait(std::chrono::seconds(30))) w->Signal(SIGKILL);
   }
   if (finished) {
+    absl::StatusOr<std::vector<Item>> items = FetchItems(conn, "", "demo", false);
+    if (!items.ok()) return DemoError(std::string(items.status().message()));
     std::vector<TableInput> in;
-    absl::Status s = (*server)->store()->Export("demo", false, [&](const ExportRow& r) {
-      TableInput t;
-      t.labels = nlohmann::json::parse(r.labels_json);
-      if (!r.result_json.empty()) t.result = nlohmann::json::parse(r.result_json);
-      in.push_back(std::move(t));
-      return true;
-    });
-    if (!s.ok()) return DemoError(std::string(s.message()));
+    for (Item& it : *items) in.push_back({std::move(it.labels), std::move(it.result)});
     for (const char* metric : {"ppl", "acc", "fraction_total"}) {
       TableSpec ts;
       ts.rows = "method";
@@ -257,23 +312,25 @@ methods:
       std::cout << "The database is removed on exit; `kvsweep demo --keep DIR` keeps it for "
                    "`kvsweep query --db DIR/demo.db \"SELECT method, kv_heads, ppl, acc FROM results\"`.\n";
     } else {
-      std::cout << "Results are in " << co.db_path << ". Try: kvsweep query --db " << co.db_path
+      std::cout << "Results are in " << db_path << ". Try: kvsweep query --db " << db_path
                 << " \"SELECT method, kv_heads, ppl, acc FROM results\"\n";
     }
   }
-  (*server)->Shutdown();
-  server->reset();
+  // SIGTERM: the coordinator answers the calls in flight, commits and exits 0.
+  coordinator->Signal(SIGTERM);
+  if (!coordinator->Wait(std::chrono::seconds(30))) coordinator->Signal(SIGKILL);
   if (o.keep_dir.empty()) {
     for (const std::string& f : {std::string("demo.db"), std::string("demo.db-wal"),
                                  std::string("demo.db-shm"), std::string("demo.db.lock"),
-                                 std::string("demo.yaml"), std::string("worker-version.txt")}) {
+                                 std::string("demo.yaml"), std::string("worker-version.txt"),
+                                 std::string("coordinator.port")}) {
       std::remove(JoinPath(dir, f).c_str());
     }
     if (rc == 0) {
       for (const std::string& l : logs) std::remove(l.c_str());
       ::rmdir(dir.c_str());
     } else {
-      std::cerr << "kvsweep demo: worker logs kept in " << dir << "\n";
+      std::cerr << "kvsweep demo: logs kept in " << dir << "\n";
     }
   }
   return rc;

@@ -18,9 +18,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "client/subprocess.h"
 #include "common/file_util.h"
-#include "common/method_spec.h"
+#include "common/subprocess.h"
+#include "spec/method_spec.h"
 
 namespace kvsweep {
 
@@ -57,13 +57,11 @@ std::optional<double> AxisValue(const TableInput& in, const std::string& name) {
     return std::nullopt;
   }
   if (!in.result) return std::nullopt;
-  return MetricValue(*in.result, name);
+  return in.result->Number(name);
 }
 
-// "auto": ppl where the result has it (LAMBADA), else token_ppl (perplexity tasks).
-std::string ResolveMetric(const nlohmann::json& result, const std::string& metric) {
-  if (metric != "auto") return metric;
-  return MetricValue(result, "ppl") ? "ppl" : "token_ppl";
+std::string ResolveMetric(const JobResult& result, const std::string& metric) {
+  return metric == "auto" ? result.QualityMetric() : metric;
 }
 
 bool Known(const std::string& d) {
@@ -179,7 +177,7 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
   for (const TableInput* in : done) {
     const std::optional<double> x = AxisValue(*in, spec.x);
     const std::string metric = ResolveMetric(*in->result, spec.y);
-    const std::optional<double> y = MetricValue(*in->result, metric);
+    const std::optional<double> y = in->result->Number(metric);
     if (!x) {
       ++no_x;
       no_x_families.insert(LabelText(in->labels, "family"));
@@ -265,8 +263,8 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
         double sum = 0, se_sum = 0;
         int se_n = 0;
         for (const TableInput* in : c.jobs) {
-          sum += *MetricValue(*in->result, c.metric);
-          if (auto se = MetricValue(*in->result, c.metric + "_stderr")) {
+          sum += *in->result->Number(c.metric);
+          if (auto se = in->result->Number(c.metric + "_stderr")) {
             se_sum += *se;
             ++se_n;
           }

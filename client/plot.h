@@ -9,9 +9,9 @@
 //            dtype where those vary within a panel, so that a line never joins two cache layouts;
 //   points = one per job, in x order; jobs that differ only in `seed` are one point (their mean);
 //   error bars = ± one standard error as stored with each result (`<metric>_stderr`, what
-//            `kvsweep table` reads through MetricValue); none where the result stores none.
+//            `kvsweep table` reads through JobResult::Number); none where the result stores none.
 //
-// x and y are read like `kvsweep table` reads a metric (MetricValue: task metrics, ledger,
+// x and y are read like `kvsweep table` reads a metric (JobResult::Number: task metrics, ledger,
 // timing, attention diagnostics), or from the labels: `budget`, `kv_heads`, `seed`, and `bits`
 // (the method's bits per code: quant and hybrid; `none` at 16; K and V apart: the keys' where
 // they are compressed; rank has none and is left out).

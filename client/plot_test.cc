@@ -41,8 +41,8 @@ TableInput Job(const JobArgs& a) {
   const std::string metric = a.task == "wiki" ? "token_ppl" : "ppl";
   nlohmann::json m = {{metric, a.ppl}, {"acc", 0.5}};
   if (a.ppl_stderr) m[metric + "_stderr"] = *a.ppl_stderr;
-  t.result =
-      nlohmann::json{{"metrics", {{task_key, m}}}, {"ledger", {{"fraction_total", a.fraction}}}};
+  t.result = *JobResult::FromJson(
+      nlohmann::json{{"metrics", {{task_key, m}}}, {"ledger", {{"fraction_total", a.fraction}}}});
   return t;
 }
 
@@ -326,7 +326,11 @@ TEST(PlotTest, BitsOfKAndVApartAreTheKeys) {
 
 TEST(PlotTest, FlipRateFromTheDiagnostics) {
   std::vector<TableInput> in = Sweep();
-  for (TableInput& t : in) (*t.result)["diagnostics"] = {{"mean", {{"flip_rate", 0.01}}}};
+  for (TableInput& t : in) {
+    nlohmann::json j = t.result->json();
+    j["diagnostics"] = {{"mean", {{"flip_rate", 0.01}}}};
+    t.result = *JobResult::FromJson(j);
+  }
   PlotSpec s;
   s.x = "bits";
   s.y = "flip_rate";
@@ -365,7 +369,9 @@ TEST(PlotTest, ErrorsAreOneLineAndSayWhatToChange) {
   s.y = "acc";
   s.log_y = true;
   std::vector<TableInput> zero = Sweep();
-  zero[0].result->at("metrics").at("lambada_openai")["acc"] = 0;
+  nlohmann::json z = zero[0].result->json();
+  z["metrics"]["lambada_openai"]["acc"] = 0;
+  zero[0].result = *JobResult::FromJson(z);
   EXPECT_THAT(error(zero, s), HasSubstr("--log-y needs positive values, but acc is 0 for 'none'"));
   // Two methods of one family at the same storage: which label to pick.
   std::vector<TableInput> clash = Sweep();
@@ -395,7 +401,9 @@ TEST(PlotTest, PendingJobsAreANote) {
 
 TEST(PlotTest, LogAxisKeepsBarsThatReachZeroInside) {
   std::vector<TableInput> in = Sweep();
-  in[1].result->at("metrics").at("lambada_openai")["ppl_stderr"] = 40.0;  // 11 ± 40
+  nlohmann::json wide = in[1].result->json();
+  wide["metrics"]["lambada_openai"]["ppl_stderr"] = 40.0;  // 11 ± 40
+  in[1].result = *JobResult::FromJson(wide);
   PlotSpec s;
   s.log_y = true;
   absl::StatusOr<Plot> p = BuildPlot(in, s);

@@ -9,7 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "common/method_spec.h"
+#include "spec/job_result.h"
+#include "spec/method_spec.h"
+#include "spec/task.h"
 #include "stats/eval_units.h"
 
 namespace kvsweep {
@@ -27,7 +29,7 @@ struct Job {
   std::string metric;    // quality metric of the task
   std::optional<double> point;
   std::optional<EvalUnits> units;
-  const nlohmann::json* result = nullptr;
+  const JobResult* result = nullptr;
 
   std::string Name() const {
     switch (kind) {
@@ -60,8 +62,8 @@ Verdict Side(const Interval& i, double threshold, bool below) {
 }
 
 std::optional<Job> Classify(const TableInput& in) {
-  if (!in.result.has_value() || !in.result->is_object()) return std::nullopt;
-  const nlohmann::json& r = *in.result;
+  if (!in.result.has_value()) return std::nullopt;
+  const JobResult& r = *in.result;
   Job j;
   j.result = &*in.result;
   j.model = Label(in.labels, "model");
@@ -69,20 +71,14 @@ std::optional<Job> Classify(const TableInput& in) {
   j.label = Label(in.labels, "method");
   // Stored results carry no spec: the canonical method is the `method_spec` label, the task
   // the key of the result's metrics object (eval's own output has a spec: used when present).
-  const nlohmann::json spec = r.value("spec", nlohmann::json::object());
   j.method = Label(in.labels, "method_spec");
-  if (j.method.empty() && spec.is_object()) j.method = spec.value("method", "");
-  if (auto m = r.find("metrics"); m != r.end() && m->is_object() && !m->empty()) {
-    j.task_kind = m->begin().key();
-  } else if (spec.is_object()) {
-    j.task_kind = spec.value("task", "");
-  }
-  const nlohmann::json ledger = r.value("ledger", nlohmann::json::object());
-  if (!ledger.is_object() || !ledger.contains("fraction_payload") || j.method.empty()) {
-    return std::nullopt;
-  }
-  j.budget = std::round(ledger.value("fraction_payload", 0.0) * 1e9) / 1e9;
-  const int kvh = ledger.value("kv_heads", 0), native = ledger.value("native_kv_heads", 0);
+  if (j.method.empty()) j.method = r.spec().value("method", "");
+  j.task_kind = r.task();
+  const std::optional<double> payload = r.LedgerNumber("fraction_payload");
+  if (!payload || j.method.empty()) return std::nullopt;
+  j.budget = std::round(*payload * 1e9) / 1e9;
+  const int64_t kvh = r.LedgerInteger("kv_heads").value_or(0);
+  const int64_t native = r.LedgerInteger("native_kv_heads").value_or(0);
   j.native = kvh == native;
   j.layout = absl::StrCat("kv_heads ", kvh, ", ", Label(in.labels, "dtype"));
   absl::StatusOr<KvMethod> m = ParseKvMethod(j.method);
@@ -101,9 +97,9 @@ std::optional<Job> Classify(const TableInput& in) {
       }
     }
   }
-  j.metric = j.task_kind == "lambada_openai" ? "ppl" : "token_ppl";
-  j.point = MetricValue(r, j.metric);
-  j.units = EvalUnits::FromResult(r);
+  j.metric = QualityMetric(j.task_kind);
+  j.point = r.Number(j.metric);
+  j.units = r.Units();
   return j;
 }
 
@@ -191,8 +187,8 @@ class Checker {
 
 std::vector<double> LayerValues(const Job& j, const char* key) {
   std::vector<double> out;
-  const nlohmann::json d = j.result->value("diagnostics", nlohmann::json::object());
-  if (!d.is_object() || !d.contains("layers") || !d["layers"].is_array()) return out;
+  const nlohmann::json& d = j.result->diagnostics();
+  if (!d.contains("layers") || !d["layers"].is_array()) return out;
   for (const nlohmann::json& l : d["layers"]) {
     if (!l.is_object() || !l.contains(key) || !l[key].is_number()) return {};
     out.push_back(l[key].get<double>());
@@ -370,7 +366,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
       }
       joint.checks.push_back(c);
     }
-    if (none->task_kind != "lambada_openai") continue;
+    const TaskSpec* task = FindTask(none->task_kind);
+    if (task == nullptr || task->protocol != TaskProtocol::kLambada) continue;
     const Job* q = g->Best(Kind::kQuant, 0.25);
     const Job* r = g->Best(Kind::kRank, 0.25);
     if (q == nullptr || r == nullptr) continue;
@@ -461,8 +458,11 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
   for (const Group* g : used) {
     std::set<int> bits_done;
     for (const Job* j : g->jobs) {
-      const nlohmann::json d = j->result->value("diagnostics", nlohmann::json::object());
-      if (!d.is_object() || !d.contains("damage_bits") || !d.contains("predicted_ratio")) continue;
+      const nlohmann::json& d = j->result->diagnostics();
+      if (!d.contains("damage_bits") || !d["damage_bits"].is_number_integer() ||
+          !d.contains("predicted_ratio") || !d["predicted_ratio"].is_number()) {
+        continue;
+      }
       const int bits = d["damage_bits"].get<int>();
       if (!bits_done.insert(bits).second) continue;
       const double predicted = d["predicted_ratio"].get<double>();
@@ -518,13 +518,12 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
     });
     for (const Job* j : js) {
       ResultRow row;
-      const nlohmann::json ledger = j->result->value("ledger", nlohmann::json::object());
       row.spec_name = j->Name();
       row.payload = j->budget;
-      row.total = ledger.value("fraction_total", 0.0);
-      row.context_len = ledger.value("context_len", 0);
+      row.total = j->result->LedgerNumber("fraction_total").value_or(0.0);
+      row.context_len = static_cast<int>(j->result->LedgerInteger("context_len").value_or(0));
       row.value = j->point;
-      row.flip_rate = MetricValue(*j->result, "flip_rate");
+      row.flip_rate = j->result->Number("flip_rate");
       if (none != nullptr && j != none) {
         absl::StatusOr<PairedComparison> pc = ck.Compare(*j, *none, j->metric);
         if (pc.ok()) row.vs_none = *pc;

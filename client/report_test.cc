@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "stats/eval_units.h"
@@ -44,7 +44,7 @@ TableInput Job(const std::string& model, const std::string& method, double budge
   TableInput in;
   in.labels = {{"model", model}, {"task", "lambada"}, {"method", method}, {"dtype", "fp32"},
                {"kv_heads", kv_heads}, {"method_spec", *CanonicalKvMethod(method, 64, 6)}};
-  in.result = r;
+  in.result = *JobResult::FromJson(r);
   return in;
 }
 

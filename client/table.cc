@@ -28,36 +28,6 @@ std::string LabelText(const nlohmann::json& labels, const std::string& key) {
   return it->dump();
 }
 
-std::optional<double> MetricValue(const nlohmann::json& result, const std::string& metric) {
-  if (metric == "auto") {
-    if (auto v = MetricValue(result, "ppl")) return v;
-    return MetricValue(result, "token_ppl");
-  }
-  auto number = [&](const nlohmann::json& obj) -> std::optional<double> {
-    if (!obj.is_object()) return std::nullopt;
-    auto it = obj.find(metric);
-    if (it == obj.end() || !it->is_number()) return std::nullopt;
-    return it->get<double>();
-  };
-  if (auto m = result.find("metrics"); m != result.end() && m->is_object()) {
-    for (auto t = m->begin(); t != m->end(); ++t) {
-      if (auto v = number(*t)) return v;
-    }
-  }
-  for (const char* section : {"ledger", "timing"}) {
-    if (auto s = result.find(section); s != result.end()) {
-      if (auto v = number(*s)) return v;
-    }
-  }
-  // Attention diagnostics (sweeps with `diagnostics: true`): the means over layers.
-  if (auto d = result.find("diagnostics"); d != result.end() && d->is_object()) {
-    if (auto m = d->find("mean"); m != d->end()) {
-      if (auto v = number(*m)) return v;
-    }
-  }
-  return std::nullopt;
-}
-
 absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec) {
   const auto& dims = TableDimensions();
   std::vector<std::string> row_dims = {spec.rows};
@@ -123,7 +93,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
       t.cols.push_back(c);
     }
     cell_inputs[{row_index[r], col_index[c]}].push_back(&in);
-    if (in.result && MetricValue(*in.result, spec.metric)) metric_seen = true;
+    if (in.result && in.result->Number(spec.metric)) metric_seen = true;
   }
   if (t.rows.empty()) {
     return absl::InvalidArgumentError("table: no jobs match (check the sweep name and --where)");
@@ -147,7 +117,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
       std::vector<double> v;
       for (const TableInput* in : ins) {
         if (!in->result) continue;
-        if (std::optional<double> x = MetricValue(*in->result, spec.metric)) v.push_back(*x);
+        if (std::optional<double> x = in->result->Number(spec.metric)) v.push_back(*x);
       }
       if (!v.empty()) {
         double mean = 0;
@@ -167,7 +137,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
           "; add --where ", differ.empty() ? std::string("...") : differ[0],
           "=VALUE or pivot on it"));
     }
-    if (ins[0]->result) t.cells[rc.first][rc.second] = MetricValue(*ins[0]->result, spec.metric);
+    if (ins[0]->result) t.cells[rc.first][rc.second] = ins[0]->result->Number(spec.metric);
     single[rc] = ins[0];
   }
   if (!metric_seen && std::any_of(inputs.begin(), inputs.end(),
@@ -191,7 +161,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
       // The baseline's units, decoded once for the whole row.
       auto b = single.find({r, ref});
       const std::optional<EvalUnits> ub =
-          b != single.end() && b->second->result ? EvalUnits::FromResult(*b->second->result)
+          b != single.end() && b->second->result ? b->second->result->Units()
                                                  : std::nullopt;
       for (size_t c = 0; c < t.cols.size(); ++c) {
         if (c == ref) continue;
@@ -207,7 +177,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
             !b->second->result) {
           continue;
         }
-        std::optional<EvalUnits> ua = EvalUnits::FromResult(*a->second->result);
+        std::optional<EvalUnits> ua = a->second->result->Units();
         if (!ua || !ub) {
           notes.insert("no interval where a result has no per-unit values (older results)");
           continue;
@@ -486,3 +456,4 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
 }
 
 }  // namespace kvsweep
+

@@ -3,8 +3,8 @@
 //   rows  = a label (model, task, method, family, budget, kv_heads, seed, dtype, method_spec),
 //           or `sweep` when the table reads several sweeps (`kvsweep table A B ...`)
 //   cols  = another label
-//   metric= a number from the result: a task metric (acc, ppl, token_ppl, word_ppl,
-//           bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
+//   metric= a number from the result (JobResult::Number): a task metric (acc, ppl, token_ppl,
+//           word_ppl, bits_per_byte, loglik_sum, n, tokens, ...), a ledger field (fraction_payload,
 //           fraction_total, fraction_of_native, cache_bytes, ...), a timing field (wall_s) or
 //           an attention diagnostic's mean over layers (kl_mean, flip_rate, out_rel_err,
 //           damage_ratio_geomean; sweeps with `diagnostics: true`).
@@ -29,13 +29,14 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_result.h"
 #include "stats/bootstrap.h"
 
 namespace kvsweep {
 
 struct TableInput {
-  nlohmann::json labels;                 // the job's labels in the sweep
-  std::optional<nlohmann::json> result;  // the result object when done
+  nlohmann::json labels;            // the job's labels in the sweep
+  std::optional<JobResult> result;  // the result when done
 };
 
 struct TableSpec {
@@ -66,8 +67,6 @@ struct Table {
 const std::vector<std::string>& TableDimensions();
 // The label's value as text ("2", "0.25", "none"); "" if absent or null.
 std::string LabelText(const nlohmann::json& labels, const std::string& key);
-// The metric's value in a result object, if present (see file comment for where it looks).
-std::optional<double> MetricValue(const nlohmann::json& result, const std::string& metric);
 
 // kInvalidArgument: unknown dimension, rows == cols, a cell with several results (the message
 // names the labels that differ), the delta column missing, no rows left after filtering.

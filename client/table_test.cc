@@ -16,8 +16,9 @@ TableInput In(const std::string& model, const std::string& method, int kv, doubl
   TableInput t;
   t.labels = {{"model", model}, {"method", method}, {"kv_heads", kv}, {"budget", nullptr}};
   if (done) {
-    t.result = nlohmann::json{{"metrics", {{"lambada_openai", {{"ppl", ppl}, {"acc", 0.5}}}}},
-                              {"ledger", {{"fraction_total", 0.25}}}};
+    t.result = *JobResult::FromJson(
+        nlohmann::json{{"metrics", {{"lambada_openai", {{"ppl", ppl}, {"acc", 0.5}}}}},
+                       {"ledger", {{"fraction_total", 0.25}}}});
   }
   return t;
 }
@@ -124,12 +125,13 @@ TEST(TableTest, MetricsComeFromTasksLedgerAndTiming) {
   nlohmann::json r = {{"metrics", {{"wikitext", {{"token_ppl", 12.5}}}}},
                       {"ledger", {{"fraction_payload", 0.25}}},
                       {"timing", {{"wall_s", 3.0}}}};
-  EXPECT_EQ(*MetricValue(r, "token_ppl"), 12.5);
-  EXPECT_EQ(*MetricValue(r, "fraction_payload"), 0.25);
-  EXPECT_EQ(*MetricValue(r, "wall_s"), 3.0);
-  EXPECT_FALSE(MetricValue(r, "acc").has_value());
+  JobResult res = *JobResult::FromJson(r);
+  EXPECT_EQ(*res.Number("token_ppl"), 12.5);
+  EXPECT_EQ(*res.Number("fraction_payload"), 0.25);
+  EXPECT_EQ(*res.Number("wall_s"), 3.0);
+  EXPECT_FALSE(res.Number("acc").has_value());
   r["diagnostics"] = {{"layers", {{{"flip_rate", 0.5}}}}, {"mean", {{"flip_rate", 0.125}}}};
-  EXPECT_EQ(*MetricValue(r, "flip_rate"), 0.125);  // the mean over layers
+  EXPECT_EQ(*JobResult::FromJson(r)->Number("flip_rate"), 0.125);  // the mean over layers
   EXPECT_EQ(CsvField("a,b"), "\"a,b\"");
   EXPECT_EQ(CsvField("say \"hi\""), "\"say \"\"hi\"\"\"");
 }
@@ -165,7 +167,7 @@ TableInput WithUnits(const std::string& model, const std::string& method, const 
   nlohmann::json m = {{"ppl", *UnitMetric(u, "ppl", nullptr)},
                       {"acc", *UnitMetric(u, "acc", nullptr)},
                       {"units", u.ToJson()}};
-  t.result = nlohmann::json{{"metrics", {{"lambada_openai", m}}}};
+  t.result = *JobResult::FromJson(nlohmann::json{{"metrics", {{"lambada_openai", m}}}});
   return t;
 }
 
@@ -217,7 +219,7 @@ TEST(TableTest, SeedsAggregateAndAutoLayoutWorksOnAnySweep) {
                                 WithUnits("llama", "none", Docs(0, 50))};
   TableInput wiki;
   wiki.labels = {{"model", "llama"}, {"method", "none"}, {"kv_heads", 2}, {"task", "wikitext"}};
-  wiki.result = nlohmann::json{{"metrics", {{"wikitext", {{"token_ppl", 30.0}}}}}};
+  wiki.result = *JobResult::FromJson(nlohmann::json{{"metrics", {{"wikitext", {{"token_ppl", 30.0}}}}}});
   in.push_back(wiki);
   for (auto& i : in) {
     if (!i.labels.contains("task")) i.labels["task"] = "lambada_openai";

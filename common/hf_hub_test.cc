@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "common/model_config.h"
 #include "gtest/gtest.h"
 

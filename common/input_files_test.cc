@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "common/path_policy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -2,7 +2,7 @@
 
 #include <cstdlib>
 
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "gtest/gtest.h"
 
 namespace kvsweep {

@@ -3,13 +3,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/hf_hub.h"
-#include "common/job_spec.h"
 
 namespace kvsweep {
 namespace {
@@ -73,6 +73,11 @@ absl::Status PathPolicy::Check(const std::string& path) const {
       " is outside the allowed paths (",
       roots_.empty() ? "none" : absl::StrJoin(roots_, ", "),
       "); start the coordinator with --allow-path"));
+}
+
+std::string AssetsDir() {
+  const char* a = std::getenv("KVSWEEP_ASSETS");
+  return (a != nullptr && *a != '\0') ? a : "../shared/assets";
 }
 
 std::vector<std::string> SweepPathRoots(const std::vector<std::string>& configured,

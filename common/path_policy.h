@@ -39,6 +39,9 @@ class PathPolicy {
 std::vector<std::string> SweepPathRoots(const std::vector<std::string>& configured,
                                         const std::string& base_dir);
 
+// The assets folder: $KVSWEEP_ASSETS or "../shared/assets" (always an allowed root).
+std::string AssetsDir();
+
 }  // namespace kvsweep
 
 #endif  // KVSWEEP_COMMON_PATH_POLICY_H_

@@ -579,12 +579,12 @@ class Dashboard final : public DashboardServer {
     std::vector<TableInput> inputs;
     bool has_none = false, any_result = false;
     for (const JobRow& j : jobs) {
-      std::optional<json> result;
+      std::optional<JobResult> result;
       if (!j.result_text.empty()) {
-        json r = json::parse(j.result_text, nullptr, /*allow_exceptions=*/false);
-        if (!r.is_discarded()) {
-          if (std::optional<double> v = MetricValue(r, view.metric)) cmp->values[j.job_id] = *v;
-          result = std::move(r);
+        absl::StatusOr<JobResult> r = JobResult::Parse(j.result_text);
+        if (r.ok()) {
+          if (std::optional<double> v = r->Number(view.metric)) cmp->values[j.job_id] = *v;
+          result = *std::move(r);
         }
       }
       has_none = has_none || LabelText(j.labels, "method") == "none";

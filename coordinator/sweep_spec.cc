@@ -19,11 +19,11 @@
 #include "common/file_util.h"
 #include "common/hf_hub.h"
 #include "common/input_files.h"
-#include "common/ledger.h"
-#include "common/method_spec.h"
 #include "common/model_config.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
+#include "spec/ledger.h"
+#include "spec/method_spec.h"
 #include "yaml-cpp/yaml.h"
 
 namespace kvsweep {
@@ -673,8 +673,8 @@ class Expander {
   // the method uses a seeded random basis.
   absl::StatusOr<std::pair<std::string, MethodSpec>> ConcreteMethod(const Combo& c,
                                                                     bool* seeded) const {
-    std::string spec = c.method->spec;
-    if (spec.empty()) {
+    absl::StatusOr<KvMethod> parsed;
+    if (c.method->spec.empty()) {
       SolverOptions so = solver_;
       so.extra = c.method->extra;
       so.extra_k = c.method->extra_k;
@@ -685,10 +685,11 @@ class Expander {
         return ErrAt(c.method->line, c.method->path,
                      absl::StrCat("on model '", c.model->name, "': ", solved.status().message()));
       }
-      spec = solved->spec;
+      parsed = std::move(solved->method);
+    } else {
+      parsed = ParseKvMethod(c.method->spec);
+      if (!parsed.ok()) return ErrAt(c.method->line, c.method->path, parsed.status().message());
     }
-    absl::StatusOr<KvMethod> parsed = ParseKvMethod(spec);
-    if (!parsed.ok()) return ErrAt(c.method->line, c.method->path, parsed.status().message());
     *seeded = false;
     if (c.seed.has_value()) {
       std::vector<MethodSpec*> parts = {&parsed->k, &parsed->v};

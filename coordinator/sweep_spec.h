@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "nlohmann/json.hpp"
 
 namespace kvsweep {

@@ -73,18 +73,6 @@ absl::StatusOr<EvalUnits> EvalUnits::FromJson(const nlohmann::json& j) {
   return u;
 }
 
-std::optional<EvalUnits> EvalUnits::FromResult(const nlohmann::json& result) {
-  auto m = result.find("metrics");
-  if (m == result.end() || !m->is_object()) return std::nullopt;
-  for (auto t = m->begin(); t != m->end(); ++t) {
-    auto u = t->find("units");
-    if (u == t->end()) continue;
-    absl::StatusOr<EvalUnits> parsed = FromJson(*u);
-    if (parsed.ok()) return *std::move(parsed);
-  }
-  return std::nullopt;
-}
-
 bool IsUnitMetric(const std::string& metric) {
   return metric == "acc" || metric == "ppl" || metric == "loglik_sum" || metric == "token_ppl" ||
          metric == "word_ppl" || metric == "byte_ppl" || metric == "bits_per_byte";

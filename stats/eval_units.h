@@ -35,8 +35,6 @@ struct EvalUnits {
   nlohmann::json ToJson() const;
   // kInvalidArgument naming the field for anything malformed (lengths that disagree, bad base64).
   static absl::StatusOr<EvalUnits> FromJson(const nlohmann::json& j);
-  // metrics.<task>.units of a result object, if it has them.
-  static std::optional<EvalUnits> FromResult(const nlohmann::json& result);
 };
 
 // The metrics that can be computed from units (and so compared with intervals).

@@ -108,9 +108,8 @@ struct ResultMetrics {
   std::vector<std::string> tasks;  // the keys of "metrics"
   std::string job_id;              // the result's own "job_id", if it has one
 };
-// Validates a result object: a JSON object with an object "metrics" (one object per task,
-// numeric fields finite) and, if present, object "ledger"/"timing". kInvalidArgument naming
-// the offending field otherwise.
+// Validates a result object (JobResult::Parse: spec/job_result.h) and pulls out its columns.
+// kInvalidArgument naming the offending field otherwise.
 absl::StatusOr<ResultMetrics> ExtractResultMetrics(absl::string_view result_json);
 
 // leased -> done, writing the result. Precondition, checked in the transaction that writes:

@@ -18,7 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "rpc/rpc_util.h"
 
 namespace kvsweep {

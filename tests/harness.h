@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "client/subprocess.h"
+#include "common/subprocess.h"
 #include "gtest/gtest.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "storage/result_store.h"

@@ -8,7 +8,7 @@
 #include "common/file_util.h"
 #include "common/fingerprint.h"
 #include "common/input_files.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/harness.h"

@@ -13,9 +13,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/plot.h"
-#include "client/subprocess.h"
+#include "common/subprocess.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/harness.h"

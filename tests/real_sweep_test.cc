@@ -12,9 +12,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/subprocess.h"
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "common/subprocess.h"
+#include "spec/job_result.h"
+#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -88,6 +89,13 @@ methods:
   h.CheckInvariants("real");
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 25);
   EXPECT_EQ(h.SqlInt("SELECT count(DISTINCT worker_id) FROM results"), 3);
+  // The store keeps the worker's bytes, and reading a result through JobResult (as every reader
+  // does) gives exactly those bytes back.
+  for (const auto& row : h.SqlRows("SELECT result_json FROM results")) {
+    absl::StatusOr<JobResult> r = JobResult::Parse(row[0]);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->Serialize(), row[0]);
+  }
 
   // The pivot: one row per method, one column per model, at one KV-head count.
   CommandResult table = h.Cli({"table", "real", "--rows", "method", "--cols", "model", "--where",
@@ -134,9 +142,10 @@ methods:
   }
 }
 
-// The README's main job: `kvsweep demo` starts an embedded coordinator on a SQLite file and
-// local worker processes, runs its sweep on ref-llama and prints the comparison tables; with
-// --keep the database stays for `kvsweep query`. Without the assets it says what it needs.
+// The README's main job: `kvsweep demo` starts a kvsweep-coordinator process on a SQLite file and
+// local worker processes, submits its sweep on ref-llama over gRPC and prints the comparison
+// tables; with --keep the database and the logs stay for `kvsweep query`. Without the assets, or
+// without a coordinator binary, it says what it needs.
 TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   if (!kEngine) GTEST_SKIP() << "the demo needs the libtorch engine";
   Harness h("demo");
@@ -152,6 +161,9 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   const std::string err = ReadFile(o.stderr_path).value_or("");
   ASSERT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st) << "\n" << err;
   EXPECT_THAT(err, HasSubstr("8/8 done"));
+  EXPECT_THAT(err, HasSubstr("coordinator on 127.0.0.1:"));
+  // The coordinator was a process of its own, with its own log.
+  EXPECT_TRUE(PathExists(keep + "/coordinator.log"));
   // (md columns are padded to their widest cell)
   for (const char* s : {"| method \\ kv_heads ", "| none ", "ppl", "acc", "fraction_total",
                         "quant@0.25", "rank@0.25[basis=svd]"}) {
@@ -165,6 +177,15 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0]["n"], 8);
   EXPECT_EQ(rows[0]["d"], 8);
+  CommandResult stored = h.Cli({"query", "--db", db, "--format", "json",
+                                "SELECT result_json FROM results"});
+  ASSERT_EQ(stored.exit_code, 0) << stored.err;
+  for (const auto& row : nlohmann::json::parse(stored.out)) {
+    const std::string text = row["result_json"].get<std::string>();
+    absl::StatusOr<JobResult> r = JobResult::Parse(text);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->Serialize(), text);
+  }
   CommandResult ic = h.Cli({"query", "--db", db, "PRAGMA integrity_check"});
   ASSERT_EQ(ic.exit_code, 0) << ic.err;
   EXPECT_THAT(ic.out, HasSubstr("ok"));
@@ -183,6 +204,21 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   EXPECT_THAT(berr, HasSubstr("needs the kvsweep test assets"));
   EXPECT_THAT(berr, HasSubstr("no-assets-here"));
   EXPECT_EQ(std::count(berr.begin(), berr.end(), '\n'), 1) << berr;
+
+  // A coordinator binary that is not there: one line naming it, non-zero exit.
+  Subprocess::Options nocoord;
+  nocoord.stdout_path = absl::StrCat(h.dir(), "/nocoord.out");
+  nocoord.stderr_path = absl::StrCat(h.dir(), "/nocoord.err");
+  auto c = Subprocess::Spawn(
+      {KVSWEEP_CLI_BIN, "demo", "--coordinator-bin", absl::StrCat(h.dir(), "/no-such-binary")},
+      nocoord);
+  ASSERT_TRUE(c.ok()) << c.status();
+  st = (*c)->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 1) << DescribeWaitStatus(*st);
+  const std::string cerr = ReadFile(nocoord.stderr_path).value_or("");
+  EXPECT_THAT(cerr, HasSubstr("no-such-binary"));
+  EXPECT_EQ(std::count(cerr.begin(), cerr.end(), '\n'), 1) << cerr;
 }
 
 // The intervals `kvsweep table --delta` prints are recomputed independently, in numpy, from the

@@ -14,7 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
-#include "client/subprocess.h"
+#include "common/subprocess.h"
 
 namespace kvsweep {
 

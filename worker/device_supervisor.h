@@ -25,7 +25,7 @@
 //   repeat it).
 // - Run returns once every child has ended for good: 0 if each exited 0, 1 otherwise.
 //
-// The children die with the supervisor (PR_SET_PDEATHSIG, client/subprocess.h).
+// The children die with the supervisor (PR_SET_PDEATHSIG, common/subprocess.h).
 #ifndef KVSWEEP_WORKER_DEVICE_SUPERVISOR_H_
 #define KVSWEEP_WORKER_DEVICE_SUPERVISOR_H_
 

@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
-#include "common/ledger.h"
-#include "common/method_spec.h"
+#include "spec/ledger.h"
+#include "spec/method_spec.h"
 
 namespace kvsweep {
 namespace {

@@ -36,7 +36,7 @@
 #include "worker/worker_loop.h"
 
 #ifdef KVSWEEP_HAVE_ENGINE
-#include "worker/engine/eval_command.h"
+#include "worker/eval_command.h"
 #include "worker/engine/generate.h"
 #include "worker/engine_evaluator.h"
 #endif
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   InitRpcProcess();
   if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "generate")) {
 #ifdef KVSWEEP_HAVE_ENGINE
-    if (std::string(argv[1]) == "eval") return engine::RunEvalCommand(argc - 1, argv + 1);
+    if (std::string(argv[1]) == "eval") return RunEvalCommand(argc - 1, argv + 1);
     return engine::RunGenerateCommand(argc - 1, argv + 1);
 #else
     return Fail(std::string("this kvsweep-worker was built without the libtorch engine; `") +

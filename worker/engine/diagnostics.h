@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"

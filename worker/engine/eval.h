@@ -11,7 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"

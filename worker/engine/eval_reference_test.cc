@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
 #include "worker/engine/eval.h"

@@ -5,7 +5,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 #include "worker/engine/tokenizer/tokenizer.h"
 
 namespace kvsweep::engine {

@@ -21,7 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/hash.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
 #include "stats/eval_units.h"

@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 
 namespace kvsweep::engine {
 namespace {

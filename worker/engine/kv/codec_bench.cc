@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"

@@ -3,7 +3,7 @@
 // fraction of the native cache, and the diagnostics object.
 #include <cmath>
 
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "gtest/gtest.h"
 #include "worker/engine/eval.h"
 

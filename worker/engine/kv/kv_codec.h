@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/ledger.h"
-#include "common/method_spec.h"
+#include "spec/ledger.h"
+#include "spec/method_spec.h"
 #include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {

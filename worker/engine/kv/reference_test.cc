@@ -69,9 +69,9 @@
 #include <sstream>
 
 #include "common/file_util.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "common/json_util.h"
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 #include "gtest/gtest.h"
 #include "worker/engine/kv/reference_methods.h"
 #include "worker/engine/kv/kv_codec.h"

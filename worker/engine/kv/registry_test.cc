@@ -7,8 +7,8 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "common/job_spec.h"
-#include "common/ledger.h"
+#include "spec/job_spec.h"
+#include "spec/ledger.h"
 #include "gtest/gtest.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/kv_codec.h"

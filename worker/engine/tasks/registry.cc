@@ -1,6 +1,6 @@
 // The task registry: an explicit table from task name to factory.
 #include "absl/strings/str_cat.h"
-#include "common/job_spec.h"
+#include "spec/job_spec.h"
 #include "worker/engine/tasks/task.h"
 
 namespace kvsweep::engine {

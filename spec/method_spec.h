@@ -14,8 +14,8 @@
 // the head dimension). ResolveMethodSpec binds a spec to a head dimension and checks what only
 // the shape can tell (group divides head_dim, r <= head_dim). Job identity uses the resolved
 // spec. Errors are kInvalidArgument with a one-line message naming the key and value.
-#ifndef KVSWEEP_COMMON_METHOD_SPEC_H_
-#define KVSWEEP_COMMON_METHOD_SPEC_H_
+#ifndef KVSWEEP_SPEC_METHOD_SPEC_H_
+#define KVSWEEP_SPEC_METHOD_SPEC_H_
 
 #include <string>
 #include <vector>
@@ -130,4 +130,4 @@ const char* TargetName(KvTarget t);
 
 }  // namespace kvsweep
 
-#endif  // KVSWEEP_COMMON_METHOD_SPEC_H_
+#endif  // KVSWEEP_SPEC_METHOD_SPEC_H_

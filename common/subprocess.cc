@@ -1,4 +1,4 @@
-#include "client/subprocess.h"
+#include "common/subprocess.h"
 
 #include <fcntl.h>
 #include <signal.h>

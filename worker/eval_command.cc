@@ -1,4 +1,4 @@
-#include "worker/engine/eval_command.h"
+#include "worker/eval_command.h"
 
 #include <unistd.h>
 
@@ -8,12 +8,14 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
-#include "common/job_spec.h"
 #include "common/log.h"
+#include "spec/job_result.h"
+#include "spec/job_spec.h"
+#include "spec/task.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/lm_eval_format.h"
 
-namespace kvsweep::engine {
+namespace kvsweep {
 namespace {
 
 int ExitCodeFor(const absl::Status& s) {
@@ -59,14 +61,14 @@ class ProgressPrinter {
   bool tty_ = isatty(STDERR_FILENO);
 };
 
-std::string TextSummary(const nlohmann::json& r) {
+std::string TextSummary(const JobResult& r) {
   std::string out;
-  const auto& spec = r["spec"];
-  out += absl::StrFormat("model %s  task %s  method %s  kv_heads %d\n", spec["model_name"].get<std::string>(),
-                         spec["task"]["name"].get<std::string>(), spec["method"].get<std::string>(),
-                         spec["kv_heads"].get<int>());
-  for (auto it = r["metrics"].begin(); it != r["metrics"].end(); ++it) {
-    for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+  const nlohmann::json& spec = r.spec();
+  out += absl::StrFormat("model %s  task %s  method %s  kv_heads %d\n", spec.value("model_name", ""),
+                         r.task(), spec.value("method", ""), spec.value("kv_heads", 0));
+  for (const std::string& task : r.tasks()) {
+    const nlohmann::json& metrics = r.metrics(task);
+    for (auto m = metrics.begin(); m != metrics.end(); ++m) {
       if (m.key() == "units") {  // per-document/window values: in --format json
         out += absl::StrFormat("  %-14s %s %ss (per-unit values in --format json)\n", "units",
                                m.value().value("n", nlohmann::json(0)).dump(),
@@ -76,10 +78,11 @@ std::string TextSummary(const nlohmann::json& r) {
       out += absl::StrFormat("  %-14s %s\n", m.key(), m.value().dump());
     }
   }
-  out += absl::StrFormat("  %-14s %.6g (payload %.6g)\n", "kv fraction", r["ledger"]["fraction_total"].get<double>(),
-                         r["ledger"]["fraction_payload"].get<double>());
-  out += absl::StrFormat("  %-14s %.2fs (%.0f tokens/s)\n", "wall", r["timing"]["wall_s"].get<double>(),
-                         r["timing"]["tokens_per_s"].get<double>());
+  out += absl::StrFormat("  %-14s %.6g (payload %.6g)\n", "kv fraction",
+                         r.LedgerNumber("fraction_total").value_or(0),
+                         r.LedgerNumber("fraction_payload").value_or(0));
+  out += absl::StrFormat("  %-14s %.2fs (%.0f tokens/s)\n", "wall", r.TimingNumber("wall_s").value_or(0),
+                         r.TimingNumber("tokens_per_s").value_or(0));
   return out;
 }
 
@@ -88,16 +91,14 @@ std::string TextSummary(const nlohmann::json& r) {
 int RunEvalCommand(int argc, char** argv) {
   CLI::App app{"Evaluate one model on one task with a KV-cache method; result on stdout.", "kvsweep-worker eval"};
   JobRequest req;
-  EngineOptions eng;
+  engine::EngineOptions eng;
   std::string format = "text";
   app.add_option("--model", req.model_path,
                  "Hugging Face model directory, repo id in the hub cache (org/name[@rev]) or "
                  "llama2.c .bin")->required();
   app.add_option("--model-name", req.model_name, "Display name (default: the repo id or the directory name)");
   app.add_option("--tokenizer", req.tokenizer_path, "Tokenizer file or directory (default: the model's)");
-  app.add_option("--task", req.task,
-                 "lambada_openai | wikitext (lm-eval's: per document) | wikitext_stream | ptb | text "
-                 "(the whole file as one stream)")->required();
+  app.add_option("--task", req.task, TaskHelp())->required();
   app.add_option("--data", req.data_path,
                  "Data file (LAMBADA jsonl; wiki.test.raw for wikitext; any UTF-8 text for the stream tasks)")->required();
   app.add_option("--method", req.method, "KV method spec (none, quant:bits=4, rank:r=16, hybrid:r=32,bits=8, ...)");
@@ -129,18 +130,20 @@ int RunEvalCommand(int argc, char** argv) {
   if (eng.batch_tokens < 0) return Fail(absl::InvalidArgumentError("--batch-tokens must be >= 0"));
   absl::StatusOr<JobSpec> spec = ResolveJob(req);
   if (!spec.ok()) return Fail(spec.status());
-  Engine engine(eng);
+  engine::Engine engine(eng);
   ProgressPrinter progress;
   absl::StatusOr<nlohmann::json> r = engine.Run(*spec, [&](double f) { return progress(f); });
   if (!r.ok()) return Fail(r.status());
   if (format == "json") {
     std::cout << r->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else if (format == "lm-eval") {
-    std::cout << LmEvalOutput(*r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+    std::cout << engine::LmEvalOutput(*r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {
-    std::cout << TextSummary(*r);
+    absl::StatusOr<JobResult> result = JobResult::FromJson(*std::move(r));
+    if (!result.ok()) return Fail(result.status());
+    std::cout << TextSummary(*result);
   }
   return 0;
 }
 
-}  // namespace kvsweep::engine
+}  // namespace kvsweep

@@ -5,8 +5,8 @@
 // divides, window/context ranges), fills every default, and fingerprints the inputs. The
 // resulting JobSpec's identity is sha256 of the canonical JSON of everything that changes the
 // number (docs/architecture.md, "Job identity"); paths and names are carried along but not hashed.
-#ifndef KVSWEEP_COMMON_JOB_SPEC_H_
-#define KVSWEEP_COMMON_JOB_SPEC_H_
+#ifndef KVSWEEP_SPEC_JOB_SPEC_H_
+#define KVSWEEP_SPEC_JOB_SPEC_H_
 
 #include <map>
 #include <optional>
@@ -16,23 +16,24 @@
 #include "common/model_config.h"
 #include "common/path_policy.h"
 #include "nlohmann/json.hpp"
+#include "spec/task.h"
 
 namespace kvsweep {
 
 // Bump when a change to the engine changes any number it reports.
-inline constexpr char kEngineVersion[] = "kvsweep-engine/1";
+inline constexpr char kEngineVersion[] = "kvsweep-engine/2";
 
 struct JobRequest {
   std::string model_path;       // a path, or a Hugging Face repo id (common/hf_hub.h)
   std::string model_name;       // display name; defaults to the repo id or the path's basename
   std::string tokenizer_path;   // empty: the model directory's tokenizer
-  std::string task;             // lambada_openai | wikitext | wikitext_stream | ptb | text
+  std::string task;             // a task of spec/task.h
   std::string data_path;
   int limit = 0;                // first documents: lambada_openai, wikitext (0 = all)
   int window = 0;               // W (0 = model max positions, capped by max_window)
   int max_window = 0;           // cap for the default W (0 = none)
   int context = 1;              // C for rolling windows
-  std::string method = "none";   // a KvMethod (common/method_spec.h)
+  std::string method = "none";   // a KvMethod (spec/method_spec.h)
   int kv_heads = 0;             // 0 = native
   std::string dtype = "fp32";   // fp32 | bf16 | fp16, transformers' names, or auto (DtypeName)
   std::string calibration_path;   // empty: assets' wiki.valid.tokens if the method needs one
@@ -58,7 +59,7 @@ struct JobSpec {
   std::string tokenizer_path;   // empty: the model directory
   std::string tokenizer_sha256;
   std::string task;
-  // TaskDefinition(task) when the spec was resolved; part of the identity when non-empty. Empty
+  // TaskDefinition(task) (spec/task.h) when the spec was resolved; part of the identity when non-empty. Empty
   // in specs resolved before the task had one (their numbers follow the earlier definition).
   std::string task_definition;
   std::string data_path;
@@ -90,19 +91,6 @@ struct JobSpec {
   static absl::StatusOr<JobSpec> FromJson(const nlohmann::json& j);
 };
 
-// Tasks the engine knows: "lambada_openai"; "wikitext" (lm-evaluation-harness's: documents of
-// wikitext-2-raw-v1, detokenized, rolling windows per document); "wikitext_stream", "ptb" and
-// "text" (the whole file as one stream of rolling windows, on any UTF-8 file, named for the
-// metrics). docs/engine.md defines each.
-bool IsKnownTask(const std::string& task);
-// A version label of a task's definition that is part of job identity, for tasks whose meaning
-// changed under the same name: "lm-eval-documents" for "wikitext" (which once named the stream
-// convention, now "wikitext_stream"), so that results of the earlier definition are never
-// reused for it. Empty for every other task (their job ids are unchanged).
-std::string TaskDefinition(const std::string& task);
-// "unknown task 'X' (known: ...)": the one wording of that error in every layer.
-std::string UnknownTaskMessage(const std::string& task);
-
 // Validates and resolves a request (see file comment). Errors are kInvalidArgument or
 // kNotFound with a one-line message naming the offending field or path.
 absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req);
@@ -115,10 +103,9 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req);
 // set of files changed). Other I/O errors are returned as they are.
 absl::Status VerifyJobInputs(const JobSpec& spec);
 
-// $KVSWEEP_ASSETS or "../shared/assets".
-std::string AssetsDir();
+// The assets' default calibration text (AssetsDir(): common/path_policy.h).
 std::string DefaultCalibrationPath();
 
 }  // namespace kvsweep
 
-#endif  // KVSWEEP_COMMON_JOB_SPEC_H_
+#endif  // KVSWEEP_SPEC_JOB_SPEC_H_

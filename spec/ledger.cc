@@ -1,6 +1,7 @@
-#include "common/ledger.h"
+#include "spec/ledger.h"
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -154,9 +155,10 @@ const char* BudgetConventionName(BudgetConvention c) {
 
 namespace {
 
-// Fraction of a method under a convention, counting both K and V (target must be kv).
-absl::StatusOr<double> Achieved(const std::string& spec, int head_dim,
-                                const SolverOptions& o) {
+// The resolved method of a candidate and its fraction under a convention, counting both K and V
+// (target must be kv).
+absl::StatusOr<std::pair<KvMethod, double>> Achieved(const std::string& spec, int head_dim,
+                                                     const SolverOptions& o) {
   absl::StatusOr<KvMethod> m = ParseKvMethod(spec);
   if (!m.ok()) return m.status();
   if (!m->overrides.empty()) {
@@ -166,7 +168,9 @@ absl::StatusOr<double> Achieved(const std::string& spec, int head_dim,
   if (!r.ok()) return r.status();
   absl::StatusOr<Ledger> l = ComputeLedger(*r, head_dim, 1, 1, 1, o.context_len);
   if (!l.ok()) return l.status();
-  return o.convention == BudgetConvention::kPayload ? l->fraction_payload : l->fraction_total;
+  return std::make_pair(
+      *std::move(r),
+      o.convention == BudgetConvention::kPayload ? l->fraction_payload : l->fraction_total);
 }
 
 // The candidate for `spec` (a family's bits / r): with the extra keys, and as K and V parts
@@ -227,34 +231,33 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
   // Candidates are ordered from largest to smallest storage; pick the closest to the budget,
   // preferring the earlier (higher-fidelity) one on ties.
   SolvedMethod best;
+  std::string best_spec;  // the candidate as written (the error names it)
   double best_err = INFINITY;
   // A candidate the extra keys make invalid (sym=1 at 1 bit) is skipped; if every one is, the
   // first error is the answer.
   absl::Status first_error;
   for (const std::string& c : candidates) {
-    absl::StatusOr<double> a = Achieved(c, head_dim, o);
+    absl::StatusOr<std::pair<KvMethod, double>> a = Achieved(c, head_dim, o);
     if (!a.ok()) {
       if (first_error.ok()) first_error = a.status();
       continue;
     }
-    double err = std::fabs(*a - budget);
+    double err = std::fabs(a->second - budget);
     if (err < best_err - 1e-12) {
       best_err = err;
-      best.spec = c;
-      best.achieved = *a;
+      best_spec = c;
+      best.method = std::move(a->first);
+      best.achieved = a->second;
     }
   }
-  if (best.spec.empty()) return first_error;
+  if (best_spec.empty()) return first_error;
   if (best_err > o.tolerance * budget + 1e-12) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "budget %g (%s convention) cannot be met by family %s on head_dim %d: the closest is "
         "'%s' at %.6g",
-        budget, BudgetConventionName(o.convention), std::string(family), head_dim, best.spec,
+        budget, BudgetConventionName(o.convention), std::string(family), head_dim, best_spec,
         best.achieved));
   }
-  absl::StatusOr<std::string> canon = CanonicalKvMethod(best.spec, head_dim, 1);
-  if (!canon.ok()) return canon.status();
-  best.spec = *canon;
   return best;
 }
 

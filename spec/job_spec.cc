@@ -1,6 +1,4 @@
-#include "common/job_spec.h"
-
-#include <cstdlib>
+#include "spec/job_spec.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -9,7 +7,7 @@
 #include "common/hf_hub.h"
 #include "common/input_files.h"
 #include "common/json_util.h"
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 
 namespace kvsweep {
 
@@ -18,28 +16,6 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 }  // namespace
-
-constexpr const char* kKnownTasks[] = {"lambada_openai", "wikitext", "wikitext_stream", "ptb", "text"};
-
-bool IsKnownTask(const std::string& task) {
-  for (const char* t : kKnownTasks) {
-    if (task == t) return true;
-  }
-  return false;
-}
-
-std::string TaskDefinition(const std::string& task) {
-  return task == "wikitext" ? "lm-eval-documents" : "";
-}
-
-std::string UnknownTaskMessage(const std::string& task) {
-  return absl::StrCat("unknown task '", task, "' (known: ", absl::StrJoin(kKnownTasks, ", "), ")");
-}
-
-std::string AssetsDir() {
-  const char* a = std::getenv("KVSWEEP_ASSETS");
-  return (a != nullptr && *a != '\0') ? a : "../shared/assets";
-}
 
 std::string DefaultCalibrationPath() {
   return JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens");
@@ -175,7 +151,7 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     return Invalid("context", absl::StrCat(req.context, " out of range [1, window=", w, "]"));
   }
   s.window = w;
-  s.context = req.task == "lambada_openai" ? 1 : req.context;
+  s.context = FindTask(req.task)->takes_context ? req.context : 1;
   s.limit = req.limit;
   s.task = req.task;
   s.task_definition = TaskDefinition(req.task);

@@ -1,9 +1,9 @@
-// Child processes for `kvsweep demo`, the end-to-end tests and the load benchmark: spawn with
-// arguments and extra environment, send signals, wait with a timeout. A child gets SIGKILL if
-// its parent dies (PR_SET_PDEATHSIG), and a Subprocess that is destroyed while its child runs
-// kills it, so a failing test never leaves processes behind.
-#ifndef KVSWEEP_CLIENT_SUBPROCESS_H_
-#define KVSWEEP_CLIENT_SUBPROCESS_H_
+// Child processes for `kvsweep demo`, the worker's device supervisor, the end-to-end tests and
+// the load benchmark: spawn with arguments and extra environment, send signals, wait with a
+// timeout. A child gets SIGKILL if its parent dies (PR_SET_PDEATHSIG), and a Subprocess that is
+// destroyed while its child runs kills it, so a failing test never leaves processes behind.
+#ifndef KVSWEEP_COMMON_SUBPROCESS_H_
+#define KVSWEEP_COMMON_SUBPROCESS_H_
 
 #include <sys/types.h>
 
@@ -55,4 +55,4 @@ std::string SelfDir();
 
 }  // namespace kvsweep
 
-#endif  // KVSWEEP_CLIENT_SUBPROCESS_H_
+#endif  // KVSWEEP_COMMON_SUBPROCESS_H_

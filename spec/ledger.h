@@ -11,14 +11,14 @@
 //   svd: r×d; identity, hadamard and seeded random bases are regenerated, cost 0).
 // - fraction_* = bits / (16·head_dim), per KV head; `fraction_of_native` scales the total by
 //   kv_heads / native_kv_heads (GQA pooling shrinks the cache too).
-#ifndef KVSWEEP_COMMON_LEDGER_H_
-#define KVSWEEP_COMMON_LEDGER_H_
+#ifndef KVSWEEP_SPEC_LEDGER_H_
+#define KVSWEEP_SPEC_LEDGER_H_
 
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "common/method_spec.h"
 #include "nlohmann/json.hpp"
+#include "spec/method_spec.h"
 
 namespace kvsweep {
 
@@ -72,7 +72,7 @@ struct SolverOptions {
 };
 
 struct SolvedMethod {
-  std::string spec;           // canonical, resolved
+  KvMethod method;            // resolved for head_dim (and one layer: the solver sets no ranges)
   double achieved = 0;        // fraction under the convention
 };
 
@@ -85,4 +85,4 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
 
 }  // namespace kvsweep
 
-#endif  // KVSWEEP_COMMON_LEDGER_H_
+#endif  // KVSWEEP_SPEC_LEDGER_H_

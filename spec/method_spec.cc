@@ -1,4 +1,4 @@
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 
 #include <algorithm>
 #include <functional>

@@ -1,4 +1,4 @@
-#include "common/ledger.h"
+#include "spec/ledger.h"
 
 #include "gtest/gtest.h"
 
@@ -112,11 +112,11 @@ TEST(SolverTest, KAndVApartSolveOneBitWidthForBoth) {
   o.extra_v = "axis=token";
   absl::StatusOr<SolvedMethod> s = SolveBudget("quant", 0.25, 64, o);
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->spec, *CanonicalKvMethod("k=quant:bits=4,axis=channel,group=32;v=quant:bits=4", 64, 1));
+  EXPECT_EQ(s->method.ToString(), *CanonicalKvMethod("k=quant:bits=4,axis=channel,group=32;v=quant:bits=4", 64, 1));
   EXPECT_DOUBLE_EQ(s->achieved, 0.25);
   // Without keys of their own for K or V, the same as before.
   SolverOptions plain;
-  EXPECT_EQ(SolveBudget("quant", 0.25, 64, plain)->spec, *CanonicalMethodSpec("quant:bits=4", 64));
+  EXPECT_EQ(SolveBudget("quant", 0.25, 64, plain)->method.ToString(), *CanonicalMethodSpec("quant:bits=4", 64));
 }
 
 TEST(SolverTest, QuarterBudgetMatchesInt4RankD4HybridHalf8) {
@@ -125,20 +125,29 @@ TEST(SolverTest, QuarterBudgetMatchesInt4RankD4HybridHalf8) {
   auto r = SolveBudget("rank", 0.25, 64, o);
   auto h = SolveBudget("hybrid", 0.25, 64, o);
   ASSERT_TRUE(q.ok() && r.ok() && h.ok());
-  EXPECT_EQ(q->spec.substr(0, 22), "quant:bits=4,group=64,");
-  EXPECT_EQ(r->spec, "rank:r=16,basis=pca,target=kv,rope=post,seed=0");
-  EXPECT_EQ(h->spec.substr(0, 22), "hybrid:r=32,bits=8,gro");
+  EXPECT_EQ(q->method.ToString().substr(0, 22), "quant:bits=4,group=64,");
+  EXPECT_EQ(r->method.ToString(), "rank:r=16,basis=pca,target=kv,rope=post,seed=0");
+  EXPECT_EQ(h->method.ToString().substr(0, 22), "hybrid:r=32,bits=8,gro");
   EXPECT_DOUBLE_EQ(q->achieved, 0.25);
   EXPECT_DOUBLE_EQ(r->achieved, 0.25);
   EXPECT_DOUBLE_EQ(h->achieved, 0.25);
+  // The solved methods are structures, resolved for the head dimension.
+  ASSERT_TRUE(q->method.single() && r->method.single() && h->method.single());
+  EXPECT_EQ(q->method.k.family, MethodFamily::kQuant);
+  EXPECT_EQ(q->method.k.bits, 4);
+  EXPECT_EQ(q->method.k.group, 64);
+  EXPECT_TRUE(q->method.k.resolved());
+  EXPECT_EQ(r->method.k.r, 16);
+  EXPECT_EQ(h->method.k.r, 32);
+  EXPECT_EQ(h->method.k.bits, 8);
   // head_dim 128.
   auto r128 = SolveBudget("rank", 0.25, 128, o);
   ASSERT_TRUE(r128.ok());
-  EXPECT_EQ(r128->spec.substr(0, 10), "rank:r=32,");
+  EXPECT_EQ(r128->method.ToString().substr(0, 10), "rank:r=32,");
   o.extra = "basis=svd";
   auto svd = SolveBudget("rank", 0.125, 64, o);
   ASSERT_TRUE(svd.ok()) << svd.status();
-  EXPECT_EQ(svd->spec, "rank:r=8,basis=svd,target=kv,rope=pre,seed=0");
+  EXPECT_EQ(svd->method.ToString(), "rank:r=8,basis=svd,target=kv,rope=pre,seed=0");
 }
 
 TEST(SolverTest, TotalConventionCountsMetadata) {
@@ -147,7 +156,7 @@ TEST(SolverTest, TotalConventionCountsMetadata) {
   auto q = SolveBudget("quant", 0.25, 64, o);
   ASSERT_TRUE(q.ok()) << q.status();
   // 3 bits + 32/32 bits of scale/zero per element = 4 bits = 0.25.
-  EXPECT_EQ(q->spec.substr(0, 22), "quant:bits=3,group=32,");
+  EXPECT_EQ(q->method.ToString().substr(0, 22), "quant:bits=3,group=32,");
   EXPECT_DOUBLE_EQ(q->achieved, 0.25);
 }
 

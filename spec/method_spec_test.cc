@@ -1,4 +1,4 @@
-#include "common/method_spec.h"
+#include "spec/method_spec.h"
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
