@@ -12,14 +12,17 @@ int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
   const torch::Device dev = model.options().device;
   if (dev.is_cpu()) return 4096;  // ~4 windows of 1k: enough to amortize, small enough for caches
   // GPU: size the batch from free memory. Live bytes per token in one layer: the residual
-  // stream, norms, q/k/v, attention output and the MLP activations in the compute dtype, plus
-  // the [H, T] fp32 score rows when attention is materialized (position-dependent codecs).
+  // stream, norms, q/k/v, attention output and the MLP activations in the compute dtype, plus,
+  // for position-dependent codecs (blockwise attention, attention.h), the per-block outputs and
+  // their concatenation and the K/V segments a block gathers.
   const ModelConfig& c = model.config();
   const int64_t elt = torch::elementSize(model.options().dtype);
   int64_t max_len = 1;
   for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
   int64_t per_token = (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
-  if (codec != nullptr && codec->position_dependent()) per_token += 3 * c.num_heads * max_len * 4;
+  if (codec != nullptr && codec->position_dependent()) {
+    per_token += (2 * c.num_heads + 4 * model.kv_heads()) * c.head_dim * elt;
+  }
   const int64_t free_b = FreeDeviceBytes(dev);
   if (free_b <= 0) return 16384;
   // Keep half of what is free for the allocator's slack, the LM-head chunk and codec temporaries.
