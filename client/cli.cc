@@ -335,9 +335,7 @@ int Retry(CoordinatorConnection& g, const std::string& sweep, bool failed, bool 
 // on it (rows "auto" does when there are several).
 int TableCmd(CoordinatorConnection& g, const std::string& db, const std::vector<std::string>& sweeps,
              const TableSpec& spec, const std::string& format) {
-  if (format != "md" && format != "csv" && format != "latex" && format != "json") {
-    return Error(absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json)"));
-  }
+  if (absl::Status f = CheckTableFormat(format); !f.ok()) return Error(f);
   std::vector<TableInput> in;
   std::set<std::string> seen;
   for (const std::string& sweep : sweeps) {
@@ -583,7 +581,8 @@ int RunKvsweep(int argc, char** argv) {
       ->check(CLI::Range(0.5, 0.999))
       ->capture_default_str();
   table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
-  table->add_option("--format", table_format, "md, csv, latex or json")->default_val("md");
+  table->add_option("--format", table_format,
+                    "md, csv, latex, json or html (a <table> fragment, cells escaped)")->default_val("md");
   table->add_option("--db", db, "read this database file instead of asking the coordinator");
 
   PlotOptions plot_opts;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/status_macros.h"
 
 namespace kvsweep {
 
@@ -313,7 +314,16 @@ std::string CsvField(const std::string& s) {
   return out + "\"";
 }
 
+absl::Status CheckTableFormat(const std::string& format) {
+  for (const char* f : {"md", "csv", "latex", "json", "html"}) {
+    if (format == f) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json, html)"));
+}
+
 absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& format) {
+  KV_RETURN_IF_ERROR(CheckTableFormat(format));
   std::string out;
   const std::string caption = Caption(t);
   if (format == "md") {
@@ -451,8 +461,7 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
                         {"notes", t.notes}};
     return j.dump(2) + "\n";
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("table: unknown format '", format, "' (md, csv, latex, json, html)"));
+  return absl::InternalError(absl::StrCat("table: format '", format, "' has no writer"));
 }
 
 }  // namespace kvsweep

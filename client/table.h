@@ -71,6 +71,8 @@ std::string LabelText(const nlohmann::json& labels, const std::string& key);
 // kInvalidArgument: unknown dimension, rows == cols, a cell with several results (the message
 // names the labels that differ), the delta column missing, no rows left after filtering.
 absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec);
+// The formats FormatTable writes; kInvalidArgument naming them for any other.
+absl::Status CheckTableFormat(const std::string& format);
 // kInvalidArgument for an unknown format.
 absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& format);
 

@@ -166,6 +166,12 @@ TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
   EXPECT_THAT(both.out, HasSubstr("sweep \\ method,none,quant:bits=4,quant:bits=2\n"));
   EXPECT_THAT(both.out, HasSubstr("\ngrow,"));
   EXPECT_THAT(both.out, HasSubstr("\nother,,,"));  // only its one job, quant:bits=2
+  // The same table as the dashboard's HTML fragment.
+  CommandResult html = h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "html"});
+  ASSERT_EQ(html.exit_code, 0) << html.err;
+  EXPECT_THAT(html.out, HasSubstr("<table class=\"comparison\">"));
+  EXPECT_THAT(html.out, HasSubstr("<th scope=\"col\">quant:bits=2</th>"));
+  EXPECT_THAT(html.out, HasSubstr("</table>"));
   CommandResult twice = h.Cli({"table", "grow", "grow"});
   EXPECT_EQ(twice.exit_code, 1);
   EXPECT_THAT(twice.err, HasSubstr("sweep 'grow' is named twice"));
@@ -249,7 +255,7 @@ TEST(EndToEndTest, BadSweepsAreOneLineErrorsAndWriteNothing) {
   EXPECT_EQ(usage.exit_code, 2);
   CommandResult fmt = h.Cli({"table", "bad", "--format", "xls"});
   EXPECT_EQ(fmt.exit_code, 1);
-  EXPECT_EQ(fmt.err, "kvsweep: table: unknown format 'xls' (md, csv, latex, json)\n");
+  EXPECT_EQ(fmt.err, "kvsweep: table: unknown format 'xls' (md, csv, latex, json, html)\n");
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM sweeps"), 0);
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs"), 0);
 }
