@@ -138,6 +138,8 @@ absl::StatusOr<std::string> FileSha256Cached(const std::string& path) {
   return digest;
 }
 
+std::string KvsweepCacheDir() { return CacheDir(); }
+
 absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& files) {
   Sha256 h;
   for (const std::string& f : files) {

@@ -62,6 +62,10 @@ class ScopedHashMonitor {
 // cancelled HashMonitor: kCancelled "hashing 'PATH' was cancelled".
 absl::StatusOr<std::string> FileSha256Cached(const std::string& path);
 
+// kvsweep's cache directory: $KVSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/kvsweep, else
+// ~/.cache/kvsweep ("" without HOME). The hash cache lives here.
+std::string KvsweepCacheDir();
+
 // sha256 over "<basename>\0<file sha256>\n" for each file in order.
 absl::StatusOr<std::string> FilesFingerprint(const std::vector<std::string>& files);
 

@@ -60,6 +60,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   so.tokens = o.tokens;
   s->sweep_service_ = std::make_unique<SweepServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), so);
+  s->file_service_ =
+      std::make_unique<FileServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   if (!o.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsServer>> m =
         StartMetricsServer(o.metrics_listen, s->store_.get(), s->scheduler_.get());
@@ -81,6 +83,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   builder.AddListeningPort(o.listen, *creds, &s->port_);
   builder.RegisterService(s->sweep_service_.get());
   builder.RegisterService(s->worker_service_.get());
+  builder.RegisterService(s->file_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     s->scheduler_->Stop();
@@ -152,6 +155,7 @@ CoordinatorServer::~CoordinatorServer() {
   health_server_.reset();
   dashboard_.reset();
   metrics_.reset();
+  file_service_.reset();
   worker_service_.reset();
   sweep_service_.reset();
   scheduler_.reset();

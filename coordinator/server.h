@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "coordinator/file_server.h"
 #include "coordinator/http_dashboard.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
@@ -38,7 +39,8 @@ struct CoordinatorOptions {
 // The services the grpc.health.v1 service reports on (besides "", the whole server): SERVING
 // once the scheduler runs, NOT_SERVING from Shutdown on.
 inline constexpr const char* kHealthServiceNames[] = {"", "kvsweep.v1.SweepService",
-                                                      "kvsweep.v1.WorkerService"};
+                                                      "kvsweep.v1.WorkerService",
+                                                      "kvsweep.v1.FileService"};
 
 class CoordinatorServer {
  public:
@@ -72,6 +74,7 @@ class CoordinatorServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<SweepServiceImpl> sweep_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
+  std::unique_ptr<FileServiceImpl> file_service_;  // input files for workers without them
   std::unique_ptr<MetricsServer> metrics_;  // observes worker_service_: outlives server_'s calls
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // health_listen: grpc.health.v1 only

@@ -44,20 +44,6 @@ absl::Status ValidateSweepName(const std::string& name) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateFence(int64_t fence) {
-  if (fence <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("fencing_token: ", fence, " is not positive"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateLeaseId(const std::string& id) {
-  if (id.empty() || id.size() > 128) {
-    return absl::InvalidArgumentError("lease_id: must be 1 to 128 characters");
-  }
-  return absl::OkStatus();
-}
-
 void FillLease(const LeaseOffer& offer, int ttl, v1::LeaseResponse* resp) {
   resp->set_has_job(offer.has_job);
   resp->set_retry_after_ms(offer.retry_after_ms);
@@ -111,6 +97,20 @@ absl::Status ValidateJobId(const std::string& id) {
     if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) {
       return absl::InvalidArgumentError("job_id: must be 64 lower-case hex digits (a sha256)");
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFence(int64_t fence) {
+  if (fence <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fencing_token: ", fence, " is not positive"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLeaseId(const std::string& id) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError("lease_id: must be 1 to 128 characters");
   }
   return absl::OkStatus();
 }

@@ -116,6 +116,8 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
 // Field validators shared with tests: kInvalidArgument naming the field.
 absl::Status ValidateWorkerId(const std::string& id, const char* field);
 absl::Status ValidateJobId(const std::string& id);
+absl::Status ValidateLeaseId(const std::string& id);
+absl::Status ValidateFence(int64_t fence);
 absl::Status ValidateLeaseRequest(const v1::LeaseRequest& req, const std::string& prefix);
 
 }  // namespace kvsweep

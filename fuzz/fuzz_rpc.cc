@@ -23,6 +23,7 @@ struct Env {
   std::unique_ptr<CoordinatorServer> server;
   std::unique_ptr<v1::SweepService::Stub> sweeps;
   std::unique_ptr<v1::WorkerService::Stub> workers;
+  std::unique_ptr<v1::FileService::Stub> files;
 };
 
 Env* GetEnv() {
@@ -46,6 +47,7 @@ Env* GetEnv() {
     if (!ch.ok()) std::abort();
     e->sweeps = v1::SweepService::NewStub(*ch);
     e->workers = v1::WorkerService::NewStub(*ch);
+    e->files = v1::FileService::NewStub(*ch);
     std::atexit([] {
       Env* e = GetEnv();
       if (!e->server->store()->IntegrityCheck().ok()) std::abort();
@@ -69,7 +71,7 @@ void Deadline(grpc::ClientContext* ctx) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   Env* env = GetEnv();
-  const uint8_t which = data[0] % 12;
+  const uint8_t which = data[0] % 13;
   ++data;
   --size;
   grpc::ClientContext ctx;
@@ -158,6 +160,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!Parse(data, size, &r)) return 0;
       v1::FailResponse resp;
       (void)env->workers->Fail(&ctx, r, &resp);
+      break;
+    }
+    case 12: {
+      v1::FetchFileRequest r;
+      if (!Parse(data, size, &r)) return 0;
+      auto reader = env->files->FetchFile(&ctx, r);
+      v1::FileChunk c;
+      while (reader->Read(&c)) {
+      }
+      (void)reader->Finish();
       break;
     }
     default: {

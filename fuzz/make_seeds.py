@@ -132,6 +132,8 @@ def rpcs():
         10: field(1, "w1") + field(2, job) + field(3, "0" * 32) + field(4, 1) + field(5, 1)
             + field(6, "boom"),
         11: field(1, "0" * 32) + field(2, 50),
+        12: field(1, "w1") + field(2, job) + field(3, "0" * 32) + field(4, 1) + field(5, "b" * 64)
+            + field(6, 10) + field(7, 4096),
     }
     for k, body in seeds.items():
         put("rpc", "call%02d" % k, bytes([k]) + body)

@@ -4,6 +4,7 @@
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
 //       [--exit-when-idle SECONDS] [--config FILE]
+//       [--stage never|auto|always] [--cache-dir DIR] [--cache-max-bytes SIZE]
 //   kvsweep-worker --devices all|0,1,...|0+1,2+3|cpu:N [--max-restarts N] ...
 //       (one supervised worker process per device: worker/device_supervisor.h)
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
@@ -125,6 +126,18 @@ int main(int argc, char** argv) {
                          "them; a worker restarted with the same --worker-id reports them first "
                          "('' = off)"))
       ->capture_default_str();
+  std::string stage = "auto", cache_max = "20G";
+  app.add_option("--stage", stage,
+                 "input files: never (use the spec's paths), auto (fetch them from the "
+                 "coordinator when a path is missing here) or always (fetch them)")
+      ->capture_default_str();
+  app.add_option("--cache-dir", o.staging.cache_dir,
+                 "cache of fetched input files (default $KVSWEEP_CACHE_DIR/files or "
+                 "~/.cache/kvsweep/files)");
+  app.add_option("--cache-max-bytes", cache_max,
+                 "size limit of --cache-dir (K, M, G, T suffixes); least recently used files "
+                 "not in use are evicted")
+      ->capture_default_str();
   app.add_option("--reconnect-max-ms", o.reconnect_max_ms,
                  "longest wait between attempts to reach the coordinator")
       ->check(CLI::Range(100, 5000))
@@ -168,6 +181,14 @@ int main(int argc, char** argv) {
   if (!std::regex_match(o.device, std::regex("(cpu|cuda(:[0-9]+)?)(,(cpu|cuda(:[0-9]+)?))*"))) {
     return Fail("--device: '" + o.device +
                 "' is not cpu, cuda, cuda:N or a pipeline group such as cuda:0,cuda:1");
+  }
+  {
+    absl::StatusOr<StageMode> m = ParseStageMode(stage);
+    if (!m.ok()) return Fail(std::string(m.status().message()));
+    o.staging.mode = *m;
+    absl::StatusOr<int64_t> max = ParseByteSize(cache_max);
+    if (!max.ok()) return Fail("--cache-max-bytes: " + std::string(max.status().message()));
+    o.staging.cache_max_bytes = *max;
   }
   for (const std::string& f : faults) {
     absl::Status s = ParseFault(f, &o.faults);

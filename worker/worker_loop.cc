@@ -197,6 +197,19 @@ absl::Status WorkerLoop::Run() {
   if (!channel.ok()) return channel.status();
   channel_ = *channel;
   stub_ = v1::WorkerService::NewStub(channel_);
+  if (options_.staging.mode != StageMode::kNever) {
+    const std::string dir = options_.staging.cache_dir.empty() ? DefaultFileCacheDir()
+                                                               : options_.staging.cache_dir;
+    absl::StatusOr<std::unique_ptr<FileCache>> cache =
+        FileCache::Open(dir, options_.staging.cache_max_bytes);
+    if (!cache.ok()) {
+      return absl::Status(cache.status().code(),
+                          absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
+    }
+    file_cache_ = *std::move(cache);
+    stager_ = std::make_unique<FileStager>(file_cache_.get(), options_.staging.mode);
+    files_stub_ = v1::FileService::NewStub(channel_);
+  }
   KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
                << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
   // Connect before the first lease (a coordinator that is not up yet is waited for by the
@@ -328,9 +341,27 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   };
 
   faults_.BeforeEvaluate([&] { return on_progress(0.0); });
-  absl::StatusOr<nlohmann::json> result = on_progress(0.0)
-                                              ? evaluator_->Run(*spec, on_progress)
-                                              : absl::CancelledError("stopped before starting");
+  // Inputs missing here: fetched by hash and run on from the cache (its pins live as long).
+  std::optional<StagedJob> staged;
+  absl::Status staging;
+  if (stager_ != nullptr && stager_->NeedsStaging(*spec)) {
+    GrpcFileSource source(files_stub_.get(), options_.coordinator, worker_id_, lease,
+                          options_.rpc_timeout_ms);
+    absl::StatusOr<StagedJob> st =
+        stager_->Stage(*spec, &source, [&] { return on_progress(0.0); });
+    if (st.ok()) {
+      Journal("staged", job_id, fence,
+              absl::StrCat("files=", st->files, " fetched=", st->files_fetched,
+                           " bytes=", st->bytes_fetched));
+      staged = *std::move(st);
+    } else {
+      staging = st.status();
+    }
+  }
+  absl::StatusOr<nlohmann::json> result =
+      !staging.ok()      ? absl::StatusOr<nlohmann::json>(staging)
+      : on_progress(0.0) ? evaluator_->Run(staged ? staged->spec : *spec, on_progress)
+                         : absl::CancelledError("stopped before starting");
   if (!result.ok() || heartbeats.lost()) stop_heartbeat();
   if (lost) {
     MutexLock l(&stats_mu_);

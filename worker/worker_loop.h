@@ -33,6 +33,7 @@
 #include "rpc/rpc_util.h"
 #include "worker/evaluator.h"
 #include "worker/fault_injection.h"
+#include "worker/file_stager.h"
 #include "worker/heartbeater.h"
 #include "worker/result_spool.h"
 
@@ -70,6 +71,9 @@ struct WorkerOptions {
   // (worker/result_spool.h). "" = no spool.
   std::string spool_dir;
   WorkerFaults faults;
+  // Input files missing here are fetched from the coordinator into a cache and the job runs on
+  // them (worker/file_stager.h); kNever (the default here) runs on the spec's paths as they are.
+  StagingOptions staging;
   // Called after each Lease ("lease" / "lease-empty") and Complete ("complete", or
   // "complete+lease" when it also brought the next job) with its latency in ms (the load
   // benchmark's measurements). May be empty.
@@ -128,6 +132,10 @@ class WorkerLoop {
   std::string session_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
+  // Staging (options_.staging), set up by Run unless the mode is kNever.
+  std::unique_ptr<v1::FileService::Stub> files_stub_;
+  std::unique_ptr<FileCache> file_cache_;
+  std::unique_ptr<FileStager> stager_;
   std::string held_model_;
   std::optional<v1::LeaseResponse> next_lease_;
   std::optional<ResultSpool> spool_;

@@ -1,0 +1,270 @@
+#include "worker/file_stager.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <map>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/fingerprint.h"
+#include "common/hash.h"
+#include "common/log.h"
+
+namespace kvsweep {
+namespace {
+
+constexpr int kChunkBytes = 1 << 20;
+
+absl::Status Annotate(const absl::Status& s, const std::string& what) {
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+// Absolute, with no empty, "." or ".." component: mirrored as it is.
+bool Mirrorable(const std::string& path) {
+  if (path.empty() || path[0] != '/') return false;
+  for (absl::string_view c : absl::StrSplit(path.substr(1), '/')) {
+    if (c.empty() || c == "." || c == "..") return false;
+  }
+  return true;
+}
+
+std::string StripTrailingSlashes(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+void RemoveTree(const std::string& dir) {
+  // Views hold one level of directories and symlinks only.
+  if (DIR* d = ::opendir(dir.c_str())) {
+    std::vector<std::string> names;
+    while (struct dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (n != "." && n != "..") names.push_back(n);
+    }
+    ::closedir(d);
+    for (const std::string& n : names) {
+      const std::string p = JoinPath(dir, n);
+      struct stat st;
+      if (::lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        RemoveTree(p);
+      } else {
+        ::unlink(p.c_str());
+      }
+    }
+  }
+  ::rmdir(dir.c_str());
+}
+
+// One directory of original inputs: its files' names and hashes.
+using Group = std::map<std::string, std::string>;  // name -> sha256
+
+// The view of `dir` holding `files`: <cache>/views/<key>/<dir's name>, made if missing
+// (atomically: built aside, then renamed into place) and repaired if an entry is wrong.
+absl::StatusOr<std::string> EnsureView(const FileCache& cache, const std::string& dir,
+                                       const Group& files) {
+  std::string key_text = absl::StrCat(dir, std::string(1, '\0'));
+  for (const auto& [name, sha] : files) absl::StrAppend(&key_text, name, "\t", sha, "\n");
+  const std::string views = JoinPath(cache.dir(), "views");
+  if (::mkdir(views.c_str(), 0755) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, "mkdir", views);
+  }
+  const std::string top = JoinPath(views, Sha256Hex(key_text));
+  const std::string base = dir == "/" ? "root" : BaseName(dir);
+  const std::string view = JoinPath(top, base);
+  if (!IsDirectory(view)) {
+    static std::atomic<int> counter{0};
+    const std::string tmp =
+        JoinPath(views, absl::StrCat(".tmp-", ::getpid(), "-", counter.fetch_add(1), "-",
+                                     std::chrono::steady_clock::now().time_since_epoch().count()));
+    const std::string tmp_view = JoinPath(tmp, base);
+    if (::mkdir(tmp.c_str(), 0755) != 0) return ErrnoToStatus(errno, "mkdir", tmp);
+    if (::mkdir(tmp_view.c_str(), 0755) != 0) {
+      const absl::Status e = ErrnoToStatus(errno, "mkdir", tmp_view);
+      RemoveTree(tmp);
+      return e;
+    }
+    for (const auto& [name, sha] : files) {
+      const std::string link = JoinPath(tmp_view, name);
+      if (::symlink(cache.BlobPath(sha).c_str(), link.c_str()) != 0) {
+        const absl::Status e = ErrnoToStatus(errno, "symlink", link);
+        RemoveTree(tmp);
+        return e;
+      }
+    }
+    if (::rename(tmp.c_str(), top.c_str()) != 0) {
+      const int err = errno;
+      RemoveTree(tmp);
+      if (err != EEXIST && err != ENOTEMPTY) return ErrnoToStatus(err, "rename", top);
+    }
+  }
+  // Another process's view (or one made earlier) is used as it is, unless an entry is wrong.
+  for (const auto& [name, sha] : files) {
+    const std::string link = JoinPath(view, name);
+    const std::string want = cache.BlobPath(sha);
+    char buf[4096];
+    const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf));
+    if (n >= 0 && std::string(buf, static_cast<size_t>(n)) == want) continue;
+    const std::string fix = absl::StrCat(link, ".fix-", ::getpid());
+    ::unlink(fix.c_str());
+    if (::symlink(want.c_str(), fix.c_str()) != 0 || ::rename(fix.c_str(), link.c_str()) != 0) {
+      return ErrnoToStatus(errno, "repair", link);
+    }
+    KV_LOG(WARNING) << "staging: repaired " << link;
+  }
+  return view;
+}
+
+}  // namespace
+
+absl::StatusOr<StageMode> ParseStageMode(const std::string& text) {
+  if (text == "never") return StageMode::kNever;
+  if (text == "auto") return StageMode::kAuto;
+  if (text == "always") return StageMode::kAlways;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--stage: '", text, "' is not never, auto or always"));
+}
+
+std::string DefaultFileCacheDir() {
+  const std::string base = KvsweepCacheDir();
+  return base.empty() ? "kvsweep-files" : JoinPath(base, "files");
+}
+
+absl::Status GrpcFileSource::Fetch(const std::string& sha256, int64_t offset,
+                                   const ChunkSink& sink) {
+  v1::FetchFileRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_job_id(lease_.job_id());
+  req.set_lease_id(lease_.lease_id());
+  req.set_fencing_token(lease_.fencing_token());
+  req.set_sha256(sha256);
+  req.set_offset(offset);
+  req.set_chunk_bytes(kChunkBytes);
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, config_,
+                 std::chrono::milliseconds(std::max<int64_t>(int64_t{30} * timeout_ms_, 60000)));
+  std::unique_ptr<grpc::ClientReader<v1::FileChunk>> reader = stub_->FetchFile(&ctx, req);
+  v1::FileChunk chunk;
+  while (reader->Read(&chunk)) {
+    absl::Status s;
+    if (chunk.data().size() > static_cast<size_t>(kChunkBytes)) {
+      s = absl::DataLossError(absl::StrCat("the coordinator sent a chunk of ", chunk.data().size(),
+                                           " bytes (asked for at most ", kChunkBytes, ")"));
+    } else {
+      s = sink(chunk.size(), chunk.offset(), chunk.data());
+    }
+    if (!s.ok()) {
+      ctx.TryCancel();
+      while (reader->Read(&chunk)) {
+      }
+      (void)reader->Finish();
+      return s;
+    }
+  }
+  return FromGrpc(reader->Finish());
+}
+
+bool FileStager::NeedsStaging(const JobSpec& spec) const {
+  if (mode_ == StageMode::kNever) return false;
+  if (mode_ == StageMode::kAlways) return true;
+  if (!PathExists(spec.model_path) || !PathExists(spec.data_path)) return true;
+  for (const auto& [path, sha] : spec.input_sha256) {
+    if (!PathExists(path)) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<StagedJob> FileStager::Stage(const JobSpec& spec, FileSource* source,
+                                            const std::function<bool()>& keep_going) {
+  if (spec.input_sha256.empty()) {
+    return absl::FailedPreconditionError(
+        "staging: the job spec records no per-file hashes (resolved by an older coordinator), "
+        "so its inputs cannot be fetched; resubmit the sweep, or run it where its paths exist");
+  }
+  std::map<std::string, Group> groups;  // original directory -> its input files
+  for (const auto& [path, sha] : spec.input_sha256) {
+    if (!Mirrorable(path)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("staging: input path '", path, "' is not absolute and plain"));
+    }
+    groups[DirName(path)][BaseName(path)] = sha;
+  }
+
+  StagedJob out;
+  std::map<std::string, size_t> pinned;  // sha -> index in out.pins
+  for (const auto& [path, sha] : spec.input_sha256) {
+    if (pinned.count(sha) != 0) continue;
+    if (keep_going && !keep_going()) return absl::CancelledError("stopped while staging");
+    CacheGetStats st;
+    absl::StatusOr<FileCache::Pin> pin = cache_->Get(
+        sha,
+        [&](int64_t offset, const ChunkSink& sink) { return source->Fetch(sha, offset, sink); },
+        keep_going, &st);
+    if (!pin.ok()) return Annotate(pin.status(), absl::StrCat("staging ", path));
+    if (!st.hit) ++out.files_fetched;
+    out.bytes_fetched += st.bytes_fetched;
+    pinned[sha] = out.pins.size();
+    out.pins.push_back(*std::move(pin));
+  }
+  out.files = static_cast<int>(pinned.size());
+
+  std::map<std::string, std::string> view_of;  // original directory -> view
+  for (const auto& [dir, files] : groups) {
+    absl::StatusOr<std::string> v = EnsureView(*cache_, dir, files);
+    if (!v.ok()) return Annotate(v.status(), absl::StrCat("staging ", dir));
+    view_of[dir] = *v;
+  }
+  auto staged_file = [&](const std::string& path) {
+    return JoinPath(view_of.at(DirName(path)), BaseName(path));
+  };
+  // A model or tokenizer path is a file input (llama2.c .bin, tokenizer.json, ...) or the
+  // directory its files are in.
+  auto staged_path = [&](const std::string& path, const char* what) -> absl::StatusOr<std::string> {
+    if (spec.input_sha256.count(path) != 0) return staged_file(path);
+    auto it = view_of.find(StripTrailingSlashes(path));
+    if (it == view_of.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("staging: the job's ", what, " path '",
+                                                        path, "' holds none of its input files"));
+    }
+    return it->second;
+  };
+
+  JobSpec staged = spec;
+  staged.input_sha256.clear();
+  for (const auto& [path, sha] : spec.input_sha256) staged.input_sha256[staged_file(path)] = sha;
+  absl::StatusOr<std::string> model = staged_path(spec.model_path, "model");
+  if (!model.ok()) return model.status();
+  staged.model_path = *model;
+  if (!spec.tokenizer_path.empty()) {
+    absl::StatusOr<std::string> tok = staged_path(spec.tokenizer_path, "tokenizer");
+    if (!tok.ok()) return tok.status();
+    staged.tokenizer_path = *tok;
+  }
+  for (std::string* p :
+       {&staged.data_path, staged.calibration ? &staged.calibration->path : nullptr}) {
+    if (p == nullptr) continue;
+    if (spec.input_sha256.count(*p) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("staging: '", *p, "' has no recorded sha256 in the job spec"));
+    }
+    *p = staged_file(*p);
+  }
+  if (staged.JobId() != spec.JobId()) {
+    return absl::InternalError("staging changed the job's identity (a bug)");
+  }
+  // The bytes the job will read are the bytes its identity hashed.
+  if (absl::Status v = VerifyJobInputs(staged); !v.ok()) {
+    return Annotate(v, "staged inputs do not verify");
+  }
+  out.spec = std::move(staged);
+  return out;
+}
+
+}  // namespace kvsweep
