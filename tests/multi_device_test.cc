@@ -7,11 +7,13 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "gmock/gmock.h"
@@ -173,6 +175,53 @@ TEST(MultiDeviceTest, SigtermToTheSupervisorDrainsEveryWorker) {
   h.StartWorker();
   ASSERT_TRUE(h.WaitFinished("drainc", std::chrono::seconds(300)));
   h.CheckInvariants("drainc");
+}
+
+// Model affinity is per device: each worker asks for more of the model it has loaded. Queue
+// (oldest first): 3 ref-llama jobs, 3 ref-gpt2 jobs, 3 more ref-llama jobs. Without affinity a
+// worker would go llama, gpt2, llama; with it, each worker changes model at most once (when the
+// model it holds has no job left).
+TEST(MultiDeviceTest, EachWorkerKeepsToTheModelItHasLoaded) {
+  Harness h("devices_affinity");
+  h.StartCoordinator();
+  const char* assets = std::getenv("KVSWEEP_ASSETS");
+  ASSERT_NE(assets, nullptr) << "KVSWEEP_ASSETS is not set";
+  std::string gpt2 = absl::StrCat("name: gpt2\nmodels:\n  - name: ref-gpt2\n    path: ", assets,
+                                  "/models/ref-gpt2\ntasks:\n");
+  for (int k = 1; k <= 3; ++k) {
+    absl::StrAppend(&gpt2, "  - {name: l", k, ", task: lambada_openai, data: ", assets,
+                    "/data/lambada_openai/lambada_test.jsonl, limit: ", k, "}\n");
+  }
+  absl::StrAppend(&gpt2, "methods: [none]\n");
+  h.Submit(h.WriteFile("a.yaml", h.DistinctJobsYaml("llama-a", 3)));
+  h.Submit(h.WriteFile("b.yaml", gpt2));
+  h.Submit(h.WriteFile("c.yaml", h.DistinctJobsYaml("llama-c", 6)));  // limits 1-3 are a's
+  Harness::WorkerFlags f;
+  f.devices = "cpu:2";
+  f.extra = {"--worker-id", "node", "--exit-when-idle", "1"};
+  const int w = h.StartWorker(f);
+  for (const char* sweep : {"llama-a", "gpt2", "llama-c"}) {
+    ASSERT_TRUE(h.WaitFinished(sweep, std::chrono::seconds(300))) << sweep;
+  }
+  std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(120));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 9);
+  // Each worker's results in the order it leased them.
+  std::map<std::string, std::vector<std::string>> models;
+  for (const auto& r : h.SqlRows("SELECT a.worker_id, r.model FROM attempts a JOIN results r ON "
+                                 "r.job_id = a.job_id AND r.fence = a.fence ORDER BY "
+                                 "a.attempt_id")) {
+    models[r[0]].push_back(r[1]);
+  }
+  std::set<std::string> seen;
+  for (const auto& [worker, seq] : models) {
+    int changes = 0;
+    for (size_t i = 1; i < seq.size(); ++i) changes += seq[i] != seq[i - 1] ? 1 : 0;
+    EXPECT_LE(changes, 1) << worker << ": " << absl::StrJoin(seq, " ");
+    seen.insert(seq.begin(), seq.end());
+  }
+  EXPECT_EQ(seen.size(), 2u);
 }
 
 TEST(MultiDeviceTest, BadDevicesAreRefusedWithOneLine) {

@@ -231,6 +231,10 @@ int main(int argc, char** argv) {
 #endif
     absl::StatusOr<std::vector<DeviceSlot>> slots = ParseDeviceSlots(devices, cuda_devices);
     if (!slots.ok()) return Fail(std::string(slots.status().message()));
+    if (devices == "all" && cuda_devices == 0) {
+      KV_LOG(WARNING) << "--devices all: no CUDA device (a CPU-only build or machine, or "
+                      << "--evaluator fake): one CPU worker";
+    }
     char exe[4096];
     const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0) return Fail("--devices: cannot find this program's path (/proc/self/exe)");
