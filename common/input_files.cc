@@ -48,8 +48,9 @@ absl::StatusOr<TokenizerFiles> HfJson(const std::string& json_path, const PathPo
   TokenizerFiles t;
   t.format = TokenizerFormat::kHfJson;
   t.main = json_path;
-  // NewHfJsonTokenizer reads tokenizer_config.json beside the file when it exists: it names
-  // BOS/EOS, and BOS is the prefix token of every scored sequence.
+  // tokenizer_config.json beside the file, when it exists, names BOS/EOS (BOS is the prefix
+  // token of every scored sequence): the loader reads it from here (NewHfJsonTokenizer's
+  // config_path), never by a path of its own.
   const std::string config = JoinPath(DirName(json_path), "tokenizer_config.json");
   if (PathExists(config)) {
     if (absl::Status a = Allowed(policy, config); !a.ok()) return a;

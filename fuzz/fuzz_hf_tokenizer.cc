@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (f == nullptr) return 0;
   std::fwrite(data, 1, size, f);
   std::fclose(f);
-  auto tok = kvsweep::engine::NewHfJsonTokenizer(path);
+  auto tok = kvsweep::engine::NewHfJsonTokenizer(path, /*config_path=*/"");
   if (tok.ok()) {
     auto ids = (*tok)->Encode("Hello world, 12 345 caf\xc3\xa9 \xe2\x80\x94 <s> done.");
     if (ids.ok()) (void)(*tok)->Decode(*ids);

@@ -248,7 +248,8 @@ std::optional<std::string> ConfigToken(const json& cfg, const char* key) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string& json_path) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string& json_path,
+                                                              const std::string& config_path) {
   const Ctx ctx{json_path};
   KV_ASSIGN_OR_RETURN(std::string text, ReadFile(json_path));
   if (text.empty()) return ctx.Invalid("empty file");
@@ -356,10 +357,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
     return spec.model->TokenToId(token);
   };
 
-  // BOS/EOS: tokenizer_config.json beside the file, else guessed from well-known tokens.
-  const std::string config_path = JoinPath(DirName(json_path), "tokenizer_config.json");
+  // BOS/EOS: the resolver's tokenizer_config.json, else guessed from well-known tokens.
   bool from_config = false;
-  if (PathExists(config_path)) {
+  if (!config_path.empty()) {
     KV_ASSIGN_OR_RETURN(json cfg, ReadJsonFile(config_path));
     spec.files.push_back(config_path);
     from_config = true;

@@ -19,7 +19,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path
   std::unique_ptr<Tokenizer> t;
   switch (files.format) {
     case TokenizerFormat::kHfJson: {
-      KV_ASSIGN_OR_RETURN(t, NewHfJsonTokenizer(files.main));
+      KV_ASSIGN_OR_RETURN(t, NewHfJsonTokenizer(files.main, files.config));
       break;
     }
     case TokenizerFormat::kGpt2VocabMerges: {

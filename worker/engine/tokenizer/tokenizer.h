@@ -73,10 +73,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path
 
 // Format-specific factories (LoadTokenizer dispatches to them).
 //
-// Hugging Face tokenizer.json. Reads tokenizer_config.json beside it, if present, for the
-// BOS/EOS tokens; without it they are guessed from the added tokens (<s>/</s>,
-// <|endoftext|>, <|begin_of_text|>/<|end_of_text|>, <|im_end|> ...).
-absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string& json_path);
+// Hugging Face tokenizer.json. `config_path` is the tokenizer_config.json the resolver found
+// beside it (TokenizerFiles::config, common/input_files.h), or empty: it names the BOS/EOS
+// tokens; without it they are guessed from the added tokens (<s>/</s>, <|endoftext|>,
+// <|begin_of_text|>/<|end_of_text|>, <|im_end|> ...).
+absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string& json_path,
+                                                              const std::string& config_path);
 // GPT-2 vocab.json + merges.txt; "<|endoftext|>" (if in the vocabulary) is BOS, EOS and a
 // special token split out of text.
 absl::StatusOr<std::unique_ptr<Tokenizer>> NewGpt2Tokenizer(const std::string& vocab_path,

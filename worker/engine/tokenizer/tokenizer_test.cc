@@ -484,7 +484,7 @@ class BadInputTest : public ::testing::Test {
 
 TEST_F(BadInputTest, MissingPath) {
   ExpectError(LoadTokenizer(JoinPath(dir_, "nope")), absl::StatusCode::kNotFound, "not found");
-  ExpectError(NewHfJsonTokenizer(JoinPath(dir_, "tokenizer.json")), absl::StatusCode::kNotFound,
+  ExpectError(NewHfJsonTokenizer(JoinPath(dir_, "tokenizer.json"), ""), absl::StatusCode::kNotFound,
               "tokenizer.json");
 }
 
