@@ -216,6 +216,7 @@ int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
                      {"finished", st.finished()}, {"priority", st.priority()},
                      {"recent_errors", std::vector<std::string>(st.recent_errors().begin(),
                                                                 st.recent_errors().end())}});
+      AddRunningJson(Counts(st), &out.back());
     }
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -230,6 +231,7 @@ int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
     std::printf("%-24s %7d %7d %7d %7d %7d %11d %9d\n", st.sweep().c_str(), st.total(), st.done(),
                 st.leased(), st.queued(), st.failed(), st.quarantined(), st.cancelled());
     for (const std::string& e : st.recent_errors()) std::printf("  error %s\n", e.c_str());
+    std::cout << RunningJobsText(Counts(st));
   }
   return 0;
 }

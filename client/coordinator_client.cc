@@ -112,6 +112,7 @@ ProgressCounts Counts(const v1::SweepStatus& s) {
   c.failed = s.failed();
   c.quarantined = s.quarantined();
   c.cancelled = s.cancelled();
+  c.running = RunningJobsOf(s);
   return c;
 }
 

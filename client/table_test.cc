@@ -147,6 +147,31 @@ TEST(ProgressTest, RendersCountsAndEta) {
             "[######....] 5/10 done, 2 running, 2 queued, 1 failed, ETA 1m23s");
 }
 
+TEST(ProgressTest, RunningJobsFillTheBarAndGiveTheEta) {
+  ProgressCounts c;
+  c.total = 4;
+  c.done = 1;
+  c.leased = 2;
+  c.queued = 1;
+  c.running = {{"a1b2c3d4e5f60000", "w1", 0.5, 0.01}, {"f6e5d4c3b2a10000", "w2", 0.25, 0}};
+  // Work left: 1 queued + 0.5 + 0.75; only w1's job has a rate (0.01/s).
+  EXPECT_DOUBLE_EQ(EtaFromRunningJobs(c), 225);
+  EXPECT_EQ(ProgressBar::Render(c, EtaFromRunningJobs(c), 8),
+            "[####....] 1/4 done, 2 running (50%, 25%), 1 queued, ETA 3m45s");
+  EXPECT_EQ(RunningJobsText(c),
+            "  job a1b2c3d4e5f6 on w1: 50.0% done, ETA 50s\n"
+            "  job f6e5d4c3b2a1 on w2: 25.0% done, ETA ?\n"
+            "  ETA 3m45s\n");
+  nlohmann::json j = nlohmann::json::object();
+  AddRunningJson(c, &j);
+  EXPECT_EQ(j["eta_s"], 225);
+  EXPECT_EQ(j["running"][0]["eta_s"], 50);
+  EXPECT_TRUE(j["running"][1]["eta_s"].is_null());
+  c.running[0].per_s = 0;  // no rate known: no ETA from the running jobs
+  EXPECT_TRUE(std::isnan(EtaFromRunningJobs(c)));
+  EXPECT_EQ(RunningJobsText(ProgressCounts()), "");
+}
+
 }  // namespace
 EvalUnits Docs(double shift, int n) {
   EvalUnits u;

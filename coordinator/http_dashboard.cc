@@ -26,46 +26,13 @@
 #include "common/mutex.h"
 #include "coordinator/sweep_spec.h"
 #include "nlohmann/json.hpp"
+#include "rpc/http_listen.h"
 
 #ifdef KVSWEEP_WITH_HTTPLIB
 #include "httplib.h"
 #endif
 
 namespace kvsweep {
-
-namespace {
-
-// "HOST:PORT", "[V6]:PORT" or a bare "PORT" -> (host as httplib binds it, port, host:port as
-// IsLoopbackAddress reads it).
-struct BindAddress {
-  std::string host;  // without brackets
-  int port = 0;
-  std::string host_port;
-};
-
-absl::StatusOr<BindAddress> ParseListen(const std::string& listen) {
-  BindAddress a;
-  std::string host = "127.0.0.1", port = listen;
-  const size_t colon = listen.rfind(':');
-  if (colon != std::string::npos) {
-    host = listen.substr(0, colon);
-    port = listen.substr(colon + 1);
-    const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
-    if (host.empty() || (!bracketed && host.find(':') != std::string::npos)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--http: '", listen, "' is not HOST:PORT (IPv6 hosts in brackets)"));
-    }
-    if (host == "localhost") host = "127.0.0.1";
-  }
-  if (!absl::SimpleAtoi(port, &a.port) || a.port < 0 || a.port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--http: '", listen, "' has no valid port"));
-  }
-  a.host_port = absl::StrCat(host, ":", a.port);
-  a.host = absl::StartsWith(host, "[") ? host.substr(1, host.size() - 2) : host;
-  return a;
-}
-
-}  // namespace
 
 #ifdef KVSWEEP_WITH_HTTPLIB
 namespace {
@@ -227,7 +194,7 @@ class Dashboard final : public DashboardServer {
                         v6 ? "]" : "", ":", port_, "/");
   }
 
-  absl::Status Listen(const BindAddress& address) {
+  absl::Status Listen(const ListenAddress& address) {
     host_ = address.host;
     if (options_.tls.enabled()) {
       if (options_.tls.cert.empty() || options_.tls.key.empty()) {
@@ -299,19 +266,9 @@ class Dashboard final : public DashboardServer {
                       "text/plain; charset=utf-8");
     });
 
-    port_ = address.port == 0
-                ? server_->bind_to_any_port(address.host)
-                : (server_->bind_to_port(address.host, address.port) ? address.port : -1);
-    if (port_ <= 0) {
-      return absl::UnavailableError(absl::StrCat("--http: cannot listen on ", address.host_port,
-                                                 " (address in use, or not local)"));
-    }
-    thread_ = std::thread([this] { server_->listen_after_bind(); });
-    // stop() only ends a server that has started its accept loop: wait for it, so that a
-    // dashboard destroyed at once still stops.
-    for (int i = 0; i < 5000 && !server_->is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    absl::StatusOr<int> port = ServeInBackground(*server_, address, "--http", &thread_);
+    if (!port.ok()) return port.status();
+    port_ = *port;
     return absl::OkStatus();
   }
 
@@ -804,7 +761,7 @@ code { font-size: 12px; }
 
 absl::StatusOr<std::unique_ptr<DashboardServer>> StartDashboard(const DashboardOptions& options,
                                                                 ResultStore* store) {
-  absl::StatusOr<BindAddress> address = ParseListen(options.listen);
+  absl::StatusOr<ListenAddress> address = ParseListenAddress("--http", options.listen);
   if (!address.ok()) return address.status();
   absl::StatusOr<bool> loopback = IsLoopbackAddress(address->host_port);
   if (!loopback.ok()) {
@@ -825,7 +782,7 @@ absl::StatusOr<std::unique_ptr<DashboardServer>> StartDashboard(const DashboardO
 
 absl::StatusOr<std::unique_ptr<DashboardServer>> StartDashboard(const DashboardOptions& options,
                                                                 ResultStore*) {
-  absl::StatusOr<BindAddress> address = ParseListen(options.listen);
+  absl::StatusOr<ListenAddress> address = ParseListenAddress("--http", options.listen);
   if (!address.ok()) return address.status();
   return absl::UnimplementedError(
       "--http: this kvsweep-coordinator was built without cpp-httplib (Debian package "

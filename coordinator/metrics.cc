@@ -2,20 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <exception>
 #include <variant>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/mutex.h"
+#include "rpc/http_listen.h"
 
 #ifdef KVSWEEP_WITH_PROMETHEUS
-#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -23,28 +19,7 @@
 
 namespace kvsweep {
 
-absl::StatusOr<std::string> MetricsBindAddress(const std::string& listen) {
-  std::string host = "127.0.0.1", port = listen;
-  const size_t colon = listen.rfind(':');
-  if (colon != std::string::npos) {
-    host = listen.substr(0, colon);
-    port = listen.substr(colon + 1);
-    const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
-    if (host.empty() || (!bracketed && host.find(':') != std::string::npos)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--metrics-listen: '", listen, "' is not HOST:PORT (IPv6 hosts in brackets)"));
-    }
-    if (host == "localhost") host = "127.0.0.1";
-  }
-  int p = -1;
-  if (!absl::SimpleAtoi(port, &p) || p < 0 || p > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--metrics-listen: '", listen, "' has no valid port"));
-  }
-  return absl::StrCat(host, ":", p);
-}
-
-#ifdef KVSWEEP_WITH_PROMETHEUS
+#if defined(KVSWEEP_WITH_PROMETHEUS) && defined(KVSWEEP_WITH_HTTPLIB)
 namespace {
 
 // Job states as the jobs table spells them, in JobState order.
@@ -58,20 +33,6 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
   return *b;
 }
-
-class PrometheusMetrics;
-
-// What the exposer scrapes: refreshes the slow metrics, then serializes the registry.
-class RefreshingCollectable final : public prometheus::Collectable {
- public:
-  RefreshingCollectable(PrometheusMetrics* owner, std::shared_ptr<prometheus::Registry> registry)
-      : owner_(owner), registry_(std::move(registry)) {}
-  std::vector<prometheus::MetricFamily> Collect() const override;
-
- private:
-  PrometheusMetrics* owner_;
-  std::shared_ptr<prometheus::Registry> registry_;
-};
 
 class PrometheusMetrics final : public MetricsServer {
  public:
@@ -109,23 +70,18 @@ class PrometheusMetrics final : public MetricsServer {
                      .Register(*registry_)
                      .Add({})) {
     for (int i = 0; i < 6; ++i) state_gauges_[i] = &jobs_.Add({{"state", kStates[i]}});
-    collectable_ = std::make_shared<RefreshingCollectable>(this, registry_);
+
   }
 
-  absl::Status Listen(const std::string& address) {
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/1);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("--metrics-listen: cannot listen on ", address, ": ", e.what()));
-    }
-    exposer_->RegisterCollectable(collectable_);
-    const std::vector<int> ports = exposer_->GetListeningPorts();
-    port_ = ports.empty() ? 0 : ports.front();
+  absl::Status Listen(const std::string& listen) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+        StartMetricsHttp("--metrics-listen", listen, registry_, [this] { MaybeRefresh(); });
+    if (!server.ok()) return server.status();
+    server_ = *std::move(server);
     return absl::OkStatus();
   }
 
-  int port() const override { return port_; }
+  int port() const override { return server_->port(); }
 
   void LeaseAnswered(double ms) override { lease_latency_.Observe(ms / 1000.0); }
   void CompleteAnswered(double ms, bool recorded) override {
@@ -178,45 +134,32 @@ class PrometheusMetrics final : public MetricsServer {
   prometheus::Counter& commits_;
   prometheus::Counter& mutations_;
   prometheus::Counter& results_;
-  std::shared_ptr<RefreshingCollectable> collectable_;
   Mutex refresh_mu_;
   bool refreshed_ ABSL_GUARDED_BY(refresh_mu_) = false;
   std::chrono::steady_clock::time_point last_refresh_ ABSL_GUARDED_BY(refresh_mu_);
   int64_t last_commits_ ABSL_GUARDED_BY(refresh_mu_) = 0;
   int64_t last_mutations_ ABSL_GUARDED_BY(refresh_mu_) = 0;
-  int port_ = 0;
   // Last: destroyed first, so no scrape runs while the rest goes away.
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> server_;
 };
-
-std::vector<prometheus::MetricFamily> RefreshingCollectable::Collect() const {
-  owner_->MaybeRefresh();
-  return registry_->Collect();
-}
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServer(const std::string& listen,
                                                                   ResultStore* store,
                                                                   Scheduler* scheduler) {
-  absl::StatusOr<std::string> address = MetricsBindAddress(listen);
-  if (!address.ok()) return address.status();
   auto m = std::make_unique<PrometheusMetrics>(store, scheduler);
-  if (absl::Status s = m->Listen(*address); !s.ok()) return s;
+  if (absl::Status s = m->Listen(listen); !s.ok()) return s;
   return m;
 }
 
-#else  // !KVSWEEP_WITH_PROMETHEUS
+#else  // no prometheus-cpp or no cpp-httplib
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServer(const std::string& listen,
                                                                   ResultStore*, Scheduler*) {
-  absl::StatusOr<std::string> address = MetricsBindAddress(listen);
-  if (!address.ok()) return address.status();
-  return absl::UnimplementedError(
-      "--metrics-listen: this kvsweep-coordinator was built without prometheus-cpp "
-      "(Debian package prometheus-cpp-dev)");
+  return MetricsUnavailable("--metrics-listen", "kvsweep-coordinator", listen);
 }
 
-#endif  // KVSWEEP_WITH_PROMETHEUS
+#endif
 
 }  // namespace kvsweep

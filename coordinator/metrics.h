@@ -29,12 +29,8 @@ class MetricsServer : public WorkerServiceObserver {
   virtual int port() const = 0;
 };
 
-// "HOST:PORT", "[V6]:PORT" or a bare "PORT" (then 127.0.0.1) as the address to bind; "localhost"
-// becomes 127.0.0.1. kInvalidArgument for anything else.
-absl::StatusOr<std::string> MetricsBindAddress(const std::string& listen);
-
-// Serves /metrics on `listen` (see MetricsBindAddress) until destroyed. `store` and `scheduler`
-// must outlive the result. Errors: kInvalidArgument for a malformed address; kUnavailable if it
+// Serves /metrics on `listen` (rpc/http_listen.h ParseListenAddress) until destroyed. `store` and
+// `scheduler` must outlive the result. Errors: kInvalidArgument for a malformed address; kUnavailable if it
 // cannot be bound; kUnimplemented when kvsweep was built without prometheus-cpp.
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServer(const std::string& listen,
                                                                   ResultStore* store,

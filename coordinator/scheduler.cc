@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/unix_time.h"
 #include "coordinator/lease_secret.h"
 
 namespace kvsweep {
@@ -20,11 +21,7 @@ int64_t MonotonicEpochClock::NowMs() { return wall_at_start_ + (mono_ms_() - mon
 
 Clock* SystemClock() {
   static MonotonicEpochClock clock(
-      [] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-            .count();
-      },
+      [] { return NowMs(); },
       [] {
         return std::chrono::duration_cast<std::chrono::milliseconds>(
                    std::chrono::steady_clock::now().time_since_epoch())
@@ -96,6 +93,9 @@ Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
   bool touch = false;
   const Decision d = schedule_.DecideLease(worker, session, held_model, now, offer, grant, &touch);
   if (touch) Enqueue(TouchWorker{worker, now}, nullptr, false);
+  if (d == Decision::kNew) {
+    progress_[offer->job_id] = {offer->fence, {offer->job_id, worker.worker_id, 0, now, 0, now}};
+  }
   return d;
 }
 
@@ -142,7 +142,8 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
 
 absl::StatusOr<HeartbeatReply> Scheduler::Heartbeat(const std::string& worker_id,
                                                     const std::string& job_id,
-                                                    const std::string& lease_id, int64_t fence) {
+                                                    const std::string& lease_id, int64_t fence,
+                                                    double progress) {
   MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
   schedule_.OnWorkerCall(now);
@@ -150,6 +151,14 @@ absl::StatusOr<HeartbeatReply> Scheduler::Heartbeat(const std::string& worker_id
   if (j != nullptr && j->state == JobState::kLeased && j->fence == fence) {
     if (absl::Status s = LeaseSchedule::CheckHolder(*j, worker_id, lease_id); !s.ok()) return s;
     schedule_.Renew(*j, now);
+    if (progress >= 0.0 && progress <= 1.0) {  // false for NaN
+      LeaseProgress& lp = progress_[job_id];
+      if (lp.fence != fence) {  // a lease restored from the store: progress counts from here
+        lp = {fence, {job_id, worker_id, progress, now, progress, now}};
+      }
+      lp.p.fraction = std::max(lp.p.fraction, progress);
+      lp.p.updated_ms = now;
+    }
     return HeartbeatReply{true, "", j->deadline_ms};
   }
   HeartbeatReply r;
@@ -334,8 +343,30 @@ void Scheduler::Fail(const std::string& worker_id, const std::string& job_id,
   });
 }
 
+void Scheduler::PruneProgressLocked() {
+  for (auto it = progress_.begin(); it != progress_.end();) {
+    const Job* j = schedule_.Find(it->first);
+    if (j == nullptr || j->state != JobState::kLeased || j->fence != it->second.fence) {
+      it = progress_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::vector<JobProgress> Scheduler::RunningJobs(int64_t* now_ms) {
+  MutexLock lock(&mu_);
+  if (now_ms != nullptr) *now_ms = clock_->NowMs();
+  PruneProgressLocked();
+  std::vector<JobProgress> out;
+  out.reserve(progress_.size());
+  for (const auto& [id, lp] : progress_) out.push_back(lp.p);
+  return out;
+}
+
 void Scheduler::ExpireLeases() {
   MutexLock lock(&mu_);
+  if (progress_.size() > 2 * static_cast<size_t>(schedule_.leased()) + 64) PruneProgressLocked();
   const int64_t now = clock_->NowMs();
   for (const std::string& id : schedule_.Expired(now)) {
     Job* j = schedule_.Find(id);

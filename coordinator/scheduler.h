@@ -31,6 +31,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -72,6 +73,22 @@ struct HeartbeatReply {
   bool keep_going = false;
   std::string reason;
   int64_t deadline_ms = 0;
+};
+
+// A leased job's progress as its worker reports it in heartbeats. Memory only: a coordinator
+// restart forgets it, and a restored lease starts again from its first heartbeat.
+struct JobProgress {
+  std::string job_id, worker_id;
+  double fraction = 0;          // the highest reported under the current lease, in [0, 1]
+  int64_t started_ms = 0;       // the lease's grant (restored lease: its first heartbeat)
+  double started_fraction = 0;  // the fraction at started_ms (0 for a lease granted here)
+  int64_t updated_ms = 0;       // the last heartbeat (the grant before any)
+  // Fraction gained per second from started_ms to updated_ms; 0 until there is progress.
+  double fraction_per_s() const {
+    return updated_ms > started_ms && fraction > started_fraction
+               ? (fraction - started_fraction) * 1000.0 / (updated_ms - started_ms)
+               : 0.0;
+  }
 };
 
 // Complete-and-lease: who asks for the next job.
@@ -123,12 +140,14 @@ class Scheduler {
   // lease: it ends as lost. Same session: the same lease is handed out again (idempotent).
   void Lease(const WorkerRecord& worker, const std::string& session, const std::string& held_model,
              std::function<void(absl::StatusOr<LeaseOffer>)> done) ABSL_LOCKS_EXCLUDED(mu_);
-  // Synchronous and in memory: renews the lease if it is current. kPermissionDenied when the
-  // job is leased under `fence` but to another worker or under another lease secret.
+  // Synchronous and in memory: renews the lease if it is current, and keeps `progress` (a
+  // fraction in [0, 1]; anything else is ignored, and so is a fraction below the highest seen
+  // under this lease) for RunningJobs. kPermissionDenied when the job is leased under `fence`
+  // but to another worker or under another lease secret.
   absl::StatusOr<HeartbeatReply> Heartbeat(const std::string& worker_id,
                                            const std::string& job_id,
-                                           const std::string& lease_id, int64_t fence)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                                           const std::string& lease_id, int64_t fence,
+                                           double progress = -1) ABSL_LOCKS_EXCLUDED(mu_);
   // Records the result exactly once (kFailedPrecondition for a stale token; OK with
   // duplicate = true for a repeat of a recorded result). kPermissionDenied when the attempt
   // under `fence` belongs to another worker or lease secret (current, recorded or stale alike);
@@ -169,6 +188,8 @@ class Scheduler {
   void Flush();
 
   SchedulerStats Stats() ABSL_LOCKS_EXCLUDED(mu_);
+  // The progress of every job leased now (in no particular order); *now_ms: the clock then.
+  std::vector<JobProgress> RunningJobs(int64_t* now_ms = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   const SchedulerOptions& options() const { return options_; }
 
  private:
@@ -201,6 +222,15 @@ class Scheduler {
                     // the adoption of what they committed must not interleave)
   Mutex mu_;        // the schedule; taken before the committer's locks
   LeaseSchedule schedule_ ABSL_GUARDED_BY(mu_);
+  // Progress per leased job, keyed by job id, with the fence it was reported under. Entries of
+  // ended leases are dropped by RunningJobs and, once they outnumber the leases, ExpireLeases.
+  struct LeaseProgress {
+    int64_t fence = 0;
+    JobProgress p;
+  };
+  std::unordered_map<std::string, LeaseProgress> progress_ ABSL_GUARDED_BY(mu_);
+  // Drops the entries whose lease is no longer current.
+  void PruneProgressLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   GroupCommitter committer_;
   std::optional<LeaseReaper> reaper_;

@@ -4,7 +4,9 @@
 #include "coordinator/scheduler.h"
 
 #include <atomic>
+#include <cmath>
 #include <future>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -240,6 +242,92 @@ TEST_F(SchedulerTest, HeartbeatsKeepTheLease) {
   EXPECT_EQ(sched_->Heartbeat("w2", a.job_id, a.lease_id, a.fence).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(*Complete("w1", a), false);
+}
+
+// Progress from heartbeats, per lease: the highest fraction in [0, 1] of the lease's holder is
+// kept with its rate; what a worker that lies sends (NaN, out of range, backwards, for a lease
+// it does not hold) changes nothing; an ended lease's progress is gone; a lease restored after
+// a restart counts its rate from its first heartbeat.
+TEST_F(SchedulerTest, KeepsEachLeasesProgressAndIgnoresWhatALiarSends) {
+  ASSERT_TRUE(
+      sched_->Submit(MakeSweep("s", {{"m1", "none"}, {"m1", "quant:bits=4"}}), "", "").ok());
+  auto progress_of = [&](const std::string& job_id) {
+    for (const JobProgress& p : sched_->RunningJobs()) {
+      if (p.job_id == job_id) return p;
+    }
+    ADD_FAILURE() << "no progress for job " << job_id;
+    return JobProgress();
+  };
+  auto beat = [&](const std::string& worker, const LeaseOffer& l, double progress) {
+    return sched_->Heartbeat(worker, l.job_id, l.lease_id, l.fence, progress);
+  };
+  const int64_t t0 = clock_.NowMs();
+  LeaseOffer a = LeaseOk("w1");
+  ASSERT_EQ(sched_->RunningJobs().size(), 1u);
+  JobProgress p = progress_of(a.job_id);
+  EXPECT_EQ(p.worker_id, "w1");
+  EXPECT_EQ(p.fraction, 0);
+  EXPECT_EQ(p.started_ms, t0);
+  EXPECT_EQ(p.fraction_per_s(), 0);
+
+  clock_.Advance(500);
+  ASSERT_TRUE(beat("w1", a, 0.25).ok());
+  p = progress_of(a.job_id);
+  EXPECT_EQ(p.fraction, 0.25);
+  EXPECT_EQ(p.updated_ms, t0 + 500);
+  EXPECT_DOUBLE_EQ(p.fraction_per_s(), 0.5);
+
+  clock_.Advance(500);
+  for (double lie : {0.1, std::nan(""), 1.5, -0.5, std::numeric_limits<double>::infinity()}) {
+    absl::StatusOr<HeartbeatReply> r = beat("w1", a, lie);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->keep_going);  // the lease is still renewed
+  }
+  EXPECT_EQ(beat("w2", a, 0.9).status().code(), absl::StatusCode::kPermissionDenied);
+  LeaseOffer forged = a;
+  forged.lease_id = "not-the-secret";
+  EXPECT_EQ(beat("w1", forged, 0.9).status().code(), absl::StatusCode::kPermissionDenied);
+  LeaseOffer stale = a;
+  stale.fence = a.fence + 1;
+  EXPECT_FALSE(beat("w1", stale, 0.9)->keep_going);
+  p = progress_of(a.job_id);
+  EXPECT_EQ(p.fraction, 0.25);
+  EXPECT_EQ(p.updated_ms, t0 + 1000);  // the lease's own beats count, without their lies
+
+  clock_.Advance(500);
+  ASSERT_TRUE(beat("w1", a, 0.75).ok());
+  EXPECT_DOUBLE_EQ(progress_of(a.job_id).fraction_per_s(), 0.5);
+
+  // The other job, leased now, starts at 0; the first job's progress ends with its result.
+  LeaseOffer b = LeaseOk("w2");
+  EXPECT_EQ(sched_->RunningJobs().size(), 2u);
+  EXPECT_EQ(progress_of(b.job_id).fraction, 0);
+  ASSERT_TRUE(Complete("w1", a).ok());
+  std::vector<JobProgress> running = sched_->RunningJobs();
+  ASSERT_EQ(running.size(), 1u);
+  EXPECT_EQ(running[0].job_id, b.job_id);
+
+  // After a restart the lease is restored without its progress: its first beat starts it.
+  clock_.Advance(100);
+  ASSERT_TRUE(beat("w2", b, 0.5).ok());
+  Restart();
+  EXPECT_TRUE(sched_->RunningJobs().empty());
+  const int64_t t1 = clock_.NowMs();
+  ASSERT_TRUE(beat("w2", b, 0.5).ok());
+  p = progress_of(b.job_id);
+  EXPECT_EQ(p.fraction, 0.5);
+  EXPECT_EQ(p.started_ms, t1);
+  EXPECT_EQ(p.started_fraction, 0.5);
+  EXPECT_EQ(p.fraction_per_s(), 0);  // no progress seen since the restart yet
+  clock_.Advance(250);
+  ASSERT_TRUE(beat("w2", b, 0.75).ok());
+  EXPECT_DOUBLE_EQ(progress_of(b.job_id).fraction_per_s(), 1.0);
+
+  // An expired lease's progress is gone.
+  clock_.Advance(2000);
+  sched_->ExpireLeases();
+  sched_->Flush();
+  EXPECT_TRUE(sched_->RunningJobs().empty());
 }
 
 TEST_F(SchedulerTest, RetriesWithExponentialBackoffThenFails) {

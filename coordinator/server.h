@@ -25,7 +25,7 @@ struct CoordinatorOptions {
   BearerTokens tokens;                  // none: every caller may do everything (loopback)
   SchedulerOptions scheduler;
   ServiceOptions service;               // its tokens are filled from `tokens`
-  // Prometheus /metrics on this address (coordinator/metrics.h MetricsBindAddress); empty: off.
+  // Prometheus /metrics on this address (rpc/http_listen.h ParseListenAddress); empty: off.
   std::string metrics_listen;
   // grpc.health.v1 alone, in plaintext, on this host:port (port 0 picks one); empty: off. For
   // probes that cannot do TLS (Kubernetes' grpc probes) when --listen requires it: this server

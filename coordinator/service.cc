@@ -1,6 +1,10 @@
 #include "coordinator/service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <map>
+#include <tuple>
+#include <variant>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -33,6 +37,61 @@ void FillStatus(const SweepInfo& i, v1::SweepStatus* out) {
   out->set_finished(i.count(JobState::kQueued) + i.count(JobState::kLeased) == 0);
   out->set_priority(i.priority);
   for (const std::string& e : i.recent_errors) out->add_recent_errors(e);
+}
+
+// Adds each sweep's running jobs to `statuses` (and the coordinator's clock to all): progress
+// from the scheduler's memory, the sweeps each job belongs to from the store (one query, on the
+// sweep_jobs_by_job index). A failed query leaves the jobs out (logged): the counts still hold.
+void AddRunning(ResultStore* store, Scheduler* scheduler,
+                const std::vector<v1::SweepStatus*>& statuses) {
+  int64_t now = 0;
+  std::vector<JobProgress> running = scheduler->RunningJobs(&now);
+  std::map<std::string, v1::SweepStatus*> by_name;
+  for (v1::SweepStatus* st : statuses) {
+    st->set_now_unix_ms(now);
+    if (st->leased() > 0) by_name[st->sweep()] = st;
+  }
+  if (by_name.empty() || running.empty()) return;
+  std::sort(running.begin(), running.end(), [](const JobProgress& a, const JobProgress& b) {
+    return std::tie(a.started_ms, a.job_id) < std::tie(b.started_ms, b.job_id);
+  });
+  std::map<std::string, const JobProgress*> by_job;
+  std::string sql =
+      "SELECT s.name, sj.job_id FROM sweep_jobs sj JOIN sweeps s ON s.sweep_id = sj.sweep_id "
+      "WHERE sj.job_id IN (";
+  for (const JobProgress& p : running) {
+    if (!ValidateJobId(p.job_id).ok()) continue;  // hex only, so quoting it below is safe
+    absl::StrAppend(&sql, by_job.empty() ? "'" : ",'", p.job_id, "'");
+    by_job[p.job_id] = &p;
+  }
+  if (by_job.empty()) return;
+  sql += ")";
+  absl::StatusOr<QueryResult> q = store->Query(sql, /*max_rows=*/100000, /*timeout_ms=*/5000);
+  if (!q.ok()) {
+    KV_LOG(WARNING) << "status: the sweeps of the running jobs: " << q.status();
+    return;
+  }
+  std::map<std::string, std::vector<std::string>> sweeps_of;  // job id -> sweep names
+  for (const std::vector<QueryResult::Value>& row : q->rows) {
+    const auto* sweep = row.size() == 2 ? std::get_if<std::string>(&row[0]) : nullptr;
+    const auto* job = row.size() == 2 ? std::get_if<std::string>(&row[1]) : nullptr;
+    if (sweep != nullptr && job != nullptr) sweeps_of[*job].push_back(*sweep);
+  }
+  for (const JobProgress& p : running) {  // in start order
+    auto it = sweeps_of.find(p.job_id);
+    if (it == sweeps_of.end()) continue;
+    for (const std::string& name : it->second) {
+      auto st = by_name.find(name);
+      if (st == by_name.end()) continue;
+      v1::RunningJob* r = st->second->add_running();
+      r->set_job_id(p.job_id);
+      r->set_worker_id(p.worker_id);
+      r->set_progress(p.fraction);
+      r->set_started_unix_ms(p.started_ms);
+      r->set_updated_unix_ms(p.updated_ms);
+      r->set_progress_per_s(p.fraction_per_s());
+    }
+  }
 }
 
 absl::Status ValidateSweepName(const std::string& name) {
@@ -261,12 +320,15 @@ grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx,
     absl::StatusOr<std::vector<SweepInfo>> all = store_->ListSweeps();
     if (!all.ok()) return ToGrpc(all.status());
     for (const SweepInfo& i : *all) FillStatus(i, resp->add_sweeps());
-    return grpc::Status::OK;
+  } else {
+    KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
+    absl::StatusOr<SweepInfo> info = store_->GetSweep(req->sweep());
+    if (!info.ok()) return ToGrpc(info.status());
+    FillStatus(*info, resp->add_sweeps());
   }
-  KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
-  absl::StatusOr<SweepInfo> info = store_->GetSweep(req->sweep());
-  if (!info.ok()) return ToGrpc(info.status());
-  FillStatus(*info, resp->add_sweeps());
+  std::vector<v1::SweepStatus*> statuses;
+  for (v1::SweepStatus& st : *resp->mutable_sweeps()) statuses.push_back(&st);
+  AddRunning(store_, scheduler_, statuses);
   return grpc::Status::OK;
 }
 
@@ -282,6 +344,7 @@ grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRe
     if (!info.ok()) return ToGrpc(info.status());
     v1::SweepStatus st;
     FillStatus(*info, &st);
+    AddRunning(store_, scheduler_, {&st});
     if (!writer->Write(st)) return grpc::Status::OK;  // the client went away
     if (st.finished()) return grpc::Status::OK;
     const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval);
@@ -437,8 +500,9 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
     reactor->Finish(Invalid("progress: must be a number in [0, 1]"));
     return reactor;
   }
-  absl::StatusOr<HeartbeatReply> r = scheduler_->Heartbeat(req->worker_id(), req->job_id(),
-                                                           req->lease_id(), req->fencing_token());
+  absl::StatusOr<HeartbeatReply> r =
+      scheduler_->Heartbeat(req->worker_id(), req->job_id(), req->lease_id(),
+                            req->fencing_token(), req->progress());
   if (!r.ok()) {
     reactor->Finish(ToGrpc(r.status()));
     return reactor;

@@ -13,8 +13,8 @@ build_pkgs=(
   libabsl-dev libssl-dev libsqlite3-dev
   nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libcli11-dev
   libicu-dev                                 # tokenizer NFC/NFKC normalizers (Qwen2 tokenizer.json)
-  prometheus-cpp-dev                         # kvsweep-coordinator --metrics-listen (Prometheus /metrics)
-  libcpp-httplib-dev                         # kvsweep-coordinator --http (the web dashboard)
+  prometheus-cpp-dev                         # --metrics-listen of coordinator and worker (/metrics)
+  libcpp-httplib-dev                         # --http (the web dashboard), --metrics-listen
 )
 pkgs=("${build_pkgs[@]}")
 case "${1:-}" in
@@ -28,6 +28,7 @@ case "${1:-}" in
       slurm-wlm munge                        # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
       chromium fonts-liberation              # kvsweep plot --png: headless Chromium renders the SVG
       systemd                                # tests/deploy: systemd-analyze verify/security on deploy/systemd
+      iproute2                               # tests/deploy: the no-shared-filesystem test's network namespace
       # tests/deploy: the container image (deploy/docker) built from a base made offline by
       # mmdebstrap, run by podman and podman-compose; runc for hosts with hybrid cgroups (crun
       # refuses them), netavark + aardvark-dns + iptables for the containers' network and names.

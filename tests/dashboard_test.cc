@@ -4,10 +4,7 @@
 // and headless Chromium on the pages: they load with JavaScript off and on, a screenshot is a
 // PNG of the window's size, and a running sweep's progress advances between two loads. The
 // Chromium part is skipped with a message where there is no Chromium (a failure under CI=true).
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,43 +32,6 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-struct HttpResponse {
-  int status = 0;  // 0: no answer
-  std::string headers, body;
-};
-
-// One request to 127.0.0.1:port (HTTP/1.0: the server closes when done).
-HttpResponse Http(int port, const std::string& path, const std::string& authorization = "",
-                  const std::string& method = "GET") {
-  HttpResponse r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return r;
-  timeval tv{30, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
-    std::string req = absl::StrCat(method, " ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n");
-    if (!authorization.empty()) absl::StrAppend(&req, "Authorization: ", authorization, "\r\n");
-    absl::StrAppend(&req, "\r\n");
-    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
-    }
-  }
-  ::close(fd);
-  const size_t end = response.find("\r\n\r\n");
-  if (!absl::StartsWith(response, "HTTP/1.") || end == std::string::npos) return r;
-  r.status = std::atoi(response.substr(response.find(' ') + 1, 3).c_str());
-  r.headers = response.substr(0, end);
-  r.body = response.substr(end + 4);
-  return r;
-}
 
 Harness::WorkerFlags Fake(int sleep_ms = 150) {
   Harness::WorkerFlags f;

@@ -37,6 +37,17 @@ std::string MakeTempDir(const std::string& stem);
 // Polls `pred` every 20 ms until it holds or `timeout` passes.
 bool WaitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
+// A TCP port on 127.0.0.1 that is free now (bound, then released: the caller binds it next).
+int FreePort();
+
+struct HttpResponse {
+  int status = 0;  // 0: no answer
+  std::string headers, body;
+};
+// One HTTP/1.0 request to 127.0.0.1:port (the server closes when done; 30 s read timeout).
+HttpResponse Http(int port, const std::string& path, const std::string& authorization = "",
+                  const std::string& method = "GET");
+
 struct CommandResult {
   int exit_code = -1;  // -1: killed by a signal or timed out
   std::string out, err;

@@ -4,8 +4,14 @@
 
 #include <exception>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/eval.h"
+
+#ifdef KVSWEEP_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace kvsweep {
 namespace {
@@ -13,7 +19,7 @@ namespace {
 class EngineEvaluator final : public Evaluator {
  public:
   EngineEvaluator(const std::string& device, int threads)
-      : engine_(engine::EngineOptions{device, threads, 0}) {}
+      : device_(device), engine_(engine::EngineOptions{device, threads, 0}) {}
 
   absl::StatusOr<nlohmann::json> Run(const JobSpec& spec, const ProgressFn& progress) override {
     absl::StatusOr<nlohmann::json> out;
@@ -30,7 +36,24 @@ class EngineEvaluator final : public Evaluator {
     return out;
   }
 
+  std::optional<DeviceMemory> DeviceMemoryInUse() const override {
+#ifdef KVSWEEP_CUDA
+    if (absl::StartsWith(device_, "cuda")) try {
+        int index = 0;
+        if (device_.size() > 5 && !absl::SimpleAtoi(device_.substr(5), &index)) return std::nullopt;
+        // Throws until the engine has first used the device (the allocator is not set up).
+        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+        const auto& all = stats.allocated_bytes[0];  // aggregate over the pools
+        return DeviceMemory{absl::StrCat("cuda:", index), all.current, all.peak};
+      } catch (const std::exception&) {
+        return std::nullopt;
+      }
+#endif
+    return std::nullopt;
+  }
+
  private:
+  const std::string device_;
   engine::Engine engine_;
 };
 

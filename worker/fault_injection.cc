@@ -9,18 +9,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/unix_time.h"
 
 namespace kvsweep {
-
-namespace {
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 absl::Status ParseFault(const std::string& text, WorkerFaults* f) {
   auto ms = [&](absl::string_view v, int* out) -> absl::Status {

@@ -4,25 +4,17 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/unix_time.h"
 
 namespace kvsweep {
 
-namespace {
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
-
 Heartbeater::Heartbeater(v1::WorkerService::Stub* stub, const ClientConfig& coordinator,
-                         int rpc_timeout_ms, std::string worker_id)
+                         int rpc_timeout_ms, std::string worker_id, WorkerObserver* observer)
     : stub_(stub),
       coordinator_(coordinator),
       rpc_timeout_ms_(rpc_timeout_ms),
-      worker_id_(std::move(worker_id)) {}
+      worker_id_(std::move(worker_id)),
+      observer_(observer) {}
 
 Heartbeater::~Heartbeater() { Quit(); }
 
@@ -108,6 +100,7 @@ void Heartbeater::Loop() {
     PrepareContext(&ctx, coordinator_,
                    std::chrono::milliseconds(std::min(interval, rpc_timeout_ms_)));
     grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    if (observer_ != nullptr) observer_->RpcDone("heartbeat", s.error_code());
     mu_.Lock();
     in_flight_ = false;
     wake_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval);

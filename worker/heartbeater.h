@@ -18,6 +18,7 @@
 #include "common/mutex.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "rpc/rpc_util.h"
+#include "worker/worker_observer.h"
 
 namespace kvsweep {
 
@@ -25,8 +26,9 @@ class Heartbeater {
  public:
   // `stub` must outlive the heartbeater. Each beat's deadline is the lesser of the job's
   // interval and `rpc_timeout_ms`.
+  // `observer` (may be null) hears of each beat's status.
   Heartbeater(v1::WorkerService::Stub* stub, const ClientConfig& coordinator, int rpc_timeout_ms,
-              std::string worker_id);
+              std::string worker_id, WorkerObserver* observer = nullptr);
   ~Heartbeater();  // Quit()
   Heartbeater(const Heartbeater&) = delete;
   Heartbeater& operator=(const Heartbeater&) = delete;
@@ -54,6 +56,7 @@ class Heartbeater {
   const ClientConfig coordinator_;
   const int rpc_timeout_ms_;
   const std::string worker_id_;
+  WorkerObserver* const observer_;
 
   std::thread thread_;  // Start/Quit only
   Mutex mu_;

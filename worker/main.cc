@@ -3,16 +3,17 @@
 //   kvsweep-worker --coordinator HOST:PORT --device cpu|cuda[:i] [--evaluator engine|fake]
 //       [--threads N] [--worker-id ID] [--token-file F] [--tls] [--tls-ca F]
 //       [--tls-cert F --tls-key F] [--drain-timeout-ms MS] [--journal FILE]
-//       [--exit-when-idle SECONDS] [--config FILE]
+//       [--exit-when-idle SECONDS] [--metrics-listen [HOST:]PORT] [--config FILE]
 //       [--stage never|auto|always] [--cache-dir DIR] [--cache-max-bytes SIZE]
 //   kvsweep-worker --devices all|0,1,...|0+1,2+3|cpu:N [--max-restarts N] ...
 //       (one supervised worker process per device: worker/device_supervisor.h)
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
 //   kvsweep-worker generate ...                                   (greedy generation)
 //
-// The connection settings (--coordinator, --token-file, --tls, --tls-*), --device and --spool-dir
-// also come from KVSWEEP_<FLAG> variables (KVSWEEP_COORDINATOR, KVSWEEP_TLS_CA, ...) and from
-// --config FILE; the command line wins over the environment, which wins over the file.
+// The connection settings (--coordinator, --token-file, --tls, --tls-*), --device, --spool-dir
+// and --metrics-listen also come from KVSWEEP_<FLAG> variables (KVSWEEP_COORDINATOR,
+// KVSWEEP_TLS_CA, ...) and from --config FILE; the command line wins over the environment,
+// which wins over the file.
 //
 // SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
 // a second signal hands the current job back at once. With --devices, the supervisor takes
@@ -35,6 +36,7 @@
 #include "worker/device_supervisor.h"
 #include "worker/fake_evaluator.h"
 #include "worker/worker_loop.h"
+#include "worker/worker_metrics.h"
 
 #ifdef KVSWEEP_HAVE_ENGINE
 #include "worker/eval_command.h"
@@ -142,6 +144,10 @@ int main(int argc, char** argv) {
                  "longest wait between attempts to reach the coordinator")
       ->check(CLI::Range(100, 5000))
       ->capture_default_str();
+  std::string metrics_listen;
+  WithEnv(app.add_option("--metrics-listen", metrics_listen,
+                         "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: "
+                         "127.0.0.1:PORT)"));
   app.add_option("--fault", faults,
                  "TEST ONLY: crash-on-job-substring:XYZ | hang | pause-before-complete:MS | "
                  "delay-job:MS");
@@ -215,6 +221,10 @@ int main(int argc, char** argv) {
     return Fail("--evaluator: '" + evaluator + "' is not engine or fake");
   }
   o.evaluator_name = evaluator;
+  if (!devices.empty() && !metrics_listen.empty()) {
+    return Fail("--metrics-listen: one address cannot serve the several workers of --devices "
+                "(start one kvsweep-worker per device, each with its own --metrics-listen)");
+  }
   if (!devices.empty()) {
     const std::vector<std::string> args(argv, argv + argc);
     for (const std::string& a : args) {
@@ -261,6 +271,16 @@ int main(int argc, char** argv) {
   }
   if (!o.worker_id.empty()) SetLogTag(o.worker_id);
 
+  std::unique_ptr<WorkerMetrics> metrics;
+  if (!metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<WorkerMetrics>> m =
+        StartWorkerMetrics(metrics_listen, eval.get());
+    if (!m.ok()) return Fail(std::string(m.status().message()));
+    metrics = *std::move(m);
+    o.observer = metrics.get();
+    KV_LOG(INFO) << "kvsweep-worker: Prometheus metrics on port " << metrics->port()
+                 << " (/metrics)";
+  }
   signal(SIGPIPE, SIG_IGN);
   WorkerLoop loop(o, eval.get());
   // SIGTERM/SIGINT: the first drains, the second hands the current job back at once.

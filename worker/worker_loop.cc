@@ -10,16 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/unix_time.h"
 
 namespace kvsweep {
 
 namespace {
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Errors of a job that no retry can fix.
 bool Permanent(absl::StatusCode c) {
@@ -32,6 +27,16 @@ std::string HostName() {
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);
   return host;
+}
+
+// What became of a job, from the WorkerStats counter it moved (RunJob moves exactly one).
+const char* Outcome(const WorkerStats& b, const WorkerStats& a) {
+  if (a.recorded > b.recorded) return "recorded";
+  if (a.duplicates > b.duplicates) return "duplicate";
+  if (a.rejected > b.rejected) return "rejected";
+  if (a.abandoned > b.abandoned) return "abandoned";
+  if (a.handed_back > b.handed_back) return "handed_back";
+  return "failed";
 }
 
 std::string OneLine(std::string s) {
@@ -112,6 +117,7 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop,
     grpc::ClientContext ctx;
     PrepareContext(&ctx, options_.coordinator, std::chrono::milliseconds(options_.rpc_timeout_ms));
     grpc::Status s = call(&ctx);
+    if (options_.observer != nullptr) options_.observer->RpcDone(what, s.error_code());
     // RESOURCE_EXHAUSTED: the coordinator's disk is full; the call succeeds once it is not.
     if (s.ok() || !(IsTransient(s.error_code()) ||
                     s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)) {
@@ -225,7 +231,8 @@ absl::Status WorkerLoop::Run() {
     if (!spool.ok()) return spool.status();
     spool_ = *std::move(spool);
   }
-  heartbeats_.emplace(stub_.get(), options_.coordinator, options_.rpc_timeout_ms, worker_id_);
+  heartbeats_.emplace(stub_.get(), options_.coordinator, options_.rpc_timeout_ms, worker_id_,
+                      options_.observer);
   heartbeats_->Start();
   struct StopHeartbeatThread {
     WorkerLoop* self;
@@ -305,6 +312,22 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     MutexLock l(&stats_mu_);
     ++stats_.leased;
   }
+  // The observer hears of the job's end whichever way RunJob returns.
+  const WorkerStats stats_before = stats();
+  const auto job_start = std::chrono::steady_clock::now();
+  std::string task;        // once the spec is read
+  nlohmann::json timing;   // the evaluator's, once it has a result
+  if (options_.observer != nullptr) options_.observer->JobStarted();
+  struct JobEnd {
+    std::function<void()> fn;
+    ~JobEnd() { fn(); }
+  } job_end{[&] {
+    if (options_.observer == nullptr) return;
+    options_.observer->JobEnded(
+        task, Outcome(stats_before, stats()),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - job_start).count(),
+        timing);
+  }};
   Journal("lease", job_id, fence, absl::StrCat("attempt=", lease.attempt()));
   KV_LOG(DEBUG) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12) << " fence "
                 << fence;
@@ -319,6 +342,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     ReportFail(lease, v1::FAILURE_KIND_PERMANENT, std::string(spec.status().message()));
     return absl::OkStatus();
   }
+  task = spec->task;
 
   // Heartbeats from their own thread, so a long forward pass never lets the lease lapse. They go
   // on until the coordinator has the result: a finished result keeps its lease alive through a
@@ -337,6 +361,7 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   };
   ProgressFn on_progress = [&](double fraction) {
     heartbeats.SetProgress(fraction);
+    if (options_.observer != nullptr) options_.observer->JobProgress(fraction);
     return !heartbeats.lost() && !handing_back();
   };
 
@@ -362,6 +387,9 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
       !staging.ok()      ? absl::StatusOr<nlohmann::json>(staging)
       : on_progress(0.0) ? evaluator_->Run(staged ? staged->spec : *spec, on_progress)
                          : absl::CancelledError("stopped before starting");
+  if (result.ok() && result->is_object() && result->contains("timing")) {
+    timing = (*result)["timing"];
+  }
   if (!result.ok() || heartbeats.lost()) stop_heartbeat();
   if (lost) {
     MutexLock l(&stats_mu_);

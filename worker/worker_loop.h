@@ -36,6 +36,7 @@
 #include "worker/file_stager.h"
 #include "worker/heartbeater.h"
 #include "worker/result_spool.h"
+#include "worker/worker_observer.h"
 
 namespace kvsweep {
 
@@ -78,6 +79,9 @@ struct WorkerOptions {
   // "complete+lease" when it also brought the next job) with its latency in ms (the load
   // benchmark's measurements). May be empty.
   std::function<void(const char* rpc, double ms)> observe_rpc;
+  // Told of every call to the coordinator and every job (the /metrics endpoint); may be null.
+  // Must outlive the loop.
+  WorkerObserver* observer = nullptr;
 };
 
 struct WorkerStats {
@@ -132,7 +136,7 @@ class WorkerLoop {
   std::string session_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
-  // Staging (options_.staging), set up by Run unless the mode is kNever.
+  // Staging (options_.staging), set up by the first job that needs it.
   std::unique_ptr<v1::FileService::Stub> files_stub_;
   std::unique_ptr<FileCache> file_cache_;
   std::unique_ptr<FileStager> stager_;

@@ -2,8 +2,6 @@
 // file, with the fake evaluator. (tests/ does the same with separate processes.)
 #include "worker/worker_loop.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -17,12 +15,14 @@
 #include "coordinator/sweep_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/harness.h"
 #include "worker/fake_evaluator.h"
 
 namespace kvsweep {
 namespace {
 
 using ::testing::HasSubstr;
+using ::kvsweep::testing::FreePort;
 
 std::string TempDb(const std::string& stem) {
   static std::atomic<int> n{0};
@@ -57,20 +57,6 @@ bool WaitFor(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return pred();
-}
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
 }
 
 class WorkerLoopTest : public ::testing::Test {
