@@ -347,14 +347,14 @@ TEST(FileStagerTest, StagesAModelDirectoryThatVerifiesAgainstTheSpec) {
   if (!spec.ok()) GTEST_SKIP() << "ref-gpt2 not available: " << spec.status();
   auto cache = FileCache::Open(TempDir(), int64_t{1} << 30);
   ASSERT_TRUE(cache.ok());
-  FileStager stager(cache->get(), StageMode::kAlways);
-  EXPECT_TRUE(stager.NeedsStaging(*spec));
-  EXPECT_FALSE(FileStager(cache->get(), StageMode::kAuto).NeedsStaging(*spec))
-      << "every path exists here";
-  EXPECT_FALSE(FileStager(cache->get(), StageMode::kNever).NeedsStaging(*spec));
+  FileStager stager(cache->get());
+  EXPECT_TRUE(NeedsStaging(StageMode::kAlways, *spec));
+  EXPECT_FALSE(NeedsStaging(StageMode::kAuto, *spec)) << "every path exists here";
+  EXPECT_FALSE(NeedsStaging(StageMode::kNever, *spec));
   JobSpec missing = *spec;
   missing.data_path = "/nonexistent/wiki.valid.tokens";
-  EXPECT_TRUE(FileStager(cache->get(), StageMode::kAuto).NeedsStaging(missing));
+  EXPECT_TRUE(NeedsStaging(StageMode::kAuto, missing));
+  EXPECT_FALSE(NeedsStaging(StageMode::kNever, missing));
 
   SpecSource src(*spec);
   absl::StatusOr<StagedJob> staged = stager.Stage(*spec, &src);
@@ -392,7 +392,7 @@ TEST(FileStagerTest, ALyingSourceFailsTheJobAndPoisonsNothing) {
   if (!spec.ok()) GTEST_SKIP() << "ref-gpt2 not available: " << spec.status();
   const std::string dir = TempDir();
   auto cache = FileCache::Open(dir, int64_t{1} << 30);
-  FileStager stager(cache->get(), StageMode::kAlways);
+  FileStager stager(cache->get());
   SpecSource src(*spec);
   src.lie_with = spec->data_sha256;  // the data file's bytes for every hash
   absl::StatusOr<StagedJob> staged = stager.Stage(*spec, &src);

@@ -171,9 +171,9 @@ absl::Status GrpcFileSource::Fetch(const std::string& sha256, int64_t offset,
   return FromGrpc(reader->Finish());
 }
 
-bool FileStager::NeedsStaging(const JobSpec& spec) const {
-  if (mode_ == StageMode::kNever) return false;
-  if (mode_ == StageMode::kAlways) return true;
+bool NeedsStaging(StageMode mode, const JobSpec& spec) {
+  if (mode == StageMode::kNever) return false;
+  if (mode == StageMode::kAlways) return true;
   if (!PathExists(spec.model_path) || !PathExists(spec.data_path)) return true;
   for (const auto& [path, sha] : spec.input_sha256) {
     if (!PathExists(path)) return true;

@@ -85,13 +85,13 @@ struct StagedJob {
   int64_t bytes_fetched = 0;
 };
 
+// Whether `spec` runs on staged files (the mode, and for kAuto whether an input is missing).
+bool NeedsStaging(StageMode mode, const JobSpec& spec);
+
 class FileStager {
  public:
   // `cache` must outlive the stager.
-  FileStager(FileCache* cache, StageMode mode) : cache_(cache), mode_(mode) {}
-
-  // Whether `spec` runs on staged files (the mode, and for kAuto whether an input is missing).
-  bool NeedsStaging(const JobSpec& spec) const;
+  explicit FileStager(FileCache* cache) : cache_(cache) {}
 
   // Fetches what the cache lacks, builds the views, verifies. `keep_going` (may be empty) is
   // asked between files and while waiting to retry. Errors: kFailedPrecondition (a spec that
@@ -104,7 +104,6 @@ class FileStager {
 
  private:
   FileCache* cache_;
-  StageMode mode_;
 };
 
 }  // namespace kvsweep

@@ -203,19 +203,6 @@ absl::Status WorkerLoop::Run() {
   if (!channel.ok()) return channel.status();
   channel_ = *channel;
   stub_ = v1::WorkerService::NewStub(channel_);
-  if (options_.staging.mode != StageMode::kNever) {
-    const std::string dir = options_.staging.cache_dir.empty() ? DefaultFileCacheDir()
-                                                               : options_.staging.cache_dir;
-    absl::StatusOr<std::unique_ptr<FileCache>> cache =
-        FileCache::Open(dir, options_.staging.cache_max_bytes);
-    if (!cache.ok()) {
-      return absl::Status(cache.status().code(),
-                          absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
-    }
-    file_cache_ = *std::move(cache);
-    stager_ = std::make_unique<FileStager>(file_cache_.get(), options_.staging.mode);
-    files_stub_ = v1::FileService::NewStub(channel_);
-  }
   KV_LOG(INFO) << "worker " << worker_id_ << " (" << options_.device << ", "
                << options_.evaluator_name << ") pulling from " << options_.coordinator.address;
   // Connect before the first lease (a coordinator that is not up yet is waited for by the
@@ -369,7 +356,22 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   // Inputs missing here: fetched by hash and run on from the cache (its pins live as long).
   std::optional<StagedJob> staged;
   absl::Status staging;
-  if (stager_ != nullptr && stager_->NeedsStaging(*spec)) {
+  if (NeedsStaging(options_.staging.mode, *spec) && stager_ == nullptr) {
+    // The cache is opened on first need: a worker that never stages needs no writable cache.
+    const std::string dir = options_.staging.cache_dir.empty() ? DefaultFileCacheDir()
+                                                               : options_.staging.cache_dir;
+    absl::StatusOr<std::unique_ptr<FileCache>> cache =
+        FileCache::Open(dir, options_.staging.cache_max_bytes);
+    if (cache.ok()) {
+      file_cache_ = *std::move(cache);
+      stager_ = std::make_unique<FileStager>(file_cache_.get());
+      files_stub_ = v1::FileService::NewStub(channel_);
+    } else {  // this worker's setup, not the job's: another worker may run it
+      staging = absl::UnavailableError(
+          absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
+    }
+  }
+  if (staging.ok() && NeedsStaging(options_.staging.mode, *spec)) {
     GrpcFileSource source(files_stub_.get(), options_.coordinator, worker_id_, lease,
                           options_.rpc_timeout_ms);
     absl::StatusOr<StagedJob> st =
