@@ -141,7 +141,7 @@ TEST(MultiDeviceTest, AWorkerKilledMidJobIsRestartedAndEveryJobHasOneResult) {
   EXPECT_THAT(*log, HasSubstr("worker node-cpu1 crashed (signal 9"));
 }
 
-TEST(MultiDeviceTest, SigtermToTheSupervisorDrainsEveryWorker) {
+TEST(MultiDeviceTest, SigtermToTheWholeGroupDrainsEveryWorkerOnce) {
   Harness h("devices_drain");
   h.StartCoordinator();
   h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("drainc", 4)));
@@ -158,6 +158,13 @@ TEST(MultiDeviceTest, SigtermToTheSupervisorDrainsEveryWorker) {
       },
       std::chrono::seconds(120)))
       << "the two workers did not both lease a job";
+  // As Ctrl-C, systemd's stop or scancel would: SIGTERM to every process of the group, the
+  // workers included. They ignore it; the supervisor's one SIGUSR1 each is their one request.
+  const pid_t supervisor = h.worker(w)->pid();
+  std::vector<pid_t> workers = ChildrenWithArg(supervisor, "node-cpu0");
+  for (pid_t p : ChildrenWithArg(supervisor, "node-cpu1")) workers.push_back(p);
+  ASSERT_EQ(workers.size(), 2u);
+  for (pid_t p : workers) ASSERT_EQ(::kill(p, SIGTERM), 0);
   h.worker(w)->Signal(SIGTERM);
   std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(60));
   ASSERT_TRUE(st.has_value()) << "the supervisor did not exit after SIGTERM";
