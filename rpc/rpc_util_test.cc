@@ -1,6 +1,7 @@
 #include "rpc/rpc_util.h"
 
 #include "rpc/auth.h"
+#include "rpc/http_listen.h"
 
 #include <cstdio>
 
@@ -97,6 +98,27 @@ TEST(AuthTest, RoleTokensMustDiffer) {
   EXPECT_EQ(t.Validate().code(), absl::StatusCode::kInvalidArgument);
   t.client = "other";
   EXPECT_TRUE(t.Validate().ok());
+}
+
+TEST(HttpListenTest, ParsesListenAddresses) {
+  absl::StatusOr<ListenAddress> a = ParseListenAddress("--metrics-listen", "9100");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->host, "127.0.0.1");
+  EXPECT_EQ(a->port, 9100);
+  EXPECT_EQ(a->host_port, "127.0.0.1:9100");
+  a = ParseListenAddress("--http", "localhost:0");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->host_port, "127.0.0.1:0");
+  a = ParseListenAddress("--http", "[::1]:8443");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->host, "::1");
+  EXPECT_EQ(a->host_port, "[::1]:8443");
+  for (const char* bad : {"", "x", "1:2:3", ":80", "host:65536", "host:-1", "host:8o"}) {
+    absl::StatusOr<ListenAddress> b = ParseListenAddress("--metrics-listen", bad);
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(b.status().message()), ::testing::StartsWith("--metrics-listen: '"))
+        << bad;
+  }
 }
 
 }  // namespace kvsweep
