@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -136,6 +137,22 @@ TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
   EXPECT_EQ(missing.status, 2) << missing.err;
   EXPECT_NE(missing.err.find("model 'acme/absent' is not in the Hugging Face cache " + hub), std::string::npos)
       << missing.err;
+}
+
+// --format text: the summary read from the result (spec/job_result.h): the job, every metric of
+// the task, the ledger's fractions, the timing. --help lists the tasks of spec/task.h.
+TEST(EvalCliTest, TextSummaryAndTaskHelp) {
+  std::vector<std::string> args = Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "2"});
+  args[std::find(args.begin(), args.end(), "json") - args.begin()] = "text";
+  ProcResult r = Exec(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* k : {"task lambada_openai  method none  kv_heads 2", "  acc ", "  ppl ", "  loglik_sum ", "  n ",
+                        "  units ", "  kv fraction ", "(payload 1)", "  wall "}) {
+    EXPECT_NE(r.out.find(k), std::string::npos) << k << "\n" << r.out;
+  }
+  ProcResult help = Exec({"eval", "--help"});
+  ASSERT_EQ(help.status, 0) << help.err;
+  EXPECT_NE(help.out.find("wikitext_stream | ptb | text"), std::string::npos) << help.out;
 }
 
 // KVSWEEP_LOG_FORMAT=json: every log line on stderr is one JSON object; stdout is unchanged.
