@@ -12,7 +12,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
 #include "common/hash.h"
@@ -27,13 +26,9 @@ absl::Status Annotate(const absl::Status& s, const std::string& what) {
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
 }
 
-// Absolute, with no empty, "." or ".." component: mirrored as it is.
-bool Mirrorable(const std::string& path) {
-  if (path.empty() || path[0] != '/') return false;
-  for (absl::string_view c : absl::StrSplit(path.substr(1), '/')) {
-    if (c.empty() || c == "." || c == "..") return false;
-  }
-  return true;
+// A file name that names a file inside its view directory.
+bool PlainName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos;
 }
 
 std::string StripTrailingSlashes(std::string p) {
@@ -77,7 +72,9 @@ absl::StatusOr<std::string> EnsureView(const FileCache& cache, const std::string
     return ErrnoToStatus(errno, "mkdir", views);
   }
   const std::string top = JoinPath(views, Sha256Hex(key_text));
-  const std::string base = dir == "/" ? "root" : BaseName(dir);
+  // The directory's own name, so a model directory keeps it (model names default to it).
+  std::string base = BaseName(dir);
+  if (!PlainName(base)) base = "dir";
   const std::string view = JoinPath(top, base);
   if (!IsDirectory(view)) {
     static std::atomic<int> counter{0};
@@ -190,9 +187,9 @@ absl::StatusOr<StagedJob> FileStager::Stage(const JobSpec& spec, FileSource* sou
   }
   std::map<std::string, Group> groups;  // original directory -> its input files
   for (const auto& [path, sha] : spec.input_sha256) {
-    if (!Mirrorable(path)) {
+    if (!PlainName(BaseName(path))) {
       return absl::FailedPreconditionError(
-          absl::StrCat("staging: input path '", path, "' is not absolute and plain"));
+          absl::StrCat("staging: input path '", path, "' does not name a file"));
     }
     groups[DirName(path)][BaseName(path)] = sha;
   }
