@@ -161,7 +161,8 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   if (absl::Status v = VerifyJobInputs(spec); !v.ok()) return v;
   absl::Status st = EnsureModel(spec, *device, *dtype);
   if (!st.ok()) return st;
-  ResetPeakDeviceBytes(*device);  // peak over the job: weights plus everything it allocates
+  // Peak over the job: weights plus everything it allocates (on each device of a pipeline).
+  for (const torch::Device& d : *devices) ResetPeakDeviceBytes(d);
   const ModelConfig& cfg = model_->config();
   if (cfg.head_dim != spec.head_dim || cfg.num_kv_heads != spec.native_kv_heads) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -259,6 +260,10 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   out["metrics"] = {{spec.task, metrics}};
   out["ledger"] = ledger_json;
   if (spec.diagnostics) out["diagnostics"] = std::move(diagnostics);
+  int64_t peak_device_bytes = -1;  // a pipeline: its fullest device's
+  for (const torch::Device& d : *devices) {
+    peak_device_bytes = std::max(peak_device_bytes, PeakDeviceBytes(d));
+  }
   out["timing"] = {{"wall_s", wall_s},
                    {"load_s", last_load_s_},
                    {"codec_s", codec_s},
@@ -270,7 +275,7 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
                    {"padded_tokens", stats.padded_tokens},
                    {"scored_tokens", stats.scored_tokens},
                    {"sequences", stats.sequences},
-                   {"peak_device_bytes", PeakDeviceBytes(*device)},
+                   {"peak_device_bytes", peak_device_bytes},
                    {"batch_tokens", options_.batch_tokens > 0 ? options_.batch_tokens
                                                               : DefaultBatchTokens(*model_, codec.get(), *requests)}};
   out["provenance"] = {{"engine_version", kEngineVersion},
