@@ -442,7 +442,10 @@ absl::StatusOr<FileCache::Pin> FileCache::Get(const std::string& sha256, const F
           LockFile::Take(JoinPath(JoinPath(dir_, "tmp"), absl::StrCat(sha256, ".lock")));
       if (!lock.ok()) return lock.status();
       pin = TryPin(sha256);
-      if (pin.ok()) return pin;
+      if (pin.ok()) {
+        stats->hit = stats->attempts == 0;  // another process fetched it while this one waited
+        return pin;
+      }
       last = FetchOnce(sha256, fetch, stats, &local);
     }
     if (last.ok()) {

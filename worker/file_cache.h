@@ -39,7 +39,7 @@ using FetchFn = std::function<absl::Status(int64_t offset, const ChunkSink& sink
 
 // What one Get did.
 struct CacheGetStats {
-  bool hit = false;           // the blob was there
+  bool hit = false;           // the blob was there (or another process fetched it meanwhile)
   int64_t bytes_fetched = 0;  // bytes received (a resumed fetch counts only the rest)
   int attempts = 0;           // fetch calls made (retries after transient errors included)
 };

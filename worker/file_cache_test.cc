@@ -281,13 +281,16 @@ TEST(FileCacheTest, ProcessesSharingADirectoryFetchEachFileOnce) {
     return src.Fetch(sha, offset, sink);
   };
   absl::StatusOr<FileCache::Pin> p1, p2;
-  std::thread t1([&] { p1 = (*one)->Get(sha, fetch); });
-  std::thread t2([&] { p2 = (*two)->Get(sha, fetch); });
+  CacheGetStats s1, s2;
+  std::thread t1([&] { p1 = (*one)->Get(sha, fetch, nullptr, &s1); });
+  std::thread t2([&] { p2 = (*two)->Get(sha, fetch, nullptr, &s2); });
   t1.join();
   t2.join();
   ASSERT_TRUE(p1.ok()) << p1.status();
   ASSERT_TRUE(p2.ok()) << p2.status();
   EXPECT_EQ(src.calls, 1);
+  EXPECT_NE(s1.hit, s2.hit) << "one fetched, the other used its blob";
+  EXPECT_EQ(s1.bytes_fetched + s2.bytes_fetched, 200000);
   EXPECT_EQ(*ReadFile(p1->path()), bytes);
 }
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # A sweep on two "hosts" that share nothing but the network: the coordinator in this machine's
-# namespaces; the worker in a network namespace of its own (a veth pair, the coordinator's end
-# at 10.251.N.1, the worker's at 10.251.N.2) and a mount namespace of its own in which tmpfs
+# namespaces; two workers in a network namespace of their own (a veth pair, the coordinator's
+# end at 10.251.N.1, theirs at 10.251.N.2) and a mount namespace of their own in which tmpfs
 # hides the model and data (the assets directory) and everything of the coordinator's (its
 # database, certificates, tokens, sweep file). They talk mutual TLS (deploy/tls/make-certs.sh)
-# with role tokens. The worker finds the job's paths missing, fetches every input file by hash
-# from the coordinator (FileService.FetchFile) into its --cache-dir and runs the real engine on
-# ref-gpt2 from there. Then checks:
+# with role tokens. The workers find the jobs' paths missing, fetch every input file by hash
+# from the coordinator (FileService.FetchFile) into one --cache-dir they share, and run the real
+# engine on ref-gpt2 from there. Then checks:
 #   - the sweep completed: every job done, exactly one result each;
-#   - the worker could see none of the inputs, and its cache holds each input file under its
-#     sha256 (re-hashed here), each transferred once: the first job fetched every file, the
-#     later jobs nothing (the worker's journal);
+#   - the workers could see none of the inputs, and their cache holds each input file under its
+#     sha256 (re-hashed here); each file crossed the network once (the workers' journals: the
+#     files and bytes fetched over all jobs of both workers are those of the job's inputs);
 #   - the results equal those of the same sweep run the ordinary way (a second coordinator and
 #     a worker on the shared filesystem, --stage never): every metric of every job, exactly.
 #
@@ -65,8 +65,9 @@ pids=()
 
 fail() {
   echo "FAIL: $*"
-  for f in "$coord/coordinator.log" "$wdir/worker.log" "$base/coordinator.log" \
-           "$base/worker.log" "$wdir/journal"; do
+  for f in "$coord/coordinator.log" "$wdir/worker.log" "$wdir/worker-1.log" \
+           "$wdir/worker-2.log" "$base/coordinator.log" "$base/worker.log" "$wdir/journal-1" \
+           "$wdir/journal-2"; do
     [ -f "$f" ] || continue
     echo "----- $f (last 40 lines)"
     tail -n 40 "$f"
@@ -159,33 +160,41 @@ user=(--coordinator "$addr" --tls --tls-ca "$coord/tls/ca.crt" --tls-cert "$coor
 jobs_total=$(sqlite3 "$coord/sweeps.db" "SELECT count(*) FROM jobs")
 [ "$jobs_total" = 3 ] || fail "expected 3 jobs, the coordinator has $jobs_total"
 
-# --- the worker: its own network and mount namespaces ---
-# In the worker's mount namespace tmpfs covers the assets and the coordinator's directory; it
-# checks that it sees neither before it starts.
+# --- two workers on one cache: their own network and mount namespaces ---
+# In the workers' mount namespace tmpfs covers the assets and the coordinator's directory; it
+# checks that it sees neither before the workers start. Both use one --cache-dir (as workers on
+# one host would): each file must still cross the network once.
+worker_args=(--coordinator "$addr" --tls --tls-ca "$wdir/tls/ca.crt"
+             --tls-cert "$wdir/tls/worker.crt" --tls-key "$wdir/tls/worker.key"
+             --token-file "$wdir/worker.token" --device cpu --threads 1
+             --cache-dir "$wdir/cache" --cache-max-bytes 1G --exit-when-idle 3)
 ip netns exec "$ns" unshare --mount --propagation private bash -c '
-  set -e
-  mount -t tmpfs -o ro,size=1m kvsweep-hidden "$1"
-  mount -t tmpfs -o ro,size=1m kvsweep-hidden "$2"
+  mount -t tmpfs -o ro,size=1m kvsweep-hidden "$1" || exit 3
+  mount -t tmpfs -o ro,size=1m kvsweep-hidden "$2" || exit 3
   if [ -e "$1/models" ] || [ -e "$2/sweeps.db" ]; then echo "isolation failed"; exit 3; fi
-  echo "worker: assets and coordinator files hidden"
-  shift 2
-  exec "$@"' _ "$assets" "$coord" \
-  env KVSWEEP_CACHE_DIR="$wdir/hash-cache" "$worker_bin" --coordinator "$addr" --tls \
-  --tls-ca "$wdir/tls/ca.crt" --tls-cert "$wdir/tls/worker.crt" \
-  --tls-key "$wdir/tls/worker.key" --token-file "$wdir/worker.token" --worker-id nofs-worker \
-  --device cpu --threads 1 --cache-dir "$wdir/cache" --cache-max-bytes 1G \
-  --spool-dir "$wdir/spool" --journal "$wdir/journal" --exit-when-idle 3 \
+  echo "workers: assets and coordinator files hidden"
+  wdir=$3; worker_bin=$4; shift 4
+  started=""
+  for i in 1 2; do
+    KVSWEEP_CACHE_DIR="$wdir/hash-cache-$i" "$worker_bin" "$@" --worker-id "nofs-worker-$i" \
+      --spool-dir "$wdir/spool-$i" --journal "$wdir/journal-$i" >"$wdir/worker-$i.log" 2>&1 &
+    started="$started $!"
+  done
+  rc=0
+  for p in $started; do wait "$p" || rc=$?; done
+  exit $rc' _ "$assets" "$coord" "$wdir" "$worker_bin" "${worker_args[@]}" \
   >"$wdir/worker.log" 2>&1 &
-worker_pid=$!
-pids+=($worker_pid)
+workers_pid=$!
+pids+=($workers_pid)
 timeout 300 "$cli_bin" "${user[@]}" watch nofs >"$coord/watch.log" 2>&1 ||
   fail "watch: $(tail -n 5 "$coord/watch.log")"
-for _ in $(seq 1 300); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
-wait "$worker_pid"
-worker_rc=$?
-[ "$worker_rc" = 0 ] || fail "the worker exited $worker_rc"
-grep -q "worker: assets and coordinator files hidden" "$wdir/worker.log" ||
-  fail "the worker's namespace was not set up"
+for _ in $(seq 1 300); do kill -0 "$workers_pid" 2>/dev/null || break; sleep 0.1; done
+wait "$workers_pid"
+workers_rc=$?
+[ "$workers_rc" = 0 ] || fail "a worker exited $workers_rc: $(cat "$wdir"/worker*.log | tail -n 20)"
+grep -q "workers: assets and coordinator files hidden" "$wdir/worker.log" ||
+  fail "the workers' namespace was not set up: $(cat "$wdir/worker.log")"
+cat "$wdir/journal-1" "$wdir/journal-2" >"$wdir/journal"
 
 # --- every job done, one result each, no failure ---
 q() { sqlite3 "$1/sweeps.db" "$2"; }
@@ -211,13 +220,16 @@ while read -r path sha; do
   n_inputs=$((n_inputs + 1))
 done <<<"$inputs"
 staged=$(grep -c " staged " "$wdir/journal" || true)
-[ "$staged" = 3 ] || fail "the journal has $staged staged jobs, not 3: $(cat "$wdir/journal")"
-first=$(grep " staged " "$wdir/journal" | head -n 1)
-echo "$first" | grep -q "files=$n_inputs fetched=$n_inputs bytes=$total_bytes\$" ||
-  fail "the first job did not fetch all $n_inputs files ($total_bytes bytes) once: $first"
-later=$(grep " staged " "$wdir/journal" | tail -n +2 | grep -vc "fetched=0 bytes=0\$" || true)
-[ "$later" = 0 ] || fail "later jobs fetched again: $(grep " staged " "$wdir/journal")"
-echo "worker: $n_inputs input files ($total_bytes bytes) fetched once, verified in its cache"
+[ "$staged" = 3 ] || fail "the journals have $staged staged jobs, not 3: $(cat "$wdir/journal")"
+sums=$(grep " staged " "$wdir/journal" |
+       sed -n 's/.* files=\([0-9]*\) fetched=\([0-9]*\) bytes=\([0-9]*\)$/\1 \2 \3/p' |
+       awk '{f += $2; b += $3; if ($1 != n && n != "") bad = 1; n = $1} END {print f, b, n, bad + 0}')
+read -r fetched_files fetched_bytes files_per_job bad <<<"$sums"
+[ "$bad" = 0 ] && [ "$files_per_job" = "$n_inputs" ] ||
+  fail "jobs staged other than $n_inputs files: $(grep " staged " "$wdir/journal")"
+[ "$fetched_files" = "$n_inputs" ] && [ "$fetched_bytes" = "$total_bytes" ] ||
+  fail "$fetched_files files ($fetched_bytes bytes) fetched; each of the $n_inputs ($total_bytes bytes) once expected: $(grep " staged " "$wdir/journal")"
+echo "workers: $n_inputs input files ($total_bytes bytes) fetched once between two workers, verified in their cache"
 
 # --- the same sweep the ordinary way: shared filesystem, loopback ---
 start_coordinator "$base" 127.0.0.1
