@@ -42,6 +42,13 @@ absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view flag,
 #ifdef KVSWEEP_WITH_HTTPLIB
 absl::StatusOr<int> ServeInBackground(httplib::Server& server, const ListenAddress& address,
                                       absl::string_view flag, std::thread* thread) {
+  // cpp-httplib's default also sets SO_REUSEPORT, with which a second process binds a port in
+  // use and the kernel shares the connections between the two: an address in use must be an
+  // error instead.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+  });
   const int port = address.port == 0
                        ? server.bind_to_any_port(address.host)
                        : (server.bind_to_port(address.host, address.port) ? address.port : -1);

@@ -36,8 +36,9 @@ struct ListenAddress {
 absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view flag, const std::string& listen);
 
 #ifdef KVSWEEP_WITH_HTTPLIB
-// Binds `server` to `address` and runs its accept loop on *thread (join it after
-// server.stop()); returns the bound port. kUnavailable naming `flag` if it cannot be bound.
+// Binds `server` to `address` (SO_REUSEADDR, not SO_REUSEPORT: a port in use is refused) and
+// runs its accept loop on *thread (join it after server.stop()); returns the bound port.
+// kUnavailable naming `flag` if it cannot be bound.
 absl::StatusOr<int> ServeInBackground(httplib::Server& server, const ListenAddress& address,
                                       absl::string_view flag, std::thread* thread);
 #endif

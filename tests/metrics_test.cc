@@ -3,6 +3,7 @@
 // through a generic stub: Debian ships no generated health stub); a worker's /metrics against
 // the jobs it ran (the real engine where it is built); and a running job's progress as
 // `kvsweep status` and `kvsweep watch` show it, while a worker that lies about it is refused.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -328,6 +329,33 @@ TEST(MetricsTest, RunningJobProgressInStatusWatchAndWorkerMetrics) {
   EXPECT_TRUE(now[0]["running"].empty()) << after.out;
   EXPECT_TRUE(now[0]["eta_s"].is_null()) << after.out;
   if (HasFailure()) h.DumpLogs();
+}
+
+// --metrics-listen from the environment (KVSWEEP_METRICS_LISTEN, as every worker setting): a
+// malformed address or one already bound is a one-line error and exit 2, before any lease.
+TEST(MetricsTest, WorkerRefusesAMetricsAddressItCannotServe) {
+  Harness h("worker_metrics_bad");
+  const int taken = FreePort();
+  Harness::CoordinatorFlags flags;
+  flags.extra = {"--metrics-listen", absl::StrCat("127.0.0.1:", taken)};
+  h.StartCoordinator(flags);
+  for (const auto& [value, message] : std::vector<std::pair<std::string, std::string>>{
+           {"localhost:99999", "--metrics-listen: 'localhost:99999' has no valid port"},
+           {"::1:9100", "is not HOST:PORT (IPv6 hosts in brackets)"},
+           {absl::StrCat("127.0.0.1:", taken), "--metrics-listen: cannot listen on 127.0.0.1:"}}) {
+    Subprocess::Options o;
+    o.env = {{"KVSWEEP_METRICS_LISTEN", value}};
+    o.stdout_path = o.stderr_path = JoinPath(h.dir(), "worker.err");
+    auto w = Subprocess::Spawn(
+        {WorkerBin(), "--coordinator", h.address(), "--evaluator", "fake", "--spool-dir", ""}, o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    std::optional<int> st = (*w)->Wait(std::chrono::seconds(60));
+    ASSERT_TRUE(st.has_value()) << value;
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2) << value;
+    const std::string err = ReadFile(JoinPath(h.dir(), "worker.err")).value_or("");
+    EXPECT_THAT(err, ::testing::HasSubstr(message)) << value;
+  }
+  EXPECT_EQ(h.SqlInt("SELECT COUNT(*) FROM workers"), 0);  // it never asked for a job
 }
 
 }  // namespace
