@@ -23,8 +23,8 @@ namespace kvsweep {
 namespace {
 
 // Job states as the jobs table spells them, in JobState order.
-constexpr const char* kStates[] = {"queued", "leased", "done", "failed", "quarantined",
-                                   "cancelled"};
+constexpr const char* kStates[] = {"queued", "leased",      "done",
+                                   "failed", "quarantined", "cancelled"};
 
 // Upper bucket edges in seconds: a lease or a result is answered after its commit (an fsync),
 // so most answers fall between 1 and 100 ms.
@@ -70,7 +70,6 @@ class PrometheusMetrics final : public MetricsServer {
                      .Register(*registry_)
                      .Add({})) {
     for (int i = 0; i < 6; ++i) state_gauges_[i] = &jobs_.Add({{"state", kStates[i]}});
-
   }
 
   absl::Status Listen(const std::string& listen) {
@@ -96,8 +95,8 @@ class PrometheusMetrics final : public MetricsServer {
     if (refreshed_ && now - last_refresh_ < std::chrono::seconds(1)) return;
     refreshed_ = true;
     last_refresh_ = now;
-    absl::StatusOr<QueryResult> q = store_->Query(
-        "SELECT state, COUNT(*) FROM jobs GROUP BY state", /*max_rows=*/16, /*timeout_ms=*/2000);
+    absl::StatusOr<QueryResult> q = store_->Query("SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                                                  /*max_rows=*/16, /*timeout_ms=*/2000);
     if (q.ok()) {
       int64_t counts[6] = {0, 0, 0, 0, 0, 0};
       for (const std::vector<QueryResult::Value>& row : q->rows) {
@@ -115,7 +114,8 @@ class PrometheusMetrics final : public MetricsServer {
     }
     const SchedulerStats s = scheduler_->Stats();
     // Counters only go up: add what was committed since the last scrape.
-    if (s.commits > last_commits_) commits_.Increment(static_cast<double>(s.commits - last_commits_));
+    if (s.commits > last_commits_)
+      commits_.Increment(static_cast<double>(s.commits - last_commits_));
     if (s.mutations > last_mutations_) {
       mutations_.Increment(static_cast<double>(s.mutations - last_mutations_));
     }

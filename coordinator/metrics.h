@@ -29,9 +29,10 @@ class MetricsServer : public WorkerServiceObserver {
   virtual int port() const = 0;
 };
 
-// Serves /metrics on `listen` (rpc/http_listen.h ParseListenAddress) until destroyed. `store` and
-// `scheduler` must outlive the result. Errors: kInvalidArgument for a malformed address; kUnavailable if it
-// cannot be bound; kUnimplemented when kvsweep was built without prometheus-cpp.
+// Serves /metrics on `listen` (rpc/http_listen.h ParseListenAddress) until destroyed. `store`
+// and `scheduler` must outlive the result. Errors: kInvalidArgument for a malformed address;
+// kUnavailable if it cannot be bound; kUnimplemented when kvsweep was built without
+// prometheus-cpp or cpp-httplib.
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServer(const std::string& listen,
                                                                   ResultStore* store,
                                                                   Scheduler* scheduler);

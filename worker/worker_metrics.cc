@@ -123,8 +123,7 @@ class PrometheusWorkerMetrics final : public WorkerMetrics {
                          .Name("kvsweep_worker_device_allocated_peak_bytes")
                          .Help("The most bytes allocated by libtorch's CUDA caching allocator "
                                "since the current or last job started (GPU workers only)")
-                         .Register(*registry_)) {
-  }
+                         .Register(*registry_)) {}
 
   absl::Status Listen(const std::string& listen) {
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
