@@ -22,6 +22,7 @@
 #include "client/coordinator_client.h"
 #include "client/progress.h"
 #include "client/table.h"
+#include "common/cli_config.h"
 #include "common/file_util.h"
 #include "common/path_policy.h"
 #include "common/subprocess.h"
@@ -55,18 +56,10 @@ std::string FindBinary(const std::string& given, const std::string& name,
 
 // The local processes run plaintext on loopback without tokens, whatever deployment settings
 // the shell exports (KVSWEEP_TLS=1, KVSWEEP_DB, ...: docs/deploy.md).
-const std::map<std::string, std::string>& PlainEnv() {
-  static const auto* env = new std::map<std::string, std::string>{
-      {"KVSWEEP_DB", ""},           {"KVSWEEP_LISTEN", ""},
-      {"KVSWEEP_TLS_CERT", ""},     {"KVSWEEP_TLS_KEY", ""},
-      {"KVSWEEP_TLS_CLIENT_CA", ""}, {"KVSWEEP_TOKEN_FILE", ""},
-      {"KVSWEEP_WORKER_TOKEN_FILE", ""}, {"KVSWEEP_CLIENT_TOKEN_FILE", ""},
-      {"KVSWEEP_READER_TOKEN_FILE", ""}, {"KVSWEEP_METRICS_LISTEN", ""},
-      {"KVSWEEP_HEALTH_LISTEN", ""}, {"KVSWEEP_HTTP", ""},
-      {"KVSWEEP_COORDINATOR", ""},  {"KVSWEEP_TLS", ""},
-      {"KVSWEEP_TLS_CA", ""},       {"KVSWEEP_TLS_SERVER_NAME", ""},
-      {"KVSWEEP_DEVICE", ""},       {"KVSWEEP_SPOOL_DIR", ""}};
-  return *env;
+std::map<std::string, std::string> PlainEnv() {
+  std::map<std::string, std::string> env;
+  for (const std::string& name : SettingsVariables()) env[name] = "";
+  return env;
 }
 
 // Starts kvsweep-coordinator on `dir`/demo.db and an ephemeral loopback port; its address once

@@ -13,6 +13,7 @@
 #define KVSWEEP_COMMON_CLI_CONFIG_H_
 
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 
@@ -27,6 +28,12 @@ CLI::Option* WithEnv(CLI::Option* opt);
 // a setting of `app` or a section other than [default] fail the parse with a CLI::ParseError
 // whose message is one line: "--config FILE: line N: ...".
 void AddConfigFile(CLI::App* app);
+
+// Every KVSWEEP_<FLAG> settings variable the three binaries read (WithEnv), docs/deploy.md's
+// list. A process that starts the binaries for its own purpose (`kvsweep demo`, the tests)
+// clears these, so that the deployment settings a shell exports (KVSWEEP_TLS=1, KVSWEEP_DB, ...)
+// do not leak into its children.
+const std::vector<std::string>& SettingsVariables();
 
 }  // namespace kvsweep
 

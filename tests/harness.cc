@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/cli_config.h"
 #include "common/file_util.h"
 #include "spec/job_spec.h"
 #include "rpc/rpc_util.h"
@@ -46,15 +47,7 @@ namespace {
 // tests start get only the settings the tests give, whatever the shell running the tests exports
 // (docs/deploy.md has users export some). Cleared before main, in every test linking the harness.
 const bool kSettingsVariablesCleared = [] {
-  for (const char* name :
-       {"KVSWEEP_DB", "KVSWEEP_LISTEN", "KVSWEEP_TLS_CERT", "KVSWEEP_TLS_KEY",
-        "KVSWEEP_TLS_CLIENT_CA", "KVSWEEP_TOKEN_FILE", "KVSWEEP_WORKER_TOKEN_FILE",
-        "KVSWEEP_CLIENT_TOKEN_FILE", "KVSWEEP_READER_TOKEN_FILE", "KVSWEEP_METRICS_LISTEN",
-        "KVSWEEP_HEALTH_LISTEN", "KVSWEEP_HTTP", "KVSWEEP_COORDINATOR", "KVSWEEP_TLS",
-        "KVSWEEP_TLS_CA",
-        "KVSWEEP_TLS_SERVER_NAME", "KVSWEEP_DEVICE", "KVSWEEP_SPOOL_DIR"}) {
-    ::unsetenv(name);
-  }
+  for (const std::string& name : SettingsVariables()) ::unsetenv(name.c_str());
   return true;
 }();
 
