@@ -21,7 +21,7 @@
 namespace kvsweep {
 
 // Bump when a change to the engine changes any number it reports.
-inline constexpr char kEngineVersion[] = "kvsweep-engine/2";
+inline constexpr char kEngineVersion[] = "kvsweep-engine/3";
 
 struct JobRequest {
   std::string model_path;       // a path, or a Hugging Face repo id (common/hf_hub.h)

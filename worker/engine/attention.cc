@@ -54,13 +54,29 @@ Tensor StateMask(const KvPair& kv, bool k_compressed, bool v_compressed, int64_t
   return m;
 }
 
+#if KVSWEEP_HAS_SDPA
+// mask [M, L] (bool) as the additive bias [B, Hkv, M, L] the memory-efficient kernel reads: rows
+// 16-element aligned and broadcast over batch and heads (stride 0). A bool mask handed to SDPA
+// is converted to an unaligned [M, L] bias, which SDPA pads by materializing it expanded to
+// [B, Hkv, M, L] (gigabytes for a batch of short LAMBADA documents).
+Tensor AlignedBias(const Tensor& mask, int64_t B, int64_t Hkv, torch::ScalarType dtype) {
+  const int64_t M = mask.size(0), L = mask.size(1), padded = (L + 15) / 16 * 16;
+  Tensor bias = torch::full({M, padded}, -std::numeric_limits<float>::infinity(),
+                            torch::TensorOptions().dtype(dtype).device(mask.device()));
+  bias.slice(1, 0, L).masked_fill_(mask, 0.0);
+  return bias.slice(1, 0, L).view({1, 1, M, L}).expand({B, Hkv, M, L});
+}
+#endif
+
 // Softmax attention of qf [B, Hkv, M, D] over k, v [B, Hkv, L, D] where mask [M, L] (bool)
 // allows; [B, Hkv, M, D] out.
 Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v,
                               const Tensor& mask, double scale) {
 #if KVSWEEP_HAS_SDPA
   if (!qf.is_cpu()) {
-    return at::scaled_dot_product_attention(qf, k, v, mask, 0.0, /*is_causal=*/false, scale);
+    return at::scaled_dot_product_attention(
+        qf, k, v, AlignedBias(mask, qf.size(0), qf.size(1), qf.scalar_type()), 0.0,
+        /*is_causal=*/false, scale);
   }
 #endif
   Tensor s = torch::matmul(qf, k.transpose(-2, -1));
@@ -76,24 +92,19 @@ Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v
 // one entry. CUDA, fp16/bf16 only; throws c10::Error where a kernel refuses its operands.
 Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& vp,
                               const Tensor& kb, const Tensor& vb, const Tensor& mask, double scale) {
-  const int64_t B = qf.size(0), Hkv = qf.size(1), M = qf.size(2), Lb = kb.size(2);
+  const int64_t M = qf.size(2);
   auto flash = at::_scaled_dot_product_flash_attention(qf, kp, vp, 0.0, /*is_causal=*/false,
                                                        /*return_debug_mask=*/false, scale);
   const Tensor& out_p = std::get<0>(flash);
   const Tensor lse_p = std::get<1>(flash).to(torch::kFloat32);  // [B, Hkv, M]
-  // The kernel reads the bias with rows aligned to 16 elements (what SDPA's own mask path does).
-  const int64_t padded = (Lb + 15) / 16 * 16;
-  Tensor bias = torch::full({M, padded}, -std::numeric_limits<float>::infinity(), qf.options());
-  bias.slice(1, 0, Lb).masked_fill_(mask, 0.0);
-  Tensor bias4 = bias.slice(1, 0, Lb).view({1, 1, M, Lb}).expand({B, Hkv, M, Lb});
-  auto eff = at::_scaled_dot_product_efficient_attention(qf, kb, vb, bias4,
-                                                         /*compute_log_sumexp=*/true, 0.0,
-                                                         /*is_causal=*/false, scale);
+  auto eff = at::_scaled_dot_product_efficient_attention(
+      qf, kb, vb, AlignedBias(mask, qf.size(0), qf.size(1), qf.scalar_type()),
+      /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/false, scale);
   const Tensor& out_b = std::get<0>(eff);
   const Tensor lse_b = std::get<1>(eff).slice(-1, 0, M).to(torch::kFloat32);  // padded rows
-  const Tensor m = torch::maximum(lse_p, lse_b);
-  const Tensor wp = (lse_p - m).exp().unsqueeze(-1), wb = (lse_b - m).exp().unsqueeze(-1);
-  return ((out_p.to(torch::kFloat32) * wp + out_b.to(torch::kFloat32) * wb) / (wp + wb))
+  // The prefix's share of each row's softmax mass: e^lse_p / (e^lse_p + e^lse_b).
+  const Tensor share = torch::sigmoid(lse_p - lse_b).unsqueeze(-1);
+  return torch::lerp(out_b.to(torch::kFloat32), out_p.to(torch::kFloat32), share)
       .to(qf.scalar_type());
 }
 
