@@ -67,6 +67,27 @@ int FreePort() {
   return port;
 }
 
+int FreePortRange(int n) {
+  auto bindable = [](int port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    ::close(fd);
+    return ok;
+  };
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int first = FreePort();
+    if (first + n - 1 > 65535) continue;
+    bool all = true;
+    for (int i = 1; i < n && all; ++i) all = bindable(first + i);
+    if (all) return first;
+  }
+  return FreePort();  // no range found: the caller's bind fails and says which port
+}
+
 HttpResponse Http(int port, const std::string& path, const std::string& authorization,
                   const std::string& method) {
   HttpResponse r;

@@ -39,6 +39,8 @@ bool WaitUntil(const std::function<bool()>& pred, std::chrono::milliseconds time
 
 // A TCP port on 127.0.0.1 that is free now (bound, then released: the caller binds it next).
 int FreePort();
+// The first of `n` consecutive TCP ports on 127.0.0.1 that are free now (as FreePort).
+int FreePortRange(int n);
 
 struct HttpResponse {
   int status = 0;  // 0: no answer

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -65,6 +66,70 @@ std::set<std::string> ResultWorkers(const Harness& h) {
 }
 
 int64_t JobsOf(const Harness& h, const std::string& sweep) { return h.Sweep(sweep).total; }
+
+// The values of metric `name` summed over the lines of a Prometheus text page whose labels
+// include `label` (e.g. outcome="recorded").
+double SumMetric(const std::string& page, const std::string& name, const std::string& label) {
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(page, '\n')) {
+    if (!absl::StartsWith(line, name + "{")) continue;
+    const absl::string_view labels = line.substr(0, line.find('}'));
+    if (!absl::StrContains(labels, label)) continue;
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
+  }
+  return sum;
+}
+
+TEST(MultiDeviceTest, EachSupervisedWorkerServesItsOwnMetrics) {
+  Harness h("devices_metrics");
+  h.StartCoordinator();
+  h.Submit(h.WriteFile("s.yaml", h.DistinctJobsYaml("mets", 4)));
+  const int port = FreePortRange(2);
+  Harness::WorkerFlags f;
+  f.devices = "cpu:2";
+  f.extra = {"--worker-id", "node", "--metrics-listen", absl::StrCat("127.0.0.1:", port),
+             "--fault", "delay-job:300"};
+  const int w = h.StartWorker(f);
+  ASSERT_TRUE(h.WaitFinished("mets", std::chrono::seconds(300)));
+  // Each worker serves its own page (port, port + 1); the jobs recorded add up to the sweep's
+  // (a worker counts a job once the coordinator has answered its Complete: poll until then).
+  const int64_t jobs = JobsOf(h, "mets");
+  double recorded = 0;
+  std::string pages[2];
+  WaitUntil(
+      [&] {
+        recorded = 0;
+        for (int i = 0; i < 2; ++i) {
+          HttpResponse r = Http(port + i, "/metrics");
+          if (r.status != 200) return false;
+          pages[i] = r.body;
+          recorded += SumMetric(r.body, "kvsweep_worker_jobs_total", "outcome=\"recorded\"");
+        }
+        return recorded == jobs;
+      },
+      std::chrono::seconds(60));
+  for (const std::string& page : pages) {
+    EXPECT_THAT(page, HasSubstr("kvsweep_worker_jobs_started_total"));
+  }
+  EXPECT_EQ(recorded, jobs);
+  h.worker(w)->Signal(SIGTERM);
+  std::optional<int> st = h.worker(w)->Wait(std::chrono::seconds(120));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  h.CheckInvariants("mets");
+  // Port 0 cannot be spread over workers: a one-line error, exit 2.
+  Harness::WorkerFlags z;
+  z.devices = "cpu:2";
+  z.extra = {"--metrics-listen", "127.0.0.1:0"};
+  const int bad = h.StartWorker(z);
+  std::optional<int> bst = h.worker(bad)->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(bst.has_value());
+  EXPECT_TRUE(WIFEXITED(*bst) && WEXITSTATUS(*bst) == 2) << DescribeWaitStatus(*bst);
+  absl::StatusOr<std::string> log = ReadFile(h.log(bad));
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("--metrics-listen: with --devices give a fixed PORT"));
+}
 
 TEST(MultiDeviceTest, TwoSupervisedCpuWorkersShareARealSweepAndExitWhenIdle) {
   Harness h("devices_share");

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/subprocess.h"
+#include "rpc/http_listen.h"
 
 namespace kvsweep {
 
@@ -81,7 +82,8 @@ absl::StatusOr<std::vector<DeviceSlot>> ParseDeviceSlots(const std::string& spec
 std::vector<std::string> ChildArgv(const std::string& self_exe,
                                    const std::vector<std::string>& argv, const DeviceSlot& slot,
                                    const std::string& base_id) {
-  static const char* const kDropped[] = {"--devices", "--max-restarts", "--worker-id"};
+  static const char* const kDropped[] = {"--devices", "--max-restarts", "--worker-id",
+                                         "--metrics-listen"};
   std::vector<std::string> out = {self_exe};
   for (size_t i = 1; i < argv.size(); ++i) {
     const std::string& a = argv[i];
@@ -99,9 +101,33 @@ std::vector<std::string> ChildArgv(const std::string& self_exe,
     }
     if (!dropped) out.push_back(a);
   }
-  out.insert(out.end(), {"--device", slot.device, "--worker-id",
-                         absl::StrCat(base_id, "-", slot.tag), "--supervised"});
+  out.insert(out.end(),
+             {"--device", slot.device, "--worker-id", absl::StrCat(base_id, "-", slot.tag)});
+  if (!slot.metrics_listen.empty()) out.insert(out.end(), {"--metrics-listen", slot.metrics_listen});
+  out.push_back("--supervised");
   return out;
+}
+
+absl::Status AssignMetricsAddresses(const std::string& listen, std::vector<DeviceSlot>* slots) {
+  absl::StatusOr<ListenAddress> a = ParseListenAddress("--metrics-listen", listen);
+  if (!a.ok()) return a.status();
+  if (a->port == 0) {
+    return absl::InvalidArgumentError(
+        "--metrics-listen: with --devices give a fixed PORT (worker i serves PORT+i); port 0 "
+        "would hide where each worker serves");
+  }
+  const int last = a->port + static_cast<int>(slots->size()) - 1;
+  if (last > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: ", slots->size(),
+                                                   " workers need ports ", a->port, "..", last,
+                                                   ", past 65535"));
+  }
+  const bool v6 = a->host.find(':') != std::string::npos;
+  for (size_t i = 0; i < slots->size(); ++i) {
+    (*slots)[i].metrics_listen = absl::StrCat(v6 ? "[" : "", a->host, v6 ? "]" : "", ":",
+                                              a->port + static_cast<int>(i));
+  }
+  return absl::OkStatus();
 }
 
 DeviceSupervisor::DeviceSupervisor(SupervisorOptions options) : options_(std::move(options)) {}

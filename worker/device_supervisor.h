@@ -41,7 +41,10 @@ namespace kvsweep {
 struct DeviceSlot {
   std::string device;  // "cpu", "cuda:1", or a pipeline group "cuda:0,cuda:1"
   std::string tag;     // "cpu0", "cuda1", "cuda0+1"
-  bool operator==(const DeviceSlot& o) const { return device == o.device && tag == o.tag; }
+  std::string metrics_listen;  // the worker's --metrics-listen ("": none)
+  bool operator==(const DeviceSlot& o) const {
+    return device == o.device && tag == o.tag && metrics_listen == o.metrics_listen;
+  }
 };
 
 // Parses --devices:
@@ -54,9 +57,16 @@ struct DeviceSlot {
 // with a one-line message.
 absl::StatusOr<std::vector<DeviceSlot>> ParseDeviceSlots(const std::string& spec, int cuda_devices);
 
+// --metrics-listen with --devices: worker i (in --devices order) serves HOST:PORT+i, so that
+// each worker of the host has its own /metrics. kInvalidArgument for port 0 (the workers'
+// ports could not be known) or a range past 65535, naming the flag.
+absl::Status AssignMetricsAddresses(const std::string& listen, std::vector<DeviceSlot>* slots);
+
 // The child's argv: `argv` (the supervisor's own, argv[0] replaced by `self_exe`) without
-// --devices, --max-restarts and --worker-id (as "--flag V" or "--flag=V"), plus
-// --device <slot.device> --worker-id <base_id>-<slot.tag> --supervised.
+// --devices, --max-restarts, --worker-id and --metrics-listen (as "--flag V" or "--flag=V"),
+// plus --device <slot.device> --worker-id <base_id>-<slot.tag> [--metrics-listen
+// <slot.metrics_listen>] --supervised. A --metrics-listen on the command line wins over the
+// KVSWEEP_METRICS_LISTEN the workers inherit.
 std::vector<std::string> ChildArgv(const std::string& self_exe,
                                    const std::vector<std::string>& argv, const DeviceSlot& slot,
                                    const std::string& base_id);

@@ -85,6 +85,30 @@ TEST(ChildArgvTest, DropsSupervisorFlagsAndAddsDeviceAndId) {
                           "--worker-id", "node7-cpu1", "--supervised"));
 }
 
+TEST(ChildArgvTest, EachWorkerGetsItsOwnMetricsAddress) {
+  std::vector<DeviceSlot> slots = {{"cuda:0", "cuda0"}, {"cuda:1", "cuda1"}, {"cuda:3", "cuda3"}};
+  ASSERT_TRUE(AssignMetricsAddresses("0.0.0.0:9400", &slots).ok());
+  EXPECT_EQ(slots[0].metrics_listen, "0.0.0.0:9400");
+  EXPECT_EQ(slots[2].metrics_listen, "0.0.0.0:9402");
+  const std::vector<std::string> argv = {"kvsweep-worker", "--metrics-listen", "0.0.0.0:9400",
+                                         "--devices", "0,1,3", "--metrics-listen=1"};
+  EXPECT_THAT(ChildArgv("/bin/kw", argv, slots[1], "n"),
+              ElementsAre("/bin/kw", "--device", "cuda:1", "--worker-id", "n-cuda1",
+                          "--metrics-listen", "0.0.0.0:9401", "--supervised"));
+  std::vector<DeviceSlot> v6 = {{"cpu", "cpu0"}, {"cpu", "cpu1"}};
+  ASSERT_TRUE(AssignMetricsAddresses("[::1]:80", &v6).ok());
+  EXPECT_EQ(v6[1].metrics_listen, "[::1]:81");
+  ASSERT_TRUE(AssignMetricsAddresses("9000", &v6).ok());  // a bare port: 127.0.0.1
+  EXPECT_EQ(v6[1].metrics_listen, "127.0.0.1:9001");
+  absl::Status zero = AssignMetricsAddresses("127.0.0.1:0", &v6);
+  EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(zero.message()), HasSubstr("fixed PORT"));
+  absl::Status past = AssignMetricsAddresses("65535", &v6);
+  EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(past.message()), HasSubstr("past 65535"));
+  EXPECT_FALSE(AssignMetricsAddresses("nope:x", &v6).ok());
+}
+
 // A file's lines.
 std::vector<std::string> Lines(const std::string& path) {
   std::ifstream in(path);

@@ -40,7 +40,7 @@
 
 #ifdef KVSWEEP_HAVE_ENGINE
 #include "worker/eval_command.h"
-#include "worker/engine/generate.h"
+#include "worker/generate_command.h"
 #include "worker/engine_evaluator.h"
 #endif
 
@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "generate")) {
 #ifdef KVSWEEP_HAVE_ENGINE
     if (std::string(argv[1]) == "eval") return RunEvalCommand(argc - 1, argv + 1);
-    return engine::RunGenerateCommand(argc - 1, argv + 1);
+    return RunGenerateCommand(argc - 1, argv + 1);
 #else
     return Fail(std::string("this kvsweep-worker was built without the libtorch engine; `") +
                 argv[1] + "` needs it (configure with -DKVSWEEP_WITH_TORCH=ON)");
@@ -221,10 +221,6 @@ int main(int argc, char** argv) {
     return Fail("--evaluator: '" + evaluator + "' is not engine or fake");
   }
   o.evaluator_name = evaluator;
-  if (!devices.empty() && !metrics_listen.empty()) {
-    return Fail("--metrics-listen: one address cannot serve the several workers of --devices "
-                "(start one kvsweep-worker per device, each with its own --metrics-listen)");
-  }
   if (!devices.empty()) {
     const std::vector<std::string> args(argv, argv + argc);
     for (const std::string& a : args) {
@@ -241,6 +237,11 @@ int main(int argc, char** argv) {
 #endif
     absl::StatusOr<std::vector<DeviceSlot>> slots = ParseDeviceSlots(devices, cuda_devices);
     if (!slots.ok()) return Fail(std::string(slots.status().message()));
+    if (!metrics_listen.empty()) {
+      if (absl::Status m = AssignMetricsAddresses(metrics_listen, &*slots); !m.ok()) {
+        return Fail(std::string(m.message()));
+      }
+    }
     if (devices == "all" && cuda_devices == 0) {
       KV_LOG(WARNING) << "--devices all: no CUDA device (a CPU-only build or machine, or "
                       << "--evaluator fake): one CPU worker";
