@@ -155,6 +155,19 @@ TEST(EvalCliTest, TextSummaryAndTaskHelp) {
   EXPECT_NE(help.out.find("wikitext_stream | ptb | text"), std::string::npos) << help.out;
 }
 
+// `kvsweep-worker generate` (the worker binary's command; the engine does the math): stories260K
+// continues "Once upon a time" as the assets' README quotes; bad input is one line, exit 2.
+TEST(EvalCliTest, GenerateContinuesThePrompt) {
+  ProcResult r = Exec({"generate", "--model", A("models/stories260K/stories260K.bin"), "--tokenizer",
+                       A("models/stories260K/tok512.bin"), "--prompt", "Once upon a time",
+                       "--max-new-tokens", "16"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("there was a little girl named Lily"), std::string::npos) << r.out;
+  ExpectOneLineError({"generate", "--model", "/nonexistent/model", "--prompt", "x"}, "/nonexistent/model");
+  ExpectOneLineError({"generate", "--model", A("models/ref-llama"), "--prompt", "x", "--method", "zip:r=1"},
+                     "unknown family 'zip'");
+}
+
 // KVSWEEP_LOG_FORMAT=json: every log line on stderr is one JSON object; stdout is unchanged.
 TEST(EvalCliTest, JsonLogs) {
   ::setenv("KVSWEEP_LOG_FORMAT", "json", 1);

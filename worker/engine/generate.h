@@ -19,10 +19,6 @@ absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Model& model, const Kv
                                                     const std::vector<int32_t>& prompt, int max_new,
                                                     int32_t stop_id);
 
-// `kvsweep-worker generate --model M [--tokenizer T] --prompt TEXT [--max-new-tokens N]
-// [--method SPEC]`: prints the continuation on stdout. argv[0] = "generate".
-int RunGenerateCommand(int argc, char** argv);
-
 }  // namespace kvsweep::engine
 
 #endif  // KVSWEEP_WORKER_ENGINE_GENERATE_H_
