@@ -224,8 +224,16 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
   return outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
 }
 
-Tensor Attend(const Tensor& q, const KvPair& kv, const Tensor& allowed, int window,
+Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int window,
               double scale) {
+  // Blocks of one token and no residual window: every entry a query reads is compressed, so the
+  // compressed tensor alone is the cache (position independent, exactly).
+  auto simplify = [](const KvOperand& op) {
+    return op.position_dependent() && op.block == 1 && op.residual == 0
+               ? KvOperand{op.compressed, {}, {}}
+               : op;
+  };
+  const KvPair kv{simplify(kv_in.k), simplify(kv_in.v)};
   if (kv.k.position_dependent() || kv.v.position_dependent()) {
     return AttendBlockwise(q, kv, window, scale);
   }
