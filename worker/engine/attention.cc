@@ -80,8 +80,9 @@ Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v
   }
 #endif
   Tensor s = torch::matmul(qf, k.transpose(-2, -1));
-  s = (s * scale).to(torch::kFloat32).masked_fill(mask.logical_not(),
-                                                   -std::numeric_limits<float>::infinity());
+  s = (s * scale)
+          .to(torch::kFloat32)
+          .masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   return torch::matmul(torch::softmax(s, -1).to(qf.scalar_type()), v);
 }
 
@@ -91,7 +92,8 @@ Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v
 // the log-sum-exp of each part's scaled scores. Every row of the masked part must allow at least
 // one entry. CUDA, fp16/bf16 only; throws c10::Error where a kernel refuses its operands.
 Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& vp,
-                              const Tensor& kb, const Tensor& vb, const Tensor& mask, double scale) {
+                              const Tensor& kb, const Tensor& vb, const Tensor& mask,
+                              double scale) {
   const int64_t M = qf.size(2);
   auto flash = at::_scaled_dot_product_flash_attention(qf, kp, vp, 0.0, /*is_causal=*/false,
                                                        /*return_debug_mask=*/false, scale);
@@ -132,8 +134,9 @@ Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, do
   if (kv.k.position_dependent()) {
     s = torch::where(kv.k.use_compressed, s, scores_with(kv.k.raw));
   }
-  s = (s * scale).to(torch::kFloat32).masked_fill(allowed.logical_not(),
-                                                   -std::numeric_limits<float>::infinity());
+  s = (s * scale)
+          .to(torch::kFloat32)
+          .masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   Tensor p = torch::softmax(s, -1).to(q.scalar_type());
   if (!kv.v.position_dependent()) return torch::matmul(p, RepeatKv(kv.v.compressed, groups));
   Tensor m = kv.v.use_compressed.to(p.scalar_type());
@@ -165,8 +168,8 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
 #if KVSWEEP_HAS_SDPA
     // GPU, half precision: the unmasked segment through flash attention, the rest through the
     // masked kernel, merged by log-sum-exp (the unmasked segment is most of the work at long T).
-    const bool merged = !q.is_cpu() && q.scalar_type() != torch::kFloat32 &&
-                        full_hi > full_lo && full_hi <= t0 && D % 8 == 0 && D <= 256 &&
+    const bool merged = !q.is_cpu() && q.scalar_type() != torch::kFloat32 && full_hi > full_lo &&
+                        full_hi <= t0 && D % 8 == 0 && D <= 256 &&
                         merged_path_ok.load(std::memory_order_relaxed);
 #else
     const bool merged = false;
@@ -212,8 +215,7 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
         continue;
       } catch (const c10::Error& e) {
         merged_path_ok.store(false);
-        KV_LOG(WARNING) << "flash + masked attention merge refused ("
-                        << e.what_without_backtrace()
+        KV_LOG(WARNING) << "flash + masked attention merge refused (" << e.what_without_backtrace()
                         << "); position-dependent attention uses one masked kernel per block";
         return AttendBlockwise(q, kv, window, scale, query_block);
       }

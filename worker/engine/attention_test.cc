@@ -3,15 +3,16 @@
 // sliding window, GQA grouping, K/V under different rules and query-block size, and on the real
 // ref-llama (GQA, RoPE) and ref-gpt2 (MHA) checkpoints, layer by layer, for the position-dependent
 // methods that the GPU tables report.
+#include "worker/engine/attention.h"
+
 #include <cmath>
 #include <iostream>
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "spec/method_spec.h"
 #include "common/path_policy.h"
 #include "gtest/gtest.h"
-#include "worker/engine/attention.h"
+#include "spec/method_spec.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/model.h"
@@ -30,19 +31,16 @@ KvOperand Operand(const Tensor& raw, int block, int residual) {
                    block, residual};
 }
 
-double MaxAbsDiff(const Tensor& a, const Tensor& b) {
-  return (a - b).abs().max().item<double>();
-}
+double MaxAbsDiff(const Tensor& a, const Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 struct Case {
   int k_block, k_residual, v_block, v_residual;  // block 0: that operand is position independent
 };
 
 TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
-  const std::vector<Case> cases = {
-      {1, 0, 1, 0},   {1, 5, 1, 5},  {4, 0, 4, 0},  {4, 3, 4, 3},  {32, 32, 32, 32},
-      {7, 0, 0, 0},   {0, 0, 3, 2},  {5, 2, 1, 9},  {1, 9, 6, 0},  {8, 0, 1, 16},
-      {3, 40, 3, 40}, {64, 0, 64, 0}};
+  const std::vector<Case> cases = {{1, 0, 1, 0},     {1, 5, 1, 5},  {4, 0, 4, 0},   {4, 3, 4, 3},
+                                   {32, 32, 32, 32}, {7, 0, 0, 0},  {0, 0, 3, 2},   {5, 2, 1, 9},
+                                   {1, 9, 6, 0},     {8, 0, 1, 16}, {3, 40, 3, 40}, {64, 0, 64, 0}};
   int checked = 0;
   for (const Case& c : cases) {
     for (int64_t T : {1, 5, 37, 70}) {
@@ -77,12 +75,14 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
 TEST(AttentionTest, WrongStatesAreFarFromTheReference) {
   torch::manual_seed(5);
   const int64_t T = 40, D = 16;
-  Tensor q = torch::randn({1, 2, T, D}), k = torch::randn({1, 2, T, D}), v = torch::randn({1, 2, T, D});
+  Tensor q = torch::randn({1, 2, T, D}), k = torch::randn({1, 2, T, D}),
+         v = torch::randn({1, 2, T, D});
   KvPair kv{Operand(k, 4, 3), Operand(v, 4, 3)};
   const double scale = 0.25;
   Tensor ref = AttendMasked(q, kv, AllowedMask(T, 0, q.device()), scale);
   KvPair all_compressed{KvOperand{kv.k.compressed, {}, {}}, KvOperand{kv.v.compressed, {}, {}}};
-  EXPECT_GT(MaxAbsDiff(AttendMasked(q, all_compressed, AllowedMask(T, 0, q.device()), scale), ref), 0.05);
+  EXPECT_GT(MaxAbsDiff(AttendMasked(q, all_compressed, AllowedMask(T, 0, q.device()), scale), ref),
+            0.05);
   EXPECT_GT(MaxAbsDiff(AttendBlockwise(q, kv, 8, scale, 16), ref), 0.05);
 }
 
@@ -98,10 +98,13 @@ class BothPaths : public AttentionObserver {
     Tensor got = AttendBlockwise(q, seen, window, scale, query_block_);
     max_diff = std::max(max_diff, MaxAbsDiff(got, ref) / (ref.abs().max().item<double>() + 1e-30));
     // The compressed states matter on this data (in some layer: the comparison is not vacuous).
-    Tensor none = AttendMasked(q, KvPair{KvOperand{seen.k.raw.defined() ? seen.k.raw : seen.k.compressed, {}, {}},
-                                         KvOperand{seen.v.raw.defined() ? seen.v.raw : seen.v.compressed, {}, {}}},
-                               allowed, scale);
-    max_effect = std::max(max_effect, MaxAbsDiff(none, ref) / (ref.abs().max().item<double>() + 1e-30));
+    Tensor none = AttendMasked(
+        q,
+        KvPair{KvOperand{seen.k.raw.defined() ? seen.k.raw : seen.k.compressed, {}, {}},
+               KvOperand{seen.v.raw.defined() ? seen.v.raw : seen.v.compressed, {}, {}}},
+        allowed, scale);
+    max_effect =
+        std::max(max_effect, MaxAbsDiff(none, ref) / (ref.abs().max().item<double>() + 1e-30));
     ++layers;
   }
   double max_diff = 0, max_effect = 0;
@@ -119,9 +122,10 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRefModels) {
     const Model& model = **m;
     torch::manual_seed(3);
     Tensor ids = torch::randint(3, model.config().vocab_size, {2, 300}, torch::kLong);
-    for (const char* text : {"quant:bits=4,axis=channel", "quant:bits=2,axis=channel,group=32,residual=32",
-                             "quant:bits=4,residual=128",
-                             "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2,residual=8"}) {
+    for (const char* text :
+         {"quant:bits=4,axis=channel", "quant:bits=2,axis=channel,group=32,residual=32",
+          "quant:bits=4,residual=128",
+          "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2,residual=8"}) {
       absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
       ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status();
       absl::StatusOr<KvMethod> method =
