@@ -3,11 +3,14 @@
 // weights and an untied head, llama with llama3 RoPE scaling, mistral with a sliding window of 8
 // and head_dim != hidden/heads in bf16, qwen2 with q/k/v biases; fp32 qwen3 with per-head q/k
 // norms, phi3 with fused qkv and gate-up, olmo2 with norms after each sublayer and q/k norms over
-// all heads, mixtral with top-2 of 4 experts) and the real ref-gpt2 / ref-llama. Fixtures:
+// all heads, mixtral with top-2 of 4 experts, gemma2 with soft-capped attention and logits,
+// alternating sliding windows, scaled embeddings, (1 + w) norms around both sublayers and GeGLU)
+// and the real ref-gpt2 / ref-llama. Fixtures:
 // tools/reference/make_reference.py and tools/reference/make_family_fixtures.py.
 #include "worker/engine/model.h"
 #include "worker/engine/generate.h"
 #include "worker/engine/tokenizer/tokenizer.h"
+#include "worker/engine/torch_util.h"
 
 #include <cmath>
 #include <fstream>
@@ -81,24 +84,24 @@ TEST_P(TinyModelTest, LogitsMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
                          ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama3rope",
                                            "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3",
-                                           "tiny-olmo2", "tiny-mixtral"),
+                                           "tiny-olmo2", "tiny-mixtral", "tiny-gemma2"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (c == '-') c = '_';
                            return n;
                          });
 
-// Families transformers writes but kvsweep does not read yet (tools/reference/
+// A family transformers writes but kvsweep does not read yet (tools/reference/
 // make_family_fixtures.py keeps their checkpoints and logits ready): one line naming the
 // architecture and the supported ones, no crash.
 TEST(ModelTest, UnsupportedFamilyIsAClearError) {
-  for (const char* name : {"tiny-gemma2", "tiny-gemma3"}) {
+  for (const char* name : {"tiny-gemma3"}) {
     auto m = Model::Load(std::string(KVSWEEP_FIXTURES) + "/tiny_models/" + name, ModelOptions{});
     ASSERT_FALSE(m.ok()) << name;
     EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
     EXPECT_NE(m.status().message().find("unknown architecture 'gemma"), std::string::npos) << m.status();
     EXPECT_NE(m.status().message().find(
-                  "(supported: gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"),
+                  "(supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"),
               std::string::npos)
         << m.status();
   }
@@ -140,6 +143,19 @@ TEST(ModelTest, KvHeadPoolingMeanPoolsProjections) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("does not divide"), std::string::npos);
+}
+
+TEST(TorchUtilTest, ParseDtypeTakesTheSpellingsOfJobSpecs) {
+  EXPECT_EQ(*ParseDtype("fp32"), torch::kFloat32);
+  EXPECT_EQ(*ParseDtype("bfloat16"), torch::kBFloat16);  // transformers' spelling
+  EXPECT_EQ(*ParseDtype("torch.float16"), torch::kFloat16);
+  absl::StatusOr<torch::ScalarType> bad = ParseDtype("int8");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "dtype 'int8' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto");
+  absl::StatusOr<torch::ScalarType> aut = ParseDtype("auto");
+  ASSERT_FALSE(aut.ok());
+  EXPECT_EQ(aut.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ModelTest, CausalityFutureTokensDoNotChangeThePast) {

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/model_config.h"
 
 #ifdef KVSWEEP_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -18,10 +19,15 @@
 namespace kvsweep::engine {
 
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s) {
-  if (s == "fp32") return torch::kFloat32;
-  if (s == "bf16") return torch::kBFloat16;
-  if (s == "fp16") return torch::kFloat16;
-  return absl::InvalidArgumentError(absl::StrCat("dtype '", s, "' is not one of fp32|bf16|fp16"));
+  // The spellings (and their error) are common/model_config's DtypeName; only the torch type is
+  // the engine's.
+  absl::StatusOr<std::string> name = ::kvsweep::DtypeName(s);
+  if (!name.ok()) return absl::InvalidArgumentError(absl::StrCat("dtype ", name.status().message()));
+  if (*name == "fp32") return torch::kFloat32;
+  if (*name == "bf16") return torch::kBFloat16;
+  if (*name == "fp16") return torch::kFloat16;
+  return absl::InvalidArgumentError(
+      "dtype auto: resolve it from the model's config.json first (ResolveDtype)");
 }
 
 absl::Status CheckDtypeOnDevice(torch::ScalarType dtype, torch::Device device) {

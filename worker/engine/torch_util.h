@@ -12,7 +12,9 @@
 
 namespace kvsweep::engine {
 
-// "fp32" | "bf16" | "fp16" -> scalar type; kInvalidArgument otherwise.
+// A compute dtype as common/model_config's DtypeName reads it ("fp32", "bf16", "fp16" and
+// transformers' spellings) -> scalar type; kInvalidArgument otherwise, and for "auto" (resolved
+// against the model's config.json before it reaches the engine).
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s);
 // OK if this libtorch computes in `dtype` on `device` (probed once with a 1x1 matmul; libtorch
 // 1.13 has no fp16 matmul on the CPU). kFailedPrecondition naming the dtype, the device and the
