@@ -24,6 +24,7 @@ const char* ArchName(Arch a) {
     case Arch::kPhi3: return "phi3";
     case Arch::kOlmo2: return "olmo2";
     case Arch::kMixtral: return "mixtral";
+    case Arch::kGemma2: return "gemma2";
   }
   return "?";
 }
@@ -193,12 +194,14 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     c.arch = Arch::kOlmo2;
   } else if (c.model_type == "mixtral") {
     c.arch = Arch::kMixtral;
+  } else if (c.model_type == "gemma2") {
+    c.arch = Arch::kGemma2;
   } else if (c.model_type.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing 'model_type'"));
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": unknown architecture '", c.model_type,
-                     "' (supported: gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
+                     "' (supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
   }
   c.torch_dtype = rd.String("dtype", rd.String("torch_dtype", ""));
   c.bos_token_id = rd.OptionalTokenId("bos_token_id");
@@ -232,8 +235,10 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     KV_READ(c.intermediate_size, rd.Int("intermediate_size", std::nullopt, 1, 8 * kMaxDim));
     KV_READ(c.max_positions, rd.Int("max_position_embeddings", 2048, 1, kMaxPositions));
     KV_READ(c.norm_eps, rd.Double("rms_norm_eps", 1e-6, 1e-30, 1.0));
-    c.activation = rd.String("hidden_act", "silu");
-    KV_READ(c.tie_word_embeddings, rd.Bool("tie_word_embeddings", false));
+    c.activation = c.arch == Arch::kGemma2
+                       ? rd.String("hidden_activation", rd.String("hidden_act", "gelu_pytorch_tanh"))
+                       : rd.String("hidden_act", "silu");
+    KV_READ(c.tie_word_embeddings, rd.Bool("tie_word_embeddings", c.arch == Arch::kGemma2));
     if (c.num_heads % c.num_kv_heads != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": num_attention_heads=", c.num_heads,
@@ -272,6 +277,12 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     if (c.arch == Arch::kOlmo2) {
       c.qk_norm = QkNorm::kAllHeads;
       c.norms_after = true;
+    }
+    if (c.arch == Arch::kGemma2) {
+      c.gemma = true;
+      KV_READ(c.query_pre_attn_scalar, rd.Double("query_pre_attn_scalar", c.head_dim, 1e-6, 1e9));
+      KV_READ(c.attn_softcap, rd.Double("attn_logit_softcapping", 0.0, 0.0, 1e9));
+      KV_READ(c.final_softcap, rd.Double("final_logit_softcapping", 0.0, 0.0, 1e9));
     }
     if (c.arch == Arch::kMixtral) {
       KV_READ(c.num_experts, rd.Int("num_local_experts", std::nullopt, 1, 1024));

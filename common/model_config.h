@@ -28,6 +28,7 @@ enum class Arch {
   kPhi3 = 6,
   kOlmo2 = 7,
   kMixtral = 8,
+  kGemma2 = 9,
 };
 const char* ArchName(Arch a);
 
@@ -69,6 +70,13 @@ struct ModelConfig {
   // routed to the experts_per_tok of highest router softmax, weights renormalized over them.
   int num_experts = 0;
   int experts_per_tok = 0;
+  // gemma2: RMSNorm scales by (1 + w) in fp32; norms before and after attention and MLP;
+  // embeddings times sqrt(hidden); scores scaled by query_pre_attn_scalar^-1/2 and soft-capped
+  // (cap * tanh(s / cap)), as are the final logits. 0 = no cap.
+  bool gemma = false;
+  double query_pre_attn_scalar = 0;
+  double attn_softcap = 0;
+  double final_softcap = 0;
   // Per-layer sliding window (0 = full causal attention); size num_layers.
   std::vector<int> sliding_window;
   // GPT-2 attention options.

@@ -30,6 +30,11 @@ Tensor RepeatKv(const Tensor& x, int64_t groups) {
   return groups == 1 ? x : x.repeat_interleave(groups, /*dim=*/1);
 }
 
+// softcap * tanh(s / softcap) (gemma2's attention logits); s itself when softcap is 0.
+Tensor SoftCap(const Tensor& s, double softcap) {
+  return softcap > 0 ? torch::tanh(s / softcap) * softcap : s;
+}
+
 // Entries a query at position t reads compressed: all of 0..t when `op` is position independent.
 int64_t CompressedPrefix(const KvOperand& op, int64_t t) {
   return op.position_dependent() ? CompressedTokens(t + 1, op.block, op.residual) : t + 1;
@@ -71,18 +76,17 @@ Tensor AlignedBias(const Tensor& mask, int64_t B, int64_t Hkv, torch::ScalarType
 // Softmax attention of qf [B, Hkv, M, D] over k, v [B, Hkv, L, D] where mask [M, L] (bool)
 // allows; [B, Hkv, M, D] out.
 Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v,
-                              const Tensor& mask, double scale) {
+                              const Tensor& mask, double scale, double softcap) {
 #if KVSWEEP_HAS_SDPA
-  if (!qf.is_cpu()) {
+  if (!qf.is_cpu() && softcap <= 0) {
     return at::scaled_dot_product_attention(
         qf, k, v, AlignedBias(mask, qf.size(0), qf.size(1), qf.scalar_type()), 0.0,
         /*is_causal=*/false, scale);
   }
 #endif
   Tensor s = torch::matmul(qf, k.transpose(-2, -1));
-  s = (s * scale)
-          .to(torch::kFloat32)
-          .masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  s = SoftCap((s * scale).to(torch::kFloat32), softcap);
+  s = s.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   return torch::matmul(torch::softmax(s, -1).to(qf.scalar_type()), v);
 }
 
@@ -125,7 +129,8 @@ Tensor AllowedMask(int64_t T, int window, torch::Device device) {
   return allowed;
 }
 
-Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, double scale) {
+Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, double scale,
+                    double softcap) {
   const int64_t groups = q.size(1) / kv.k.compressed.size(1);
   auto scores_with = [&](const Tensor& k) {
     return torch::matmul(q, RepeatKv(k, groups).transpose(-2, -1));
@@ -134,9 +139,8 @@ Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, do
   if (kv.k.position_dependent()) {
     s = torch::where(kv.k.use_compressed, s, scores_with(kv.k.raw));
   }
-  s = (s * scale)
-          .to(torch::kFloat32)
-          .masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  s = SoftCap((s * scale).to(torch::kFloat32), softcap);
+  s = s.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   Tensor p = torch::softmax(s, -1).to(q.scalar_type());
   if (!kv.v.position_dependent()) return torch::matmul(p, RepeatKv(kv.v.compressed, groups));
   Tensor m = kv.v.use_compressed.to(p.scalar_type());
@@ -145,7 +149,7 @@ Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, do
 }
 
 Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double scale,
-                       int64_t query_block) {
+                       int64_t query_block, double softcap) {
   TORCH_CHECK(query_block >= 1, "AttendBlockwise: query block ", query_block);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Hkv = kv.k.compressed.size(1), g = H / Hkv;
@@ -169,7 +173,7 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
     // GPU, half precision: the unmasked segment through flash attention, the rest through the
     // masked kernel, merged by log-sum-exp (the unmasked segment is most of the work at long T).
     const bool merged = !q.is_cpu() && q.scalar_type() != torch::kFloat32 && full_hi > full_lo &&
-                        full_hi <= t0 && D % 8 == 0 && D <= 256 &&
+                        full_hi <= t0 && D % 8 == 0 && D <= 256 && softcap <= 0 &&
                         merged_path_ok.load(std::memory_order_relaxed);
 #else
     const bool merged = false;
@@ -217,17 +221,18 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
         merged_path_ok.store(false);
         KV_LOG(WARNING) << "flash + masked attention merge refused (" << e.what_without_backtrace()
                         << "); position-dependent attention uses one masked kernel per block";
-        return AttendBlockwise(q, kv, window, scale, query_block);
+        return AttendBlockwise(q, kv, window, scale, query_block, softcap);
       }
     }
 #endif
-    outs.push_back(MaskedSegmentAttention(qf, kcat, vcat, mf, scale).reshape({B, H, C, D}));
+    outs.push_back(
+        MaskedSegmentAttention(qf, kcat, vcat, mf, scale, softcap).reshape({B, H, C, D}));
   }
   return outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
 }
 
-Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int window,
-              double scale) {
+Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int window, double scale,
+              double softcap) {
   // Blocks of one token and no residual window: every entry a query reads is compressed, so the
   // compressed tensor alone is the cache (position independent, exactly).
   auto simplify = [](const KvOperand& op) {
@@ -237,10 +242,10 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
   };
   const KvPair kv{simplify(kv_in.k), simplify(kv_in.v)};
   if (kv.k.position_dependent() || kv.v.position_dependent()) {
-    return AttendBlockwise(q, kv, window, scale);
+    return AttendBlockwise(q, kv, window, scale, kAttentionQueryBlock, softcap);
   }
 #if KVSWEEP_HAS_SDPA
-  if (!q.is_cpu()) {
+  if (!q.is_cpu() && softcap <= 0) {
     // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
     // there is no sliding window.
     // Contiguous [B, H, T, D] operands: with the strided views the projections produce, SDPA
@@ -256,7 +261,7 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
                                             /*enable_gqa=*/groups > 1);
   }
 #endif
-  return AttendMasked(q, kv, allowed, scale);
+  return AttendMasked(q, kv, allowed, scale, softcap);
 }
 
 }  // namespace kvsweep::engine

@@ -38,16 +38,18 @@ inline constexpr int64_t kAttentionQueryBlock = 128;
 
 // q [B, H, T, D] (post-RoPE); kv operands [B, Hkv, T, D]; allowed: bool [T, T], causal and within
 // `window` (0 = none); returns [B, H, T, D]. Position-dependent operands take the blockwise path.
+// softcap > 0 (gemma2): scaled scores s become softcap * tanh(s / softcap) before the softmax,
+// which no fused kernel does: the explicit softmax then runs on every device.
 torch::Tensor Attend(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,
-                     int window, double scale);
+                     int window, double scale, double softcap = 0);
 
 // The blockwise path with `query_block` queries per block (tests vary it).
 torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int window, double scale,
-                              int64_t query_block = kAttentionQueryBlock);
+                              int64_t query_block = kAttentionQueryBlock, double softcap = 0);
 
 // The reference: explicit [B, H, T, T] scores and softmax in fp32.
 torch::Tensor AttendMasked(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,
-                           double scale);
+                           double scale, double softcap = 0);
 
 // bool [T, T]: query t may read entry j (j <= t and, with a window, t - j < window).
 torch::Tensor AllowedMask(int64_t T, int window, torch::Device device);

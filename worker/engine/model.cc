@@ -23,6 +23,13 @@ Tensor RmsNorm(const Tensor& x, const Tensor& w, double eps) {
   return w * xf.to(x.scalar_type());
 }
 
+// Gemma's RMSNorm: statistics and the (1 + w) scale in fp32, then the input dtype.
+Tensor GemmaRmsNorm(const Tensor& x, const Tensor& w, double eps) {
+  Tensor xf = x.to(torch::kFloat32);
+  xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return (xf * (1.0 + w.to(torch::kFloat32))).to(x.scalar_type());
+}
+
 Tensor LayerNorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
   return torch::layer_norm(x, {x.size(-1)}, w, b, eps);
 }
@@ -72,7 +79,8 @@ int64_t Model::num_parameters() const {
   for (const LayerWeights& l : layers_) {
     for (const Tensor* t : {&l.norm1_w, &l.norm1_b, &l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv, &l.wo,
                             &l.bo, &l.norm2_w, &l.norm2_b, &l.w_gate, &l.w_up, &l.b_up, &l.w_down,
-                            &l.b_down, &l.q_norm, &l.k_norm, &l.router}) {
+                            &l.b_down, &l.q_norm, &l.k_norm, &l.router, &l.post_attn_norm,
+                            &l.post_ffn_norm}) {
       add(*t);
     }
     for (const auto* v : {&l.e_gate, &l.e_up, &l.e_down}) {
@@ -194,6 +202,11 @@ absl::Status Model::LoadHf(const std::string& dir) {
         // olmo2: norm1/norm2 are applied to the attention and MLP outputs (Forward).
         w.norm1_w = load(l + "post_attention_layernorm.weight", {Hd});
         w.norm2_w = load(l + "post_feedforward_layernorm.weight", {Hd});
+      } else if (c.gemma) {
+        w.norm1_w = load(l + "input_layernorm.weight", {Hd});
+        w.post_attn_norm = load(l + "post_attention_layernorm.weight", {Hd});
+        w.norm2_w = load(l + "pre_feedforward_layernorm.weight", {Hd});
+        w.post_ffn_norm = load(l + "post_feedforward_layernorm.weight", {Hd});
       } else {
         w.norm1_w = load(l + "input_layernorm.weight", {Hd});
         w.norm2_w = load(l + "post_attention_layernorm.weight", {Hd});
@@ -409,6 +422,7 @@ Tensor Model::ApplyRope(const Tensor& x) const {
 double Model::AttentionScale(int layer) const {
   const bool gpt2 = config_.arch == Arch::kGpt2;
   double scale = 1.0;
+  if (config_.query_pre_attn_scalar > 0) return 1.0 / std::sqrt(config_.query_pre_attn_scalar);
   if (!gpt2 || config_.scale_attn_weights) scale /= std::sqrt(static_cast<double>(config_.head_dim));
   if (gpt2 && config_.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer + 1);
   return scale;
@@ -431,6 +445,16 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   // Embeddings.
   Tensor x = tok_emb_.index_select(0, ids.reshape({-1})).view({B, T, Hd});
   if (c.arch == Arch::kGpt2) x = x + pos_emb_.slice(0, 0, T).unsqueeze(0);
+  // gemma2: times sqrt(hidden) rounded to the compute dtype, as transformers' normalizer.
+  if (c.gemma) {
+    x = x * torch::tensor(std::sqrt(static_cast<double>(Hd)), torch::kFloat64)
+                .to(x.scalar_type())
+                .to(x.device());
+  }
+  // RMSNorm of this family: Gemma's (1 + w) or transformers' Llama one.
+  auto rms = [&c](const Tensor& t, const Tensor& w) {
+    return c.gemma ? GemmaRmsNorm(t, w, c.norm_eps) : RmsNorm(t, w, c.norm_eps);
+  };
 
   std::map<std::pair<int, int>, Tensor> allowed_by_window;  // (window, device index)
   auto allowed = [&](int window) -> const Tensor& {
@@ -450,7 +474,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     // Attention block.
     Tensor h = gpt2             ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps)
                : c.norms_after ? x
-                               : RmsNorm(x, w.norm1_w, c.norm_eps);
+                               : rms(x, w.norm1_w);
     Tensor q = torch::linear(h, w.wq, w.bq);
     Tensor k = torch::linear(h, w.wk, w.bk);
     if (c.qk_norm == QkNorm::kAllHeads) {
@@ -480,15 +504,17 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     }
     const double scale = AttentionScale(l);
     const int window = c.sliding_window[l];
-    Tensor attn = Attend(q, kv, allowed(window), window, scale);  // [B, H, T, D]
+    Tensor attn = Attend(q, kv, allowed(window), window, scale, c.attn_softcap);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
     Tensor o = torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
-    x = x + (c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps) : o);
+    x = x + (c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps)
+             : c.gemma     ? rms(o, w.post_attn_norm)
+                           : o);
 
     // MLP block.
     h = gpt2             ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
         : c.norms_after ? x
-                        : RmsNorm(x, w.norm2_w, c.norm_eps);
+                        : rms(x, w.norm2_w);
     Tensor m;
     if (c.num_experts > 0) {
       m = MixtureOfExperts(h, w, c);
@@ -499,16 +525,23 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                             torch::linear(h, w.w_up, w.b_up),
                         w.w_down, w.b_down);
     }
-    x = x + (c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps) : m);
+    x = x + (c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps)
+             : c.gemma     ? rms(m, w.post_ffn_norm)
+                           : m);
   }
   return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
-                                : RmsNorm(x, final_w_, c.norm_eps))
+                                : rms(x, final_w_))
       .to(lm_head_.device());
 }
 
 Tensor Model::Logits(const Tensor& hidden) const {
   torch::NoGradGuard no_grad;
-  return torch::matmul(hidden, lm_head_.t()).to(torch::kFloat32);
+  Tensor logits = torch::matmul(hidden, lm_head_.t());
+  if (config_.final_softcap > 0) {
+    // gemma2: cap * tanh(logits / cap) in the compute dtype, as transformers does.
+    logits = torch::tanh(logits / config_.final_softcap) * config_.final_softcap;
+  }
+  return logits.to(torch::kFloat32);
 }
 
 }  // namespace kvsweep::engine

@@ -1,5 +1,5 @@
-// A decoder-only transformer loaded from a Hugging Face checkpoint (gpt2, llama, mistral, mixtral,
-// olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward pass in one readable function (Forward) and a KV
+// A decoder-only transformer loaded from a Hugging Face checkpoint (gemma2, gpt2, llama, mistral,
+// mixtral, olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward pass in one readable function (Forward) and a KV
 // codec hook inside attention.
 //
 // Weights are stored the torch.nn.Linear way ([out, in]); GPT-2's Conv1D ([in, out]) and fused
@@ -41,6 +41,7 @@ struct LayerWeights {
   torch::Tensor w_up, b_up;        // [inter, hidden] (gpt2: c_fc)
   torch::Tensor w_down, b_down;    // [hidden, inter]
   torch::Tensor q_norm, k_norm;    // qk_norm: [D] per head (qwen3), [H*D] / [Hkv*D] (olmo2)
+  torch::Tensor post_attn_norm, post_ffn_norm;  // gemma2: on the attention and MLP outputs
   // Mixture of experts (mixtral): router [experts, hidden]; per expert gate/up [inter, hidden],
   // down [hidden, inter] (w_gate/w_up/w_down unused).
   torch::Tensor router;
