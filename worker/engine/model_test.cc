@@ -10,6 +10,7 @@
 #include "worker/engine/model.h"
 #include "worker/engine/generate.h"
 #include "worker/engine/tokenizer/tokenizer.h"
+#include "worker/engine/torch_util.h"
 
 #include <cmath>
 #include <fstream>
@@ -142,6 +143,19 @@ TEST(ModelTest, KvHeadPoolingMeanPoolsProjections) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("does not divide"), std::string::npos);
+}
+
+TEST(TorchUtilTest, ParseDtypeTakesTheSpellingsOfJobSpecs) {
+  EXPECT_EQ(*ParseDtype("fp32"), torch::kFloat32);
+  EXPECT_EQ(*ParseDtype("bfloat16"), torch::kBFloat16);  // transformers' spelling
+  EXPECT_EQ(*ParseDtype("torch.float16"), torch::kFloat16);
+  absl::StatusOr<torch::ScalarType> bad = ParseDtype("int8");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "dtype 'int8' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto");
+  absl::StatusOr<torch::ScalarType> aut = ParseDtype("auto");
+  ASSERT_FALSE(aut.ok());
+  EXPECT_EQ(aut.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ModelTest, CausalityFutureTokensDoNotChangeThePast) {
