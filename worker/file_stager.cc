@@ -196,7 +196,10 @@ absl::StatusOr<StagedJob> FileStager::Stage(const JobSpec& spec, FileSource* sou
 
   StagedJob out;
   std::map<std::string, size_t> pinned;  // sha -> index in out.pins
-  for (const auto& [path, sha] : spec.input_sha256) {
+  for (const auto& entry : spec.input_sha256) {
+    // Not a structured binding: a lambda may not capture one in C++17 (clang refuses it).
+    const std::string& path = entry.first;
+    const std::string& sha = entry.second;
     if (pinned.count(sha) != 0) continue;
     if (keep_going && !keep_going()) return absl::CancelledError("stopped while staging");
     CacheGetStats st;
