@@ -36,19 +36,10 @@ unset KVSWEEP_COORDINATOR KVSWEEP_TOKEN_FILE KVSWEEP_TLS KVSWEEP_TLS_CA KVSWEEP_
   KVSWEEP_TLS_KEY KVSWEEP_TLS_SERVER_NAME KVSWEEP_IMAGE KVSWEEP_MODELS KVSWEEP_SECRETS \
   KVSWEEP_WORKERS KVSWEEP_THREADS KVSWEEP_PORT
 
-skip() { echo "SKIP: $*"; exit 0; }
-[ "$(id -u)" = 0 ] || skip "needs root for rootful podman and mmdebstrap (uid $(id -u))"
-missing=()
-for b in podman podman-compose mmdebstrap runc sqlite3 openssl; do
-  command -v "$b" >/dev/null 2>&1 || missing+=("$b")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL: ${missing[*]} not installed; deploy/setup-debian.sh installs them"
-    exit 1
-  fi
-  skip "${missing[*]} not installed (deploy/setup-debian.sh installs them)"
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root "for rootful podman and mmdebstrap"
+require_tools "deploy/setup-debian.sh installs them" \
+  podman podman-compose mmdebstrap runc sqlite3 openssl
 model=$assets/models/stories260K
 [ -f "$model/stories260K.bin" ] && [ -f "$model/tok512.bin" ] ||
   { echo "FAIL: no models/stories260K/{stories260K.bin,tok512.bin} in $assets"; exit 1; }

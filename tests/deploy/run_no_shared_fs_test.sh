@@ -33,19 +33,10 @@ src="$(realpath "$5")"
 export PATH="$PATH:/usr/sbin:/sbin"
 keep="${KVSWEEP_NOFS_TEST_KEEP:-}"
 
-skip() { echo "SKIP: $*"; exit 0; }
-if [ "$(id -u)" != 0 ]; then skip "needs root for network and mount namespaces (uid $(id -u))"; fi
-missing=()
-for b in ip unshare mount openssl sha256sum sqlite3; do
-  command -v "$b" >/dev/null 2>&1 || missing+=("$b")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL: ${missing[*]} not installed; deploy/setup-debian.sh installs them"
-    exit 1
-  fi
-  skip "${missing[*]} not installed (apt-get install iproute2 util-linux openssl sqlite3)"
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root "for network and mount namespaces"
+require_tools "apt-get install iproute2 util-linux openssl sqlite3" \
+  ip unshare mount openssl sha256sum sqlite3
 "$worker_bin" --version | grep -q "engine: yes" || skip "kvsweep-worker was built without the engine"
 [ -f "$assets/models/ref-gpt2/config.json" ] || skip "no ref-gpt2 in $assets"
 

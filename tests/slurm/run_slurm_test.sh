@@ -28,19 +28,10 @@ assets="$(realpath "$4")"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export PATH="$PATH:/usr/sbin:/sbin"
 
-skip() { echo "SKIP: $*"; exit 0; }
-if [ "$(id -u)" != 0 ]; then skip "needs root to run slurmd and slurmctld (uid $(id -u))"; fi
-missing=()
-for b in munged munge mungekey slurmctld slurmd sbatch sinfo squeue scontrol scancel; do
-  command -v "$b" >/dev/null 2>&1 || missing+=("$b")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL: ${missing[*]} not installed; deploy/setup-debian.sh installs slurm-wlm and munge"
-    exit 1
-  fi
-  skip "${missing[*]} not installed (apt-get install slurm-wlm munge)"
-fi
+. "$repo/tests/deploy/lib.sh"
+require_root "to run slurmd and slurmctld"
+require_tools "apt-get install slurm-wlm munge" \
+  munged munge mungekey slurmctld slurmd sbatch sinfo squeue scontrol scancel
 for f in "$coordinator_bin" "$worker_bin" "$cli_bin"; do
   [ -x "$f" ] || { echo "FAIL: $f is not an executable"; exit 1; }
 done
