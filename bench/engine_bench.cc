@@ -11,7 +11,8 @@
 // per (task, method) with metrics, tokens/s and peak device memory; a short warm-up job first.
 //
 //   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
-//       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat N]
+//       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
+//       N]
 //       [--interleave]
 //       [--wiki-lines N] [--out FILE.jsonl]
 #include <algorithm>
@@ -61,7 +62,8 @@ std::string HeadLines(const std::string& text, int lines) {
 int JobMode(std::map<std::string, std::string>& f) {
   int repeat = 1;
   if (f.count("--repeat") && (!absl::SimpleAtoi(f["--repeat"], &repeat) || repeat < 1)) {
-    std::fprintf(stderr, "--repeat: expected a positive integer, got '%s'\n", f["--repeat"].c_str());
+    std::fprintf(stderr, "--repeat: expected a positive integer, got '%s'\n",
+                 f["--repeat"].c_str());
     return 2;
   }
   const std::string wiki_src = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
@@ -83,7 +85,8 @@ int JobMode(std::map<std::string, std::string>& f) {
     r.task = task == "wikitext" ? "wikitext_stream" : task;
     r.method = method;
     r.dtype = f.count("--dtype") ? f["--dtype"] : "fp32";
-    r.data_path = task == "wikitext" ? wiki : AssetsDir() + "/data/lambada_openai/lambada_test.jsonl";
+    r.data_path =
+        task == "wikitext" ? wiki : AssetsDir() + "/data/lambada_openai/lambada_test.jsonl";
     if (f.count("--window")) absl::SimpleAtoi(f["--window"], &r.window);
     if (task == "lambada_openai" && f.count("--limit")) absl::SimpleAtoi(f["--limit"], &r.limit);
     if (f.count("--calibration")) r.calibration_path = f["--calibration"];
@@ -105,7 +108,8 @@ int JobMode(std::map<std::string, std::string>& f) {
   const bool interleave = f.count("--interleave") > 0;
   std::vector<std::string> methods =
       absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';');
-  for (absl::string_view task : absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
+  for (absl::string_view task :
+       absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
     struct Row {
       JobSpec spec;
       nlohmann::json first;
@@ -190,7 +194,10 @@ int CheckFused(const std::string& device) {
         for (bool sym : {false, true}) {
           if (sym && bits < 2) continue;
           // [B, T, H, D] memory seen as [B, H, T, D], like the model's projections.
-          torch::Tensor x = (torch::randn({4, 512, 8, 128}, torch::TensorOptions().device(*dev)) * 3).to(dt).transpose(1, 2);
+          torch::Tensor x =
+              (torch::randn({4, 512, 8, 128}, torch::TensorOptions().device(*dev)) * 3)
+                  .to(dt)
+                  .transpose(1, 2);
           x.select(2, 7).fill_(0.5);  // constant rows: exact
           QuantFormat f{bits, group, sym, false};
           auto time = [&](bool fused, bool vectorized) {
@@ -209,9 +216,10 @@ int CheckFused(const std::string& device) {
           const int64_t bad_vec = ref.ne(vec).sum().item<int64_t>();
           const int64_t bad_warp = ref.ne(warp).sum().item<int64_t>();
           failures += bad_vec != 0 || bad_warp != 0;
-          std::printf("%-6s %4d %5d %4d %9lld %9lld %10.1f %10.1f %10.1f %8.2f %8.2f\n", DtypeName(dt), bits,
-                      group, sym, static_cast<long long>(bad_vec), static_cast<long long>(bad_warp), t_ref,
-                      t_warp, t_vec, t_ref / t_vec, t_warp / t_vec);
+          std::printf("%-6s %4d %5d %4d %9lld %9lld %10.1f %10.1f %10.1f %8.2f %8.2f\n",
+                      DtypeName(dt), bits, group, sym, static_cast<long long>(bad_vec),
+                      static_cast<long long>(bad_warp), t_ref, t_warp, t_vec, t_ref / t_vec,
+                      t_warp / t_vec);
         }
       }
     }
@@ -219,7 +227,8 @@ int CheckFused(const std::string& device) {
   // A view whose rows start 8 bytes past a 16-byte boundary: the vectorized kernel must hand it
   // to the fallback, and the result must still be the libtorch path's.
   {
-    torch::Tensor wide = torch::randn({4, 8, 512, 136}, torch::TensorOptions().device(*dev)).to(torch::kBFloat16);
+    torch::Tensor wide =
+        torch::randn({4, 8, 512, 136}, torch::TensorOptions().device(*dev)).to(torch::kBFloat16);
     torch::Tensor x = wide.slice(-1, 4, 132);
     QuantFormat f{4, 64, false, false};
     SetFusedFakeQuantEnabled(false);
@@ -228,7 +237,8 @@ int CheckFused(const std::string& device) {
     SetFusedFakeQuantVectorized(true);
     const int64_t bad = ref.ne(FakeQuantize(x, f)).sum().item<int64_t>();
     failures += bad != 0;
-    std::printf("misaligned bf16 view (offset 8 bytes): mismatch %lld\n", static_cast<long long>(bad));
+    std::printf("misaligned bf16 view (offset 8 bytes): mismatch %lld\n",
+                static_cast<long long>(bad));
   }
   // K and V in one launch (quant), and their first r coordinates quantized into zero-padded rows
   // (identity-basis hybrid): against the libtorch path of each tensor, padded with
@@ -251,7 +261,8 @@ int CheckFused(const std::string& device) {
         torch::Tensor yk, yv;
         const bool ran = FusedFakeQuantizePair(ks, vs, f, 128, &yk, &yv);
         const int64_t bad = !ran ? -1
-                                 : rk.ne(yk).sum().item<int64_t>() + rv.ne(yv).sum().item<int64_t>() +
+                                 : rk.ne(yk).sum().item<int64_t>() +
+                                       rv.ne(yv).sum().item<int64_t>() +
                                        (yk.is_contiguous() && yv.is_contiguous() ? 0 : 1);
         failures += bad != 0;
         std::printf("pair %-5s r=%3d of 128, %s kernel: mismatch %lld\n", DtypeName(dt), r,
@@ -261,7 +272,8 @@ int CheckFused(const std::string& device) {
   }
   SetFusedFakeQuantEnabled(was_enabled);
   SetFusedFakeQuantVectorized(true);
-  std::printf("%s\n", failures == 0 ? "fused (both kernels) == libtorch path on every case" : "MISMATCH");
+  std::printf("%s\n",
+              failures == 0 ? "fused (both kernels) == libtorch path on every case" : "MISMATCH");
   return failures == 0 ? 0 : 1;
 }
 
@@ -285,7 +297,8 @@ int CpuSuite(std::map<std::string, std::string>& f) {
   const std::string data = "/tmp/kvsweep_bench_wiki.raw";
   if (!WriteFileAtomic(data, head).ok()) return 1;
 
-  std::printf("%-10s %7s %9s %12s %14s %8s\n", "model", "threads", "tokens", "eval tok/s", "forward tok/s", "ratio");
+  std::printf("%-10s %7s %9s %12s %14s %8s\n", "model", "threads", "tokens", "eval tok/s",
+              "forward tok/s", "ratio");
   for (const std::string& name : models) {
     for (int t : threads) {
       JobRequest r;
@@ -318,7 +331,8 @@ int CpuSuite(std::map<std::string, std::string>& f) {
         const int64_t T = windows[i].input.size();
         torch::Tensor x = torch::zeros({static_cast<int64_t>(n), T}, torch::kLong);
         for (size_t b = 0; b < n; ++b) {
-          for (size_t k = 0; k < windows[i + b].input.size(); ++k) x[b][k] = windows[i + b].input[k];
+          for (size_t k = 0; k < windows[i + b].input.size(); ++k)
+            x[b][k] = windows[i + b].input[k];
           fwd += windows[i + b].input.size();
         }
         (*m)->Forward(x, nullptr);
@@ -336,9 +350,10 @@ int CpuSuite(std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   // CLI11 parses (and answers --help); the modes read the given options by name.
-  CLI::App app{"kvsweep engine benchmark: the CPU suite, one model's job mode, or the fused "
-               "CUDA quantizer check (see the top of bench/engine_bench.cc)",
-               "kvsweep-engine-bench"};
+  CLI::App app{
+      "kvsweep engine benchmark: the CPU suite, one model's job mode, or the fused "
+      "CUDA quantizer check (see the top of bench/engine_bench.cc)",
+      "kvsweep-engine-bench"};
   const std::vector<std::pair<const char*, const char*>> options = {
       {"--lines", "CPU suite: WikiText lines"},
       {"--threads", "CPU suite: thread counts, comma-separated"},

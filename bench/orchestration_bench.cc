@@ -1,4 +1,5 @@
-// Coordinator load benchmark (docs/orchestration-bench.md): N jobs dispatched to W simulated workers.
+// Coordinator load benchmark (docs/orchestration-bench.md): N jobs dispatched to W simulated
+// workers.
 //
 // The coordinator is the real `kvsweep-coordinator` binary in its own process, on a SQLite file
 // with synchronous=FULL (so its CPU is measured apart). The W workers run in this process, one
@@ -33,13 +34,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/worker_sim.h"
-#include "common/subprocess.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "common/log.h"
+#include "common/subprocess.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "rpc/rpc_util.h"
+#include "spec/job_spec.h"
 #include "storage/result_store.h"
 #include "worker/fake_evaluator.h"
 #include "worker/worker_loop.h"
@@ -57,7 +58,8 @@ double ProcessCpuSeconds(pid_t pid) {
   std::vector<std::string> fields = absl::StrSplit(text.substr(close + 2), ' ');
   // utime, stime are fields 14 and 15 of the full line: indices 11 and 12 here.
   double ut = 0, st = 0;
-  if (fields.size() < 13 || !absl::SimpleAtod(fields[11], &ut) || !absl::SimpleAtod(fields[12], &st)) {
+  if (fields.size() < 13 || !absl::SimpleAtod(fields[11], &ut) ||
+      !absl::SimpleAtod(fields[12], &st)) {
     return 0;
   }
   return (ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
@@ -66,7 +68,8 @@ double ProcessCpuSeconds(pid_t pid) {
 double SelfCpuSeconds() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
+         u.ru_stime.tv_usec / 1e6;
 }
 
 // The 1-minute load average: the box is shared, and the figures mean little without it.
@@ -102,7 +105,8 @@ int Run(int argc, char** argv) {
       ->check(CLI::Range(0, 19));
   app.add_option("--jobs", jobs, "jobs (a multiple of 100)")->check(CLI::Range(100, 1000000));
   app.add_option("--workers", workers, "simulated workers")->check(CLI::Range(1, 2000));
-  app.add_option("--sleep-ms", sleep_ms, "fake evaluation time per job")->check(CLI::Range(0, 60000));
+  app.add_option("--sleep-ms", sleep_ms, "fake evaluation time per job")
+      ->check(CLI::Range(0, 60000));
   app.add_option("--jitter", jitter,
                  "spread of the fake job time: uniform in sleep-ms * [1 - j, 1 + j] (default 0: "
                  "every job takes exactly sleep-ms, so the workers run in lockstep)")
@@ -115,10 +119,12 @@ int Run(int argc, char** argv) {
                  "how the workers are simulated: async (event-driven, little CPU of its own) or "
                  "threads (the real WorkerLoop, two threads per worker)")
       ->check(CLI::IsMember({"async", "threads"}));
-  app.add_option("--trace", trace_path,
-                 "write every call's latency to this file: ms since the first lease, rpc, latency ms");
-  app.add_option("--lease-ttl-ms", lease_ttl_ms,
-                 "the coordinator's lease TTL (0: its default); workers heartbeat every third of it")
+  app.add_option(
+      "--trace", trace_path,
+      "write every call's latency to this file: ms since the first lease, rpc, latency ms");
+  app.add_option(
+         "--lease-ttl-ms", lease_ttl_ms,
+         "the coordinator's lease TTL (0: its default); workers heartbeat every third of it")
       ->check(CLI::Range(100, 3600000));
   app.add_option("--coordinator-bin", coordinator_bin, "kvsweep-coordinator to start");
   app.add_option("--dir", dir, "working directory (default: a new one under /tmp)");
@@ -178,9 +184,9 @@ int Run(int argc, char** argv) {
   so.stdout_path = so.stderr_path = dir + "/coordinator.log";
   const std::string port_file = dir + "/port";
   std::remove(port_file.c_str());
-  std::vector<std::string> coord_args = {coordinator_bin, "--db",          db,
-                                         "--listen",      "127.0.0.1:0", "--port-file",
-                                         port_file,       "--idle-retry-ms", "50"};
+  std::vector<std::string> coord_args = {
+      coordinator_bin,   "--db", db, "--listen", "127.0.0.1:0", "--port-file", port_file,
+      "--idle-retry-ms", "50"};
   if (lease_ttl_ms > 0) {
     coord_args.push_back("--lease-ttl-ms");
     coord_args.push_back(std::to_string(lease_ttl_ms));
@@ -218,7 +224,8 @@ int Run(int argc, char** argv) {
     get_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     st = stub->GetSubmission(&get_ctx, get, &resp);
   }
-  const double submit_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+  const double submit_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
   if (!st.ok() || resp.jobs_enqueued() != jobs) {
     std::cerr << "submit failed: " << st.error_message() << " (" << resp.jobs_enqueued()
               << " enqueued)\n";
@@ -358,10 +365,11 @@ int Run(int argc, char** argv) {
   if (size_t p = log.find("rpc latency in the coordinator: "); p != std::string::npos) {
     long n1 = 0, n2 = 0;
     double m1 = 0, m2 = 0;
-    std::sscanf(log.c_str() + p,
-                "rpc latency in the coordinator: lease n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms; "
-                "complete n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms",
-                &n1, &srv_lease_p50, &srv_lease_p99, &m1, &n2, &srv_complete_p50, &srv_complete_p99, &m2);
+    std::sscanf(
+        log.c_str() + p,
+        "rpc latency in the coordinator: lease n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms; "
+        "complete n %ld, p50 %lf ms, p99 %lf ms, max<= %lf ms",
+        &n1, &srv_lease_p50, &srv_lease_p99, &m1, &n2, &srv_complete_p50, &srv_complete_p99, &m2);
   }
 
   nlohmann::json out = {
@@ -376,14 +384,25 @@ int Run(int argc, char** argv) {
       {"wall_s", wall},
       {"completions_per_s", jobs / wall},
       {"completions_per_s_after_ramp", steady_rate},
-      {"lease_ms", {{"p50", Percentile(lease_ms, 0.5)}, {"p99", Percentile(lease_ms, 0.99)},
-                    {"max", Percentile(lease_ms, 1.0)}, {"n", lease_ms.size()}}},
-      {"complete_ms", {{"p50", Percentile(complete_ms, 0.5)}, {"p99", Percentile(complete_ms, 0.99)},
-                       {"max", Percentile(complete_ms, 1.0)}}},
-      {"job_grant_ms", {{"p50", Percentile(next_job_ms, 0.5)}, {"p99", Percentile(next_job_ms, 0.99)},
-                        {"max", Percentile(next_job_ms, 1.0)}, {"n", next_job_ms.size()}}},
-      {"coordinator_side_ms", {{"lease_p50", srv_lease_p50}, {"lease_p99", srv_lease_p99},
-                               {"complete_p50", srv_complete_p50}, {"complete_p99", srv_complete_p99}}},
+      {"lease_ms",
+       {{"p50", Percentile(lease_ms, 0.5)},
+        {"p99", Percentile(lease_ms, 0.99)},
+        {"max", Percentile(lease_ms, 1.0)},
+        {"n", lease_ms.size()}}},
+      {"complete_ms",
+       {{"p50", Percentile(complete_ms, 0.5)},
+        {"p99", Percentile(complete_ms, 0.99)},
+        {"max", Percentile(complete_ms, 1.0)}}},
+      {"job_grant_ms",
+       {{"p50", Percentile(next_job_ms, 0.5)},
+        {"p99", Percentile(next_job_ms, 0.99)},
+        {"max", Percentile(next_job_ms, 1.0)},
+        {"n", next_job_ms.size()}}},
+      {"coordinator_side_ms",
+       {{"lease_p50", srv_lease_p50},
+        {"lease_p99", srv_lease_p99},
+        {"complete_p50", srv_complete_p50},
+        {"complete_p99", srv_complete_p99}}},
       {"coordinator_cpu_cores", coord_cpu / wall},
       {"workers_process_cpu_cores", self_cpu / wall},
       {"commits", commits},
@@ -403,39 +422,44 @@ int Run(int argc, char** argv) {
   if (json) {
     std::cout << out.dump(2) << "\n";
   } else {
-    std::printf("jobs %d, workers %d (%s, started over %d ms), fake job %d ms +- %.0f%%, machine "
-                "threads %u, load average %.2f -> %.2f\n",
-                jobs, workers, sim.c_str(), ramp_ms, sleep_ms, jitter * 100,
-                std::thread::hardware_concurrency(),
-                load_before, load_after);
+    std::printf(
+        "jobs %d, workers %d (%s, started over %d ms), fake job %d ms +- %.0f%%, machine "
+        "threads %u, load average %.2f -> %.2f\n",
+        jobs, workers, sim.c_str(), ramp_ms, sleep_ms, jitter * 100,
+        std::thread::hardware_concurrency(), load_before, load_after);
     std::printf("submit (expand + resolve + insert): %.2f s\n", submit_s);
     std::printf("durable completions/s: %.0f  (%d jobs in %.2f s)", jobs / wall, jobs, wall);
     if (ramp_ms > 0) std::printf("; %.0f/s once every worker had started", steady_rate);
     std::printf("\n");
-    std::printf("lease latency ms, every job grant (Lease, or Complete+next lease): "
-                "p50 %.2f  p99 %.2f  max %.2f  (%zu grants)\n",
-                Percentile(next_job_ms, 0.5), Percentile(next_job_ms, 0.99),
-                Percentile(next_job_ms, 1.0), next_job_ms.size());
+    std::printf(
+        "lease latency ms, every job grant (Lease, or Complete+next lease): "
+        "p50 %.2f  p99 %.2f  max %.2f  (%zu grants)\n",
+        Percentile(next_job_ms, 0.5), Percentile(next_job_ms, 0.99), Percentile(next_job_ms, 1.0),
+        next_job_ms.size());
     std::printf("  explicit Lease calls only: p50 %.2f  p99 %.2f  max %.2f  (%zu calls)\n",
                 Percentile(lease_ms, 0.5), Percentile(lease_ms, 0.99), Percentile(lease_ms, 1.0),
                 lease_ms.size());
-    std::printf("complete latency ms (incl. next lease): p50 %.2f  p99 %.2f  max %.2f\n", Percentile(complete_ms, 0.5),
-                Percentile(complete_ms, 0.99), Percentile(complete_ms, 1.0));
-    std::printf("in the coordinator (handler start to answer): Lease p50 %.2f p99 %.2f; "
-                "Complete(+next lease) p50 %.2f p99 %.2f\n",
-                srv_lease_p50, srv_lease_p99, srv_complete_p50, srv_complete_p99);
+    std::printf("complete latency ms (incl. next lease): p50 %.2f  p99 %.2f  max %.2f\n",
+                Percentile(complete_ms, 0.5), Percentile(complete_ms, 0.99),
+                Percentile(complete_ms, 1.0));
+    std::printf(
+        "in the coordinator (handler start to answer): Lease p50 %.2f p99 %.2f; "
+        "Complete(+next lease) p50 %.2f p99 %.2f\n",
+        srv_lease_p50, srv_lease_p99, srv_complete_p50, srv_complete_p99);
     std::printf("coordinator CPU: %.2f cores; worker-simulation process CPU: %.2f cores\n",
                 coord_cpu / wall, self_cpu / wall);
-    std::printf("group commit: %ld transactions, %.1f mutations and %.2f ms each (p50 %.2f, p99 %.2f)\n",
-                commits, commits > 0 ? static_cast<double>(mutations) / commits : 0.0, commit_ms,
-                commit_p50, commit_p99);
+    std::printf(
+        "group commit: %ld transactions, %.1f mutations and %.2f ms each (p50 %.2f, p99 %.2f)\n",
+        commits, commits > 0 ? static_cast<double>(mutations) / commits : 0.0, commit_ms,
+        commit_p50, commit_p99);
     if (sim == "async") {
-      std::printf("simulated workers: %ld leases, %ld recorded, %ld duplicates, %ld rejected, "
-                  "%ld failed, %ld heartbeats, %ld call errors\n",
-                  static_cast<long>(ss.leased), static_cast<long>(ss.recorded),
-                  static_cast<long>(ss.duplicates), static_cast<long>(ss.rejected),
-                  static_cast<long>(ss.failed), static_cast<long>(ss.heartbeats),
-                  static_cast<long>(ss.rpc_errors));
+      std::printf(
+          "simulated workers: %ld leases, %ld recorded, %ld duplicates, %ld rejected, "
+          "%ld failed, %ld heartbeats, %ld call errors\n",
+          static_cast<long>(ss.leased), static_cast<long>(ss.recorded),
+          static_cast<long>(ss.duplicates), static_cast<long>(ss.rejected),
+          static_cast<long>(ss.failed), static_cast<long>(ss.heartbeats),
+          static_cast<long>(ss.rpc_errors));
     }
     std::printf("results in the database: %ld, integrity_check: %s\n", results,
                 integrity.ok() ? "ok" : std::string(integrity.message()).c_str());

@@ -19,11 +19,15 @@ namespace {
 const std::string& Result() {
   static const std::string r =
       nlohmann::json{
-          {"metrics", {{"lambada_openai", {{"acc", 0.25}, {"ppl", 153000.5}, {"n", 20},
-                                           {"loglik_sum", -12.5}}}}},
-          {"ledger", {{"fraction_payload", 0.25}, {"fraction_total", 0.28125}, {"kv_heads", 2},
-                      {"k", {{"payload", 256}, {"metadata", 32}, {"basis", 0}}},
-                      {"v", {{"payload", 256}, {"metadata", 32}, {"basis", 0}}}}},
+          {"metrics",
+           {{"lambada_openai",
+             {{"acc", 0.25}, {"ppl", 153000.5}, {"n", 20}, {"loglik_sum", -12.5}}}}},
+          {"ledger",
+           {{"fraction_payload", 0.25},
+            {"fraction_total", 0.28125},
+            {"kv_heads", 2},
+            {"k", {{"payload", 256}, {"metadata", 32}, {"basis", 0}}},
+            {"v", {{"payload", 256}, {"metadata", 32}, {"basis", 0}}}}},
           {"timing", {{"wall_s", 0.05}, {"tokens_per_s", 0.0}}},
           {"provenance", {{"evaluator", "fake"}, {"worker", {{"worker_id", "bench-1"}}}}}}
           .dump();
@@ -46,7 +50,8 @@ void BM_CommitCompletionsAndGrants(benchmark::State& state) {
   for (int i = 0; i < total; ++i) {
     NewJob j;
     j.job_id = absl::StrCat("job", i);
-    j.spec_json = R"({"model_name":"m","task":{"name":"lambada_openai"},"method":"none","kv_heads":2})";
+    j.spec_json =
+        R"({"model_name":"m","task":{"name":"lambada_openai"},"method":"none","kv_heads":2})";
     j.model_key = "m";
     j.labels_json = "{}";
     submit.jobs.push_back(j);
@@ -91,7 +96,12 @@ void BM_CommitCompletionsAndGrants(benchmark::State& state) {
   store->reset();
   for (const char* suffix : {"", "-wal", "-shm"}) std::remove((path + suffix).c_str());
 }
-BENCHMARK(BM_CommitCompletionsAndGrants)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->Iterations(200)
+BENCHMARK(BM_CommitCompletionsAndGrants)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(32)
+    ->Arg(128)
+    ->Iterations(200)
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

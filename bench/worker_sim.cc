@@ -146,9 +146,15 @@ void WorkerSim::TimerLoop() {
     l.unlock();
     Worker& w = *workers_[t.worker];
     switch (t.event) {
-      case Event::kLease: SendLease(w); break;
-      case Event::kComplete: SendComplete(w); break;
-      case Event::kHeartbeat: SendHeartbeat(w, t.generation); break;
+      case Event::kLease:
+        SendLease(w);
+        break;
+      case Event::kComplete:
+        SendComplete(w);
+        break;
+      case Event::kHeartbeat:
+        SendHeartbeat(w, t.generation);
+        break;
     }
     l.lock();
   }
@@ -180,11 +186,10 @@ void WorkerSim::SendLease(Worker& w) {
   w.lease_resp.Clear();
   grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
   const auto t0 = Clock::now();
-  w.stub->async()->Lease(ctx, &w.lease_req, &w.lease_resp,
-                         [this, &w, t0](grpc::Status s) {
-                           OnLease(w, MsSince(t0), s);
-                           CallDone();
-                         });
+  w.stub->async()->Lease(ctx, &w.lease_req, &w.lease_resp, [this, &w, t0](grpc::Status s) {
+    OnLease(w, MsSince(t0), s);
+    CallDone();
+  });
 }
 
 void WorkerSim::OnLease(Worker& w, double ms, const grpc::Status& s) {
@@ -214,7 +219,8 @@ void WorkerSim::BeginJob(Worker& w) {
   std::unique_lock<std::mutex> l(w.mu);
   Count(&WorkerSimStats::leased);
   absl::StatusOr<nlohmann::json> j = ParseJson(w.lease.spec_json(), "job spec");
-  absl::StatusOr<JobSpec> spec = j.ok() ? JobSpec::FromJson(*j) : absl::StatusOr<JobSpec>(j.status());
+  absl::StatusOr<JobSpec> spec =
+      j.ok() ? JobSpec::FromJson(*j) : absl::StatusOr<JobSpec>(j.status());
   if (!spec.ok()) {
     l.unlock();
     SendFail(w, std::string(spec.status().message()));
@@ -226,8 +232,8 @@ void WorkerSim::BeginJob(Worker& w) {
   w.lost = false;
   w.complete_built = false;
   const uint64_t gen = ++w.generation;
-  const auto done =
-      w.job_start + std::chrono::microseconds(static_cast<int64_t>(std::max(0.0, w.plan.sleep_ms) * 1000));
+  const auto done = w.job_start + std::chrono::microseconds(
+                                      static_cast<int64_t>(std::max(0.0, w.plan.sleep_ms) * 1000));
   const int hb = w.lease.heartbeat_interval_ms();
   const bool beats = hb > 0 && done > w.job_start + std::chrono::milliseconds(hb);
   const auto first_beat = w.job_start + std::chrono::milliseconds(hb);
@@ -269,11 +275,10 @@ void WorkerSim::SendComplete(Worker& w) {
   w.complete_resp.Clear();
   grpc::ClientContext* ctx = NewCall(&w.ctx, o_.rpc_timeout_ms);
   const auto t0 = Clock::now();
-  w.stub->async()->Complete(ctx, &w.complete_req, &w.complete_resp,
-                            [this, &w, t0](grpc::Status s) {
-                              OnComplete(w, MsSince(t0), s);
-                              CallDone();
-                            });
+  w.stub->async()->Complete(ctx, &w.complete_req, &w.complete_resp, [this, &w, t0](grpc::Status s) {
+    OnComplete(w, MsSince(t0), s);
+    CallDone();
+  });
 }
 
 void WorkerSim::OnComplete(Worker& w, double ms, const grpc::Status& s) {
@@ -333,28 +338,28 @@ void WorkerSim::SendHeartbeat(Worker& w, uint64_t generation) {
   w.hb_req.set_job_id(w.lease.job_id());
   w.hb_req.set_lease_id(w.lease.lease_id());
   w.hb_req.set_fencing_token(w.lease.fencing_token());
-  w.hb_req.set_progress(w.plan.sleep_ms <= 0 ? 1.0
-                                             : std::clamp(MsSince(w.job_start) / w.plan.sleep_ms,
-                                                          0.0, 1.0));
+  w.hb_req.set_progress(
+      w.plan.sleep_ms <= 0 ? 1.0 : std::clamp(MsSince(w.job_start) / w.plan.sleep_ms, 0.0, 1.0));
   w.hb_resp.Clear();
   w.hb_in_flight = true;
   grpc::ClientContext* ctx = NewCall(&w.hb_ctx, std::min(interval, o_.rpc_timeout_ms));
-  w.stub->async()->Heartbeat(
-      ctx, &w.hb_req, &w.hb_resp, [this, &w, generation, interval](grpc::Status s) {
-        {
-          std::lock_guard<std::mutex> l(w.mu);
-          w.hb_in_flight = false;
-          if (!s.ok()) {
-            Count(&WorkerSimStats::rpc_errors);
-          } else {
-            Count(&WorkerSimStats::heartbeats);
-            if (!w.hb_resp.keep_going() && w.generation == generation) w.lost = true;
-          }
-        }
-        At(Clock::now() + std::chrono::milliseconds(interval), w.index, Event::kHeartbeat,
-           generation);
-        CallDone();
-      });
+  w.stub->async()->Heartbeat(ctx, &w.hb_req, &w.hb_resp,
+                             [this, &w, generation, interval](grpc::Status s) {
+                               {
+                                 std::lock_guard<std::mutex> l(w.mu);
+                                 w.hb_in_flight = false;
+                                 if (!s.ok()) {
+                                   Count(&WorkerSimStats::rpc_errors);
+                                 } else {
+                                   Count(&WorkerSimStats::heartbeats);
+                                   if (!w.hb_resp.keep_going() && w.generation == generation)
+                                     w.lost = true;
+                                 }
+                               }
+                               At(Clock::now() + std::chrono::milliseconds(interval), w.index,
+                                  Event::kHeartbeat, generation);
+                               CallDone();
+                             });
 }
 
 void WorkerSim::SendFail(Worker& w, const std::string& error) {

@@ -45,8 +45,8 @@ struct WorkerSimStats {
   int64_t leased = 0;
   int64_t recorded = 0;
   int64_t duplicates = 0;
-  int64_t rejected = 0;    // FAILED_PRECONDITION on Complete (a lost lease)
-  int64_t failed = 0;      // jobs reported with Fail (spec or result could not be made)
+  int64_t rejected = 0;  // FAILED_PRECONDITION on Complete (a lost lease)
+  int64_t failed = 0;    // jobs reported with Fail (spec or result could not be made)
   int64_t heartbeats = 0;
   int64_t rpc_errors = 0;  // calls that failed (transient ones are retried)
 };

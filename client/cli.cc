@@ -27,8 +27,8 @@
 #include "common/file_util.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
-#include "spec/job_result.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
+#include "spec/job_result.h"
 #include "storage/result_store.h"
 
 namespace kvsweep {
@@ -49,8 +49,8 @@ int Error(const absl::Status& s) {
 }
 int Error(const std::string& msg) { return Error(absl::InvalidArgumentError(msg)); }
 
-absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string& db, const std::string& sql,
-                                     int max_rows) {
+absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string& db,
+                                     const std::string& sql, int max_rows) {
   if (!db.empty()) {
     SqliteOptions o;
     o.read_only = true;
@@ -74,13 +74,20 @@ absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string
     std::vector<QueryResult::Value> r;
     for (const v1::Cell& c : row.cells()) {
       switch (c.value_case()) {
-        case v1::Cell::kIntValue: r.emplace_back(static_cast<int64_t>(c.int_value())); break;
-        case v1::Cell::kRealValue: r.emplace_back(c.real_value()); break;
-        case v1::Cell::kTextValue: r.emplace_back(c.text_value()); break;
+        case v1::Cell::kIntValue:
+          r.emplace_back(static_cast<int64_t>(c.int_value()));
+          break;
+        case v1::Cell::kRealValue:
+          r.emplace_back(c.real_value());
+          break;
+        case v1::Cell::kTextValue:
+          r.emplace_back(c.text_value());
+          break;
         case v1::Cell::kBlobValue:
           r.emplace_back(std::vector<uint8_t>(c.blob_value().begin(), c.blob_value().end()));
           break;
-        default: r.emplace_back(std::monostate());
+        default:
+          r.emplace_back(std::monostate());
       }
     }
     out.rows.push_back(std::move(r));
@@ -114,7 +121,8 @@ std::string FormatQuery(const QueryResult& q, const std::string& format) {
     out = absl::StrJoin(h, ",") + "\n";
     for (const auto& row : q.rows) {
       std::vector<std::string> f;
-      for (const auto& v : row) f.push_back(std::holds_alternative<std::monostate>(v) ? "" : CsvField(ValueText(v)));
+      for (const auto& v : row)
+        f.push_back(std::holds_alternative<std::monostate>(v) ? "" : CsvField(ValueText(v)));
       absl::StrAppend(&out, absl::StrJoin(f, ","), "\n");
     }
     return out;
@@ -123,7 +131,8 @@ std::string FormatQuery(const QueryResult& q, const std::string& format) {
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& row : q.rows) {
       nlohmann::json o = nlohmann::json::object();
-      for (size_t c = 0; c < row.size() && c < q.columns.size(); ++c) o[q.columns[c]] = ValueJson(row[c]);
+      for (size_t c = 0; c < row.size() && c < q.columns.size(); ++c)
+        o[q.columns[c]] = ValueJson(row[c]);
       rows.push_back(o);
     }
     return rows.dump(2) + "\n";
@@ -132,15 +141,18 @@ std::string FormatQuery(const QueryResult& q, const std::string& format) {
   std::vector<size_t> w(q.columns.size());
   for (size_t c = 0; c < q.columns.size(); ++c) w[c] = q.columns[c].size();
   for (const auto& row : q.rows) {
-    for (size_t c = 0; c < row.size() && c < w.size(); ++c) w[c] = std::max(w[c], ValueText(row[c]).size());
+    for (size_t c = 0; c < row.size() && c < w.size(); ++c)
+      w[c] = std::max(w[c], ValueText(row[c]).size());
   }
   for (size_t c = 0; c < q.columns.size(); ++c) {
-    absl::StrAppend(&out, c ? "  " : "", absl::StrFormat("%-*s", static_cast<int>(w[c]), q.columns[c]));
+    absl::StrAppend(&out, c ? "  " : "",
+                    absl::StrFormat("%-*s", static_cast<int>(w[c]), q.columns[c]));
   }
   absl::StrAppend(&out, "\n");
   for (const auto& row : q.rows) {
     for (size_t c = 0; c < row.size() && c < w.size(); ++c) {
-      absl::StrAppend(&out, c ? "  " : "", absl::StrFormat("%-*s", static_cast<int>(w[c]), ValueText(row[c])));
+      absl::StrAppend(&out, c ? "  " : "",
+                      absl::StrFormat("%-*s", static_cast<int>(w[c]), ValueText(row[c])));
     }
     absl::StrAppend(&out, "\n");
   }
@@ -179,9 +191,9 @@ int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
     for (const auto& r : rows) {
       std::string line;
       for (size_t c = 0; c < r.size(); ++c) {
-        absl::StrAppend(&line, c ? "  " : "",
-                        c + 1 < r.size() ? absl::StrFormat("%-*s", static_cast<int>(width[c]), r[c])
-                                         : r[c]);
+        absl::StrAppend(
+            &line, c ? "  " : "",
+            c + 1 < r.size() ? absl::StrFormat("%-*s", static_cast<int>(width[c]), r[c]) : r[c]);
       }
       std::cout << line << "\n";
     }
@@ -191,8 +203,8 @@ int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
   } else {
     std::cout << "sweep '" << resp.sweep() << "': " << shape << "; " << resp.jobs_enqueued()
               << " enqueued, " << resp.jobs_done() << " already done, " << resp.jobs_pending()
-              << " already pending, " << resp.jobs_requeued() << " requeued, "
-              << resp.jobs_failed() << " failed earlier\n";
+              << " already pending, " << resp.jobs_requeued() << " requeued, " << resp.jobs_failed()
+              << " failed earlier\n";
   }
   return 0;
 }
@@ -210,10 +222,16 @@ int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
   if (json) {
     nlohmann::json out = nlohmann::json::array();
     for (const v1::SweepStatus& st : resp.sweeps()) {
-      out.push_back({{"sweep", st.sweep()}, {"total", st.total()}, {"queued", st.queued()},
-                     {"leased", st.leased()}, {"done", st.done()}, {"failed", st.failed()},
-                     {"quarantined", st.quarantined()}, {"cancelled", st.cancelled()},
-                     {"finished", st.finished()}, {"priority", st.priority()},
+      out.push_back({{"sweep", st.sweep()},
+                     {"total", st.total()},
+                     {"queued", st.queued()},
+                     {"leased", st.leased()},
+                     {"done", st.done()},
+                     {"failed", st.failed()},
+                     {"quarantined", st.quarantined()},
+                     {"cancelled", st.cancelled()},
+                     {"finished", st.finished()},
+                     {"priority", st.priority()},
                      {"recent_errors", std::vector<std::string>(st.recent_errors().begin(),
                                                                 st.recent_errors().end())}});
       AddRunningJson(Counts(st), &out.back());
@@ -225,8 +243,8 @@ int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
     std::cout << "no sweeps\n";
     return 0;
   }
-  std::printf("%-24s %7s %7s %7s %7s %7s %11s %9s\n", "sweep", "total", "done", "running",
-              "queued", "failed", "quarantined", "cancelled");
+  std::printf("%-24s %7s %7s %7s %7s %7s %11s %9s\n", "sweep", "total", "done", "running", "queued",
+              "failed", "quarantined", "cancelled");
   for (const v1::SweepStatus& st : resp.sweeps()) {
     std::printf("%-24s %7d %7d %7d %7d %7d %11d %9d\n", st.sweep().c_str(), st.total(), st.done(),
                 st.leased(), st.queued(), st.failed(), st.quarantined(), st.cancelled());
@@ -282,11 +300,12 @@ int Watch(CoordinatorConnection& g, const std::string& sweep, int interval_ms, i
       down = true;
       down_since = now;
       bar.Finish();
-      std::fprintf(stderr, "watch: lost the coordinator at %s (%s); reconnecting\n", g.cfg.address.c_str(),
-                   s.ok() ? "stream closed" : s.error_message().c_str());
+      std::fprintf(stderr, "watch: lost the coordinator at %s (%s); reconnecting\n",
+                   g.cfg.address.c_str(), s.ok() ? "stream closed" : s.error_message().c_str());
     } else if (give_up_s > 0 && now - down_since > std::chrono::seconds(give_up_s)) {
-      return Error(absl::StrCat("watch: the coordinator at ", g.cfg.address, " has been unreachable for ",
-                                give_up_s, " s (", s.ok() ? "stream closed" : s.error_message(),
+      return Error(absl::StrCat("watch: the coordinator at ", g.cfg.address,
+                                " has been unreachable for ", give_up_s, " s (",
+                                s.ok() ? "stream closed" : s.error_message(),
                                 "); giving up (--give-up-after-s)"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
@@ -294,8 +313,8 @@ int Watch(CoordinatorConnection& g, const std::string& sweep, int interval_ms, i
   }
   bar.Finish();
   std::cout << "sweep '" << sweep << "' finished: " << last.done() << "/" << last.total()
-            << " done, " << last.failed() << " failed, " << last.quarantined()
-            << " quarantined, " << last.cancelled() << " cancelled\n";
+            << " done, " << last.failed() << " failed, " << last.quarantined() << " quarantined, "
+            << last.cancelled() << " cancelled\n";
   for (const std::string& e : last.recent_errors()) std::cout << "  error " << e << "\n";
   return last.done() == last.total() ? 0 : kExitSweepFailed;
 }
@@ -311,7 +330,8 @@ int Cancel(CoordinatorConnection& g, const std::string& sweep) {
   grpc::Status s = (*stub)->Cancel(&ctx, req, &resp);
   if (!s.ok()) return Error(RpcError(s, g.cfg));
   std::cout << "sweep '" << sweep << "': cancelled " << resp.cancelled() << " jobs";
-  if (resp.kept_for_others()) std::cout << " (kept " << resp.kept_for_others() << " that other sweeps need)";
+  if (resp.kept_for_others())
+    std::cout << " (kept " << resp.kept_for_others() << " that other sweeps need)";
   std::cout << "\n";
   return 0;
 }
@@ -335,8 +355,9 @@ int Retry(CoordinatorConnection& g, const std::string& sweep, bool failed, bool 
 
 // Several sweeps in one table: each job's labels get `sweep`, so that rows or columns can pivot
 // on it (rows "auto" does when there are several).
-int TableCmd(CoordinatorConnection& g, const std::string& db, const std::vector<std::string>& sweeps,
-             const TableSpec& spec, const std::string& format) {
+int TableCmd(CoordinatorConnection& g, const std::string& db,
+             const std::vector<std::string>& sweeps, const TableSpec& spec,
+             const std::string& format) {
   if (absl::Status f = CheckTableFormat(format); !f.ok()) return Error(f);
   std::vector<TableInput> in;
   std::set<std::string> seen;
@@ -415,8 +436,8 @@ int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string
                                    "against bits per code, for the methods that have bits."}}) {
       absl::StatusOr<Plot> plot = BuildPlot(in, f.spec);
       if (!plot.ok()) {
-        report->notes.push_back(absl::StrCat("figure ", base, f.suffix, " not drawn: ",
-                                             plot.status().message()));
+        report->notes.push_back(
+            absl::StrCat("figure ", base, f.suffix, " not drawn: ", plot.status().message()));
         continue;
       }
       const std::string path = stem + f.suffix;
@@ -436,8 +457,8 @@ int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string
   return 0;
 }
 
-int QueryCmd(CoordinatorConnection& g, const std::string& db, const std::string& sql, const std::string& format,
-             int max_rows) {
+int QueryCmd(CoordinatorConnection& g, const std::string& db, const std::string& sql,
+             const std::string& format, int max_rows) {
   if (format != "text" && format != "csv" && format != "json") {
     return Error(absl::StrCat("query: unknown format '", format, "' (text, csv, json)"));
   }
@@ -448,8 +469,8 @@ int QueryCmd(CoordinatorConnection& g, const std::string& db, const std::string&
   return 0;
 }
 
-int Export(CoordinatorConnection& g, const std::string& db, const std::string& sweep, const std::string& format,
-           const std::string& output, bool include_spec) {
+int Export(CoordinatorConnection& g, const std::string& db, const std::string& sweep,
+           const std::string& format, const std::string& output, bool include_spec) {
   if (format != "jsonl" && format != "csv") {
     return Error(absl::StrCat("export: unknown format '", format, "' (jsonl, csv)"));
   }
@@ -458,8 +479,11 @@ int Export(CoordinatorConnection& g, const std::string& db, const std::string& s
   std::string out;
   if (format == "jsonl") {
     for (const Item& it : *items) {
-      nlohmann::json j = {{"job_id", it.job_id}, {"sweep", it.sweep},   {"state", it.state},
-                          {"labels", it.labels}, {"result", it.result ? it.result->json() : nlohmann::json(nullptr)}};
+      nlohmann::json j = {{"job_id", it.job_id},
+                          {"sweep", it.sweep},
+                          {"state", it.state},
+                          {"labels", it.labels},
+                          {"result", it.result ? it.result->json() : nlohmann::json(nullptr)}};
       if (it.spec) j["spec"] = *it.spec;
       if (!it.last_error.empty()) j["last_error"] = it.last_error;
       absl::StrAppend(&out, j.dump(), "\n");
@@ -545,8 +569,9 @@ int RunKvsweep(int argc, char** argv) {
   watch->add_option("--interval-ms", interval_ms, "update period")
       ->check(CLI::Range(50, 60000))
       ->capture_default_str();
-  watch->add_option("--give-up-after-s", give_up_s,
-                    "while the coordinator is unreachable, keep reconnecting this long (0: forever)")
+  watch
+      ->add_option("--give-up-after-s", give_up_s,
+                   "while the coordinator is unreachable, keep reconnecting this long (0: forever)")
       ->check(CLI::Range(0, 365 * 86400))
       ->capture_default_str();
 
@@ -560,16 +585,17 @@ int RunKvsweep(int argc, char** argv) {
 
   std::vector<std::string> table_sweeps;
   CLI::App* table = app.add_subcommand("table", "pivot a sweep's results (or several sweeps')");
-  table->add_option("sweep", table_sweeps, "one or more sweeps (the label `sweep` tells them apart)")
+  table
+      ->add_option("sweep", table_sweeps, "one or more sweeps (the label `sweep` tells them apart)")
       ->required();
   tspec.rows = "auto";
   tspec.metric = "auto";
-  table->add_option("--rows", tspec.rows,
-                    "label for rows (auto: every label that varies, joined)")
+  table->add_option("--rows", tspec.rows, "label for rows (auto: every label that varies, joined)")
       ->capture_default_str();
   table->add_option("--cols", tspec.cols, "label for columns")->capture_default_str();
-  table->add_option("--metric", tspec.metric,
-                    "metric to show (auto: ppl for LAMBADA, token_ppl for text tasks)")
+  table
+      ->add_option("--metric", tspec.metric,
+                   "metric to show (auto: ppl for LAMBADA, token_ppl for text tasks)")
       ->capture_default_str();
   table->add_option("--delta", tspec.delta,
                     "show differences from this column (e.g. none), with paired-bootstrap "
@@ -583,8 +609,10 @@ int RunKvsweep(int argc, char** argv) {
       ->check(CLI::Range(0.5, 0.999))
       ->capture_default_str();
   table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
-  table->add_option("--format", table_format,
-                    "md, csv, latex, json or html (a <table> fragment, cells escaped)")->default_val("md");
+  table
+      ->add_option("--format", table_format,
+                   "md, csv, latex, json or html (a <table> fragment, cells escaped)")
+      ->default_val("md");
   table->add_option("--db", db, "read this database file instead of asking the coordinator");
 
   PlotOptions plot_opts;
@@ -640,8 +668,9 @@ int RunKvsweep(int argc, char** argv) {
   demo_cmd->add_option("--workers", demo.workers, "worker processes")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  demo_cmd->add_option("--evaluator", demo.evaluator,
-                       "engine, or fake (placeholder numbers: exercises the pipeline only)")
+  demo_cmd
+      ->add_option("--evaluator", demo.evaluator,
+                   "engine, or fake (placeholder numbers: exercises the pipeline only)")
       ->capture_default_str();
   demo_cmd->add_option("--worker-bin", demo.worker_bin, "kvsweep-worker to run");
   demo_cmd->add_option("--coordinator-bin", demo.coordinator_bin, "kvsweep-coordinator to run");

@@ -16,11 +16,11 @@ int RunKvsweep(int argc, char** argv);
 
 struct DemoOptions {
   int workers = 3;
-  std::string evaluator = "engine";   // engine | fake
-  std::string worker_bin;             // "" = next to this binary, then the build tree, then PATH
-  std::string coordinator_bin;        // likewise
-  std::string keep_dir;               // "" = a temporary directory, removed afterwards
-  int limit = 20;                     // LAMBADA documents per job
+  std::string evaluator = "engine";  // engine | fake
+  std::string worker_bin;            // "" = next to this binary, then the build tree, then PATH
+  std::string coordinator_bin;       // likewise
+  std::string keep_dir;              // "" = a temporary directory, removed afterwards
+  int limit = 20;                    // LAMBADA documents per job
   int fake_sleep_ms = 300;
   int timeout_s = 900;
 };

@@ -19,8 +19,8 @@ namespace kvsweep {
 // An RPC failure as one line; names the address when the coordinator is unreachable.
 absl::Status RpcError(const grpc::Status& s, const ClientConfig& cfg) {
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", cfg.address,
-                                               ": ", s.error_message()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot reach the coordinator at ", cfg.address, ": ", s.error_message()));
   }
   return FromGrpc(s);
 }
@@ -140,8 +140,8 @@ absl::StatusOr<v1::SubmitSweepResponse> SubmitAndFollow(CoordinatorConnection& g
   // A call that ends in DEADLINE_EXCEEDED or UNAVAILABLE is tried again (a busy or restarting
   // coordinator): submitting again joins the submission already running, so nothing is done
   // twice. Given up after this long without an answer:
-  const auto give_up = std::max(std::chrono::milliseconds(30000),
-                                std::chrono::milliseconds(g.timeout_ms) * 10);
+  const auto give_up =
+      std::max(std::chrono::milliseconds(30000), std::chrono::milliseconds(g.timeout_ms) * 10);
   auto transient = [](const grpc::Status& s) {
     return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
            s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;

@@ -85,8 +85,8 @@ absl::StatusOr<std::string> StartCoordinator(const std::string& bin, const std::
       return absl::StrCat("127.0.0.1:", absl::StripAsciiWhitespace(*port));
     }
     if (!(*out)->Running()) {
-      return absl::UnavailableError(absl::StrCat(
-          "kvsweep-coordinator exited (", DescribeWaitStatus(*(*out)->exit_status()), ")"));
+      return absl::UnavailableError(absl::StrCat("kvsweep-coordinator exited (",
+                                                 DescribeWaitStatus(*(*out)->exit_status()), ")"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -129,23 +129,27 @@ int RunDemo(const DemoOptions& o) {
   const std::string model = JoinPath(assets, "models/ref-llama");
   const std::string data = JoinPath(assets, "data/lambada_openai/lambada_test.jsonl");
   if (!PathExists(JoinPath(model, "config.json")) || !PathExists(data)) {
-    return DemoError(absl::StrCat(
-        "needs the kvsweep test assets: ", model, "/ (config.json, *.safetensors, tokenizer.json) "
-        "and ", data, ". Point KVSWEEP_ASSETS at the assets folder (currently '", assets, "')."));
+    return DemoError(absl::StrCat("needs the kvsweep test assets: ", model,
+                                  "/ (config.json, *.safetensors, tokenizer.json) "
+                                  "and ",
+                                  data, ". Point KVSWEEP_ASSETS at the assets folder (currently '",
+                                  assets, "')."));
   }
   if (o.evaluator != "engine" && o.evaluator != "fake") {
     return DemoError("--evaluator must be engine or fake");
   }
   const std::string worker_bin = FindBinary(o.worker_bin, "kvsweep-worker", "worker");
   if (worker_bin.empty()) {
-    return DemoError("cannot find kvsweep-worker next to kvsweep, in the build tree or on PATH; "
-                     "pass --worker-bin");
+    return DemoError(
+        "cannot find kvsweep-worker next to kvsweep, in the build tree or on PATH; "
+        "pass --worker-bin");
   }
   const std::string coordinator_bin =
       FindBinary(o.coordinator_bin, "kvsweep-coordinator", "coordinator");
   if (coordinator_bin.empty()) {
-    return DemoError("cannot find kvsweep-coordinator next to kvsweep, in the build tree or on "
-                     "PATH; pass --coordinator-bin");
+    return DemoError(
+        "cannot find kvsweep-coordinator next to kvsweep, in the build tree or on "
+        "PATH; pass --coordinator-bin");
   }
   std::string dir = o.keep_dir;
   if (dir.empty()) {
@@ -159,7 +163,8 @@ int RunDemo(const DemoOptions& o) {
   if (!engine.ok()) return DemoError(std::string(engine.status().message()));
   if (o.evaluator == "engine" && !*engine) {
     return DemoError(absl::StrCat(
-        worker_bin, " was built without the libtorch engine, so it cannot evaluate models. "
+        worker_bin,
+        " was built without the libtorch engine, so it cannot evaluate models. "
         "Rebuild with -DKVSWEEP_WITH_TORCH=ON, or run `kvsweep demo --evaluator=fake` to "
         "exercise the pipeline with placeholder numbers."));
   }
@@ -181,17 +186,21 @@ int RunDemo(const DemoOptions& o) {
   CoordinatorConnection conn;
   conn.cfg.address = *address;
 
-  const std::string yaml = absl::StrCat(R"(# kvsweep demo: FP16 vs quantization vs rank reduction at matched storage on ref-llama.
+  const std::string yaml = absl::StrCat(
+      R"(# kvsweep demo: FP16 vs quantization vs rank reduction at matched storage on ref-llama.
 name: demo
 models:
   - name: ref-llama
-    path: )", model, R"(
+    path: )",
+      model, R"(
     kv_heads: [native, 1]
 tasks:
   - name: lambada
     task: lambada_openai
-    data: )", data, R"(
-    limit: )", o.limit, R"(
+    data: )",
+      data, R"(
+    limit: )",
+      o.limit, R"(
 methods:
   - none
   - {family: quant, budgets: [0.25, 0.125]}
@@ -218,10 +227,17 @@ methods:
     so.env = PlainEnv();
     logs.push_back(JoinPath(dir, absl::StrCat("worker-", i, ".log")));
     so.stdout_path = so.stderr_path = logs.back();
-    std::vector<std::string> argv = {worker_bin, "--coordinator", *address,
-                                     "--device", "cpu", "--evaluator", o.evaluator,
-                                     "--worker-id", absl::StrCat("demo-", i),
-                                     "--spool-dir", JoinPath(dir, absl::StrCat("spool-", i))};
+    std::vector<std::string> argv = {worker_bin,
+                                     "--coordinator",
+                                     *address,
+                                     "--device",
+                                     "cpu",
+                                     "--evaluator",
+                                     o.evaluator,
+                                     "--worker-id",
+                                     absl::StrCat("demo-", i),
+                                     "--spool-dir",
+                                     JoinPath(dir, absl::StrCat("spool-", i))};
     if (o.evaluator == "engine") {
       argv.insert(argv.end(), {"--threads", "1"});
     } else {
@@ -303,7 +319,8 @@ methods:
     }
     if (o.keep_dir.empty()) {
       std::cout << "The database is removed on exit; `kvsweep demo --keep DIR` keeps it for "
-                   "`kvsweep query --db DIR/demo.db \"SELECT method, kv_heads, ppl, acc FROM results\"`.\n";
+                   "`kvsweep query --db DIR/demo.db \"SELECT method, kv_heads, ppl, acc FROM "
+                   "results\"`.\n";
     } else {
       std::cout << "Results are in " << db_path << ". Try: kvsweep query --db " << db_path
                 << " \"SELECT method, kv_heads, ppl, acc FROM results\"\n";
@@ -313,10 +330,10 @@ methods:
   coordinator->Signal(SIGTERM);
   if (!coordinator->Wait(std::chrono::seconds(30))) coordinator->Signal(SIGKILL);
   if (o.keep_dir.empty()) {
-    for (const std::string& f : {std::string("demo.db"), std::string("demo.db-wal"),
-                                 std::string("demo.db-shm"), std::string("demo.db.lock"),
-                                 std::string("demo.yaml"), std::string("worker-version.txt"),
-                                 std::string("coordinator.port")}) {
+    for (const std::string& f :
+         {std::string("demo.db"), std::string("demo.db-wal"), std::string("demo.db-shm"),
+          std::string("demo.db.lock"), std::string("demo.yaml"), std::string("worker-version.txt"),
+          std::string("coordinator.port")}) {
       std::remove(JoinPath(dir, f).c_str());
     }
     if (rc == 0) {

@@ -23,26 +23,30 @@ struct Job {
   std::string model, task, task_kind, layout, label;
   bool native = true;
   Kind kind = Kind::kOther;
-  MethodSpec spec;       // the single spec (kinds other than kOther)
-  std::string method;    // canonical
-  double budget = 0;     // ledger fraction_payload
-  std::string metric;    // quality metric of the task
+  MethodSpec spec;     // the single spec (kinds other than kOther)
+  std::string method;  // canonical
+  double budget = 0;   // ledger fraction_payload
+  std::string metric;  // quality metric of the task
   std::optional<double> point;
   std::optional<EvalUnits> units;
   const JobResult* result = nullptr;
 
   std::string Name() const {
     switch (kind) {
-      case Kind::kNone: return "none";
+      case Kind::kNone:
+        return "none";
       case Kind::kQuant: {
         std::string n = absl::StrCat("INT", spec.bits);
         if (spec.axis == QuantAxis::kChannel) absl::StrAppend(&n, " per-channel");
         if (spec.sym) absl::StrAppend(&n, " sym");
         return absl::StrCat(n, " g", spec.group);
       }
-      case Kind::kRank: return absl::StrCat("rank ", spec.r, " ", BasisName(spec.basis));
-      case Kind::kHybrid: return absl::StrCat("hybrid r", spec.r, " ", spec.bits, "-bit");
-      case Kind::kOther: return method;
+      case Kind::kRank:
+        return absl::StrCat("rank ", spec.r, " ", BasisName(spec.basis));
+      case Kind::kHybrid:
+        return absl::StrCat("hybrid r", spec.r, " ", spec.bits, "-bit");
+      case Kind::kOther:
+        return method;
     }
     return method;
   }
@@ -156,15 +160,17 @@ class Checker {
       for (size_t i = 0; i < n; ++i) s += std::log(values[idx ? (*idx)[i] : i]);
       return std::exp(s / n);
     };
-    std::vector<double> boot = Bootstrap(values.size(), o_.resamples, o_.seed,
-                                         [&](const std::vector<uint32_t>& idx) { return geomean(&idx); });
+    std::vector<double> boot =
+        Bootstrap(values.size(), o_.resamples, o_.seed,
+                  [&](const std::vector<uint32_t>& idx) { return geomean(&idx); });
     const double tail = (1 - o_.level) / 2;
-    return std::make_pair(geomean(nullptr), Interval{Quantile(boot, tail), Quantile(boot, 1 - tail)});
+    return std::make_pair(geomean(nullptr),
+                          Interval{Quantile(boot, tail), Quantile(boot, 1 - tail)});
   }
 
   // Mean over layers of paired differences, with a bootstrap interval over layers.
-  std::optional<std::pair<double, Interval>> MeanDiffOverLayers(const std::vector<double>& a,
-                                                                const std::vector<double>& b) const {
+  std::optional<std::pair<double, Interval>> MeanDiffOverLayers(
+      const std::vector<double>& a, const std::vector<double>& b) const {
     if (a.size() != b.size() || a.size() < 2) return std::nullopt;
     auto mean = [&](const std::vector<uint32_t>* idx) {
       double s = 0;
@@ -175,8 +181,9 @@ class Checker {
       }
       return s / n;
     };
-    std::vector<double> boot = Bootstrap(a.size(), o_.resamples, o_.seed,
-                                         [&](const std::vector<uint32_t>& idx) { return mean(&idx); });
+    std::vector<double> boot =
+        Bootstrap(a.size(), o_.resamples, o_.seed,
+                  [&](const std::vector<uint32_t>& idx) { return mean(&idx); });
     const double tail = (1 - o_.level) / 2;
     return std::make_pair(mean(nullptr), Interval{Quantile(boot, tail), Quantile(boot, 1 - tail)});
   }
@@ -202,9 +209,12 @@ std::string BudgetText(double b) { return absl::StrFormat("budget %g", b); }
 
 const char* VerdictName(Verdict v) {
   switch (v) {
-    case Verdict::kHolds: return "holds";
-    case Verdict::kDoesNotHold: return "does not hold";
-    case Verdict::kCannotTell: return "cannot tell";
+    case Verdict::kHolds:
+      return "holds";
+    case Verdict::kDoesNotHold:
+      return "does not hold";
+    case Verdict::kCannotTell:
+      return "cannot tell";
   }
   return "?";
 }
@@ -243,8 +253,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
     if (std::optional<Job> j = Classify(in)) jobs.push_back(std::move(*j));
   }
   if (jobs.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("report: sweep '", sweep,
-                                                   "' has no finished job yet"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("report: sweep '", sweep, "' has no finished job yet"));
   }
   // Groups: one model, task and cache layout; native KV heads where the group has them.
   std::map<std::string, Group> groups;
@@ -259,17 +269,17 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
   std::vector<const Group*> used;
   for (const auto& [key, g] : groups) {
     if (any_native && !g.jobs.front()->native) {
-      rep.notes.push_back(absl::StrCat("left out (pooled KV heads; the claims are about native "
-                                       "caches): ", g.name));
+      rep.notes.push_back(
+          absl::StrCat("left out (pooled KV heads; the claims are about native "
+                       "caches): ",
+                       g.name));
       continue;
     }
     used.push_back(&g);
     rep.jobs_used += static_cast<int>(g.jobs.size());
   }
   Checker ck(options);
-  auto fail_text = [](const absl::Status& s) {
-    return absl::StrCat("no interval: ", s.message());
-  };
+  auto fail_text = [](const absl::Status& s) { return absl::StrCat("no interval: ", s.message()); };
 
   // 1. Quantization beats rank reduction at matched storage.
   Claim beats{"quant-beats-rank",
@@ -278,14 +288,16 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
               "At each payload budget with both families: the best quantization job against the "
               "best rank job (any basis) on the task's perplexity; holds when the interval of "
               "quant − rank lies below 0.",
-              {}, ""};
+              {},
+              ""};
   Claim margin{"margin-by-budget",
                "The gap grows with compression: the smaller the budget, the larger "
                "quantization's advantage.",
                "Ratio quant / rank (best of each) at the largest and the smallest common budget; "
                "holds when the interval at the smallest budget lies entirely below the interval "
                "at the largest.",
-               {}, ""};
+               {},
+               ""};
   for (const Group* g : used) {
     std::vector<std::pair<double, PairedComparison>> ratios;
     for (double b : g->Budgets(Kind::kQuant)) {
@@ -300,8 +312,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
         c.measured = fail_text(pc.status());
       } else {
         c.measured = absl::StrCat(q->metric, " ", Num(pc->a), " vs ", Num(pc->base), ": diff ",
-                                  Num(pc->diff), " ", Ci(pc->diff_ci), ", ratio ",
-                                  Num(pc->ratio), " ", Ci(pc->ratio_ci));
+                                  Num(pc->diff), " ", Ci(pc->diff_ci), ", ratio ", Num(pc->ratio),
+                                  " ", Ci(pc->ratio_ci));
         c.verdict = Side(pc->diff_ci, 0, /*below=*/true);
         ratios.emplace_back(b, *pc);
       }
@@ -313,9 +325,9 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
       ClaimCheck c;
       c.where = g->name;
       c.compared = absl::StrCat(BudgetText(small.first), " vs ", BudgetText(large.first));
-      c.measured = absl::StrCat("quant/rank ratio ", Num(small.second.ratio), " ",
-                                Ci(small.second.ratio_ci), " vs ", Num(large.second.ratio), " ",
-                                Ci(large.second.ratio_ci));
+      c.measured =
+          absl::StrCat("quant/rank ratio ", Num(small.second.ratio), " ", Ci(small.second.ratio_ci),
+                       " vs ", Num(large.second.ratio), " ", Ci(large.second.ratio_ci));
       c.verdict = small.second.ratio_ci.hi < large.second.ratio_ci.lo   ? Verdict::kHolds
                   : small.second.ratio_ci.lo > large.second.ratio_ci.hi ? Verdict::kDoesNotHold
                                                                         : Verdict::kCannotTell;
@@ -333,14 +345,16 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
                  "the interval of the difference contains 0 and lies within ±0.02), and of the "
                  "best rank job against `none` (collapses when the interval of the ratio lies "
                  "below 0.5); holds when both do, does not hold when either clearly does not.",
-                 {}, "LAMBADA jobs for none, INT4 and rank at budget 0.25"};
+                 {},
+                 "LAMBADA jobs for none, INT4 and rank at budget 0.25"};
   // 3. Joint K+V INT4 costs little.
   Claim joint{"joint-int4-cost",
               "Joint K+V INT4 quantization (75% smaller cache) costs little perplexity (+0.18 "
               "PPL on Mistral 7B, about 3%).",
               "The best INT4 job on K and V against `none`: holds when the interval of the "
               "perplexity ratio lies below 1.05.",
-              {}, "none and INT4 jobs (quant, 4 bits, target kv)"};
+              {},
+              "none and INT4 jobs (quant, 4 bits, target kv)"};
   for (const Group* g : used) {
     const Job* none = g->None();
     if (none == nullptr) continue;
@@ -359,9 +373,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
       if (!pc.ok()) {
         c.measured = fail_text(pc.status());
       } else {
-        c.measured = absl::StrCat(int4->metric, " ", Num(pc->a), " vs ", Num(pc->base),
-                                  ": ratio ", Num(pc->ratio), " ", Ci(pc->ratio_ci),
-                                  " (threshold 1.05)");
+        c.measured = absl::StrCat(int4->metric, " ", Num(pc->a), " vs ", Num(pc->base), ": ratio ",
+                                  Num(pc->ratio), " ", Ci(pc->ratio_ci), " (threshold 1.05)");
         c.verdict = Side(pc->ratio_ci, 1.05, /*below=*/true);
       }
       joint.checks.push_back(c);
@@ -384,12 +397,12 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
                                 " (diff ", Ci(qa->diff_ci), "); ", r->Name(), " ", Num(ra->a),
                                 none_zero ? std::string(" (none's accuracy is 0: no ratio)")
                                           : absl::StrCat(" (ratio ", Ci(ra->ratio_ci), ")"));
-      const Verdict matches =
-          qa->diff_ci.lo >= -0.02 && qa->diff_ci.hi <= 0.02 && qa->diff_ci.lo <= 0 &&
-                  qa->diff_ci.hi >= 0
-              ? Verdict::kHolds
-              : (qa->diff_ci.hi < -0.02 || qa->diff_ci.lo > 0.02) ? Verdict::kDoesNotHold
-                                                                   : Verdict::kCannotTell;
+      const Verdict matches = qa->diff_ci.lo >= -0.02 && qa->diff_ci.hi <= 0.02 &&
+                                      qa->diff_ci.lo <= 0 && qa->diff_ci.hi >= 0
+                                  ? Verdict::kHolds
+                              : (qa->diff_ci.hi < -0.02 || qa->diff_ci.lo > 0.02)
+                                  ? Verdict::kDoesNotHold
+                                  : Verdict::kCannotTell;
       const Verdict collapses =
           none_zero ? Verdict::kCannotTell : Side(ra->ratio_ci, 0.5, /*below=*/true);
       c.verdict = matches == Verdict::kHolds && collapses == Verdict::kHolds ? Verdict::kHolds
@@ -406,7 +419,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
                "(< 0.4 PPL, about 8% of Mistral 7B's perplexity).",
                "For every r with two or more bases: the worst basis against the best on the "
                "task's perplexity; holds when the interval of the ratio lies below 1.10.",
-               {}, "rank jobs with two or more bases at one r"};
+               {},
+               "rank jobs with two or more bases at one r"};
   for (const Group* g : used) {
     std::map<int, std::vector<const Job*>> by_r;
     for (const Job* j : g->jobs) {
@@ -416,23 +430,20 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
       std::set<Basis> bases;
       for (const Job* j : js) bases.insert(j->spec.basis);
       if (bases.size() < 2) continue;
-      const Job* best = *std::min_element(js.begin(), js.end(), [](const Job* a, const Job* b) {
-        return *a->point < *b->point;
-      });
-      const Job* worst = *std::max_element(js.begin(), js.end(), [](const Job* a, const Job* b) {
-        return *a->point < *b->point;
-      });
+      const Job* best = *std::min_element(
+          js.begin(), js.end(), [](const Job* a, const Job* b) { return *a->point < *b->point; });
+      const Job* worst = *std::max_element(
+          js.begin(), js.end(), [](const Job* a, const Job* b) { return *a->point < *b->point; });
       ClaimCheck c;
       c.where = absl::StrCat(g->name, ", r ", r);
-      c.compared = absl::StrCat(worst->Name(), " vs ", best->Name(), " (", bases.size(),
-                                " bases)");
+      c.compared = absl::StrCat(worst->Name(), " vs ", best->Name(), " (", bases.size(), " bases)");
       absl::StatusOr<PairedComparison> pc = ck.Compare(*worst, *best, best->metric);
       if (!pc.ok()) {
         c.measured = fail_text(pc.status());
       } else {
-        c.measured = absl::StrCat(best->metric, " ", Num(pc->a), " vs ", Num(pc->base),
-                                  ": spread ", Num(pc->diff), ", ratio ", Num(pc->ratio), " ",
-                                  Ci(pc->ratio_ci), " (threshold 1.10)");
+        c.measured = absl::StrCat(best->metric, " ", Num(pc->a), " vs ", Num(pc->base), ": spread ",
+                                  Num(pc->diff), ", ratio ", Num(pc->ratio), " ", Ci(pc->ratio_ci),
+                                  " (threshold 1.10)");
         c.verdict = Side(pc->ratio_ci, 1.10, /*below=*/true);
       }
       spread.checks.push_back(c);
@@ -446,7 +457,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
                "From the attention diagnostics (damage ratio of keys at b bits, per layer): the "
                "geometric mean over layers of measured / 3·4^b, with an interval over layers; "
                "holds when it lies within [0.5, 2], does not hold when it lies outside.",
-               {}, "jobs run with diagnostics: true"};
+               {},
+               "jobs run with diagnostics: true"};
   // 6. Top-1 flips.
   Claim flips{"top1-flips",
               "Removing dimensions flips which token is attended; quantization noise preserves "
@@ -454,7 +466,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
               "At each budget with both families run with diagnostics: the top-1 flip rate of "
               "the best quantization job minus the best rank job's, per layer, averaged over "
               "layers with an interval over layers; holds when it lies below 0.",
-              {}, "quantization and rank jobs at one budget, run with diagnostics: true"};
+              {},
+              "quantization and rank jobs at one budget, run with diagnostics: true"};
   for (const Group* g : used) {
     std::set<int> bits_done;
     for (const Job* j : g->jobs) {
@@ -475,8 +488,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
         c.measured = absl::StrCat("measured / predicted ", Num(gm->first), " ", Ci(gm->second),
                                   " over ", ratio.size(), " layers");
         c.verdict = gm->second.lo >= 0.5 && gm->second.hi <= 2.0 ? Verdict::kHolds
-                    : gm->second.hi < 0.5 || gm->second.lo > 2.0  ? Verdict::kDoesNotHold
-                                                                  : Verdict::kCannotTell;
+                    : gm->second.hi < 0.5 || gm->second.lo > 2.0 ? Verdict::kDoesNotHold
+                                                                 : Verdict::kCannotTell;
       } else {
         c.measured = "no per-layer damage ratios";
       }
@@ -496,9 +509,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
         double mq = 0, mr = 0;
         for (double x : fq) mq += x / fq.size();
         for (double x : fr) mr += x / fr.size();
-        c.measured = absl::StrCat("flip rate ", Num(mq), " vs ", Num(mr), ": diff ",
-                                  Num(d->first), " ", Ci(d->second), " over ", fq.size(),
-                                  " layers");
+        c.measured = absl::StrCat("flip rate ", Num(mq), " vs ", Num(mr), ": diff ", Num(d->first),
+                                  " ", Ci(d->second), " over ", fq.size(), " layers");
         c.verdict = Side(d->second, 0, /*below=*/true);
       } else {
         c.measured = "layers do not pair up";
@@ -513,9 +525,8 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
     rg.metric = g->jobs.front()->metric;
     const Job* none = g->None();
     std::vector<const Job*> js = g->jobs;
-    std::stable_sort(js.begin(), js.end(), [](const Job* a, const Job* b) {
-      return a->budget > b->budget;
-    });
+    std::stable_sort(js.begin(), js.end(),
+                     [](const Job* a, const Job* b) { return a->budget > b->budget; });
     for (const Job* j : js) {
       ResultRow row;
       row.spec_name = j->Name();
@@ -549,11 +560,14 @@ std::string RenderReportMarkdown(const Report& r, const ReportOptions& o,
     return s;
   };
   std::string out = absl::StrCat(
-      "# ", r.sweep, ": the claims of \"Quantization Dominates Rank Reduction for KV-Cache "
-      "Compression\"\n\n", o.note.empty() ? "" : o.note + "\n\n",
+      "# ", r.sweep,
+      ": the claims of \"Quantization Dominates Rank Reduction for KV-Cache "
+      "Compression\"\n\n",
+      o.note.empty() ? "" : o.note + "\n\n",
       "Each claim of the study (Salfati, arXiv 2604.11501), checked against this sweep's results. "
-      "Intervals are ", absl::StrFormat("%g", o.level * 100), "% paired percentile bootstraps (",
-      o.resamples, " resamples, seed ", o.seed,
+      "Intervals are ",
+      absl::StrFormat("%g", o.level * 100), "% paired percentile bootstraps (", o.resamples,
+      " resamples, seed ", o.seed,
       "): over documents or windows for quality, over layers for attention diagnostics. A check "
       "**holds** when its interval lies on the claim's side of the threshold, **does not hold** "
       "when it lies on the other side, and is **cannot tell** otherwise. Storage is the ledger's "
@@ -586,17 +600,18 @@ std::string RenderReportMarkdown(const Report& r, const ReportOptions& o,
                     "tokens per sequence, so it differs between tasks.\n");
     for (const ResultGroup& g : r.results) {
       absl::StrAppend(&out, "\n### ", g.name, "\n\n| method | runs | payload | total (L) | ",
-                      g.metric, " | vs none | flip rate |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+                      g.metric,
+                      " | vs none | flip rate |\n| --- | --- | --- | --- | --- | --- | --- |\n");
       for (const ResultRow& row : g.rows) {
-        absl::StrAppend(
-            &out, "| ", cell(row.method), " | ", cell(row.spec_name), " | ",
-            absl::StrFormat("%.4g", row.payload), " | ",
-            absl::StrFormat("%.4g (%d)", row.total, row.context_len), " | ",
-            row.value ? Num(*row.value) : "", " | ",
-            row.vs_none ? absl::StrCat(Num(row.vs_none->ratio), " ", Ci(row.vs_none->ratio_ci),
-                                       row.vs_none->significant ? " *" : "")
-                        : "",
-            " | ", row.flip_rate ? Num(*row.flip_rate) : "", " |\n");
+        absl::StrAppend(&out, "| ", cell(row.method), " | ", cell(row.spec_name), " | ",
+                        absl::StrFormat("%.4g", row.payload), " | ",
+                        absl::StrFormat("%.4g (%d)", row.total, row.context_len), " | ",
+                        row.value ? Num(*row.value) : "", " | ",
+                        row.vs_none
+                            ? absl::StrCat(Num(row.vs_none->ratio), " ", Ci(row.vs_none->ratio_ci),
+                                           row.vs_none->significant ? " *" : "")
+                            : "",
+                        " | ", row.flip_rate ? Num(*row.flip_rate) : "", " |\n");
       }
     }
   }

@@ -44,7 +44,7 @@ struct Claim {
   std::string statement;  // the study's claim, in its words where possible
   std::string test;       // how this report checks it
   std::vector<ClaimCheck> checks;
-  std::string missing;    // non-empty when no check could be made: which jobs it needs
+  std::string missing;  // non-empty when no check could be made: which jobs it needs
   // holds if every check holds, does not hold if every check does not, else cannot tell.
   Verdict overall() const;
   // "holds in 3, does not hold in 1 of 4 checks", or "no check: the sweep needs ...".
@@ -60,10 +60,10 @@ struct ReportOptions {
 
 // Every job of one model, task and layout beside `none`: what the claims were read from.
 struct ResultRow {
-  std::string method;       // label in the sweep
-  std::string spec_name;    // "INT4 g64", "rank 16 pca", ...
+  std::string method;     // label in the sweep
+  std::string spec_name;  // "INT4 g64", "rank 16 pca", ...
   double payload = 0, total = 0;
-  int context_len = 0;      // L the total (amortized bases) is computed at: the job's own
+  int context_len = 0;  // L the total (amortized bases) is computed at: the job's own
   std::optional<double> value, flip_rate;
   std::optional<PairedComparison> vs_none;
 };

@@ -5,9 +5,9 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "spec/method_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spec/method_spec.h"
 #include "stats/eval_units.h"
 
 namespace kvsweep {
@@ -38,11 +38,13 @@ TableInput Job(const std::string& model, const std::string& method, double budge
       {"ledger", {{"fraction_payload", budget}, {"kv_heads", kv_heads}, {"native_kv_heads", 2}}},
       {"metrics",
        {{"lambada_openai",
-         {{"ppl", std::exp(-sum / kDocs)}, {"acc", static_cast<double>(hits) / kDocs},
+         {{"ppl", std::exp(-sum / kDocs)},
+          {"acc", static_cast<double>(hits) / kDocs},
           {"units", u.ToJson()}}}}}};
   if (!diagnostics.is_null()) r["diagnostics"] = diagnostics;
   TableInput in;
-  in.labels = {{"model", model}, {"task", "lambada"}, {"method", method}, {"dtype", "fp32"},
+  in.labels = {{"model", model},       {"task", "lambada"},
+               {"method", method},     {"dtype", "fp32"},
                {"kv_heads", kv_heads}, {"method_spec", *CanonicalKvMethod(method, 64, 6)}};
   in.result = *JobResult::FromJson(r);
   return in;

@@ -14,8 +14,8 @@
 namespace kvsweep {
 
 const std::vector<std::string>& TableDimensions() {
-  static const std::vector<std::string> dims = {"model",    "task", "method", "family",
-                                                "budget",   "kv_heads", "seed", "dtype",
+  static const std::vector<std::string> dims = {"model",       "task",     "method", "family",
+                                                "budget",      "kv_heads", "seed",   "dtype",
                                                 "method_spec", "sweep"};
   return dims;
 }
@@ -49,8 +49,8 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
   }
   for (const std::string& d : {row_dims[0], spec.cols}) {
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "table: unknown dimension '", d, "' (known: ", absl::StrJoin(dims, ", "), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("table: unknown dimension '", d,
+                                                     "' (known: ", absl::StrJoin(dims, ", "), ")"));
     }
   }
   for (const std::string& d : row_dims) {
@@ -103,8 +103,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
   t.is_delta.assign(t.rows.size(), std::vector<bool>(t.cols.size(), false));
   t.seed_sd.assign(t.rows.size(), std::vector<std::optional<double>>(t.cols.size()));
   t.seeds.assign(t.rows.size(), std::vector<int>(t.cols.size(), 0));
-  t.compared.assign(t.rows.size(),
-                    std::vector<std::optional<PairedComparison>>(t.cols.size()));
+  t.compared.assign(t.rows.size(), std::vector<std::optional<PairedComparison>>(t.cols.size()));
   std::map<std::pair<size_t, size_t>, const TableInput*> single;  // cells of one job
   for (const auto& [rc, ins] : cell_inputs) {
     std::vector<std::string> differ;
@@ -131,12 +130,12 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     }
     if (ins.size() > 1) {
       // Name what distinguishes them, so the user knows which --where to add.
-      return absl::InvalidArgumentError(absl::StrCat(
-          "table: the cell (", t.row_dim, "=", t.rows[rc.first], ", ", spec.cols, "=",
-          t.cols[rc.second], ") has ", ins.size(), " jobs that differ in ",
-          differ.empty() ? std::string("nothing shown") : absl::StrJoin(differ, ", "),
-          "; add --where ", differ.empty() ? std::string("...") : differ[0],
-          "=VALUE or pivot on it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("table: the cell (", t.row_dim, "=", t.rows[rc.first], ", ", spec.cols, "=",
+                       t.cols[rc.second], ") has ", ins.size(), " jobs that differ in ",
+                       differ.empty() ? std::string("nothing shown") : absl::StrJoin(differ, ", "),
+                       "; add --where ", differ.empty() ? std::string("...") : differ[0],
+                       "=VALUE or pivot on it"));
     }
     if (ins[0]->result) t.cells[rc.first][rc.second] = ins[0]->result->Number(spec.metric);
     single[rc] = ins[0];
@@ -151,9 +150,8 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     auto it = col_index.find(spec.delta);
     if (it == col_index.end()) {
       return absl::InvalidArgumentError(absl::StrCat("table: --delta ", spec.delta, ": no ",
-                                                     spec.cols, " '", spec.delta, "' (",
-                                                     spec.cols, ": ", absl::StrJoin(t.cols, ", "),
-                                                     ")"));
+                                                     spec.cols, " '", spec.delta, "' (", spec.cols,
+                                                     ": ", absl::StrJoin(t.cols, ", "), ")"));
     }
     const size_t ref = it->second;
     std::set<std::string> notes;
@@ -162,8 +160,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
       // The baseline's units, decoded once for the whole row.
       auto b = single.find({r, ref});
       const std::optional<EvalUnits> ub =
-          b != single.end() && b->second->result ? b->second->result->Units()
-                                                 : std::nullopt;
+          b != single.end() && b->second->result ? b->second->result->Units() : std::nullopt;
       for (size_t c = 0; c < t.cols.size(); ++c) {
         if (c == ref) continue;
         t.is_delta[r][c] = true;
@@ -174,8 +171,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
         t.cells[r][c] = *t.cells[r][c] - *base;
         // Paired bootstrap where both cells are one job with per-unit results.
         auto a = single.find({r, c});
-        if (a == single.end() || b == single.end() || !a->second->result ||
-            !b->second->result) {
+        if (a == single.end() || b == single.end() || !a->second->result || !b->second->result) {
           continue;
         }
         std::optional<EvalUnits> ua = a->second->result->Units();
@@ -185,7 +181,8 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
         }
         std::string metric = spec.metric;
         // auto: ppl for LAMBADA documents, token_ppl for text (wikitext documents, windows).
-        if (metric == "auto") metric = ua->kind == "document" && ua->words.empty() ? "ppl" : "token_ppl";
+        if (metric == "auto")
+          metric = ua->kind == "document" && ua->words.empty() ? "ppl" : "token_ppl";
         if (!IsUnitMetric(metric)) {
           notes.insert(absl::StrCat("no interval for ", metric,
                                     " (intervals: acc, ppl, loglik_sum, token_ppl, word_ppl, "
@@ -195,7 +192,8 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
         absl::StatusOr<PairedComparison> cmp =
             PairedBootstrap(*ua, *ub, metric, spec.resamples, spec.seed, spec.level);
         if (!cmp.ok()) {
-          notes.insert(absl::StrCat("no interval in row ", t.rows[r], ": ", cmp.status().message()));
+          notes.insert(
+              absl::StrCat("no interval in row ", t.rows[r], ": ", cmp.status().message()));
           continue;
         }
         t.compared[r][c] = *cmp;
@@ -224,18 +222,19 @@ std::string CellText(const Table& t, size_t r, size_t c) {
                     " seeds)");
   }
   if (const auto& cmp = t.compared[r][c]) {
-    absl::StrAppend(&s, absl::StrFormat(" [%+.4g, %+.4g] ×%.4g [%.4g, %.4g]", cmp->diff_ci.lo,
-                                        cmp->diff_ci.hi, cmp->ratio, cmp->ratio_ci.lo,
-                                        cmp->ratio_ci.hi),
-                    cmp->significant ? " *" : "");
+    absl::StrAppend(
+        &s,
+        absl::StrFormat(" [%+.4g, %+.4g] ×%.4g [%.4g, %.4g]", cmp->diff_ci.lo, cmp->diff_ci.hi,
+                        cmp->ratio, cmp->ratio_ci.lo, cmp->ratio_ci.hi),
+        cmp->significant ? " *" : "");
   }
   return s;
 }
 
 std::string Caption(const Table& t) {
   std::string metric = t.metric == "auto" ? "ppl (LAMBADA) / token_ppl (text tasks)" : t.metric;
-  std::string c = absl::StrCat(metric, t.delta.empty() ? "" : absl::StrCat(" (difference from ",
-                                                                           t.delta, ")"));
+  std::string c =
+      absl::StrCat(metric, t.delta.empty() ? "" : absl::StrCat(" (difference from ", t.delta, ")"));
   bool any = false;
   int resamples = 0;
   double level = 0;
@@ -251,7 +250,8 @@ std::string Caption(const Table& t) {
   if (any) {
     absl::StrAppend(&c, "; [", absl::StrFormat("%g", 100 * level),
                     "% paired-bootstrap interval of the difference] ×ratio [its interval], ",
-                    resamples, " resamples over the same documents/windows; * = the "
+                    resamples,
+                    " resamples over the same documents/windows; * = the "
                     "difference's interval excludes 0");
   }
   for (const std::string& n : t.notes) absl::StrAppend(&c, "\n", n);
@@ -264,14 +264,27 @@ std::string LatexEscape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': case '%': case '$': case '#': case '_': case '{': case '}':
+      case '&':
+      case '%':
+      case '$':
+      case '#':
+      case '_':
+      case '{':
+      case '}':
         out += '\\';
         out += c;
         break;
-      case '~': out += "\\textasciitilde{}"; break;
-      case '^': out += "\\textasciicircum{}"; break;
-      case '\\': out += "\\textbackslash{}"; break;
-      default: out += c;
+      case '~':
+        out += "\\textasciitilde{}";
+        break;
+      case '^':
+        out += "\\textasciicircum{}";
+        break;
+      case '\\':
+        out += "\\textbackslash{}";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -291,12 +304,23 @@ std::string HtmlEscape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -355,8 +379,8 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
       if (r == 0) {
         out += "|";
         for (size_t c = 0; c < w.size(); ++c) {
-          out += absl::StrCat(" ", std::string(w[c] - (c == 0 ? 0 : 1), '-'),
-                              c == 0 ? "" : ":", " |");
+          out +=
+              absl::StrCat(" ", std::string(w[c] - (c == 0 ? 0 : 1), '-'), c == 0 ? "" : ":", " |");
         }
         out += "\n";
       }
@@ -377,11 +401,9 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
       absl::StrAppend(&out, "<tr><th scope=\"row\">", HtmlEscape(t.rows[r]), "</th>");
       for (size_t c = 0; c < t.cols.size(); ++c) {
         const auto& cmp = t.compared[r][c];
-        const char* cls = t.is_delta[r][c] ? (cmp && cmp->significant ? "delta significant"
-                                                                        : "delta")
-                                           : "value";
-        absl::StrAppend(&out, "<td class=\"", cls, "\">", HtmlEscape(CellText(t, r, c)),
-                        "</td>");
+        const char* cls =
+            t.is_delta[r][c] ? (cmp && cmp->significant ? "delta significant" : "delta") : "value";
+        absl::StrAppend(&out, "<td class=\"", cls, "\">", HtmlEscape(CellText(t, r, c)), "</td>");
       }
       absl::StrAppend(&out, "</tr>\n");
     }
@@ -453,16 +475,19 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
       cells.push_back(row);
       details.push_back(drow);
     }
-    nlohmann::json j = {{"rows_dim", t.row_dim}, {"cols_dim", t.col_dim},
-                        {"metric", t.metric},    {"delta", t.delta.empty() ? nlohmann::json(nullptr)
-                                                                           : nlohmann::json(t.delta)},
-                        {"rows", t.rows},        {"cols", t.cols},
-                        {"cells", cells},        {"details", details},
-                        {"notes", t.notes}};
+    nlohmann::json j = {
+        {"rows_dim", t.row_dim},
+        {"cols_dim", t.col_dim},
+        {"metric", t.metric},
+        {"delta", t.delta.empty() ? nlohmann::json(nullptr) : nlohmann::json(t.delta)},
+        {"rows", t.rows},
+        {"cols", t.cols},
+        {"cells", cells},
+        {"details", details},
+        {"notes", t.notes}};
     return j.dump(2) + "\n";
   }
   return absl::InternalError(absl::StrCat("table: format '", format, "' has no writer"));
 }
 
 }  // namespace kvsweep
-

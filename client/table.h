@@ -40,12 +40,12 @@ struct TableInput {
 };
 
 struct TableSpec {
-  std::string rows = "model";   // a dimension, or "auto"
+  std::string rows = "model";  // a dimension, or "auto"
   std::string cols = "method";
-  std::string metric = "ppl";   // a metric, or "auto"
-  std::string delta;                                      // "" = none
+  std::string metric = "ppl";                              // a metric, or "auto"
+  std::string delta;                                       // "" = none
   std::vector<std::pair<std::string, std::string>> where;  // label filters (key=value)
-  int resamples = kDefaultResamples;  // paired bootstrap (delta cells)
+  int resamples = kDefaultResamples;                       // paired bootstrap (delta cells)
   uint64_t seed = kDefaultSeed;
   double level = 0.95;
 };

@@ -244,7 +244,8 @@ TEST(TableTest, SeedsAggregateAndAutoLayoutWorksOnAnySweep) {
                                 WithUnits("llama", "none", Docs(0, 50))};
   TableInput wiki;
   wiki.labels = {{"model", "llama"}, {"method", "none"}, {"kv_heads", 2}, {"task", "wikitext"}};
-  wiki.result = *JobResult::FromJson(nlohmann::json{{"metrics", {{"wikitext", {{"token_ppl", 30.0}}}}}});
+  wiki.result =
+      *JobResult::FromJson(nlohmann::json{{"metrics", {{"wikitext", {{"token_ppl", 30.0}}}}}});
   in.push_back(wiki);
   for (auto& i : in) {
     if (!i.labels.contains("task")) i.labels["task"] = "lambada_openai";

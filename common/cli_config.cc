@@ -122,13 +122,24 @@ void AddConfigFile(CLI::App* app) {
 }
 
 const std::vector<std::string>& SettingsVariables() {
-  static const auto* names = new std::vector<std::string>{
-      "KVSWEEP_DB",           "KVSWEEP_LISTEN",           "KVSWEEP_TLS_CERT",
-      "KVSWEEP_TLS_KEY",      "KVSWEEP_TLS_CLIENT_CA",    "KVSWEEP_TOKEN_FILE",
-      "KVSWEEP_WORKER_TOKEN_FILE", "KVSWEEP_CLIENT_TOKEN_FILE", "KVSWEEP_READER_TOKEN_FILE",
-      "KVSWEEP_METRICS_LISTEN", "KVSWEEP_HEALTH_LISTEN",  "KVSWEEP_HTTP",
-      "KVSWEEP_COORDINATOR",  "KVSWEEP_TLS",              "KVSWEEP_TLS_CA",
-      "KVSWEEP_TLS_SERVER_NAME", "KVSWEEP_DEVICE",        "KVSWEEP_SPOOL_DIR"};
+  static const auto* names = new std::vector<std::string>{"KVSWEEP_DB",
+                                                          "KVSWEEP_LISTEN",
+                                                          "KVSWEEP_TLS_CERT",
+                                                          "KVSWEEP_TLS_KEY",
+                                                          "KVSWEEP_TLS_CLIENT_CA",
+                                                          "KVSWEEP_TOKEN_FILE",
+                                                          "KVSWEEP_WORKER_TOKEN_FILE",
+                                                          "KVSWEEP_CLIENT_TOKEN_FILE",
+                                                          "KVSWEEP_READER_TOKEN_FILE",
+                                                          "KVSWEEP_METRICS_LISTEN",
+                                                          "KVSWEEP_HEALTH_LISTEN",
+                                                          "KVSWEEP_HTTP",
+                                                          "KVSWEEP_COORDINATOR",
+                                                          "KVSWEEP_TLS",
+                                                          "KVSWEEP_TLS_CA",
+                                                          "KVSWEEP_TLS_SERVER_NAME",
+                                                          "KVSWEEP_DEVICE",
+                                                          "KVSWEEP_SPOOL_DIR"};
   return *names;
 }
 

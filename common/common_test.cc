@@ -37,8 +37,8 @@ TEST(LatencyHistogramTest, PercentilesAreTightUpperBounds) {
   EXPECT_EQ(h.Count(), 0);
   EXPECT_EQ(h.Percentile(0.99), 0);
   for (int i = 1; i <= 1000; ++i) h.Record(i * 0.1);  // 0.1 .. 100 ms
-  h.Record(-1);                                        // clock went backwards: bucket 0
-  h.Record(1e9);                                       // beyond the last bucket: clamped
+  h.Record(-1);                                       // clock went backwards: bucket 0
+  h.Record(1e9);                                      // beyond the last bucket: clamped
   EXPECT_EQ(h.Count(), 1002);
   for (double p : {0.5, 0.9, 0.99}) {
     const double exact = std::ceil(p * 1002 - 1) * 0.1;  // rank ceil(p n), counting the -1 sample
@@ -278,7 +278,8 @@ TEST(FingerprintTest, AMonitorSeesTheBytesHashedAndCanCancel) {
   HashMonitor monitor;
   {
     ScopedHashMonitor scoped(&monitor);
-    absl::StatusOr<std::string> h = FileSha256Cached(path);  // not cached: the cancel stored nothing
+    absl::StatusOr<std::string> h =
+        FileSha256Cached(path);  // not cached: the cancel stored nothing
     ASSERT_TRUE(h.ok()) << h.status();
     EXPECT_EQ(*h, want);
     EXPECT_EQ(monitor.bytes_hashed.load(), size);
@@ -304,8 +305,8 @@ TEST(LogTest, LinesAreDatedAndJsonIsOneObjectPerLine) {
             "I 2026-12-02T07:20:26.678Z [worker-3] model.cc:138] loaded\n");
   EXPECT_EQ(FormatLogLine(LogFormat::kText, LogLevel::kError, ms + 5, "", "x.cc", 1, "bad"),
             "E 2026-12-02T07:20:26.683Z x.cc:1] bad\n");
-  const std::string j = FormatLogLine(LogFormat::kJson, LogLevel::kWarning, ms, "", "a/b/c.cc",
-                                      7, "quote \" and\nnewline \xff");
+  const std::string j = FormatLogLine(LogFormat::kJson, LogLevel::kWarning, ms, "", "a/b/c.cc", 7,
+                                      "quote \" and\nnewline \xff");
   ASSERT_EQ(j.back(), '\n');
   EXPECT_EQ(j.find('\n'), j.size() - 1);  // one line: the message's newline is escaped
   const nlohmann::json parsed = nlohmann::json::parse(j);
@@ -331,11 +332,13 @@ TEST(SignalsTest, SigtermBecomesACallbackWhateverThreadGetsIt) {
             absl::StatusCode::kFailedPrecondition);
   // From another thread, as when a library thread receives it.
   std::thread([] { ::kill(::getpid(), SIGTERM); }).join();
-  for (int i = 0; i < 500 && calls < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 0; i < 500 && calls < 1; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(last, SIGTERM);
   ::raise(SIGINT);
-  for (int i = 0; i < 500 && calls < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 0; i < 500 && calls < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(last, SIGINT);
   s->reset();

@@ -1,7 +1,5 @@
 #include "common/file_util.h"
 
-#include <filesystem>
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -12,6 +10,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -178,7 +177,8 @@ std::string BaseName(absl::string_view path) {
 }
 
 std::string DirName(absl::string_view path) {
-  const std::string parent = std::filesystem::path(WithoutTrailingSlashes(path)).parent_path().string();
+  const std::string parent =
+      std::filesystem::path(WithoutTrailingSlashes(path)).parent_path().string();
   return parent.empty() ? "." : parent;
 }
 

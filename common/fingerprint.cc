@@ -26,7 +26,6 @@ std::string CacheDir() {
   return "";
 }
 
-
 // In-process memo keyed like the disk cache: expanding a sweep resolves thousands of jobs over
 // the same few model, tokenizer and data files, and each must not re-hash them. The mutex guards
 // the map only: no file is opened or read while it is held (two threads may hash one file at

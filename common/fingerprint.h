@@ -1,6 +1,7 @@
 // Content fingerprints that go into job identity: a model's config and weights, its tokenizer
-// files, data files (which files: common/input_files.h). Whole-file sha256 of multi-GiB weights is cached on disk keyed by
-// (real path, size, mtime), so resubmitting a sweep does not re-hash models.
+// files, data files (which files: common/input_files.h). Whole-file sha256 of multi-GiB weights is
+// cached on disk keyed by (real path, size, mtime), so resubmitting a sweep does not re-hash
+// models.
 #ifndef KVSWEEP_COMMON_FINGERPRINT_H_
 #define KVSWEEP_COMMON_FINGERPRINT_H_
 

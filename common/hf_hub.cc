@@ -86,13 +86,14 @@ absl::StatusOr<HfModel> ResolveHfModel(absl::string_view repo_id) {
   if (hub.empty()) {
     return absl::NotFoundError(absl::StrCat("model '", m.repo_id,
                                             "': no Hugging Face cache (HF_HUB_CACHE, HF_HOME and "
-                                            "HOME are unset)", how));
+                                            "HOME are unset)",
+                                            how));
   }
   const std::string repo_dir =
       JoinPath(hub, absl::StrCat("models--", absl::StrReplaceAll(m.repo_id, {{"/", "--"}})));
   if (!PathExists(repo_dir)) {
-    return absl::NotFoundError(absl::StrCat("model '", m.repo_id,
-                                            "' is not in the Hugging Face cache ", hub, how));
+    return absl::NotFoundError(
+        absl::StrCat("model '", m.repo_id, "' is not in the Hugging Face cache ", hub, how));
   }
   const std::string ref = JoinPath(JoinPath(repo_dir, "refs"), m.revision);
   if (PathExists(ref)) {
@@ -120,21 +121,19 @@ absl::StatusOr<HfModel> ResolveHfModel(absl::string_view repo_id) {
 }
 
 absl::StatusOr<std::string> ResolveModelReference(const std::string& reference,
-                                                  const std::string& base_dir,
-                                                  std::string* label) {
+                                                  const std::string& base_dir, std::string* label) {
   if (reference.empty()) return absl::InvalidArgumentError("no model given");
-  const std::string path = reference[0] == '/' || base_dir.empty()
-                               ? reference
-                               : JoinPath(base_dir, reference);
+  const std::string path =
+      reference[0] == '/' || base_dir.empty() ? reference : JoinPath(base_dir, reference);
   if (PathExists(path)) return path;
   if (!IsHfRepoId(reference)) {
     return absl::NotFoundError(absl::StrCat("model path '", path, "' does not exist"));
   }
   absl::StatusOr<HfModel> m = ResolveHfModel(reference);
   if (!m.ok()) {
-    return absl::Status(m.status().code(), absl::StrCat("model path '", path,
-                                                        "' does not exist, and ",
-                                                        m.status().message()));
+    return absl::Status(
+        m.status().code(),
+        absl::StrCat("model path '", path, "' does not exist, and ", m.status().message()));
   }
   if (label != nullptr) *label = reference;
   return m->path;

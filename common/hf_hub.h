@@ -41,8 +41,7 @@ absl::StatusOr<HfModel> ResolveHfModel(absl::string_view repo_id);
 // hub cache. `base_dir` resolves relative paths (empty: as given). `label` is set to the repo id
 // for a repo id (what a model named that way is called in results), left alone for a path.
 absl::StatusOr<std::string> ResolveModelReference(const std::string& reference,
-                                                  const std::string& base_dir,
-                                                  std::string* label);
+                                                  const std::string& base_dir, std::string* label);
 
 }  // namespace kvsweep
 

@@ -11,9 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "common/model_config.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 namespace {
@@ -58,8 +58,9 @@ class HubTest : public ::testing::Test {
 };
 
 TEST(HfRepoIdTest, TellsRepoIdsFromPaths) {
-  for (const char* ok : {"meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-0.5B", "a/b", "org/name@main",
-                         "org/name@refs/pr/1", "org_1/x.y@0123456789abcdef0123456789abcdef01234567"}) {
+  for (const char* ok :
+       {"meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-0.5B", "a/b", "org/name@main",
+        "org/name@refs/pr/1", "org_1/x.y@0123456789abcdef0123456789abcdef01234567"}) {
     EXPECT_TRUE(IsHfRepoId(ok)) << ok;
   }
   for (const char* bad : {"", "gpt2", "/abs/path", "./rel/x", "../up/x", "a/b/c", "a//b", "org/",
@@ -72,8 +73,8 @@ TEST(HfRepoIdTest, TellsRepoIdsFromPaths) {
 
 TEST(HfHubCacheDirTest, FollowsHuggingFaceHubsVariables) {
   std::vector<std::pair<std::string, std::string>> saved;
-  for (const char* v : {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME",
-                        "HOME"}) {
+  for (const char* v :
+       {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME"}) {
     if (const char* old = std::getenv(v)) saved.emplace_back(v, old);
     ::unsetenv(v);
   }
@@ -88,8 +89,8 @@ TEST(HfHubCacheDirTest, FollowsHuggingFaceHubsVariables) {
   EXPECT_EQ(HfHubCacheDir(), "/legacy");
   ::setenv("HF_HUB_CACHE", "/hub", 1);
   EXPECT_EQ(HfHubCacheDir(), "/hub");
-  for (const char* v : {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME",
-                        "HOME"}) {
+  for (const char* v :
+       {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME"}) {
     ::unsetenv(v);
   }
   for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
@@ -153,7 +154,8 @@ TEST_F(HubTest, AnExistingPathWinsOverARepoIdOfTheSameSpelling) {
   // Neither a path nor a repo id.
   p = ResolveModelReference("no/such/dir", root_, &label);
   ASSERT_FALSE(p.ok());
-  EXPECT_EQ(p.status().message(), absl::StrCat("model path '", root_, "/no/such/dir' does not exist"));
+  EXPECT_EQ(p.status().message(),
+            absl::StrCat("model path '", root_, "/no/such/dir' does not exist"));
 }
 
 TEST_F(HubTest, AJobOnARepoIdIsTheJobOnItsSnapshotNamedByTheRepoId) {
@@ -175,10 +177,16 @@ TEST_F(HubTest, AJobOnARepoIdIsTheJobOnItsSnapshotNamedByTheRepoId) {
 }
 
 TEST(DtypeTest, TransformersSpellingsAndAuto) {
-  for (const auto& [in, want] : std::vector<std::pair<std::string, std::string>>{
-           {"fp32", "fp32"}, {"float32", "fp32"}, {"torch.float32", "fp32"}, {"bf16", "bf16"},
-           {"bfloat16", "bf16"}, {"torch.bfloat16", "bf16"}, {"fp16", "fp16"},
-           {"float16", "fp16"}, {"auto", "auto"}}) {
+  for (const auto& [in, want] :
+       std::vector<std::pair<std::string, std::string>>{{"fp32", "fp32"},
+                                                        {"float32", "fp32"},
+                                                        {"torch.float32", "fp32"},
+                                                        {"bf16", "bf16"},
+                                                        {"bfloat16", "bf16"},
+                                                        {"torch.bfloat16", "bf16"},
+                                                        {"fp16", "fp16"},
+                                                        {"float16", "fp16"},
+                                                        {"auto", "auto"}}) {
     absl::StatusOr<std::string> d = DtypeName(in);
     ASSERT_TRUE(d.ok()) << in;
     EXPECT_EQ(*d, want) << in;
@@ -195,8 +203,9 @@ TEST(DtypeTest, TransformersSpellingsAndAuto) {
   c.torch_dtype = "";
   EXPECT_NE(ResolveDtype("auto", c).status().message().find("names no dtype"), std::string::npos);
   c.torch_dtype = "int8";
-  EXPECT_NE(ResolveDtype("auto", c).status().message().find("'int8' is not one kvsweep computes in"),
-            std::string::npos);
+  EXPECT_NE(
+      ResolveDtype("auto", c).status().message().find("'int8' is not one kvsweep computes in"),
+      std::string::npos);
   // The assets' models are stored in float16: `auto` is fp16, in a job spec too.
   JobRequest r;
   r.model_path = AssetsDir() + "/models/ref-gpt2";

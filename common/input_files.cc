@@ -114,8 +114,8 @@ absl::StatusOr<TokenizerFiles> FromDirectory(const std::string& dir, const PathP
     return Single(TokenizerFormat::kLlama2c, tok_bins[0]);
   }
   if (tok_bins.size() > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": several llama2.c tokenizers (", absl::StrJoin(tok_bins, ", "), "); name one"));
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": several llama2.c tokenizers (",
+                                                   absl::StrJoin(tok_bins, ", "), "); name one"));
   }
   return absl::NotFoundError(absl::StrCat(
       "no tokenizer in '", dir,
@@ -150,7 +150,8 @@ absl::StatusOr<ModelFiles> ResolveModelFiles(const std::string& model_path,
   }
   m.config = JoinPath(model_path, "config.json");
   if (!PathExists(m.config)) {
-    return absl::NotFoundError(absl::StrCat("model directory '", model_path, "' has no config.json"));
+    return absl::NotFoundError(
+        absl::StrCat("model directory '", model_path, "' has no config.json"));
   }
   if (absl::Status a = Allowed(policy, m.config); !a.ok()) return a;
   const std::string index = JoinPath(model_path, "model.safetensors.index.json");
@@ -216,8 +217,9 @@ absl::StatusOr<TokenizerFiles> ResolveTokenizerFiles(const std::string& path,
     return Gpt2(path, JoinPath(dir, "merges.txt"), policy);
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      path, ": cannot tell the tokenizer format (expected tokenizer.json, vocab.json, merges.txt, "
-            "*.model or tok*.bin)"));
+      path,
+      ": cannot tell the tokenizer format (expected tokenizer.json, vocab.json, merges.txt, "
+      "*.model or tok*.bin)"));
 }
 
 }  // namespace kvsweep

@@ -38,10 +38,10 @@ absl::StatusOr<ModelFiles> ResolveModelFiles(const std::string& model_path,
                                              const PathPolicy* policy = nullptr);
 
 enum class TokenizerFormat {
-  kHfJson,          // tokenizer.json (+ tokenizer_config.json beside it, which sets BOS/EOS)
+  kHfJson,           // tokenizer.json (+ tokenizer_config.json beside it, which sets BOS/EOS)
   kGpt2VocabMerges,  // vocab.json + merges.txt
-  kSentencePiece,   // *.model
-  kLlama2c,         // tok*.bin / tokenizer.bin
+  kSentencePiece,    // *.model
+  kLlama2c,          // tok*.bin / tokenizer.bin
 };
 
 struct TokenizerFiles {

@@ -14,10 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
-#include "spec/job_spec.h"
 #include "common/path_policy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 namespace {
@@ -111,8 +111,8 @@ TEST_F(InputFilesTest, TokenizerConfigIsPartOfTheIdentity) {
   absl::StatusOr<TokenizerFiles> t = ResolveTokenizerFiles(d);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->format, TokenizerFormat::kHfJson);
-  EXPECT_THAT(t->All(), ElementsAre(JoinPath(d, "tokenizer.json"),
-                                    JoinPath(d, "tokenizer_config.json")));
+  EXPECT_THAT(t->All(),
+              ElementsAre(JoinPath(d, "tokenizer.json"), JoinPath(d, "tokenizer_config.json")));
 
   const std::string data = CopyData();
   absl::StatusOr<JobSpec> a = ResolveJob(Request(d, data));
@@ -188,9 +188,9 @@ TEST_F(InputFilesTest, PathPolicyResolvesSymlinksAndNamesTheRoots) {
   EXPECT_TRUE(p.Check(JoinPath(root, "not-yet")).ok());
   absl::Status s = p.Check("/etc/passwd");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s.message(), absl::StrCat("'/etc/passwd' is outside the allowed paths (",
-                                      RealPath(root),
-                                      "); start the coordinator with --allow-path"));
+  EXPECT_EQ(s.message(),
+            absl::StrCat("'/etc/passwd' is outside the allowed paths (", RealPath(root),
+                         "); start the coordinator with --allow-path"));
   s = p.Check(JoinPath(root, "link"));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("(resolves to '/etc/passwd')"));

@@ -75,8 +75,7 @@ std::string FormatLogLine(LogFormat format, LogLevel level, int64_t unix_ms, con
   base = base ? base + 1 : file;
   const std::string src = std::string(base) + ":" + std::to_string(line);
   if (format == LogFormat::kJson) {
-    nlohmann::json j = {{"ts", Timestamp(unix_ms)},
-                        {"level", kLevelName[static_cast<int>(level)]}};
+    nlohmann::json j = {{"ts", Timestamp(unix_ms)}, {"level", kLevelName[static_cast<int>(level)]}};
     if (!tag.empty()) j["tag"] = tag;
     j["src"] = src;
     j["msg"] = message;

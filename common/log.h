@@ -61,12 +61,10 @@ struct LogVoidify {
 #define KV_LOG_LEVEL_WARNING ::kvsweep::LogLevel::kWarning
 #define KV_LOG_LEVEL_ERROR ::kvsweep::LogLevel::kError
 
-#define KV_LOG(severity)                                                   \
-  (KV_LOG_LEVEL_##severity < ::kvsweep::GetLogLevel())                     \
-      ? (void)0                                                            \
-      : ::kvsweep::internal::LogVoidify() &                                \
-            ::kvsweep::internal::LogMessage(KV_LOG_LEVEL_##severity, __FILE__, \
-                                            __LINE__)                      \
-                .stream()
+#define KV_LOG(severity)                               \
+  (KV_LOG_LEVEL_##severity < ::kvsweep::GetLogLevel()) \
+      ? (void)0                                        \
+      : ::kvsweep::internal::LogVoidify() &            \
+            ::kvsweep::internal::LogMessage(KV_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()
 
 #endif  // KVSWEEP_COMMON_LOG_H_

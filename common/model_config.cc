@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
 
@@ -15,16 +15,26 @@ namespace kvsweep {
 
 const char* ArchName(Arch a) {
   switch (a) {
-    case Arch::kGpt2: return "gpt2";
-    case Arch::kLlama: return "llama";
-    case Arch::kMistral: return "mistral";
-    case Arch::kQwen2: return "qwen2";
-    case Arch::kLlama2c: return "llama2c";
-    case Arch::kQwen3: return "qwen3";
-    case Arch::kPhi3: return "phi3";
-    case Arch::kOlmo2: return "olmo2";
-    case Arch::kMixtral: return "mixtral";
-    case Arch::kGemma2: return "gemma2";
+    case Arch::kGpt2:
+      return "gpt2";
+    case Arch::kLlama:
+      return "llama";
+    case Arch::kMistral:
+      return "mistral";
+    case Arch::kQwen2:
+      return "qwen2";
+    case Arch::kLlama2c:
+      return "llama2c";
+    case Arch::kQwen3:
+      return "qwen3";
+    case Arch::kPhi3:
+      return "phi3";
+    case Arch::kOlmo2:
+      return "olmo2";
+    case Arch::kMixtral:
+      return "mixtral";
+    case Arch::kGemma2:
+      return "gemma2";
   }
   return "?";
 }
@@ -40,8 +50,8 @@ constexpr int kMaxPositions = 1 << 24;
 // only (a config file may be any file a path names; its strings are never echoed).
 std::string Describe(const nlohmann::json& v) {
   if (v.is_number() || v.is_boolean() || v.is_null()) return v.dump();
-  if (v.is_string()) return absl::StrCat("a string of ", v.get_ref<const std::string&>().size(),
-                                         " characters");
+  if (v.is_string())
+    return absl::StrCat("a string of ", v.get_ref<const std::string&>().size(), " characters");
   if (v.is_array()) return absl::StrCat("an array of ", v.size());
   return "an object";
 }
@@ -57,7 +67,8 @@ class Reader {
       if (def) return *def;
       return absl::InvalidArgumentError(absl::StrCat(what_, ": missing required key '", key, "'"));
     }
-    if (!it->is_number_integer() && !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>())) {
+    if (!it->is_number_integer() &&
+        !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>())) {
       return absl::InvalidArgumentError(
           absl::StrCat(what_, ": '", key, "' must be an integer, got ", Describe(*it)));
     }
@@ -69,8 +80,8 @@ class Reader {
     return static_cast<int>(v);
   }
 
-  absl::StatusOr<double> Double(const nlohmann::json& obj, const char* key, std::optional<double> def,
-                                double lo, double hi) const {
+  absl::StatusOr<double> Double(const nlohmann::json& obj, const char* key,
+                                std::optional<double> def, double lo, double hi) const {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null()) {
       if (def) return *def;
@@ -123,11 +134,11 @@ class Reader {
   std::string what_;
 };
 
-#define KV_READ(lhs, expr)              \
-  {                                     \
-    auto kv_r_ = (expr);                \
+#define KV_READ(lhs, expr)                  \
+  {                                         \
+    auto kv_r_ = (expr);                    \
     if (!kv_r_.ok()) return kv_r_.status(); \
-    lhs = *kv_r_;                       \
+    lhs = *kv_r_;                           \
   }
 
 absl::Status ParseRope(const nlohmann::json& j, const Reader& rd, ModelConfig* c) {
@@ -140,7 +151,8 @@ absl::Status ParseRope(const nlohmann::json& j, const Reader& rd, ModelConfig* c
   const nlohmann::json* scaling = nullptr;
   if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
   KV_READ(c->rope_theta, rd.Double("rope_theta", 10000.0, 1e-6, 1e12));
-  if (params != nullptr) KV_READ(c->rope_theta, rd.Double(*params, "rope_theta", c->rope_theta, 1e-6, 1e12));
+  if (params != nullptr)
+    KV_READ(c->rope_theta, rd.Double(*params, "rope_theta", c->rope_theta, 1e-6, 1e12));
   const nlohmann::json* s = params != nullptr ? params : scaling;
   if (s == nullptr) return absl::OkStatus();
   std::string type = "default";
@@ -159,16 +171,17 @@ absl::Status ParseRope(const nlohmann::json& j, const Reader& rd, ModelConfig* c
     KV_READ(c->rope_low_freq_factor, rd.Double(*s, "low_freq_factor", std::nullopt, 1e-6, 1e6));
     KV_READ(c->rope_high_freq_factor, rd.Double(*s, "high_freq_factor", std::nullopt, 1e-6, 1e6));
     double orig = 0;
-    KV_READ(orig, rd.Double(*s, "original_max_position_embeddings", std::nullopt, 1, kMaxPositions));
+    KV_READ(orig,
+            rd.Double(*s, "original_max_position_embeddings", std::nullopt, 1, kMaxPositions));
     c->rope_original_max_positions = static_cast<int>(orig);
     if (!(c->rope_high_freq_factor > c->rope_low_freq_factor)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          rd.what(), ": rope llama3 high_freq_factor must exceed low_freq_factor"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(rd.what(), ": rope llama3 high_freq_factor must exceed low_freq_factor"));
     }
     return absl::OkStatus();
   }
-  return absl::UnimplementedError(
-      absl::StrCat(rd.what(), ": rope type '", type, "' is not supported (default, linear, llama3)"));
+  return absl::UnimplementedError(absl::StrCat(rd.what(), ": rope type '", type,
+                                               "' is not supported (default, linear, llama3)"));
 }
 
 }  // namespace
@@ -199,9 +212,9 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
   } else if (c.model_type.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing 'model_type'"));
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": unknown architecture '", c.model_type,
-                     "' (supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": unknown architecture '", c.model_type,
+        "' (supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
   }
   c.torch_dtype = rd.String("dtype", rd.String("torch_dtype", ""));
   c.bos_token_id = rd.OptionalTokenId("bos_token_id");
@@ -235,9 +248,9 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     KV_READ(c.intermediate_size, rd.Int("intermediate_size", std::nullopt, 1, 8 * kMaxDim));
     KV_READ(c.max_positions, rd.Int("max_position_embeddings", 2048, 1, kMaxPositions));
     KV_READ(c.norm_eps, rd.Double("rms_norm_eps", 1e-6, 1e-30, 1.0));
-    c.activation = c.arch == Arch::kGemma2
-                       ? rd.String("hidden_activation", rd.String("hidden_act", "gelu_pytorch_tanh"))
-                       : rd.String("hidden_act", "silu");
+    c.activation = c.arch == Arch::kGemma2 ? rd.String("hidden_activation",
+                                                       rd.String("hidden_act", "gelu_pytorch_tanh"))
+                                           : rd.String("hidden_act", "silu");
     KV_READ(c.tie_word_embeddings, rd.Bool("tie_word_embeddings", c.arch == Arch::kGemma2));
     if (c.num_heads % c.num_kv_heads != 0) {
       return absl::InvalidArgumentError(
@@ -266,11 +279,12 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
       double partial = 1.0;
       KV_READ(partial, rd.Double("partial_rotary_factor", 1.0, 0.0, 1.0));
       if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-        KV_READ(partial, rd.Double(j["rope_parameters"], "partial_rotary_factor", partial, 0.0, 1.0));
+        KV_READ(partial,
+                rd.Double(j["rope_parameters"], "partial_rotary_factor", partial, 0.0, 1.0));
       }
       if (partial != 1.0) {
-        return absl::UnimplementedError(absl::StrCat(
-            what, ": partial_rotary_factor ", partial, " is not supported (only 1.0)"));
+        return absl::UnimplementedError(absl::StrCat(what, ": partial_rotary_factor ", partial,
+                                                     " is not supported (only 1.0)"));
       }
     }
     if (c.arch == Arch::kQwen3) c.qk_norm = QkNorm::kPerHead;
@@ -338,7 +352,8 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
   const std::vector<std::string> acts = {"gelu_new", "gelu_pytorch_tanh", "gelu", "silu", "relu"};
   if (std::find(acts.begin(), acts.end(), c.activation) == acts.end()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": activation '", c.activation,
-                                                   "' is not supported (", absl::StrJoin(acts, ", "), ")"));
+                                                   "' is not supported (",
+                                                   absl::StrJoin(acts, ", "), ")"));
   }
   return c;
 }
@@ -359,17 +374,19 @@ absl::StatusOr<Llama2cHeader> ParseLlama2cHeader(const void* data, size_t size,
     }
     return absl::OkStatus();
   };
-  for (auto s : {check("dim", out.dim, 2, kMaxDim), check("hidden_dim", out.hidden_dim, 1, 8 * kMaxDim),
-                 check("n_layers", out.n_layers, 1, kMaxLayers), check("n_heads", out.n_heads, 1, kMaxDim),
-                 check("n_kv_heads", out.n_kv_heads, 1, kMaxDim),
-                 check("vocab_size", out.vocab_size, 1, kMaxVocab),
-                 check("seq_len", out.seq_len, 1, kMaxPositions)}) {
+  for (auto s :
+       {check("dim", out.dim, 2, kMaxDim), check("hidden_dim", out.hidden_dim, 1, 8 * kMaxDim),
+        check("n_layers", out.n_layers, 1, kMaxLayers), check("n_heads", out.n_heads, 1, kMaxDim),
+        check("n_kv_heads", out.n_kv_heads, 1, kMaxDim),
+        check("vocab_size", out.vocab_size, 1, kMaxVocab),
+        check("seq_len", out.seq_len, 1, kMaxPositions)}) {
     if (!s.ok()) return s;
   }
   if (out.dim % out.n_heads != 0 || out.n_heads % out.n_kv_heads != 0 ||
       (out.dim / out.n_heads) % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": llama2.c header shapes inconsistent (dim ", out.dim,
-                                                   ", heads ", out.n_heads, ", kv_heads ", out.n_kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": llama2.c header shapes inconsistent (dim ", out.dim, ", heads ",
+                     out.n_heads, ", kv_heads ", out.n_kv_heads, ")"));
   }
   return out;
 }
@@ -413,12 +430,18 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
 }
 
 nlohmann::json ModelConfig::ToJson() const {
-  return {{"arch", ArchName(arch)},         {"model_type", model_type},
-          {"vocab_size", vocab_size},       {"hidden_size", hidden_size},
-          {"num_layers", num_layers},       {"num_heads", num_heads},
-          {"num_kv_heads", num_kv_heads},   {"head_dim", head_dim},
-          {"intermediate_size", intermediate_size}, {"max_positions", max_positions},
-          {"rope_theta", rope_theta},       {"sliding_window", sliding_window},
+  return {{"arch", ArchName(arch)},
+          {"model_type", model_type},
+          {"vocab_size", vocab_size},
+          {"hidden_size", hidden_size},
+          {"num_layers", num_layers},
+          {"num_heads", num_heads},
+          {"num_kv_heads", num_kv_heads},
+          {"head_dim", head_dim},
+          {"intermediate_size", intermediate_size},
+          {"max_positions", max_positions},
+          {"rope_theta", rope_theta},
+          {"sliding_window", sliding_window},
           {"tie_word_embeddings", tie_word_embeddings}};
 }
 
@@ -429,8 +452,9 @@ absl::StatusOr<std::string> DtypeName(absl::string_view name) {
   if (n == "bf16" || n == "bfloat16") return std::string("bf16");
   if (n == "fp16" || n == "float16" || n == "half") return std::string("fp16");
   if (n == "auto") return std::string("auto");
-  return absl::InvalidArgumentError(absl::StrCat(
-      "'", name.substr(0, 64), "' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", name.substr(0, 64),
+                   "' is not fp32, bf16, fp16 (or float32, bfloat16, float16) or auto"));
 }
 
 absl::StatusOr<std::string> ResolveDtype(absl::string_view name, const ModelConfig& config) {
@@ -442,9 +466,9 @@ absl::StatusOr<std::string> ResolveDtype(absl::string_view name, const ModelConf
   }
   absl::StatusOr<std::string> own = DtypeName(config.torch_dtype);
   if (!own.ok() || *own == "auto") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "auto: the model's dtype '", config.torch_dtype.substr(0, 64),
-        "' is not one kvsweep computes in (fp32, bf16, fp16)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("auto: the model's dtype '", config.torch_dtype.substr(0, 64),
+                     "' is not one kvsweep computes in (fp32, bf16, fp16)"));
   }
   return own;
 }

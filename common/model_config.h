@@ -40,7 +40,7 @@ enum class QkNorm { kNone = 0, kPerHead = 1, kAllHeads = 2 };
 
 struct ModelConfig {
   Arch arch = Arch::kLlama;
-  std::string model_type;     // as written in config.json ("llama2c" for .bin files)
+  std::string model_type;  // as written in config.json ("llama2c" for .bin files)
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
@@ -50,10 +50,10 @@ struct ModelConfig {
   int intermediate_size = 0;
   int max_positions = 0;
   double norm_eps = 1e-5;
-  std::string activation;     // "gelu_new" (tanh GELU), "gelu", "silu", "relu"
+  std::string activation;  // "gelu_new" (tanh GELU), "gelu", "silu", "relu"
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;      // gpt2 and qwen2 have q/k/v biases; llama: attention_bias
-  bool o_bias = false;        // gpt2; llama attention_bias
+  bool qkv_bias = false;  // gpt2 and qwen2 have q/k/v biases; llama: attention_bias
+  bool o_bias = false;    // gpt2; llama attention_bias
   bool mlp_bias = false;
   // RoPE (llama family, llama2c).
   double rope_theta = 10000.0;
@@ -84,7 +84,7 @@ struct ModelConfig {
   bool scale_attn_by_inverse_layer_idx = false;
   std::optional<int> bos_token_id;
   std::optional<int> eos_token_id;
-  std::string torch_dtype;    // dtype written in config.json, informational
+  std::string torch_dtype;  // dtype written in config.json, informational
 
   bool uses_rope() const { return arch != Arch::kGpt2; }
   nlohmann::json ToJson() const;

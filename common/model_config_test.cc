@@ -2,8 +2,8 @@
 
 #include <cstdlib>
 
-#include "spec/job_spec.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 namespace {
@@ -39,8 +39,8 @@ TEST(ModelConfigTest, RefModels) {
 }
 
 json Llama() {
-  return {{"model_type", "llama"}, {"vocab_size", 100}, {"hidden_size", 64},
-          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+  return {{"model_type", "llama"},    {"vocab_size", 100},        {"hidden_size", 64},
+          {"num_hidden_layers", 2},   {"num_attention_heads", 4}, {"num_key_value_heads", 2},
           {"intermediate_size", 128}, {"rope_theta", 500000.0}};
 }
 
@@ -54,9 +54,9 @@ TEST(ModelConfigTest, RopeThetaTopLevelOrInParameters) {
   auto b = ParseHfConfig(j, "c");
   ASSERT_TRUE(b.ok());
   EXPECT_DOUBLE_EQ(b->rope_theta, 1e6);
-  j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 5e5}, {"factor", 32.0},
-                          {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                          {"original_max_position_embeddings", 8192}};
+  j["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 5e5},
+                          {"factor", 32.0},          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
   auto c = ParseHfConfig(j, "c");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->rope_scaling, RopeScaling::kLlama3);
@@ -146,14 +146,13 @@ TEST(ModelConfigTest, MissingDirIsNotFound) {
 }  // namespace
 TEST(ModelConfigTest, BadValuesAreDescribedNotEchoed) {
   // A config.json may be any file a path names: its strings never appear in an error.
-  nlohmann::json j = {{"model_type", "llama"},        {"hidden_size", "SECRET-7f3a"},
-                      {"num_hidden_layers", 2},        {"num_attention_heads", 2},
-                      {"vocab_size", 32},              {"max_position_embeddings", 64},
+  nlohmann::json j = {{"model_type", "llama"},  {"hidden_size", "SECRET-7f3a"},
+                      {"num_hidden_layers", 2}, {"num_attention_heads", 2},
+                      {"vocab_size", 32},       {"max_position_embeddings", 64},
                       {"intermediate_size", 16}};
   absl::StatusOr<ModelConfig> c = ParseHfConfig(j, "config.json");
   ASSERT_FALSE(c.ok());
-  EXPECT_EQ(std::string(c.status().message()).find("SECRET"), std::string::npos)
-      << c.status();
+  EXPECT_EQ(std::string(c.status().message()).find("SECRET"), std::string::npos) << c.status();
   EXPECT_NE(std::string(c.status().message()).find("a string of 11 characters"), std::string::npos)
       << c.status();
 }

@@ -70,8 +70,7 @@ absl::Status PathPolicy::Check(const std::string& path) const {
   const std::string shown = Normalize(path);
   return absl::InvalidArgumentError(absl::StrCat(
       "'", path, "'", real == shown ? "" : absl::StrCat(" (resolves to '", real, "')"),
-      " is outside the allowed paths (",
-      roots_.empty() ? "none" : absl::StrJoin(roots_, ", "),
+      " is outside the allowed paths (", roots_.empty() ? "none" : absl::StrJoin(roots_, ", "),
       "); start the coordinator with --allow-path"));
 }
 

@@ -17,8 +17,8 @@ extern char** environ;
 
 namespace kvsweep {
 
-absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
-    const std::vector<std::string>& argv, const Options& options) {
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(const std::vector<std::string>& argv,
+                                                              const Options& options) {
   if (argv.empty()) return absl::InvalidArgumentError("subprocess: empty argv");
   if (::access(argv[0].c_str(), X_OK) != 0) {
     return absl::NotFoundError(absl::StrCat("'", argv[0], "' is not an executable file"));

@@ -10,8 +10,8 @@
 //
 // The deployment settings (--db, --listen, --tls-*, --*token-file, --metrics-listen,
 // --health-listen, --http) also come from KVSWEEP_<FLAG> variables (KVSWEEP_DB,
-// KVSWEEP_TLS_CLIENT_CA, ...) and from --config FILE (`db = "..."`); the command line wins over the environment, which
-// wins over the file.
+// KVSWEEP_TLS_CLIENT_CA, ...) and from --config FILE (`db = "..."`); the command line wins over the
+// environment, which wins over the file.
 //
 // SIGTERM/SIGINT: stop accepting calls, answer those in flight, commit, exit 0. kill -9 at any
 // point loses nothing that was acknowledged (docs/protocol.md).

@@ -20,13 +20,12 @@ MonotonicEpochClock::MonotonicEpochClock(std::function<int64_t()> wall_ms,
 int64_t MonotonicEpochClock::NowMs() { return wall_at_start_ + (mono_ms_() - mono_at_start_); }
 
 Clock* SystemClock() {
-  static MonotonicEpochClock clock(
-      [] { return NowMs(); },
-      [] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::steady_clock::now().time_since_epoch())
-            .count();
-      });
+  static MonotonicEpochClock clock([] { return NowMs(); },
+                                   [] {
+                                     return std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::steady_clock::now().time_since_epoch())
+                                         .count();
+                                   });
   return &clock;
 }
 
@@ -86,8 +85,7 @@ void Scheduler::Reload(std::vector<GroupCommitter::Pending>* failed) {
 
 // ---- Workers -----------------------------------------------------------------------------------
 
-Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker,
-                                           const std::string& session,
+Scheduler::Decision Scheduler::DecideLease(const WorkerRecord& worker, const std::string& session,
                                            const std::string& held_model, int64_t now,
                                            LeaseOffer* offer, GrantLease* grant) {
   bool touch = false;
@@ -113,29 +111,31 @@ void Scheduler::Lease(const WorkerRecord& worker, const std::string& session,
       return;
     case Decision::kRepeat:
       // Answered after a commit, so the grant it repeats is durable by then.
-      Enqueue(TouchWorker{worker, now},
-              [offer, done](Mutation& m) {
-                if (!m.status.ok()) {
-                  done(absl::UnavailableError(
-                      absl::StrCat("could not record the lease: ", m.status.message())));
-                } else {
-                  done(offer);
-                }
-              },
-              false);
+      Enqueue(
+          TouchWorker{worker, now},
+          [offer, done](Mutation& m) {
+            if (!m.status.ok()) {
+              done(absl::UnavailableError(
+                  absl::StrCat("could not record the lease: ", m.status.message())));
+            } else {
+              done(offer);
+            }
+          },
+          false);
       return;
     case Decision::kNew:
-      Enqueue(std::move(grant),
-              [offer, done](Mutation& m) mutable {
-                if (!m.status.ok()) {
-                  done(absl::UnavailableError(
-                      absl::StrCat("could not record the lease: ", m.status.message())));
-                  return;
-                }
-                offer.attempt = std::get<GrantLease>(m.op).attempt;
-                done(offer);
-              },
-              /*must_succeed=*/true);
+      Enqueue(
+          std::move(grant),
+          [offer, done](Mutation& m) mutable {
+            if (!m.status.ok()) {
+              done(absl::UnavailableError(
+                  absl::StrCat("could not record the lease: ", m.status.message())));
+              return;
+            }
+            offer.attempt = std::get<GrantLease>(m.op).attempt;
+            done(offer);
+          },
+          /*must_succeed=*/true);
       return;
   }
 }
@@ -165,8 +165,8 @@ absl::StatusOr<HeartbeatReply> Scheduler::Heartbeat(const std::string& worker_id
   if (const std::string* reason = schedule_.RevokedReason(job_id, fence); reason != nullptr) {
     r.reason = *reason;
   } else {
-    r.reason = absl::StrCat("lease lost: fencing token ", fence, " for job ",
-                            job_id.substr(0, 12), " is not current");
+    r.reason = absl::StrCat("lease lost: fencing token ", fence, " for job ", job_id.substr(0, 12),
+                            " is not current");
   }
   return r;
 }
@@ -214,55 +214,56 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
     LeaseOffer offer;
     GrantLease grant;
     const bool granting =
-        next != nullptr &&
-        DecideLease(next->worker, next->session, next->held_model, now, &offer, &grant) ==
-            Decision::kNew;
-    Enqueue(std::move(r),
-            [this, job_id, fence, done, shared, granting](Mutation& m) {
-              {
-                MutexLock l(&mu_);
-                Job* j = schedule_.Find(job_id);
-                if (j != nullptr && j->fence == fence) {
-                  // (> 0 check: a reload after a storage error resets the count.)
-                  if (j->completing > 0) j->completing--;
-                  if (m.status.ok()) schedule_.Forget(job_id);
-                }
-              }
-              shared->status = m.status;
-              if (m.status.ok()) shared->duplicate = std::get<RecordResult>(m.op).duplicate;
-              if (granting) return;  // the lease callback answers
-              if (!m.status.ok()) {
-                done(m.status);
-              } else {
-                done(CompleteOutcome{shared->duplicate, std::nullopt});
-              }
-            },
-            /*must_succeed=*/true);
+        next != nullptr && DecideLease(next->worker, next->session, next->held_model, now, &offer,
+                                       &grant) == Decision::kNew;
+    Enqueue(
+        std::move(r),
+        [this, job_id, fence, done, shared, granting](Mutation& m) {
+          {
+            MutexLock l(&mu_);
+            Job* j = schedule_.Find(job_id);
+            if (j != nullptr && j->fence == fence) {
+              // (> 0 check: a reload after a storage error resets the count.)
+              if (j->completing > 0) j->completing--;
+              if (m.status.ok()) schedule_.Forget(job_id);
+            }
+          }
+          shared->status = m.status;
+          if (m.status.ok()) shared->duplicate = std::get<RecordResult>(m.op).duplicate;
+          if (granting) return;  // the lease callback answers
+          if (!m.status.ok()) {
+            done(m.status);
+          } else {
+            done(CompleteOutcome{shared->duplicate, std::nullopt});
+          }
+        },
+        /*must_succeed=*/true);
     if (granting) {
       const std::string worker = next->worker.worker_id;
-      Enqueue(std::move(grant),
-              [this, done, shared, offer, worker](Mutation& m) mutable {
-                if (!shared->status.ok()) {
-                  // The result was refused: do not keep the lease we decided with it.
-                  if (m.status.ok()) {
-                    MutexLock l(&mu_);
-                    Job* j = schedule_.Find(offer.job_id);
-                    if (j != nullptr && j->state == JobState::kLeased && j->fence == offer.fence &&
-                        j->lease_worker == worker && j->completing == 0) {
-                      EndLeaseLocked(*j, FailKind::kHandedBack, "", clock_->NowMs(), nullptr);
-                    }
-                  }
-                  done(shared->status);
-                  return;
+      Enqueue(
+          std::move(grant),
+          [this, done, shared, offer, worker](Mutation& m) mutable {
+            if (!shared->status.ok()) {
+              // The result was refused: do not keep the lease we decided with it.
+              if (m.status.ok()) {
+                MutexLock l(&mu_);
+                Job* j = schedule_.Find(offer.job_id);
+                if (j != nullptr && j->state == JobState::kLeased && j->fence == offer.fence &&
+                    j->lease_worker == worker && j->completing == 0) {
+                  EndLeaseLocked(*j, FailKind::kHandedBack, "", clock_->NowMs(), nullptr);
                 }
-                CompleteOutcome out{shared->duplicate, std::nullopt};
-                if (m.status.ok()) {
-                  offer.attempt = std::get<GrantLease>(m.op).attempt;
-                  out.next = offer;
-                }
-                done(out);
-              },
-              /*must_succeed=*/true);
+              }
+              done(shared->status);
+              return;
+            }
+            CompleteOutcome out{shared->duplicate, std::nullopt};
+            if (m.status.ok()) {
+              offer.attempt = std::get<GrantLease>(m.op).attempt;
+              out.next = offer;
+            }
+            done(out);
+          },
+          /*must_succeed=*/true);
     }
     return;
   }
@@ -278,8 +279,8 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
     done(attempt.status());
     return;
   }
-  if (attempt->has_value() && ((*attempt)->worker_id != worker_id ||
-                               !LeaseMatches((*attempt)->lease_id, lease_id))) {
+  if (attempt->has_value() &&
+      ((*attempt)->worker_id != worker_id || !LeaseMatches((*attempt)->lease_id, lease_id))) {
     done(absl::PermissionDeniedError(absl::StrCat("job ", job_id.substr(0, 12),
                                                   " was not leased to ", worker_id,
                                                   " under this lease id and fencing token")));
@@ -303,8 +304,8 @@ void Scheduler::Complete(const std::string& worker_id, const std::string& job_id
       ")")));
 }
 
-JobState Scheduler::EndLeaseLocked(Job& j, FailKind kind, const std::string& error,
-                                   int64_t now, std::function<void(Mutation&)> done) {
+JobState Scheduler::EndLeaseLocked(Job& j, FailKind kind, const std::string& error, int64_t now,
+                                   std::function<void(Mutation&)> done) {
   EndLease e = schedule_.EndLeaseOf(j, kind, error, now);
   const JobState new_state = e.new_state;
   Enqueue(std::move(e), std::move(done), /*must_succeed=*/true);
@@ -313,8 +314,7 @@ JobState Scheduler::EndLeaseLocked(Job& j, FailKind kind, const std::string& err
 
 void Scheduler::Fail(const std::string& worker_id, const std::string& job_id,
                      const std::string& lease_id, int64_t fence, FailKind kind,
-                     const std::string& error,
-                     std::function<void(absl::StatusOr<JobState>)> done) {
+                     const std::string& error, std::function<void(absl::StatusOr<JobState>)> done) {
   MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
   schedule_.OnWorkerCall(now);
@@ -372,11 +372,11 @@ void Scheduler::ExpireLeases() {
     Job* j = schedule_.Find(id);
     if (j == nullptr || j->state != JobState::kLeased) continue;
     if (j->completing > 0) continue;  // its result is being written
-    EndLease e = schedule_.LoseLease(
-        *j,
-        absl::StrCat("lease expired on worker ", j->lease_worker, " (no heartbeat for ",
-                     options_.lease_ttl_ms, " ms)"),
-        now);
+    EndLease e =
+        schedule_.LoseLease(*j,
+                            absl::StrCat("lease expired on worker ", j->lease_worker,
+                                         " (no heartbeat for ", options_.lease_ttl_ms, " ms)"),
+                            now);
     Enqueue(std::move(e), nullptr, /*must_succeed=*/true);
   }
 }
@@ -388,13 +388,13 @@ absl::StatusOr<Mutation> Scheduler::EnqueueAndWait(Mutation::Op op) {
   std::future<Mutation> f = promise->get_future();
   {
     MutexLock lock(&mu_);
-    Enqueue(std::move(op), [promise](Mutation& m) { promise->set_value(std::move(m)); }, false);
+    Enqueue(
+        std::move(op), [promise](Mutation& m) { promise->set_value(std::move(m)); }, false);
   }
   return f.get();
 }
 
-absl::StatusOr<SubmitOutcome> Scheduler::Submit(const ExpandedSweep& sweep,
-                                                const std::string& yaml,
+absl::StatusOr<SubmitOutcome> Scheduler::Submit(const ExpandedSweep& sweep, const std::string& yaml,
                                                 const std::string& base_dir,
                                                 const std::string& actor) {
   MutexLock admin(&admin_mu_);
@@ -465,7 +465,8 @@ absl::StatusOr<CancelOutcome> Scheduler::Cancel(const std::string& sweep,
       if (j->state == JobState::kLeased) schedule_.Revoke(j->job_id, j->fence, "cancelled");
       schedule_.Forget(r.job_id);
     }
-    Enqueue(std::move(op), [promise](Mutation& m) { promise->set_value(std::move(m)); }, true);
+    Enqueue(
+        std::move(op), [promise](Mutation& m) { promise->set_value(std::move(m)); }, true);
   }
   Mutation m = f.get();
   if (!m.status.ok()) return m.status;

@@ -113,9 +113,9 @@ struct CancelOutcome {
 };
 
 struct SchedulerStats {
-  int64_t commits = 0;     // transactions
-  int64_t mutations = 0;   // mutations in them
-  double apply_ms = 0;     // time spent applying them (SQL + fsync)
+  int64_t commits = 0;    // transactions
+  int64_t mutations = 0;  // mutations in them
+  double apply_ms = 0;    // time spent applying them (SQL + fsync)
   int64_t queued = 0, leased = 0, delayed = 0;
 };
 
@@ -144,8 +144,7 @@ class Scheduler {
   // fraction in [0, 1]; anything else is ignored, and so is a fraction below the highest seen
   // under this lease) for RunningJobs. kPermissionDenied when the job is leased under `fence`
   // but to another worker or under another lease secret.
-  absl::StatusOr<HeartbeatReply> Heartbeat(const std::string& worker_id,
-                                           const std::string& job_id,
+  absl::StatusOr<HeartbeatReply> Heartbeat(const std::string& worker_id, const std::string& job_id,
                                            const std::string& lease_id, int64_t fence,
                                            double progress = -1) ABSL_LOCKS_EXCLUDED(mu_);
   // Records the result exactly once (kFailedPrecondition for a stale token; OK with
@@ -158,29 +157,26 @@ class Scheduler {
   // transaction); nullopt and the store parses the result itself.
   void Complete(const std::string& worker_id, const std::string& job_id,
                 const std::string& lease_id, int64_t fence, std::string result_json,
-                const NextLease* next,
-                std::function<void(absl::StatusOr<CompleteOutcome>)> done,
-                std::optional<ResultMetrics> metrics = std::nullopt,
-                const std::string& actor = "") ABSL_LOCKS_EXCLUDED(mu_);
+                const NextLease* next, std::function<void(absl::StatusOr<CompleteOutcome>)> done,
+                std::optional<ResultMetrics> metrics = std::nullopt, const std::string& actor = "")
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Ends the lease without a result; `done` gets the job's new state. kPermissionDenied as for
   // Heartbeat; kFailedPrecondition for a stale token.
-  void Fail(const std::string& worker_id, const std::string& job_id,
-            const std::string& lease_id, int64_t fence, FailKind kind, const std::string& error,
+  void Fail(const std::string& worker_id, const std::string& job_id, const std::string& lease_id,
+            int64_t fence, FailKind kind, const std::string& error,
             std::function<void(absl::StatusOr<JobState>)> done) ABSL_LOCKS_EXCLUDED(mu_);
 
   // --- Users (synchronous; serialized among themselves) ---
 
   // `actor`: who asks (rpc/auth.h Caller::name), recorded in the audit log with the change.
   absl::StatusOr<SubmitOutcome> Submit(const ExpandedSweep& sweep, const std::string& yaml,
-                                       const std::string& base_dir,
-                                       const std::string& actor = "")
+                                       const std::string& base_dir, const std::string& actor = "")
       ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
   absl::StatusOr<CancelOutcome> Cancel(const std::string& sweep, const std::string& actor = "")
       ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
   // Requeues the sweep's failed (and optionally quarantined) jobs; returns how many.
   absl::StatusOr<int> Retry(const std::string& sweep, bool failed, bool quarantined,
-                            const std::string& actor = "")
-      ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
+                            const std::string& actor = "") ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
 
   // Ends every lease past its deadline. Called by the reaper thread; tests call it directly.
   void ExpireLeases() ABSL_LOCKS_EXCLUDED(mu_);

@@ -359,8 +359,7 @@ TEST_F(SchedulerTest, RetriesWithExponentialBackoffThenFails) {
   l = LeaseOk("w1");
   ASSERT_TRUE(l.has_job);
   EXPECT_EQ(l.attempt, 1);
-  EXPECT_EQ(sched_->Retry("s", false, false).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sched_->Retry("s", false, false).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(SchedulerTest, PermanentFailureIsFinalAndHandBackCostsNoAttempt) {
@@ -408,7 +407,7 @@ TEST_F(SchedulerTest, HigherPriorityFirstThenModelAffinity) {
   EXPECT_EQ(LeaseOk("w1", "m2").job_id, high.jobs[0].job_id);  // priority beats affinity
   EXPECT_EQ(LeaseOk("w2", "m2").job_id, low.jobs[1].job_id);   // m2 preferred over older m1
   EXPECT_EQ(LeaseOk("w3", "m2").job_id, low.jobs[3].job_id);
-  EXPECT_EQ(LeaseOk("w4", "m2").job_id, low.jobs[0].job_id);   // no m2 left: oldest
+  EXPECT_EQ(LeaseOk("w4", "m2").job_id, low.jobs[0].job_id);  // no m2 left: oldest
   EXPECT_EQ(LeaseOk("w5").job_id, low.jobs[2].job_id);
 }
 

@@ -44,8 +44,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return ErrnoToStatus(errno, "open database", o.db_path);
   }
   if (::flock(s->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "database '", o.db_path, "' is in use by another kvsweep-coordinator"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("database '", o.db_path, "' is in use by another kvsweep-coordinator"));
   }
   SqliteOptions sqlite;
   sqlite.heap_limit_bytes = int64_t{1} << 30;
@@ -60,8 +60,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   so.tokens = o.tokens;
   s->sweep_service_ = std::make_unique<SweepServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), so);
-  s->file_service_ =
-      std::make_unique<FileServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
+  s->file_service_ = std::make_unique<FileServiceImpl>(s->store_.get(), s->scheduler_.get(), so);
   if (!o.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsServer>> m =
         StartMetricsServer(o.metrics_listen, s->store_.get(), s->scheduler_.get());
@@ -102,8 +101,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     if (s->health_server_ == nullptr || s->health_port_ == 0) {
       s->server_->Shutdown();
       s->scheduler_->Stop();
-      return absl::UnavailableError(absl::StrCat("--health-listen: cannot listen on ",
-                                                 o.health_listen));
+      return absl::UnavailableError(
+          absl::StrCat("--health-listen: cannot listen on ", o.health_listen));
     }
   }
   if (!o.http_listen.empty()) {
@@ -111,8 +110,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     d.listen = o.http_listen;
     d.tls = o.tls;
     d.tokens = o.tokens;
-    absl::StatusOr<std::unique_ptr<DashboardServer>> dashboard =
-        StartDashboard(d, s->store_.get());
+    absl::StatusOr<std::unique_ptr<DashboardServer>> dashboard = StartDashboard(d, s->store_.get());
     if (!dashboard.ok()) {
       s->server_->Shutdown();
       if (s->health_server_ != nullptr) s->health_server_->Shutdown();

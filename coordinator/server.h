@@ -24,7 +24,7 @@ struct CoordinatorOptions {
   TlsFiles tls;                         // cert + key (+ ca: require client certificates)
   BearerTokens tokens;                  // none: every caller may do everything (loopback)
   SchedulerOptions scheduler;
-  ServiceOptions service;               // its tokens are filled from `tokens`
+  ServiceOptions service;  // its tokens are filled from `tokens`
   // Prometheus /metrics on this address (rpc/http_listen.h ParseListenAddress); empty: off.
   std::string metrics_listen;
   // grpc.health.v1 alone, in plaintext, on this host:port (port 0 picks one); empty: off. For
@@ -38,9 +38,8 @@ struct CoordinatorOptions {
 
 // The services the grpc.health.v1 service reports on (besides "", the whole server): SERVING
 // once the scheduler runs, NOT_SERVING from Shutdown on.
-inline constexpr const char* kHealthServiceNames[] = {"", "kvsweep.v1.SweepService",
-                                                      "kvsweep.v1.WorkerService",
-                                                      "kvsweep.v1.FileService"};
+inline constexpr const char* kHealthServiceNames[] = {
+    "", "kvsweep.v1.SweepService", "kvsweep.v1.WorkerService", "kvsweep.v1.FileService"};
 
 class CoordinatorServer {
  public:
@@ -78,7 +77,7 @@ class CoordinatorServer {
   std::unique_ptr<MetricsServer> metrics_;  // observes worker_service_: outlives server_'s calls
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // health_listen: grpc.health.v1 only
-  std::unique_ptr<DashboardServer> dashboard_;    // reads store_: goes before it
+  std::unique_ptr<DashboardServer> dashboard_;   // reads store_: goes before it
   int lock_fd_ = -1;
   int port_ = 0;
   int health_port_ = 0;

@@ -141,8 +141,8 @@ absl::Status ValidateWorkerId(const std::string& id, const char* field) {
   }
   for (char c : id) {
     if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != ':' && c != '@' && c != '-') {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": '", id.substr(0, 64), "' has characters outside [A-Za-z0-9._:@-]"));
+      return absl::InvalidArgumentError(absl::StrCat(field, ": '", id.substr(0, 64),
+                                                     "' has characters outside [A-Za-z0-9._:@-]"));
     }
   }
   return absl::OkStatus();
@@ -195,19 +195,18 @@ void SweepServiceImpl::Shutdown() {
 }
 
 // Authenticates the call and checks its role; declares `caller`.
-#define KV_AUTH(ctx, role, what)                                            \
-  absl::StatusOr<Caller> kv_caller_ = Authenticate(*(ctx), options_.tokens); \
-  if (!kv_caller_.ok()) return ToGrpc(kv_caller_.status());                  \
-  if (absl::Status kv_role_ = Require(*kv_caller_, (role), (what));          \
-      !kv_role_.ok()) {                                                      \
-    return ToGrpc(kv_role_);                                                 \
-  }                                                                          \
-  const Caller& caller = *kv_caller_;                                        \
+#define KV_AUTH(ctx, role, what)                                                      \
+  absl::StatusOr<Caller> kv_caller_ = Authenticate(*(ctx), options_.tokens);          \
+  if (!kv_caller_.ok()) return ToGrpc(kv_caller_.status());                           \
+  if (absl::Status kv_role_ = Require(*kv_caller_, (role), (what)); !kv_role_.ok()) { \
+    return ToGrpc(kv_role_);                                                          \
+  }                                                                                   \
+  const Caller& caller = *kv_caller_;                                                 \
   (void)caller
-#define KV_GRPC_CHECK(expr)                 \
-  do {                                      \
-    absl::Status kv_s_ = (expr);            \
-    if (!kv_s_.ok()) return ToGrpc(kv_s_);  \
+#define KV_GRPC_CHECK(expr)                \
+  do {                                     \
+    absl::Status kv_s_ = (expr);           \
+    if (!kv_s_.ok()) return ToGrpc(kv_s_); \
   } while (0)
 
 namespace {
@@ -231,8 +230,8 @@ constexpr std::chrono::milliseconds kSubmitWait{2000};
 
 }  // namespace
 
-absl::StatusOr<v1::SubmitSweepResponse> SweepServiceImpl::Prepare(
-    const v1::SubmitSweepRequest& req, const std::string& caller) {
+absl::StatusOr<v1::SubmitSweepResponse> SweepServiceImpl::Prepare(const v1::SubmitSweepRequest& req,
+                                                                  const std::string& caller) {
   ExpandOptions eo;
   eo.base_dir = req.base_dir();
   eo.source_name = req.source_name().empty() ? "sweep" : req.source_name();
@@ -304,16 +303,15 @@ grpc::Status SweepServiceImpl::GetSubmission(grpc::ServerContext* ctx,
   if (req->wait_ms() < 0 || req->wait_ms() > 10000) {
     return Invalid(absl::StrCat("wait_ms: ", req->wait_ms(), " is out of range [0, 10000]"));
   }
-  absl::StatusOr<v1::SubmitSweepResponse> answer = submissions_.Wait(
-      req->submission(), caller.principal,
-      WaitDeadline(*ctx, std::chrono::milliseconds(req->wait_ms())));
+  absl::StatusOr<v1::SubmitSweepResponse> answer =
+      submissions_.Wait(req->submission(), caller.principal,
+                        WaitDeadline(*ctx, std::chrono::milliseconds(req->wait_ms())));
   if (!answer.ok()) return ToGrpc(answer.status());
   *resp = std::move(*answer);
   return grpc::Status::OK;
 }
 
-grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx,
-                                         const v1::GetStatusRequest* req,
+grpc::Status SweepServiceImpl::GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest* req,
                                          v1::GetStatusResponse* resp) {
   KV_AUTH(ctx, kRoleRead, "read status");
   if (req->sweep().empty()) {
@@ -337,8 +335,7 @@ grpc::Status SweepServiceImpl::Watch(grpc::ServerContext* ctx, const v1::WatchRe
   KV_AUTH(ctx, kRoleRead, "watch sweeps");
   KV_GRPC_CHECK(ValidateSweepName(req->sweep()));
   if (req->interval_ms() < 0) return Invalid("interval_ms: negative");
-  const int interval =
-      req->interval_ms() == 0 ? 1000 : std::clamp(req->interval_ms(), 50, 60000);
+  const int interval = req->interval_ms() == 0 ? 1000 : std::clamp(req->interval_ms(), 50, 60000);
   for (;;) {
     absl::StatusOr<SweepInfo> info = store_->GetSweep(req->sweep());
     if (!info.ok()) return ToGrpc(info.status());
@@ -374,8 +371,8 @@ grpc::Status SweepServiceImpl::Retry(grpc::ServerContext* ctx, const v1::RetryRe
   if (!req->failed() && !req->quarantined()) {
     return Invalid("retry: set failed and/or quarantined");
   }
-  absl::StatusOr<int> n = scheduler_->Retry(req->sweep(), req->failed(), req->quarantined(),
-                                                     caller.name);
+  absl::StatusOr<int> n =
+      scheduler_->Retry(req->sweep(), req->failed(), req->quarantined(), caller.name);
   if (!n.ok()) return ToGrpc(n.status());
   resp->set_requeued(*n);
   return grpc::Status::OK;
@@ -386,8 +383,8 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx, const v1::QueryRe
   KV_AUTH(ctx, kRoleRead, "query results");
   if (req->sql().empty()) return Invalid("sql: empty");
   if (req->sql().size() > kMaxSqlBytes) {
-    return Invalid(absl::StrCat("sql: ", req->sql().size(), " bytes is over the limit of ",
-                                kMaxSqlBytes));
+    return Invalid(
+        absl::StrCat("sql: ", req->sql().size(), " bytes is over the limit of ", kMaxSqlBytes));
   }
   if (req->max_rows() < 0 || req->max_rows() > 100000) {
     return Invalid(absl::StrCat("max_rows: ", req->max_rows(), " is out of range [0, 100000]"));
@@ -449,13 +446,13 @@ WorkerServiceImpl::WorkerServiceImpl(Scheduler* scheduler, const ServiceOptions&
     : scheduler_(scheduler), options_(options) {}
 
 // Finishes `reactor` with `s` and returns it from the handler if `s` is not OK.
-#define KV_FINISH_IF_ERROR(reactor, expr)       \
-  do {                                          \
-    absl::Status kv_v_ = (expr);                \
-    if (!kv_v_.ok()) {                          \
-      (reactor)->Finish(ToGrpc(kv_v_));         \
-      return (reactor);                         \
-    }                                           \
+#define KV_FINISH_IF_ERROR(reactor, expr) \
+  do {                                    \
+    absl::Status kv_v_ = (expr);          \
+    if (!kv_v_.ok()) {                    \
+      (reactor)->Finish(ToGrpc(kv_v_));   \
+      return (reactor);                   \
+    }                                     \
   } while (0)
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* ctx,
@@ -500,9 +497,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
     reactor->Finish(Invalid("progress: must be a number in [0, 1]"));
     return reactor;
   }
-  absl::StatusOr<HeartbeatReply> r =
-      scheduler_->Heartbeat(req->worker_id(), req->job_id(), req->lease_id(),
-                            req->fencing_token(), req->progress());
+  absl::StatusOr<HeartbeatReply> r = scheduler_->Heartbeat(
+      req->worker_id(), req->job_id(), req->lease_id(), req->fencing_token(), req->progress());
   if (!r.ok()) {
     reactor->Finish(ToGrpc(r.status()));
     return reactor;
@@ -545,35 +541,35 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
       reactor->Finish(Invalid("next.worker.worker_id: must be the completing worker"));
       return reactor;
     }
-    next = std::make_unique<NextLease>(NextLease{
-        {w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()},
-        w.session(),
-        req->next().held_model()});
+    next = std::make_unique<NextLease>(
+        NextLease{{w.worker_id(), w.hostname(), w.device(), w.evaluator(), w.pid()},
+                  w.session(),
+                  req->next().held_model()});
   }
   const int ttl = scheduler_->options().lease_ttl_ms;
   const bool want_next = next != nullptr;
-  scheduler_->Complete(req->worker_id(), req->job_id(), req->lease_id(),
-                       req->fencing_token(), req->result_json(), next.get(),
-                       [this, t0, reactor, resp, ttl,
-                        want_next](absl::StatusOr<CompleteOutcome> out) {
-                         if (!out.ok()) {
-                           reactor->Finish(ToGrpc(out.status()));
-                           return;
-                         }
-                         resp->set_duplicate(out->duplicate);
-                         if (want_next) {
-                           if (out->next) {
-                             FillLease(*out->next, ttl, resp->mutable_next());
-                           } else {
-                             resp->mutable_next()->set_has_job(false);
-                           }
-                         }
-                         const double ms = MsSince(t0);
-                         complete_ms_.Record(ms);
-                         if (observer_ != nullptr) observer_->CompleteAnswered(ms, !out->duplicate);
-                         reactor->Finish(grpc::Status::OK);
-                       },
-                       *std::move(m), caller->name);
+  scheduler_->Complete(
+      req->worker_id(), req->job_id(), req->lease_id(), req->fencing_token(), req->result_json(),
+      next.get(),
+      [this, t0, reactor, resp, ttl, want_next](absl::StatusOr<CompleteOutcome> out) {
+        if (!out.ok()) {
+          reactor->Finish(ToGrpc(out.status()));
+          return;
+        }
+        resp->set_duplicate(out->duplicate);
+        if (want_next) {
+          if (out->next) {
+            FillLease(*out->next, ttl, resp->mutable_next());
+          } else {
+            resp->mutable_next()->set_has_job(false);
+          }
+        }
+        const double ms = MsSince(t0);
+        complete_ms_.Record(ms);
+        if (observer_ != nullptr) observer_->CompleteAnswered(ms, !out->duplicate);
+        reactor->Finish(grpc::Status::OK);
+      },
+      *std::move(m), caller->name);
   return reactor;
 }
 
@@ -594,17 +590,22 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Fail(grpc::CallbackServerContext* c
   }
   FailKind kind;
   switch (req->kind()) {
-    case v1::FAILURE_KIND_RETRYABLE: kind = FailKind::kRetryable; break;
-    case v1::FAILURE_KIND_PERMANENT: kind = FailKind::kPermanent; break;
-    case v1::FAILURE_KIND_HANDED_BACK: kind = FailKind::kHandedBack; break;
+    case v1::FAILURE_KIND_RETRYABLE:
+      kind = FailKind::kRetryable;
+      break;
+    case v1::FAILURE_KIND_PERMANENT:
+      kind = FailKind::kPermanent;
+      break;
+    case v1::FAILURE_KIND_HANDED_BACK:
+      kind = FailKind::kHandedBack;
+      break;
     default:
       reactor->Finish(Invalid(absl::StrCat("kind: ", static_cast<int>(req->kind()),
                                            " is not RETRYABLE, PERMANENT or HANDED_BACK")));
       return reactor;
   }
   scheduler_->Fail(req->worker_id(), req->job_id(), req->lease_id(), req->fencing_token(), kind,
-                   req->error(),
-                   [reactor, resp](absl::StatusOr<JobState> st) {
+                   req->error(), [reactor, resp](absl::StatusOr<JobState> st) {
                      if (!st.ok()) {
                        reactor->Finish(ToGrpc(st.status()));
                        return;

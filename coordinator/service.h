@@ -14,8 +14,8 @@
 #include "common/mutex.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/submissions.h"
-#include "rpc/auth.h"
 #include "kvsweep/v1/coordinator.grpc.pb.h"
+#include "rpc/auth.h"
 #include "storage/result_store.h"
 
 namespace kvsweep {

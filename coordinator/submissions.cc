@@ -57,8 +57,7 @@ std::vector<std::thread> Submissions::ReapLocked(std::chrono::steady_clock::time
 }
 
 absl::StatusOr<std::string> Submissions::Start(const v1::SubmitSweepRequest& request,
-                                               const std::string& owner,
-                                               const std::string& actor) {
+                                               const std::string& owner, const std::string& actor) {
   const std::string key = RequestKey(request, owner);
   std::vector<std::thread> to_join;
   absl::StatusOr<std::string> id;
@@ -74,9 +73,10 @@ absl::StatusOr<std::string> Submissions::Start(const v1::SubmitSweepRequest& req
     }
     if (!id.ok()) {
       if (running_ >= options_.max_running) {
-        id = absl::ResourceExhaustedError(absl::StrCat(
-            running_, " submissions are being prepared (their input files hashed); "
-            "submit again once one of them has finished"));
+        id = absl::ResourceExhaustedError(
+            absl::StrCat(running_,
+                         " submissions are being prepared (their input files hashed); "
+                         "submit again once one of them has finished"));
       } else {
         auto e = std::make_shared<Entry>();
         e->owner = owner;
@@ -105,11 +105,11 @@ void Submissions::Run(std::shared_ptr<Entry> entry, v1::SubmitSweepRequest reque
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - entry->started).count();
   if (seconds >= 1.0) {
-    KV_LOG(INFO) << "submission of " << (request.source_name().empty() ? "a sweep"
-                                                                        : request.source_name())
+    KV_LOG(INFO) << "submission of "
+                 << (request.source_name().empty() ? "a sweep" : request.source_name())
                  << " prepared in " << seconds << " s ("
-                 << entry->monitor.bytes_hashed.load() / double(1 << 30) << " GiB hashed): "
-                 << (answer.ok() ? "ok" : answer.status().ToString());
+                 << entry->monitor.bytes_hashed.load() / double(1 << 30)
+                 << " GiB hashed): " << (answer.ok() ? "ok" : answer.status().ToString());
   }
   MutexLock lock(&mu_);
   entry->answer = std::move(answer);
@@ -126,8 +126,7 @@ absl::StatusOr<v1::SubmitSweepResponse> Submissions::Wait(
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second->owner != owner) {
     return absl::NotFoundError(absl::StrCat(
-        "submission '", id.substr(0, 64),
-        "' is unknown to this coordinator (answered over ",
+        "submission '", id.substr(0, 64), "' is unknown to this coordinator (answered over ",
         std::chrono::duration_cast<std::chrono::minutes>(options_.keep_finished).count(),
         " minutes ago, started by another caller, or before a restart): submit the sweep "
         "again; the input hashes computed so far are kept"));

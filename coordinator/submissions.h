@@ -35,8 +35,8 @@ using PrepareFn = std::function<absl::StatusOr<v1::SubmitSweepResponse>(
     const v1::SubmitSweepRequest& request, const std::string& actor, HashMonitor* monitor)>;
 
 struct SubmissionsOptions {
-  int max_running = 4;        // more at once: kResourceExhausted
-  int max_finished = 64;      // finished submissions kept (oldest dropped first) ...
+  int max_running = 4;    // more at once: kResourceExhausted
+  int max_finished = 64;  // finished submissions kept (oldest dropped first) ...
   std::chrono::milliseconds keep_finished{std::chrono::minutes(10)};  // ... for this long
 };
 
@@ -51,8 +51,8 @@ class Submissions {
   // same owner's identical submission that is still running; returns the submission's id (128
   // random bits, hex). `actor` (Caller::name) goes to PrepareFn. kResourceExhausted at
   // max_running, kUnavailable after Shutdown.
-  absl::StatusOr<std::string> Start(const v1::SubmitSweepRequest& request,
-                                    const std::string& owner, const std::string& actor);
+  absl::StatusOr<std::string> Start(const v1::SubmitSweepRequest& request, const std::string& owner,
+                                    const std::string& actor);
 
   // Waits until the submission has finished or `deadline` passes (or Shutdown), then returns
   // its final answer or error, or an answer with pending set and the progress so far. Every

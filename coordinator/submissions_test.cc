@@ -135,7 +135,9 @@ TEST(SubmissionsTest, OnlyTheOwnerCanFollowASubmission) {
   absl::StatusOr<std::string> id = subs.Start(Req("a"), "client cn=alice", "c");
   ASSERT_TRUE(id.ok());
   for (const auto& [sid, owner] : std::vector<std::pair<std::string, std::string>>{
-           {*id, "client cn=bob"}, {*id, "reader"}, {"0123456789abcdef0123456789abcdef", "client cn=alice"},
+           {*id, "client cn=bob"},
+           {*id, "reader"},
+           {"0123456789abcdef0123456789abcdef", "client cn=alice"},
            {std::string(5000, 'x'), "client cn=alice"}}) {
     absl::StatusOr<v1::SubmitSweepResponse> r = subs.Wait(sid, owner, Forever());
     ASSERT_FALSE(r.ok());
@@ -158,8 +160,7 @@ TEST(SubmissionsTest, RefusesMoreThanTheLimitRunningAtOnce) {
   absl::StatusOr<std::string> c = subs.Start(Req("c"), "client", "c");
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(c.status().message().find("2 submissions are being prepared"),
-            absl::string_view::npos)
+  EXPECT_NE(c.status().message().find("2 submissions are being prepared"), absl::string_view::npos)
       << c.status();
   // Joining a running one is not a new one.
   EXPECT_TRUE(subs.Start(Req("b"), "client", "c").ok());

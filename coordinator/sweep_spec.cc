@@ -54,8 +54,8 @@ struct TaskEntry {
 
 struct MethodTemplate {
   std::string label;
-  std::string spec;        // explicit spec as written ("" for family × budget)
-  std::string family;      // family × budget
+  std::string spec;    // explicit spec as written ("" for family × budget)
+  std::string family;  // family × budget
   double budget = kNoBudget;
   std::string extra;
   std::string extra_k, extra_v;  // family × budget with K and V apart (SolverOptions)
@@ -80,11 +80,9 @@ struct ExcludeRule {
   std::map<std::string, std::string> match;  // key -> value as text
 };
 
-const char* const kConstraintFields[] = {"r",        "bits",   "group",    "residual",
-                                         "head_dim", "kv_heads", "native_kv_heads",
-                                         "num_layers", "budget", "limit",  "window",
-                                         "context",  "seed"};
-
+const char* const kConstraintFields[] = {
+    "r",          "bits",   "group", "residual", "head_dim", "kv_heads", "native_kv_heads",
+    "num_layers", "budget", "limit", "window",   "context",  "seed"};
 
 class Expander {
  public:
@@ -97,18 +95,18 @@ class Expander {
     try {
       root = YAML::Load(std::string(text));
     } catch (const YAML::Exception& e) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s:%d: malformed YAML: %s (column %d)", o_.source_name, e.mark.line + 1, e.msg,
-          e.mark.column + 1));
+      return absl::InvalidArgumentError(absl::StrFormat("%s:%d: malformed YAML: %s (column %d)",
+                                                        o_.source_name, e.mark.line + 1, e.msg,
+                                                        e.mark.column + 1));
     }
     if (!root.IsDefined() || root.IsNull()) {
       return absl::InvalidArgumentError(absl::StrCat(o_.source_name, ": the sweep is empty"));
     }
     if (!root.IsMap()) return Err(root, "sweep", "must be a mapping of keys");
-    KV_RETURN_IF_ERROR(Keys(root, "sweep",
-                  {"name", "priority", "max_attempts", "mode", "models", "tasks", "methods",
-                   "budget", "kv_heads", "seeds", "dtype", "calibration", "diagnostics",
-                   "exclude", "constraints"}));
+    KV_RETURN_IF_ERROR(Keys(
+        root, "sweep",
+        {"name", "priority", "max_attempts", "mode", "models", "tasks", "methods", "budget",
+         "kv_heads", "seeds", "dtype", "calibration", "diagnostics", "exclude", "constraints"}));
     ExpandedSweep out;
     // Name, knobs.
     if (!root["name"]) return Err(root, "sweep", "missing required key 'name'");
@@ -188,7 +186,8 @@ class Expander {
         return Err(it->first, path,
                    absl::StrCat("unknown key '", k, "' (known: ", absl::StrJoin(known, ", "), ")"));
       }
-      if (!seen.insert(k).second) return Err(it->first, path, absl::StrCat("duplicate key '", k, "'"));
+      if (!seen.insert(k).second)
+        return Err(it->first, path, absl::StrCat("duplicate key '", k, "'"));
     }
     return absl::OkStatus();
   }
@@ -202,7 +201,8 @@ class Expander {
     if (!n.IsScalar() || !absl::SimpleAtoi(n.Scalar(), &v)) {
       return Err(n, path, "expected an integer");
     }
-    if (v < lo || v > hi) return Err(n, path, absl::StrCat(v, " is out of range [", lo, ", ", hi, "]"));
+    if (v < lo || v > hi)
+      return Err(n, path, absl::StrCat(v, " is out of range [", lo, ", ", hi, "]"));
     return v;
   }
   absl::StatusOr<double> Real(const YAML::Node& n, absl::string_view path) const {
@@ -228,7 +228,8 @@ class Expander {
       out.push_back(s);
       return out;
     }
-    if (!n.IsSequence() || n.size() == 0) return Err(n, path, "expected a value or a non-empty list");
+    if (!n.IsSequence() || n.size() == 0)
+      return Err(n, path, "expected a value or a non-empty list");
     for (size_t i = 0; i < n.size(); ++i) {
       KV_ASSIGN_OR_RETURN(std::string s, Str(n[i], absl::StrCat(path, "[", i, "]")));
       out.push_back(s);
@@ -243,7 +244,8 @@ class Expander {
       out.push_back(v);
       return out;
     }
-    if (!n.IsSequence() || n.size() == 0) return Err(n, path, "expected a value or a non-empty list");
+    if (!n.IsSequence() || n.size() == 0)
+      return Err(n, path, "expected a value or a non-empty list");
     for (size_t i = 0; i < n.size(); ++i) {
       KV_ASSIGN_OR_RETURN(int v, Int(n[i], absl::StrCat(path, "[", i, "]"), lo, hi));
       out.push_back(v);
@@ -296,7 +298,8 @@ class Expander {
   absl::Status ParseSolver(const YAML::Node& n) {
     if (!n) return absl::OkStatus();
     if (!n.IsMap()) return Err(n, "budget", "must be a mapping");
-    KV_RETURN_IF_ERROR(Keys(n, "budget", {"convention", "tolerance", "context_len", "hybrid_bits"}));
+    KV_RETURN_IF_ERROR(
+        Keys(n, "budget", {"convention", "tolerance", "context_len", "hybrid_bits"}));
     if (n["convention"]) {
       KV_ASSIGN_OR_RETURN(std::string c, Str(n["convention"], "budget.convention"));
       absl::StatusOr<BudgetConvention> bc = ParseBudgetConvention(c);
@@ -310,7 +313,8 @@ class Expander {
       }
     }
     if (n["context_len"]) {
-      KV_ASSIGN_OR_RETURN(solver_.context_len, Int(n["context_len"], "budget.context_len", 1, 1 << 24));
+      KV_ASSIGN_OR_RETURN(solver_.context_len,
+                          Int(n["context_len"], "budget.context_len", 1, 1 << 24));
     }
     if (n["hybrid_bits"]) {
       KV_ASSIGN_OR_RETURN(solver_.hybrid_bits, Int(n["hybrid_bits"], "budget.hybrid_bits", 1, 8));
@@ -396,7 +400,8 @@ class Expander {
       const std::string path = absl::StrCat("tasks[", i, "]");
       const YAML::Node t = n[i];
       if (!t.IsMap()) return Err(t, path, "expected a mapping with task and data");
-      KV_RETURN_IF_ERROR(Keys(t, path, {"name", "task", "data", "limit", "window", "max_window", "context"}));
+      KV_RETURN_IF_ERROR(
+          Keys(t, path, {"name", "task", "data", "limit", "window", "max_window", "context"}));
       TaskEntry e;
       if (!t["task"]) return Err(t, path, "missing required key 'task'");
       if (!t["data"]) return Err(t, path, "missing required key 'data'");
@@ -408,7 +413,8 @@ class Expander {
       e.data = Resolve(data);
       KV_RETURN_IF_ERROR(CheckAllowed(t["data"], path + ".data", e.data));
       if (!PathExists(e.data)) {
-        return Err(t["data"], path + ".data", absl::StrCat("data file '", e.data, "' does not exist"));
+        return Err(t["data"], path + ".data",
+                   absl::StrCat("data file '", e.data, "' does not exist"));
       }
       if (absl::Status r = CheckRegularFile(e.data); !r.ok()) {
         return Err(t["data"], path + ".data", r.message());
@@ -482,18 +488,17 @@ class Expander {
         std::string extra;
         // Check that extra keys parse on this family (e.g. basis=svd for rank).
         auto probe = [&](const std::string& keys, const char* part) -> absl::Status {
-          const std::string probe_spec =
-              family == "quant" ? "quant:bits=4," + keys
-                                : family == "none" ? std::string("none:") + keys
-                                                   : family + ":r=1," + keys;
-          absl::StatusOr<KvMethod> p = ParseKvMethod(
-              part == nullptr ? probe_spec : absl::StrCat(part, "=", probe_spec));
+          const std::string probe_spec = family == "quant"  ? "quant:bits=4," + keys
+                                         : family == "none" ? std::string("none:") + keys
+                                                            : family + ":r=1," + keys;
+          absl::StatusOr<KvMethod> p =
+              ParseKvMethod(part == nullptr ? probe_spec : absl::StrCat(part, "=", probe_spec));
           return p.ok() ? absl::OkStatus() : p.status();
         };
         std::string extra_k, extra_v;
-        for (auto [key, value, part] : {std::make_tuple("extra", &extra, (const char*)nullptr),
-                                        std::make_tuple("k", &extra_k, "k"),
-                                        std::make_tuple("v", &extra_v, "v")}) {
+        for (auto [key, value, part] :
+             {std::make_tuple("extra", &extra, (const char*)nullptr),
+              std::make_tuple("k", &extra_k, "k"), std::make_tuple("v", &extra_v, "v")}) {
           if (!m[key]) continue;
           const std::string kpath = absl::StrCat(path, ".", key);
           KV_ASSIGN_OR_RETURN(*value, Str(m[key], kpath));
@@ -556,10 +561,12 @@ class Expander {
       }
     }
     if (n["windows"]) {
-      KV_ASSIGN_OR_RETURN(calibration_windows_, Int(n["windows"], "calibration.windows", 1, 1 << 20));
+      KV_ASSIGN_OR_RETURN(calibration_windows_,
+                          Int(n["windows"], "calibration.windows", 1, 1 << 20));
     }
     if (n["window_len"]) {
-      KV_ASSIGN_OR_RETURN(calibration_len_, Int(n["window_len"], "calibration.window_len", 2, 1 << 24));
+      KV_ASSIGN_OR_RETURN(calibration_len_,
+                          Int(n["window_len"], "calibration.window_len", 2, 1 << 24));
     }
     return absl::OkStatus();
   }
@@ -571,8 +578,8 @@ class Expander {
       const std::string path = absl::StrCat("exclude[", i, "]");
       const YAML::Node e = n[i];
       if (!e.IsMap() || e.size() == 0) return Err(e, path, "expected a non-empty mapping");
-      KV_RETURN_IF_ERROR(Keys(e, path, {"model", "task", "method", "family", "kv_heads", "budget", "seed",
-                              "dtype"}));
+      KV_RETURN_IF_ERROR(Keys(
+          e, path, {"model", "task", "method", "family", "kv_heads", "budget", "seed", "dtype"}));
       ExcludeRule rule;
       for (auto it = e.begin(); it != e.end(); ++it) {
         const std::string k = it->first.Scalar();
@@ -649,8 +656,9 @@ class Expander {
         }
       }
       if (pos == std::string::npos) {
-        return Err(n[i], path,
-                   absl::StrCat("'", text, "': expected '<a> <op> <b>' with op one of <= >= == != < >"));
+        return Err(
+            n[i], path,
+            absl::StrCat("'", text, "': expected '<a> <op> <b>' with op one of <= >= == != < >"));
       }
       KV_ASSIGN_OR_RETURN(c.lhs, ParseOperand(text.substr(0, pos), n[i], path));
       KV_ASSIGN_OR_RETURN(c.rhs, ParseOperand(text.substr(pos + c.op.size()), n[i], path));
@@ -664,7 +672,7 @@ class Expander {
     const ModelEntry* model;
     const TaskEntry* task;
     const MethodTemplate* method;
-    int kv_heads;                // 0 = native
+    int kv_heads;  // 0 = native
     std::optional<int> seed;
     std::string dtype;
   };
@@ -711,7 +719,8 @@ class Expander {
     if (f == "r") return has_r ? std::optional<double>(m.r) : std::nullopt;
     if (f == "bits") return has_bits ? std::optional<double>(m.bits) : std::nullopt;
     if (f == "group") {
-      if (m.family != MethodFamily::kQuant && m.family != MethodFamily::kHybrid) return std::nullopt;
+      if (m.family != MethodFamily::kQuant && m.family != MethodFamily::kHybrid)
+        return std::nullopt;
       return m.group == 0 ? cfg.head_dim : m.group;
     }
     if (f == "residual") {
@@ -742,8 +751,12 @@ class Expander {
       };
       std::optional<double> a = value(k.lhs), b = value(k.rhs);
       if (!a || !b) continue;  // the constraint does not apply (e.g. r on a quant method)
-      bool ok = k.op == "<=" ? *a <= *b : k.op == ">=" ? *a >= *b : k.op == "==" ? *a == *b
-              : k.op == "!=" ? *a != *b : k.op == "<" ? *a < *b : *a > *b;
+      bool ok = k.op == "<="   ? *a <= *b
+                : k.op == ">=" ? *a >= *b
+                : k.op == "==" ? *a == *b
+                : k.op == "!=" ? *a != *b
+                : k.op == "<"  ? *a < *b
+                               : *a > *b;
       if (!ok) return false;
     }
     return true;
@@ -754,21 +767,26 @@ class Expander {
       bool all = true;
       for (const auto& [k, v] : r.match) {
         bool m = false;
-        if (k == "model") m = c.model->name == v;
-        else if (k == "task") m = c.task->name == v;
-        else if (k == "method") m = c.method->label == v || canonical == v;
-        else if (k == "family") m = c.method->family == v;
+        if (k == "model")
+          m = c.model->name == v;
+        else if (k == "task")
+          m = c.task->name == v;
+        else if (k == "method")
+          m = c.method->label == v || canonical == v;
+        else if (k == "family")
+          m = c.method->family == v;
         else if (k == "kv_heads") {
           m = (v == "native" && c.kv_heads == 0) ||
               v == std::to_string(c.kv_heads == 0 ? c.model->config.num_kv_heads : c.kv_heads);
         } else if (k == "budget") {
           m = !std::isnan(c.method->budget) && absl::StrCat(c.method->budget) == v;
-        } else if (k == "seed") m = c.seed.has_value() && std::to_string(*c.seed) == v;
+        } else if (k == "seed")
+          m = c.seed.has_value() && std::to_string(*c.seed) == v;
         else if (k == "dtype") {
           absl::StatusOr<std::string> name = DtypeName(v);
-          m = name.ok() && (c.dtype == *name ||
-                            (c.dtype == "auto" &&
-                             ResolveDtype("auto", c.model->config).value_or("") == *name));
+          m = name.ok() &&
+              (c.dtype == *name ||
+               (c.dtype == "auto" && ResolveDtype("auto", c.model->config).value_or("") == *name));
         }
         all = all && m;
       }
@@ -790,13 +808,13 @@ class Expander {
       double count = 0;
       for (const ModelEntry& m : models_) {
         const std::vector<int>& kvh = m.kv_heads ? *m.kv_heads : kv_heads_;
-        count += static_cast<double>(tasks_.size()) * methods_.size() * kvh.size() *
-                 seeds.size() * dtypes.size();
+        count += static_cast<double>(tasks_.size()) * methods_.size() * kvh.size() * seeds.size() *
+                 dtypes.size();
       }
       if (count > o_.max_jobs) {
         return absl::InvalidArgumentError(absl::StrCat(o_.source_name, ": the sweep expands to ",
-                                                       count, " combinations (limit ",
-                                                       o_.max_jobs, ")"));
+                                                       count, " combinations (limit ", o_.max_jobs,
+                                                       ")"));
       }
       for (const ModelEntry& m : models_) {
         const std::vector<int>& kvh = m.kv_heads ? *m.kv_heads : kv_heads_;
@@ -811,8 +829,8 @@ class Expander {
         }
       }
     } else {
-      const size_t lens[] = {models_.size(), tasks_.size(), methods_.size(), kv_heads_.size(),
-                             seeds.size(), dtypes.size()};
+      const size_t lens[] = {models_.size(),   tasks_.size(), methods_.size(),
+                             kv_heads_.size(), seeds.size(),  dtypes.size()};
       const char* names[] = {"models", "tasks", "methods", "kv_heads", "seeds", "dtype"};
       size_t len = 1;
       for (size_t l : lens) len = std::max(len, l);
@@ -831,9 +849,8 @@ class Expander {
       auto pick = [](size_t n, size_t i) { return n == 1 ? 0 : i; };
       for (size_t i = 0; i < len; ++i) {
         combos.push_back({&models_[pick(models_.size(), i)], &tasks_[pick(tasks_.size(), i)],
-                          &methods_[pick(methods_.size(), i)],
-                          kv_heads_[pick(kv_heads_.size(), i)], seeds[pick(seeds.size(), i)],
-                          dtypes[pick(dtypes.size(), i)]});
+                          &methods_[pick(methods_.size(), i)], kv_heads_[pick(kv_heads_.size(), i)],
+                          seeds[pick(seeds.size(), i)], dtypes[pick(dtypes.size(), i)]});
       }
     }
     out->combinations = static_cast<int>(combos.size());
@@ -865,12 +882,12 @@ class Expander {
       req.path_policy = policy_ ? &*policy_ : nullptr;
       absl::StatusOr<JobSpec> spec = ResolveJob(req);
       if (!spec.ok()) {
-        return ErrAt(c.method->line, c.method->path,
-                     absl::StrCat("model '", c.model->name, "', task '", c.task->name,
-                                  "', method '", c.method->label, "', kv_heads ",
-                                  c.kv_heads == 0 ? std::string("native")
-                                                  : std::to_string(c.kv_heads),
-                                  ": ", spec.status().message()));
+        return ErrAt(
+            c.method->line, c.method->path,
+            absl::StrCat("model '", c.model->name, "', task '", c.task->name, "', method '",
+                         c.method->label, "', kv_heads ",
+                         c.kv_heads == 0 ? std::string("native") : std::to_string(c.kv_heads), ": ",
+                         spec.status().message()));
       }
       SweepJob job;
       job.job_id = spec->JobId();
@@ -894,13 +911,12 @@ class Expander {
       out->jobs.push_back(std::move(job));
     }
     if (out->jobs.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          o_.source_name, ": the sweep has no jobs left after exclude/constraints (",
-          out->combinations, " combinations, ", out->excluded, " excluded)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(o_.source_name, ": the sweep has no jobs left after exclude/constraints (",
+                       out->combinations, " combinations, ", out->excluded, " excluded)"));
     }
     return absl::OkStatus();
   }
-
 
   ExpandOptions o_;
   std::optional<PathPolicy> policy_;

@@ -17,8 +17,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "spec/job_spec.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 

@@ -176,7 +176,8 @@ TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
       {"missing name", Replace(good, "name: test-sweep\n", ""), "missing required key 'name'"},
       {"bad name", Replace(good, "name: test-sweep", "name: \"no spaces\""),
        "'no spaces' is not a valid sweep name"},
-      {"unknown method", Yaml("  - foo:x=1\n"), "sweep.yaml:15: methods[0]: method 'foo:x=1': unknown family 'foo'"},
+      {"unknown method", Yaml("  - foo:x=1\n"),
+       "sweep.yaml:15: methods[0]: method 'foo:x=1': unknown family 'foo'"},
       {"unknown family", Yaml("  - {family: prune, budgets: [0.5]}\n"),
        "unknown method family 'prune'"},
       {"budget too big", Yaml("  - {family: quant, budgets: [1.5]}\n"),
@@ -193,9 +194,10 @@ TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
       {"duplicate model", Replace(good, "name: gpt2", "name: llama"),
        "duplicate model name 'llama'"},
       {"duplicate method label", Yaml("  - none\n  - none\n"), "duplicate method label 'none'"},
-      {"duplicate task", Replace(good, "    limit: 5\n",
-                                 "    limit: 5\n  - name: lambada\n    task: lambada_openai\n"
-                                 "    data: data/lambada_openai/lambada_test.jsonl\n"),
+      {"duplicate task",
+       Replace(good, "    limit: 5\n",
+               "    limit: 5\n  - name: lambada\n    task: lambada_openai\n"
+               "    data: data/lambada_openai/lambada_test.jsonl\n"),
        "duplicate task name 'lambada'"},
       {"missing model path", Replace(good, "models/ref-gpt2", "models/nope"),
        "models[1].path: model path '"},
@@ -222,7 +224,8 @@ TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
   };
   for (const BadCase& c : cases) {
     auto s = ExpandSweep(c.yaml, Opts());
-    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << s.status();
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.name << ": " << s.status();
     EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.fragment)) << c.name;
     // One line: the CLI prints it as is.
     EXPECT_EQ(std::string(s.status().message()).find('\n'), std::string::npos) << c.name;
@@ -269,12 +272,10 @@ methods: [none]
                             j.labels["dtype"].get<std::string>()));
   }
   EXPECT_EQ(got, (std::multiset<std::string>{"acme/llama fp16", "acme/llama bf16",
-                                             "acme/llama fp32", "ref-gpt2 bf16",
-                                             "ref-gpt2 fp32"}));
+                                             "acme/llama fp32", "ref-gpt2 bf16", "ref-gpt2 fp32"}));
   EXPECT_EQ(s->excluded, 1);
   ASSERT_FALSE(missing.ok());
-  EXPECT_THAT(std::string(missing.status().message()),
-              HasSubstr("models[0].path: model path '"));
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("models[0].path: model path '"));
   EXPECT_THAT(std::string(missing.status().message()),
               HasSubstr("does not exist, and model 'acme/other' is not in the Hugging Face cache"));
   ASSERT_FALSE(bad_dtype.ok());
@@ -314,9 +315,12 @@ methods:
   EXPECT_THAT(solved.second, HasSubstr(";v=quant:bits=4,group=64,axis=token,sym=0,target=v"));
   EXPECT_EQ(by_label.at("quant:bits=2;layers=0:none").first, "quant+layers");
 
-  auto bad = ExpandSweep(Yaml("  - {family: quant, budgets: [0.25], k: \"axis=diagonal\"}\n"), Opts());
+  auto bad =
+      ExpandSweep(Yaml("  - {family: quant, budgets: [0.25], k: \"axis=diagonal\"}\n"), Opts());
   ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("methods[0].k: method 'quant:bits=4,axis=diagonal': axis=diagonal is not one of"));
+  EXPECT_THAT(
+      std::string(bad.status().message()),
+      HasSubstr("methods[0].k: method 'quant:bits=4,axis=diagonal': axis=diagonal is not one of"));
   auto beyond = ExpandSweep(Yaml("  - \"quant:bits=2;layers=0-9:none\"\n"), Opts());
   ASSERT_FALSE(beyond.ok());
   EXPECT_THAT(std::string(beyond.status().message()), HasSubstr("beyond the model's 6 layers"));
@@ -329,8 +333,7 @@ TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {
   o.max_jobs = 9;
   auto s = ExpandSweep(Yaml("  - none\n  - quant:bits=4\n"), o);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.status().message()),
-              HasSubstr("expands to 10 combinations (limit 9)"));
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("expands to 10 combinations (limit 9)"));
 }
 
 TEST(SweepSpecTest, ZipIsHeldToTheJobLimitBeforeAnyJobIsResolved) {

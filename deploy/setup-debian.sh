@@ -24,6 +24,7 @@ case "${1:-}" in
       git openssl sqlite3                    # openssl: the TLS test makes certificates
       libgtest-dev libgmock-dev libbenchmark-dev
       clang-14 libclang-rt-14-dev            # fuzz targets: libFuzzer + sanitizers (make fuzz)
+      clang-format-14                        # the SourceFormat test (tools/lint/check_format.sh)
       python3-numpy                          # independent check of the table's bootstrap intervals
       slurm-wlm munge                        # tests/slurm: a single-node Slurm cluster runs a sweep via sbatch
       chromium fonts-liberation              # kvsweep plot --png: headless Chromium renders the SVG

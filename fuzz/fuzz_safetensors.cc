@@ -11,8 +11,8 @@
 #include "worker/engine/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path = "/tmp/kvsweep_fuzz_st_" + std::to_string(::getpid()) +
-                                  ".safetensors";
+  static const std::string path =
+      "/tmp/kvsweep_fuzz_st_" + std::to_string(::getpid()) + ".safetensors";
   FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) return 0;
   std::fwrite(data, 1, size, f);

@@ -42,9 +42,8 @@ absl::Status BearerTokens::Validate() const {
   for (size_t i = 0; i < 4; ++i) {
     for (size_t j = i + 1; j < 4; ++j) {
       if (!all_tokens[i].second->empty() && *all_tokens[i].second == *all_tokens[j].second) {
-        return absl::InvalidArgumentError(absl::StrCat(all_tokens[i].first, " and ",
-                                                       all_tokens[j].first,
-                                                       " hold the same token"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            all_tokens[i].first, " and ", all_tokens[j].first, " hold the same token"));
       }
     }
   }

@@ -1,7 +1,8 @@
 #include "rpc/rpc_util.h"
 
-#include <algorithm>
 #include <openssl/crypto.h>
+
+#include <algorithm>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -63,9 +64,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
     absl::StatusOr<bool> loopback = IsLoopbackAddress(config.address);
     if (!loopback.ok()) return loopback.status();
     if (!*loopback) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "refusing to send the bearer token in clear to ", config.address,
-          " (use --tls, or a loopback address)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("refusing to send the bearer token in clear to ", config.address,
+                       " (use --tls, or a loopback address)"));
     }
   }
   grpc::ChannelArguments args;
@@ -87,7 +88,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
     }
     if (!config.tls_files.cert.empty() || !config.tls_files.key.empty()) {
       if (config.tls_files.cert.empty() || config.tls_files.key.empty()) {
-        return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
+        return absl::InvalidArgumentError(
+            "a client certificate needs both --tls-cert and --tls-key");
       }
       absl::StatusOr<std::string> cert = Pem(config.tls_files.cert, "--tls-cert");
       if (!cert.ok()) return cert.status();
@@ -122,7 +124,8 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) return text.status();
   std::string token(absl::StripAsciiWhitespace(*text));
-  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("token file '", path, "' is empty"));
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat("token file '", path, "' is empty"));
   for (char c : token) {
     if (c < 0x21 || c > 0x7e) {
       return absl::InvalidArgumentError(

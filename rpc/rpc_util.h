@@ -1,10 +1,10 @@
 // What every gRPC party of kvsweep shares: message size limits, absl <-> grpc status
 // conversion, TLS/mTLS credentials, the bearer token, and the loopback rule.
 //
-// Security model (docs/protocol.md, "Transport and security"): the coordinator listens on loopback unless told
-// otherwise, and refuses a non-loopback address unless it has a TLS certificate and key and a
-// bearer token. Clients and workers send the token as `authorization: Bearer <token>` on every
-// call (per-call metadata, so it also works on a plaintext loopback channel).
+// Security model (docs/protocol.md, "Transport and security"): the coordinator listens on loopback
+// unless told otherwise, and refuses a non-loopback address unless it has a TLS certificate and key
+// and a bearer token. Clients and workers send the token as `authorization: Bearer <token>` on
+// every call (per-call metadata, so it also works on a plaintext loopback channel).
 #ifndef KVSWEEP_RPC_RPC_UTIL_H_
 #define KVSWEEP_RPC_RPC_UTIL_H_
 
@@ -38,16 +38,15 @@ struct TlsFiles {
   bool enabled() const { return !cert.empty() || !key.empty() || !ca.empty(); }
 };
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const TlsFiles& tls);
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& tls);
 
 // How a client or worker reaches the coordinator.
 struct ClientConfig {
   std::string address = kDefaultListen;
-  std::string token;              // bearer token ("" = none)
-  bool tls = false;               // use TLS even without files (system roots)
+  std::string token;  // bearer token ("" = none)
+  bool tls = false;   // use TLS even without files (system roots)
   TlsFiles tls_files;
-  std::string tls_server_name;    // override the name checked in the server certificate
+  std::string tls_server_name;  // override the name checked in the server certificate
   // gRPC's own reconnect backoff grows to 120 s by default: a coordinator back after an outage
   // would be noticed minutes late. Capped here.
   int max_reconnect_backoff_ms = 5000;

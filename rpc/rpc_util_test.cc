@@ -1,13 +1,12 @@
 #include "rpc/rpc_util.h"
 
-#include "rpc/auth.h"
-#include "rpc/http_listen.h"
-
 #include <cstdio>
 
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rpc/auth.h"
+#include "rpc/http_listen.h"
 
 namespace kvsweep {
 namespace {
@@ -15,14 +14,14 @@ namespace {
 using ::testing::HasSubstr;
 
 TEST(RpcUtilTest, LoopbackAddresses) {
-  for (const char* a : {"127.0.0.1:50551", "127.1.2.3:0", "localhost:1", "[::1]:80",
-                        "unix:/tmp/x.sock"}) {
+  for (const char* a :
+       {"127.0.0.1:50551", "127.1.2.3:0", "localhost:1", "[::1]:80", "unix:/tmp/x.sock"}) {
     auto r = IsLoopbackAddress(a);
     ASSERT_TRUE(r.ok()) << a;
     EXPECT_TRUE(*r) << a;
   }
-  for (const char* a : {"0.0.0.0:50551", "10.0.0.1:1", "[::]:80", "example.com:443",
-                        "128.0.0.1:5"}) {
+  for (const char* a :
+       {"0.0.0.0:50551", "10.0.0.1:1", "[::]:80", "example.com:443", "128.0.0.1:5"}) {
     auto r = IsLoopbackAddress(a);
     ASSERT_TRUE(r.ok()) << a;
     EXPECT_FALSE(*r) << a;

@@ -165,9 +165,7 @@ std::optional<double> JobResult::Number(const std::string& name) const {
   return std::nullopt;
 }
 
-std::string JobResult::QualityMetric() const {
-  return Number("ppl") ? "ppl" : "token_ppl";
-}
+std::string JobResult::QualityMetric() const { return Number("ppl") ? "ppl" : "token_ppl"; }
 
 std::map<std::string, std::string> JobResult::Columns() const {
   std::map<std::string, std::string> f;

@@ -28,8 +28,11 @@ nlohmann::json JobSpec::IdentityJson() const {
              {"windows", calibration->windows},
              {"window_len", calibration->window_len}};
   }
-  nlohmann::json task_json = {{"name", task}, {"data_sha256", data_sha256}, {"limit", limit},
-                              {"window", window}, {"context", context}};
+  nlohmann::json task_json = {{"name", task},
+                              {"data_sha256", data_sha256},
+                              {"limit", limit},
+                              {"window", window},
+                              {"context", context}};
   // Only where a task has a definition label, so that every other job id stays as it was.
   if (!task_definition.empty()) task_json["definition"] = task_definition;
   return {{"engine_version", engine_version},
@@ -86,9 +89,9 @@ absl::StatusOr<JobSpec> JobSpec::FromJson(const nlohmann::json& j) {
     s.num_layers = j.at("num_layers").get<int>();
     if (!j.at("calibration").is_null()) {
       const auto& c = j.at("calibration");
-      s.calibration = CalibrationSpec{c.at("path").get<std::string>(),
-                                      c.at("sha256").get<std::string>(),
-                                      c.at("windows").get<int>(), c.at("window_len").get<int>()};
+      s.calibration =
+          CalibrationSpec{c.at("path").get<std::string>(), c.at("sha256").get<std::string>(),
+                          c.at("windows").get<int>(), c.at("window_len").get<int>()};
     }
     if (j.contains("inputs")) {
       s.input_sha256 = j.at("inputs").get<std::map<std::string, std::string>>();
@@ -114,7 +117,8 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   }
   if (req.limit < 0) return Invalid("limit", absl::StrCat(req.limit, " is negative"));
   if (req.window < 0) return Invalid("window", absl::StrCat(req.window, " is negative"));
-  if (req.max_window < 0) return Invalid("max_window", absl::StrCat(req.max_window, " is negative"));
+  if (req.max_window < 0)
+    return Invalid("max_window", absl::StrCat(req.max_window, " is negative"));
   if (req.kv_heads < 0) return Invalid("kv_heads", absl::StrCat(req.kv_heads, " is negative"));
 
   // The files first: with a path policy, nothing (config.json included) is opened before every
@@ -143,8 +147,8 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
     if (req.max_window > 0 && req.max_window < w) w = req.max_window;
   }
   if (w > cfg->max_positions) {
-    return Invalid("window", absl::StrCat(w, " exceeds the model's max positions ",
-                                          cfg->max_positions));
+    return Invalid("window",
+                   absl::StrCat(w, " exceeds the model's max positions ", cfg->max_positions));
   }
   if (w < 2) return Invalid("window", absl::StrCat(w, " is too small (need >= 2)"));
   if (req.context < 1 || req.context > w) {
@@ -163,8 +167,8 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   // GQA pooling.
   const int kvh = req.kv_heads == 0 ? cfg->num_kv_heads : req.kv_heads;
   if (kvh > cfg->num_kv_heads || cfg->num_kv_heads % kvh != 0) {
-    return Invalid("kv_heads", absl::StrCat(kvh, " does not divide the model's ",
-                                            cfg->num_kv_heads, " KV heads"));
+    return Invalid("kv_heads", absl::StrCat(kvh, " does not divide the model's ", cfg->num_kv_heads,
+                                            " KV heads"));
   }
   s.kv_heads = kvh;
 
@@ -183,9 +187,9 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
       }
     }
     if (!PathExists(c.path)) {
-      return absl::NotFoundError(absl::StrCat(
-          "calibration: method '", s.method, "' needs a calibration text and '", c.path,
-          "' does not exist (pass --calibration FILE)"));
+      return absl::NotFoundError(absl::StrCat("calibration: method '", s.method,
+                                              "' needs a calibration text and '", c.path,
+                                              "' does not exist (pass --calibration FILE)"));
     }
     if (req.calibration_windows < 1 || req.calibration_len < 2) {
       return Invalid("calibration", "windows must be >= 1 and window length >= 2");

@@ -24,19 +24,19 @@ namespace kvsweep {
 inline constexpr char kEngineVersion[] = "kvsweep-engine/3";
 
 struct JobRequest {
-  std::string model_path;       // a path, or a Hugging Face repo id (common/hf_hub.h)
-  std::string model_name;       // display name; defaults to the repo id or the path's basename
-  std::string tokenizer_path;   // empty: the model directory's tokenizer
-  std::string task;             // a task of spec/task.h
+  std::string model_path;      // a path, or a Hugging Face repo id (common/hf_hub.h)
+  std::string model_name;      // display name; defaults to the repo id or the path's basename
+  std::string tokenizer_path;  // empty: the model directory's tokenizer
+  std::string task;            // a task of spec/task.h
   std::string data_path;
-  int limit = 0;                // first documents: lambada_openai, wikitext (0 = all)
-  int window = 0;               // W (0 = model max positions, capped by max_window)
-  int max_window = 0;           // cap for the default W (0 = none)
-  int context = 1;              // C for rolling windows
+  int limit = 0;                 // first documents: lambada_openai, wikitext (0 = all)
+  int window = 0;                // W (0 = model max positions, capped by max_window)
+  int max_window = 0;            // cap for the default W (0 = none)
+  int context = 1;               // C for rolling windows
   std::string method = "none";   // a KvMethod (spec/method_spec.h)
-  int kv_heads = 0;             // 0 = native
-  std::string dtype = "fp32";   // fp32 | bf16 | fp16, transformers' names, or auto (DtypeName)
-  std::string calibration_path;   // empty: assets' wiki.valid.tokens if the method needs one
+  int kv_heads = 0;              // 0 = native
+  std::string dtype = "fp32";    // fp32 | bf16 | fp16, transformers' names, or auto (DtypeName)
+  std::string calibration_path;  // empty: assets' wiki.valid.tokens if the method needs one
   int calibration_windows = 16;
   int calibration_len = 512;
   bool diagnostics = false;
@@ -56,19 +56,20 @@ struct JobSpec {
   std::string model_name;
   std::string model_path;
   std::string model_sha256;
-  std::string tokenizer_path;   // empty: the model directory
+  std::string tokenizer_path;  // empty: the model directory
   std::string tokenizer_sha256;
   std::string task;
-  // TaskDefinition(task) (spec/task.h) when the spec was resolved; part of the identity when non-empty. Empty
-  // in specs resolved before the task had one (their numbers follow the earlier definition).
+  // TaskDefinition(task) (spec/task.h) when the spec was resolved; part of the identity when
+  // non-empty. Empty in specs resolved before the task had one (their numbers follow the earlier
+  // definition).
   std::string task_definition;
   std::string data_path;
   std::string data_sha256;
   int limit = 0;
-  int window = 0;               // resolved W
-  int context = 1;              // resolved C
-  std::string method;           // canonical KvMethod, resolved against head_dim and layers
-  int kv_heads = 0;             // resolved (native when not pooled)
+  int window = 0;      // resolved W
+  int context = 1;     // resolved C
+  std::string method;  // canonical KvMethod, resolved against head_dim and layers
+  int kv_heads = 0;    // resolved (native when not pooled)
   int native_kv_heads = 0;
   int head_dim = 0;
   int num_layers = 0;

@@ -25,7 +25,8 @@ TensorBits BitsFor(const MethodSpec& m, bool compressed, int d, int L) {
       const int meta_per_group = m.sym ? 16 : 32;
       const long long window = std::min<long long>(m.residual, L);
       long long quantized = L - window;  // tokens outside the residual window
-      if (m.axis == QuantAxis::kChannel) quantized = (quantized / m.group) * m.group;  // whole blocks
+      if (m.axis == QuantAxis::kChannel)
+        quantized = (quantized / m.group) * m.group;  // whole blocks
       const long long fp16_tokens = L - quantized;
       b.payload = static_cast<double>(quantized) * m.bits * dd / L;
       double scales = 0;
@@ -97,10 +98,10 @@ absl::StatusOr<Ledger> ComputeLedger(const KvMethod& method, int head_dim, int k
   }
   if (head_dim <= 0 || kv_heads <= 0 || native_kv_heads <= 0 || num_layers <= 0 ||
       context_len <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ledger shapes must be positive (head_dim=", head_dim, ", kv_heads=", kv_heads,
-        ", native_kv_heads=", native_kv_heads, ", layers=", num_layers,
-        ", context_len=", context_len, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ledger shapes must be positive (head_dim=", head_dim, ", kv_heads=", kv_heads,
+                     ", native_kv_heads=", native_kv_heads, ", layers=", num_layers,
+                     ", context_len=", context_len, ")"));
   }
   Ledger l;
   l.head_dim = head_dim;
@@ -114,8 +115,8 @@ absl::StatusOr<Ledger> ComputeLedger(const KvMethod& method, int head_dim, int k
   } else {
     for (const KvMethod::LayerOverride& o : method.overrides) {
       if (o.last >= num_layers) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ledger: method '", method.ToString(), "' names layers beyond ", num_layers));
+        return absl::InvalidArgumentError(absl::StrCat("ledger: method '", method.ToString(),
+                                                       "' names layers beyond ", num_layers));
       }
     }
     auto add = [](TensorBits* sum, const TensorBits& b) {
@@ -168,9 +169,9 @@ absl::StatusOr<std::pair<KvMethod, double>> Achieved(const std::string& spec, in
   if (!r.ok()) return r.status();
   absl::StatusOr<Ledger> l = ComputeLedger(*r, head_dim, 1, 1, 1, o.context_len);
   if (!l.ok()) return l.status();
-  return std::make_pair(
-      *std::move(r),
-      o.convention == BudgetConvention::kPayload ? l->fraction_payload : l->fraction_total);
+  return std::make_pair(*std::move(r), o.convention == BudgetConvention::kPayload
+                                           ? l->fraction_payload
+                                           : l->fraction_total);
 }
 
 // The candidate for `spec` (a family's bits / r): with the extra keys, and as K and V parts
@@ -189,8 +190,7 @@ std::string WithExtra(std::string spec, const SolverOptions& o) {
 absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget, int head_dim,
                                          const SolverOptions& o) {
   if (!(budget > 0.0 && budget <= 1.0)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("budget %g out of range (0, 1]", budget));
+    return absl::InvalidArgumentError(absl::StrFormat("budget %g out of range (0, 1]", budget));
   }
   if (head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("head_dim ", head_dim, " is not positive"));
@@ -225,8 +225,8 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
       candidates.push_back(WithExtra(absl::StrCat("hybrid:r=", r, ",bits=", o.hybrid_bits), o));
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "budget solver: unknown family '", family, "' (known: none, quant, rank, hybrid)"));
+    return absl::InvalidArgumentError(absl::StrCat("budget solver: unknown family '", family,
+                                                   "' (known: none, quant, rank, hybrid)"));
   }
   // Candidates are ordered from largest to smallest storage; pick the closest to the budget,
   // preferring the earlier (higher-fidelity) one on ties.

@@ -32,12 +32,12 @@ struct TensorBits {
 struct Ledger {
   TensorBits k, v;
   int head_dim = 0;
-  int kv_heads = 0;         // after GQA pooling
+  int kv_heads = 0;  // after GQA pooling
   int native_kv_heads = 0;
   int num_layers = 0;
-  int context_len = 0;      // L the amortized terms are computed at
-  double fraction_payload = 0;  // (k.payload + v.payload) / (2·16·d)
-  double fraction_total = 0;    // (k.total + v.total) / (2·16·d)
+  int context_len = 0;            // L the amortized terms are computed at
+  double fraction_payload = 0;    // (k.payload + v.payload) / (2·16·d)
+  double fraction_total = 0;      // (k.total + v.total) / (2·16·d)
   double fraction_of_native = 0;  // fraction_total · kv_heads / native_kv_heads
   // Whole-cache bytes for `context_len` tokens over all layers and KV heads.
   double cache_bytes() const;
@@ -61,10 +61,10 @@ const char* BudgetConventionName(BudgetConvention c);
 // Options a sweep may pass to the solver.
 struct SolverOptions {
   BudgetConvention convention = BudgetConvention::kPayload;
-  int context_len = 2048;     // L for amortized terms under the `total` convention
-  double tolerance = 0.0;     // allowed |achieved - budget| / budget
-  int hybrid_bits = 8;        // hybrid: bits per coefficient; r follows from the budget
-  std::string extra;          // extra keys appended to the spec (e.g. "basis=svd")
+  int context_len = 2048;  // L for amortized terms under the `total` convention
+  double tolerance = 0.0;  // allowed |achieved - budget| / budget
+  int hybrid_bits = 8;     // hybrid: bits per coefficient; r follows from the budget
+  std::string extra;       // extra keys appended to the spec (e.g. "basis=svd")
   // K and V apart: keys appended to the K part and to the V part (either set makes the solved
   // method `k=FAMILY:...,extra,extra_k;v=FAMILY:...,extra,extra_v`, the same bits / r for
   // both), e.g. extra_k "axis=channel,group=32" for KIVI-style keys.
@@ -72,8 +72,8 @@ struct SolverOptions {
 };
 
 struct SolvedMethod {
-  KvMethod method;            // resolved for head_dim (and one layer: the solver sets no ranges)
-  double achieved = 0;        // fraction under the convention
+  KvMethod method;      // resolved for head_dim (and one layer: the solver sets no ranges)
+  double achieved = 0;  // fraction under the convention
 };
 
 // Turns (family, budget, head_dim) into a concrete method at that storage fraction, e.g. at

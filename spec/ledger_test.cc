@@ -112,11 +112,13 @@ TEST(SolverTest, KAndVApartSolveOneBitWidthForBoth) {
   o.extra_v = "axis=token";
   absl::StatusOr<SolvedMethod> s = SolveBudget("quant", 0.25, 64, o);
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->method.ToString(), *CanonicalKvMethod("k=quant:bits=4,axis=channel,group=32;v=quant:bits=4", 64, 1));
+  EXPECT_EQ(s->method.ToString(),
+            *CanonicalKvMethod("k=quant:bits=4,axis=channel,group=32;v=quant:bits=4", 64, 1));
   EXPECT_DOUBLE_EQ(s->achieved, 0.25);
   // Without keys of their own for K or V, the same as before.
   SolverOptions plain;
-  EXPECT_EQ(SolveBudget("quant", 0.25, 64, plain)->method.ToString(), *CanonicalMethodSpec("quant:bits=4", 64));
+  EXPECT_EQ(SolveBudget("quant", 0.25, 64, plain)->method.ToString(),
+            *CanonicalMethodSpec("quant:bits=4", 64));
 }
 
 TEST(SolverTest, QuarterBudgetMatchesInt4RankD4HybridHalf8) {

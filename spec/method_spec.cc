@@ -23,8 +23,8 @@ absl::Status Bad(absl::string_view spec, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("method '", spec, "': ", why));
 }
 
-absl::StatusOr<int> ParseInt(absl::string_view spec, absl::string_view key,
-                             absl::string_view value, int lo, int hi) {
+absl::StatusOr<int> ParseInt(absl::string_view spec, absl::string_view key, absl::string_view value,
+                             int lo, int hi) {
   int v = 0;
   if (!absl::SimpleAtoi(value, &v)) {
     return Bad(spec, absl::StrCat(key, "=", value, " is not an integer"));
@@ -36,8 +36,7 @@ absl::StatusOr<int> ParseInt(absl::string_view spec, absl::string_view key,
 }
 
 template <typename E>
-absl::StatusOr<E> ParseEnum(absl::string_view spec, absl::string_view key,
-                            absl::string_view value,
+absl::StatusOr<E> ParseEnum(absl::string_view spec, absl::string_view key, absl::string_view value,
                             const std::vector<std::pair<const char*, E>>& options) {
   std::vector<std::string> names;
   for (const auto& [name, e] : options) {
@@ -69,19 +68,19 @@ struct KeyDef {
   std::function<absl::Status(absl::string_view spec, absl::string_view value, MethodSpec*)> set;
 };
 
-#define KV_SET_INT(field, lo, hi)                                                   \
+#define KV_SET_INT(field, lo, hi)                                                  \
   [](absl::string_view spec, absl::string_view v, MethodSpec* m) -> absl::Status { \
-    absl::StatusOr<int> x = ParseInt(spec, #field, v, lo, hi);                      \
-    if (!x.ok()) return x.status();                                                 \
-    m->field = *x;                                                                  \
-    return absl::OkStatus();                                                        \
+    absl::StatusOr<int> x = ParseInt(spec, #field, v, lo, hi);                     \
+    if (!x.ok()) return x.status();                                                \
+    m->field = *x;                                                                 \
+    return absl::OkStatus();                                                       \
   }
-#define KV_SET_ENUM(field, key, options)                                            \
+#define KV_SET_ENUM(field, key, options)                                           \
   [](absl::string_view spec, absl::string_view v, MethodSpec* m) -> absl::Status { \
-    auto x = ParseEnum(spec, key, v, options);                                      \
-    if (!x.ok()) return x.status();                                                 \
-    m->field = *x;                                                                  \
-    return absl::OkStatus();                                                        \
+    auto x = ParseEnum(spec, key, v, options);                                     \
+    if (!x.ok()) return x.status();                                                \
+    m->field = *x;                                                                 \
+    return absl::OkStatus();                                                       \
   }
 
 struct FamilyDef {
@@ -167,11 +166,16 @@ std::string ValueString(const MethodSpec& m, absl::string_view key) {
 const char* FamilyName(MethodFamily f) { return DefOf(f).name; }
 const char* BasisName(Basis b) {
   switch (b) {
-    case Basis::kIdentity: return "identity";
-    case Basis::kPca: return "pca";
-    case Basis::kHadamard: return "hadamard";
-    case Basis::kRandom: return "random";
-    case Basis::kSvd: return "svd";
+    case Basis::kIdentity:
+      return "identity";
+    case Basis::kPca:
+      return "pca";
+    case Basis::kHadamard:
+      return "hadamard";
+    case Basis::kRandom:
+      return "random";
+    case Basis::kSvd:
+      return "svd";
   }
   return "?";
 }
@@ -187,7 +191,8 @@ std::string MethodSpec::ToString() const {
   const FamilyDef& def = DefOf(family);
   if (def.keys.empty()) return def.name;
   std::vector<std::string> parts;
-  for (const KeyDef& k : def.keys) parts.push_back(absl::StrCat(k.name, "=", ValueString(*this, k.name)));
+  for (const KeyDef& k : def.keys)
+    parts.push_back(absl::StrCat(k.name, "=", ValueString(*this, k.name)));
   return absl::StrCat(def.name, ":", absl::StrJoin(parts, ","));
 }
 
@@ -201,8 +206,8 @@ absl::StatusOr<MethodSpec> ParseMethodSpec(absl::string_view text) {
     if (fam_rest.first == d.name) def = &d;
   }
   if (def == nullptr) {
-    return Bad(spec, absl::StrCat("unknown family '", fam_rest.first, "' (known: ",
-                                  absl::StrJoin(MethodFamilyNames(), ", "), ")"));
+    return Bad(spec, absl::StrCat("unknown family '", fam_rest.first,
+                                  "' (known: ", absl::StrJoin(MethodFamilyNames(), ", "), ")"));
   }
   MethodSpec m;
   m.family = def->family;
@@ -218,7 +223,8 @@ absl::StatusOr<MethodSpec> ParseMethodSpec(absl::string_view text) {
   if (!fam_rest.second.empty()) {
     for (absl::string_view kv : absl::StrSplit(fam_rest.second, ',')) {
       kv = absl::StripAsciiWhitespace(kv);
-      std::pair<absl::string_view, absl::string_view> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      std::pair<absl::string_view, absl::string_view> p =
+          absl::StrSplit(kv, absl::MaxSplits('=', 1));
       if (kv.find('=') == absl::string_view::npos || p.first.empty() || p.second.empty()) {
         return Bad(spec, absl::StrCat("expected key=value, got '", kv, "'"));
       }
@@ -281,8 +287,7 @@ absl::StatusOr<MethodSpec> ParseMethodSpec(absl::string_view text) {
     case MethodFamily::kRank:
     case MethodFamily::kHybrid:
       if (m.basis == Basis::kSvd) {
-        if (given.count("rope") && m.rope == RopeStage::kPost &&
-            m.target != KvTarget::kV) {
+        if (given.count("rope") && m.rope == RopeStage::kPost && m.target != KvTarget::kV) {
           return Bad(spec, "basis=svd is computed from W_k and implies rope=pre for keys");
         }
         // Values have no rope stage (their canonical rope=post must parse back).
@@ -318,8 +323,8 @@ absl::StatusOr<MethodSpec> ResolveMethodSpec(MethodSpec m, int head_dim) {
         }
       }
       if (m.basis == Basis::kHadamard && (head_dim & (head_dim - 1)) != 0) {
-        return Bad(spec, absl::StrCat("basis=hadamard needs a power-of-two head_dim, got ",
-                                      head_dim));
+        return Bad(spec,
+                   absl::StrCat("basis=hadamard needs a power-of-two head_dim, got ", head_dim));
       }
       break;
     case MethodFamily::kRank:
@@ -356,10 +361,9 @@ absl::StatusOr<MethodSpec> ParsePart(absl::string_view text, KvTarget target, co
   if (!plain.ok()) return plain.status();
   if (plain->family == MethodFamily::kNone) return plain;
   if (plain->target != KvTarget::kKV && plain->target != target) {
-    return absl::InvalidArgumentError(absl::StrCat("method '", text, "': target=",
-                                                   TargetName(plain->target),
-                                                   " contradicts its place as the ", part,
-                                                   "= part"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("method '", text, "': target=", TargetName(plain->target),
+                     " contradicts its place as the ", part, "= part"));
   }
   absl::string_view spec = absl::StripAsciiWhitespace(text);
   std::pair<absl::string_view, absl::string_view> fam_rest =
@@ -470,10 +474,11 @@ absl::StatusOr<KvMethod> ParseKvMethod(absl::string_view text) {
       const absl::string_view range = rest.substr(0, colon);
       const size_t dash = range.find('-');
       const absl::string_view first = range.substr(0, dash);
-      const absl::string_view last = dash == absl::string_view::npos ? first : range.substr(dash + 1);
+      const absl::string_view last =
+          dash == absl::string_view::npos ? first : range.substr(dash + 1);
       KvMethod::LayerOverride o;
-      if (!absl::SimpleAtoi(first, &o.first) || !absl::SimpleAtoi(last, &o.last) ||
-          o.first < 0 || o.last < o.first || o.last > kMaxDim) {
+      if (!absl::SimpleAtoi(first, &o.first) || !absl::SimpleAtoi(last, &o.last) || o.first < 0 ||
+          o.last < o.first || o.last > kMaxDim) {
         return BadKv(all, absl::StrCat("layers=", range,
                                        " is not a layer or an increasing range A-B of layers"));
       }
@@ -519,7 +524,8 @@ absl::StatusOr<KvMethod> ParseKvMethod(absl::string_view text) {
 
 absl::StatusOr<KvMethod> ResolveKvMethod(KvMethod m, int head_dim, int num_layers) {
   const std::string text = m.ToString();
-  if (num_layers <= 0) return BadKv(text, absl::StrCat("num_layers ", num_layers, " is not positive"));
+  if (num_layers <= 0)
+    return BadKv(text, absl::StrCat("num_layers ", num_layers, " is not positive"));
   absl::StatusOr<MethodSpec> rk = ResolveMethodSpec(m.k, head_dim);
   if (!rk.ok()) return rk.status();
   m.k = *rk;
@@ -571,8 +577,9 @@ absl::StatusOr<KvMethod> ResolveKvMethod(KvMethod m, int head_dim, int num_layer
   for (const MethodSpec& p : m.Parts()) {
     if (!p.compresses_k()) continue;
     if (rope.has_value() && *rope != p.rope) {
-      return BadKv(text, "every part that compresses keys must use the same rope stage (the "
-                         "model rotates keys at one point)");
+      return BadKv(text,
+                   "every part that compresses keys must use the same rope stage (the "
+                   "model rotates keys at one point)");
     }
     rope = p.rope;
   }

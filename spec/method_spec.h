@@ -34,26 +34,22 @@ enum class Basis { kIdentity = 0, kPca = 1, kHadamard = 2, kRandom = 3, kSvd = 4
 
 struct MethodSpec {
   MethodFamily family = MethodFamily::kNone;
-  int bits = 16;            // quant, hybrid: bits per code (1..8)
-  int group = 0;            // quant token axis: channels per group (0 = head_dim, unresolved);
-                            // quant channel axis: tokens per block; hybrid: coefficients/group
+  int bits = 16;  // quant, hybrid: bits per code (1..8)
+  int group = 0;  // quant token axis: channels per group (0 = head_dim, unresolved);
+                  // quant channel axis: tokens per block; hybrid: coefficients/group
   QuantAxis axis = QuantAxis::kToken;
-  bool sym = false;         // symmetric absmax (true) or asymmetric min-max (false)
+  bool sym = false;  // symmetric absmax (true) or asymmetric min-max (false)
   KvTarget target = KvTarget::kKV;
-  int residual = 0;         // quant: most recent tokens kept uncompressed (fp16)
+  int residual = 0;  // quant: most recent tokens kept uncompressed (fp16)
   RopeStage rope = RopeStage::kPost;
   Basis basis = Basis::kIdentity;
-  int seed = 0;             // basis=random only (normalized to 0 otherwise)
-  bool packed = false;      // quant: store real packed codes and measure bytes
-  int r = 0;                // rank, hybrid: kept dimensions per head
+  int seed = 0;         // basis=random only (normalized to 0 otherwise)
+  bool packed = false;  // quant: store real packed codes and measure bytes
+  int r = 0;            // rank, hybrid: kept dimensions per head
 
   bool resolved() const { return !(family == MethodFamily::kQuant && group == 0); }
-  bool compresses_k() const {
-    return family != MethodFamily::kNone && target != KvTarget::kV;
-  }
-  bool compresses_v() const {
-    return family != MethodFamily::kNone && target != KvTarget::kK;
-  }
+  bool compresses_k() const { return family != MethodFamily::kNone && target != KvTarget::kV; }
+  bool compresses_v() const { return family != MethodFamily::kNone && target != KvTarget::kK; }
   // True if a cache entry's stored state depends on the query position (channel blocks with
   // an unfinished fp16 block, or an fp16 residual window).
   bool position_dependent() const {
@@ -119,8 +115,7 @@ absl::StatusOr<KvMethod> ParseKvMethod(absl::string_view text);
 // Binds to a head dimension and layer count and canonicalizes (see above).
 absl::StatusOr<KvMethod> ResolveKvMethod(KvMethod m, int head_dim, int num_layers);
 // Parse + resolve + canonical string.
-absl::StatusOr<std::string> CanonicalKvMethod(absl::string_view text, int head_dim,
-                                              int num_layers);
+absl::StatusOr<std::string> CanonicalKvMethod(absl::string_view text, int head_dim, int num_layers);
 
 // Family names known to the parser, in registry order ("none", "quant", "rank", "hybrid").
 std::vector<std::string> MethodFamilyNames();

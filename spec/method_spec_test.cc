@@ -41,9 +41,10 @@ TEST(MethodSpecTest, SpellingsOfTheSameMethodAgree) {
 }
 
 TEST(MethodSpecTest, CanonicalRoundTrips) {
-  for (const char* s : {"none", "quant:bits=2,group=32,target=k", "quant:bits=3,axis=channel,residual=32",
-                        "quant:bits=4,basis=hadamard", "rank:r=16,basis=random,seed=3",
-                        "hybrid:r=32,bits=4,group=8,basis=svd", "quant:bits=8,sym=1,packed=1"}) {
+  for (const char* s :
+       {"none", "quant:bits=2,group=32,target=k", "quant:bits=3,axis=channel,residual=32",
+        "quant:bits=4,basis=hadamard", "rank:r=16,basis=random,seed=3",
+        "hybrid:r=32,bits=4,group=8,basis=svd", "quant:bits=8,sym=1,packed=1"}) {
     std::string c = Canon(s);
     EXPECT_EQ(Canon(c), c);
   }
@@ -80,7 +81,8 @@ TEST(MethodSpecTest, BadSpecsAreOneLineErrors) {
   ExpectError("quant:bits=4,basis=hadamard", "power-of-two head_dim", 96);
   ExpectError("quant:bits=1,sym=1", "sym=1 needs bits >= 2");
   ExpectError("quant:bits=4,packed=1,axis=channel", "packed=1 supports axis=token, basis=identity");
-  ExpectError("quant:bits=4,packed=1,basis=hadamard", "packed=1 supports axis=token, basis=identity");
+  ExpectError("quant:bits=4,packed=1,basis=hadamard",
+              "packed=1 supports axis=token, basis=identity");
   ExpectError("quant:bits=4,packed=1,residual=8", "packed=1 supports residual=0 only");
   ExpectError("quant:bits=2,axis=channel,basis=pca", "basis rotation is defined for axis=token");
   ExpectError("rank:r=0", "r=0 out of range");
@@ -142,8 +144,8 @@ TEST(KvMethodTest, KAndVApart) {
             Kv("k=quant:bits=2,axis=channel,group=32;v=quant:bits=2"));
   // Families may differ.
   EXPECT_EQ(Kv("k=quant:bits=4;v=rank:r=32"),
-            "k=" + *CanonicalMethodSpec("quant:bits=4,target=k", 64) + ";v=" +
-                *CanonicalMethodSpec("rank:r=32,target=v", 64));
+            "k=" + *CanonicalMethodSpec("quant:bits=4,target=k", 64) +
+                ";v=" + *CanonicalMethodSpec("rank:r=32,target=v", 64));
 }
 
 TEST(KvMethodTest, ApartSpellingsOfOneCacheCollapse) {
@@ -165,8 +167,9 @@ TEST(KvMethodTest, PerLayerOverrides) {
   EXPECT_EQ(Kv("quant:bits=2;layers=0:quant:bits=8;layers=5:none"),
             base + ";layers=0:" + eight + ";layers=5:none");
   // Sorted, adjacent equal ranges merged, overrides equal to the base dropped.
-  EXPECT_EQ(Kv("quant:bits=2;layers=3-4:quant:bits=8;layers=0-2:quant:bits=8;layers=5:quant:bits=2"),
-            base + ";layers=0-4:" + eight);
+  EXPECT_EQ(
+      Kv("quant:bits=2;layers=3-4:quant:bits=8;layers=0-2:quant:bits=8;layers=5:quant:bits=2"),
+      base + ";layers=0-4:" + eight);
   EXPECT_EQ(Kv("quant:bits=2;layers=1-2:quant:bits=2"), base);
 
   absl::StatusOr<KvMethod> m =

@@ -50,8 +50,8 @@ std::vector<double> Bootstrap(size_t n, int resamples, uint64_t seed,
   return out;
 }
 
-std::optional<double> BootstrapStderr(const EvalUnits& u, const std::string& metric,
-                                      int resamples, uint64_t seed) {
+std::optional<double> BootstrapStderr(const EvalUnits& u, const std::string& metric, int resamples,
+                                      uint64_t seed) {
   if (u.size() < 2 || !UnitMetric(u, metric, nullptr)) return std::nullopt;
   std::vector<double> values = Bootstrap(u.size(), resamples, seed, [&](const auto& idx) {
     return UnitMetric(u, metric, &idx).value_or(NAN);
@@ -63,7 +63,8 @@ absl::StatusOr<PairedComparison> PairedBootstrap(const EvalUnits& a, const EvalU
                                                  const std::string& metric, int resamples,
                                                  uint64_t seed, double level) {
   if (a.kind != base.kind || a.size() != base.size() || a.tokens != base.tokens ||
-      a.words != base.words || a.bytes != base.bytes || a.total_words != base.total_words || a.total_bytes != base.total_bytes) {
+      a.words != base.words || a.bytes != base.bytes || a.total_words != base.total_words ||
+      a.total_bytes != base.total_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "not the same ", a.kind.empty() ? "units" : a.kind + "s", " (", a.size(), " vs ",
         base.size(), "): a paired comparison needs the same data, limit and window"));

@@ -65,8 +65,7 @@ struct PairedComparison {
 absl::StatusOr<PairedComparison> PairedBootstrap(const EvalUnits& a, const EvalUnits& base,
                                                  const std::string& metric,
                                                  int resamples = kDefaultResamples,
-                                                 uint64_t seed = kDefaultSeed,
-                                                 double level = 0.95);
+                                                 uint64_t seed = kDefaultSeed, double level = 0.95);
 
 }  // namespace kvsweep
 

@@ -25,8 +25,8 @@ absl::Status Unpack(const nlohmann::json& j, const char* key, std::vector<T>* ou
   std::string bytes;
   if (!it->is_string() || !absl::Base64Unescape(it->get<std::string>(), &bytes) ||
       bytes.size() % sizeof(T) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("units.", key, ": not base64 of ",
-                                                   sizeof(T), "-byte values"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("units.", key, ": not base64 of ", sizeof(T), "-byte values"));
   }
   out->resize(bytes.size() / sizeof(T));
   if (!bytes.empty()) std::memcpy(out->data(), bytes.data(), bytes.size());

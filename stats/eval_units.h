@@ -20,10 +20,10 @@
 namespace kvsweep {
 
 struct EvalUnits {
-  std::string kind;              // "document" or "window"
-  std::vector<double> loglik;    // per unit: sum of log p over its scored tokens
-  std::vector<int32_t> tokens;   // per unit: scored tokens
-  std::vector<uint8_t> greedy;   // LAMBADA documents: 1 when every continuation token was the argmax
+  std::string kind;             // "document" or "window"
+  std::vector<double> loglik;   // per unit: sum of log p over its scored tokens
+  std::vector<int32_t> tokens;  // per unit: scored tokens
+  std::vector<uint8_t> greedy;  // LAMBADA documents: 1 when every continuation token was the argmax
   // wikitext documents: words and bytes of each document (lm-eval's weights for word_ppl,
   // byte_ppl and bits_per_byte). Empty for the other tasks.
   std::vector<int32_t> words, bytes;

@@ -29,8 +29,8 @@ struct FakeSweep {
   int priority = 0;
   int64_t created_ms = 0;
   bool cancelled = false;
-  std::vector<std::string> order;               // job ids in link order
-  std::map<std::string, std::string> labels;    // job id -> labels
+  std::vector<std::string> order;             // job ids in link order
+  std::map<std::string, std::string> labels;  // job id -> labels
 };
 
 struct FakeAttempt {
@@ -51,10 +51,10 @@ struct FakeState {
 
 absl::Status Stale(const std::string& job_id, int64_t want, const FakeJob& j,
                    absl::string_view want_state) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "stale fencing token ", want, " for job ", job_id.substr(0, 12), ": the job is ",
-      JobStateName(j.state), " with fence ", j.fence, " (expected ", want_state, " with fence ",
-      want, ")"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("stale fencing token ", want, " for job ", job_id.substr(0, 12), ": the job is ",
+                   JobStateName(j.state), " with fence ", j.fence, " (expected ", want_state,
+                   " with fence ", want, ")"));
 }
 
 void EndAttempt(FakeState& s, const std::string& job_id, int64_t fence, AttemptOutcome o) {
@@ -114,10 +114,15 @@ absl::Status DoOp(FakeState& s, SubmitSweep& op) {
           ++op.requeued;
           op.queued_job_ids.push_back(nj.job_id);
           break;
-        case JobState::kDone: ++op.done; break;
+        case JobState::kDone:
+          ++op.done;
+          break;
         case JobState::kQueued:
-        case JobState::kLeased: ++op.pending; break;
-        default: ++op.failed;
+        case JobState::kLeased:
+          ++op.pending;
+          break;
+        default:
+          ++op.failed;
       }
     }
     if (sw.labels.find(nj.job_id) == sw.labels.end()) sw.order.push_back(nj.job_id);
@@ -147,7 +152,7 @@ absl::Status DoOp(FakeState& s, GrantLease& op) {
 
 absl::Status DoOp(FakeState& s, RecordResult& op) {
   absl::StatusOr<ResultMetrics> m = op.metrics ? absl::StatusOr<ResultMetrics>(*op.metrics)
-                                                 : ExtractResultMetrics(op.result_json);
+                                               : ExtractResultMetrics(op.result_json);
   if (!m.ok()) return m.status();
   auto it = s.jobs.find(op.job_id);
   if (it == s.jobs.end()) return absl::NotFoundError(absl::StrCat("unknown job ", op.job_id));
@@ -181,7 +186,8 @@ absl::Status DoOp(FakeState& s, EndLease& op) {
   auto it = s.jobs.find(op.job_id);
   if (it == s.jobs.end()) return absl::NotFoundError(absl::StrCat("unknown job ", op.job_id));
   FakeJob& j = it->second;
-  if (j.state != JobState::kLeased || j.fence != op.fence) return Stale(op.job_id, op.fence, j, "leased");
+  if (j.state != JobState::kLeased || j.fence != op.fence)
+    return Stale(op.job_id, op.fence, j, "leased");
   j.state = op.new_state;
   j.fence++;
   j.lease_id.clear();
@@ -197,7 +203,8 @@ absl::Status DoOp(FakeState& s, EndLease& op) {
 
 absl::Status DoOp(FakeState& s, CancelJobs& op) {
   auto sw = s.sweeps.find(op.sweep);
-  if (sw == s.sweeps.end()) return absl::NotFoundError(absl::StrCat("no sweep named '", op.sweep, "'"));
+  if (sw == s.sweeps.end())
+    return absl::NotFoundError(absl::StrCat("no sweep named '", op.sweep, "'"));
   op.cancelled = 0;
   for (const CancelJobs::Expect& e : op.jobs) {
     auto it = s.jobs.find(e.job_id);
@@ -310,8 +317,8 @@ class FakeResultStore final : public ResultStore {
     return out;
   }
 
-  absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(
-      const std::string& sweep, const std::vector<JobState>& states) override {
+  absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(const std::string& sweep,
+                                                     const std::vector<JobState>& states) override {
     MutexLock lock(&mu_);
     auto sw = state_.sweeps.find(sweep);
     if (sw == state_.sweeps.end()) {
@@ -403,8 +410,7 @@ class FakeResultStore final : public ResultStore {
   }
 
  private:
-  absl::StatusOr<SweepInfo> Info(const std::string& name) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::StatusOr<SweepInfo> Info(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto sw = state_.sweeps.find(name);
     if (sw == state_.sweeps.end()) {
       return absl::NotFoundError(absl::StrCat("no sweep named '", name, "'"));

@@ -1,7 +1,8 @@
 // Shared pieces of the ResultStore implementations: state names and result validation.
+#include "storage/result_store.h"
+
 #include "absl/strings/str_cat.h"
 #include "spec/job_result.h"
-#include "storage/result_store.h"
 
 namespace kvsweep {
 
@@ -11,9 +12,12 @@ struct StateName {
   const char* name;
 };
 constexpr StateName kStateNames[] = {
-    {JobState::kQueued, "queued"},   {JobState::kLeased, "leased"},
-    {JobState::kDone, "done"},       {JobState::kFailed, "failed"},
-    {JobState::kQuarantined, "quarantined"}, {JobState::kCancelled, "cancelled"},
+    {JobState::kQueued, "queued"},
+    {JobState::kLeased, "leased"},
+    {JobState::kDone, "done"},
+    {JobState::kFailed, "failed"},
+    {JobState::kQuarantined, "quarantined"},
+    {JobState::kCancelled, "cancelled"},
 };
 }  // namespace
 
@@ -35,12 +39,18 @@ bool IsFinal(JobState s) { return s != JobState::kQueued && s != JobState::kLeas
 
 const char* AttemptOutcomeName(AttemptOutcome o) {
   switch (o) {
-    case AttemptOutcome::kRunning: return "running";
-    case AttemptOutcome::kDone: return "done";
-    case AttemptOutcome::kFailed: return "failed";
-    case AttemptOutcome::kLost: return "lost";
-    case AttemptOutcome::kHandedBack: return "handed_back";
-    case AttemptOutcome::kCancelled: return "cancelled";
+    case AttemptOutcome::kRunning:
+      return "running";
+    case AttemptOutcome::kDone:
+      return "done";
+    case AttemptOutcome::kFailed:
+      return "failed";
+    case AttemptOutcome::kLost:
+      return "lost";
+    case AttemptOutcome::kHandedBack:
+      return "handed_back";
+    case AttemptOutcome::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -52,14 +62,16 @@ absl::StatusOr<ResultMetrics> ExtractResultMetrics(absl::string_view result_json
   r.job_id = j->job_id();
   r.tasks = j->tasks();
   // The common columns come from the first task that has them.
-  for (auto [key, slot] : {std::pair{"acc", &r.acc}, {"ppl", &r.ppl},
-                           {"token_ppl", &r.token_ppl}, {"word_ppl", &r.word_ppl},
+  for (auto [key, slot] : {std::pair{"acc", &r.acc},
+                           {"ppl", &r.ppl},
+                           {"token_ppl", &r.token_ppl},
+                           {"word_ppl", &r.word_ppl},
                            {"bits_per_byte", &r.bits_per_byte},
                            {"loglik_sum", &r.loglik_sum}}) {
     *slot = j->TaskNumber(key);
   }
-  for (auto [key, slot] : {std::pair{"n", &r.n}, {"tokens", &r.tokens},
-                           {"words", &r.words}, {"bytes", &r.bytes}}) {
+  for (auto [key, slot] :
+       {std::pair{"n", &r.n}, {"tokens", &r.tokens}, {"words", &r.words}, {"bytes", &r.bytes}}) {
     *slot = j->TaskInteger(key);
   }
   r.fraction_payload = j->LedgerNumber("fraction_payload");

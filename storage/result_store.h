@@ -59,9 +59,9 @@ const char* AttemptOutcomeName(AttemptOutcome o);
 // ---- Mutations ------------------------------------------------------------------------------
 
 struct NewJob {
-  std::string job_id;       // sha256 of the job's identity JSON
-  std::string spec_json;    // JobSpec::ToJson()
-  std::string model_key;    // affinity key: the model's content hash
+  std::string job_id;     // sha256 of the job's identity JSON
+  std::string spec_json;  // JobSpec::ToJson()
+  std::string model_key;  // affinity key: the model's content hash
   int priority = 0;
   int max_attempts = 3;
   std::string labels_json;  // this sweep's labels for the job (model, method label, ...)
@@ -141,7 +141,7 @@ struct EndLease {
   std::string error;
   JobState new_state = JobState::kQueued;
   int64_t next_eligible_ms = 0;
-  bool refund_attempt = false;  // handed back: the attempt does not count
+  bool refund_attempt = false;                            // handed back: the attempt does not count
   std::optional<std::vector<std::string>> crash_workers;  // replaces the job's list if set
   int64_t now_ms = 0;
 };
@@ -187,8 +187,8 @@ struct TouchWorker {
 };
 
 struct Mutation {
-  using Op = std::variant<SubmitSweep, GrantLease, RecordResult, EndLease, CancelJobs,
-                          RequeueJobs, TouchWorker>;
+  using Op = std::variant<SubmitSweep, GrantLease, RecordResult, EndLease, CancelJobs, RequeueJobs,
+                          TouchWorker>;
   explicit Mutation(Op o) : op(std::move(o)) {}
   Op op;
   absl::Status status;  // set by Apply
@@ -221,7 +221,7 @@ struct SweepInfo {
   int64_t created_ms = 0;
   bool cancelled = false;
   int total = 0;
-  int counts[7] = {0, 0, 0, 0, 0, 0, 0};  // indexed by JobState
+  int counts[7] = {0, 0, 0, 0, 0, 0, 0};   // indexed by JobState
   std::vector<std::string> recent_errors;  // "<job id prefix>: <error>"
   int count(JobState s) const { return counts[static_cast<int>(s)]; }
 };
@@ -304,7 +304,7 @@ class ResultStore {
 };
 
 struct SqliteOptions {
-  bool read_only = false;     // open an existing database for reading only (no migrations)
+  bool read_only = false;  // open an existing database for reading only (no migrations)
   int busy_timeout_ms = 5000;
   // Tests: stop migrating at this schema version (0: the latest).
   int max_schema_version = 0;

@@ -41,8 +41,8 @@ const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new CleanupEnvi
 
 std::string TempPath(const std::string& stem) {
   static std::atomic<int> n{0};
-  std::string p = absl::StrCat(::testing::TempDir(), "/kvsweep_store_", getpid(), "_", n++, "_",
-                               stem, ".db");
+  std::string p =
+      absl::StrCat(::testing::TempDir(), "/kvsweep_store_", getpid(), "_", n++, "_", stem, ".db");
   for (const char* suffix : {"", "-wal", "-shm"}) std::remove((p + suffix).c_str());
   Created().push_back(p);
   return p;
@@ -282,9 +282,9 @@ TEST_P(ResultStoreConformance, BatchMutationsSucceedOrFailOnTheirOwn) {
   ASSERT_TRUE(One(ga).ok());
   std::vector<Mutation> batch;
   batch.emplace_back(Record("a", 1));
-  batch.emplace_back(Record("a", 7));         // stale: rolled back alone
+  batch.emplace_back(Record("a", 7));  // stale: rolled back alone
   batch.emplace_back(Grant("b", 0, "w2"));
-  batch.emplace_back(Record("b", 1, "w2"));   // sees the grant made earlier in the batch
+  batch.emplace_back(Record("b", 1, "w2"));  // sees the grant made earlier in the batch
   ASSERT_TRUE(store_->Apply(batch).ok());
   EXPECT_TRUE(batch[0].status.ok()) << batch[0].status;
   EXPECT_EQ(batch[1].status.code(), absl::StatusCode::kFailedPrecondition);
@@ -330,7 +330,8 @@ TEST_P(ResultStoreConformance, CancelEndsQueuedAndLeasedJobsAndResubmitRequeues)
   EXPECT_TRUE((*refs)[2].shared_with_live_sweep);  // c is also in s2
   CancelJobs c;
   c.sweep = "s1";
-  c.jobs = {{"a", JobState::kQueued, 0}, {"b", JobState::kLeased, 1},
+  c.jobs = {{"a", JobState::kQueued, 0},
+            {"b", JobState::kLeased, 1},
             {"c", JobState::kLeased, 0} /* wrong expectation: skipped */};
   ASSERT_TRUE(One(c).ok());
   EXPECT_EQ(c.cancelled, 2);
@@ -383,10 +384,13 @@ TEST_P(ResultStoreConformance, ExportListsLabelsStatesAndResults) {
   RecordResult r = Record("a", 1);
   ASSERT_TRUE(One(r).ok());
   std::vector<ExportRow> rows;
-  ASSERT_TRUE(store_->Export("s1", true, [&](const ExportRow& row) {
-    rows.push_back(row);
-    return true;
-  }).ok());
+  ASSERT_TRUE(store_
+                  ->Export("s1", true,
+                           [&](const ExportRow& row) {
+                             rows.push_back(row);
+                             return true;
+                           })
+                  .ok());
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].job_id, "a");
   EXPECT_EQ(rows[0].state, JobState::kDone);
@@ -421,16 +425,16 @@ TEST_P(ResultStoreConformance, TouchWorkerIsIdempotent) {
   ASSERT_TRUE(One(t).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Backends, ResultStoreConformance,
-    ::testing::Values(Backend{"sqlite",
-                              [] {
-                                auto s = NewSqliteResultStore(TempPath("conf"), SqliteOptions());
-                                EXPECT_TRUE(s.ok()) << s.status();
-                                return std::move(s).value();
-                              }},
-                      Backend{"fake", [] { return NewFakeResultStore(); }}),
-    [](const ::testing::TestParamInfo<Backend>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Backends, ResultStoreConformance,
+                         ::testing::Values(Backend{"sqlite",
+                                                   [] {
+                                                     auto s = NewSqliteResultStore(TempPath("conf"),
+                                                                                   SqliteOptions());
+                                                     EXPECT_TRUE(s.ok()) << s.status();
+                                                     return std::move(s).value();
+                                                   }},
+                                           Backend{"fake", [] { return NewFakeResultStore(); }}),
+                         [](const ::testing::TestParamInfo<Backend>& i) { return i.param.name; });
 
 // ---- SQLite only ------------------------------------------------------------------------------
 
@@ -469,8 +473,8 @@ TEST(SqliteResultStoreTest, ResultsSurviveReopen) {
   }
   auto store = OpenOrDie(path);
   EXPECT_EQ(*store->CountResults(), 1);
-  auto q = store->Query("SELECT ppl, acc, n, fraction_payload, kv_heads, wall_s FROM results",
-                        10, 1000);
+  auto q =
+      store->Query("SELECT ppl, acc, n, fraction_payload, kv_heads, wall_s FROM results", 10, 1000);
   ASSERT_TRUE(q.ok()) << q.status();
   ASSERT_EQ(q->rows.size(), 1u);
   EXPECT_EQ(std::get<double>(q->rows[0][0]), 12.5);
@@ -481,8 +485,8 @@ TEST(SqliteResultStoreTest, ResultsSurviveReopen) {
   EXPECT_EQ(std::get<double>(q->rows[0][5]), 1.5);
   EXPECT_TRUE(store->IntegrityCheck().ok());
   // The sweep_results view (schema v2) joins labels.
-  auto v = store->Query("SELECT sweep, model_label, method_label, ppl FROM sweep_results", 10,
-                        1000);
+  auto v =
+      store->Query("SELECT sweep, model_label, method_label, ppl FROM sweep_results", 10, 1000);
   ASSERT_TRUE(v.ok()) << v.status();
   ASSERT_EQ(v->rows.size(), 1u);
   EXPECT_EQ(std::get<std::string>(v->rows[0][0]), "s1");

@@ -70,8 +70,8 @@ class SqliteResultStore final : public ResultStore {
     }
     {
       MutexLock lock(&rmu_);
-      KV_RETURN_IF_ERROR(OpenConnection(
-          path, o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &rdb_));
+      KV_RETURN_IF_ERROR(
+          OpenConnection(path, o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &rdb_));
       sqlite3_busy_timeout(rdb_, o.busy_timeout_ms);
       KV_RETURN_IF_ERROR(Exec(rdb_, "PRAGMA query_only=ON"));
     }
@@ -94,8 +94,8 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<std::vector<ActiveJob>> LoadActiveJobs() override {
     MutexLock lock(&rmu_);
-    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns,
-                                                                  " ORDER BY j.seq")));
+    KV_ASSIGN_OR_RETURN(auto st,
+                        Stmt::Prepare(rdb_, absl::StrCat(kActiveColumns, " ORDER BY j.seq")));
     std::vector<ActiveJob> out;
     KV_RETURN_IF_ERROR(ReadActive(st.get(), &out));
     return out;
@@ -139,17 +139,18 @@ class SqliteResultStore final : public ResultStore {
     return out;
   }
 
-  absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(
-      const std::string& sweep, const std::vector<JobState>& states) override {
+  absl::StatusOr<std::vector<SweepJobRef>> SweepJobs(const std::string& sweep,
+                                                     const std::vector<JobState>& states) override {
     MutexLock lock(&rmu_);
     KV_ASSIGN_OR_RETURN(int64_t sid, SweepId(sweep));
-    KV_ASSIGN_OR_RETURN(auto st,
-              Stmt::Prepare(rdb_,
-                            "SELECT j.job_id, j.state, j.fence, EXISTS(SELECT 1 FROM sweep_jobs o "
-                            "JOIN sweeps s2 ON s2.sweep_id = o.sweep_id WHERE o.job_id = j.job_id "
-                            "AND o.sweep_id != ?1 AND s2.cancelled = 0) "
-                            "FROM sweep_jobs sj JOIN jobs j ON j.job_id = sj.job_id "
-                            "WHERE sj.sweep_id = ?1 ORDER BY sj.rowid"));
+    KV_ASSIGN_OR_RETURN(
+        auto st,
+        Stmt::Prepare(rdb_,
+                      "SELECT j.job_id, j.state, j.fence, EXISTS(SELECT 1 FROM sweep_jobs o "
+                      "JOIN sweeps s2 ON s2.sweep_id = o.sweep_id WHERE o.job_id = j.job_id "
+                      "AND o.sweep_id != ?1 AND s2.cancelled = 0) "
+                      "FROM sweep_jobs sj JOIN jobs j ON j.job_id = sj.job_id "
+                      "WHERE sj.sweep_id = ?1 ORDER BY sj.rowid"));
     st->Bind(1, sid);
     std::vector<SweepJobRef> out;
     for (;;) {
@@ -160,8 +161,7 @@ class SqliteResultStore final : public ResultStore {
       KV_ASSIGN_OR_RETURN(r.state, ParseJobState(st->Text(1)));
       r.fence = st->Int(2);
       r.shared_with_live_sweep = st->Int(3) != 0;
-      if (!states.empty() &&
-          std::find(states.begin(), states.end(), r.state) == states.end()) {
+      if (!states.empty() && std::find(states.begin(), states.end(), r.state) == states.end()) {
         continue;
       }
       out.push_back(std::move(r));
@@ -177,14 +177,14 @@ class SqliteResultStore final : public ResultStore {
     {
       MutexLock lock(&rmu_);
       KV_ASSIGN_OR_RETURN(int64_t sid, SweepId(sweep));
-      KV_ASSIGN_OR_RETURN(auto st,
-                Stmt::Prepare(rdb_,
-                              "SELECT j.job_id, sj.labels, j.state, r.result_json, "
-                              "CASE WHEN ?2 THEN (SELECT spec_json FROM job_specs s WHERE "
-                              "s.job_id = j.job_id) ELSE '' END, j.last_error "
-                              "FROM sweep_jobs sj JOIN jobs j ON j.job_id = sj.job_id "
-                              "LEFT JOIN results r ON r.job_id = sj.job_id "
-                              "WHERE sj.sweep_id = ?1 ORDER BY sj.rowid"));
+      KV_ASSIGN_OR_RETURN(
+          auto st, Stmt::Prepare(rdb_,
+                                 "SELECT j.job_id, sj.labels, j.state, r.result_json, "
+                                 "CASE WHEN ?2 THEN (SELECT spec_json FROM job_specs s WHERE "
+                                 "s.job_id = j.job_id) ELSE '' END, j.last_error "
+                                 "FROM sweep_jobs sj JOIN jobs j ON j.job_id = sj.job_id "
+                                 "LEFT JOIN results r ON r.job_id = sj.job_id "
+                                 "WHERE sj.sweep_id = ?1 ORDER BY sj.rowid"));
       st->Bind(1, sid).Bind(2, include_spec ? 1 : 0);
       for (;;) {
         KV_ASSIGN_OR_RETURN(bool row, st->Step());
@@ -230,8 +230,7 @@ class SqliteResultStore final : public ResultStore {
   absl::StatusOr<int64_t> CountResults() override { return Count("results"); }
   absl::StatusOr<int64_t> CountJobs() override { return Count("jobs"); }
 
-  absl::StatusOr<QueryResult> Query(const std::string& sql, int max_rows,
-                                    int timeout_ms) override {
+  absl::StatusOr<QueryResult> Query(const std::string& sql, int max_rows, int timeout_ms) override {
     return sandbox_.Query(sql, max_rows, timeout_ms);
   }
 
@@ -245,14 +244,14 @@ class SqliteResultStore final : public ResultStore {
       report.push_back(st->Text(0));
     }
     if (report.size() != 1 || report[0] != "ok") {
-      return absl::DataLossError(
-          absl::StrCat("integrity_check: ", absl::StrJoin(report, "; ")));
+      return absl::DataLossError(absl::StrCat("integrity_check: ", absl::StrJoin(report, "; ")));
     }
     KV_ASSIGN_OR_RETURN(auto fk, Stmt::Prepare(rdb_, "PRAGMA foreign_key_check"));
     KV_ASSIGN_OR_RETURN(bool bad_fk, fk->Step());
     if (bad_fk) return absl::DataLossError("foreign_key_check: dangling references");
     // kvsweep's own invariant: a job is done exactly when it has a result.
-    KV_ASSIGN_OR_RETURN(auto inv, Stmt::Prepare(rdb_,
+    KV_ASSIGN_OR_RETURN(auto inv,
+                        Stmt::Prepare(rdb_,
                                       "SELECT count(*) FROM jobs j LEFT JOIN results r "
                                       "ON r.job_id = j.job_id "
                                       "WHERE (j.state = 'done') != (r.job_id IS NOT NULL)"));
@@ -308,9 +307,10 @@ class SqliteResultStore final : public ResultStore {
 
   absl::StatusOr<SweepInfo> GetSweepLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(rmu_) {
-    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_,
-                                     "SELECT sweep_id, priority, created_ms, cancelled FROM "
-                                     "sweeps WHERE name = ?"));
+    KV_ASSIGN_OR_RETURN(auto st,
+                        Stmt::Prepare(rdb_,
+                                      "SELECT sweep_id, priority, created_ms, cancelled FROM "
+                                      "sweeps WHERE name = ?"));
     st->Bind(1, name);
     KV_ASSIGN_OR_RETURN(bool row, st->Step());
     if (!row) return absl::NotFoundError(absl::StrCat("no sweep named '", name, "'"));
@@ -320,10 +320,11 @@ class SqliteResultStore final : public ResultStore {
     info.priority = static_cast<int>(st->Int(1));
     info.created_ms = st->Int(2);
     info.cancelled = st->Int(3) != 0;
-    KV_ASSIGN_OR_RETURN(auto counts, Stmt::Prepare(rdb_,
-                                         "SELECT j.state, count(*) FROM sweep_jobs sj JOIN jobs j "
-                                         "ON j.job_id = sj.job_id WHERE sj.sweep_id = ? "
-                                         "GROUP BY j.state"));
+    KV_ASSIGN_OR_RETURN(auto counts,
+                        Stmt::Prepare(rdb_,
+                                      "SELECT j.state, count(*) FROM sweep_jobs sj JOIN jobs j "
+                                      "ON j.job_id = sj.job_id WHERE sj.sweep_id = ? "
+                                      "GROUP BY j.state"));
     counts->Bind(1, sid);
     for (;;) {
       KV_ASSIGN_OR_RETURN(bool r, counts->Step());
@@ -332,11 +333,12 @@ class SqliteResultStore final : public ResultStore {
       info.counts[static_cast<int>(s)] = static_cast<int>(counts->Int(1));
       info.total += static_cast<int>(counts->Int(1));
     }
-    KV_ASSIGN_OR_RETURN(auto errs, Stmt::Prepare(rdb_,
-                                       "SELECT j.job_id, j.last_error FROM sweep_jobs sj JOIN "
-                                       "jobs j ON j.job_id = sj.job_id WHERE sj.sweep_id = ? AND "
-                                       "j.state IN ('failed','quarantined') AND j.last_error IS "
-                                       "NOT NULL ORDER BY j.updated_ms DESC LIMIT 5"));
+    KV_ASSIGN_OR_RETURN(auto errs,
+                        Stmt::Prepare(rdb_,
+                                      "SELECT j.job_id, j.last_error FROM sweep_jobs sj JOIN "
+                                      "jobs j ON j.job_id = sj.job_id WHERE sj.sweep_id = ? AND "
+                                      "j.state IN ('failed','quarantined') AND j.last_error IS "
+                                      "NOT NULL ORDER BY j.updated_ms DESC LIMIT 5"));
     errs->Bind(1, sid);
     for (;;) {
       KV_ASSIGN_OR_RETURN(bool r, errs->Step());

@@ -14,11 +14,11 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "rpc/rpc_util.h"
+#include "spec/job_spec.h"
 #include "tests/harness.h"
 
 namespace kvsweep {
@@ -37,13 +37,15 @@ Harness::WorkerFlags Fake() {
 TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   Harness h("cli_flow");
   h.StartCoordinator();
-  const std::string yaml =
-      h.WriteFile("flow.yaml", h.SweepYaml("flow", {"none", "quant:bits=4", "quant:bits=2"},
-                                           "[native, 1]"));
+  const std::string yaml = h.WriteFile(
+      "flow.yaml", h.SweepYaml("flow", {"none", "quant:bits=4", "quant:bits=2"}, "[native, 1]"));
   CommandResult dry = h.Cli({"submit", yaml, "--dry-run"});
   ASSERT_EQ(dry.exit_code, 0) << dry.err;
   EXPECT_EQ(dry.out.rfind("sweep 'flow' (dry run): 6 jobs (6 combinations, 0 excluded); nothing "
-                          "submitted\n", 0), 0u) << dry.out;
+                          "submitted\n",
+                          0),
+            0u)
+      << dry.out;
   // Then a header and every job with the concrete method it runs.
   EXPECT_EQ(std::count(dry.out.begin(), dry.out.end(), '\n'), 8) << dry.out;
   EXPECT_THAT(dry.out, HasSubstr("quant:bits=2,group=64,axis=token,sym=0,target=kv"));
@@ -56,8 +58,7 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   CommandResult watch = h.Cli({"watch", "flow", "--interval-ms", "100"});
   ASSERT_EQ(watch.exit_code, 0) << watch.err;
   EXPECT_THAT(watch.err, HasSubstr("/6 done"));
-  EXPECT_EQ(watch.out,
-            "sweep 'flow' finished: 6/6 done, 0 failed, 0 quarantined, 0 cancelled\n");
+  EXPECT_EQ(watch.out, "sweep 'flow' finished: 6/6 done, 0 failed, 0 quarantined, 0 cancelled\n");
   h.CheckInvariants("flow");
 
   CommandResult status = h.Cli({"status"});
@@ -77,14 +78,14 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   EXPECT_EQ(lines[0], "method \\ kv_heads,2,1");
   EXPECT_THAT(lines[1], StartsWith("none,"));
   for (const char* fmt : {"md", "latex", "json"}) {
-    CommandResult t = h.Cli({"table", "flow", "--rows", "method", "--cols", "kv_heads",
-                             "--format", fmt});
+    CommandResult t =
+        h.Cli({"table", "flow", "--rows", "method", "--cols", "kv_heads", "--format", fmt});
     EXPECT_EQ(t.exit_code, 0) << fmt << ": " << t.err;
   }
-  nlohmann::json tj = nlohmann::json::parse(
-      h.Cli({"table", "flow", "--rows", "method", "--cols", "kv_heads", "--metric", "acc",
-             "--format", "json"})
-          .out);
+  nlohmann::json tj =
+      nlohmann::json::parse(h.Cli({"table", "flow", "--rows", "method", "--cols", "kv_heads",
+                                   "--metric", "acc", "--format", "json"})
+                                .out);
   EXPECT_EQ(tj["rows"].size(), 3u);
   for (const auto& row : tj["cells"]) {
     for (const auto& v : row) {
@@ -100,8 +101,8 @@ TEST(EndToEndTest, SubmitWatchTableQueryExport) {
   CommandResult filtered = h.Cli({"table", "flow", "--where", "kv_heads=1"});
   EXPECT_EQ(filtered.exit_code, 0) << filtered.err;
 
-  CommandResult q = h.Cli({"query", "SELECT count(*) AS n, min(ppl) > 0 AS positive FROM results",
-                           "--format", "json"});
+  CommandResult q = h.Cli(
+      {"query", "SELECT count(*) AS n, min(ppl) > 0 AS positive FROM results", "--format", "json"});
   ASSERT_EQ(q.exit_code, 0) << q.err;
   nlohmann::json qj = nlohmann::json::parse(q.out);
   EXPECT_EQ(qj[0]["n"], 6);
@@ -139,20 +140,22 @@ TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
   Harness h("resubmit");
   h.StartCoordinator();
   h.StartWorker(Fake());
-  const std::string v1 = h.WriteFile("v1.yaml", h.SweepYaml("grow", {"none", "quant:bits=4"},
-                                                            "[native, 1]"));
+  const std::string v1 =
+      h.WriteFile("v1.yaml", h.SweepYaml("grow", {"none", "quant:bits=4"}, "[native, 1]"));
   h.Submit(v1);
   ASSERT_EQ(h.Cli({"watch", "grow", "--interval-ms", "100"}).exit_code, 0);
   const int64_t attempts_before = h.SqlInt("SELECT count(*) FROM attempts");
   CommandResult again = h.Cli({"submit", v1});
   ASSERT_EQ(again.exit_code, 0);
-  EXPECT_THAT(again.out, HasSubstr("4 jobs (4 combinations, 0 excluded); 0 enqueued, 4 already done"));
+  EXPECT_THAT(again.out,
+              HasSubstr("4 jobs (4 combinations, 0 excluded); 0 enqueued, 4 already done"));
   // One more method: only its jobs (one per kv_heads value) are new.
   const std::string v2 = h.WriteFile(
       "v2.yaml", h.SweepYaml("grow", {"none", "quant:bits=4", "quant:bits=2"}, "[native, 1]"));
   CommandResult grown = h.Cli({"submit", v2});
   ASSERT_EQ(grown.exit_code, 0);
-  EXPECT_THAT(grown.out, HasSubstr("6 jobs (6 combinations, 0 excluded); 2 enqueued, 4 already done"));
+  EXPECT_THAT(grown.out,
+              HasSubstr("6 jobs (6 combinations, 0 excluded); 2 enqueued, 4 already done"));
   ASSERT_EQ(h.Cli({"watch", "grow", "--interval-ms", "100"}).exit_code, 0);
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), attempts_before + 2);  // nothing re-run
   // A different sweep sharing jobs reuses their results.
@@ -161,13 +164,15 @@ TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
   EXPECT_THAT(o.out, HasSubstr("0 enqueued, 1 already done"));
   // One table across both sweeps: a row per sweep (rows auto), the shared job in both.
   ASSERT_EQ(h.Cli({"watch", "other", "--interval-ms", "100"}).exit_code, 0);
-  CommandResult both = h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "csv"});
+  CommandResult both =
+      h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "csv"});
   ASSERT_EQ(both.exit_code, 0) << both.err;
   EXPECT_THAT(both.out, HasSubstr("sweep \\ method,none,quant:bits=4,quant:bits=2\n"));
   EXPECT_THAT(both.out, HasSubstr("\ngrow,"));
   EXPECT_THAT(both.out, HasSubstr("\nother,,,"));  // only its one job, quant:bits=2
   // The same table as the dashboard's HTML fragment.
-  CommandResult html = h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "html"});
+  CommandResult html =
+      h.Cli({"table", "grow", "other", "--where", "kv_heads=2", "--format", "html"});
   ASSERT_EQ(html.exit_code, 0) << html.err;
   EXPECT_THAT(html.out, HasSubstr("<table class=\"comparison\">"));
   EXPECT_THAT(html.out, HasSubstr("<th scope=\"col\">quant:bits=2</th>"));
@@ -182,7 +187,8 @@ TEST(EndToEndTest, ResubmittingEnqueuesOnlyWhatHasNoResult) {
 TEST(EndToEndTest, CancelThenResubmitThenRetry) {
   Harness h("cancel");
   h.StartCoordinator();
-  h.Submit(h.WriteFile("c.yaml", h.SweepYaml("c", {"quant:bits=1", "quant:bits=2", "quant:bits=3"})));
+  h.Submit(
+      h.WriteFile("c.yaml", h.SweepYaml("c", {"quant:bits=1", "quant:bits=2", "quant:bits=3"})));
   Harness::WorkerFlags slow = Fake();
   slow.extra = {"--fault", "delay-job:60000"};
   const int w = h.StartWorker(slow);
@@ -373,7 +379,11 @@ TEST(EndToEndTest, ListensOnLoopbackUnlessSecured) {
   auto def = Subprocess::Spawn({CoordinatorBin(), "--db", JoinPath(h.dir(), "d.db")}, o);
   ASSERT_TRUE(def.ok());
   ASSERT_TRUE(WaitUntil(
-      [&] { return ReadFile(JoinPath(h.dir(), "default.log")).value_or("").find("listening on") != std::string::npos || !(*def)->Running(); },
+      [&] {
+        return ReadFile(JoinPath(h.dir(), "default.log")).value_or("").find("listening on") !=
+                   std::string::npos ||
+               !(*def)->Running();
+      },
       std::chrono::seconds(30)));
   const std::string log = ReadFile(JoinPath(h.dir(), "default.log")).value_or("");
   if ((*def)->Running()) {
@@ -385,9 +395,9 @@ TEST(EndToEndTest, ListensOnLoopbackUnlessSecured) {
   (*def)->Signal(SIGTERM);
   (*def)->Wait(std::chrono::seconds(20));
   // A non-loopback address without TLS and a token is refused.
-  auto open = Subprocess::Spawn({CoordinatorBin(), "--db", JoinPath(h.dir(), "o.db"), "--listen",
-                                 "0.0.0.0:0"},
-                                {{}, JoinPath(h.dir(), "open.out"), JoinPath(h.dir(), "open.err")});
+  auto open = Subprocess::Spawn(
+      {CoordinatorBin(), "--db", JoinPath(h.dir(), "o.db"), "--listen", "0.0.0.0:0"},
+      {{}, JoinPath(h.dir(), "open.out"), JoinPath(h.dir(), "open.err")});
   ASSERT_TRUE(open.ok());
   std::optional<int> st = (*open)->Wait(std::chrono::seconds(20));
   ASSERT_TRUE(st.has_value());
@@ -419,7 +429,8 @@ TEST(EndToEndTest, SecondCoordinatorOnTheSamePortOrDatabaseIsRefused) {
     // The log may come first; the error is one line, the last.
     std::string text = ReadFile(err).value_or("");
     while (!text.empty() && text.back() == '\n') text.pop_back();
-    const std::string last = text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    const std::string last =
+        text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
     EXPECT_THAT(last, HasSubstr(absl::StrCat("kvsweep-coordinator: ", ""))) << name;
     EXPECT_THAT(last, HasSubstr(expected)) << name << ": " << text;
   };
@@ -550,25 +561,26 @@ TEST(EndToEndTest, TlsAndMutualTlsOnAnExposedAddress) {
   Harness h("tls");
   const std::string d = h.dir();
   auto cert = [&](const std::string& name, const std::string& cn) {
-    const std::string cmd = absl::StrCat(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=", cn,
-        " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ", d, "/", name,
-        ".key -out ", d, "/", name, ".crt > ", d, "/openssl.log 2>&1");
+    const std::string cmd =
+        absl::StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=", cn,
+                     " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ", d, "/", name,
+                     ".key -out ", d, "/", name, ".crt > ", d, "/openssl.log 2>&1");
     ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadFile(d + "/openssl.log").value_or("");
   };
   cert("server", "localhost");
   cert("client", "kvsweep-client");
   const std::string token = h.WriteFile("token", "tls-token\n");
   Harness::CoordinatorFlags f;
-  f.extra = {"--tls-cert", d + "/server.crt", "--tls-key", d + "/server.key", "--token-file", token,
-             "--tls-client-ca", d + "/client.crt"};
+  f.extra = {"--tls-cert", d + "/server.crt", "--tls-key",      d + "/server.key", "--token-file",
+             token,        "--tls-client-ca", d + "/client.crt"};
   // 0.0.0.0 is allowed now: TLS and a token are configured (the harness dials 127.0.0.1).
   f.listen_host = "0.0.0.0";
   h.StartCoordinator(f);
   const std::vector<std::string> tls = {"--tls", "--tls-ca", d + "/server.crt", "--token-file",
                                         token};
   std::vector<std::string> args = tls;
-  args.insert(args.end(), {"--tls-cert", d + "/client.crt", "--tls-key", d + "/client.key", "status"});
+  args.insert(args.end(),
+              {"--tls-cert", d + "/client.crt", "--tls-key", d + "/client.key", "status"});
   CommandResult ok = h.Cli(args);
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_EQ(ok.out, "no sweeps\n");

@@ -17,9 +17,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 namespace {
@@ -58,9 +58,10 @@ ProcResult Exec(const std::vector<std::string>& args) {
 std::string A(const std::string& rel) { return AssetsDir() + "/" + rel; }
 const std::string kLambada = "data/lambada_openai/lambada_test.jsonl";
 
-std::vector<std::string> Eval(const std::string& model, const std::string& task, const std::string& data,
-                              std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {"eval", "--model", model, "--task", task, "--data", data, "--format", "json"};
+std::vector<std::string> Eval(const std::string& model, const std::string& task,
+                              const std::string& data, std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"eval",   "--model", model,      "--task", task,
+                                "--data", data,      "--format", "json"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -71,7 +72,8 @@ std::string TempFile(const std::string& name, const std::string& content) {
   return p;
 }
 
-void ExpectOneLineError(const std::vector<std::string>& args, const std::string& fragment, int code = 2) {
+void ExpectOneLineError(const std::vector<std::string>& args, const std::string& fragment,
+                        int code = 2) {
   ProcResult r = Exec(args);
   EXPECT_EQ(r.status, code) << absl::StrJoin(args, " ") << "\nstderr: " << r.err;
   EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
@@ -79,7 +81,8 @@ void ExpectOneLineError(const std::vector<std::string>& args, const std::string&
   // Log lines (I/W ...) may precede; the error itself is one line starting with "error:".
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines.back().rfind("error: ", 0), 0u) << r.err;
-  EXPECT_NE(lines.back().find(fragment), std::string::npos) << "expected '" << fragment << "' in: " << lines.back();
+  EXPECT_NE(lines.back().find(fragment), std::string::npos)
+      << "expected '" << fragment << "' in: " << lines.back();
   int errors = 0;
   for (const auto& l : lines) errors += l.rfind("error:", 0) == 0;
   EXPECT_EQ(errors, 1) << r.err;
@@ -90,10 +93,13 @@ TEST(EvalCliTest, JsonContract) {
   ASSERT_EQ(r.status, 0) << r.err;
   // Exactly one JSON object on stdout.
   auto j = nlohmann::json::parse(r.out);
-  for (const char* k : {"spec", "metrics", "ledger", "timing", "provenance"}) EXPECT_TRUE(j.contains(k)) << k;
-  for (const char* k : {"acc", "ppl", "loglik_sum", "n"}) EXPECT_TRUE(j["metrics"]["lambada_openai"].contains(k)) << k;
+  for (const char* k : {"spec", "metrics", "ledger", "timing", "provenance"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  for (const char* k : {"acc", "ppl", "loglik_sum", "n"})
+    EXPECT_TRUE(j["metrics"]["lambada_openai"].contains(k)) << k;
   EXPECT_EQ(j["metrics"]["lambada_openai"]["n"], 8);
-  for (const char* k : {"k", "v", "fraction_payload", "fraction_total", "kv_heads"}) EXPECT_TRUE(j["ledger"].contains(k)) << k;
+  for (const char* k : {"k", "v", "fraction_payload", "fraction_total", "kv_heads"})
+    EXPECT_TRUE(j["ledger"].contains(k)) << k;
   for (const char* k : {"wall_s", "tokens_per_s"}) EXPECT_TRUE(j["timing"].contains(k)) << k;
   EXPECT_EQ(j["spec"]["method"], "none");
   EXPECT_EQ(j["spec"]["job_id"].get<std::string>().size(), 64u);
@@ -111,13 +117,17 @@ TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
   fs::create_directories(hub + "/models--acme--llama/refs");
   fs::create_directories(hub + "/models--acme--llama/snapshots");
   std::ofstream(hub + "/models--acme--llama/refs/main") << commit;
-  fs::create_directory_symlink(A("models/ref-llama"), hub + "/models--acme--llama/snapshots/" + commit);
+  fs::create_directory_symlink(A("models/ref-llama"),
+                               hub + "/models--acme--llama/snapshots/" + commit);
   ::setenv("HF_HUB_CACHE", hub.c_str(), 1);  // the worker inherits it
-  ProcResult by_id = Exec(Eval("acme/llama", "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "torch.float32"}));
+  ProcResult by_id = Exec(Eval("acme/llama", "lambada_openai", A(kLambada),
+                               {"--limit", "3", "--dtype", "torch.float32"}));
   ProcResult missing = Exec(Eval("acme/absent", "lambada_openai", A(kLambada), {"--limit", "3"}));
-  ProcResult autod = Exec(Eval("acme/llama", "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "auto"}));
+  ProcResult autod =
+      Exec(Eval("acme/llama", "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "auto"}));
   ::unsetenv("HF_HUB_CACHE");
-  ProcResult by_path = Exec(Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "3", "--dtype", "fp32"}));
+  ProcResult by_path = Exec(Eval(A("models/ref-llama"), "lambada_openai", A(kLambada),
+                                 {"--limit", "3", "--dtype", "fp32"}));
   fs::remove_all(hub);
   ASSERT_EQ(by_id.status, 0) << by_id.err;
   ASSERT_EQ(by_path.status, 0) << by_path.err;
@@ -131,23 +141,27 @@ TEST(EvalCliTest, RepoIdFromTheHubCacheAndAutoDtype) {
     EXPECT_EQ(nlohmann::json::parse(autod.out)["spec"]["dtype"], "fp16");
   } else {
     EXPECT_EQ(autod.status, 2) << autod.err;
-    EXPECT_NE(autod.err.find("error: fp16 is not supported on cpu by this libtorch"), std::string::npos)
+    EXPECT_NE(autod.err.find("error: fp16 is not supported on cpu by this libtorch"),
+              std::string::npos)
         << autod.err;
   }
   EXPECT_EQ(missing.status, 2) << missing.err;
-  EXPECT_NE(missing.err.find("model 'acme/absent' is not in the Hugging Face cache " + hub), std::string::npos)
+  EXPECT_NE(missing.err.find("model 'acme/absent' is not in the Hugging Face cache " + hub),
+            std::string::npos)
       << missing.err;
 }
 
 // --format text: the summary read from the result (spec/job_result.h): the job, every metric of
 // the task, the ledger's fractions, the timing. --help lists the tasks of spec/task.h.
 TEST(EvalCliTest, TextSummaryAndTaskHelp) {
-  std::vector<std::string> args = Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "2"});
+  std::vector<std::string> args =
+      Eval(A("models/ref-llama"), "lambada_openai", A(kLambada), {"--limit", "2"});
   args[std::find(args.begin(), args.end(), "json") - args.begin()] = "text";
   ProcResult r = Exec(args);
   ASSERT_EQ(r.status, 0) << r.err;
-  for (const char* k : {"task lambada_openai  method none  kv_heads 2", "  acc ", "  ppl ", "  loglik_sum ", "  n ",
-                        "  units ", "  kv fraction ", "(payload 1)", "  wall "}) {
+  for (const char* k :
+       {"task lambada_openai  method none  kv_heads 2", "  acc ", "  ppl ", "  loglik_sum ", "  n ",
+        "  units ", "  kv fraction ", "(payload 1)", "  wall "}) {
     EXPECT_NE(r.out.find(k), std::string::npos) << k << "\n" << r.out;
   }
   ProcResult help = Exec({"eval", "--help"});
@@ -158,14 +172,16 @@ TEST(EvalCliTest, TextSummaryAndTaskHelp) {
 // `kvsweep-worker generate` (the worker binary's command; the engine does the math): stories260K
 // continues "Once upon a time" as the assets' README quotes; bad input is one line, exit 2.
 TEST(EvalCliTest, GenerateContinuesThePrompt) {
-  ProcResult r = Exec({"generate", "--model", A("models/stories260K/stories260K.bin"), "--tokenizer",
-                       A("models/stories260K/tok512.bin"), "--prompt", "Once upon a time",
-                       "--max-new-tokens", "16"});
+  ProcResult r = Exec({"generate", "--model", A("models/stories260K/stories260K.bin"),
+                       "--tokenizer", A("models/stories260K/tok512.bin"), "--prompt",
+                       "Once upon a time", "--max-new-tokens", "16"});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("there was a little girl named Lily"), std::string::npos) << r.out;
-  ExpectOneLineError({"generate", "--model", "/nonexistent/model", "--prompt", "x"}, "/nonexistent/model");
-  ExpectOneLineError({"generate", "--model", A("models/ref-llama"), "--prompt", "x", "--method", "zip:r=1"},
-                     "unknown family 'zip'");
+  ExpectOneLineError({"generate", "--model", "/nonexistent/model", "--prompt", "x"},
+                     "/nonexistent/model");
+  ExpectOneLineError(
+      {"generate", "--model", A("models/ref-llama"), "--prompt", "x", "--method", "zip:r=1"},
+      "unknown family 'zip'");
 }
 
 // KVSWEEP_LOG_FORMAT=json: every log line on stderr is one JSON object; stdout is unchanged.
@@ -188,11 +204,14 @@ TEST(EvalCliTest, JsonLogs) {
 }
 
 TEST(EvalCliTest, WikitextJsonFields) {
-  const std::string text = TempFile("tiny.txt", "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
+  const std::string text =
+      TempFile("tiny.txt",
+               "The quick brown fox jumps over the lazy dog.\nAnd again: the quick brown fox.\n");
   ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext_stream", text, {"--window", "16"}));
   ASSERT_EQ(r.status, 0) << r.err;
   auto m = nlohmann::json::parse(r.out)["metrics"]["wikitext_stream"];
-  for (const char* k : {"token_ppl", "word_ppl", "byte_ppl", "bits_per_byte", "loglik_sum", "tokens", "words", "bytes"}) {
+  for (const char* k : {"token_ppl", "word_ppl", "byte_ppl", "bits_per_byte", "loglik_sum",
+                        "tokens", "words", "bytes"}) {
     EXPECT_TRUE(m.contains(k)) << k;
   }
   EXPECT_EQ(m["words"], 15);
@@ -217,12 +236,13 @@ TEST(EvalCliTest, WikitextJsonFields) {
 
 // --format lm-eval: lm-evaluation-harness's results file, its metric keys "<name>,none".
 TEST(EvalCliTest, LmEvalFormat) {
-  ProcResult l = Exec({"eval", "--model", A("models/ref-gpt2"), "--task", "lambada_openai", "--data", A(kLambada),
-                       "--limit", "8", "--format", "lm-eval"});
+  ProcResult l = Exec({"eval", "--model", A("models/ref-gpt2"), "--task", "lambada_openai",
+                       "--data", A(kLambada), "--limit", "8", "--format", "lm-eval"});
   ASSERT_EQ(l.status, 0) << l.err;
   auto lj = nlohmann::json::parse(l.out);
   const auto& lr = lj["results"]["lambada_openai"];
-  for (const char* k : {"acc,none", "acc_stderr,none", "perplexity,none", "perplexity_stderr,none"}) {
+  for (const char* k :
+       {"acc,none", "acc_stderr,none", "perplexity,none", "perplexity_stderr,none"}) {
     EXPECT_TRUE(lr[k].is_number()) << k << " in " << lr.dump();
   }
   const auto& lm = lj["kvsweep"]["metrics"]["lambada_openai"];
@@ -232,7 +252,8 @@ TEST(EvalCliTest, LmEvalFormat) {
 
   // The first two documents of wiki.test.raw.
   ProcResult w = Exec({"eval", "--model", A("models/ref-gpt2"), "--task", "wikitext", "--data",
-                       A("data/wikitext-2/wiki.test.raw"), "--limit", "2", "--window", "128", "--format", "lm-eval"});
+                       A("data/wikitext-2/wiki.test.raw"), "--limit", "2", "--window", "128",
+                       "--format", "lm-eval"});
   ASSERT_EQ(w.status, 0) << w.err;
   auto wj = nlohmann::json::parse(w.out);
   const auto& wr = wj["results"]["wikitext"];
@@ -279,7 +300,8 @@ TEST(EvalCliTest, ProvenanceRecordsTheGitCommit) {
   const std::string text = TempFile("commit.txt", "The quick brown fox jumps over the lazy dog.\n");
   ProcResult r = Exec(Eval(A("models/ref-gpt2"), "wikitext", text, {"--window", "16"}));
   ASSERT_EQ(r.status, 0) << r.err;
-  const std::string commit = nlohmann::json::parse(r.out)["provenance"]["git_commit"].get<std::string>();
+  const std::string commit =
+      nlohmann::json::parse(r.out)["provenance"]["git_commit"].get<std::string>();
   const std::string hash = commit.substr(0, commit.find('-'));
   const std::string suffix = commit.substr(hash.size());
   EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos) << commit;
@@ -287,7 +309,8 @@ TEST(EvalCliTest, ProvenanceRecordsTheGitCommit) {
   if (hash != *head) {
     // HEAD may have moved (a commit, a checkout) after this worker was built: the provenance is
     // then true of the build, only older than the tree. The reflog of HEAD says when it moved.
-    const std::optional<std::string> log = Git("rev-parse --path-format=absolute --git-path logs/HEAD");
+    const std::optional<std::string> log =
+        Git("rev-parse --path-format=absolute --git-path logs/HEAD");
     int64_t moved = log ? MtimeS(*log) : 0;
     if (moved == 0) moved = std::atoll(Git("log -1 --format=%ct HEAD").value_or("0").c_str());
     if (moved > MtimeS(KVSWEEP_WORKER_BIN)) {
@@ -302,33 +325,50 @@ TEST(EvalCliTest, BadFlagsAndFiles) {
   const std::string llama = A("models/ref-llama"), lam = A(kLambada);
   ExpectOneLineError({"eval", "--task", "wikitext", "--data", lam}, "--model is required");
   ExpectOneLineError(Eval("/nonexistent/model", "lambada_openai", lam), "/nonexistent/model");
-  ExpectOneLineError(Eval(llama, "lambada_openai", "/nonexistent/data.jsonl"), "/nonexistent/data.jsonl");
+  ExpectOneLineError(Eval(llama, "lambada_openai", "/nonexistent/data.jsonl"),
+                     "/nonexistent/data.jsonl");
   ExpectOneLineError(Eval(llama, "hellaswag", lam), "unknown task 'hellaswag'");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "quant:bits=17"}), "out of range [1, 8]");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "zip:r=1"}), "unknown family 'zip'");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "quant:bits=17"}),
+                     "out of range [1, 8]");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--method", "zip:r=1"}),
+                     "unknown family 'zip'");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--dtype", "int8"}), "dtype");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--kv-heads", "3"}), "does not divide");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "-1"}), "limit: -1 is negative");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "100000"}), "limit 100000 out of range");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "4096"}), "exceeds the model's max positions 2048");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "1"}), "window: 1 is too small");
-  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--window", "64", "--context", "65"}), "context: 65 out of range");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "-1"}),
+                     "limit: -1 is negative");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "100000"}),
+                     "limit 100000 out of range");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "4096"}),
+                     "exceeds the model's max positions 2048");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--window", "1"}),
+                     "window: 1 is too small");
+  ExpectOneLineError(Eval(llama, "wikitext", lam, {"--window", "64", "--context", "65"}),
+                     "context: 65 out of range");
   ExpectOneLineError(Eval(llama, "wikitext", lam, {"--context", "0"}), "context: 0 out of range");
-  ExpectOneLineError(Eval(llama, "wikitext_stream", lam, {"--limit", "5"}), "limit applies to lambada_openai and wikitext only");
+  ExpectOneLineError(Eval(llama, "wikitext_stream", lam, {"--limit", "5"}),
+                     "limit applies to lambada_openai and wikitext only");
   ExpectOneLineError(Eval(llama, "wikitext", lam, {"--limit", "5"}), "limit 5 out of range");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "cuda"}), "cuda");
-  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "tpu"}), "is not cpu|cuda|cuda:N");
+  ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "tpu"}),
+                     "is not cpu|cuda|cuda:N");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "abc"}), "limit");
 }
 
 TEST(EvalCliTest, BadDataFiles) {
   const std::string llama = A("models/ref-llama");
   ExpectOneLineError(Eval(llama, "wikitext", TempFile("empty.txt", "")), "data file is empty");
-  ExpectOneLineError(Eval(llama, "wikitext", TempFile("bad_utf8.txt", "hello \xff\xfe world")), "not valid UTF-8 at byte 6");
-  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("empty.jsonl", "\n\n")), "no documents");
-  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("broken.jsonl", "{\"text\": \"a b\"}\n{\"text\": \n")), "broken.jsonl:2: invalid JSON");
-  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("notext.jsonl", "{\"body\": \"a b\"}\n")), "notext.jsonl:1: expected an object with a string \"text\"");
-  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("nums.jsonl", "{\"text\": 5}\n")), "expected an object");
+  ExpectOneLineError(Eval(llama, "wikitext", TempFile("bad_utf8.txt", "hello \xff\xfe world")),
+                     "not valid UTF-8 at byte 6");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("empty.jsonl", "\n\n")),
+                     "no documents");
+  ExpectOneLineError(
+      Eval(llama, "lambada_openai", TempFile("broken.jsonl", "{\"text\": \"a b\"}\n{\"text\": \n")),
+      "broken.jsonl:2: invalid JSON");
+  ExpectOneLineError(
+      Eval(llama, "lambada_openai", TempFile("notext.jsonl", "{\"body\": \"a b\"}\n")),
+      "notext.jsonl:1: expected an object with a string \"text\"");
+  ExpectOneLineError(Eval(llama, "lambada_openai", TempFile("nums.jsonl", "{\"text\": 5}\n")),
+                     "expected an object");
 }
 
 // Files that are not regular files: devices have no end (or no size) and a FIFO blocks its
@@ -377,7 +417,8 @@ TEST(EvalCliTest, BadModels) {
   std::string w = *ReadFile(d + "/model.safetensors");
   ASSERT_TRUE(WriteFileAtomic(d + "/model.safetensors", w.substr(0, w.size() - 1000)).ok());
   fs::copy(A("models/ref-gpt2/tokenizer.json"), d + "/tokenizer.json");
-  ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}), "fall outside the data block");
+  ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}),
+                     "fall outside the data block");
   // A header that lies about a dtype.
   d = CopyModel(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gpt2", "lying");
   w = *ReadFile(d + "/model.safetensors");
@@ -399,7 +440,8 @@ TEST(EvalCliTest, BadModels) {
   ASSERT_TRUE(WriteFileAtomic(d + "/config.json", cfg).ok());
   ExpectOneLineError(Eval(d, "lambada_openai", lam), "unknown architecture 'bert'");
   // Tokenizer that does not belong to the model (GPT-2's 50257 tokens > Llama's 32000).
-  ExpectOneLineError(Eval(A("models/ref-llama"), "lambada_openai", lam, {"--tokenizer", A("tokenizers/gpt2/vocab.json"), "--limit", "2"}),
+  ExpectOneLineError(Eval(A("models/ref-llama"), "lambada_openai", lam,
+                          {"--tokenizer", A("tokenizers/gpt2/vocab.json"), "--limit", "2"}),
                      "do not belong together");
   // No tokenizer at all.
   d = CopyModel(A("models/ref-llama"), "notok");
@@ -410,7 +452,8 @@ TEST(EvalCliTest, BadModels) {
   ASSERT_TRUE(WriteFileAtomic(d + "/tokenizer.json", "{\"model\": ").ok());
   ExpectOneLineError(Eval(d, "lambada_openai", lam, {"--limit", "2"}), "tokenizer.json");
   // llama2.c model without its tokenizer.
-  ExpectOneLineError(Eval(A("models/stories260K/stories260K.bin"), "lambada_openai", lam), "needs --tokenizer");
+  ExpectOneLineError(Eval(A("models/stories260K/stories260K.bin"), "lambada_openai", lam),
+                     "needs --tokenizer");
 }
 
 }  // namespace

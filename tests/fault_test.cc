@@ -7,10 +7,10 @@
 #include <sys/wait.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -19,9 +19,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/file_util.h"
 #include "rpc/rpc_util.h"
 #include "tests/harness.h"
 
@@ -67,8 +67,8 @@ TEST(FaultTest, WorkerKilledMidJobIsReleasedAfterLeaseExpiryAndRecordedOnce) {
                                   "' AND outcome = 'lost'")),
             1);
   EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM results WHERE job_id = '", job, "'")), 1);
-  auto rows = h.SqlRows(absl::StrCat("SELECT error FROM attempts WHERE job_id = '", job,
-                                     "' AND outcome = 'lost'"));
+  auto rows = h.SqlRows(
+      absl::StrCat("SELECT error FROM attempts WHERE job_id = '", job, "' AND outcome = 'lost'"));
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_THAT(rows[0][0], HasSubstr("lease expired"));
   (void)b;
@@ -264,8 +264,8 @@ TEST(FaultTest, WorkerRestartedWithASpooledResultReportsIt) {
   // The worker finishes the job, spools the result, then pauses (no heartbeats) before
   // reporting it: it is killed there.
   const std::string spool = JoinPath(h.dir(), "spool");
-  f.extra = {"--worker-id", "same-id", "--spool-dir", spool, "--fault",
-             "pause-before-complete:60000"};
+  f.extra = {"--worker-id", "same-id", "--spool-dir",
+             spool,         "--fault", "pause-before-complete:60000"};
   const int first = h.StartWorker(f);
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -304,8 +304,11 @@ TEST(FaultTest, WatchReconnectsAcrossACoordinatorRestart) {
   f.force_fake = true;
   for (int i = 0; i < 2; ++i) h.StartWorker(f);
   CommandResult watch;
-  std::thread watcher([&] { watch = h.Cli({"watch", "watchr", "--interval-ms", "100"}, std::chrono::seconds(180)); });
-  ASSERT_TRUE(WaitUntil([&] { return h.Sweep("watchr").count(JobState::kDone) >= 2; }, std::chrono::seconds(120)));
+  std::thread watcher([&] {
+    watch = h.Cli({"watch", "watchr", "--interval-ms", "100"}, std::chrono::seconds(180));
+  });
+  ASSERT_TRUE(WaitUntil([&] { return h.Sweep("watchr").count(JobState::kDone) >= 2; },
+                        std::chrono::seconds(120)));
   const int port = h.port();
   h.KillCoordinator();
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
@@ -451,8 +454,7 @@ TEST(FaultTest, ForgedCallsOnAnotherWorkersLeaseAreDenied) {
       hb.set_fencing_token(fence);
       v1::HeartbeatResponse hbr;
       grpc::ClientContext ch;
-      EXPECT_EQ(stub->Heartbeat(&ch, hb, &hbr).error_code(),
-                grpc::StatusCode::PERMISSION_DENIED);
+      EXPECT_EQ(stub->Heartbeat(&ch, hb, &hbr).error_code(), grpc::StatusCode::PERMISSION_DENIED);
     }
   }
   // A Lease under the victim's worker id from another session does not take its job.
@@ -576,15 +578,14 @@ TEST(FaultTest, JobThatCrashesEveryWorkerIsQuarantinedWhileTheRestFinishes) {
   EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(DISTINCT worker_id) FROM attempts WHERE job_id = '",
                                   poison[0][0], "' AND outcome = 'lost'")),
             3);
-  EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE job_id = '", poison[0][0],
-                                  "'")),
-            3);
+  EXPECT_EQ(
+      h.SqlInt(absl::StrCat("SELECT count(*) FROM attempts WHERE job_id = '", poison[0][0], "'")),
+      3);
   EXPECT_THAT(h.Sweep("poison").recent_errors.at(0),
               HasSubstr("quarantined: lost its lease on 3 different workers"));
   EXPECT_GE(restarts, 3);
   // Workers are not blamed: none is marked or refused; the survivors keep leasing.
-  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs WHERE state = 'done'"),
-            kJobs - 1);
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs WHERE state = 'done'"), kJobs - 1);
 }
 
 TEST(FaultTest, SigtermDrainsAWorkerThatFinishesItsJob) {

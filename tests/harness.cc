@@ -1,6 +1,5 @@
 #include "tests/harness.h"
 
-#include <algorithm>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -9,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -22,8 +22,8 @@
 #include "absl/strings/str_split.h"
 #include "common/cli_config.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "rpc/rpc_util.h"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 namespace testing {
@@ -34,8 +34,8 @@ std::string CliBin() { return KVSWEEP_CLI_BIN; }
 
 std::string MakeTempDir(const std::string& stem) {
   static std::atomic<int> n{0};
-  const std::string d = absl::StrCat(::testing::TempDir(), "/kvsweep_", stem, "_", ::getpid(), "_",
-                                     n++);
+  const std::string d =
+      absl::StrCat(::testing::TempDir(), "/kvsweep_", stem, "_", ::getpid(), "_", n++);
   std::system(absl::StrCat("rm -rf '", d, "'").c_str());
   ::mkdir(d.c_str(), 0755);
   return d;
@@ -151,14 +151,22 @@ void Harness::StartCoordinator(const CoordinatorFlags& f, int port) {
   const std::string port_file = JoinPath(dir_, "port");
   std::remove(port_file.c_str());
   std::vector<std::string> argv = {CoordinatorBin(),
-                                   "--db", db_,
-                                   "--listen", absl::StrCat(f.listen_host, ":", port),
-                                   "--port-file", port_file,
-                                   "--lease-ttl-ms", std::to_string(f.lease_ttl_ms),
-                                   "--retry-base-ms", std::to_string(f.retry_base_ms),
-                                   "--quarantine-after", std::to_string(f.quarantine_after),
-                                   "--idle-retry-ms", "50",
-                                   "--log-tag", absl::StrCat("coordinator-", coordinator_runs_++)};
+                                   "--db",
+                                   db_,
+                                   "--listen",
+                                   absl::StrCat(f.listen_host, ":", port),
+                                   "--port-file",
+                                   port_file,
+                                   "--lease-ttl-ms",
+                                   std::to_string(f.lease_ttl_ms),
+                                   "--retry-base-ms",
+                                   std::to_string(f.retry_base_ms),
+                                   "--quarantine-after",
+                                   std::to_string(f.quarantine_after),
+                                   "--idle-retry-ms",
+                                   "50",
+                                   "--log-tag",
+                                   absl::StrCat("coordinator-", coordinator_runs_++)};
   argv.insert(argv.end(), f.extra.begin(), f.extra.end());
   Subprocess::Options o;
   o.stdout_path = o.stderr_path = JoinPath(dir_, "coordinator.log");
@@ -168,8 +176,8 @@ void Harness::StartCoordinator(const CoordinatorFlags& f, int port) {
   ASSERT_TRUE(WaitUntil([&] { return PathExists(port_file) || !coordinator_->Running(); },
                         std::chrono::seconds(30)))
       << "coordinator did not start";
-  ASSERT_TRUE(coordinator_->Running()) << "coordinator exited: "
-                                       << DescribeWaitStatus(*coordinator_->exit_status());
+  ASSERT_TRUE(coordinator_->Running())
+      << "coordinator exited: " << DescribeWaitStatus(*coordinator_->exit_status());
   absl::StatusOr<std::string> text = ReadFile(port_file);
   ASSERT_TRUE(text.ok());
   ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &port_));
@@ -269,18 +277,19 @@ std::string Harness::WriteFile(const std::string& name, const std::string& text)
 
 std::string Harness::SweepYaml(const std::string& name, const std::vector<std::string>& methods,
                                const std::string& kv_heads) const {
-  std::string y = absl::StrCat("name: ", name, "\nmodels:\n  - name: ref-llama\n    path: ",
-                               AssetsDir(), "/models/ref-llama\n    kv_heads: ", kv_heads,
-                               "\ntasks:\n  - name: lambada\n    task: lambada_openai\n    data: ",
-                               AssetsDir(), "/data/lambada_openai/lambada_test.jsonl\n",
-                               "    limit: 3\nmethods:\n");
+  std::string y =
+      absl::StrCat("name: ", name, "\nmodels:\n  - name: ref-llama\n    path: ", AssetsDir(),
+                   "/models/ref-llama\n    kv_heads: ", kv_heads,
+                   "\ntasks:\n  - name: lambada\n    task: lambada_openai\n    data: ", AssetsDir(),
+                   "/data/lambada_openai/lambada_test.jsonl\n", "    limit: 3\nmethods:\n");
   for (const std::string& m : methods) absl::StrAppend(&y, "  - \"", m, "\"\n");
   return y;
 }
 
 std::string Harness::DistinctJobsYaml(const std::string& name, int n) const {
-  std::string y = absl::StrCat("name: ", name, "\nmodels:\n  - name: ref-llama\n    path: ",
-                               AssetsDir(), "/models/ref-llama\ntasks:\n");
+  std::string y =
+      absl::StrCat("name: ", name, "\nmodels:\n  - name: ref-llama\n    path: ", AssetsDir(),
+                   "/models/ref-llama\ntasks:\n");
   for (int k = 1; k <= n; ++k) {
     absl::StrAppend(&y, "  - {name: l", k, ", task: lambada_openai, data: ", AssetsDir(),
                     "/data/lambada_openai/lambada_test.jsonl, limit: ", k, "}\n");

@@ -85,7 +85,7 @@ class Harness {
   void StopCoordinator();
 
   struct WorkerFlags {
-    int fake_sleep_ms = 150;   // fake evaluator only
+    int fake_sleep_ms = 150;  // fake evaluator only
     // Use the fake evaluator even when the engine is built (tests of orchestration alone).
     bool force_fake = false;
     std::vector<std::string> extra;  // e.g. --fault ..., --drain-timeout-ms

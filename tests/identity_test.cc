@@ -8,9 +8,9 @@
 #include "common/file_util.h"
 #include "common/fingerprint.h"
 #include "common/input_files.h"
-#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "tests/harness.h"
 #ifdef KVSWEEP_TEST_ENGINE
 #include "worker/engine/model.h"
@@ -49,13 +49,17 @@ TEST(IdentityTest, InputChangedAfterSubmitFailsTheJobWithoutAResult) {
                                      JoinPath(h.dir(), "lambada.jsonl"), 6);
   const std::string model = JoinPath(h.dir(), "ref-llama");
   fs::copy(assets + "/models/ref-llama", model, fs::copy_options::recursive);
-  const std::string yaml = h.WriteFile("s.yaml", absl::StrCat(R"(name: changed
+  const std::string yaml =
+      h.WriteFile("s.yaml", absl::StrCat(R"(name: changed
 models:
-  - {name: copy, path: )", model, R"(}
+  - {name: copy, path: )",
+                                         model, R"(}
 tasks:
-  - {name: data, task: lambada_openai, data: )", data, R"(, limit: 2}
-  - {name: tok, task: lambada_openai, data: )", assets,
-                                                              R"(/data/lambada_openai/lambada_test.jsonl, limit: 1}
+  - {name: data, task: lambada_openai, data: )",
+                                         data, R"(, limit: 2}
+  - {name: tok, task: lambada_openai, data: )",
+                                         assets,
+                                         R"(/data/lambada_openai/lambada_test.jsonl, limit: 1}
 methods: [none]
 mode: zip
 )"));
@@ -93,7 +97,8 @@ mode: zip
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 1);
   const auto failed = h.SqlRows("SELECT last_error FROM jobs WHERE state = 'failed'");
   ASSERT_EQ(failed.size(), 1u);
-  EXPECT_THAT(failed[0][0], HasSubstr(absl::StrCat("input changed since submit: ", RealPath(data))));
+  EXPECT_THAT(failed[0][0],
+              HasSubstr(absl::StrCat("input changed since submit: ", RealPath(data))));
   EXPECT_EQ(h.SqlInt("SELECT n FROM results"), 1);  // job 2 (limit 1), not job 1
 }
 
@@ -133,21 +138,23 @@ TEST(IdentityTest, SubmitOutlivesTheCallDeadlineWhileHashing) {
   // A 4 GiB shard (sparse: no disk used; hashing still reads every byte).
   const std::string shard = JoinPath(model, "model-00002-of-00002.safetensors");
   fs::remove(shard);
-  {
-    std::ofstream(shard).put('\0');
-  }
+  { std::ofstream(shard).put('\0'); }
   fs::resize_file(shard, uint64_t{4} << 30);
-  const std::string yaml = h.WriteFile("s.yaml", absl::StrCat(R"(name: slowhash
+  const std::string yaml = h.WriteFile(
+      "s.yaml", absl::StrCat(R"(name: slowhash
 models:
-  - {name: big, path: )", model, R"(}
+  - {name: big, path: )",
+                             model, R"(}
 tasks:
-  - {task: lambada_openai, data: )", AssetsDir(), R"(/data/lambada_openai/lambada_test.jsonl, limit: 1}
+  - {task: lambada_openai, data: )",
+                             AssetsDir(), R"(/data/lambada_openai/lambada_test.jsonl, limit: 1}
 methods: [none, "quant:bits=4"]
 )"));
   CommandResult r = h.Cli({"--timeout-ms", "1000", "submit", yaml});
   ::unsetenv("KVSWEEP_CACHE_DIR");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  EXPECT_THAT(r.out, HasSubstr("sweep 'slowhash': 2 jobs (2 combinations, 0 excluded); 2 enqueued"));
+  EXPECT_THAT(r.out,
+              HasSubstr("sweep 'slowhash': 2 jobs (2 combinations, 0 excluded); 2 enqueued"));
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM jobs"), 2);
   // Submitting again finds the hashes cached: the same answer, nothing new.
   CommandResult again = h.Cli({"--timeout-ms", "1000", "submit", yaml});

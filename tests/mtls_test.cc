@@ -49,18 +49,27 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
   Harness::CoordinatorFlags f;
   // Not loopback: TLS and tokens are required (the harness dials 127.0.0.1).
   f.listen_host = "0.0.0.0";
-  f.extra = {"--tls-cert", tls + "/coordinator.crt", "--tls-key", tls + "/coordinator.key",
-             "--tls-client-ca", tls + "/ca.crt", "--token-file", admin_tok,
-             "--worker-token-file", worker_tok, "--client-token-file", client_tok};
+  f.extra = {"--tls-cert",          tls + "/coordinator.crt",
+             "--tls-key",           tls + "/coordinator.key",
+             "--tls-client-ca",     tls + "/ca.crt",
+             "--token-file",        admin_tok,
+             "--worker-token-file", worker_tok,
+             "--client-token-file", client_tok};
   h.StartCoordinator(f);
 
   // The CLI as a user: the CA, the client certificate, the expected name, the client token.
   auto user = [&](const std::string& cert_dir, std::vector<std::string> args) {
-    std::vector<std::string> a = {"--tls",         "--tls-ca",          tls + "/ca.crt",
-                                  "--tls-cert",    cert_dir + "/client.crt",
-                                  "--tls-key",     cert_dir + "/client.key",
-                                  "--tls-server-name", kName,
-                                  "--token-file",  client_tok};
+    std::vector<std::string> a = {"--tls",
+                                  "--tls-ca",
+                                  tls + "/ca.crt",
+                                  "--tls-cert",
+                                  cert_dir + "/client.crt",
+                                  "--tls-key",
+                                  cert_dir + "/client.key",
+                                  "--tls-server-name",
+                                  kName,
+                                  "--token-file",
+                                  client_tok};
     a.insert(a.end(), args.begin(), args.end());
     return h.Cli(a);
   };
@@ -70,9 +79,10 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
 
   Harness::WorkerFlags wf;
   wf.force_fake = true;
-  wf.extra = {"--tls", "--tls-ca", tls + "/ca.crt", "--tls-cert", tls + "/worker.crt",
-              "--tls-key", tls + "/worker.key", "--tls-server-name", kName,
-              "--token-file", worker_tok};
+  wf.extra = {
+      "--tls",     "--tls-ca",          tls + "/ca.crt",     "--tls-cert", tls + "/worker.crt",
+      "--tls-key", tls + "/worker.key", "--tls-server-name", kName,        "--token-file",
+      worker_tok};
   h.StartWorker(wf);
   h.StartWorker(wf);
   CommandResult watch = user(tls, {"watch", "mtls", "--interval-ms", "100"});
@@ -99,10 +109,10 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
   };
   refused("no client certificate", {"--tls", "--tls-ca", tls + "/ca.crt", "--tls-server-name",
                                     kName, "--token-file", client_tok, "status"});
-  refused("client certificate from another CA",
-          {"--tls", "--tls-ca", tls + "/ca.crt", "--tls-cert", other + "/client.crt", "--tls-key",
-           other + "/client.key", "--tls-server-name", kName, "--token-file", client_tok,
-           "status"});
+  refused(
+      "client certificate from another CA",
+      {"--tls", "--tls-ca", tls + "/ca.crt", "--tls-cert", other + "/client.crt", "--tls-key",
+       other + "/client.key", "--tls-server-name", kName, "--token-file", client_tok, "status"});
   refused("trusts another CA",
           {"--tls", "--tls-ca", other + "/ca.crt", "--tls-cert", tls + "/client.crt", "--tls-key",
            tls + "/client.key", "--tls-server-name", kName, "--token-file", client_tok, "status"});
@@ -112,10 +122,10 @@ TEST(MutualTlsTest, MakeCertsCertificatesRunASweepAndNoOtherClientGetsIn) {
            "status"});
   refused("plaintext", {"--token-file", client_tok, "status"});
   // The right certificate with the worker's token: in, but not allowed to submit.
-  CommandResult as_worker = h.Cli({"--tls", "--tls-ca", tls + "/ca.crt", "--tls-cert",
-                                   tls + "/client.crt", "--tls-key", tls + "/client.key",
-                                   "--tls-server-name", kName, "--token-file", worker_tok,
-                                   "submit", sweep});
+  CommandResult as_worker =
+      h.Cli({"--tls", "--tls-ca", tls + "/ca.crt", "--tls-cert", tls + "/client.crt", "--tls-key",
+             tls + "/client.key", "--tls-server-name", kName, "--token-file", worker_tok, "submit",
+             sweep});
   EXPECT_EQ(as_worker.exit_code, 1);
   EXPECT_EQ(as_worker.err, "kvsweep: a worker token may not submit sweeps\n");
 }
@@ -152,9 +162,11 @@ TEST(MutualTlsTest, HealthListenServesOnlyHealthInPlaintext) {
   ASSERT_NO_FATAL_FAILURE(MakeCerts(tls, h.dir() + "/make-certs.log"));
   Harness::CoordinatorFlags f;
   f.listen_host = "0.0.0.0";
-  f.extra = {"--tls-cert", tls + "/coordinator.crt", "--tls-key", tls + "/coordinator.key",
-             "--tls-client-ca", tls + "/ca.crt", "--token-file",
-             h.WriteFile("admin.token", "health-admin\n"), "--health-listen", "127.0.0.1:0"};
+  f.extra = {"--tls-cert",      tls + "/coordinator.crt",
+             "--tls-key",       tls + "/coordinator.key",
+             "--tls-client-ca", tls + "/ca.crt",
+             "--token-file",    h.WriteFile("admin.token", "health-admin\n"),
+             "--health-listen", "127.0.0.1:0"};
   h.StartCoordinator(f);
   std::smatch m;
   const std::string log = ReadFile(h.dir() + "/coordinator.log").value_or("");

@@ -88,8 +88,8 @@ TEST(MultiDeviceTest, EachSupervisedWorkerServesItsOwnMetrics) {
   const int port = FreePortRange(2);
   Harness::WorkerFlags f;
   f.devices = "cpu:2";
-  f.extra = {"--worker-id", "node", "--metrics-listen", absl::StrCat("127.0.0.1:", port),
-             "--fault", "delay-job:300"};
+  f.extra = {"--worker-id", "node",         "--metrics-listen", absl::StrCat("127.0.0.1:", port),
+             "--fault",     "delay-job:300"};
   const int w = h.StartWorker(f);
   ASSERT_TRUE(h.WaitFinished("mets", std::chrono::seconds(300)));
   // Each worker serves its own page (port, port + 1); the jobs recorded add up to the sweep's

@@ -8,9 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "tests/harness.h"
 
 namespace kvsweep {
@@ -84,8 +84,7 @@ TEST(PathPolicyTest, AllowPathAdmitsADirectoryAndReplacesTheSweepDirectory) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("is outside the allowed paths"));
   // ...while KVSWEEP_ASSETS still is.
-  r = h.Cli({"submit",
-             h.WriteFile("a.yaml", Sweep(AssetsDir() + "/data/wikitext-2/wiki.test.raw")),
+  r = h.Cli({"submit", h.WriteFile("a.yaml", Sweep(AssetsDir() + "/data/wikitext-2/wiki.test.raw")),
              "--dry-run"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   fs::remove_all(extra);

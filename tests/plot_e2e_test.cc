@@ -13,11 +13,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/plot.h"
-#include "common/subprocess.h"
 #include "common/file_util.h"
-#include "spec/job_spec.h"
+#include "common/subprocess.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "tests/harness.h"
 
 namespace kvsweep {

@@ -14,11 +14,11 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/subprocess.h"
-#include "spec/job_result.h"
-#include "spec/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_result.h"
+#include "spec/job_spec.h"
 #include "tests/harness.h"
 
 namespace kvsweep {
@@ -61,18 +61,22 @@ TEST(RealSweepTest, TwoModelsManyMethodsThreeWorkers) {
   cf.lease_ttl_ms = 30000;  // real jobs: heartbeats keep long ones alive
   h.StartCoordinator(cf);
   const std::string assets = AssetsDir();
-  const std::string yaml = h.WriteFile("real.yaml", absl::StrCat(R"(name: real
+  const std::string yaml =
+      h.WriteFile("real.yaml", absl::StrCat(R"(name: real
 models:
   - name: ref-llama
-    path: )", assets, R"(/models/ref-llama
+    path: )",
+                                            assets, R"(/models/ref-llama
     kv_heads: [native, 1]
   - name: ref-gpt2
-    path: )", assets, R"(/models/ref-gpt2
+    path: )",
+                                            assets, R"(/models/ref-gpt2
     kv_heads: [native, 2, 1]
 tasks:
   - name: lambada
     task: lambada_openai
-    data: )", assets, R"(/data/lambada_openai/lambada_test.jsonl
+    data: )",
+                                            assets, R"(/data/lambada_openai/lambada_test.jsonl
     limit: 8
 methods:
   - none
@@ -84,7 +88,8 @@ methods:
   ASSERT_EQ(sub.exit_code, 0) << sub.err;
   EXPECT_THAT(sub.out, HasSubstr("25 jobs"));
   for (int i = 0; i < 3; ++i) h.StartWorker();
-  CommandResult watch = h.Cli({"watch", "real", "--interval-ms", "500"}, std::chrono::seconds(1500));
+  CommandResult watch =
+      h.Cli({"watch", "real", "--interval-ms", "500"}, std::chrono::seconds(1500));
   ASSERT_EQ(watch.exit_code, 0) << watch.out << watch.err;
   h.CheckInvariants("real");
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), 25);
@@ -130,10 +135,12 @@ methods:
   for (const char* model : {"ref-llama", "ref-gpt2"}) {
     if (!kEngine) break;
     auto ppl = [&](const std::string& method_prefix) {
-      auto v = h.SqlRows(absl::StrCat(
-          "SELECT ppl FROM sweep_results WHERE sweep = 'real' AND model_label = '", model,
-          "' AND method_label = '", method_prefix, "' AND kv_heads = (SELECT max(kv_heads) FROM "
-          "results WHERE model = '", model, "')"));
+      auto v = h.SqlRows(
+          absl::StrCat("SELECT ppl FROM sweep_results WHERE sweep = 'real' AND model_label = '",
+                       model, "' AND method_label = '", method_prefix,
+                       "' AND kv_heads = (SELECT max(kv_heads) FROM "
+                       "results WHERE model = '",
+                       model, "')"));
       EXPECT_EQ(v.size(), 1u) << model << " " << method_prefix;
       return v.empty() ? 0.0 : std::stod(v[0][0]);
     };
@@ -177,8 +184,8 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0]["n"], 8);
   EXPECT_EQ(rows[0]["d"], 8);
-  CommandResult stored = h.Cli({"query", "--db", db, "--format", "json",
-                                "SELECT result_json FROM results"});
+  CommandResult stored =
+      h.Cli({"query", "--db", db, "--format", "json", "SELECT result_json FROM results"});
   ASSERT_EQ(stored.exit_code, 0) << stored.err;
   for (const auto& row : nlohmann::json::parse(stored.out)) {
     const std::string text = row["result_json"].get<std::string>();
@@ -228,7 +235,8 @@ TEST(DemoTest, RunsTheMainJobEndToEndAndKeepsItsDatabase) {
 TEST(RealSweepTest, TableIntervalsMatchAnIndependentNumpyComputation) {
   if (!kEngine) GTEST_SKIP() << "needs the engine (per-document results)";
   if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
-    GTEST_SKIP() << "needs /usr/bin/python3 with numpy (Debian python3-numpy; deploy/setup-debian.sh)";
+    GTEST_SKIP()
+        << "needs /usr/bin/python3 with numpy (Debian python3-numpy; deploy/setup-debian.sh)";
   }
   Harness h("numpy_check");
   h.StartCoordinator();

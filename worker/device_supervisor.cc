@@ -103,7 +103,8 @@ std::vector<std::string> ChildArgv(const std::string& self_exe,
   }
   out.insert(out.end(),
              {"--device", slot.device, "--worker-id", absl::StrCat(base_id, "-", slot.tag)});
-  if (!slot.metrics_listen.empty()) out.insert(out.end(), {"--metrics-listen", slot.metrics_listen});
+  if (!slot.metrics_listen.empty())
+    out.insert(out.end(), {"--metrics-listen", slot.metrics_listen});
   out.push_back("--supervised");
   return out;
 }
@@ -124,8 +125,8 @@ absl::Status AssignMetricsAddresses(const std::string& listen, std::vector<Devic
   }
   const bool v6 = a->host.find(':') != std::string::npos;
   for (size_t i = 0; i < slots->size(); ++i) {
-    (*slots)[i].metrics_listen = absl::StrCat(v6 ? "[" : "", a->host, v6 ? "]" : "", ":",
-                                              a->port + static_cast<int>(i));
+    (*slots)[i].metrics_listen =
+        absl::StrCat(v6 ? "[" : "", a->host, v6 ? "]" : "", ":", a->port + static_cast<int>(i));
   }
   return absl::OkStatus();
 }

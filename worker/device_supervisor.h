@@ -39,8 +39,8 @@ namespace kvsweep {
 
 // One child worker: the --device it gets and the suffix of its worker id.
 struct DeviceSlot {
-  std::string device;  // "cpu", "cuda:1", or a pipeline group "cuda:0,cuda:1"
-  std::string tag;     // "cpu0", "cuda1", "cuda0+1"
+  std::string device;          // "cpu", "cuda:1", or a pipeline group "cuda:0,cuda:1"
+  std::string tag;             // "cpu0", "cuda1", "cuda0+1"
   std::string metrics_listen;  // the worker's --metrics-listen ("": none)
   bool operator==(const DeviceSlot& o) const {
     return device == o.device && tag == o.tag && metrics_listen == o.metrics_listen;

@@ -90,8 +90,9 @@ TEST(ChildArgvTest, EachWorkerGetsItsOwnMetricsAddress) {
   ASSERT_TRUE(AssignMetricsAddresses("0.0.0.0:9400", &slots).ok());
   EXPECT_EQ(slots[0].metrics_listen, "0.0.0.0:9400");
   EXPECT_EQ(slots[2].metrics_listen, "0.0.0.0:9402");
-  const std::vector<std::string> argv = {"kvsweep-worker", "--metrics-listen", "0.0.0.0:9400",
-                                         "--devices", "0,1,3", "--metrics-listen=1"};
+  const std::vector<std::string> argv = {"kvsweep-worker", "--metrics-listen",
+                                         "0.0.0.0:9400",   "--devices",
+                                         "0,1,3",          "--metrics-listen=1"};
   EXPECT_THAT(ChildArgv("/bin/kw", argv, slots[1], "n"),
               ElementsAre("/bin/kw", "--device", "cuda:1", "--worker-id", "n-cuda1",
                           "--metrics-listen", "0.0.0.0:9401", "--supervised"));

@@ -34,7 +34,8 @@ Outcome RunWorker(const std::string& args, const std::string& env = "") {
   const std::string dir = ::testing::TempDir();
   const std::string out = dir + "/cli_out_" + std::to_string(getpid());
   const std::string err = dir + "/cli_err_" + std::to_string(getpid());
-  const std::string cmd = env + " " + KVSWEEP_WORKER_BIN + " eval " + args + " --format json >" + out + " 2>" + err;
+  const std::string cmd =
+      env + " " + KVSWEEP_WORKER_BIN + " eval " + args + " --format json >" + out + " 2>" + err;
   Outcome o;
   const int rc = std::system(cmd.c_str());
   o.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
@@ -45,13 +46,15 @@ Outcome RunWorker(const std::string& args, const std::string& env = "") {
   return o;
 }
 
-void ExpectRefused(const std::string& args, const std::string& fragment, const std::string& env = "") {
+void ExpectRefused(const std::string& args, const std::string& fragment,
+                   const std::string& env = "") {
   Outcome o = RunWorker(args, env);
   EXPECT_EQ(o.status, 2) << args << "\nstderr: " << o.err;
   EXPECT_EQ(o.out, "") << args;
   EXPECT_EQ(o.err.rfind("error: ", 0), 0u) << args << "\nstderr: " << o.err;
   EXPECT_EQ(o.err.find('\n'), o.err.size() - 1) << "not one line: " << o.err;
-  EXPECT_NE(o.err.find(fragment), std::string::npos) << args << "\nwanted: " << fragment << "\ngot: " << o.err;
+  EXPECT_NE(o.err.find(fragment), std::string::npos)
+      << args << "\nwanted: " << fragment << "\ngot: " << o.err;
   // Nothing was loaded: the engine logs every model load on stderr.
   EXPECT_EQ(o.err.find("loaded"), std::string::npos) << o.err;
 }
@@ -70,17 +73,22 @@ TEST(EvalCliTest, BadMethodSpecsAreOneLineErrorsBeforeAnyModelLoads) {
   ExpectRefused(Job("ref-llama", "zip:bits=4"), "unknown family 'zip'");
   ExpectRefused(Job("ref-llama", "quant:bits=9"), "bits=9 out of range [1, 8]");
   ExpectRefused(Job("ref-llama", "quant:bits=1,sym=1"), "sym=1 needs bits >= 2");
-  ExpectRefused(Job("ref-llama", "quant:bits=4,axis=channel,packed=1"), "packed=1 supports axis=token");
-  ExpectRefused(Job("ref-llama", "quant:bits=4,residual=16,packed=1"), "packed=1 supports residual=0 only");
+  ExpectRefused(Job("ref-llama", "quant:bits=4,axis=channel,packed=1"),
+                "packed=1 supports axis=token");
+  ExpectRefused(Job("ref-llama", "quant:bits=4,residual=16,packed=1"),
+                "packed=1 supports residual=0 only");
   ExpectRefused(Job("ref-llama", "quant:bits=4,target=v,rope=pre"), "rope=pre applies to keys");
   ExpectRefused(Job("ref-llama", "rank:r=16,basis=svd,rope=post"), "implies rope=pre");
-  ExpectRefused(Job("ref-llama", "quant:bits=2,axis=channel,basis=hadamard"), "basis rotation is defined for axis=token only");
+  ExpectRefused(Job("ref-llama", "quant:bits=2,axis=channel,basis=hadamard"),
+                "basis rotation is defined for axis=token only");
   ExpectRefused(Job("ref-llama", "rank"), "missing required key 'r'");
 }
 
 TEST(EvalCliTest, ImpossibleCombinationsAreOneLineErrors) {
-  ExpectRefused(Job("ref-llama", "quant:bits=4") + " --kv-heads 3", "kv_heads: 3 does not divide the model's 2 KV heads");
-  ExpectRefused(Job("ref-gpt2", "none") + " --kv-heads 3", "kv_heads: 3 does not divide the model's 4 KV heads");
+  ExpectRefused(Job("ref-llama", "quant:bits=4") + " --kv-heads 3",
+                "kv_heads: 3 does not divide the model's 2 KV heads");
+  ExpectRefused(Job("ref-gpt2", "none") + " --kv-heads 3",
+                "kv_heads: 3 does not divide the model's 4 KV heads");
   // A PCA basis needs a calibration text: an explicit path that does not exist...
   ExpectRefused(Job("ref-llama", "rank:r=16") + " --calibration /nonexistent/calib.txt",
                 "needs a calibration text and '/nonexistent/calib.txt' does not exist");
@@ -91,7 +99,8 @@ TEST(EvalCliTest, ImpossibleCombinationsAreOneLineErrors) {
                     "/data/lambada_openai/lambada_test.jsonl --method 'quant:bits=4,basis=pca'",
                 "needs a calibration text and '" + empty, "KVSWEEP_ASSETS=" + empty);
   ExpectRefused(Job("ref-gpt2", "rank:r=16") + " --calibration-windows 0", "windows must be >= 1");
-  ExpectRefused(Job("ref-gpt2", "none") + " --window 4096", "window: 4096 exceeds the model's max positions 1024");
+  ExpectRefused(Job("ref-gpt2", "none") + " --window 4096",
+                "window: 4096 exceeds the model's max positions 1024");
 }
 
 }  // namespace

@@ -11,16 +11,16 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "spec/job_spec.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_spec.h"
 
 namespace kvsweep {
 
 // What the evaluator's device allocator holds (libtorch's CUDA caching allocator).
 struct DeviceMemory {
-  std::string device;         // "cuda:0"
-  int64_t allocated = 0;      // bytes allocated now
-  int64_t peak = 0;           // the most allocated since the current (or last) job started
+  std::string device;     // "cuda:0"
+  int64_t allocated = 0;  // bytes allocated now
+  int64_t peak = 0;       // the most allocated since the current (or last) job started
 };
 
 // Called from the evaluating thread with the fraction done in [0, 1]. Returning false asks

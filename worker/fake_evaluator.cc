@@ -25,16 +25,18 @@ class FakeEvaluator final : public Evaluator {
     for (;;) {
       auto now = std::chrono::steady_clock::now();
       const double done =
-          sleep_ms <= 0 ? 1.0
-                        : std::min(1.0, std::chrono::duration<double, std::milli>(now - start)
-                                                .count() / sleep_ms);
+          sleep_ms <= 0
+              ? 1.0
+              : std::min(1.0,
+                         std::chrono::duration<double, std::milli>(now - start).count() / sleep_ms);
       if (!progress(done)) return absl::CancelledError("fake evaluator: stopped by the worker");
       if (now >= until) break;
-      std::this_thread::sleep_for(
-          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(50)));
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+          until - now, std::chrono::milliseconds(50)));
     }
     return FakeJobResult(
-        spec, plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        spec, plan,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
 
  private:
@@ -46,9 +48,9 @@ class FakeEvaluator final : public Evaluator {
 FakeJobPlan PlanFakeJob(const JobSpec& spec, const FakeEvaluatorOptions& options) {
   // Per-job values (job time spread, placeholder metrics): deterministic in the fields that
   // tell this benchmark's jobs apart (cheaper than the job id's canonical JSON).
-  const std::string h = Sha256Hex(absl::StrCat(spec.model_sha256, "|", spec.task, "|",
-                                               spec.limit, "|", spec.window, "|", spec.method,
-                                               "|", spec.kv_heads, "|", spec.dtype));
+  const std::string h =
+      Sha256Hex(absl::StrCat(spec.model_sha256, "|", spec.task, "|", spec.limit, "|", spec.window,
+                             "|", spec.method, "|", spec.kv_heads, "|", spec.dtype));
   FakeJobPlan plan;
   plan.sleep_ms = options.sleep_ms;
   if (options.jitter > 0) {
@@ -74,15 +76,18 @@ absl::StatusOr<nlohmann::json> FakeJobResult(const JobSpec& spec, const FakeJobP
   if (spec.task != "lambada_openai") {  // wikitext, ptb, text: the rolling protocol's metrics
     const int64_t tokens = 1000;
     const double nll = 5.0 + u;
-    metrics[spec.task] = {{"token_ppl", std::exp(nll)}, {"word_ppl", std::exp(nll * 1.3)},
+    metrics[spec.task] = {{"token_ppl", std::exp(nll)},
+                          {"word_ppl", std::exp(nll * 1.3)},
                           {"bits_per_byte", nll / std::log(2.0) / 4.0},
-                          {"loglik_sum", -nll * tokens}, {"tokens", tokens},
-                          {"words", tokens * 3 / 4}, {"bytes", tokens * 4}};
+                          {"loglik_sum", -nll * tokens},
+                          {"tokens", tokens},
+                          {"words", tokens * 3 / 4},
+                          {"bytes", tokens * 4}};
   } else {
     const int64_t n = spec.limit > 0 ? spec.limit : 5153;
     const double nll = 3.0 + 4.0 * u;
-    metrics[spec.task] = {{"acc", 0.5 * u}, {"ppl", std::exp(nll)},
-                          {"loglik_sum", -nll * n}, {"n", n}};
+    metrics[spec.task] = {
+        {"acc", 0.5 * u}, {"ppl", std::exp(nll)}, {"loglik_sum", -nll * n}, {"n", n}};
   }
   return nlohmann::json{
       {"metrics", metrics},

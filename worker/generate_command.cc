@@ -44,16 +44,20 @@ int RunGenerateCommand(int argc, char** argv) {
   if (!dt.ok()) return fail(dt.status());
   absl::StatusOr<torch::Device> dev = engine::ParseDevice(device);
   if (!dev.ok()) return fail(dev.status());
-  absl::StatusOr<std::unique_ptr<engine::Model>> model = engine::Model::Load(model_path, engine::ModelOptions{*dev, *dt, 0});
+  absl::StatusOr<std::unique_ptr<engine::Model>> model =
+      engine::Model::Load(model_path, engine::ModelOptions{*dev, *dt, 0});
   if (!model.ok()) return fail(model.status());
-  absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tok = engine::LoadTokenizer(tokenizer_path.empty() ? model_path : tokenizer_path);
+  absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tok =
+      engine::LoadTokenizer(tokenizer_path.empty() ? model_path : tokenizer_path);
   if (!tok.ok()) return fail(tok.status());
   absl::StatusOr<KvMethod> m = ParseKvMethod(method);
   if (!m.ok()) return fail(m.status());
   absl::StatusOr<KvMethod> rm =
       ResolveKvMethod(*m, (*model)->config().head_dim, (*model)->config().num_layers);
   if (!rm.ok()) return fail(rm.status());
-  if (rm->needs_calibration()) return fail(absl::InvalidArgumentError("generate: methods that need calibration are not supported here"));
+  if (rm->needs_calibration())
+    return fail(absl::InvalidArgumentError(
+        "generate: methods that need calibration are not supported here"));
   absl::StatusOr<std::unique_ptr<engine::KvCodec>> codec = engine::NewKvCodec(*rm);
   if (!codec.ok()) return fail(codec.status());
   engine::CodecContext ctx;
@@ -66,7 +70,8 @@ int RunGenerateCommand(int argc, char** argv) {
   if (auto bos = (*tok)->bos_id()) input.push_back(*bos);
   input.insert(input.end(), ids->begin(), ids->end());
   const int32_t stop = (*tok)->eos_id().value_or(-1);
-  absl::StatusOr<std::vector<int32_t>> out = engine::GreedyGenerate(**model, codec->get(), input, max_new, stop);
+  absl::StatusOr<std::vector<int32_t>> out =
+      engine::GreedyGenerate(**model, codec->get(), input, max_new, stop);
   if (!out.ok()) return fail(out.status());
   std::vector<int32_t> shown = *out;
   if (!shown.empty() && shown.back() == stop) shown.pop_back();

@@ -39,9 +39,9 @@
 #include "worker/worker_metrics.h"
 
 #ifdef KVSWEEP_HAVE_ENGINE
+#include "worker/engine_evaluator.h"
 #include "worker/eval_command.h"
 #include "worker/generate_command.h"
-#include "worker/engine_evaluator.h"
 #endif
 
 namespace {
@@ -97,10 +97,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 86400000))
       ->capture_default_str();
   app.add_option("--worker-id", o.worker_id, "worker id (default <hostname>-<pid>)");
-  WithEnv(app.add_option("--token-file", token_file,
-                         "file holding the coordinator's bearer token"));
-  WithEnv(app.add_flag("--tls", o.coordinator.tls,
-                       "use TLS (with the system roots unless --tls-ca)"));
+  WithEnv(
+      app.add_option("--token-file", token_file, "file holding the coordinator's bearer token"));
+  WithEnv(
+      app.add_flag("--tls", o.coordinator.tls, "use TLS (with the system roots unless --tls-ca)"));
   WithEnv(app.add_option("--tls-ca", o.coordinator.tls_files.ca,
                          "CA that signed the coordinator's cert"));
   WithEnv(app.add_option("--tls-cert", o.coordinator.tls_files.cert, "client certificate (mTLS)"));
@@ -213,9 +213,10 @@ int main(int argc, char** argv) {
 #ifdef KVSWEEP_HAVE_ENGINE
     eval = NewEngineEvaluator(o.device, threads);
 #else
-    return Fail("this kvsweep-worker was built without the libtorch engine (configure with "
-                "-DKVSWEEP_WITH_TORCH=ON); only --evaluator=fake is available, and its numbers "
-                "are placeholders");
+    return Fail(
+        "this kvsweep-worker was built without the libtorch engine (configure with "
+        "-DKVSWEEP_WITH_TORCH=ON); only --evaluator=fake is available, and its numbers "
+        "are placeholders");
 #endif
   } else {
     return Fail("--evaluator: '" + evaluator + "' is not engine or fake");
@@ -225,8 +226,9 @@ int main(int argc, char** argv) {
     const std::vector<std::string> args(argv, argv + argc);
     for (const std::string& a : args) {
       if (a == "--device" || a.rfind("--device=", 0) == 0) {
-        return Fail("--device and --devices exclude each other (--devices gives each worker its "
-                    "--device)");
+        return Fail(
+            "--device and --devices exclude each other (--devices gives each worker its "
+            "--device)");
       }
     }
     if (supervised) return Fail("--devices: a supervised worker cannot supervise");

@@ -62,8 +62,8 @@ WorkerLoop::WorkerLoop(const WorkerOptions& options, Evaluator* evaluator)
   std::mt19937_64 rng(std::random_device{}());
   session_ = absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
   if (!options_.journal_path.empty()) {
-    journal_fd_ = ::open(options_.journal_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-                         0644);
+    journal_fd_ =
+        ::open(options_.journal_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (journal_fd_ < 0) KV_LOG(ERROR) << "cannot open journal " << options_.journal_path;
   }
 }
@@ -119,8 +119,8 @@ grpc::Status WorkerLoop::Retrying(const char* what, Call call, bool until_stop,
     grpc::Status s = call(&ctx);
     if (options_.observer != nullptr) options_.observer->RpcDone(what, s.error_code());
     // RESOURCE_EXHAUSTED: the coordinator's disk is full; the call succeeds once it is not.
-    if (s.ok() || !(IsTransient(s.error_code()) ||
-                    s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)) {
+    if (s.ok() ||
+        !(IsTransient(s.error_code()) || s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)) {
       return s;
     }
     if (give_up && give_up()) return s;
@@ -190,9 +190,9 @@ void WorkerLoop::ReportFail(const v1::LeaseResponse& lease, v1::FailureKind kind
     Journal("handed_back", lease.job_id(), lease.fencing_token(), s.ok() ? "" : s.error_message());
   } else {
     ++stats_.failed;
-    Journal("failed", lease.job_id(), lease.fencing_token(),
-            absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ",
-                         error));
+    Journal(
+        "failed", lease.job_id(), lease.fencing_token(),
+        absl::StrCat(s.ok() ? v1::JobState_Name(resp.new_state()) : s.error_message(), " ", error));
   }
 }
 
@@ -243,9 +243,9 @@ absl::Status WorkerLoop::Run() {
         "lease", [&](grpc::ClientContext* ctx) { return stub_->Lease(ctx, req, &resp); },
         /*until_stop=*/false);
     if (options_.observe_rpc && s.ok()) {
-      options_.observe_rpc(resp.has_job() ? "lease" : "lease-empty",
-                           std::chrono::duration<double, std::milli>(
-                               std::chrono::steady_clock::now() - t0).count());
+      options_.observe_rpc(
+          resp.has_job() ? "lease" : "lease-empty",
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     if (draining_) {
       // A lease granted while we started draining goes straight back.
@@ -302,8 +302,8 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   // The observer hears of the job's end whichever way RunJob returns.
   const WorkerStats stats_before = stats();
   const auto job_start = std::chrono::steady_clock::now();
-  std::string task;        // once the spec is read
-  nlohmann::json timing;   // the evaluator's, once it has a result
+  std::string task;       // once the spec is read
+  nlohmann::json timing;  // the evaluator's, once it has a result
   if (options_.observer != nullptr) options_.observer->JobStarted();
   struct JobEnd {
     std::function<void()> fn;
@@ -358,8 +358,8 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   absl::Status staging;
   if (NeedsStaging(options_.staging.mode, *spec) && stager_ == nullptr) {
     // The cache is opened on first need: a worker that never stages needs no writable cache.
-    const std::string dir = options_.staging.cache_dir.empty() ? DefaultFileCacheDir()
-                                                               : options_.staging.cache_dir;
+    const std::string dir =
+        options_.staging.cache_dir.empty() ? DefaultFileCacheDir() : options_.staging.cache_dir;
     absl::StatusOr<std::unique_ptr<FileCache>> cache =
         FileCache::Open(dir, options_.staging.cache_max_bytes);
     if (cache.ok()) {
@@ -367,15 +367,14 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
       stager_ = std::make_unique<FileStager>(file_cache_.get());
       files_stub_ = v1::FileService::NewStub(channel_);
     } else {  // this worker's setup, not the job's: another worker may run it
-      staging = absl::UnavailableError(
-          absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
+      staging =
+          absl::UnavailableError(absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
     }
   }
   if (staging.ok() && NeedsStaging(options_.staging.mode, *spec)) {
     GrpcFileSource source(files_stub_.get(), options_.coordinator, worker_id_, lease,
                           options_.rpc_timeout_ms);
-    absl::StatusOr<StagedJob> st =
-        stager_->Stage(*spec, &source, [&] { return on_progress(0.0); });
+    absl::StatusOr<StagedJob> st = stager_->Stage(*spec, &source, [&] { return on_progress(0.0); });
     if (st.ok()) {
       Journal("staged", job_id, fence,
               absl::StrCat("files=", st->files, " fetched=", st->files_fetched,
@@ -407,9 +406,10 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     } else {
       KV_LOG(WARNING) << "worker " << worker_id_ << ": job " << job_id.substr(0, 12)
                       << " failed: " << result.status();
-      ReportFail(lease, Permanent(result.status().code()) ? v1::FAILURE_KIND_PERMANENT
-                                                    : v1::FAILURE_KIND_RETRYABLE,
-                  result.status().ToString());
+      ReportFail(lease,
+                 Permanent(result.status().code()) ? v1::FAILURE_KIND_PERMANENT
+                                                   : v1::FAILURE_KIND_RETRYABLE,
+                 result.status().ToString());
     }
     return absl::OkStatus();
   }
@@ -466,9 +466,9 @@ bool WorkerLoop::ReportResult(const v1::LeaseResponse& lease, const v1::Complete
       // A beat answered that the lease is lost: the coordinator is up and will refuse it.
       [this] { return heartbeats_->lost(); });
   if (options_.observe_rpc && s.ok()) {
-    options_.observe_rpc(resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
-                         std::chrono::duration<double, std::milli>(
-                             std::chrono::steady_clock::now() - t0).count());
+    options_.observe_rpc(
+        resp.has_next() && resp.next().has_job() ? "complete+lease" : "complete",
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     // The coordinator cannot store this result (an evaluator bug): fail the job for good

@@ -58,15 +58,15 @@ void AddWorkerProvenance(const WorkerIdentity& who, const v1::LeaseResponse& lea
 
 struct WorkerOptions {
   ClientConfig coordinator;
-  std::string worker_id;         // "" = <hostname>-<pid>
+  std::string worker_id;  // "" = <hostname>-<pid>
   std::string device = "cpu";
   std::string evaluator_name;    // reported to the coordinator ("engine", "fake")
   int drain_timeout_ms = 60000;  // on drain, let the current job run this long, then hand back
   // Exit (as drained, Run returns OK) after this long without a job; 0 = never.
   int64_t exit_when_idle_ms = 0;
   int rpc_timeout_ms = 10000;
-  int reconnect_max_ms = 5000;   // backoff cap while the coordinator is unreachable
-  std::string journal_path;      // append "<unix_ms> <event> <job_id> <fence> ..." lines
+  int reconnect_max_ms = 5000;  // backoff cap while the coordinator is unreachable
+  std::string journal_path;     // append "<unix_ms> <event> <job_id> <fence> ..." lines
   // Finished results are kept here (fsynced) until the coordinator has answered for them, and
   // a worker started with the same worker id reports what it finds here first
   // (worker/result_spool.h). "" = no spool.

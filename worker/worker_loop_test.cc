@@ -21,13 +21,13 @@
 namespace kvsweep {
 namespace {
 
-using ::testing::HasSubstr;
 using ::kvsweep::testing::FreePort;
+using ::testing::HasSubstr;
 
 std::string TempDb(const std::string& stem) {
   static std::atomic<int> n{0};
-  std::string p = absl::StrCat(::testing::TempDir(), "/kvsweep_wl_", getpid(), "_", n++, "_", stem,
-                               ".db");
+  std::string p =
+      absl::StrCat(::testing::TempDir(), "/kvsweep_wl_", getpid(), "_", n++, "_", stem, ".db");
   for (const char* s : {"", "-wal", "-shm", ".lock"}) std::remove((p + s).c_str());
   return p;
 }
@@ -167,7 +167,8 @@ TEST_F(WorkerLoopTest, ShorterHeartbeatIntervalOfTheNextJobIsHonoured) {
   EXPECT_EQ(loop.stats().recorded, 2);
   EXPECT_EQ(loop.stats().abandoned, 0);
   auto q = server_->store()->Query(
-      "SELECT max(json_extract(result_json, '$.provenance.worker.attempt')) FROM results", 10, 1000);
+      "SELECT max(json_extract(result_json, '$.provenance.worker.attempt')) FROM results", 10,
+      1000);
   ASSERT_TRUE(q.ok()) << q.status();
   EXPECT_EQ(std::get<int64_t>(q->rows.at(0).at(0)), 1);  // no lease of the second job was lost
 }
@@ -208,7 +209,7 @@ TEST_F(WorkerLoopTest, DrainHandsBackAJobThatWouldRunTooLong) {
   auto jobs = server_->store()->LoadActiveJobs();
   ASSERT_EQ(jobs->size(), 1u);
   EXPECT_EQ((*jobs)[0].state, JobState::kQueued);
-  EXPECT_EQ((*jobs)[0].attempts, 0);       // handing back costs no attempt
+  EXPECT_EQ((*jobs)[0].attempts, 0);          // handing back costs no attempt
   EXPECT_EQ((*jobs)[0].next_eligible_ms, 0);  // and no backoff
 }
 
@@ -355,8 +356,8 @@ TEST_F(WorkerLoopTest, EvaluatorErrorsAreRetriedOrFailedByKind) {
   BrokenEvaluator oom(absl::ResourceExhaustedError("CUDA out of memory"));
   WorkerLoop loop2(Options(), &oom);
   std::thread t2([&] { (void)loop2.Run(); });
-  EXPECT_TRUE(WaitFor([&] { return Info("errs").count(JobState::kFailed) == 1 &&
-                                   loop2.stats().leased == 3; }));
+  EXPECT_TRUE(WaitFor(
+      [&] { return Info("errs").count(JobState::kFailed) == 1 && loop2.stats().leased == 3; }));
   loop2.RequestDrain();
   t2.join();
   EXPECT_THAT(Info("errs").recent_errors.at(0),
@@ -373,8 +374,10 @@ TEST(WorkerFaultTest, ParsesTestFaults) {
   EXPECT_EQ(f.delay_job_ms, 20);
   ASSERT_TRUE(ParseFault("hang", &f).ok());
   EXPECT_TRUE(f.hang);
-  EXPECT_THAT(std::string(ParseFault("explode", &f).message()), HasSubstr("unknown fault 'explode'"));
-  EXPECT_THAT(std::string(ParseFault("delay-job:soon", &f).message()), HasSubstr("bad milliseconds"));
+  EXPECT_THAT(std::string(ParseFault("explode", &f).message()),
+              HasSubstr("unknown fault 'explode'"));
+  EXPECT_THAT(std::string(ParseFault("delay-job:soon", &f).message()),
+              HasSubstr("bad milliseconds"));
   EXPECT_EQ(ParseFault("crash-on-job-substring:", &f).code(), absl::StatusCode::kInvalidArgument);
 }
 

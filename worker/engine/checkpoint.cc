@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   ck->dir_ = dir;
   const std::string& index_path = files.weights_index;
   if (files.weights.empty()) {
-    return absl::NotFoundError(absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
   }
   // Shards by file name: the index names them relative to the directory.
   std::map<std::string, std::string> shard_paths;
@@ -54,7 +55,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     }
     for (auto it = (*idx)["weight_map"].begin(); it != (*idx)["weight_map"].end(); ++it) {
       if (!it.value().is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", it.key(), "'] is not a file name"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(index_path, ": weight_map['", it.key(), "'] is not a file name"));
       }
       const std::string shard = it.value().get<std::string>();
       // Only the resolved list is opened: an index that changed since it was resolved (and
@@ -68,7 +70,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     for (const auto& [name, path] : shard_paths) shard_names.push_back(name);
   } else {
     if (files.weights.size() != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, ": several weight files without an index"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": several weight files without an index"));
     }
     shard_names.push_back(shard_paths.begin()->first);
   }
@@ -98,16 +101,23 @@ absl::StatusOr<torch::Tensor> TensorFromBytes(const StTensor& t, torch::ScalarTy
                                               torch::Device device) {
   torch::ScalarType src;
   switch (t.dtype) {
-    case StDtype::kF32: src = torch::kFloat32; break;
-    case StDtype::kF16: src = torch::kFloat16; break;
-    case StDtype::kBF16: src = torch::kBFloat16; break;
+    case StDtype::kF32:
+      src = torch::kFloat32;
+      break;
+    case StDtype::kF16:
+      src = torch::kFloat16;
+      break;
+    case StDtype::kBF16:
+      src = torch::kBFloat16;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has dtype ",
-                                                     StDtypeName(t.dtype), "; weights must be F32, F16 or BF16"));
+                                                     StDtypeName(t.dtype),
+                                                     "; weights must be F32, F16 or BF16"));
   }
   return GuardTorch("loading " + t.name, [&]() -> absl::StatusOr<torch::Tensor> {
-    torch::Tensor view = torch::from_blob(const_cast<uint8_t*>(t.data), t.shape,
-                                          torch::TensorOptions().dtype(src));
+    torch::Tensor view =
+        torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, torch::TensorOptions().dtype(src));
     const bool aligned = reinterpret_cast<uintptr_t>(t.data) % StDtypeSize(t.dtype) == 0;
     if (!aligned) view = view.clone();  // element reads must be aligned for vectorized kernels
     if (device.is_cpu() && src == dtype && aligned) return view;  // zero-copy from the mapping
@@ -125,9 +135,9 @@ absl::StatusOr<torch::Tensor> Checkpoint::Load(const std::string& name,
     return absl::NotFoundError(absl::StrCat(dir_, ": tensor '", name, "' is missing"));
   }
   if (t->shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir_, ": tensor '", name, "' has shape [", absl::StrJoin(t->shape, ","),
-        "] but the config implies [", absl::StrJoin(shape, ","), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir_, ": tensor '", name, "' has shape [", absl::StrJoin(t->shape, ","),
+                     "] but the config implies [", absl::StrJoin(shape, ","), "]"));
   }
   return TensorFromBytes(*t, dtype, device);
 }

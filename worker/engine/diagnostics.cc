@@ -27,8 +27,8 @@ double Sum(const Tensor& t) { return t.sum().item<double>(); }
 AttentionDiagnostics::AttentionDiagnostics(const Model& model, int damage_bits)
     : model_(model), bits_(damage_bits), layers_(model.config().num_layers) {}
 
-void AttentionDiagnostics::Observe(int layer, const Tensor& q, const Tensor& k_raw, const Tensor& v_raw,
-                                   const KvPair& seen, const Tensor& allowed) {
+void AttentionDiagnostics::Observe(int layer, const Tensor& q, const Tensor& k_raw,
+                                   const Tensor& v_raw, const KvPair& seen, const Tensor& allowed) {
   torch::NoGradGuard no_grad;
   // q [B, H, T, D]; k_raw, v_raw and seen.* [B, Hkv, T, D]; allowed [T, T].
   const int64_t T = q.size(2), D = q.size(3), groups = q.size(1) / k_raw.size(1);
@@ -41,7 +41,8 @@ void AttentionDiagnostics::Observe(int layer, const Tensor& q, const Tensor& k_r
   };
   Tensor s_clean = (scores(k_raw) * scale).masked_fill(blocked, neg_inf);
   Tensor s_seen = scores(seen.k.compressed);
-  if (seen.k.position_dependent()) s_seen = torch::where(seen.k.use_compressed, s_seen, scores(seen.k.raw));
+  if (seen.k.position_dependent())
+    s_seen = torch::where(seen.k.use_compressed, s_seen, scores(seen.k.raw));
   s_seen = (s_seen * scale).masked_fill(blocked, neg_inf);
   Tensor lp_clean = torch::log_softmax(s_clean, -1), lp_seen = torch::log_softmax(s_seen, -1);
   Tensor p_clean = lp_clean.exp(), p_seen = lp_seen.exp();
@@ -49,7 +50,8 @@ void AttentionDiagnostics::Observe(int layer, const Tensor& q, const Tensor& k_r
   Sums& acc = layers_[layer];
   if (T > 1) {
     // Rows t >= 1 (row 0 has a single key and can neither diverge nor flip).
-    Tensor kl = torch::where(allowed, p_clean * (lp_clean - lp_seen), torch::zeros_like(p_clean)).sum(-1);
+    Tensor kl =
+        torch::where(allowed, p_clean * (lp_clean - lp_seen), torch::zeros_like(p_clean)).sum(-1);
     acc.kl += Sum(kl.slice(-1, 1, T).to(torch::kFloat64));
     Tensor flips = s_clean.argmax(-1).ne(s_seen.argmax(-1)).slice(-1, 1, T);
     acc.flips += Sum(flips.to(torch::kFloat64));
@@ -76,7 +78,8 @@ void AttentionDiagnostics::Observe(int layer, const Tensor& q, const Tensor& k_r
   f.bits = bits_;
   f.group = static_cast<int>(D);
   Tensor kd = k_raw.to(torch::kFloat64);
-  Tensor err = FakeQuantize(k_raw.to(torch::kFloat32), f).to(torch::kFloat64) - kd;  // [B, Hkv, T, D]
+  Tensor err =
+      FakeQuantize(k_raw.to(torch::kFloat32), f).to(torch::kFloat64) - kd;  // [B, Hkv, T, D]
   Tensor pd = p_clean.to(torch::kFloat64);
   Tensor q2 = q.to(torch::kFloat64).pow(2) * (scale * scale);
   acc.f_proj += Sum(q2 * AttentionVariance(pd, Repeat(kd, groups)));
@@ -120,7 +123,8 @@ nlohmann::json AttentionDiagnostics::Summary() const {
             {"out_rel_err", out / n},
             {"damage_ratio_geomean", std::exp(log_ratio / n)}};
   }
-  return {{"damage_bits", bits_}, {"predicted_ratio", predicted}, {"layers", layers}, {"mean", mean}};
+  return {
+      {"damage_bits", bits_}, {"predicted_ratio", predicted}, {"layers", layers}, {"mean", mean}};
 }
 
 absl::StatusOr<nlohmann::json> RunDiagnostics(const Model& model, const KvCodec* codec,
@@ -130,10 +134,13 @@ absl::StatusOr<nlohmann::json> RunDiagnostics(const Model& model, const KvCodec*
   if (requests.empty()) return absl::InvalidArgumentError("diagnostics: no sequences to run");
   int bits = options.damage_bits;
   if (bits == 0) {
-    bits = (method.family == MethodFamily::kQuant || method.family == MethodFamily::kHybrid) ? method.bits : 4;
+    bits = (method.family == MethodFamily::kQuant || method.family == MethodFamily::kHybrid)
+               ? method.bits
+               : 4;
   }
   if (bits < 1 || bits > 8) {
-    return absl::InvalidArgumentError(absl::StrCat("diagnostics: damage bits ", bits, " out of range [1, 8]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("diagnostics: damage bits ", bits, " out of range [1, 8]"));
   }
   AttentionDiagnostics diag(model, bits);
   int64_t tokens = 0, sequences = 0;
@@ -141,7 +148,8 @@ absl::StatusOr<nlohmann::json> RunDiagnostics(const Model& model, const KvCodec*
     torch::NoGradGuard no_grad;
     for (const ScoreRequest& r : requests) {
       if (sequences > 0 && tokens >= options.max_tokens) break;
-      Tensor ids = torch::tensor(std::vector<int64_t>(r.input.begin(), r.input.end()), torch::kLong).unsqueeze(0);
+      Tensor ids = torch::tensor(std::vector<int64_t>(r.input.begin(), r.input.end()), torch::kLong)
+                       .unsqueeze(0);
       model.Forward(ids, codec, &diag);
       tokens += static_cast<int64_t>(r.input.size());
       ++sequences;

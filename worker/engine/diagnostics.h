@@ -1,5 +1,5 @@
-// Attention diagnostics of a KV method (docs/kv-methods.md, "Diagnostics"), per layer, measured by an
-// AttentionObserver on unpadded sequences run with the job's codec. In every layer the layer's
+// Attention diagnostics of a KV method (docs/kv-methods.md, "Diagnostics"), per layer, measured by
+// an AttentionObserver on unpadded sequences run with the job's codec. In every layer the layer's
 // input is the compressed run's hidden state; "clean" below means that layer's own uncompressed
 // (post-RoPE) K/V, "seen" what attention actually read (compressed entries, per-(t, j) masks).
 //
@@ -27,8 +27,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "spec/method_spec.h"
 #include "nlohmann/json.hpp"
+#include "spec/method_spec.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"
 
@@ -57,7 +57,7 @@ class AttentionDiagnostics final : public AttentionObserver {
 
 struct DiagnosticsOptions {
   int64_t max_tokens = 4096;  // sequences are taken in request order until this many tokens
-  int damage_bits = 0;         // 0: the method's bits for quant/hybrid, else 4
+  int damage_bits = 0;        // 0: the method's bits for quant/hybrid, else 4
 };
 
 // Runs the first sequences of `requests` (B = 1, no padding) through the model with `codec` and

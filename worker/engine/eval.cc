@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/build_info.h"
 #include "common/file_util.h"
-#include "spec/ledger.h"
 #include "common/log.h"
+#include "spec/ledger.h"
 #include "spec/method_spec.h"
 #include "worker/engine/diagnostics.h"
 #include "worker/engine/kv/kv_codec.h"
@@ -57,15 +57,16 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> CalibrationWindows(const Calib
   absl::StatusOr<std::string> text = ReadFile(c.path, kMaxDataFileBytes);
   if (!text.ok()) return text.status();
   if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " is not valid UTF-8 at byte ", bad));
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration text ", c.path, " is not valid UTF-8 at byte ", bad));
   }
   absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(*text);
   if (!ids.ok()) return ids.status();
   const int64_t need = static_cast<int64_t>(c.windows) * c.window_len;
   if (static_cast<int64_t>(ids->size()) < need) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " has ", ids->size(),
-                                                   " tokens; ", c.windows, " windows of ", c.window_len,
-                                                   " need ", need));
+    return absl::InvalidArgumentError(absl::StrCat("calibration text ", c.path, " has ",
+                                                   ids->size(), " tokens; ", c.windows,
+                                                   " windows of ", c.window_len, " need ", need));
   }
   std::vector<std::vector<int32_t>> out;
   for (int w = 0; w < c.windows; ++w) {
@@ -81,8 +82,10 @@ Engine::Engine(EngineOptions options) : options_(std::move(options)) {
   if (options_.threads > 0) at::set_num_threads(options_.threads);
 }
 
-absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torch::ScalarType dtype) {
-  const std::string key = absl::StrCat(spec.model_sha256, "|", spec.kv_heads, "|", DtypeName(dtype), "|", device.str());
+absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device,
+                                 torch::ScalarType dtype) {
+  const std::string key =
+      absl::StrCat(spec.model_sha256, "|", spec.kv_heads, "|", DtypeName(dtype), "|", device.str());
   if (key != model_key_) {
     model_.reset();
     codecs_.clear();
@@ -105,7 +108,8 @@ absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torc
   } else {
     last_load_s_ = 0;
   }
-  const std::string tkey = absl::StrCat(spec.tokenizer_sha256, "|", spec.tokenizer_path, "|", spec.model_path);
+  const std::string tkey =
+      absl::StrCat(spec.tokenizer_sha256, "|", spec.tokenizer_path, "|", spec.model_path);
   if (tkey != tokenizer_key_) {
     tokenizer_.reset();
     tokenizer_key_.clear();
@@ -113,9 +117,10 @@ absl::Status Engine::EnsureModel(const JobSpec& spec, torch::Device device, torc
     absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadTokenizer(path);
     if (!t.ok()) return t.status();
     if ((*t)->vocab_size() > model_->config().vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tokenizer ", path, " has ", (*t)->vocab_size(), " tokens but the model's vocabulary has ",
-          model_->config().vocab_size, " (tokenizer and model do not belong together)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer ", path, " has ", (*t)->vocab_size(),
+                       " tokens but the model's vocabulary has ", model_->config().vocab_size,
+                       " (tokenizer and model do not belong together)"));
     }
     tokenizer_ = std::move(*t);
     tokenizer_key_ = tkey;
@@ -150,9 +155,10 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   // A spec resolved under another definition of its task (`wikitext` before it was lm-eval's
   // per-document task) names numbers this engine does not compute.
   if (spec.task_definition != TaskDefinition(spec.task)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job spec defines task '", spec.task, "' as '", spec.task_definition,
-        "' but this engine computes '", TaskDefinition(spec.task), "'; resolve (submit) the job again"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("job spec defines task '", spec.task, "' as '", spec.task_definition,
+                     "' but this engine computes '", TaskDefinition(spec.task),
+                     "'; resolve (submit) the job again"));
   }
 
   // The inputs must be the bytes the job id names: a file edited after submit would otherwise
@@ -172,9 +178,10 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
 
   // Codec (prepared once per model + method + calibration).
   const auto t_codec = std::chrono::steady_clock::now();
-  const std::string ckey = absl::StrCat(method->ToString(), "|", spec.calibration ? spec.calibration->sha256 : "",
-                                        "|", spec.calibration ? spec.calibration->windows : 0, "|",
-                                        spec.calibration ? spec.calibration->window_len : 0);
+  const std::string ckey =
+      absl::StrCat(method->ToString(), "|", spec.calibration ? spec.calibration->sha256 : "", "|",
+                   spec.calibration ? spec.calibration->windows : 0, "|",
+                   spec.calibration ? spec.calibration->window_len : 0);
   std::shared_ptr<KvCodec> codec;
   if (auto it = codecs_.find(ckey); it != codecs_.end()) {
     codec = it->second;
@@ -185,13 +192,16 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
     ctx.model = model_.get();
     if (method->needs_calibration()) {
       if (!spec.calibration) {
-        return absl::FailedPreconditionError(absl::StrCat("method '", method->ToString(), "' needs a calibration text"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("method '", method->ToString(), "' needs a calibration text"));
       }
-      absl::StatusOr<std::vector<std::vector<int32_t>>> w = CalibrationWindows(*spec.calibration, *tokenizer_);
+      absl::StatusOr<std::vector<std::vector<int32_t>>> w =
+          CalibrationWindows(*spec.calibration, *tokenizer_);
       if (!w.ok()) return w.status();
       ctx.calibration_windows = std::move(*w);
     }
-    absl::Status ps = GuardTorch("preparing codec " + method->ToString(), [&] { return (*c)->Prepare(ctx); });
+    absl::Status ps =
+        GuardTorch("preparing codec " + method->ToString(), [&] { return (*c)->Prepare(ctx); });
     if (!ps.ok()) return ps;
     codec = std::shared_ptr<KvCodec>(std::move(*c));
     codecs_[ckey] = codec;
@@ -205,7 +215,9 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   if (!prefix) prefix = cfg.bos_token_id;
   if (!prefix) prefix = cfg.eos_token_id;
   if (!prefix) {
-    return absl::InvalidArgumentError("neither the tokenizer nor the model config names a BOS or EOS token (needed as the prefix token)");
+    return absl::InvalidArgumentError(
+        "neither the tokenizer nor the model config names a BOS or EOS token (needed as the prefix "
+        "token)");
   }
   TaskInput in;
   in.data_path = spec.data_path;
@@ -217,8 +229,8 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   absl::StatusOr<std::vector<ScoreRequest>> requests = (*task)->Prepare(in);
   if (!requests.ok()) return requests.status();
   const double prep_s = Seconds(t_prep, std::chrono::steady_clock::now());
-  KV_LOG(INFO) << spec.task << ": " << requests->size() << " sequences, method " << method->ToString()
-               << ", kv_heads " << model_->kv_heads();
+  KV_LOG(INFO) << spec.task << ": " << requests->size() << " sequences, method "
+               << method->ToString() << ", kv_heads " << model_->kv_heads();
 
   // Score.
   const auto t_score = std::chrono::steady_clock::now();
@@ -242,10 +254,11 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   }
 
   nlohmann::json metrics = (*task)->Metrics(*results);
-  const int ctx_len = std::max<int>(1, static_cast<int>(std::lround(
-                                           static_cast<double>(stats.forward_tokens) / std::max<int64_t>(1, stats.sequences))));
-  absl::StatusOr<Ledger> ledger = ComputeLedger(*method, cfg.head_dim, model_->kv_heads(), cfg.num_kv_heads,
-                                                cfg.num_layers, ctx_len);
+  const int ctx_len =
+      std::max<int>(1, static_cast<int>(std::lround(static_cast<double>(stats.forward_tokens) /
+                                                    std::max<int64_t>(1, stats.sequences))));
+  absl::StatusOr<Ledger> ledger = ComputeLedger(*method, cfg.head_dim, model_->kv_heads(),
+                                                cfg.num_kv_heads, cfg.num_layers, ctx_len);
   if (!ledger.ok()) return ledger.status();
   nlohmann::json ledger_json = ledger->ToJson();
   ledger_json["context_len_rule"] = "mean tokens per evaluated sequence";
@@ -276,8 +289,9 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
                    {"scored_tokens", stats.scored_tokens},
                    {"sequences", stats.sequences},
                    {"peak_device_bytes", peak_device_bytes},
-                   {"batch_tokens", options_.batch_tokens > 0 ? options_.batch_tokens
-                                                              : DefaultBatchTokens(*model_, codec.get(), *requests)}};
+                   {"batch_tokens", options_.batch_tokens > 0
+                                        ? options_.batch_tokens
+                                        : DefaultBatchTokens(*model_, codec.get(), *requests)}};
   out["provenance"] = {{"engine_version", kEngineVersion},
                        {"kvsweep_version", KVSWEEP_VERSION},
                        {"git_commit", BuildGitCommit()},

@@ -11,8 +11,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "spec/job_spec.h"
 #include "nlohmann/json.hpp"
+#include "spec/job_spec.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"
 #include "worker/engine/tokenizer/tokenizer.h"
@@ -36,7 +36,8 @@ class Engine {
 
   // Runs `spec`. `progress` gets the fraction done and may return false to cancel.
   // Errors: kInvalidArgument / kNotFound (inputs that can never work), kFailedPrecondition
-  // (device unavailable, or "input changed since submit: PATH" from VerifyJobInputs), kCancelled, kResourceExhausted (out of memory), kInternal.
+  // (device unavailable, or "input changed since submit: PATH" from VerifyJobInputs), kCancelled,
+  // kResourceExhausted (out of memory), kInternal.
   absl::StatusOr<nlohmann::json> Run(const JobSpec& spec,
                                      const std::function<bool(double)>& progress);
 

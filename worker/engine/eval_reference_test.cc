@@ -7,9 +7,9 @@
 #include <fstream>
 
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/tasks/task.h"
 
@@ -57,7 +57,8 @@ void ExpectClose(const nlohmann::json& got, const nlohmann::json& want, const st
 
 class RefTaskTest : public ::testing::TestWithParam<std::string> {
  protected:
-  nlohmann::json Run(const std::string& task, const std::string& data, int limit, int window, int context) {
+  nlohmann::json Run(const std::string& task, const std::string& data, int limit, int window,
+                     int context) {
     JobRequest r;
     r.model_path = AssetsDir() + "/models/" + GetParam();
     r.task = task;
@@ -78,15 +79,19 @@ class RefTaskTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(RefTaskTest, LambadaFirst400MatchesTransformers) {
-  ExpectClose(Run("lambada_openai", AssetsDir() + "/data/lambada_openai/lambada_test.jsonl", 400, 0, 1),
-              Ref("lambada_openai"), GetParam() + " lambada");
+  ExpectClose(
+      Run("lambada_openai", AssetsDir() + "/data/lambada_openai/lambada_test.jsonl", 400, 0, 1),
+      Ref("lambada_openai"), GetParam() + " lambada");
 }
 
 TEST_P(RefTaskTest, WikitextRollingWindowsMatchTransformers) {
   const std::string data = WikiHead(200);
-  // The stream convention: the reference fixture's "wikitext" entries score the lines as one stream.
-  ExpectClose(Run("wikitext_stream", data, 0, 0, 1), Ref("wikitext"), GetParam() + " wikitext_stream W=max");
-  ExpectClose(Run("wikitext_stream", data, 0, 128, 1), Ref("wikitext_w128"), GetParam() + " wikitext_stream W=128");
+  // The stream convention: the reference fixture's "wikitext" entries score the lines as one
+  // stream.
+  ExpectClose(Run("wikitext_stream", data, 0, 0, 1), Ref("wikitext"),
+              GetParam() + " wikitext_stream W=max");
+  ExpectClose(Run("wikitext_stream", data, 0, 128, 1), Ref("wikitext_w128"),
+              GetParam() + " wikitext_stream W=128");
   ExpectClose(Run("wikitext_stream", data, 0, 128, 65), Ref("wikitext_w128_c65"),
               GetParam() + " wikitext_stream W=128 C=65");
 }
@@ -94,14 +99,16 @@ TEST_P(RefTaskTest, WikitextRollingWindowsMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(RefModels, RefTaskTest, ::testing::Values("ref-gpt2", "ref-llama"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (char& c : n) if (c == '-') c = '_';
+                           for (char& c : n)
+                             if (c == '-') c = '_';
                            return n;
                          });
 
 TEST(TaskMathTest, RollingWindowsPredictEveryTokenOnce) {
   std::vector<int32_t> toks(1000);
   for (int i = 0; i < 1000; ++i) toks[i] = i + 10;
-  for (auto [W, C] : std::vector<std::pair<int, int>>{{128, 1}, {128, 65}, {128, 128}, {2000, 1}, {7, 3}}) {
+  for (auto [W, C] :
+       std::vector<std::pair<int, int>>{{128, 1}, {128, 65}, {128, 128}, {2000, 1}, {7, 3}}) {
     auto ws = RollingWindows(toks, 1, W, C);
     std::vector<int32_t> predicted;
     for (const auto& w : ws) {
@@ -114,7 +121,8 @@ TEST(TaskMathTest, RollingWindowsPredictEveryTokenOnce) {
     }
     EXPECT_EQ(predicted, toks) << "W=" << W << " C=" << C;
     // Later windows see at least C-1 tokens of context.
-    for (size_t k = 1; k < ws.size(); ++k) EXPECT_GE(ws[k].input.size() - ws[k].cont.size() + 1, static_cast<size_t>(C));
+    for (size_t k = 1; k < ws.size(); ++k)
+      EXPECT_GE(ws[k].input.size() - ws[k].cont.size() + 1, static_cast<size_t>(C));
   }
   EXPECT_EQ(RollingWindows(toks, 1, 128, 1).front().input.front(), 1);  // prefix token first
 }

@@ -11,15 +11,18 @@ absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Model& model, const Kv
   const ModelConfig& c = model.config();
   for (int32_t id : prompt) {
     if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("generate: token id ", id, " outside the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("generate: token id ", id, " outside the vocabulary"));
     }
   }
   return GuardTorch("generate", [&]() -> absl::StatusOr<std::vector<int32_t>> {
     std::vector<int32_t> seq = prompt, out;
     for (int i = 0; i < max_new && static_cast<int>(seq.size()) < c.max_positions; ++i) {
-      torch::Tensor ids = torch::tensor(std::vector<int64_t>(seq.begin(), seq.end()), torch::kLong).unsqueeze(0);
+      torch::Tensor ids =
+          torch::tensor(std::vector<int64_t>(seq.begin(), seq.end()), torch::kLong).unsqueeze(0);
       torch::Tensor h = model.Forward(ids, codec);
-      const int32_t next = static_cast<int32_t>(model.Logits(h.select(1, h.size(1) - 1)).argmax(-1).item<int64_t>());
+      const int32_t next =
+          static_cast<int32_t>(model.Logits(h.select(1, h.size(1) - 1)).argmax(-1).item<int64_t>());
       out.push_back(next);
       seq.push_back(next);
       if (next == stop_id) break;

@@ -21,9 +21,9 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/hash.h"
-#include "spec/job_spec.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "stats/eval_units.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/lm_eval_format.h"
@@ -61,7 +61,9 @@ TEST(WikitextDocumentsTest, DetokenizerAsPython) {
       {"The dog 's bone , and the cats ' toys @-@ 1 @,@ 000 @.@ 5 : a ; b . c ! d ? e",
        "The dog's bone, and the cats' toys-1,000.5: a; b. c! d? e"},
       {"( a b ) [ c ] { d } \" e \" ' f ' ( unclosed", "(a b) [c] {d} \"e\" 'f' ( unclosed"},
-      {"x = = y = = = z = = = = w 5 \xC2\xB0 C N \n next \n", "x == y === z ==== w 5\xC2\xB0" "C N\nnext\n"},
+      {"x = = y = = = z = = = = w 5 \xC2\xB0 C N \n next \n",
+       "x == y === z ==== w 5\xC2\xB0"
+       "C N\nnext\n"},
       // U+00A0 is whitespace to Python's \s.
       {"a '  b\xC2\xA0' c ' d", "a 'b' c ' d"},
       // The replacement is the literal text "/'[0-9]/".
@@ -78,8 +80,13 @@ TEST(WikitextDocumentsTest, WordsAsPythonReSplit) {
   EXPECT_EQ(CountWordsLmEval(" "), 2);
   EXPECT_EQ(CountWordsLmEval("a b"), 2);
   EXPECT_EQ(CountWordsLmEval(" a  b \n"), 4);
-  EXPECT_EQ(CountWordsLmEval("a\xC2\xA0" "b\xE3\x80\x80" "c"), 3);  // U+00A0, U+3000
-  EXPECT_EQ(CountWordsLmEval("a\xE2\x80\x8B" "b"), 1);             // U+200B is not whitespace
+  EXPECT_EQ(CountWordsLmEval("a\xC2\xA0"
+                             "b\xE3\x80\x80"
+                             "c"),
+            3);  // U+00A0, U+3000
+  EXPECT_EQ(CountWordsLmEval("a\xE2\x80\x8B"
+                             "b"),
+            1);  // U+200B is not whitespace
 }
 
 TEST(WikitextDocumentsTest, SplitAsTheDatasetBuilder) {
@@ -113,16 +120,24 @@ TEST(WikitextDocumentsTest, WholeFileDocumentsMatchTheReference) {
     EXPECT_EQ(static_cast<int64_t>(ids->size()), d["tokens"]) << "document " << i;
     EXPECT_EQ(CountWordsLmEval(pages[i]), d["words"]) << "document " << i;
     EXPECT_EQ(static_cast<int64_t>(pages[i].size()), d["bytes"]) << "document " << i;
-    EXPECT_EQ(static_cast<int64_t>(RollingWindows(*ids, 0, Fixture()["max_length"].get<int>(), 1).size()), d["windows"])
+    EXPECT_EQ(
+        static_cast<int64_t>(RollingWindows(*ids, 0, Fixture()["max_length"].get<int>(), 1).size()),
+        d["windows"])
         << "document " << i;
   }
 }
 
 TEST(LmEvalFormatTest, KeysAsLmEvalWritesThem) {
   nlohmann::json wiki = {
-      {"spec", {{"task", {{"name", "wikitext"}, {"limit", 0}, {"window", 1024}}}, {"method", "none"}}},
-      {"metrics", {{"wikitext", {{"word_ppl", 10.0}, {"byte_ppl", 1.5}, {"bits_per_byte", 0.58},
-                                 {"word_ppl_stderr", 0.1}, {"documents", 62}}}}}};
+      {"spec",
+       {{"task", {{"name", "wikitext"}, {"limit", 0}, {"window", 1024}}}, {"method", "none"}}},
+      {"metrics",
+       {{"wikitext",
+         {{"word_ppl", 10.0},
+          {"byte_ppl", 1.5},
+          {"bits_per_byte", 0.58},
+          {"word_ppl_stderr", 0.1},
+          {"documents", 62}}}}}};
   nlohmann::json out = LmEvalOutput(wiki);
   const nlohmann::json& r = out["results"]["wikitext"];
   EXPECT_EQ(r["alias"], "wikitext");
@@ -137,12 +152,15 @@ TEST(LmEvalFormatTest, KeysAsLmEvalWritesThem) {
 
   nlohmann::json lam = {
       {"spec", {{"task", {{"name", "lambada_openai"}, {"limit", 8}, {"window", 1024}}}}},
-      {"metrics", {{"lambada_openai", {{"acc", 0.5}, {"acc_stderr", 0.18}, {"ppl", 20.0},
-                                       {"ppl_stderr", 3.0}, {"n", 8}}}}}};
+      {"metrics",
+       {{"lambada_openai",
+         {{"acc", 0.5}, {"acc_stderr", 0.18}, {"ppl", 20.0}, {"ppl_stderr", 3.0}, {"n", 8}}}}}};
   out = LmEvalOutput(lam);
-  EXPECT_EQ(out["results"]["lambada_openai"],
-            (nlohmann::json{{"alias", "lambada_openai"}, {"acc,none", 0.5}, {"acc_stderr,none", 0.18},
-                            {"perplexity,none", 20.0}, {"perplexity_stderr,none", 3.0}}));
+  EXPECT_EQ(out["results"]["lambada_openai"], (nlohmann::json{{"alias", "lambada_openai"},
+                                                              {"acc,none", 0.5},
+                                                              {"acc_stderr,none", 0.18},
+                                                              {"perplexity,none", 20.0},
+                                                              {"perplexity_stderr,none", 3.0}}));
   EXPECT_EQ(out["versions"]["lambada_openai"], 1.0);
   EXPECT_EQ(out["config"]["limit"], 8);
   EXPECT_EQ(out["n-samples"]["lambada_openai"], (nlohmann::json{{"effective", 8}}));
@@ -176,7 +194,8 @@ TEST(LmEvalWikitextIdentity, EngineRefusesASpecOfTheEarlierDefinition) {
 // The task as a user runs it: `kvsweep-worker eval --task wikitext --format lm-eval` on ref-gpt2
 // over the whole of wiki.test.raw (CPU, fp32).
 TEST(LmEvalWikitextReference, RefGpt2WholeFileMatchesTheIndependentImplementation) {
-  const std::string out = ::testing::TempDir() + "/lm_eval_wikitext_" + std::to_string(::getpid()) + ".json";
+  const std::string out =
+      ::testing::TempDir() + "/lm_eval_wikitext_" + std::to_string(::getpid()) + ".json";
   const std::string cmd = absl::StrCat("'", KVSWEEP_WORKER_BIN, "' eval --model '", AssetsDir(),
                                        "/models/ref-gpt2' --task wikitext --data '", WikiTestRaw(),
                                        "' --dtype fp32 --format lm-eval > '", out, "'");
@@ -189,7 +208,8 @@ TEST(LmEvalWikitextReference, RefGpt2WholeFileMatchesTheIndependentImplementatio
   // Aggregates, under lm-eval's key names.
   const nlohmann::json& r = (*j)["results"]["wikitext"];
   for (const char* k : {"word_perplexity", "byte_perplexity", "bits_per_byte"}) {
-    const double got = r[absl::StrCat(k, ",none")].get<double>(), want = f["results"][k].get<double>();
+    const double got = r[absl::StrCat(k, ",none")].get<double>(),
+                 want = f["results"][k].get<double>();
     const double rel = Rel(got, want);
     EXPECT_LE(rel, kRelTol) << k << ": " << got << " vs reference " << want;
     std::printf("%s: kvsweep %.10g, reference %.10g, rel diff %.3g\n", k, got, want, rel);

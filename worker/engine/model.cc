@@ -55,9 +55,9 @@ Tensor MixtureOfExperts(const Tensor& h, const LayerWeights& w, const ModelConfi
     if (rows.numel() == 0) continue;
     const Tensor weight = (top_w * hit.to(top_w.scalar_type())).sum(-1).index_select(0, rows);
     const Tensor xe = flat.index_select(0, rows);
-    const Tensor ye = torch::linear(Activation(torch::linear(xe, w.e_gate[e]), c.activation) *
-                                        torch::linear(xe, w.e_up[e]),
-                                    w.e_down[e]);
+    const Tensor ye = torch::linear(
+        Activation(torch::linear(xe, w.e_gate[e]), c.activation) * torch::linear(xe, w.e_up[e]),
+        w.e_down[e]);
     out.index_add_(0, rows, ye * weight.unsqueeze(-1));
   }
   return out.view(h.sizes());
@@ -77,9 +77,13 @@ int64_t Model::num_parameters() const {
   add(final_b_);
   add(lm_head_);
   for (const LayerWeights& l : layers_) {
-    for (const Tensor* t : {&l.norm1_w, &l.norm1_b, &l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv, &l.wo,
-                            &l.bo, &l.norm2_w, &l.norm2_b, &l.w_gate, &l.w_up, &l.b_up, &l.w_down,
-                            &l.b_down, &l.q_norm, &l.k_norm, &l.router, &l.post_attn_norm,
+    for (const Tensor* t : {&l.norm1_w,      &l.norm1_b, &l.wq,
+                            &l.bq,           &l.wk,      &l.bk,
+                            &l.wv,           &l.bv,      &l.wo,
+                            &l.bo,           &l.norm2_w, &l.norm2_b,
+                            &l.w_gate,       &l.w_up,    &l.b_up,
+                            &l.w_down,       &l.b_down,  &l.q_norm,
+                            &l.k_norm,       &l.router,  &l.post_attn_norm,
                             &l.post_ffn_norm}) {
       add(*t);
     }
@@ -272,8 +276,8 @@ absl::Status Model::LoadHf(const std::string& dir) {
   } else if (ck->Has("lm_head.weight")) {
     lm_head_ = load("lm_head.weight", {V, Hd});
   } else {
-    return absl::NotFoundError(absl::StrCat(
-        dir, ": tensor 'lm_head.weight' is missing and tie_word_embeddings is false"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": tensor 'lm_head.weight' is missing and tie_word_embeddings is false"));
   }
   return err;
 }
@@ -289,17 +293,26 @@ absl::Status Model::LoadLlama2c(const std::string& path) {
   const int64_t D = Hd / h->n_heads, Hkv = h->n_kv_heads, H = h->n_heads;
   const int64_t kv_dim = Hkv * D;
   // llama2.c's legacy layout (run.c memory_map_weights), all fp32.
-  const int64_t counts[] = {V * Hd,       L * Hd,      L * Hd * (H * D), L * Hd * kv_dim,
-                            L * Hd * kv_dim, L * (H * D) * Hd, L * Hd,  L * Hd * I,
-                            L * I * Hd,   L * Hd * I,  Hd,          h->seq_len * D};
+  const int64_t counts[] = {V * Hd,
+                            L * Hd,
+                            L * Hd * (H * D),
+                            L * Hd * kv_dim,
+                            L * Hd * kv_dim,
+                            L * (H * D) * Hd,
+                            L * Hd,
+                            L * Hd * I,
+                            L * I * Hd,
+                            L * Hd * I,
+                            Hd,
+                            h->seq_len * D};
   int64_t floats = 0;
   for (int64_t n : counts) floats += n;
   if (!h->shared_classifier) floats += V * Hd;
   const uint64_t expect = 28 + static_cast<uint64_t>(floats) * 4;
   if (f->size() != expect) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": llama2.c file is ", f->size(), " bytes but its header implies ", expect,
-        " (truncated, or not the legacy format)"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": llama2.c file is ", f->size(),
+                                                   " bytes but its header implies ", expect,
+                                                   " (truncated, or not the legacy format)"));
   }
   const float* p = reinterpret_cast<const float*>(f->data() + 28);
   const auto dt = options_.dtype;
@@ -347,8 +360,8 @@ absl::Status Model::LoadLlama2c(const std::string& path) {
 absl::Status Model::PoolKvHeads(int target) {
   const int native = config_.num_kv_heads;
   if (target <= 0 || target > native || native % target != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_heads=", target, " does not divide the model's ",
-                                                   native, " KV heads"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_heads=", target, " does not divide the model's ", native, " KV heads"));
   }
   if (config_.qk_norm == QkNorm::kAllHeads && target != native) {
     return absl::UnimplementedError(absl::StrCat(
@@ -363,7 +376,12 @@ absl::Status Model::PoolKvHeads(int target) {
     for (int64_t i = 1; i < t.dim(); ++i) shape.push_back(t.size(i));
     std::vector<int64_t> out = {target * D};
     for (int64_t i = 1; i < t.dim(); ++i) out.push_back(t.size(i));
-    return t.to(torch::kFloat32).reshape(shape).mean(1).reshape(out).to(t.scalar_type()).contiguous();
+    return t.to(torch::kFloat32)
+        .reshape(shape)
+        .mean(1)
+        .reshape(out)
+        .to(t.scalar_type())
+        .contiguous();
   };
   for (LayerWeights& w : layers_) {
     w.wk = pool(w.wk);
@@ -380,7 +398,9 @@ void Model::BuildRope() {
   const int64_t D = config_.head_dim;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   // transformers: inv_freq = 1 / theta^(arange(0, D, 2) / D), in fp32.
-  Tensor exponents = torch::arange(0, D, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat32) / static_cast<float>(D);
+  Tensor exponents =
+      torch::arange(0, D, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat32) /
+      static_cast<float>(D);
   Tensor inv = 1.0 / torch::pow(static_cast<float>(config_.rope_theta), exponents);
   if (config_.rope_scaling == RopeScaling::kLinear) {
     inv = inv / static_cast<float>(config_.rope_factor);
@@ -396,7 +416,7 @@ void Model::BuildRope() {
     inv = torch::where(medium, smoothed, scaled);
   }
   Tensor pos = torch::arange(config_.max_positions, f32);
-  Tensor angles = torch::outer(pos, inv);  // [P, D/2]
+  Tensor angles = torch::outer(pos, inv);                                    // [P, D/2]
   if (!config_.rope_interleaved) angles = torch::cat({angles, angles}, -1);  // rotate-half layout
   rope_cos_ = angles.cos().to(options_.device).to(options_.dtype);
   rope_sin_ = angles.sin().to(options_.device).to(options_.dtype);
@@ -423,7 +443,8 @@ double Model::AttentionScale(int layer) const {
   const bool gpt2 = config_.arch == Arch::kGpt2;
   double scale = 1.0;
   if (config_.query_pre_attn_scalar > 0) return 1.0 / std::sqrt(config_.query_pre_attn_scalar);
-  if (!gpt2 || config_.scale_attn_weights) scale /= std::sqrt(static_cast<double>(config_.head_dim));
+  if (!gpt2 || config_.scale_attn_weights)
+    scale /= std::sqrt(static_cast<double>(config_.head_dim));
   if (gpt2 && config_.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer + 1);
   return scale;
 }
@@ -438,8 +459,8 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
               c.max_positions);
   const torch::Device dev = options_.device;
   Tensor ids = tokens.to(dev, torch::kLong);
-  TORCH_CHECK(ids.numel() == 0 || (ids.min().item<int64_t>() >= 0 &&
-                                   ids.max().item<int64_t>() < c.vocab_size),
+  TORCH_CHECK(ids.numel() == 0 ||
+                  (ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < c.vocab_size),
               "token id out of range for vocab of ", c.vocab_size);
 
   // Embeddings.
@@ -472,7 +493,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     x = x.to(layer_devices_[l]);  // a pipeline's range boundary (else a no-op)
     const bool gpt2 = c.arch == Arch::kGpt2;
     // Attention block.
-    Tensor h = gpt2             ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps)
+    Tensor h = gpt2            ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps)
                : c.norms_after ? x
                                : rms(x, w.norm1_w);
     Tensor q = torch::linear(h, w.wq, w.bq);
@@ -487,9 +508,9 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       q = RmsNorm(q, w.q_norm, c.norm_eps);
       k = RmsNorm(k, w.k_norm, c.norm_eps);
     }
-    q = q.transpose(1, 2);                                                           // [B, H, T, D]
-    k = k.transpose(1, 2);                                                           // [B, Hkv, T, D]
-    Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);   // [B, Hkv, T, D]
+    q = q.transpose(1, 2);                                                         // [B, H, T, D]
+    k = k.transpose(1, 2);                                                         // [B, Hkv, T, D]
+    Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
     q = ApplyRope(q);
     KvPair kv;
     if (rope_pre) {
@@ -512,25 +533,25 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                            : o);
 
     // MLP block.
-    h = gpt2             ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
+    h = gpt2            ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
         : c.norms_after ? x
                         : rms(x, w.norm2_w);
     Tensor m;
     if (c.num_experts > 0) {
       m = MixtureOfExperts(h, w, c);
     } else if (gpt2) {
-      m = torch::linear(Activation(torch::linear(h, w.w_up, w.b_up), c.activation), w.w_down, w.b_down);
+      m = torch::linear(Activation(torch::linear(h, w.w_up, w.b_up), c.activation), w.w_down,
+                        w.b_down);
     } else {
-      m = torch::linear(Activation(torch::linear(h, w.w_gate), c.activation) *
-                            torch::linear(h, w.w_up, w.b_up),
-                        w.w_down, w.b_down);
+      m = torch::linear(
+          Activation(torch::linear(h, w.w_gate), c.activation) * torch::linear(h, w.w_up, w.b_up),
+          w.w_down, w.b_down);
     }
     x = x + (c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps)
              : c.gemma     ? rms(m, w.post_ffn_norm)
                            : m);
   }
-  return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps)
-                                : rms(x, final_w_))
+  return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps) : rms(x, final_w_))
       .to(lm_head_.device());
 }
 

@@ -1,6 +1,6 @@
 // A decoder-only transformer loaded from a Hugging Face checkpoint (gemma2, gpt2, llama, mistral,
-// mixtral, olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward pass in one readable function (Forward) and a KV
-// codec hook inside attention.
+// mixtral, olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward pass in one
+// readable function (Forward) and a KV codec hook inside attention.
 //
 // Weights are stored the torch.nn.Linear way ([out, in]); GPT-2's Conv1D ([in, out]) and fused
 // c_attn are converted at load. `kv_heads` below the native count mean-pools the K/V projections
@@ -37,10 +37,10 @@ struct LayerWeights {
   torch::Tensor wv, bv;            // [Hkv*D, hidden]
   torch::Tensor wo, bo;            // [hidden, H*D]
   torch::Tensor norm2_w, norm2_b;
-  torch::Tensor w_gate;            // llama family: [inter, hidden]
-  torch::Tensor w_up, b_up;        // [inter, hidden] (gpt2: c_fc)
-  torch::Tensor w_down, b_down;    // [hidden, inter]
-  torch::Tensor q_norm, k_norm;    // qk_norm: [D] per head (qwen3), [H*D] / [Hkv*D] (olmo2)
+  torch::Tensor w_gate;          // llama family: [inter, hidden]
+  torch::Tensor w_up, b_up;      // [inter, hidden] (gpt2: c_fc)
+  torch::Tensor w_down, b_down;  // [hidden, inter]
+  torch::Tensor q_norm, k_norm;  // qk_norm: [D] per head (qwen3), [H*D] / [Hkv*D] (olmo2)
   torch::Tensor post_attn_norm, post_ffn_norm;  // gemma2: on the attention and MLP outputs
   // Mixture of experts (mixtral): router [experts, hidden]; per expert gate/up [inter, hidden],
   // down [hidden, inter] (w_gate/w_up/w_down unused).
@@ -98,10 +98,10 @@ class Model {
   ModelConfig config_;
   ModelOptions options_;
   int kv_heads_ = 0;
-  torch::Tensor tok_emb_;   // [vocab, hidden]
-  torch::Tensor pos_emb_;   // gpt2: [max_positions, hidden]
+  torch::Tensor tok_emb_;  // [vocab, hidden]
+  torch::Tensor pos_emb_;  // gpt2: [max_positions, hidden]
   torch::Tensor final_w_, final_b_;
-  torch::Tensor lm_head_;   // [vocab, hidden] (tied: tok_emb_)
+  torch::Tensor lm_head_;  // [vocab, hidden] (tied: tok_emb_)
   std::vector<LayerWeights> layers_;
   std::vector<torch::Device> layer_devices_;
   Placement placement_;

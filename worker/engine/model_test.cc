@@ -8,16 +8,16 @@
 // and the real ref-gpt2 / ref-llama. Fixtures:
 // tools/reference/make_reference.py and tools/reference/make_family_fixtures.py.
 #include "worker/engine/model.h"
-#include "worker/engine/generate.h"
-#include "worker/engine/tokenizer/tokenizer.h"
-#include "worker/engine/torch_util.h"
 
 #include <cmath>
 #include <fstream>
 
-#include "spec/job_spec.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
+#include "worker/engine/generate.h"
+#include "worker/engine/tokenizer/tokenizer.h"
+#include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -56,7 +56,8 @@ void CheckModel(const std::string& name, const std::string& path) {
   torch::Tensor ids = Ids(f.meta["input_ids"]);
   torch::Tensor logits = (*m)->Logits((*m)->Forward(ids, nullptr));  // [B, T, V]
   const int64_t slice = f.meta["vocab_slice"].get<int64_t>();
-  torch::Tensor want = torch::from_blob(f.logits.data(), {ids.size(0), ids.size(1), slice}, torch::kFloat32);
+  torch::Tensor want =
+      torch::from_blob(f.logits.data(), {ids.size(0), ids.size(1), slice}, torch::kFloat32);
   const double diff = (logits.slice(-1, 0, slice) - want).abs().max().item<double>();
   EXPECT_LE(diff, 1e-4) << name << ": max |logit - transformers| = " << diff;
   // Whole-vocabulary checks: logsumexp per position and the next token's log-prob.
@@ -64,7 +65,8 @@ void CheckModel(const std::string& name, const std::string& path) {
   double lse_diff = 0;
   for (int64_t b = 0; b < ids.size(0); ++b)
     for (int64_t t = 0; t < ids.size(1); ++t)
-      lse_diff = std::max(lse_diff, std::fabs(lse[b][t].item<double>() - f.meta["logsumexp"][b][t].get<double>()));
+      lse_diff = std::max(
+          lse_diff, std::fabs(lse[b][t].item<double>() - f.meta["logsumexp"][b][t].get<double>()));
   EXPECT_LE(lse_diff, 1e-4) << name;
   torch::Tensor argmax = logits.argmax(-1);
   int64_t mismatched = 0;
@@ -87,7 +89,8 @@ INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
                                            "tiny-olmo2", "tiny-mixtral", "tiny-gemma2"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (char& c : n) if (c == '-') c = '_';
+                           for (char& c : n)
+                             if (c == '-') c = '_';
                            return n;
                          });
 
@@ -99,7 +102,8 @@ TEST(ModelTest, UnsupportedFamilyIsAClearError) {
     auto m = Model::Load(std::string(KVSWEEP_FIXTURES) + "/tiny_models/" + name, ModelOptions{});
     ASSERT_FALSE(m.ok()) << name;
     EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
-    EXPECT_NE(m.status().message().find("unknown architecture 'gemma"), std::string::npos) << m.status();
+    EXPECT_NE(m.status().message().find("unknown architecture 'gemma"), std::string::npos)
+        << m.status();
     EXPECT_NE(m.status().message().find(
                   "(supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"),
               std::string::npos)
@@ -189,7 +193,8 @@ TEST(Stories260KTest, GreedyContinuationMatchesTheReadme) {
   auto out = GreedyGenerate(**m, nullptr, prompt, 40, -1);
   ASSERT_TRUE(out.ok()) << out.status();
   const std::string text = (*tok)->Decode(*out);
-  const std::string expected = ", there was a little girl named Lily. She loved to play outside in the park.";
+  const std::string expected =
+      ", there was a little girl named Lily. She loved to play outside in the park.";
   EXPECT_EQ(text.substr(0, expected.size()), expected) << "got: " << text;
 }
 

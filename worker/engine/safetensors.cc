@@ -19,9 +19,9 @@ struct DtypeInfo {
   size_t size;
 };
 constexpr DtypeInfo kDtypes[] = {
-    {"F32", StDtype::kF32, 4}, {"F16", StDtype::kF16, 2},   {"BF16", StDtype::kBF16, 2},
-    {"F64", StDtype::kF64, 8}, {"I64", StDtype::kI64, 8},   {"I32", StDtype::kI32, 4},
-    {"I16", StDtype::kI16, 2}, {"I8", StDtype::kI8, 1},     {"U8", StDtype::kU8, 1},
+    {"F32", StDtype::kF32, 4},   {"F16", StDtype::kF16, 2}, {"BF16", StDtype::kBF16, 2},
+    {"F64", StDtype::kF64, 8},   {"I64", StDtype::kI64, 8}, {"I32", StDtype::kI32, 4},
+    {"I16", StDtype::kI16, 2},   {"I8", StDtype::kI8, 1},   {"U8", StDtype::kU8, 1},
     {"BOOL", StDtype::kBool, 1},
 };
 
@@ -60,12 +60,15 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   if (!mf.ok()) return mf.status();
   std::unique_ptr<SafetensorsFile> st(new SafetensorsFile(std::move(*mf)));
   const MappedFile& f = *st->file_;
-  if (f.size() < 8) return Bad(path, absl::StrCat("file is ", f.size(), " bytes, shorter than the 8-byte header length"));
+  if (f.size() < 8)
+    return Bad(path,
+               absl::StrCat("file is ", f.size(), " bytes, shorter than the 8-byte header length"));
   uint64_t n = 0;
   std::memcpy(&n, f.data(), 8);  // little-endian on every platform we build for
   if (n > kMaxHeader) return Bad(path, absl::StrCat("header length ", n, " exceeds 100 MB"));
   if (n > f.size() - 8) {
-    return Bad(path, absl::StrCat("header length ", n, " runs past the end of the file (", f.size(), " bytes)"));
+    return Bad(path, absl::StrCat("header length ", n, " runs past the end of the file (", f.size(),
+                                  " bytes)"));
   }
   absl::string_view text(reinterpret_cast<const char*>(f.data() + 8), n);
   absl::StatusOr<nlohmann::json> j = ParseJson(text, absl::StrCat(path, " header"));
@@ -78,7 +81,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     const std::string& name = it.key();
     if (name == "__metadata__") continue;
     const nlohmann::json& t = it.value();
-    if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets")) {
+    if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") ||
+        !t.contains("data_offsets")) {
       return Bad(path, absl::StrCat("tensor '", name, "' lacks dtype/shape/data_offsets"));
     }
     StTensor out;
@@ -112,8 +116,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       out.shape.push_back(static_cast<int64_t>(dim));
     }
     const nlohmann::json& off = t["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      return Bad(path, absl::StrCat("tensor '", name, "' data_offsets must be two non-negative integers"));
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned()) {
+      return Bad(
+          path, absl::StrCat("tensor '", name, "' data_offsets must be two non-negative integers"));
     }
     const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
     if (b > e || e > data_size) {
@@ -122,8 +128,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
     if (e - b != bytes) {
       return Bad(path, absl::StrCat("tensor '", name, "' has ", e - b, " bytes but dtype ",
-                                    StDtypeName(out.dtype), " and shape [", absl::StrJoin(out.shape, ","),
-                                    "] need ", bytes));
+                                    StDtypeName(out.dtype), " and shape [",
+                                    absl::StrJoin(out.shape, ","), "] need ", bytes));
     }
     out.data = base + b;
     out.nbytes = bytes;
@@ -132,7 +138,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i) {
-    if (ranges[i].first < ranges[i - 1].second) return Bad(path, "tensors overlap in the data block");
+    if (ranges[i].first < ranges[i - 1].second)
+      return Bad(path, "tensors overlap in the data block");
   }
   return st;
 }

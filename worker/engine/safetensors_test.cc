@@ -7,9 +7,9 @@
 
 #include "common/file_util.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
-#include "spec/job_spec.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -44,7 +44,13 @@ void ExpectBad(const std::string& bytes, const std::string& fragment) {
 
 TEST(SafetensorsTest, ValidFileParses) {
   const std::string path = Temp("ok.safetensors");
-  ASSERT_TRUE(WriteFileAtomic(path, Make(R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"format":"pt"}})", 16)).ok());
+  ASSERT_TRUE(
+      WriteFileAtomic(
+          path,
+          Make(
+              R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"format":"pt"}})",
+              16))
+          .ok());
   auto f = SafetensorsFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status();
   ASSERT_NE((*f)->Find("a"), nullptr);
@@ -58,13 +64,22 @@ TEST(SafetensorsTest, LyingOrTruncatedFilesAreRejected) {
   ExpectBad(Make("{not json", 0), "invalid JSON");
   ExpectBad(Make("[1,2]", 0), "not a JSON object");
   ExpectBad(Make(R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4), "unknown dtype");
-  ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})", 4), "fall outside the data block");
+  ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})", 4),
+            "fall outside the data block");
   ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "need 12");
   ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4), "bad dimension");
   ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4), "fall outside");
   ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[1]}})", 4), "lacks dtype/shape/data_offsets");
-  ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "overlap");
-  ExpectBad(Make(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}})", 4), "overflows");
+  ExpectBad(
+      Make(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+          12),
+      "overlap");
+  ExpectBad(
+      Make(
+          R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}})",
+          4),
+      "overflows");
 }
 
 TEST(SafetensorsTest, MissingFileIsNotFound) {

@@ -38,7 +38,8 @@ int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
   const int64_t elt = torch::elementSize(model.options().dtype);
   int64_t max_len = 1;
   for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
-  int64_t per_token = (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
+  int64_t per_token =
+      (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
   if (codec != nullptr && codec->position_dependent()) {
     per_token += (2 * c.num_heads + 4 * model.kv_heads()) * c.head_dim * elt;
   }
@@ -59,25 +60,27 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
   int64_t total_tokens = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     const ScoreRequest& r = requests[i];
-    if (r.input.empty()) return absl::InvalidArgumentError(absl::StrCat("request ", i, ": empty input"));
+    if (r.input.empty())
+      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": empty input"));
     if (static_cast<int64_t>(r.input.size()) > c.max_positions) {
       return absl::InvalidArgumentError(absl::StrCat("request ", i, ": ", r.input.size(),
                                                      " tokens exceed the model's ", c.max_positions,
                                                      " positions"));
     }
     if (r.cont.size() > r.input.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": more continuation than input tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", i, ": more continuation than input tokens"));
     }
     for (int32_t id : r.input) {
       if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("request ", i, ": token id ", id,
-                                                       " outside the model's vocabulary of ", c.vocab_size));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request ", i, ": token id ", id, " outside the model's vocabulary of ", c.vocab_size));
       }
     }
     for (int32_t id : r.cont) {
       if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("request ", i, ": token id ", id,
-                                                       " outside the model's vocabulary of ", c.vocab_size));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request ", i, ": token id ", id, " outside the model's vocabulary of ", c.vocab_size));
       }
     }
     total_tokens += r.input.size();
@@ -107,7 +110,8 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
       int64_t B = 1, real = T;
       while (B < max_b) {
         const int64_t next = requests[order[pos + B]].input.size();
-        if (static_cast<double>((B + 1) * T - (real + next)) > options.max_padding * (B + 1) * T) break;
+        if (static_cast<double>((B + 1) * T - (real + next)) > options.max_padding * (B + 1) * T)
+          break;
         real += next;
         ++B;
       }
@@ -172,7 +176,8 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
         for (size_t i : batch) n += requests[i].input.size();
         return n;
       }();
-      if (progress && !progress(static_cast<double>(done_tokens) / std::max<int64_t>(1, total_tokens))) {
+      if (progress &&
+          !progress(static_cast<double>(done_tokens) / std::max<int64_t>(1, total_tokens))) {
         return absl::CancelledError("scoring stopped: the job was cancelled or its lease lost");
       }
     }

@@ -25,8 +25,8 @@ struct ScoreRequest {
 };
 
 struct ScoreResult {
-  double loglik = 0;    // sum of log p(cont[i] | ...)
-  bool greedy = true;   // every cont token is the argmax
+  double loglik = 0;   // sum of log p(cont[i] | ...)
+  bool greedy = true;  // every cont token is the argmax
 };
 
 struct ScorerOptions {
@@ -40,7 +40,7 @@ struct ScorerOptions {
 };
 
 struct ScoreStats {
-  int64_t forward_tokens = 0;   // real (unpadded) tokens run through the model
+  int64_t forward_tokens = 0;  // real (unpadded) tokens run through the model
   int64_t padded_tokens = 0;
   int64_t sequences = 0;
   int64_t scored_tokens = 0;

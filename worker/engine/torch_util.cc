@@ -22,7 +22,8 @@ absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& s) {
   // The spellings (and their error) are common/model_config's DtypeName; only the torch type is
   // the engine's.
   absl::StatusOr<std::string> name = ::kvsweep::DtypeName(s);
-  if (!name.ok()) return absl::InvalidArgumentError(absl::StrCat("dtype ", name.status().message()));
+  if (!name.ok())
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", name.status().message()));
   if (*name == "fp32") return torch::kFloat32;
   if (*name == "bf16") return torch::kBFloat16;
   if (*name == "fp16") return torch::kFloat16;
@@ -50,17 +51,21 @@ absl::Status CheckDtypeOnDevice(torch::ScalarType dtype, torch::Device device) {
     it = known.emplace(key, ok).first;
   }
   if (it->second) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      DtypeName(dtype), " is not supported on ", device.str(), " by this libtorch (",
-      TORCH_VERSION, "): run the job on a GPU worker, or ask for another dtype"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(DtypeName(dtype), " is not supported on ", device.str(), " by this libtorch (",
+                   TORCH_VERSION, "): run the job on a GPU worker, or ask for another dtype"));
 }
 
 const char* DtypeName(torch::ScalarType t) {
   switch (t) {
-    case torch::kFloat32: return "fp32";
-    case torch::kBFloat16: return "bf16";
-    case torch::kFloat16: return "fp16";
-    default: return "other";
+    case torch::kFloat32:
+      return "fp32";
+    case torch::kBFloat16:
+      return "bf16";
+    case torch::kFloat16:
+      return "fp16";
+    default:
+      return "other";
   }
 }
 
@@ -90,17 +95,17 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& s) {
 int64_t FreeDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
   if (device.is_cuda()) try {
-    c10::cuda::CUDACachingAllocator::emptyCache();
-    size_t free_b = 0, total_b = 0;
-    int prev = 0;
-    cudaGetDevice(&prev);
-    cudaSetDevice(device.index() < 0 ? 0 : device.index());
-    const bool ok = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
-    cudaSetDevice(prev);
-    return ok ? static_cast<int64_t>(free_b) : -1;
-  } catch (const std::exception&) {
-    return -1;
-  }
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      size_t free_b = 0, total_b = 0;
+      int prev = 0;
+      cudaGetDevice(&prev);
+      cudaSetDevice(device.index() < 0 ? 0 : device.index());
+      const bool ok = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+      cudaSetDevice(prev);
+      return ok ? static_cast<int64_t>(free_b) : -1;
+    } catch (const std::exception&) {
+      return -1;
+    }
 #endif
   return -1;
 }
@@ -108,11 +113,12 @@ int64_t FreeDeviceBytes(torch::Device device) {
 int64_t PeakDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
   if (device.is_cuda()) try {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    return stats.allocated_bytes[0].peak;  // aggregate over pools
-  } catch (const std::exception&) {
-    return -1;
-  }
+      const auto stats =
+          c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+      return stats.allocated_bytes[0].peak;  // aggregate over pools
+    } catch (const std::exception&) {
+      return -1;
+    }
 #endif
   return -1;
 }
@@ -120,9 +126,9 @@ int64_t PeakDeviceBytes(torch::Device device) {
 void ResetPeakDeviceBytes(torch::Device device) {
 #ifdef KVSWEEP_CUDA
   if (device.is_cuda()) try {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
-  } catch (const std::exception&) {
-  }
+      c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+    } catch (const std::exception&) {
+    }
 #endif
 }
 
@@ -130,7 +136,8 @@ std::string DeviceName(torch::Device device) {
 #ifdef KVSWEEP_CUDA
   if (device.is_cuda()) {
     cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()) == cudaSuccess) return prop.name;
+    if (cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()) == cudaSuccess)
+      return prop.name;
   }
 #endif
   return device.str();

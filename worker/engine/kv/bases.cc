@@ -24,8 +24,8 @@ uint64_t SplitMix64(uint64_t x) {
 
 // Makes the largest-|.| entry of every column positive (first one on ties).
 Tensor FixSigns(Tensor basis) {
-  Tensor idx = basis.abs().argmax(0);                      // [D]
-  Tensor pick = basis.gather(0, idx.unsqueeze(0));         // [1, D]
+  Tensor idx = basis.abs().argmax(0);               // [D]
+  Tensor pick = basis.gather(0, idx.unsqueeze(0));  // [1, D]
   return basis * torch::where(pick < 0, -torch::ones_like(pick), torch::ones_like(pick));
 }
 
@@ -57,7 +57,8 @@ class MomentCollector final : public KvCodec {
  private:
   static void Accumulate(const Tensor& x, Tensor* sum) {
     // x [B, Hkv, T, D] -> [Hkv, B*T, D] -> [Hkv, D, D].
-    Tensor xd = x.to(torch::kCPU, torch::kFloat64).transpose(0, 1).reshape({x.size(1), -1, x.size(3)});
+    Tensor xd =
+        x.to(torch::kCPU, torch::kFloat64).transpose(0, 1).reshape({x.size(1), -1, x.size(3)});
     Tensor m = torch::bmm(xd.transpose(1, 2), xd);
     *sum = sum->defined() ? *sum + m : m;
   }
@@ -71,7 +72,8 @@ class MomentCollector final : public KvCodec {
 Tensor IdentityBasis(int d) { return torch::eye(d, kF64); }
 
 Tensor HadamardBasis(int d) {
-  TORCH_CHECK(d > 0 && (d & (d - 1)) == 0, "Hadamard basis needs a power-of-two dimension, got ", d);
+  TORCH_CHECK(d > 0 && (d & (d - 1)) == 0, "Hadamard basis needs a power-of-two dimension, got ",
+              d);
   Tensor h = torch::ones({1, 1}, kF64);
   while (h.size(0) < d) h = torch::cat({torch::cat({h, h}, 1), torch::cat({h, -h}, 1)}, 0);
   return h / std::sqrt(static_cast<double>(d));
@@ -141,12 +143,14 @@ absl::StatusOr<SecondMoments> CollectSecondMoments(const Model& model,
     const auto& w = windows[i];
     if (w.empty() || static_cast<int64_t>(w.size()) > c.max_positions) {
       return absl::InvalidArgumentError(absl::StrCat("calibration window ", i, " has ", w.size(),
-                                                     " tokens; the model takes 1..", c.max_positions));
+                                                     " tokens; the model takes 1..",
+                                                     c.max_positions));
     }
     for (int32_t id : w) {
       if (id < 0 || id >= c.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("calibration window ", i, ": token id ", id,
-                                                       " outside the vocabulary of ", c.vocab_size));
+                                                       " outside the vocabulary of ",
+                                                       c.vocab_size));
       }
     }
   }
@@ -182,7 +186,8 @@ absl::StatusOr<KvBases> BuildBases(const MethodSpec& spec, const CodecContext& c
   const int layers = model.config().num_layers, hkv = model.kv_heads(), d = model.config().head_dim;
   SecondMoments moments;
   if (spec.basis == Basis::kPca) {
-    absl::StatusOr<SecondMoments> m = CollectSecondMoments(model, ctx.calibration_windows, spec.rope);
+    absl::StatusOr<SecondMoments> m =
+        CollectSecondMoments(model, ctx.calibration_windows, spec.rope);
     if (!m.ok()) return m.status();
     moments = std::move(*m);
   }
@@ -212,8 +217,8 @@ absl::StatusOr<KvBases> BuildBases(const MethodSpec& spec, const CodecContext& c
           }
           case Basis::kSvd: {
             const Tensor& w = which == KvTensor::kK ? model.layer(l).wk : model.layer(l).wv;
-            heads.push_back(SingularBasis(w.slice(0, static_cast<int64_t>(h) * d,
-                                                  static_cast<int64_t>(h + 1) * d)));
+            heads.push_back(SingularBasis(
+                w.slice(0, static_cast<int64_t>(h) * d, static_cast<int64_t>(h + 1) * d)));
             break;
           }
         }
@@ -241,7 +246,8 @@ absl::Status Projection::Prepare(const CodecContext& ctx) {
   if (spec_.basis == Basis::kIdentity) return absl::OkStatus();
   absl::StatusOr<KvBases> b = BuildBases(spec_, ctx);
   if (!b.ok()) return b.status();
-  const auto to = torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
+  const auto to =
+      torch::TensorOptions().dtype(ctx.model->options().dtype).device(ctx.model->options().device);
   u_k_ = LeadingColumns(b->k, r_, to);
   u_v_ = LeadingColumns(b->v, r_, to);
   // A pipeline (worker/engine/placement.h): each layer's basis where that layer runs.

@@ -89,8 +89,8 @@ class Projection {
       return r == D ? c : torch::constant_pad_nd(c, {0, D - r});  // the dropped coordinates: 0
     }
     const std::vector<torch::Tensor>& u = which == KvTensor::kK ? u_k_ : u_v_;
-    TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "codec '", spec_.ToString(),
-                "' applied before Prepare built its bases");
+    TORCH_CHECK(layer < static_cast<int>(u.size()) && u[layer].defined(), "codec '",
+                spec_.ToString(), "' applied before Prepare built its bases");
     const torch::Tensor& ur = u[layer];  // [Hkv, D, r]
     return torch::matmul(store(torch::matmul(x, ur)), ur.transpose(-1, -2));
   }

@@ -10,7 +10,8 @@ int64_t CompressedTokens(int64_t n, int block, int residual) {
 }
 
 torch::Tensor CompressedStateMask(int64_t T, int block, int residual, torch::Device device) {
-  TORCH_CHECK(block >= 1 && residual >= 0, "CompressedStateMask: block ", block, ", residual ", residual);
+  TORCH_CHECK(block >= 1 && residual >= 0, "CompressedStateMask: block ", block, ", residual ",
+              residual);
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
   torch::Tensor t = torch::arange(T, opts);
   // Compressed-prefix length at step t: floor(max(0, t + 1 - R) / G) * G.

@@ -42,7 +42,8 @@ double MedianMs(int reps, const std::function<void()>& fn) {
   for (int i = 0; i < reps; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     fn();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
@@ -74,17 +75,24 @@ int Main(const Options& o) {
   }
 
   // Part 1: Apply through the registry.
-  const int64_t B = o.batch, Hkv = m.kv_heads(), T = o.tokens, D = m.config().head_dim, H = m.config().num_heads;
-  Tensor k = torch::randn({B, Hkv, T, D}), v = torch::randn({B, Hkv, T, D}), q = torch::randn({B, H, T, D});
+  const int64_t B = o.batch, Hkv = m.kv_heads(), T = o.tokens, D = m.config().head_dim,
+                H = m.config().num_heads;
+  Tensor k = torch::randn({B, Hkv, T, D}), v = torch::randn({B, Hkv, T, D}),
+         q = torch::randn({B, H, T, D});
   const double copy_ms = MedianMs(o.reps, [&] { Tensor a = k.clone(), b = v.clone(); });
   const double attn_ms = MedianMs(o.reps, [&] { Attention(q, k, v); });
   const double entries = static_cast<double>(B * Hkv * T);
-  std::printf("# kvsweep-codec-bench: %d thread(s), libtorch %s\n\n", at::get_num_threads(), TORCH_VERSION);
-  std::printf("## Apply() per layer, K and V [%lld, %lld, %lld, %lld] (ref-llama shape), median of %d\n\n",
-              static_cast<long long>(B), static_cast<long long>(Hkv), static_cast<long long>(T),
-              static_cast<long long>(D), o.reps);
-  std::printf("baselines: copy (none's cache write) %.3f ms, causal attention %.3f ms\n\n", copy_ms, attn_ms);
-  std::printf("| method | ms | ns per token-head (K+V) | x copy | x attention |\n|---|---:|---:|---:|---:|\n");
+  std::printf("# kvsweep-codec-bench: %d thread(s), libtorch %s\n\n", at::get_num_threads(),
+              TORCH_VERSION);
+  std::printf(
+      "## Apply() per layer, K and V [%lld, %lld, %lld, %lld] (ref-llama shape), median of %d\n\n",
+      static_cast<long long>(B), static_cast<long long>(Hkv), static_cast<long long>(T),
+      static_cast<long long>(D), o.reps);
+  std::printf("baselines: copy (none's cache write) %.3f ms, causal attention %.3f ms\n\n", copy_ms,
+              attn_ms);
+  std::printf(
+      "| method | ms | ns per token-head (K+V) | x copy | x attention "
+      "|\n|---|---:|---:|---:|---:|\n");
   const char* specs[] = {
       "none",
       "quant:bits=8",
@@ -123,7 +131,8 @@ int Main(const Options& o) {
       return 2;
     }
     const double ms = MedianMs(o.reps, [&] { (*codec)->Apply(0, k, v); });
-    std::printf("| `%s` | %.3f | %.2f | %.2f | %.3f |\n", s, ms, ms * 1e6 / entries, ms / copy_ms, ms / attn_ms);
+    std::printf("| `%s` | %.3f | %.2f | %.2f | %.3f |\n", s, ms, ms * 1e6 / entries, ms / copy_ms,
+                ms / attn_ms);
   }
 
   // Part 2: encode and decode apart, at a Llama-like layer shape.
@@ -131,8 +140,10 @@ int Main(const Options& o) {
   Tensor x = torch::randn({1, H2, T, D2});
   const double entries2 = static_cast<double>(H2 * T);
   const double copy2 = MedianMs(o.reps, [&] { Tensor a = x.clone(); });
-  std::printf("\n## Encode / decode of one tensor [1, %lld, %lld, %lld], median of %d; copy %.3f ms\n\n",
-              static_cast<long long>(H2), static_cast<long long>(T), static_cast<long long>(D2), o.reps, copy2);
+  std::printf(
+      "\n## Encode / decode of one tensor [1, %lld, %lld, %lld], median of %d; copy %.3f ms\n\n",
+      static_cast<long long>(H2), static_cast<long long>(T), static_cast<long long>(D2), o.reps,
+      copy2);
   std::printf("| operation | ms | ns per token-head | x copy |\n|---|---:|---:|---:|\n");
   auto row = [&](const std::string& name, const std::function<void()>& fn) {
     const double ms = MedianMs(o.reps, fn);
@@ -142,7 +153,9 @@ int Main(const Options& o) {
     QuantFormat f{bits, static_cast<int>(D2), false, true};
     QuantCodes c = EncodeCodes(x, f);
     Tensor packed = PackCodes(c.codes, bits);
-    row("quant b=" + std::to_string(bits) + " simulate (fp32 meta)", [&] { FakeQuantize(x, QuantFormat{bits, static_cast<int>(D2), false, false}); });
+    row("quant b=" + std::to_string(bits) + " simulate (fp32 meta)", [&] {
+      FakeQuantize(x, QuantFormat{bits, static_cast<int>(D2), false, false});
+    });
     row("quant b=" + std::to_string(bits) + " encode (codes + pack)", [&] {
       QuantCodes cc = EncodeCodes(x, f);
       PackCodes(cc.codes, bits);
@@ -152,10 +165,12 @@ int Main(const Options& o) {
     });
   }
   for (int r : {32, 64}) {
-    Tensor u = torch::stack(std::vector<Tensor>(H2, RandomOrthogonalBasis(static_cast<int>(D2), 1).slice(1, 0, r).to(torch::kFloat32)));
+    Tensor u = torch::stack(std::vector<Tensor>(
+        H2, RandomOrthogonalBasis(static_cast<int>(D2), 1).slice(1, 0, r).to(torch::kFloat32)));
     Tensor coeff = torch::matmul(x, u);
     row("rank r=" + std::to_string(r) + " encode (x U_r)", [&] { torch::matmul(x, u); });
-    row("rank r=" + std::to_string(r) + " decode (c U_r^T)", [&] { torch::matmul(coeff, u.transpose(-1, -2)); });
+    row("rank r=" + std::to_string(r) + " decode (c U_r^T)",
+        [&] { torch::matmul(coeff, u.transpose(-1, -2)); });
   }
   Tensor rot = HadamardBasis(static_cast<int>(D2)).to(torch::kFloat32);
   row("hadamard rotation (x H, dense)", [&] { torch::matmul(x, rot); });
@@ -170,12 +185,17 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const long long value = std::atoll(argv[i + 1]);
-    if (flag == "--tokens") o.tokens = value;
-    else if (flag == "--batch") o.batch = value;
-    else if (flag == "--reps") o.reps = static_cast<int>(value);
-    else if (flag == "--threads") o.threads = static_cast<int>(value);
+    if (flag == "--tokens")
+      o.tokens = value;
+    else if (flag == "--batch")
+      o.batch = value;
+    else if (flag == "--reps")
+      o.reps = static_cast<int>(value);
+    else if (flag == "--threads")
+      o.threads = static_cast<int>(value);
     else {
-      std::fprintf(stderr, "usage: kvsweep-codec-bench [--tokens T] [--batch B] [--reps N] [--threads N]\n");
+      std::fprintf(
+          stderr, "usage: kvsweep-codec-bench [--tokens T] [--batch B] [--reps N] [--threads N]\n");
       return 2;
     }
   }

@@ -3,15 +3,15 @@
 // fraction of the native cache, and the diagnostics object.
 #include <cmath>
 
-#include "spec/job_spec.h"
 #include "gtest/gtest.h"
+#include "spec/job_spec.h"
 #include "worker/engine/eval.h"
 
 namespace kvsweep::engine {
 namespace {
 
-nlohmann::json RunJob(Engine& engine, const std::string& model, const std::string& method, int limit = 40,
-                   int kv_heads = 0, bool diagnostics = false) {
+nlohmann::json RunJob(Engine& engine, const std::string& model, const std::string& method,
+                      int limit = 40, int kv_heads = 0, bool diagnostics = false) {
   JobRequest req;
   req.model_path = AssetsDir() + "/models/" + model;
   req.task = "lambada_openai";
@@ -63,35 +63,43 @@ TEST(EvalCodecsTest, ResultLedgerInt4AndRankD4) {
 // scores exactly as that spec alone; K and V apart report each tensor's own ledger.
 TEST(EvalCodecsTest, KAndVApartAndPerLayerOverridesThroughTheModel) {
   Engine engine(EngineOptions{});
-  nlohmann::json all_layers = RunJob(engine, "ref-llama", "quant:bits=2;layers=0-5:quant:bits=4", 20);
+  nlohmann::json all_layers =
+      RunJob(engine, "ref-llama", "quant:bits=2;layers=0-5:quant:bits=4", 20);
   nlohmann::json plain = RunJob(engine, "ref-llama", "quant:bits=4", 20);
   EXPECT_EQ(all_layers["metrics"]["lambada_openai"]["loglik_sum"],
             plain["metrics"]["lambada_openai"]["loglik_sum"]);
   EXPECT_DOUBLE_EQ(D(all_layers["ledger"]["fraction_total"]), D(plain["ledger"]["fraction_total"]));
   EXPECT_NE(all_layers["spec"]["job_id"], plain["spec"]["job_id"]);
 
-  nlohmann::json kivi = RunJob(engine, "ref-llama", "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2", 20);
-  nlohmann::json keys = RunJob(engine, "ref-llama", "quant:bits=2,axis=channel,group=32,target=k", 20);
+  nlohmann::json kivi =
+      RunJob(engine, "ref-llama", "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2", 20);
+  nlohmann::json keys =
+      RunJob(engine, "ref-llama", "quant:bits=2,axis=channel,group=32,target=k", 20);
   nlohmann::json values = RunJob(engine, "ref-llama", "quant:bits=2,target=v", 20);
   ASSERT_TRUE(kivi.contains("ledger"));
   EXPECT_DOUBLE_EQ(D(kivi["ledger"]["k"]["total_bits"]), D(keys["ledger"]["k"]["total_bits"]));
   EXPECT_DOUBLE_EQ(D(kivi["ledger"]["v"]["total_bits"]), D(values["ledger"]["v"]["total_bits"]));
-  EXPECT_EQ(kivi["spec"]["method"].get<std::string>().rfind("k=quant:bits=2,group=32,axis=channel", 0), 0u);
+  EXPECT_EQ(
+      kivi["spec"]["method"].get<std::string>().rfind("k=quant:bits=2,group=32,axis=channel", 0),
+      0u);
   // Compressing both tensors costs more than compressing either alone.
-  const double none_ll = D(RunJob(engine, "ref-llama", "none", 20)["metrics"]["lambada_openai"]["loglik_sum"]);
+  const double none_ll =
+      D(RunJob(engine, "ref-llama", "none", 20)["metrics"]["lambada_openai"]["loglik_sum"]);
   const double both = D(kivi["metrics"]["lambada_openai"]["loglik_sum"]);
   EXPECT_LT(both, none_ll);
 }
 
 TEST(EvalCodecsTest, PackedBytesAppearBesideTheLedger) {
   Engine engine(EngineOptions{});
-  for (const char* m : {"quant:bits=4,group=64,packed=1", "quant:bits=3,group=32,sym=1,target=k,packed=1"}) {
+  for (const char* m :
+       {"quant:bits=4,group=64,packed=1", "quant:bits=3,group=32,sym=1,target=k,packed=1"}) {
     nlohmann::json r = RunJob(engine, "ref-llama", m, 20);
     const nlohmann::json& l = r["ledger"];
     ASSERT_TRUE(l.contains("measured_bytes_per_token")) << m;
     EXPECT_DOUBLE_EQ(D(l["measured_bytes_per_token"]), D(l["ledger_bytes_per_token"])) << m;
     EXPECT_DOUBLE_EQ(D(l["ledger_bytes_per_token"]),
-                     (D(l["k"]["total_bits"]) + D(l["v"]["total_bits"])) / 8) << m;
+                     (D(l["k"]["total_bits"]) + D(l["v"]["total_bits"])) / 8)
+        << m;
   }
   nlohmann::json r = RunJob(engine, "ref-llama", "quant:bits=4,group=64,packed=1", 20);
   EXPECT_DOUBLE_EQ(D(r["ledger"]["measured_bytes_per_token"]), 72.0);
@@ -102,7 +110,8 @@ TEST(EvalCodecsTest, PackedBytesAppearBesideTheLedger) {
 TEST(EvalCodecsTest, Int8IsWithinToleranceOfNone) {
   for (const char* model : {"ref-gpt2", "ref-llama"}) {
     Engine engine(EngineOptions{});
-    nlohmann::json a = RunJob(engine, model, "none", 200), b = RunJob(engine, model, "quant:bits=8", 200);
+    nlohmann::json a = RunJob(engine, model, "none", 200),
+                   b = RunJob(engine, model, "quant:bits=8", 200);
     const double la = D(a["metrics"]["lambada_openai"]["loglik_sum"]);
     const double lb = D(b["metrics"]["lambada_openai"]["loglik_sum"]);
     EXPECT_LE(std::fabs(lb - la) / std::fabs(la), 5e-4) << model;

@@ -32,10 +32,14 @@ namespace {
 
 int KernelDtype(torch::ScalarType t) {
   switch (t) {
-    case torch::kFloat32: return kFusedF32;
-    case torch::kBFloat16: return kFusedBF16;
-    case torch::kFloat16: return kFusedF16;
-    default: return -1;
+    case torch::kFloat32:
+      return kFusedF32;
+    case torch::kBFloat16:
+      return kFusedBF16;
+    case torch::kFloat16:
+      return kFusedF16;
+    default:
+      return -1;
   }
 }
 

@@ -33,8 +33,10 @@ class HybridCodec final : public KvCodec {
       out.v = KvOperand{std::move(cv), {}, {}};
       return out;
     }
-    out.k = KvOperand{spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, quantize) : k, {}, {}};
-    out.v = KvOperand{spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, quantize) : v, {}, {}};
+    out.k = KvOperand{
+        spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, quantize) : k, {}, {}};
+    out.v = KvOperand{
+        spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, quantize) : v, {}, {}};
     return out;
   }
 

@@ -7,9 +7,9 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "spec/job_spec.h"
 #include "spec/ledger.h"
-#include "gtest/gtest.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
@@ -20,7 +20,8 @@ namespace {
 using torch::Tensor;
 
 const Model& RefModel(const std::string& name) {
-  static std::map<std::string, std::unique_ptr<Model>>* models = new std::map<std::string, std::unique_ptr<Model>>();
+  static std::map<std::string, std::unique_ptr<Model>>* models =
+      new std::map<std::string, std::unique_ptr<Model>>();
   auto it = models->find(name);
   if (it == models->end()) {
     auto m = Model::Load(AssetsDir() + "/models/" + name, ModelOptions{});
@@ -81,7 +82,9 @@ TEST(InvariantsTest, RankFullDimensionIsNoneForEveryBasis) {
     Tensor none = LogitsOf(m, ids, nullptr);
     for (const char* basis : {"identity", "pca", "svd", "random"}) {
       for (const char* rope : {"post", "pre"}) {
-        std::string s = absl::StrCat("rank:r=64,basis=", basis, std::string(basis) == "svd" ? "" : absl::StrCat(",rope=", rope));
+        std::string s =
+            absl::StrCat("rank:r=64,basis=", basis,
+                         std::string(basis) == "svd" ? "" : absl::StrCat(",rope=", rope));
         auto c = Codec(m, s);
         Tensor got = LogitsOf(m, ids, c.get());
         const double diff = (got - none).abs().max().item<double>();
@@ -129,7 +132,8 @@ TEST(InvariantsTest, PackedBytesEqualTheLedgerAndLogitsEqualTheSimulation) {
           for (const char* target : {"kv", "k", "v"}) {
             if (sym && bits == 1) continue;
             // The whole grid on ref-llama; a diagonal on ref-gpt2.
-            if (std::string(model) == "ref-gpt2" && (group != 32 || std::string(target) != "kv")) continue;
+            if (std::string(model) == "ref-gpt2" && (group != 32 || std::string(target) != "kv"))
+              continue;
             const std::string s = absl::StrCat("quant:bits=", bits, ",group=", group, ",sym=", sym,
                                                ",target=", target, ",packed=1");
             MethodSpec spec = Spec(s);
@@ -137,12 +141,13 @@ TEST(InvariantsTest, PackedBytesEqualTheLedgerAndLogitsEqualTheSimulation) {
             SimulatedFp16Storage sim(spec);
             Tensor a = LogitsOf(m, ids, packed.get());
             Tensor b = LogitsOf(m, ids, &sim);
-            EXPECT_TRUE(torch::equal(a, b)) << model << " " << s << ": max |d| "
-                                            << (a - b).abs().max().item<double>();
-            absl::StatusOr<Ledger> l = ComputeLedger(spec, 64, m.kv_heads(), m.kv_heads(),
-                                                     m.config().num_layers, 33);
+            EXPECT_TRUE(torch::equal(a, b))
+                << model << " " << s << ": max |d| " << (a - b).abs().max().item<double>();
+            absl::StatusOr<Ledger> l =
+                ComputeLedger(spec, 64, m.kv_heads(), m.kv_heads(), m.config().num_layers, 33);
             ASSERT_TRUE(l.ok());
-            EXPECT_DOUBLE_EQ(packed->MeasuredBytesPerToken() * 8, l->k.total() + l->v.total()) << model << " " << s;
+            EXPECT_DOUBLE_EQ(packed->MeasuredBytesPerToken() * 8, l->k.total() + l->v.total())
+                << model << " " << s;
             ++checked;
           }
         }
@@ -176,7 +181,8 @@ TEST(InvariantsTest, PackedIsCloseToTheFp32MetadataSimulation) {
     EXPECT_GT(gap, 0) << "bits " << bits;
     EXPECT_LT(gap, damage) << "bits " << bits;
     if (bits <= 4) EXPECT_LT(gap, 0.5 * damage) << "bits " << bits;
-    std::cout << "bits " << bits << ": mean |dlogit| packed vs fp32-meta " << gap << ", quant vs none " << damage << "\n";
+    std::cout << "bits " << bits << ": mean |dlogit| packed vs fp32-meta " << gap
+              << ", quant vs none " << damage << "\n";
   }
 }
 
@@ -214,7 +220,8 @@ TEST(InvariantsTest, ChannelAxisWithOneTokenPerBlockIsPerTokenQuantization) {
         }
         const float scale = (hi - lo) / 7.0f;
         for (int64_t i = 0; i < 8; ++i) {
-          const float q = std::clamp(std::nearbyint((x[0][h][n * 8 + i][c] - lo) / scale), 0.0f, 7.0f);
+          const float q =
+              std::clamp(std::nearbyint((x[0][h][n * 8 + i][c] - lo) / scale), 0.0f, 7.0f);
           ASSERT_EQ(y[0][h][n * 8 + i][c], q * scale + lo) << h << " " << n << " " << c << " " << i;
           ++checked;
         }
@@ -267,7 +274,8 @@ TEST(InvariantsTest, NoQueryEverSeesAFutureToken) {
         Tensor out = m.Forward(changed, codec.get());
         EXPECT_TRUE(torch::equal(out.slice(1, 0, t + 1), base.slice(1, 0, t + 1)))
             << model << " " << s << ": changing token " << t + 1 << " moved position <= " << t;
-        EXPECT_FALSE(torch::equal(out.slice(1, t + 1, t + 2), base.slice(1, t + 1, t + 2))) << model << " " << s;
+        EXPECT_FALSE(torch::equal(out.slice(1, t + 1, t + 2), base.slice(1, t + 1, t + 2)))
+            << model << " " << s;
       }
     }
   }

@@ -1,9 +1,9 @@
 // KvCodec: how a compressed KV cache looks to attention. One interface, one file per method
 // family (none, quant, rank, hybrid), one registry (kv/registry.cc).
 //
-// What is simulated (docs/kv-methods.md): for every query position t, each cached key/value j <= t is in
-// exactly the state a real compressed cache would hold at decode step t. Per-token methods are
-// position-independent: one compressed tensor serves every query. Methods whose stored state
+// What is simulated (docs/kv-methods.md): for every query position t, each cached key/value j <= t
+// is in exactly the state a real compressed cache would hold at decode step t. Per-token methods
+// are position-independent: one compressed tensor serves every query. Methods whose stored state
 // depends on t (channel-axis blocks with an unfinished fp16 block, an fp16 residual window)
 // return the compressed tensor, the raw tensor and a [T, T] mask choosing between them.
 #ifndef KVSWEEP_WORKER_ENGINE_KV_KV_CODEC_H_

@@ -99,7 +99,8 @@ class QuantCodec final : public KvCodec {
     const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), G = spec_.group;
     const int64_t full = T / G * G;
     if (full == 0) return x;
-    Tensor blocks = x.slice(2, 0, full).reshape({B, H, full / G, G, D}).transpose(3, 4);  // [B,H,nb,D,G]
+    Tensor blocks =
+        x.slice(2, 0, full).reshape({B, H, full / G, G, D}).transpose(3, 4);  // [B,H,nb,D,G]
     QuantFormat f = format_;
     f.group = static_cast<int>(G);
     Tensor q = FakeQuantize(blocks, f).transpose(3, 4).reshape({B, H, full, D});
@@ -117,7 +118,8 @@ class QuantCodec final : public KvCodec {
       }
       QuantCodes c = EncodeCodes(x, format_);
       Tensor packed = PackCodes(c.codes, format_.bits);  // uint8 [B, Hkv, T, ceil(D/8)*bits]
-      bytes += packed.numel() + c.scale.numel() * 2.0 + (c.zero.defined() ? c.zero.numel() * 2.0 : 0.0);
+      bytes +=
+          packed.numel() + c.scale.numel() * 2.0 + (c.zero.defined() ? c.zero.numel() * 2.0 : 0.0);
       QuantCodes held{UnpackCodes(packed, format_.bits, x.size(-1)), c.scale, c.zero};
       return DecodeCodes(held, format_, x.scalar_type());
     };

@@ -1,8 +1,8 @@
 #include "worker/engine/kv/quantizer.h"
 
-#include "worker/engine/kv/fused_quant.h"
-
 #include <vector>
+
+#include "worker/engine/kv/fused_quant.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -21,7 +21,8 @@ Tensor Grouped(const Tensor& x, int group) {
 
 // A 0-dim fp32 tensor on x's device (see the header on why not a plain scalar).
 Tensor Scalar(double v, const Tensor& like) {
-  return torch::scalar_tensor(v, torch::TensorOptions().dtype(torch::kFloat32).device(like.device()));
+  return torch::scalar_tensor(v,
+                              torch::TensorOptions().dtype(torch::kFloat32).device(like.device()));
 }
 
 Tensor ToFp16AndBack(const Tensor& t) { return t.to(torch::kFloat16).to(torch::kFloat32); }
@@ -143,10 +144,14 @@ Tensor UnpackCodes(const Tensor& packed, int bits, int64_t n) {
   std::vector<int64_t> byte_weights(bits), shifts(8);
   for (int j = 0; j < bits; ++j) byte_weights[j] = int64_t{1} << (8 * j);
   for (int i = 0; i < 8; ++i) shifts[i] = bits * i;
-  Tensor run = (packed.to(torch::kLong).reshape(run_shape) * torch::tensor(byte_weights, opts)).sum(-1);
+  Tensor run =
+      (packed.to(torch::kLong).reshape(run_shape) * torch::tensor(byte_weights, opts)).sum(-1);
   Tensor codes = torch::bitwise_and(
       torch::bitwise_right_shift(run.unsqueeze(-1), torch::tensor(shifts, opts)), (1 << bits) - 1);
-  return codes.reshape(WithLast(packed.sizes(), runs * 8)).slice(-1, 0, n).to(torch::kUInt8).contiguous();
+  return codes.reshape(WithLast(packed.sizes(), runs * 8))
+      .slice(-1, 0, n)
+      .to(torch::kUInt8)
+      .contiguous();
 }
 
 }  // namespace kvsweep::engine

@@ -30,8 +30,9 @@ int64_t BitMismatches(const Tensor& a, const Tensor& b) {
 
 // The same after mapping -0.0 to +0.0 (a symmetric code 0 decodes to +0 from the stored offset
 // code, where the simulation's round(x / scale) * scale keeps the sign of a small negative x).
-int64_t ValueMismatches(const Tensor& a, const Tensor& b) { return BitMismatches(a + 0.0f, b + 0.0f); }
-
+int64_t ValueMismatches(const Tensor& a, const Tensor& b) {
+  return BitMismatches(a + 0.0f, b + 0.0f);
+}
 
 TEST(QuantizerTest, BitIdenticalToTheReference) {
   auto fx = ReadJsonFile(std::string(KVSWEEP_FIXTURES) + "/quant_unit.json");
@@ -46,8 +47,9 @@ TEST(QuantizerTest, BitIdenticalToTheReference) {
     f.sym = c["sym"].get<int>() != 0;
     Tensor want = FromJson2d(c["y"]);
     Tensor got = FakeQuantize(x, f);
-    EXPECT_EQ(BitMismatches(got, want), 0) << "bits " << f.bits << " group " << f.group << " sym " << f.sym
-                                           << ": max |diff| " << (got - want).abs().max().item<double>();
+    EXPECT_EQ(BitMismatches(got, want), 0)
+        << "bits " << f.bits << " group " << f.group << " sym " << f.sym << ": max |diff| "
+        << (got - want).abs().max().item<double>();
     // The constant row (index 3) comes back exactly.
     EXPECT_TRUE(torch::equal(got[3], x[3]));
   }
@@ -128,7 +130,8 @@ TEST(QuantizerTest, PackingLayoutAndRoundTrip) {
       Tensor packed = PackCodes(codes, bits);
       ASSERT_EQ(packed.size(-1), PackedBytesPerRow(n, bits));
       EXPECT_EQ(packed.size(-1), bits == 8 ? n : (n + 7) / 8 * bits);
-      EXPECT_TRUE(torch::equal(UnpackCodes(packed, bits, n), codes)) << "bits " << bits << " n " << n;
+      EXPECT_TRUE(torch::equal(UnpackCodes(packed, bits, n), codes))
+          << "bits " << bits << " n " << n;
     }
   }
   EXPECT_EQ(PackedBytesPerRow(64, 4), 32);

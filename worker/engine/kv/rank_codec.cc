@@ -23,8 +23,10 @@ class RankCodec final : public KvCodec {
     // k, v: [B, Hkv, T, D]; the cache stores the coefficients as they are.
     const auto keep = [](const Tensor& c) { return c; };
     KvPair out;
-    out.k = KvOperand{spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, keep) : k, {}, {}};
-    out.v = KvOperand{spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, keep) : v, {}, {}};
+    out.k = KvOperand{
+        spec_.compresses_k() ? projection_.Apply(KvTensor::kK, layer, k, keep) : k, {}, {}};
+    out.v = KvOperand{
+        spec_.compresses_v() ? projection_.Apply(KvTensor::kV, layer, v, keep) : v, {}, {}};
     return out;
   }
 

@@ -26,13 +26,13 @@
 #include <tuple>
 
 #include "common/hash.h"
-#include "spec/job_spec.h"
 #include "common/json_util.h"
-#include "spec/method_spec.h"
 #include "gtest/gtest.h"
-#include "worker/engine/kv/reference_methods.h"
+#include "spec/job_spec.h"
+#include "spec/method_spec.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
+#include "worker/engine/kv/reference_methods.h"
 #include "worker/engine/model.h"
 
 namespace kvsweep::engine {
@@ -54,11 +54,13 @@ RefKv ReadRefKv(const std::string& model) {
   EXPECT_TRUE(meta.ok()) << meta.status();
   if (!meta.ok()) return r;
   r.meta = *meta;
-  const int64_t layers = r.meta["layers"], hkv = r.meta["kv_heads"], t = r.meta["tokens"], d = r.meta["head_dim"];
+  const int64_t layers = r.meta["layers"], hkv = r.meta["kv_heads"], t = r.meta["tokens"],
+                d = r.meta["head_dim"];
   std::ifstream in(base + ".f32", std::ios::binary);
   std::vector<float> data(layers * 2 * hkv * t * d);
   in.read(reinterpret_cast<char*>(data.data()), data.size() * sizeof(float));
-  EXPECT_EQ(in.gcount(), static_cast<std::streamsize>(data.size() * sizeof(float))) << base << ".f32";
+  EXPECT_EQ(in.gcount(), static_cast<std::streamsize>(data.size() * sizeof(float)))
+      << base << ".f32";
   EXPECT_EQ(in.peek(), std::char_traits<char>::eof()) << base << ".f32 is longer than its shapes";
   Tensor all = torch::from_blob(data.data(), {layers, 2, 1, hkv, t, d}, torch::kFloat32).clone();
   for (int64_t l = 0; l < layers; ++l) {
@@ -71,7 +73,9 @@ RefKv ReadRefKv(const std::string& model) {
 // make_reference.py sha16: the first 16 hex digits of sha256 over the fp32 little-endian bytes.
 std::string Sha16(const Tensor& x) {
   Tensor c = x.contiguous().to(torch::kFloat32);
-  return Sha256Hex(absl::string_view(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float))).substr(0, 16);
+  return Sha256Hex(
+             absl::string_view(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float)))
+      .substr(0, 16);
 }
 
 bool LittleEndian() {
@@ -107,9 +111,12 @@ TEST_P(ReferenceKvTest, CodecOnReferenceKvIsBitIdenticalToTheReference) {
       const KvPair out = (*codec)->Apply(static_cast<int>(l), ref.k[l], ref.v[l]);
       ASSERT_FALSE(out.k.position_dependent());
       const std::string hk = Sha16(out.k.compressed), hv = Sha16(out.v.compressed);
-      EXPECT_EQ(hk, want["cpu"][2 * l].get<std::string>()) << GetParam() << " " << method << " layer " << l << " K";
-      EXPECT_EQ(hv, want["cpu"][2 * l + 1].get<std::string>()) << GetParam() << " " << method << " layer " << l << " V";
-      gpu_equal += (hk == want["gpu"][2 * l].get<std::string>()) + (hv == want["gpu"][2 * l + 1].get<std::string>());
+      EXPECT_EQ(hk, want["cpu"][2 * l].get<std::string>())
+          << GetParam() << " " << method << " layer " << l << " K";
+      EXPECT_EQ(hv, want["cpu"][2 * l + 1].get<std::string>())
+          << GetParam() << " " << method << " layer " << l << " V";
+      gpu_equal += (hk == want["gpu"][2 * l].get<std::string>()) +
+                   (hv == want["gpu"][2 * l + 1].get<std::string>());
     }
     std::cout << GetParam() << " " << method << ": bit-identical to fake_quant on the CPU; "
               << gpu_equal << " of " << 2 * ref.k.size() << " tensors also to the GPU run ("
@@ -120,8 +127,8 @@ TEST_P(ReferenceKvTest, CodecOnReferenceKvIsBitIdenticalToTheReference) {
 // Records the K/V attention receives in each layer (post-RoPE, uncompressed).
 class KvRecorder : public AttentionObserver {
  public:
-  void Observe(int layer, const Tensor& q, const Tensor& k_raw, const Tensor& v_raw, const KvPair& seen,
-               const Tensor& allowed) override {
+  void Observe(int layer, const Tensor& q, const Tensor& k_raw, const Tensor& v_raw,
+               const KvPair& seen, const Tensor& allowed) override {
     k.push_back(k_raw.contiguous().clone());
     v.push_back(v_raw.contiguous().clone());
   }
@@ -142,7 +149,8 @@ TEST_P(ReferenceKvTest, EngineKvMatchesAndCodesDifferOnlyNearRoundingBoundaries)
   // tensor's largest magnitude.
   double worst_rel = 0;
   for (size_t l = 0; l < ref.k.size(); ++l) {
-    for (const auto& [got, want, name] : {std::tuple{rec.k[l], ref.k[l], "K"}, std::tuple{rec.v[l], ref.v[l], "V"}}) {
+    for (const auto& [got, want, name] :
+         {std::tuple{rec.k[l], ref.k[l], "K"}, std::tuple{rec.v[l], ref.v[l], "V"}}) {
       ASSERT_EQ(got.sizes(), want.sizes()) << name << " layer " << l;
       const double diff = (got - want).abs().max().item<double>();
       const double scale = want.abs().max().item<double>();
@@ -150,7 +158,9 @@ TEST_P(ReferenceKvTest, EngineKvMatchesAndCodesDifferOnlyNearRoundingBoundaries)
       worst_rel = std::max(worst_rel, diff / scale);
     }
   }
-  std::cout << GetParam() << ": engine K/V vs transformers, max |diff| / max |x| per tensor <= " << worst_rel << "\n";
+  std::cout << GetParam()
+            << ": engine K/V vs transformers, max |diff| / max |x| per tensor <= " << worst_rel
+            << "\n";
 
   // Codes, for every (bits, group) of the reference methods, over K and V of every layer.
   std::set<std::pair<int, int>> formats;
@@ -166,7 +176,8 @@ TEST_P(ReferenceKvTest, EngineKvMatchesAndCodesDifferOnlyNearRoundingBoundaries)
     int64_t elements = 0, near_ties = 0, flips = 0, bad = 0;
     double sum_dt = 0;
     for (size_t l = 0; l < ref.k.size(); ++l) {
-      for (const auto& [got, want] : {std::pair{rec.k[l], ref.k[l]}, std::pair{rec.v[l], ref.v[l]}}) {
+      for (const auto& [got, want] :
+           {std::pair{rec.k[l], ref.k[l]}, std::pair{rec.v[l], ref.v[l]}}) {
         const QuantCodes ce = EncodeCodes(got, f), cr = EncodeCodes(want, f);
         auto grouped = [&](const Tensor& x) {
           auto sz = x.sizes().vec();
@@ -175,37 +186,43 @@ TEST_P(ReferenceKvTest, EngineKvMatchesAndCodesDifferOnlyNearRoundingBoundaries)
           return x.reshape(sz).to(torch::kFloat64);
         };
         const Tensor xr = grouped(want), xe = grouped(got);
-        const Tensor sr = cr.scale.to(torch::kFloat64).unsqueeze(-1), mr = cr.zero.to(torch::kFloat64).unsqueeze(-1);
-        const Tensor se = ce.scale.to(torch::kFloat64).unsqueeze(-1), me = ce.zero.to(torch::kFloat64).unsqueeze(-1);
+        const Tensor sr = cr.scale.to(torch::kFloat64).unsqueeze(-1),
+                     mr = cr.zero.to(torch::kFloat64).unsqueeze(-1);
+        const Tensor se = ce.scale.to(torch::kFloat64).unsqueeze(-1),
+                     me = ce.zero.to(torch::kFloat64).unsqueeze(-1);
         ASSERT_TRUE((sr > 0).all().item<bool>()) << "a constant group in real K/V";
         const Tensor tr = (xr - mr) / sr, te = (xe - me) / se;
         const Tensor delta = (xe - xr).abs().amax(-1, /*keepdim=*/true);
         const Tensor radius = 4 * delta / sr + std::ldexp(1.0, bits - 22);
         const Tensor to_boundary = (tr - (tr.floor() + 0.5)).abs();
         // Boundaries k + 1/2 lie strictly inside [0, 2^B - 1]; the ends are the group's min/max.
-        const Tensor near = (to_boundary <= radius) & (tr > 0.5 - radius) & (tr < (1 << bits) - 1.5 + radius);
+        const Tensor near =
+            (to_boundary <= radius) & (tr > 0.5 - radius) & (tr < (1 << bits) - 1.5 + radius);
         const Tensor code_e = grouped(ce.codes), code_r = grouped(cr.codes);
         const Tensor differ = code_e != code_r;
         elements += tr.numel();
         near_ties += near.sum().item<int64_t>();
         flips += differ.sum().item<int64_t>();
         bad += (differ & ~near).sum().item<int64_t>();
-        EXPECT_LE((code_e - code_r).abs().max().item<double>(), 1) << "bits " << bits << " group " << group;
+        EXPECT_LE((code_e - code_r).abs().max().item<double>(), 1)
+            << "bits " << bits << " group " << group;
         sum_dt += (te - tr).abs().sum().item<double>();
       }
     }
     EXPECT_EQ(bad, 0) << GetParam() << " bits " << bits << " group " << group
                       << ": codes differ away from a rounding boundary";
-    std::cout << GetParam() << " bits " << bits << " group " << group << ": " << elements << " elements, "
-              << near_ties << " near a rounding boundary, " << flips << " codes differ; mean |t_engine - t_ref| = "
-              << sum_dt / elements << " steps (the per-element probability of a code flip)\n";
+    std::cout << GetParam() << " bits " << bits << " group " << group << ": " << elements
+              << " elements, " << near_ties << " near a rounding boundary, " << flips
+              << " codes differ; mean |t_engine - t_ref| = " << sum_dt / elements
+              << " steps (the per-element probability of a code flip)\n";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(RefModels, ReferenceKvTest, ::testing::Values("ref-gpt2", "ref-llama"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (char& c : n) if (c == '-') c = '_';
+                           for (char& c : n)
+                             if (c == '-') c = '_';
                            return n;
                          });
 

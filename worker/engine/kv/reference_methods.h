@@ -6,12 +6,8 @@
 namespace kvsweep::engine {
 
 inline constexpr const char* kReferenceMethods[] = {
-    "quant:bits=8,group=64",
-    "quant:bits=4,group=64",
-    "quant:bits=3,group=64",
-    "quant:bits=2,group=64",
-    "quant:bits=4,group=32",
-    "quant:bits=2,group=32,target=k",
+    "quant:bits=8,group=64",          "quant:bits=4,group=64", "quant:bits=3,group=64",
+    "quant:bits=2,group=64",          "quant:bits=4,group=32", "quant:bits=2,group=32,target=k",
     "quant:bits=2,group=32,target=v",
 };
 

@@ -69,12 +69,12 @@
 #include <sstream>
 
 #include "common/file_util.h"
-#include "spec/job_spec.h"
 #include "common/json_util.h"
-#include "spec/method_spec.h"
 #include "gtest/gtest.h"
-#include "worker/engine/kv/reference_methods.h"
+#include "spec/job_spec.h"
+#include "spec/method_spec.h"
 #include "worker/engine/kv/kv_codec.h"
+#include "worker/engine/kv/reference_methods.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scorer.h"
 #include "worker/engine/tasks/task.h"
@@ -208,7 +208,8 @@ class RefModel {
     if (const char* noise = std::getenv("KVSWEEP_REFTEST_KV_NOISE"); noise != nullptr && *noise) {
       const char* comma = std::strchr(noise, ',');
       const uint64_t seed = comma != nullptr ? std::strtoull(comma + 1, nullptr, 10) : 1;
-      codec = std::make_unique<NoisyCodec>(std::move(codec), std::atof(noise), seed + (lambada ? 0 : 1000));
+      codec = std::make_unique<NoisyCodec>(std::move(codec), std::atof(noise),
+                                           seed + (lambada ? 0 : 1000));
     }
     ScoreStats stats;
     absl::StatusOr<std::vector<ScoreResult>> results =
@@ -238,7 +239,8 @@ struct RefDocs {
   std::string greedy;  // LAMBADA: '1' where every continuation token is the argmax
 };
 
-RefDocs ReadRefDocs(const nlohmann::json& methods, const std::string& method, const std::string& task) {
+RefDocs ReadRefDocs(const nlohmann::json& methods, const std::string& method,
+                    const std::string& task) {
   RefDocs r;
   const nlohmann::json& d = methods.at(method).at("ci_per_doc").at(task);
   r.loglik = d.at("loglik").get<std::vector<double>>();
@@ -256,10 +258,10 @@ struct Verdict {
   bool pass() const { return typical_ok && tail_ok && mean_ok && greedy_ok; }
   std::string Describe() const {
     std::ostringstream s;
-    s << "median |D|/(|Q|+f) " << median_ratio << (typical_ok ? "" : " FAIL (a)") << ", beyond |Q|+f "
-      << tail_fraction << (tail_ok ? "" : " FAIL (b)") << ", z " << z << (mean_ok ? "" : " FAIL (c)")
-      << ", greedy differs in " << greedy_diff << (greedy_ok ? "" : " FAIL (b: in a document within fp32)")
-      << ", rel |sum D| " << rel_sum;
+    s << "median |D|/(|Q|+f) " << median_ratio << (typical_ok ? "" : " FAIL (a)")
+      << ", beyond |Q|+f " << tail_fraction << (tail_ok ? "" : " FAIL (b)") << ", z " << z
+      << (mean_ok ? "" : " FAIL (c)") << ", greedy differs in " << greedy_diff
+      << (greedy_ok ? "" : " FAIL (b: in a document within fp32)") << ", rel |sum D| " << rel_sum;
     return s.str();
   }
 };
@@ -329,7 +331,8 @@ TEST_P(ReferenceTest, QuantizedLoglikMatchesTransformers) {
       // Counts exact: documents / tokens, words, bytes (the same for every method).
       for (const char* count : {"n", "tokens", "words", "bytes", "windows"}) {
         if (want_none.contains(count)) {
-          EXPECT_EQ(g.metrics[count], want_none[count]) << model << " " << method << " " << task << " " << count;
+          EXPECT_EQ(g.metrics[count], want_none[count])
+              << model << " " << method << " " << task << " " << count;
         }
       }
       if (method == "none") continue;  // its sums: eval_reference_test.cc
@@ -350,7 +353,8 @@ TEST_P(ReferenceTest, QuantizedLoglikMatchesTransformers) {
       bool failed = false;
       double best_median = 0;
       for (const char* task : kTasks) {
-        const Verdict v = Judge(got[a][task], ReadRefDocs(ref, b, task), ReadRefDocs(ref, "none", task));
+        const Verdict v =
+            Judge(got[a][task], ReadRefDocs(ref, b, task), ReadRefDocs(ref, "none", task));
         failed = failed || !v.pass();
         best_median = std::max(best_median, v.median_ratio);
       }
@@ -364,14 +368,16 @@ TEST_P(ReferenceTest, QuantizedLoglikMatchesTransformers) {
       }
     }
   }
-  std::cout << model << ": " << detected << " of " << mismatched << " mismatched pairs fail; the closest, " << weakest_pair
-            << ", has a median ratio of " << weakest << " on one task\n";
+  std::cout << model << ": " << detected << " of " << mismatched
+            << " mismatched pairs fail; the closest, " << weakest_pair << ", has a median ratio of "
+            << weakest << " on one task\n";
 }
 
 INSTANTIATE_TEST_SUITE_P(RefModels, ReferenceTest, ::testing::Values("ref-gpt2", "ref-llama"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (char& c : n) if (c == '-') c = '_';
+                           for (char& c : n)
+                             if (c == '-') c = '_';
                            return n;
                          });
 

@@ -7,9 +7,9 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "spec/job_spec.h"
 #include "spec/ledger.h"
-#include "gtest/gtest.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
@@ -22,7 +22,7 @@ using torch::Tensor;
 
 struct Row {
   const char* spec;
-  double rel_rms_lo, rel_rms_hi;  // ||x^ - x|| / ||x - mean|| band on N(0.3, 1.5^2) data
+  double rel_rms_lo, rel_rms_hi;    // ||x^ - x|| / ||x - mean|| band on N(0.3, 1.5^2) data
   double payload, metadata, basis;  // ledger bits per token per head of each compressed tensor
 };
 
@@ -96,7 +96,8 @@ absl::StatusOr<MethodSpec> Resolve(const std::string& s) {
 }
 
 double RelRms(const Tensor& got, const Tensor& x) {
-  return std::sqrt((got - x).pow(2).sum().item<double>() / (x - x.mean()).pow(2).sum().item<double>());
+  return std::sqrt((got - x).pow(2).sum().item<double>() /
+                   (x - x.mean()).pow(2).sum().item<double>());
 }
 
 TEST_P(RegistryTest, RoundTripErrorAndLedgerBits) {
@@ -125,7 +126,8 @@ TEST_P(RegistryTest, RoundTripErrorAndLedgerBits) {
       EXPECT_GE(err, row.rel_rms_lo) << row.spec << " " << name;
       EXPECT_LE(err, row.rel_rms_hi) << row.spec << " " << name;
     } else if (!spec->packed) {
-      EXPECT_TRUE(torch::equal(op.compressed, x)) << row.spec << " " << name << " must pass through";
+      EXPECT_TRUE(torch::equal(op.compressed, x))
+          << row.spec << " " << name << " must pass through";
     } else {
       // packed holds an untouched tensor in fp16.
       EXPECT_TRUE(torch::equal(op.compressed, x.to(torch::kFloat16).to(torch::kFloat32))) << name;
@@ -135,9 +137,11 @@ TEST_P(RegistryTest, RoundTripErrorAndLedgerBits) {
       ASSERT_TRUE(op.position_dependent()) << row.spec;
       EXPECT_TRUE(torch::equal(op.raw, x));
       const int block = spec->axis == QuantAxis::kChannel ? spec->group : 1;
-      EXPECT_TRUE(torch::equal(op.use_compressed, CompressedStateMask(T, block, spec->residual, torch::kCPU)));
+      EXPECT_TRUE(torch::equal(op.use_compressed,
+                               CompressedStateMask(T, block, spec->residual, torch::kCPU)));
     } else {
-      EXPECT_FALSE(op.position_dependent()) << row.spec << " " << name << " must take the single-pass path";
+      EXPECT_FALSE(op.position_dependent())
+          << row.spec << " " << name << " must take the single-pass path";
     }
   }
   absl::StatusOr<Ledger> l = ComputeLedger(*spec, 64, 2, 2, 6, 1024);
@@ -152,7 +156,8 @@ TEST_P(RegistryTest, RoundTripErrorAndLedgerBits) {
   EXPECT_DOUBLE_EQ(c.payload, row.payload) << row.spec;
   EXPECT_DOUBLE_EQ(c.metadata, row.metadata) << row.spec;
   EXPECT_DOUBLE_EQ(c.basis, row.basis) << row.spec;
-  const TensorBits& other = spec->compresses_k() || spec->family == MethodFamily::kNone ? l->v : l->k;
+  const TensorBits& other =
+      spec->compresses_k() || spec->family == MethodFamily::kNone ? l->v : l->k;
   if (spec->target == KvTarget::kKV) {
     EXPECT_DOUBLE_EQ(other.total(), c.total());
   } else {
@@ -197,8 +202,8 @@ TEST_F(CompositeCodecTest, EachTensorOfEachLayerComesFromItsOwnSpec) {
     single[s] = std::move(*c);
   }
   auto same = [](const KvOperand& a, const KvOperand& b) {
-    return torch::equal(a.compressed, b.compressed) &&
-           a.raw.defined() == b.raw.defined() && (!a.raw.defined() || torch::equal(a.raw, b.raw)) &&
+    return torch::equal(a.compressed, b.compressed) && a.raw.defined() == b.raw.defined() &&
+           (!a.raw.defined() || torch::equal(a.raw, b.raw)) &&
            a.use_compressed.defined() == b.use_compressed.defined() &&
            (!a.use_compressed.defined() || torch::equal(a.use_compressed, b.use_compressed));
   };
@@ -207,7 +212,8 @@ TEST_F(CompositeCodecTest, EachTensorOfEachLayerComesFromItsOwnSpec) {
   const Tensor v = torch::randn({1, 2, 40, 64});
   for (int layer : {0, 3, 5}) {
     KvPair got = (*composite)->Apply(layer, k, v);
-    EXPECT_TRUE(same(got.k, single["quant:bits=2,axis=channel,group=32,target=k"]->Apply(layer, k, v).k))
+    EXPECT_TRUE(
+        same(got.k, single["quant:bits=2,axis=channel,group=32,target=k"]->Apply(layer, k, v).k))
         << layer;
     EXPECT_TRUE(same(got.v, single["rank:r=16,target=v"]->Apply(layer, k, v).v)) << layer;
     EXPECT_TRUE(got.k.position_dependent());
@@ -243,7 +249,8 @@ TEST(LedgerMatchesMasksTest, CompressedTokenCounts) {
     for (int block : {1, 4, 32}) {
       for (int residual : {0, 3, 50}) {
         const std::string s = block == 1 ? absl::StrCat("quant:bits=2,residual=", residual)
-                                         : absl::StrCat("quant:bits=2,axis=channel,group=", block, ",residual=", residual);
+                                         : absl::StrCat("quant:bits=2,axis=channel,group=", block,
+                                                        ",residual=", residual);
         absl::StatusOr<MethodSpec> spec = Resolve(s);
         ASSERT_TRUE(spec.ok()) << spec.status();
         absl::StatusOr<Ledger> l = ComputeLedger(*spec, 64, 1, 1, 1, L);
@@ -251,7 +258,9 @@ TEST(LedgerMatchesMasksTest, CompressedTokenCounts) {
         const int64_t n = CompressedTokens(L, block, residual);
         EXPECT_DOUBLE_EQ(l->k.payload * L, n * 2.0 * 64) << s << " L=" << L;
         // The last query's row of the mask has exactly n compressed entries.
-        EXPECT_EQ(CompressedStateMask(L, block, residual, torch::kCPU)[L - 1].sum().item<int64_t>(), n) << s;
+        EXPECT_EQ(CompressedStateMask(L, block, residual, torch::kCPU)[L - 1].sum().item<int64_t>(),
+                  n)
+            << s;
       }
     }
   }
@@ -266,9 +275,11 @@ TEST(FaithfulMasksTest, OnePassViewEqualsAStepByStepCache) {
   torch::manual_seed(6);
   const int64_t T = 23, D = 64;
   Tensor k = torch::randn({1, 2, T, D}), v = torch::randn({1, 2, T, D});
-  for (const char* s : {"quant:bits=2,axis=channel,group=4", "quant:bits=3,axis=channel,group=4,residual=3",
-                        "quant:bits=4,residual=5", "quant:bits=2,group=32,sym=1,residual=1",
-                        "quant:bits=2,axis=channel,group=1", "quant:bits=4,axis=channel,group=8,residual=2,target=k"}) {
+  for (const char* s :
+       {"quant:bits=2,axis=channel,group=4", "quant:bits=3,axis=channel,group=4,residual=3",
+        "quant:bits=4,residual=5", "quant:bits=2,group=32,sym=1,residual=1",
+        "quant:bits=2,axis=channel,group=1",
+        "quant:bits=4,axis=channel,group=8,residual=2,target=k"}) {
     absl::StatusOr<MethodSpec> spec = Resolve(s);
     ASSERT_TRUE(spec.ok()) << spec.status();
     auto codec = NewKvCodec(*spec);
@@ -277,8 +288,9 @@ TEST(FaithfulMasksTest, OnePassViewEqualsAStepByStepCache) {
     const bool channel = spec->axis == QuantAxis::kChannel;
     const int64_t block = channel ? spec->group : 1;
     QuantFormat f{spec->bits, channel ? static_cast<int>(block) : spec->group, spec->sym, false};
-    for (const auto& [x, op, on] : {std::tuple<Tensor, KvOperand, bool>{k, out.k, spec->compresses_k()},
-                                    std::tuple<Tensor, KvOperand, bool>{v, out.v, spec->compresses_v()}}) {
+    for (const auto& [x, op, on] :
+         {std::tuple<Tensor, KvOperand, bool>{k, out.k, spec->compresses_k()},
+          std::tuple<Tensor, KvOperand, bool>{v, out.v, spec->compresses_v()}}) {
       if (!on) {
         EXPECT_FALSE(op.position_dependent());
         continue;

@@ -31,8 +31,8 @@ class LambadaTask final : public Task {
       absl::StatusOr<nlohmann::json> j = ParseJson(line, absl::StrCat(in.data_path, ":", line_no));
       if (!j.ok()) return j.status();
       if (!j->is_object() || !j->contains("text") || !(*j)["text"].is_string()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(in.data_path, ":", line_no, ": expected an object with a string \"text\""));
+        return absl::InvalidArgumentError(absl::StrCat(
+            in.data_path, ":", line_no, ": expected an object with a string \"text\""));
       }
       std::string text = (*j)["text"].get<std::string>();
       if (int64_t bad = FirstInvalidUtf8(text); bad >= 0) {
@@ -42,11 +42,12 @@ class LambadaTask final : public Task {
       docs.push_back(std::move(text));
     }
     if (docs.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(in.data_path, ": no documents (expected JSON lines with \"text\")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(in.data_path, ": no documents (expected JSON lines with \"text\")"));
     }
     if (in.limit < 0 || in.limit > static_cast<int>(docs.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("limit ", in.limit, " out of range: ", in.data_path,
-                                                     " has ", docs.size(), " documents"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "limit ", in.limit, " out of range: ", in.data_path, " has ", docs.size(), " documents"));
     }
     if (in.limit > 0) docs.resize(in.limit);
     std::vector<ScoreRequest> reqs;
@@ -75,16 +76,19 @@ class LambadaTask final : public Task {
         absl::StatusOr<std::vector<int32_t>> c = in.tokenizer->Encode(context);
         if (!c.ok()) return c.status();
         ctx_ids = std::move(*c);
-        if (ctx_ids.size() < whole->size()) cont_ids.assign(whole->begin() + ctx_ids.size(), whole->end());
+        if (ctx_ids.size() < whole->size())
+          cont_ids.assign(whole->begin() + ctx_ids.size(), whole->end());
       }
       std::vector<int32_t> all = ctx_ids;
       all.insert(all.end(), cont_ids.begin(), cont_ids.end());
       // (context + continuation)[-(W+1):][:-1]
-      const size_t start = all.size() > static_cast<size_t>(in.window) + 1 ? all.size() - in.window - 1 : 0;
+      const size_t start =
+          all.size() > static_cast<size_t>(in.window) + 1 ? all.size() - in.window - 1 : 0;
       ScoreRequest r;
       r.input.assign(all.begin() + start, all.end() - 1);
       r.cont = std::move(cont_ids);
-      if (r.cont.size() > r.input.size()) r.cont.erase(r.cont.begin(), r.cont.end() - r.input.size());
+      if (r.cont.size() > r.input.size())
+        r.cont.erase(r.cont.begin(), r.cont.end() - r.input.size());
       cont_tokens_.push_back(static_cast<int32_t>(r.cont.size()));
       reqs.push_back(std::move(r));
     }

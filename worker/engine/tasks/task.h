@@ -17,9 +17,9 @@ namespace kvsweep::engine {
 struct TaskInput {
   std::string data_path;
   const Tokenizer* tokenizer = nullptr;
-  int window = 0;       // W: max tokens per forward (lm-eval max_length)
-  int context = 1;      // C: rolling-window context (text tasks)
-  int limit = 0;        // first documents (lambada_openai, wikitext); 0 = all
+  int window = 0;         // W: max tokens per forward (lm-eval max_length)
+  int context = 1;        // C: rolling-window context (text tasks)
+  int limit = 0;          // first documents (lambada_openai, wikitext); 0 = all
   int32_t prefix_id = 0;  // BOS, else EOS (lm-eval prefix_token_id)
 };
 

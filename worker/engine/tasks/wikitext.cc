@@ -35,7 +35,8 @@ absl::StatusOr<std::string> ReadTextData(const std::string& path) {
 
 absl::Status CheckWindow(const TaskInput& in) {
   if (in.window < 1 || in.context < 1 || in.context > in.window) {
-    return absl::InvalidArgumentError(absl::StrCat("context ", in.context, " out of range [1, window=", in.window, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("context ", in.context, " out of range [1, window=", in.window, "]"));
   }
   return absl::OkStatus();
 }
@@ -71,7 +72,8 @@ class RollingTextTask final : public Task {
     bytes_ = text->size();
     std::vector<ScoreRequest> reqs = RollingWindows(*ids, in.prefix_id, in.window, in.context);
     window_tokens_.clear();
-    for (const ScoreRequest& r : reqs) window_tokens_.push_back(static_cast<int32_t>(r.cont.size()));
+    for (const ScoreRequest& r : reqs)
+      window_tokens_.push_back(static_cast<int32_t>(r.cont.size()));
     return reqs;
   }
 
@@ -116,8 +118,9 @@ class LmEvalWikitextTask final : public Task {
     if (absl::Status w = CheckWindow(in); !w.ok()) return w;
     std::vector<std::string> pages = SplitWikitextDocuments(TranslateNewlines(*text));
     if (in.limit < 0 || in.limit > static_cast<int>(pages.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("limit ", in.limit, " out of range: ", in.data_path,
-                                                     " has ", pages.size(), " documents"));
+      return absl::InvalidArgumentError(absl::StrCat("limit ", in.limit,
+                                                     " out of range: ", in.data_path, " has ",
+                                                     pages.size(), " documents"));
     }
     if (in.limit > 0) pages.resize(in.limit);
     doc_tokens_.clear();
@@ -185,7 +188,9 @@ class LmEvalWikitextTask final : public Task {
 
 }  // namespace
 
-std::unique_ptr<Task> NewRollingTextTask(const char* name) { return std::make_unique<RollingTextTask>(name); }
+std::unique_ptr<Task> NewRollingTextTask(const char* name) {
+  return std::make_unique<RollingTextTask>(name);
+}
 std::unique_ptr<Task> NewLmEvalWikitextTask() { return std::make_unique<LmEvalWikitextTask>(); }
 
 std::vector<ScoreRequest> RollingWindows(const std::vector<int32_t>& tokens, int32_t prefix_id,
@@ -219,7 +224,8 @@ int64_t CountWords(absl::string_view text) {
   int64_t words = 0;
   bool in_word = false;
   for (char ch : text) {
-    const bool space = ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
+    const bool space =
+        ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
     if (!space && !in_word) ++words;
     in_word = !space;
   }
@@ -238,10 +244,17 @@ int64_t FirstInvalidUtf8(absl::string_view s) {
     }
     int len = 0;
     uint32_t cp = 0;
-    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
-    else return i;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else
+      return i;
     if (i + len > n) return i;
     for (int k = 1; k < len; ++k) {
       if ((p[i + k] & 0xC0) != 0x80) return i;

@@ -11,7 +11,11 @@ namespace {
 // The code point starting at s[i] and its length in bytes (1 for a stray byte).
 uint32_t DecodeAt(absl::string_view s, size_t i, size_t* len) {
   const auto c = static_cast<unsigned char>(s[i]);
-  int n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+  int n = c < 0x80             ? 1
+          : (c & 0xE0) == 0xC0 ? 2
+          : (c & 0xF0) == 0xE0 ? 3
+          : (c & 0xF8) == 0xF0 ? 4
+                               : 1;
   if (i + n > s.size()) n = 1;
   uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
   for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
@@ -86,7 +90,8 @@ std::string SlashQuoteDigit(absl::string_view s) {
   while (true) {
     size_t hit = s.find("/' ", pos);
     while (hit != absl::string_view::npos &&
-           !(hit + 4 < s.size() && std::isdigit(static_cast<unsigned char>(s[hit + 3])) && s[hit + 4] == '/')) {
+           !(hit + 4 < s.size() && std::isdigit(static_cast<unsigned char>(s[hit + 3])) &&
+             s[hit + 4] == '/')) {
       hit = s.find("/' ", hit + 1);
     }
     if (hit == absl::string_view::npos) break;
@@ -122,12 +127,13 @@ std::string TranslateNewlines(absl::string_view text) {
 
 std::vector<std::string> SplitWikitextDocuments(absl::string_view text) {
   std::vector<std::string> pages;
-  std::string page;          // the current page's lines joined with '\n'
-  bool page_empty = true;    // no line yet (ret == [])
+  std::string page;        // the current page's lines joined with '\n'
+  bool page_empty = true;  // no line yet (ret == [])
   size_t pos = 0;
   while (true) {
     const size_t nl = text.find('\n', pos);
-    const absl::string_view line = text.substr(pos, nl == absl::string_view::npos ? absl::string_view::npos : nl - pos);
+    const absl::string_view line =
+        text.substr(pos, nl == absl::string_view::npos ? absl::string_view::npos : nl - pos);
     const std::string r = Replace(Replace(line, "= = =", "==="), "= =", "==");
     const absl::string_view rline = PyStrip(r);
     if (rline.size() >= 2 && rline.substr(0, 2) == "= " && rline.substr(rline.size() - 2) == " =") {

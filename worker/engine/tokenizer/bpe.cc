@@ -55,8 +55,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
   if (options.unk_token.has_value()) {
     auto it = m->vocab_.find(*options.unk_token);
     if (it == m->vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": unk_token \"", *options.unk_token,
-                                                     "\" is not in the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": unk_token \"", *options.unk_token, "\" is not in the vocabulary"));
     }
     m->unk_id_ = it->second;
   }

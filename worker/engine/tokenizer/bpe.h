@@ -22,10 +22,10 @@
 namespace kvsweep::engine::tokenizer_internal {
 
 struct BpeOptions {
-  std::optional<std::string> unk_token;  // HF `unk_token`; none: unknown characters vanish.
-  bool fuse_unk = false;                 // consecutive unknowns become one unk.
-  bool byte_fallback = false;            // unknown character -> <0xXX> tokens of its bytes.
-  bool ignore_merges = false;            // a word that is in the vocabulary is emitted as is.
+  std::optional<std::string> unk_token;   // HF `unk_token`; none: unknown characters vanish.
+  bool fuse_unk = false;                  // consecutive unknowns become one unk.
+  bool byte_fallback = false;             // unknown character -> <0xXX> tokens of its bytes.
+  bool ignore_merges = false;             // a word that is in the vocabulary is emitted as is.
   std::string continuing_subword_prefix;  // HF `continuing_subword_prefix` ("" = none).
   std::string end_of_word_suffix;         // HF `end_of_word_suffix` ("" = none).
 };

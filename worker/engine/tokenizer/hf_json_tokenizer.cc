@@ -96,12 +96,13 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const Ctx& ctx, cons
     return tokenizer_internal::NewReplaceNormalizer(pat.first, pat.second, std::move(content));
   }
   if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
-    const UnicodeForm f = type == "NFC"   ? UnicodeForm::kNfc
-                          : type == "NFD" ? UnicodeForm::kNfd
+    const UnicodeForm f = type == "NFC"    ? UnicodeForm::kNfc
+                          : type == "NFD"  ? UnicodeForm::kNfd
                           : type == "NFKC" ? UnicodeForm::kNfkc
                                            : UnicodeForm::kNfkd;
     auto n = tokenizer_internal::NewUnicodeNormalizer(f);
-    if (!n.ok()) return absl::Status(n.status().code(), absl::StrCat(ctx.what, ": ", n.status().message()));
+    if (!n.ok())
+      return absl::Status(n.status().code(), absl::StrCat(ctx.what, ": ", n.status().message()));
     return n;
   }
   if (type == "Lowercase") return tokenizer_internal::NewLowercaseNormalizer();
@@ -115,9 +116,8 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const Ctx& ctx, cons
 }
 
 absl::StatusOr<SplitBehavior> ParseBehavior(const Ctx& ctx, const json& j) {
-  const std::string b = j.contains("behavior") && j["behavior"].is_string()
-                            ? j["behavior"].get<std::string>()
-                            : "";
+  const std::string b =
+      j.contains("behavior") && j["behavior"].is_string() ? j["behavior"].get<std::string>() : "";
   if (b == "Removed") return SplitBehavior::kRemoved;
   if (b == "Isolated") return SplitBehavior::kIsolated;
   if (b == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
@@ -144,9 +144,10 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const Ctx& ctx, 
                                                         GetBool(j, "use_regex", true));
   }
   if (type == "Metaspace") {
-    KV_ASSIGN_OR_RETURN(std::string rep, GetString(ctx, j, "replacement", "pre_tokenizer Metaspace"));
-    PrependScheme scheme = GetBool(j, "add_prefix_space", true) ? PrependScheme::kAlways
-                                                                 : PrependScheme::kNever;
+    KV_ASSIGN_OR_RETURN(std::string rep,
+                        GetString(ctx, j, "replacement", "pre_tokenizer Metaspace"));
+    PrependScheme scheme =
+        GetBool(j, "add_prefix_space", true) ? PrependScheme::kAlways : PrependScheme::kNever;
     if (j.contains("prepend_scheme") && j["prepend_scheme"].is_string()) {
       const std::string s = j["prepend_scheme"];
       if (s == "always") {
@@ -156,7 +157,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const Ctx& ctx, 
       } else if (s == "never") {
         scheme = PrependScheme::kNever;
       } else {
-        return ctx.Invalid(absl::StrCat("pre_tokenizer Metaspace: unknown prepend_scheme \"", s, "\""));
+        return ctx.Invalid(
+            absl::StrCat("pre_tokenizer Metaspace: unknown prepend_scheme \"", s, "\""));
       }
     }
     return tokenizer_internal::NewMetaspacePreTokenizer(std::move(rep), scheme,
@@ -175,10 +177,10 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const Ctx& ctx, 
   }
   if (type == "WhitespaceSplit") return tokenizer_internal::NewWhitespaceSplitPreTokenizer();
   if (type == "Whitespace") return tokenizer_internal::NewWhitespacePreTokenizer();
-  return ctx.Unimplemented(absl::StrCat(
-      "pre_tokenizer \"", type.empty() ? j.dump() : type,
-      "\" is not supported (supported: Sequence, ByteLevel, Metaspace, Split, Digits, "
-      "WhitespaceSplit, Whitespace)"));
+  return ctx.Unimplemented(
+      absl::StrCat("pre_tokenizer \"", type.empty() ? j.dump() : type,
+                   "\" is not supported (supported: Sequence, ByteLevel, Metaspace, Split, Digits, "
+                   "WhitespaceSplit, Whitespace)"));
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const Ctx& ctx, const json& j) {
@@ -261,8 +263,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
   std::string model_type = TypeOf(model);
   if (model_type.empty() && model.contains("merges")) model_type = "BPE";  // pre-0.9 files
   if (model_type != "BPE") {
-    return ctx.Unimplemented(absl::StrCat("model type \"", model_type,
-                                          "\" is not supported (only BPE is)"));
+    return ctx.Unimplemented(
+        absl::StrCat("model type \"", model_type, "\" is not supported (only BPE is)"));
   }
   if (model.contains("dropout") && model["dropout"].is_number() &&
       model["dropout"].get<double>() > 0.0) {
@@ -309,7 +311,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
   opts.fuse_unk = GetBool(model, "fuse_unk", false);
   opts.byte_fallback = GetBool(model, "byte_fallback", false);
   opts.ignore_merges = GetBool(model, "ignore_merges", false);
-  if (model.contains("continuing_subword_prefix") && model["continuing_subword_prefix"].is_string()) {
+  if (model.contains("continuing_subword_prefix") &&
+      model["continuing_subword_prefix"].is_string()) {
     opts.continuing_subword_prefix = model["continuing_subword_prefix"];
   }
   if (model.contains("end_of_word_suffix") && model["end_of_word_suffix"].is_string()) {
@@ -318,7 +321,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewHfJsonTokenizer(const std::string&
 
   PipelineSpec spec;
   spec.files.push_back(json_path);
-  KV_ASSIGN_OR_RETURN(spec.model, BpeModel::Create(std::move(vocab), merges, std::move(opts), json_path));
+  KV_ASSIGN_OR_RETURN(spec.model,
+                      BpeModel::Create(std::move(vocab), merges, std::move(opts), json_path));
   if (root.contains("normalizer") && !root["normalizer"].is_null()) {
     KV_ASSIGN_OR_RETURN(spec.normalizer, ParseNormalizer(ctx, root["normalizer"]));
   }

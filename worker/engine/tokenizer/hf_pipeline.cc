@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
@@ -23,15 +23,14 @@ namespace kvsweep::engine::tokenizer_internal {
 
 bool IsWhiteSpace(uint32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 namespace {
 
 // Rust regex's \w (Unicode word character), which HF uses for single_word added tokens.
-constexpr absl::string_view kWordClass =
-    R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}])";
+constexpr absl::string_view kWordClass = R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}])";
 
 // ---------------------------------------------------------------------------------------------
 // Splitting with a pattern (HF NormalizedString::split + Pattern::find_matches).
@@ -303,8 +302,8 @@ class MetaspacePreTokenizer final : public PreTokenizer {
     for (Piece& p : *pieces) {
       p.text = absl::StrReplaceAll(p.text, {{" ", replacement_}});
       const bool starts = absl::string_view(p.text).substr(0, replacement_.size()) == replacement_;
-      if (!starts && (scheme_ == PrependScheme::kAlways ||
-                      (scheme_ == PrependScheme::kFirst && p.at_start))) {
+      if (!starts &&
+          (scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && p.at_start))) {
         p.text.insert(0, replacement_);
       }
     }
@@ -379,8 +378,8 @@ class MetaspaceDecoder final : public Decoder {
       : replacement_(std::move(replacement)), strip_first_(strip_first) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (size_t i = 0; i < tokens->size(); ++i) {
-      (*tokens)[i] = absl::StrReplaceAll(
-          (*tokens)[i], {{replacement_, (i == 0 && strip_first_) ? "" : " "}});
+      (*tokens)[i] =
+          absl::StrReplaceAll((*tokens)[i], {{replacement_, (i == 0 && strip_first_) ? "" : " "}});
     }
   }
 
@@ -716,10 +715,18 @@ absl::StatusOr<std::unique_ptr<Normalizer>> NewUnicodeNormalizer(UnicodeForm for
   UErrorCode st = U_ZERO_ERROR;
   const icu::Normalizer2* n = nullptr;
   switch (form) {
-    case UnicodeForm::kNfc: n = icu::Normalizer2::getNFCInstance(st); break;
-    case UnicodeForm::kNfd: n = icu::Normalizer2::getNFDInstance(st); break;
-    case UnicodeForm::kNfkc: n = icu::Normalizer2::getNFKCInstance(st); break;
-    case UnicodeForm::kNfkd: n = icu::Normalizer2::getNFKDInstance(st); break;
+    case UnicodeForm::kNfc:
+      n = icu::Normalizer2::getNFCInstance(st);
+      break;
+    case UnicodeForm::kNfd:
+      n = icu::Normalizer2::getNFDInstance(st);
+      break;
+    case UnicodeForm::kNfkc:
+      n = icu::Normalizer2::getNFKCInstance(st);
+      break;
+    case UnicodeForm::kNfkd:
+      n = icu::Normalizer2::getNFKDInstance(st);
+      break;
   }
   if (U_FAILURE(st) || n == nullptr) {
     return absl::InternalError(absl::StrCat("ICU normalizer unavailable: ", u_errorName(st)));
@@ -765,15 +772,14 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> NewSplitPreTokenizer(absl::string_
   if (is_regex) {
     KV_ASSIGN_OR_RETURN(re, Regex::Compile(pattern));
   }
-  return std::unique_ptr<PreTokenizer>(new SplitPreTokenizer(
-      is_regex ? "" : std::string(pattern), std::move(re), behavior, invert));
+  return std::unique_ptr<PreTokenizer>(
+      new SplitPreTokenizer(is_regex ? "" : std::string(pattern), std::move(re), behavior, invert));
 }
 absl::StatusOr<std::unique_ptr<PreTokenizer>> NewDigitsPreTokenizer(bool individual_digits) {
   // HF splits on char::is_numeric (= \p{N}), one match per character.
-  return NewSplitPreTokenizer(R"(\p{N})", true,
-                              individual_digits ? SplitBehavior::kIsolated
-                                                : SplitBehavior::kContiguous,
-                              false);
+  return NewSplitPreTokenizer(
+      R"(\p{N})", true, individual_digits ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+      false);
 }
 absl::StatusOr<std::unique_ptr<PreTokenizer>> NewWhitespaceSplitPreTokenizer() {
   return NewSplitPreTokenizer(R"(\s+)", true, SplitBehavior::kRemoved, false);
@@ -782,8 +788,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> NewWhitespacePreTokenizer() {
   // HF: Invert(r"\w+|[^\w\s]+") with Removed; \w is Rust's Unicode word class.
   const std::string w(kWordClass);
   const std::string nw = "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}\\s]";
-  return NewSplitPreTokenizer(absl::StrCat(w, "+|", nw, "+"), true, SplitBehavior::kRemoved,
-                              true);
+  return NewSplitPreTokenizer(absl::StrCat(w, "+|", nw, "+"), true, SplitBehavior::kRemoved, true);
 }
 
 std::unique_ptr<Decoder> NewSequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) {

@@ -104,7 +104,7 @@ struct AddedToken {
 struct PipelineSpec {
   std::string kind;
   std::vector<std::string> files;
-  std::unique_ptr<Normalizer> normalizer;      // may be null
+  std::unique_ptr<Normalizer> normalizer;       // may be null
   std::unique_ptr<PreTokenizer> pre_tokenizer;  // may be null
   std::unique_ptr<BpeModel> model;              // required
   std::vector<AddedToken> added_tokens;

@@ -207,8 +207,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewLlama2cTokenizer(const std::string
     off += static_cast<size_t>(len);
   }
   if (expected_vocab_size > 0 && static_cast<int32_t>(vocab.size()) != expected_vocab_size) {
-    return invalid(absl::StrCat("has ", vocab.size(), " tokens, the model expects ",
-                                expected_vocab_size));
+    return invalid(
+        absl::StrCat("has ", vocab.size(), " tokens, the model expects ", expected_vocab_size));
   }
   if (vocab.size() < kFirstByteToken + 256) {
     return invalid(absl::StrCat("has ", vocab.size(),
@@ -218,8 +218,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> NewLlama2cTokenizer(const std::string
   for (int b = 0; b < 256; ++b) {
     const std::string want = absl::StrFormat("<0x%02X>", b);
     if (vocab[kFirstByteToken + b] != want) {
-      return invalid(absl::StrCat("token ", kFirstByteToken + b, " is \"", vocab[kFirstByteToken + b],
-                                  "\", expected byte token ", want));
+      return invalid(absl::StrCat("token ", kFirstByteToken + b, " is \"",
+                                  vocab[kFirstByteToken + b], "\", expected byte token ", want));
     }
   }
   return std::unique_ptr<Tokenizer>(

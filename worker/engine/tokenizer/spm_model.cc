@@ -80,8 +80,8 @@ absl::Status ParseModel(absl::string_view bytes, SpmModel* m) {
                                  {"eos_id", m->eos_id},
                                  {"pad_id", m->pad_id}}) {
     if (id < -1 || id >= count) {
-      return Bad(absl::StrCat("trainer_spec.", name, " = ", id, " is not -1 or a piece id (",
-                              count, " pieces)"));
+      return Bad(absl::StrCat("trainer_spec.", name, " = ", id, " is not -1 or a piece id (", count,
+                              " pieces)"));
     }
   }
   return absl::OkStatus();

@@ -343,7 +343,8 @@ TEST_F(SpmModelTest, BadPieces) {
               "pieces[3] and pieces[5] are both \"a\"");
   Proto bad_type;
   bad_type.Message(1, Proto().Bytes(1, "a").Varint(3, 9)).Message(2, Trainer());
-  ExpectError(bad_type.str(), absl::StatusCode::kInvalidArgument, "pieces[0].type is 9 (valid: 1..6)");
+  ExpectError(bad_type.str(), absl::StatusCode::kInvalidArgument,
+              "pieces[0].type is 9 (valid: 1..6)");
   Proto no_pieces;
   no_pieces.Message(2, Trainer());
   ExpectError(no_pieces.str(), absl::StatusCode::kInvalidArgument, "no pieces (field 1)");

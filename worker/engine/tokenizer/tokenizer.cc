@@ -38,9 +38,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path
   // A loader that read a file the identity did not hash would let that file change results
   // without changing job ids: refuse it.
   if (t->files() != files.All()) {
-    return absl::InternalError(absl::StrCat(
-        "tokenizer ", path, " read [", absl::StrJoin(t->files(), ", "),
-        "] but its identity covers [", absl::StrJoin(files.All(), ", "), "]"));
+    return absl::InternalError(
+        absl::StrCat("tokenizer ", path, " read [", absl::StrJoin(t->files(), ", "),
+                     "] but its identity covers [", absl::StrJoin(files.All(), ", "), "]"));
   }
   return t;
 }

@@ -60,8 +60,8 @@ absl::StatusOr<nlohmann::json> ReadFixture() {
 
 std::string Window(const std::vector<int32_t>& v, size_t at, size_t radius = 8) {
   const size_t lo = at > radius ? at - radius : 0, hi = std::min(v.size(), at + radius);
-  return absl::StrCat("[", lo, "..", hi, ") = ",
-                      JoinIds(std::vector<int32_t>(v.begin() + lo, v.begin() + hi)));
+  return absl::StrCat("[", lo, "..", hi,
+                      ") = ", JoinIds(std::vector<int32_t>(v.begin() + lo, v.begin() + hi)));
 }
 
 // Where two id lists first differ, with the ids around it.
@@ -88,8 +88,7 @@ class TokenizerFixtureTest : public ::testing::TestWithParam<std::string> {
       GTEST_FAIL() << "fixture " << FixturePath() << " has no entry \"" << GetParam() << "\"";
     }
     entry_ = (*j)[GetParam()];
-    ASSERT_TRUE(entry_.contains("files") && entry_["files"].is_array() &&
-                !entry_["files"].empty())
+    ASSERT_TRUE(entry_.contains("files") && entry_["files"].is_array() && !entry_["files"].empty())
         << "fixture entry " << GetParam() << " has no files";
     const std::string first = Asset(entry_["files"][0].get<std::string>());
     auto t = LoadTokenizer(first);
@@ -138,7 +137,8 @@ TEST_P(TokenizerFixtureTest, Wikitext) {
   const std::vector<int32_t>& ids = *ids_or;
 
   const auto want_head = want["head"].get<std::vector<int32_t>>();
-  const std::vector<int32_t> head(ids.begin(), ids.begin() + std::min(ids.size(), want_head.size()));
+  const std::vector<int32_t> head(ids.begin(),
+                                  ids.begin() + std::min(ids.size(), want_head.size()));
   EXPECT_EQ(head, want_head) << FirstDiff(head, want_head);
 
   const auto& chunks = want["chunk_hashes"];
@@ -151,8 +151,8 @@ TEST_P(TokenizerFixtureTest, Wikitext) {
     if (got != exp && ++bad_chunks <= 3) {
       ADD_FAILURE() << GetParam() << ": wikitext chunk " << k << " (ids " << lo << ".." << hi
                     << ") differs from HF; our ids there start: "
-                    << JoinIds(std::vector<int32_t>(chunk.begin(),
-                                                    chunk.begin() + std::min<size_t>(chunk.size(), 40)));
+                    << JoinIds(std::vector<int32_t>(
+                           chunk.begin(), chunk.begin() + std::min<size_t>(chunk.size(), 40)));
     }
   }
   EXPECT_EQ(bad_chunks, 0);
@@ -214,8 +214,8 @@ TEST(SentencePieceLibraryFixture, Llama2ModelDiffersOnlyAtSpaceRuns) {
   const auto& want = entry["wikitext"];
   ASSERT_EQ(static_cast<int64_t>(ids.size()), want["count"].get<int64_t>());
   // "▁" and "▁" x 2..16: the 16 pieces of score -1e9.
-  const std::set<int32_t> space_runs = {259,  268,  308,  418,  462,  539,  632,   795,
-                                        965,  1669, 1678, 3986, 4706, 9651, 18884, 29871};
+  const std::set<int32_t> space_runs = {259, 268,  308,  418,  462,  539,  632,   795,
+                                        965, 1669, 1678, 3986, 4706, 9651, 18884, 29871};
   const auto& chunks = want["chunk_hashes"];
   ASSERT_EQ(chunks.size(), (ids.size() + kChunk - 1) / kChunk);
   int differing_chunks = 0;
@@ -226,7 +226,8 @@ TEST(SentencePieceLibraryFixture, Llama2ModelDiffersOnlyAtSpaceRuns) {
     ++differing_chunks;
     EXPECT_TRUE(std::any_of(chunk.begin(), chunk.end(),
                             [&](int32_t id) { return space_runs.count(id) > 0; }))
-        << "wikitext chunk " << k << " differs from libsentencepiece without a whitespace-run piece";
+        << "wikitext chunk " << k
+        << " differs from libsentencepiece without a whitespace-run piece";
   }
   std::cerr << "[ compare ] llama2 .model vs libsentencepiece: " << differing_chunks << " of "
             << chunks.size() << " wikitext chunks differ\n";

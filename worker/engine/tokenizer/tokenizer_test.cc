@@ -31,9 +31,7 @@ using ::kvsweep::engine::testing::LambadaLine;
 using ::kvsweep::engine::testing::LambadaTexts;
 using ::kvsweep::engine::testing::WikiPath;
 
-std::string TestData(const std::string& name) {
-  return JoinPath(KVSWEEP_TOKENIZER_TESTDATA, name);
-}
+std::string TestData(const std::string& name) { return JoinPath(KVSWEEP_TOKENIZER_TESTDATA, name); }
 
 // The tokenizers under test, by name: path relative to the assets.
 const std::map<std::string, std::string>& Paths() {
@@ -163,8 +161,8 @@ TEST(TokenizerTest, MatchesHuggingFaceOnGoldenStrings) {
         const std::string text = c["text"];
         const auto want = c["ids"].get<std::vector<int32_t>>();
         const std::vector<int32_t> got = Enc(*t, text);
-        EXPECT_EQ(got, want) << name << " (" << path << ") text \"" << text << "\": "
-                             << DescribeDiff(got, want);
+        EXPECT_EQ(got, want) << name << " (" << path << ") text \"" << text
+                             << "\": " << DescribeDiff(got, want);
         EXPECT_EQ(t->Decode(want), c["decoded"].get<std::string>())
             << name << " decode of \"" << text << "\"";
         ++checked;
@@ -181,8 +179,9 @@ TEST_P(WholeFileTest, MatchesHuggingFace) {
   const std::string name = GetParam();
   auto golden = ReadJsonFile(TestData("hf_golden.json"));
   ASSERT_TRUE(golden.ok()) << golden.status();
-  const std::string golden_name =
-      name == "gpt2" ? "ref-gpt2" : name == "llama2-hf" ? "ref-llama" : name;
+  const std::string golden_name = name == "gpt2"        ? "ref-gpt2"
+                                  : name == "llama2-hf" ? "ref-llama"
+                                                        : name;
   const auto& want = (*golden)["whole_file"][golden_name];
   auto t = LoadNamed(name);
   ASSERT_NE(t, nullptr);
@@ -205,8 +204,7 @@ TEST_P(WholeFileTest, MatchesHuggingFace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Hf, WholeFileTest,
-                         ::testing::Values("mistral", "ref-llama", "ref-gpt2", "gpt2",
-                                           "llama2-hf"),
+                         ::testing::Values("mistral", "ref-llama", "ref-gpt2", "gpt2", "llama2-hf"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;
@@ -286,7 +284,8 @@ TEST(TokenizerTest, RoundTrip) {
       "\x01\x02 control \x7f",
   };
   // HF's ref-llama and the .model converted like it (Metaspace prepend_scheme "first") drop a
-  // leading space on the way back, as HF itself does; Mistral's decoder adds a space after a literal special token (HF does too).
+  // leading space on the way back, as HF itself does; Mistral's decoder adds a space after a
+  // literal special token (HF does too).
   const std::vector<std::string> leading = {" leading space", "  two leading", "\n newline first"};
   const std::vector<std::string> specials = {"a <s> b", "<s>", "x</s>", "<s>hello"};
   for (const auto& [name, path] : Paths()) {
@@ -325,7 +324,12 @@ TEST(TokenizerTest, InvalidUtf8IsReplacedLikeHf) {
     ASSERT_NE(t, nullptr);
     // \xff is invalid; \xe6\x97 is a truncated 3-byte sequence (one maximal subpart);
     // \xed\xa0\x80 is a UTF-16 surrogate (three replacements).
-    EXPECT_EQ(Enc(*t, "a\xff" "b"), Enc(*t, "a\xEF\xBF\xBD" "b"));
+    EXPECT_EQ(Enc(*t,
+                  "a\xff"
+                  "b"),
+              Enc(*t,
+                  "a\xEF\xBF\xBD"
+                  "b"));
     EXPECT_EQ(Enc(*t, "x\xe6\x97 y"), Enc(*t, "x\xEF\xBF\xBD y"));
     EXPECT_EQ(Enc(*t, "\xed\xa0\x80"), Enc(*t, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"));
   }
@@ -456,8 +460,10 @@ TEST(TokenizerTest, Fingerprint) {
 class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = JoinPath(::testing::TempDir(),
-                    absl::StrCat("tok_bad_", ::testing::UnitTest::GetInstance()->current_test_info()->name(), "_", getpid()));
+    dir_ = JoinPath(
+        ::testing::TempDir(),
+        absl::StrCat("tok_bad_", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                     "_", getpid()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }
@@ -475,7 +481,8 @@ class BadInputTest : public ::testing::Test {
         << "\"" << r.status().message() << "\" lacks \"" << fragment << "\"";
   }
   // A minimal valid tokenizer.json body with `model` spliced in.
-  static std::string TokenizerJson(const std::string& model, const std::string& normalizer = "null") {
+  static std::string TokenizerJson(const std::string& model,
+                                   const std::string& normalizer = "null") {
     return absl::StrCat(R"({"version":"1.0","added_tokens":[],"normalizer":)", normalizer,
                         R"(,"pre_tokenizer":null,"decoder":null,"model":)", model, "}");
   }
@@ -505,11 +512,10 @@ TEST_F(BadInputTest, UnsupportedModelType) {
 }
 
 TEST_F(BadInputTest, UnsupportedNormalizer) {
-  ExpectError(
-      LoadTokenizer(Write("tokenizer.json",
-                          TokenizerJson(R"({"type":"BPE","vocab":{"a":0},"merges":[]})",
-                                        R"({"type":"BertNormalizer"})"))),
-      absl::StatusCode::kUnimplemented, "normalizer \"BertNormalizer\" is not supported");
+  ExpectError(LoadTokenizer(Write("tokenizer.json",
+                                  TokenizerJson(R"({"type":"BPE","vocab":{"a":0},"merges":[]})",
+                                                R"({"type":"BertNormalizer"})"))),
+              absl::StatusCode::kUnimplemented, "normalizer \"BertNormalizer\" is not supported");
 }
 
 TEST_F(BadInputTest, MergeReferringToTokenNotInVocab) {
@@ -517,10 +523,10 @@ TEST_F(BadInputTest, MergeReferringToTokenNotInVocab) {
                                   TokenizerJson(R"({"type":"BPE","vocab":{"a":0,"b":1,"ab":2},
                                                    "merges":["a b", "ab c"]})"))),
               absl::StatusCode::kInvalidArgument, "merge #2 (\"ab c\") refers to token \"c\"");
-  ExpectError(LoadTokenizer(Write("tokenizer.json",
-                                  TokenizerJson(R"({"type":"BPE","vocab":{"a":0,"b":1},
+  ExpectError(
+      LoadTokenizer(Write("tokenizer.json", TokenizerJson(R"({"type":"BPE","vocab":{"a":0,"b":1},
                                                    "merges":[["a","b"]]})"))),
-              absl::StatusCode::kInvalidArgument, "token \"ab\" that is not in the vocabulary");
+      absl::StatusCode::kInvalidArgument, "token \"ab\" that is not in the vocabulary");
   Write("vocab.json", R"({"a":0,"b":1})");
   ExpectError(LoadTokenizer(Write("merges.txt", "#version: 0.2\na x\n")),
               absl::StatusCode::kInvalidArgument, "not in the vocabulary");
