@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/subprocess.h"
+#include "spec/method_family.h"
 #include "spec/method_spec.h"
 
 namespace kvsweep {
@@ -36,16 +37,11 @@ namespace {
 std::optional<double> MethodBits(const nlohmann::json& labels) {
   absl::StatusOr<KvMethod> kv = ParseKvMethod(LabelText(labels, "method_spec"));
   if (!kv.ok()) return std::nullopt;
-  const MethodSpec* m = &kv->primary();
-  switch (m->family) {
-    case MethodFamily::kNone:
-      return 16;
-    case MethodFamily::kQuant:
-    case MethodFamily::kHybrid:
-      return m->bits;
-    default:
-      return std::nullopt;
-  }
+  const MethodSpec& m = kv->primary();
+  if (!m.compresses_k() && !m.compresses_v()) return 16;
+  std::optional<int> bits = MethodNumber(m, "bits");
+  if (!bits) return std::nullopt;
+  return *bits;
 }
 
 // x (or y) of one job: a label that is a number, the method's bits, or a number in the result.

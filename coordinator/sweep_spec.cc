@@ -23,6 +23,7 @@
 #include "common/path_policy.h"
 #include "common/status_macros.h"
 #include "spec/ledger.h"
+#include "spec/method_family.h"
 #include "spec/method_spec.h"
 #include "yaml-cpp/yaml.h"
 
@@ -478,19 +479,18 @@ class Expander {
       } else if (m.IsMap() && m["family"]) {
         KV_RETURN_IF_ERROR(Keys(m, path, {"family", "budgets", "extra", "k", "v"}));
         KV_ASSIGN_OR_RETURN(std::string family, Str(m["family"], path + ".family"));
-        const std::vector<std::string> known = MethodFamilyNames();
-        if (std::find(known.begin(), known.end(), family) == known.end()) {
+        const MethodFamilyDef* def = FindMethodFamily(family);
+        if (def == nullptr) {
           return Err(m["family"], path + ".family",
                      absl::StrCat("unknown method family '", family,
-                                  "' (known: ", absl::StrJoin(known, ", "), ")"));
+                                  "' (known: ", absl::StrJoin(MethodFamilyNames(), ", "), ")"));
         }
         if (!m["budgets"]) return Err(m, path, "missing required key 'budgets'");
         std::string extra;
         // Check that extra keys parse on this family (e.g. basis=svd for rank).
         auto probe = [&](const std::string& keys, const char* part) -> absl::Status {
-          const std::string probe_spec = family == "quant"  ? "quant:bits=4," + keys
-                                         : family == "none" ? std::string("none:") + keys
-                                                            : family + ":r=1," + keys;
+          const std::string probe_spec =
+              absl::StrCat(def->name, ":", def->probe, *def->probe ? "," : "", keys);
           absl::StatusOr<KvMethod> p =
               ParseKvMethod(part == nullptr ? probe_spec : absl::StrCat(part, "=", probe_spec));
           return p.ok() ? absl::OkStatus() : p.status();
@@ -703,7 +703,7 @@ class Expander {
       std::vector<MethodSpec*> parts = {&parsed->k, &parsed->v};
       for (KvMethod::LayerOverride& o : parsed->overrides) parts.push_back(&o.spec);
       for (MethodSpec* p : parts) {
-        if (p->basis == Basis::kRandom && p->family != MethodFamily::kNone) {
+        if (p->basis == Basis::kRandom) {  // only a random basis has a seed
           p->seed = *c.seed;
           *seeded = true;
         }
@@ -714,17 +714,10 @@ class Expander {
 
   std::optional<double> Field(const std::string& f, const Combo& c, const MethodSpec& m) const {
     const ModelConfig& cfg = c.model->config;
-    const bool has_r = m.family == MethodFamily::kRank || m.family == MethodFamily::kHybrid;
-    const bool has_bits = m.family == MethodFamily::kQuant || m.family == MethodFamily::kHybrid;
-    if (f == "r") return has_r ? std::optional<double>(m.r) : std::nullopt;
-    if (f == "bits") return has_bits ? std::optional<double>(m.bits) : std::nullopt;
-    if (f == "group") {
-      if (m.family != MethodFamily::kQuant && m.family != MethodFamily::kHybrid)
-        return std::nullopt;
-      return m.group == 0 ? cfg.head_dim : m.group;
-    }
-    if (f == "residual") {
-      return m.family == MethodFamily::kQuant ? std::optional<double>(m.residual) : std::nullopt;
+    if (f == "r" || f == "bits" || f == "group" || f == "residual") {
+      std::optional<int> v = MethodNumber(m, f);
+      if (!v) return std::nullopt;
+      return f == "group" && *v == 0 ? cfg.head_dim : *v;  // quant's open token-axis group
     }
     if (f == "head_dim") return cfg.head_dim;
     if (f == "kv_heads") return c.kv_heads == 0 ? cfg.num_kv_heads : c.kv_heads;

@@ -326,6 +326,28 @@ methods:
   EXPECT_THAT(std::string(beyond.status().message()), HasSubstr("beyond the model's 6 layers"));
 }
 
+// A family's extra keys are checked against that family with its required keys filled in: a
+// hybrid budget with a basis works (hybrid requires r and bits, which the solver sets), a key
+// the family does not have is refused naming the family.
+TEST(SweepSpecTest, ExtraKeysAreCheckedAgainstTheirFamily) {
+  auto s =
+      ExpandSweep(Yaml("  - {family: hybrid, budgets: [0.25], extra: \"basis=svd\"}\n"), Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_FALSE(s->jobs.empty());
+  for (const SweepJob& j : s->jobs) {
+    EXPECT_THAT(j.spec.method, StartsWith("hybrid:r=")) << j.spec.method;
+    EXPECT_THAT(j.spec.method, HasSubstr(",bits=8,")) << j.spec.method;
+    EXPECT_THAT(j.spec.method, HasSubstr("basis=svd")) << j.spec.method;
+  }
+  auto bad = ExpandSweep(Yaml("  - {family: rank, budgets: [0.25], extra: \"bits=4\"}\n"), Opts());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("methods[0].extra: method 'rank:r=1,bits=4': unknown key 'bits' for rank"));
+  auto none = ExpandSweep(Yaml("  - {family: none, budgets: [1], extra: \"bits=4\"}\n"), Opts());
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("family 'none' takes no keys"));
+}
+
 TEST(SweepSpecTest, RefusesSweepsBeyondTheJobLimit) {
   ExpandOptions o = Opts();
   o.max_jobs = 10;

@@ -5,51 +5,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "spec/method_family.h"
 
 namespace kvsweep {
 namespace {
 
-// Bits for one of K or V, per token per head, at context length L.
+// Bits for one of K or V, per token per head, at context length L: 16 per element when the
+// method leaves the tensor uncompressed, else its family's storage formula.
 TensorBits BitsFor(const MethodSpec& m, bool compressed, int d, int L) {
-  TensorBits b;
   if (!compressed) {
+    TensorBits b;
     b.payload = 16.0 * d;
     return b;
   }
-  const double dd = d;
-  switch (m.family) {
-    case MethodFamily::kNone:
-      b.payload = 16.0 * d;
-      break;
-    case MethodFamily::kQuant: {
-      const int meta_per_group = m.sym ? 16 : 32;
-      const long long window = std::min<long long>(m.residual, L);
-      long long quantized = L - window;  // tokens outside the residual window
-      if (m.axis == QuantAxis::kChannel)
-        quantized = (quantized / m.group) * m.group;  // whole blocks
-      const long long fp16_tokens = L - quantized;
-      b.payload = static_cast<double>(quantized) * m.bits * dd / L;
-      double scales = 0;
-      if (m.axis == QuantAxis::kToken) {
-        scales = static_cast<double>(quantized) * (dd / m.group) * meta_per_group / L;
-      } else {
-        scales = static_cast<double>(quantized / m.group) * dd * meta_per_group / L;
-      }
-      b.metadata = scales + static_cast<double>(fp16_tokens) * 16.0 * dd / L;
-      if (m.basis == Basis::kPca) b.basis = 16.0 * dd * dd / L;
-      break;
-    }
-    case MethodFamily::kRank:
-      b.payload = 16.0 * m.r;
-      if (m.basis == Basis::kPca || m.basis == Basis::kSvd) b.basis = 16.0 * m.r * dd / L;
-      break;
-    case MethodFamily::kHybrid:
-      b.payload = static_cast<double>(m.bits) * m.r;
-      b.metadata = (static_cast<double>(m.r) / m.group) * 32.0;
-      if (m.basis == Basis::kPca || m.basis == Basis::kSvd) b.basis = 16.0 * m.r * dd / L;
-      break;
-  }
-  return b;
+  return MethodFamilyDefOf(m.family).storage(m, d, L);
 }
 
 nlohmann::json BitsJson(const TensorBits& b, int d) {
@@ -198,35 +168,16 @@ absl::StatusOr<SolvedMethod> SolveBudget(absl::string_view family, double budget
   if (o.tolerance < 0 || !std::isfinite(o.tolerance)) {
     return absl::InvalidArgumentError("budget tolerance must be a finite number >= 0");
   }
+  const MethodFamilyDef* def = FindMethodFamily(family);
+  if (def == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget solver: unknown family '", family,
+                     "' (known: ", absl::StrJoin(MethodFamilyNames(), ", "), ")"));
+  }
   std::vector<std::string> candidates;
-  if (family == "none") {
-    candidates.push_back("none");
-  } else if (family == "quant") {
-    if (o.convention == BudgetConvention::kPayload) {
-      for (int bits = 8; bits >= 1; --bits) {
-        candidates.push_back(WithExtra(absl::StrCat("quant:bits=", bits), o));
-      }
-    } else {
-      // bits + meta/group per element: try every bits and every group dividing head_dim.
-      for (int bits = 8; bits >= 1; --bits) {
-        for (int g = head_dim; g >= 1; --g) {
-          if (head_dim % g == 0) {
-            candidates.push_back(WithExtra(absl::StrCat("quant:bits=", bits, ",group=", g), o));
-          }
-        }
-      }
-    }
-  } else if (family == "rank") {
-    for (int r = head_dim; r >= 1; --r) {
-      candidates.push_back(WithExtra(absl::StrCat("rank:r=", r), o));
-    }
-  } else if (family == "hybrid") {
-    for (int r = head_dim; r >= 1; --r) {
-      candidates.push_back(WithExtra(absl::StrCat("hybrid:r=", r, ",bits=", o.hybrid_bits), o));
-    }
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("budget solver: unknown family '", family,
-                                                   "' (known: none, quant, rank, hybrid)"));
+  for (std::string& c : def->budget_candidates(head_dim, o)) {
+    // A family without keys (none) has nothing to add.
+    candidates.push_back(def->keys.empty() ? std::move(c) : WithExtra(std::move(c), o));
   }
   // Candidates are ordered from largest to smallest storage; pick the closest to the budget,
   // preferring the earlier (higher-fidelity) one on ties.

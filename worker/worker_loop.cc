@@ -11,6 +11,7 @@
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/unix_time.h"
+#include "spec/job_result.h"
 
 namespace kvsweep {
 
@@ -218,6 +219,18 @@ absl::Status WorkerLoop::Run() {
     if (!spool.ok()) return spool.status();
     spool_ = *std::move(spool);
   }
+  if (options_.staging.mode != StageMode::kNever) {
+    // Views that a crashed worker on this cache left (a view in use by a live one stays).
+    const std::string cache_dir = StagingCacheDir(options_.staging);
+    absl::StatusOr<int> stale = RemoveStaleViews(cache_dir);
+    if (!stale.ok()) {
+      KV_LOG(WARNING) << "worker " << worker_id_ << ": stale views in " << cache_dir
+                      << " not removed: " << stale.status();
+    } else if (*stale > 0) {
+      KV_LOG(INFO) << "worker " << worker_id_ << ": removed " << *stale << " stale views from "
+                   << cache_dir;
+    }
+  }
   heartbeats_.emplace(stub_.get(), options_.coordinator, options_.rpc_timeout_ms, worker_id_,
                       options_.observer);
   heartbeats_->Start();
@@ -353,13 +366,14 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   };
 
   faults_.BeforeEvaluate([&] { return on_progress(0.0); });
-  // Inputs missing here: fetched by hash and run on from the cache (its pins live as long).
+  // Inputs missing here (or here with other content): fetched by hash and run on from the
+  // cache (its pins and views live as long).
   std::optional<StagedJob> staged;
   absl::Status staging;
-  if (NeedsStaging(options_.staging.mode, *spec) && stager_ == nullptr) {
+  const StagingPlan plan = PlanStaging(options_.staging.mode, *spec);
+  if (plan.stage && stager_ == nullptr) {
     // The cache is opened on first need: a worker that never stages needs no writable cache.
-    const std::string dir =
-        options_.staging.cache_dir.empty() ? DefaultFileCacheDir() : options_.staging.cache_dir;
+    const std::string dir = StagingCacheDir(options_.staging);
     absl::StatusOr<std::unique_ptr<FileCache>> cache =
         FileCache::Open(dir, options_.staging.cache_max_bytes);
     if (cache.ok()) {
@@ -371,14 +385,15 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
           absl::UnavailableError(absl::StrCat("--cache-dir ", dir, ": ", cache.status().message()));
     }
   }
-  if (staging.ok() && NeedsStaging(options_.staging.mode, *spec)) {
+  if (staging.ok() && plan.stage) {
     GrpcFileSource source(files_stub_.get(), options_.coordinator, worker_id_, lease,
                           options_.rpc_timeout_ms);
-    absl::StatusOr<StagedJob> st = stager_->Stage(*spec, &source, [&] { return on_progress(0.0); });
+    absl::StatusOr<StagedJob> st =
+        stager_->Stage(*spec, &source, [&] { return on_progress(0.0); }, plan.local);
     if (st.ok()) {
       Journal("staged", job_id, fence,
-              absl::StrCat("files=", st->files, " fetched=", st->files_fetched,
-                           " bytes=", st->bytes_fetched));
+              absl::StrCat("files=", st->files, " local=", st->files_local,
+                           " fetched=", st->files_fetched, " bytes=", st->bytes_fetched));
       staged = *std::move(st);
     } else {
       staging = st.status();
@@ -421,13 +436,22 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
     return absl::OkStatus();
   }
   AddWorkerProvenance(Identity(), lease, &r);
+  // The result goes out through the one result type: what the coordinator would refuse is a
+  // permanent failure here, with the reason, instead of a Complete the store rejects.
+  absl::StatusOr<JobResult> checked = JobResult::FromJson(std::move(r));
+  if (!checked.ok()) {
+    stop_heartbeat();
+    ReportFail(lease, v1::FAILURE_KIND_PERMANENT,
+               absl::StrCat("evaluator returned an invalid result: ", checked.status().message()));
+    return absl::OkStatus();
+  }
 
   v1::CompleteRequest req;
   req.set_worker_id(worker_id_);
   req.set_job_id(job_id);
   req.set_lease_id(lease.lease_id());
   req.set_fencing_token(fence);
-  req.set_result_json(CanonicalJson(r));
+  req.set_result_json(checked->Serialize());
   if (req.ByteSizeLong() > static_cast<size_t>(kMaxMessageBytes) - 4096) {
     stop_heartbeat();
     ReportFail(lease, v1::FAILURE_KIND_PERMANENT,

@@ -312,7 +312,8 @@ TEST_F(WorkerLoopTest, WorkerWithoutTheTokenIsRefused) {
   EXPECT_THAT(std::string(loop2.Run().message()), HasSubstr("wrong bearer token"));
 }
 
-// An evaluator whose results the coordinator cannot store, and one that fails.
+// An evaluator whose results the coordinator cannot store (the worker checks them through
+// JobResult before sending, and fails the job for good), and one that fails.
 class BrokenEvaluator final : public Evaluator {
  public:
   explicit BrokenEvaluator(absl::Status error) : error_(std::move(error)) {}
@@ -336,8 +337,8 @@ TEST_F(WorkerLoopTest, UnstorableResultFailsTheJobForGood) {
   t.join();
   ASSERT_EQ(Info("broken").recent_errors.size(), 1u);
   EXPECT_THAT(Info("broken").recent_errors[0],
-              HasSubstr("result refused by the coordinator: result_json: result: metrics is "
-                        "missing or not a non-empty object"));
+              HasSubstr("evaluator returned an invalid result: result: metrics is missing or "
+                        "not a non-empty object"));
 }
 
 TEST_F(WorkerLoopTest, EvaluatorErrorsAreRetriedOrFailedByKind) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "spec/method_family.h"
 #include "worker/engine/kv/quantizer.h"
 
 namespace kvsweep::engine {
@@ -134,9 +135,7 @@ absl::StatusOr<nlohmann::json> RunDiagnostics(const Model& model, const KvCodec*
   if (requests.empty()) return absl::InvalidArgumentError("diagnostics: no sequences to run");
   int bits = options.damage_bits;
   if (bits == 0) {
-    bits = (method.family == MethodFamily::kQuant || method.family == MethodFamily::kHybrid)
-               ? method.bits
-               : 4;
+    bits = MethodNumber(method, "bits").value_or(4);
   }
   if (bits < 1 || bits > 8) {
     return absl::InvalidArgumentError(
