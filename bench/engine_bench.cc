@@ -13,8 +13,11 @@
 //   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
 //       N]
-//       [--interleave]
+//       [--interleave] [--attention-blocks 128,256,...]
 //       [--wiki-lines N] [--out FILE.jsonl]
+//
+// --attention-blocks runs each method once per query block of the position-dependent attention
+// (worker/engine/attention.h; workers use the default, 128), each row labeled attention_block.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "spec/job_spec.h"
+#include "worker/engine/attention.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
@@ -108,15 +112,31 @@ int JobMode(std::map<std::string, std::string>& f) {
   const bool interleave = f.count("--interleave") > 0;
   std::vector<std::string> methods =
       absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';');
+  std::vector<int64_t> blocks = {AttentionQueryBlock()};
+  if (f.count("--attention-blocks")) {
+    blocks.clear();
+    for (absl::string_view b : absl::StrSplit(f["--attention-blocks"], ',')) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(b, &n) || n < 1) {
+        std::fprintf(stderr, "--attention-blocks: expected positive integers, got '%s'\n",
+                     f["--attention-blocks"].c_str());
+        return 2;
+      }
+      blocks.push_back(n);
+    }
+  }
   for (absl::string_view task :
        absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
     struct Row {
       JobSpec spec;
+      std::string method;  // as given
+      int64_t block = 0;   // attention query block
       nlohmann::json first;
       std::vector<double> tps;
     };
     std::vector<Row> rows;
     auto pass = [&](Row& row) -> absl::Status {
+      SetAttentionQueryBlock(row.block);
       absl::StatusOr<nlohmann::json> r = engine.Run(row.spec, nullptr);
       if (!r.ok()) return r.status();
       if (row.first.is_null()) row.first = *r;
@@ -126,10 +146,12 @@ int JobMode(std::map<std::string, std::string>& f) {
     for (const std::string& method : methods) {
       absl::StatusOr<JobSpec> s = ResolveJob(request(std::string(task), method));
       if (!s.ok()) return Die(s.status());
-      rows.push_back(Row{*s, nullptr, {}});
-      // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
-      for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
-        if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
+      for (int64_t block : blocks) {
+        rows.push_back(Row{*s, method, block, nullptr, {}});
+        // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
+        for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
+          if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
+        }
       }
     }
     for (int i = 1; interleave && i < repeat; ++i) {
@@ -141,9 +163,10 @@ int JobMode(std::map<std::string, std::string>& f) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
-    const Row* none = nullptr;  // the last `none` row: the earlier ones are warm-ups
+    // The last `none` row of each block: the earlier ones are warm-ups.
+    std::map<int64_t, const Row*> none;
     for (const Row& row : rows) {
-      if (row.spec.method == "none") none = &row;
+      if (row.spec.method == "none") none[row.block] = &row;
     }
     for (size_t m = 0; m < rows.size(); ++m) {
       const Row& row = rows[m];
@@ -151,7 +174,8 @@ int JobMode(std::map<std::string, std::string>& f) {
       nlohmann::json out_row = {{"engine", "kvsweep"},
                                 {"model", r["spec"]["model_name"]},
                                 {"task", task},
-                                {"method", methods[m]},
+                                {"method", row.method},
+                                {"attention_block", row.block},
                                 {"canonical_method", r["spec"]["method"]},
                                 {"window", r["spec"]["task"]["window"]},
                                 {"dtype", r["spec"]["dtype"]},
@@ -163,9 +187,12 @@ int JobMode(std::map<std::string, std::string>& f) {
                                 {"interleaved", interleave},
                                 {"timing", r["timing"]},
                                 {"ledger_fraction_total", r["ledger"]["fraction_total"]}};
-      if (interleave && none != nullptr && none->tps.size() == row.tps.size()) {
+      auto n = none.find(row.block);
+      if (interleave && n != none.end() && n->second->tps.size() == row.tps.size()) {
         std::vector<double> cost;
-        for (size_t i = 0; i < row.tps.size(); ++i) cost.push_back(none->tps[i] / row.tps[i] - 1);
+        for (size_t i = 0; i < row.tps.size(); ++i) {
+          cost.push_back(n->second->tps[i] / row.tps[i] - 1);
+        }
         out_row["cost_vs_none_paired"] = median(cost);
       }
       std::printf("%s\n", out_row.dump().c_str());
@@ -370,6 +397,8 @@ int main(int argc, char** argv) {
       {"--calibration", "job mode: calibration text"},
       {"--out", "append JSON lines here"},
       {"--check-fused", "check the fused CUDA quantizer on this device"},
+      {"--attention-blocks",
+       "job mode: query blocks of position-dependent attention, comma-separated"},
   };
   std::map<std::string, std::string> values;
   std::vector<std::pair<std::string, CLI::Option*>> given;

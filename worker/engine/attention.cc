@@ -231,6 +231,17 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
   return outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
 }
 
+namespace {
+std::atomic<int64_t> query_block{kAttentionQueryBlock};
+}  // namespace
+
+int64_t AttentionQueryBlock() { return query_block.load(std::memory_order_relaxed); }
+
+void SetAttentionQueryBlock(int64_t block) {
+  TORCH_CHECK(block >= 1, "attention query block ", block, " is not positive");
+  query_block.store(block, std::memory_order_relaxed);
+}
+
 Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int window, double scale,
               double softcap) {
   // Blocks of one token and no residual window: every entry a query reads is compressed, so the
@@ -242,7 +253,7 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
   };
   const KvPair kv{simplify(kv_in.k), simplify(kv_in.v)};
   if (kv.k.position_dependent() || kv.v.position_dependent()) {
-    return AttendBlockwise(q, kv, window, scale, kAttentionQueryBlock, softcap);
+    return AttendBlockwise(q, kv, window, scale, AttentionQueryBlock(), softcap);
   }
 #if KVSWEEP_HAS_SDPA
   if (!q.is_cpu() && softcap <= 0) {

@@ -36,6 +36,12 @@ namespace kvsweep::engine {
 // score tile of the explicit path (CPU) at [B, H, 128, T] fp32.
 inline constexpr int64_t kAttentionQueryBlock = 128;
 
+// The query block Attend uses: kAttentionQueryBlock unless a benchmark set another with
+// SetAttentionQueryBlock (kvsweep-engine-bench --attention-blocks; workers never do). Another
+// block computes the same attention, summed in another order.
+int64_t AttentionQueryBlock();
+void SetAttentionQueryBlock(int64_t block);
+
 // q [B, H, T, D] (post-RoPE); kv operands [B, Hkv, T, D]; allowed: bool [T, T], causal and within
 // `window` (0 = none); returns [B, H, T, D]. Position-dependent operands take the blockwise path.
 // softcap > 0 (gemma2): scaled scores s become softcap * tanh(s / softcap) before the softmax,
