@@ -40,6 +40,9 @@ def flops_per_token(cfg, window, scored_frac):
     return 2 * body + attn + 2 * Hd * V * scored_frac
 
 
+DEFAULT_QUERY_BLOCK = 128  # worker/engine/attention.h: kAttentionQueryBlock
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -55,13 +58,19 @@ def main():
                 c = json.loads(l)
                 caps[c["shape"]] = c["max_speedup_gemm_plus_attention"]
     by = collections.defaultdict(dict)
+    # kvsweep rows of another attention query block (engine bench --attention-blocks) are rows of
+    # their own, compared with the `none` row of the same block.
+    def label(r):
+        b = r.get("attention_block", DEFAULT_QUERY_BLOCK)
+        return r["method"] if b == DEFAULT_QUERY_BLOCK else f"{r['method']} @ query block {b}"
     for r in rows:
-        by[(r["model"], r["task"], r.get("dtype", "bf16"), r["method"])][r["engine"]] = r
+        by[(r["model"], r["task"], r.get("dtype", "bf16"), label(r))][r["engine"]] = r
     print("| model | task | W | dtype | method | transformers tok/s | kvsweep tok/s | speedup | of cap | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (model, task, dtype, method), e in sorted(by.items()):
         k, h = e.get("kvsweep"), e.get("transformers")
-        none = by.get((model, task, dtype, "none"), {}).get("kvsweep")
+        block = method.split(" @ ")[1] if " @ " in method else None
+        none = by.get((model, task, dtype, "none" + (f" @ {block}" if block else "")), {}).get("kvsweep")
         dagger = ""
         if k and not h and ("axis=channel" in method or "residual=" in method):
             h = by.get((model, task, dtype, "none"), {}).get("transformers")

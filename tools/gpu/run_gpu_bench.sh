@@ -16,7 +16,9 @@
 # last row per (model, task, method). COLD=1 skips the extra pass (cold rows: docs/gpu.md). REPEAT=N
 # times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks);
 # INTERLEAVE=1 makes kvsweep's passes round-robin over the methods, each row also getting its
-# cost against `none` paired pass by pass (cost_vs_none_paired).
+# cost against `none` paired pass by pass (cost_vs_none_paired). ATTENTION_BLOCKS=128,512,...
+# runs kvsweep's methods once per query block of the position-dependent attention (rows of their
+# own in the table); HF=0 skips transformers (kvsweep's rows alone).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -33,12 +35,13 @@ for p in $plan; do
   [ -z "${METHODS:-}" ] || methods=$METHODS
   [ -n "${COLD:-}" ] || methods="none;$methods"
   echo "== $model d=$d W=$W lambada_limit=$limit"
-  python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
+  [ "${HF:-1}" = 0 ] || python3 tools/gpu/hf_bench.py --model "$ckpt/$model" --assets "$assets" --out "$out/results.jsonl" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
     --dtype "${DTYPE:-bf16}" 2>&1 | grep -v -i warn | tail -8
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
-    ${INTERLEAVE:+--interleave} --out "$out/results.jsonl" \
+    ${INTERLEAVE:+--interleave} ${ATTENTION_BLOCKS:+--attention-blocks "$ATTENTION_BLOCKS"} \
+    --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done
 python3 tools/gpu/report.py "$out/results.jsonl" --models-dir "$ckpt" \
