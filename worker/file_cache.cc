@@ -30,14 +30,6 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return ErrnoToStatus(errno, what, path);
 }
 
-int FlockRetry(int fd, int op) {
-  int r;
-  do {
-    r = ::flock(fd, op);
-  } while (r != 0 && errno == EINTR);
-  return r;
-}
-
 bool IsSha256Hex(absl::string_view s) {
   if (s.size() != 64) return false;
   for (char c : s) {
@@ -464,6 +456,14 @@ absl::StatusOr<FileCache::Pin> FileCache::Get(const std::string& sha256, const F
     }
   }
   return last;
+}
+
+int FlockRetry(int fd, int op) {
+  int r;
+  do {
+    r = ::flock(fd, op);
+  } while (r != 0 && errno == EINTR);
+  return r;
 }
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {

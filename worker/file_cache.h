@@ -100,6 +100,9 @@ class FileCache {
   const int64_t max_bytes_;
 };
 
+// flock(2) on `fd`, retried when a signal interrupts it (the cache's and the stager's locks).
+int FlockRetry(int fd, int op);
+
 // "20G", "512M", "1T", "1048576": bytes (K, M, G, T are powers of 1024). kInvalidArgument for
 // anything else, zero or negative.
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text);

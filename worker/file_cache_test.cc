@@ -1,21 +1,28 @@
 // FileCache and FileStager against an in-memory FileSource that can corrupt, lie about sizes
 // and offsets, or break off a transfer; the stager also on a real model's spec (ref-gpt2, from
-// KVSWEEP_ASSETS; skipped without it).
+// KVSWEEP_ASSETS; skipped without it): --stage auto with a local copy whose content differs,
+// and the views' removal when a job ends, when another holder still uses them, and after a
+// worker process crashed.
 #include "worker/file_cache.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/fingerprint.h"
 #include "common/hash.h"
 #include "common/path_policy.h"
 #include "gtest/gtest.h"
@@ -329,6 +336,8 @@ class SpecSource final : public FileSource {
     }
     return absl::OkStatus();
   }
+  // Serves `sha` from `path` instead (the coordinator's copy of a file changed here).
+  void ServeFrom(const std::string& sha, const std::string& path) { by_sha_[sha] = path; }
   int calls = 0;
   std::string lie_with;  // serve this hash's file whatever is asked
 
@@ -336,11 +345,12 @@ class SpecSource final : public FileSource {
   std::map<std::string, std::string> by_sha_;
 };
 
-absl::StatusOr<JobSpec> RefGpt2Spec() {
+absl::StatusOr<JobSpec> RefGpt2Spec(const std::string& data_path = "") {
   JobRequest r;
   r.model_path = JoinPath(AssetsDir(), "models/ref-gpt2");
   r.task = "text";
-  r.data_path = JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens");
+  r.data_path =
+      data_path.empty() ? JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens") : data_path;
   r.window = 64;
   return ResolveJob(r);
 }
@@ -411,6 +421,186 @@ TEST(FileStagerTest, ALyingSourceFailsTheJobAndPoisonsNothing) {
   JobSpec old = *spec;
   old.input_sha256.clear();
   EXPECT_EQ(stager.Stage(old, &src).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// --stage auto on a worker whose copy of the data file differs from what the job recorded: the
+// job used to fail with "input changed since submit"; now that file alone is fetched, the model
+// files that match are used where they are (linked from the view), and none of them is hashed
+// again.
+TEST(FileStagerTest, AutoFetchesALocalFileWhoseContentDiffersAndUsesTheMatchingOnes) {
+  absl::StatusOr<JobSpec> genuine = RefGpt2Spec();
+  if (!genuine.ok()) GTEST_SKIP() << "ref-gpt2 not available: " << genuine.status();
+  const std::string dir = TempDir();
+  const std::string data = JoinPath(dir, "data/wiki.valid.tokens");
+  ASSERT_EQ(::mkdir(JoinPath(dir, "data").c_str(), 0755), 0);
+  absl::StatusOr<std::string> bytes = ReadFile(genuine->data_path, int64_t{1} << 30);
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_TRUE(WriteFileAtomic(data, *bytes).ok());
+  absl::StatusOr<JobSpec> spec = RefGpt2Spec(data);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->data_sha256, genuine->data_sha256);
+
+  StagingPlan plan = PlanStaging(StageMode::kAuto, *spec);
+  EXPECT_FALSE(plan.stage) << "every file here is as recorded";
+  EXPECT_EQ(plan.local.size(), spec->input_sha256.size());
+
+  // This worker's copy changes (same name, other bytes).
+  ASSERT_TRUE(WriteFileAtomic(data, *bytes + "a local edit\n").ok());
+  EXPECT_EQ(VerifyJobInputs(*spec).message(), "input changed since submit: " + data)
+      << "the job on the spec's paths as they are";
+  EXPECT_TRUE(NeedsStaging(StageMode::kAuto, *spec));
+  EXPECT_FALSE(NeedsStaging(StageMode::kNever, *spec));
+  plan = PlanStaging(StageMode::kAuto, *spec);
+  ASSERT_TRUE(plan.stage);
+  EXPECT_EQ(plan.local.size(), spec->input_sha256.size() - 1);
+  EXPECT_EQ(plan.local.count(data), 0u);
+  EXPECT_TRUE(PlanStaging(StageMode::kAlways, *spec).local.empty());
+
+  auto cache = FileCache::Open(JoinPath(dir, "cache"), int64_t{1} << 30);
+  ASSERT_TRUE(cache.ok());
+  FileStager stager(cache->get());
+  SpecSource src(*spec);
+  src.ServeFrom(spec->data_sha256, genuine->data_path);  // the coordinator has the recorded bytes
+  HashMonitor monitor;
+  absl::StatusOr<StagedJob> staged;
+  {
+    ScopedHashMonitor scope(&monitor);
+    staged = stager.Stage(*spec, &src, nullptr, plan.local);
+    ASSERT_TRUE(staged.ok()) << staged.status();
+    // What the evaluator checks before it runs: every hash is cached by now.
+    const int64_t before = monitor.bytes_hashed.load();
+    EXPECT_TRUE(VerifyJobInputs(staged->spec).ok());
+    EXPECT_EQ(monitor.bytes_hashed.load(), before);
+  }
+  // Hashed through the hash cache: the fetched file's blob alone, once (the local model files
+  // were hashed when the spec was resolved, and are not again).
+  EXPECT_EQ(monitor.bytes_hashed.load(), static_cast<int64_t>(bytes->size()));
+  EXPECT_EQ(src.calls, 1);
+  EXPECT_EQ(staged->files, static_cast<int>(spec->input_sha256.size()));
+  EXPECT_EQ(staged->files_fetched, 1);
+  EXPECT_EQ(staged->files_local, staged->files - 1);
+  EXPECT_EQ(staged->bytes_fetched, static_cast<int64_t>(bytes->size()));
+  EXPECT_EQ(staged->spec.JobId(), spec->JobId());
+  EXPECT_EQ(*ReadFile(staged->spec.data_path, int64_t{1} << 30), *bytes);
+  EXPECT_EQ(RealPath(staged->spec.data_path), (*cache)->BlobPath(spec->data_sha256));
+  const std::string config = JoinPath(staged->spec.model_path, "config.json");
+  EXPECT_EQ(RealPath(config), RealPath(JoinPath(spec->model_path, "config.json")));
+  for (const auto& [path, sha] : spec->input_sha256) {
+    EXPECT_EQ(PathExists((*cache)->BlobPath(sha)), path == data) << path;
+  }
+}
+
+// Lists `dir` (without . and ..); empty if it does not exist.
+std::vector<std::string> Entries(const std::string& dir) {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (struct dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (n != "." && n != "..") out.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string Joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const std::string& e : v) absl::StrAppend(&s, e, " ");
+  return s;
+}
+
+TEST(FileStagerTest, AJobsViewsAreRemovedWhenItEndsUnlessAnotherHolderUsesThem) {
+  absl::StatusOr<JobSpec> spec = RefGpt2Spec();
+  if (!spec.ok()) GTEST_SKIP() << "ref-gpt2 not available: " << spec.status();
+  const std::string dir = TempDir();
+  const std::string views = JoinPath(dir, "views");
+  // Two caches on one directory: two workers, as far as flock can tell.
+  auto one = FileCache::Open(dir, int64_t{1} << 30);
+  auto two = FileCache::Open(dir, int64_t{1} << 30);
+  ASSERT_TRUE(one.ok() && two.ok());
+  FileStager first(one->get()), second(two->get());
+  SpecSource src(*spec);
+
+  std::optional<StagedJob> a = *first.Stage(*spec, &src);
+  ASSERT_EQ(a->views.size(), 2u) << "the model's directory and the data's";
+  const std::string model_view = a->views[0].path();
+  EXPECT_TRUE(IsDirectory(model_view));
+  EXPECT_EQ(Entries(views).size(), 4u)
+      << "two views and their lock files: " << Joined(Entries(views));
+  a.reset();  // the job ended
+  EXPECT_TRUE(Entries(views).empty()) << Joined(Entries(views));
+  for (const auto& [path, sha] : spec->input_sha256) {
+    EXPECT_TRUE(PathExists((*one)->BlobPath(sha))) << "blobs stay: " << path;
+  }
+
+  a = *first.Stage(*spec, &src);
+  std::optional<StagedJob> b = *second.Stage(*spec, &src);
+  EXPECT_EQ(a->spec.model_path, b->spec.model_path) << "the same inputs, the same paths";
+  absl::StatusOr<int> stale = RemoveStaleViews(dir);
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_EQ(*stale, 0) << "views in use are not stale";
+  a.reset();
+  EXPECT_TRUE(IsDirectory(b->spec.model_path)) << "the other job still runs on it";
+  EXPECT_TRUE(VerifyJobInputs(b->spec).ok());
+  b.reset();
+  EXPECT_TRUE(Entries(views).empty()) << Joined(Entries(views));
+}
+
+// A worker killed mid-job leaves its views (a kill runs no destructor); the next worker on the
+// cache removes them, and what a live worker holds is left alone.
+TEST(FileStagerTest, RemoveStaleViewsRemovesWhatACrashedWorkerLeftAndNothingInUse) {
+  absl::StatusOr<JobSpec> spec = RefGpt2Spec();
+  if (!spec.ok()) GTEST_SKIP() << "ref-gpt2 not available: " << spec.status();
+  const std::string dir = TempDir();
+  const std::string views = JoinPath(dir, "views");
+  EXPECT_EQ(*RemoveStaleViews(dir), 0) << "no views directory yet";
+  int ready[2], go[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(go), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // the worker: stages a job and keeps running it until killed
+    auto cache = FileCache::Open(dir, int64_t{1} << 30);
+    if (!cache.ok()) ::_exit(1);
+    FileStager stager(cache->get());
+    SpecSource src(*spec);
+    absl::StatusOr<StagedJob> staged = stager.Stage(*spec, &src);
+    if (!staged.ok()) ::_exit(2);
+    char c = 'x';
+    if (::write(ready[1], &c, 1) != 1) ::_exit(3);
+    (void)::read(go[0], &c, 1);  // until killed
+    ::_exit(4);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1) << "the child could not stage";
+  const std::vector<std::string> held = Entries(views);
+  EXPECT_EQ(held.size(), 4u) << Joined(held);
+  // A half-built copy of a crashed builder and a view without a lock file (an older worker's).
+  const std::string key_a(64, 'a'), key_b(64, 'b');
+  ASSERT_EQ(::mkdir(JoinPath(views, ".tmp-" + key_a + "-1-0-0").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(JoinPath(views, key_b).c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(JoinPath(views, key_b + "/ref-gpt2").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("/nonexistent", JoinPath(views, key_b + "/ref-gpt2/config.json").c_str()), 0);
+
+  absl::StatusOr<int> removed = RemoveStaleViews(dir);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, 1) << "the unheld view only";
+  EXPECT_EQ(Entries(views), held) << "the live worker's views and locks stay";
+
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(Entries(views), held) << "a crash leaves the views";
+  removed = RemoveStaleViews(dir);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, 2);
+  EXPECT_TRUE(Entries(views).empty()) << Joined(Entries(views));
+  for (const auto& [path, sha] : spec->input_sha256) {
+    EXPECT_TRUE(PathExists(JoinPath(dir, "blobs/" + sha))) << "blobs stay: " << path;
+  }
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
 }  // namespace

@@ -12,7 +12,13 @@
 #     sha256 (re-hashed here); each file crossed the network once (the workers' journals: the
 #     files and bytes fetched over all jobs of both workers are those of the job's inputs);
 #   - the results equal those of the same sweep run the ordinary way (a second coordinator and
-#     a worker on the shared filesystem, --stage never): every metric of every job, exactly.
+#     a worker on the shared filesystem, --stage never): every metric of every job, exactly;
+#   - the job views are gone once the workers exit (removed as each job ends), and so is a stale
+#     view planted in the cache before they started (as a crashed worker leaves it);
+#   - a worker that sees every input but whose copy of the data file has other content
+#     (--stage auto, a bind mount over that one file in a mount namespace of its own) fetches
+#     that file alone, uses the model's files where they are, and its results (a third
+#     coordinator) equal the shared-filesystem run's.
 #
 #   run_no_shared_fs_test.sh COORDINATOR_BIN WORKER_BIN CLI_BIN ASSETS_DIR SOURCE_DIR
 #
@@ -45,7 +51,8 @@ chmod 755 "$tmp"
 coord="$tmp/coordinator"   # the coordinator's files: hidden from the worker
 wdir="$tmp/worker"         # the worker's own files
 base="$tmp/baseline"       # the ordinary run
-mkdir -p "$coord" "$wdir" "$base"
+ldir="$tmp/local-copy"     # a worker whose copy of one input differs
+mkdir -p "$coord" "$wdir" "$base" "$ldir"
 n=$(( $$ % 250 + 1 ))
 ns="kvnofs$$"
 veth_c="kvc$$"
@@ -58,7 +65,7 @@ fail() {
   echo "FAIL: $*"
   for f in "$coord/coordinator.log" "$wdir/worker.log" "$wdir/worker-1.log" \
            "$wdir/worker-2.log" "$base/coordinator.log" "$base/worker.log" "$wdir/journal-1" \
-           "$wdir/journal-2"; do
+           "$wdir/journal-2" "$ldir/coordinator.log" "$ldir/worker.log" "$ldir/journal"; do
     [ -f "$f" ] || continue
     echo "----- $f (last 40 lines)"
     tail -n 40 "$f"
@@ -123,6 +130,7 @@ YAML
 }
 sweep_yaml nofs >"$coord/sweep.yaml"
 sweep_yaml nofs >"$base/sweep.yaml"
+sweep_yaml nofs >"$ldir/sweep.yaml"
 
 start_coordinator() {  # DIR LISTEN_HOST [FLAGS...]
   local dir="$1" host="$2"; shift 2
@@ -155,6 +163,10 @@ jobs_total=$(sqlite3 "$coord/sweeps.db" "SELECT count(*) FROM jobs")
 # In the workers' mount namespace tmpfs covers the assets and the coordinator's directory; it
 # checks that it sees neither before the workers start. Both use one --cache-dir (as workers on
 # one host would): each file must still cross the network once.
+# A view a crashed worker left: no process holds it, the workers remove it when they start.
+stale_view="$wdir/cache/views/$(printf 'c%.0s' $(seq 1 64))"
+mkdir -p "$stale_view/ref-gpt2"
+ln -s /nonexistent "$stale_view/ref-gpt2/config.json"
 worker_args=(--coordinator "$addr" --tls --tls-ca "$wdir/tls/ca.crt"
              --tls-cert "$wdir/tls/worker.crt" --tls-key "$wdir/tls/worker.key"
              --token-file "$wdir/worker.token" --device cpu --threads 1
@@ -212,15 +224,24 @@ while read -r path sha; do
 done <<<"$inputs"
 staged=$(grep -c " staged " "$wdir/journal" || true)
 [ "$staged" = 3 ] || fail "the journals have $staged staged jobs, not 3: $(cat "$wdir/journal")"
-sums=$(grep " staged " "$wdir/journal" |
-       sed -n 's/.* files=\([0-9]*\) fetched=\([0-9]*\) bytes=\([0-9]*\)$/\1 \2 \3/p' |
-       awk '{f += $2; b += $3; if ($1 != n && n != "") bad = 1; n = $1} END {print f, b, n, bad + 0}')
+# files=N local=L fetched=F bytes=B: the sums of F and B, the files per job, any job with another
+# N or with L != EXPECTED_LOCAL.
+staged_sums() {  # JOURNAL EXPECTED_LOCAL
+  grep " staged " "$1" |
+    sed -n 's/.* files=\([0-9]*\) local=\([0-9]*\) fetched=\([0-9]*\) bytes=\([0-9]*\)$/\1 \2 \3 \4/p' |
+    awk -v want_local="$2" '{f += $3; b += $4; if (($1 != n && n != "") || $2 != want_local) bad = 1; n = $1}
+         END {print f + 0, b + 0, n, bad + 0}'
+}
+sums=$(staged_sums "$wdir/journal" 0)
 read -r fetched_files fetched_bytes files_per_job bad <<<"$sums"
 [ "$bad" = 0 ] && [ "$files_per_job" = "$n_inputs" ] ||
   fail "jobs staged other than $n_inputs files: $(grep " staged " "$wdir/journal")"
 [ "$fetched_files" = "$n_inputs" ] && [ "$fetched_bytes" = "$total_bytes" ] ||
   fail "$fetched_files files ($fetched_bytes bytes) fetched; each of the $n_inputs ($total_bytes bytes) once expected: $(grep " staged " "$wdir/journal")"
 echo "workers: $n_inputs input files ($total_bytes bytes) fetched once between two workers, verified in their cache"
+views_left=$(ls -A "$wdir/cache/views")
+[ -z "$views_left" ] || fail "views left in the cache after the workers exited: $views_left"
+echo "workers: no view left in the cache (the stale one removed at start, each job's as it ended)"
 
 # --- the same sweep the ordinary way: shared filesystem, loopback ---
 start_coordinator "$base" 127.0.0.1
@@ -241,4 +262,42 @@ $a
 $b"
 echo "results: equal to the shared-filesystem run for every job:"
 q "$coord" "SELECT method, printf('acc=%.6f loglik_sum=%.6f', acc, loglik_sum) FROM results ORDER BY method"
+
+# --- a worker with every input, but its own copy of the data file differs ---
+data="$assets/data/lambada_openai/lambada_test.jsonl"
+cp "$data" "$ldir/lambada_test.jsonl"
+echo '{"text": "a line only this worker has"}' >>"$ldir/lambada_test.jsonl"
+start_coordinator "$ldir" 127.0.0.1
+laddr="127.0.0.1:$(cat "$ldir/port")"
+"$cli_bin" --coordinator "$laddr" submit "$ldir/sweep.yaml" >"$ldir/submit.log" 2>&1 ||
+  fail "local-copy submit: $(cat "$ldir/submit.log")"
+unshare --mount --propagation private bash -c '
+  mount --bind "$1" "$2" || exit 3
+  cmp -s "$1" "$2" || { echo "the bind mount did not take"; exit 3; }
+  echo "worker: its copy of the data file differs"
+  shift 2
+  exec "$@"' _ "$ldir/lambada_test.jsonl" "$data" \
+  env KVSWEEP_CACHE_DIR="$ldir/hash-cache" "$worker_bin" --coordinator "$laddr" --device cpu \
+  --threads 1 --cache-dir "$ldir/cache" --spool-dir "$ldir/spool" --journal "$ldir/journal" \
+  --exit-when-idle 3 >"$ldir/worker.log" 2>&1
+[ $? = 0 ] || fail "the local-copy worker failed"
+grep -q "worker: its copy of the data file differs" "$ldir/worker.log" ||
+  fail "the local-copy worker's namespace was not set up: $(head -n 5 "$ldir/worker.log")"
+done_n=$(q "$ldir" "SELECT count(*) FROM jobs WHERE state = 'done'")
+[ "$done_n" = 3 ] || fail "local copy: $done_n of 3 jobs done: $(q "$ldir" "SELECT state, last_error FROM jobs")"
+data_sha=$(sha256sum "$data" | cut -d' ' -f1)
+read -r fetched_files fetched_bytes files_per_job bad <<<"$(staged_sums "$ldir/journal" $((n_inputs - 1)))"
+[ "$(grep -c " staged " "$ldir/journal")" = 3 ] && [ "$bad" = 0 ] &&
+  [ "$files_per_job" = "$n_inputs" ] && [ "$fetched_files" = 1 ] &&
+  [ "$fetched_bytes" = "$(stat -c %s "$data")" ] ||
+  fail "local copy: not the data file alone fetched: $(grep " staged " "$ldir/journal")"
+[ "$(ls "$ldir/cache/blobs")" = "$data_sha" ] ||
+  fail "local copy: the cache holds $(ls "$ldir/cache/blobs"), not the data file ($data_sha) alone"
+[ -z "$(ls -A "$ldir/cache/views")" ] || fail "local copy: views left: $(ls -A "$ldir/cache/views")"
+c=$(q "$ldir" "$metrics")
+[ "$c" = "$b" ] || fail "local-copy results differ from the shared-filesystem run:
+$c
+---
+$b"
+echo "local copy: the data file fetched ($(stat -c %s "$data") bytes), $((n_inputs - 1)) model files used in place; results equal to the shared-filesystem run"
 echo "PASS"
