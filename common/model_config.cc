@@ -35,6 +35,8 @@ const char* ArchName(Arch a) {
       return "mixtral";
     case Arch::kGemma2:
       return "gemma2";
+    case Arch::kGemma3:
+      return "gemma3_text";
   }
   return "?";
 }
@@ -45,6 +47,8 @@ constexpr int kMaxDim = 1 << 17;
 constexpr int kMaxLayers = 1024;
 constexpr int kMaxVocab = 1 << 22;
 constexpr int kMaxPositions = 1 << 24;
+constexpr char kSupportedArchitectures[] =
+    "(supported: gemma2, gemma3_text, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)";
 
 // What a bad value is, for an error message: numbers as themselves, anything else by its type
 // only (a config file may be any file a path names; its strings are never echoed).
@@ -141,47 +145,82 @@ class Reader {
     lhs = *kv_r_;                           \
   }
 
-absl::Status ParseRope(const nlohmann::json& j, const Reader& rd, ModelConfig* c) {
-  // transformers >= 4.5x writes `rope_parameters`; older configs have top-level rope_theta and
-  // an optional `rope_scaling`.
-  const nlohmann::json* params = nullptr;
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-    params = &j["rope_parameters"];
-  }
-  const nlohmann::json* scaling = nullptr;
-  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
-  KV_READ(c->rope_theta, rd.Double("rope_theta", 10000.0, 1e-6, 1e12));
-  if (params != nullptr)
-    KV_READ(c->rope_theta, rd.Double(*params, "rope_theta", c->rope_theta, 1e-6, 1e12));
-  const nlohmann::json* s = params != nullptr ? params : scaling;
-  if (s == nullptr) return absl::OkStatus();
+// One RoPE parameter object (`rope_parameters`, one of its per-layer-type entries, or the older
+// `rope_scaling`): its rope_theta when present (else r->theta stays), its rope_type (or `type`)
+// and that type's keys. `where` names the object in errors.
+absl::Status ParseRopeObject(const nlohmann::json& s, const Reader& rd, const std::string& where,
+                             RopeParams* r) {
+  KV_READ(r->theta, rd.Double(s, "rope_theta", r->theta, 1e-6, 1e12));
   std::string type = "default";
   for (const char* key : {"rope_type", "type"}) {
-    if (s->contains(key) && (*s)[key].is_string()) type = (*s)[key].get<std::string>();
+    if (s.contains(key) && s[key].is_string()) type = s[key].get<std::string>();
   }
   if (type == "default") return absl::OkStatus();
   if (type == "linear") {
-    c->rope_scaling = RopeScaling::kLinear;
-    KV_READ(c->rope_factor, rd.Double(*s, "factor", std::nullopt, 1e-6, 1e6));
+    r->scaling = RopeScaling::kLinear;
+    KV_READ(r->factor, rd.Double(s, "factor", std::nullopt, 1e-6, 1e6));
     return absl::OkStatus();
   }
   if (type == "llama3") {
-    c->rope_scaling = RopeScaling::kLlama3;
-    KV_READ(c->rope_factor, rd.Double(*s, "factor", std::nullopt, 1e-6, 1e6));
-    KV_READ(c->rope_low_freq_factor, rd.Double(*s, "low_freq_factor", std::nullopt, 1e-6, 1e6));
-    KV_READ(c->rope_high_freq_factor, rd.Double(*s, "high_freq_factor", std::nullopt, 1e-6, 1e6));
+    r->scaling = RopeScaling::kLlama3;
+    KV_READ(r->factor, rd.Double(s, "factor", std::nullopt, 1e-6, 1e6));
+    KV_READ(r->low_freq_factor, rd.Double(s, "low_freq_factor", std::nullopt, 1e-6, 1e6));
+    KV_READ(r->high_freq_factor, rd.Double(s, "high_freq_factor", std::nullopt, 1e-6, 1e6));
     double orig = 0;
-    KV_READ(orig,
-            rd.Double(*s, "original_max_position_embeddings", std::nullopt, 1, kMaxPositions));
-    c->rope_original_max_positions = static_cast<int>(orig);
-    if (!(c->rope_high_freq_factor > c->rope_low_freq_factor)) {
+    KV_READ(orig, rd.Double(s, "original_max_position_embeddings", std::nullopt, 1, kMaxPositions));
+    r->original_max_positions = static_cast<int>(orig);
+    if (!(r->high_freq_factor > r->low_freq_factor)) {
       return absl::InvalidArgumentError(
           absl::StrCat(rd.what(), ": rope llama3 high_freq_factor must exceed low_freq_factor"));
     }
     return absl::OkStatus();
   }
-  return absl::UnimplementedError(absl::StrCat(rd.what(), ": rope type '", type,
+  return absl::UnimplementedError(absl::StrCat(rd.what(), ": ", where, " rope type '",
+                                               type.substr(0, 64),
                                                "' is not supported (default, linear, llama3)"));
+}
+
+const nlohmann::json* ObjectAt(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_object() ? &*it : nullptr;
+}
+
+absl::Status ParseRope(const nlohmann::json& j, const Reader& rd, ModelConfig* c) {
+  // transformers >= 4.5x writes `rope_parameters`; older configs have top-level rope_theta and
+  // an optional `rope_scaling`.
+  const nlohmann::json* params = ObjectAt(j, "rope_parameters");
+  const nlohmann::json* scaling = ObjectAt(j, "rope_scaling");
+  const bool gemma3 = c->arch == Arch::kGemma3;
+  KV_READ(c->rope.theta, rd.Double("rope_theta", gemma3 ? 1e6 : 10000.0, 1e-6, 1e12));
+  if (gemma3) {
+    // Gemma3TextConfig: RoPE per layer type. transformers 5 writes rope_parameters =
+    // {"full_attention": {...}, "sliding_attention": {...}}; older configs rope_theta (+
+    // rope_scaling) for full attention and rope_local_base_freq for the sliding layers.
+    RopeParams local;
+    KV_READ(local.theta, rd.Double("rope_local_base_freq", 10000.0, 1e-6, 1e12));
+    if (params != nullptr &&
+        (params->contains("full_attention") || params->contains("sliding_attention"))) {
+      for (const char* type : {"full_attention", "sliding_attention"}) {
+        const nlohmann::json* p = ObjectAt(*params, type);
+        if (p == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(rd.what(), ": rope_parameters has no '",
+                                                         type, "' object (gemma3 needs both)"));
+        }
+        absl::Status st = ParseRopeObject(*p, rd, absl::StrCat("rope_parameters.", type),
+                                          type[0] == 'f' ? &c->rope : &local);
+        if (!st.ok()) return st;
+      }
+    } else if (const nlohmann::json* s = params != nullptr ? params : scaling; s != nullptr) {
+      absl::Status st =
+          ParseRopeObject(*s, rd, params != nullptr ? "rope_parameters" : "rope_scaling", &c->rope);
+      if (!st.ok()) return st;
+    }
+    c->rope_sliding = local;
+    return absl::OkStatus();
+  }
+  if (params != nullptr) return ParseRopeObject(*params, rd, "rope_parameters", &c->rope);
+  if (scaling != nullptr) return ParseRopeObject(*scaling, rd, "rope_scaling", &c->rope);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -209,12 +248,22 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     c.arch = Arch::kMixtral;
   } else if (c.model_type == "gemma2") {
     c.arch = Arch::kGemma2;
+  } else if (c.model_type == "gemma3_text") {
+    c.arch = Arch::kGemma3;
   } else if (c.model_type.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing 'model_type'"));
+  } else if (c.model_type == "gemma3") {
+    // Gemma3ForConditionalGeneration: a vision tower, the text model under text_config and its
+    // weights under language_model.
+    return absl::InvalidArgumentError(
+        absl::StrCat(what,
+                     ": unknown architecture 'gemma3' (the multimodal Gemma 3; kvsweep reads "
+                     "its text-only form, gemma3_text) ",
+                     kSupportedArchitectures));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": unknown architecture '", c.model_type,
-        "' (supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": unknown architecture '",
+                                                   c.model_type.substr(0, 64), "' ",
+                                                   kSupportedArchitectures));
   }
   c.torch_dtype = rd.String("dtype", rd.String("torch_dtype", ""));
   c.bos_token_id = rd.OptionalTokenId("bos_token_id");
@@ -248,10 +297,11 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
     KV_READ(c.intermediate_size, rd.Int("intermediate_size", std::nullopt, 1, 8 * kMaxDim));
     KV_READ(c.max_positions, rd.Int("max_position_embeddings", 2048, 1, kMaxPositions));
     KV_READ(c.norm_eps, rd.Double("rms_norm_eps", 1e-6, 1e-30, 1.0));
-    c.activation = c.arch == Arch::kGemma2 ? rd.String("hidden_activation",
-                                                       rd.String("hidden_act", "gelu_pytorch_tanh"))
-                                           : rd.String("hidden_act", "silu");
-    KV_READ(c.tie_word_embeddings, rd.Bool("tie_word_embeddings", c.arch == Arch::kGemma2));
+    c.gemma = c.arch == Arch::kGemma2 || c.arch == Arch::kGemma3;
+    c.activation =
+        c.gemma ? rd.String("hidden_activation", rd.String("hidden_act", "gelu_pytorch_tanh"))
+                : rd.String("hidden_act", "silu");
+    KV_READ(c.tie_word_embeddings, rd.Bool("tie_word_embeddings", c.gemma));
     if (c.num_heads % c.num_kv_heads != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": num_attention_heads=", c.num_heads,
@@ -292,11 +342,22 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
       c.qk_norm = QkNorm::kAllHeads;
       c.norms_after = true;
     }
-    if (c.arch == Arch::kGemma2) {
-      c.gemma = true;
-      KV_READ(c.query_pre_attn_scalar, rd.Double("query_pre_attn_scalar", c.head_dim, 1e-6, 1e9));
+    if (c.gemma) {
+      // Gemma3TextConfig's query_pre_attn_scalar default is 256.
+      KV_READ(c.query_pre_attn_scalar,
+              rd.Double("query_pre_attn_scalar", c.arch == Arch::kGemma3 ? 256.0 : c.head_dim, 1e-6,
+                        1e9));
       KV_READ(c.attn_softcap, rd.Double("attn_logit_softcapping", 0.0, 0.0, 1e9));
       KV_READ(c.final_softcap, rd.Double("final_logit_softcapping", 0.0, 0.0, 1e9));
+    }
+    if (c.arch == Arch::kGemma3) {
+      c.qk_norm = QkNorm::kPerHead;  // Gemma's (1 + w) RMSNorm over head_dim, before RoPE
+      bool bidirectional = false;
+      KV_READ(bidirectional, rd.Bool("use_bidirectional_attention", false));
+      if (bidirectional) {
+        return absl::UnimplementedError(absl::StrCat(
+            what, ": use_bidirectional_attention (an encoder, EmbeddingGemma) is not supported"));
+      }
     }
     if (c.arch == Arch::kMixtral) {
       KV_READ(c.num_experts, rd.Int("num_local_experts", std::nullopt, 1, 1024));
@@ -325,7 +386,8 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
         return absl::InvalidArgumentError(absl::StrCat(what, ": layer_types has ", lt.size(),
                                                        " entries for ", c.num_layers, " layers"));
       }
-      KV_READ(window, rd.Int("sliding_window", 4096, 0, kMaxPositions));
+      KV_READ(window,
+              rd.Int("sliding_window", 4096, c.arch == Arch::kGemma3 ? 1 : 0, kMaxPositions));
       for (int i = 0; i < c.num_layers; ++i) {
         std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
         if (t == "sliding_attention") {
@@ -337,6 +399,16 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
               absl::StrCat(what, ": layer_types[", i, "] = ", Describe(lt[i]),
                            " is not full_attention or sliding_attention"));
         }
+      }
+    } else if (c.arch == Arch::kGemma3) {
+      // Older configs: every pattern-th layer is global, the others slide
+      // (sliding_window_pattern; transformers 5 spells it _sliding_window_pattern).
+      int pattern = 6;
+      KV_READ(pattern, rd.Int("sliding_window_pattern", pattern, 1, kMaxLayers));
+      KV_READ(pattern, rd.Int("_sliding_window_pattern", pattern, 1, kMaxLayers));
+      KV_READ(window, rd.Int("sliding_window", 4096, 1, kMaxPositions));
+      for (int i = 0; i < c.num_layers; ++i) {
+        if ((i + 1) % pattern != 0) c.sliding_window[i] = window;
       }
     } else if (c.arch == Arch::kQwen2 || c.arch == Arch::kQwen3) {
       bool use_sw = false;
@@ -406,7 +478,7 @@ ModelConfig Llama2cConfig(const Llama2cHeader& h) {
   c.norm_eps = 1e-5;
   c.activation = "silu";
   c.tie_word_embeddings = h.shared_classifier;
-  c.rope_theta = 10000.0;
+  c.rope.theta = 10000.0;
   c.rope_interleaved = true;
   c.sliding_window.assign(c.num_layers, 0);
   c.bos_token_id = 1;
@@ -430,19 +502,21 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
 }
 
 nlohmann::json ModelConfig::ToJson() const {
-  return {{"arch", ArchName(arch)},
-          {"model_type", model_type},
-          {"vocab_size", vocab_size},
-          {"hidden_size", hidden_size},
-          {"num_layers", num_layers},
-          {"num_heads", num_heads},
-          {"num_kv_heads", num_kv_heads},
-          {"head_dim", head_dim},
-          {"intermediate_size", intermediate_size},
-          {"max_positions", max_positions},
-          {"rope_theta", rope_theta},
-          {"sliding_window", sliding_window},
-          {"tie_word_embeddings", tie_word_embeddings}};
+  nlohmann::json j = {{"arch", ArchName(arch)},
+                      {"model_type", model_type},
+                      {"vocab_size", vocab_size},
+                      {"hidden_size", hidden_size},
+                      {"num_layers", num_layers},
+                      {"num_heads", num_heads},
+                      {"num_kv_heads", num_kv_heads},
+                      {"head_dim", head_dim},
+                      {"intermediate_size", intermediate_size},
+                      {"max_positions", max_positions},
+                      {"rope_theta", rope.theta},
+                      {"sliding_window", sliding_window},
+                      {"tie_word_embeddings", tie_word_embeddings}};
+  if (rope_sliding) j["rope_theta_sliding"] = rope_sliding->theta;
+  return j;
 }
 
 absl::StatusOr<std::string> DtypeName(absl::string_view name) {

@@ -29,10 +29,26 @@ enum class Arch {
   kOlmo2 = 7,
   kMixtral = 8,
   kGemma2 = 9,
+  kGemma3 = 10,  // gemma3_text (Gemma3ForCausalLM)
 };
 const char* ArchName(Arch a);
 
 enum class RopeScaling { kNone = 0, kLinear = 1, kLlama3 = 2 };
+
+// One rotary embedding: its base and frequency scaling (transformers' rope_type).
+struct RopeParams {
+  double theta = 10000.0;
+  RopeScaling scaling = RopeScaling::kNone;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  int original_max_positions = 8192;
+  bool operator==(const RopeParams& o) const {
+    return theta == o.theta && scaling == o.scaling && factor == o.factor &&
+           low_freq_factor == o.low_freq_factor && high_freq_factor == o.high_freq_factor &&
+           original_max_positions == o.original_max_positions;
+  }
+};
 
 // RMSNorm of queries and keys before RoPE: per head over head_dim (qwen3), or over the whole
 // projection of all heads (olmo2).
@@ -55,14 +71,11 @@ struct ModelConfig {
   bool qkv_bias = false;  // gpt2 and qwen2 have q/k/v biases; llama: attention_bias
   bool o_bias = false;    // gpt2; llama attention_bias
   bool mlp_bias = false;
-  // RoPE (llama family, llama2c).
-  double rope_theta = 10000.0;
+  // RoPE (llama family, llama2c): `rope` for every layer, except that gemma3's sliding-window
+  // layers take `rope_sliding` (a local base, rope_local_base_freq) when it is set.
+  RopeParams rope;
+  std::optional<RopeParams> rope_sliding;
   bool rope_interleaved = false;  // llama2c pairs (2i, 2i+1); HF rotate-half pairs (i, i+d/2)
-  RopeScaling rope_scaling = RopeScaling::kNone;
-  double rope_factor = 1.0;
-  double rope_low_freq_factor = 1.0;
-  double rope_high_freq_factor = 4.0;
-  int rope_original_max_positions = 8192;
   QkNorm qk_norm = QkNorm::kNone;
   // olmo2: each sublayer's output is RMS-normed before the residual add, its input is not.
   bool norms_after = false;
@@ -70,9 +83,10 @@ struct ModelConfig {
   // routed to the experts_per_tok of highest router softmax, weights renormalized over them.
   int num_experts = 0;
   int experts_per_tok = 0;
-  // gemma2: RMSNorm scales by (1 + w) in fp32; norms before and after attention and MLP;
-  // embeddings times sqrt(hidden); scores scaled by query_pre_attn_scalar^-1/2 and soft-capped
-  // (cap * tanh(s / cap)), as are the final logits. 0 = no cap.
+  // gemma2, gemma3: RMSNorm scales by (1 + w) in fp32 (gemma3's per-head q/k norms too); norms
+  // before and after attention and MLP; embeddings times sqrt(hidden); scores scaled by
+  // query_pre_attn_scalar^-1/2 and soft-capped (cap * tanh(s / cap)), as are the final logits.
+  // 0 = no cap (gemma3's default).
   bool gemma = false;
   double query_pre_attn_scalar = 0;
   double attn_softcap = 0;
@@ -87,6 +101,10 @@ struct ModelConfig {
   std::string torch_dtype;  // dtype written in config.json, informational
 
   bool uses_rope() const { return arch != Arch::kGpt2; }
+  // The rotary embedding of `layer`.
+  const RopeParams& RopeOf(int layer) const {
+    return rope_sliding && sliding_window[layer] > 0 ? *rope_sliding : rope;
+  }
   nlohmann::json ToJson() const;
 };
 

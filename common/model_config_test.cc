@@ -27,7 +27,7 @@ TEST(ModelConfigTest, RefModels) {
   EXPECT_EQ(l->num_heads, 4);
   EXPECT_EQ(l->num_kv_heads, 2);
   EXPECT_EQ(l->head_dim, 64);
-  EXPECT_DOUBLE_EQ(l->rope_theta, 10000.0);  // from rope_parameters
+  EXPECT_DOUBLE_EQ(l->rope.theta, 10000.0);  // from rope_parameters
   EXPECT_TRUE(l->tie_word_embeddings);
   auto s = ReadModelConfig(Asset("models/stories260K/stories260K.bin"));
   ASSERT_TRUE(s.ok()) << s.status();
@@ -47,19 +47,20 @@ json Llama() {
 TEST(ModelConfigTest, RopeThetaTopLevelOrInParameters) {
   auto a = ParseHfConfig(Llama(), "c");
   ASSERT_TRUE(a.ok());
-  EXPECT_DOUBLE_EQ(a->rope_theta, 500000.0);
+  EXPECT_DOUBLE_EQ(a->rope.theta, 500000.0);
   json j = Llama();
   j.erase("rope_theta");
   j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
   auto b = ParseHfConfig(j, "c");
   ASSERT_TRUE(b.ok());
-  EXPECT_DOUBLE_EQ(b->rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(b->rope.theta, 1e6);
   j["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 5e5},
                           {"factor", 32.0},          {"low_freq_factor", 1.0},
                           {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
   auto c = ParseHfConfig(j, "c");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->rope_scaling, RopeScaling::kLlama3);
+  EXPECT_EQ(c->rope.scaling, RopeScaling::kLlama3);
+  EXPECT_FALSE(c->rope_sliding.has_value());
   j["rope_parameters"]["rope_type"] = "yarn";
   auto d = ParseHfConfig(j, "c");
   EXPECT_EQ(d.status().code(), absl::StatusCode::kUnimplemented);
@@ -91,6 +92,127 @@ void ExpectBad(json j, absl::StatusCode code, const std::string& fragment) {
   ASSERT_FALSE(c.ok()) << j.dump();
   EXPECT_EQ(c.status().code(), code) << c.status();
   EXPECT_NE(c.status().message().find(fragment), std::string::npos) << c.status().message();
+}
+
+// The keys of tests/fixtures/tiny_models/tiny-gemma3/config.json (transformers 5.17's spelling)
+// that matter: RoPE per layer type, windows from layer_types, no soft-capping.
+TEST(ModelConfigTest, Gemma3TextRopePerLayerType) {
+  const json j = {{"model_type", "gemma3_text"},
+                  {"_sliding_window_pattern", 6},
+                  {"attn_logit_softcapping", nullptr},
+                  {"final_logit_softcapping", nullptr},
+                  {"head_dim", 16},
+                  {"hidden_activation", "gelu_pytorch_tanh"},
+                  {"hidden_size", 64},
+                  {"intermediate_size", 96},
+                  {"layer_types", {"sliding_attention", "sliding_attention", "full_attention"}},
+                  {"max_position_embeddings", 64},
+                  {"num_attention_heads", 4},
+                  {"num_hidden_layers", 3},
+                  {"num_key_value_heads", 2},
+                  {"query_pre_attn_scalar", 16},
+                  {"rms_norm_eps", 1e-06},
+                  {"rope_parameters",
+                   {{"full_attention", {{"rope_theta", 1000000.0}, {"rope_type", "default"}}},
+                    {"sliding_attention", {{"rope_theta", 10000.0}, {"rope_type", "default"}}}}},
+                  {"sliding_window", 8},
+                  {"tie_word_embeddings", true},
+                  {"use_bidirectional_attention", false},
+                  {"vocab_size", 96}};
+  auto g = ParseHfConfig(j, "c");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->arch, Arch::kGemma3);
+  EXPECT_STREQ(ArchName(g->arch), "gemma3_text");
+  EXPECT_TRUE(g->gemma);
+  EXPECT_EQ(g->qk_norm, QkNorm::kPerHead);
+  EXPECT_EQ(g->sliding_window, (std::vector<int>{8, 8, 0}));
+  EXPECT_DOUBLE_EQ(g->rope.theta, 1e6);
+  ASSERT_TRUE(g->rope_sliding.has_value());
+  EXPECT_DOUBLE_EQ(g->rope_sliding->theta, 1e4);
+  EXPECT_DOUBLE_EQ(g->RopeOf(0).theta, 1e4);
+  EXPECT_DOUBLE_EQ(g->RopeOf(2).theta, 1e6);
+  EXPECT_DOUBLE_EQ(g->query_pre_attn_scalar, 16);
+  EXPECT_EQ(g->attn_softcap, 0);
+  EXPECT_EQ(g->final_softcap, 0);
+  EXPECT_TRUE(g->tie_word_embeddings);
+  EXPECT_EQ(g->activation, "gelu_pytorch_tanh");
+}
+
+json Gemma3Old() {
+  // Gemma 3 1B's config.json before transformers 5: rope_theta + rope_local_base_freq, a
+  // sliding_window_pattern instead of layer_types.
+  return {{"model_type", "gemma3_text"},
+          {"vocab_size", 100},
+          {"hidden_size", 64},
+          {"num_hidden_layers", 7},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 1},
+          {"head_dim", 16},
+          {"intermediate_size", 128},
+          {"rope_theta", 1e6},
+          {"rope_local_base_freq", 1e4},
+          {"rope_scaling", nullptr},
+          {"sliding_window", 512},
+          {"sliding_window_pattern", 6},
+          {"attn_logit_softcapping", nullptr},
+          {"final_logit_softcapping", nullptr}};
+}
+
+TEST(ModelConfigTest, Gemma3TextOlderSpellings) {
+  auto a = ParseHfConfig(Gemma3Old(), "c");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->sliding_window, (std::vector<int>{512, 512, 512, 512, 512, 0, 512}));
+  EXPECT_DOUBLE_EQ(a->RopeOf(0).theta, 1e4);
+  EXPECT_DOUBLE_EQ(a->RopeOf(5).theta, 1e6);
+  EXPECT_DOUBLE_EQ(a->query_pre_attn_scalar, 256);  // Gemma3TextConfig's default
+  // rope_scaling (the 4B+ models' linear factor 8) applies to the full-attention layers only.
+  json j = Gemma3Old();
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  j["_sliding_window_pattern"] = 2;
+  j["attn_logit_softcapping"] = 50.0;  // honoured when set
+  auto b = ParseHfConfig(j, "c");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->sliding_window, (std::vector<int>{512, 0, 512, 0, 512, 0, 512}));
+  EXPECT_EQ(b->RopeOf(1).scaling, RopeScaling::kLinear);
+  EXPECT_DOUBLE_EQ(b->RopeOf(1).factor, 8.0);
+  EXPECT_EQ(b->RopeOf(0).scaling, RopeScaling::kNone);
+  EXPECT_DOUBLE_EQ(b->attn_softcap, 50.0);
+  // transformers 5's per-layer-type rope_parameters, linear on full attention.
+  j = Gemma3Old();
+  j["rope_parameters"] = {
+      {"full_attention", {{"rope_type", "linear"}, {"factor", 8.0}, {"rope_theta", 2e6}}},
+      {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 5e3}}}};
+  auto c = ParseHfConfig(j, "c");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->RopeOf(5).theta, 2e6);
+  EXPECT_EQ(c->RopeOf(5).scaling, RopeScaling::kLinear);
+  EXPECT_DOUBLE_EQ(c->RopeOf(0).theta, 5e3);
+}
+
+TEST(ModelConfigTest, Gemma3Refusals) {
+  json j = Gemma3Old();
+  j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 1e6}}}};
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "rope_parameters has no 'sliding_attention'");
+  j["rope_parameters"]["sliding_attention"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  ExpectBad(j, absl::StatusCode::kUnimplemented,
+            "rope_parameters.sliding_attention rope type 'yarn' is not supported");
+  j = Gemma3Old();
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  ExpectBad(j, absl::StatusCode::kUnimplemented, "rope_scaling rope type 'dynamic'");
+  j = Gemma3Old();
+  j["use_bidirectional_attention"] = true;
+  ExpectBad(j, absl::StatusCode::kUnimplemented, "use_bidirectional_attention");
+  j = Gemma3Old();
+  j["sliding_window"] = 0;
+  ExpectBad(j, absl::StatusCode::kInvalidArgument, "'sliding_window' = 0 out of range");
+  // The multimodal Gemma3ForConditionalGeneration: one line naming what is read.
+  j = {{"model_type", "gemma3"},
+       {"architectures", {"Gemma3ForConditionalGeneration"}},
+       {"text_config", Gemma3Old()}};
+  ExpectBad(j, absl::StatusCode::kInvalidArgument,
+            "unknown architecture 'gemma3' (the multimodal Gemma 3; kvsweep reads its text-only "
+            "form, gemma3_text) (supported: gemma2, gemma3_text, gpt2, llama, mistral, mixtral, "
+            "olmo2, phi3, qwen2, qwen3)");
 }
 
 TEST(ModelConfigTest, BadConfigs) {

@@ -1,8 +1,8 @@
 // The blockwise attention of position-dependent caches (attention.h) against the masked
 // reference, in fp32 on the CPU: on random operands over every block phase, residual window,
-// sliding window, GQA grouping, K/V under different rules and query-block size, and on the real
+// sliding window, GQA grouping, K/V under different rules and query-block size, on the real
 // ref-llama (GQA, RoPE) and ref-gpt2 (MHA) checkpoints, layer by layer, for the position-dependent
-// methods that the GPU tables report.
+// methods that the GPU tables report, and on tiny-gemma3's per-layer sliding windows.
 #include "worker/engine/attention.h"
 
 #include <cmath>
@@ -143,6 +143,41 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRefModels) {
                   << check.max_diff << ", effect of the compressed states " << check.max_effect
                   << "\n";
       }
+    }
+  }
+}
+
+// tiny-gemma3 (tests/fixtures): sliding windows of 8 on layers 0 and 1, full attention on layer
+// 2, each layer with its own RoPE, blocks and residual windows that cross the window's lower edge.
+TEST(AttentionTest, BlockwiseEqualsMaskedOnGemma3SlidingLayers) {
+  auto m = Model::Load(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gemma3", ModelOptions{});
+  ASSERT_TRUE(m.ok()) << m.status();
+  const Model& model = **m;
+  ASSERT_EQ(model.config().sliding_window, (std::vector<int>{8, 8, 0}));
+  torch::manual_seed(4);
+  Tensor ids =
+      torch::randint(3, model.config().vocab_size, {2, model.config().max_positions}, torch::kLong);
+  for (const char* text :
+       {"quant:bits=2,axis=channel,group=4,residual=3", "quant:bits=2,group=8,residual=5",
+        "k=quant:bits=2,axis=channel,group=8;v=quant:bits=2,group=16,residual=2",
+        "quant:bits=2,axis=channel,group=4,residual=3,rope=pre"}) {
+    absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
+    ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status();
+    absl::StatusOr<KvMethod> method =
+        ResolveKvMethod(*parsed, model.config().head_dim, model.config().num_layers);
+    ASSERT_TRUE(method.ok()) << text << ": " << method.status();
+    auto codec = NewKvCodec(*method);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    ASSERT_TRUE((*codec)->position_dependent()) << text;
+    for (int64_t qb : {int64_t{1}, int64_t{16}, kAttentionQueryBlock}) {
+      BothPaths check(model, qb);
+      model.Forward(ids, codec->get(), &check);
+      EXPECT_EQ(check.layers, model.config().num_layers);
+      EXPECT_LT(check.max_diff, 1e-5) << text << " query block " << qb;
+      EXPECT_GT(check.max_effect, 1e-3) << text;
+      std::cout << "tiny-gemma3 " << text << " query block " << qb << ": max relative difference "
+                << check.max_diff << ", effect of the compressed states " << check.max_effect
+                << "\n";
     }
   }
 }

@@ -393,20 +393,20 @@ absl::Status Model::PoolKvHeads(int target) {
   return absl::OkStatus();
 }
 
-void Model::BuildRope() {
-  if (!config_.uses_rope()) return;
-  const int64_t D = config_.head_dim;
-  auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-  // transformers: inv_freq = 1 / theta^(arange(0, D, 2) / D), in fp32.
+namespace {
+
+// transformers' inverse frequencies of one RoPE: 1 / theta^(arange(0, D, 2) / D) in fp32, then
+// the scaling of its rope_type.
+Tensor InverseFrequencies(const RopeParams& r, int64_t D) {
   Tensor exponents =
       torch::arange(0, D, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat32) /
       static_cast<float>(D);
-  Tensor inv = 1.0 / torch::pow(static_cast<float>(config_.rope_theta), exponents);
-  if (config_.rope_scaling == RopeScaling::kLinear) {
-    inv = inv / static_cast<float>(config_.rope_factor);
-  } else if (config_.rope_scaling == RopeScaling::kLlama3) {
-    const double factor = config_.rope_factor, lo = config_.rope_low_freq_factor,
-                 hi = config_.rope_high_freq_factor, old = config_.rope_original_max_positions;
+  Tensor inv = 1.0 / torch::pow(static_cast<float>(r.theta), exponents);
+  if (r.scaling == RopeScaling::kLinear) {
+    inv = inv / static_cast<float>(r.factor);
+  } else if (r.scaling == RopeScaling::kLlama3) {
+    const double factor = r.factor, lo = r.low_freq_factor, hi = r.high_freq_factor,
+                 old = r.original_max_positions;
     const double low_wavelen = old / lo, high_wavelen = old / hi;
     Tensor wavelen = 2 * M_PI / inv;
     Tensor scaled = torch::where(wavelen > low_wavelen, inv / factor, inv);
@@ -415,19 +415,38 @@ void Model::BuildRope() {
     Tensor medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen);
     inv = torch::where(medium, smoothed, scaled);
   }
-  Tensor pos = torch::arange(config_.max_positions, f32);
-  Tensor angles = torch::outer(pos, inv);                                    // [P, D/2]
-  if (!config_.rope_interleaved) angles = torch::cat({angles, angles}, -1);  // rotate-half layout
-  rope_cos_ = angles.cos().to(options_.device).to(options_.dtype);
-  rope_sin_ = angles.sin().to(options_.device).to(options_.dtype);
+  return inv;
 }
 
-Tensor Model::ApplyRope(const Tensor& x) const {
+}  // namespace
+
+void Model::BuildRope() {
+  if (!config_.uses_rope()) return;
+  std::vector<const RopeParams*> distinct;
+  rope_table_.assign(config_.num_layers, 0);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const RopeParams& r = config_.RopeOf(l);
+    size_t i = 0;
+    while (i < distinct.size() && !(*distinct[i] == r)) ++i;
+    if (i == distinct.size()) distinct.push_back(&r);
+    rope_table_[l] = static_cast<int>(i);
+  }
+  Tensor pos = torch::arange(config_.max_positions, torch::TensorOptions().dtype(torch::kFloat32));
+  for (const RopeParams* r : distinct) {
+    Tensor angles = torch::outer(pos, InverseFrequencies(*r, config_.head_dim));  // [P, D/2]
+    if (!config_.rope_interleaved) angles = torch::cat({angles, angles}, -1);     // rotate-half
+    rope_cos_.push_back(angles.cos().to(options_.device).to(options_.dtype));
+    rope_sin_.push_back(angles.sin().to(options_.device).to(options_.dtype));
+  }
+}
+
+Tensor Model::ApplyRope(const Tensor& x, int layer) const {
   if (!config_.uses_rope() || !x.defined()) return x;
   const int64_t T = x.size(2), D = x.size(3);
+  const int table = rope_table_[layer];
   // .to: a no-op but on a pipeline's later devices.
-  Tensor cos = rope_cos_.slice(0, 0, T).to(x.device());
-  Tensor sin = rope_sin_.slice(0, 0, T).to(x.device());
+  Tensor cos = rope_cos_[table].slice(0, 0, T).to(x.device());
+  Tensor sin = rope_sin_[table].slice(0, 0, T).to(x.device());
   if (config_.rope_interleaved) {
     // llama2.c: pairs (2i, 2i+1) rotate by angle pos * freq_i.
     Tensor xp = x.reshape({x.size(0), x.size(1), T, D / 2, 2});
@@ -466,7 +485,8 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   // Embeddings.
   Tensor x = tok_emb_.index_select(0, ids.reshape({-1})).view({B, T, Hd});
   if (c.arch == Arch::kGpt2) x = x + pos_emb_.slice(0, 0, T).unsqueeze(0);
-  // gemma2: times sqrt(hidden) rounded to the compute dtype, as transformers' normalizer.
+  // gemma: times sqrt(hidden) rounded to the compute dtype, as transformers' normalizer
+  // (gemma2) and embed_scale (gemma3).
   if (c.gemma) {
     x = x * torch::tensor(std::sqrt(static_cast<double>(Hd)), torch::kFloat64)
                 .to(x.scalar_type())
@@ -499,28 +519,28 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     Tensor q = torch::linear(h, w.wq, w.bq);
     Tensor k = torch::linear(h, w.wk, w.bk);
     if (c.qk_norm == QkNorm::kAllHeads) {
-      q = RmsNorm(q, w.q_norm, c.norm_eps);
-      k = RmsNorm(k, w.k_norm, c.norm_eps);
+      q = rms(q, w.q_norm);
+      k = rms(k, w.k_norm);
     }
     q = q.view({B, T, H, D});
     k = k.view({B, T, Hkv, D});
-    if (c.qk_norm == QkNorm::kPerHead) {
-      q = RmsNorm(q, w.q_norm, c.norm_eps);
-      k = RmsNorm(k, w.k_norm, c.norm_eps);
+    if (c.qk_norm == QkNorm::kPerHead) {  // gemma3: Gemma's (1 + w) norm
+      q = rms(q, w.q_norm);
+      k = rms(k, w.k_norm);
     }
     q = q.transpose(1, 2);                                                         // [B, H, T, D]
     k = k.transpose(1, 2);                                                         // [B, Hkv, T, D]
     Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
-    q = ApplyRope(q);
+    q = ApplyRope(q, l);
     KvPair kv;
     if (rope_pre) {
       // Keys are compressed before the rotary embedding, then rotated as the cache would be.
       kv = codec->Apply(l, k, v);
-      kv.k.compressed = ApplyRope(kv.k.compressed);
-      kv.k.raw = ApplyRope(kv.k.raw);
-      k = ApplyRope(k);
+      kv.k.compressed = ApplyRope(kv.k.compressed, l);
+      kv.k.raw = ApplyRope(kv.k.raw, l);
+      k = ApplyRope(k, l);
     } else {
-      k = ApplyRope(k);
+      k = ApplyRope(k, l);
       kv = codec != nullptr ? codec->Apply(l, k, v) : KvPair{{k, {}, {}}, {v, {}, {}}};
     }
     const double scale = AttentionScale(l);

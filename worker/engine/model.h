@@ -1,6 +1,6 @@
-// A decoder-only transformer loaded from a Hugging Face checkpoint (gemma2, gpt2, llama, mistral,
-// mixtral, olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward pass in one
-// readable function (Forward) and a KV codec hook inside attention.
+// A decoder-only transformer loaded from a Hugging Face checkpoint (gemma2, gemma3_text, gpt2,
+// llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3) or a llama2.c .bin, with the whole forward
+// pass in one readable function (Forward) and a KV codec hook inside attention.
 //
 // Weights are stored the torch.nn.Linear way ([out, in]); GPT-2's Conv1D ([in, out]) and fused
 // c_attn are converted at load. `kv_heads` below the native count mean-pools the K/V projections
@@ -40,8 +40,9 @@ struct LayerWeights {
   torch::Tensor w_gate;          // llama family: [inter, hidden]
   torch::Tensor w_up, b_up;      // [inter, hidden] (gpt2: c_fc)
   torch::Tensor w_down, b_down;  // [hidden, inter]
-  torch::Tensor q_norm, k_norm;  // qk_norm: [D] per head (qwen3), [H*D] / [Hkv*D] (olmo2)
-  torch::Tensor post_attn_norm, post_ffn_norm;  // gemma2: on the attention and MLP outputs
+  // qk_norm: [D] per head (qwen3, gemma3), [H*D] / [Hkv*D] (olmo2)
+  torch::Tensor q_norm, k_norm;
+  torch::Tensor post_attn_norm, post_ffn_norm;  // gemma: on the attention and MLP outputs
   // Mixture of experts (mixtral): router [experts, hidden]; per expert gate/up [inter, hidden],
   // down [hidden, inter] (w_gate/w_up/w_down unused).
   torch::Tensor router;
@@ -85,8 +86,8 @@ class Model {
   const Placement& placement() const { return placement_; }
   // The factor attention multiplies q.k by in `layer` (1/sqrt(D), GPT-2's options).
   double AttentionScale(int layer) const;
-  // Applies this model's RoPE to x [B, Hx, T, D] at positions 0..T-1 (no-op for gpt2).
-  torch::Tensor ApplyRope(const torch::Tensor& x) const;
+  // Applies layer `layer`'s RoPE to x [B, Hx, T, D] at positions 0..T-1 (no-op for gpt2).
+  torch::Tensor ApplyRope(const torch::Tensor& x, int layer) const;
 
  private:
   Model() = default;
@@ -105,8 +106,11 @@ class Model {
   std::vector<LayerWeights> layers_;
   std::vector<torch::Device> layer_devices_;
   Placement placement_;
-  torch::Tensor rope_cos_, rope_sin_;  // [max_positions, D] in the compute dtype
-  std::shared_ptr<void> keepalive_;    // the checkpoint mapping backing zero-copy weights
+  // One [max_positions, D] cos/sin table in the compute dtype per distinct RoPE (gemma3: full
+  // and sliding layers differ); layer l uses rope_table_[l].
+  std::vector<torch::Tensor> rope_cos_, rope_sin_;
+  std::vector<int> rope_table_;
+  std::shared_ptr<void> keepalive_;  // the checkpoint mapping backing zero-copy weights
 };
 
 }  // namespace kvsweep::engine

@@ -4,18 +4,25 @@
 // and head_dim != hidden/heads in bf16, qwen2 with q/k/v biases; fp32 qwen3 with per-head q/k
 // norms, phi3 with fused qkv and gate-up, olmo2 with norms after each sublayer and q/k norms over
 // all heads, mixtral with top-2 of 4 experts, gemma2 with soft-capped attention and logits,
-// alternating sliding windows, scaled embeddings, (1 + w) norms around both sublayers and GeGLU)
-// and the real ref-gpt2 / ref-llama. Fixtures:
+// alternating sliding windows, scaled embeddings, (1 + w) norms around both sublayers and GeGLU,
+// gemma3 with (1 + w) per-head q/k norms and a RoPE base per layer type) and the real ref-gpt2 /
+// ref-llama. Fixtures:
 // tools/reference/make_reference.py and tools/reference/make_family_fixtures.py.
 #include "worker/engine/model.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
 
+#include "common/file_util.h"
 #include "common/json_util.h"
 #include "gtest/gtest.h"
 #include "spec/job_spec.h"
+#include "spec/method_spec.h"
 #include "worker/engine/generate.h"
+#include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/tokenizer/tokenizer.h"
 #include "worker/engine/torch_util.h"
 
@@ -86,7 +93,8 @@ TEST_P(TinyModelTest, LogitsMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
                          ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama3rope",
                                            "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3",
-                                           "tiny-olmo2", "tiny-mixtral", "tiny-gemma2"),
+                                           "tiny-olmo2", "tiny-mixtral", "tiny-gemma2",
+                                           "tiny-gemma3"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n)
@@ -94,20 +102,36 @@ INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
                            return n;
                          });
 
-// A family transformers writes but kvsweep does not read yet (tools/reference/
-// make_family_fixtures.py keeps their checkpoints and logits ready): one line naming the
-// architecture and the supported ones, no crash.
+// Families kvsweep does not read: one line naming the architecture and the supported ones, no
+// crash. Their config.json: tiny-gemma3's, relabelled (the weights are never reached).
 TEST(ModelTest, UnsupportedFamilyIsAClearError) {
-  for (const char* name : {"tiny-gemma3"}) {
-    auto m = Model::Load(std::string(KVSWEEP_FIXTURES) + "/tiny_models/" + name, ModelOptions{});
-    ASSERT_FALSE(m.ok()) << name;
+  auto base = ReadJsonFile(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gemma3/config.json");
+  ASSERT_TRUE(base.ok()) << base.status();
+  const std::string supported =
+      "(supported: gemma2, gemma3_text, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)";
+  nlohmann::json falcon = *base;
+  falcon["model_type"] = "falcon";
+  falcon["architectures"] = {"FalconForCausalLM"};
+  // The multimodal Gemma 3: the text model under text_config, a vision tower beside it.
+  nlohmann::json multimodal = {{"model_type", "gemma3"},
+                               {"architectures", {"Gemma3ForConditionalGeneration"}},
+                               {"text_config", *base},
+                               {"vision_config", {{"model_type", "siglip_vision_model"}}}};
+  for (const auto& [config, fragment] :
+       {std::pair{falcon, std::string("unknown architecture 'falcon' ")},
+        std::pair{multimodal,
+                  std::string("unknown architecture 'gemma3' (the multimodal Gemma 3; kvsweep "
+                              "reads its text-only form, gemma3_text) ")}}) {
+    const std::string dir =
+        ::testing::TempDir() + "/kvsweep_unsupported_" + config["model_type"].get<std::string>();
+    ::mkdir(dir.c_str(), 0755);
+    ASSERT_TRUE(IsDirectory(dir)) << dir;
+    ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", config.dump()).ok());
+    auto m = Model::Load(dir, ModelOptions{});
+    ASSERT_FALSE(m.ok()) << fragment;
     EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
-    EXPECT_NE(m.status().message().find("unknown architecture 'gemma"), std::string::npos)
-        << m.status();
-    EXPECT_NE(m.status().message().find(
-                  "(supported: gemma2, gpt2, llama, mistral, mixtral, olmo2, phi3, qwen2, qwen3)"),
-              std::string::npos)
-        << m.status();
+    EXPECT_NE(m.status().message().find(fragment + supported), std::string::npos) << m.status();
+    EXPECT_EQ(m.status().message().find('\n'), std::string::npos) << m.status();
   }
 }
 
@@ -160,6 +184,44 @@ TEST(TorchUtilTest, ParseDtypeTakesTheSpellingsOfJobSpecs) {
   absl::StatusOr<torch::ScalarType> aut = ParseDtype("auto");
   ASSERT_FALSE(aut.ok());
   EXPECT_EQ(aut.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// gemma3's layers rotate with different RoPE bases (1e4 sliding, 1e6 full): a codec that takes
+// keys before RoPE gets them back rotated by its own layer's. The identity basis at full rank
+// stores keys exactly, so the pass must equal `none` bit for bit; the same keys read with the
+// other layer type's RoPE move the logits.
+TEST(ModelTest, Gemma3KeysBeforeRopeTakeTheirLayersRope) {
+  const std::string path = std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gemma3";
+  auto m = Model::Load(path, ModelOptions{});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<KvMethod> parsed = ParseKvMethod("rank:r=16,basis=identity,target=k,rope=pre");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, 16, 3);
+  ASSERT_TRUE(method.ok()) << method.status();
+  auto codec = NewKvCodec(*method);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  ASSERT_TRUE((*codec)->keys_pre_rope());
+  torch::manual_seed(2);
+  torch::Tensor ids = torch::randint(3, 96, {2, 64}, torch::kLong);
+  const torch::Tensor none = (*m)->Forward(ids, nullptr);
+  EXPECT_TRUE(torch::equal((*m)->Forward(ids, codec->get()), none));
+  // Every layer under the full-attention RoPE: not the model transformers runs.
+  auto j = ReadJsonFile(path + "/config.json");
+  ASSERT_TRUE(j.ok());
+  (*j)["rope_parameters"]["sliding_attention"] = (*j)["rope_parameters"]["full_attention"];
+  const std::string dir = ::testing::TempDir() + "/kvsweep_gemma3_one_rope";
+  ::mkdir(dir.c_str(), 0755);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", j->dump()).ok());
+  ::unlink((dir + "/model.safetensors").c_str());
+  ASSERT_EQ(::symlink((path + "/model.safetensors").c_str(), (dir + "/model.safetensors").c_str()),
+            0);
+  auto one = Model::Load(dir, ModelOptions{});
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_GT(((*one)->Logits((*one)->Forward(ids, nullptr)) - (*m)->Logits(none))
+                .abs()
+                .max()
+                .item<double>(),
+            1e-3);
 }
 
 TEST(ModelTest, CausalityFutureTokensDoNotChangeThePast) {
