@@ -139,7 +139,10 @@ const std::vector<std::string>& SettingsVariables() {
                                                           "KVSWEEP_TLS_CA",
                                                           "KVSWEEP_TLS_SERVER_NAME",
                                                           "KVSWEEP_DEVICE",
-                                                          "KVSWEEP_SPOOL_DIR"};
+                                                          "KVSWEEP_SPOOL_DIR",
+                                                          "KVSWEEP_STAGE",
+                                                          "KVSWEEP_FILE_CACHE_DIR",
+                                                          "KVSWEEP_CACHE_MAX_BYTES"};
   return *names;
 }
 

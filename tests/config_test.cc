@@ -2,6 +2,7 @@
 // binaries: each of kvsweep-coordinator, kvsweep-worker and kvsweep takes its connection
 // settings from a config file and from the environment, the command line wins over the
 // environment and the environment over the file, and a bad config file is a one-line error.
+#include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -24,6 +25,16 @@ using ::testing::Not;
 using ::testing::StartsWith;
 
 using Env = std::map<std::string, std::string>;
+
+// Files in DIR/blobs (0 when there is none).
+int CountBlobs(const std::string& cache_dir) {
+  int n = 0;
+  if (DIR* d = ::opendir(JoinPath(cache_dir, "blobs").c_str())) {
+    while (struct dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+    ::closedir(d);
+  }
+  return n;
+}
 
 // Runs `argv` to completion (60 s at most) with `env` added.
 CommandResult RunToEnd(const Harness& h, const std::vector<std::string>& argv, const Env& env) {
@@ -153,6 +164,81 @@ TEST(ConfigTest, CliTakesItsCoordinatorAndTokenFromTheFileTheEnvironmentOrTheCom
   CommandResult no_token = RunToEnd(h, {CliBin(), "--coordinator", h.address(), "status"}, {});
   EXPECT_EQ(no_token.exit_code, 1);
   EXPECT_EQ(no_token.err, "kvsweep: missing bearer token (authorization metadata)\n");
+}
+
+// The staging settings: a bad value names the source that won (the command line, else the
+// environment, else the file), and the cache a staging worker fills is the winning --cache-dir
+// (KVSWEEP_FILE_CACHE_DIR in the environment); KVSWEEP_CACHE_DIR keeps naming kvsweep's cache
+// directory, whose files/ is the default.
+TEST(ConfigTest, WorkerTakesItsStagingSettingsFromTheCommandLineTheEnvironmentOrTheFile) {
+  Harness h("config_staging");
+  const std::string d = h.dir();
+  struct Setting {
+    std::string flag, env, error;  // error: what the worker says of a bad value, before it
+  };
+  for (const Setting& s : {Setting{"stage", "KVSWEEP_STAGE", "kvsweep-worker: --stage: '"},
+                           Setting{"cache-max-bytes", "KVSWEEP_CACHE_MAX_BYTES",
+                                   "kvsweep-worker: --cache-max-bytes: '"}}) {
+    const std::string config =
+        h.WriteFile(s.flag + ".toml", absl::StrCat(s.flag, " = \"bad-in-file\"\n"));
+    auto bad = [&](const std::vector<std::string>& extra, const Env& env,
+                   const std::string& named) {
+      std::vector<std::string> argv = {WorkerBin(), "--config", config};
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      CommandResult r = RunToEnd(h, argv, env);
+      EXPECT_EQ(r.exit_code, 2) << s.flag << " " << named << ": " << r.err;
+      EXPECT_THAT(r.err, StartsWith(s.error + named + "'")) << s.flag;
+    };
+    bad({}, {}, "bad-in-file");
+    bad({}, {{s.env, "bad-in-env"}}, "bad-in-env");
+    bad({"--" + s.flag, "bad-on-command-line"}, {{s.env, "bad-in-env"}}, "bad-on-command-line");
+  }
+
+  h.StartCoordinator();
+  int jobs = 0;
+  // Runs one new job on a worker configured by `file_text`, `argv` and `env`, which must stage
+  // its inputs into `cache`.
+  auto stage_one = [&](const std::string& name, const std::string& file_text,
+                       const std::vector<std::string>& args, const Env& env,
+                       const std::string& cache) {
+    ++jobs;  // sweep N shares N - 1 jobs with the sweeps before it
+    h.Submit(h.WriteFile(name + ".yaml", h.DistinctJobsYaml(name, jobs)));
+    const std::string config = h.WriteFile(
+        name + ".toml",
+        absl::StrCat(file_text, "coordinator = \"", h.address(), "\"\nworker-id = \"", name,
+                     "\"\nevaluator = \"fake\"\nexit-when-idle = 1\nspool-dir = \"", d, "/spool-",
+                     name, "\"\n"));
+    std::vector<std::string> argv = {WorkerBin(),
+                                     "--config",
+                                     config,
+                                     "--device",
+                                     "cpu",
+                                     "--journal",
+                                     JoinPath(d, name + ".journal")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    CommandResult r = RunToEnd(h, argv, env);
+    EXPECT_EQ(r.exit_code, 0) << name << ": " << r.err;
+    EXPECT_EQ(h.SqlInt(absl::StrCat("SELECT count(*) FROM results WHERE worker_id = '", name, "'")),
+              1)
+        << name << ": " << r.err;
+    EXPECT_THAT(ReadFile(JoinPath(d, name + ".journal")).value_or(""), HasSubstr(" staged "))
+        << name;
+    EXPECT_GT(CountBlobs(cache), 0) << name << ": nothing staged into " << cache;
+  };
+  const std::string in_file = "stage = \"always\"\ncache-dir = \"" + d + "/cache-file\"\n";
+  stage_one("flag", in_file, {"--cache-dir", d + "/cache-flag"},
+            {{"KVSWEEP_FILE_CACHE_DIR", d + "/cache-env"}}, d + "/cache-flag");
+  EXPECT_FALSE(PathExists(d + "/cache-env"));
+  EXPECT_FALSE(PathExists(d + "/cache-file"));
+  stage_one("env", in_file, {}, {{"KVSWEEP_FILE_CACHE_DIR", d + "/cache-env"}}, d + "/cache-env");
+  EXPECT_FALSE(PathExists(d + "/cache-file"));
+  // The file says never; KVSWEEP_STAGE wins. The cache is the file's.
+  stage_one("file", "stage = \"never\"\ncache-dir = \"" + d + "/cache-file\"\n", {},
+            {{"KVSWEEP_STAGE", "always"}}, d + "/cache-file");
+  // KVSWEEP_CACHE_DIR is the parent of the default, not the file cache itself.
+  stage_one("base", "", {}, {{"KVSWEEP_STAGE", "always"}, {"KVSWEEP_CACHE_DIR", d + "/kvsweep"}},
+            d + "/kvsweep/files");
+  EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), jobs);
 }
 
 // `kvsweep demo` starts workers for its embedded (plaintext, loopback, tokenless) coordinator:

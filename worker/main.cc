@@ -10,10 +10,12 @@
 //   kvsweep-worker eval --model DIR --task ... --format json     (one job, no coordinator)
 //   kvsweep-worker generate ...                                   (greedy generation)
 //
-// The connection settings (--coordinator, --token-file, --tls, --tls-*), --device, --spool-dir
-// and --metrics-listen also come from KVSWEEP_<FLAG> variables (KVSWEEP_COORDINATOR,
-// KVSWEEP_TLS_CA, ...) and from --config FILE; the command line wins over the environment,
-// which wins over the file.
+// The connection settings (--coordinator, --token-file, --tls, --tls-*), --device, --spool-dir,
+// --metrics-listen, --stage and --cache-max-bytes also come from KVSWEEP_<FLAG> variables
+// (KVSWEEP_COORDINATOR, KVSWEEP_TLS_CA, KVSWEEP_STAGE, ...), --cache-dir from
+// KVSWEEP_FILE_CACHE_DIR (KVSWEEP_CACHE_DIR is kvsweep's cache directory, the default's parent),
+// and all of them from --config FILE; the command line wins over the environment, which wins
+// over the file.
 //
 // SIGTERM/SIGINT: drain (finish or hand back the current job, take no new lease, exit 0);
 // a second signal hands the current job back at once. With --devices, the supervisor takes
@@ -129,16 +131,20 @@ int main(int argc, char** argv) {
                          "('' = off)"))
       ->capture_default_str();
   std::string stage = "auto", cache_max = "20G";
-  app.add_option("--stage", stage,
-                 "input files: never (use the spec's paths), auto (fetch them from the "
-                 "coordinator when a path is missing here) or always (fetch them)")
+  WithEnv(app.add_option("--stage", stage,
+                         "input files: never (use the spec's paths), auto (use a file where it is "
+                         "when its content is the one the job recorded, else fetch it from the "
+                         "coordinator) or always (fetch them)"))
       ->capture_default_str();
+  // Not KVSWEEP_CACHE_DIR: that variable names kvsweep's cache directory (the sha256 cache of
+  // every binary), whose files/ subdirectory is this option's default.
   app.add_option("--cache-dir", o.staging.cache_dir,
                  "cache of fetched input files (default $KVSWEEP_CACHE_DIR/files or "
-                 "~/.cache/kvsweep/files)");
-  app.add_option("--cache-max-bytes", cache_max,
-                 "size limit of --cache-dir (K, M, G, T suffixes); least recently used files "
-                 "not in use are evicted")
+                 "~/.cache/kvsweep/files)")
+      ->envname("KVSWEEP_FILE_CACHE_DIR");
+  WithEnv(app.add_option("--cache-max-bytes", cache_max,
+                         "size limit of --cache-dir (K, M, G, T suffixes); least recently used "
+                         "files not in use are evicted"))
       ->capture_default_str();
   app.add_option("--reconnect-max-ms", o.reconnect_max_ms,
                  "longest wait between attempts to reach the coordinator")
