@@ -490,6 +490,51 @@ TEST(FileStagerTest, AutoFetchesALocalFileWhoseContentDiffersAndUsesTheMatchingO
   }
 }
 
+// Every recorded file matches here, but the directory holds one more that the engine would
+// read (a tokenizer_config.json the job did not record): the files are not what the job hashed
+// as a whole, so auto stages a view holding exactly the recorded files, every one linked to
+// where it is, and fetches nothing.
+TEST(FileStagerTest, AutoStagesWhenTheLocalDirectoryResolvesToOtherFiles) {
+  const std::string model = JoinPath(AssetsDir(), "models/ref-gpt2");
+  if (!PathExists(JoinPath(model, "config.json"))) GTEST_SKIP() << "ref-gpt2 not available";
+  const std::string dir = TempDir();
+  const std::string local = JoinPath(dir, "ref-gpt2");
+  ASSERT_EQ(::mkdir(local.c_str(), 0755), 0);
+  for (const char* f :
+       {"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "tokenizer.json"}) {
+    ASSERT_EQ(::symlink(JoinPath(model, f).c_str(), JoinPath(local, f).c_str()), 0) << f;
+  }
+  JobRequest r;
+  r.model_path = local;
+  r.task = "text";
+  r.data_path = JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens");
+  r.window = 64;
+  absl::StatusOr<JobSpec> spec = ResolveJob(r);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(PlanStaging(StageMode::kAuto, *spec).stage);
+
+  const std::string extra = JoinPath(local, "tokenizer_config.json");
+  ASSERT_EQ(::symlink(JoinPath(model, "tokenizer_config.json").c_str(), extra.c_str()), 0);
+  ASSERT_FALSE(VerifyJobInputs(*spec).ok());
+  const StagingPlan plan = PlanStaging(StageMode::kAuto, *spec);
+  ASSERT_TRUE(plan.stage);
+  EXPECT_EQ(plan.local.size(), spec->input_sha256.size());
+
+  auto cache = FileCache::Open(JoinPath(dir, "cache"), int64_t{1} << 30);
+  ASSERT_TRUE(cache.ok());
+  FileStager stager(cache->get());
+  SpecSource src(*spec);
+  absl::StatusOr<StagedJob> staged = stager.Stage(*spec, &src, nullptr, plan.local);
+  ASSERT_TRUE(staged.ok()) << staged.status();
+  EXPECT_EQ(src.calls, 0);
+  EXPECT_EQ(staged->files_local, staged->files);
+  EXPECT_TRUE(staged->pins.empty());
+  EXPECT_FALSE(PathExists(JoinPath(staged->spec.model_path, "tokenizer_config.json")));
+  EXPECT_TRUE(VerifyJobInputs(staged->spec).ok());
+  EXPECT_EQ(staged->spec.JobId(), spec->JobId());
+}
+
 // Lists `dir` (without . and ..); empty if it does not exist.
 std::vector<std::string> Entries(const std::string& dir) {
   std::vector<std::string> out;
