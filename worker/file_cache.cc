@@ -30,14 +30,6 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return ErrnoToStatus(errno, what, path);
 }
 
-bool IsSha256Hex(absl::string_view s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
-  }
-  return true;
-}
-
 absl::Status MakeDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return Errno("mkdir", path);
   if (!IsDirectory(path)) {
@@ -456,6 +448,14 @@ absl::StatusOr<FileCache::Pin> FileCache::Get(const std::string& sha256, const F
     }
   }
   return last;
+}
+
+bool IsSha256Hex(absl::string_view s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
+  }
+  return true;
 }
 
 int FlockRetry(int fd, int op) {

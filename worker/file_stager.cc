@@ -62,14 +62,6 @@ void RemoveTree(const std::string& dir) {
   ::rmdir(dir.c_str());
 }
 
-bool IsViewKey(absl::string_view s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
 std::string ViewLockPath(const std::string& views, const std::string& key) {
   return JoinPath(views, absl::StrCat(key, ".lock"));
 }
@@ -319,7 +311,7 @@ absl::StatusOr<int> RemoveStaleViews(const std::string& cache_dir) {
     } else {
       absl::ConsumeSuffix(&n, ".lock");
     }
-    if (IsViewKey(n)) keys.insert(std::string(n));
+    if (IsSha256Hex(n)) keys.insert(std::string(n));
   }
   ::closedir(d);
   int removed = 0;

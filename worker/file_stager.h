@@ -140,8 +140,8 @@ StagingPlan PlanStaging(StageMode mode, const JobSpec& spec);
 // PlanStaging(mode, spec).stage.
 bool NeedsStaging(StageMode mode, const JobSpec& spec);
 
-// Removes the views under `cache_dir` that no process holds (left by a worker that crashed, or
-// by a worker older than view removal), with their lock files and half-built copies. A view in
+// Removes the views under `cache_dir` that no process holds (a crashed worker's, or views
+// without a lock file), with their lock files and half-built copies. A view in
 // use (held by this or another process) is left alone. Returns the number of views removed; 0
 // when the cache has no views directory. Errors: the errno's status when the directory cannot
 // be listed.
@@ -154,11 +154,10 @@ class FileStager {
 
   // Fetches what the cache lacks (the inputs not in `local`: see StagingPlan), builds and holds
   // the views, verifies. `keep_going` (may be empty) is asked between files and while waiting
-  // to retry. Errors: kFailedPrecondition (a spec that
-  // records no per-file hashes, or a path that cannot be mirrored), kDataLoss (bytes that do
-  // not hash as recorded; nothing kept), kResourceExhausted (the cache is too small), the
-  // source's errors (kNotFound: the coordinator has no such input), VerifyJobInputs' errors,
-  // kCancelled.
+  // to retry. Errors: kFailedPrecondition (a spec that records no per-file hashes, or a path
+  // that cannot be mirrored), kDataLoss (bytes that do not hash as recorded; nothing kept),
+  // kResourceExhausted (the cache is too small), the source's errors (kNotFound: the
+  // coordinator has no such input), VerifyJobInputs' errors, kCancelled.
   absl::StatusOr<StagedJob> Stage(const JobSpec& spec, FileSource* source,
                                   const std::function<bool()>& keep_going = nullptr,
                                   const std::set<std::string>& local = {});
