@@ -388,8 +388,8 @@ absl::Status WorkerLoop::RunJob(const v1::LeaseResponse& lease) {
   if (staging.ok() && plan.stage) {
     GrpcFileSource source(files_stub_.get(), options_.coordinator, worker_id_, lease,
                           options_.rpc_timeout_ms);
-    absl::StatusOr<StagedJob> st =
-        stager_->Stage(*spec, &source, [&] { return on_progress(0.0); }, plan.local);
+    absl::StatusOr<StagedJob> st = stager_->Stage(
+        *spec, &source, [&] { return on_progress(0.0); }, plan.local);
     if (st.ok()) {
       Journal("staged", job_id, fence,
               absl::StrCat("files=", st->files, " local=", st->files_local,
