@@ -402,7 +402,7 @@ std::string XmlEscape(absl::string_view s) {
         out += "&quot;";
         break;
       case '\'':
-        out += "&apos;";
+        out += "&#39;";  // HTML 4 has no &apos;
         break;
       default:
         if (static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n' && c != '\r') {

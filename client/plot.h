@@ -89,7 +89,8 @@ SvgSize PlotSize(const Plot& plot);
 // marker (a circle, square, diamond or triangle), errorbar, legend-entry, note.
 std::string RenderSvg(const Plot& plot);
 
-// &, <, >, " and ' as entities; control characters XML 1.0 does not allow become '?'.
+// Text and attribute values of SVG and HTML (plots, `table --format html`, the dashboard): &, <,
+// >, " and ' as entities; control characters XML 1.0 does not allow become '?'.
 std::string XmlEscape(absl::string_view s);
 
 // Axis ticks: about `target` round values (1, 2, 5 × 10^k steps) spanning [lo, hi]; the first is

@@ -204,8 +204,8 @@ TEST(PlotTest, LabelsFromTheSweepFileAreEscaped) {
   ASSERT_TRUE(p.ok()) << p.status();
   const std::string svg = RenderSvg(*p);
   EXPECT_TRUE(WellFormedXml(svg));
-  EXPECT_THAT(svg, HasSubstr("data-series=\"q&lt;&amp;&gt;&quot;&apos;\""));
-  EXPECT_THAT(svg, HasSubstr(">q&lt;&amp;&gt;&quot;&apos;</text>"));  // the legend
+  EXPECT_THAT(svg, HasSubstr("data-series=\"q&lt;&amp;&gt;&quot;&#39;\""));
+  EXPECT_THAT(svg, HasSubstr(">q&lt;&amp;&gt;&quot;&#39;</text>"));  // the legend
   EXPECT_THAT(svg, HasSubstr("<title>a &lt; b &amp; c &gt; d</title>"));
   EXPECT_THAT(svg, Not(HasSubstr("q<&>")));
   EXPECT_EQ(XmlEscape(std::string("a\x01z\tb", 5)), "a?z\tb");

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/plot.h"
 #include "common/status_macros.h"
 
 namespace kvsweep {
@@ -299,33 +300,6 @@ std::string MdEscape(const std::string& s) {
   return out;
 }
 
-// HTML text and attribute values: &, <, >, " and ' as entities.
-std::string HtmlEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string CsvField(const std::string& s) {
@@ -392,25 +366,25 @@ absl::StatusOr<std::string> FormatTable(const Table& t, const std::string& forma
     // The md table's cells as an HTML fragment: a header row, a row header per row, the caption
     // (one line per note) under the table.
     absl::StrAppend(&out, "<table class=\"comparison\">\n<thead><tr><th scope=\"col\">",
-                    HtmlEscape(Corner(t)), "</th>");
+                    XmlEscape(Corner(t)), "</th>");
     for (const std::string& c : t.cols) {
-      absl::StrAppend(&out, "<th scope=\"col\">", HtmlEscape(c), "</th>");
+      absl::StrAppend(&out, "<th scope=\"col\">", XmlEscape(c), "</th>");
     }
     absl::StrAppend(&out, "</tr></thead>\n<tbody>\n");
     for (size_t r = 0; r < t.rows.size(); ++r) {
-      absl::StrAppend(&out, "<tr><th scope=\"row\">", HtmlEscape(t.rows[r]), "</th>");
+      absl::StrAppend(&out, "<tr><th scope=\"row\">", XmlEscape(t.rows[r]), "</th>");
       for (size_t c = 0; c < t.cols.size(); ++c) {
         const auto& cmp = t.compared[r][c];
         const char* cls =
             t.is_delta[r][c] ? (cmp && cmp->significant ? "delta significant" : "delta") : "value";
-        absl::StrAppend(&out, "<td class=\"", cls, "\">", HtmlEscape(CellText(t, r, c)), "</td>");
+        absl::StrAppend(&out, "<td class=\"", cls, "\">", XmlEscape(CellText(t, r, c)), "</td>");
       }
       absl::StrAppend(&out, "</tr>\n");
     }
     absl::StrAppend(&out, "</tbody>\n</table>\n<p class=\"caption\">",
                     absl::StrJoin(absl::StrSplit(caption, '\n'), "<br>",
                                   [](std::string* o, absl::string_view line) {
-                                    o->append(HtmlEscape(std::string(line)));
+                                    o->append(XmlEscape(std::string(line)));
                                   }),
                     "</p>\n");
     return out;

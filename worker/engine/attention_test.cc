@@ -8,6 +8,8 @@
 #include <cmath>
 #include <iostream>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/path_policy.h"
@@ -115,6 +117,33 @@ class BothPaths : public AttentionObserver {
   int64_t query_block_;
 };
 
+// Every method of `methods` on `model` with input `ids`, at each query block: the blockwise path
+// equals the masked one on every layer, and the compressed states matter in some layer.
+void CheckModel(const Model& model, const std::string& name, const Tensor& ids,
+                const std::vector<const char*>& methods, const std::vector<int64_t>& blocks,
+                bool position_dependent_codec = false) {
+  for (const char* text : methods) {
+    absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
+    ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status();
+    absl::StatusOr<KvMethod> method =
+        ResolveKvMethod(*parsed, model.config().head_dim, model.config().num_layers);
+    ASSERT_TRUE(method.ok()) << text << ": " << method.status();
+    auto codec = NewKvCodec(*method);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    if (position_dependent_codec) ASSERT_TRUE((*codec)->position_dependent()) << text;
+    for (int64_t qb : blocks) {
+      BothPaths check(model, qb);
+      model.Forward(ids, codec->get(), &check);
+      EXPECT_EQ(check.layers, model.config().num_layers);
+      EXPECT_LT(check.max_diff, 1e-5) << name << " " << text << " query block " << qb;
+      EXPECT_GT(check.max_effect, 1e-3) << name << " " << text;
+      std::cout << name << " " << text << " query block " << qb << ": max relative difference "
+                << check.max_diff << ", effect of the compressed states " << check.max_effect
+                << "\n";
+    }
+  }
+}
+
 TEST(AttentionTest, BlockwiseEqualsMaskedOnRefModels) {
   for (const char* name : {"ref-llama", "ref-gpt2"}) {
     auto m = Model::Load(AssetsDir() + "/models/" + name, ModelOptions{});
@@ -122,28 +151,11 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRefModels) {
     const Model& model = **m;
     torch::manual_seed(3);
     Tensor ids = torch::randint(3, model.config().vocab_size, {2, 300}, torch::kLong);
-    for (const char* text :
-         {"quant:bits=4,axis=channel", "quant:bits=2,axis=channel,group=32,residual=32",
-          "quant:bits=4,residual=128",
-          "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2,residual=8"}) {
-      absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
-      ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status();
-      absl::StatusOr<KvMethod> method =
-          ResolveKvMethod(*parsed, model.config().head_dim, model.config().num_layers);
-      ASSERT_TRUE(method.ok()) << text << ": " << method.status();
-      auto codec = NewKvCodec(*method);
-      ASSERT_TRUE(codec.ok()) << codec.status();
-      for (int64_t qb : {int64_t{64}, kAttentionQueryBlock}) {
-        BothPaths check(model, qb);
-        model.Forward(ids, codec->get(), &check);
-        EXPECT_EQ(check.layers, model.config().num_layers);
-        EXPECT_LT(check.max_diff, 1e-5) << name << " " << text << " query block " << qb;
-        EXPECT_GT(check.max_effect, 1e-3) << name << " " << text;
-        std::cout << name << " " << text << " query block " << qb << ": max relative difference "
-                  << check.max_diff << ", effect of the compressed states " << check.max_effect
-                  << "\n";
-      }
-    }
+    CheckModel(model, name, ids,
+               {"quant:bits=4,axis=channel", "quant:bits=2,axis=channel,group=32,residual=32",
+                "quant:bits=4,residual=128",
+                "k=quant:bits=2,axis=channel,group=32;v=quant:bits=2,residual=8"},
+               {int64_t{64}, kAttentionQueryBlock});
   }
 }
 
@@ -157,29 +169,11 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnGemma3SlidingLayers) {
   torch::manual_seed(4);
   Tensor ids =
       torch::randint(3, model.config().vocab_size, {2, model.config().max_positions}, torch::kLong);
-  for (const char* text :
-       {"quant:bits=2,axis=channel,group=4,residual=3", "quant:bits=2,group=8,residual=5",
-        "k=quant:bits=2,axis=channel,group=8;v=quant:bits=2,group=16,residual=2",
-        "quant:bits=2,axis=channel,group=4,residual=3,rope=pre"}) {
-    absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
-    ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status();
-    absl::StatusOr<KvMethod> method =
-        ResolveKvMethod(*parsed, model.config().head_dim, model.config().num_layers);
-    ASSERT_TRUE(method.ok()) << text << ": " << method.status();
-    auto codec = NewKvCodec(*method);
-    ASSERT_TRUE(codec.ok()) << codec.status();
-    ASSERT_TRUE((*codec)->position_dependent()) << text;
-    for (int64_t qb : {int64_t{1}, int64_t{16}, kAttentionQueryBlock}) {
-      BothPaths check(model, qb);
-      model.Forward(ids, codec->get(), &check);
-      EXPECT_EQ(check.layers, model.config().num_layers);
-      EXPECT_LT(check.max_diff, 1e-5) << text << " query block " << qb;
-      EXPECT_GT(check.max_effect, 1e-3) << text;
-      std::cout << "tiny-gemma3 " << text << " query block " << qb << ": max relative difference "
-                << check.max_diff << ", effect of the compressed states " << check.max_effect
-                << "\n";
-    }
-  }
+  CheckModel(model, "tiny-gemma3", ids,
+             {"quant:bits=2,axis=channel,group=4,residual=3", "quant:bits=2,group=8,residual=5",
+              "k=quant:bits=2,axis=channel,group=8;v=quant:bits=2,group=16,residual=2",
+              "quant:bits=2,axis=channel,group=4,residual=3,rope=pre"},
+             {int64_t{1}, int64_t{16}, kAttentionQueryBlock}, /*position_dependent_codec=*/true);
 }
 
 }  // namespace
