@@ -14,14 +14,23 @@
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
 //       N]
 //       [--interleave] [--attention-blocks 128,256,...]
+//
+// Attention mode: one layer's codec Apply and attention at a model shape, per method (see
+// AttentionBench).
+//
+//   kvsweep-engine-bench --attention-bench cuda [--dtype bf16] [--shape B,T,H,Hkv,D]
+//       --methods "none;quant:bits=4,axis=channel" [--repeat N] [--attention-blocks N]
+//
 //       [--wiki-lines N] [--out FILE.jsonl]
 //
 // --attention-blocks runs each method once per query block of the position-dependent attention
 // (worker/engine/attention.h; workers use the default, 128), each row labeled attention_block.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,9 +40,11 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "spec/job_spec.h"
+#include "spec/method_spec.h"
 #include "worker/engine/attention.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/kv/fused_quant.h"
+#include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 #include "worker/engine/tasks/task.h"
@@ -304,6 +315,90 @@ int CheckFused(const std::string& device) {
   return failures == 0 ? 0 : 1;
 }
 
+// --attention-bench DEVICE: one decoder layer's KV-cache work at a model shape, apart from the
+// rest of the model: for each method, the codec's Apply on random K/V [B, Hkv, T, D] and the
+// attention over what it returns (Attend: SDPA's causal kernel for position-independent operands,
+// the blockwise path for position-dependent ones), each timed between device synchronizations,
+// median of --repeat runs. One JSON line per method; `none`'s attention is SDPA's causal kernel
+// on the same shape, the baseline of the others' attention_vs_none.
+int AttentionBench(std::map<std::string, std::string>& f) {
+  absl::StatusOr<torch::Device> dev = ParseDevice(f["--attention-bench"]);
+  if (!dev.ok()) return Die(dev.status());
+  absl::StatusOr<torch::ScalarType> dt = ParseDtype(f.count("--dtype") ? f["--dtype"] : "bf16");
+  if (!dt.ok()) return Die(dt.status());
+  // The shape: B T H Hkv D (default: a batch of 4 windows of 4096 at mistral-7b's heads).
+  std::vector<int64_t> shape = {4, 4096, 32, 8, 128};
+  if (f.count("--shape")) {
+    shape.clear();
+    bool ok = true;
+    for (absl::string_view x : absl::StrSplit(f["--shape"], ',')) {
+      int64_t n = 0;
+      ok = ok && absl::SimpleAtoi(x, &n) && n >= 1;
+      shape.push_back(n);
+    }
+    if (!ok || shape.size() != 5 || shape[2] % shape[3] != 0) {
+      std::fprintf(stderr, "--shape: expected B,T,H,Hkv,D with Hkv dividing H, got '%s'\n",
+                   f["--shape"].c_str());
+      return 2;
+    }
+  }
+  const int64_t B = shape[0], T = shape[1], H = shape[2], Hkv = shape[3], D = shape[4];
+  int repeat = 5;
+  if (f.count("--repeat") && (!absl::SimpleAtoi(f["--repeat"], &repeat) || repeat < 1)) return 2;
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().device(*dev).dtype(*dt);
+  const torch::Tensor q = torch::randn({B, H, T, D}, opts);
+  const torch::Tensor k = torch::randn({B, Hkv, T, D}, opts);
+  const torch::Tensor v = torch::randn({B, Hkv, T, D}, opts);
+  const torch::Tensor allowed = AllowedMask(T, 0, *dev);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  auto sync = [&] {
+    if (dev->is_cuda()) torch::cuda::synchronize();
+  };
+  auto median_ms = [&](const std::function<void()>& fn) {
+    fn();  // warm-up
+    std::vector<double> ms;
+    for (int i = 0; i < repeat; ++i) {
+      sync();
+      const double t0 = Now();
+      fn();
+      sync();
+      ms.push_back((Now() - t0) * 1e3);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  double none_attention = 0;
+  for (absl::string_view text :
+       absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';')) {
+    absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
+    if (!parsed.ok()) return Die(parsed.status());
+    absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, D, 1);
+    if (!method.ok()) return Die(method.status());
+    absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*method);
+    if (!codec.ok()) return Die(codec.status());
+    if (absl::Status s = (*codec)->Prepare(CodecContext{}); !s.ok()) return Die(s);
+    KvPair pair;
+    const double apply = median_ms([&] { pair = (*codec)->Apply(0, k, v); });
+    const double attention = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });
+    if (text == "none") none_attention = attention;
+    nlohmann::json row = {
+        {"bench", "attention"},
+        {"method", std::string(text)},
+        {"device", f["--attention-bench"]},
+        {"dtype", DtypeName(*dt)},
+        {"shape", {{"B", B}, {"T", T}, {"H", H}, {"Hkv", Hkv}, {"D", D}}},
+        {"position_dependent", pair.k.position_dependent() || pair.v.position_dependent()},
+        {"attention_block", AttentionQueryBlock()},
+        {"apply_ms", apply},
+        {"attention_ms", attention}};
+    if (none_attention > 0) row["attention_vs_none"] = attention / none_attention;
+    std::printf("%s\n", row.dump().c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int CpuSuite(std::map<std::string, std::string>& f) {
   int lines = 400;
   std::vector<int> threads = {1, 2};
@@ -397,6 +492,8 @@ int main(int argc, char** argv) {
       {"--calibration", "job mode: calibration text"},
       {"--out", "append JSON lines here"},
       {"--check-fused", "check the fused CUDA quantizer on this device"},
+      {"--attention-bench", "one layer's codec and attention on DEVICE at --shape B,T,H,Hkv,D"},
+      {"--shape", "attention bench: B,T,H,Hkv,D (default 4,4096,32,8,128)"},
       {"--attention-blocks",
        "job mode: query blocks of position-dependent attention, comma-separated"},
   };
@@ -418,5 +515,16 @@ int main(int argc, char** argv) {
   }
   if (interleave) flags["--interleave"] = "1";
   if (flags.count("--check-fused")) return CheckFused(flags["--check-fused"]);
+  if (flags.count("--attention-bench")) {
+    if (flags.count("--attention-blocks")) {
+      int64_t b = 0;
+      if (!absl::SimpleAtoi(flags["--attention-blocks"], &b) || b < 1) {
+        std::fprintf(stderr, "--attention-bench takes one --attention-blocks value\n");
+        return 2;
+      }
+      SetAttentionQueryBlock(b);
+    }
+    return AttentionBench(flags);
+  }
   return flags.count("--model") ? JobMode(flags) : CpuSuite(flags);
 }
