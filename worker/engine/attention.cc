@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <map>
 #include <vector>
 
 #include "common/log.h"
@@ -60,28 +61,32 @@ Tensor StateMask(const KvPair& kv, bool k_compressed, bool v_compressed, int64_t
 }
 
 #if KVSWEEP_HAS_SDPA
-// mask [M, L] (bool) as the additive bias [B, Hkv, M, L] the memory-efficient kernel reads: rows
-// 16-element aligned and broadcast over batch and heads (stride 0). A bool mask handed to SDPA
-// is converted to an unaligned [M, L] bias, which SDPA pads by materializing it expanded to
-// [B, Hkv, M, L] (gigabytes for a batch of short LAMBADA documents).
-Tensor AlignedBias(const Tensor& mask, int64_t B, int64_t Hkv, torch::ScalarType dtype) {
+// mask [M, L] (bool) as an additive bias [M, L] whose rows start 16-element aligned, the layout
+// the memory-efficient kernel reads once expanded to [B, Hkv, M, L] with stride 0 (Expand). A
+// bool mask handed to SDPA is converted to an unaligned bias, which SDPA pads by materializing
+// it expanded to [B, Hkv, M, L] (gigabytes for a batch of short LAMBADA documents).
+Tensor AlignedBias(const Tensor& mask, torch::ScalarType dtype) {
   const int64_t M = mask.size(0), L = mask.size(1), padded = (L + 15) / 16 * 16;
   Tensor bias = torch::full({M, padded}, -std::numeric_limits<float>::infinity(),
                             torch::TensorOptions().dtype(dtype).device(mask.device()));
   bias.slice(1, 0, L).masked_fill_(mask, 0.0);
-  return bias.slice(1, 0, L).view({1, 1, M, L}).expand({B, Hkv, M, L});
+  return bias.slice(1, 0, L);
+}
+
+Tensor Expand(const Tensor& bias, int64_t B, int64_t Hkv) {
+  return bias.view({1, 1, bias.size(0), bias.size(1)}).expand({B, Hkv, bias.size(0), bias.size(1)});
 }
 #endif
 
 // Softmax attention of qf [B, Hkv, M, D] over k, v [B, Hkv, L, D] where mask [M, L] (bool)
-// allows; [B, Hkv, M, D] out.
+// allows; [B, Hkv, M, D] out. `bias`: AlignedBias(mask) in qf's dtype, for the GPU's kernel.
 Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v,
-                              const Tensor& mask, double scale, double softcap) {
+                              const Tensor& mask, const Tensor& bias, double scale,
+                              double softcap) {
 #if KVSWEEP_HAS_SDPA
   if (!qf.is_cpu() && softcap <= 0) {
-    return at::scaled_dot_product_attention(
-        qf, k, v, AlignedBias(mask, qf.size(0), qf.size(1), qf.scalar_type()), 0.0,
-        /*is_causal=*/false, scale);
+    return at::scaled_dot_product_attention(qf, k, v, Expand(bias, qf.size(0), qf.size(1)), 0.0,
+                                            /*is_causal=*/false, scale);
   }
 #endif
   Tensor s = torch::matmul(qf, k.transpose(-2, -1));
@@ -92,11 +97,11 @@ Tensor MaskedSegmentAttention(const Tensor& qf, const Tensor& k, const Tensor& v
 
 #if KVSWEEP_HAS_SDPA
 // The same attention as the concatenation of an unmasked segment (kp, vp: flash attention) and a
-// masked one (kb, vb, mask [M, Lb]: memory-efficient attention with an additive bias), merged by
+// masked one (kb, vb, bias [M, Lb]: memory-efficient attention with an additive bias), merged by
 // the log-sum-exp of each part's scaled scores. Every row of the masked part must allow at least
 // one entry. CUDA, fp16/bf16 only; throws c10::Error where a kernel refuses its operands.
 Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& vp,
-                              const Tensor& kb, const Tensor& vb, const Tensor& mask,
+                              const Tensor& kb, const Tensor& vb, const Tensor& bias,
                               double scale) {
   const int64_t M = qf.size(2);
   auto flash = at::_scaled_dot_product_flash_attention(qf, kp, vp, 0.0, /*is_causal=*/false,
@@ -104,7 +109,7 @@ Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& 
   const Tensor& out_p = std::get<0>(flash);
   const Tensor lse_p = std::get<1>(flash).to(torch::kFloat32);  // [B, Hkv, M]
   auto eff = at::_scaled_dot_product_efficient_attention(
-      qf, kb, vb, AlignedBias(mask, qf.size(0), qf.size(1), qf.scalar_type()),
+      qf, kb, vb, Expand(bias, qf.size(0), qf.size(1)),
       /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/false, scale);
   const Tensor& out_b = std::get<0>(eff);
   const Tensor lse_b = std::get<1>(eff).slice(-1, 0, M).to(torch::kFloat32);  // padded rows
@@ -148,6 +153,29 @@ Tensor AttendMasked(const Tensor& q, const KvPair& kv, const Tensor& allowed, do
          torch::matmul(p * (1 - m), RepeatKv(kv.v.raw, groups));
 }
 
+namespace {
+
+// Entries [a, b) of a block's band, read with K (V) compressed (kc, vc) or raw.
+struct Segment {
+  int64_t a, b;
+  bool kc, vc;
+};
+
+// What a block of queries needs besides the layer's values: its masks, which depend only on
+// positions and the operands' rules. Every layer of a forward pass, and every pass at the same
+// positions, reuses them: building them is a few dozen small kernels per block, which on the
+// GPU cost more time than the block's attention itself.
+struct BlockMasks {
+  Tensor mf;    // bool [g * C, L]: query rows (GQA heads folded in) by the band's entries
+  Tensor bias;  // AlignedBias(mf) in the queries' dtype where a GPU kernel reads it
+};
+
+// Per thread (a forward pass runs on one), forgotten whole when it outgrows the bound.
+constexpr size_t kMaxCachedBlockMasks = 512;
+thread_local std::map<std::vector<int64_t>, BlockMasks> cached_block_masks;
+
+}  // namespace
+
 Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double scale,
                        int64_t query_block, double softcap) {
   TORCH_CHECK(query_block >= 1, "AttendBlockwise: query block ", query_block);
@@ -158,6 +186,11 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
   // K and V under one rule are always read in the same state.
   const bool one_rule = k.position_dependent() && v.position_dependent() && k.block == v.block &&
                         k.residual == v.residual;
+#if KVSWEEP_HAS_SDPA
+  const bool gpu_bias = !q.is_cpu() && softcap <= 0;
+#else
+  const bool gpu_bias = false;
+#endif
   std::vector<Tensor> outs;
   for (int64_t t0 = 0; t0 < T; t0 += query_block) {
     const int64_t t1 = std::min(T, t0 + query_block), C = t1 - t0;
@@ -168,7 +201,6 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
     // (At most t0: query t0 then reads at least its own entry outside the unmasked segment.)
     const int64_t lo = std::min({CompressedPrefix(k, t0), CompressedPrefix(v, t0), t0});
     const int64_t full_hi = std::max(full_lo, lo);
-    std::vector<Tensor> ks, vs, masks;
 #if KVSWEEP_HAS_SDPA
     // GPU, half precision: the unmasked segment through flash attention, the rest through the
     // masked kernel, merged by log-sum-exp (the unmasked segment is most of the work at long T).
@@ -178,13 +210,10 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
 #else
     const bool merged = false;
 #endif
-    if (full_hi > full_lo && !merged) {
-      ks.push_back(k.compressed.slice(2, full_lo, full_hi));
-      vs.push_back(v.compressed.slice(2, full_lo, full_hi));
-      masks.push_back(torch::ones({C, full_hi - full_lo},
-                                  torch::TensorOptions().dtype(torch::kBool).device(q.device())));
-    }
+    // Without the merge, the unmasked segment joins the masked ones (an all-true mask).
+    const bool prefix_masked = full_hi > full_lo && !merged;
     // Entries [a, b), once per state combination that can occur there for these queries.
+    std::vector<Segment> segments;
     auto band = [&](int64_t a, int64_t b) {
       if (b <= a) return;
       for (bool kc : {true, false}) {
@@ -194,27 +223,71 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
           if (!vc && !v.position_dependent()) continue;
           if (one_rule && kc != vc) continue;
           if (vc ? a >= CompressedPrefix(v, t1 - 1) : b <= CompressedPrefix(v, t0)) continue;
-          ks.push_back((kc ? k.compressed : k.raw).slice(2, a, b));
-          vs.push_back((vc ? v.compressed : v.raw).slice(2, a, b));
-          masks.push_back(StateMask(kv, kc, vc, t0, C, a, b - a, window, q.device()));
+          segments.push_back(Segment{a, b, kc, vc});
         }
       }
     };
     band(vis_lo, full_lo);
     band(full_hi, t1);
+    std::vector<Tensor> ks, vs;
+    if (prefix_masked) {
+      ks.push_back(k.compressed.slice(2, full_lo, full_hi));
+      vs.push_back(v.compressed.slice(2, full_lo, full_hi));
+    }
+    for (const Segment& sg : segments) {
+      ks.push_back((sg.kc ? k.compressed : k.raw).slice(2, sg.a, sg.b));
+      vs.push_back((sg.vc ? v.compressed : v.raw).slice(2, sg.a, sg.b));
+    }
     const Tensor kcat = ks.size() == 1 ? ks[0] : torch::cat(ks, 2);
     const Tensor vcat = vs.size() == 1 ? vs[0] : torch::cat(vs, 2);
-    const Tensor mask = masks.size() == 1 ? masks[0] : torch::cat(masks, 1);  // [C, L]
-    const int64_t L = mask.size(1);
-    // Query heads h = kv_head * g + i become rows i * C + r of their KV head.
+    // The masks follow from these numbers alone (the segments are computed from them).
+    const std::vector<int64_t> key = {static_cast<int64_t>(q.device().type()),
+                                      q.device().index(),
+                                      static_cast<int64_t>(q.scalar_type()),
+                                      gpu_bias,
+                                      t0,
+                                      C,
+                                      window,
+                                      g,
+                                      k.position_dependent(),
+                                      k.block,
+                                      k.residual,
+                                      v.position_dependent(),
+                                      v.block,
+                                      v.residual,
+                                      prefix_masked,
+                                      full_lo,
+                                      full_hi,
+                                      vis_lo};
+    auto it = cached_block_masks.find(key);
+    if (it == cached_block_masks.end()) {
+      std::vector<Tensor> masks;
+      if (prefix_masked) {
+        masks.push_back(torch::ones({C, full_hi - full_lo},
+                                    torch::TensorOptions().dtype(torch::kBool).device(q.device())));
+      }
+      for (const Segment& sg : segments) {
+        masks.push_back(StateMask(kv, sg.kc, sg.vc, t0, C, sg.a, sg.b - sg.a, window, q.device()));
+      }
+      const Tensor mask = masks.size() == 1 ? masks[0] : torch::cat(masks, 1);  // [C, L]
+      const int64_t L = mask.size(1);
+      // Query heads h = kv_head * g + i become rows i * C + r of their KV head.
+      BlockMasks bm;
+      bm.mf = g == 1 ? mask : mask.unsqueeze(0).expand({g, C, L}).reshape({g * C, L});
+#if KVSWEEP_HAS_SDPA
+      if (gpu_bias) bm.bias = AlignedBias(bm.mf, q.scalar_type());
+#endif
+      if (cached_block_masks.size() >= kMaxCachedBlockMasks) cached_block_masks.clear();
+      it = cached_block_masks.emplace(key, std::move(bm)).first;
+    }
+    const BlockMasks& bm = it->second;
     Tensor qf = q.slice(2, t0, t1).reshape({B, Hkv, g * C, D});
-    Tensor mf = g == 1 ? mask : mask.unsqueeze(0).expand({g, C, L}).reshape({g * C, L});
 #if KVSWEEP_HAS_SDPA
     if (merged) {
       try {
         outs.push_back(MergedSegmentAttention(qf, k.compressed.slice(2, full_lo, full_hi),
                                               v.compressed.slice(2, full_lo, full_hi), kcat, vcat,
-                                              mf, scale)
+                                              bm.bias, scale)
                            .reshape({B, H, C, D}));
         continue;
       } catch (const c10::Error& e) {
@@ -225,8 +298,8 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
       }
     }
 #endif
-    outs.push_back(
-        MaskedSegmentAttention(qf, kcat, vcat, mf, scale, softcap).reshape({B, H, C, D}));
+    outs.push_back(MaskedSegmentAttention(qf, kcat, vcat, bm.mf, bm.bias, scale, softcap)
+                       .reshape({B, H, C, D}));
   }
   return outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
 }
