@@ -125,7 +125,9 @@ std::string Tail(const std::string& path, size_t bytes) {
 }  // namespace
 
 int RunDemo(const DemoOptions& o) {
-  const std::string assets = AssetsDir();
+  // Absolute: the sweep file lives in a temporary directory, and a relative path in it would be
+  // read from there (KVSWEEP_ASSETS defaults to the relative ../shared/assets).
+  const std::string assets = RealPath(AssetsDir());
   const std::string model = JoinPath(assets, "models/ref-llama");
   const std::string data = JoinPath(assets, "data/lambada_openai/lambada_test.jsonl");
   if (!PathExists(JoinPath(model, "config.json")) || !PathExists(data)) {

@@ -6,12 +6,14 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/path_policy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/harness.h"
@@ -252,6 +254,24 @@ TEST(ConfigTest, DemoWorkersIgnoreTheShellsConnectionSettings) {
                               {"KVSWEEP_TOKEN_FILE", h.dir() + "/no-such-token"},
                               {"KVSWEEP_TLS_CA", h.dir() + "/no-such-ca.crt"},
                               {"KVSWEEP_DEVICE", "cuda:7"}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// `make demo` on a fresh machine: KVSWEEP_ASSETS unset means the relative ../shared/assets, and
+// the demo's sweep file (in a temporary directory) must still name the assets where they are.
+TEST(ConfigTest, DemoRunsWithRelativeAssets) {
+  Harness h("config_demo_rel");
+  // <dir>/a/b/checkout with the assets at <dir>/a/b/assets: ../assets from the checkout, and
+  // nothing from the demo's own directory <dir>/demo.
+  const std::string work = JoinPath(h.dir(), "a/b/checkout");
+  std::filesystem::create_directories(work);
+  std::filesystem::create_symlink(RealPath(AssetsDir()), JoinPath(h.dir(), "a/b/assets"));
+  CommandResult r = RunToEnd(
+      h,
+      {"/bin/sh", "-c",
+       absl::StrCat("cd '", work, "' && exec '", CliBin(),
+                    "' demo --evaluator fake --workers 2 --limit 1 --keep '", h.dir(), "/demo'")},
+      {{"KVSWEEP_ASSETS", "../assets"}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
