@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/ascii.h"
 #include "common/file_util.h"
 
 namespace kvsweep {
@@ -34,6 +35,14 @@ std::string Sha256::HexDigest() {
     out[2 * i + 1] = kHex[md[i] & 15];
   }
   return out;
+}
+
+bool IsLowerHex(absl::string_view s, size_t length) {
+  if (s.size() != length) return false;
+  for (char c : s) {
+    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
+  }
+  return true;
 }
 
 std::string Sha256Hex(absl::string_view bytes) {

@@ -32,6 +32,9 @@ std::string Sha256Hex(absl::string_view bytes);
 // Streams the file; errors as in ReadFile (kNotFound, kPermissionDenied, ...).
 absl::StatusOr<std::string> Sha256File(const std::string& path);
 
+// Exactly `length` lower-case hex digits: the spelling Sha256Hex (64) and git (40) write.
+bool IsLowerHex(absl::string_view s, size_t length);
+
 }  // namespace kvsweep
 
 #endif  // KVSWEEP_COMMON_HASH_H_

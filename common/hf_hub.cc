@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/file_util.h"
+#include "common/hash.h"
 
 namespace kvsweep {
 namespace {
@@ -32,13 +33,7 @@ bool IsRevision(absl::string_view r) {
   return true;
 }
 
-bool IsCommitHash(absl::string_view s) {
-  if (s.size() != 40) return false;
-  for (char c : s) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
-  }
-  return true;
-}
+bool IsCommitHash(absl::string_view s) { return IsLowerHex(s, 40); }
 
 }  // namespace
 

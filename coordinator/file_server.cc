@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
@@ -24,14 +23,6 @@ namespace {
 
 grpc::Status Error(grpc::StatusCode code, const std::string& msg) {
   return grpc::Status(code, msg);
-}
-
-bool IsSha256Hex(const std::string& s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
-  }
-  return true;
 }
 
 grpc::Status Changed(const std::string& path, const std::string& why) {
@@ -65,7 +56,7 @@ grpc::Status FileServiceImpl::FetchFile(grpc::ServerContext* ctx, const v1::Fetc
         ValidateLeaseId(req->lease_id()), ValidateFence(req->fencing_token())}) {
     if (!v.ok()) return ToGrpc(v);
   }
-  if (!IsSha256Hex(req->sha256())) {
+  if (!IsLowerHex(req->sha256(), 64)) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT, "sha256: must be 64 lower-case hex digits");
   }
   if (req->offset() < 0) {

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -14,13 +13,7 @@
 namespace kvsweep {
 namespace {
 
-bool IsKey(absl::string_view k) {
-  if (k.size() != 64) return false;
-  for (char c : k) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
-  }
-  return true;
-}
+bool IsKey(absl::string_view k) { return IsLowerHex(k, 64); }
 
 bool ConstantTimeEqual(absl::string_view a, absl::string_view b) {
   if (a.size() != b.size()) return false;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/path_policy.h"
 #include "coordinator/sweep_spec.h"
@@ -152,10 +153,8 @@ absl::Status ValidateJobId(const std::string& id) {
   if (id.size() != 64) {
     return absl::InvalidArgumentError("job_id: must be 64 hex digits (a sha256)");
   }
-  for (char c : id) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) {
-      return absl::InvalidArgumentError("job_id: must be 64 lower-case hex digits (a sha256)");
-    }
+  if (!IsLowerHex(id, 64)) {
+    return absl::InvalidArgumentError("job_id: must be 64 lower-case hex digits (a sha256)");
   }
   return absl::OkStatus();
 }

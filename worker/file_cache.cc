@@ -95,7 +95,7 @@ std::vector<Partial> ListPartials(const std::string& tmp_dir) {
     if (!absl::EndsWith(name, ".partial") || name.size() < 66 || name[64] != '-') continue;
     Partial p;
     p.sha256 = name.substr(0, 64);
-    if (!IsSha256Hex(p.sha256) ||
+    if (!IsLowerHex(p.sha256, 64) ||
         !absl::SimpleAtoi(name.substr(65, name.size() - 65 - 8), &p.declared) || p.declared < 0) {
       continue;
     }
@@ -117,7 +117,7 @@ std::vector<Blob> ListBlobs(const std::string& blob_dir) {
   DIR* d = ::opendir(blob_dir.c_str());
   if (d == nullptr) return out;
   while (struct dirent* e = ::readdir(d)) {
-    if (!IsSha256Hex(e->d_name)) continue;
+    if (!IsLowerHex(e->d_name, 64)) continue;
     Blob b;
     b.path = JoinPath(blob_dir, e->d_name);
     struct stat st;
@@ -405,7 +405,7 @@ absl::Status FileCache::FetchOnce(const std::string& sha256, const FetchFn& fetc
 absl::StatusOr<FileCache::Pin> FileCache::Get(const std::string& sha256, const FetchFn& fetch,
                                               const std::function<bool()>& keep_going,
                                               CacheGetStats* stats) {
-  if (!IsSha256Hex(sha256)) {
+  if (!IsLowerHex(sha256, 64)) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", sha256.substr(0, 80), "' is not a sha256 (64 lower-case hex)"));
   }
@@ -448,14 +448,6 @@ absl::StatusOr<FileCache::Pin> FileCache::Get(const std::string& sha256, const F
     }
   }
   return last;
-}
-
-bool IsSha256Hex(absl::string_view s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!absl::ascii_isxdigit(c) || absl::ascii_isupper(c)) return false;
-  }
-  return true;
 }
 
 int FlockRetry(int fd, int op) {

@@ -100,9 +100,6 @@ class FileCache {
   const int64_t max_bytes_;
 };
 
-// Whether `s` is a sha256 as blobs are named: 64 lower-case hex digits.
-bool IsSha256Hex(absl::string_view s);
-
 // flock(2) on `fd`, retried when a signal interrupts it (the cache's and the stager's locks).
 int FlockRetry(int fd, int op);
 

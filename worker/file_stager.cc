@@ -311,7 +311,7 @@ absl::StatusOr<int> RemoveStaleViews(const std::string& cache_dir) {
     } else {
       absl::ConsumeSuffix(&n, ".lock");
     }
-    if (IsSha256Hex(n)) keys.insert(std::string(n));
+    if (IsLowerHex(n, 64)) keys.insert(std::string(n));
   }
   ::closedir(d);
   int removed = 0;
