@@ -320,7 +320,9 @@ int CheckFused(const std::string& device) {
 // attention over what it returns (Attend: SDPA's causal kernel for position-independent operands,
 // the blockwise path for position-dependent ones), each timed between device synchronizations,
 // median of --repeat runs. One JSON line per method; `none`'s attention is SDPA's causal kernel
-// on the same shape, the baseline of the others' attention_vs_none.
+// on the same shape, the baseline of the others' attention_vs_none. Position-dependent rows also
+// time the block-at-a-time path (blockwise_ms) and give each path's largest difference from the
+// masked fp32 reference on the first batch element, relative to its largest magnitude.
 int AttentionBench(std::map<std::string, std::string>& f) {
   absl::StatusOr<torch::Device> dev = ParseDevice(f["--attention-bench"]);
   if (!dev.ok()) return Die(dev.status());
@@ -382,17 +384,50 @@ int AttentionBench(std::map<std::string, std::string>& f) {
     const double apply = median_ms([&] { pair = (*codec)->Apply(0, k, v); });
     const double attention = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });
     if (text == "none") none_attention = attention;
-    nlohmann::json row = {
-        {"bench", "attention"},
-        {"method", std::string(text)},
-        {"device", f["--attention-bench"]},
-        {"dtype", DtypeName(*dt)},
-        {"shape", {{"B", B}, {"T", T}, {"H", H}, {"Hkv", Hkv}, {"D", D}}},
-        {"position_dependent", pair.k.position_dependent() || pair.v.position_dependent()},
-        {"attention_block", AttentionQueryBlock()},
-        {"apply_ms", apply},
-        {"attention_ms", attention}};
+    const bool position_dependent = pair.k.position_dependent() || pair.v.position_dependent();
+    // Position-dependent methods: the block-at-a-time path too, and both paths' largest
+    // difference from the masked fp32 reference on the first batch element (relative to the
+    // reference's largest magnitude).
+    double blockwise = 0, diff_attend = 0, diff_blockwise = 0;
+    if (position_dependent) {
+      blockwise =
+          median_ms([&] { (void)AttendBlockwise(q, pair, 0, scale, AttentionQueryBlock()); });
+      auto first = [](const KvOperand& op) {
+        return KvOperand{op.compressed.slice(0, 0, 1),
+                         op.raw.defined() ? op.raw.slice(0, 0, 1) : op.raw, op.use_compressed,
+                         op.block, op.residual};
+      };
+      const KvPair one{first(pair.k), first(pair.v)};
+      const torch::Tensor q1 = q.slice(0, 0, 1);
+      auto to32 = [](const KvOperand& op) {
+        return KvOperand{op.compressed.to(torch::kFloat32),
+                         op.raw.defined() ? op.raw.to(torch::kFloat32) : op.raw, op.use_compressed,
+                         op.block, op.residual};
+      };
+      const torch::Tensor ref =
+          AttendMasked(q1.to(torch::kFloat32), KvPair{to32(one.k), to32(one.v)}, allowed, scale);
+      const double mag = ref.abs().max().item<double>();
+      auto rel = [&](const torch::Tensor& x) {
+        return (x.to(torch::kFloat32) - ref).abs().max().item<double>() / mag;
+      };
+      diff_attend = rel(Attend(q1, one, allowed, 0, scale));
+      diff_blockwise = rel(AttendBlockwise(q1, one, 0, scale, AttentionQueryBlock()));
+    }
+    nlohmann::json row = {{"bench", "attention"},
+                          {"method", std::string(text)},
+                          {"device", f["--attention-bench"]},
+                          {"dtype", DtypeName(*dt)},
+                          {"shape", {{"B", B}, {"T", T}, {"H", H}, {"Hkv", Hkv}, {"D", D}}},
+                          {"position_dependent", position_dependent},
+                          {"attention_block", AttentionQueryBlock()},
+                          {"apply_ms", apply},
+                          {"attention_ms", attention}};
     if (none_attention > 0) row["attention_vs_none"] = attention / none_attention;
+    if (position_dependent) {
+      row["blockwise_ms"] = blockwise;
+      row["max_rel_diff_vs_masked"] = diff_attend;
+      row["blockwise_max_rel_diff_vs_masked"] = diff_blockwise;
+    }
     std::printf("%s\n", row.dump().c_str());
     std::fflush(stdout);
   }

@@ -21,6 +21,9 @@
 // SDPA with enable_gqa exists from libtorch 2.5; Debian's 1.13 uses the explicit path below.
 #define KVSWEEP_HAS_SDPA \
   (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
+// Variable-length flash attention with per-sequence used key lengths (seqused_k): from 2.6.
+#define KVSWEEP_HAS_VARLEN_FLASH \
+  (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6))
 
 namespace kvsweep::engine {
 namespace {
@@ -119,8 +122,9 @@ Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& 
       .to(qf.scalar_type());
 }
 
-// Whether the merged path may be tried (it is given up for the process after a refusal).
+// Whether the merged (packed) path may be tried: given up for the process after a refusal.
 std::atomic<bool> merged_path_ok{true};
+std::atomic<bool> packed_path_ok{true};
 #endif
 
 }  // namespace
@@ -161,6 +165,64 @@ struct Segment {
   bool kc, vc;
 };
 
+// How the blockwise paths split what queries [t0, t1) read: entries [prefix_lo, prefix_hi), which
+// every query of the block sees and reads compressed in both K and V (the unmasked segment; empty
+// when prefix_hi <= prefix_lo), and the band segments, each a range of entries in one combination
+// of K and V states, covering the rest of what any of the queries sees. Depends on positions and
+// the operands' rules only.
+struct BlockLayout {
+  int64_t t0, t1;
+  int64_t prefix_lo, prefix_hi;
+  std::vector<Segment> segments;
+  bool has_prefix() const { return prefix_hi > prefix_lo; }
+};
+
+BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1) {
+  const KvOperand& k = kv.k;
+  const KvOperand& v = kv.v;
+  // K and V under one rule are always read in the same state.
+  const bool one_rule = k.position_dependent() && v.position_dependent() && k.block == v.block &&
+                        k.residual == v.residual;
+  BlockLayout out;
+  out.t0 = t0;
+  out.t1 = t1;
+  // Entries some query of the block sees: [vis_lo, t1). All of them see [full_lo, t1) as far
+  // as the window goes, and read [0, lo) compressed in both K and V.
+  const int64_t vis_lo = window > 0 ? std::max<int64_t>(0, t0 - window + 1) : 0;
+  const int64_t full_lo = window > 0 ? std::max<int64_t>(0, t1 - window) : 0;
+  // (At most t0: query t0 then reads at least its own entry outside the unmasked segment.)
+  const int64_t lo = std::min({CompressedPrefix(k, t0), CompressedPrefix(v, t0), t0});
+  out.prefix_lo = full_lo;
+  out.prefix_hi = std::max(full_lo, lo);
+  auto band = [&](int64_t a, int64_t b) {
+    if (b <= a) return;
+    for (bool kc : {true, false}) {
+      if (!kc && !k.position_dependent()) continue;
+      if (kc ? a >= CompressedPrefix(k, t1 - 1) : b <= CompressedPrefix(k, t0)) continue;
+      for (bool vc : {true, false}) {
+        if (!vc && !v.position_dependent()) continue;
+        if (one_rule && kc != vc) continue;
+        if (vc ? a >= CompressedPrefix(v, t1 - 1) : b <= CompressedPrefix(v, t0)) continue;
+        out.segments.push_back(Segment{a, b, kc, vc});
+      }
+    }
+  };
+  band(vis_lo, full_lo);
+  band(out.prefix_hi, t1);
+  return out;
+}
+
+// bool [C, L] on the CPU: which query of the block reads which entry of its band segments
+// (concatenated in order), in the segment's states.
+Tensor BandMask(const KvPair& kv, const BlockLayout& bl, int window) {
+  std::vector<Tensor> masks;
+  for (const Segment& sg : bl.segments) {
+    masks.push_back(
+        StateMask(kv, sg.kc, sg.vc, bl.t0, bl.t1 - bl.t0, sg.a, sg.b - sg.a, window, torch::kCPU));
+  }
+  return masks.size() == 1 ? masks[0] : torch::cat(masks, 1);
+}
+
 // What a block of queries needs besides the layer's values: its masks, which depend only on
 // positions and the operands' rules. Every layer of a forward pass, and every pass at the same
 // positions, reuses them: building them is a few dozen small kernels per block, which on the
@@ -174,6 +236,23 @@ struct BlockMasks {
 constexpr size_t kMaxCachedBlockMasks = 512;
 thread_local std::map<std::vector<int64_t>, BlockMasks> cached_block_masks;
 
+// The numbers a layout and its masks follow from (with the block's own positions added).
+std::vector<int64_t> RulesKey(const Tensor& q, const KvPair& kv, int window, int64_t g,
+                              bool gpu_bias) {
+  return {static_cast<int64_t>(q.device().type()),
+          q.device().index(),
+          static_cast<int64_t>(q.scalar_type()),
+          gpu_bias,
+          window,
+          g,
+          kv.k.position_dependent(),
+          kv.k.block,
+          kv.k.residual,
+          kv.v.position_dependent(),
+          kv.v.block,
+          kv.v.residual};
+}
+
 }  // namespace
 
 Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double scale,
@@ -183,9 +262,6 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
   const int64_t Hkv = kv.k.compressed.size(1), g = H / Hkv;
   const KvOperand& k = kv.k;
   const KvOperand& v = kv.v;
-  // K and V under one rule are always read in the same state.
-  const bool one_rule = k.position_dependent() && v.position_dependent() && k.block == v.block &&
-                        k.residual == v.residual;
 #if KVSWEEP_HAS_SDPA
   const bool gpu_bias = !q.is_cpu() && softcap <= 0;
 #else
@@ -194,82 +270,38 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
   std::vector<Tensor> outs;
   for (int64_t t0 = 0; t0 < T; t0 += query_block) {
     const int64_t t1 = std::min(T, t0 + query_block), C = t1 - t0;
-    // Entries some query of the block sees: [vis_lo, t1). All of them see [full_lo, t1) as far
-    // as the window goes, and read [0, lo) compressed in both K and V.
-    const int64_t vis_lo = window > 0 ? std::max<int64_t>(0, t0 - window + 1) : 0;
-    const int64_t full_lo = window > 0 ? std::max<int64_t>(0, t1 - window) : 0;
-    // (At most t0: query t0 then reads at least its own entry outside the unmasked segment.)
-    const int64_t lo = std::min({CompressedPrefix(k, t0), CompressedPrefix(v, t0), t0});
-    const int64_t full_hi = std::max(full_lo, lo);
+    const BlockLayout bl = LayOutBlock(kv, window, t0, t1);
+    const int64_t full_lo = bl.prefix_lo, full_hi = bl.prefix_hi;
 #if KVSWEEP_HAS_SDPA
     // GPU, half precision: the unmasked segment through flash attention, the rest through the
     // masked kernel, merged by log-sum-exp (the unmasked segment is most of the work at long T).
-    const bool merged = !q.is_cpu() && q.scalar_type() != torch::kFloat32 && full_hi > full_lo &&
+    const bool merged = !q.is_cpu() && q.scalar_type() != torch::kFloat32 && bl.has_prefix() &&
                         full_hi <= t0 && D % 8 == 0 && D <= 256 && softcap <= 0 &&
                         merged_path_ok.load(std::memory_order_relaxed);
 #else
     const bool merged = false;
 #endif
     // Without the merge, the unmasked segment joins the masked ones (an all-true mask).
-    const bool prefix_masked = full_hi > full_lo && !merged;
-    // Entries [a, b), once per state combination that can occur there for these queries.
-    std::vector<Segment> segments;
-    auto band = [&](int64_t a, int64_t b) {
-      if (b <= a) return;
-      for (bool kc : {true, false}) {
-        if (!kc && !k.position_dependent()) continue;
-        if (kc ? a >= CompressedPrefix(k, t1 - 1) : b <= CompressedPrefix(k, t0)) continue;
-        for (bool vc : {true, false}) {
-          if (!vc && !v.position_dependent()) continue;
-          if (one_rule && kc != vc) continue;
-          if (vc ? a >= CompressedPrefix(v, t1 - 1) : b <= CompressedPrefix(v, t0)) continue;
-          segments.push_back(Segment{a, b, kc, vc});
-        }
-      }
-    };
-    band(vis_lo, full_lo);
-    band(full_hi, t1);
+    const bool prefix_masked = bl.has_prefix() && !merged;
     std::vector<Tensor> ks, vs;
     if (prefix_masked) {
       ks.push_back(k.compressed.slice(2, full_lo, full_hi));
       vs.push_back(v.compressed.slice(2, full_lo, full_hi));
     }
-    for (const Segment& sg : segments) {
+    for (const Segment& sg : bl.segments) {
       ks.push_back((sg.kc ? k.compressed : k.raw).slice(2, sg.a, sg.b));
       vs.push_back((sg.vc ? v.compressed : v.raw).slice(2, sg.a, sg.b));
     }
     const Tensor kcat = ks.size() == 1 ? ks[0] : torch::cat(ks, 2);
     const Tensor vcat = vs.size() == 1 ? vs[0] : torch::cat(vs, 2);
-    // The masks follow from these numbers alone (the segments are computed from them).
-    const std::vector<int64_t> key = {static_cast<int64_t>(q.device().type()),
-                                      q.device().index(),
-                                      static_cast<int64_t>(q.scalar_type()),
-                                      gpu_bias,
-                                      t0,
-                                      C,
-                                      window,
-                                      g,
-                                      k.position_dependent(),
-                                      k.block,
-                                      k.residual,
-                                      v.position_dependent(),
-                                      v.block,
-                                      v.residual,
-                                      prefix_masked,
-                                      full_lo,
-                                      full_hi,
-                                      vis_lo};
+    std::vector<int64_t> key = RulesKey(q, kv, window, g, gpu_bias);
+    key.insert(key.end(), {t0, C, prefix_masked});
     auto it = cached_block_masks.find(key);
     if (it == cached_block_masks.end()) {
       std::vector<Tensor> masks;
-      if (prefix_masked) {
-        masks.push_back(torch::ones({C, full_hi - full_lo},
-                                    torch::TensorOptions().dtype(torch::kBool).device(q.device())));
-      }
-      for (const Segment& sg : segments) {
-        masks.push_back(StateMask(kv, sg.kc, sg.vc, t0, C, sg.a, sg.b - sg.a, window, q.device()));
-      }
-      const Tensor mask = masks.size() == 1 ? masks[0] : torch::cat(masks, 1);  // [C, L]
+      if (prefix_masked) masks.push_back(torch::ones({C, full_hi - full_lo}, torch::kBool));
+      if (!bl.segments.empty()) masks.push_back(BandMask(kv, bl, window));
+      const Tensor mask = (masks.size() == 1 ? masks[0] : torch::cat(masks, 1)).to(q.device());
       const int64_t L = mask.size(1);
       // Query heads h = kv_head * g + i become rows i * C + r of their KV head.
       BlockMasks bm;
@@ -305,6 +337,232 @@ Tensor AttendBlockwise(const Tensor& q, const KvPair& kv, int window, double sca
 }
 
 namespace {
+
+// Everything the packed path needs besides the layer's values, for one batch size, length and
+// set of rules: built once on the CPU, moved to the device, shared by every layer and pass.
+struct PackedPlan {
+  int64_t nb = 0, C = 0, L = 0;  // blocks, queries per block, band entries per block (padded)
+  int64_t max_prefix = 0;        // longest unmasked segment (0: none has one)
+  Tensor k_index, v_index;       // long [nb * L]: band entry -> row of cat(compressed, raw)
+  Tensor band_mask;              // bool [nb, g * C, L] (GQA heads folded into the rows)
+  Tensor band_bias;              // AlignedBias of band_mask (fused path)
+  Tensor cu_q, cu_k, used_k;     // int32 [B*nb + 1], [B*nb + 1], [B*nb]: the varlen call
+  std::vector<int64_t> prefix_lo, prefix_len;  // per block (explicit path)
+  Tensor has_prefix;  // bool [T]: the query's block has an unmasked segment
+  int64_t bytes = 0;
+};
+
+// Windows of T tokens per packed call: at most this many tokens (8 windows of 4096).
+constexpr int64_t kPackedChunkTokens = 32768;
+
+// Per thread, forgotten whole past the bound (a plan at the 7B shape is ~20 MB).
+constexpr int64_t kMaxCachedPlanBytes = int64_t{512} << 20;
+thread_local std::map<std::vector<int64_t>, PackedPlan> cached_plans;
+thread_local int64_t cached_plan_bytes = 0;
+
+const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int window, int64_t query_block,
+                          bool fused) {
+  const int64_t B = q.size(0), T = q.size(2), g = q.size(1) / kv.k.compressed.size(1);
+  std::vector<int64_t> key = RulesKey(q, kv, window, g, fused);
+  key.insert(key.end(), {B, T, query_block});
+  auto it = cached_plans.find(key);
+  if (it != cached_plans.end()) return it->second;
+
+  PackedPlan p;
+  p.C = std::min(query_block, T);
+  p.nb = (T + p.C - 1) / p.C;
+  std::vector<BlockLayout> layouts;
+  for (int64_t j = 0; j < p.nb; ++j) {
+    layouts.push_back(LayOutBlock(kv, window, j * p.C, std::min(T, (j + 1) * p.C)));
+    int64_t len = 0;
+    for (const Segment& sg : layouts.back().segments) len += sg.b - sg.a;
+    p.L = std::max(p.L, len);
+  }
+  const int64_t C = p.C, L = p.L, nb = p.nb;
+  std::vector<int64_t> k_index(static_cast<size_t>(nb * L)), v_index(k_index.size());
+  std::vector<int64_t> prefix_lo(static_cast<size_t>(nb)), prefix_len(prefix_lo.size());
+  Tensor mask = torch::zeros({nb, C, L}, torch::kBool);
+  Tensor has_prefix = torch::zeros({nb, C}, torch::kBool);
+  for (int64_t j = 0; j < nb; ++j) {
+    const BlockLayout& bl = layouts[static_cast<size_t>(j)];
+    const int64_t c = bl.t1 - bl.t0;
+    // Band entries in segment order; the raw state is row T + e of cat(compressed, raw).
+    // Padding entries (a block with a shorter band) point at row 0 and are masked.
+    size_t col = static_cast<size_t>(j * L);
+    for (const Segment& sg : bl.segments) {
+      for (int64_t e = sg.a; e < sg.b; ++e, ++col) {
+        k_index[col] = e + (sg.kc ? 0 : T);
+        v_index[col] = e + (sg.vc ? 0 : T);
+      }
+    }
+    const Tensor bm = BandMask(kv, bl, window);
+    mask[j].slice(0, 0, c).slice(1, 0, bm.size(1)).copy_(bm);
+    // Padding rows (past T in the last block) read entry 0, so that no row is empty; their
+    // output is dropped.
+    if (c < C) mask[j].slice(0, c, C).select(1, 0).fill_(true);
+    const size_t js = static_cast<size_t>(j);
+    prefix_lo[js] = bl.prefix_lo;
+    prefix_len[js] = bl.has_prefix() ? bl.prefix_hi - bl.prefix_lo : 0;
+    has_prefix[j].fill_(prefix_len[js] > 0);
+    p.max_prefix = std::max(p.max_prefix, prefix_len[js]);
+  }
+  // Sequence (b, j) of the varlen call: queries b*T + [t0, t1), keys from b*T + prefix_lo, of
+  // which prefix_len are used (the sequences share each batch element's K/V).
+  std::vector<int32_t> cu_q, cu_k, used_k;
+  for (int64_t b = 0; b < B; ++b) {
+    for (size_t j = 0; j < prefix_lo.size(); ++j) {
+      cu_q.push_back(static_cast<int32_t>(b * T + static_cast<int64_t>(j) * C));
+      cu_k.push_back(static_cast<int32_t>(b * T + prefix_lo[j]));
+      used_k.push_back(static_cast<int32_t>(prefix_len[j]));
+    }
+  }
+  cu_q.push_back(static_cast<int32_t>(B * T));
+  cu_k.push_back(static_cast<int32_t>(B * T));
+  auto i32 = [&](const std::vector<int32_t>& x) {
+    return torch::tensor(x, torch::kInt).to(q.device());
+  };
+  const torch::Device dev = q.device();
+  p.k_index = torch::tensor(k_index, torch::kLong).to(dev);
+  p.v_index = torch::tensor(v_index, torch::kLong).to(dev);
+  // Query heads h = kv_head * g + i become rows i * C + r of their KV head, per block.
+  Tensor mf = g == 1 ? mask : mask.unsqueeze(1).expand({nb, g, C, L}).reshape({nb, g * C, L});
+  p.band_mask = mf.to(dev);
+#if KVSWEEP_HAS_SDPA
+  if (fused) p.band_bias = AlignedBias(p.band_mask.view({nb * g * C, L}), q.scalar_type());
+#endif
+  p.cu_q = i32(cu_q);
+  p.cu_k = i32(cu_k);
+  p.used_k = i32(used_k);
+  p.prefix_lo = std::move(prefix_lo);
+  p.prefix_len = std::move(prefix_len);
+  p.has_prefix = has_prefix.view({-1}).slice(0, 0, T).to(dev);
+  p.bytes = (p.k_index.numel() + p.v_index.numel()) * 8 + p.band_mask.numel() +
+            (p.band_bias.defined() ? p.band_bias.numel() * 2 + nb * g * C * 16 : 0);
+  if (cached_plan_bytes + p.bytes > kMaxCachedPlanBytes) {
+    cached_plans.clear();
+    cached_plan_bytes = 0;
+  }
+  cached_plan_bytes += p.bytes;
+  return cached_plans.emplace(key, std::move(p)).first->second;
+}
+
+// Rows of cat(compressed, raw) along T (compressed alone for a position-independent operand).
+Tensor Sources(const KvOperand& op) {
+  return op.position_dependent() ? torch::cat({op.compressed, op.raw}, 2) : op.compressed;
+}
+
+}  // namespace
+
+Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
+                    int64_t query_block, bool fused) {
+  TORCH_CHECK(query_block >= 1, "AttendPacked: query block ", query_block);
+#if !KVSWEEP_HAS_VARLEN_FLASH
+  TORCH_CHECK(!fused, "AttendPacked: the fused kernels need libtorch >= 2.6 with CUDA");
+#endif
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = kv.k.compressed.size(1), g = H / Hkv;
+  // A few windows at a time: the packing's temporaries (gathered bands, fp32 merge) are several
+  // times the layer's q, and a scoring batch holds up to 64 windows.
+  const int64_t per_chunk = std::max<int64_t>(1, kPackedChunkTokens / T);
+  if (B > per_chunk) {
+    auto rows = [](const KvOperand& op, int64_t b0, int64_t b1) {
+      return KvOperand{op.compressed.slice(0, b0, b1),
+                       op.raw.defined() ? op.raw.slice(0, b0, b1) : op.raw, op.use_compressed,
+                       op.block, op.residual};
+    };
+    std::vector<Tensor> outs;
+    for (int64_t b0 = 0; b0 < B; b0 += per_chunk) {
+      const int64_t b1 = std::min(B, b0 + per_chunk);
+      outs.push_back(AttendPacked(q.slice(0, b0, b1),
+                                  KvPair{rows(kv.k, b0, b1), rows(kv.v, b0, b1)}, window, scale,
+                                  query_block, fused));
+    }
+    return torch::cat(outs, 0);
+  }
+  const PackedPlan& p = PlanFor(q, kv, window, query_block, fused);
+  const int64_t nb = p.nb, C = p.C, L = p.L, Tp = nb * C;
+  auto f32 = [](const Tensor& x) { return x.to(torch::kFloat32); };
+
+  // The bands: queries [B*Hkv, nb, g*C, D] (a batch element's KV head by block, the block's
+  // GQA heads folded into its rows) over their gathered entries [B*Hkv, nb, L, D].
+  Tensor qp = Tp > T ? torch::constant_pad_nd(q, {0, 0, 0, Tp - T}) : q;
+  Tensor qf =
+      qp.view({B, Hkv, g, nb, C, D}).permute({0, 1, 3, 2, 4, 5}).reshape({B * Hkv, nb, g * C, D});
+  auto gather = [&](const KvOperand& op, const Tensor& index) {
+    return Sources(op).index_select(2, index).view({B * Hkv, nb, L, D});
+  };
+  const Tensor kb = gather(kv.k, p.k_index), vb = gather(kv.v, p.v_index);
+  Tensor out_b, lse_b;  // [B*Hkv, nb, g*C, D], fp32 [B*Hkv, nb, g*C]
+  Tensor out_p, lse_p;  // [B, H, T, D], fp32 [B, H, T]
+#if KVSWEEP_HAS_VARLEN_FLASH
+  if (fused) {
+    const Tensor bias = p.band_bias.view({1, nb, g * C, L}).expand({B * Hkv, nb, g * C, L});
+    auto eff = at::_scaled_dot_product_efficient_attention(qf, kb, vb, bias,
+                                                           /*compute_log_sumexp=*/true, 0.0,
+                                                           /*is_causal=*/false, scale);
+    out_b = std::get<0>(eff);
+    lse_b = std::get<1>(eff).slice(-1, 0, g * C).to(torch::kFloat32);
+    if (p.max_prefix > 0) {
+      // Every block's unmasked segment in one variable-length flash call: sequence (b, j) is
+      // block j's queries of batch element b over K/V rows [b*T + prefix_lo, + prefix_len).
+      const Tensor qv = q.transpose(1, 2).reshape({B * T, H, D});
+      const Tensor kv_k = kv.k.compressed.transpose(1, 2).reshape({B * T, Hkv, D});
+      const Tensor kv_v = kv.v.compressed.transpose(1, 2).reshape({B * T, Hkv, D});
+      auto flash = at::_flash_attention_forward(
+          qv, kv_k, kv_v, p.cu_q, p.cu_k, C, p.max_prefix, 0.0, /*is_causal=*/false,
+          /*return_debug_mask=*/false, scale, std::nullopt, std::nullopt, p.used_k);
+      const Tensor& o = std::get<0>(flash);  // [B*T, H, D]
+      const Tensor& l = std::get<1>(flash);  // [H, B*T]
+      TORCH_CHECK(l.dim() == 2 && l.size(0) == H && l.size(1) == B * T,
+                  "varlen flash attention returned a log-sum-exp of shape ", l.sizes());
+      out_p = o.view({B, T, H, D}).permute({0, 2, 1, 3});
+      lse_p = l.view({H, B, T}).permute({1, 0, 2});
+    }
+  }
+#endif
+  if (!fused) {
+    // The same two computations with explicit fp32 softmax.
+    Tensor s = torch::matmul(f32(qf), f32(kb).transpose(-2, -1)) * scale;
+    s = s.masked_fill(p.band_mask.logical_not().unsqueeze(0),
+                      -std::numeric_limits<float>::infinity());
+    lse_b = torch::logsumexp(s, -1);
+    out_b = torch::matmul(torch::exp(s - lse_b.unsqueeze(-1)), f32(vb));
+    if (p.max_prefix > 0) {
+      out_p = torch::zeros({B, H, T, D}, q.options().dtype(torch::kFloat32));
+      lse_p = torch::zeros({B, H, T}, q.options().dtype(torch::kFloat32));
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t len = p.prefix_len[static_cast<size_t>(j)];
+        if (len == 0) continue;
+        const int64_t lo = p.prefix_lo[static_cast<size_t>(j)], t0 = j * C,
+                      t1 = std::min(T, t0 + C);
+        const Tensor kj = RepeatKv(f32(kv.k.compressed.slice(2, lo, lo + len)), g);
+        const Tensor vj = RepeatKv(f32(kv.v.compressed.slice(2, lo, lo + len)), g);
+        Tensor sj = torch::matmul(f32(q.slice(2, t0, t1)), kj.transpose(-2, -1)) * scale;
+        Tensor lj = torch::logsumexp(sj, -1);
+        lse_p.slice(2, t0, t1).copy_(lj);
+        out_p.slice(2, t0, t1).copy_(torch::matmul(torch::exp(sj - lj.unsqueeze(-1)), vj));
+      }
+    }
+  }
+  // Back to [B, H, T(+padding), ...] and merged: each part's share of a row's softmax mass is
+  // the sigmoid of the difference of their log-sum-exps (0 where the block has no prefix).
+  Tensor ob = out_b.view({B, Hkv, nb, g, C, D})
+                  .permute({0, 1, 3, 2, 4, 5})
+                  .reshape({B, H, Tp, D})
+                  .slice(2, 0, T)
+                  .to(torch::kFloat32);
+  if (p.max_prefix == 0) return ob.to(q.scalar_type());
+  const Tensor lb =
+      lse_b.view({B, Hkv, nb, g, C}).permute({0, 1, 3, 2, 4}).reshape({B, H, Tp}).slice(2, 0, T);
+  const Tensor share = torch::where(p.has_prefix.view({1, 1, T}), torch::sigmoid(f32(lse_p) - lb),
+                                    torch::zeros({}, lb.options()));
+  // ob + share * (out_p - ob), in place.
+  Tensor d = out_p.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+  d.sub_(ob).mul_(share.unsqueeze(-1));
+  return ob.add_(d).to(q.scalar_type());
+}
+
+namespace {
 std::atomic<int64_t> query_block{kAttentionQueryBlock};
 }  // namespace
 
@@ -326,6 +584,19 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
   };
   const KvPair kv{simplify(kv_in.k), simplify(kv_in.v)};
   if (kv.k.position_dependent() || kv.v.position_dependent()) {
+#if KVSWEEP_HAS_VARLEN_FLASH
+    const int64_t D = q.size(3);
+    if (!q.is_cpu() && q.scalar_type() != torch::kFloat32 && softcap <= 0 && D % 8 == 0 &&
+        D <= 256 && packed_path_ok.load(std::memory_order_relaxed)) {
+      try {
+        return AttendPacked(q, kv, window, scale, AttentionQueryBlock(), /*fused=*/true);
+      } catch (const c10::Error& e) {
+        packed_path_ok.store(false);
+        KV_LOG(WARNING) << "packed attention refused (" << e.what_without_backtrace()
+                        << "); position-dependent attention goes a block at a time";
+      }
+    }
+#endif
     return AttendBlockwise(q, kv, window, scale, AttentionQueryBlock(), softcap);
   }
 #if KVSWEEP_HAS_SDPA

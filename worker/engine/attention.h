@@ -17,7 +17,9 @@
 // rows, so K/V are never repeated. On the GPU in bf16/fp16 the unmasked segment goes through
 // flash attention and the masked rest through the memory-efficient kernel with a bias, the two
 // merged by their log-sum-exp; in fp32 (or if a kernel refuses its operands) the concatenation
-// goes through one masked SDPA call per block; on the CPU it is an explicit fp32 softmax.
+// goes through one masked SDPA call per block; on the CPU it is an explicit fp32 softmax. Attend
+// on the GPU in half precision packs all blocks into two calls instead (AttendPacked), falling
+// back to a block at a time if a kernel refuses.
 //
 // AttendMasked is the reference the blockwise path is tested against: [B, H, T, T] scores with
 // each entry's state chosen by the operands' use_compressed masks.
@@ -52,6 +54,16 @@ torch::Tensor Attend(const torch::Tensor& q, const KvPair& kv, const torch::Tens
 // The blockwise path with `query_block` queries per block (tests vary it).
 torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int window, double scale,
                               int64_t query_block = kAttentionQueryBlock, double softcap = 0);
+
+// The blockwise attention with the blocks packed into two kernel calls: every block's unmasked
+// segment (of every batch element) in one variable-length flash call, whose sequences share the
+// batch element's K/V through per-block offsets and used lengths, and every block's band in one
+// memory-efficient call with a bias (the bands gathered and padded to one length, the blocks as
+// heads), the two merged by their log-sum-exp. `fused`: those CUDA kernels (half precision,
+// libtorch >= 2.6; throws c10::Error where a kernel refuses); otherwise the same packing with
+// explicit fp32 softmax in place of each kernel (what the CPU tests check). No softcap.
+torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, int window, double scale,
+                           int64_t query_block, bool fused);
 
 // The reference: explicit [B, H, T, T] scores and softmax in fp32.
 torch::Tensor AttendMasked(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,

@@ -1,8 +1,9 @@
-// The blockwise attention of position-dependent caches (attention.h) against the masked
-// reference, in fp32 on the CPU: on random operands over every block phase, residual window,
-// sliding window, GQA grouping, K/V under different rules and query-block size, on the real
-// ref-llama (GQA, RoPE) and ref-gpt2 (MHA) checkpoints, layer by layer, for the position-dependent
-// methods that the GPU tables report, and on tiny-gemma3's per-layer sliding windows.
+// The blockwise attention of position-dependent caches (attention.h), a block at a time and
+// packed into two calls, against the masked reference, in fp32 on the CPU: on random operands over
+// every block phase, residual window, sliding window, GQA grouping, K/V under different rules and
+// query-block size, on the real ref-llama (GQA, RoPE) and ref-gpt2 (MHA) checkpoints, layer by
+// layer, for the position-dependent methods that the GPU tables report, and on tiny-gemma3's
+// per-layer sliding windows.
 #include "worker/engine/attention.h"
 
 #include <cmath>
@@ -63,6 +64,14 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
                 << "K " << c.k_block << "/" << c.k_residual << ", V " << c.v_block << "/"
                 << c.v_residual << ", T " << T << ", groups " << groups << ", window " << window
                 << ", query block " << qb;
+            // The packed path (the GPU's two-call packing with explicit softmax in place of
+            // each kernel).
+            Tensor packed = AttendPacked(q, kv, window, scale, qb, /*fused=*/false);
+            ASSERT_EQ(packed.sizes(), ref.sizes());
+            EXPECT_LT(MaxAbsDiff(packed, ref), 2e-5)
+                << "packed: K " << c.k_block << "/" << c.k_residual << ", V " << c.v_block << "/"
+                << c.v_residual << ", T " << T << ", groups " << groups << ", window " << window
+                << ", query block " << qb;
             ++checked;
           }
         }
@@ -70,6 +79,24 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
     }
   }
   EXPECT_GT(checked, 500);
+}
+
+// A batch of more tokens than one packed call takes goes through in chunks of windows, each
+// chunk packed like a small batch: the result is still the reference's, row by row.
+TEST(AttentionTest, PackedSplitsLargeBatchesIntoChunks) {
+  torch::manual_seed(11);
+  const int64_t B = 500, Hkv = 1, H = 2, T = 70, D = 8;  // 32768 / 70 = 468 windows per call
+  Tensor q = torch::randn({B, H, T, D});
+  Tensor k = torch::randn({B, Hkv, T, D}), v = torch::randn({B, Hkv, T, D});
+  KvPair kv{Operand(k, 8, 4), Operand(v, 8, 4)};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  Tensor ref = AttendMasked(q, kv, AllowedMask(T, 0, q.device()), scale);
+  Tensor got = AttendPacked(q, kv, 0, scale, 16, /*fused=*/false);
+  ASSERT_EQ(got.sizes(), ref.sizes());
+  EXPECT_LT(MaxAbsDiff(got, ref), 2e-5);
+  // The last window (in the second chunk) is not a copy of the first chunk's.
+  EXPECT_LT(MaxAbsDiff(got[B - 1], ref[B - 1]), 2e-5);
+  EXPECT_GT(MaxAbsDiff(got[B - 1], ref[0]), 0.05);
 }
 
 // The comparison can fail: reading every entry compressed (or ignoring the window) is far from
@@ -86,6 +113,7 @@ TEST(AttentionTest, WrongStatesAreFarFromTheReference) {
   EXPECT_GT(MaxAbsDiff(AttendMasked(q, all_compressed, AllowedMask(T, 0, q.device()), scale), ref),
             0.05);
   EXPECT_GT(MaxAbsDiff(AttendBlockwise(q, kv, 8, scale, 16), ref), 0.05);
+  EXPECT_GT(MaxAbsDiff(AttendPacked(q, kv, 8, scale, 16, /*fused=*/false), ref), 0.05);
 }
 
 // On the real checkpoints: each layer's own q and K/V through the codec, both paths.
@@ -99,6 +127,9 @@ class BothPaths : public AttentionObserver {
     Tensor ref = AttendMasked(q, seen, allowed, scale);
     Tensor got = AttendBlockwise(q, seen, window, scale, query_block_);
     max_diff = std::max(max_diff, MaxAbsDiff(got, ref) / (ref.abs().max().item<double>() + 1e-30));
+    Tensor packed = AttendPacked(q, seen, window, scale, query_block_, /*fused=*/false);
+    max_diff =
+        std::max(max_diff, MaxAbsDiff(packed, ref) / (ref.abs().max().item<double>() + 1e-30));
     // The compressed states matter on this data (in some layer: the comparison is not vacuous).
     Tensor none = AttendMasked(
         q,

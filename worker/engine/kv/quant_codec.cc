@@ -99,11 +99,15 @@ class QuantCodec final : public KvCodec {
     const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), G = spec_.group;
     const int64_t full = T / G * G;
     if (full == 0) return x;
+    // The blocks as contiguous [B*H*nb, D, G] rows: on the GPU the fused quantizer takes them
+    // (it needs at most 4 dimensions and a contiguous last one) in one kernel.
+    const int64_t nb = full / G;
     Tensor blocks =
-        x.slice(2, 0, full).reshape({B, H, full / G, G, D}).transpose(3, 4);  // [B,H,nb,D,G]
+        x.slice(2, 0, full).reshape({B, H, nb, G, D}).transpose(3, 4).reshape({B * H * nb, D, G});
     QuantFormat f = format_;
     f.group = static_cast<int>(G);
-    Tensor q = FakeQuantize(blocks, f).transpose(3, 4).reshape({B, H, full, D});
+    Tensor q =
+        FakeQuantize(blocks, f).view({B, H, nb, D, G}).transpose(3, 4).reshape({B, H, full, D});
     return full == T ? q : torch::cat({q, x.slice(2, full, T)}, 2);
   }
 
