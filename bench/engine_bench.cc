@@ -389,7 +389,33 @@ int AttentionBench(std::map<std::string, std::string>& f) {
     // difference from the masked fp32 reference on the first batch element (relative to the
     // reference's largest magnitude).
     double blockwise = 0, diff_attend = 0, diff_blockwise = 0;
+    nlohmann::json phases = nlohmann::json::object();
+    double apply_unfused = 0;
     if (position_dependent) {
+      // Where the attention's time goes: the packed path's phases, each between device
+      // synchronizations (the sum exceeds attention_ms by the synchronizations).
+      static std::map<std::string, double>* marks = new std::map<std::string, double>();
+      static double last = 0;
+      static bool sync_cuda = false;
+      sync_cuda = dev->is_cuda();
+      marks->clear();
+      SetAttentionPhaseHook([](const char* phase) {
+        if (sync_cuda) torch::cuda::synchronize();
+        const double now = Now();
+        (*marks)[phase] += (now - last) * 1e3;
+        last = now;
+      });
+      for (int i = 0; i < repeat; ++i) {
+        sync();
+        last = Now();
+        (void)Attend(q, pair, allowed, 0, scale);
+      }
+      SetAttentionPhaseHook(nullptr);
+      for (const auto& [phase, ms] : *marks) phases[phase] = ms / repeat;
+      // The codec without the fused quantizer (what the kernel saves in Apply).
+      SetFusedFakeQuantEnabled(false);
+      apply_unfused = median_ms([&] { pair = (*codec)->Apply(0, k, v); });
+      SetFusedFakeQuantEnabled(true);
       blockwise =
           median_ms([&] { (void)AttendBlockwise(q, pair, 0, scale, AttentionQueryBlock()); });
       auto first = [](const KvOperand& op) {
@@ -425,6 +451,8 @@ int AttentionBench(std::map<std::string, std::string>& f) {
     if (none_attention > 0) row["attention_vs_none"] = attention / none_attention;
     if (position_dependent) {
       row["blockwise_ms"] = blockwise;
+      row["packed_phases_ms"] = phases;
+      row["apply_unfused_ms"] = apply_unfused;
       row["max_rel_diff_vs_masked"] = diff_attend;
       row["blockwise_max_rel_diff_vs_masked"] = diff_blockwise;
     }

@@ -446,6 +446,12 @@ const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int window, int64_t
   return cached_plans.emplace(key, std::move(p)).first->second;
 }
 
+std::atomic<AttentionPhaseHook> phase_hook{nullptr};
+
+void Mark(const char* phase) {
+  if (AttentionPhaseHook hook = phase_hook.load(std::memory_order_relaxed)) hook(phase);
+}
+
 // Rows of cat(compressed, raw) along T (compressed alone for a position-independent operand).
 Tensor Sources(const KvOperand& op) {
   return op.position_dependent() ? torch::cat({op.compressed, op.raw}, 2) : op.compressed;
@@ -480,6 +486,7 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
     return torch::cat(outs, 0);
   }
   const PackedPlan& p = PlanFor(q, kv, window, query_block, fused);
+  Mark("plan");
   const int64_t nb = p.nb, C = p.C, L = p.L, Tp = nb * C;
   auto f32 = [](const Tensor& x) { return x.to(torch::kFloat32); };
 
@@ -492,6 +499,7 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
     return Sources(op).index_select(2, index).view({B * Hkv, nb, L, D});
   };
   const Tensor kb = gather(kv.k, p.k_index), vb = gather(kv.v, p.v_index);
+  Mark("gather");
   Tensor out_b, lse_b;  // [B*Hkv, nb, g*C, D], fp32 [B*Hkv, nb, g*C]
   Tensor out_p, lse_p;  // [B, H, T, D], fp32 [B, H, T]
 #if KVSWEEP_HAS_VARLEN_FLASH
@@ -502,6 +510,7 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
                                                            /*is_causal=*/false, scale);
     out_b = std::get<0>(eff);
     lse_b = std::get<1>(eff).slice(-1, 0, g * C).to(torch::kFloat32);
+    Mark("band");
     if (p.max_prefix > 0) {
       // Every block's unmasked segment in one variable-length flash call: sequence (b, j) is
       // block j's queries of batch element b over K/V rows [b*T + prefix_lo, + prefix_len).
@@ -517,6 +526,7 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
                   "varlen flash attention returned a log-sum-exp of shape ", l.sizes());
       out_p = o.view({B, T, H, D}).permute({0, 2, 1, 3});
       lse_p = l.view({H, B, T}).permute({1, 0, 2});
+      Mark("prefix");
     }
   }
 #endif
@@ -559,8 +569,12 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
   // ob + share * (out_p - ob), in place.
   Tensor d = out_p.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
   d.sub_(ob).mul_(share.unsqueeze(-1));
-  return ob.add_(d).to(q.scalar_type());
+  Tensor out = ob.add_(d).to(q.scalar_type());
+  Mark("merge");
+  return out;
 }
+
+void SetAttentionPhaseHook(AttentionPhaseHook hook) { phase_hook.store(hook); }
 
 namespace {
 std::atomic<int64_t> query_block{kAttentionQueryBlock};

@@ -65,6 +65,12 @@ torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int wind
 torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, int window, double scale,
                            int64_t query_block, bool fused);
 
+// Benchmarks only: called with a phase's name as the packed path finishes it ("plan",
+// "gather", "band", "prefix", "merge"), so that a caller can synchronize the device and read its
+// clock; none (the default) in workers.
+using AttentionPhaseHook = void (*)(const char* phase);
+void SetAttentionPhaseHook(AttentionPhaseHook hook);
+
 // The reference: explicit [B, H, T, T] scores and softmax in fp32.
 torch::Tensor AttendMasked(const torch::Tensor& q, const KvPair& kv, const torch::Tensor& allowed,
                            double scale, double softcap = 0);
