@@ -9,6 +9,13 @@
 #include "common/log.h"
 #include "worker/engine/kv/cache_masks.h"
 
+#ifdef KVSWEEP_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "worker/engine/attention_merge_kernel.h"
+#endif
+
 #if defined(__has_include)
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
@@ -352,6 +359,12 @@ struct PackedPlan {
   int64_t bytes = 0;
 };
 
+// The packed path pays a gather of every block's band and a merge over the whole output; below
+// this many query blocks a window's few per-block calls cost less (measured on the H200: 64
+// windows of 160 tokens, 0.7 ms a block at a time against 1.7-2.5 ms packed; 4-8 windows of
+// 4096, 5.8-8.3 ms against 3-6 ms).
+constexpr int64_t kPackedMinBlocks = 8;
+
 // Windows of T tokens per packed call: at most this many tokens (8 windows of 4096).
 constexpr int64_t kPackedChunkTokens = 32768;
 
@@ -524,9 +537,45 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
       const Tensor& l = std::get<1>(flash);  // [H, B*T]
       TORCH_CHECK(l.dim() == 2 && l.size(0) == H && l.size(1) == B * T,
                   "varlen flash attention returned a log-sum-exp of shape ", l.sizes());
+      Mark("prefix");
+#ifdef KVSWEEP_CUDA
+      // The merge in one kernel, reading each part in the layout its kernel wrote.
+      TORCH_CHECK(out_b.stride(3) == 1 && o.stride(2) == 1 && p.has_prefix.is_contiguous(),
+                  "packed attention: unexpected output layouts");
+      Tensor out = torch::empty({B, H, T, D}, q.options());
+      AttentionMergeArgs a{};
+      a.band_out = out_b.data_ptr();
+      a.band_lse = lse_b.data_ptr<float>();
+      for (int i = 0; i < 3; ++i) {
+        a.band_out_strides[i] = out_b.stride(i);
+        a.band_lse_strides[i] = lse_b.stride(i);
+      }
+      a.prefix_out = o.data_ptr();
+      a.prefix_lse = l.data_ptr<float>();
+      for (int i = 0; i < 2; ++i) {
+        a.prefix_out_strides[i] = o.stride(i);
+        a.prefix_lse_strides[i] = l.stride(i);
+      }
+      a.has_prefix = p.has_prefix.data_ptr<bool>();
+      a.out = out.data_ptr();
+      a.B = B;
+      a.H = H;
+      a.T = T;
+      a.D = D;
+      a.Hkv = Hkv;
+      a.g = g;
+      a.C = C;
+      c10::cuda::CUDAGuard guard(q.device());
+      const cudaError_t e =
+          LaunchAttentionMerge(a, q.scalar_type() == torch::kBFloat16 ? kMergeBF16 : kMergeF16,
+                               at::cuda::getCurrentCUDAStream());
+      TORCH_CHECK(e == cudaSuccess, "attention merge kernel: ", cudaGetErrorString(e));
+      Mark("merge");
+      return out;
+#else
       out_p = o.view({B, T, H, D}).permute({0, 2, 1, 3});
       lse_p = l.view({H, B, T}).permute({1, 0, 2});
-      Mark("prefix");
+#endif
     }
   }
 #endif
@@ -601,7 +650,8 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
 #if KVSWEEP_HAS_VARLEN_FLASH
     const int64_t D = q.size(3);
     if (!q.is_cpu() && q.scalar_type() != torch::kFloat32 && softcap <= 0 && D % 8 == 0 &&
-        D <= 256 && packed_path_ok.load(std::memory_order_relaxed)) {
+        D <= 256 && q.size(2) >= kPackedMinBlocks * AttentionQueryBlock() &&
+        packed_path_ok.load(std::memory_order_relaxed)) {
       try {
         return AttendPacked(q, kv, window, scale, AttentionQueryBlock(), /*fused=*/true);
       } catch (const c10::Error& e) {

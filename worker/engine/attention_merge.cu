@@ -1,0 +1,68 @@
+// The packed attention's merge in one pass (attention_merge_kernel.h): the band's and the
+// prefix's outputs read in the layouts their kernels wrote, each row's prefix share from the two
+// log-sum-exps, the merged row written once in [B, H, T, D]. Replaces a dozen libtorch passes
+// (layout copies, fp32 casts, the lerp) over the layer's attention output.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "worker/engine/attention_merge_kernel.h"
+
+namespace kvsweep::engine {
+namespace {
+
+__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float Load(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void Store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
+__device__ __forceinline__ void Store(__half* p, float x) { *p = __float2half(x); }
+
+// One block per output row (b, h, t); its threads stride over D.
+template <typename T>
+__global__ void MergeKernel(AttentionMergeArgs a) {
+  const int64_t row = blockIdx.x;
+  const int64_t t = row % a.T;
+  const int64_t h = (row / a.T) % a.H;
+  const int64_t b = row / (a.T * a.H);
+  const int64_t kvh = h / a.g, slot = h % a.g, blk = t / a.C, r = slot * a.C + t % a.C;
+  const T* ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
+                blk * a.band_out_strides[1] + r * a.band_out_strides[2];
+  T* out = static_cast<T*>(a.out) + row * a.D;
+  if (!a.has_prefix[t]) {
+    for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) out[d] = ob[d];
+    return;
+  }
+  const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
+                              blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
+  const float lp =
+      a.prefix_lse[h * a.prefix_lse_strides[0] + (b * a.T + t) * a.prefix_lse_strides[1]];
+  // The prefix's share of the row's softmax mass: e^lp / (e^lp + e^lb).
+  const float share = 1.0f / (1.0f + expf(lb - lp));
+  const T* op = static_cast<const T*>(a.prefix_out) + (b * a.T + t) * a.prefix_out_strides[0] +
+                h * a.prefix_out_strides[1];
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
+    const float x = Load(ob + d);
+    Store(out + d, x + share * (Load(op + d) - x));
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchAttentionMerge(const AttentionMergeArgs& a, int dtype, cudaStream_t stream) {
+  const int64_t rows = a.B * a.H * a.T;
+  if (rows == 0) return cudaSuccess;
+  if (rows > 0x7fffffff || a.D <= 0) return cudaErrorInvalidValue;
+  const int threads = a.D >= 128 ? 128 : (a.D >= 64 ? 64 : 32);
+  const dim3 grid(static_cast<unsigned>(rows));
+  switch (dtype) {
+    case kMergeBF16:
+      MergeKernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(a);
+      break;
+    case kMergeF16:
+      MergeKernel<__half><<<grid, threads, 0, stream>>>(a);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace kvsweep::engine
