@@ -4,6 +4,7 @@
 // (layout copies, fp32 casts, the lerp) over the layer's attention output.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdint.h>
 
 #include "worker/engine/attention_merge_kernel.h"
 
@@ -44,12 +45,76 @@ __global__ void MergeKernel(AttentionMergeArgs a) {
   }
 }
 
+// The same with 16-byte accesses: D / 8 threads per row, 8 elements each (every row start and
+// stride a multiple of 8 elements, the buffers 16-byte aligned).
+template <typename T>
+__global__ void MergeKernelVec(AttentionMergeArgs a, int64_t rows) {
+  const int64_t lanes = a.D / 8;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row = idx / lanes;
+  if (row >= rows) return;
+  const int64_t d0 = (idx % lanes) * 8;
+  const int64_t t = row % a.T;
+  const int64_t h = (row / a.T) % a.H;
+  const int64_t b = row / (a.T * a.H);
+  const int64_t kvh = h / a.g, slot = h % a.g, blk = t / a.C, r = slot * a.C + t % a.C;
+  const T* ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
+                blk * a.band_out_strides[1] + r * a.band_out_strides[2] + d0;
+  T* out = static_cast<T*>(a.out) + row * a.D + d0;
+  const uint4 vb = *reinterpret_cast<const uint4*>(ob);
+  if (!a.has_prefix[t]) {
+    *reinterpret_cast<uint4*>(out) = vb;
+    return;
+  }
+  const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
+                              blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
+  const float lp =
+      a.prefix_lse[h * a.prefix_lse_strides[0] + (b * a.T + t) * a.prefix_lse_strides[1]];
+  const float share = 1.0f / (1.0f + expf(lb - lp));
+  const T* op = static_cast<const T*>(a.prefix_out) + (b * a.T + t) * a.prefix_out_strides[0] +
+                h * a.prefix_out_strides[1] + d0;
+  const uint4 vp = *reinterpret_cast<const uint4*>(op);
+  const T* eb = reinterpret_cast<const T*>(&vb);
+  const T* ep = reinterpret_cast<const T*>(&vp);
+  uint4 vo;
+  T* eo = reinterpret_cast<T*>(&vo);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float x = Load(eb + i);
+    Store(eo + i, x + share * (Load(ep + i) - x));
+  }
+  *reinterpret_cast<uint4*>(out) = vo;
+}
+
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 
 cudaError_t LaunchAttentionMerge(const AttentionMergeArgs& a, int dtype, cudaStream_t stream) {
   const int64_t rows = a.B * a.H * a.T;
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff || a.D <= 0) return cudaErrorInvalidValue;
+  const bool vec = a.D % 8 == 0 && a.band_out_strides[0] % 8 == 0 &&
+                   a.band_out_strides[1] % 8 == 0 && a.band_out_strides[2] % 8 == 0 &&
+                   a.prefix_out_strides[0] % 8 == 0 && a.prefix_out_strides[1] % 8 == 0 &&
+                   Aligned16(a.band_out) && Aligned16(a.prefix_out) && Aligned16(a.out);
+  if (vec) {
+    const int threads = 256;
+    const int64_t blocks = (rows * (a.D / 8) + threads - 1) / threads;
+    if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+    switch (dtype) {
+      case kMergeBF16:
+        MergeKernelVec<__nv_bfloat16>
+            <<<static_cast<unsigned>(blocks), threads, 0, stream>>>(a, rows);
+        break;
+      case kMergeF16:
+        MergeKernelVec<__half><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(a, rows);
+        break;
+      default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+  }
   const int threads = a.D >= 128 ? 128 : (a.D >= 64 ? 64 : 32);
   const dim3 grid(static_cast<unsigned>(rows));
   switch (dtype) {
