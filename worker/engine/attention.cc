@@ -28,8 +28,8 @@
 // SDPA with enable_gqa exists from libtorch 2.5; Debian's 1.13 uses the explicit path below.
 #define KVSWEEP_HAS_SDPA \
   (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
-// Variable-length flash attention with per-sequence used key lengths (seqused_k): from 2.6.
-#define KVSWEEP_HAS_VARLEN_FLASH \
+// cuDNN's fused attention with its log-sum-exp (the packed path's causal part): from 2.6.
+#define KVSWEEP_HAS_CUDNN_LSE \
   (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6))
 
 namespace kvsweep::engine {
@@ -51,15 +51,17 @@ int64_t CompressedPrefix(const KvOperand& op, int64_t t) {
   return op.position_dependent() ? CompressedTokens(t + 1, op.block, op.residual) : t + 1;
 }
 
-// bool [C, L]: query t0 + r reads entry j0 + c at all (causal, window) and K, V in the given
-// states (an operand that is not position dependent has only the compressed state).
+// bool [C, L]: query t0 + r reads entry j0 + c at all (causal, window, and with shift > 0 not
+// among its entries j <= t - shift) and K, V in the given states (an operand that is not position
+// dependent has only the compressed state).
 Tensor StateMask(const KvPair& kv, bool k_compressed, bool v_compressed, int64_t t0, int64_t C,
-                 int64_t j0, int64_t L, int window, torch::Device device) {
+                 int64_t j0, int64_t L, int window, int64_t shift, torch::Device device) {
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
   Tensor t = torch::arange(t0, t0 + C, opts).unsqueeze(1);
   Tensor j = torch::arange(j0, j0 + L, opts).unsqueeze(0);
   Tensor m = j <= t;
   if (window > 0) m = m & ((t - j) < window);
+  if (shift > 0) m = m & (j > t - shift);
   for (const auto& [op, compressed] : {std::pair<const KvOperand*, bool>{&kv.k, k_compressed},
                                        std::pair<const KvOperand*, bool>{&kv.v, v_compressed}}) {
     if (!op->position_dependent()) continue;
@@ -180,11 +182,15 @@ struct Segment {
 struct BlockLayout {
   int64_t t0, t1;
   int64_t prefix_lo, prefix_hi;
+  int64_t shift = 0;  // > 0: the band leaves out what the shifted causal part reads (packed path)
   std::vector<Segment> segments;
   bool has_prefix() const { return prefix_hi > prefix_lo; }
 };
 
-BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1) {
+// shift > 0 (no window): the layout of the packed path, where a causal attention shifted by
+// `shift` covers entries j <= t - shift of every query t: no per-block prefix, and the band is
+// what the block's queries read above that.
+BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1, int64_t shift = 0) {
   const KvOperand& k = kv.k;
   const KvOperand& v = kv.v;
   // K and V under one rule are always read in the same state.
@@ -201,6 +207,8 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1) {
   const int64_t lo = std::min({CompressedPrefix(k, t0), CompressedPrefix(v, t0), t0});
   out.prefix_lo = full_lo;
   out.prefix_hi = std::max(full_lo, lo);
+  out.shift = shift;
+  if (shift > 0) out.prefix_lo = out.prefix_hi = 0;
   auto band = [&](int64_t a, int64_t b) {
     if (b <= a) return;
     for (bool kc : {true, false}) {
@@ -214,6 +222,10 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1) {
       }
     }
   };
+  if (shift > 0) {
+    band(std::max<int64_t>(0, t0 - shift + 1), t1);
+    return out;
+  }
   band(vis_lo, full_lo);
   band(out.prefix_hi, t1);
   return out;
@@ -224,8 +236,8 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1) {
 Tensor BandMask(const KvPair& kv, const BlockLayout& bl, int window) {
   std::vector<Tensor> masks;
   for (const Segment& sg : bl.segments) {
-    masks.push_back(
-        StateMask(kv, sg.kc, sg.vc, bl.t0, bl.t1 - bl.t0, sg.a, sg.b - sg.a, window, torch::kCPU));
+    masks.push_back(StateMask(kv, sg.kc, sg.vc, bl.t0, bl.t1 - bl.t0, sg.a, sg.b - sg.a, window,
+                              bl.shift, torch::kCPU));
   }
   return masks.size() == 1 ? masks[0] : torch::cat(masks, 1);
 }
@@ -349,20 +361,16 @@ namespace {
 // set of rules: built once on the CPU, moved to the device, shared by every layer and pass.
 struct PackedPlan {
   int64_t nb = 0, C = 0, L = 0;  // blocks, queries per block, band entries per block (padded)
-  int64_t max_prefix = 0;        // longest unmasked segment (0: none has one)
+  int64_t shift = 0;             // the causal part reads entries j <= t - shift compressed
   Tensor k_index, v_index;       // long [nb * L]: band entry -> row of cat(compressed, raw)
   Tensor band_mask;              // bool [nb, g * C, L] (GQA heads folded into the rows)
   Tensor band_bias;              // AlignedBias of band_mask (fused path)
-  Tensor cu_q, cu_k, used_k;     // int32 [B*nb + 1], [B*nb + 1], [B*nb]: the varlen call
-  std::vector<int64_t> prefix_lo, prefix_len;  // per block (explicit path)
-  Tensor has_prefix;  // bool [T]: the query's block has an unmasked segment
   int64_t bytes = 0;
 };
 
 // The packed path pays a gather of every block's band and a merge over the whole output; below
 // this many query blocks a window's few per-block calls cost less (measured on the H200: 64
-// windows of 160 tokens, 0.7 ms a block at a time against 1.7-2.5 ms packed; 4-8 windows of
-// 4096, 5.8-8.3 ms against 3-6 ms).
+// windows of 160 tokens, 0.7 ms a block at a time against 1.7-2.5 ms packed).
 constexpr int64_t kPackedMinBlocks = 8;
 
 // Windows of T tokens per packed call: at most this many tokens (8 windows of 4096).
@@ -373,29 +381,33 @@ constexpr int64_t kMaxCachedPlanBytes = int64_t{512} << 20;
 thread_local std::map<std::vector<int64_t>, PackedPlan> cached_plans;
 thread_local int64_t cached_plan_bytes = 0;
 
-const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int window, int64_t query_block,
-                          bool fused) {
+// Entries j <= t - PackedShift(op) are compressed for every query t: with blocks of G and a
+// residual window of R, CompressedTokens(t + 1) >= t + 1 - R - (G - 1).
+int64_t PackedShift(const KvOperand& op) {
+  return op.position_dependent() ? op.residual + op.block - 1 : 0;
+}
+
+const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int64_t query_block, bool fused) {
   const int64_t B = q.size(0), T = q.size(2), g = q.size(1) / kv.k.compressed.size(1);
-  std::vector<int64_t> key = RulesKey(q, kv, window, g, fused);
+  std::vector<int64_t> key = RulesKey(q, kv, 0, g, fused);
   key.insert(key.end(), {B, T, query_block});
   auto it = cached_plans.find(key);
   if (it != cached_plans.end()) return it->second;
 
   PackedPlan p;
+  p.shift = std::max<int64_t>(1, std::max(PackedShift(kv.k), PackedShift(kv.v)));
   p.C = std::min(query_block, T);
   p.nb = (T + p.C - 1) / p.C;
   std::vector<BlockLayout> layouts;
   for (int64_t j = 0; j < p.nb; ++j) {
-    layouts.push_back(LayOutBlock(kv, window, j * p.C, std::min(T, (j + 1) * p.C)));
+    layouts.push_back(LayOutBlock(kv, 0, j * p.C, std::min(T, (j + 1) * p.C), p.shift));
     int64_t len = 0;
     for (const Segment& sg : layouts.back().segments) len += sg.b - sg.a;
     p.L = std::max(p.L, len);
   }
   const int64_t C = p.C, L = p.L, nb = p.nb;
   std::vector<int64_t> k_index(static_cast<size_t>(nb * L)), v_index(k_index.size());
-  std::vector<int64_t> prefix_lo(static_cast<size_t>(nb)), prefix_len(prefix_lo.size());
   Tensor mask = torch::zeros({nb, C, L}, torch::kBool);
-  Tensor has_prefix = torch::zeros({nb, C}, torch::kBool);
   for (int64_t j = 0; j < nb; ++j) {
     const BlockLayout& bl = layouts[static_cast<size_t>(j)];
     const int64_t c = bl.t1 - bl.t0;
@@ -408,32 +420,12 @@ const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int window, int64_t
         v_index[col] = e + (sg.vc ? 0 : T);
       }
     }
-    const Tensor bm = BandMask(kv, bl, window);
+    const Tensor bm = BandMask(kv, bl, 0);
     mask[j].slice(0, 0, c).slice(1, 0, bm.size(1)).copy_(bm);
     // Padding rows (past T in the last block) read entry 0, so that no row is empty; their
     // output is dropped.
     if (c < C) mask[j].slice(0, c, C).select(1, 0).fill_(true);
-    const size_t js = static_cast<size_t>(j);
-    prefix_lo[js] = bl.prefix_lo;
-    prefix_len[js] = bl.has_prefix() ? bl.prefix_hi - bl.prefix_lo : 0;
-    has_prefix[j].fill_(prefix_len[js] > 0);
-    p.max_prefix = std::max(p.max_prefix, prefix_len[js]);
   }
-  // Sequence (b, j) of the varlen call: queries b*T + [t0, t1), keys from b*T + prefix_lo, of
-  // which prefix_len are used (the sequences share each batch element's K/V).
-  std::vector<int32_t> cu_q, cu_k, used_k;
-  for (int64_t b = 0; b < B; ++b) {
-    for (size_t j = 0; j < prefix_lo.size(); ++j) {
-      cu_q.push_back(static_cast<int32_t>(b * T + static_cast<int64_t>(j) * C));
-      cu_k.push_back(static_cast<int32_t>(b * T + prefix_lo[j]));
-      used_k.push_back(static_cast<int32_t>(prefix_len[j]));
-    }
-  }
-  cu_q.push_back(static_cast<int32_t>(B * T));
-  cu_k.push_back(static_cast<int32_t>(B * T));
-  auto i32 = [&](const std::vector<int32_t>& x) {
-    return torch::tensor(x, torch::kInt).to(q.device());
-  };
   const torch::Device dev = q.device();
   p.k_index = torch::tensor(k_index, torch::kLong).to(dev);
   p.v_index = torch::tensor(v_index, torch::kLong).to(dev);
@@ -443,12 +435,6 @@ const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int window, int64_t
 #if KVSWEEP_HAS_SDPA
   if (fused) p.band_bias = AlignedBias(p.band_mask.view({nb * g * C, L}), q.scalar_type());
 #endif
-  p.cu_q = i32(cu_q);
-  p.cu_k = i32(cu_k);
-  p.used_k = i32(used_k);
-  p.prefix_lo = std::move(prefix_lo);
-  p.prefix_len = std::move(prefix_len);
-  p.has_prefix = has_prefix.view({-1}).slice(0, 0, T).to(dev);
   p.bytes = (p.k_index.numel() + p.v_index.numel()) * 8 + p.band_mask.numel() +
             (p.band_bias.defined() ? p.band_bias.numel() * 2 + nb * g * C * 16 : 0);
   if (cached_plan_bytes + p.bytes > kMaxCachedPlanBytes) {
@@ -472,16 +458,16 @@ Tensor Sources(const KvOperand& op) {
 
 }  // namespace
 
-Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
-                    int64_t query_block, bool fused) {
+Tensor AttendPacked(const Tensor& q, const KvPair& kv, double scale, int64_t query_block,
+                    bool fused) {
   TORCH_CHECK(query_block >= 1, "AttendPacked: query block ", query_block);
-#if !KVSWEEP_HAS_VARLEN_FLASH
+#if !KVSWEEP_HAS_CUDNN_LSE
   TORCH_CHECK(!fused, "AttendPacked: the fused kernels need libtorch >= 2.6 with CUDA");
 #endif
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Hkv = kv.k.compressed.size(1), g = H / Hkv;
-  // A few windows at a time: the packing's temporaries (gathered bands, fp32 merge) are several
-  // times the layer's q, and a scoring batch holds up to 64 windows.
+  // A few windows at a time: the packing's temporaries (gathered bands, repeated K/V, the
+  // merge) are several times the layer's q, and a scoring batch holds up to 64 windows.
   const int64_t per_chunk = std::max<int64_t>(1, kPackedChunkTokens / T);
   if (B > per_chunk) {
     auto rows = [](const KvOperand& op, int64_t b0, int64_t b1) {
@@ -493,14 +479,14 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
     for (int64_t b0 = 0; b0 < B; b0 += per_chunk) {
       const int64_t b1 = std::min(B, b0 + per_chunk);
       outs.push_back(AttendPacked(q.slice(0, b0, b1),
-                                  KvPair{rows(kv.k, b0, b1), rows(kv.v, b0, b1)}, window, scale,
+                                  KvPair{rows(kv.k, b0, b1), rows(kv.v, b0, b1)}, scale,
                                   query_block, fused));
     }
     return torch::cat(outs, 0);
   }
-  const PackedPlan& p = PlanFor(q, kv, window, query_block, fused);
+  const PackedPlan& p = PlanFor(q, kv, query_block, fused);
   Mark("plan");
-  const int64_t nb = p.nb, C = p.C, L = p.L, Tp = nb * C;
+  const int64_t nb = p.nb, C = p.C, L = p.L, Tp = nb * C, S = p.shift;
   auto f32 = [](const Tensor& x) { return x.to(torch::kFloat32); };
 
   // The bands: queries [B*Hkv, nb, g*C, D] (a batch element's KV head by block, the block's
@@ -514,8 +500,8 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
   const Tensor kb = gather(kv.k, p.k_index), vb = gather(kv.v, p.v_index);
   Mark("gather");
   Tensor out_b, lse_b;  // [B*Hkv, nb, g*C, D], fp32 [B*Hkv, nb, g*C]
-  Tensor out_p, lse_p;  // [B, H, T, D], fp32 [B, H, T]
-#if KVSWEEP_HAS_VARLEN_FLASH
+  Tensor out_p, lse_p;  // the causal part: [B, H, T - S, D], fp32 [B, H, T - S]
+#if KVSWEEP_HAS_CUDNN_LSE
   if (fused) {
     const Tensor bias = p.band_bias.view({1, nb, g * C, L}).expand({B * Hkv, nb, g * C, L});
     auto eff = at::_scaled_dot_product_efficient_attention(qf, kb, vb, bias,
@@ -524,39 +510,36 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
     out_b = std::get<0>(eff);
     lse_b = std::get<1>(eff).slice(-1, 0, g * C).to(torch::kFloat32);
     Mark("band");
-    if (p.max_prefix > 0) {
-      // Every block's unmasked segment in one variable-length flash call: sequence (b, j) is
-      // block j's queries of batch element b over K/V rows [b*T + prefix_lo, + prefix_len).
-      const Tensor qv = q.transpose(1, 2).reshape({B * T, H, D});
-      const Tensor kv_k = kv.k.compressed.transpose(1, 2).reshape({B * T, Hkv, D});
-      const Tensor kv_v = kv.v.compressed.transpose(1, 2).reshape({B * T, Hkv, D});
-      auto flash = at::_flash_attention_forward(
-          qv, kv_k, kv_v, p.cu_q, p.cu_k, C, p.max_prefix, 0.0, /*is_causal=*/false,
-          /*return_debug_mask=*/false, scale, std::nullopt, std::nullopt, p.used_k);
-      const Tensor& o = std::get<0>(flash);  // [B*T, H, D]
-      const Tensor& l = std::get<1>(flash);  // [H, B*T]
-      TORCH_CHECK(l.dim() == 2 && l.size(0) == H && l.size(1) == B * T,
-                  "varlen flash attention returned a log-sum-exp of shape ", l.sizes());
+    if (T > S) {
+      // Queries S.. over compressed entries 0..t - S: a causal attention of equal lengths, the
+      // kernel `none` uses (cuDNN's), with its log-sum-exp.
+      auto r = at::_scaled_dot_product_cudnn_attention(
+          q.slice(2, S, T), RepeatKv(kv.k.compressed.slice(2, 0, T - S), g),
+          RepeatKv(kv.v.compressed.slice(2, 0, T - S), g), std::nullopt,
+          /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, /*return_debug_mask=*/false, scale);
+      out_p = std::get<0>(r);
+      lse_p = std::get<1>(r);
+      if (lse_p.dim() == 4) lse_p = lse_p.squeeze(-1);
+      TORCH_CHECK(lse_p.dim() == 3 && lse_p.size(0) == B && lse_p.size(1) == H &&
+                      lse_p.size(2) == T - S && lse_p.scalar_type() == torch::kFloat32,
+                  "causal attention returned a log-sum-exp of shape ", lse_p.sizes());
       Mark("prefix");
 #ifdef KVSWEEP_CUDA
       // The merge in one kernel, reading each part in the layout its kernel wrote.
-      TORCH_CHECK(out_b.stride(3) == 1 && o.stride(2) == 1 && p.has_prefix.is_contiguous(),
+      TORCH_CHECK(out_b.stride(3) == 1 && out_p.stride(3) == 1,
                   "packed attention: unexpected output layouts");
       Tensor out = torch::empty({B, H, T, D}, q.options());
       AttentionMergeArgs a{};
       a.band_out = out_b.data_ptr();
       a.band_lse = lse_b.data_ptr<float>();
+      a.prefix_out = out_p.data_ptr();
+      a.prefix_lse = lse_p.data_ptr<float>();
       for (int i = 0; i < 3; ++i) {
         a.band_out_strides[i] = out_b.stride(i);
         a.band_lse_strides[i] = lse_b.stride(i);
+        a.prefix_out_strides[i] = out_p.stride(i);
+        a.prefix_lse_strides[i] = lse_p.stride(i);
       }
-      a.prefix_out = o.data_ptr();
-      a.prefix_lse = l.data_ptr<float>();
-      for (int i = 0; i < 2; ++i) {
-        a.prefix_out_strides[i] = o.stride(i);
-        a.prefix_lse_strides[i] = l.stride(i);
-      }
-      a.has_prefix = p.has_prefix.data_ptr<bool>();
       a.out = out.data_ptr();
       a.B = B;
       a.H = H;
@@ -565,6 +548,7 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
       a.Hkv = Hkv;
       a.g = g;
       a.C = C;
+      a.shift = S;
       c10::cuda::CUDAGuard guard(q.device());
       const cudaError_t e =
           LaunchAttentionMerge(a, q.scalar_type() == torch::kBFloat16 ? kMergeBF16 : kMergeF16,
@@ -572,9 +556,6 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
       TORCH_CHECK(e == cudaSuccess, "attention merge kernel: ", cudaGetErrorString(e));
       Mark("merge");
       return out;
-#else
-      out_p = o.view({B, T, H, D}).permute({0, 2, 1, 3});
-      lse_p = l.view({H, B, T}).permute({1, 0, 2});
 #endif
     }
   }
@@ -586,39 +567,31 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, int window, double scale,
                       -std::numeric_limits<float>::infinity());
     lse_b = torch::logsumexp(s, -1);
     out_b = torch::matmul(torch::exp(s - lse_b.unsqueeze(-1)), f32(vb));
-    if (p.max_prefix > 0) {
-      out_p = torch::zeros({B, H, T, D}, q.options().dtype(torch::kFloat32));
-      lse_p = torch::zeros({B, H, T}, q.options().dtype(torch::kFloat32));
-      for (int64_t j = 0; j < nb; ++j) {
-        const int64_t len = p.prefix_len[static_cast<size_t>(j)];
-        if (len == 0) continue;
-        const int64_t lo = p.prefix_lo[static_cast<size_t>(j)], t0 = j * C,
-                      t1 = std::min(T, t0 + C);
-        const Tensor kj = RepeatKv(f32(kv.k.compressed.slice(2, lo, lo + len)), g);
-        const Tensor vj = RepeatKv(f32(kv.v.compressed.slice(2, lo, lo + len)), g);
-        Tensor sj = torch::matmul(f32(q.slice(2, t0, t1)), kj.transpose(-2, -1)) * scale;
-        Tensor lj = torch::logsumexp(sj, -1);
-        lse_p.slice(2, t0, t1).copy_(lj);
-        out_p.slice(2, t0, t1).copy_(torch::matmul(torch::exp(sj - lj.unsqueeze(-1)), vj));
-      }
+    if (T > S) {
+      const Tensor kc = RepeatKv(f32(kv.k.compressed.slice(2, 0, T - S)), g);
+      const Tensor vc = RepeatKv(f32(kv.v.compressed.slice(2, 0, T - S)), g);
+      Tensor sc = torch::matmul(f32(q.slice(2, S, T)), kc.transpose(-2, -1)) * scale;
+      sc = sc.masked_fill(torch::ones({T - S, T - S}, torch::kBool).triu(1).to(sc.device()),
+                          -std::numeric_limits<float>::infinity());
+      lse_p = torch::logsumexp(sc, -1);
+      out_p = torch::matmul(torch::exp(sc - lse_p.unsqueeze(-1)), vc);
     }
   }
   // Back to [B, H, T(+padding), ...] and merged: each part's share of a row's softmax mass is
-  // the sigmoid of the difference of their log-sum-exps (0 where the block has no prefix).
+  // the sigmoid of the difference of their log-sum-exps (queries t >= S have a causal part).
   Tensor ob = out_b.view({B, Hkv, nb, g, C, D})
                   .permute({0, 1, 3, 2, 4, 5})
                   .reshape({B, H, Tp, D})
                   .slice(2, 0, T)
                   .to(torch::kFloat32);
-  if (p.max_prefix == 0) return ob.to(q.scalar_type());
+  if (T <= S) return ob.to(q.scalar_type());
   const Tensor lb =
-      lse_b.view({B, Hkv, nb, g, C}).permute({0, 1, 3, 2, 4}).reshape({B, H, Tp}).slice(2, 0, T);
-  const Tensor share = torch::where(p.has_prefix.view({1, 1, T}), torch::sigmoid(f32(lse_p) - lb),
-                                    torch::zeros({}, lb.options()));
-  // ob + share * (out_p - ob), in place.
-  Tensor d = out_p.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
-  d.sub_(ob).mul_(share.unsqueeze(-1));
-  Tensor out = ob.add_(d).to(q.scalar_type());
+      lse_b.view({B, Hkv, nb, g, C}).permute({0, 1, 3, 2, 4}).reshape({B, H, Tp}).slice(2, S, T);
+  const Tensor share = torch::sigmoid(f32(lse_p) - lb).unsqueeze(-1);
+  // ob + share * (out_p - ob) on rows S.., in place.
+  Tensor tail = ob.slice(2, S, T);
+  tail.add_((f32(out_p) - tail).mul_(share));
+  Tensor out = ob.to(q.scalar_type());
   Mark("merge");
   return out;
 }
@@ -647,13 +620,13 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
   };
   const KvPair kv{simplify(kv_in.k), simplify(kv_in.v)};
   if (kv.k.position_dependent() || kv.v.position_dependent()) {
-#if KVSWEEP_HAS_VARLEN_FLASH
+#if KVSWEEP_HAS_CUDNN_LSE
     const int64_t D = q.size(3);
     if (!q.is_cpu() && q.scalar_type() != torch::kFloat32 && softcap <= 0 && D % 8 == 0 &&
         D <= 256 && q.size(2) >= kPackedMinBlocks * AttentionQueryBlock() &&
-        packed_path_ok.load(std::memory_order_relaxed)) {
+        (window == 0 || window >= q.size(2)) && packed_path_ok.load(std::memory_order_relaxed)) {
       try {
-        return AttendPacked(q, kv, window, scale, AttentionQueryBlock(), /*fused=*/true);
+        return AttendPacked(q, kv, scale, AttentionQueryBlock(), /*fused=*/true);
       } catch (const c10::Error& e) {
         packed_path_ok.store(false);
         KV_LOG(WARNING) << "packed attention refused (" << e.what_without_backtrace()

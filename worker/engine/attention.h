@@ -19,7 +19,8 @@
 // merged by their log-sum-exp; in fp32 (or if a kernel refuses its operands) the concatenation
 // goes through one masked SDPA call per block; on the CPU it is an explicit fp32 softmax. Attend
 // on the GPU in half precision packs all blocks into two calls instead (AttendPacked), falling
-// back to a block at a time if a kernel refuses.
+// back to a block at a time if a kernel refuses (and for windows shorter than the sequence, and
+// sequences of fewer than 8 query blocks, where a block at a time costs less).
 //
 // AttendMasked is the reference the blockwise path is tested against: [B, H, T, T] scores with
 // each entry's state chosen by the operands' use_compressed masks.
@@ -55,14 +56,15 @@ torch::Tensor Attend(const torch::Tensor& q, const KvPair& kv, const torch::Tens
 torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int window, double scale,
                               int64_t query_block = kAttentionQueryBlock, double softcap = 0);
 
-// The blockwise attention with the blocks packed into two kernel calls: every block's unmasked
-// segment (of every batch element) in one variable-length flash call, whose sequences share the
-// batch element's K/V through per-block offsets and used lengths, and every block's band in one
-// memory-efficient call with a bias (the bands gathered and padded to one length, the blocks as
-// heads), the two merged by their log-sum-exp. `fused`: those CUDA kernels (half precision,
+// The blockwise attention in three kernel calls, without a window: a causal attention of
+// queries S.. over compressed entries 0..T-S-1, shifted by S = max(residual + block - 1) so that
+// every query t reads entries j <= t - S compressed (cuDNN's fused kernel, the one `none` uses);
+// every block's band (what its queries read above that, in each state) in one memory-efficient
+// call with a bias (the bands gathered and padded to one length, the blocks as heads); the two
+// merged by their log-sum-exp in one kernel. `fused`: those CUDA kernels (half precision,
 // libtorch >= 2.6; throws c10::Error where a kernel refuses); otherwise the same packing with
 // explicit fp32 softmax in place of each kernel (what the CPU tests check). No softcap.
-torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, int window, double scale,
+torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, double scale,
                            int64_t query_block, bool fused);
 
 // Benchmarks only: called with a phase's name as the packed path finishes it ("plan",

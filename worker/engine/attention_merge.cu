@@ -27,18 +27,18 @@ __global__ void MergeKernel(AttentionMergeArgs a) {
   const T* ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
                 blk * a.band_out_strides[1] + r * a.band_out_strides[2];
   T* out = static_cast<T*>(a.out) + row * a.D;
-  if (!a.has_prefix[t]) {
+  if (t < a.shift) {
     for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) out[d] = ob[d];
     return;
   }
   const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
                               blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
-  const float lp =
-      a.prefix_lse[h * a.prefix_lse_strides[0] + (b * a.T + t) * a.prefix_lse_strides[1]];
+  const float lp = a.prefix_lse[b * a.prefix_lse_strides[0] + h * a.prefix_lse_strides[1] +
+                                (t - a.shift) * a.prefix_lse_strides[2]];
   // The prefix's share of the row's softmax mass: e^lp / (e^lp + e^lb).
   const float share = 1.0f / (1.0f + expf(lb - lp));
-  const T* op = static_cast<const T*>(a.prefix_out) + (b * a.T + t) * a.prefix_out_strides[0] +
-                h * a.prefix_out_strides[1];
+  const T* op = static_cast<const T*>(a.prefix_out) + b * a.prefix_out_strides[0] +
+                h * a.prefix_out_strides[1] + (t - a.shift) * a.prefix_out_strides[2];
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
     const float x = Load(ob + d);
     Store(out + d, x + share * (Load(op + d) - x));
@@ -62,17 +62,17 @@ __global__ void MergeKernelVec(AttentionMergeArgs a, int64_t rows) {
                 blk * a.band_out_strides[1] + r * a.band_out_strides[2] + d0;
   T* out = static_cast<T*>(a.out) + row * a.D + d0;
   const uint4 vb = *reinterpret_cast<const uint4*>(ob);
-  if (!a.has_prefix[t]) {
+  if (t < a.shift) {
     *reinterpret_cast<uint4*>(out) = vb;
     return;
   }
   const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
                               blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
-  const float lp =
-      a.prefix_lse[h * a.prefix_lse_strides[0] + (b * a.T + t) * a.prefix_lse_strides[1]];
+  const float lp = a.prefix_lse[b * a.prefix_lse_strides[0] + h * a.prefix_lse_strides[1] +
+                                (t - a.shift) * a.prefix_lse_strides[2]];
   const float share = 1.0f / (1.0f + expf(lb - lp));
-  const T* op = static_cast<const T*>(a.prefix_out) + (b * a.T + t) * a.prefix_out_strides[0] +
-                h * a.prefix_out_strides[1] + d0;
+  const T* op = static_cast<const T*>(a.prefix_out) + b * a.prefix_out_strides[0] +
+                h * a.prefix_out_strides[1] + (t - a.shift) * a.prefix_out_strides[2] + d0;
   const uint4 vp = *reinterpret_cast<const uint4*>(op);
   const T* eb = reinterpret_cast<const T*>(&vb);
   const T* ep = reinterpret_cast<const T*>(&vp);
@@ -97,7 +97,8 @@ cudaError_t LaunchAttentionMerge(const AttentionMergeArgs& a, int dtype, cudaStr
   const bool vec = a.D % 8 == 0 && a.band_out_strides[0] % 8 == 0 &&
                    a.band_out_strides[1] % 8 == 0 && a.band_out_strides[2] % 8 == 0 &&
                    a.prefix_out_strides[0] % 8 == 0 && a.prefix_out_strides[1] % 8 == 0 &&
-                   Aligned16(a.band_out) && Aligned16(a.prefix_out) && Aligned16(a.out);
+                   a.prefix_out_strides[2] % 8 == 0 && Aligned16(a.band_out) &&
+                   Aligned16(a.prefix_out) && Aligned16(a.out);
   if (vec) {
     const int threads = 256;
     const int64_t blocks = (rows * (a.D / 8) + threads - 1) / threads;

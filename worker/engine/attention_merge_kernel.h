@@ -13,8 +13,8 @@ enum { kMergeBF16 = 0, kMergeF16 = 1 };
 // out [B, H, T, D] (contiguous, the inputs' dtype), row (b, h, t) with kv head h / g, GQA slot
 // h % g, block t / C and row r = (h % g) * C + t % C of that block:
 //   ob = band_out[b * Hkv + h / g][t / C][r][:]       lb = band_lse[b * Hkv + h / g][t / C][r]
-//   op = prefix_out[b * T + t][h][:]                  lp = prefix_lse[h][b * T + t]
-//   out = has_prefix[t] ? ob + sigmoid(lp - lb) * (op - ob) : ob, computed in fp32.
+//   op = prefix_out[b][h][t - shift][:]               lp = prefix_lse[b][h][t - shift]
+//   out = t >= shift ? ob + sigmoid(lp - lb) * (op - ob) : ob, computed in fp32.
 // Strides are in elements; the last dimension of band_out and prefix_out is contiguous.
 struct AttentionMergeArgs {
   const void* band_out;
@@ -22,12 +22,11 @@ struct AttentionMergeArgs {
   const float* band_lse;
   int64_t band_lse_strides[3];  // [B*Hkv, nb, g*C]
   const void* prefix_out;
-  int64_t prefix_out_strides[2];  // [B*T, H] (D contiguous)
+  int64_t prefix_out_strides[3];  // [B, H, T - shift] (D contiguous)
   const float* prefix_lse;
-  int64_t prefix_lse_strides[2];  // [H, B*T]
-  const bool* has_prefix;         // [T]
+  int64_t prefix_lse_strides[3];  // [B, H, T - shift]
   void* out;
-  int64_t B, H, T, D, Hkv, g, C;
+  int64_t B, H, T, D, Hkv, g, C, shift;
 };
 
 cudaError_t LaunchAttentionMerge(const AttentionMergeArgs& a, int dtype, cudaStream_t stream);
