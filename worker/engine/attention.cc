@@ -131,7 +131,8 @@ Tensor MergedSegmentAttention(const Tensor& qf, const Tensor& kp, const Tensor& 
       .to(qf.scalar_type());
 }
 
-// Whether the merged (packed) path may be tried: given up for the process after a refusal.
+// Whether the merged path (a block at a time) and the packed path may be tried: each is given up
+// for the process after a refusal.
 std::atomic<bool> merged_path_ok{true};
 std::atomic<bool> packed_path_ok{true};
 #endif

@@ -18,7 +18,7 @@
 // flash attention and the masked rest through the memory-efficient kernel with a bias, the two
 // merged by their log-sum-exp; in fp32 (or if a kernel refuses its operands) the concatenation
 // goes through one masked SDPA call per block; on the CPU it is an explicit fp32 softmax. Attend
-// on the GPU in half precision packs all blocks into two calls instead (AttendPacked), falling
+// on the GPU in half precision packs all blocks into three calls instead (AttendPacked), falling
 // back to a block at a time if a kernel refuses (and for windows shorter than the sequence, and
 // sequences of fewer than 8 query blocks, where a block at a time costs less).
 //
@@ -68,8 +68,8 @@ torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, double scal
                            int64_t query_block, bool fused);
 
 // Benchmarks only: called with a phase's name as the packed path finishes it ("plan",
-// "gather", "band", "prefix", "merge"), so that a caller can synchronize the device and read its
-// clock; none (the default) in workers.
+// "gather", "band", "prefix" (the shifted causal part), "merge"), so that a caller can synchronize
+// the device and read its clock; none (the default) in workers.
 using AttentionPhaseHook = void (*)(const char* phase);
 void SetAttentionPhaseHook(AttentionPhaseHook hook);
 
