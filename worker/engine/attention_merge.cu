@@ -16,32 +16,48 @@ __device__ __forceinline__ float Load(const __half* p) { return __half2float(*p)
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
 __device__ __forceinline__ void Store(__half* p, float x) { *p = __float2half(x); }
 
-// One block per output row (b, h, t); its threads stride over D.
+// Where output row `row`'s parts live, from column d0 on, and the prefix's share of the row's
+// softmax mass, e^lp / (e^lp + e^lb) (rows t < shift have no causal part: merge is false).
 template <typename T>
-__global__ void MergeKernel(AttentionMergeArgs a) {
-  const int64_t row = blockIdx.x;
+struct Row {
+  const T* ob;
+  const T* op;
+  T* out;
+  float share;
+  bool merge;
+};
+
+template <typename T>
+__device__ __forceinline__ Row<T> Locate(const AttentionMergeArgs& a, int64_t row, int64_t d0) {
   const int64_t t = row % a.T;
   const int64_t h = (row / a.T) % a.H;
   const int64_t b = row / (a.T * a.H);
   const int64_t kvh = h / a.g, slot = h % a.g, blk = t / a.C, r = slot * a.C + t % a.C;
-  const T* ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
-                blk * a.band_out_strides[1] + r * a.band_out_strides[2];
-  T* out = static_cast<T*>(a.out) + row * a.D;
-  if (t < a.shift) {
-    for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) out[d] = ob[d];
-    return;
-  }
+  Row<T> x;
+  x.ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
+         blk * a.band_out_strides[1] + r * a.band_out_strides[2] + d0;
+  x.out = static_cast<T*>(a.out) + row * a.D + d0;
+  x.merge = t >= a.shift;
+  x.op = nullptr;
+  x.share = 0.0f;
+  if (!x.merge) return x;
   const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
                               blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
   const float lp = a.prefix_lse[b * a.prefix_lse_strides[0] + h * a.prefix_lse_strides[1] +
                                 (t - a.shift) * a.prefix_lse_strides[2]];
-  // The prefix's share of the row's softmax mass: e^lp / (e^lp + e^lb).
-  const float share = 1.0f / (1.0f + expf(lb - lp));
-  const T* op = static_cast<const T*>(a.prefix_out) + b * a.prefix_out_strides[0] +
-                h * a.prefix_out_strides[1] + (t - a.shift) * a.prefix_out_strides[2];
+  x.share = 1.0f / (1.0f + expf(lb - lp));
+  x.op = static_cast<const T*>(a.prefix_out) + b * a.prefix_out_strides[0] +
+         h * a.prefix_out_strides[1] + (t - a.shift) * a.prefix_out_strides[2] + d0;
+  return x;
+}
+
+// One block per output row (b, h, t); its threads stride over D.
+template <typename T>
+__global__ void MergeKernel(AttentionMergeArgs a) {
+  const Row<T> x = Locate<T>(a, blockIdx.x, 0);
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
-    const float x = Load(ob + d);
-    Store(out + d, x + share * (Load(op + d) - x));
+    const float y = Load(x.ob + d);
+    Store(x.out + d, x.merge ? y + x.share * (Load(x.op + d) - y) : y);
   }
 }
 
@@ -53,37 +69,23 @@ __global__ void MergeKernelVec(AttentionMergeArgs a, int64_t rows) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t row = idx / lanes;
   if (row >= rows) return;
-  const int64_t d0 = (idx % lanes) * 8;
-  const int64_t t = row % a.T;
-  const int64_t h = (row / a.T) % a.H;
-  const int64_t b = row / (a.T * a.H);
-  const int64_t kvh = h / a.g, slot = h % a.g, blk = t / a.C, r = slot * a.C + t % a.C;
-  const T* ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
-                blk * a.band_out_strides[1] + r * a.band_out_strides[2] + d0;
-  T* out = static_cast<T*>(a.out) + row * a.D + d0;
-  const uint4 vb = *reinterpret_cast<const uint4*>(ob);
-  if (t < a.shift) {
-    *reinterpret_cast<uint4*>(out) = vb;
+  const Row<T> x = Locate<T>(a, row, (idx % lanes) * 8);
+  const uint4 vb = *reinterpret_cast<const uint4*>(x.ob);
+  if (!x.merge) {
+    *reinterpret_cast<uint4*>(x.out) = vb;
     return;
   }
-  const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
-                              blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
-  const float lp = a.prefix_lse[b * a.prefix_lse_strides[0] + h * a.prefix_lse_strides[1] +
-                                (t - a.shift) * a.prefix_lse_strides[2]];
-  const float share = 1.0f / (1.0f + expf(lb - lp));
-  const T* op = static_cast<const T*>(a.prefix_out) + b * a.prefix_out_strides[0] +
-                h * a.prefix_out_strides[1] + (t - a.shift) * a.prefix_out_strides[2] + d0;
-  const uint4 vp = *reinterpret_cast<const uint4*>(op);
+  const uint4 vp = *reinterpret_cast<const uint4*>(x.op);
   const T* eb = reinterpret_cast<const T*>(&vb);
   const T* ep = reinterpret_cast<const T*>(&vp);
   uint4 vo;
   T* eo = reinterpret_cast<T*>(&vo);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float x = Load(eb + i);
-    Store(eo + i, x + share * (Load(ep + i) - x));
+    const float y = Load(eb + i);
+    Store(eo + i, y + x.share * (Load(ep + i) - y));
   }
-  *reinterpret_cast<uint4*>(out) = vo;
+  *reinterpret_cast<uint4*>(x.out) = vo;
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
