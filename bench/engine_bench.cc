@@ -308,6 +308,55 @@ int CheckFused(const std::string& device) {
       }
     }
   }
+  // Channel-axis quantization (the codec's K and V in one launch, read in place) against the
+  // libtorch path of the same codec (transposed blocks): whole and unfinished blocks, a window
+  // shorter than a block, transposed views, head sizes the 16-byte kernel cannot take.
+  if (!dev->is_cuda()) std::printf("channel: CUDA only (no fused kernel on %s)\n", device.c_str());
+  for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (const char* method : {"quant:bits=4,axis=channel", "quant:bits=2,axis=channel,group=32",
+                               "quant:bits=3,axis=channel,group=5,sym=1",
+                               "quant:bits=2,axis=channel,group=32,residual=32",
+                               "quant:bits=4,axis=channel,group=16,target=k"}) {
+      for (int64_t T : {4096, 1000, 7}) {
+        for (int64_t D : {128, 100}) {
+          if (!dev->is_cuda()) break;
+          absl::StatusOr<KvMethod> parsed = ParseKvMethod(method);
+          if (!parsed.ok()) return Die(parsed.status());
+          absl::StatusOr<KvMethod> resolved = ResolveKvMethod(*parsed, D, 1);
+          if (!resolved.ok()) return Die(resolved.status());
+          absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*resolved);
+          if (!codec.ok()) return Die(codec.status());
+          const auto o = torch::TensorOptions().device(*dev);
+          torch::Tensor k = (torch::randn({2, T, 4, D}, o) * 3).to(dt).transpose(1, 2);
+          torch::Tensor v = torch::randn({2, 4, T, D}, o).to(dt);
+          k.select(3, 5).fill_(0.5);  // a constant channel: exact
+          auto apply = [&](bool fused, bool vectorized) {
+            SetFusedFakeQuantEnabled(fused);
+            SetFusedFakeQuantVectorized(vectorized);
+            KvPair p = (*codec)->Apply(0, k, v);
+            if (dev->is_cuda()) torch::cuda::synchronize();
+            const double t0 = Now();
+            for (int i = 0; i < 10; ++i) p = (*codec)->Apply(0, k, v);
+            if (dev->is_cuda()) torch::cuda::synchronize();
+            return std::make_pair(p, (Now() - t0) / 10 * 1e6);
+          };
+          auto [ref, t_ref] = apply(false, true);
+          for (bool vectorized : {true, false}) {
+            auto [got, t_got] = apply(true, vectorized);
+            const int64_t bad = ref.k.compressed.ne(got.k.compressed).sum().item<int64_t>() +
+                                ref.v.compressed.ne(got.v.compressed).sum().item<int64_t>();
+            failures += bad != 0;
+            std::printf(
+                "channel %-5s %-46s T=%4lld D=%3lld %-10s mismatch %lld  %8.1f us vs "
+                "libtorch %8.1f us (%.2fx)\n",
+                DtypeName(dt), method, static_cast<long long>(T), static_cast<long long>(D),
+                vectorized ? "vectorized" : "scalar", static_cast<long long>(bad), t_got, t_ref,
+                t_ref / t_got);
+          }
+        }
+      }
+    }
+  }
   SetFusedFakeQuantEnabled(was_enabled);
   SetFusedFakeQuantVectorized(true);
   std::printf("%s\n",

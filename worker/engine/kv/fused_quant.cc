@@ -68,6 +68,20 @@ bool Describe(const torch::Tensor& x, const QuantFormat& f, int64_t out_n, Fused
   return true;
 }
 
+// x [B, H, T, D] as the channel kernel reads it, writing a new contiguous tensor to *y; false
+// when the kernel cannot read x.
+bool DescribeChannel(const torch::Tensor& x, FusedChannelTensor* t, torch::Tensor* y) {
+  if (!x.is_cuda() || KernelDtype(x.scalar_type()) < 0 || x.dim() != 4 || x.stride(-1) != 1) {
+    return false;
+  }
+  for (int i = 0; i < 4; ++i) t->s.size[i] = x.size(i);
+  for (int i = 0; i < 3; ++i) t->s.strides[i] = x.stride(i);
+  *y = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
+  t->x = x.data_ptr();
+  t->y = y->data_ptr();
+  return true;
+}
+
 void Launch(const FusedQuantTensor* t, int count, const torch::Tensor& like, const QuantFormat& f) {
   c10::cuda::CUDAGuard guard(like.device());
   const cudaError_t e = LaunchFusedFakeQuant(t, count, KernelDtype(like.scalar_type()), f.group,
@@ -104,8 +118,37 @@ bool FusedFakeQuantizePair(const torch::Tensor& a, const torch::Tensor& b, const
   return true;
 }
 
+bool FusedChannelFakeQuantize(const torch::Tensor& a, const torch::Tensor& b, const QuantFormat& f,
+                              torch::Tensor* ya, torch::Tensor* yb) {
+  if (f.fp16_meta || f.group < 1 || !FusedFakeQuantEnabled() || !a.defined()) return false;
+  const bool pair = b.defined();
+  if (pair && (a.scalar_type() != b.scalar_type() || a.device() != b.device())) return false;
+  FusedChannelTensor t[2] = {};
+  torch::Tensor oa, ob;
+  if (!DescribeChannel(a, &t[0], &oa) || (pair && !DescribeChannel(b, &t[1], &ob))) return false;
+  // Empty tensors need no launch; the kernel takes one or two non-empty ones.
+  FusedChannelTensor run[2];
+  int count = 0;
+  if (a.numel() > 0) run[count++] = t[0];
+  if (pair && b.numel() > 0) run[count++] = t[1];
+  if (count > 0) {
+    c10::cuda::CUDAGuard guard(a.device());
+    const cudaError_t e =
+        LaunchFusedChannelFakeQuant(run, count, KernelDtype(a.scalar_type()), f.group, f.bits,
+                                    f.sym, at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(e == cudaSuccess, "fused channel quantization kernel: ", cudaGetErrorString(e));
+  }
+  *ya = std::move(oa);
+  if (pair) *yb = std::move(ob);
+  return true;
+}
+
 void SetFusedFakeQuantVectorized(bool on) { SetFusedQuantVectorized(on); }
 #else
+bool FusedChannelFakeQuantize(const torch::Tensor&, const torch::Tensor&, const QuantFormat&,
+                              torch::Tensor*, torch::Tensor*) {
+  return false;
+}
 bool FusedFakeQuantize(const torch::Tensor&, const QuantFormat&, torch::Tensor*) { return false; }
 bool FusedFakeQuantizePair(const torch::Tensor&, const torch::Tensor&, const QuantFormat&, int64_t,
                            torch::Tensor*, torch::Tensor*) {

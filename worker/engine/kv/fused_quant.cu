@@ -261,6 +261,133 @@ cudaError_t Launch(const Tensors& ts, int count, int group, int bits, bool sym,
   return cudaGetLastError();
 }
 
+
+// Channel axis: one thread per (b, h, block of G tokens, V consecutive channels); it walks the
+// block's G tokens twice (min/max, then quantize), V channels per access. Consecutive threads
+// take consecutive channels, so a warp's accesses at each token are contiguous rows. The block
+// past the last whole one (fewer than G tokens) is copied.
+template <typename T, int V>
+struct Lanes {
+  float v[V];
+  __device__ __forceinline__ void Load(const T* p) {
+    if constexpr (V * sizeof(T) == 16) {
+      uint4 raw = *reinterpret_cast<const uint4*>(p);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = kvsweep::engine::Load(e + j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = kvsweep::engine::Load(p + j);
+    }
+  }
+  __device__ __forceinline__ void Store(T* p) const {
+    if constexpr (V * sizeof(T) == 16) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) kvsweep::engine::Store(e + j, v[j]);
+      *reinterpret_cast<uint4*>(p) = raw;
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) kvsweep::engine::Store(p + j, v[j]);
+    }
+  }
+};
+
+struct ChannelTensors {
+  FusedChannelTensor t[2];
+};
+
+template <typename T, int V>
+__global__ void ChannelFakeQuantKernel(ChannelTensors ts, int group, int bits, bool sym) {
+  const FusedChannelTensor& t = ts.t[blockIdx.y];
+  const T* __restrict__ x = static_cast<const T*>(t.x);
+  T* __restrict__ y = static_cast<T*>(t.y);
+  const FusedChannelShape& s = t.s;
+  const int64_t H = s.size[1], T_ = s.size[2], D = s.size[3];
+  const int64_t full_blocks = T_ / group, tail = T_ - full_blocks * group;
+  const int64_t blocks = full_blocks + (tail > 0 ? 1 : 0);
+  const int64_t lanes = D / V;
+  const int64_t units = s.size[0] * H * blocks * lanes;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
+       u += step) {
+    const int64_t c = (u % lanes) * V;
+    const int64_t rest = u / lanes;
+    const int64_t blk = rest % blocks;
+    const int64_t bh = rest / blocks;
+    const int64_t h = bh % H, b = bh / H;
+    const int64_t t0 = blk * group;
+    const T* in = x + b * s.strides[0] + h * s.strides[1] + t0 * s.strides[2] + c;
+    T* out = y + (bh * T_ + t0) * D + c;  // y is contiguous
+    Lanes<T, V> e;
+    if (blk == full_blocks) {  // the unfinished block: read in full precision
+      for (int64_t i = 0; i < tail; ++i) {
+        e.Load(in + i * s.strides[2]);
+        e.Store(out + i * D);
+      }
+      continue;
+    }
+    float lo[V], hi[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      lo[j] = INFINITY;
+      hi[j] = -INFINITY;
+    }
+    for (int i = 0; i < group; ++i) {
+      e.Load(in + i * s.strides[2]);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        lo[j] = fminf(lo[j], e.v[j]);
+        hi[j] = fmaxf(hi[j], e.v[j]);
+      }
+    }
+    QuantParams qp[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) qp[j] = MakeParams(lo[j], hi[j], bits, sym);
+    for (int i = 0; i < group; ++i) {
+      e.Load(in + i * s.strides[2]);
+#pragma unroll
+      for (int j = 0; j < V; ++j) e.v[j] = QuantizeOne(e.v[j], qp[j]);
+      e.Store(out + i * D);
+    }
+  }
+}
+
+template <typename T, int V>
+cudaError_t LaunchChannel(const ChannelTensors& ts, int count, int group, int bits, bool sym,
+                          cudaStream_t stream) {
+  int64_t most = 1;
+  for (int i = 0; i < count; ++i) {
+    const FusedChannelShape& s = ts.t[i].s;
+    most = std::max(most, s.size[0] * s.size[1] * ((s.size[2] + group - 1) / group) *
+                              (s.size[3] / V));
+  }
+  const int threads = 256;
+  int64_t blocks = (most + threads - 1) / threads;
+  if (blocks > 65535 * 16) blocks = 65535 * 16;  // grid-stride beyond this
+  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)), count);
+  ChannelFakeQuantKernel<T, V><<<grid, threads, 0, stream>>>(ts, group, bits, sym);
+  return cudaGetLastError();
+}
+
+// 16-byte accesses where every tensor allows them (aligned pointers, D and the strides in whole
+// vectors), one element at a time otherwise.
+template <typename T>
+cudaError_t LaunchChannelAny(const ChannelTensors& ts, int count, int group, int bits, bool sym,
+                             cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  bool vec = UseVectorKernel();
+  for (int i = 0; i < count && vec; ++i) {
+    const FusedChannelTensor& t = ts.t[i];
+    vec = reinterpret_cast<uintptr_t>(t.x) % 16 == 0 && reinterpret_cast<uintptr_t>(t.y) % 16 == 0 &&
+          t.s.size[3] % kVec == 0;
+    for (int d = 0; d < 3; ++d) vec = vec && t.s.strides[d] % kVec == 0;
+  }
+  return vec ? LaunchChannel<T, kVec>(ts, count, group, bits, sym, stream)
+             : LaunchChannel<T, 1>(ts, count, group, bits, sym, stream);
+}
+
 }  // namespace
 
 cudaError_t LaunchFusedFakeQuant(const FusedQuantTensor* tensors, int count, int dtype, int group,
@@ -272,6 +399,19 @@ cudaError_t LaunchFusedFakeQuant(const FusedQuantTensor* tensors, int count, int
     case kFusedF32: return Launch<float>(ts, count, group, bits, sym, stream);
     case kFusedBF16: return Launch<__nv_bfloat16>(ts, count, group, bits, sym, stream);
     case kFusedF16: return Launch<__half>(ts, count, group, bits, sym, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t LaunchFusedChannelFakeQuant(const FusedChannelTensor* tensors, int count, int dtype,
+                                        int group, int bits, bool sym, cudaStream_t stream) {
+  if (count < 1 || count > 2 || group < 1) return cudaErrorInvalidValue;
+  ChannelTensors ts{};
+  for (int i = 0; i < count; ++i) ts.t[i] = tensors[i];
+  switch (dtype) {
+    case kFusedF32: return LaunchChannelAny<float>(ts, count, group, bits, sym, stream);
+    case kFusedBF16: return LaunchChannelAny<__nv_bfloat16>(ts, count, group, bits, sym, stream);
+    case kFusedF16: return LaunchChannelAny<__half>(ts, count, group, bits, sym, stream);
     default: return cudaErrorInvalidValue;
   }
 }

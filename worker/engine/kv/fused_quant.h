@@ -20,6 +20,14 @@ bool FusedFakeQuantize(const torch::Tensor& x, const QuantFormat& f, torch::Tens
 bool FusedFakeQuantizePair(const torch::Tensor& a, const torch::Tensor& b, const QuantFormat& f,
                            int64_t out_n, torch::Tensor* ya, torch::Tensor* yb);
 
+// Channel-axis quantization of a and b (b may be undefined), each [B, H, T, D] with a contiguous
+// last dimension: each channel over blocks of `f.group` consecutive tokens, tokens past the last
+// whole block as they are, into new contiguous tensors — bitwise what the libtorch path gives for
+// FakeQuantize of the transposed [.., D, group] blocks (quant_codec.cc). Same conditions as
+// FusedFakeQuantize otherwise; false (nothing written) where the kernel does not apply.
+bool FusedChannelFakeQuantize(const torch::Tensor& a, const torch::Tensor& b, const QuantFormat& f,
+                              torch::Tensor* ya, torch::Tensor* yb);
+
 // Whether FusedFakeQuantize may use the kernel: on by default, off when the environment variable
 // KVSWEEP_FUSED_QUANT is 0 at start-up (read once). The setter is for benchmarks and tests that
 // compare both paths in one process.

@@ -31,8 +31,28 @@ struct FusedQuantTensor {
 cudaError_t LaunchFusedFakeQuant(const FusedQuantTensor* tensors, int count, int dtype, int group,
                                  int bits, bool sym, cudaStream_t stream);
 
+// Channel-axis quantization (KIVI keys): x [B, H, T, D] (element strides `strides` for B, H, T; D
+// contiguous), each channel over blocks of `group` consecutive tokens; y contiguous [B, H, T, D],
+// tokens past the last whole block copied as they are. Per group the arithmetic of the per-token
+// kernel, so y is bitwise FakeQuantize of the transposed blocks.
+struct FusedChannelShape {
+  int64_t size[4];  // B, H, T, D
+  int64_t strides[3];
+};
+
+struct FusedChannelTensor {
+  const void* x;
+  void* y;
+  FusedChannelShape s;
+};
+
+// `count` (1 or 2: K and V) tensors of one dtype and format in one launch.
+cudaError_t LaunchFusedChannelFakeQuant(const FusedChannelTensor* tensors, int count, int dtype,
+                                        int group, int bits, bool sym, cudaStream_t stream);
+
 // Which kernel LaunchFusedFakeQuant uses where the layout allows both: the vectorized one
-// (default) or the one-warp-per-group fallback. For the benchmark that checks both.
+// (default) or the one-warp-per-group fallback; LaunchFusedChannelFakeQuant: 16-byte or scalar
+// accesses. For the benchmark that checks both.
 void SetFusedQuantVectorized(bool on);
 
 }  // namespace kvsweep::engine

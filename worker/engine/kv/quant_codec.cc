@@ -21,6 +21,7 @@
 #include "worker/engine/kv/bases.h"
 #include "worker/engine/kv/cache_masks.h"
 #include "worker/engine/kv/codecs.h"
+#include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/quantizer.h"
 
 namespace kvsweep::engine {
@@ -59,6 +60,13 @@ class QuantCodec final : public KvCodec {
       out.v = Operand(std::move(qv), v, mask);
       return out;
     }
+    if (spec_.axis == QuantAxis::kChannel && spec_.compresses_k() && spec_.compresses_v() &&
+        FusedChannelFakeQuantize(k, v, ChannelFormat(), &qk, &qv)) {
+      // CUDA: K and V in one launch that reads the blocks in place (no transposed copies).
+      out.k = Operand(std::move(qk), k, mask);
+      out.v = Operand(std::move(qv), v, mask);
+      return out;
+    }
     out.k = spec_.compresses_k() ? Operand(Quantize(KvTensor::kK, layer, k), k, mask)
                                  : KvOperand{k, {}, {}};
     out.v = spec_.compresses_v() ? Operand(Quantize(KvTensor::kV, layer, v), v, mask)
@@ -85,6 +93,13 @@ class QuantCodec final : public KvCodec {
 
   int Block() const { return spec_.axis == QuantAxis::kChannel ? spec_.group : 1; }
 
+  // The channel axis quantizes groups of `group` tokens (the transposed blocks' rows).
+  QuantFormat ChannelFormat() const {
+    QuantFormat f = format_;
+    f.group = spec_.group;
+    return f;
+  }
+
   // x [B, Hkv, T, D] of `layer` -> its compressed state, same shape and dtype.
   Tensor Quantize(KvTensor which, int layer, const Tensor& x) const {
     if (spec_.axis == QuantAxis::kToken) {
@@ -96,16 +111,15 @@ class QuantCodec final : public KvCodec {
     // Channel axis: blocks of G tokens, each channel quantized over its G tokens, i.e. token-axis
     // quantization of the transposed block. Tokens past the last whole block stay as they are
     // (never read compressed: see the mask).
+    const QuantFormat f = ChannelFormat();
+    Tensor fused;
+    if (FusedChannelFakeQuantize(x, Tensor(), f, &fused, nullptr)) return fused;  // CUDA
     const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), G = spec_.group;
     const int64_t full = T / G * G;
     if (full == 0) return x;
-    // The blocks as contiguous [B*H*nb, D, G] rows: on the GPU the fused quantizer takes them
-    // (it needs at most 4 dimensions and a contiguous last one) in one kernel.
     const int64_t nb = full / G;
     Tensor blocks =
         x.slice(2, 0, full).reshape({B, H, nb, G, D}).transpose(3, 4).reshape({B * H * nb, D, G});
-    QuantFormat f = format_;
-    f.group = static_cast<int>(G);
     Tensor q =
         FakeQuantize(blocks, f).view({B, H, nb, D, G}).transpose(3, 4).reshape({B, H, full, D});
     return full == T ? q : torch::cat({q, x.slice(2, full, T)}, 2);
