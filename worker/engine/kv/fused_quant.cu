@@ -17,6 +17,11 @@
 // One launch serves K and V (blockIdx.y picks the tensor), and may write each row into a wider
 // zeroed output row (identity-basis hybrid: the first r coordinates quantized, the rest 0): on a
 // small model's millisecond forward passes the codec's launches, not its arithmetic, are the cost.
+//
+// The channel axis (KIVI keys: each channel over blocks of G tokens) has a kernel of its own that
+// reads the blocks where they lie in [B, H, T, D] (one thread per block and 8 channels, the
+// block's tokens walked twice), with the per-element arithmetic above: bitwise what the per-token
+// path gives on the transposed blocks, without the two transposed copies around it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
