@@ -214,6 +214,19 @@ int JobMode(std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// The codec for method `text` at head size D, one KV head per group, built through the registry
+// and prepared without a model (bases that need one are refused by Prepare).
+absl::StatusOr<std::unique_ptr<KvCodec>> BenchCodec(absl::string_view text, int64_t D) {
+  absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, D, 1);
+  if (!method.ok()) return method.status();
+  absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*method);
+  if (!codec.ok()) return codec.status();
+  if (absl::Status s = (*codec)->Prepare(CodecContext{}); !s.ok()) return s;
+  return codec;
+}
+
 // --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
 // one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
 // on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
@@ -320,11 +333,7 @@ int CheckFused(const std::string& device) {
       for (int64_t T : {4096, 1000, 7}) {
         for (int64_t D : {128, 100}) {
           if (!dev->is_cuda()) break;
-          absl::StatusOr<KvMethod> parsed = ParseKvMethod(method);
-          if (!parsed.ok()) return Die(parsed.status());
-          absl::StatusOr<KvMethod> resolved = ResolveKvMethod(*parsed, D, 1);
-          if (!resolved.ok()) return Die(resolved.status());
-          absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*resolved);
+          absl::StatusOr<std::unique_ptr<KvCodec>> codec = BenchCodec(method, D);
           if (!codec.ok()) return Die(codec.status());
           const auto o = torch::TensorOptions().device(*dev);
           torch::Tensor k = (torch::randn({2, T, 4, D}, o) * 3).to(dt).transpose(1, 2);
@@ -422,13 +431,8 @@ int AttentionBench(std::map<std::string, std::string>& f) {
   double none_attention = 0;
   for (absl::string_view text :
        absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';')) {
-    absl::StatusOr<KvMethod> parsed = ParseKvMethod(text);
-    if (!parsed.ok()) return Die(parsed.status());
-    absl::StatusOr<KvMethod> method = ResolveKvMethod(*parsed, D, 1);
-    if (!method.ok()) return Die(method.status());
-    absl::StatusOr<std::unique_ptr<KvCodec>> codec = NewKvCodec(*method);
+    absl::StatusOr<std::unique_ptr<KvCodec>> codec = BenchCodec(text, D);
     if (!codec.ok()) return Die(codec.status());
-    if (absl::Status s = (*codec)->Prepare(CodecContext{}); !s.ok()) return Die(s);
     KvPair pair;
     const double apply = median_ms([&] { pair = (*codec)->Apply(0, k, v); });
     const double attention = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });
