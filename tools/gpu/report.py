@@ -83,6 +83,8 @@ def main():
         htps = h["tokens_per_s"] if h else None
         speed = ktps / htps if k and h else None
         over = (none["tokens_per_s"] / ktps - 1) if k and none else None
+        if k and "cost_vs_none_paired" in k:  # interleaved passes: the median of per-pass costs
+            over = k["cost_vs_none_paired"]
         rel = None
         if k and h and not dagger:
             kl, hl = k["metrics"]["loglik_sum"], h["metrics"]["loglik_sum"]

@@ -213,16 +213,42 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1, in
   out.prefix_hi = std::max(full_lo, lo);
   out.shift = shift;
   if (shift > 0) out.prefix_lo = out.prefix_hi = 0;
+  // Entries of [a, b) that some query of the block reads with K, V in states kc, vc: each query
+  // t reads an interval of them (causal, window, shift, and where each state holds), so the
+  // segment is trimmed to the hull of those intervals and left out where all are empty (a
+  // per-token residual window under the shift: the band is all raw).
+  auto used = [&](int64_t a, int64_t b, bool kc, bool vc) {
+    int64_t lo = b, hi = a;
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t l = a, h = std::min(b, t + 1);
+      if (window > 0) l = std::max(l, t - window + 1);
+      if (shift > 0) l = std::max(l, t - shift + 1);
+      for (const auto& [op, compressed] :
+           {std::pair<const KvOperand*, bool>{&k, kc}, std::pair<const KvOperand*, bool>{&v, vc}}) {
+        if (!op->position_dependent()) continue;
+        const int64_t n = CompressedPrefix(*op, t);
+        if (compressed) {
+          h = std::min(h, n);
+        } else {
+          l = std::max(l, n);
+        }
+      }
+      if (l < h) {
+        lo = std::min(lo, l);
+        hi = std::max(hi, h);
+      }
+    }
+    return std::pair<int64_t, int64_t>{lo, hi};
+  };
   auto band = [&](int64_t a, int64_t b) {
     if (b <= a) return;
     for (bool kc : {true, false}) {
       if (!kc && !k.position_dependent()) continue;
-      if (kc ? a >= CompressedPrefix(k, t1 - 1) : b <= CompressedPrefix(k, t0)) continue;
       for (bool vc : {true, false}) {
         if (!vc && !v.position_dependent()) continue;
         if (one_rule && kc != vc) continue;
-        if (vc ? a >= CompressedPrefix(v, t1 - 1) : b <= CompressedPrefix(v, t0)) continue;
-        out.segments.push_back(Segment{a, b, kc, vc});
+        const auto [lo, hi] = used(a, b, kc, vc);
+        if (lo < hi) out.segments.push_back(Segment{lo, hi, kc, vc});
       }
     }
   };
