@@ -13,7 +13,7 @@
 //   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
 //       N]
-//       [--interleave] [--attention-blocks 128,256,...]
+//       [--interleave] [--attention-blocks 128,256,...] [--fused-layer on|off|both]
 //
 // Attention mode: one layer's codec Apply and attention at a model shape, per method (see
 // AttentionBench).
@@ -25,6 +25,9 @@
 //
 // --attention-blocks runs each method once per query block of the position-dependent attention
 // (worker/engine/attention.h; workers use the default, 128), each row labeled attention_block.
+// --fused-layer both runs each method with the layer's fused elementwise kernels
+// (worker/engine/fused_layer.h; on by default where they exist) and with the libtorch ops they
+// replace, each row labeled fused_layer; a method's cost is paired with `none`'s of the same kind.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -43,6 +46,7 @@
 #include "spec/method_spec.h"
 #include "worker/engine/attention.h"
 #include "worker/engine/eval.h"
+#include "worker/engine/fused_layer.h"
 #include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
@@ -136,18 +140,32 @@ int JobMode(std::map<std::string, std::string>& f) {
       blocks.push_back(n);
     }
   }
+  std::vector<bool> fused_layer = {true};
+  if (f.count("--fused-layer")) {
+    const std::string& v = f["--fused-layer"];
+    if (v == "on" || v == "off") {
+      fused_layer = {v == "on"};
+    } else if (v == "both") {
+      fused_layer = {true, false};
+    } else {
+      std::fprintf(stderr, "--fused-layer: expected on, off or both, got '%s'\n", v.c_str());
+      return 2;
+    }
+  }
   for (absl::string_view task :
        absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
     struct Row {
       JobSpec spec;
       std::string method;  // as given
       int64_t block = 0;   // attention query block
+      bool fused = true;   // the layer's fused elementwise kernels
       nlohmann::json first;
       std::vector<double> tps;
     };
     std::vector<Row> rows;
     auto pass = [&](Row& row) -> absl::Status {
       SetAttentionQueryBlock(row.block);
+      SetFusedLayerEnabled(row.fused);
       absl::StatusOr<nlohmann::json> r = engine.Run(row.spec, nullptr);
       if (!r.ok()) return r.status();
       if (row.first.is_null()) row.first = *r;
@@ -158,10 +176,12 @@ int JobMode(std::map<std::string, std::string>& f) {
       absl::StatusOr<JobSpec> s = ResolveJob(request(std::string(task), method));
       if (!s.ok()) return Die(s.status());
       for (int64_t block : blocks) {
-        rows.push_back(Row{*s, method, block, nullptr, {}});
-        // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
-        for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
-          if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
+        for (bool fused : fused_layer) {
+          rows.push_back(Row{*s, method, block, fused, nullptr, {}});
+          // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
+          for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
+            if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
+          }
         }
       }
     }
@@ -174,10 +194,10 @@ int JobMode(std::map<std::string, std::string>& f) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
-    // The last `none` row of each block: the earlier ones are warm-ups.
-    std::map<int64_t, const Row*> none;
+    // The last `none` row of each block and kind of layer: the earlier ones are warm-ups.
+    std::map<std::pair<int64_t, bool>, const Row*> none;
     for (const Row& row : rows) {
-      if (row.spec.method == "none") none[row.block] = &row;
+      if (row.spec.method == "none") none[{row.block, row.fused}] = &row;
     }
     for (size_t m = 0; m < rows.size(); ++m) {
       const Row& row = rows[m];
@@ -187,6 +207,7 @@ int JobMode(std::map<std::string, std::string>& f) {
                                 {"task", task},
                                 {"method", row.method},
                                 {"attention_block", row.block},
+                                {"fused_layer", row.fused},
                                 {"canonical_method", r["spec"]["method"]},
                                 {"window", r["spec"]["task"]["window"]},
                                 {"dtype", r["spec"]["dtype"]},
@@ -198,7 +219,7 @@ int JobMode(std::map<std::string, std::string>& f) {
                                 {"interleaved", interleave},
                                 {"timing", r["timing"]},
                                 {"ledger_fraction_total", r["ledger"]["fraction_total"]}};
-      auto n = none.find(row.block);
+      auto n = none.find({row.block, row.fused});
       if (interleave && n != none.end() && n->second->tps.size() == row.tps.size()) {
         std::vector<double> cost;
         for (size_t i = 0; i < row.tps.size(); ++i) {
@@ -231,6 +252,118 @@ absl::StatusOr<std::unique_ptr<KvCodec>> BenchCodec(absl::string_view text, int6
 // one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
 // on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
 // and the time of each path.
+// The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
+// they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise; the add +
+// RMSNorm's sum bitwise and its output within one unit in the last place (its fp32 statistic is
+// summed in another order). Returns the number of failed cases.
+int CheckLayerKernels(torch::Device dev) {
+  if (!dev.is_cuda()) {
+    std::printf("layer kernels: CUDA only (none on %s)\n", dev.str().c_str());
+    return 0;
+  }
+  int failures = 0;
+  auto timed = [](const std::function<void()>& f) {
+    f();
+    torch::cuda::synchronize();
+    const double t0 = Now();
+    for (int i = 0; i < 10; ++i) f();
+    torch::cuda::synchronize();
+    return (Now() - t0) / 10 * 1e6;
+  };
+  auto count = [](const torch::Tensor& m) {
+    return static_cast<long long>(m.sum().item<int64_t>());
+  };
+  const auto o = torch::TensorOptions().device(dev);
+  const int64_t B = 4, T = 1024, Hd = 4096, I = 2048, H = 32, Hkv = 8, D = 128;
+  for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
+    // Spacing of representable values relative to the value, at most: 2^-7 (bf16), 2^-10 (fp16).
+    const double ulp = dt == torch::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+    for (bool gemma : {false, true}) {
+      const torch::Tensor x0 = torch::randn({B, T, Hd}, o).to(dt);
+      const torch::Tensor r = torch::randn({B, T, Hd}, o).to(dt);
+      const torch::Tensor w = (torch::randn({Hd}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
+      const double eps = 1e-6;
+      torch::Tensor s_ref, y_ref, s_got, y_got;
+      const double t_ref = timed([&] {
+        s_ref = x0 + r;
+        torch::Tensor f = s_ref.to(torch::kFloat32);
+        f = f * torch::rsqrt(f.pow(2).mean(-1, /*keepdim=*/true) + eps);
+        y_ref = gemma ? (f * (1.0 + w.to(torch::kFloat32))).to(dt) : w * f.to(dt);
+      });
+      torch::Tensor scratch = x0.clone(), y_scratch;
+      bool applied = true;
+      const double t_got = timed(
+          [&] { applied = applied && FusedAddRmsNorm(&scratch, r, w, eps, gemma, &y_scratch); });
+      s_got = x0.clone();
+      applied = applied && FusedAddRmsNorm(&s_got, r, w, eps, gemma, &y_got);
+      if (!applied) {
+        std::printf("add+rmsnorm %-5s: the kernel did not apply\n", DtypeName(dt));
+        ++failures;
+        continue;
+      }
+      const torch::Tensor yr = y_ref.to(torch::kFloat32), yg = y_got.to(torch::kFloat32);
+      const long long bad_s = count(s_ref.ne(s_got)), diff_y = count(y_ref.ne(y_got));
+      const long long far_y = count((yg - yr).abs() > yr.abs() * ulp);
+      failures += bad_s != 0 || far_y != 0;
+      std::printf(
+          "add+rmsnorm %-5s %-5s [%lld, %lld]: sum mismatch %lld; output differs at %lld of %lld "
+          "(beyond one unit in the last place: %lld)  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
+          DtypeName(dt), gemma ? "gemma" : "llama", static_cast<long long>(B * T),
+          static_cast<long long>(Hd), bad_s, diff_y, static_cast<long long>(y_ref.numel()), far_y,
+          t_got, t_ref, t_ref / t_got);
+    }
+    {
+      const torch::Tensor gu = (torch::randn({B, T, 2 * I}, o) * 2).to(dt);
+      const torch::Tensor gate = gu.slice(-1, 0, I), up = gu.slice(-1, I, 2 * I);
+      torch::Tensor ref, got;
+      const double t_ref = timed([&] { ref = torch::silu(gate) * up; });
+      bool applied = true;
+      const double t_got = timed([&] { applied = applied && FusedSwiGlu(gate, up, &got); });
+      const long long bad = applied ? count(ref.ne(got)) : -1;
+      failures += bad != 0;
+      std::printf(
+          "swiglu %-5s [%lld, %lld] halves of one projection: mismatch %lld  %8.1f us vs "
+          "libtorch %8.1f us (%.2fx)\n",
+          DtypeName(dt), static_cast<long long>(B * T), static_cast<long long>(I), bad, t_got,
+          t_ref, t_ref / t_got);
+    }
+    {
+      const torch::Tensor p = torch::randn({B, T, (H + 2 * Hkv) * D}, o).to(dt);
+      const torch::Tensor inv =
+          1.0 / torch::pow(10000.0f, torch::arange(0, D, 2, o.dtype(torch::kFloat32)) / D);
+      torch::Tensor angles = torch::outer(torch::arange(2 * T, o.dtype(torch::kFloat32)), inv);
+      angles = torch::cat({angles, angles}, -1);
+      const torch::Tensor cos = angles.cos().to(dt), sin = angles.sin().to(dt);
+      const torch::Tensor q = p.slice(-1, 0, H * D), k = p.slice(-1, H * D, (H + Hkv) * D),
+                          v = p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D);
+      auto rope = [&](const torch::Tensor& x2d, int64_t heads) {
+        const torch::Tensor x = x2d.view({B, T, heads, D}).transpose(1, 2);
+        const torch::Tensor c = cos.slice(0, 0, T), sn = sin.slice(0, 0, T);
+        return x * c + torch::cat({-x.slice(-1, D / 2, D), x.slice(-1, 0, D / 2)}, -1) * sn;
+      };
+      torch::Tensor qr, kr, vr, qg, kg, vg;
+      const double t_ref = timed([&] {
+        qr = rope(q, H).contiguous();
+        kr = rope(k, Hkv).contiguous();
+        vr = v.reshape({B, T, Hkv, D}).transpose(1, 2).contiguous();
+      });
+      bool applied = true;
+      const double t_got = timed([&] {
+        applied = applied && FusedRopeLayout(q, k, v, cos, sin, H, Hkv, D, &qg, &kg, &vg);
+      });
+      const long long bad = applied ? count(qr.ne(qg)) + count(kr.ne(kg)) + count(vr.ne(vg)) : -1;
+      failures += bad != 0;
+      std::printf(
+          "rope+layout %-5s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "
+          "mismatch %lld  %8.1f us vs libtorch (with .contiguous()) %8.1f us (%.2fx)\n",
+          DtypeName(dt), static_cast<long long>(B), static_cast<long long>(T),
+          static_cast<long long>(H), static_cast<long long>(Hkv), static_cast<long long>(D), bad,
+          t_got, t_ref, t_ref / t_got);
+    }
+  }
+  return failures;
+}
+
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
@@ -368,8 +501,10 @@ int CheckFused(const std::string& device) {
   }
   SetFusedFakeQuantEnabled(was_enabled);
   SetFusedFakeQuantVectorized(true);
-  std::printf("%s\n",
-              failures == 0 ? "fused (both kernels) == libtorch path on every case" : "MISMATCH");
+  failures += CheckLayerKernels(*dev);
+  std::printf("%s\n", failures == 0 ? "every fused kernel == its libtorch path (the RMSNorm "
+                                      "output: within one unit in the last place)"
+                                    : "MISMATCH");
   return failures == 0 ? 0 : 1;
 }
 
@@ -612,6 +747,7 @@ int main(int argc, char** argv) {
       {"--shape", "attention bench: B,T,H,Hkv,D (default 4,4096,32,8,128)"},
       {"--attention-blocks",
        "job mode: query blocks of position-dependent attention, comma-separated"},
+      {"--fused-layer", "job mode: on | off | both (the layer's fused elementwise kernels)"},
   };
   std::map<std::string, std::string> values;
   std::vector<std::pair<std::string, CLI::Option*>> given;

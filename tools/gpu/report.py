@@ -60,17 +60,24 @@ def main():
     by = collections.defaultdict(dict)
     # kvsweep rows of another attention query block (engine bench --attention-blocks) are rows of
     # their own, compared with the `none` row of the same block.
-    def label(r):
+    # So are rows run with the layer's libtorch elementwise ops (--fused-layer off / both).
+    def suffix(r):
         b = r.get("attention_block", DEFAULT_QUERY_BLOCK)
-        return r["method"] if b == DEFAULT_QUERY_BLOCK else f"{r['method']} @ query block {b}"
+        out = "" if b == DEFAULT_QUERY_BLOCK else f" @ query block {b}"
+        return out + (" @ libtorch elementwise" if r.get("fused_layer") is False else "")
+
+    def label(r):
+        return r["method"] + suffix(r)
     for r in rows:
         by[(r["model"], r["task"], r.get("dtype", "bf16"), label(r))][r["engine"]] = r
     print("| model | task | W | dtype | method | transformers tok/s | kvsweep tok/s | speedup | of cap | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (model, task, dtype, method), e in sorted(by.items()):
         k, h = e.get("kvsweep"), e.get("transformers")
-        block = method.split(" @ ")[1] if " @ " in method else None
-        none = by.get((model, task, dtype, "none" + (f" @ {block}" if block else "")), {}).get("kvsweep")
+        if not h and method.endswith(" @ libtorch elementwise"):  # transformers' row of the method
+            h = by.get((model, task, dtype, method[:-len(" @ libtorch elementwise")]), {}).get("transformers")
+        tail = method[method.index(" @ "):] if " @ " in method else ""
+        none = by.get((model, task, dtype, "none" + tail), {}).get("kvsweep")
         dagger = ""
         if k and not h and ("axis=channel" in method or "residual=" in method):
             h = by.get((model, task, dtype, "none"), {}).get("transformers")

@@ -18,7 +18,9 @@
 # INTERLEAVE=1 makes kvsweep's passes round-robin over the methods, each row also getting its
 # cost against `none` paired pass by pass (cost_vs_none_paired). ATTENTION_BLOCKS=128,512,...
 # runs kvsweep's methods once per query block of the position-dependent attention (rows of their
-# own in the table); HF=0 skips transformers (kvsweep's rows alone).
+# own in the table); FUSED_LAYER=both runs kvsweep's methods with the layer's fused elementwise
+# kernels and with the libtorch ops they replace (off: the latter only; rows "@ libtorch
+# elementwise"); HF=0 skips transformers (kvsweep's rows alone).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -41,6 +43,7 @@ for p in $plan; do
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
     ${INTERLEAVE:+--interleave} ${ATTENTION_BLOCKS:+--attention-blocks "$ATTENTION_BLOCKS"} \
+    ${FUSED_LAYER:+--fused-layer "$FUSED_LAYER"} \
     --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "worker/engine/attention.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/fused_layer.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -125,6 +126,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
       if (!st.ok()) return st;
     }
     m->BuildRope();
+    m->StackProjections();
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
@@ -440,6 +442,32 @@ void Model::BuildRope() {
   }
 }
 
+void Model::StackProjections() {
+  if (config_.arch == Arch::kGpt2 || !FusedLayerSupports(options_.device, options_.dtype)) return;
+  for (LayerWeights& w : layers_) {
+    if (w.wq.defined() && w.wk.defined() && w.wv.defined() && w.bq.defined() == w.bk.defined() &&
+        w.bk.defined() == w.bv.defined()) {
+      const int64_t nq = w.wq.size(0), nk = w.wk.size(0), nv = w.wv.size(0);
+      w.w_qkv = torch::cat({w.wq, w.wk, w.wv}, 0);
+      w.wq = w.w_qkv.slice(0, 0, nq);
+      w.wk = w.w_qkv.slice(0, nq, nq + nk);
+      w.wv = w.w_qkv.slice(0, nq + nk, nq + nk + nv);
+      if (w.bq.defined()) {
+        w.b_qkv = torch::cat({w.bq, w.bk, w.bv}, 0);
+        w.bq = w.b_qkv.slice(0, 0, nq);
+        w.bk = w.b_qkv.slice(0, nq, nq + nk);
+        w.bv = w.b_qkv.slice(0, nq + nk, nq + nk + nv);
+      }
+    }
+    if (w.w_gate.defined() && w.w_up.defined() && !w.b_up.defined()) {
+      const int64_t I = w.w_gate.size(0);
+      w.w_gate_up = torch::cat({w.w_gate, w.w_up}, 0);
+      w.w_gate = w.w_gate_up.slice(0, 0, I);
+      w.w_up = w.w_gate_up.slice(0, I, I + w.w_up.size(0));
+    }
+  }
+}
+
 Tensor Model::ApplyRope(const Tensor& x, int layer) const {
   if (!config_.uses_rope() || !x.defined()) return x;
   const int64_t T = x.size(2), D = x.size(3);
@@ -507,31 +535,70 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     return it->second;
   };
   const bool rope_pre = codec != nullptr && codec->keys_pre_rope();
+  const bool gpt2 = c.arch == Arch::kGpt2;
+  // CUDA in half precision, the fused layer kernels (fused_layer.h): a block's output joins the
+  // residual stream in the kernel of the norm after it (`pending` until then), the stacked
+  // projections are one matrix product each, and RoPE writes attention's layout directly.
+  const bool fused = FusedLayerApplies(x) && !gpt2 && !c.norms_after;
+  Tensor pending;
+  // x += pending, then the RMSNorm of x with weight w.
+  auto add_norm = [&](const Tensor& w) -> Tensor {
+    Tensor h;
+    if (fused && FusedAddRmsNorm(&x, pending, w, c.norm_eps, c.gemma, &h)) {
+      pending = Tensor();
+      return h;
+    }
+    if (pending.defined()) x = x + pending;
+    pending = Tensor();
+    return rms(x, w);
+  };
+  auto add = [&](const Tensor& delta) {
+    if (fused) {
+      pending = delta;
+    } else {
+      x = x + delta;
+    }
+  };
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
     x = x.to(layer_devices_[l]);  // a pipeline's range boundary (else a no-op)
-    const bool gpt2 = c.arch == Arch::kGpt2;
+    if (pending.defined()) pending = pending.to(layer_devices_[l]);
     // Attention block.
     Tensor h = gpt2            ? LayerNorm(x, w.norm1_w, w.norm1_b, c.norm_eps)
                : c.norms_after ? x
-                               : rms(x, w.norm1_w);
-    Tensor q = torch::linear(h, w.wq, w.bq);
-    Tensor k = torch::linear(h, w.wk, w.bk);
-    if (c.qk_norm == QkNorm::kAllHeads) {
-      q = rms(q, w.q_norm);
-      k = rms(k, w.k_norm);
+                               : add_norm(w.norm1_w);
+    Tensor q, k, v;
+    const bool fused_rope = fused && w.w_qkv.defined() && c.qk_norm == QkNorm::kNone &&
+                            c.uses_rope() && !c.rope_interleaved && !rope_pre;
+    bool laid_out = false;
+    if (fused_rope) {
+      const Tensor p = torch::linear(h, w.w_qkv, w.b_qkv);  // [B, T, (H + 2 Hkv) D]
+      const int table = rope_table_[l];
+      laid_out = FusedRopeLayout(p.slice(-1, 0, H * D), p.slice(-1, H * D, (H + Hkv) * D),
+                                 p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
+                                 rope_cos_[table].to(p.device()), rope_sin_[table].to(p.device()),
+                                 H, Hkv, D, &q, &k, &v);
     }
-    q = q.view({B, T, H, D});
-    k = k.view({B, T, Hkv, D});
-    if (c.qk_norm == QkNorm::kPerHead) {  // gemma3: Gemma's (1 + w) norm
-      q = rms(q, w.q_norm);
-      k = rms(k, w.k_norm);
+    if (!laid_out) {
+      q = torch::linear(h, w.wq, w.bq);
+      k = torch::linear(h, w.wk, w.bk);
+      if (c.qk_norm == QkNorm::kAllHeads) {
+        q = rms(q, w.q_norm);
+        k = rms(k, w.k_norm);
+      }
+      q = q.view({B, T, H, D});
+      k = k.view({B, T, Hkv, D});
+      if (c.qk_norm == QkNorm::kPerHead) {  // gemma3: Gemma's (1 + w) norm
+        q = rms(q, w.q_norm);
+        k = rms(k, w.k_norm);
+      }
+      q = q.transpose(1, 2);                                                  // [B, H, T, D]
+      k = k.transpose(1, 2);                                                  // [B, Hkv, T, D]
+      v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+      q = ApplyRope(q, l);
+      if (!rope_pre) k = ApplyRope(k, l);
     }
-    q = q.transpose(1, 2);                                                         // [B, H, T, D]
-    k = k.transpose(1, 2);                                                         // [B, Hkv, T, D]
-    Tensor v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
-    q = ApplyRope(q, l);
     KvPair kv;
     if (rope_pre) {
       // Keys are compressed before the rotary embedding, then rotated as the cache would be.
@@ -540,7 +607,6 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       kv.k.raw = ApplyRope(kv.k.raw, l);
       k = ApplyRope(k, l);
     } else {
-      k = ApplyRope(k, l);
       kv = codec != nullptr ? codec->Apply(l, k, v) : KvPair{{k, {}, {}}, {v, {}, {}}};
     }
     const double scale = AttentionScale(l);
@@ -548,14 +614,12 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     Tensor attn = Attend(q, kv, allowed(window), window, scale, c.attn_softcap);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
     Tensor o = torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
-    x = x + (c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps)
-             : c.gemma     ? rms(o, w.post_attn_norm)
-                           : o);
+    add(c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps) : c.gemma ? rms(o, w.post_attn_norm) : o);
 
     // MLP block.
     h = gpt2            ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
         : c.norms_after ? x
-                        : rms(x, w.norm2_w);
+                        : add_norm(w.norm2_w);
     Tensor m;
     if (c.num_experts > 0) {
       m = MixtureOfExperts(h, w, c);
@@ -563,15 +627,24 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       m = torch::linear(Activation(torch::linear(h, w.w_up, w.b_up), c.activation), w.w_down,
                         w.b_down);
     } else {
-      m = torch::linear(
-          Activation(torch::linear(h, w.w_gate), c.activation) * torch::linear(h, w.w_up, w.b_up),
-          w.w_down, w.b_down);
+      Tensor gate, up;
+      if (fused && w.w_gate_up.defined()) {
+        const Tensor gu = torch::linear(h, w.w_gate_up);  // [B, T, 2 I]
+        gate = gu.slice(-1, 0, w.w_gate.size(0));
+        up = gu.slice(-1, w.w_gate.size(0), gu.size(-1));
+      } else {
+        gate = torch::linear(h, w.w_gate);
+        up = torch::linear(h, w.w_up, w.b_up);
+      }
+      Tensor act;
+      if (!(fused && c.activation == "silu" && FusedSwiGlu(gate, up, &act))) {
+        act = Activation(gate, c.activation) * up;
+      }
+      m = torch::linear(act, w.w_down, w.b_down);
     }
-    x = x + (c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps)
-             : c.gemma     ? rms(m, w.post_ffn_norm)
-                           : m);
+    add(c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps) : c.gemma ? rms(m, w.post_ffn_norm) : m);
   }
-  return (c.arch == Arch::kGpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps) : rms(x, final_w_))
+  return (gpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps) : add_norm(final_w_))
       .to(lm_head_.device());
 }
 

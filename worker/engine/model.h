@@ -47,6 +47,10 @@ struct LayerWeights {
   // down [hidden, inter] (w_gate/w_up/w_down unused).
   torch::Tensor router;
   std::vector<torch::Tensor> e_gate, e_up, e_down;
+  // Where the fused layer kernels exist (fused_layer.h: CUDA, bf16/fp16): q, k and v stacked
+  // into one projection, gate and up into another, one matrix product each; wq..wv, bq..bv,
+  // w_gate and w_up are then views of their rows. Undefined elsewhere.
+  torch::Tensor w_qkv, b_qkv, w_gate_up;
 };
 
 // Per-layer observer of attention, for diagnostics: receives q [B, H, T, D] (post-RoPE), the
@@ -95,6 +99,7 @@ class Model {
   absl::Status LoadLlama2c(const std::string& path);
   absl::Status PoolKvHeads(int target);
   void BuildRope();
+  void StackProjections();
 
   ModelConfig config_;
   ModelOptions options_;

@@ -1,0 +1,266 @@
+// The decoder layer's elementwise work in three kernels (fused_layer_kernel.h): the residual add
+// with the RMSNorm that follows it, SwiGLU's silu(gate) * up, and RoPE of q and k written
+// straight into the [B, H, T, D] layout attention reads (v copied into its layout alongside).
+// libtorch runs each as several kernels with fp32 temporaries in global memory; here every
+// element is read and written once.
+//
+// Rounding: each value is computed in fp32 and rounded to the storage dtype (round to nearest
+// even, as c10::BFloat16 / c10::Half convert) exactly where the libtorch op sequence produces a
+// tensor of that dtype: x + r; w * (s * rsqrt(..)).to(dtype) (Llama) or (s * rsqrt(..) * (1 +
+// w)).to(dtype) (Gemma); silu(g) then * up; x * cos, rotate_half(x) * sin, then their sum. The
+// one difference is the RMS statistic: an fp32 sum over the row in this kernel's order, not
+// libtorch's reduction order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include <algorithm>
+
+#include "worker/engine/fused_layer_kernel.h"
+
+namespace kvsweep::engine {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float ToF(T x);
+template <>
+__device__ __forceinline__ float ToF(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+__device__ __forceinline__ float ToF(__half x) {
+  return __half2float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half FromF(float x) {
+  return __float2half_rn(x);
+}
+
+// x rounded to the storage dtype, back in fp32.
+template <typename T>
+__device__ __forceinline__ float Round(float x) {
+  return ToF(FromF<T>(x));
+}
+
+// N consecutive elements, loaded and stored in one access.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> Load(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void Store(T* p, const Pack<T, N>& x) {
+  *reinterpret_cast<Pack<T, N>*>(p) = x;
+}
+
+// Sum over the block (blockDim.x a multiple of 32), returned to every thread.
+__device__ float BlockSum(float v) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  v = lane < warps ? part[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One block per row.
+template <typename T, int N>
+__global__ void RmsNormKernel(RmsNormArgs a) {
+  const int64_t row = blockIdx.x;
+  T* x = static_cast<T*>(a.x) + row * a.x_stride;
+  const T* res =
+      a.residual == nullptr ? nullptr : static_cast<const T*>(a.residual) + row * a.residual_stride;
+  const T* w = static_cast<const T*>(a.w);
+  T* y = static_cast<T*>(a.y) + row * a.cols;
+  const int n = static_cast<int>(a.cols / N);
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    Pack<T, N> xv = Load<T, N>(x + i * N);
+    if (res != nullptr) {
+      const Pack<T, N> rv = Load<T, N>(res + i * N);
+#pragma unroll
+      for (int j = 0; j < N; ++j) xv.v[j] = FromF<T>(ToF(xv.v[j]) + ToF(rv.v[j]));
+      Store<T, N>(x + i * N, xv);
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float f = ToF(xv.v[j]);
+      ss += f * f;
+    }
+  }
+  // mean(s^2) as libtorch's mean: the sum times 1/cols.
+  const float r = rsqrtf(BlockSum(ss) * (1.0f / static_cast<float>(a.cols)) + a.eps);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const Pack<T, N> xv = Load<T, N>(x + i * N);  // this thread's own write, if any
+    const Pack<T, N> wv = Load<T, N>(w + i * N);
+    Pack<T, N> yv;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float s = ToF(xv.v[j]) * r;
+      yv.v[j] = a.gemma ? FromF<T>(s * (1.0f + ToF(wv.v[j]))) : FromF<T>(ToF(wv.v[j]) * Round<T>(s));
+    }
+    Store<T, N>(y + i * N, yv);
+  }
+}
+
+template <typename T, int N>
+__global__ void SwiGluKernel(SwiGluArgs a) {
+  const int64_t per_row = a.cols / N, total = a.rows * per_row;
+  const T* gate = static_cast<const T*>(a.gate);
+  const T* up = static_cast<const T*>(a.up);
+  T* out = static_cast<T*>(a.out);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, c = (i - r * per_row) * N;
+    const Pack<T, N> g = Load<T, N>(gate + r * a.gate_stride + c);
+    const Pack<T, N> u = Load<T, N>(up + r * a.up_stride + c);
+    Pack<T, N> o;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float x = ToF(g.v[j]);
+      // libtorch's silu: x / (1 + exp(-x)) in fp32, rounded; then the product, rounded.
+      const float s = Round<T>(x / (1.0f + expf(-x)));
+      o.v[j] = FromF<T>(s * ToF(u.v[j]));
+    }
+    Store<T, N>(out + r * a.cols + c, o);
+  }
+}
+
+// One block per position (b, t).
+template <typename T, int N>
+__global__ void RopeLayoutKernel(RopeLayoutArgs a) {
+  const int64_t row = blockIdx.x;
+  const int64_t b = row / a.T, t = row - b * a.T;
+  const int half = a.D / 2;
+  const T* cs = static_cast<const T*>(a.cos) + t * a.D;
+  const T* sn = static_cast<const T*>(a.sin) + t * a.D;
+  const int per_head = half / N;
+  for (int i = threadIdx.x; i < (a.H + a.Hkv) * per_head; i += blockDim.x) {
+    const int hh = i / per_head, d = (i - hh * per_head) * N;
+    const bool is_q = hh < a.H;
+    const int h = is_q ? hh : hh - a.H;
+    const T* src = is_q ? static_cast<const T*>(a.q) + row * a.q_stride + h * a.D
+                        : static_cast<const T*>(a.k) + row * a.k_stride + h * a.D;
+    T* dst = is_q ? static_cast<T*>(a.q_out) + ((b * a.H + h) * a.T + t) * a.D
+                  : static_cast<T*>(a.k_out) + ((b * a.Hkv + h) * a.T + t) * a.D;
+    const Pack<T, N> x1 = Load<T, N>(src + d), x2 = Load<T, N>(src + d + half);
+    const Pack<T, N> c1 = Load<T, N>(cs + d), c2 = Load<T, N>(cs + d + half);
+    const Pack<T, N> s1 = Load<T, N>(sn + d), s2 = Load<T, N>(sn + d + half);
+    Pack<T, N> o1, o2;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float a1 = ToF(x1.v[j]), a2 = ToF(x2.v[j]);
+      // rotate_half(x) = cat(-x2, x1).
+      o1.v[j] = FromF<T>(Round<T>(a1 * ToF(c1.v[j])) + Round<T>(-a2 * ToF(s1.v[j])));
+      o2.v[j] = FromF<T>(Round<T>(a2 * ToF(c2.v[j])) + Round<T>(a1 * ToF(s2.v[j])));
+    }
+    Store<T, N>(dst + d, o1);
+    Store<T, N>(dst + d + half, o2);
+  }
+  const int per_v = a.D / N;
+  for (int i = threadIdx.x; i < a.Hkv * per_v; i += blockDim.x) {
+    const int h = i / per_v, d = (i - h * per_v) * N;
+    Store<T, N>(static_cast<T*>(a.v_out) + ((b * a.Hkv + h) * a.T + t) * a.D + d,
+                Load<T, N>(static_cast<const T*>(a.v) + row * a.v_stride + h * a.D + d));
+  }
+}
+
+// Whether every pointer is aligned to, and every stride and length a multiple of, n elements
+// of `bytes` each.
+bool Aligned(int n, int bytes, std::initializer_list<const void*> ptrs,
+             std::initializer_list<int64_t> counts) {
+  for (const void* p : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (n * bytes) != 0) return false;
+  }
+  for (int64_t c : counts) {
+    if (c % n != 0) return false;
+  }
+  return true;
+}
+
+template <typename T>
+cudaError_t RmsNormTyped(const RmsNormArgs& a, cudaStream_t stream) {
+  const bool v8 = Aligned(8, 2, {a.x, a.residual, a.w, a.y},
+                          {a.cols, a.x_stride, a.residual == nullptr ? 0 : a.residual_stride});
+  const int64_t units = v8 ? a.cols / 8 : a.cols;
+  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (units + 31) / 32 * 32)));
+  if (v8) {
+    RmsNormKernel<T, 8><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+  } else {
+    RmsNormKernel<T, 1><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t SwiGluTyped(const SwiGluArgs& a, cudaStream_t stream) {
+  const bool v8 = Aligned(8, 2, {a.gate, a.up, a.out}, {a.cols, a.gate_stride, a.up_stride});
+  const int64_t total = a.rows * (v8 ? a.cols / 8 : a.cols);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 30));
+  if (v8) {
+    SwiGluKernel<T, 8><<<blocks, 256, 0, stream>>>(a);
+  } else {
+    SwiGluKernel<T, 1><<<blocks, 256, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t RopeLayoutTyped(const RopeLayoutArgs& a, cudaStream_t stream) {
+  const int half = a.D / 2;
+  auto fits = [&](int n) {
+    return Aligned(n, 2, {a.q, a.k, a.v, a.cos, a.sin, a.q_out, a.k_out, a.v_out},
+                   {half, a.q_stride, a.k_stride, a.v_stride});
+  };
+  const unsigned blocks = static_cast<unsigned>(a.B * a.T);
+  if (fits(8)) {
+    RopeLayoutKernel<T, 8><<<blocks, 256, 0, stream>>>(a);
+  } else if (fits(2)) {
+    RopeLayoutKernel<T, 2><<<blocks, 256, 0, stream>>>(a);
+  } else {
+    RopeLayoutKernel<T, 1><<<blocks, 256, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
+  if (a.rows == 0 || a.cols == 0) return cudaSuccess;
+  if (a.rows > 0x7fffffff) return cudaErrorInvalidValue;
+  if (a.dtype == kLayerBf16) return RmsNormTyped<__nv_bfloat16>(a, stream);
+  if (a.dtype == kLayerFp16) return RmsNormTyped<__half>(a, stream);
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchSwiGlu(const SwiGluArgs& a, cudaStream_t stream) {
+  if (a.rows == 0 || a.cols == 0) return cudaSuccess;
+  if (a.dtype == kLayerBf16) return SwiGluTyped<__nv_bfloat16>(a, stream);
+  if (a.dtype == kLayerFp16) return SwiGluTyped<__half>(a, stream);
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchRopeLayout(const RopeLayoutArgs& a, cudaStream_t stream) {
+  if (a.B * a.T == 0) return cudaSuccess;
+  if (a.B * a.T > 0x7fffffff || a.D % 2 != 0) return cudaErrorInvalidValue;
+  if (a.dtype == kLayerBf16) return RopeLayoutTyped<__nv_bfloat16>(a, stream);
+  if (a.dtype == kLayerFp16) return RopeLayoutTyped<__half>(a, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvsweep::engine

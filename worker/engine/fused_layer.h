@@ -1,0 +1,44 @@
+// The decoder layer's elementwise work fused on the GPU (fused_layer.cu): the residual add with
+// the RMSNorm after it, SwiGLU, and RoPE written straight into attention's [B, H, T, D] layout.
+// Model::Forward uses them in bf16/fp16 on CUDA; everywhere else (the CPU, fp32, a build without
+// CUDA, or switched off) it runs the libtorch ops they replace. Each result is those ops' bit for
+// bit apart from the RMS statistic's fp32 summation order.
+#ifndef KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
+#define KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
+
+#include "worker/engine/torch_util.h"
+
+namespace kvsweep::engine {
+
+// Whether the kernels exist for this device and dtype: a CUDA build, a CUDA device, bf16/fp16.
+bool FusedLayerSupports(torch::Device device, torch::ScalarType dtype);
+
+// On by default; benchmarks compare both paths in one process by switching it off.
+void SetFusedLayerEnabled(bool on);
+bool FusedLayerEnabled();
+
+// FusedLayerSupports(like's device and dtype) and enabled.
+bool FusedLayerApplies(const torch::Tensor& like);
+
+// *x += residual (when residual is defined), in place, then *y = RMSNorm(*x) with weight w
+// (Gemma's (1 + w) when gemma), a new contiguous tensor of x's shape. x, residual: contiguous,
+// same shape; w [x.size(-1)]. False, with nothing written, where the kernel does not apply.
+bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torch::Tensor& w,
+                     double eps, bool gemma, torch::Tensor* y);
+
+// *out = silu(gate) * up, new contiguous; gate and up [rows, cols] in their last two dimensions
+// with a contiguous last one (e.g. the two halves of one fused projection). False where the
+// kernel does not apply.
+bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tensor* out);
+
+// q [B, T, H*D], k and v [B, T, Hkv*D] (last dimension contiguous, rows evenly strided: slices
+// of one fused projection, or three tensors) -> *q_out and *k_out rotated by the rotate-half
+// RoPE whose tables cos, sin ([>= T, D], contiguous) hold position t in row t, and *v_out v, each
+// new contiguous [B, Hx, T, D]. False where the kernel does not apply.
+bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,
+                     int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
