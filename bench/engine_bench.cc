@@ -25,9 +25,10 @@
 //
 // --attention-blocks runs each method once per query block of the position-dependent attention
 // (worker/engine/attention.h; workers use the default, 128), each row labeled attention_block.
-// --fused-layer both runs each method with the layer's fused elementwise kernels
-// (worker/engine/fused_layer.h; on by default where they exist) and with the libtorch ops they
-// replace, each row labeled fused_layer; a method's cost is paired with `none`'s of the same kind.
+// --fused-layer both runs each method with the layer's fused elementwise kernels and stacked
+// projections (worker/engine/fused_layer.h; on by default where they exist) and without them
+// (libtorch ops, separate projections), each row labeled fused_layer; a method's cost is paired
+// with `none`'s of the same kind.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -248,10 +249,6 @@ absl::StatusOr<std::unique_ptr<KvCodec>> BenchCodec(absl::string_view text, int6
   return codec;
 }
 
-// --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
-// one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
-// on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
-// and the time of each path.
 // The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
 // they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise; the add +
 // RMSNorm's sum bitwise, its output within what a last-bit difference of the fp32 statistic
@@ -367,6 +364,10 @@ int CheckLayerKernels(torch::Device dev) {
   return failures;
 }
 
+// --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
+// one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
+// on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
+// and the time of each path; then the layer kernels (CheckLayerKernels).
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());

@@ -60,11 +60,12 @@ def main():
     by = collections.defaultdict(dict)
     # kvsweep rows of another attention query block (engine bench --attention-blocks) are rows of
     # their own, compared with the `none` row of the same block.
-    # So are rows run with the layer's libtorch elementwise ops (--fused-layer off / both).
+    # So are rows run without the fused layer (--fused-layer off / both: libtorch elementwise ops,
+    # separate projections).
     def suffix(r):
         b = r.get("attention_block", DEFAULT_QUERY_BLOCK)
         out = "" if b == DEFAULT_QUERY_BLOCK else f" @ query block {b}"
-        return out + (" @ libtorch elementwise" if r.get("fused_layer") is False else "")
+        return out + (" @ unfused layer" if r.get("fused_layer") is False else "")
 
     def label(r):
         return r["method"] + suffix(r)
@@ -74,8 +75,8 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (model, task, dtype, method), e in sorted(by.items()):
         k, h = e.get("kvsweep"), e.get("transformers")
-        if not h and method.endswith(" @ libtorch elementwise"):  # transformers' row of the method
-            h = by.get((model, task, dtype, method[:-len(" @ libtorch elementwise")]), {}).get("transformers")
+        if not h and method.endswith(" @ unfused layer"):  # transformers' row of the method
+            h = by.get((model, task, dtype, method[:-len(" @ unfused layer")]), {}).get("transformers")
         tail = method[method.index(" @ "):] if " @ " in method else ""
         none = by.get((model, task, dtype, "none" + tail), {}).get("kvsweep")
         dagger = ""

@@ -19,8 +19,8 @@
 # cost against `none` paired pass by pass (cost_vs_none_paired). ATTENTION_BLOCKS=128,512,...
 # runs kvsweep's methods once per query block of the position-dependent attention (rows of their
 # own in the table); FUSED_LAYER=both runs kvsweep's methods with the layer's fused elementwise
-# kernels and with the libtorch ops they replace (off: the latter only; rows "@ libtorch
-# elementwise"); HF=0 skips transformers (kvsweep's rows alone).
+# kernels and stacked projections and without them (off: without only; rows "@ unfused layer");
+# HF=0 skips transformers (kvsweep's rows alone).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"

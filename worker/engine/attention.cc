@@ -218,7 +218,7 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1, in
   // segment is trimmed to the hull of those intervals and left out where all are empty (a
   // per-token residual window under the shift: the band is all raw).
   auto used = [&](int64_t a, int64_t b, bool kc, bool vc) {
-    int64_t lo = b, hi = a;
+    int64_t first = b, end = a;
     for (int64_t t = t0; t < t1; ++t) {
       int64_t l = a, h = std::min(b, t + 1);
       if (window > 0) l = std::max(l, t - window + 1);
@@ -234,11 +234,11 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1, in
         }
       }
       if (l < h) {
-        lo = std::min(lo, l);
-        hi = std::max(hi, h);
+        first = std::min(first, l);
+        end = std::max(end, h);
       }
     }
-    return std::pair<int64_t, int64_t>{lo, hi};
+    return std::pair<int64_t, int64_t>{first, end};
   };
   auto band = [&](int64_t a, int64_t b) {
     if (b <= a) return;
@@ -247,8 +247,8 @@ BlockLayout LayOutBlock(const KvPair& kv, int window, int64_t t0, int64_t t1, in
       for (bool vc : {true, false}) {
         if (!vc && !v.position_dependent()) continue;
         if (one_rule && kc != vc) continue;
-        const auto [lo, hi] = used(a, b, kc, vc);
-        if (lo < hi) out.segments.push_back(Segment{lo, hi, kc, vc});
+        const auto [first, end] = used(a, b, kc, vc);
+        if (first < end) out.segments.push_back(Segment{first, end, kc, vc});
       }
     }
   };

@@ -51,6 +51,9 @@ bool RowStride(const torch::Tensor& t, int64_t* stride) {
   return true;
 }
 
+// The kernels' grids: one block per row (RMSNorm) or position (RoPE), at most this many.
+constexpr int64_t kMaxBlocks = 0x7fffffff;
+
 bool Like(const torch::Tensor& t, const torch::Tensor& ref) {
   return t.defined() && t.device() == ref.device() && t.scalar_type() == ref.scalar_type();
 }
@@ -68,6 +71,7 @@ bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torc
       (!Like(residual, *x) || residual.sizes() != x->sizes() || !residual.is_contiguous())) {
     return false;
   }
+  if (x->numel() / cols > kMaxBlocks) return false;  // one block per row
   *y = torch::empty(x->sizes(), x->options());
   RmsNormArgs a{};
   a.x = x->data_ptr();
@@ -119,6 +123,7 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
     return false;
   }
   const int64_t B = q.size(0), T = q.size(1);
+  if (B * T > kMaxBlocks) return false;  // one block per position
   if (k.size(0) != B || v.size(0) != B || k.size(1) != T || v.size(1) != T || q.size(2) != H * D ||
       k.size(2) != Hkv * D || v.size(2) != Hkv * D || cos.dim() != 2 ||
       cos.sizes() != sin.sizes() || cos.size(0) < T || cos.size(1) != D || !cos.is_contiguous() ||

@@ -100,7 +100,7 @@ __global__ void RmsNormKernel(RmsNormArgs a) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const float f = ToF(xv.v[j]);
-      ss += f * f;
+      ss += __fmul_rn(f, f);  // each square rounded, as pow(2) gives it (no fused multiply-add)
     }
   }
   // mean(s^2) as libtorch's mean: the sum times 1/cols.

@@ -2,7 +2,9 @@
 // the RMSNorm after it, SwiGLU, and RoPE written straight into attention's [B, H, T, D] layout.
 // Model::Forward uses them in bf16/fp16 on CUDA; everywhere else (the CPU, fp32, a build without
 // CUDA, or switched off) it runs the libtorch ops they replace. Each result is those ops' bit for
-// bit apart from the RMS statistic's fp32 summation order.
+// bit apart from the RMS statistic's fp32 summation order. (The projections stacked with them,
+// model.h, are one wider matrix product each; cuBLAS may pick other kernels for that shape, so
+// their outputs may differ from the separate products' in the last bits.)
 #ifndef KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
 #define KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
 

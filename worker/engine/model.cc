@@ -575,10 +575,12 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     if (fused_rope) {
       const Tensor p = torch::linear(h, w.w_qkv, w.b_qkv);  // [B, T, (H + 2 Hkv) D]
       const int table = rope_table_[l];
-      laid_out = FusedRopeLayout(p.slice(-1, 0, H * D), p.slice(-1, H * D, (H + Hkv) * D),
-                                 p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
-                                 rope_cos_[table].to(p.device()), rope_sin_[table].to(p.device()),
-                                 H, Hkv, D, &q, &k, &v);
+      // .to: a no-op but on a pipeline's later devices (the T rows used, not the whole table).
+      laid_out =
+          FusedRopeLayout(p.slice(-1, 0, H * D), p.slice(-1, H * D, (H + Hkv) * D),
+                          p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
+                          rope_cos_[table].slice(0, 0, T).to(p.device()),
+                          rope_sin_[table].slice(0, 0, T).to(p.device()), H, Hkv, D, &q, &k, &v);
     }
     if (!laid_out) {
       q = torch::linear(h, w.wq, w.bq);
