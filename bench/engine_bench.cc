@@ -86,6 +86,32 @@ int JobMode(std::map<std::string, std::string>& f) {
                  f["--repeat"].c_str());
     return 2;
   }
+  // The other flags' values, also checked before anything is loaded.
+  std::vector<int64_t> blocks = {AttentionQueryBlock()};
+  if (f.count("--attention-blocks")) {
+    blocks.clear();
+    for (absl::string_view b : absl::StrSplit(f["--attention-blocks"], ',')) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(b, &n) || n < 1) {
+        std::fprintf(stderr, "--attention-blocks: expected positive integers, got '%s'\n",
+                     f["--attention-blocks"].c_str());
+        return 2;
+      }
+      blocks.push_back(n);
+    }
+  }
+  std::vector<bool> fused_layer = {true};
+  if (f.count("--fused-layer")) {
+    const std::string& v = f["--fused-layer"];
+    if (v == "on" || v == "off") {
+      fused_layer = {v == "on"};
+    } else if (v == "both") {
+      fused_layer = {true, false};
+    } else {
+      std::fprintf(stderr, "--fused-layer: expected on, off or both, got '%s'\n", v.c_str());
+      return 2;
+    }
+  }
   const std::string wiki_src = AssetsDir() + "/data/wikitext-2/wiki.test.raw";
   absl::StatusOr<std::string> text = ReadFile(wiki_src);
   if (!text.ok()) return Die(text.status());
@@ -128,31 +154,6 @@ int JobMode(std::map<std::string, std::string>& f) {
   const bool interleave = f.count("--interleave") > 0;
   std::vector<std::string> methods =
       absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';');
-  std::vector<int64_t> blocks = {AttentionQueryBlock()};
-  if (f.count("--attention-blocks")) {
-    blocks.clear();
-    for (absl::string_view b : absl::StrSplit(f["--attention-blocks"], ',')) {
-      int64_t n = 0;
-      if (!absl::SimpleAtoi(b, &n) || n < 1) {
-        std::fprintf(stderr, "--attention-blocks: expected positive integers, got '%s'\n",
-                     f["--attention-blocks"].c_str());
-        return 2;
-      }
-      blocks.push_back(n);
-    }
-  }
-  std::vector<bool> fused_layer = {true};
-  if (f.count("--fused-layer")) {
-    const std::string& v = f["--fused-layer"];
-    if (v == "on" || v == "off") {
-      fused_layer = {v == "on"};
-    } else if (v == "both") {
-      fused_layer = {true, false};
-    } else {
-      std::fprintf(stderr, "--fused-layer: expected on, off or both, got '%s'\n", v.c_str());
-      return 2;
-    }
-  }
   for (absl::string_view task :
        absl::StrSplit(f.count("--tasks") ? f["--tasks"] : "wikitext", ',')) {
     struct Row {
@@ -285,9 +286,7 @@ int CheckLayerKernels(torch::Device dev) {
       torch::Tensor s_ref, y_ref, s_got, y_got;
       const double t_ref = timed([&] {
         s_ref = x0 + r;
-        torch::Tensor f = s_ref.to(torch::kFloat32);
-        f = f * torch::rsqrt(f.pow(2).mean(-1, /*keepdim=*/true) + eps);
-        y_ref = gemma ? (f * (1.0 + w.to(torch::kFloat32))).to(dt) : w * f.to(dt);
+        y_ref = gemma ? GemmaRmsNorm(s_ref, w, eps) : RmsNorm(s_ref, w, eps);
       });
       torch::Tensor scratch = x0.clone(), y_scratch;
       bool applied = true;

@@ -12,7 +12,6 @@
 #include "worker/engine/fused_layer.h"
 
 namespace kvsweep::engine {
-namespace {
 
 using torch::Tensor;
 
@@ -30,6 +29,8 @@ Tensor GemmaRmsNorm(const Tensor& x, const Tensor& w, double eps) {
   xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return (xf * (1.0 + w.to(torch::kFloat32))).to(x.scalar_type());
 }
+
+namespace {
 
 Tensor LayerNorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
   return torch::layer_norm(x, {x.size(-1)}, w, b, eps);

@@ -53,6 +53,12 @@ struct LayerWeights {
   torch::Tensor w_qkv, b_qkv, w_gate_up;
 };
 
+// RMSNorm of x over its last dimension as transformers computes it: LlamaRMSNorm (statistics in
+// fp32, w * the normalized value in x's dtype) and GemmaRMSNorm (fp32, times (1 + w), then x's
+// dtype). The libtorch path of Model::Forward; fused_layer.h's kernel replaces it on the GPU.
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+torch::Tensor GemmaRmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+
 // Per-layer observer of attention, for diagnostics: receives q [B, H, T, D] (post-RoPE), the
 // uncompressed K/V [B, Hkv, T, D] (post-RoPE) and what attention actually read.
 class AttentionObserver {
