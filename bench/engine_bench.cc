@@ -25,16 +25,17 @@
 //
 // --attention-blocks runs each method once per query block of the position-dependent attention
 // (worker/engine/attention.h; workers use the default, 128), each row labeled attention_block.
-// --fused-layer both runs each method with the layer's fused elementwise kernels and stacked
-// projections (worker/engine/fused_layer.h; on by default where they exist) and without them
-// (libtorch ops, separate projections), each row labeled fused_layer; a method's cost is paired
-// with `none`'s of the same kind.
+// --fused-layer both runs each method with the layer's fused elementwise kernels, stacked
+// projections and the LM head's fused scoring (worker/engine/fused_layer.h, head_score.h; on by
+// default where they exist) and without them (libtorch ops, separate projections), each row
+// labeled fused_layer; a method's cost is paired with `none`'s of the same kind.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@
 #include "worker/engine/attention.h"
 #include "worker/engine/eval.h"
 #include "worker/engine/fused_layer.h"
+#include "worker/engine/head_score.h"
 #include "worker/engine/kv/fused_quant.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/kv/quantizer.h"
@@ -192,9 +194,11 @@ int JobMode(std::map<std::string, std::string>& f) {
         if (absl::Status st = pass(row); !st.ok()) return Die(st);
       }
     }
+    // Of an even count, the mean of the middle two (as tools/gpu/hf_bench.py and report.py).
     auto median = [](std::vector<double> v) {
       std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
+      const size_t n = v.size();
+      return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
     };
     // The last `none` row of each block and kind of layer: the earlier ones are warm-ups.
     std::map<std::pair<int64_t, bool>, const Row*> none;
@@ -363,10 +367,85 @@ int CheckLayerKernels(torch::Device dev) {
   return failures;
 }
 
+// The LM head's fused scoring (worker/engine/head_score.h) against the libtorch path the scorer
+// otherwise takes (logits widened to fp32, the log-normaliser in fp64 over blocks of 256 rows,
+// gather, argmax), on random logits with planted ties of the maximum, -inf entries and targets
+// that are the argmax: greedy hits identical, log-probabilities within 1e-10 (fp64 sums in
+// another order). Vocabularies of 32000 and 151936 (16-byte loads) and 50257 (scalar loads).
+// Returns the number of failed cases.
+int CheckHeadScore(torch::Device dev) {
+  if (!dev.is_cuda()) {
+    std::printf("head scoring: CUDA only (none on %s)\n", dev.str().c_str());
+    return 0;
+  }
+  int failures = 0;
+  auto timed = [](const std::function<void()>& f) {
+    f();
+    torch::cuda::synchronize();
+    const double t0 = Now();
+    for (int i = 0; i < 5; ++i) f();
+    torch::cuda::synchronize();
+    return (Now() - t0) / 5 * 1e6;
+  };
+  const auto o = torch::TensorOptions().device(dev);
+  const int64_t n = 2048;
+  for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
+    for (int64_t V : {int64_t{32000}, int64_t{50257}, int64_t{151936}}) {
+      torch::Tensor logits = (torch::randn({n, V}, o) * 3).to(dt);
+      torch::Tensor tg = torch::randint(0, V, {n}, o.dtype(torch::kLong));
+      {
+        // Row 0: its maximum also at index 5 (argmax's first index); row 1: -inf entries.
+        torch::Tensor row0 = logits[0];
+        row0.index_put_({5}, row0.max());
+        logits[1].slice(0, 0, V / 2).fill_(-std::numeric_limits<float>::infinity());
+        tg.index_put_({1}, 0);  // a target at -inf: log-probability -inf on both paths
+        // Every even row's target is its argmax, so hits happen.
+        const torch::Tensor am = logits.to(torch::kFloat32).argmax(-1);
+        tg.slice(0, 0, n, 2).copy_(am.slice(0, 0, n, 2));
+      }
+      torch::Tensor ref_lp, ref_hit, got_lp, got_hit;
+      const double t_ref = timed([&] {
+        const torch::Tensor f = logits.to(torch::kFloat32);
+        std::vector<torch::Tensor> parts;
+        for (int64_t r0 = 0; r0 < n; r0 += 256) {
+          parts.push_back(
+              f.slice(0, r0, std::min<int64_t>(r0 + 256, n)).to(torch::kFloat64).logsumexp(-1));
+        }
+        ref_lp = f.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64) - torch::cat(parts);
+        ref_hit = f.argmax(-1) == tg;
+      });
+      bool applied = true;
+      const double t_got =
+          timed([&] { applied = applied && FusedHeadScore(logits, tg, &got_lp, &got_hit); });
+      if (!applied) {
+        std::printf("head scoring %-5s V=%lld: the kernel did not apply\n", DtypeName(dt),
+                    static_cast<long long>(V));
+        ++failures;
+        continue;
+      }
+      const long long hits = ref_hit.sum().item<int64_t>();
+      const long long bad_hit = ref_hit.ne(got_hit).sum().item<int64_t>();
+      const double max_diff =
+          torch::where(ref_lp == got_lp, torch::zeros_like(ref_lp), (ref_lp - got_lp).abs())
+              .max()
+              .item<double>();
+      const bool ok = bad_hit == 0 && max_diff <= 1e-10 && std::isfinite(max_diff);
+      failures += !ok;
+      std::printf(
+          "head scoring %-5s [%lld, %lld]: greedy hits %lld, hit mismatch %lld, max |logprob "
+          "diff| %.2e  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
+          DtypeName(dt), static_cast<long long>(n), static_cast<long long>(V), hits, bad_hit,
+          max_diff, t_got, t_ref, t_ref / t_got);
+    }
+  }
+  return failures;
+}
+
 // --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
 // one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
 // on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
-// and the time of each path; then the layer kernels (CheckLayerKernels).
+// and the time of each path; then the layer kernels (CheckLayerKernels) and the LM head's scoring
+// (CheckHeadScore).
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
@@ -505,6 +584,7 @@ int CheckFused(const std::string& device) {
   SetFusedFakeQuantEnabled(was_enabled);
   SetFusedFakeQuantVectorized(true);
   failures += CheckLayerKernels(*dev);
+  failures += CheckHeadScore(*dev);
   std::printf("%s\n", failures == 0 ? "every fused kernel == its libtorch path (RMSNorm outputs: "
                                       "within the bounds above)"
                                     : "MISMATCH");
@@ -750,7 +830,8 @@ int main(int argc, char** argv) {
       {"--shape", "attention bench: B,T,H,Hkv,D (default 4,4096,32,8,128)"},
       {"--attention-blocks",
        "job mode: query blocks of position-dependent attention, comma-separated"},
-      {"--fused-layer", "job mode: on | off | both (the layer's fused elementwise kernels)"},
+      {"--fused-layer",
+       "job mode: on | off | both (the fused elementwise kernels of the layer and the LM head)"},
   };
   std::map<std::string, std::string> values;
   std::vector<std::pair<std::string, CLI::Option*>> given;

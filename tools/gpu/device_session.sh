@@ -2,8 +2,10 @@
 # What one device call runs (docs/gpu.md): PHASE is `smoke` (build, then every method on CPU fp32
 # vs GPU fp32 vs GPU bf16 on ref-llama), `bench SPEC...` (run_gpu_bench.sh plan), `families`
 # (tiny checkpoints of the newer model families and transformers' logits on them, for
-# tests/fixtures/), `checkfused` or `fulljob MODEL W` (one full WikiText evaluation job through
-# kvsweep-worker eval, timed with its load). Work files
+# tests/fixtures/), `checkfused`, `fulljob MODEL W` (one full WikiText evaluation job through
+# kvsweep-worker eval, timed with its load) or `profile MODEL W [LINES]` (the kernels' GPU time of
+# one scoring pass over the first LINES lines of WikiText under Nsight Compute, by kind:
+# kernel_profile.py; METHODS as for bench, default none). Work files
 # in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files). The results
 # behind docs/gpu.md are kept in tools/gpu/results/.
 set -uo pipefail
@@ -39,6 +41,17 @@ case $phase in
     tar -czf "$OUT/families.tar.gz" -C "$work/families" . ;;
   checkfused)
     build-cuda/bench/kvsweep-engine-bench --check-fused cuda | tee "$work/checkfused.txt" | tail -25 ;;
+  profile)
+    model=$1 W=$2 lines=${3:-400}
+    python3 tools/gpu/make_checkpoints.py --assets "$assets" --out "$ckpt" --only "$model" 2>&1 | grep -v Warning | tail -2
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
+    "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --page raw --print-units base \
+      --print-kernel-base function --log-file "$work/prof_$model.csv" \
+      build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
+      --tasks wikitext --methods "${METHODS:-none}" --window "$W" --wiki-lines "$lines" --repeat 1 \
+      --out "$work/prof_$model.jsonl" > /dev/null 2> "$work/prof_$model.err" || tail -5 "$work/prof_$model.err"
+    tok=$(python3 -c "import json;print(sum(json.loads(l)['forward_tokens'] for l in open('$work/prof_$model.jsonl')))")
+    python3 tools/gpu/kernel_profile.py "$work/prof_$model.csv" --tokens "$tok" --top 25 | tee "$OUT/profile_$model.md" ;;
   fulljob)
     model=$1 W=$2
     /usr/bin/time -v build-cuda/worker/kvsweep-worker eval --model "$ckpt/$model" --task wikitext_stream \

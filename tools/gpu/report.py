@@ -5,7 +5,9 @@ model FLOP utilization.
 
   report.py RESULTS.jsonl [--models-dir DIR] [--peak-tflops 989] [--ceiling gemm_ceiling.jsonl]
 
-Rows are kept per (model, task, dtype, method), the last one of each. Position-dependent methods
+Rows are kept per (model, task, dtype, method), the last one of each. Tokens/s is the median of
+a row's passes (`tokens_per_s_runs`; of an even count, the mean of the middle two), computed here
+the same way for both engines. Position-dependent methods
 (axis=channel, residual=N) have no transformers run (hf_bench.py skips them): their speed-up is
 against transformers' `none` of the same task and dtype, marked †. "of cap" is the speed-up as a
 fraction of the largest speed-up over transformers any engine could reach on that shape
@@ -20,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import statistics
 
 
 def flops_per_token(cfg, window, scored_frac):
@@ -38,6 +41,13 @@ def flops_per_token(cfg, window, scored_frac):
         body = L * (Hd * H * D * 2 + Hd * Hkv * D * 2 + 3 * Hd * I)
     attn = L * 2 * H * D * window  # 2 matmuls x 2 FLOPs x H*D x T/2 (causal)
     return 2 * body + attn + 2 * Hd * V * scored_frac
+
+
+def tps(r):
+    """A row's tokens/s: the median of its passes (the mean of the middle two for an even count),
+    the same for both engines; rows without per-pass figures give their stored value."""
+    runs = r.get("tokens_per_s_runs")
+    return statistics.median(runs) if runs else r["tokens_per_s"]
 
 
 DEFAULT_QUERY_BLOCK = 128  # worker/engine/attention.h: kAttentionQueryBlock
@@ -87,10 +97,10 @@ def main():
         if a.models_dir and os.path.exists(os.path.join(a.models_dir, model, "config.json")):
             cfg = json.load(open(os.path.join(a.models_dir, model, "config.json")))
         cell = lambda x, f: f.format(x) if x is not None else "–"
-        ktps = k["tokens_per_s"] if k else None
-        htps = h["tokens_per_s"] if h else None
+        ktps = tps(k) if k else None
+        htps = tps(h) if h else None
         speed = ktps / htps if k and h else None
-        over = (none["tokens_per_s"] / ktps - 1) if k and none else None
+        over = (tps(none) / ktps - 1) if k and none else None
         if k and "cost_vs_none_paired" in k:  # interleaved passes: the median of per-pass costs
             over = k["cost_vs_none_paired"]
         rel = None

@@ -17,53 +17,10 @@
 #include <algorithm>
 
 #include "worker/engine/fused_layer_kernel.h"
+#include "worker/engine/half_pack.cuh"
 
 namespace kvsweep::engine {
 namespace {
-
-template <typename T>
-__device__ __forceinline__ float ToF(T x);
-template <>
-__device__ __forceinline__ float ToF(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float ToF(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T FromF(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromF(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half FromF(float x) {
-  return __float2half_rn(x);
-}
-
-// x rounded to the storage dtype, back in fp32.
-template <typename T>
-__device__ __forceinline__ float Round(float x) {
-  return ToF(FromF<T>(x));
-}
-
-// N consecutive elements, loaded and stored in one access.
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ Pack<T, N> Load(const T* p) {
-  return *reinterpret_cast<const Pack<T, N>*>(p);
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void Store(T* p, const Pack<T, N>& x) {
-  *reinterpret_cast<Pack<T, N>*>(p) = x;
-}
 
 // Sum over the block (blockDim.x a multiple of 32), returned to every thread.
 __device__ float BlockSum(float v) {

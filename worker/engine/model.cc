@@ -651,14 +651,16 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       .to(lm_head_.device());
 }
 
-Tensor Model::Logits(const Tensor& hidden) const {
+Tensor Model::HeadLogits(const Tensor& hidden) const {
   torch::NoGradGuard no_grad;
   Tensor logits = torch::matmul(hidden, lm_head_.t());
   if (config_.final_softcap > 0) {
     // gemma2: cap * tanh(logits / cap) in the compute dtype, as transformers does.
     logits = torch::tanh(logits / config_.final_softcap) * config_.final_softcap;
   }
-  return logits.to(torch::kFloat32);
+  return logits;
 }
+
+Tensor Model::Logits(const Tensor& hidden) const { return HeadLogits(hidden).to(torch::kFloat32); }
 
 }  // namespace kvsweep::engine

@@ -86,7 +86,10 @@ class Model {
   // tied). `codec` may be null (= none). T must not exceed max_positions.
   torch::Tensor Forward(const torch::Tensor& tokens, const KvCodec* codec,
                         AttentionObserver* observer = nullptr) const;
-  // hidden [..., hidden] -> fp32 logits [..., vocab].
+  // hidden [..., hidden] -> logits [..., vocab] in the compute dtype (gemma2's soft cap applied
+  // in it, as transformers does).
+  torch::Tensor HeadLogits(const torch::Tensor& hidden) const;
+  // HeadLogits widened to fp32.
   torch::Tensor Logits(const torch::Tensor& hidden) const;
 
   const LayerWeights& layer(int i) const { return layers_[i]; }

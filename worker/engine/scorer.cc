@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/head_score.h"
 
 namespace kvsweep::engine {
 
@@ -146,25 +147,27 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
         torch::Tensor flat = hidden.reshape({B * T, hidden.size(-1)});
         torch::Tensor pos_t = torch::tensor(flat_pos, torch::kLong).to(hidden.device());
         torch::Tensor tgt_t = torch::tensor(target, torch::kLong).to(hidden.device());
-        std::vector<double> ll(target.size());
-        std::vector<uint8_t> hit(target.size());
+        // Each chunk's results stay on the device; one copy to the host per batch.
+        std::vector<torch::Tensor> lps, hits;
         const int64_t chunk = std::max<int64_t>(1, options.head_rows);
         for (int64_t s0 = 0; s0 < static_cast<int64_t>(target.size()); s0 += chunk) {
           const int64_t s1 = std::min<int64_t>(s0 + chunk, target.size());
           torch::Tensor rows = flat.index_select(0, pos_t.slice(0, s0, s1));
-          torch::Tensor logits = model.Logits(rows);  // fp32 [n, V]
+          torch::Tensor logits = model.HeadLogits(rows);  // [n, V], compute dtype
           torch::Tensor tg = tgt_t.slice(0, s0, s1);
-          torch::Tensor lp = (logits.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64) -
-                              LogNormaliser(logits))
-                                 .cpu();
-          torch::Tensor am = (logits.argmax(-1) == tg).cpu();
-          auto lpa = lp.accessor<double, 1>();
-          auto ama = am.accessor<bool, 1>();
-          for (int64_t i = s0; i < s1; ++i) {
-            ll[i] = lpa[i - s0];
-            hit[i] = ama[i - s0];
+          torch::Tensor lp, hit;
+          if (!FusedHeadScore(logits, tg, &lp, &hit)) {
+            logits = logits.to(torch::kFloat32);
+            lp = logits.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64) -
+                 LogNormaliser(logits);
+            hit = logits.argmax(-1) == tg;
           }
+          lps.push_back(lp);
+          hits.push_back(hit);
         }
+        const torch::Tensor lp_all = torch::cat(lps).cpu(), hit_all = torch::cat(hits).cpu();
+        auto ll = lp_all.accessor<double, 1>();
+        auto hit = hit_all.accessor<bool, 1>();
         for (size_t i = 0; i < target.size(); ++i) {
           ScoreResult& r = results[batch[owner[i]]];
           r.loglik += ll[i];

@@ -35,7 +35,7 @@ struct ScorerOptions {
   // Largest fraction of padding tokens a batch may hold (sorted lengths make batches of similar
   // length; padded positions cost compute but never change results).
   double max_padding = 0.1;
-  // Rows per LM-head chunk (bounds the [rows, vocab] fp32 logits buffer).
+  // Rows per LM-head chunk (bounds the [rows, vocab] logits buffers).
   int64_t head_rows = 2048;
 };
 
