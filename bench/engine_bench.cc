@@ -254,6 +254,16 @@ absl::StatusOr<std::unique_ptr<KvCodec>> BenchCodec(absl::string_view text, int6
   return codec;
 }
 
+// Mean microseconds of f on the current CUDA device over `reps` runs after one untimed run.
+double CudaMicros(const std::function<void()>& f, int reps) {
+  f();
+  torch::cuda::synchronize();
+  const double t0 = Now();
+  for (int i = 0; i < reps; ++i) f();
+  torch::cuda::synchronize();
+  return (Now() - t0) / reps * 1e6;
+}
+
 // The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
 // they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise; the add +
 // RMSNorm's sum bitwise, its output within what a last-bit difference of the fp32 statistic
@@ -266,14 +276,7 @@ int CheckLayerKernels(torch::Device dev) {
     return 0;
   }
   int failures = 0;
-  auto timed = [](const std::function<void()>& f) {
-    f();
-    torch::cuda::synchronize();
-    const double t0 = Now();
-    for (int i = 0; i < 10; ++i) f();
-    torch::cuda::synchronize();
-    return (Now() - t0) / 10 * 1e6;
-  };
+  auto timed = [](const std::function<void()>& f) { return CudaMicros(f, 10); };
   auto count = [](const torch::Tensor& m) {
     return static_cast<long long>(m.sum().item<int64_t>());
   };
@@ -370,8 +373,10 @@ int CheckLayerKernels(torch::Device dev) {
 // The LM head's fused scoring (worker/engine/head_score.h) against the libtorch path the scorer
 // otherwise takes (logits widened to fp32, the log-normaliser in fp64 over blocks of 256 rows,
 // gather, argmax), on random logits with planted ties of the maximum, -inf entries and targets
-// that are the argmax: greedy hits identical, log-probabilities within 1e-10 (fp64 sums in
-// another order). Vocabularies of 32000 and 151936 (16-byte loads) and 50257 (scalar loads).
+// that are the argmax, rows all -inf and rows with an infinite maximum: greedy hits identical,
+// log-probabilities within 1e-10 (fp64 sums in another order; NaN where both are NaN).
+// Vocabularies of 32000, 151936 and 1000 (16-byte loads; 1000 shorter than a block's reach) and
+// 50257 and unaligned rows of 32000 (scalar loads).
 // Returns the number of failed cases.
 int CheckHeadScore(torch::Device dev) {
   if (!dev.is_cuda()) {
@@ -379,26 +384,28 @@ int CheckHeadScore(torch::Device dev) {
     return 0;
   }
   int failures = 0;
-  auto timed = [](const std::function<void()>& f) {
-    f();
-    torch::cuda::synchronize();
-    const double t0 = Now();
-    for (int i = 0; i < 5; ++i) f();
-    torch::cuda::synchronize();
-    return (Now() - t0) / 5 * 1e6;
-  };
+  auto timed = [](const std::function<void()>& f) { return CudaMicros(f, 5); };
   const auto o = torch::TensorOptions().device(dev);
   const int64_t n = 2048;
   for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
-    for (int64_t V : {int64_t{32000}, int64_t{50257}, int64_t{151936}}) {
-      torch::Tensor logits = (torch::randn({n, V}, o) * 3).to(dt);
+    // (vocabulary, offset): offset 1 views each row from its second element of a row of V + 8,
+    // so the rows' stride is a multiple of 8 but their start is not 16-byte aligned.
+    for (const auto& [V, offset] : std::vector<std::pair<int64_t, int64_t>>{
+             {32000, 0}, {50257, 0}, {151936, 0}, {1000, 0}, {32000, 1}}) {
+      const torch::Tensor base = (torch::randn({n, offset == 0 ? V : V + 8}, o) * 3).to(dt);
+      torch::Tensor logits = base.slice(1, offset, offset + V);
       torch::Tensor tg = torch::randint(0, V, {n}, o.dtype(torch::kLong));
       {
-        // Row 0: its maximum also at index 5 (argmax's first index); row 1: -inf entries.
+        const float inf = std::numeric_limits<float>::infinity();
+        // Row 0: its maximum also at index 5 (argmax's first index); row 1: -inf entries; row 2:
+        // all -inf (argmax 0, log-probability NaN on both paths); row 3: an infinite maximum
+        // (libtorch's logsumexp then shifts by 0).
         torch::Tensor row0 = logits[0];
         row0.index_put_({5}, row0.max());
-        logits[1].slice(0, 0, V / 2).fill_(-std::numeric_limits<float>::infinity());
+        logits[1].slice(0, 0, V / 2).fill_(-inf);
         tg.index_put_({1}, 0);  // a target at -inf: log-probability -inf on both paths
+        logits[2].fill_(-inf);
+        logits[3].index_put_({7}, inf);
         // Every even row's target is its argmax, so hits happen.
         const torch::Tensor am = logits.to(torch::kFloat32).argmax(-1);
         tg.slice(0, 0, n, 2).copy_(am.slice(0, 0, n, 2));
@@ -418,24 +425,25 @@ int CheckHeadScore(torch::Device dev) {
       const double t_got =
           timed([&] { applied = applied && FusedHeadScore(logits, tg, &got_lp, &got_hit); });
       if (!applied) {
-        std::printf("head scoring %-5s V=%lld: the kernel did not apply\n", DtypeName(dt),
-                    static_cast<long long>(V));
+        std::printf("head scoring %-5s V=%lld offset %lld: the kernel did not apply\n",
+                    DtypeName(dt), static_cast<long long>(V), static_cast<long long>(offset));
         ++failures;
         continue;
       }
       const long long hits = ref_hit.sum().item<int64_t>();
       const long long bad_hit = ref_hit.ne(got_hit).sum().item<int64_t>();
-      const double max_diff =
-          torch::where(ref_lp == got_lp, torch::zeros_like(ref_lp), (ref_lp - got_lp).abs())
-              .max()
-              .item<double>();
+      const torch::Tensor same = (ref_lp == got_lp) | (ref_lp.isnan() & got_lp.isnan());
+      const double max_diff = torch::where(same, torch::zeros_like(ref_lp), (ref_lp - got_lp).abs())
+                                  .max()
+                                  .item<double>();
       const bool ok = bad_hit == 0 && max_diff <= 1e-10 && std::isfinite(max_diff);
       failures += !ok;
       std::printf(
-          "head scoring %-5s [%lld, %lld]: greedy hits %lld, hit mismatch %lld, max |logprob "
+          "head scoring %-5s [%lld, %lld]%s: greedy hits %lld, hit mismatch %lld, max |logprob "
           "diff| %.2e  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
-          DtypeName(dt), static_cast<long long>(n), static_cast<long long>(V), hits, bad_hit,
-          max_diff, t_got, t_ref, t_ref / t_got);
+          DtypeName(dt), static_cast<long long>(n), static_cast<long long>(V),
+          offset != 0 ? " rows not 16-byte aligned" : "", hits, bad_hit, max_diff, t_got, t_ref,
+          t_ref / t_got);
     }
   }
   return failures;

@@ -20,9 +20,10 @@ import sys
 KINDS = [
     ("attention (cuDNN / flash / mem-efficient)", r"sdpa|fmha|flash|attention|mem_eff|fort_native"),
     ("matrix products", r"gemm|cutlass|xmma|nvjet|cublas"),
-    ("fused layer kernels", r"RmsNorm|SwiGlu|RopeLayout"),
-    ("LM head scoring kernel", r"HeadScore"),
-    ("KV codec kernels", r"Quant|Gather|Merge|Channel"),
+    ("fused layer kernels", r"^(RmsNormKernel|SwiGluKernel|RopeLayoutKernel)\b"),
+    ("LM head scoring kernel", r"^HeadScoreKernel\b"),
+    ("KV codec kernels", r"^(FakeQuantKernel|FakeQuantVecKernel|ChannelFakeQuantKernel)\b"),
+    ("packed attention's gather and merge", r"^(BandGatherKernel|MergeKernel|MergeKernelVec)\b"),
     ("libtorch reductions", r"reduce|softmax|logsumexp|argmax|norm"),
     ("libtorch elementwise / copies", r"elementwise|vectorized|unrolled|copy|index|cat|fill|gather|scatter"),
 ]
@@ -52,8 +53,9 @@ def main():
             continue
         try:
             ns = float(r[dur_c].replace(",", "")) * unit
-        except ValueError:  # the units row
-            unit = scale.get(r[dur_c].strip(), 1.0)
+        except ValueError:  # the units row, or a kernel without a duration
+            if r[dur_c].strip() in scale:
+                unit = scale[r[dur_c].strip()]
             continue
         by_name[r[name_c]] += ns
         count[r[name_c]] += 1

@@ -1,8 +1,8 @@
 // The LM head's scoring in one kernel (head_score_kernel.h): per row of bf16/fp16 logits, the
 // target's log-probability and whether the target is the argmax. The libtorch path it replaces
 // converts the logits to fp32, then to fp64 in blocks, and reads them again for logsumexp, gather
-// and argmax: about 38 bytes of memory traffic per logit against the 4 of this kernel's two
-// passes over the half-precision row (the second mostly from L2).
+// and argmax: about 38 bytes of memory traffic per logit against at most the 4 of this kernel's
+// two passes over the half-precision row (the second reads from L2 what is still there).
 //
 // Numerics: every logit is widened exactly (bf16/fp16 -> fp64) and exp, the sum and the log are
 // fp64 as in the libtorch path's fp64 logsumexp; only the summation order differs (a tree over
