@@ -9,7 +9,9 @@ Prints the kernels' summed durations by kind (matrix products, attention, the fu
 kernels, the LM head's scoring, libtorch's elementwise/copy kernels, ...) and the largest kernels
 by name. ncu runs kernels one at a time, so the sum is the GPU's busy time without overlap or
 launch gaps; with --tokens (the forward tokens of the profiled run) it is also given per token,
-to hold against the wall time per token of an unprofiled run (the difference: idle GPU time).
+to hold against the wall time per token of an unprofiled run. The difference is idle GPU time
+plus the clock difference between kernels run one at a time and a sustained run, so it bounds
+neither alone.
 """
 import argparse
 import collections
