@@ -20,11 +20,11 @@ fi
 for m in "$assets"/models/ref-*; do [ -f "$m/config.json" ] && ln -sfn "$m" "$ckpt/$(basename "$m")"; done
 if [ -z "${KVSWEEP_DEBS_UNPACKED:-}" ]; then source .debs/unpack-debs.sh .debs; export KVSWEEP_DEBS_UNPACKED=1; fi
 export KVSWEEP_ASSETS=$assets
-if [ ! -x build-cuda/bench/kvsweep-engine-bench ]; then
-  t0=$(date +%s)
-  deploy/build-cuda.sh build-cuda > "$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
-  echo "build: $(( $(date +%s) - t0 )) s"
-fi
+# Always (incremental): a machine still warm from an earlier call keeps build-cuda/, which would
+# otherwise run that call's binary after the sources changed.
+t0=$(date +%s)
+deploy/build-cuda.sh build-cuda > "$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
 case $phase in
   smoke)
     METHODS=${METHODS:-"none quant:bits=4 quant:bits=2,group=32,axis=channel,residual=32 rank:r=16 rank:r=16,basis=svd hybrid:r=32,bits=8"} \
