@@ -371,13 +371,11 @@ int CheckLayerKernels(torch::Device dev) {
 }
 
 // The LM head's fused scoring (worker/engine/head_score.h) against the libtorch path the scorer
-// otherwise takes (logits widened to fp32, the log-normaliser in fp64 over blocks of 256 rows,
-// gather, argmax), on random logits with planted ties of the maximum, -inf entries and targets
-// that are the argmax, rows all -inf and rows with an infinite maximum: greedy hits identical,
-// log-probabilities within 1e-10 (fp64 sums in another order; NaN where both are NaN).
-// Vocabularies of 32000, 151936 and 1000 (16-byte loads; 1000 shorter than a block's reach) and
-// 50257 and unaligned rows of 32000 (scalar loads).
-// Returns the number of failed cases.
+// otherwise takes (HeadScoreLibtorch), on random logits with planted ties of the maximum, -inf
+// entries and targets that are the argmax, rows all -inf and rows with an infinite maximum: greedy
+// hits identical, log-probabilities within 1e-10 (fp64 sums in another order; NaN where both are
+// NaN). Vocabularies of 32000, 151936 and 1000 (16-byte loads; 1000 shorter than a block's reach)
+// and 50257 and unaligned rows of 32000 (scalar loads). Returns the number of failed cases.
 int CheckHeadScore(torch::Device dev) {
   if (!dev.is_cuda()) {
     std::printf("head scoring: CUDA only (none on %s)\n", dev.str().c_str());
@@ -411,16 +409,7 @@ int CheckHeadScore(torch::Device dev) {
         tg.slice(0, 0, n, 2).copy_(am.slice(0, 0, n, 2));
       }
       torch::Tensor ref_lp, ref_hit, got_lp, got_hit;
-      const double t_ref = timed([&] {
-        const torch::Tensor f = logits.to(torch::kFloat32);
-        std::vector<torch::Tensor> parts;
-        for (int64_t r0 = 0; r0 < n; r0 += 256) {
-          parts.push_back(
-              f.slice(0, r0, std::min<int64_t>(r0 + 256, n)).to(torch::kFloat64).logsumexp(-1));
-        }
-        ref_lp = f.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64) - torch::cat(parts);
-        ref_hit = f.argmax(-1) == tg;
-      });
+      const double t_ref = timed([&] { HeadScoreLibtorch(logits, tg, &ref_lp, &ref_hit); });
       bool applied = true;
       const double t_got =
           timed([&] { applied = applied && FusedHeadScore(logits, tg, &got_lp, &got_hit); });

@@ -1,5 +1,8 @@
 #include "worker/engine/head_score.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "worker/engine/fused_layer.h"
 
 #ifdef KVSWEEP_CUDA
@@ -10,6 +13,20 @@
 #endif
 
 namespace kvsweep::engine {
+
+void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets,
+                       torch::Tensor* logprob, torch::Tensor* hit) {
+  constexpr int64_t kRows = 256;
+  const torch::Tensor f = logits.to(torch::kFloat32);
+  std::vector<torch::Tensor> parts;
+  for (int64_t r0 = 0; r0 < f.size(0); r0 += kRows) {
+    parts.push_back(
+        f.slice(0, r0, std::min<int64_t>(r0 + kRows, f.size(0))).to(torch::kFloat64).logsumexp(-1));
+  }
+  const torch::Tensor normaliser = parts.size() == 1 ? parts[0] : torch::cat(parts);
+  *logprob = f.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat64) - normaliser;
+  *hit = f.argmax(-1) == targets;
+}
 
 #ifdef KVSWEEP_CUDA
 

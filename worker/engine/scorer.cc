@@ -8,25 +8,6 @@
 
 namespace kvsweep::engine {
 
-namespace {
-
-// log(sum(exp(logits))) per row, accumulated in fp64 over row blocks of at most 256 (the fp64
-// copy of a block stays small even with a 150k vocabulary). An fp32 normaliser over tens of
-// thousands of terms carries a bias of a few 1e-6 nats per token, which adds up over a document
-// to more than the 1e-6 relative agreement a perplexity is held to; the logits stay fp32.
-torch::Tensor LogNormaliser(const torch::Tensor& logits) {
-  constexpr int64_t kRows = 256;
-  std::vector<torch::Tensor> parts;
-  for (int64_t r0 = 0; r0 < logits.size(0); r0 += kRows) {
-    parts.push_back(logits.slice(0, r0, std::min<int64_t>(r0 + kRows, logits.size(0)))
-                        .to(torch::kFloat64)
-                        .logsumexp(-1));
-  }
-  return parts.size() == 1 ? parts[0] : torch::cat(parts);
-}
-
-}  // namespace
-
 int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
                            const std::vector<ScoreRequest>& requests) {
   const torch::Device dev = model.options().device;
@@ -156,12 +137,7 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const
           torch::Tensor logits = model.HeadLogits(rows);  // [n, V], compute dtype
           torch::Tensor tg = tgt_t.slice(0, s0, s1);
           torch::Tensor lp, hit;
-          if (!FusedHeadScore(logits, tg, &lp, &hit)) {
-            logits = logits.to(torch::kFloat32);
-            lp = logits.gather(1, tg.unsqueeze(1)).squeeze(1).to(torch::kFloat64) -
-                 LogNormaliser(logits);
-            hit = logits.argmax(-1) == tg;
-          }
+          if (!FusedHeadScore(logits, tg, &lp, &hit)) HeadScoreLibtorch(logits, tg, &lp, &hit);
           lps.push_back(lp);
           hits.push_back(hit);
         }
