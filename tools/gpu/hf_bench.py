@@ -99,7 +99,14 @@ def base_and_head(model):
 
 def score(model, reqs, batch_tokens, dtype):
     """reqs: [(input, cont)] -> [(ll, greedy)], scored tokens."""
-    base, head = base_and_head(model)
+    base, lm_head = base_and_head(model)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def head(h):
+        # The causal-LM forward's final soft-capping (Gemma 2), as transformers applies it.
+        logits = lm_head(h)
+        return logits if not cap else torch.tanh(logits / cap) * cap
+
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i][0]))
     res = [None] * len(reqs)
     pos = 0
@@ -161,7 +168,11 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     t0 = time.time()
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa").cuda().eval()
+    # Soft-capped attention scores (Gemma 2) are computed by transformers' eager attention only;
+    # the compression hook wraps SDPA, so such a model runs `none` alone.
+    softcapped = bool(getattr(transformers.AutoConfig.from_pretrained(a.model), "attn_logit_softcapping", None))
+    impl = "eager" if softcapped else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation=impl).cuda().eval()
     load_s = time.time() - t0
     tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids
@@ -194,6 +205,10 @@ def main():
                     hook.m = parse_method(mspec)
                 except NotImplementedError:
                     print("skipped (position dependent, no transformers implementation):", mspec, flush=True)
+                    continue
+                if softcapped and hook.m is not None:
+                    print("skipped (soft-capped attention runs eager, which the hook does not wrap):", mspec,
+                          flush=True)
                     continue
                 score(model, reqs[:2], a.batch_tokens, dtype)  # warm-up (kernels, allocator)
                 torch.cuda.synchronize()

@@ -13,9 +13,10 @@ against transformers' `none` of the same task and dtype, marked †. "of cap" is
 fraction of the largest speed-up over transformers any engine could reach on that shape
 (gemm_ceiling.py's products + attention cap: --ceiling).
 
-MFU counts 2·params FLOPs per forward token for every matmul of the body, plus the LM head for
-scored tokens only, plus causal attention 2·H·D·T_mean per layer per token (QK^T and PV, half
-the square), against the H200's dense bf16 datasheet peak (989 TFLOP/s; cuBLAS reaches ~754 on
+MFU counts 2·params FLOPs per forward token for every matmul of the body (of a mixture of
+experts, the experts a token runs), plus the LM head for scored tokens only, plus causal
+attention 2·H·D·T_mean per layer per token (QK^T and PV, half the square; under a sliding window
+w < T, 4·H·D·(w − w²/2T)), against the H200's dense bf16 datasheet peak (989 TFLOP/s; cuBLAS reaches ~754 on
 these shapes, tools/gpu/gemm_ceiling.py).
 """
 import argparse
@@ -38,8 +39,18 @@ def flops_per_token(cfg, window, scored_frac):
         D = cfg.get("head_dim") or Hd // H
         Hkv = cfg.get("num_key_value_heads") or H
         I = cfg["intermediate_size"]
-        body = L * (Hd * H * D * 2 + Hd * Hkv * D * 2 + 3 * Hd * I)
-    attn = L * 2 * H * D * window  # 2 matmuls x 2 FLOPs x H*D x T/2 (causal)
+        # A mixture of experts runs num_experts_per_tok of its MLPs per token, after its router.
+        experts = cfg.get("num_experts_per_tok") or 1
+        router = Hd * cfg["num_local_experts"] if cfg.get("num_local_experts") else 0
+        body = L * (Hd * H * D * 2 + Hd * Hkv * D * 2 + 3 * Hd * I * experts + router)
+    # Causal attention: 2 matmuls x 2 FLOPs x H*D x the mean number of entries a query reads, T/2,
+    # or under a sliding window w < T (the layers layer_types marks, else every layer where
+    # sliding_window is set) w - w^2 / (2T).
+    w = cfg.get("sliding_window") or 0
+    types = cfg.get("layer_types") or (["sliding_attention" if w else "full_attention"] * L)
+    read = [w - w * w / (2 * window) if t == "sliding_attention" and 0 < w < window else window / 2
+            for t in types]
+    attn = 4 * H * D * sum(read)
     return 2 * body + attn + 2 * Hd * V * scored_frac
 
 

@@ -1,12 +1,18 @@
 // The LM head's scoring in one kernel (head_score_kernel.h): per row of bf16/fp16 logits, the
-// target's log-probability and whether the target is the argmax. The libtorch path it replaces
-// converts the logits to fp32, then to fp64 in blocks, and reads them again for logsumexp, gather
-// and argmax: about 38 bytes of memory traffic per logit against at most the 4 of this kernel's
-// two passes over the half-precision row (the second reads from L2 what is still there).
+// target's log-probability and whether the target is the argmax, in one pass over the row. The
+// libtorch path it replaces converts the logits to fp32, then to fp64 in blocks, and reads them
+// again for logsumexp, gather and argmax: about 38 bytes of memory traffic per logit against the
+// 2 of this kernel's single read of the half-precision row.
 //
-// Numerics: every logit is widened exactly (bf16/fp16 -> fp64) and exp, the sum and the log are
-// fp64 as in the libtorch path's fp64 logsumexp; only the summation order differs (a tree over
-// the block's threads), which moves the result by a few units of fp64 rounding.
+// One pass: each thread keeps its running maximum m (and its first index) and s = sum exp(x - m)
+// over what it has read, rescaling s by exp(m_old - m_new) in fp64 when the maximum grows (a few
+// times per thread); the threads' states merge the same way. Numerics: every logit is widened
+// exactly; each term exp(x - m) is fp32 (expf, at most 2 units in the last place, x - m rounded to
+// fp32) and summed in fp64, the rescaling factors and the log are fp64. The relative error of the
+// sum is then at most 2^-23 plus 2^-24 times the softmax-weighted mean of m - x, which is at most
+// the row's entropy, so log(vocab): |logprob - exact| <= 2^-23 + log(vocab) * 2^-24, under 1e-6
+// nats for vocabularies up to 10^6 — the fp32 rounding of a term, not an fp32 sum's bias (which
+// grows with the vocabulary and is why the sum is fp64).
 #include <math.h>
 #include <stdint.h>
 
@@ -17,17 +23,48 @@ namespace kvsweep::engine {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 4;  // packs loaded before any is used: loads in flight per thread
 
 // a ranks above b as argmax does: larger, or NaN against a number.
 __device__ __forceinline__ bool Above(float a, float b) {
   return a > b || (isnan(a) && !isnan(b));
 }
 
-// Folds (v, i) into the running (best, best_i): the first index of the largest value.
-__device__ __forceinline__ void Consider(float v, int64_t i, float* best, int64_t* best_i) {
-  if (Above(v, *best) || (!Above(*best, v) && i < *best_i)) {
-    *best = v;
-    *best_i = i;
+// A part of a row: its largest value m (argmax's ranking), the first index of it (vocab where
+// nothing has been read) and s = sum over the part of exp(x - m) (meaningful while m is finite).
+struct Part {
+  float m;
+  int64_t i;
+  double s;
+};
+
+// Reads value v at index j, after every smaller index of this part. The part's first value is
+// taken even when it is -inf, so that a row of -inf has argmax 0 as torch::argmax gives it.
+__device__ __forceinline__ void Read(float v, int64_t j, int64_t vocab, Part* p) {
+  if (Above(v, p->m) || p->i == vocab) {
+    // The part's terms so far were relative to the old maximum; -inf there means they were all
+    // -inf (exp 0). A new maximum of +inf or NaN decides the row's result without s.
+    p->s = isinf(p->m) ? 1.0 : p->s * exp(static_cast<double>(p->m) - static_cast<double>(v)) + 1.0;
+    p->m = v;
+    p->i = j;
+  } else if (isfinite(p->m)) {
+    p->s += static_cast<double>(expf(v - p->m));  // v = -inf adds 0
+  }
+}
+
+// Merges part o into p: the larger maximum (the smaller index on a tie) and the sums rescaled to it.
+__device__ __forceinline__ void Merge(const Part& o, Part* p) {
+  const bool o_wins = Above(o.m, p->m) || (!Above(p->m, o.m) && o.i < p->i);
+  const float m = o_wins ? o.m : p->m;
+  if (isfinite(m)) {
+    // A part whose maximum is -inf (nothing or only -inf read) adds nothing.
+    const double a = isinf(p->m) ? 0.0 : p->s * exp(static_cast<double>(p->m) - m);
+    const double b = isinf(o.m) ? 0.0 : o.s * exp(static_cast<double>(o.m) - m);
+    p->s = a + b;
+  }
+  if (o_wins) {
+    p->m = o.m;
+    p->i = o.i;
   }
 }
 
@@ -36,53 +73,43 @@ __global__ void HeadScoreKernel(HeadScoreArgs a) {
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(a.logits) + row * a.stride;
   const int64_t V = a.vocab;
-  // Pass 1: the largest value and its first index. Threads start with "nothing seen" (index V).
-  float best = -INFINITY;
-  int64_t best_i = V;
-  for (int64_t j = static_cast<int64_t>(threadIdx.x) * N; j < V;
-       j += static_cast<int64_t>(kThreads) * N) {
-    const Pack<T, N> p = Load<T, N>(x + j);
+  Part p{-INFINITY, V, 0.0};
+  constexpr int64_t kStep = static_cast<int64_t>(kThreads) * N;
+  for (int64_t j0 = static_cast<int64_t>(threadIdx.x) * N; j0 < V; j0 += kStep * kUnroll) {
+    Pack<T, N> v[kUnroll];
 #pragma unroll
-    for (int e = 0; e < N; ++e) Consider(ToF(p.v[e]), j + e, &best, &best_i);
+    for (int u = 0; u < kUnroll; ++u) {
+      if (j0 + u * kStep < V) v[u] = Load<T, N>(x + j0 + u * kStep);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (j0 + u * kStep < V) {
+#pragma unroll
+        for (int e = 0; e < N; ++e) Read(ToF(v[u].v[e]), j0 + u * kStep + e, V, &p);
+      }
+    }
   }
-  __shared__ float s_best[kThreads / 32];
-  __shared__ int64_t s_idx[kThreads / 32];
   for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    Consider(ob, oi, &best, &best_i);
+    Part other;
+    other.m = __shfl_xor_sync(0xffffffffu, p.m, o);
+    other.i = __shfl_xor_sync(0xffffffffu, p.i, o);
+    other.s = __shfl_xor_sync(0xffffffffu, p.s, o);
+    Merge(other, &p);
   }
+  __shared__ Part s_part[kThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    s_best[warp] = best;
-    s_idx[warp] = best_i;
-  }
-  __syncthreads();
-  best = s_best[0];
-  best_i = s_idx[0];
-  for (int w = 1; w < kThreads / 32; ++w) Consider(s_best[w], s_idx[w], &best, &best_i);
-  // Pass 2: sum of exp(x - shift) in fp64, shift = the maximum (0 where it is infinite).
-  const double m = static_cast<double>(best);
-  const double shift = isinf(m) ? 0.0 : m;
-  double sum = 0.0;
-  for (int64_t j = static_cast<int64_t>(threadIdx.x) * N; j < V;
-       j += static_cast<int64_t>(kThreads) * N) {
-    const Pack<T, N> p = Load<T, N>(x + j);
-#pragma unroll
-    for (int e = 0; e < N; ++e) sum += exp(static_cast<double>(ToF(p.v[e])) - shift);
-  }
-  __shared__ double s_sum[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) s_sum[warp] = sum;
+  if (lane == 0) s_part[warp] = p;
   __syncthreads();
   if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) total += s_sum[w];
+    for (int w = 1; w < kThreads / 32; ++w) Merge(s_part[w], &p);
+    // log-sum-exp: m + log(s) for a finite maximum; +inf, -inf (every logit -inf: log 0) or NaN
+    // otherwise, as libtorch's logsumexp gives them.
+    const double m = static_cast<double>(p.m);
+    const double lse = isfinite(m) ? m + log(p.s) : m;
     const int64_t t = a.target[row];
     const bool valid = t >= 0 && t < V;
-    a.logprob[row] =
-        valid ? static_cast<double>(ToF(x[t])) - (log(total) + shift) : nan("");
-    a.hit[row] = valid && best_i == t;
+    a.logprob[row] = valid ? static_cast<double>(ToF(x[t])) - lse : nan("");
+    a.hit[row] = valid && p.i == t;
   }
 }
 

@@ -20,9 +20,11 @@ namespace kvsweep::engine {
 void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets,
                        torch::Tensor* logprob, torch::Tensor* hit);
 
-// The same as HeadScoreLibtorch, up to the fp64 summation order, for logits in bf16/fp16 on CUDA
-// with a contiguous last dimension. False, with nothing written, where the kernel does not apply
-// (the CPU, fp32, a build without CUDA, the fused kernels switched off, other shapes).
+// The same as HeadScoreLibtorch for logits in bf16/fp16 on CUDA with a contiguous last
+// dimension, in one pass over each row: greedy hits identical, log-probabilities within
+// 2^-23 + log(V) * 2^-24 of it (each exp term fp32, summed in fp64: head_score.cu). False, with
+// nothing written, where the kernel does not apply (the CPU, fp32, a build without CUDA, the fused
+// kernels switched off, other shapes).
 bool FusedHeadScore(const torch::Tensor& logits, const torch::Tensor& targets,
                     torch::Tensor* logprob, torch::Tensor* hit);
 

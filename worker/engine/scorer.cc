@@ -8,28 +8,42 @@
 
 namespace kvsweep::engine {
 
+int64_t ActivationBytesPerToken(const ModelConfig& c, int64_t elt, int64_t kv_heads,
+                                bool position_dependent, int64_t max_len) {
+  // The residual stream, norms, q/k/v, attention output and the MLP activations in the compute
+  // dtype.
+  int64_t per_token =
+      (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
+  if (position_dependent) {
+    // Blockwise attention (attention.h): the per-block outputs and their concatenation and the
+    // K/V segments a block gathers.
+    per_token += (2 * c.num_heads + 4 * kv_heads) * c.head_dim * elt;
+  } else if (c.attn_softcap > 0) {
+    // Soft-capped scores take the explicit softmax (AttendMasked): per token, a row of max_len
+    // scores per head, as products in the compute dtype and up to four fp32 copies (scaled and
+    // capped, masked, softmax).
+    per_token += c.num_heads * max_len * (2 * elt + 16);
+  }
+  return per_token;
+}
+
 int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
                            const std::vector<ScoreRequest>& requests) {
   const torch::Device dev = model.options().device;
   if (dev.is_cpu()) return 4096;  // ~4 windows of 1k: enough to amortize, small enough for caches
-  // GPU: size the batch from free memory. Live bytes per token in one layer: the residual
-  // stream, norms, q/k/v, attention output and the MLP activations in the compute dtype, plus,
-  // for position-dependent codecs (blockwise attention, attention.h), the per-block outputs and
-  // their concatenation and the K/V segments a block gathers.
-  const ModelConfig& c = model.config();
-  const int64_t elt = torch::elementSize(model.options().dtype);
   int64_t max_len = 1;
   for (const ScoreRequest& r : requests) max_len = std::max<int64_t>(max_len, r.input.size());
-  int64_t per_token =
-      (8 * c.hidden_size + 3 * c.intermediate_size + 4 * c.num_heads * c.head_dim) * elt;
-  if (codec != nullptr && codec->position_dependent()) {
-    per_token += (2 * c.num_heads + 4 * model.kv_heads()) * c.head_dim * elt;
-  }
-  const int64_t free_b = FreeDeviceBytes(dev);
-  if (free_b <= 0) return 16384;
+  return BatchTokensFor(
+      ActivationBytesPerToken(model.config(), torch::elementSize(model.options().dtype),
+                              model.kv_heads(), codec != nullptr && codec->position_dependent(),
+                              max_len),
+      max_len, FreeDeviceBytes(dev));
+}
+
+int64_t BatchTokensFor(int64_t bytes_per_token, int64_t max_len, int64_t free_bytes) {
+  if (free_bytes <= 0) return 16384;
   // Keep half of what is free for the allocator's slack, the LM-head chunk and codec temporaries.
-  const int64_t budget = free_b / 2 / per_token;
-  return std::clamp<int64_t>(budget, max_len, 262144);
+  return std::clamp<int64_t>(free_bytes / 2 / bytes_per_token, max_len, 262144);
 }
 
 absl::StatusOr<std::vector<ScoreResult>> ScoreRequests(const Model& model, const KvCodec* codec,

@@ -50,9 +50,19 @@ struct ScoreStats {
 using ScoreProgress = std::function<bool(double fraction)>;
 
 // The batch budget used when ScorerOptions.batch_tokens is 0: 4096 tokens on the CPU; on a GPU,
-// sized from free device memory and the model's per-token activation footprint.
+// BatchTokensFor the model's ActivationBytesPerToken and the device's free memory.
 int64_t DefaultBatchTokens(const Model& model, const KvCodec* codec,
                            const std::vector<ScoreRequest>& requests);
+
+// Live device bytes per batch token in one layer while windows of up to max_len tokens are scored
+// (elt: the compute dtype's size); with soft-capped attention scores (gemma2), whose explicit
+// softmax holds [B, H, T, T] scores, it grows with max_len.
+int64_t ActivationBytesPerToken(const ModelConfig& c, int64_t elt, int64_t kv_heads,
+                                bool position_dependent, int64_t max_len);
+
+// Tokens per batch: half of free_bytes over bytes_per_token, at least one window of max_len and at
+// most 262144; 16384 when the free memory is unknown (free_bytes <= 0).
+int64_t BatchTokensFor(int64_t bytes_per_token, int64_t max_len, int64_t free_bytes);
 
 // Errors: kInvalidArgument (empty input, input longer than the model allows, a token id outside
 // the vocabulary, cont longer than input), kCancelled, kResourceExhausted (OOM), kInternal.
