@@ -373,7 +373,7 @@ int CheckLayerKernels(torch::Device dev) {
 // The LM head's fused scoring (worker/engine/head_score.h) against the libtorch path the scorer
 // otherwise takes (HeadScoreLibtorch), on random logits with planted ties of the maximum, -inf
 // entries and targets that are the argmax, rows all -inf and rows with an infinite maximum: greedy
-// hits identical, log-probabilities within the kernel's bound 2^-23 + log(V) * 2^-24 (fp32 terms
+// hits identical, log-probabilities within the kernel's bound FusedHeadScoreBound (fp32 terms
 // summed in fp64, head_score.cu; NaN where both are NaN). Vocabularies of 32000, 151936 and 1000
 // (16-byte loads; 1000 shorter than a block's reach) and 50257 and unaligned rows of 32000 (scalar
 // loads). Returns the number of failed cases.
@@ -426,8 +426,7 @@ int CheckHeadScore(torch::Device dev) {
       const double max_diff = torch::where(same, torch::zeros_like(ref_lp), (ref_lp - got_lp).abs())
                                   .max()
                                   .item<double>();
-      const double bound =
-          std::ldexp(1.0, -23) + std::log(static_cast<double>(V)) * std::ldexp(1.0, -24);
+      const double bound = FusedHeadScoreBound(V);
       const bool ok = bad_hit == 0 && max_diff <= bound && std::isfinite(max_diff);
       failures += !ok;
       std::printf(

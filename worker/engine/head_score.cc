@@ -1,6 +1,7 @@
 #include "worker/engine/head_score.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "worker/engine/fused_layer.h"
@@ -26,6 +27,10 @@ void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets
   const torch::Tensor normaliser = parts.size() == 1 ? parts[0] : torch::cat(parts);
   *logprob = f.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat64) - normaliser;
   *hit = f.argmax(-1) == targets;
+}
+
+double FusedHeadScoreBound(int64_t vocab) {
+  return std::ldexp(1.0, -23) + std::log(static_cast<double>(vocab)) * std::ldexp(1.0, -24);
 }
 
 #ifdef KVSWEEP_CUDA

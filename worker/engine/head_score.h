@@ -28,6 +28,10 @@ void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets
 bool FusedHeadScore(const torch::Tensor& logits, const torch::Tensor& targets,
                     torch::Tensor* logprob, torch::Tensor* hit);
 
+// FusedHeadScore's bound on |logprob - HeadScoreLibtorch's| for a vocabulary of `vocab` words:
+// 2^-23 + log(vocab) * 2^-24.
+double FusedHeadScoreBound(int64_t vocab);
+
 }  // namespace kvsweep::engine
 
 #endif  // KVSWEEP_WORKER_ENGINE_HEAD_SCORE_H_
