@@ -265,11 +265,11 @@ double CudaMicros(const std::function<void()>& f, int reps) {
 }
 
 // The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
-// they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise; the add +
-// RMSNorm's sum bitwise, its output within what a last-bit difference of the fp32 statistic
-// (summed in another order) can move it: one unit in the last place for Gemma's norm (one
-// rounding), two for Llama's (the normalized value is rounded, then its product with w). Returns
-// the number of failed cases.
+// they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise (RoPE after
+// a per-head q/k norm within the bound derived below); the add + RMSNorm's sum bitwise, its output
+// within what a last-bit difference of the fp32 statistic (summed in another order) can move it:
+// one unit in the last place for Gemma's norm (one rounding), two for Llama's (the normalized value
+// is rounded, then its product with w). Returns the number of failed cases.
 int CheckLayerKernels(torch::Device dev) {
   if (!dev.is_cuda()) {
     std::printf("layer kernels: CUDA only (none on %s)\n", dev.str().c_str());
@@ -333,38 +333,89 @@ int CheckLayerKernels(torch::Device dev) {
           DtypeName(dt), static_cast<long long>(B * T), static_cast<long long>(I), bad, t_got,
           t_ref, t_ref / t_got);
     }
-    {
-      const torch::Tensor p = torch::randn({B, T, (H + 2 * Hkv) * D}, o).to(dt);
+    // RoPE + layout: plain (bitwise), and after the per-head q/k norm of Qwen3 (Llama's norm,
+    // D = 128) and Gemma 3 (Gemma's, D = 256), whose statistic's summation order may move the
+    // normalized value by `units` in the last place as above; the rotation's two products then
+    // move by at most units + 1 of their own last place and the sum's rounding by one more:
+    // |got - ref| <= (units + 1) ulp (|n1 cos| + |n2 sin|) + ulp |ref|, checked per element.
+    for (int mode = 0; mode < 3; ++mode) {
+      const int64_t Dm = mode == 2 ? 256 : D;
+      const bool gemma = mode == 2;
+      const torch::Tensor p = torch::randn({B, T, (H + 2 * Hkv) * Dm}, o).to(dt);
       const torch::Tensor inv =
-          1.0 / torch::pow(10000.0f, torch::arange(0, D, 2, o.dtype(torch::kFloat32)) / D);
+          1.0 / torch::pow(10000.0f, torch::arange(0, Dm, 2, o.dtype(torch::kFloat32)) / Dm);
       torch::Tensor angles = torch::outer(torch::arange(2 * T, o.dtype(torch::kFloat32)), inv);
       angles = torch::cat({angles, angles}, -1);
       const torch::Tensor cos = angles.cos().to(dt), sin = angles.sin().to(dt);
-      const torch::Tensor q = p.slice(-1, 0, H * D), k = p.slice(-1, H * D, (H + Hkv) * D),
-                          v = p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D);
-      auto rope = [&](const torch::Tensor& x2d, int64_t heads) {
-        const torch::Tensor x = x2d.view({B, T, heads, D}).transpose(1, 2);
-        const torch::Tensor c = cos.slice(0, 0, T), sn = sin.slice(0, 0, T);
-        return x * c + torch::cat({-x.slice(-1, D / 2, D), x.slice(-1, 0, D / 2)}, -1) * sn;
+      const torch::Tensor q = p.slice(-1, 0, H * Dm), k = p.slice(-1, H * Dm, (H + Hkv) * Dm),
+                          v = p.slice(-1, (H + Hkv) * Dm, (H + 2 * Hkv) * Dm);
+      QkHeadNorm hn;
+      hn.q_w = (torch::randn({Dm}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
+      hn.k_w = (torch::randn({Dm}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
+      hn.eps = 1e-6;
+      hn.gemma = gemma;
+      const QkHeadNorm* norm = mode == 0 ? nullptr : &hn;
+      const torch::Tensor c = cos.slice(0, 0, T), sn = sin.slice(0, 0, T);
+      auto normed = [&](const torch::Tensor& x2d, int64_t heads, const torch::Tensor& w) {
+        torch::Tensor x = x2d.view({B, T, heads, Dm});
+        if (norm != nullptr) x = gemma ? GemmaRmsNorm(x, w, hn.eps) : RmsNorm(x, w, hn.eps);
+        return x.transpose(1, 2);
+      };
+      auto rope = [&](const torch::Tensor& x) {
+        return x * c + torch::cat({-x.slice(-1, Dm / 2, Dm), x.slice(-1, 0, Dm / 2)}, -1) * sn;
       };
       torch::Tensor qr, kr, vr, qg, kg, vg;
       const double t_ref = timed([&] {
-        qr = rope(q, H).contiguous();
-        kr = rope(k, Hkv).contiguous();
-        vr = v.reshape({B, T, Hkv, D}).transpose(1, 2).contiguous();
+        qr = rope(normed(q, H, hn.q_w)).contiguous();
+        kr = rope(normed(k, Hkv, hn.k_w)).contiguous();
+        vr = v.reshape({B, T, Hkv, Dm}).transpose(1, 2).contiguous();
       });
       bool applied = true;
       const double t_got = timed([&] {
-        applied = applied && FusedRopeLayout(q, k, v, cos, sin, H, Hkv, D, &qg, &kg, &vg);
+        applied = applied && FusedRopeLayout(q, k, v, cos, sin, H, Hkv, Dm, &qg, &kg, &vg, norm);
       });
-      const long long bad = applied ? count(qr.ne(qg)) + count(kr.ne(kg)) + count(vr.ne(vg)) : -1;
-      failures += bad != 0;
+      if (!applied) {
+        std::printf("rope+layout %-5s mode %d: the kernel did not apply\n", DtypeName(dt), mode);
+        ++failures;
+        continue;
+      }
+      const long long bad = count(qr.ne(qg)) + count(kr.ne(kg)) + count(vr.ne(vg));
+      long long far = 0;
+      const int units = gemma ? 1 : 2;
+      if (norm == nullptr) {
+        far = bad;
+      } else {
+        for (int which = 0; which < 2; ++which) {
+          const torch::Tensor n =
+              normed(which == 0 ? q : k, which == 0 ? H : Hkv, which == 0 ? hn.q_w : hn.k_w)
+                  .to(torch::kFloat32);
+          const torch::Tensor cf = c.to(torch::kFloat32), sf = sn.to(torch::kFloat32);
+          const torch::Tensor n1 = n.slice(-1, 0, Dm / 2), n2 = n.slice(-1, Dm / 2, Dm);
+          // |n1 cos| + |n2 sin| of each output element: first half pairs (x1, -x2), second
+          // half (x2, x1).
+          const torch::Tensor mag = torch::cat(
+              {n1.abs() * cf.slice(-1, 0, Dm / 2).abs() + n2.abs() * sf.slice(-1, 0, Dm / 2).abs(),
+               n2.abs() * cf.slice(-1, Dm / 2, Dm).abs() +
+                   n1.abs() * sf.slice(-1, Dm / 2, Dm).abs()},
+              -1);
+          const torch::Tensor ref = (which == 0 ? qr : kr).to(torch::kFloat32);
+          const torch::Tensor got = (which == 0 ? qg : kg).to(torch::kFloat32);
+          far += count((got - ref).abs() > mag * ((units + 1) * ulp) + ref.abs() * ulp);
+        }
+        far += count(vr.ne(vg));
+      }
+      failures += far != 0;
       std::printf(
-          "rope+layout %-5s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "
-          "mismatch %lld  %8.1f us vs libtorch (with .contiguous()) %8.1f us (%.2fx)\n",
-          DtypeName(dt), static_cast<long long>(B), static_cast<long long>(T),
-          static_cast<long long>(H), static_cast<long long>(Hkv), static_cast<long long>(D), bad,
-          t_got, t_ref, t_ref / t_got);
+          "rope+layout %-5s %-12s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "
+          "differs at %lld (beyond the bound: %lld)  %8.1f us vs libtorch (with .contiguous()) "
+          "%8.1f us (%.2fx)\n",
+          DtypeName(dt),
+          mode == 0 ? ""
+          : gemma   ? "gemma q/k norm"
+                    : "llama q/k norm",
+          static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
+          static_cast<long long>(Hkv), static_cast<long long>(Dm), bad, far, t_got, t_ref,
+          t_ref / t_got);
     }
   }
   return failures;

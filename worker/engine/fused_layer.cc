@@ -115,7 +115,8 @@ bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tens
 
 bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,
-                     int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out) {
+                     int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out,
+                     const QkHeadNorm* norm) {
   int64_t qs = 0, ks = 0, vs = 0;
   if (!FusedLayerApplies(q) || !Like(k, q) || !Like(v, q) || !Like(cos, q) || !Like(sin, q) ||
       q.dim() != 3 || k.dim() != 3 || v.dim() != 3 || D % 2 != 0 || !RowStride(q, &qs) ||
@@ -130,9 +131,14 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
       !sin.is_contiguous()) {
     return false;
   }
-  *q_out = torch::empty({B, H, T, D}, q.options());
-  *k_out = torch::empty({B, Hkv, T, D}, q.options());
-  *v_out = torch::empty({B, Hkv, T, D}, q.options());
+  if (norm != nullptr) {
+    for (const torch::Tensor* w : {&norm->q_w, &norm->k_w}) {
+      if (!Like(*w, q) || w->dim() != 1 || w->size(0) != D || !w->is_contiguous()) return false;
+    }
+  }
+  torch::Tensor qo = torch::empty({B, H, T, D}, q.options());
+  torch::Tensor ko = torch::empty({B, Hkv, T, D}, q.options());
+  torch::Tensor vo = torch::empty({B, Hkv, T, D}, q.options());
   RopeLayoutArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
@@ -142,18 +148,28 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
   a.v_stride = vs;
   a.cos = cos.data_ptr();
   a.sin = sin.data_ptr();
-  a.q_out = q_out->data_ptr();
-  a.k_out = k_out->data_ptr();
-  a.v_out = v_out->data_ptr();
+  a.q_out = qo.data_ptr();
+  a.k_out = ko.data_ptr();
+  a.v_out = vo.data_ptr();
   a.B = B;
   a.T = T;
   a.H = static_cast<int>(H);
   a.Hkv = static_cast<int>(Hkv);
   a.D = static_cast<int>(D);
   a.dtype = KernelDtype(q.scalar_type());
+  if (norm != nullptr) {
+    a.q_norm = norm->q_w.data_ptr();
+    a.k_norm = norm->k_w.data_ptr();
+    a.norm_eps = static_cast<float>(norm->eps);
+    a.norm_gemma = norm->gemma ? 1 : 0;
+  }
   c10::cuda::CUDAGuard guard(q.device());
   const cudaError_t e = LaunchRopeLayout(a, at::cuda::getCurrentCUDAStream());
+  if (e == cudaErrorNotSupported) return false;  // no vector width fits the norm's lanes
   TORCH_CHECK(e == cudaSuccess, "fused RoPE kernel: ", cudaGetErrorString(e));
+  *q_out = std::move(qo);
+  *k_out = std::move(ko);
+  *v_out = std::move(vo);
   return true;
 }
 
@@ -166,7 +182,7 @@ bool FusedAddRmsNorm(torch::Tensor*, const torch::Tensor&, const torch::Tensor&,
 bool FusedSwiGlu(const torch::Tensor&, const torch::Tensor&, torch::Tensor*) { return false; }
 bool FusedRopeLayout(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, const torch::Tensor&, int64_t, int64_t, int64_t,
-                     torch::Tensor*, torch::Tensor*, torch::Tensor*) {
+                     torch::Tensor*, torch::Tensor*, torch::Tensor*, const QkHeadNorm*) {
   return false;
 }
 

@@ -1,6 +1,7 @@
 // The decoder layer's elementwise work in three kernels (fused_layer_kernel.h): the residual add
-// with the RMSNorm that follows it, SwiGLU's silu(gate) * up, and RoPE of q and k written
-// straight into the [B, H, T, D] layout attention reads (v copied into its layout alongside).
+// with the RMSNorm that follows it, SwiGLU's silu(gate) * up, and RoPE of q and k (after their
+// per-head RMSNorm, where the family has one) written straight into the [B, H, T, D] layout
+// attention reads (v copied into its layout alongside).
 // libtorch runs each as several kernels with fp32 temporaries in global memory; here every
 // element is read and written once.
 //
@@ -69,7 +70,8 @@ __global__ void RmsNormKernel(RmsNormArgs a) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const float s = ToF(xv.v[j]) * r;
-      yv.v[j] = a.gemma ? FromF<T>(s * (1.0f + ToF(wv.v[j]))) : FromF<T>(ToF(wv.v[j]) * Round<T>(s));
+      yv.v[j] =
+          a.gemma ? FromF<T>(s * (1.0f + ToF(wv.v[j]))) : FromF<T>(ToF(wv.v[j]) * Round<T>(s));
     }
     Store<T, N>(y + i * N, yv);
   }
@@ -98,7 +100,9 @@ __global__ void SwiGluKernel(SwiGluArgs a) {
   }
 }
 
-// One block per position (b, t).
+// One block per position (b, t). With the per-head norm (a.q_norm != null) the per_head threads
+// of one head are consecutive lanes of one warp (per_head a power of two <= 32, blockDim a
+// multiple of it) and every lane runs every iteration, so the shuffles see whole warps.
 template <typename T, int N>
 __global__ void RopeLayoutKernel(RopeLayoutArgs a) {
   const int64_t row = blockIdx.x;
@@ -107,21 +111,57 @@ __global__ void RopeLayoutKernel(RopeLayoutArgs a) {
   const T* cs = static_cast<const T*>(a.cos) + t * a.D;
   const T* sn = static_cast<const T*>(a.sin) + t * a.D;
   const int per_head = half / N;
-  for (int i = threadIdx.x; i < (a.H + a.Hkv) * per_head; i += blockDim.x) {
-    const int hh = i / per_head, d = (i - hh * per_head) * N;
+  const int total = (a.H + a.Hkv) * per_head;
+  const bool norm = a.q_norm != nullptr;
+  for (int base = 0; base < total; base += blockDim.x) {
+    const int i = base + threadIdx.x;
+    const bool active = i < total;
+    const int hh = active ? i / per_head : 0, d = active ? (i - hh * per_head) * N : 0;
     const bool is_q = hh < a.H;
     const int h = is_q ? hh : hh - a.H;
     const T* src = is_q ? static_cast<const T*>(a.q) + row * a.q_stride + h * a.D
                         : static_cast<const T*>(a.k) + row * a.k_stride + h * a.D;
+    float f1[N], f2[N];
+    if (active) {
+      const Pack<T, N> x1 = Load<T, N>(src + d), x2 = Load<T, N>(src + d + half);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        f1[j] = ToF(x1.v[j]);
+        f2[j] = ToF(x2.v[j]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) f1[j] = f2[j] = 0.f;
+    }
+    if (norm) {
+      float ss = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; ++j) ss += __fmul_rn(f1[j], f1[j]) + __fmul_rn(f2[j], f2[j]);
+      for (int o = per_head / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      const float r = rsqrtf(ss * (1.0f / static_cast<float>(a.D)) + a.norm_eps);
+      if (active) {
+        const T* w = static_cast<const T*>(is_q ? a.q_norm : a.k_norm);
+        const Pack<T, N> w1 = Load<T, N>(w + d), w2 = Load<T, N>(w + d + half);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const float s1 = f1[j] * r, s2 = f2[j] * r;
+          // As the RMSNorm kernel: Gemma's one rounding, Llama's normalized value then * w.
+          f1[j] = a.norm_gemma ? Round<T>(s1 * (1.0f + ToF(w1.v[j])))
+                               : Round<T>(ToF(w1.v[j]) * Round<T>(s1));
+          f2[j] = a.norm_gemma ? Round<T>(s2 * (1.0f + ToF(w2.v[j])))
+                               : Round<T>(ToF(w2.v[j]) * Round<T>(s2));
+        }
+      }
+    }
+    if (!active) continue;
     T* dst = is_q ? static_cast<T*>(a.q_out) + ((b * a.H + h) * a.T + t) * a.D
                   : static_cast<T*>(a.k_out) + ((b * a.Hkv + h) * a.T + t) * a.D;
-    const Pack<T, N> x1 = Load<T, N>(src + d), x2 = Load<T, N>(src + d + half);
     const Pack<T, N> c1 = Load<T, N>(cs + d), c2 = Load<T, N>(cs + d + half);
     const Pack<T, N> s1 = Load<T, N>(sn + d), s2 = Load<T, N>(sn + d + half);
     Pack<T, N> o1, o2;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float a1 = ToF(x1.v[j]), a2 = ToF(x2.v[j]);
+      const float a1 = f1[j], a2 = f2[j];
       // rotate_half(x) = cat(-x2, x1).
       o1.v[j] = FromF<T>(Round<T>(a1 * ToF(c1.v[j])) + Round<T>(-a2 * ToF(s1.v[j])));
       o2.v[j] = FromF<T>(Round<T>(a2 * ToF(c2.v[j])) + Round<T>(a1 * ToF(s2.v[j])));
@@ -155,7 +195,8 @@ cudaError_t RmsNormTyped(const RmsNormArgs& a, cudaStream_t stream) {
   const bool v8 = Aligned(8, 2, {a.x, a.residual, a.w, a.y},
                           {a.cols, a.x_stride, a.residual == nullptr ? 0 : a.residual_stride});
   const int64_t units = v8 ? a.cols / 8 : a.cols;
-  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (units + 31) / 32 * 32)));
+  const int threads =
+      static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (units + 31) / 32 * 32)));
   if (v8) {
     RmsNormKernel<T, 8><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
   } else {
@@ -184,13 +225,23 @@ cudaError_t RopeLayoutTyped(const RopeLayoutArgs& a, cudaStream_t stream) {
     return Aligned(n, 2, {a.q, a.k, a.v, a.cos, a.sin, a.q_out, a.k_out, a.v_out},
                    {half, a.q_stride, a.k_stride, a.v_stride});
   };
+  // With the norm: a head's per_head = half / n threads must be a power of two <= 32.
+  auto usable = [&](int n) {
+    if (!fits(n)) return false;
+    if (a.q_norm == nullptr) return true;
+    const int per_head = half / n;
+    return per_head <= 32 && (per_head & (per_head - 1)) == 0 &&
+           Aligned(n, 2, {a.q_norm, a.k_norm}, {});
+  };
   const unsigned blocks = static_cast<unsigned>(a.B * a.T);
-  if (fits(8)) {
+  if (usable(8)) {
     RopeLayoutKernel<T, 8><<<blocks, 256, 0, stream>>>(a);
-  } else if (fits(2)) {
+  } else if (usable(2)) {
     RopeLayoutKernel<T, 2><<<blocks, 256, 0, stream>>>(a);
-  } else {
+  } else if (usable(1)) {
     RopeLayoutKernel<T, 1><<<blocks, 256, 0, stream>>>(a);
+  } else {
+    return cudaErrorNotSupported;
   }
   return cudaGetLastError();
 }

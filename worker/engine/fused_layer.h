@@ -1,5 +1,6 @@
 // The decoder layer's elementwise work fused on the GPU (fused_layer.cu): the residual add with
-// the RMSNorm after it, SwiGLU, and RoPE written straight into attention's [B, H, T, D] layout.
+// the RMSNorm after it, SwiGLU, and RoPE (after the per-head q/k norm where a family has one)
+// written straight into attention's [B, H, T, D] layout.
 // Model::Forward uses them in bf16/fp16 on CUDA; everywhere else (the CPU, fp32, a build without
 // CUDA, or switched off) it runs the libtorch ops they replace. Each result is those ops' bit for
 // bit apart from the RMS statistic's fp32 summation order. (The projections stacked with them,
@@ -36,10 +37,20 @@ bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tens
 // q [B, T, H*D], k and v [B, T, Hkv*D] (last dimension contiguous, rows evenly strided: slices
 // of one fused projection, or three tensors) -> *q_out and *k_out rotated by the rotate-half
 // RoPE whose tables cos, sin ([>= T, D], contiguous) hold position t in row t, and *v_out v, each
-// new contiguous [B, Hx, T, D]. False where the kernel does not apply.
+// new contiguous [B, Hx, T, D]. With `norm`, each head's q and k are first RMS-normalized over
+// their D values (RmsNorm or, with norm->gemma, GemmaRmsNorm with weight [D]: Qwen3's and Gemma
+// 3's per-head norms) and the rounded result rotated, as the libtorch ops in that order give it
+// apart from the statistic's summation order. False, with nothing written, where the kernel does
+// not apply.
+struct QkHeadNorm {
+  torch::Tensor q_w, k_w;  // [D]
+  double eps = 1e-6;
+  bool gemma = false;
+};
 bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,
-                     int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out);
+                     int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out,
+                     const QkHeadNorm* norm = nullptr);
 
 }  // namespace kvsweep::engine
 

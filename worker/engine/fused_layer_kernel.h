@@ -50,6 +50,12 @@ cudaError_t LaunchSwiGlu(const SwiGluArgs& a, cudaStream_t stream);
 // rotated by transformers' rotate-half RoPE at position t,
 //   out = round(round(x * cos[t]) + round(rotate_half(x) * sin[t])),
 // v copied. cos, sin: [>= T, D] contiguous tables in the storage dtype.
+// q_norm != null: each head's row of q and of k is first normalized over its D values with
+// weight q_norm / k_norm ([D], the storage dtype), as RmsNormArgs says (norm_gemma picks the
+// formula), and the rounded result rotated (Qwen3's and Gemma 3's per-head q/k norms). Then the
+// kernel needs D / 2 / (elements per thread) to be a power of two <= 32 (one warp's lanes hold
+// a head); where no vector width gives that it returns cudaErrorNotSupported, having launched
+// nothing.
 struct RopeLayoutArgs {
   const void* q;
   const void* k;
@@ -63,6 +69,10 @@ struct RopeLayoutArgs {
   int64_t B, T;
   int H, Hkv, D;
   int dtype;
+  const void* q_norm;  // null: no norm
+  const void* k_norm;
+  float norm_eps;
+  int norm_gemma;
 };
 cudaError_t LaunchRopeLayout(const RopeLayoutArgs& a, cudaStream_t stream);
 

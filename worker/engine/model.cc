@@ -538,9 +538,11 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   const bool rope_pre = codec != nullptr && codec->keys_pre_rope();
   const bool gpt2 = c.arch == Arch::kGpt2;
   // CUDA in half precision, the fused layer kernels (fused_layer.h): a block's output joins the
-  // residual stream in the kernel of the norm after it (`pending` until then), the stacked
-  // projections are one matrix product each, and RoPE writes attention's layout directly.
-  const bool fused = FusedLayerApplies(x) && !gpt2 && !c.norms_after;
+  // residual stream in the kernel of the norm after it (`pending` until then; not where the norms
+  // come after the blocks, OLMo 2's order), the stacked projections are one matrix product each,
+  // and RoPE (after a per-head q/k norm) writes attention's layout directly.
+  const bool fused = FusedLayerApplies(x) && !gpt2;
+  const bool defer_residual = fused && !c.norms_after;
   Tensor pending;
   // x += pending, then the RMSNorm of x with weight w.
   auto add_norm = [&](const Tensor& w) -> Tensor {
@@ -554,7 +556,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     return rms(x, w);
   };
   auto add = [&](const Tensor& delta) {
-    if (fused) {
+    if (defer_residual) {
       pending = delta;
     } else {
       x = x + delta;
@@ -570,18 +572,27 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                : c.norms_after ? x
                                : add_norm(w.norm1_w);
     Tensor q, k, v;
-    const bool fused_rope = fused && w.w_qkv.defined() && c.qk_norm == QkNorm::kNone &&
-                            c.uses_rope() && !c.rope_interleaved && !rope_pre;
+    const bool fused_rope =
+        fused && w.w_qkv.defined() && c.uses_rope() && !c.rope_interleaved && !rope_pre;
     bool laid_out = false;
     if (fused_rope) {
       const Tensor p = torch::linear(h, w.w_qkv, w.b_qkv);  // [B, T, (H + 2 Hkv) D]
+      Tensor pq = p.slice(-1, 0, H * D), pk = p.slice(-1, H * D, (H + Hkv) * D);
+      QkHeadNorm head_norm;
+      const QkHeadNorm* norm = nullptr;
+      if (c.qk_norm == QkNorm::kAllHeads) {  // OLMo 2: one norm over all heads, libtorch's
+        pq = rms(pq, w.q_norm);
+        pk = rms(pk, w.k_norm);
+      } else if (c.qk_norm == QkNorm::kPerHead) {  // in the kernel
+        head_norm = {w.q_norm, w.k_norm, c.norm_eps, c.gemma};
+        norm = &head_norm;
+      }
       const int table = rope_table_[l];
       // .to: a no-op but on a pipeline's later devices (the T rows used, not the whole table).
-      laid_out =
-          FusedRopeLayout(p.slice(-1, 0, H * D), p.slice(-1, H * D, (H + Hkv) * D),
-                          p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
-                          rope_cos_[table].slice(0, 0, T).to(p.device()),
-                          rope_sin_[table].slice(0, 0, T).to(p.device()), H, Hkv, D, &q, &k, &v);
+      laid_out = FusedRopeLayout(pq, pk, p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
+                                 rope_cos_[table].slice(0, 0, T).to(p.device()),
+                                 rope_sin_[table].slice(0, 0, T).to(p.device()), H, Hkv, D, &q, &k,
+                                 &v, norm);
     }
     if (!laid_out) {
       q = torch::linear(h, w.wq, w.bq);
@@ -592,7 +603,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       }
       q = q.view({B, T, H, D});
       k = k.view({B, T, Hkv, D});
-      if (c.qk_norm == QkNorm::kPerHead) {  // gemma3: Gemma's (1 + w) norm
+      if (c.qk_norm == QkNorm::kPerHead) {  // qwen3; gemma3 with Gemma's (1 + w) norm
         q = rms(q, w.q_norm);
         k = rms(k, w.k_norm);
       }
