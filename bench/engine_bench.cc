@@ -266,10 +266,11 @@ double CudaMicros(const std::function<void()>& f, int reps) {
 
 // The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
 // they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise (RoPE after
-// a per-head q/k norm within the bound derived below); the add + RMSNorm's sum bitwise, its output
-// within what a last-bit difference of the fp32 statistic (summed in another order) can move it:
-// one unit in the last place for Gemma's norm (one rounding), two for Llama's (the normalized value
-// is rounded, then its product with w). Returns the number of failed cases.
+// a per-head q/k norm, and the norm added after a block, within the bounds derived below); the
+// add + RMSNorm's sum bitwise, its output within what a last-bit difference of the fp32
+// statistic (summed in another order) can move it: one unit in the last place for Gemma's norm
+// (one rounding), two for Llama's (the normalized value is rounded, then its product with w).
+// Returns the number of failed cases.
 int CheckLayerKernels(torch::Device dev) {
   if (!dev.is_cuda()) {
     std::printf("layer kernels: CUDA only (none on %s)\n", dev.str().c_str());
@@ -317,6 +318,36 @@ int CheckLayerKernels(torch::Device dev) {
           DtypeName(dt), gemma ? "gemma" : "llama", static_cast<long long>(B * T),
           static_cast<long long>(Hd), bad_s, diff_y, static_cast<long long>(y_ref.numel()), units,
           far_y, t_got, t_ref, t_ref / t_got);
+    }
+    {
+      // The norm after a block, added to the residual stream (OLMo 2): the normalized output
+      // within two units in its last place as above, then one rounding of the sum:
+      // |got - ref| <= 2 ulp |RMSNorm(d)| + ulp |ref|.
+      const torch::Tensor x0 = torch::randn({B, T, Hd}, o).to(dt);
+      const torch::Tensor d = torch::randn({B, T, Hd}, o).to(dt);
+      const torch::Tensor w = (torch::randn({Hd}, o) * 0.1 + 1.0).to(dt);
+      torch::Tensor ref, y;
+      const double t_ref = timed([&] {
+        y = RmsNorm(d, w, 1e-6);
+        ref = x0 + y;
+      });
+      torch::Tensor scratch = x0.clone(), got = x0.clone();
+      bool applied = true;
+      const double t_got =
+          timed([&] { applied = applied && FusedRmsNormAdd(&scratch, d, w, 1e-6); });
+      applied = applied && FusedRmsNormAdd(&got, d, w, 1e-6);
+      long long diff = -1, far = -1;
+      if (applied) {
+        const torch::Tensor rf = ref.to(torch::kFloat32), gf = got.to(torch::kFloat32);
+        diff = count(ref.ne(got));
+        far = count((gf - rf).abs() > y.to(torch::kFloat32).abs() * (2 * ulp) + rf.abs() * ulp);
+      }
+      failures += far != 0;
+      std::printf(
+          "rmsnorm+add %-5s [%lld, %lld] (norm after the block): differs at %lld (beyond the "
+          "bound: %lld)  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
+          DtypeName(dt), static_cast<long long>(B * T), static_cast<long long>(Hd), diff, far,
+          t_got, t_ref, t_ref / t_got);
     }
     {
       const torch::Tensor gu = (torch::randn({B, T, 2 * I}, o) * 2).to(dt);

@@ -91,6 +91,34 @@ bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torc
   return true;
 }
 
+bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::Tensor& w,
+                     double eps) {
+  int64_t ds = 0;
+  if (!FusedLayerApplies(*x) || x->dim() < 2 || !x->is_contiguous() || !Like(delta, *x) ||
+      delta.sizes() != x->sizes() || !RowStride(delta, &ds)) {
+    return false;
+  }
+  const int64_t cols = x->size(-1);
+  if (cols == 0 || !Like(w, *x) || w.dim() != 1 || w.size(0) != cols || !w.is_contiguous()) {
+    return false;
+  }
+  if (x->numel() / cols > kMaxBlocks) return false;  // one block per row
+  RmsNormArgs a{};
+  a.x = const_cast<void*>(delta.data_ptr());  // read only: no residual to add into it
+  a.x_stride = ds;
+  a.w = w.data_ptr();
+  a.add_to = x->data_ptr();
+  a.add_to_stride = cols;
+  a.rows = x->numel() / cols;
+  a.cols = cols;
+  a.eps = static_cast<float>(eps);
+  a.dtype = KernelDtype(x->scalar_type());
+  c10::cuda::CUDAGuard guard(x->device());
+  const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "fused RMSNorm + add kernel: ", cudaGetErrorString(e));
+  return true;
+}
+
 bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tensor* out) {
   int64_t gs = 0, us = 0;
   if (!FusedLayerApplies(gate) || !Like(up, gate) || up.sizes() != gate.sizes() ||
@@ -177,6 +205,9 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
 
 bool FusedAddRmsNorm(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double, bool,
                      torch::Tensor*) {
+  return false;
+}
+bool FusedRmsNormAdd(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double) {
   return false;
 }
 bool FusedSwiGlu(const torch::Tensor&, const torch::Tensor&, torch::Tensor*) { return false; }

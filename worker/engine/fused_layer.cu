@@ -8,7 +8,8 @@
 // Rounding: each value is computed in fp32 and rounded to the storage dtype (round to nearest
 // even, as c10::BFloat16 / c10::Half convert) exactly where the libtorch op sequence produces a
 // tensor of that dtype: x + r; w * (s * rsqrt(..)).to(dtype) (Llama) or (s * rsqrt(..) * (1 +
-// w)).to(dtype) (Gemma); silu(g) then * up; x * cos, rotate_half(x) * sin, then their sum. The
+// w)).to(dtype) (Gemma), and its sum with the residual stream where the norm follows a block;
+// silu(g) then * up; x * cos, rotate_half(x) * sin, then their sum. The
 // one difference is the RMS statistic: an fp32 sum over the row in this kernel's order, not
 // libtorch's reduction order.
 #include <cuda_bf16.h>
@@ -44,7 +45,8 @@ __global__ void RmsNormKernel(RmsNormArgs a) {
   const T* res =
       a.residual == nullptr ? nullptr : static_cast<const T*>(a.residual) + row * a.residual_stride;
   const T* w = static_cast<const T*>(a.w);
-  T* y = static_cast<T*>(a.y) + row * a.cols;
+  T* y = a.add_to != nullptr ? static_cast<T*>(a.add_to) + row * a.add_to_stride
+                             : static_cast<T*>(a.y) + row * a.cols;
   const int n = static_cast<int>(a.cols / N);
   float ss = 0.f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -72,6 +74,11 @@ __global__ void RmsNormKernel(RmsNormArgs a) {
       const float s = ToF(xv.v[j]) * r;
       yv.v[j] =
           a.gemma ? FromF<T>(s * (1.0f + ToF(wv.v[j]))) : FromF<T>(ToF(wv.v[j]) * Round<T>(s));
+    }
+    if (a.add_to != nullptr) {
+      const Pack<T, N> base = Load<T, N>(y + i * N);
+#pragma unroll
+      for (int j = 0; j < N; ++j) yv.v[j] = FromF<T>(ToF(base.v[j]) + ToF(yv.v[j]));
     }
     Store<T, N>(y + i * N, yv);
   }
@@ -192,8 +199,9 @@ bool Aligned(int n, int bytes, std::initializer_list<const void*> ptrs,
 
 template <typename T>
 cudaError_t RmsNormTyped(const RmsNormArgs& a, cudaStream_t stream) {
-  const bool v8 = Aligned(8, 2, {a.x, a.residual, a.w, a.y},
-                          {a.cols, a.x_stride, a.residual == nullptr ? 0 : a.residual_stride});
+  const bool v8 = Aligned(8, 2, {a.x, a.residual, a.w, a.y, a.add_to},
+                          {a.cols, a.x_stride, a.residual == nullptr ? 0 : a.residual_stride,
+                           a.add_to == nullptr ? 0 : a.add_to_stride});
   const int64_t units = v8 ? a.cols / 8 : a.cols;
   const int threads =
       static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (units + 31) / 32 * 32)));
@@ -250,6 +258,7 @@ cudaError_t RopeLayoutTyped(const RopeLayoutArgs& a, cudaStream_t stream) {
 
 cudaError_t LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
   if (a.rows == 0 || a.cols == 0) return cudaSuccess;
+  if (a.add_to != nullptr && a.residual != nullptr) return cudaErrorInvalidValue;
   if (a.rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (a.dtype == kLayerBf16) return RmsNormTyped<__nv_bfloat16>(a, stream);
   if (a.dtype == kLayerFp16) return RmsNormTyped<__half>(a, stream);

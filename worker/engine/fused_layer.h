@@ -29,6 +29,12 @@ bool FusedLayerApplies(const torch::Tensor& like);
 bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torch::Tensor& w,
                      double eps, bool gemma, torch::Tensor* y);
 
+// *x += RMSNorm(delta) with weight w (Llama's norm), in place: the norm after a block, OLMo 2's
+// order. x contiguous; delta x's shape with rows evenly strided and a contiguous last dimension;
+// w [x.size(-1)]. False, with nothing written, where the kernel does not apply.
+bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::Tensor& w,
+                     double eps);
+
 // *out = silu(gate) * up, new contiguous; gate and up [rows, cols] in their last two dimensions
 // with a contiguous last one (e.g. the two halves of one fused projection). False where the
 // kernel does not apply.

@@ -18,7 +18,9 @@ enum LayerKernelDtype : int { kLayerBf16 = 0, kLayerFp16 = 1 };
 //   residual != null: s = x + residual (rounded), written to x in place; otherwise s = x.
 //   gemma = 0: y = w * round(s * rsqrt(mean(s^2) + eps))   (transformers' LlamaRMSNorm)
 //   gemma = 1: y = round(s * rsqrt(mean(s^2) + eps) * (1 + w))   (GemmaRMSNorm)
-// y is written contiguous [rows, cols].
+// y is written contiguous [rows, cols]; or, with add_to != null (and residual null: the norm
+// after a block, OLMo 2's order), not written but added: add_to = round(add_to + y) in place,
+// as x + RMSNorm(block output) gives it (add_to's rows at its own stride).
 struct RmsNormArgs {
   void* x;
   int64_t x_stride;
@@ -26,6 +28,8 @@ struct RmsNormArgs {
   int64_t residual_stride;
   const void* w;  // [cols], the storage dtype
   void* y;
+  void* add_to;
+  int64_t add_to_stride;
   int64_t rows, cols;
   float eps;
   int gemma;

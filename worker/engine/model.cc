@@ -562,6 +562,11 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       x = x + delta;
     }
   };
+  // x += RMSNorm(delta) with weight w: the norm after a block (OLMo 2).
+  auto add_normed = [&](const Tensor& delta, const Tensor& w) {
+    if (!(fused && FusedRmsNormAdd(&x, delta, w, c.norm_eps)))
+      x = x + RmsNorm(delta, w, c.norm_eps);
+  };
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
@@ -628,7 +633,11 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     Tensor attn = Attend(q, kv, allowed(window), window, scale, c.attn_softcap);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
     Tensor o = torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
-    add(c.norms_after ? RmsNorm(o, w.norm1_w, c.norm_eps) : c.gemma ? rms(o, w.post_attn_norm) : o);
+    if (c.norms_after) {
+      add_normed(o, w.norm1_w);
+    } else {
+      add(c.gemma ? rms(o, w.post_attn_norm) : o);
+    }
 
     // MLP block.
     h = gpt2            ? LayerNorm(x, w.norm2_w, w.norm2_b, c.norm_eps)
@@ -656,7 +665,11 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       }
       m = torch::linear(act, w.w_down, w.b_down);
     }
-    add(c.norms_after ? RmsNorm(m, w.norm2_w, c.norm_eps) : c.gemma ? rms(m, w.post_ffn_norm) : m);
+    if (c.norms_after) {
+      add_normed(m, w.norm2_w);
+    } else {
+      add(c.gemma ? rms(m, w.post_ffn_norm) : m);
+    }
   }
   return (gpt2 ? LayerNorm(x, final_w_, final_b_, c.norm_eps) : add_norm(final_w_))
       .to(lm_head_.device());
