@@ -264,13 +264,21 @@ double CudaMicros(const std::function<void()>& f, int reps) {
   return (Now() - t0) / reps * 1e6;
 }
 
+const char* StyleName(RmsNormStyle style) {
+  return style == kRmsGemma ? "gemma" : style == kRmsOlmo2 ? "olmo2" : "llama";
+}
+
+// Units in the last place a last-bit difference of the RMS statistic can move a norm's output:
+// one per rounding of a value that carries it (Llama's rounds the normalized value, then its
+// product with w; Gemma's and OLMo 2's round once).
+int NormUnits(RmsNormStyle style) { return style == kRmsLlama ? 2 : 1; }
+
 // The layer's fused elementwise kernels (worker/engine/fused_layer.h) against the libtorch ops
 // they replace, on random operands at the 7B layer's widths: SwiGLU and RoPE bitwise (RoPE after
 // a per-head q/k norm, and the norm added after a block, within the bounds derived below); the
 // add + RMSNorm's sum bitwise, its output within what a last-bit difference of the fp32
-// statistic (summed in another order) can move it: one unit in the last place for Gemma's norm
-// (one rounding), two for Llama's (the normalized value is rounded, then its product with w).
-// Returns the number of failed cases.
+// statistic (summed in another order) can move it (NormUnits). Returns the number of failed
+// cases.
 int CheckLayerKernels(torch::Device dev) {
   if (!dev.is_cuda()) {
     std::printf("layer kernels: CUDA only (none on %s)\n", dev.str().c_str());
@@ -284,70 +292,78 @@ int CheckLayerKernels(torch::Device dev) {
   const auto o = torch::TensorOptions().device(dev);
   const int64_t B = 4, T = 1024, Hd = 4096, I = 2048, H = 32, Hkv = 8, D = 128;
   for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
-    // Spacing of representable values relative to the value, at most: 2^-7 (bf16), 2^-10 (fp16).
+    // Spacing of representable values relative to the value, at most: 2^-7 (bf16), 2^-10 (fp16);
+    // below the normal range the spacing is absolute: fp16's subnormal step 2^-24 (bf16's, at
+    // 1e-38, is below any value here).
     const double ulp = dt == torch::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
-    for (bool gemma : {false, true}) {
+    const double tiny = dt == torch::kFloat16 ? std::ldexp(1.0, -24) : 0.0;
+    for (RmsNormStyle style : {kRmsLlama, kRmsGemma, kRmsOlmo2}) {
       const torch::Tensor x0 = torch::randn({B, T, Hd}, o).to(dt);
       const torch::Tensor r = torch::randn({B, T, Hd}, o).to(dt);
-      const torch::Tensor w = (torch::randn({Hd}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
+      const torch::Tensor w =
+          (torch::randn({Hd}, o) * 0.1 + (style == kRmsGemma ? 0.0 : 1.0)).to(dt);
       const double eps = 1e-6;
       torch::Tensor s_ref, y_ref, s_got, y_got;
       const double t_ref = timed([&] {
         s_ref = x0 + r;
-        y_ref = gemma ? GemmaRmsNorm(s_ref, w, eps) : RmsNorm(s_ref, w, eps);
+        y_ref = RmsNormOf(style, s_ref, w, eps);
       });
       torch::Tensor scratch = x0.clone(), y_scratch;
       bool applied = true;
       const double t_got = timed(
-          [&] { applied = applied && FusedAddRmsNorm(&scratch, r, w, eps, gemma, &y_scratch); });
+          [&] { applied = applied && FusedAddRmsNorm(&scratch, r, w, eps, style, &y_scratch); });
       s_got = x0.clone();
-      applied = applied && FusedAddRmsNorm(&s_got, r, w, eps, gemma, &y_got);
+      applied = applied && FusedAddRmsNorm(&s_got, r, w, eps, style, &y_got);
       if (!applied) {
-        std::printf("add+rmsnorm %-5s: the kernel did not apply\n", DtypeName(dt));
+        std::printf("add+rmsnorm %-5s %s: the kernel did not apply\n", DtypeName(dt),
+                    StyleName(style));
         ++failures;
         continue;
       }
       const torch::Tensor yr = y_ref.to(torch::kFloat32), yg = y_got.to(torch::kFloat32);
       const long long bad_s = count(s_ref.ne(s_got)), diff_y = count(y_ref.ne(y_got));
-      const int units = gemma ? 1 : 2;
-      const long long far_y = count((yg - yr).abs() > yr.abs() * (units * ulp));
+      const int units = NormUnits(style);
+      const long long far_y = count((yg - yr).abs() > yr.abs() * (units * ulp) + tiny);
       failures += bad_s != 0 || far_y != 0;
       std::printf(
           "add+rmsnorm %-5s %-5s [%lld, %lld]: sum mismatch %lld; output differs at %lld of %lld "
           "(beyond %d unit(s) in the last place: %lld)  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
-          DtypeName(dt), gemma ? "gemma" : "llama", static_cast<long long>(B * T),
+          DtypeName(dt), StyleName(style), static_cast<long long>(B * T),
           static_cast<long long>(Hd), bad_s, diff_y, static_cast<long long>(y_ref.numel()), units,
           far_y, t_got, t_ref, t_ref / t_got);
     }
-    {
-      // The norm after a block, added to the residual stream (OLMo 2): the normalized output
-      // within two units in its last place as above, then one rounding of the sum:
-      // |got - ref| <= 2 ulp |RMSNorm(d)| + ulp |ref|.
+    for (RmsNormStyle style : {kRmsOlmo2, kRmsLlama}) {
+      // The norm after a block, added to the residual stream (OLMo 2's order), from every other
+      // row of a wider tensor (a strided delta): the normalized output within `units` in its
+      // last place as above, then one rounding of the sum:
+      // |got - ref| <= units ulp |RMSNorm(d)| + ulp |ref|.
       const torch::Tensor x0 = torch::randn({B, T, Hd}, o).to(dt);
-      const torch::Tensor d = torch::randn({B, T, Hd}, o).to(dt);
+      const torch::Tensor d = torch::randn({B, T, 2 * Hd}, o).to(dt).slice(-1, Hd, 2 * Hd);
       const torch::Tensor w = (torch::randn({Hd}, o) * 0.1 + 1.0).to(dt);
       torch::Tensor ref, y;
       const double t_ref = timed([&] {
-        y = RmsNorm(d, w, 1e-6);
+        y = RmsNormOf(style, d, w, 1e-6);
         ref = x0 + y;
       });
       torch::Tensor scratch = x0.clone(), got = x0.clone();
       bool applied = true;
       const double t_got =
-          timed([&] { applied = applied && FusedRmsNormAdd(&scratch, d, w, 1e-6); });
-      applied = applied && FusedRmsNormAdd(&got, d, w, 1e-6);
+          timed([&] { applied = applied && FusedRmsNormAdd(&scratch, d, w, 1e-6, style); });
+      applied = applied && FusedRmsNormAdd(&got, d, w, 1e-6, style);
       long long diff = -1, far = -1;
+      const int units = NormUnits(style);
       if (applied) {
         const torch::Tensor rf = ref.to(torch::kFloat32), gf = got.to(torch::kFloat32);
         diff = count(ref.ne(got));
-        far = count((gf - rf).abs() > y.to(torch::kFloat32).abs() * (2 * ulp) + rf.abs() * ulp);
+        far = count((gf - rf).abs() >
+                    y.to(torch::kFloat32).abs() * (units * ulp) + rf.abs() * ulp + tiny);
       }
       failures += far != 0;
       std::printf(
-          "rmsnorm+add %-5s [%lld, %lld] (norm after the block): differs at %lld (beyond the "
-          "bound: %lld)  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
-          DtypeName(dt), static_cast<long long>(B * T), static_cast<long long>(Hd), diff, far,
-          t_got, t_ref, t_ref / t_got);
+          "rmsnorm+add %-5s %-5s [%lld, %lld] (norm after the block, strided): differs at %lld "
+          "(beyond the bound: %lld)  %8.1f us vs libtorch %8.1f us (%.2fx)\n",
+          DtypeName(dt), StyleName(style), static_cast<long long>(B * T),
+          static_cast<long long>(Hd), diff, far, t_got, t_ref, t_ref / t_got);
     }
     {
       const torch::Tensor gu = (torch::randn({B, T, 2 * I}, o) * 2).to(dt);
@@ -365,13 +381,25 @@ int CheckLayerKernels(torch::Device dev) {
           t_ref, t_ref / t_got);
     }
     // RoPE + layout: plain (bitwise), and after the per-head q/k norm of Qwen3 (Llama's norm,
-    // D = 128) and Gemma 3 (Gemma's, D = 256), whose statistic's summation order may move the
-    // normalized value by `units` in the last place as above; the rotation's two products then
-    // move by at most units + 1 of their own last place and the sum's rounding by one more:
+    // D = 128; and D = 64 with weights not 4-byte aligned: one element per thread) and Gemma 3
+    // (Gemma's, D = 256), whose statistic's summation order may move the normalized value by
+    // `units` in the last place as above; the rotation's two products then move by at most
+    // units + 1 of their own last place and the sum's rounding by one more:
     // |got - ref| <= (units + 1) ulp (|n1 cos| + |n2 sin|) + ulp |ref|, checked per element.
-    for (int mode = 0; mode < 3; ++mode) {
-      const int64_t Dm = mode == 2 ? 256 : D;
-      const bool gemma = mode == 2;
+    // Last, a case the kernel must refuse (D = 256 one element per thread: a head's 128 threads
+    // span several warps): false, and the libtorch path runs.
+    struct RopeCase {
+      bool norm;
+      RmsNormStyle style;
+      int64_t D;
+      bool unaligned_w;
+      bool applies;
+    };
+    for (const RopeCase& rc :
+         {RopeCase{false, kRmsLlama, D, false, true}, RopeCase{true, kRmsLlama, D, false, true},
+          RopeCase{true, kRmsGemma, 256, false, true}, RopeCase{true, kRmsLlama, 64, true, true},
+          RopeCase{true, kRmsLlama, 256, true, false}}) {
+      const int64_t Dm = rc.D;
       const torch::Tensor p = torch::randn({B, T, (H + 2 * Hkv) * Dm}, o).to(dt);
       const torch::Tensor inv =
           1.0 / torch::pow(10000.0f, torch::arange(0, Dm, 2, o.dtype(torch::kFloat32)) / Dm);
@@ -380,16 +408,22 @@ int CheckLayerKernels(torch::Device dev) {
       const torch::Tensor cos = angles.cos().to(dt), sin = angles.sin().to(dt);
       const torch::Tensor q = p.slice(-1, 0, H * Dm), k = p.slice(-1, H * Dm, (H + Hkv) * Dm),
                           v = p.slice(-1, (H + Hkv) * Dm, (H + 2 * Hkv) * Dm);
+      auto weight = [&] {
+        const int64_t off = rc.unaligned_w ? 1 : 0;
+        return (torch::randn({Dm + off}, o) * 0.1 + (rc.style == kRmsGemma ? 0.0 : 1.0))
+            .to(dt)
+            .slice(0, off, Dm + off);
+      };
       QkHeadNorm hn;
-      hn.q_w = (torch::randn({Dm}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
-      hn.k_w = (torch::randn({Dm}, o) * 0.1 + (gemma ? 0.0 : 1.0)).to(dt);
+      hn.q_w = weight();
+      hn.k_w = weight();
       hn.eps = 1e-6;
-      hn.gemma = gemma;
-      const QkHeadNorm* norm = mode == 0 ? nullptr : &hn;
+      hn.style = rc.style;
+      const QkHeadNorm* norm = rc.norm ? &hn : nullptr;
       const torch::Tensor c = cos.slice(0, 0, T), sn = sin.slice(0, 0, T);
       auto normed = [&](const torch::Tensor& x2d, int64_t heads, const torch::Tensor& w) {
         torch::Tensor x = x2d.view({B, T, heads, Dm});
-        if (norm != nullptr) x = gemma ? GemmaRmsNorm(x, w, hn.eps) : RmsNorm(x, w, hn.eps);
+        if (norm != nullptr) x = RmsNormOf(rc.style, x, w, hn.eps);
         return x.transpose(1, 2);
       };
       auto rope = [&](const torch::Tensor& x) {
@@ -401,18 +435,33 @@ int CheckLayerKernels(torch::Device dev) {
         kr = rope(normed(k, Hkv, hn.k_w)).contiguous();
         vr = v.reshape({B, T, Hkv, Dm}).transpose(1, 2).contiguous();
       });
+      const char* what = !rc.norm                ? ""
+                         : rc.style == kRmsGemma ? "gemma q/k norm"
+                         : rc.unaligned_w        ? "llama q/k norm, weights unaligned"
+                                                 : "llama q/k norm";
+      if (!rc.applies) {
+        const bool applied = FusedRopeLayout(q, k, v, cos, sin, H, Hkv, Dm, &qg, &kg, &vg, norm);
+        failures += applied || qg.defined();
+        std::printf("rope+layout %-5s %s D=%lld: refused as it must (%s)\n", DtypeName(dt), what,
+                    static_cast<long long>(Dm),
+                    applied        ? "FAILED: it applied"
+                    : qg.defined() ? "FAILED: wrote"
+                                   : "ok");
+        continue;
+      }
       bool applied = true;
       const double t_got = timed([&] {
         applied = applied && FusedRopeLayout(q, k, v, cos, sin, H, Hkv, Dm, &qg, &kg, &vg, norm);
       });
       if (!applied) {
-        std::printf("rope+layout %-5s mode %d: the kernel did not apply\n", DtypeName(dt), mode);
+        std::printf("rope+layout %-5s %s D=%lld: the kernel did not apply\n", DtypeName(dt), what,
+                    static_cast<long long>(Dm));
         ++failures;
         continue;
       }
       const long long bad = count(qr.ne(qg)) + count(kr.ne(kg)) + count(vr.ne(vg));
       long long far = 0;
-      const int units = gemma ? 1 : 2;
+      const int units = NormUnits(rc.style);
       if (norm == nullptr) {
         far = bad;
       } else {
@@ -431,22 +480,18 @@ int CheckLayerKernels(torch::Device dev) {
               -1);
           const torch::Tensor ref = (which == 0 ? qr : kr).to(torch::kFloat32);
           const torch::Tensor got = (which == 0 ? qg : kg).to(torch::kFloat32);
-          far += count((got - ref).abs() > mag * ((units + 1) * ulp) + ref.abs() * ulp);
+          far += count((got - ref).abs() > mag * ((units + 1) * ulp) + ref.abs() * ulp + tiny);
         }
         far += count(vr.ne(vg));
       }
       failures += far != 0;
       std::printf(
-          "rope+layout %-5s %-12s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "
-          "differs at %lld (beyond the bound: %lld)  %8.1f us vs libtorch (with .contiguous()) "
-          "%8.1f us (%.2fx)\n",
-          DtypeName(dt),
-          mode == 0 ? ""
-          : gemma   ? "gemma q/k norm"
-                    : "llama q/k norm",
-          static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
-          static_cast<long long>(Hkv), static_cast<long long>(Dm), bad, far, t_got, t_ref,
-          t_ref / t_got);
+          "rope+layout %-5s %-33s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "
+          "differs at %lld of %lld (beyond the bound: %lld)  %8.1f us vs libtorch (with "
+          ".contiguous()) %8.1f us (%.2fx)\n",
+          DtypeName(dt), what, static_cast<long long>(B), static_cast<long long>(T),
+          static_cast<long long>(H), static_cast<long long>(Hkv), static_cast<long long>(Dm), bad,
+          static_cast<long long>(p.numel()), far, t_got, t_ref, t_ref / t_got);
     }
   }
   return failures;

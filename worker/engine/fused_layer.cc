@@ -61,7 +61,7 @@ bool Like(const torch::Tensor& t, const torch::Tensor& ref) {
 }  // namespace
 
 bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torch::Tensor& w,
-                     double eps, bool gemma, torch::Tensor* y) {
+                     double eps, RmsNormStyle style, torch::Tensor* y) {
   if (!FusedLayerApplies(*x) || x->dim() < 1 || !x->is_contiguous()) return false;
   const int64_t cols = x->size(-1);
   if (cols == 0 || !Like(w, *x) || w.dim() != 1 || w.size(0) != cols || !w.is_contiguous()) {
@@ -83,7 +83,7 @@ bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torc
   a.rows = x->numel() / cols;
   a.cols = cols;
   a.eps = static_cast<float>(eps);
-  a.gemma = gemma ? 1 : 0;
+  a.style = style;
   a.dtype = KernelDtype(x->scalar_type());
   c10::cuda::CUDAGuard guard(x->device());
   const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
@@ -92,7 +92,7 @@ bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torc
 }
 
 bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::Tensor& w,
-                     double eps) {
+                     double eps, RmsNormStyle style) {
   int64_t ds = 0;
   if (!FusedLayerApplies(*x) || x->dim() < 2 || !x->is_contiguous() || !Like(delta, *x) ||
       delta.sizes() != x->sizes() || !RowStride(delta, &ds)) {
@@ -112,6 +112,7 @@ bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::
   a.rows = x->numel() / cols;
   a.cols = cols;
   a.eps = static_cast<float>(eps);
+  a.style = style;
   a.dtype = KernelDtype(x->scalar_type());
   c10::cuda::CUDAGuard guard(x->device());
   const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
@@ -164,9 +165,6 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
       if (!Like(*w, q) || w->dim() != 1 || w->size(0) != D || !w->is_contiguous()) return false;
     }
   }
-  torch::Tensor qo = torch::empty({B, H, T, D}, q.options());
-  torch::Tensor ko = torch::empty({B, Hkv, T, D}, q.options());
-  torch::Tensor vo = torch::empty({B, Hkv, T, D}, q.options());
   RopeLayoutArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
@@ -176,9 +174,6 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
   a.v_stride = vs;
   a.cos = cos.data_ptr();
   a.sin = sin.data_ptr();
-  a.q_out = qo.data_ptr();
-  a.k_out = ko.data_ptr();
-  a.v_out = vo.data_ptr();
   a.B = B;
   a.T = T;
   a.H = static_cast<int>(H);
@@ -189,11 +184,18 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
     a.q_norm = norm->q_w.data_ptr();
     a.k_norm = norm->k_w.data_ptr();
     a.norm_eps = static_cast<float>(norm->eps);
-    a.norm_gemma = norm->gemma ? 1 : 0;
+    a.norm_style = norm->style;
   }
+  // Asked before the outputs exist (fresh allocations are aligned for every width).
+  if (RopeLayoutWidth(a) == 0) return false;
+  torch::Tensor qo = torch::empty({B, H, T, D}, q.options());
+  torch::Tensor ko = torch::empty({B, Hkv, T, D}, q.options());
+  torch::Tensor vo = torch::empty({B, Hkv, T, D}, q.options());
+  a.q_out = qo.data_ptr();
+  a.k_out = ko.data_ptr();
+  a.v_out = vo.data_ptr();
   c10::cuda::CUDAGuard guard(q.device());
   const cudaError_t e = LaunchRopeLayout(a, at::cuda::getCurrentCUDAStream());
-  if (e == cudaErrorNotSupported) return false;  // no vector width fits the norm's lanes
   TORCH_CHECK(e == cudaSuccess, "fused RoPE kernel: ", cudaGetErrorString(e));
   *q_out = std::move(qo);
   *k_out = std::move(ko);
@@ -203,11 +205,12 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
 
 #else
 
-bool FusedAddRmsNorm(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double, bool,
-                     torch::Tensor*) {
+bool FusedAddRmsNorm(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double,
+                     RmsNormStyle, torch::Tensor*) {
   return false;
 }
-bool FusedRmsNormAdd(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double) {
+bool FusedRmsNormAdd(torch::Tensor*, const torch::Tensor&, const torch::Tensor&, double,
+                     RmsNormStyle) {
   return false;
 }
 bool FusedSwiGlu(const torch::Tensor&, const torch::Tensor&, torch::Tensor*) { return false; }

@@ -7,11 +7,10 @@
 //
 // Rounding: each value is computed in fp32 and rounded to the storage dtype (round to nearest
 // even, as c10::BFloat16 / c10::Half convert) exactly where the libtorch op sequence produces a
-// tensor of that dtype: x + r; w * (s * rsqrt(..)).to(dtype) (Llama) or (s * rsqrt(..) * (1 +
-// w)).to(dtype) (Gemma), and its sum with the residual stream where the norm follows a block;
-// silu(g) then * up; x * cos, rotate_half(x) * sin, then their sum. The
-// one difference is the RMS statistic: an fp32 sum over the row in this kernel's order, not
-// libtorch's reduction order.
+// tensor of that dtype: x + r; the norm's output in its family's style (rms_norm_style.h), and
+// its sum with the residual stream where the norm follows a block; silu(g) then * up; x * cos,
+// rotate_half(x) * sin, then their sum. The one difference is the RMS statistic: an fp32 sum
+// over the row in this kernel's order, not libtorch's reduction order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -35,6 +34,21 @@ __device__ float BlockSum(float v) {
   v = lane < warps ? part[lane] : 0.f;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// r = rsqrt(mean + eps) from the row's sum of squares, with the mean and the sum rounded apart
+// as libtorch's ops round them (no fused multiply-add).
+__device__ __forceinline__ float RmsFactor(float sum_sq, int cols, float eps) {
+  return rsqrtf(__fadd_rn(__fmul_rn(sum_sq, 1.0f / static_cast<float>(cols)), eps));
+}
+
+// The normalized value s * r with weight w, rounded as the style's libtorch op rounds it
+// (rms_norm_style.h), back in fp32.
+template <typename T>
+__device__ __forceinline__ float NormOut(float sr, float w, int style) {
+  if (style == kRmsGemma) return Round<T>(sr * (1.0f + w));
+  if (style == kRmsOlmo2) return Round<T>(w * sr);
+  return Round<T>(w * Round<T>(sr));
 }
 
 // One block per row.
@@ -64,16 +78,14 @@ __global__ void RmsNormKernel(RmsNormArgs a) {
     }
   }
   // mean(s^2) as libtorch's mean: the sum times 1/cols.
-  const float r = rsqrtf(BlockSum(ss) * (1.0f / static_cast<float>(a.cols)) + a.eps);
+  const float r = RmsFactor(BlockSum(ss), static_cast<int>(a.cols), a.eps);
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const Pack<T, N> xv = Load<T, N>(x + i * N);  // this thread's own write, if any
     const Pack<T, N> wv = Load<T, N>(w + i * N);
     Pack<T, N> yv;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float s = ToF(xv.v[j]) * r;
-      yv.v[j] =
-          a.gemma ? FromF<T>(s * (1.0f + ToF(wv.v[j]))) : FromF<T>(ToF(wv.v[j]) * Round<T>(s));
+      yv.v[j] = FromF<T>(NormOut<T>(ToF(xv.v[j]) * r, ToF(wv.v[j]), a.style));
     }
     if (a.add_to != nullptr) {
       const Pack<T, N> base = Load<T, N>(y + i * N);
@@ -145,18 +157,14 @@ __global__ void RopeLayoutKernel(RopeLayoutArgs a) {
 #pragma unroll
       for (int j = 0; j < N; ++j) ss += __fmul_rn(f1[j], f1[j]) + __fmul_rn(f2[j], f2[j]);
       for (int o = per_head / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      const float r = rsqrtf(ss * (1.0f / static_cast<float>(a.D)) + a.norm_eps);
+      const float r = RmsFactor(ss, a.D, a.norm_eps);
       if (active) {
         const T* w = static_cast<const T*>(is_q ? a.q_norm : a.k_norm);
         const Pack<T, N> w1 = Load<T, N>(w + d), w2 = Load<T, N>(w + d + half);
 #pragma unroll
         for (int j = 0; j < N; ++j) {
-          const float s1 = f1[j] * r, s2 = f2[j] * r;
-          // As the RMSNorm kernel: Gemma's one rounding, Llama's normalized value then * w.
-          f1[j] = a.norm_gemma ? Round<T>(s1 * (1.0f + ToF(w1.v[j])))
-                               : Round<T>(ToF(w1.v[j]) * Round<T>(s1));
-          f2[j] = a.norm_gemma ? Round<T>(s2 * (1.0f + ToF(w2.v[j])))
-                               : Round<T>(ToF(w2.v[j]) * Round<T>(s2));
+          f1[j] = NormOut<T>(f1[j] * r, ToF(w1.v[j]), a.norm_style);
+          f2[j] = NormOut<T>(f2[j] * r, ToF(w2.v[j]), a.norm_style);
         }
       }
     }
@@ -228,33 +236,42 @@ cudaError_t SwiGluTyped(const SwiGluArgs& a, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t RopeLayoutTyped(const RopeLayoutArgs& a, cudaStream_t stream) {
-  const int half = a.D / 2;
-  auto fits = [&](int n) {
-    return Aligned(n, 2, {a.q, a.k, a.v, a.cos, a.sin, a.q_out, a.k_out, a.v_out},
-                   {half, a.q_stride, a.k_stride, a.v_stride});
-  };
-  // With the norm: a head's per_head = half / n threads must be a power of two <= 32.
-  auto usable = [&](int n) {
-    if (!fits(n)) return false;
-    if (a.q_norm == nullptr) return true;
-    const int per_head = half / n;
-    return per_head <= 32 && (per_head & (per_head - 1)) == 0 &&
-           Aligned(n, 2, {a.q_norm, a.k_norm}, {});
-  };
   const unsigned blocks = static_cast<unsigned>(a.B * a.T);
-  if (usable(8)) {
-    RopeLayoutKernel<T, 8><<<blocks, 256, 0, stream>>>(a);
-  } else if (usable(2)) {
-    RopeLayoutKernel<T, 2><<<blocks, 256, 0, stream>>>(a);
-  } else if (usable(1)) {
-    RopeLayoutKernel<T, 1><<<blocks, 256, 0, stream>>>(a);
-  } else {
-    return cudaErrorNotSupported;
+  switch (RopeLayoutWidth(a)) {
+    case 8:
+      RopeLayoutKernel<T, 8><<<blocks, 256, 0, stream>>>(a);
+      break;
+    case 2:
+      RopeLayoutKernel<T, 2><<<blocks, 256, 0, stream>>>(a);
+      break;
+    case 1:
+      RopeLayoutKernel<T, 1><<<blocks, 256, 0, stream>>>(a);
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
 }  // namespace
+
+int RopeLayoutWidth(const RopeLayoutArgs& a) {
+  const int half = a.D / 2;
+  for (int n : {8, 2, 1}) {
+    if (!Aligned(n, 2, {a.q, a.k, a.v, a.cos, a.sin, a.q_out, a.k_out, a.v_out},
+                 {half, a.q_stride, a.k_stride, a.v_stride})) {
+      continue;
+    }
+    if (a.q_norm == nullptr) return n;
+    // With the norm: a head's half / n threads, a power of two <= 32 (lanes of one warp).
+    const int per_head = half / n;
+    if (per_head <= 32 && (per_head & (per_head - 1)) == 0 &&
+        Aligned(n, 2, {a.q_norm, a.k_norm}, {})) {
+      return n;
+    }
+  }
+  return 0;
+}
 
 cudaError_t LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
   if (a.rows == 0 || a.cols == 0) return cudaSuccess;

@@ -9,6 +9,7 @@
 #ifndef KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
 #define KVSWEEP_WORKER_ENGINE_FUSED_LAYER_H_
 
+#include "worker/engine/rms_norm_style.h"
 #include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {
@@ -23,17 +24,19 @@ bool FusedLayerEnabled();
 // FusedLayerSupports(like's device and dtype) and enabled.
 bool FusedLayerApplies(const torch::Tensor& like);
 
-// *x += residual (when residual is defined), in place, then *y = RMSNorm(*x) with weight w
-// (Gemma's (1 + w) when gemma), a new contiguous tensor of x's shape. x, residual: contiguous,
-// same shape; w [x.size(-1)]. False, with nothing written, where the kernel does not apply.
+// *x += residual (when residual is defined), in place, then *y = RMSNorm(*x) with weight w in
+// the family's style (RmsNormOf, model.h), a new contiguous tensor of x's shape. x, residual:
+// contiguous, same shape; w [x.size(-1)]. False, with nothing written, where the kernel does not
+// apply.
 bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torch::Tensor& w,
-                     double eps, bool gemma, torch::Tensor* y);
+                     double eps, RmsNormStyle style, torch::Tensor* y);
 
-// *x += RMSNorm(delta) with weight w (Llama's norm), in place: the norm after a block, OLMo 2's
-// order. x contiguous; delta x's shape with rows evenly strided and a contiguous last dimension;
-// w [x.size(-1)]. False, with nothing written, where the kernel does not apply.
+// *x += RMSNorm(delta) with weight w in the given style, in place: the norm after a block, OLMo
+// 2's order. x contiguous; delta x's shape with rows evenly strided and a contiguous last
+// dimension, not overlapping x; w [x.size(-1)]. False, with nothing written, where the kernel
+// does not apply.
 bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::Tensor& w,
-                     double eps);
+                     double eps, RmsNormStyle style);
 
 // *out = silu(gate) * up, new contiguous; gate and up [rows, cols] in their last two dimensions
 // with a contiguous last one (e.g. the two halves of one fused projection). False where the
@@ -44,14 +47,13 @@ bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tens
 // of one fused projection, or three tensors) -> *q_out and *k_out rotated by the rotate-half
 // RoPE whose tables cos, sin ([>= T, D], contiguous) hold position t in row t, and *v_out v, each
 // new contiguous [B, Hx, T, D]. With `norm`, each head's q and k are first RMS-normalized over
-// their D values (RmsNorm or, with norm->gemma, GemmaRmsNorm with weight [D]: Qwen3's and Gemma
-// 3's per-head norms) and the rounded result rotated, as the libtorch ops in that order give it
-// apart from the statistic's summation order. False, with nothing written, where the kernel does
-// not apply.
+// their D values (RmsNormOf(norm->style), weight [D]: Qwen3's and Gemma 3's per-head norms) and
+// the rounded result rotated, as the libtorch ops in that order give it apart from the
+// statistic's summation order. False, with nothing written, where the kernel does not apply.
 struct QkHeadNorm {
   torch::Tensor q_w, k_w;  // [D]
   double eps = 1e-6;
-  bool gemma = false;
+  RmsNormStyle style = kRmsLlama;
 };
 bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,

@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "worker/engine/rms_norm_style.h"
+
 namespace kvsweep::engine {
 
 // Storage dtypes the kernels take.
@@ -16,8 +18,8 @@ enum LayerKernelDtype : int { kLayerBf16 = 0, kLayerFp16 = 1 };
 
 // rows x cols, each row `cols` contiguous elements, row r at base + r * stride (elements).
 //   residual != null: s = x + residual (rounded), written to x in place; otherwise s = x.
-//   gemma = 0: y = w * round(s * rsqrt(mean(s^2) + eps))   (transformers' LlamaRMSNorm)
-//   gemma = 1: y = round(s * rsqrt(mean(s^2) + eps) * (1 + w))   (GemmaRMSNorm)
+//   y = RMSNorm(s) in `style` (rms_norm_style.h), r = rsqrt(round(mean(s^2)) + eps):
+//   kRmsLlama w * round(s * r), kRmsGemma round(s * r * (1 + w)), kRmsOlmo2 round(w * s * r).
 // y is written contiguous [rows, cols]; or, with add_to != null (and residual null: the norm
 // after a block, OLMo 2's order), not written but added: add_to = round(add_to + y) in place,
 // as x + RMSNorm(block output) gives it (add_to's rows at its own stride).
@@ -32,7 +34,7 @@ struct RmsNormArgs {
   int64_t add_to_stride;
   int64_t rows, cols;
   float eps;
-  int gemma;
+  int style;  // RmsNormStyle
   int dtype;  // LayerKernelDtype
 };
 cudaError_t LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream);
@@ -55,11 +57,10 @@ cudaError_t LaunchSwiGlu(const SwiGluArgs& a, cudaStream_t stream);
 //   out = round(round(x * cos[t]) + round(rotate_half(x) * sin[t])),
 // v copied. cos, sin: [>= T, D] contiguous tables in the storage dtype.
 // q_norm != null: each head's row of q and of k is first normalized over its D values with
-// weight q_norm / k_norm ([D], the storage dtype), as RmsNormArgs says (norm_gemma picks the
+// weight q_norm / k_norm ([D], the storage dtype), as RmsNormArgs says (norm_style picks the
 // formula), and the rounded result rotated (Qwen3's and Gemma 3's per-head q/k norms). Then the
 // kernel needs D / 2 / (elements per thread) to be a power of two <= 32 (one warp's lanes hold
-// a head); where no vector width gives that it returns cudaErrorNotSupported, having launched
-// nothing.
+// a head): RopeLayoutWidth says whether a width fits.
 struct RopeLayoutArgs {
   const void* q;
   const void* k;
@@ -76,9 +77,14 @@ struct RopeLayoutArgs {
   const void* q_norm;  // null: no norm
   const void* k_norm;
   float norm_eps;
-  int norm_gemma;
+  int norm_style;  // RmsNormStyle
 };
 cudaError_t LaunchRopeLayout(const RopeLayoutArgs& a, cudaStream_t stream);
+
+// The elements per thread LaunchRopeLayout will use for `a` (null pointers count as aligned,
+// so callers may ask before allocating the outputs): 8, 2 or 1; 0 where none fits, and then
+// LaunchRopeLayout refuses (cudaErrorInvalidValue).
+int RopeLayoutWidth(const RopeLayoutArgs& a);
 
 }  // namespace kvsweep::engine
 

@@ -30,6 +30,29 @@ Tensor GemmaRmsNorm(const Tensor& x, const Tensor& w, double eps) {
   return (xf * (1.0 + w.to(torch::kFloat32))).to(x.scalar_type());
 }
 
+// OLMo 2's: fp32, times w (promoted to fp32), then the input dtype: one rounding.
+Tensor Olmo2RmsNorm(const Tensor& x, const Tensor& w, double eps) {
+  Tensor xf = x.to(torch::kFloat32);
+  xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return (w.to(torch::kFloat32) * xf).to(x.scalar_type());
+}
+
+Tensor RmsNormOf(RmsNormStyle style, const Tensor& x, const Tensor& w, double eps) {
+  switch (style) {
+    case kRmsGemma:
+      return GemmaRmsNorm(x, w, eps);
+    case kRmsOlmo2:
+      return Olmo2RmsNorm(x, w, eps);
+    case kRmsLlama:
+      break;
+  }
+  return RmsNorm(x, w, eps);
+}
+
+RmsNormStyle RmsNormStyleOf(const ModelConfig& c) {
+  return c.gemma ? kRmsGemma : c.arch == Arch::kOlmo2 ? kRmsOlmo2 : kRmsLlama;
+}
+
 namespace {
 
 Tensor LayerNorm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
@@ -521,9 +544,10 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                 .to(x.scalar_type())
                 .to(x.device());
   }
-  // RMSNorm of this family: Gemma's (1 + w) or transformers' Llama one.
-  auto rms = [&c](const Tensor& t, const Tensor& w) {
-    return c.gemma ? GemmaRmsNorm(t, w, c.norm_eps) : RmsNorm(t, w, c.norm_eps);
+  // RMSNorm of this family: Llama's, Gemma's (1 + w) or OLMo 2's.
+  const RmsNormStyle norm_style = RmsNormStyleOf(c);
+  auto rms = [&c, norm_style](const Tensor& t, const Tensor& w) {
+    return RmsNormOf(norm_style, t, w, c.norm_eps);
   };
 
   std::map<std::pair<int, int>, Tensor> allowed_by_window;  // (window, device index)
@@ -547,7 +571,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   // x += pending, then the RMSNorm of x with weight w.
   auto add_norm = [&](const Tensor& w) -> Tensor {
     Tensor h;
-    if (fused && FusedAddRmsNorm(&x, pending, w, c.norm_eps, c.gemma, &h)) {
+    if (fused && FusedAddRmsNorm(&x, pending, w, c.norm_eps, norm_style, &h)) {
       pending = Tensor();
       return h;
     }
@@ -564,8 +588,9 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   };
   // x += RMSNorm(delta) with weight w: the norm after a block (OLMo 2).
   auto add_normed = [&](const Tensor& delta, const Tensor& w) {
-    if (!(fused && FusedRmsNormAdd(&x, delta, w, c.norm_eps)))
-      x = x + RmsNorm(delta, w, c.norm_eps);
+    if (!(fused && FusedRmsNormAdd(&x, delta, w, c.norm_eps, norm_style))) {
+      x = x + rms(delta, w);
+    }
   };
 
   for (int l = 0; l < c.num_layers; ++l) {
@@ -580,8 +605,9 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     const bool fused_rope =
         fused && w.w_qkv.defined() && c.uses_rope() && !c.rope_interleaved && !rope_pre;
     bool laid_out = false;
+    Tensor p;  // the stacked product, where computed: [B, T, (H + 2 Hkv) D]
     if (fused_rope) {
-      const Tensor p = torch::linear(h, w.w_qkv, w.b_qkv);  // [B, T, (H + 2 Hkv) D]
+      p = torch::linear(h, w.w_qkv, w.b_qkv);
       Tensor pq = p.slice(-1, 0, H * D), pk = p.slice(-1, H * D, (H + Hkv) * D);
       QkHeadNorm head_norm;
       const QkHeadNorm* norm = nullptr;
@@ -589,7 +615,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
         pq = rms(pq, w.q_norm);
         pk = rms(pk, w.k_norm);
       } else if (c.qk_norm == QkNorm::kPerHead) {  // in the kernel
-        head_norm = {w.q_norm, w.k_norm, c.norm_eps, c.gemma};
+        head_norm = {w.q_norm, w.k_norm, c.norm_eps, norm_style};
         norm = &head_norm;
       }
       const int table = rope_table_[l];
@@ -600,8 +626,10 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
                                  &v, norm);
     }
     if (!laid_out) {
-      q = torch::linear(h, w.wq, w.bq);
-      k = torch::linear(h, w.wk, w.bk);
+      // The stacked product's slices where the kernel declined it (e.g. a head size whose
+      // threads do not fit a warp's lanes), else the three products.
+      q = p.defined() ? p.slice(-1, 0, H * D) : torch::linear(h, w.wq, w.bq);
+      k = p.defined() ? p.slice(-1, H * D, (H + Hkv) * D) : torch::linear(h, w.wk, w.bk);
       if (c.qk_norm == QkNorm::kAllHeads) {
         q = rms(q, w.q_norm);
         k = rms(k, w.k_norm);
@@ -612,9 +640,12 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
         q = rms(q, w.q_norm);
         k = rms(k, w.k_norm);
       }
-      q = q.transpose(1, 2);                                                  // [B, H, T, D]
-      k = k.transpose(1, 2);                                                  // [B, Hkv, T, D]
-      v = torch::linear(h, w.wv, w.bv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+      q = q.transpose(1, 2);  // [B, H, T, D]
+      k = k.transpose(1, 2);  // [B, Hkv, T, D]
+      v = (p.defined() ? p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D)
+                       : torch::linear(h, w.wv, w.bv))
+              .view({B, T, Hkv, D})
+              .transpose(1, 2);  // [B, Hkv, T, D]
       q = ApplyRope(q, l);
       if (!rope_pre) k = ApplyRope(k, l);
     }

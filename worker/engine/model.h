@@ -17,6 +17,7 @@
 #include "common/model_config.h"
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/placement.h"
+#include "worker/engine/rms_norm_style.h"
 #include "worker/engine/torch_util.h"
 
 namespace kvsweep::engine {
@@ -54,10 +55,17 @@ struct LayerWeights {
 };
 
 // RMSNorm of x over its last dimension as transformers computes it: LlamaRMSNorm (statistics in
-// fp32, w * the normalized value in x's dtype) and GemmaRMSNorm (fp32, times (1 + w), then x's
-// dtype). The libtorch path of Model::Forward; fused_layer.h's kernel replaces it on the GPU.
+// fp32, w * the normalized value in x's dtype), GemmaRMSNorm (fp32, times (1 + w), then x's
+// dtype) and Olmo2RMSNorm (fp32, times w, then x's dtype); RmsNormOf picks by style. The libtorch
+// path of Model::Forward; fused_layer.h's kernels replace it on the GPU.
 torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
 torch::Tensor GemmaRmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+torch::Tensor Olmo2RmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+torch::Tensor RmsNormOf(RmsNormStyle style, const torch::Tensor& x, const torch::Tensor& w,
+                        double eps);
+
+// The style of the model's RMSNorms.
+RmsNormStyle RmsNormStyleOf(const ModelConfig& c);
 
 // Per-layer observer of attention, for diagnostics: receives q [B, H, T, D] (post-RoPE), the
 // uncompressed K/V [B, Hkv, T, D] (post-RoPE) and what attention actually read.
