@@ -724,7 +724,9 @@ int CheckFused(const std::string& device) {
 // median of --repeat runs. One JSON line per method; `none`'s attention is SDPA's causal kernel
 // on the same shape, the baseline of the others' attention_vs_none. Position-dependent rows also
 // time the block-at-a-time path (blockwise_ms) and give each path's largest difference from the
-// masked fp32 reference on the first batch element, relative to its largest magnitude.
+// masked fp32 reference on the first batch element, relative to its largest magnitude; where the
+// packed band's sliding-window form applies (band_window), the bias form's time and difference
+// too (bias_band_*).
 int AttentionBench(std::map<std::string, std::string>& f) {
   absl::StatusOr<torch::Device> dev = ParseDevice(f["--attention-bench"]);
   if (!dev.ok()) return Die(dev.status());
@@ -785,7 +787,8 @@ int AttentionBench(std::map<std::string, std::string>& f) {
     // Position-dependent methods: the block-at-a-time path too, and both paths' largest
     // difference from the masked fp32 reference on the first batch element (relative to the
     // reference's largest magnitude).
-    double blockwise = 0, diff_attend = 0, diff_blockwise = 0;
+    double blockwise = 0, diff_attend = 0, diff_blockwise = 0, bias_band = 0, diff_bias_band = 0;
+    bool band_window = false;
     nlohmann::json phases = nlohmann::json::object();
     double apply_unfused = 0;
     if (position_dependent) {
@@ -815,6 +818,14 @@ int AttentionBench(std::map<std::string, std::string>& f) {
       SetFusedFakeQuantEnabled(true);
       blockwise =
           median_ms([&] { (void)AttendBlockwise(q, pair, 0, scale, AttentionQueryBlock()); });
+      // The packed path with the band through the memory-efficient kernel with a bias, where
+      // the sliding-window form applies (the form it replaces).
+      band_window = PackedBandWindowApplies(pair, T, AttentionQueryBlock());
+      if (band_window) {
+        SetPackedBandWindow(false);
+        bias_band = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });
+        SetPackedBandWindow(true);
+      }
       auto first = [](const KvOperand& op) {
         return KvOperand{op.compressed.slice(0, 0, 1),
                          op.raw.defined() ? op.raw.slice(0, 0, 1) : op.raw, op.use_compressed,
@@ -835,6 +846,11 @@ int AttentionBench(std::map<std::string, std::string>& f) {
       };
       diff_attend = rel(Attend(q1, one, allowed, 0, scale));
       diff_blockwise = rel(AttendBlockwise(q1, one, 0, scale, AttentionQueryBlock()));
+      if (band_window) {
+        SetPackedBandWindow(false);
+        diff_bias_band = rel(Attend(q1, one, allowed, 0, scale));
+        SetPackedBandWindow(true);
+      }
     }
     nlohmann::json row = {{"bench", "attention"},
                           {"method", std::string(text)},
@@ -852,6 +868,11 @@ int AttentionBench(std::map<std::string, std::string>& f) {
       row["apply_unfused_ms"] = apply_unfused;
       row["max_rel_diff_vs_masked"] = diff_attend;
       row["blockwise_max_rel_diff_vs_masked"] = diff_blockwise;
+      row["band_window"] = band_window;
+      if (band_window) {
+        row["bias_band_attention_ms"] = bias_band;
+        row["bias_band_max_rel_diff_vs_masked"] = diff_bias_band;
+      }
     }
     std::printf("%s\n", row.dump().c_str());
     std::fflush(stdout);

@@ -4,6 +4,9 @@
 #include <atomic>
 #include <limits>
 #include <map>
+#include <optional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/log.h"
@@ -32,6 +35,13 @@
 // cuDNN's fused attention with its log-sum-exp (the packed path's causal part): from 2.6.
 #define KVSWEEP_HAS_CUDNN_LSE \
   (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6))
+// Flash attention's variable-length form with a sliding window (the packed path's band where its
+// entries are read in one state per query block).
+#define KVSWEEP_HAS_FLASH_WINDOW \
+  (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 7))
+#if KVSWEEP_HAS_FLASH_WINDOW && defined(KVSWEEP_CUDA)
+#include <ATen/ops/_flash_attention_forward_ops.h>
+#endif
 
 namespace kvsweep::engine {
 namespace {
@@ -475,6 +485,133 @@ const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int64_t query_block
   return cached_plans.emplace(key, std::move(p)).first->second;
 }
 
+// The band as a sliding window. Where every entry of a query block's band is read in one state by
+// all of the block's queries, the block's entries [max(0, t0 - S + 1), t1) in position order, each
+// in its state, make query t's band (entries (t - S, t]) the last S rows up to its own: flash
+// attention's variable-length form, one sequence per block, with the window (S - 1, 0) counted
+// from the bottom-right diagonal. Blocks are cut where the operands' compressed prefixes change
+// if the query block would hold an entry in two states (channel blocks: a block per channel
+// block); the plan exists only where that makes every block's mask the window, checked entry by
+// entry against the blockwise path's masks.
+struct WindowPlan {
+  int64_t S = 0;                    // the causal part's shift: the band is S entries wide
+  std::vector<int64_t> starts;      // block j: queries [starts[j], starts[j + 1]); ends with T
+  std::vector<int64_t> key_starts;  // block j: rows [key_starts[j], key_starts[j + 1]) of the band
+  Tensor k_index, v_index;          // long [n]: band row -> row of cat(compressed, raw)
+  Tensor cu_q, cu_k;                // int32 [blocks + 1]: starts, key_starts (the kernel's)
+  int64_t n = 0, max_q = 0, max_k = 0;
+  int64_t bytes = 0;
+};
+
+// Whether the block's band segments cover its entries [max(0, t0 - S + 1), t1) once each, in
+// position order (each entry in one state).
+bool InOneState(const BlockLayout& bl, int64_t S) {
+  int64_t next = std::max<int64_t>(0, bl.t0 - S + 1);
+  for (const Segment& sg : bl.segments) {
+    if (sg.a != next) return false;
+    next = sg.b;
+  }
+  return next == bl.t1;
+}
+
+// Flash attention computes a sequence in tiles of 64-128 query rows: blocks much shorter than
+// that leave most of each tile empty (blocks of a few queries, where a per-token residual window
+// narrower than the band cuts a block at every query, would cost far more than the bias form).
+constexpr int64_t kWindowMinQueries = 32;
+
+std::optional<WindowPlan> BuildWindowPlan(const KvPair& kv, int64_t T, int64_t query_block,
+                                          int64_t S, int64_t min_queries) {
+  const int64_t max_blocks = (T + min_queries - 1) / min_queries + 1;
+  WindowPlan w;
+  w.S = S;
+  std::vector<int64_t> k_index, v_index, key_starts = {0};
+  // The block's layout with its segments in position order.
+  auto lay_out = [&](int64_t t0, int64_t t1) {
+    BlockLayout bl = LayOutBlock(kv, 0, t0, t1, S);
+    std::sort(bl.segments.begin(), bl.segments.end(),
+              [](const Segment& x, const Segment& y) { return x.a < y.a; });
+    return bl;
+  };
+  for (int64_t t0 = 0; t0 < T;) {
+    // The longest block from t0 (up to query_block) whose entries each have one state: fewer
+    // queries read fewer (query, entry) pairs, so the property holds for every shorter block.
+    int64_t good = t0 + 1, bad = std::min(T, t0 + query_block) + 1;
+    if (InOneState(lay_out(t0, bad - 1), S)) good = bad - 1;
+    while (bad - good > 1) {
+      const int64_t mid = (good + bad) / 2;
+      (InOneState(lay_out(t0, mid), S) ? good : bad) = mid;
+    }
+    const int64_t t1 = good;
+    const BlockLayout bl = lay_out(t0, t1);
+    if (!InOneState(bl, S)) return std::nullopt;
+    // The blockwise path's mask of this band against the window: query t0 + i reads row k iff
+    // i + (L - C) - (S - 1) <= k <= i + (L - C).
+    const int64_t C = t1 - t0, lo = std::max<int64_t>(0, t0 - S + 1), L = t1 - lo;
+    const Tensor mask = BandMask(kv, bl, 0);
+    const Tensor i = torch::arange(C, torch::kLong).unsqueeze(1);
+    const Tensor k = torch::arange(L, torch::kLong).unsqueeze(0);
+    const Tensor diag = i + (L - C);
+    if (!mask.sizes().equals({C, L}) || !torch::equal(mask, (k <= diag) & (k >= diag - (S - 1)))) {
+      return std::nullopt;
+    }
+    for (const Segment& sg : bl.segments) {
+      for (int64_t e = sg.a; e < sg.b; ++e) {
+        k_index.push_back(e + (sg.kc ? 0 : T));
+        v_index.push_back(e + (sg.vc ? 0 : T));
+      }
+    }
+    w.starts.push_back(t0);
+    if (static_cast<int64_t>(w.starts.size()) > max_blocks) return std::nullopt;
+    key_starts.push_back(key_starts.back() + L);
+    w.max_q = std::max(w.max_q, C);
+    w.max_k = std::max(w.max_k, L);
+    t0 = t1;
+  }
+  w.starts.push_back(T);
+  w.key_starts = key_starts;
+  w.n = key_starts.back();
+  w.k_index = torch::tensor(k_index, torch::kLong);
+  w.v_index = torch::tensor(v_index, torch::kLong);
+  std::vector<int32_t> cu_q(w.starts.begin(), w.starts.end());
+  std::vector<int32_t> cu_k(key_starts.begin(), key_starts.end());
+  w.cu_q = torch::tensor(cu_q, torch::kInt);
+  w.cu_k = torch::tensor(cu_k, torch::kInt);
+  w.bytes = (w.k_index.numel() + w.v_index.numel()) * 8 + (w.cu_q.numel() + w.cu_k.numel()) * 4;
+  return w;
+}
+
+// Per thread, like the packed plans; nullopt where the rules admit no window plan.
+thread_local std::map<std::vector<int64_t>, std::optional<WindowPlan>> cached_window_plans;
+thread_local int64_t cached_window_plan_bytes = 0;
+
+const WindowPlan* WindowPlanFor(const Tensor& q, const KvPair& kv, int64_t query_block, int64_t S,
+                                int64_t min_queries) {
+  const int64_t T = q.size(2), g = q.size(1) / kv.k.compressed.size(1);
+  std::vector<int64_t> key = RulesKey(q, kv, 0, g, false);
+  key.insert(key.end(), {T, query_block, S, min_queries});
+  auto it = cached_window_plans.find(key);
+  if (it == cached_window_plans.end()) {
+    std::optional<WindowPlan> w = BuildWindowPlan(kv, T, query_block, S, min_queries);
+    if (w) {
+      const torch::Device dev = q.device();
+      w->k_index = w->k_index.to(dev);
+      w->v_index = w->v_index.to(dev);
+      w->cu_q = w->cu_q.to(dev);
+      w->cu_k = w->cu_k.to(dev);
+    }
+    const int64_t bytes = w ? w->bytes : 0;
+    if (cached_window_plan_bytes + bytes > kMaxCachedPlanBytes) {
+      cached_window_plans.clear();
+      cached_window_plan_bytes = 0;
+    }
+    cached_window_plan_bytes += bytes;
+    it = cached_window_plans.emplace(key, std::move(w)).first;
+  }
+  return it->second ? &*it->second : nullptr;
+}
+
+std::atomic<bool> band_window_enabled{true};
+
 std::atomic<AttentionPhaseHook> phase_hook{nullptr};
 
 void Mark(const char* phase) {
@@ -487,16 +624,18 @@ Tensor Sources(const KvOperand& op) {
 }
 
 #ifdef KVSWEEP_CUDA
-// Sources(op).index_select(2, index) in one kernel, reading each entry where it lies.
-Tensor GatherBand(const KvOperand& op, const Tensor& index) {
+// Sources(op).index_select(2, index) in one kernel, reading each entry where it lies: [B, H, n, D]
+// contiguous, or with position_major [B, n, H, D] contiguous (flash attention's layout).
+Tensor GatherBand(const KvOperand& op, const Tensor& index, bool position_major = false) {
   const Tensor& first = op.compressed;
   const Tensor second = op.position_dependent() ? op.raw : Tensor();
   TORCH_CHECK(index.is_contiguous() && first.stride(3) == 1 &&
                   (!second.defined() || (second.stride(3) == 1 && second.sizes() == first.sizes() &&
                                          second.dtype() == first.dtype())),
               "band gather: unexpected K/V layouts");
-  Tensor out =
-      torch::empty({first.size(0), first.size(1), index.size(0), first.size(3)}, first.options());
+  const int64_t B = first.size(0), H = first.size(1), n = index.size(0), D = first.size(3);
+  Tensor out = position_major ? torch::empty({B, n, H, D}, first.options())
+                              : torch::empty({B, H, n, D}, first.options());
   BandGatherArgs a{};
   a.first = first.data_ptr();
   a.second = second.defined() ? second.data_ptr() : nullptr;
@@ -505,12 +644,14 @@ Tensor GatherBand(const KvOperand& op, const Tensor& index) {
     a.second_strides[i] = second.defined() ? second.stride(i) : 0;
   }
   a.index = index.data_ptr<int64_t>();
-  a.n = index.size(0);
+  a.n = n;
   a.out = out.data_ptr();
-  a.B = first.size(0);
-  a.H = first.size(1);
+  const int dims[3] = {0, position_major ? 2 : 1, position_major ? 1 : 2};  // b, h, row
+  for (int i = 0; i < 3; ++i) a.out_strides[i] = out.stride(dims[i]);
+  a.B = B;
+  a.H = H;
   a.T = first.size(2);
-  a.D = first.size(3);
+  a.D = D;
   a.elem_bytes = static_cast<int>(first.element_size());
   c10::cuda::CUDAGuard guard(first.device());
   const cudaError_t e = LaunchBandGather(a, at::cuda::getCurrentCUDAStream());
@@ -518,6 +659,190 @@ Tensor GatherBand(const KvOperand& op, const Tensor& index) {
   return out;
 }
 #endif
+
+// The causal part: queries S.. over compressed entries 0..t - S, [B, H, T - S, D] and its fp32
+// log-sum-exp [B, H, T - S]. `fused`: cuDNN's fused kernel, the one `none` uses; otherwise an
+// explicit fp32 softmax.
+std::pair<Tensor, Tensor> ShiftedCausal(const Tensor& q, const KvPair& kv, int64_t S, double scale,
+                                        bool fused) {
+  const int64_t H = q.size(1), T = q.size(2);
+  const int64_t g = H / kv.k.compressed.size(1);
+  const Tensor kc = kv.k.compressed.slice(2, 0, T - S);
+  const Tensor vc = kv.v.compressed.slice(2, 0, T - S);
+  Tensor out_p, lse_p;
+#if KVSWEEP_HAS_CUDNN_LSE
+  if (fused) {
+    // GQA: cuDNN reads each KV head for its g query heads itself (tools/gpu/cudnn_gqa_probe.py:
+    // bitwise the repeated K/V's result at the 7B shape, and faster by the repeat's copy);
+    // where it refuses, K/V repeated for the process.
+    auto causal = [&](const Tensor& k, const Tensor& v) {
+      auto r = at::_scaled_dot_product_cudnn_attention(
+          q.slice(2, S, T), k, v, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
+          /*is_causal=*/true, /*return_debug_mask=*/false, scale);
+      out_p = std::get<0>(r);
+      lse_p = std::get<1>(r);
+    };
+    bool done = false;
+    if (g > 1 && cudnn_gqa_ok.load(std::memory_order_relaxed)) {
+      try {
+        causal(kc, vc);
+        done = true;
+      } catch (const c10::Error& e) {
+        cudnn_gqa_ok.store(false);
+        KV_LOG(WARNING) << "cuDNN attention refused grouped K/V (" << e.what_without_backtrace()
+                        << "); the packed path repeats K/V for each query head";
+      }
+    }
+    if (!done) causal(RepeatKv(kc, g), RepeatKv(vc, g));
+    if (lse_p.dim() == 4) lse_p = lse_p.squeeze(-1);
+    TORCH_CHECK(lse_p.dim() == 3 && lse_p.size(0) == q.size(0) && lse_p.size(1) == H &&
+                    lse_p.size(2) == T - S && lse_p.scalar_type() == torch::kFloat32,
+                "causal attention returned a log-sum-exp of shape ", lse_p.sizes());
+    return {out_p, lse_p};
+  }
+#endif
+  TORCH_CHECK(!fused, "AttendPacked: the fused kernels need libtorch >= 2.6 with CUDA");
+  auto f32 = [](const Tensor& x) { return x.to(torch::kFloat32); };
+  Tensor sc = torch::matmul(f32(q.slice(2, S, T)), RepeatKv(f32(kc), g).transpose(-2, -1)) * scale;
+  sc = sc.masked_fill(torch::ones({T - S, T - S}, torch::kBool).triu(1).to(sc.device()),
+                      -std::numeric_limits<float>::infinity());
+  lse_p = torch::logsumexp(sc, -1);
+  out_p = torch::matmul(torch::exp(sc - lse_p.unsqueeze(-1)), RepeatKv(f32(vc), g));
+  return {out_p, lse_p};
+}
+
+// The band's output ob [B, H, T, D] (fp32, each row's softmax over its band) and log-sum-exp lb
+// [B, H, T] merged with the causal part's (rows S..): each part's share of a row's softmax mass
+// is the sigmoid of the difference of their log-sum-exps. In q's dtype.
+Tensor MergeExplicit(Tensor ob, const Tensor& lb, const Tensor& out_p, const Tensor& lse_p,
+                     int64_t S, torch::ScalarType dtype) {
+  const int64_t T = ob.size(2);
+  if (T <= S) return ob.to(dtype);
+  const Tensor share = torch::sigmoid(lse_p.to(torch::kFloat32) - lb.slice(2, S, T)).unsqueeze(-1);
+  // ob + share * (out_p - ob) on rows S.., in place.
+  Tensor tail = ob.slice(2, S, T);
+  tail.add_((out_p.to(torch::kFloat32) - tail).mul_(share));
+  return ob.to(dtype);
+}
+
+#ifdef KVSWEEP_CUDA
+// The merge kernel over one batch element's rows (or all of them), writing out (contiguous
+// [B, H, T, D]); band_by_position: ob, lb indexed [b, h, t] by `band_strides`/`lse_strides`.
+void MergeOnDevice(const Tensor& out, const Tensor& ob, const Tensor& lb,
+                   const int64_t (&band_strides)[3], const int64_t (&lse_strides)[3],
+                   bool band_by_position, const Tensor& out_p, const Tensor& lse_p, int64_t Hkv,
+                   int64_t C, int64_t S) {
+  TORCH_CHECK(ob.stride(-1) == 1 && (!out_p.defined() || out_p.stride(3) == 1),
+              "packed attention: unexpected output layouts");
+  AttentionMergeArgs a{};
+  a.band_out = ob.data_ptr();
+  a.band_lse = lb.data_ptr<float>();
+  a.band_by_position = band_by_position;
+  for (int i = 0; i < 3; ++i) {
+    a.band_out_strides[i] = band_strides[i];
+    a.band_lse_strides[i] = lse_strides[i];
+  }
+  if (out_p.defined()) {
+    a.prefix_out = out_p.data_ptr();
+    a.prefix_lse = lse_p.data_ptr<float>();
+    for (int i = 0; i < 3; ++i) {
+      a.prefix_out_strides[i] = out_p.stride(i);
+      a.prefix_lse_strides[i] = lse_p.stride(i);
+    }
+  }
+  a.out = out.data_ptr();
+  a.B = out.size(0);
+  a.H = out.size(1);
+  a.T = out.size(2);
+  a.D = out.size(3);
+  a.Hkv = Hkv;
+  a.g = a.H / Hkv;
+  a.C = C;
+  a.shift = out_p.defined() ? S : a.T;  // no causal part: every row is its band's
+  c10::cuda::CUDAGuard guard(out.device());
+  const cudaError_t e =
+      LaunchAttentionMerge(a, out.scalar_type() == torch::kBFloat16 ? kMergeBF16 : kMergeF16,
+                           at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "attention merge kernel: ", cudaGetErrorString(e));
+}
+#endif
+
+// The packed path with the band as a sliding window (WindowPlan).
+Tensor AttendPackedWindow(const Tensor& q, const KvPair& kv, double scale, const WindowPlan& w,
+                          bool fused) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = kv.k.compressed.size(1), g = H / Hkv, S = w.S;
+  const int64_t nb = static_cast<int64_t>(w.starts.size()) - 1;
+#if KVSWEEP_HAS_FLASH_WINDOW && defined(KVSWEEP_CUDA)
+  if (fused) {
+    // Each batch element's queries read in place as [T, H, D] (a strided view), its band's
+    // entries gathered into flash attention's [n, Hkv, D]; one variable-length call per element.
+    const Tensor kb = GatherBand(kv.k, w.k_index, /*position_major=*/true);
+    const Tensor vb = GatherBand(kv.v, w.v_index, /*position_major=*/true);
+    Mark("gather");
+    std::vector<Tensor> obs, lbs;
+    for (int64_t b = 0; b < B; ++b) {
+      auto r = at::_ops::_flash_attention_forward::call(
+          q[b].transpose(0, 1), kb[b], vb[b], w.cu_q, w.cu_k, c10::SymInt(w.max_q),
+          c10::SymInt(w.max_k), 0.0, /*is_causal=*/true, /*return_debug_mask=*/false, scale,
+          std::optional<c10::SymInt>(S - 1), std::optional<c10::SymInt>(0), std::nullopt,
+          std::nullopt);
+      const Tensor& ob = std::get<0>(r);  // [T, H, D]
+      const Tensor& lb = std::get<1>(r);  // [H, T]
+      TORCH_CHECK(ob.dim() == 3 && ob.size(0) == T && ob.size(1) == H && lb.dim() == 2 &&
+                      lb.size(0) == H && lb.size(1) == T && lb.scalar_type() == torch::kFloat32,
+                  "windowed band attention returned shapes ", ob.sizes(), " and ", lb.sizes());
+      obs.push_back(ob);
+      lbs.push_back(lb);
+    }
+    Mark("band");
+    Tensor out_p, lse_p;
+    if (T > S) std::tie(out_p, lse_p) = ShiftedCausal(q, kv, S, scale, true);
+    Mark("prefix");
+    Tensor out = torch::empty({B, H, T, D}, q.options());
+    for (int64_t b = 0; b < B; ++b) {
+      const Tensor& ob = obs[static_cast<size_t>(b)];
+      const Tensor& lb = lbs[static_cast<size_t>(b)];
+      const int64_t band_strides[3] = {0, ob.stride(1), ob.stride(0)};
+      const int64_t lse_strides[3] = {0, lb.stride(0), lb.stride(1)};
+      MergeOnDevice(out[b].unsqueeze(0), ob, lb, band_strides, lse_strides,
+                    /*band_by_position=*/true, T > S ? out_p[b].unsqueeze(0) : Tensor(),
+                    T > S ? lse_p[b].unsqueeze(0) : Tensor(), Hkv, 0, S);
+    }
+    Mark("merge");
+    return out;
+  }
+#endif
+  TORCH_CHECK(!fused, "AttendPacked: the windowed band needs libtorch >= 2.7 with CUDA");
+  // The same computation with explicit fp32 softmax, block by block: the rows each block's
+  // sequence holds and flash attention's window over them, counted from the bottom-right
+  // diagonal as the kernel counts it.
+  auto f32 = [](const Tensor& x) { return x.to(torch::kFloat32); };
+  const Tensor ks = f32(Sources(kv.k).index_select(2, w.k_index.to(q.device())));
+  const Tensor vs = f32(Sources(kv.v).index_select(2, w.v_index.to(q.device())));
+  Tensor ob = torch::empty({B, H, T, D}, q.options().dtype(torch::kFloat32));
+  Tensor lb = torch::empty({B, H, T}, q.options().dtype(torch::kFloat32));
+  for (int64_t j = 0; j < nb; ++j) {
+    const int64_t t0 = w.starts[j], C = w.starts[j + 1] - t0;
+    const int64_t k0 = w.key_starts[j], L = w.key_starts[j + 1] - k0;
+    Tensor s = torch::matmul(f32(q.slice(2, t0, t0 + C)),
+                             RepeatKv(ks.slice(2, k0, k0 + L), g).transpose(-2, -1)) *
+               scale;
+    const Tensor i = torch::arange(C, torch::kLong).unsqueeze(1);
+    const Tensor k = torch::arange(L, torch::kLong).unsqueeze(0);
+    const Tensor diag = i + (L - C);
+    const Tensor seen = ((k <= diag) & (k >= diag - (S - 1))).to(q.device());
+    s = s.masked_fill(seen.logical_not(), -std::numeric_limits<float>::infinity());
+    const Tensor l = torch::logsumexp(s, -1);
+    ob.slice(2, t0, t0 + C)
+        .copy_(
+            torch::matmul(torch::exp(s - l.unsqueeze(-1)), RepeatKv(vs.slice(2, k0, k0 + L), g)));
+    lb.slice(2, t0, t0 + C).copy_(l);
+  }
+  if (T <= S) return ob.to(q.scalar_type());
+  const auto [out_p, lse_p] = ShiftedCausal(q, kv, S, scale, false);
+  return MergeExplicit(ob, lb, out_p, lse_p, S, q.scalar_type());
+}
 
 }  // namespace
 
@@ -546,6 +871,20 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, double scale, int64_t que
                                   query_block, fused));
     }
     return torch::cat(outs, 0);
+  }
+  // The band as flash attention's sliding window where the rules allow it.
+#if KVSWEEP_HAS_FLASH_WINDOW && defined(KVSWEEP_CUDA)
+  const bool window_kernel = true;
+#else
+  const bool window_kernel = false;
+#endif
+  if ((!fused || window_kernel) && band_window_enabled.load(std::memory_order_relaxed)) {
+    const int64_t S = std::max<int64_t>(1, std::max(PackedShift(kv.k), PackedShift(kv.v)));
+    // The explicit form (tests) takes blocks of any length, to check the window's arithmetic.
+    if (const WindowPlan* w = WindowPlanFor(q, kv, query_block, S, fused ? kWindowMinQueries : 1)) {
+      Mark("plan");
+      return AttendPackedWindow(q, kv, scale, *w, fused);
+    }
   }
   const PackedPlan& p = PlanFor(q, kv, query_block, fused);
   Mark("plan");
@@ -578,67 +917,15 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, double scale, int64_t que
     lse_b = std::get<1>(eff).slice(-1, 0, g * C).to(torch::kFloat32);
     Mark("band");
     if (T > S) {
-      // Queries S.. over compressed entries 0..t - S: a causal attention of equal lengths, the
-      // kernel `none` uses (cuDNN's), with its log-sum-exp.
-      // GQA: cuDNN reads each KV head for its g query heads itself (tools/gpu/cudnn_gqa_probe.py:
-      // bitwise the repeated K/V's result at the 7B shape, and faster by the repeat's copy);
-      // where it refuses, K/V repeated for the process.
-      const Tensor kc = kv.k.compressed.slice(2, 0, T - S);
-      const Tensor vc = kv.v.compressed.slice(2, 0, T - S);
-      auto causal = [&](const Tensor& k, const Tensor& v) {
-        auto r = at::_scaled_dot_product_cudnn_attention(
-            q.slice(2, S, T), k, v, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
-            /*is_causal=*/true, /*return_debug_mask=*/false, scale);
-        out_p = std::get<0>(r);
-        lse_p = std::get<1>(r);
-      };
-      bool done = false;
-      if (g > 1 && cudnn_gqa_ok.load(std::memory_order_relaxed)) {
-        try {
-          causal(kc, vc);
-          done = true;
-        } catch (const c10::Error& e) {
-          cudnn_gqa_ok.store(false);
-          KV_LOG(WARNING) << "cuDNN attention refused grouped K/V (" << e.what_without_backtrace()
-                          << "); the packed path repeats K/V for each query head";
-        }
-      }
-      if (!done) causal(RepeatKv(kc, g), RepeatKv(vc, g));
-      if (lse_p.dim() == 4) lse_p = lse_p.squeeze(-1);
-      TORCH_CHECK(lse_p.dim() == 3 && lse_p.size(0) == B && lse_p.size(1) == H &&
-                      lse_p.size(2) == T - S && lse_p.scalar_type() == torch::kFloat32,
-                  "causal attention returned a log-sum-exp of shape ", lse_p.sizes());
+      std::tie(out_p, lse_p) = ShiftedCausal(q, kv, S, scale, true);
       Mark("prefix");
 #ifdef KVSWEEP_CUDA
       // The merge in one kernel, reading each part in the layout its kernel wrote.
-      TORCH_CHECK(out_b.stride(3) == 1 && out_p.stride(3) == 1,
-                  "packed attention: unexpected output layouts");
       Tensor out = torch::empty({B, H, T, D}, q.options());
-      AttentionMergeArgs a{};
-      a.band_out = out_b.data_ptr();
-      a.band_lse = lse_b.data_ptr<float>();
-      a.prefix_out = out_p.data_ptr();
-      a.prefix_lse = lse_p.data_ptr<float>();
-      for (int i = 0; i < 3; ++i) {
-        a.band_out_strides[i] = out_b.stride(i);
-        a.band_lse_strides[i] = lse_b.stride(i);
-        a.prefix_out_strides[i] = out_p.stride(i);
-        a.prefix_lse_strides[i] = lse_p.stride(i);
-      }
-      a.out = out.data_ptr();
-      a.B = B;
-      a.H = H;
-      a.T = T;
-      a.D = D;
-      a.Hkv = Hkv;
-      a.g = g;
-      a.C = C;
-      a.shift = S;
-      c10::cuda::CUDAGuard guard(q.device());
-      const cudaError_t e =
-          LaunchAttentionMerge(a, q.scalar_type() == torch::kBFloat16 ? kMergeBF16 : kMergeF16,
-                               at::cuda::getCurrentCUDAStream());
-      TORCH_CHECK(e == cudaSuccess, "attention merge kernel: ", cudaGetErrorString(e));
+      const int64_t band_strides[3] = {out_b.stride(0), out_b.stride(1), out_b.stride(2)};
+      const int64_t lse_strides[3] = {lse_b.stride(0), lse_b.stride(1), lse_b.stride(2)};
+      MergeOnDevice(out, out_b, lse_b, band_strides, lse_strides, /*band_by_position=*/false, out_p,
+                    lse_p, Hkv, C, S);
       Mark("merge");
       return out;
 #endif
@@ -652,36 +939,30 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, double scale, int64_t que
                       -std::numeric_limits<float>::infinity());
     lse_b = torch::logsumexp(s, -1);
     out_b = torch::matmul(torch::exp(s - lse_b.unsqueeze(-1)), f32(vb));
-    if (T > S) {
-      const Tensor kc = RepeatKv(f32(kv.k.compressed.slice(2, 0, T - S)), g);
-      const Tensor vc = RepeatKv(f32(kv.v.compressed.slice(2, 0, T - S)), g);
-      Tensor sc = torch::matmul(f32(q.slice(2, S, T)), kc.transpose(-2, -1)) * scale;
-      sc = sc.masked_fill(torch::ones({T - S, T - S}, torch::kBool).triu(1).to(sc.device()),
-                          -std::numeric_limits<float>::infinity());
-      lse_p = torch::logsumexp(sc, -1);
-      out_p = torch::matmul(torch::exp(sc - lse_p.unsqueeze(-1)), vc);
-    }
+    if (T > S) std::tie(out_p, lse_p) = ShiftedCausal(q, kv, S, scale, false);
   }
-  // Back to [B, H, T(+padding), ...] and merged: each part's share of a row's softmax mass is
-  // the sigmoid of the difference of their log-sum-exps (queries t >= S have a causal part).
+  // Back to [B, H, T(+padding), ...] and merged.
   Tensor ob = out_b.view({B, Hkv, nb, g, C, D})
                   .permute({0, 1, 3, 2, 4, 5})
                   .reshape({B, H, Tp, D})
                   .slice(2, 0, T)
                   .to(torch::kFloat32);
-  if (T <= S) return ob.to(q.scalar_type());
   const Tensor lb =
-      lse_b.view({B, Hkv, nb, g, C}).permute({0, 1, 3, 2, 4}).reshape({B, H, Tp}).slice(2, S, T);
-  const Tensor share = torch::sigmoid(f32(lse_p) - lb).unsqueeze(-1);
-  // ob + share * (out_p - ob) on rows S.., in place.
-  Tensor tail = ob.slice(2, S, T);
-  tail.add_((f32(out_p) - tail).mul_(share));
-  Tensor out = ob.to(q.scalar_type());
+      lse_b.view({B, Hkv, nb, g, C}).permute({0, 1, 3, 2, 4}).reshape({B, H, Tp}).slice(2, 0, T);
+  Tensor out = MergeExplicit(ob, f32(lb), out_p, lse_p, S, q.scalar_type());
   Mark("merge");
   return out;
 }
 
 void SetAttentionPhaseHook(AttentionPhaseHook hook) { phase_hook.store(hook); }
+
+void SetPackedBandWindow(bool enabled) { band_window_enabled.store(enabled); }
+bool PackedBandWindow() { return band_window_enabled.load(); }
+
+bool PackedBandWindowApplies(const KvPair& kv, int64_t T, int64_t query_block, bool fused) {
+  const int64_t S = std::max<int64_t>(1, std::max(PackedShift(kv.k), PackedShift(kv.v)));
+  return BuildWindowPlan(kv, T, query_block, S, fused ? kWindowMinQueries : 1).has_value();
+}
 
 namespace {
 std::atomic<int64_t> query_block{kAttentionQueryBlock};

@@ -67,6 +67,18 @@ torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int wind
 torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, double scale,
                            int64_t query_block, bool fused);
 
+// Where every entry of each query block's band is read in one state by all of the block's
+// queries (per-token residual windows; channel blocks, one query block per channel block), the
+// band goes through flash attention's variable-length form with a sliding window instead of the
+// memory-efficient kernel with a bias (no bias, GQA heads read in place; libtorch >= 2.7 with
+// CUDA; the CPU form checks the same blocks and window with explicit softmax). Benchmarks turn it
+// off to time the bias form (kvsweep-engine-bench --attention-bench); workers never do.
+void SetPackedBandWindow(bool enabled);
+bool PackedBandWindow();
+// Whether the rules of kv admit that form at T queries: for the fused kernels (blocks of at least
+// 32 queries), or for AttendPacked's explicit form (fused false: blocks of any length).
+bool PackedBandWindowApplies(const KvPair& kv, int64_t T, int64_t query_block, bool fused = true);
+
 // Benchmarks only: called with a phase's name as the packed path finishes it ("plan",
 // "gather", "band", "prefix" (the shifted causal part), "merge"), so that a caller can synchronize
 // the device and read its clock; none (the default) in workers.

@@ -20,20 +20,21 @@ __global__ void BandGatherKernel(BandGatherArgs a, int per_row, int rows) {
   for (int64_t bh = blockIdx.y; bh < a.B * a.H; bh += gridDim.y) {
     const int64_t b = bh / a.H, h = bh % a.H;
     // Strides in units of U (the launcher checked they divide).
-    const U* first = static_cast<const U*>(a.first) +
-                     (b * a.first_strides[0] + h * a.first_strides[1]) / scale;
-    const U* second = a.second == nullptr ? nullptr
-                                          : static_cast<const U*>(a.second) +
-                                                (b * a.second_strides[0] +
-                                                 h * a.second_strides[1]) / scale;
-    U* out = static_cast<U*>(a.out) + (bh * a.n + i0) * per_row;
+    const U* first =
+        static_cast<const U*>(a.first) + (b * a.first_strides[0] + h * a.first_strides[1]) / scale;
+    const U* second = a.second == nullptr
+                          ? nullptr
+                          : static_cast<const U*>(a.second) +
+                                (b * a.second_strides[0] + h * a.second_strides[1]) / scale;
+    U* out = static_cast<U*>(a.out) +
+             (b * a.out_strides[0] + h * a.out_strides[1] + i0 * a.out_strides[2]) / scale;
     for (int k = threadIdx.x; k < rows * per_row; k += blockDim.x) {
       const int r = k / per_row, u = k - r * per_row;
       if (i0 + r >= a.n) break;
       const int64_t j = a.index[i0 + r];
       const U* src = j < a.T ? first + j * (a.first_strides[2] / scale)
                              : second + (j - a.T) * (a.second_strides[2] / scale);
-      out[k] = src[u];
+      out[r * (a.out_strides[2] / scale) + u] = src[u];
     }
   }
 }
@@ -60,7 +61,7 @@ bool Fits(const BandGatherArgs& a, int bytes) {
     }
     return true;
   };
-  return a.D * a.elem_bytes % bytes == 0 && reinterpret_cast<uintptr_t>(a.out) % bytes == 0 &&
+  return a.D * a.elem_bytes % bytes == 0 && ok(a.out, a.out_strides) &&
          ok(a.first, a.first_strides) && ok(a.second, a.second_strides);
 }
 

@@ -8,7 +8,8 @@
 
 namespace kvsweep::engine {
 
-// out [B, H, n, D] (contiguous) from two sources [B, H, T, D] read as one of 2T rows:
+// out [B, H, n, D] (strides out_strides, D contiguous) from two sources [B, H, T, D] read as one
+// of 2T rows:
 //   out[b][h][i][:] = index[i] < T ? first[b][h][index[i]][:] : second[b][h][index[i] - T][:]
 // (the K or V entries each query block reads, in the compressed state or the raw one, without
 // concatenating the two). `second` may be null when every index is below T. Strides are in
@@ -21,6 +22,7 @@ struct BandGatherArgs {
   const int64_t* index;  // device, n entries in [0, 2T)
   int64_t n;
   void* out;
+  int64_t out_strides[3];
   int64_t B, H, T, D;
   int elem_bytes;
 };

@@ -32,17 +32,24 @@ __device__ __forceinline__ Row<T> Locate(const AttentionMergeArgs& a, int64_t ro
   const int64_t t = row % a.T;
   const int64_t h = (row / a.T) % a.H;
   const int64_t b = row / (a.T * a.H);
-  const int64_t kvh = h / a.g, slot = h % a.g, blk = t / a.C, r = slot * a.C + t % a.C;
+  // The band's row: (b * Hkv + h / g, block, GQA-folded row) or (b, h, t).
+  int64_t i0 = b, i1 = h, i2 = t;
+  if (!a.band_by_position) {
+    const int64_t kvh = h / a.g, slot = h % a.g;
+    i0 = b * a.Hkv + kvh;
+    i1 = t / a.C;
+    i2 = slot * a.C + t % a.C;
+  }
   Row<T> x;
-  x.ob = static_cast<const T*>(a.band_out) + (b * a.Hkv + kvh) * a.band_out_strides[0] +
-         blk * a.band_out_strides[1] + r * a.band_out_strides[2] + d0;
+  x.ob = static_cast<const T*>(a.band_out) + i0 * a.band_out_strides[0] +
+         i1 * a.band_out_strides[1] + i2 * a.band_out_strides[2] + d0;
   x.out = static_cast<T*>(a.out) + row * a.D + d0;
   x.merge = t >= a.shift;
   x.op = nullptr;
   x.share = 0.0f;
   if (!x.merge) return x;
-  const float lb = a.band_lse[(b * a.Hkv + kvh) * a.band_lse_strides[0] +
-                              blk * a.band_lse_strides[1] + r * a.band_lse_strides[2]];
+  const float lb = a.band_lse[i0 * a.band_lse_strides[0] + i1 * a.band_lse_strides[1] +
+                              i2 * a.band_lse_strides[2]];
   const float lp = a.prefix_lse[b * a.prefix_lse_strides[0] + h * a.prefix_lse_strides[1] +
                                 (t - a.shift) * a.prefix_lse_strides[2]];
   x.share = 1.0f / (1.0f + expf(lb - lp));

@@ -13,14 +13,17 @@ enum { kMergeBF16 = 0, kMergeF16 = 1 };
 // out [B, H, T, D] (contiguous, the inputs' dtype), row (b, h, t) with kv head h / g, GQA slot
 // h % g, block t / C and row r = (h % g) * C + t % C of that block:
 //   ob = band_out[b * Hkv + h / g][t / C][r][:]       lb = band_lse[b * Hkv + h / g][t / C][r]
+// or, with band_by_position, the band's parts indexed by the row itself:
+//   ob = band_out[b][h][t][:]                         lb = band_lse[b][h][t]
 //   op = prefix_out[b][h][t - shift][:]               lp = prefix_lse[b][h][t - shift]
 //   out = t >= shift ? ob + sigmoid(lp - lb) * (op - ob) : ob, computed in fp32.
 // Strides are in elements; the last dimension of band_out and prefix_out is contiguous.
 struct AttentionMergeArgs {
   const void* band_out;
-  int64_t band_out_strides[3];  // [B*Hkv, nb, g*C] (D contiguous)
+  int64_t band_out_strides[3];  // [B*Hkv, nb, g*C] or [B, H, T] (D contiguous)
   const float* band_lse;
-  int64_t band_lse_strides[3];  // [B*Hkv, nb, g*C]
+  int64_t band_lse_strides[3];  // [B*Hkv, nb, g*C] or [B, H, T]
+  int band_by_position;
   const void* prefix_out;
   int64_t prefix_out_strides[3];  // [B, H, T - shift] (D contiguous)
   const float* prefix_lse;

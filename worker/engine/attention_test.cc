@@ -43,8 +43,9 @@ struct Case {
 TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
   const std::vector<Case> cases = {{1, 0, 1, 0},     {1, 5, 1, 5},  {4, 0, 4, 0},   {4, 3, 4, 3},
                                    {32, 32, 32, 32}, {7, 0, 0, 0},  {0, 0, 3, 2},   {5, 2, 1, 9},
-                                   {1, 9, 6, 0},     {8, 0, 1, 16}, {3, 40, 3, 40}, {64, 0, 64, 0}};
-  int checked = 0;
+                                   {1, 9, 6, 0},     {8, 0, 1, 16}, {3, 40, 3, 40}, {64, 0, 64, 0},
+                                   {8, 8, 1, 4}};
+  int checked = 0, windowed = 0;
   for (const Case& c : cases) {
     for (int64_t T : {1, 5, 37, 70}) {
       for (int64_t groups : {1, 3}) {
@@ -70,12 +71,18 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
               ++checked;
               continue;  // the packed path takes no window
             }
-            Tensor packed = AttendPacked(q, kv, scale, qb, /*fused=*/false);
-            ASSERT_EQ(packed.sizes(), ref.sizes());
-            EXPECT_LT(MaxAbsDiff(packed, ref), 2e-5)
-                << "packed: K " << c.k_block << "/" << c.k_residual << ", V " << c.v_block << "/"
-                << c.v_residual << ", T " << T << ", groups " << groups << ", window " << window
-                << ", query block " << qb;
+            // Both forms of the band: the sliding window where the rules admit it, the bias.
+            windowed += PackedBandWindowApplies(kv, T, qb, /*fused=*/false);
+            for (bool band_window : {true, false}) {
+              SetPackedBandWindow(band_window);
+              Tensor packed = AttendPacked(q, kv, scale, qb, /*fused=*/false);
+              SetPackedBandWindow(true);
+              ASSERT_EQ(packed.sizes(), ref.sizes());
+              EXPECT_LT(MaxAbsDiff(packed, ref), 2e-5)
+                  << "packed (band window " << band_window << "): K " << c.k_block << "/"
+                  << c.k_residual << ", V " << c.v_block << "/" << c.v_residual << ", T " << T
+                  << ", groups " << groups << ", query block " << qb;
+            }
             ++checked;
           }
         }
@@ -83,6 +90,28 @@ TEST(AttentionTest, BlockwiseEqualsMaskedOnRandomOperands) {
     }
   }
   EXPECT_GT(checked, 500);
+  EXPECT_GT(windowed, 100);
+}
+
+// The sliding-window form of the band applies exactly where every query block's band entries
+// have one state in blocks of at least 32 queries: the methods the GPU tables report (channel
+// blocks, with and without a residual window; per-token residual windows), K and V under
+// different rules whose band states agree, and not where V's residual window is narrower than
+// K's band (V's state then changes inside the band from one query to the next: blocks of one
+// query).
+TEST(AttentionTest, PackedBandWindowAppliesWhereBandsHaveOneState) {
+  const Tensor x = torch::randn({1, 1, 300, 4});
+  auto pair = [&](int kb, int kr, int vb, int vr) {
+    return KvPair{Operand(x, kb, kr), Operand(x, vb, vr)};
+  };
+  EXPECT_TRUE(PackedBandWindowApplies(pair(32, 0, 32, 0), 300, 128));    // channel INT4
+  EXPECT_TRUE(PackedBandWindowApplies(pair(32, 32, 32, 32), 300, 128));  // channel g32 r32
+  EXPECT_TRUE(PackedBandWindowApplies(pair(1, 128, 1, 128), 300, 128));  // per-token r128
+  EXPECT_TRUE(PackedBandWindowApplies(pair(32, 0, 1, 32), 300, 128));
+  EXPECT_FALSE(PackedBandWindowApplies(pair(8, 0, 1, 16), 300, 128));  // blocks of 8
+  EXPECT_TRUE(PackedBandWindowApplies(pair(32, 0, 0, 0), 300, 128));   // V position independent
+  EXPECT_FALSE(PackedBandWindowApplies(pair(8, 8, 1, 4), 300, 128));
+  EXPECT_FALSE(PackedBandWindowApplies(pair(32, 32, 1, 32), 300, 128));  // KIVI's K and V
 }
 
 // A batch of more tokens than one packed call takes goes through in chunks of windows, each
