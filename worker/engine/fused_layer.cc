@@ -60,34 +60,50 @@ bool Like(const torch::Tensor& t, const torch::Tensor& ref) {
 
 }  // namespace
 
+namespace {
+
+// Whether w is a norm weight for x's rows (one per column, x's device and dtype) and the rows fit
+// the kernel's grid (one block per row).
+bool NormWeightFits(const torch::Tensor& x, const torch::Tensor& w) {
+  const int64_t cols = x.size(-1);
+  return cols > 0 && Like(w, x) && w.dim() == 1 && w.size(0) == cols && w.is_contiguous() &&
+         x.numel() / cols <= kMaxBlocks;
+}
+
+// The RMSNorm kernel over x's rows with weight w, `a` holding the operands of its mode.
+void LaunchNormOver(RmsNormArgs a, const torch::Tensor& x, const torch::Tensor& w, double eps,
+                    RmsNormStyle style, const char* what) {
+  a.w = w.data_ptr();
+  a.cols = x.size(-1);
+  a.rows = x.numel() / a.cols;
+  a.eps = static_cast<float>(eps);
+  a.style = style;
+  a.dtype = KernelDtype(x.scalar_type());
+  c10::cuda::CUDAGuard guard(x.device());
+  const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, what, " kernel: ", cudaGetErrorString(e));
+}
+
+}  // namespace
+
 bool FusedAddRmsNorm(torch::Tensor* x, const torch::Tensor& residual, const torch::Tensor& w,
                      double eps, RmsNormStyle style, torch::Tensor* y) {
-  if (!FusedLayerApplies(*x) || x->dim() < 1 || !x->is_contiguous()) return false;
-  const int64_t cols = x->size(-1);
-  if (cols == 0 || !Like(w, *x) || w.dim() != 1 || w.size(0) != cols || !w.is_contiguous()) {
+  if (!FusedLayerApplies(*x) || x->dim() < 1 || !x->is_contiguous() || !NormWeightFits(*x, w)) {
     return false;
   }
   if (residual.defined() &&
       (!Like(residual, *x) || residual.sizes() != x->sizes() || !residual.is_contiguous())) {
     return false;
   }
-  if (x->numel() / cols > kMaxBlocks) return false;  // one block per row
+  const int64_t cols = x->size(-1);
   *y = torch::empty(x->sizes(), x->options());
   RmsNormArgs a{};
   a.x = x->data_ptr();
   a.x_stride = cols;
   a.residual = residual.defined() ? residual.data_ptr() : nullptr;
   a.residual_stride = cols;
-  a.w = w.data_ptr();
   a.y = y->data_ptr();
-  a.rows = x->numel() / cols;
-  a.cols = cols;
-  a.eps = static_cast<float>(eps);
-  a.style = style;
-  a.dtype = KernelDtype(x->scalar_type());
-  c10::cuda::CUDAGuard guard(x->device());
-  const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(e == cudaSuccess, "fused add + RMSNorm kernel: ", cudaGetErrorString(e));
+  LaunchNormOver(a, *x, w, eps, style, "fused add + RMSNorm");
   return true;
 }
 
@@ -95,28 +111,15 @@ bool FusedRmsNormAdd(torch::Tensor* x, const torch::Tensor& delta, const torch::
                      double eps, RmsNormStyle style) {
   int64_t ds = 0;
   if (!FusedLayerApplies(*x) || x->dim() < 2 || !x->is_contiguous() || !Like(delta, *x) ||
-      delta.sizes() != x->sizes() || !RowStride(delta, &ds)) {
+      delta.sizes() != x->sizes() || !RowStride(delta, &ds) || !NormWeightFits(*x, w)) {
     return false;
   }
-  const int64_t cols = x->size(-1);
-  if (cols == 0 || !Like(w, *x) || w.dim() != 1 || w.size(0) != cols || !w.is_contiguous()) {
-    return false;
-  }
-  if (x->numel() / cols > kMaxBlocks) return false;  // one block per row
   RmsNormArgs a{};
   a.x = const_cast<void*>(delta.data_ptr());  // read only: no residual to add into it
   a.x_stride = ds;
-  a.w = w.data_ptr();
   a.add_to = x->data_ptr();
-  a.add_to_stride = cols;
-  a.rows = x->numel() / cols;
-  a.cols = cols;
-  a.eps = static_cast<float>(eps);
-  a.style = style;
-  a.dtype = KernelDtype(x->scalar_type());
-  c10::cuda::CUDAGuard guard(x->device());
-  const cudaError_t e = LaunchRmsNorm(a, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(e == cudaSuccess, "fused RMSNorm + add kernel: ", cudaGetErrorString(e));
+  a.add_to_stride = x->size(-1);
+  LaunchNormOver(a, *x, w, eps, style, "fused RMSNorm + add");
   return true;
 }
 
