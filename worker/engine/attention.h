@@ -59,11 +59,13 @@ torch::Tensor AttendBlockwise(const torch::Tensor& q, const KvPair& kv, int wind
 // The blockwise attention in three kernel calls, without a window: a causal attention of
 // queries S.. over compressed entries 0..T-S-1, shifted by S = max(residual + block - 1) so that
 // every query t reads entries j <= t - S compressed (cuDNN's fused kernel, the one `none` uses);
-// every block's band (what its queries read above that, in each state) in one memory-efficient
-// call with a bias (the bands gathered and padded to one length, the blocks as heads); the two
-// merged by their log-sum-exp in one kernel. `fused`: those CUDA kernels (half precision,
-// libtorch >= 2.6; throws c10::Error where a kernel refuses); otherwise the same packing with
-// explicit fp32 softmax in place of each kernel (what the CPU tests check). No softcap.
+// every block's band (what its queries read above that, in each state) in one call: flash
+// attention's sliding window where each block's band entries have one state (SetPackedBandWindow
+// below), else the memory-efficient kernel with a bias (the bands gathered and padded to one
+// length, the blocks as heads); the two merged by their log-sum-exp in one kernel. `fused`: those
+// CUDA kernels (half precision, libtorch >= 2.6; throws c10::Error where a kernel refuses);
+// otherwise the same packing with explicit fp32 softmax in place of each kernel (what the CPU tests
+// check). No softcap.
 torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, double scale,
                            int64_t query_block, bool fused);
 

@@ -198,7 +198,9 @@ void CheckModel(const Model& model, const std::string& name, const Tensor& ids,
     ASSERT_TRUE(method.ok()) << text << ": " << method.status();
     auto codec = NewKvCodec(*method);
     ASSERT_TRUE(codec.ok()) << codec.status();
-    if (position_dependent_codec) ASSERT_TRUE((*codec)->position_dependent()) << text;
+    if (position_dependent_codec) {
+      ASSERT_TRUE((*codec)->position_dependent()) << text;
+    }
     for (int64_t qb : blocks) {
       BothPaths check(model, qb);
       model.Forward(ids, codec->get(), &check);
