@@ -820,7 +820,9 @@ int AttentionBench(std::map<std::string, std::string>& f) {
           median_ms([&] { (void)AttendBlockwise(q, pair, 0, scale, AttentionQueryBlock()); });
       // The packed path with the band through the memory-efficient kernel with a bias, where
       // the sliding-window form applies (the form it replaces).
-      band_window = PackedBandWindowApplies(pair, T, AttentionQueryBlock());
+      // (Attend packs windows of at least 8 query blocks.)
+      band_window =
+          T >= 8 * AttentionQueryBlock() && PackedBandWindowApplies(pair, T, AttentionQueryBlock());
       if (band_window) {
         SetPackedBandWindow(false);
         bias_band = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });

@@ -517,6 +517,8 @@ bool InOneState(const BlockLayout& bl, int64_t S) {
 // Flash attention computes a sequence in tiles of 64-128 query rows: blocks much shorter than
 // that leave most of each tile empty (blocks of a few queries, where a per-token residual window
 // narrower than the band cuts a block at every query, would cost far more than the bias form).
+// The plan is refused where it would hold more than ceil(T / this) + 1 blocks (the first block of
+// channel blocks is one query short of the others).
 constexpr int64_t kWindowMinQueries = 32;
 
 std::optional<WindowPlan> BuildWindowPlan(const KvPair& kv, int64_t T, int64_t query_block,
@@ -574,6 +576,8 @@ std::optional<WindowPlan> BuildWindowPlan(const KvPair& kv, int64_t T, int64_t q
   w.v_index = torch::tensor(v_index, torch::kLong);
   std::vector<int32_t> cu_q(w.starts.begin(), w.starts.end());
   std::vector<int32_t> cu_k(key_starts.begin(), key_starts.end());
+  TORCH_CHECK(w.n <= std::numeric_limits<int32_t>::max(),
+              "windowed band: more entries than 32-bit offsets hold");
   w.cu_q = torch::tensor(cu_q, torch::kInt);
   w.cu_k = torch::tensor(cu_k, torch::kInt);
   w.bytes = (w.k_index.numel() + w.v_index.numel()) * 8 + (w.cu_q.numel() + w.cu_k.numel()) * 4;
@@ -599,7 +603,8 @@ const WindowPlan* WindowPlanFor(const Tensor& q, const KvPair& kv, int64_t query
       w->cu_q = w->cu_q.to(dev);
       w->cu_k = w->cu_k.to(dev);
     }
-    const int64_t bytes = w ? w->bytes : 0;
+    // A refused plan counts a little, so that the cache stays bounded over many lengths.
+    const int64_t bytes = w ? w->bytes : 256;
     if (cached_window_plan_bytes + bytes > kMaxCachedPlanBytes) {
       cached_window_plans.clear();
       cached_window_plan_bytes = 0;
@@ -611,6 +616,9 @@ const WindowPlan* WindowPlanFor(const Tensor& q, const KvPair& kv, int64_t query
 }
 
 std::atomic<bool> band_window_enabled{true};
+// Whether the fused window form may be tried: given up for the process after a refusal (e.g. a
+// libtorch built without flash attention), the bias form taking the band from then on.
+std::atomic<bool> window_path_ok{true};
 
 std::atomic<AttentionPhaseHook> phase_hook{nullptr};
 
@@ -878,12 +886,20 @@ Tensor AttendPacked(const Tensor& q, const KvPair& kv, double scale, int64_t que
 #else
   const bool window_kernel = false;
 #endif
-  if ((!fused || window_kernel) && band_window_enabled.load(std::memory_order_relaxed)) {
+  if ((!fused || (window_kernel && window_path_ok.load(std::memory_order_relaxed))) &&
+      band_window_enabled.load(std::memory_order_relaxed)) {
     const int64_t S = std::max<int64_t>(1, std::max(PackedShift(kv.k), PackedShift(kv.v)));
     // The explicit form (tests) takes blocks of any length, to check the window's arithmetic.
     if (const WindowPlan* w = WindowPlanFor(q, kv, query_block, S, fused ? kWindowMinQueries : 1)) {
       Mark("plan");
-      return AttendPackedWindow(q, kv, scale, *w, fused);
+      if (!fused) return AttendPackedWindow(q, kv, scale, *w, fused);
+      try {
+        return AttendPackedWindow(q, kv, scale, *w, fused);
+      } catch (const c10::Error& e) {
+        window_path_ok.store(false);
+        KV_LOG(WARNING) << "windowed band attention refused (" << e.what_without_backtrace()
+                        << "); the packed path's band uses the memory-efficient kernel with a bias";
+      }
     }
   }
   const PackedPlan& p = PlanFor(q, kv, query_block, fused);

@@ -77,8 +77,9 @@ torch::Tensor AttendPacked(const torch::Tensor& q, const KvPair& kv, double scal
 // off to time the bias form (kvsweep-engine-bench --attention-bench); workers never do.
 void SetPackedBandWindow(bool enabled);
 bool PackedBandWindow();
-// Whether the rules of kv admit that form at T queries: for the fused kernels (blocks of at least
-// 32 queries), or for AttendPacked's explicit form (fused false: blocks of any length).
+// Whether the rules of kv admit that form at T queries: for the fused kernels (at most
+// ceil(T / 32) + 1 blocks, i.e. blocks of about 32 queries or more), or for AttendPacked's
+// explicit form (fused false: blocks of any length).
 bool PackedBandWindowApplies(const KvPair& kv, int64_t T, int64_t query_block, bool fused = true);
 
 // Benchmarks only: called with a phase's name as the packed path finishes it ("plan",
