@@ -489,10 +489,10 @@ const PackedPlan& PlanFor(const Tensor& q, const KvPair& kv, int64_t query_block
 // all of the block's queries, the block's entries [max(0, t0 - S + 1), t1) in position order, each
 // in its state, make query t's band (entries (t - S, t]) the last S rows up to its own: flash
 // attention's variable-length form, one sequence per block, with the window (S - 1, 0) counted
-// from the bottom-right diagonal. Blocks are cut where the operands' compressed prefixes change
-// if the query block would hold an entry in two states (channel blocks: a block per channel
-// block); the plan exists only where that makes every block's mask the window, checked entry by
-// entry against the blockwise path's masks.
+// from the bottom-right diagonal. Each block is the longest from its start (up to the query
+// block) in which every entry has one state (channel blocks: a block per channel block); the
+// plan exists only where every block's mask is then the window, checked entry by entry against
+// the blockwise path's masks.
 struct WindowPlan {
   int64_t S = 0;                    // the causal part's shift: the band is S entries wide
   std::vector<int64_t> starts;      // block j: queries [starts[j], starts[j + 1]); ends with T
