@@ -503,6 +503,16 @@ struct WindowPlan {
   int64_t bytes = 0;
 };
 
+// bool [C, L]: flash attention's window (S - 1, 0) for a sequence of C queries over L rows,
+// counted from its bottom-right diagonal: query i reads row k iff
+// i + (L - C) - (S - 1) <= k <= i + (L - C).
+Tensor WindowMask(int64_t C, int64_t L, int64_t S) {
+  const Tensor i = torch::arange(C, torch::kLong).unsqueeze(1);
+  const Tensor k = torch::arange(L, torch::kLong).unsqueeze(0);
+  const Tensor diag = i + (L - C);
+  return (k <= diag) & (k >= diag - (S - 1));
+}
+
 // Whether the block's band segments cover its entries [max(0, t0 - S + 1), t1) once each, in
 // position order (each entry in one state).
 bool InOneState(const BlockLayout& bl, int64_t S) {
@@ -546,14 +556,10 @@ std::optional<WindowPlan> BuildWindowPlan(const KvPair& kv, int64_t T, int64_t q
     const int64_t t1 = good;
     const BlockLayout bl = lay_out(t0, t1);
     if (!InOneState(bl, S)) return std::nullopt;
-    // The blockwise path's mask of this band against the window: query t0 + i reads row k iff
-    // i + (L - C) - (S - 1) <= k <= i + (L - C).
+    // The blockwise path's mask of this band against the window.
     const int64_t C = t1 - t0, lo = std::max<int64_t>(0, t0 - S + 1), L = t1 - lo;
     const Tensor mask = BandMask(kv, bl, 0);
-    const Tensor i = torch::arange(C, torch::kLong).unsqueeze(1);
-    const Tensor k = torch::arange(L, torch::kLong).unsqueeze(0);
-    const Tensor diag = i + (L - C);
-    if (!mask.sizes().equals({C, L}) || !torch::equal(mask, (k <= diag) & (k >= diag - (S - 1)))) {
+    if (!mask.sizes().equals({C, L}) || !torch::equal(mask, WindowMask(C, L, S))) {
       return std::nullopt;
     }
     for (const Segment& sg : bl.segments) {
@@ -836,10 +842,7 @@ Tensor AttendPackedWindow(const Tensor& q, const KvPair& kv, double scale, const
     Tensor s = torch::matmul(f32(q.slice(2, t0, t0 + C)),
                              RepeatKv(ks.slice(2, k0, k0 + L), g).transpose(-2, -1)) *
                scale;
-    const Tensor i = torch::arange(C, torch::kLong).unsqueeze(1);
-    const Tensor k = torch::arange(L, torch::kLong).unsqueeze(0);
-    const Tensor diag = i + (L - C);
-    const Tensor seen = ((k <= diag) & (k >= diag - (S - 1))).to(q.device());
+    const Tensor seen = WindowMask(C, L, S).to(q.device());
     s = s.masked_fill(seen.logical_not(), -std::numeric_limits<float>::infinity());
     const Tensor l = torch::logsumexp(s, -1);
     ob.slice(2, t0, t0 + C)
