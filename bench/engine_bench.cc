@@ -498,12 +498,13 @@ int CheckLayerKernels(torch::Device dev) {
 }
 
 // The LM head's fused scoring (worker/engine/head_score.h) against the libtorch path the scorer
-// otherwise takes (HeadScoreLibtorch), on random logits with planted ties of the maximum, -inf
-// entries and targets that are the argmax, rows all -inf and rows with an infinite maximum: greedy
-// hits identical, log-probabilities within the kernel's bound FusedHeadScoreBound (fp32 terms
-// summed in fp64, head_score.cu; NaN where both are NaN). Vocabularies of 32000, 151936 and 1000
-// (16-byte loads; 1000 shorter than a block's reach) and 50257 and unaligned rows of 32000 (scalar
-// loads). Returns the number of failed cases.
+// otherwise takes (HeadScoreLibtorch), on random logits with planted ties of the maximum (across
+// threads, within one pack, within one thread's group of packs), -inf entries and targets that are
+// the argmax, rows all -inf, rows with an infinite maximum or a NaN: greedy hits identical,
+// log-probabilities within the kernel's bound FusedHeadScoreBound (fp32 terms, a pack's summed in
+// fp32, the packs' in fp64: head_score.cu; NaN where both are NaN). Vocabularies of 32000, 128256,
+// 151936 and 1000 (16-byte loads; 1000 shorter than a block's reach) and 50257 and unaligned rows
+// of 32000 (scalar loads). Returns the number of failed cases.
 int CheckHeadScore(torch::Device dev) {
   if (!dev.is_cuda()) {
     std::printf("head scoring: CUDA only (none on %s)\n", dev.str().c_str());
@@ -517,7 +518,7 @@ int CheckHeadScore(torch::Device dev) {
     // (vocabulary, offset): offset 1 views each row from its second element of a row of V + 8,
     // so the rows' stride is a multiple of 8 but their start is not 16-byte aligned.
     for (const auto& [V, offset] : std::vector<std::pair<int64_t, int64_t>>{
-             {32000, 0}, {50257, 0}, {151936, 0}, {1000, 0}, {32000, 1}}) {
+             {32000, 0}, {50257, 0}, {128256, 0}, {151936, 0}, {1000, 0}, {32000, 1}}) {
       const torch::Tensor base = (torch::randn({n, offset == 0 ? V : V + 8}, o) * 3).to(dt);
       torch::Tensor logits = base.slice(1, offset, offset + V);
       torch::Tensor tg = torch::randint(0, V, {n}, o.dtype(torch::kLong));
@@ -532,6 +533,15 @@ int CheckHeadScore(torch::Device dev) {
         tg.index_put_({1}, 0);  // a target at -inf: log-probability -inf on both paths
         logits[2].fill_(-inf);
         logits[3].index_put_({7}, inf);
+        // Row 5: a NaN (argmax's maximum; log-probability NaN); row 6: a pack of one thread all
+        // at the maximum; row 8: the maximum twice in one thread's group of packs (the first
+        // index wins in both).
+        logits[5].index_put_({11}, std::numeric_limits<float>::quiet_NaN());
+        logits[6].slice(0, 16, 24).fill_(100);
+        if (V > 3000 + 256 * 8) {
+          logits[8].index_put_({3000}, 100);
+          logits[8].index_put_({3000 + 256 * 8}, 100);
+        }
         // Every even row's target is its argmax, so hits happen.
         const torch::Tensor am = logits.to(torch::kFloat32).argmax(-1);
         tg.slice(0, 0, n, 2).copy_(am.slice(0, 0, n, 2));
@@ -567,11 +577,100 @@ int CheckHeadScore(torch::Device dev) {
   return failures;
 }
 
+// The packed attention's band in both forms (flash attention's sliding window, and the
+// memory-efficient kernel with a bias) against the masked fp32 reference, on every batch element
+// of a batch of 3 (GQA 4, random operands), for the position-dependent rules whose bands admit the
+// window form: windows longer than the band (T = 4096), a window no longer than it (a residual
+// of 1024 at T = 1024) and one a little longer, not a whole number of query blocks (T = 1500). Each
+// output is rounded at most twice in the compute dtype (each part, then their merge), each time by
+// half a spacing: the bound is one spacing (2^-7 bf16, 2^-10 fp16) of the reference's largest
+// magnitude in that batch element. Returns the number of failed cases.
+int CheckBandWindow(torch::Device dev) {
+  if (!dev.is_cuda()) {
+    std::printf("band window: CUDA only (none on %s)\n", dev.str().c_str());
+    return 0;
+  }
+  int failures = 0;
+  const int64_t B = 3, H = 8, Hkv = 2, D = 128;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const bool was_window = PackedBandWindow();
+  for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
+    const double spacing = dt == torch::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+    for (const auto& [method, T] : std::vector<std::pair<const char*, int64_t>>{
+             {"quant:bits=4,axis=channel", 4096},
+             {"quant:bits=2,axis=channel,group=32,residual=32", 4096},
+             {"quant:bits=4,residual=128", 4096},
+             {"quant:bits=4,residual=1024", 1024},
+             {"quant:bits=4,residual=1024", 1500}}) {
+      absl::StatusOr<std::unique_ptr<KvCodec>> codec = BenchCodec(method, D);
+      if (!codec.ok()) return Die(codec.status());
+      torch::manual_seed(1);
+      const auto o = torch::TensorOptions().device(dev).dtype(dt);
+      const torch::Tensor q = torch::randn({B, H, T, D}, o);
+      const torch::Tensor k = torch::randn({B, Hkv, T, D}, o) * 2;
+      const torch::Tensor v = torch::randn({B, Hkv, T, D}, o);
+      const KvPair pair = (*codec)->Apply(0, k, v);
+      const torch::Tensor allowed = AllowedMask(T, 0, dev);
+      const bool applies = PackedBandWindowApplies(pair, T, AttentionQueryBlock());
+      // The packed path marks "plan" once per chunk of windows it attends, twice where the
+      // window form is refused and the bias form takes over: equal counts (> 0) in both runs say
+      // each form ran as asked.
+      static int plans = 0;
+      SetAttentionPhaseHook([](const char* phase) { plans += std::string(phase) == "plan"; });
+      plans = 0;
+      SetPackedBandWindow(true);
+      const torch::Tensor window = Attend(q, pair, allowed, 0, scale).to(torch::kFloat32);
+      const int window_plans = plans;
+      plans = 0;
+      SetPackedBandWindow(false);
+      const torch::Tensor bias = Attend(q, pair, allowed, 0, scale).to(torch::kFloat32);
+      const int bias_plans = plans;
+      SetAttentionPhaseHook(nullptr);
+      const bool ran = window_plans > 0 && window_plans == bias_plans && !window.equal(bias);
+      auto to32 = [](const KvOperand& op) {
+        return KvOperand{op.compressed.to(torch::kFloat32),
+                         op.raw.defined() ? op.raw.to(torch::kFloat32) : op.raw, op.use_compressed,
+                         op.block, op.residual};
+      };
+      const KvPair pair32{to32(pair.k), to32(pair.v)};
+      double worst_window = 0, worst_bias = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        // One batch element at a time keeps the reference's [H, T, T] fp32 scores small.
+        auto one = [b](const KvOperand& op) {
+          return KvOperand{op.compressed.slice(0, b, b + 1),
+                           op.raw.defined() ? op.raw.slice(0, b, b + 1) : op.raw, op.use_compressed,
+                           op.block, op.residual};
+        };
+        const torch::Tensor ref =
+            AttendMasked(q.slice(0, b, b + 1).to(torch::kFloat32),
+                         KvPair{one(pair32.k), one(pair32.v)}, allowed, scale);
+        const double mag = ref.abs().max().item<double>();
+        auto rel = [&](const torch::Tensor& x) {
+          return (x.slice(0, b, b + 1) - ref).abs().max().item<double>() / mag;
+        };
+        worst_window = std::max(worst_window, rel(window));
+        worst_bias = std::max(worst_bias, rel(bias));
+      }
+      const bool ok = applies && ran && worst_window <= spacing && worst_bias <= spacing &&
+                      std::isfinite(worst_window) && std::isfinite(worst_bias);
+      failures += !ok;
+      std::printf(
+          "band window %-5s %-46s B=%lld T=%4lld: window form %s%s, max rel diff vs masked fp32 "
+          "over the batch: window %.2e, bias %.2e (bound %.2e)%s\n",
+          DtypeName(dt), method, static_cast<long long>(B), static_cast<long long>(T),
+          applies ? "applies" : "REFUSED", ran ? "" : " (NOT RUN)", worst_window, worst_bias,
+          spacing, ok ? "" : "  MISMATCH");
+    }
+  }
+  SetPackedBandWindow(was_window);
+  return failures;
+}
+
 // --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
 // one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
 // on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
 // and the time of each path; then the layer kernels (CheckLayerKernels) and the LM head's scoring
-// (CheckHeadScore).
+// (CheckHeadScore), and the packed attention's two band forms (CheckBandWindow).
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
@@ -711,6 +810,7 @@ int CheckFused(const std::string& device) {
   SetFusedFakeQuantVectorized(true);
   failures += CheckLayerKernels(*dev);
   failures += CheckHeadScore(*dev);
+  failures += CheckBandWindow(*dev);
   std::printf("%s\n", failures == 0 ? "every fused kernel == its libtorch path (RMSNorm outputs: "
                                       "within the bounds above)"
                                     : "MISMATCH");

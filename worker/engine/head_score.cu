@@ -6,13 +6,18 @@
 //
 // One pass: each thread keeps its running maximum m (and its first index) and s = sum exp(x - m)
 // over what it has read, rescaling s by exp(m_old - m_new) in fp64 when the maximum grows (a few
-// times per thread); the threads' states merge the same way. Numerics: every logit is widened
-// exactly; each term exp(x - m) is fp32 (expf, at most 2 units in the last place, x - m rounded to
-// fp32) and summed in fp64, the rescaling factors and the log are fp64. The relative error of the
-// sum is then at most 2^-23 plus 2^-24 times the softmax-weighted mean of m - x, which is at most
-// the row's entropy, so log(vocab): |logprob - exact| <= 2^-23 + log(vocab) * 2^-24, under 1e-6
-// nats for vocabularies up to 10^6 — the fp32 rounding of a term, not an fp32 sum's bias (which
-// grows with the vocabulary and is why the sum is fp64).
+// times per thread); the threads' states merge the same way. A thread reads groups of kUnroll
+// packs of N values; a group's maximum is found first, so that its terms are taken against the
+// maximum after it and a pack's N terms summed in fp32 before they join s (per value work: a
+// conversion, a maximum, an exp and an add; the value-by-value form with its branches ran at a
+// fifth of the memory's speed on the H200). Numerics: every logit is widened exactly; each term
+// exp(x - m) is fp32 (expf, at most 2 units in the last place, x - m rounded to fp32), a pack's
+// terms are summed as a tree (log2(N) <= 3 roundings of 2^-24), and the packs' sums are summed in
+// fp64, the rescaling factors and the log are fp64. The relative error of the sum is then at most
+// 2^-23 + 3 * 2^-24 plus 2^-24 times the softmax-weighted mean of m - x, which is at most the
+// row's entropy, so log(vocab): |logprob - exact| <= 2^-23 + (3 + log(vocab)) * 2^-24, under 1e-6
+// nats for vocabularies up to 10^6 — fp32 rounding of a term and of a pack's 8, not an fp32 sum's
+// bias over the vocabulary (which grows with it and is why the sum is fp64).
 #include <math.h>
 #include <stdint.h>
 
@@ -26,9 +31,7 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 4;  // packs loaded before any is used: loads in flight per thread
 
 // a ranks above b as argmax does: larger, or NaN against a number.
-__device__ __forceinline__ bool Above(float a, float b) {
-  return a > b || (isnan(a) && !isnan(b));
-}
+__device__ __forceinline__ bool Above(float a, float b) { return a > b || (isnan(a) && !isnan(b)); }
 
 // A part of a row: its largest value m (argmax's ranking), the first index of it (vocab where
 // nothing has been read) and s = sum over the part of exp(x - m) (meaningful while m is finite).
@@ -52,7 +55,8 @@ __device__ __forceinline__ void Read(float v, int64_t j, int64_t vocab, Part* p)
   }
 }
 
-// Merges part o into p: the larger maximum (the smaller index on a tie) and the sums rescaled to it.
+// Merges part o into p: the larger maximum (the smaller index on a tie) and the sums rescaled to
+// it.
 __device__ __forceinline__ void Merge(const Part& o, Part* p) {
   const bool o_wins = Above(o.m, p->m) || (!Above(p->m, o.m) && o.i < p->i);
   const float m = o_wins ? o.m : p->m;
@@ -68,8 +72,20 @@ __device__ __forceinline__ void Merge(const Part& o, Part* p) {
   }
 }
 
+// The sum of n values as a balanced tree: each value's relative rounding error at most
+// log2(n) * 2^-24.
+template <int n>
+__device__ __forceinline__ float TreeSum(const float* t) {
+  if constexpr (n == 1) {
+    return t[0];
+  } else {
+    return TreeSum<n / 2>(t) + TreeSum<n / 2>(t + n / 2);
+  }
+}
+
 template <typename T, int N>
-__global__ void HeadScoreKernel(HeadScoreArgs a) {
+__global__ void __launch_bounds__(kThreads, 4) HeadScoreKernel(HeadScoreArgs a) {
+  static_assert((N & (N - 1)) == 0, "packs of a power of two");
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(a.logits) + row * a.stride;
   const int64_t V = a.vocab;
@@ -81,11 +97,63 @@ __global__ void HeadScoreKernel(HeadScoreArgs a) {
     for (int u = 0; u < kUnroll; ++u) {
       if (j0 + u * kStep < V) v[u] = Load<T, N>(x + j0 + u * kStep);
     }
+    // The group's largest value (fmaxf passes NaN over: caught below); packs past the row's end
+    // hold nothing. Values are widened where used, not kept in fp32 (registers: occupancy).
+    bool in_row[kUnroll];
+    float top = -INFINITY;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (j0 + u * kStep < V) {
+      in_row[u] = j0 + u * kStep < V;
+      if (in_row[u]) {
 #pragma unroll
-        for (int e = 0; e < N; ++e) Read(ToF(v[u].v[e]), j0 + u * kStep + e, V, &p);
+        for (int e = 0; e < N; ++e) top = fmaxf(top, ToF(v[u].v[e]));
+      }
+    }
+    // The common case: finite values under a finite maximum. The maximum moves to the group's
+    // first largest value if that is above it (then the sum is rescaled, as Read does), and the
+    // group's terms exp(x - m) go into s a pack at a time, each pack's terms summed in fp32 as a
+    // tree. Anything else (the row's first group, infinities, NaN) goes value by value through
+    // Read, the reference semantics.
+    bool by_value = !isfinite(top) || (p.i != V && !isfinite(p.m));
+    if (!by_value) {
+      const Part before = p;
+      if (p.i == V || top > p.m) {
+        int64_t first = V;
+#pragma unroll
+        for (int u = kUnroll - 1; u >= 0; --u) {
+#pragma unroll
+          for (int e = N - 1; e >= 0; --e) {
+            if (in_row[u] && ToF(v[u].v[e]) == top) first = j0 + u * kStep + e;
+          }
+        }
+        p.s = p.i == V ? 0.0 : p.s * exp(static_cast<double>(p.m) - static_cast<double>(top));
+        p.m = top;
+        p.i = first;
+      }
+      double add = 0.0;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (in_row[u]) {
+          float t[N];
+#pragma unroll
+          for (int e = 0; e < N; ++e) t[e] = expf(ToF(v[u].v[e]) - p.m);  // -inf adds 0
+          add += static_cast<double>(TreeSum<N>(t));
+        }
+      }
+      if (isnan(add)) {  // a NaN value: the group again, value by value
+        p = before;
+        by_value = true;
+      } else {
+        p.s += add;
+      }
+    }
+    if (by_value) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (in_row[u]) {
+#pragma unroll
+          for (int e = 0; e < N; ++e) Read(ToF(v[u].v[e]), j0 + u * kStep + e, V, &p);
+        }
       }
     }
   }
