@@ -112,8 +112,9 @@ __global__ void __launch_bounds__(kThreads, 4) HeadScoreKernel(HeadScoreArgs a) 
     // The common case: finite values under a finite maximum. The maximum moves to the group's
     // first largest value if that is above it (then the sum is rescaled, as Read does), and the
     // group's terms exp(x - m) go into s a pack at a time, each pack's terms summed in fp32 as a
-    // tree. Anything else (the row's first group, infinities, NaN) goes value by value through
-    // Read, the reference semantics.
+    // tree (a thread's first group too: it starts the running maximum). Anything else
+    // (infinities, NaN, a running maximum of -inf) goes value by value through Read, the
+    // reference semantics.
     bool by_value = !isfinite(top) || (p.i != V && !isfinite(p.m));
     if (!by_value) {
       const Part before = p;
