@@ -5,7 +5,8 @@
 # tests/fixtures/), `checkfused`, `fulljob MODEL W` (one full WikiText evaluation job through
 # kvsweep-worker eval, timed with its load) or `profile MODEL W [LINES]` (the kernels' GPU time of
 # one scoring pass over the first LINES lines of WikiText under Nsight Compute, by kind:
-# kernel_profile.py; METHODS as for bench, default none). Work files
+# kernel_profile.py; METHODS as for bench, default none). SMI=1 logs the GPU's clocks, power and
+# utilization every 250 ms while the phase runs, to $OUT/smi.csv (clock_segments.py). Work files
 # in /tmp/kvs, a few results copied to $OUT (the device returns at most 8 files). The results
 # behind docs/gpu.md are kept in tools/gpu/results/.
 set -uo pipefail
@@ -25,6 +26,12 @@ export KVSWEEP_ASSETS=$assets
 t0=$(date +%s)
 deploy/build-cuda.sh build-cuda > "$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+if [ "${SMI:-0}" = 1 ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,power.limit,utilization.gpu,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -lms 250 > "$OUT/smi.csv" &
+  smi_pid=$!
+  trap 'kill $smi_pid 2> /dev/null' EXIT
+fi
 case $phase in
   smoke)
     METHODS=${METHODS:-"none quant:bits=4 quant:bits=2,group=32,axis=channel,residual=32 rank:r=16 rank:r=16,basis=svd hybrid:r=32,bits=8"} \
