@@ -612,9 +612,11 @@ int CheckBandWindow(torch::Device dev) {
       const KvPair pair = (*codec)->Apply(0, k, v);
       const torch::Tensor allowed = AllowedMask(T, 0, dev);
       const bool applies = PackedBandWindowApplies(pair, T, AttentionQueryBlock());
-      // The packed path marks "plan" once per chunk of windows it attends, twice where the
-      // window form is refused and the bias form takes over: equal counts (> 0) in both runs say
-      // each form ran as asked.
+      // The packed path marks "plan" once per chunk of windows it attends (twice where the window
+      // form is refused in this run and the bias form takes over): equal counts > 0 say both runs
+      // took the packed path without a fallback inside them. A refusal earlier in the process
+      // leaves the window form off for good, and the "window" run is then the bias form again,
+      // bitwise (same kernels, same operands): outputs not equal say the window form ran.
       static int plans = 0;
       SetAttentionPhaseHook([](const char* phase) { plans += std::string(phase) == "plan"; });
       plans = 0;
@@ -648,8 +650,12 @@ int CheckBandWindow(torch::Device dev) {
         auto rel = [&](const torch::Tensor& x) {
           return (x.slice(0, b, b + 1) - ref).abs().max().item<double>() / mag;
         };
-        worst_window = std::max(worst_window, rel(window));
-        worst_bias = std::max(worst_bias, rel(bias));
+        // A NaN difference is kept (std::max would pass it over), and fails the check below.
+        for (auto [worst, x] : {std::pair<double*, const torch::Tensor*>{&worst_window, &window},
+                                {&worst_bias, &bias}}) {
+          const double r = rel(*x);
+          if (!(r <= *worst)) *worst = r;
+        }
       }
       const bool ok = applies && ran && worst_window <= spacing && worst_bias <= spacing &&
                       std::isfinite(worst_window) && std::isfinite(worst_bias);

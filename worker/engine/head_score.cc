@@ -30,7 +30,7 @@ void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets
 }
 
 double FusedHeadScoreBound(int64_t vocab) {
-  return std::ldexp(1.0, -23) + (3.0 + std::log(static_cast<double>(vocab))) * std::ldexp(1.0, -24);
+  return std::ldexp(1.0, -22) + (3.0 + std::log(static_cast<double>(vocab))) * std::ldexp(1.0, -24);
 }
 
 #ifdef KVSWEEP_CUDA

@@ -11,13 +11,13 @@
 // maximum after it and a pack's N terms summed in fp32 before they join s (per value work: a
 // conversion, a maximum, an exp and an add; the value-by-value form with its branches ran at a
 // fifth of the memory's speed on the H200). Numerics: every logit is widened exactly; each term
-// exp(x - m) is fp32 (expf, at most 2 units in the last place, x - m rounded to fp32), a pack's
-// terms are summed as a tree (log2(N) <= 3 roundings of 2^-24), and the packs' sums are summed in
-// fp64, the rescaling factors and the log are fp64. The relative error of the sum is then at most
-// 2^-23 + 3 * 2^-24 plus 2^-24 times the softmax-weighted mean of m - x, which is at most the
-// row's entropy, so log(vocab): |logprob - exact| <= 2^-23 + (3 + log(vocab)) * 2^-24, under 1e-6
-// nats for vocabularies up to 10^6 — fp32 rounding of a term and of a pack's 8, not an fp32 sum's
-// bias over the vocabulary (which grows with it and is why the sum is fp64).
+// exp(x - m) is fp32 (expf, at most 2 units in the last place: 2^-22 relative; x - m rounded to
+// fp32), a pack's terms are summed as a tree (log2(N) <= 3 roundings of 2^-24), and the packs'
+// sums are summed in fp64, the rescaling factors and the log are fp64. The relative error of the
+// sum is then at most 2^-22 + 3 * 2^-24 plus 2^-24 times the softmax-weighted mean of m - x, which
+// is at most the row's entropy, so log(vocab): |logprob - exact| <= 2^-22 + (3 + log(vocab)) *
+// 2^-24, 1.1e-6 nats at a vocabulary of 152k — fp32 rounding of a term and of a pack's 8, not an
+// fp32 sum's bias over the vocabulary (which grows with it and is why the sum is fp64).
 #include <math.h>
 #include <stdint.h>
 

@@ -22,14 +22,14 @@ void HeadScoreLibtorch(const torch::Tensor& logits, const torch::Tensor& targets
 
 // The same as HeadScoreLibtorch for logits in bf16/fp16 on CUDA with a contiguous last
 // dimension, in one pass over each row: greedy hits identical, log-probabilities within
-// 2^-23 + (3 + log(V)) * 2^-24 of it (each exp term fp32, eight of them summed in fp32, those sums
+// 2^-22 + (3 + log(V)) * 2^-24 of it (each exp term fp32, eight of them summed in fp32, those sums
 // in fp64: head_score.cu). False, with nothing written, where the kernel does not apply (the CPU,
 // fp32, a build without CUDA, the fused kernels switched off, other shapes).
 bool FusedHeadScore(const torch::Tensor& logits, const torch::Tensor& targets,
                     torch::Tensor* logprob, torch::Tensor* hit);
 
 // FusedHeadScore's bound on |logprob - HeadScoreLibtorch's| for a vocabulary of `vocab` words:
-// 2^-23 + (3 + log(vocab)) * 2^-24.
+// 2^-22 + (3 + log(vocab)) * 2^-24.
 double FusedHeadScoreBound(int64_t vocab);
 
 }  // namespace kvsweep::engine
