@@ -23,29 +23,26 @@ def number(cell):
     return float(cell.strip().split()[0])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("csv")
-    ap.add_argument("--busy", type=float, default=50)
-    ap.add_argument("--min-samples", type=int, default=2)
-    a = ap.parse_args()
-    rows = list(csv.reader(open(a.csv)))
+def segments(rows, busy=50, min_samples=2):
+    """The busy stretches of an nvidia-smi CSV log (rows as csv.reader gives them, header first):
+    dicts of first/last sample index, clock and power lists and the count of power-capped samples."""
     if not rows or "clocks.current.sm" not in ",".join(rows[0]):
-        sys.exit(f"{a.csv}: not an nvidia-smi CSV log with clocks.sm")
+        raise ValueError("not an nvidia-smi CSV log with clocks.sm")
     head = [h.strip() for h in rows[0]]
-    col = {name: next(i for i, h in enumerate(head) if h.startswith(name))
-           for name in ("clocks.current.sm", "power.draw", "utilization.gpu")}
+    col = {}
+    for name in ("clocks.current.sm", "power.draw", "utilization.gpu"):
+        col[name] = next((i for i, h in enumerate(head) if h.startswith(name)), None)
+        if col[name] is None:
+            raise ValueError(f"no {name} column")
     reasons = next((i for i, h in enumerate(head) if h.startswith("clocks_event_reasons")), None)
-    segments, cur = [], None
+    out, cur = [], None
     for i, r in enumerate(rows[1:]):
-        if len(r) < len(head):
-            continue
         try:
             util, clock, power = (number(r[col[c]]) for c in ("utilization.gpu", "clocks.current.sm", "power.draw"))
-        except ValueError:
+            capped = reasons is not None and int(r[reasons].strip(), 16) & 0x4 != 0
+        except (ValueError, IndexError):  # a sample nvidia-smi could not read ("[N/A]") or cut off
             continue
-        capped = reasons is not None and int(r[reasons].strip(), 16) & 0x4 != 0
-        if util >= a.busy:
+        if util >= busy:
             if cur is None:
                 cur = {"first": i, "clock": [], "power": [], "capped": 0}
             cur["last"] = i
@@ -53,16 +50,30 @@ def main():
             cur["power"].append(power)
             cur["capped"] += capped
         else:
-            if cur is not None and len(cur["clock"]) >= a.min_samples:
-                segments.append(cur)
+            if cur is not None and len(cur["clock"]) >= min_samples:
+                out.append(cur)
             cur = None
-    if cur is not None and len(cur["clock"]) >= a.min_samples:
-        segments.append(cur)
-    stamps = [r[0].strip() for r in rows[1:3]]
-    print(f"{len(rows) - 1} samples from {stamps[0] if stamps else '?'}; busy >= {a.busy:g}%: {len(segments)} stretches")
+    if cur is not None and len(cur["clock"]) >= min_samples:
+        out.append(cur)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv")
+    ap.add_argument("--busy", type=float, default=50)
+    ap.add_argument("--min-samples", type=int, default=2)
+    a = ap.parse_args()
+    rows = list(csv.reader(open(a.csv)))
+    try:
+        found = segments(rows, a.busy, a.min_samples)
+    except ValueError as e:
+        sys.exit(f"{a.csv}: {e}")
+    stamps = [r[0].strip() for r in rows[1:2]]
+    print(f"{len(rows) - 1} samples from {stamps[0] if stamps else '?'}; busy >= {a.busy:g}%: {len(found)} stretches")
     print("| samples | first..last sample | SM clock mean / median (MHz) | power (W) | power-capped |")
     print("| ---: | --- | ---: | ---: | ---: |")
-    for s in segments:
+    for s in found:
         n = len(s["clock"])
         print(f"| {n} | {s['first']}..{s['last']} | {statistics.mean(s['clock']):.0f} / "
               f"{statistics.median(s['clock']):.0f} | {statistics.mean(s['power']):.0f} | "
