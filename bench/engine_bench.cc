@@ -577,6 +577,20 @@ int CheckHeadScore(torch::Device dev) {
   return failures;
 }
 
+// An operand's tensors in fp32 (the masked reference's operands).
+KvOperand OperandFp32(const KvOperand& op) {
+  return KvOperand{op.compressed.to(torch::kFloat32),
+                   op.raw.defined() ? op.raw.to(torch::kFloat32) : op.raw, op.use_compressed,
+                   op.block, op.residual};
+}
+
+// An operand's batch elements [b0, b1).
+KvOperand OperandRows(const KvOperand& op, int64_t b0, int64_t b1) {
+  return KvOperand{op.compressed.slice(0, b0, b1),
+                   op.raw.defined() ? op.raw.slice(0, b0, b1) : op.raw, op.use_compressed, op.block,
+                   op.residual};
+}
+
 // The packed attention's band in both forms (flash attention's sliding window, and the
 // memory-efficient kernel with a bias) against the masked fp32 reference, on every batch element
 // of a batch of 3 (GQA 4, random operands), for the position-dependent rules whose bands admit the
@@ -629,33 +643,24 @@ int CheckBandWindow(torch::Device dev) {
       const int bias_plans = plans;
       SetAttentionPhaseHook(nullptr);
       const bool ran = window_plans > 0 && window_plans == bias_plans && !window.equal(bias);
-      auto to32 = [](const KvOperand& op) {
-        return KvOperand{op.compressed.to(torch::kFloat32),
-                         op.raw.defined() ? op.raw.to(torch::kFloat32) : op.raw, op.use_compressed,
-                         op.block, op.residual};
-      };
-      const KvPair pair32{to32(pair.k), to32(pair.v)};
+      const KvPair pair32{OperandFp32(pair.k), OperandFp32(pair.v)};
       double worst_window = 0, worst_bias = 0;
       for (int64_t b = 0; b < B; ++b) {
         // One batch element at a time keeps the reference's [H, T, T] fp32 scores small.
-        auto one = [b](const KvOperand& op) {
-          return KvOperand{op.compressed.slice(0, b, b + 1),
-                           op.raw.defined() ? op.raw.slice(0, b, b + 1) : op.raw, op.use_compressed,
-                           op.block, op.residual};
-        };
         const torch::Tensor ref =
             AttendMasked(q.slice(0, b, b + 1).to(torch::kFloat32),
-                         KvPair{one(pair32.k), one(pair32.v)}, allowed, scale);
+                         KvPair{OperandRows(pair32.k, b, b + 1), OperandRows(pair32.v, b, b + 1)},
+                         allowed, scale);
         const double mag = ref.abs().max().item<double>();
         auto rel = [&](const torch::Tensor& x) {
           return (x.slice(0, b, b + 1) - ref).abs().max().item<double>() / mag;
         };
         // A NaN difference is kept (std::max would pass it over), and fails the check below.
-        for (auto [worst, x] : {std::pair<double*, const torch::Tensor*>{&worst_window, &window},
-                                {&worst_bias, &bias}}) {
-          const double r = rel(*x);
+        auto keep_worst = [](double* worst, double r) {
           if (!(r <= *worst)) *worst = r;
-        }
+        };
+        keep_worst(&worst_window, rel(window));
+        keep_worst(&worst_bias, rel(bias));
       }
       const bool ok = applies && ran && worst_window <= spacing && worst_bias <= spacing &&
                       std::isfinite(worst_window) && std::isfinite(worst_bias);
@@ -934,20 +939,10 @@ int AttentionBench(std::map<std::string, std::string>& f) {
         bias_band = median_ms([&] { (void)Attend(q, pair, allowed, 0, scale); });
         SetPackedBandWindow(true);
       }
-      auto first = [](const KvOperand& op) {
-        return KvOperand{op.compressed.slice(0, 0, 1),
-                         op.raw.defined() ? op.raw.slice(0, 0, 1) : op.raw, op.use_compressed,
-                         op.block, op.residual};
-      };
-      const KvPair one{first(pair.k), first(pair.v)};
+      const KvPair one{OperandRows(pair.k, 0, 1), OperandRows(pair.v, 0, 1)};
       const torch::Tensor q1 = q.slice(0, 0, 1);
-      auto to32 = [](const KvOperand& op) {
-        return KvOperand{op.compressed.to(torch::kFloat32),
-                         op.raw.defined() ? op.raw.to(torch::kFloat32) : op.raw, op.use_compressed,
-                         op.block, op.residual};
-      };
-      const torch::Tensor ref =
-          AttendMasked(q1.to(torch::kFloat32), KvPair{to32(one.k), to32(one.v)}, allowed, scale);
+      const torch::Tensor ref = AttendMasked(
+          q1.to(torch::kFloat32), KvPair{OperandFp32(one.k), OperandFp32(one.v)}, allowed, scale);
       const double mag = ref.abs().max().item<double>();
       auto rel = [&](const torch::Tensor& x) {
         return (x.to(torch::kFloat32) - ref).abs().max().item<double>() / mag;
