@@ -484,6 +484,27 @@ int CheckLayerKernels(torch::Device dev) {
         }
         far += count(vr.ne(vg));
       }
+      // The position-major variant: the same values, q in [B, T, H, D] memory; causal SDPA (the
+      // GPU path of `none`) on it then writes its output position major too, which spares the
+      // output projection a transposing copy (a speed matter, printed; the values are checked).
+      torch::Tensor qp, kp, vp;
+      const bool applied_pm = FusedRopeLayout(q, k, v, cos, sin, H, Hkv, Dm, &qp, &kp, &vp, norm,
+                                              /*q_position_major=*/true);
+      const bool pm_ok = applied_pm && qp.transpose(1, 2).is_contiguous() && qp.equal(qg) &&
+                         kp.equal(kg) && vp.equal(vg);
+      failures += !pm_ok;
+      bool out_pm = false;
+      if (pm_ok) {
+        const torch::Tensor out = Attend(qp, KvPair{{kp, {}, {}}, {vp, {}, {}}}, torch::Tensor(),
+                                         /*window=*/0, 1.0 / std::sqrt(static_cast<double>(Dm)));
+        out_pm = out.transpose(1, 2).is_contiguous();
+      }
+      std::printf("rope+layout %-5s %s D=%lld, q position major: %s; attention output %s\n",
+                  DtypeName(dt), what, static_cast<long long>(Dm),
+                  !applied_pm ? "FAILED: the kernel did not apply"
+                  : !pm_ok    ? "FAILED: not the same values in [B, T, H, D] memory"
+                              : "the same values in [B, T, H, D] memory",
+                  out_pm ? "position major" : "head major (a copy before the output projection)");
       failures += far != 0;
       std::printf(
           "rope+layout %-5s %-33s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "

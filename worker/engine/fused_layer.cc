@@ -148,7 +148,7 @@ bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tens
 bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,
                      int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out,
-                     const QkHeadNorm* norm) {
+                     const QkHeadNorm* norm, bool q_position_major) {
   int64_t qs = 0, ks = 0, vs = 0;
   if (!FusedLayerApplies(q) || !Like(k, q) || !Like(v, q) || !Like(cos, q) || !Like(sin, q) ||
       q.dim() != 3 || k.dim() != 3 || v.dim() != 3 || D % 2 != 0 || !RowStride(q, &qs) ||
@@ -183,6 +183,7 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
   a.Hkv = static_cast<int>(Hkv);
   a.D = static_cast<int>(D);
   a.dtype = KernelDtype(q.scalar_type());
+  a.q_position_major = q_position_major;
   if (norm != nullptr) {
     a.q_norm = norm->q_w.data_ptr();
     a.k_norm = norm->k_w.data_ptr();
@@ -191,7 +192,8 @@ bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch
   }
   // Asked before the outputs exist (fresh allocations are aligned for every width).
   if (RopeLayoutWidth(a) == 0) return false;
-  torch::Tensor qo = torch::empty({B, H, T, D}, q.options());
+  torch::Tensor qo = q_position_major ? torch::empty({B, T, H, D}, q.options()).transpose(1, 2)
+                                      : torch::empty({B, H, T, D}, q.options());
   torch::Tensor ko = torch::empty({B, Hkv, T, D}, q.options());
   torch::Tensor vo = torch::empty({B, Hkv, T, D}, q.options());
   a.q_out = qo.data_ptr();
@@ -219,7 +221,7 @@ bool FusedRmsNormAdd(torch::Tensor*, const torch::Tensor&, const torch::Tensor&,
 bool FusedSwiGlu(const torch::Tensor&, const torch::Tensor&, torch::Tensor*) { return false; }
 bool FusedRopeLayout(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, const torch::Tensor&, int64_t, int64_t, int64_t,
-                     torch::Tensor*, torch::Tensor*, torch::Tensor*, const QkHeadNorm*) {
+                     torch::Tensor*, torch::Tensor*, torch::Tensor*, const QkHeadNorm*, bool) {
   return false;
 }
 

@@ -169,8 +169,9 @@ __global__ void RopeLayoutKernel(RopeLayoutArgs a) {
       }
     }
     if (!active) continue;
-    T* dst = is_q ? static_cast<T*>(a.q_out) + ((b * a.H + h) * a.T + t) * a.D
-                  : static_cast<T*>(a.k_out) + ((b * a.Hkv + h) * a.T + t) * a.D;
+    T* dst = !is_q                ? static_cast<T*>(a.k_out) + ((b * a.Hkv + h) * a.T + t) * a.D
+             : a.q_position_major ? static_cast<T*>(a.q_out) + (row * a.H + h) * a.D
+                                  : static_cast<T*>(a.q_out) + ((b * a.H + h) * a.T + t) * a.D;
     const Pack<T, N> c1 = Load<T, N>(cs + d), c2 = Load<T, N>(cs + d + half);
     const Pack<T, N> s1 = Load<T, N>(sn + d), s2 = Load<T, N>(sn + d + half);
     Pack<T, N> o1, o2;

@@ -49,7 +49,10 @@ bool FusedSwiGlu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tens
 // new contiguous [B, Hx, T, D]. With `norm`, each head's q and k are first RMS-normalized over
 // their D values (RmsNormOf(norm->style), weight [D]: Qwen3's and Gemma 3's per-head norms) and
 // the rounded result rotated, as the libtorch ops in that order give it apart from the
-// statistic's summation order. False, with nothing written, where the kernel does not apply.
+// statistic's summation order. q_position_major: *q_out is instead a [B, H, T, D] view of a new
+// contiguous [B, T, H, D] (what flash attention reads natively, and then writes its output in,
+// so the output projection reads it without a transposing copy). False, with nothing written,
+// where the kernel does not apply.
 struct QkHeadNorm {
   torch::Tensor q_w, k_w;  // [D]
   double eps = 1e-6;
@@ -58,7 +61,7 @@ struct QkHeadNorm {
 bool FusedRopeLayout(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv,
                      int64_t D, torch::Tensor* q_out, torch::Tensor* k_out, torch::Tensor* v_out,
-                     const QkHeadNorm* norm = nullptr);
+                     const QkHeadNorm* norm = nullptr, bool q_position_major = false);
 
 }  // namespace kvsweep::engine
 

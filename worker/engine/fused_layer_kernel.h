@@ -77,7 +77,8 @@ struct RopeLayoutArgs {
   const void* q_norm;  // null: no norm
   const void* k_norm;
   float norm_eps;
-  int norm_style;  // RmsNormStyle
+  int norm_style;         // RmsNormStyle
+  bool q_position_major;  // q_out contiguous [B, T, H, D] instead of [B, H, T, D]
 };
 cudaError_t LaunchRopeLayout(const RopeLayoutArgs& a, cudaStream_t stream);
 

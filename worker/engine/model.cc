@@ -619,11 +619,14 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
         norm = &head_norm;
       }
       const int table = rope_table_[l];
+      // Queries position major where flash attention reads them (no position-dependent cache):
+      // its output then comes in the same layout, which the output projection reads as is.
+      const bool q_position_major = codec == nullptr || !codec->position_dependent();
       // .to: a no-op but on a pipeline's later devices (the T rows used, not the whole table).
       laid_out = FusedRopeLayout(pq, pk, p.slice(-1, (H + Hkv) * D, (H + 2 * Hkv) * D),
                                  rope_cos_[table].slice(0, 0, T).to(p.device()),
                                  rope_sin_[table].slice(0, 0, T).to(p.device()), H, Hkv, D, &q, &k,
-                                 &v, norm);
+                                 &v, norm, q_position_major);
     }
     if (!laid_out) {
       // The stacked product's slices where the kernel declined it (e.g. a head size whose
