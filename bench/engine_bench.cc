@@ -484,9 +484,11 @@ int CheckLayerKernels(torch::Device dev) {
         }
         far += count(vr.ne(vg));
       }
-      // The position-major variant: the same values, q in [B, T, H, D] memory; causal SDPA (the
-      // GPU path of `none`) on it then writes its output position major too, which spares the
-      // output projection a transposing copy (a speed matter, printed; the values are checked).
+      // The position-major variant: the same values, q in [B, T, H, D] memory. Causal attention
+      // (Attend, the GPU path of `none`) on it must give what it gives on the head-major q, to
+      // the output's rounding (another kernel may run: within 4 units of the last place of
+      // max |v|, where a mixed-up layout moves early positions by about |v|); its output's
+      // layout is printed (position major spares the output projection a transposing copy).
       torch::Tensor qp, kp, vp;
       const bool applied_pm = FusedRopeLayout(q, k, v, cos, sin, H, Hkv, Dm, &qp, &kp, &vp, norm,
                                               /*q_position_major=*/true);
@@ -494,17 +496,28 @@ int CheckLayerKernels(torch::Device dev) {
                          kp.equal(kg) && vp.equal(vg);
       failures += !pm_ok;
       bool out_pm = false;
+      double out_diff = 0, out_bound = 0;
       if (pm_ok) {
-        const torch::Tensor out = Attend(qp, KvPair{{kp, {}, {}}, {vp, {}, {}}}, torch::Tensor(),
-                                         /*window=*/0, 1.0 / std::sqrt(static_cast<double>(Dm)));
+        const torch::Tensor allowed = AllowedMask(T, 0, dev);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(Dm));
+        const torch::Tensor out =
+            Attend(qp, KvPair{{kp, {}, {}}, {vp, {}, {}}}, allowed, /*window=*/0, scale);
+        const torch::Tensor ref =
+            Attend(qg, KvPair{{kg, {}, {}}, {vg, {}, {}}}, allowed, /*window=*/0, scale);
         out_pm = out.transpose(1, 2).is_contiguous();
+        out_diff = (out.to(torch::kFloat32) - ref.to(torch::kFloat32)).abs().max().item<double>();
+        out_bound = 4 * ulp * vg.abs().max().item<double>();
+        failures += !(out_diff <= out_bound);
       }
-      std::printf("rope+layout %-5s %s D=%lld, q position major: %s; attention output %s\n",
-                  DtypeName(dt), what, static_cast<long long>(Dm),
-                  !applied_pm ? "FAILED: the kernel did not apply"
-                  : !pm_ok    ? "FAILED: not the same values in [B, T, H, D] memory"
-                              : "the same values in [B, T, H, D] memory",
-                  out_pm ? "position major" : "head major (a copy before the output projection)");
+      std::printf(
+          "rope+layout %-5s %s D=%lld, q position major: %s; attention on it %s (max |diff| vs "
+          "head-major q %.3g, bound %.3g), output %s\n",
+          DtypeName(dt), what, static_cast<long long>(Dm),
+          !applied_pm ? "FAILED: the kernel did not apply"
+          : !pm_ok    ? "FAILED: not the same values in [B, T, H, D] memory"
+                      : "the same values in [B, T, H, D] memory",
+          !pm_ok || out_diff <= out_bound ? "ok" : "FAILED", out_diff, out_bound,
+          out_pm ? "position major" : "head major (a copy before the output projection)");
       failures += far != 0;
       std::printf(
           "rope+layout %-5s %-33s B=%lld T=%lld H=%lld Hkv=%lld D=%lld from one projection: "

@@ -1026,9 +1026,9 @@ Tensor Attend(const Tensor& q, const KvPair& kv_in, const Tensor& allowed, int w
     // Fused kernels (flash / memory-efficient) on GPU; causal without a materialized mask when
     // there is no sliding window.
     // Contiguous [B, H, T, D] operands: with the strided views the projections produce, SDPA
-    // ran slower on the H200 than with a codec's contiguous output. Queries laid out position
-    // major ([B, T, H, D] contiguous, the fused RoPE kernel's choice) stay so: the output then
-    // comes position major too.
+    // ran slower on the H200 than with a codec's contiguous output. Queries already dense
+    // position major ([B, T, H, D] memory: the fused RoPE kernel's choice, or a projection's own
+    // output viewed per head) stay so: the output then comes position major too.
     const int64_t groups = q.size(1) / kv.k.compressed.size(1);
     const Tensor qc = q.is_contiguous() || q.transpose(1, 2).is_contiguous() ? q : q.contiguous(),
                  kc = kv.k.compressed.contiguous(), vc = kv.v.compressed.contiguous();
