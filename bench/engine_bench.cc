@@ -14,6 +14,7 @@
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
 //       N]
 //       [--interleave] [--attention-blocks 128,256,...] [--fused-layer on|off|both]
+//       [--tuned-gemm on|off]
 //
 // Attention mode: one layer's codec Apply and attention at a model shape, per method (see
 // AttentionBench).
@@ -28,7 +29,9 @@
 // --fused-layer both runs each method with the layer's fused elementwise kernels, stacked
 // projections and the LM head's fused scoring (worker/engine/fused_layer.h, head_score.h; on by
 // default where they exist) and without them (libtorch ops, separate projections), each row
-// labeled fused_layer; a method's cost is paired with `none`'s of the same kind.
+// labeled fused_layer; a method's cost is paired with `none`'s of the same kind. --tuned-gemm off
+// runs libtorch's products where the tuned ones would apply (worker/engine/tuned_gemm.h); each
+// row says which ran and how many tuned products its first pass had.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -55,6 +58,7 @@
 #include "worker/engine/kv/quantizer.h"
 #include "worker/engine/model.h"
 #include "worker/engine/tasks/task.h"
+#include "worker/engine/tuned_gemm.h"
 
 using namespace kvsweep;
 using namespace kvsweep::engine;
@@ -101,6 +105,14 @@ int JobMode(std::map<std::string, std::string>& f) {
       }
       blocks.push_back(n);
     }
+  }
+  if (f.count("--tuned-gemm")) {
+    const std::string& v = f["--tuned-gemm"];
+    if (v != "on" && v != "off") {
+      std::fprintf(stderr, "--tuned-gemm: expected on or off, got '%s'\n", v.c_str());
+      return 2;
+    }
+    SetTunedGemmEnabled(v == "on");
   }
   std::vector<bool> fused_layer = {true};
   if (f.count("--fused-layer")) {
@@ -214,6 +226,8 @@ int JobMode(std::map<std::string, std::string>& f) {
                                 {"method", row.method},
                                 {"attention_block", row.block},
                                 {"fused_layer", row.fused},
+                                {"tuned_gemm", TunedGemmEnabled()},
+                                {"tuned_gemm_products", r["provenance"]["tuned_gemm_products"]},
                                 {"canonical_method", r["spec"]["method"]},
                                 {"window", r["spec"]["task"]["window"]},
                                 {"dtype", r["spec"]["dtype"]},
@@ -711,11 +725,72 @@ int CheckBandWindow(torch::Device dev) {
   return failures;
 }
 
+// The tuned products (worker/engine/tuned_gemm.h) against torch::linear on the shapes of the
+// mistral-7b and qwen2-14b layers, 16384 rows, bf16 and fp16: where the table chose an algorithm
+// for this GPU, every output within one bf16/fp16 ulp of the largest |output| (both accumulate in
+// fp32 and round once; only the k terms' order may differ), and its time beside libtorch's;
+// where it did not, the same bits as torch::linear. Returns the number of failed cases.
+int CheckTunedGemm(torch::Device dev) {
+  if (!dev.is_cuda()) {
+    std::printf("tuned products: CUDA only (none on %s)\n", dev.str().c_str());
+    return 0;
+  }
+  int failures = 0;
+  const bool was_enabled = TunedGemmEnabled();
+  const auto o = torch::TensorOptions().device(dev);
+  const int64_t m = 16384;
+  struct Product {
+    const char* name;
+    int64_t n, k;
+  };
+  for (torch::ScalarType dt : {torch::kBFloat16, torch::kFloat16}) {
+    for (const Product& p : std::vector<Product>{{"7b qkv", 6144, 4096},
+                                                 {"7b o", 4096, 4096},
+                                                 {"7b gate_up", 28672, 4096},
+                                                 {"7b down", 4096, 14336},
+                                                 {"14b qkv", 7168, 5120},
+                                                 {"14b o", 5120, 5120},
+                                                 {"14b gate_up", 27648, 5120},
+                                                 {"14b down", 5120, 13824}}) {
+      const torch::Tensor x = torch::randn({m, p.k}, o).to(dt);
+      const torch::Tensor w = (torch::randn({p.n, p.k}, o) * 0.02).to(dt);
+      SetTunedGemmEnabled(true);
+      const int64_t before = TunedGemmCount();
+      const torch::Tensor y = TunedLinear(x, w, torch::Tensor());
+      const bool tuned = TunedGemmCount() > before;
+      const torch::Tensor ref = torch::linear(x, w);
+      const double diff =
+          (y.to(torch::kFloat32) - ref.to(torch::kFloat32)).abs().max().item<double>();
+      const double top = ref.to(torch::kFloat32).abs().max().item<double>();
+      // One ulp at the largest magnitude: 2^-7 of it in bf16 (8 significant bits), 2^-10 in fp16.
+      const double bound = tuned ? top * (dt == torch::kBFloat16 ? 0x1p-7 : 0x1p-10) : 0.0;
+      const bool ok = diff <= bound;
+      failures += !ok;
+      if (tuned) {
+        const double us_tuned = CudaMicros([&] { TunedLinear(x, w, torch::Tensor()); }, 10);
+        const double us_torch = CudaMicros([&] { torch::linear(x, w); }, 10);
+        std::printf(
+            "tuned product %s %-11s [%lld, %lld] x [%lld, %lld]^T: tuned, max |diff| vs "
+            "torch::linear %.3g (bound %.3g) %s   %9.1f us vs libtorch %9.1f us (%.3fx)\n",
+            DtypeName(dt), p.name, static_cast<long long>(m), static_cast<long long>(p.k),
+            static_cast<long long>(p.n), static_cast<long long>(p.k), diff, bound,
+            ok ? "ok" : "FAILED", us_tuned, us_torch, us_torch / us_tuned);
+      } else {
+        std::printf("tuned product %s %-11s: no table entry for this GPU, libtorch's: %s\n",
+                    DtypeName(dt), p.name, ok ? "the same bits (ok)" : "DIFFERENT BITS (FAILED)");
+      }
+    }
+  }
+  SetTunedGemmEnabled(was_enabled);
+  return failures;
+}
+
 // --check-fused DEVICE: the fused CUDA fake quantizer (both kernels: vectorized, and the
 // one-warp-per-group fallback) against the libtorch path, in the same process: bitwise equality
 // on strided [B, H, T, D] views in fp32/bf16/fp16 for asym/sym, bits 1..8 and groups 16..128,
 // and the time of each path; then the layer kernels (CheckLayerKernels) and the LM head's scoring
-// (CheckHeadScore), and the packed attention's two band forms (CheckBandWindow).
+// (CheckHeadScore), the packed attention's two band forms (CheckBandWindow) and the tuned
+// matrix products (CheckTunedGemm).
 int CheckFused(const std::string& device) {
   absl::StatusOr<torch::Device> dev = ParseDevice(device);
   if (!dev.ok()) return Die(dev.status());
@@ -856,9 +931,11 @@ int CheckFused(const std::string& device) {
   failures += CheckLayerKernels(*dev);
   failures += CheckHeadScore(*dev);
   failures += CheckBandWindow(*dev);
-  std::printf("%s\n", failures == 0 ? "every fused kernel == its libtorch path (RMSNorm outputs: "
-                                      "within the bounds above)"
-                                    : "MISMATCH");
+  failures += CheckTunedGemm(*dev);
+  std::printf("%s\n", failures == 0
+                          ? "every fused kernel == its libtorch path (RMSNorm outputs and "
+                            "tuned products: within the bounds above)"
+                          : "MISMATCH");
   return failures == 0 ? 0 : 1;
 }
 
@@ -1116,6 +1193,7 @@ int main(int argc, char** argv) {
        "job mode: query blocks of position-dependent attention, comma-separated"},
       {"--fused-layer",
        "job mode: on | off | both (the fused elementwise kernels of the layer and the LM head)"},
+      {"--tuned-gemm", "job mode: on | off (the tuned matrix products, tuned_gemm.h)"},
   };
   std::map<std::string, std::string> values;
   std::vector<std::pair<std::string, CLI::Option*>> given;

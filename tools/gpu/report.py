@@ -64,6 +64,28 @@ def tps(r):
 DEFAULT_QUERY_BLOCK = 128  # worker/engine/attention.h: kAttentionQueryBlock
 
 
+# kvsweep rows of another attention query block (engine bench --attention-blocks) are rows of
+# their own, compared with the `none` row of the same block. So are rows run without the fused
+# layer (--fused-layer off / both: libtorch elementwise ops, separate projections) and rows run
+# with libtorch's products where tuned ones would apply (--tuned-gemm off); those two are the same
+# computation as transformers' row of the method.
+ENGINE_VARIANTS = (" @ unfused layer", " @ libtorch products")
+
+
+def label(r):
+    b = r.get("attention_block", DEFAULT_QUERY_BLOCK)
+    out = r["method"] + ("" if b == DEFAULT_QUERY_BLOCK else f" @ query block {b}")
+    out += " @ unfused layer" if r.get("fused_layer") is False else ""
+    return out + (" @ libtorch products" if r.get("tuned_gemm") is False else "")
+
+
+def engine_variant_of(method_label):
+    """The label without the engine variants' suffixes: the row transformers' figure is under."""
+    for v in ENGINE_VARIANTS:
+        method_label = method_label.replace(v, "")
+    return method_label
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -79,25 +101,14 @@ def main():
                 c = json.loads(l)
                 caps[c["shape"]] = c["max_speedup_gemm_plus_attention"]
     by = collections.defaultdict(dict)
-    # kvsweep rows of another attention query block (engine bench --attention-blocks) are rows of
-    # their own, compared with the `none` row of the same block.
-    # So are rows run without the fused layer (--fused-layer off / both: libtorch elementwise ops,
-    # separate projections).
-    def suffix(r):
-        b = r.get("attention_block", DEFAULT_QUERY_BLOCK)
-        out = "" if b == DEFAULT_QUERY_BLOCK else f" @ query block {b}"
-        return out + (" @ unfused layer" if r.get("fused_layer") is False else "")
-
-    def label(r):
-        return r["method"] + suffix(r)
     for r in rows:
         by[(r["model"], r["task"], r.get("dtype", "bf16"), label(r))][r["engine"]] = r
     print("| model | task | W | dtype | method | transformers tok/s | kvsweep tok/s | speedup | of cap | vs none (kvsweep) | rel Δ loglik | MFU (kvsweep) | peak GiB (kvsweep / HF) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (model, task, dtype, method), e in sorted(by.items()):
         k, h = e.get("kvsweep"), e.get("transformers")
-        if not h and method.endswith(" @ unfused layer"):  # transformers' row of the method
-            h = by.get((model, task, dtype, method[:-len(" @ unfused layer")]), {}).get("transformers")
+        if not h and engine_variant_of(method) != method:  # transformers' row of the method
+            h = by.get((model, task, dtype, engine_variant_of(method)), {}).get("transformers")
         tail = method[method.index(" @ "):] if " @ " in method else ""
         none = by.get((model, task, dtype, "none" + tail), {}).get("kvsweep")
         dagger = ""

@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import flops_per_token, tps  # noqa: E402
+from report import engine_variant_of, flops_per_token, label, tps  # noqa: E402
 
 MISTRAL = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000)
@@ -56,6 +56,19 @@ class MedianTest(unittest.TestCase):
         self.assertEqual(tps({"tokens_per_s_runs": [10.0, 1.0, 3.0, 2.0]}), 2.5)
         self.assertEqual(tps({"tokens_per_s_runs": [3.0, 1.0, 2.0]}), 2.0)
         self.assertEqual(tps({"tokens_per_s": 7.0}), 7.0)
+
+
+class LabelTest(unittest.TestCase):
+    def test_engine_variants_are_rows_of_their_own_under_transformers_method(self):
+        base = {"method": "none", "attention_block": 128}
+        self.assertEqual(label(base), "none")
+        self.assertEqual(label(dict(base, fused_layer=True, tuned_gemm=True)), "none")
+        both = label(dict(base, fused_layer=False, tuned_gemm=False))
+        self.assertEqual(both, "none @ unfused layer @ libtorch products")
+        self.assertEqual(engine_variant_of(both), "none")
+        block = label(dict(base, attention_block=512, tuned_gemm=False))
+        self.assertEqual(block, "none @ query block 512 @ libtorch products")
+        self.assertEqual(engine_variant_of(block), "none @ query block 512")
 
 
 if __name__ == "__main__":

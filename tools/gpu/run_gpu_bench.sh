@@ -20,7 +20,8 @@
 # runs kvsweep's methods once per query block of the position-dependent attention (rows of their
 # own in the table); FUSED_LAYER=both runs kvsweep's methods with the layer's fused elementwise
 # kernels and stacked projections and without them (off: without only; rows "@ unfused layer");
-# HF=0 skips transformers (kvsweep's rows alone).
+# TUNED_GEMM=off runs libtorch's matrix products where the tuned ones would apply (rows "@ libtorch
+# products"); HF=0 skips transformers (kvsweep's rows alone).
 set -uo pipefail
 assets=$1 ckpt=$2 out=$3 plan=$4
 mkdir -p "$ckpt" "$out"
@@ -43,7 +44,7 @@ for p in $plan; do
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
     ${INTERLEAVE:+--interleave} ${ATTENTION_BLOCKS:+--attention-blocks "$ATTENTION_BLOCKS"} \
-    ${FUSED_LAYER:+--fused-layer "$FUSED_LAYER"} \
+    ${FUSED_LAYER:+--fused-layer "$FUSED_LAYER"} ${TUNED_GEMM:+--tuned-gemm "$TUNED_GEMM"} \
     --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
 done

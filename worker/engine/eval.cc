@@ -16,6 +16,7 @@
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/placement.h"
 #include "worker/engine/tasks/task.h"
+#include "worker/engine/tuned_gemm.h"
 
 #if defined(__has_include)
 #if __has_include(<torch/version.h>)
@@ -237,10 +238,13 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
   ScorerOptions so;
   so.batch_tokens = options_.batch_tokens;
   ScoreStats stats;
+  const int64_t tuned_before = TunedGemmCount();
   absl::StatusOr<std::vector<ScoreResult>> results =
       ScoreRequests(*model_, codec.get(), *requests, so, progress, &stats);
   if (!results.ok()) return results.status();
   const double score_s = Seconds(t_score, std::chrono::steady_clock::now());
+  // Products the scoring ran with tuned_gemm.h's measured algorithms (0: all libtorch's).
+  const int64_t tuned_products = TunedGemmCount() - tuned_before;
 
   nlohmann::json diagnostics;
   double diag_s = 0;
@@ -306,7 +310,8 @@ absl::StatusOr<nlohmann::json> Engine::RunImpl(const JobSpec& spec,
                        {"parameters", model_->num_parameters()},
                        {"tokenizer", tokenizer_->kind()},
                        {"prefix_token_id", *prefix},
-                       {"model_reused", last_load_s_ == 0}};
+                       {"model_reused", last_load_s_ == 0},
+                       {"tuned_gemm_products", tuned_products}};
   return out;
 }
 

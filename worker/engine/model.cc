@@ -10,6 +10,7 @@
 #include "worker/engine/attention.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/fused_layer.h"
+#include "worker/engine/tuned_gemm.h"
 
 namespace kvsweep::engine {
 
@@ -607,7 +608,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     bool laid_out = false;
     Tensor p;  // the stacked product, where computed: [B, T, (H + 2 Hkv) D]
     if (fused_rope) {
-      p = torch::linear(h, w.w_qkv, w.b_qkv);
+      p = TunedLinear(h, w.w_qkv, w.b_qkv);
       Tensor pq = p.slice(-1, 0, H * D), pk = p.slice(-1, H * D, (H + Hkv) * D);
       QkHeadNorm head_norm;
       const QkHeadNorm* norm = nullptr;
@@ -666,7 +667,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     const int window = c.sliding_window[l];
     Tensor attn = Attend(q, kv, allowed(window), window, scale, c.attn_softcap);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
-    Tensor o = torch::linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
+    Tensor o = TunedLinear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
     if (c.norms_after) {
       add_normed(o, w.norm1_w);
     } else {
@@ -686,7 +687,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     } else {
       Tensor gate, up;
       if (fused && w.w_gate_up.defined()) {
-        const Tensor gu = torch::linear(h, w.w_gate_up);  // [B, T, 2 I]
+        const Tensor gu = TunedLinear(h, w.w_gate_up, Tensor());  // [B, T, 2 I]
         gate = gu.slice(-1, 0, w.w_gate.size(0));
         up = gu.slice(-1, w.w_gate.size(0), gu.size(-1));
       } else {
@@ -697,7 +698,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       if (!(fused && c.activation == "silu" && FusedSwiGlu(gate, up, &act))) {
         act = Activation(gate, c.activation) * up;
       }
-      m = torch::linear(act, w.w_down, w.b_down);
+      m = TunedLinear(act, w.w_down, w.b_down);
     }
     if (c.norms_after) {
       add_normed(m, w.norm2_w);

@@ -25,6 +25,7 @@
 #include "worker/engine/kv/kv_codec.h"
 #include "worker/engine/tokenizer/tokenizer.h"
 #include "worker/engine/torch_util.h"
+#include "worker/engine/tuned_gemm.h"
 
 namespace kvsweep::engine {
 namespace {
@@ -104,6 +105,23 @@ INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
 
 // Families kvsweep does not read: one line naming the architecture and the supported ones, no
 // crash. Their config.json: tiny-gemma3's, relabelled (the weights are never reached).
+// Off the tuned table (here: the CPU), TunedLinear is torch::linear, bit for bit, and counts
+// nothing as tuned.
+TEST(TunedLinearTest, OffTheTableIsTorchLinearBitForBit) {
+  torch::manual_seed(3);
+  const int64_t before = TunedGemmCount();
+  for (torch::ScalarType dt : {torch::kFloat32, torch::kBFloat16}) {
+    const torch::Tensor x = torch::randn({2, 3, 16}).to(dt);
+    const torch::Tensor w = torch::randn({8, 16}).to(dt);
+    const torch::Tensor b = torch::randn({8}).to(dt);
+    const torch::Tensor y = TunedLinear(x, w, torch::Tensor());
+    EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 8}));
+    EXPECT_TRUE(torch::equal(y, torch::linear(x, w)));
+    EXPECT_TRUE(torch::equal(TunedLinear(x, w, b), torch::linear(x, w, b)));
+  }
+  EXPECT_EQ(TunedGemmCount(), before);
+}
+
 TEST(ModelTest, UnsupportedFamilyIsAClearError) {
   auto base = ReadJsonFile(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gemma3/config.json");
   ASSERT_TRUE(base.ok()) << base.status();

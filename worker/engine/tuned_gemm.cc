@@ -1,0 +1,57 @@
+#include "worker/engine/tuned_gemm.h"
+
+#include <atomic>
+#include <vector>
+
+#ifdef KVSWEEP_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "worker/engine/tuned_gemm_kernel.h"
+#endif
+
+namespace kvsweep::engine {
+namespace {
+
+std::atomic<bool> enabled{true};
+std::atomic<int64_t> tuned_count{0};
+
+}  // namespace
+
+void SetTunedGemmEnabled(bool on) { enabled.store(on); }
+bool TunedGemmEnabled() { return enabled.load(std::memory_order_relaxed); }
+int64_t TunedGemmCount() { return tuned_count.load(std::memory_order_relaxed); }
+
+torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+#ifdef KVSWEEP_CUDA
+  const torch::ScalarType t = x.scalar_type();
+  if (TunedGemmEnabled() && !b.defined() && x.is_cuda() && w.device() == x.device() &&
+      (t == torch::kBFloat16 || t == torch::kFloat16) && w.scalar_type() == t && w.dim() == 2 &&
+      x.dim() >= 2 && x.size(-1) == w.size(1) && x.is_contiguous() && w.is_contiguous() &&
+      x.numel() > 0) {
+    TunedGemmShape shape;
+    shape.device = x.device().index();
+    shape.bf16 = t == torch::kBFloat16;
+    shape.k = w.size(1);
+    shape.n = w.size(0);
+    shape.m = x.numel() / shape.k;
+    c10::cuda::CUDAGuard guard(x.device());
+    if (const void* plan = FindTunedGemmPlan(shape)) {
+      std::vector<int64_t> sizes = x.sizes().vec();
+      sizes.back() = shape.n;
+      torch::Tensor y = torch::empty(sizes, x.options());
+      torch::Tensor workspace = torch::empty({static_cast<int64_t>(kTunedGemmWorkspaceBytes)},
+                                             x.options().dtype(torch::kUInt8));
+      TORCH_CHECK(LaunchTunedGemm(plan, x.data_ptr(), w.data_ptr(), y.data_ptr(),
+                                  workspace.data_ptr(), at::cuda::getCurrentCUDAStream()),
+                  "cuBLASLt failed on the tuned product [", shape.m, ", ", shape.k, "] x [",
+                  shape.k, ", ", shape.n, "]");
+      tuned_count.fetch_add(1, std::memory_order_relaxed);
+      return y;
+    }
+  }
+#endif
+  return torch::linear(x, w, b);
+}
+
+}  // namespace kvsweep::engine

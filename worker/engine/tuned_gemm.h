@@ -1,0 +1,31 @@
+// Matrix products through cuBLASLt with an algorithm chosen by measurement (tuned_gemm.cu's
+// table), where the table has one for this GPU and shape; libtorch's torch::linear (cuBLAS's
+// default choice) everywhere else: the CPU, fp32, a build without CUDA, a bias, a shape or GPU
+// the table does not know, or switched off. Both accumulate in fp32 and round once to the
+// storage dtype; another algorithm may add the k terms in another order, so the two differ in
+// the last bits of some outputs. The choice depends only on the table, the GPU, the cuBLASLt
+// version and the shape, never on a timing taken at run time, so a run repeats bit for bit.
+#ifndef KVSWEEP_WORKER_ENGINE_TUNED_GEMM_H_
+#define KVSWEEP_WORKER_ENGINE_TUNED_GEMM_H_
+
+#include <cstdint>
+
+#include "worker/engine/torch_util.h"
+
+namespace kvsweep::engine {
+
+// On by default; benchmarks switch it off to compare.
+void SetTunedGemmEnabled(bool on);
+bool TunedGemmEnabled();
+
+// torch::linear(x, w, b): y [..., n] = x [..., k] w^T (+ b), w [n, k]. Tuned where enabled, b is
+// undefined, x and w are contiguous bf16/fp16 on one CUDA device and the table has an entry.
+torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+// Products run with a tuned algorithm since the process started (results record the difference
+// over a run, so that a number says which kind of product made it).
+int64_t TunedGemmCount();
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_TUNED_GEMM_H_

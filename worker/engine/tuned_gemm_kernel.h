@@ -1,0 +1,38 @@
+// The CUDA side of the tuned matrix products (tuned_gemm.h): cuBLASLt with the algorithm a table
+// of measurements names for this GPU and shape. No libtorch in this header, so that nvcc compiles
+// tuned_gemm.cu without torch's headers.
+#ifndef KVSWEEP_WORKER_ENGINE_TUNED_GEMM_KERNEL_H_
+#define KVSWEEP_WORKER_ENGINE_TUNED_GEMM_KERNEL_H_
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+namespace kvsweep::engine {
+
+// y [m, n] = x [m, k] w^T with w [n, k], all row major and contiguous, in one storage dtype,
+// accumulated in fp32 (nn.Linear without a bias).
+struct TunedGemmShape {
+  int device = 0;
+  bool bf16 = true;  // else fp16
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// The workspace cuBLASLt may use (as tools/gpu/gemm_algos.cu measured with).
+constexpr size_t kTunedGemmWorkspaceBytes = size_t{32} << 20;
+
+// The plan for this shape on the current device (an opaque pointer, valid for the process), or
+// null where the table has no entry for this GPU, cuBLASLt major version, dtype, n and k, where m
+// is below the rows the entry was measured for, or where cuBLASLt's heuristic for the exact shape
+// does not offer the entry's algorithm. The first call per shape asks the heuristic; later calls
+// find it cached. Thread safe.
+const void* FindTunedGemmPlan(const TunedGemmShape& shape);
+
+// Runs the plan's product on `stream` with `workspace` (kTunedGemmWorkspaceBytes, device memory).
+// False if cuBLASLt reports an error.
+bool LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
+                     cudaStream_t stream);
+
+}  // namespace kvsweep::engine
+
+#endif  // KVSWEEP_WORKER_ENGINE_TUNED_GEMM_KERNEL_H_
