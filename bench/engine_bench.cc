@@ -726,7 +726,7 @@ int CheckBandWindow(torch::Device dev) {
 }
 
 // The tuned products (worker/engine/tuned_gemm.h) against torch::linear on the shapes of the
-// mistral-7b and qwen2-14b layers, 16384 rows, bf16 and fp16: where the table chose an algorithm
+// mistral-7b and qwen2-14b layers, 65536 rows, bf16 and fp16: where the table chose an algorithm
 // for this GPU, every output within one bf16/fp16 ulp of the largest |output| (both accumulate in
 // fp32 and round once; only the k terms' order may differ), and its time beside libtorch's;
 // where it did not, the same bits as torch::linear. Returns the number of failed cases.
@@ -738,7 +738,7 @@ int CheckTunedGemm(torch::Device dev) {
   int failures = 0;
   const bool was_enabled = TunedGemmEnabled();
   const auto o = torch::TensorOptions().device(dev);
-  const int64_t m = 16384;
+  const int64_t m = 65536;
   struct Product {
     const char* name;
     int64_t n, k;
@@ -776,8 +776,9 @@ int CheckTunedGemm(torch::Device dev) {
             static_cast<long long>(p.n), static_cast<long long>(p.k), diff, bound,
             ok ? "ok" : "FAILED", us_tuned, us_torch, us_torch / us_tuned);
       } else {
-        std::printf("tuned product %s %-11s: no table entry for this GPU, libtorch's: %s\n",
-                    DtypeName(dt), p.name, ok ? "the same bits (ok)" : "DIFFERENT BITS (FAILED)");
+        std::printf("tuned product %s %-11s: declined, libtorch's: %s (%s)\n", DtypeName(dt),
+                    p.name, ok ? "the same bits (ok)" : "DIFFERENT BITS (FAILED)",
+                    ExplainTunedLinear(dev, dt, m, p.n, p.k).c_str());
       }
     }
   }

@@ -126,20 +126,36 @@ double Time(Bench& b, Fn fn) {
   return ms / b.iters;
 }
 
+// The configuration as worker/engine/tuned_gemm.cu's table writes it: {id, tile, stages, splitk,
+// reduction scheme, swizzling, custom option, inner shape, cluster shape} (CUBLASLT_ALGO_CONFIG_*;
+// the inner and cluster shapes are 16-bit, the others 32-bit).
 std::string Describe(const cublasLtMatmulAlgo_t& algo) {
-  auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr) {
-    int32_t v = 0;
+  const cublasLtMatmulAlgoConfigAttributes_t fields[] = {CUBLASLT_ALGO_CONFIG_ID,
+                                                         CUBLASLT_ALGO_CONFIG_TILE_ID,
+                                                         CUBLASLT_ALGO_CONFIG_STAGES_ID,
+                                                         CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+                                                         CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                                                         CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
+                                                         CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
+                                                         CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID,
+                                                         CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID};
+  std::string out = "{";
+  for (cublasLtMatmulAlgoConfigAttributes_t f : fields) {
+    const bool narrow =
+        f == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID || f == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID;
+    uint32_t v32 = 0;
+    uint16_t v16 = 0;
     size_t written = 0;
-    cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written);
-    return static_cast<long>(v);
-  };
-  char buf[160];
-  std::snprintf(buf, sizeof(buf), "id %ld tile %ld stages %ld splitk %ld swizzle %ld cluster %ld",
-                get(CUBLASLT_ALGO_CONFIG_ID), get(CUBLASLT_ALGO_CONFIG_TILE_ID),
-                get(CUBLASLT_ALGO_CONFIG_STAGES_ID), get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
-                get(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
-                get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
-  return buf;
+    const cublasStatus_t s =
+        cublasLtMatmulAlgoConfigGetAttribute(&algo, f, narrow ? static_cast<void*>(&v16) : &v32,
+                                             narrow ? sizeof(v16) : sizeof(v32), &written);
+    out += (out.size() > 1 ? ", " : "") +
+           (s != CUBLAS_STATUS_SUCCESS
+                ? std::string("?")
+                : std::to_string(narrow ? static_cast<int64_t>(v16)
+                                        : static_cast<int64_t>(static_cast<int32_t>(v32))));
+  }
+  return out + "}";
 }
 
 void Prepare(Bench& b, Gemm& g, unsigned seed) {

@@ -22,6 +22,30 @@ void SetTunedGemmEnabled(bool on) { enabled.store(on); }
 bool TunedGemmEnabled() { return enabled.load(std::memory_order_relaxed); }
 int64_t TunedGemmCount() { return tuned_count.load(std::memory_order_relaxed); }
 
+std::string ExplainTunedLinear(torch::Device device, torch::ScalarType dtype, int64_t m, int64_t n,
+                               int64_t k) {
+#ifdef KVSWEEP_CUDA
+  if (device.is_cuda()) {
+    TunedGemmShape shape;
+    shape.device = device.has_index() ? device.index() : 0;
+    shape.bf16 = dtype == torch::kBFloat16;
+    shape.m = m;
+    shape.n = n;
+    shape.k = k;
+    c10::cuda::CUDAGuard guard(device);
+    std::vector<char> buf(8192);
+    ExplainTunedGemm(shape, buf.data(), buf.size());
+    return buf.data();
+  }
+#endif
+  (void)device;
+  (void)dtype;
+  (void)m;
+  (void)n;
+  (void)k;
+  return "not CUDA";
+}
+
 torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
 #ifdef KVSWEEP_CUDA
   const torch::ScalarType t = x.scalar_type();

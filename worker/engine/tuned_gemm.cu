@@ -2,6 +2,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -15,41 +16,52 @@
 namespace kvsweep::engine {
 namespace {
 
+// The algorithm configuration fields a table entry fixes (CUBLASLT_ALGO_CONFIG_*, in this order).
+constexpr cublasLtMatmulAlgoConfigAttributes_t kConfigFields[] = {
+    CUBLASLT_ALGO_CONFIG_ID,
+    CUBLASLT_ALGO_CONFIG_TILE_ID,
+    CUBLASLT_ALGO_CONFIG_STAGES_ID,
+    CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+    CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+    CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
+    CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
+    CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID,
+    CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID};
+constexpr int kNumConfigFields = sizeof(kConfigFields) / sizeof(kConfigFields[0]);
+
 // One measured choice: for this GPU, cuBLASLt major version, dtype and product (n outputs, k
-// inputs), from `min_rows` rows up, the algorithm whose configuration matches these fields.
+// inputs), from `min_rows` rows up, the algorithm whose configuration has these fields.
 struct TableEntry {
   const char* gpu;  // cudaDeviceProp::name
   int lt_major;     // cublasLtGetVersion() / 10000
   bool bf16;
   int64_t n, k, min_rows;
-  int algo_id, tile, stages, splitk, swizzle, cluster;  // CUBLASLT_ALGO_CONFIG_*
+  int config[kNumConfigFields];
 };
 
 // From tools/gpu/gemm_algos.cu on the H200 (cuBLASLt 13.1, bf16, 65536 rows; raw output in
 // tools/gpu/results/gemm_algos.jsonl): each product's fastest of the heuristic's candidates in
 // three alternated rounds against cuBLAS's default, kept where it was at least 1% faster. The
 // default takes 192x192 tiles for all of them. Entries serve products of 16384 rows and more.
-constexpr int kH200Rows = 16384;
+constexpr int64_t kH200Rows = 16384;
 const TableEntry kTable[] = {
-    // mistral-7b: stacked q/k/v (128x160 tiles, 1.038x), o (128x160, 1.043x), stacked gate/up
-    // (176x128, 1.040x), down (256x128, 1.041x).
-    {"NVIDIA H200", 13, true, 6144, 4096, kH200Rows, 66, CUBLASLT_MATMUL_TILE_128x160,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    {"NVIDIA H200", 13, true, 4096, 4096, kH200Rows, 66, CUBLASLT_MATMUL_TILE_128x160,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    {"NVIDIA H200", 13, true, 28672, 4096, kH200Rows, 66, CUBLASLT_MATMUL_TILE_176x128,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    {"NVIDIA H200", 13, true, 4096, 14336, kH200Rows, 66, CUBLASLT_MATMUL_TILE_256x128,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    // qwen2-14b: stacked q/k/v (168x128, 1.026x; Qwen2's projections carry a bias, which the
-    // tuned path leaves to libtorch), o (256x128, 1.016x), down (256x128, 1.038x); gate/up was
-    // 1.002x, left to the default.
-    {"NVIDIA H200", 13, true, 7168, 5120, kH200Rows, 66, CUBLASLT_MATMUL_TILE_168x128,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    {"NVIDIA H200", 13, true, 5120, 5120, kH200Rows, 66, CUBLASLT_MATMUL_TILE_256x128,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
-    {"NVIDIA H200", 13, true, 5120, 13824, kH200Rows, 66, CUBLASLT_MATMUL_TILE_256x128,
-     CUBLASLT_MATMUL_STAGES_64xAUTO, 1, 0, 0},
+    // mistral-7b: stacked q/k/v (176x128 tiles, 1.026x), o (128x160, 1.059x), stacked gate/up
+    // (176x128, 1.029x), down (256x128, 1.018x).
+    {"NVIDIA H200", 13, true, 6144, 4096, kH200Rows, {66, 201, 35, 1, 0, 0, 2, 0, 5}},
+    {"NVIDIA H200", 13, true, 4096, 4096, kH200Rows, {66, 29, 35, 1, 0, 0, 1, 0, 3}},
+    {"NVIDIA H200", 13, true, 28672, 4096, kH200Rows, {66, 201, 35, 1, 0, 0, 2, 0, 5}},
+    {"NVIDIA H200", 13, true, 4096, 14336, kH200Rows, {66, 24, 35, 1, 0, 0, 7, 0, 5}},
+    // qwen2-14b: stacked q/k/v (168x128, 1.041x; Qwen2's projections carry a bias, which the
+    // tuned path leaves to libtorch), o (128x160, 1.047x); gate/up (1.009x) and down (1.008x)
+    // stay with the default.
+    {"NVIDIA H200", 13, true, 7168, 5120, kH200Rows, {66, 197, 35, 1, 0, 0, 2, 0, 5}},
+    {"NVIDIA H200", 13, true, 5120, 5120, kH200Rows, {66, 29, 35, 1, 0, 0, 1, 0, 3}},
+    // llama-1b: stacked q/k/v (128x160, 1.064x), o (128x160, 1.120x), stacked gate/up (256x128,
+    // 1.026x), down (128x160, 1.058x).
+    {"NVIDIA H200", 13, true, 3072, 2048, kH200Rows, {66, 29, 35, 1, 0, 0, 1, 0, 3}},
+    {"NVIDIA H200", 13, true, 2048, 2048, kH200Rows, {66, 29, 35, 1, 0, 0, 1, 0, 3}},
+    {"NVIDIA H200", 13, true, 16384, 2048, kH200Rows, {66, 24, 35, 1, 0, 0, 7, 0, 5}},
+    {"NVIDIA H200", 13, true, 2048, 8192, kH200Rows, {66, 29, 35, 1, 0, 0, 1, 0, 3}},
 };
 
 struct Plan {
@@ -59,23 +71,26 @@ struct Plan {
   cublasLtMatmulAlgo_t algo;
 };
 
-int32_t ConfigOf(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  int32_t v = -1;
+// A configuration field's value; the inner and cluster shapes are 16-bit, the others 32-bit.
+int64_t ConfigOf(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
+  const bool narrow =
+      attr == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID || attr == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID;
+  uint32_t v32 = 0;
+  uint16_t v16 = 0;
   size_t written = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) !=
-      CUBLAS_STATUS_SUCCESS) {
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, narrow ? static_cast<void*>(&v16) : &v32,
+                                           narrow ? sizeof(v16) : sizeof(v32),
+                                           &written) != CUBLAS_STATUS_SUCCESS) {
     return -1;
   }
-  return v;
+  return narrow ? static_cast<int64_t>(v16) : static_cast<int64_t>(static_cast<int32_t>(v32));
 }
 
 bool Matches(const cublasLtMatmulAlgo_t& algo, const TableEntry& e) {
-  return ConfigOf(algo, CUBLASLT_ALGO_CONFIG_ID) == e.algo_id &&
-         ConfigOf(algo, CUBLASLT_ALGO_CONFIG_TILE_ID) == e.tile &&
-         ConfigOf(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID) == e.stages &&
-         ConfigOf(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) == e.splitk &&
-         ConfigOf(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING) == e.swizzle &&
-         ConfigOf(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) == e.cluster;
+  for (int i = 0; i < kNumConfigFields; ++i) {
+    if (ConfigOf(algo, kConfigFields[i]) != e.config[i]) return false;
+  }
+  return true;
 }
 
 const TableEntry* EntryFor(const TunedGemmShape& s) {
@@ -138,7 +153,61 @@ std::unique_ptr<Plan> MakePlan(const TunedGemmShape& s, cublasLtHandle_t handle)
   return p;
 }
 
+// The configuration as a table entry writes it: {id, tile, stages, ...} (kConfigFields' order).
+std::string Describe(const cublasLtMatmulAlgo_t& algo) {
+  std::string out = "{";
+  for (int i = 0; i < kNumConfigFields; ++i) {
+    out += (i > 0 ? ", " : "") + std::to_string(ConfigOf(algo, kConfigFields[i]));
+  }
+  return out + "}";
+}
+
 }  // namespace
+
+void ExplainTunedGemm(const TunedGemmShape& s, char* buf, size_t len) {
+  cudaDeviceProp prop;
+  std::string out;
+  if (cudaGetDeviceProperties(&prop, s.device) != cudaSuccess) {
+    out = "no device properties";
+  } else {
+    out = std::string("gpu '") + prop.name + "', cuBLASLt " + std::to_string(cublasLtGetVersion());
+    const TableEntry* e = EntryFor(s);
+    out += e == nullptr ? ", no entry" : ", an entry";
+    cublasLtHandle_t handle = nullptr;
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const size_t ws = kTunedGemmWorkspaceBytes;
+    std::vector<cublasLtMatmulHeuristicResult_t> found(32);
+    int returned = 0;
+    const cublasStatus_t st =
+        cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS ? CUBLAS_STATUS_NOT_INITIALIZED
+        : cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS
+            ? CUBLAS_STATUS_INTERNAL_ERROR
+            : (cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
+               cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
+               cublasLtMatrixLayoutCreate(&a, t, s.k, s.n, s.k),
+               cublasLtMatrixLayoutCreate(&b, t, s.k, s.m, s.k),
+               cublasLtMatrixLayoutCreate(&c, t, s.n, s.m, s.n),
+               cublasLtMatmulPreferenceCreate(&pref),
+               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws, sizeof(ws)),
+               cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 32, found.data(),
+                                              &returned));
+    out += ", heuristic status " + std::to_string(static_cast<int>(st)) + ", " +
+           std::to_string(returned) + " candidates:";
+    for (int i = 0; i < returned; ++i) out += " [" + Describe(found[i].algo) + "]";
+    if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    if (handle != nullptr) cublasLtDestroy(handle);
+  }
+  std::snprintf(buf, len, "%s", out.c_str());
+}
 
 const void* FindTunedGemmPlan(const TunedGemmShape& shape) {
   using Key = std::tuple<int, bool, int64_t, int64_t, int64_t>;

@@ -9,6 +9,7 @@
 #define KVSWEEP_WORKER_ENGINE_TUNED_GEMM_H_
 
 #include <cstdint>
+#include <string>
 
 #include "worker/engine/torch_util.h"
 
@@ -21,6 +22,12 @@ bool TunedGemmEnabled();
 // torch::linear(x, w, b): y [..., n] = x [..., k] w^T (+ b), w [n, k]. Tuned where enabled, b is
 // undefined, x and w are contiguous bf16/fp16 on one CUDA device and the table has an entry.
 torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+// One line on why the tuned path takes or declines the product x [m, k] w^T of this dtype on
+// this CUDA device (the GPU, cuBLASLt's version, the table entry, the heuristic's candidates);
+// "not CUDA" elsewhere. For --check-fused.
+std::string ExplainTunedLinear(torch::Device device, torch::ScalarType dtype, int64_t m, int64_t n,
+                               int64_t k);
 
 // Products run with a tuned algorithm since the process started (results record the difference
 // over a run, so that a number says which kind of product made it).

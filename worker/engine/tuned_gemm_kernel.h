@@ -28,6 +28,10 @@ constexpr size_t kTunedGemmWorkspaceBytes = size_t{32} << 20;
 // find it cached. Thread safe.
 const void* FindTunedGemmPlan(const TunedGemmShape& shape);
 
+// Why FindTunedGemmPlan gives a plan or none for this shape, in one line into buf (the GPU's
+// name, cuBLASLt's version, the table entry if any, and the heuristic's candidates), for checks.
+void ExplainTunedGemm(const TunedGemmShape& shape, char* buf, size_t len);
+
 // Runs the plan's product on `stream` with `workspace` (kTunedGemmWorkspaceBytes, device memory).
 // False if cuBLASLt reports an error.
 bool LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
