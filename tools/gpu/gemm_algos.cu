@@ -11,7 +11,7 @@
 // the defaults against the same sequence with each product's fastest candidate, alternated.
 // Prints one JSON line per product and one for the layer.
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90 tools/gpu/gemm_algos.cu -lcublasLt -lcublas -o gemm_algos
+//   nvcc -O2 -std=c++17 -arch=sm_90 -I. tools/gpu/gemm_algos.cu -lcublasLt -lcublas -o gemm_algos
 //   gemm_algos SHAPE [M] [ITERS]      SHAPE: llama-1b | mistral-7b | qwen2-14b; M default 65536
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -24,6 +24,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "worker/engine/cublaslt_config.h"
 
 #define CHECK_CUDA(x)                                                           \
   do {                                                                          \
@@ -41,6 +43,8 @@
       std::exit(1);                                                                         \
     }                                                                                       \
   } while (0)
+
+using kvsweep::engine::DescribeAlgoConfig;
 
 namespace {
 
@@ -124,38 +128,6 @@ double Time(Bench& b, Fn fn) {
   float ms = 0;
   CHECK_CUDA(cudaEventElapsedTime(&ms, b.start, b.stop));
   return ms / b.iters;
-}
-
-// The configuration as worker/engine/tuned_gemm.cu's table writes it: {id, tile, stages, splitk,
-// reduction scheme, swizzling, custom option, inner shape, cluster shape} (CUBLASLT_ALGO_CONFIG_*;
-// the inner and cluster shapes are 16-bit, the others 32-bit).
-std::string Describe(const cublasLtMatmulAlgo_t& algo) {
-  const cublasLtMatmulAlgoConfigAttributes_t fields[] = {CUBLASLT_ALGO_CONFIG_ID,
-                                                         CUBLASLT_ALGO_CONFIG_TILE_ID,
-                                                         CUBLASLT_ALGO_CONFIG_STAGES_ID,
-                                                         CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-                                                         CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                                                         CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-                                                         CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                                         CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID,
-                                                         CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID};
-  std::string out = "{";
-  for (cublasLtMatmulAlgoConfigAttributes_t f : fields) {
-    const bool narrow =
-        f == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID || f == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID;
-    uint32_t v32 = 0;
-    uint16_t v16 = 0;
-    size_t written = 0;
-    const cublasStatus_t s =
-        cublasLtMatmulAlgoConfigGetAttribute(&algo, f, narrow ? static_cast<void*>(&v16) : &v32,
-                                             narrow ? sizeof(v16) : sizeof(v32), &written);
-    out += (out.size() > 1 ? ", " : "") +
-           (s != CUBLAS_STATUS_SUCCESS
-                ? std::string("?")
-                : std::to_string(narrow ? static_cast<int64_t>(v16)
-                                        : static_cast<int64_t>(static_cast<int32_t>(v32))));
-  }
-  return out + "}";
 }
 
 void Prepare(Bench& b, Gemm& g, unsigned seed) {
@@ -273,8 +245,8 @@ int main(int argc, char** argv) {
         shape->name, g.p.name.c_str(), b.m, g.p.n, g.p.k, default_ms, flops / default_ms / 1e9,
         g.candidates.size(), first_ms, top > 0 ? top_ms[bt] : 0.0,
         top > 0 ? flops / top_ms[bt] / 1e9 : 0.0, best[gi],
-        top > 0 ? Describe(g.candidates[best[gi]].algo).c_str() : "",
-        g.candidates.empty() ? "" : Describe(g.candidates[0].algo).c_str(),
+        top > 0 ? DescribeAlgoConfig(g.candidates[best[gi]].algo).c_str() : "",
+        g.candidates.empty() ? "" : DescribeAlgoConfig(g.candidates[0].algo).c_str(),
         top > 0 ? default_ms / top_ms[bt] : 0.0);
     std::fflush(stdout);
   }

@@ -11,23 +11,11 @@
 #include <tuple>
 #include <vector>
 
+#include "worker/engine/cublaslt_config.h"
 #include "worker/engine/tuned_gemm_kernel.h"
 
 namespace kvsweep::engine {
 namespace {
-
-// The algorithm configuration fields a table entry fixes (CUBLASLT_ALGO_CONFIG_*, in this order).
-constexpr cublasLtMatmulAlgoConfigAttributes_t kConfigFields[] = {
-    CUBLASLT_ALGO_CONFIG_ID,
-    CUBLASLT_ALGO_CONFIG_TILE_ID,
-    CUBLASLT_ALGO_CONFIG_STAGES_ID,
-    CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-    CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-    CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-    CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-    CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID,
-    CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID};
-constexpr int kNumConfigFields = sizeof(kConfigFields) / sizeof(kConfigFields[0]);
 
 // One measured choice: for this GPU, cuBLASLt major version, dtype and product (n outputs, k
 // inputs), from `min_rows` rows up, the algorithm whose configuration has these fields.
@@ -36,13 +24,14 @@ struct TableEntry {
   int lt_major;     // cublasLtGetVersion() / 10000
   bool bf16;
   int64_t n, k, min_rows;
-  int config[kNumConfigFields];
+  int config[kNumAlgoConfigFields];  // cublaslt_config.h's fields
 };
 
 // From tools/gpu/gemm_algos.cu on the H200 (cuBLASLt 13.1, bf16, 65536 rows; raw output in
 // tools/gpu/results/gemm_algos.jsonl): each product's fastest of the heuristic's candidates in
-// three alternated rounds against cuBLAS's default, kept where it was at least 1% faster. The
-// default takes 192x192 tiles for all of them. Entries serve products of 16384 rows and more.
+// three alternated rounds against cuBLAS's default, kept where it was at least 1% faster (the
+// heuristic ranks a 192x192-tile algorithm first for all of them). Entries serve products of
+// 16384 rows and more.
 constexpr int64_t kH200Rows = 16384;
 const TableEntry kTable[] = {
     // mistral-7b: stacked q/k/v (176x128 tiles, 1.026x), o (128x160, 1.059x), stacked gate/up
@@ -71,24 +60,9 @@ struct Plan {
   cublasLtMatmulAlgo_t algo;
 };
 
-// A configuration field's value; the inner and cluster shapes are 16-bit, the others 32-bit.
-int64_t ConfigOf(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  const bool narrow =
-      attr == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID || attr == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID;
-  uint32_t v32 = 0;
-  uint16_t v16 = 0;
-  size_t written = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, narrow ? static_cast<void*>(&v16) : &v32,
-                                           narrow ? sizeof(v16) : sizeof(v32),
-                                           &written) != CUBLAS_STATUS_SUCCESS) {
-    return -1;
-  }
-  return narrow ? static_cast<int64_t>(v16) : static_cast<int64_t>(static_cast<int32_t>(v32));
-}
-
 bool Matches(const cublasLtMatmulAlgo_t& algo, const TableEntry& e) {
-  for (int i = 0; i < kNumConfigFields; ++i) {
-    if (ConfigOf(algo, kConfigFields[i]) != e.config[i]) return false;
+  for (int i = 0; i < kNumAlgoConfigFields; ++i) {
+    if (AlgoConfigField(algo, kAlgoConfigFields[i]) != e.config[i]) return false;
   }
   return true;
 }
@@ -153,15 +127,6 @@ std::unique_ptr<Plan> MakePlan(const TunedGemmShape& s, cublasLtHandle_t handle)
   return p;
 }
 
-// The configuration as a table entry writes it: {id, tile, stages, ...} (kConfigFields' order).
-std::string Describe(const cublasLtMatmulAlgo_t& algo) {
-  std::string out = "{";
-  for (int i = 0; i < kNumConfigFields; ++i) {
-    out += (i > 0 ? ", " : "") + std::to_string(ConfigOf(algo, kConfigFields[i]));
-  }
-  return out + "}";
-}
-
 }  // namespace
 
 void ExplainTunedGemm(const TunedGemmShape& s, char* buf, size_t len) {
@@ -198,7 +163,7 @@ void ExplainTunedGemm(const TunedGemmShape& s, char* buf, size_t len) {
                                               &returned));
     out += ", heuristic status " + std::to_string(static_cast<int>(st)) + ", " +
            std::to_string(returned) + " candidates:";
-    for (int i = 0; i < returned; ++i) out += " [" + Describe(found[i].algo) + "]";
+    for (int i = 0; i < returned; ++i) out += " [" + DescribeAlgoConfig(found[i].algo) + "]";
     if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
     if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
     if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
