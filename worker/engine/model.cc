@@ -568,6 +568,11 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
   // and RoPE (after a per-head q/k norm) writes attention's layout directly.
   const bool fused = FusedLayerApplies(x) && !gpt2;
   const bool defer_residual = fused && !c.norms_after;
+  // The products of the fused layer through the tuned table (tuned_gemm.h); the unfused layer
+  // keeps libtorch's, as before it.
+  auto linear = [fused](const Tensor& in, const Tensor& weight, const Tensor& bias) {
+    return fused ? TunedLinear(in, weight, bias) : torch::linear(in, weight, bias);
+  };
   Tensor pending;
   // x += pending, then the RMSNorm of x with weight w.
   auto add_norm = [&](const Tensor& w) -> Tensor {
@@ -608,7 +613,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     bool laid_out = false;
     Tensor p;  // the stacked product, where computed: [B, T, (H + 2 Hkv) D]
     if (fused_rope) {
-      p = TunedLinear(h, w.w_qkv, w.b_qkv);
+      p = linear(h, w.w_qkv, w.b_qkv);
       Tensor pq = p.slice(-1, 0, H * D), pk = p.slice(-1, H * D, (H + Hkv) * D);
       QkHeadNorm head_norm;
       const QkHeadNorm* norm = nullptr;
@@ -667,7 +672,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     const int window = c.sliding_window[l];
     Tensor attn = Attend(q, kv, allowed(window), window, scale, c.attn_softcap);  // [B, H, T, D]
     if (observer != nullptr) observer->Observe(l, q, k, v, kv, allowed(window));
-    Tensor o = TunedLinear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
+    Tensor o = linear(attn.transpose(1, 2).reshape({B, T, H * D}), w.wo, w.bo);
     if (c.norms_after) {
       add_normed(o, w.norm1_w);
     } else {
@@ -687,7 +692,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
     } else {
       Tensor gate, up;
       if (fused && w.w_gate_up.defined()) {
-        const Tensor gu = TunedLinear(h, w.w_gate_up, Tensor());  // [B, T, 2 I]
+        const Tensor gu = linear(h, w.w_gate_up, Tensor());  // [B, T, 2 I]
         gate = gu.slice(-1, 0, w.w_gate.size(0));
         up = gu.slice(-1, w.w_gate.size(0), gu.size(-1));
       } else {
@@ -698,7 +703,7 @@ Tensor Model::Forward(const Tensor& tokens, const KvCodec* codec,
       if (!(fused && c.activation == "silu" && FusedSwiGlu(gate, up, &act))) {
         act = Activation(gate, c.activation) * up;
       }
-      m = TunedLinear(act, w.w_down, w.b_down);
+      m = linear(act, w.w_down, w.b_down);
     }
     if (c.norms_after) {
       add_normed(m, w.norm2_w);

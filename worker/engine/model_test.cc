@@ -103,8 +103,6 @@ INSTANTIATE_TEST_SUITE_P(Arches, TinyModelTest,
                            return n;
                          });
 
-// Families kvsweep does not read: one line naming the architecture and the supported ones, no
-// crash. Their config.json: tiny-gemma3's, relabelled (the weights are never reached).
 // Off the tuned table (here: the CPU), TunedLinear is torch::linear, bit for bit, and counts
 // nothing as tuned.
 TEST(TunedLinearTest, OffTheTableIsTorchLinearBitForBit) {
@@ -122,6 +120,8 @@ TEST(TunedLinearTest, OffTheTableIsTorchLinearBitForBit) {
   EXPECT_EQ(TunedGemmCount(), before);
 }
 
+// Families kvsweep does not read: one line naming the architecture and the supported ones, no
+// crash. Their config.json: tiny-gemma3's, relabelled (the weights are never reached).
 TEST(ModelTest, UnsupportedFamilyIsAClearError) {
   auto base = ReadJsonFile(std::string(KVSWEEP_FIXTURES) + "/tiny_models/tiny-gemma3/config.json");
   ASSERT_TRUE(base.ok()) << base.status();

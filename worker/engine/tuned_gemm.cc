@@ -1,6 +1,7 @@
 #include "worker/engine/tuned_gemm.h"
 
 #include <atomic>
+#include <cstdint>
 #include <vector>
 
 #ifdef KVSWEEP_CUDA
@@ -27,7 +28,7 @@ std::string ExplainTunedLinear(torch::Device device, torch::ScalarType dtype, in
 #ifdef KVSWEEP_CUDA
   if (device.is_cuda()) {
     TunedGemmShape shape;
-    shape.device = device.has_index() ? device.index() : 0;
+    shape.device = device.has_index() ? device.index() : c10::cuda::current_device();
     shape.bf16 = dtype == torch::kBFloat16;
     shape.m = m;
     shape.n = n;
@@ -49,10 +50,16 @@ std::string ExplainTunedLinear(torch::Device device, torch::ScalarType dtype, in
 torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
 #ifdef KVSWEEP_CUDA
   const torch::ScalarType t = x.scalar_type();
+  // cuBLASLt's heuristic assumes 256-byte aligned operands (a view may start anywhere); the raw
+  // launch records nothing for autograd.
+  auto aligned = [](const torch::Tensor& a) {
+    return reinterpret_cast<uintptr_t>(a.data_ptr()) % 256 == 0;
+  };
   if (TunedGemmEnabled() && !b.defined() && x.is_cuda() && w.device() == x.device() &&
       (t == torch::kBFloat16 || t == torch::kFloat16) && w.scalar_type() == t && w.dim() == 2 &&
       x.dim() >= 2 && x.size(-1) == w.size(1) && x.is_contiguous() && w.is_contiguous() &&
-      x.numel() > 0) {
+      x.numel() > 0 && aligned(x) && aligned(w) &&
+      !(torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()))) {
     TunedGemmShape shape;
     shape.device = x.device().index();
     shape.bf16 = t == torch::kBFloat16;
@@ -66,10 +73,10 @@ torch::Tensor TunedLinear(const torch::Tensor& x, const torch::Tensor& w, const 
       torch::Tensor y = torch::empty(sizes, x.options());
       torch::Tensor workspace = torch::empty({static_cast<int64_t>(kTunedGemmWorkspaceBytes)},
                                              x.options().dtype(torch::kUInt8));
-      TORCH_CHECK(LaunchTunedGemm(plan, x.data_ptr(), w.data_ptr(), y.data_ptr(),
-                                  workspace.data_ptr(), at::cuda::getCurrentCUDAStream()),
-                  "cuBLASLt failed on the tuned product [", shape.m, ", ", shape.k, "] x [",
-                  shape.k, ", ", shape.n, "]");
+      const int status = LaunchTunedGemm(plan, x.data_ptr(), w.data_ptr(), y.data_ptr(),
+                                         workspace.data_ptr(), at::cuda::getCurrentCUDAStream());
+      TORCH_CHECK(status == 0, "cuBLASLt status ", status, " on the tuned product [", shape.m, ", ",
+                  shape.k, "] x [", shape.n, ", ", shape.k, "]^T");
       tuned_count.fetch_add(1, std::memory_order_relaxed);
       return y;
     }

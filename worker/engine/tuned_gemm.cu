@@ -31,7 +31,8 @@ struct TableEntry {
 // tools/gpu/results/gemm_algos.jsonl): each product's fastest of the heuristic's candidates in
 // three alternated rounds against cuBLAS's default, kept where it was at least 1% faster (the
 // heuristic ranks a 192x192-tile algorithm first for all of them). Entries serve products of
-// 16384 rows and more.
+// 16384 rows and more: a choice (the scorer's batches on these models are 262144 rows and their
+// remainders), not measured below 65536 rows.
 constexpr int64_t kH200Rows = 16384;
 const TableEntry kTable[] = {
     // mistral-7b: stacked q/k/v (176x128 tiles, 1.026x), o (128x160, 1.059x), stacked gate/up
@@ -67,13 +68,19 @@ bool Matches(const cublasLtMatmulAlgo_t& algo, const TableEntry& e) {
   return true;
 }
 
-const TableEntry* EntryFor(const TunedGemmShape& s) {
+// The device's name, asked once per device (guarded by the caller's lock or used in checks).
+std::string DeviceName(int device) {
   cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, s.device) != cudaSuccess) return nullptr;
+  return cudaGetDeviceProperties(&prop, device) == cudaSuccess ? std::string(prop.name) : "";
+}
+
+// The entry for this GPU (by name), cuBLASLt major version, dtype, n and k whose rows s.m
+// reaches, or null.
+const TableEntry* EntryFor(const std::string& gpu, const TunedGemmShape& s) {
   const int lt_major = static_cast<int>(cublasLtGetVersion() / 10000);
   for (const TableEntry& e : kTable) {
-    if (std::strcmp(e.gpu, prop.name) == 0 && e.lt_major == lt_major && e.bf16 == s.bf16 &&
-        e.n == s.n && e.k == s.k && s.m >= e.min_rows) {
+    if (gpu == e.gpu && e.lt_major == lt_major && e.bf16 == s.bf16 && e.n == s.n && e.k == s.k &&
+        s.m >= e.min_rows) {
       return &e;
     }
   }
@@ -81,9 +88,8 @@ const TableEntry* EntryFor(const TunedGemmShape& s) {
 }
 
 // The plan for s (see FindTunedGemmPlan); descriptors and handle are kept for the process.
-std::unique_ptr<Plan> MakePlan(const TunedGemmShape& s, cublasLtHandle_t handle) {
-  const TableEntry* e = EntryFor(s);
-  if (e == nullptr) return nullptr;
+std::unique_ptr<Plan> MakePlan(const TableEntry* e, const TunedGemmShape& s,
+                               cublasLtHandle_t handle) {
   auto p = std::make_unique<Plan>();
   p->handle = handle;
   const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
@@ -130,47 +136,54 @@ std::unique_ptr<Plan> MakePlan(const TunedGemmShape& s, cublasLtHandle_t handle)
 }  // namespace
 
 void ExplainTunedGemm(const TunedGemmShape& s, char* buf, size_t len) {
-  cudaDeviceProp prop;
-  std::string out;
-  if (cudaGetDeviceProperties(&prop, s.device) != cudaSuccess) {
-    out = "no device properties";
+  const std::string gpu = DeviceName(s.device);
+  std::string out = "gpu '" + gpu + "', cuBLASLt " + std::to_string(cublasLtGetVersion());
+  const TableEntry* e = EntryFor(gpu, s);
+  if (e == nullptr) {
+    out += ", no entry for this GPU, version, dtype, n, k and rows";
   } else {
-    out = std::string("gpu '") + prop.name + "', cuBLASLt " + std::to_string(cublasLtGetVersion());
-    const TableEntry* e = EntryFor(s);
-    out += e == nullptr ? ", no entry" : ", an entry";
-    cublasLtHandle_t handle = nullptr;
-    cublasLtMatmulDesc_t op = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    cublasLtMatmulPreference_t pref = nullptr;
-    const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const size_t ws = kTunedGemmWorkspaceBytes;
-    std::vector<cublasLtMatmulHeuristicResult_t> found(32);
-    int returned = 0;
-    const cublasStatus_t st =
-        cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS ? CUBLAS_STATUS_NOT_INITIALIZED
-        : cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS
-            ? CUBLAS_STATUS_INTERNAL_ERROR
-            : (cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
-               cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
-               cublasLtMatrixLayoutCreate(&a, t, s.k, s.n, s.k),
-               cublasLtMatrixLayoutCreate(&b, t, s.k, s.m, s.k),
-               cublasLtMatrixLayoutCreate(&c, t, s.n, s.m, s.n),
-               cublasLtMatmulPreferenceCreate(&pref),
-               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &ws, sizeof(ws)),
-               cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 32, found.data(),
-                                              &returned));
-    out += ", heuristic status " + std::to_string(static_cast<int>(st)) + ", " +
-           std::to_string(returned) + " candidates:";
-    for (int i = 0; i < returned; ++i) out += " [" + DescribeAlgoConfig(found[i].algo) + "]";
-    if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
-    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
-    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
-    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
-    if (op != nullptr) cublasLtMatmulDescDestroy(op);
-    if (handle != nullptr) cublasLtDestroy(handle);
+    out += ", entry {";
+    for (int i = 0; i < kNumAlgoConfigFields; ++i) {
+      out += (i > 0 ? ", " : "") + std::to_string(e->config[i]);
+    }
+    out += "}";
   }
+  cublasLtHandle_t handle = nullptr;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const size_t ws = kTunedGemmWorkspaceBytes;
+  std::vector<cublasLtMatmulHeuristicResult_t> found(32);
+  int returned = 0;
+  // The first failing call's status, else the heuristic's.
+  cublasStatus_t st = cublasLtCreate(&handle);
+  auto then = [&st](cublasStatus_t next) {
+    if (st == CUBLAS_STATUS_SUCCESS) st = next;
+  };
+  if (st == CUBLAS_STATUS_SUCCESS)
+    then(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  if (st == CUBLAS_STATUS_SUCCESS) {
+    then(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    then(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    then(cublasLtMatrixLayoutCreate(&a, t, s.k, s.n, s.k));
+    then(cublasLtMatrixLayoutCreate(&b, t, s.k, s.m, s.k));
+    then(cublasLtMatrixLayoutCreate(&c, t, s.n, s.m, s.n));
+    then(cublasLtMatmulPreferenceCreate(&pref));
+    then(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                              sizeof(ws)));
+    then(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 32, found.data(), &returned));
+  }
+  out += ", heuristic status " + std::to_string(static_cast<int>(st)) + ", " +
+         std::to_string(returned) + " candidates:";
+  for (int i = 0; i < returned; ++i) out += " " + DescribeAlgoConfig(found[i].algo);
+  if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+  if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+  if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+  if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+  if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  if (handle != nullptr) cublasLtDestroy(handle);
   std::snprintf(buf, len, "%s", out.c_str());
 }
 
@@ -181,23 +194,30 @@ const void* FindTunedGemmPlan(const TunedGemmShape& shape) {
   static std::mutex* mu = new std::mutex;
   static auto* plans = new std::map<Key, std::unique_ptr<Plan>>;
   static auto* handles = new std::map<int, cublasLtHandle_t>;
-  const Key key{shape.device, shape.bf16, shape.m, shape.n, shape.k};
+  static auto* names = new std::map<int, std::string>;
   std::lock_guard<std::mutex> lock(*mu);
+  auto name = names->find(shape.device);
+  if (name == names->end()) name = names->emplace(shape.device, DeviceName(shape.device)).first;
+  // Products without an entry (another GPU, shape or dtype; fewer rows) leave nothing behind.
+  const TableEntry* e = EntryFor(name->second, shape);
+  if (e == nullptr) return nullptr;
+  const Key key{shape.device, shape.bf16, shape.m, shape.n, shape.k};
   auto it = plans->find(key);
   if (it == plans->end()) {
     cublasLtHandle_t& handle = (*handles)[shape.device];
     if (handle == nullptr && cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS) handle = nullptr;
-    it = plans->emplace(key, handle == nullptr ? nullptr : MakePlan(shape, handle)).first;
+    it = plans->emplace(key, handle == nullptr ? nullptr : MakePlan(e, shape, handle)).first;
   }
   return it->second.get();
 }
 
-bool LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
-                     cudaStream_t stream) {
+int LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
+                    cudaStream_t stream) {
   const Plan& p = *static_cast<const Plan*>(plan);
   const float one = 1.0f, zero = 0.0f;
-  return cublasLtMatmul(p.handle, p.op, &one, w, p.a, x, p.b, &zero, y, p.c, y, p.c, &p.algo,
-                        workspace, kTunedGemmWorkspaceBytes, stream) == CUBLAS_STATUS_SUCCESS;
+  return static_cast<int>(cublasLtMatmul(p.handle, p.op, &one, w, p.a, x, p.b, &zero, y, p.c, y,
+                                         p.c, &p.algo, workspace, kTunedGemmWorkspaceBytes,
+                                         stream));
 }
 
 }  // namespace kvsweep::engine

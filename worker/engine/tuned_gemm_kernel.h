@@ -23,7 +23,7 @@ constexpr size_t kTunedGemmWorkspaceBytes = size_t{32} << 20;
 
 // The plan for this shape on the current device (an opaque pointer, valid for the process), or
 // null where the table has no entry for this GPU, cuBLASLt major version, dtype, n and k, where m
-// is below the rows the entry was measured for, or where cuBLASLt's heuristic for the exact shape
+// is below the entry's rows, or where cuBLASLt's heuristic for the exact shape
 // does not offer the entry's algorithm. The first call per shape asks the heuristic; later calls
 // find it cached. Thread safe.
 const void* FindTunedGemmPlan(const TunedGemmShape& shape);
@@ -32,10 +32,11 @@ const void* FindTunedGemmPlan(const TunedGemmShape& shape);
 // name, cuBLASLt's version, the table entry if any, and the heuristic's candidates), for checks.
 void ExplainTunedGemm(const TunedGemmShape& shape, char* buf, size_t len);
 
-// Runs the plan's product on `stream` with `workspace` (kTunedGemmWorkspaceBytes, device memory).
-// False if cuBLASLt reports an error.
-bool LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
-                     cudaStream_t stream);
+// Runs the plan's product on `stream` with `workspace` (kTunedGemmWorkspaceBytes, device memory);
+// x, w, y and the workspace 256-byte aligned (what the heuristic assumed). Returns cuBLASLt's
+// status (0: success).
+int LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, void* workspace,
+                    cudaStream_t stream);
 
 }  // namespace kvsweep::engine
 
