@@ -88,8 +88,7 @@ __nv_bfloat16* Random(size_t n, unsigned seed, float scale) {
 struct Gemm {
   Product p;
   __nv_bfloat16 *w = nullptr, *y = nullptr;
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  kvsweep::engine::LtDescriptors d;
   std::vector<cublasLtMatmulHeuristicResult_t> candidates;
 };
 
@@ -113,8 +112,8 @@ void RunDefault(Bench& b, Gemm& g) {
 }
 
 void RunLt(Bench& b, Gemm& g, int i) {
-  CHECK_BLAS(cublasLtMatmul(b.lt, g.op, &kOne, g.w, g.a, b.x, g.b, &kZero, g.y, g.c, g.y, g.c,
-                            &g.candidates[i].algo, b.workspace, kWorkspace, b.stream));
+  CHECK_BLAS(cublasLtMatmul(b.lt, g.d.op, &kOne, g.w, g.d.a, b.x, g.d.b, &kZero, g.y, g.d.c, g.y,
+                            g.d.c, &g.candidates[i].algo, b.workspace, kWorkspace, b.stream));
 }
 
 // Milliseconds per call of fn, over b.iters calls after 3 warm-up calls.
@@ -133,25 +132,10 @@ double Time(Bench& b, Fn fn) {
 void Prepare(Bench& b, Gemm& g, unsigned seed) {
   g.w = Random(static_cast<size_t>(g.p.n) * g.p.k, seed, 0.04f);
   CHECK_CUDA(cudaMalloc(&g.y, static_cast<size_t>(b.m) * g.p.n * sizeof(__nv_bfloat16)));
-  CHECK_BLAS(cublasLtMatmulDescCreate(&g.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  CHECK_BLAS(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  CHECK_BLAS(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  // Column major, as cuBLAS sees row-major storage: W^T is k x n, x^T is k x M, y^T is n x M.
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.a, CUDA_R_16BF, g.p.k, g.p.n, g.p.k));
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.b, CUDA_R_16BF, g.p.k, b.m, g.p.k));
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.c, CUDA_R_16BF, g.p.n, b.m, g.p.n));
-  cublasLtMatmulPreference_t pref = nullptr;
-  CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
-  const size_t ws = kWorkspace;
-  CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                  &ws, sizeof(ws)));
-  std::vector<cublasLtMatmulHeuristicResult_t> found(32);
-  int returned = 0;
-  CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(b.lt, g.op, g.a, g.b, g.c, g.c, pref,
-                                            static_cast<int>(found.size()), found.data(),
-                                            &returned));
-  cublasLtMatmulPreferenceDestroy(pref);
+  std::vector<cublasLtMatmulHeuristicResult_t> found;
+  CHECK_BLAS(
+      kvsweep::engine::AskLtHeuristic(b.lt, true, b.m, g.p.n, g.p.k, kWorkspace, &g.d, &found));
+  const int returned = static_cast<int>(found.size());
   for (int i = 0; i < returned; ++i) {
     if (found[i].state == CUBLAS_STATUS_SUCCESS) g.candidates.push_back(found[i]);
   }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include <string>
+#include <vector>
 
 namespace kvsweep::engine {
 
@@ -49,6 +50,60 @@ inline std::string DescribeAlgoConfig(const cublasLtMatmulAlgo_t& algo) {
     out += (i > 0 ? ", " : "") + std::to_string(AlgoConfigField(algo, kAlgoConfigFields[i]));
   }
   return out + "}";
+}
+
+// y [m, n] = x [m, k] w^T (row major, one storage dtype, fp32 accumulation) in cuBLASLt's
+// column-major terms: A = w as k x n with TRANSA = T, B = x as k x m, C = D = y as n x m.
+struct LtDescriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+};
+
+inline void DestroyLtDescriptors(LtDescriptors* d) {
+  if (d->c != nullptr) cublasLtMatrixLayoutDestroy(d->c);
+  if (d->b != nullptr) cublasLtMatrixLayoutDestroy(d->b);
+  if (d->a != nullptr) cublasLtMatrixLayoutDestroy(d->a);
+  if (d->op != nullptr) cublasLtMatmulDescDestroy(d->op);
+  *d = LtDescriptors();
+}
+
+// Creates the product's descriptors into *d (the caller destroys them) and asks the heuristic for
+// up to 32 candidates within `workspace` bytes into *found. Returns the first failing call's
+// status, else the heuristic's; *found is empty unless it succeeded.
+inline cublasStatus_t AskLtHeuristic(cublasLtHandle_t handle, bool bf16, int64_t m, int64_t n,
+                                     int64_t k, size_t workspace, LtDescriptors* d,
+                                     std::vector<cublasLtMatmulHeuristicResult_t>* found) {
+  const cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  cublasLtMatmulPreference_t pref = nullptr;
+  cublasStatus_t st = cublasLtMatmulDescCreate(&d->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  auto then = [&st](auto call) {
+    if (st == CUBLAS_STATUS_SUCCESS) st = call();
+  };
+  then([&] {
+    return cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
+  });
+  then([&] {
+    return cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
+  });
+  then([&] { return cublasLtMatrixLayoutCreate(&d->a, t, k, n, k); });
+  then([&] { return cublasLtMatrixLayoutCreate(&d->b, t, k, m, k); });
+  then([&] { return cublasLtMatrixLayoutCreate(&d->c, t, n, m, n); });
+  then([&] { return cublasLtMatmulPreferenceCreate(&pref); });
+  then([&] {
+    return cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                &workspace, sizeof(workspace));
+  });
+  found->assign(32, cublasLtMatmulHeuristicResult_t{});
+  int returned = 0;
+  then([&] {
+    return cublasLtMatmulAlgoGetHeuristic(handle, d->op, d->a, d->b, d->c, d->c, pref,
+                                          static_cast<int>(found->size()), found->data(),
+                                          &returned);
+  });
+  found->resize(st == CUBLAS_STATUS_SUCCESS ? returned : 0);
+  if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+  return st;
 }
 
 }  // namespace kvsweep::engine

@@ -56,8 +56,7 @@ const TableEntry kTable[] = {
 
 struct Plan {
   cublasLtHandle_t handle = nullptr;
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  LtDescriptors d;
   cublasLtMatmulAlgo_t algo;
 };
 
@@ -92,45 +91,18 @@ std::unique_ptr<Plan> MakePlan(const TableEntry* e, const TunedGemmShape& s,
                                cublasLtHandle_t handle) {
   auto p = std::make_unique<Plan>();
   p->handle = handle;
-  const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  // Column major, as cuBLAS sees row-major storage: w^T is k x n, x^T is k x m, y^T is n x m.
-  bool ok =
-      cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) ==
-          CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) ==
-          CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatrixLayoutCreate(&p->a, t, s.k, s.n, s.k) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatrixLayoutCreate(&p->b, t, s.k, s.m, s.k) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatrixLayoutCreate(&p->c, t, s.n, s.m, s.n) == CUBLAS_STATUS_SUCCESS;
-  cublasLtMatmulPreference_t pref = nullptr;
-  ok = ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
-  const size_t ws = kTunedGemmWorkspaceBytes;
-  ok = ok && cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                  &ws, sizeof(ws)) == CUBLAS_STATUS_SUCCESS;
-  std::vector<cublasLtMatmulHeuristicResult_t> found(32);
-  int returned = 0;
-  ok = ok && cublasLtMatmulAlgoGetHeuristic(handle, p->op, p->a, p->b, p->c, p->c, pref,
-                                            static_cast<int>(found.size()), found.data(),
-                                            &returned) == CUBLAS_STATUS_SUCCESS;
-  if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
-  bool chosen = false;
-  for (int i = 0; ok && i < returned && !chosen; ++i) {
-    if (found[i].state == CUBLAS_STATUS_SUCCESS && found[i].workspaceSize <= ws &&
-        Matches(found[i].algo, *e)) {
-      p->algo = found[i].algo;
-      chosen = true;
+  std::vector<cublasLtMatmulHeuristicResult_t> found;
+  // No candidates where it failed.
+  AskLtHeuristic(handle, s.bf16, s.m, s.n, s.k, kTunedGemmWorkspaceBytes, &p->d, &found);
+  for (const cublasLtMatmulHeuristicResult_t& r : found) {
+    if (r.state == CUBLAS_STATUS_SUCCESS && r.workspaceSize <= kTunedGemmWorkspaceBytes &&
+        Matches(r.algo, *e)) {
+      p->algo = r.algo;
+      return p;
     }
   }
-  if (!chosen) {
-    if (p->c != nullptr) cublasLtMatrixLayoutDestroy(p->c);
-    if (p->b != nullptr) cublasLtMatrixLayoutDestroy(p->b);
-    if (p->a != nullptr) cublasLtMatrixLayoutDestroy(p->a);
-    if (p->op != nullptr) cublasLtMatmulDescDestroy(p->op);
-    return nullptr;
-  }
-  return p;
+  DestroyLtDescriptors(&p->d);
+  return nullptr;
 }
 
 }  // namespace
@@ -149,40 +121,16 @@ void ExplainTunedGemm(const TunedGemmShape& s, char* buf, size_t len) {
     out += "}";
   }
   cublasLtHandle_t handle = nullptr;
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  const cudaDataType_t t = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  const size_t ws = kTunedGemmWorkspaceBytes;
-  std::vector<cublasLtMatmulHeuristicResult_t> found(32);
-  int returned = 0;
-  // The first failing call's status, else the heuristic's.
+  LtDescriptors d;
+  std::vector<cublasLtMatmulHeuristicResult_t> found;
   cublasStatus_t st = cublasLtCreate(&handle);
-  auto then = [&st](cublasStatus_t next) {
-    if (st == CUBLAS_STATUS_SUCCESS) st = next;
-  };
-  if (st == CUBLAS_STATUS_SUCCESS)
-    then(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   if (st == CUBLAS_STATUS_SUCCESS) {
-    then(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    then(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    then(cublasLtMatrixLayoutCreate(&a, t, s.k, s.n, s.k));
-    then(cublasLtMatrixLayoutCreate(&b, t, s.k, s.m, s.k));
-    then(cublasLtMatrixLayoutCreate(&c, t, s.n, s.m, s.n));
-    then(cublasLtMatmulPreferenceCreate(&pref));
-    then(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                              sizeof(ws)));
-    then(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, c, c, pref, 32, found.data(), &returned));
+    st = AskLtHeuristic(handle, s.bf16, s.m, s.n, s.k, kTunedGemmWorkspaceBytes, &d, &found);
   }
   out += ", heuristic status " + std::to_string(static_cast<int>(st)) + ", " +
-         std::to_string(returned) + " candidates:";
-  for (int i = 0; i < returned; ++i) out += " " + DescribeAlgoConfig(found[i].algo);
-  if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
-  if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
-  if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
-  if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
-  if (op != nullptr) cublasLtMatmulDescDestroy(op);
+         std::to_string(found.size()) + " candidates:";
+  for (const cublasLtMatmulHeuristicResult_t& r : found) out += " " + DescribeAlgoConfig(r.algo);
+  DestroyLtDescriptors(&d);
   if (handle != nullptr) cublasLtDestroy(handle);
   std::snprintf(buf, len, "%s", out.c_str());
 }
@@ -215,9 +163,9 @@ int LaunchTunedGemm(const void* plan, const void* x, const void* w, void* y, voi
                     cudaStream_t stream) {
   const Plan& p = *static_cast<const Plan*>(plan);
   const float one = 1.0f, zero = 0.0f;
-  return static_cast<int>(cublasLtMatmul(p.handle, p.op, &one, w, p.a, x, p.b, &zero, y, p.c, y,
-                                         p.c, &p.algo, workspace, kTunedGemmWorkspaceBytes,
-                                         stream));
+  return static_cast<int>(cublasLtMatmul(p.handle, p.d.op, &one, w, p.d.a, x, p.d.b, &zero, y,
+                                         p.d.c, y, p.d.c, &p.algo, workspace,
+                                         kTunedGemmWorkspaceBytes, stream));
 }
 
 }  // namespace kvsweep::engine
