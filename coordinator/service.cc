@@ -11,6 +11,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/path_policy.h"
+#include "common/status_macros.h"
 #include "coordinator/sweep_spec.h"
 #include "rpc/auth.h"
 #include "rpc/rpc_util.h"
@@ -454,6 +455,24 @@ WorkerServiceImpl::WorkerServiceImpl(Scheduler* scheduler, const ServiceOptions&
     }                                     \
   } while (0)
 
+namespace {
+
+// What every call on a held lease (Heartbeat, Complete, Fail) passes before the scheduler sees
+// it: a caller with the work role, and a well-formed worker id, job id, lease id and fencing token.
+template <typename Request>
+absl::StatusOr<Caller> AdmitHeldLeaseCall(const grpc::CallbackServerContext& ctx,
+                                          const BearerTokens& tokens, const Request& req) {
+  KV_ASSIGN_OR_RETURN(Caller caller, Authenticate(ctx, tokens));
+  KV_RETURN_IF_ERROR(Require(caller, kRoleWork, "call the worker service"));
+  KV_RETURN_IF_ERROR(ValidateWorkerId(req.worker_id(), "worker_id"));
+  KV_RETURN_IF_ERROR(ValidateJobId(req.job_id()));
+  KV_RETURN_IF_ERROR(ValidateLeaseId(req.lease_id()));
+  KV_RETURN_IF_ERROR(ValidateFence(req.fencing_token()));
+  return caller;
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* WorkerServiceImpl::Lease(grpc::CallbackServerContext* ctx,
                                                    const v1::LeaseRequest* req,
                                                    v1::LeaseResponse* resp) {
@@ -485,13 +504,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
                                                        const v1::HeartbeatRequest* req,
                                                        v1::HeartbeatResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  absl::StatusOr<Caller> caller = AdmitHeldLeaseCall(*ctx, options_.tokens, *req);
   KV_FINISH_IF_ERROR(reactor, caller.status());
-  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
-  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
-  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
   if (!(req->progress() >= 0.0 && req->progress() <= 1.0)) {
     reactor->Finish(Invalid("progress: must be a number in [0, 1]"));
     return reactor;
@@ -514,13 +528,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Complete(grpc::CallbackServerContex
                                                       v1::CompleteResponse* resp) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  absl::StatusOr<Caller> caller = AdmitHeldLeaseCall(*ctx, options_.tokens, *req);
   KV_FINISH_IF_ERROR(reactor, caller.status());
-  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
-  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
-  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
   if (req->result_json().size() > kMaxResultJsonBytes) {
     reactor->Finish(Invalid(absl::StrCat("result_json: ", req->result_json().size(),
                                          " bytes is over the limit of ", kMaxResultJsonBytes)));
@@ -576,13 +585,8 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Fail(grpc::CallbackServerContext* c
                                                   const v1::FailRequest* req,
                                                   v1::FailResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<Caller> caller = Authenticate(*ctx, options_.tokens);
+  absl::StatusOr<Caller> caller = AdmitHeldLeaseCall(*ctx, options_.tokens, *req);
   KV_FINISH_IF_ERROR(reactor, caller.status());
-  KV_FINISH_IF_ERROR(reactor, Require(*caller, kRoleWork, "call the worker service"));
-  KV_FINISH_IF_ERROR(reactor, ValidateWorkerId(req->worker_id(), "worker_id"));
-  KV_FINISH_IF_ERROR(reactor, ValidateJobId(req->job_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateLeaseId(req->lease_id()));
-  KV_FINISH_IF_ERROR(reactor, ValidateFence(req->fencing_token()));
   if (req->error().size() > kMaxErrorBytes) {
     reactor->Finish(Invalid(absl::StrCat("error: over ", kMaxErrorBytes, " bytes")));
     return reactor;
