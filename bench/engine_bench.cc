@@ -13,8 +13,8 @@
 //   kvsweep-engine-bench --model DIR --device cuda --dtype bf16 --tasks wikitext,lambada_openai
 //       --methods "none;quant:bits=4;rank:r=32,basis=identity" [--window W] [--limit N] [--repeat
 //       N]
-//       [--interleave] [--attention-blocks 128,256,...] [--fused-layer on|off|both]
-//       [--tuned-gemm on|off]
+//       [--interleave] [--warmup-each] [--attention-blocks 128,256,...]
+//       [--fused-layer on|off|both] [--tuned-gemm on|off]
 //
 // Attention mode: one layer's codec Apply and attention at a model shape, per method (see
 // AttentionBench).
@@ -31,7 +31,10 @@
 // default where they exist) and without them (libtorch ops, separate projections), each row
 // labeled fused_layer; a method's cost is paired with `none`'s of the same kind. --tuned-gemm off
 // runs libtorch's products where the tuned ones would apply (worker/engine/tuned_gemm.h); each
-// row says which ran and how many tuned products its first pass had.
+// row says which ran and how many tuned products its first pass had. --warmup-each gives every
+// row an untimed pass before its timed ones: a method's first pass on a task pays set-up that
+// later passes do not (kernel plans for shapes not seen yet, the allocator's growth), and with one
+// timed pass per row that set-up would otherwise be counted as the method's cost.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -166,6 +169,7 @@ int JobMode(std::map<std::string, std::string>& f) {
   // over the run hits every method alike; each row then also gets its cost against `none`
   // paired pass by pass (median of tps_none[i] / tps[i] - 1).
   const bool interleave = f.count("--interleave") > 0;
+  const bool warmup_each = f.count("--warmup-each") > 0;
   std::vector<std::string> methods =
       absl::StrSplit(f.count("--methods") ? f["--methods"] : "none", ';');
   for (absl::string_view task :
@@ -179,11 +183,12 @@ int JobMode(std::map<std::string, std::string>& f) {
       std::vector<double> tps;
     };
     std::vector<Row> rows;
-    auto pass = [&](Row& row) -> absl::Status {
+    auto pass = [&](Row& row, bool timed) -> absl::Status {
       SetAttentionQueryBlock(row.block);
       SetFusedLayerEnabled(row.fused);
       absl::StatusOr<nlohmann::json> r = engine.Run(row.spec, nullptr);
       if (!r.ok()) return r.status();
+      if (!timed) return absl::OkStatus();
       if (row.first.is_null()) row.first = *r;
       row.tps.push_back((*r)["timing"]["tokens_per_s"].get<double>());
       return absl::OkStatus();
@@ -194,16 +199,19 @@ int JobMode(std::map<std::string, std::string>& f) {
       for (int64_t block : blocks) {
         for (bool fused : fused_layer) {
           rows.push_back(Row{*s, method, block, fused, nullptr, {}});
+          if (warmup_each) {
+            if (absl::Status st = pass(rows.back(), false); !st.ok()) return Die(st);
+          }
           // --repeat N: N passes, tokens/s the median (a task of a few ms cannot be timed once).
           for (int i = 0; i < (interleave ? 1 : repeat); ++i) {
-            if (absl::Status st = pass(rows.back()); !st.ok()) return Die(st);
+            if (absl::Status st = pass(rows.back(), true); !st.ok()) return Die(st);
           }
         }
       }
     }
     for (int i = 1; interleave && i < repeat; ++i) {
       for (Row& row : rows) {
-        if (absl::Status st = pass(row); !st.ok()) return Die(st);
+        if (absl::Status st = pass(row, true); !st.ok()) return Die(st);
       }
     }
     // Of an even count, the mean of the middle two (as tools/gpu/hf_bench.py and report.py).
@@ -237,6 +245,7 @@ int JobMode(std::map<std::string, std::string>& f) {
                                 {"tokens_per_s", median(row.tps)},
                                 {"tokens_per_s_runs", row.tps},
                                 {"interleaved", interleave},
+                                {"warmup_passes", warmup_each ? 1 : 0},
                                 {"timing", r["timing"]},
                                 {"ledger_fraction_total", r["ledger"]["fraction_total"]}};
       auto n = none.find({row.block, row.fused});
@@ -1239,8 +1248,10 @@ int main(int argc, char** argv) {
   for (const auto& [name, help] : options) {
     given.emplace_back(name, app.add_option(name, values[name], help));
   }
-  bool interleave = false;
+  bool interleave = false, warmup_each = false;
   app.add_flag("--interleave", interleave, "job mode: pass i of every method before pass i + 1");
+  app.add_flag("--warmup-each", warmup_each,
+               "job mode: an untimed pass of every row before its timed passes");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -1251,6 +1262,7 @@ int main(int argc, char** argv) {
     if (opt->count() > 0) flags[name] = values[name];
   }
   if (interleave) flags["--interleave"] = "1";
+  if (warmup_each) flags["--warmup-each"] = "1";
   if (flags.count("--check-fused")) return CheckFused(flags["--check-fused"]);
   if (flags.count("--attention-bench")) {
     if (flags.count("--attention-blocks")) {

@@ -16,7 +16,9 @@
 # last row per (model, task, method). COLD=1 skips the extra pass (cold rows: docs/gpu.md). REPEAT=N
 # times N scoring passes per row in both engines and keeps the median tokens/s (tiny tasks);
 # INTERLEAVE=1 makes kvsweep's passes round-robin over the methods, each row also getting its
-# cost against `none` paired pass by pass (cost_vs_none_paired). ATTENTION_BLOCKS=128,512,...
+# cost against `none` paired pass by pass (cost_vs_none_paired). WARMUP_EACH=1 gives each of
+# kvsweep's rows an untimed pass before its timed ones (a method's first pass on a task pays
+# set-up the next ones do not; transformers' rows are not affected). ATTENTION_BLOCKS=128,512,...
 # runs kvsweep's methods once per query block of the position-dependent attention (rows of their
 # own in the table); FUSED_LAYER=both runs kvsweep's methods with the layer's fused elementwise
 # kernels and stacked projections and without them (off: without only; rows "@ unfused layer");
@@ -43,7 +45,8 @@ for p in $plan; do
     --dtype "${DTYPE:-bf16}" 2>&1 | grep -v -i warn | tail -8
   build-cuda/bench/kvsweep-engine-bench --model "$ckpt/$model" --device cuda --dtype "${DTYPE:-bf16}" \
     --tasks "$tasks" --methods "$methods" --window "$W" --limit "$limit" --repeat "${REPEAT:-1}" \
-    ${INTERLEAVE:+--interleave} ${ATTENTION_BLOCKS:+--attention-blocks "$ATTENTION_BLOCKS"} \
+    ${INTERLEAVE:+--interleave} ${WARMUP_EACH:+--warmup-each} \
+    ${ATTENTION_BLOCKS:+--attention-blocks "$ATTENTION_BLOCKS"} \
     ${FUSED_LAYER:+--fused-layer "$FUSED_LAYER"} ${TUNED_GEMM:+--tuned-gemm "$TUNED_GEMM"} \
     --out "$out/results.jsonl" \
     2> "$out/kvsweep_$model.err" | cut -c1-200
