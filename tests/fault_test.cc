@@ -96,6 +96,7 @@ TEST(FaultTest, CoordinatorKilledTwiceLosesNothingAcknowledgedAndRerunsNothingFi
   ASSERT_TRUE(h.WaitFinished("killc", std::chrono::seconds(180)));
   h.CheckInvariants("killc");
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), kJobs);
+  h.StopWorkers();  // their journals complete
   // Every result a worker was told was recorded is in the database, under that fence.
   std::map<std::string, int64_t> recorded_at;
   std::vector<std::tuple<int64_t, std::string, int>> leases;  // (time, job, worker)
@@ -157,6 +158,7 @@ TEST(FaultTest, CoordinatorDownForManyLeaseTtlsLosesNoFinishedWork) {
   ASSERT_TRUE(h.WaitFinished("outage", std::chrono::seconds(180)));
   h.CheckInvariants("outage");
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM results"), kJobs);
+  h.StopWorkers();  // their journals complete
   std::map<std::string, int> leases;
   for (int i = 0; i < h.num_workers(); ++i) {
     for (const auto& e : h.JournalEvents(i)) {
@@ -240,6 +242,7 @@ TEST(FaultTest, CoordinatorDiskFullKeepsFinishedResultsUntilThereIsSpace) {
   EXPECT_LT(done_when_freed, kJobs);
   // One attempt per job: nothing finished was thrown away and run again.
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), kJobs);
+  h.StopWorkers();  // their journals complete
   for (int i = 0; i < h.num_workers(); ++i) {
     for (const auto& e : h.JournalEvents(i)) {
       if (e.size() < 2) continue;
@@ -293,7 +296,9 @@ TEST(FaultTest, WorkerRestartedWithASpooledResultReportsIt) {
       },
       std::chrono::seconds(30)));
   for (const auto& e : h.JournalEvents(second)) {
-    if (e.size() >= 2) EXPECT_NE(e[1], "lease") << "the job ran again";
+    if (e.size() >= 2) {
+      EXPECT_NE(e[1], "lease") << "the job ran again";
+    }
   }
   EXPECT_EQ(h.SqlInt("SELECT count(*) FROM attempts"), 1);
   h.StopCoordinator();

@@ -197,6 +197,23 @@ void Harness::StopCoordinator() {
   EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
 }
 
+void Harness::StopWorkers() {
+  std::vector<bool> signalled(workers_.size(), false);
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (workers_[i]->Running()) {
+      workers_[i]->Signal(SIGTERM);
+      signalled[i] = true;
+    }
+  }
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (!signalled[i]) continue;  // it had exited (or been killed) before
+    std::optional<int> st = workers_[i]->Wait(std::chrono::seconds(60));
+    ASSERT_TRUE(st.has_value()) << "worker " << i << " did not exit on SIGTERM";
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0)
+        << "worker " << i << ": " << DescribeWaitStatus(*st);
+  }
+}
+
 std::string Harness::journal(int i) const {
   return JoinPath(dir_, absl::StrCat("worker-", i, ".journal"));
 }

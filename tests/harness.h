@@ -96,6 +96,10 @@ class Harness {
   // Starts a worker; returns its index. Its journal is journal(i), its log log(i).
   int StartWorker(const WorkerFlags& flags);
   int StartWorker() { return StartWorker(WorkerFlags()); }
+  // SIGTERM to every worker still running, and waits for each to exit 0: after it, their
+  // journals are complete (a worker journals a result "recorded" once the coordinator's answer
+  // reaches it, which can be after the database shows the job done).
+  void StopWorkers();
   Subprocess* worker(int i) { return workers_[i].get(); }
   int num_workers() const { return static_cast<int>(workers_.size()); }
   std::string journal(int i) const;
