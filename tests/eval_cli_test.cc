@@ -321,6 +321,45 @@ TEST(EvalCliTest, ProvenanceRecordsTheGitCommit) {
   EXPECT_EQ(hash, *head) << "provenance.git_commit " << commit << ", git rev-parse HEAD " << *head;
 }
 
+// The worker refuses at start what would fail every job it leases or lose its journal: one line
+// on stderr, exit 2, before it calls any coordinator (none listens at 127.0.0.1:1; `timeout`
+// bounds a worker that would wrongly start retrying it).
+TEST(WorkerCliTest, RefusesAnUnusableDeviceOrJournalAtStart) {
+  const std::string dir = Scratch("journal_dir");
+  fs::create_directories(dir);
+  auto run = [](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"--coordinator", "127.0.0.1:1", "--spool-dir", ""};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  struct Case {
+    std::vector<std::string> args;
+    std::string fragment;
+  };
+  const std::vector<Case> cases = {
+      // No machine has 100 CUDA devices; one without CUDA says so instead. Both name it.
+      {run({"--device", "cuda:99"}), "--device: device 'cuda:99'"},
+      {run({"--device", "cuda:0,cuda:0"}), "--device: device 'cuda:0"},
+      {run({"--journal", "/nonexistent_dir/journal"}),
+       "--journal: cannot open '/nonexistent_dir/journal': No such file or directory"},
+      {run({"--journal", dir}), "--journal: cannot open '" + dir + "': Is a directory"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"timeout", "60", KVSWEEP_WORKER_BIN};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    std::string cmd;
+    for (const auto& a : args) cmd += Quote(a) + " ";
+    const std::string err = Scratch("worker_err.txt");
+    const int rc = std::system((cmd + "> /dev/null 2>" + err).c_str());
+    const std::string text = ReadFile(err).value_or("");
+    EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 2) << cmd << "\n" << text;
+    std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+    ASSERT_EQ(lines.size(), 1u) << cmd << "\n" << text;
+    EXPECT_NE(lines[0].find(c.fragment), std::string::npos) << lines[0];
+  }
+  fs::remove_all(dir);
+}
+
 TEST(EvalCliTest, BadFlagsAndFiles) {
   const std::string llama = A("models/ref-llama"), lam = A(kLambada);
   ExpectOneLineError({"eval", "--task", "wikitext", "--data", lam}, "--model is required");
@@ -352,6 +391,37 @@ TEST(EvalCliTest, BadFlagsAndFiles) {
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--device", "tpu"}),
                      "is not cpu|cuda|cuda:N");
   ExpectOneLineError(Eval(llama, "lambada_openai", lam, {"--limit", "abc"}), "limit");
+}
+
+// A checkpoint whose weights are NaN scores to a non-finite loglik_sum: an error in every output
+// format (one line, exit 2), never a result with null metrics and exit 0.
+TEST(EvalCliTest, NonFiniteResultIsAnErrorInEveryFormat) {
+  const std::string llama = A("models/ref-llama");
+  const std::string d = Scratch("nan_model");
+  fs::remove_all(d);
+  fs::create_directories(d);
+  const std::string shard = "model-00002-of-00002.safetensors";
+  for (const auto& e : fs::directory_iterator(llama)) {
+    if (e.path().filename() != shard)
+      fs::create_symlink(e.path(), fs::path(d) / e.path().filename());
+  }
+  // The shard's header as it is, every data byte pair after it 0x7fff (NaN in fp16 and bf16).
+  std::string bytes = ReadFile(llama + "/" + shard).value();
+  ASSERT_GT(bytes.size(), 8u);
+  uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<unsigned char>(bytes[i]);
+  ASSERT_LT(8 + header, bytes.size());
+  for (size_t i = 8 + header; i + 1 < bytes.size(); i += 2) {
+    bytes[i] = static_cast<char>(0xff);
+    bytes[i + 1] = 0x7f;
+  }
+  ASSERT_TRUE(WriteFileAtomic(d + "/" + shard, bytes).ok());
+  for (const char* format : {"json", "lm-eval", "text"}) {
+    ExpectOneLineError({"eval", "--model", d, "--task", "lambada_openai", "--data", A(kLambada),
+                        "--limit", "2", "--format", format},
+                       "loglik_sum is not finite");
+  }
+  fs::remove_all(d);
 }
 
 TEST(EvalCliTest, BadDataFiles) {

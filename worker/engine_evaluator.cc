@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/eval.h"
+#include "worker/engine/placement.h"
 
 #ifdef KVSWEEP_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -61,6 +62,10 @@ class EngineEvaluator final : public Evaluator {
 
 std::unique_ptr<Evaluator> NewEngineEvaluator(const std::string& device, int threads) {
   return std::make_unique<EngineEvaluator>(device, threads);
+}
+
+absl::Status CheckEngineDevice(const std::string& device) {
+  return engine::ParsePipelineDevices(device).status();
 }
 
 int EngineCudaDeviceCount() {

@@ -8,12 +8,17 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "worker/evaluator.h"
 
 namespace kvsweep {
 
 // `device`: cpu | cuda | cuda:N; `threads`: CPU intra-op threads (0 = libtorch's default).
 std::unique_ptr<Evaluator> NewEngineEvaluator(const std::string& device, int threads);
+
+// OK if the engine can run on `device` (one device, or a comma-separated pipeline group) on this
+// build and machine; else why not (e.g. CUDA not available, only N CUDA devices present).
+absl::Status CheckEngineDevice(const std::string& device);
 
 // How many CUDA devices the engine sees (0 on a CPU-only libtorch or a machine without any):
 // what `kvsweep-worker --devices all` runs a worker on.

@@ -151,6 +151,10 @@ int RunEvalCommand(int argc, char** argv) {
   ProgressPrinter progress;
   absl::StatusOr<nlohmann::json> r = engine.Run(*spec, [&](double f) { return progress(f); });
   if (!r.ok()) return Fail(r.status());
+  // Every format passes the check the coordinator makes of a worker's result (e.g. a model that
+  // produces NaN gives a non-finite loglik_sum: an error, not a result).
+  absl::StatusOr<JobResult> result = JobResult::FromJson(*r);
+  if (!result.ok()) return Fail(result.status());
   if (format == "json") {
     std::cout << r->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else if (format == "lm-eval") {
@@ -158,8 +162,6 @@ int RunEvalCommand(int argc, char** argv) {
                                                nlohmann::json::error_handler_t::replace)
               << std::endl;
   } else {
-    absl::StatusOr<JobResult> result = JobResult::FromJson(*std::move(r));
-    if (!result.ok()) return Fail(result.status());
     std::cout << TextSummary(*result);
   }
   return 0;

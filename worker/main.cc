@@ -23,9 +23,12 @@
 //
 // --evaluator=fake and --fault exist FOR TESTS AND BENCHMARKS ONLY: the fake evaluator's
 // metrics are placeholders, and faults make the worker crash, hang or report late on purpose.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <iostream>
 #include <regex>
 #include <thread>
@@ -206,6 +209,15 @@ int main(int argc, char** argv) {
     absl::Status s = ParseFault(f, &o.faults);
     if (!s.ok()) return Fail(std::string(s.message()));
   }
+  if (!o.journal_path.empty()) {
+    // The worker loop appends to it; a journal that cannot be written is refused here, not
+    // found missing after the run.
+    const int fd = ::open(o.journal_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return Fail("--journal: cannot open '" + o.journal_path + "': " + std::strerror(errno));
+    }
+    ::close(fd);
+  }
   if (!token_file.empty()) {
     absl::StatusOr<std::string> t = ReadTokenFile(token_file);
     if (!t.ok()) return Fail(std::string(t.status().message()));
@@ -217,6 +229,13 @@ int main(int argc, char** argv) {
     eval = NewFakeEvaluator(fake);
   } else if (evaluator == "engine") {
 #ifdef KVSWEEP_HAVE_ENGINE
+    // A device this worker cannot use would fail every job it leases: refused at start.
+    // (--devices names each supervised worker's device, which that worker checks.)
+    if (devices.empty()) {
+      if (absl::Status d = CheckEngineDevice(o.device); !d.ok()) {
+        return Fail("--device: " + std::string(d.message()));
+      }
+    }
     eval = NewEngineEvaluator(o.device, threads);
 #else
     return Fail(
