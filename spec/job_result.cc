@@ -111,6 +111,12 @@ const nlohmann::json& JobResult::metrics(const std::string& task) const {
   return it != m.end() && it->is_object() ? *it : EmptyObject();
 }
 
+bool JobResult::IsPlaceholder() const {
+  const nlohmann::json& p = Section("provenance");
+  const auto it = p.find("evaluator");
+  return it != p.end() && it->is_string() && it->get<std::string>() == "fake";
+}
+
 std::string JobResult::job_id() const {
   auto it = j_.find("job_id");
   return it != j_.end() && it->is_string() ? it->get<std::string>() : "";

@@ -73,6 +73,9 @@ class JobResult {
   const nlohmann::json& ledger() const { return Section("ledger"); }
   const nlohmann::json& timing() const { return Section("timing"); }
   const nlohmann::json& diagnostics() const { return Section("diagnostics"); }
+  // Whether the result's numbers are placeholders: provenance.evaluator "fake" (the fake
+  // evaluator of load tests and `kvsweep demo --evaluator fake`), not a measurement.
+  bool IsPlaceholder() const;
   // `eval --format json` output carries its spec; stored results do not ({}).
   const nlohmann::json& spec() const { return Section("spec"); }
 

@@ -27,6 +27,20 @@ TEST(JobResultTest, SerializeGivesBackTheStoredTextByteForByte) {
   EXPECT_EQ(JobResult::FromJson(j)->Serialize(), CanonicalJson(j));
 }
 
+TEST(JobResultTest, PlaceholderIsTheFakeEvaluatorsProvenance) {
+  auto parsed = [](const nlohmann::json& provenance) {
+    nlohmann::json j = nlohmann::json::parse(kLambada);
+    if (!provenance.is_null()) j["provenance"] = provenance;
+    return JobResult::FromJson(j).value();
+  };
+  EXPECT_FALSE(parsed(nullptr).IsPlaceholder());
+  EXPECT_FALSE(parsed({{"engine_version", "1"}}).IsPlaceholder());
+  EXPECT_FALSE(parsed({{"evaluator", "engine"}}).IsPlaceholder());
+  EXPECT_FALSE(parsed({{"evaluator", 7}}).IsPlaceholder());
+  EXPECT_FALSE(parsed("fake").IsPlaceholder());  // not an object
+  EXPECT_TRUE(parsed({{"evaluator", "fake"}, {"note", "placeholder"}}).IsPlaceholder());
+}
+
 TEST(JobResultTest, NumbersComeFromMetricsLedgerTimingDiagnosticsInThatOrder) {
   JobResult r = *JobResult::Parse(kLambada);
   EXPECT_EQ(r.job_id(), "abc");
