@@ -4,16 +4,19 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -49,6 +52,43 @@ int Error(const absl::Status& s) {
 }
 int Error(const std::string& msg) { return Error(absl::InvalidArgumentError(msg)); }
 
+// Option checks. CLI11's Range says "Value abc not in range ..." of a word and lets NaN through
+// (every comparison with NaN is false); these say what is wrong, after "--OPTION: ".
+CLI::Validator IntegerIn(int64_t lo, int64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        int64_t v = 0;
+        double d = 0;
+        const std::string range = absl::StrCat("an integer in [", lo, ", ", hi, "]");
+        if (absl::SimpleAtoi(text, &v) && v >= lo && v <= hi) return "";
+        if (!absl::SimpleAtod(text, &d) || !std::isfinite(d)) {
+          return absl::StrCat("'", text, "' is not a number; it must be ", range);
+        }
+        return absl::StrCat("'", text, "' must be ", range);
+      },
+      absl::StrCat("INT in [", lo, ", ", hi, "]"));
+}
+CLI::Validator NumberIn(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        double d = 0;
+        if (absl::SimpleAtod(text, &d) && std::isfinite(d) && d >= lo && d <= hi) return "";
+        return absl::StrCat("'", text, "' must be a number in [", lo, ", ", hi, "]");
+      },
+      absl::StrCat("FLOAT in [", lo, ", ", hi, "]"));
+}
+// Bootstrap seeds are uint64_t: CLI11 would read -1 as 2^64 - 1.
+CLI::Validator SeedNumber() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        uint64_t v = 0;
+        if (!text.empty() && absl::ascii_isdigit(text[0]) && absl::SimpleAtoi(text, &v)) return "";
+        return absl::StrCat("'", text, "' must be an integer in [0, ",
+                            std::numeric_limits<uint64_t>::max(), "]");
+      },
+      "");  // --help shows the option's type, UINT
+}
+
 absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string& db,
                                      const std::string& sql, int max_rows) {
   if (!db.empty()) {
@@ -58,6 +98,7 @@ absl::StatusOr<QueryResult> RunQuery(CoordinatorConnection& g, const std::string
     if (!store.ok()) return store.status();
     return (*store)->Query(sql, max_rows, 60000);
   }
+  KV_RETURN_IF_ERROR(CheckUtf8(sql, "the SQL"));
   KV_ASSIGN_OR_RETURN(auto stub, Stub(g));
   grpc::ClientContext ctx;
   PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));
@@ -165,6 +206,10 @@ int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
   absl::StatusOr<std::string> yaml = ReadFile(file);
   if (!yaml.ok()) return Error(yaml.status());
   const std::string dir = DirName(RealPath(file));
+  // Protobuf refuses to send a string field that is not UTF-8 (logging a line of its own).
+  if (absl::Status u = CheckUtf8(file, "the sweep file's name"); !u.ok()) return Error(u);
+  if (absl::Status u = CheckUtf8(dir, "the sweep file's directory"); !u.ok()) return Error(u);
+  if (absl::Status u = CheckUtf8(*yaml, file); !u.ok()) return Error(u);
   v1::SubmitSweepRequest req;
   req.set_sweep_yaml(*yaml);
   req.set_base_dir(dir);
@@ -210,6 +255,7 @@ int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
 }
 
 int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
+  if (absl::Status u = CheckUtf8(sweep, "sweep name"); !u.ok()) return Error(u);
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::GetStatusRequest req;
@@ -259,6 +305,7 @@ int Status(CoordinatorConnection& g, const std::string& sweep, bool json) {
 // again, for up to `give_up_s` seconds of continuous absence (0 = forever); any other error
 // ends the watch.
 int Watch(CoordinatorConnection& g, const std::string& sweep, int interval_ms, int give_up_s) {
+  if (absl::Status u = CheckUtf8(sweep, "sweep name"); !u.ok()) return Error(u);
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::WatchRequest req;
@@ -320,6 +367,7 @@ int Watch(CoordinatorConnection& g, const std::string& sweep, int interval_ms, i
 }
 
 int Cancel(CoordinatorConnection& g, const std::string& sweep) {
+  if (absl::Status u = CheckUtf8(sweep, "sweep name"); !u.ok()) return Error(u);
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::CancelRequest req;
@@ -338,6 +386,7 @@ int Cancel(CoordinatorConnection& g, const std::string& sweep) {
 
 int Retry(CoordinatorConnection& g, const std::string& sweep, bool failed, bool quarantined) {
   if (!failed && !quarantined) return Error("retry: pass --failed and/or --quarantined");
+  if (absl::Status u = CheckUtf8(sweep, "sweep name"); !u.ok()) return Error(u);
   auto stub = Stub(g);
   if (!stub.ok()) return Error(stub.status());
   v1::RetryRequest req;
@@ -387,7 +436,11 @@ int PlotCmd(CoordinatorConnection& g, const std::string& db, const std::string& 
   absl::StatusOr<std::vector<Item>> items = FetchItems(g, db, sweep, false);
   if (!items.ok()) return Error(items.status());
   std::vector<TableInput> in;
-  for (const Item& it : *items) in.push_back({it.labels, it.result});
+  for (const Item& it : *items) {
+    nlohmann::json labels = it.labels;
+    labels["sweep"] = sweep;  // as `table` has it (messages name the sweep)
+    in.push_back({labels, it.result});
+  }
   std::vector<std::string> notes;
   absl::StatusOr<std::string> wrote = WritePlot(sweep, in, options, &notes);
   if (!wrote.ok()) return Error(wrote.status());
@@ -441,7 +494,7 @@ int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string
         continue;
       }
       const std::string path = stem + f.suffix;
-      if (absl::Status w = WriteFileAtomic(path, RenderSvg(*plot)); !w.ok()) return Error(w);
+      if (absl::Status w = WriteUserFile(path, RenderSvg(*plot)); !w.ok()) return Error(w);
       figures.emplace_back(base + f.suffix, f.caption);
     }
   }
@@ -450,7 +503,7 @@ int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string
     std::cout << page;
     return 0;
   }
-  if (absl::Status w = WriteFileAtomic(out, page); !w.ok()) return Error(w);
+  if (absl::Status w = WriteUserFile(out, page); !w.ok()) return Error(w);
   std::cout << out;
   for (const auto& f : figures) std::cout << " " << f.first;
   std::cout << "\n";
@@ -519,7 +572,7 @@ int Export(CoordinatorConnection& g, const std::string& db, const std::string& s
   if (output.empty() || output == "-") {
     std::cout << out;
   } else {
-    absl::Status w = WriteFileAtomic(output, out);
+    absl::Status w = WriteUserFile(output, out);
     if (!w.ok()) return Error(w);
     std::cerr << "kvsweep: wrote " << items->size() << " jobs to " << output << "\n";
   }
@@ -544,7 +597,7 @@ int RunKvsweep(int argc, char** argv) {
   WithEnv(app.add_option("--tls-key", g.cfg.tls_files.key, "client key (mTLS)"));
   WithEnv(app.add_option("--tls-server-name", g.cfg.tls_server_name, "expected certificate name"));
   app.add_option("--timeout-ms", g.timeout_ms, "deadline of each call")
-      ->check(CLI::Range(100, 86400000))
+      ->check(IntegerIn(100, 86400000))
       ->capture_default_str();
   AddConfigFile(&app);
 
@@ -567,12 +620,12 @@ int RunKvsweep(int argc, char** argv) {
   CLI::App* watch = app.add_subcommand("watch", "follow a sweep until it finishes");
   watch->add_option("sweep", sweep)->required();
   watch->add_option("--interval-ms", interval_ms, "update period")
-      ->check(CLI::Range(50, 60000))
+      ->check(IntegerIn(50, 60000))
       ->capture_default_str();
   watch
       ->add_option("--give-up-after-s", give_up_s,
                    "while the coordinator is unreachable, keep reconnecting this long (0: forever)")
-      ->check(CLI::Range(0, 365 * 86400))
+      ->check(IntegerIn(0, 365 * 86400))
       ->capture_default_str();
 
   CLI::App* cancel = app.add_subcommand("cancel", "cancel a sweep's unfinished jobs");
@@ -601,12 +654,13 @@ int RunKvsweep(int argc, char** argv) {
                     "show differences from this column (e.g. none), with paired-bootstrap "
                     "intervals where results have per-document values");
   table->add_option("--resamples", tspec.resamples, "bootstrap resamples for intervals")
-      ->check(CLI::Range(100, 100000))
+      ->check(IntegerIn(100, 100000))
       ->capture_default_str();
   table->add_option("--seed", tspec.seed, "bootstrap seed (the same seed, the same intervals)")
+      ->check(SeedNumber())
       ->capture_default_str();
   table->add_option("--level", tspec.level, "interval coverage")
-      ->check(CLI::Range(0.5, 0.999))
+      ->check(NumberIn(0.5, 0.999))
       ->capture_default_str();
   table->add_option("--where", where, "keep jobs whose label KEY has VALUE (KEY=VALUE)");
   table
@@ -641,9 +695,11 @@ int RunKvsweep(int argc, char** argv) {
   report->add_option("--out,-o", report_out,
                      "write the page here and its figures beside it (default: stdout, no figures)");
   report->add_option("--resamples", report_opts.resamples, "bootstrap resamples")
-      ->check(CLI::Range(100, 100000))
+      ->check(IntegerIn(100, 100000))
       ->capture_default_str();
-  report->add_option("--seed", report_opts.seed, "bootstrap seed")->capture_default_str();
+  report->add_option("--seed", report_opts.seed, "bootstrap seed")
+      ->check(SeedNumber())
+      ->capture_default_str();
   report->add_option("--note", report_opts.note,
                      "Markdown shown under the title (how the page was made, the machine)");
   report->add_option("--db", db, "read this database file instead of asking the coordinator");
@@ -652,7 +708,7 @@ int RunKvsweep(int argc, char** argv) {
   query->add_option("sql", sql)->required();
   query->add_option("--format", query_format, "text, csv or json")->default_val("text");
   query->add_option("--max-rows", max_rows, "row limit")
-      ->check(CLI::Range(1, 100000))
+      ->check(IntegerIn(1, 100000))
       ->capture_default_str();
   query->add_option("--db", db, "read this database file instead of asking the coordinator");
 
@@ -666,7 +722,7 @@ int RunKvsweep(int argc, char** argv) {
   CLI::App* demo_cmd = app.add_subcommand(
       "demo", "run a small sweep end to end: embedded coordinator + local workers on ref-llama");
   demo_cmd->add_option("--workers", demo.workers, "worker processes")
-      ->check(CLI::Range(1, 64))
+      ->check(IntegerIn(1, 64))
       ->capture_default_str();
   demo_cmd
       ->add_option("--evaluator", demo.evaluator,
@@ -676,16 +732,28 @@ int RunKvsweep(int argc, char** argv) {
   demo_cmd->add_option("--coordinator-bin", demo.coordinator_bin, "kvsweep-coordinator to run");
   demo_cmd->add_option("--keep", demo.keep_dir, "keep the database and logs in this directory");
   demo_cmd->add_option("--limit", demo.limit, "LAMBADA documents per job")
-      ->check(CLI::Range(1, 5153))
+      ->check(IntegerIn(1, 5153))
       ->capture_default_str();
   demo_cmd->add_option("--timeout-s", demo.timeout_s, "give up after this long")
-      ->check(CLI::Range(1, 86400))
+      ->check(IntegerIn(1, 86400))
       ->capture_default_str();
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
+    // `kvsweep bogus`: CLI11 keeps the word as a leftover and says only that a subcommand is
+    // required.
+    const std::vector<std::string> left = app.remaining();
+    if (app.get_subcommands().empty() && !left.empty() && left[0].rfind("-", 0) != 0) {
+      std::vector<std::string> names;
+      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        names.push_back(sub->get_name());
+      }
+      std::cerr << "kvsweep: unknown command '" << left[0]
+                << "' (commands: " << absl::StrJoin(names, ", ") << "; see kvsweep --help)\n";
+      return kExitUsage;
+    }
     std::cerr << "kvsweep: " << e.what() << " (see kvsweep --help)\n";
     return kExitUsage;
   }

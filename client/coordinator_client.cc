@@ -22,6 +22,13 @@ absl::Status RpcError(const grpc::Status& s, const ClientConfig& cfg) {
     return absl::UnavailableError(
         absl::StrCat("cannot reach the coordinator at ", cfg.address, ": ", s.error_message()));
   }
+  if (s.error_message().empty()) {
+    // gRPC fails some calls without a word (a request it could not serialize): the code at
+    // least, never an empty "kvsweep: ".
+    const absl::Status a = FromGrpc(s);
+    return absl::Status(a.code(), absl::StrCat("the call to the coordinator at ", cfg.address,
+                                               " failed: ", absl::StatusCodeToString(a.code())));
+  }
   return FromGrpc(s);
 }
 
@@ -30,6 +37,10 @@ absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(CoordinatorConnecti
     absl::StatusOr<std::string> t = ReadTokenFile(g.token_file);
     if (!t.ok()) return t.status();
     g.cfg.token = *t;
+  }
+  // The same check as the coordinator's --listen (gRPC would dial port 115xx mod 65536).
+  if (absl::Status a = ValidateAddress(g.cfg.address); !a.ok()) {
+    return absl::Status(a.code(), absl::StrCat("--coordinator: ", a.message()));
   }
   absl::StatusOr<std::shared_ptr<grpc::Channel>> ch = MakeChannel(g.cfg);
   if (!ch.ok()) return ch.status();
@@ -78,6 +89,7 @@ absl::StatusOr<std::vector<Item>> FetchItems(CoordinatorConnection& g, const std
     if (!inner.ok()) return inner;
     return items;
   }
+  KV_RETURN_IF_ERROR(CheckUtf8(sweep, "sweep name"));
   KV_ASSIGN_OR_RETURN(auto stub, Stub(g));
   grpc::ClientContext ctx;
   PrepareContext(&ctx, g.cfg, std::chrono::milliseconds(g.timeout_ms));

@@ -25,9 +25,11 @@ struct CoordinatorConnection {
   int timeout_ms = 60000;  // per call
 };
 
-// An RPC failure as one line; names the address when the coordinator is unreachable.
+// An RPC failure as one line; names the address when the coordinator is unreachable (and
+// when gRPC gave no message).
 absl::Status RpcError(const grpc::Status& s, const ClientConfig& cfg);
 
+// kInvalidArgument "--coordinator: ..." for an address ValidateAddress refuses.
 absl::StatusOr<std::unique_ptr<v1::SweepService::Stub>> Stub(CoordinatorConnection& g);
 
 // A job of a sweep, from the coordinator (Export) or a database file.

@@ -4,5 +4,6 @@
 
 int main(int argc, char** argv) {
   kvsweep::InitRpcProcess();
+  kvsweep::QuietGrpcLogsUnlessAsked();  // errors are the one line RunKvsweep prints
   return kvsweep::RunKvsweep(argc, argv);
 }

@@ -248,10 +248,8 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
           // Name what distinguishes them, so the user knows which --where or --series to add.
           return absl::InvalidArgumentError(absl::StrCat(
               "plot: the series '", series, "' in panel '", panel, "' has ", c.jobs.size(),
-              " jobs at ", spec.x, "=", TickLabel(std::get<2>(it->first)), " that differ in ",
-              differ.empty() ? std::string("nothing shown") : absl::StrJoin(differ, ", "),
-              "; add --where ", differ.empty() ? std::string("...") : differ[0],
-              "=VALUE or --series ", differ.empty() ? std::string("method") : differ[0]));
+              " jobs at ", spec.x, "=", TickLabel(std::get<2>(it->first)),
+              SharedCellReason(c.jobs, differ.empty() ? "" : "--series " + differ[0])));
         }
         PlotPoint pt;
         pt.x = std::get<2>(it->first);
@@ -738,7 +736,18 @@ absl::Status RenderPng(const std::string& chromium, const std::string& svg_path,
     return absl::InternalError(
         absl::StrCat("png: ", chromium, " (", DescribeWaitStatus(*st), ") wrote no PNG: ", tail()));
   }
-  return WriteFileAtomic(png_path, *bytes);
+  return WriteUserFile(png_path, *bytes);
+}
+
+absl::Status WriteUserFile(const std::string& path, absl::string_view data) {
+  absl::Status w = WriteFileAtomic(path, data);
+  if (w.ok()) return w;
+  const absl::string_view msg = w.message();
+  const size_t cause = msg.rfind("': ");
+  return absl::Status(w.code(), absl::StrCat("cannot write '", path, "'",
+                                             cause == absl::string_view::npos
+                                                 ? absl::StrCat(": ", msg)
+                                                 : std::string(msg.substr(cause + 1))));
 }
 
 absl::StatusOr<std::string> WritePlot(const std::string& sweep,
@@ -749,7 +758,7 @@ absl::StatusOr<std::string> WritePlot(const std::string& sweep,
   if (!plot.ok()) return plot.status();
   if (spec.title.empty()) plot->title = absl::StrCat(sweep, ": ", plot->title);
   const std::string out = options.out.empty() ? sweep + ".svg" : options.out;
-  if (absl::Status s = WriteFileAtomic(out, RenderSvg(*plot)); !s.ok()) return s;
+  if (absl::Status s = WriteUserFile(out, RenderSvg(*plot)); !s.ok()) return s;
   size_t series = 0, points = 0;
   for (const PlotPanel& p : plot->panels) {
     series += p.series.size();

@@ -100,6 +100,11 @@ std::vector<double> NiceTicks(double lo, double hi, int target = 5);
 std::vector<double> LogTicks(double lo, double hi);
 std::string TickLabel(double v);
 
+// WriteFileAtomic for the files the user names (`plot`, `report` and `export` output), with an
+// error that names `path` rather than the temporary beside it that the write went to
+// ("cannot write 'PATH': No such file or directory"); the same codes.
+absl::Status WriteUserFile(const std::string& path, absl::string_view data);
+
 // Headless Chromium: $KVSWEEP_CHROMIUM, else chromium, chromium-browser, google-chrome,
 // google-chrome-stable on PATH. "" if none.
 std::string FindChromium();

@@ -387,6 +387,25 @@ TEST(PlotTest, ErrorsAreOneLineAndSayWhatToChange) {
   PlotSpec by_method;
   by_method.series = "method";
   EXPECT_TRUE(BuildPlot(clash, by_method).ok());
+  // The same labels (another task limit, say): no "--where ...=VALUE", but how to see them.
+  std::vector<TableInput> same = Sweep();
+  same.push_back(same[1]);
+  EXPECT_THAT(error(same, PlotSpec()),
+              HasSubstr("the series 'quant' in panel 'llama' has 2 jobs at fraction_total=0.27 "
+                        "with the same labels: they differ in fields that are not labels"));
+  EXPECT_THAT(error(same, PlotSpec()), HasSubstr("`kvsweep export <sweep> --include-spec`"));
+  EXPECT_THAT(error(same, PlotSpec()), Not(HasSubstr("...")));
+}
+
+// `plot -o`, `report -o`, `export -o`: the error names the user's path, not path.tmp.PID.N.
+TEST(PlotTest, WriteErrorsNameTheUsersPath) {
+  absl::Status w = WriteUserFile("/nonexistent-dir/x.svg", "<svg/>");
+  EXPECT_EQ(
+      w, absl::NotFoundError("cannot write '/nonexistent-dir/x.svg': No such file or directory"));
+  PlotOptions o;
+  o.out = "/nonexistent-dir/x.svg";
+  std::vector<std::string> notes;
+  EXPECT_EQ(WritePlot("s", Sweep(), o, &notes).status(), w);
 }
 
 TEST(PlotTest, PendingJobsAreANote) {

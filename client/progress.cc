@@ -76,10 +76,17 @@ ProgressBar::ProgressBar(std::FILE* out) : out_(out), tty_(::isatty(::fileno(out
 std::string ProgressBar::Render(const ProgressCounts& c, double eta_s, int width) {
   double running_done = 0;
   for (const RunningJobProgress& r : c.running) running_done += std::clamp(r.fraction, 0.0, 1.0);
-  const double done = std::min<double>(c.total, c.finished() + running_done);
-  const int filled = c.total > 0 ? static_cast<int>(std::lround(width * done / c.total)) : 0;
-  std::string bar =
-      absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '.'), "]");
+  // '#' for done jobs and the done part of running ones, then 'x' for jobs that ended without a
+  // result (failed, quarantined, cancelled): a sweep whose every job failed is not a full bar.
+  const int ended = c.failed + c.quarantined + c.cancelled;
+  auto cells = [&](double jobs) {
+    if (c.total <= 0) return 0;
+    return std::clamp(static_cast<int>(std::lround(width * jobs / c.total)), 0, width);
+  };
+  const int good = cells(c.done + running_done);
+  const int bad = std::max(0, cells(c.done + running_done + ended) - good);
+  std::string bar = absl::StrCat("[", std::string(good, '#'), std::string(bad, 'x'),
+                                 std::string(width - good - bad, '.'), "]");
   std::string line = absl::StrFormat("%s %d/%d done, %d running", bar, c.done, c.total, c.leased);
   if (!c.running.empty()) {
     // Each job's percentage while they fit on the line, else their mean.

@@ -63,8 +63,9 @@ class ProgressBar {
   void Update(const ProgressCounts& c);
   // Ends the line (terminal) so later output starts clean.
   void Finish();
-  // The text of one update, without the carriage return (exposed for tests). The bar counts
-  // finished jobs plus the done fraction of the running ones.
+  // The text of one update, without the carriage return (exposed for tests). The bar shows
+  // done jobs plus the done fraction of the running ones as '#', then the jobs that ended
+  // without a result (failed, quarantined, cancelled) as 'x'.
   static std::string Render(const ProgressCounts& c, double eta_s, int width);
 
  private:

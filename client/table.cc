@@ -30,6 +30,30 @@ std::string LabelText(const nlohmann::json& labels, const std::string& key) {
   return it->dump();
 }
 
+std::string SharedCellReason(const std::vector<const TableInput*>& jobs,
+                             const std::string& instead) {
+  std::vector<std::string> differ;
+  for (const std::string& d : TableDimensions()) {
+    std::set<std::string> values;
+    for (const TableInput* in : jobs) values.insert(LabelText(in->labels, d));
+    if (values.size() > 1) differ.push_back(d);
+  }
+  if (!differ.empty()) {
+    return absl::StrCat(" that differ in ", absl::StrJoin(differ, ", "), "; add --where ",
+                        differ[0], "=VALUE or ", instead);
+  }
+  // Jobs are distinct by their spec (JobSpec::JobId), and labels do not show all of it: two
+  // tasks of one name with another limit or window, two models of one name in other files.
+  std::string sweep = jobs.empty() ? "" : LabelText(jobs[0]->labels, "sweep");
+  if (sweep.empty()) sweep = "<sweep>";
+  return absl::StrCat(
+      " with the same labels: they differ in fields that are not labels (e.g. the task's limit "
+      "or window, or the model's files); `kvsweep export ",
+      sweep,
+      " --include-spec` shows each job's spec; give them different names in the sweep file "
+      "(e.g. of the task) to tell them apart here");
+}
+
 absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec) {
   const auto& dims = TableDimensions();
   std::vector<std::string> row_dims = {spec.rows};
@@ -131,12 +155,9 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     }
     if (ins.size() > 1) {
       // Name what distinguishes them, so the user knows which --where to add.
-      return absl::InvalidArgumentError(
-          absl::StrCat("table: the cell (", t.row_dim, "=", t.rows[rc.first], ", ", spec.cols, "=",
-                       t.cols[rc.second], ") has ", ins.size(), " jobs that differ in ",
-                       differ.empty() ? std::string("nothing shown") : absl::StrJoin(differ, ", "),
-                       "; add --where ", differ.empty() ? std::string("...") : differ[0],
-                       "=VALUE or pivot on it"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "table: the cell (", t.row_dim, "=", t.rows[rc.first], ", ", spec.cols, "=",
+          t.cols[rc.second], ") has ", ins.size(), " jobs", SharedCellReason(ins, "pivot on it")));
     }
     if (ins[0]->result) t.cells[rc.first][rc.second] = ins[0]->result->Number(spec.metric);
     single[rc] = ins[0];

@@ -68,6 +68,12 @@ const std::vector<std::string>& TableDimensions();
 // The label's value as text ("2", "0.25", "none"); "" if absent or null.
 std::string LabelText(const nlohmann::json& labels, const std::string& key);
 
+// Why several jobs fall on one table cell or plot point, for the error that says so: " that
+// differ in LABELS; add --where LABEL=VALUE or `instead`" where labels differ, else " with the
+// same labels: they differ in fields that are not labels ..." and how to tell them apart.
+std::string SharedCellReason(const std::vector<const TableInput*>& jobs,
+                             const std::string& instead);
+
 // kInvalidArgument: unknown dimension, rows == cols, a cell with several results (the message
 // names the labels that differ), the delta column missing, no rows left after filtering.
 absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const TableSpec& spec);

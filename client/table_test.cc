@@ -104,6 +104,23 @@ TEST(TableTest, AmbiguousCellsNameTheDifferingLabel) {
   EXPECT_EQ(filtered->rows, std::vector<std::string>{"llama"});
 }
 
+// Two jobs with every label the same (another task limit or window): no "--where ...=VALUE",
+// but what differs and how to see it.
+TEST(TableTest, CellsOfJobsWithTheSameLabelsSayHowToTellThemApart) {
+  std::vector<TableInput> in = Inputs();
+  in.push_back(In("llama", "none", 2, 120));
+  for (TableInput& t : in) t.labels["sweep"] = "s1";
+  auto t = BuildTable(in, TableSpec());
+  EXPECT_EQ(t.status(),
+            absl::InvalidArgumentError(
+                "table: the cell (model=llama, method=none) has 2 jobs with the same labels: they "
+                "differ in fields that are not labels (e.g. the task's limit or window, or the "
+                "model's files); `kvsweep export s1 --include-spec` shows each job's spec; give "
+                "them different names in the sweep file (e.g. of the task) to tell them apart "
+                "here"));
+  EXPECT_THAT(std::string(t.status().message()), ::testing::Not(HasSubstr("...")));
+}
+
 TEST(TableTest, BadSpecs) {
   TableSpec s;
   s.rows = "colour";
@@ -144,7 +161,25 @@ TEST(ProgressTest, RendersCountsAndEta) {
   c.queued = 2;
   c.failed = 1;
   EXPECT_EQ(ProgressBar::Render(c, 83, 10),
-            "[######....] 5/10 done, 2 running, 2 queued, 1 failed, ETA 1m23s");
+            "[#####x....] 5/10 done, 2 running, 2 queued, 1 failed, ETA 1m23s");
+}
+
+// Jobs that ended without a result are not drawn as done: a sweep whose every job failed is
+// not a full bar of '#'.
+TEST(ProgressTest, FailedJobsAreNotDrawnAsDone) {
+  ProgressCounts c;
+  c.total = 3;
+  c.failed = 3;
+  EXPECT_EQ(ProgressBar::Render(c, NAN, 6), "[xxxxxx] 0/3 done, 0 running, 0 queued, 3 failed");
+  c.failed = 1;
+  c.quarantined = 1;
+  c.done = 1;
+  EXPECT_EQ(ProgressBar::Render(c, NAN, 6),
+            "[##xxxx] 1/3 done, 0 running, 0 queued, 1 failed, 1 quarantined");
+  c = ProgressCounts();
+  c.total = 4;
+  c.done = 4;
+  EXPECT_EQ(ProgressBar::Render(c, NAN, 4), "[####] 4/4 done, 0 running, 0 queued");
 }
 
 TEST(ProgressTest, RunningJobsFillTheBarAndGiveTheEta) {

@@ -3,6 +3,8 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -11,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
+#include "grpc/support/log.h"
 
 namespace kvsweep {
 
@@ -59,6 +62,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config) {
+  if (absl::Status a = ValidateAddress(config.address); !a.ok()) return a;
   if (!config.token.empty() && !config.tls && !config.tls_files.enabled()) {
     // A bearer token in clear crosses the network for anyone on the path to read.
     absl::StatusOr<bool> loopback = IsLoopbackAddress(config.address);
@@ -135,18 +139,27 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   return token;
 }
 
-absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
-  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) {
-    return true;
-  }
+namespace {
+
+// An address split as ValidateAddress reads it; `host` is empty for unix sockets.
+struct ParsedAddress {
+  bool unix_socket = false;
   std::string host;
+};
+
+absl::StatusOr<ParsedAddress> ParseAddress(const std::string& address) {
+  ParsedAddress out;
+  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) {
+    out.unix_socket = true;
+    return out;
+  }
   std::string port;
   if (absl::StartsWith(address, "[")) {
     size_t close = address.find(']');
     if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
       return absl::InvalidArgumentError(absl::StrCat("bad address '", address, "'"));
     }
-    host = address.substr(1, close - 1);
+    out.host = address.substr(1, close - 1);
     port = address.substr(close + 2);
   } else {
     size_t colon = address.rfind(':');
@@ -154,13 +167,29 @@ absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
       return absl::InvalidArgumentError(
           absl::StrCat("bad address '", address, "' (expected host:port)"));
     }
-    host = address.substr(0, colon);
+    out.host = address.substr(0, colon);
     port = address.substr(colon + 1);
   }
+  // Digits only (SimpleAtoi would also take "+80" and " 80"); at most 65535, which gRPC does
+  // not check: it keeps the low 16 bits and dials another port.
   int p = -1;
-  if (!absl::SimpleAtoi(port, &p) || p < 0 || p > 65535) {
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return absl::ascii_isdigit(c); }) ||
+      !absl::SimpleAtoi(port, &p) || p > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("bad port in address '", address, "'"));
   }
+  return out;
+}
+
+}  // namespace
+
+absl::Status ValidateAddress(const std::string& address) { return ParseAddress(address).status(); }
+
+absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
+  absl::StatusOr<ParsedAddress> parsed = ParseAddress(address);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->unix_socket) return true;
+  const std::string& host = parsed->host;
   if (host == "localhost" || host == "::1" || host == "ip6-localhost") return true;
   std::vector<std::string> octets = absl::StrSplit(host, '.');
   if (octets.size() == 4 && octets[0] == "127") {
@@ -173,6 +202,62 @@ absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
   return false;
 }
 
+absl::Status CheckUtf8(absl::string_view text, absl::string_view what) {
+  // RFC 3629: no overlong forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF.
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto b = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    const unsigned char c = b(i);
+    size_t n = 0;                        // continuation bytes
+    unsigned char lo = 0x80, hi = 0xBF;  // the range of the first continuation byte
+    if (c < 0x80) {
+      n = 0;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      n = SIZE_MAX;  // 0x80..0xC1 or 0xF5..0xFF: never a first byte
+    }
+    bool ok = n != SIZE_MAX && i + n < text.size();  // its continuation bytes are there
+    for (size_t k = 1; ok && k <= n; ++k) {
+      const unsigned char lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xBF;
+      ok = b(i + k) >= lo_k && b(i + k) <= hi_k;
+    }
+    if (!ok) {
+      std::string where = absl::StrCat("byte ", i);
+      if (text.find('\n') != absl::string_view::npos) {  // a file: its line too
+        absl::StrAppend(&where, " (line ", 1 + std::count(text.begin(), text.begin() + i, '\n'),
+                        ")");
+      }
+      return absl::InvalidArgumentError(absl::StrCat(what, ": not valid UTF-8 at ", where));
+    }
+    i += n + 1;
+  }
+  return absl::OkStatus();
+}
+
 void InitRpcProcess() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
+
+namespace {
+void DropGrpcLog(gpr_log_func_args*) {}
+}  // namespace
+
+void QuietGrpcLogsUnlessAsked() {
+  const char* verbosity = std::getenv("GRPC_VERBOSITY");
+  const char* trace = std::getenv("GRPC_TRACE");
+  const char* level = std::getenv("KVSWEEP_LOG_LEVEL");
+  if ((verbosity != nullptr && *verbosity != '\0') || (trace != nullptr && *trace != '\0') ||
+      (level != nullptr && absl::EqualsIgnoreCase(level, "debug"))) {
+    return;
+  }
+  gpr_set_log_function(DropGrpcLog);
+}
 
 }  // namespace kvsweep

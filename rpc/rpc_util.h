@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/grpcpp.h"
 
 namespace kvsweep {
@@ -52,13 +53,19 @@ struct ClientConfig {
   int max_reconnect_backoff_ms = 5000;
 };
 
-// kFailedPrecondition for a bearer token without TLS to an address that is not loopback.
+// kInvalidArgument for an address ValidateAddress refuses; kFailedPrecondition for a bearer
+// token without TLS to an address that is not loopback.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config);
 
 // Once per process, before any RPC: turns off Abseil's mutex deadlock detection, which
 // Debian's Abseil build leaves on and which gRPC's mutexes pay for on every lock (a graph
 // update and a stack trace; 2-5% of the coordinator's CPU under load). Idempotent.
 void InitRpcProcess();
+// For command-line tools, once, before any RPC: turns off gRPC's own log lines (e.g. "E...
+// ssl_transport_security.cc ... Handshake failed"), which reach stderr before the tool's
+// one-line error that says the same in its terms. They stay on when the user asks for them:
+// GRPC_VERBOSITY or GRPC_TRACE set, or KVSWEEP_LOG_LEVEL=debug. Servers keep them.
+void QuietGrpcLogsUnlessAsked();
 // A call that failed this way may succeed if retried (the coordinator is restarting, busy or
 // briefly unreachable).
 bool IsTransient(grpc::StatusCode code);
@@ -70,9 +77,21 @@ void PrepareContext(grpc::ClientContext* ctx, const ClientConfig& config,
 // printable ASCII; file errors as ReadFile.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
+// The one check of an address that every binary applies (the coordinator's --listen, the
+// client's and the worker's --coordinator): host:port, [v6]:port or unix:path, with the port a
+// decimal number in [0, 65535] (gRPC itself would take 115xx mod 65536, reaching another port).
+// kInvalidArgument otherwise: "bad address '...'" or "bad port in address '...'".
+absl::Status ValidateAddress(const std::string& address);
+
 // True for 127.0.0.0/8, ::1, localhost and unix: sockets. `address` is host:port, [v6]:port
-// or unix:path. kInvalidArgument for something that is none of these.
+// or unix:path. kInvalidArgument for something that is none of these (ValidateAddress).
 absl::StatusOr<bool> IsLoopbackAddress(const std::string& address);
+
+// kInvalidArgument "WHAT: not valid UTF-8 at byte N" (and " (line L)" where `text` has several
+// lines) unless `text` is valid UTF-8,
+// which every protobuf `string` field must be (protobuf refuses to send one that is not, with a
+// log line of its own and no message). Callers check user text before building a request.
+absl::Status CheckUtf8(absl::string_view text, absl::string_view what);
 
 }  // namespace kvsweep
 

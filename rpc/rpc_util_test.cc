@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -29,6 +30,44 @@ TEST(RpcUtilTest, LoopbackAddresses) {
   for (const char* a : {"nocolon", "127.0.0.1:port", "127.0.0.1:70000", "[::1"}) {
     EXPECT_EQ(IsLoopbackAddress(a).status().code(), absl::StatusCode::kInvalidArgument) << a;
   }
+}
+
+// One check for every binary: a port above 65535 is refused, not taken modulo 65536 as gRPC
+// would (127.0.0.1:PORT+65536 reached the coordinator on PORT).
+TEST(RpcUtilTest, AddressesWithABadPortAreRefusedEverywhere) {
+  for (const char* a :
+       {"127.0.0.1:0", "127.0.0.1:65535", "[::1]:50551", "example.com:443", "unix:/tmp/x.sock"}) {
+    EXPECT_TRUE(ValidateAddress(a).ok()) << a;
+  }
+  for (const char* a : {"127.0.0.1:65536", "127.0.0.1:115087", "[::1]:99999", "127.0.0.1:-1",
+                        "127.0.0.1:+80", "127.0.0.1: 80", "127.0.0.1:", "127.0.0.1:0x50"}) {
+    EXPECT_EQ(ValidateAddress(a),
+              absl::InvalidArgumentError(absl::StrCat("bad port in address '", a, "'")))
+        << a;
+  }
+  EXPECT_EQ(ValidateAddress("nocolon").message(), "bad address 'nocolon' (expected host:port)");
+  ClientConfig c;
+  c.address = "127.0.0.1:115087";
+  auto ch = MakeChannel(c);
+  ASSERT_FALSE(ch.ok());
+  EXPECT_EQ(ch.status(), absl::InvalidArgumentError("bad port in address '127.0.0.1:115087'"));
+}
+
+TEST(RpcUtilTest, Utf8IsCheckedWithTheOffendingByte) {
+  EXPECT_TRUE(CheckUtf8("", "x").ok());
+  EXPECT_TRUE(CheckUtf8("name: caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\n", "x").ok());
+  EXPECT_EQ(CheckUtf8("\xff\xfe name: bad\n", "x.yaml"),
+            absl::InvalidArgumentError("x.yaml: not valid UTF-8 at byte 0 (line 1)"));
+  EXPECT_EQ(CheckUtf8("a: 1\nb: \xc3\n", "f").message(), "f: not valid UTF-8 at byte 8 (line 2)");
+  for (const char* bad : {"\xc0\xaf",          // overlong '/'
+                          "\xe0\x80\xaf",      // overlong
+                          "\xed\xa0\x80",      // a surrogate
+                          "\xf4\x90\x80\x80",  // above U+10FFFF
+                          "\xe2\x82",          // cut short
+                          "\x80"}) {           // a lone continuation byte
+    EXPECT_EQ(CheckUtf8(bad, "s").code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(CheckUtf8("ab\xff", "sweep name").message(), "sweep name: not valid UTF-8 at byte 2");
 }
 
 TEST(RpcUtilTest, StatusRoundTrip) {

@@ -343,6 +343,9 @@ TEST(WorkerCliTest, RefusesAnUnusableDeviceOrJournalAtStart) {
       {run({"--journal", "/nonexistent_dir/journal"}),
        "--journal: cannot open '/nonexistent_dir/journal': No such file or directory"},
       {run({"--journal", dir}), "--journal: cannot open '" + dir + "': Is a directory"},
+      // gRPC would keep the port's low 16 bits and dial 127.0.0.1:1.
+      {{"--coordinator", "127.0.0.1:65537"},
+       "--coordinator: bad port in address '127.0.0.1:65537'"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"timeout", "60", KVSWEEP_WORKER_BIN};

@@ -191,6 +191,9 @@ int main(int argc, char** argv) {
     std::cout << "kvsweep-worker 0.1.0 (engine: " << (kHaveEngine ? "yes" : "no") << ")\n";
     return 0;
   }
+  if (absl::Status a = ValidateAddress(o.coordinator.address); !a.ok()) {
+    return Fail("--coordinator: " + std::string(a.message()));
+  }
   // A comma-separated group is one engine with the model's layers split across the devices
   // (worker/engine/placement.h).
   if (!std::regex_match(o.device, std::regex("(cpu|cuda(:[0-9]+)?)(,(cpu|cuda(:[0-9]+)?))*"))) {
