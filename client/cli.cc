@@ -427,6 +427,10 @@ int TableCmd(CoordinatorConnection& g, const std::string& db,
   absl::StatusOr<std::string> text = FormatTable(*t, format);
   if (!text.ok()) return Error(text.status());
   std::cout << *text;
+  // In every format, also where the table has no caption (csv): placeholders are said on stderr.
+  if (!t->notes.empty() && absl::StartsWith(t->notes[0], "PLACEHOLDERS")) {
+    std::cerr << "kvsweep: table: " << t->notes[0] << "\n";
+  }
   return 0;
 }
 
@@ -459,6 +463,7 @@ int ReportCmd(CoordinatorConnection& g, const std::string& db, const std::string
   for (const Item& it : *items) in.push_back({it.labels, it.result});
   absl::StatusOr<Report> report = BuildReport(sweep, in, options);
   if (!report.ok()) return Error(report.status());
+  if (report->placeholders > 0) std::cerr << "kvsweep: report: " << report->notes.front() << "\n";
   std::vector<std::pair<std::string, std::string>> figures;
   if (!out.empty()) {
     std::string stem = out;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -307,6 +308,16 @@ methods:
     if (!items.ok()) return DemoError(std::string(items.status().message()));
     std::vector<TableInput> in;
     for (Item& it : *items) in.push_back({std::move(it.labels), std::move(it.result)});
+    // A --keep directory may hold an earlier run's results, which this run reuses: what the
+    // tables show is what those results are, whichever evaluator this run started.
+    const bool placeholders = std::any_of(in.begin(), in.end(), [](const TableInput& i) {
+      return i.result && i.result->IsPlaceholder();
+    });
+    if (placeholders && o.evaluator == "engine") {
+      std::cerr << "kvsweep demo: NOTE " << dir
+                << " holds placeholder results of an earlier --evaluator=fake run, which this "
+                   "run reused: use a new --keep directory for measured numbers\n";
+    }
     for (const char* metric : {"ppl", "acc", "fraction_total"}) {
       TableSpec ts;
       ts.rows = "method";

@@ -309,6 +309,12 @@ absl::StatusOr<Plot> BuildPlot(const std::vector<TableInput>& inputs, const Plot
     plot.notes.push_back(
         absl::StrCat(Plural(kept.size() - done.size(), "job", "jobs"), " without a result yet"));
   }
+  const int placeholders = static_cast<int>(std::count_if(
+      done.begin(), done.end(), [](const TableInput* in) { return in->result->IsPlaceholder(); }));
+  if (placeholders > 0) {
+    plot.notes.insert(plot.notes.begin(),
+                      PlaceholderNote(placeholders, static_cast<int>(done.size())));
+  }
   return plot;
 }
 

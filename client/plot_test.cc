@@ -162,6 +162,23 @@ TEST(PlotTest, OnePanelPerModelOneLinePerFamilyInXOrder) {
                                               "(ppl_stderr)")));
 }
 
+TEST(PlotTest, PlaceholderResultsAreSaidSoFirst) {
+  std::vector<TableInput> in = Sweep();
+  int done = 0;
+  for (const TableInput& t : in) done += t.result.has_value();
+  for (TableInput& t : in) {
+    if (!t.result) continue;
+    nlohmann::json fake = t.result->json();
+    fake["provenance"] = {{"evaluator", "fake"}};
+    t.result = *JobResult::FromJson(fake);
+    break;
+  }
+  absl::StatusOr<Plot> p = BuildPlot(in, PlotSpec());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_FALSE(p->notes.empty());
+  EXPECT_EQ(p->notes.front(), PlaceholderNote(1, done));
+}
+
 TEST(PlotTest, SvgHasOneLinePerFamilyPerPanelErrorBarsAxesAndLegend) {
   absl::StatusOr<Plot> p = BuildPlot(Sweep(), PlotSpec());
   ASSERT_TRUE(p.ok()) << p.status();

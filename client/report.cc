@@ -548,6 +548,10 @@ absl::StatusOr<Report> BuildReport(const std::string& sweep, const std::vector<T
     rep.notes.push_back(absl::StrCat(rep.jobs - rep.jobs_with_results, " of ", rep.jobs,
                                      " jobs have no result yet: the report covers the rest"));
   }
+  for (const TableInput& in : inputs) rep.placeholders += in.result && in.result->IsPlaceholder();
+  if (rep.placeholders > 0) {
+    rep.notes.insert(rep.notes.begin(), PlaceholderNote(rep.placeholders, rep.jobs_with_results));
+  }
   return rep;
 }
 
@@ -564,6 +568,9 @@ std::string RenderReportMarkdown(const Report& r, const ReportOptions& o,
       ": the claims of \"Quantization Dominates Rank Reduction for KV-Cache "
       "Compression\"\n\n",
       o.note.empty() ? "" : o.note + "\n\n",
+      r.placeholders > 0
+          ? absl::StrCat("**", r.notes.front(), ": no verdict below is evidence of anything.**\n\n")
+          : "",
       "Each claim of the study (Salfati, arXiv 2604.11501), checked against this sweep's results. "
       "Intervals are ",
       absl::StrFormat("%g", o.level * 100), "% paired percentile bootstraps (", o.resamples,

@@ -77,6 +77,7 @@ struct Report {
   std::vector<Claim> claims;
   std::vector<ResultGroup> results;
   int jobs = 0, jobs_with_results = 0, jobs_used = 0;
+  int placeholders = 0;  // results of the fake evaluator (notes.front() then says so)
   std::vector<std::string> notes;
 };
 

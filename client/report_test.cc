@@ -14,6 +14,7 @@ namespace kvsweep {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr int kDocs = 60;
 
@@ -156,6 +157,27 @@ TEST(ReportTest, EqualJobsCannotTellAndMissingJobsAreNamed) {
   EXPECT_EQ(damage.Summary(), "no check: the sweep needs jobs run with diagnostics: true");
   const std::string md = RenderReportMarkdown(*r, ReportOptions{}, {});
   EXPECT_THAT(md, HasSubstr("No check could be made: the sweep needs jobs run with diagnostics"));
+}
+
+// Results of the fake evaluator: the report says so first, on the page's top, and counts them.
+TEST(ReportTest, PlaceholderResultsAreSaidSoFirst) {
+  std::vector<TableInput> in = {Job("m", "quant:bits=4", 0.25, -2.0, Half),
+                                Job("m", "rank:r=16", 0.25, -2.0, Half)};
+  absl::StatusOr<Report> measured = BuildReport("s", in, ReportOptions{});
+  ASSERT_TRUE(measured.ok()) << measured.status();
+  EXPECT_EQ(measured->placeholders, 0);
+  EXPECT_THAT(RenderReportMarkdown(*measured, ReportOptions{}, {}), Not(HasSubstr("PLACEHOLDERS")));
+  nlohmann::json fake = in[0].result->json();
+  fake["provenance"] = {{"evaluator", "fake"}};
+  in[0].result = *JobResult::FromJson(fake);
+  absl::StatusOr<Report> r = BuildReport("s", in, ReportOptions{});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->placeholders, 1);
+  ASSERT_FALSE(r->notes.empty());
+  EXPECT_EQ(r->notes.front(), PlaceholderNote(1, 2));
+  const std::string md = RenderReportMarkdown(*r, ReportOptions{}, {});
+  EXPECT_THAT(md, HasSubstr("**PLACEHOLDERS: 1 of the 2 results"));
+  EXPECT_LT(md.find("PLACEHOLDERS"), md.find("## "));  // above the first section
 }
 
 TEST(ReportTest, ASweepWithoutResultsIsAnError) {

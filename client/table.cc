@@ -104,10 +104,13 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
   std::map<std::string, size_t> row_index, col_index;
   std::map<std::pair<size_t, size_t>, std::vector<const TableInput*>> cell_inputs;
   bool metric_seen = false;
+  int results = 0, placeholders = 0;
   for (const TableInput& in : inputs) {
     bool keep = true;
     for (const auto& [k, v] : spec.where) keep = keep && LabelText(in.labels, k) == v;
     if (!keep) continue;
+    results += in.result.has_value();
+    placeholders += in.result && in.result->IsPlaceholder();
     const std::string r = row_label(in.labels);
     const std::string c = LabelText(in.labels, spec.cols);
     if (!row_index.count(r)) {
@@ -223,7 +226,14 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     }
     t.notes.assign(notes.begin(), notes.end());
   }
+  if (placeholders > 0) t.notes.insert(t.notes.begin(), PlaceholderNote(placeholders, results));
   return t;
+}
+
+std::string PlaceholderNote(int placeholders, int results) {
+  return absl::StrCat("PLACEHOLDERS: ", placeholders, " of the ", results,
+                      " results come from the fake evaluator (--evaluator fake); their metrics "
+                      "are not measurements");
 }
 
 namespace {

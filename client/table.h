@@ -63,6 +63,10 @@ struct Table {
   std::vector<std::string> notes;  // why some cells have no interval
 };
 
+// The note a table, plot or report carries when `placeholders` of its `results` are the fake
+// evaluator's (JobResult::IsPlaceholder); BuildTable puts it first in Table::notes.
+std::string PlaceholderNote(int placeholders, int results);
+
 // Label keys a table can pivot on.
 const std::vector<std::string>& TableDimensions();
 // The label's value as text ("2", "0.25", "none"); "" if absent or null.

@@ -44,6 +44,30 @@ TEST(TableTest, PivotsInFirstSeenOrder) {
   EXPECT_EQ(*FormatTable(*t, "csv"), "model \\ method,none,int4\nllama,100,101.5\ngpt2,50,\n");
 }
 
+// Results of the fake evaluator are said to be placeholders in the table's notes (its caption),
+// counted among the results shown; measured results alone carry no such note.
+TEST(TableTest, PlaceholderResultsAreSaidSo) {
+  std::vector<TableInput> in = Inputs();
+  auto plain = BuildTable(in, TableSpec());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(plain->notes.empty());
+  nlohmann::json fake = in[1].result->json();
+  fake["provenance"] = {{"evaluator", "fake"}};
+  in[1].result = *JobResult::FromJson(fake);
+  auto t = BuildTable(in, TableSpec());
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_FALSE(t->notes.empty());
+  EXPECT_EQ(t->notes[0], PlaceholderNote(1, 3));
+  EXPECT_THAT(t->notes[0], HasSubstr("PLACEHOLDERS: 1 of the 3 results"));
+  EXPECT_THAT(*FormatTable(*t, "md"), HasSubstr("PLACEHOLDERS"));
+  // Filtered out by --where: not among the results shown.
+  TableSpec only_none;
+  only_none.where = {{"method", "none"}};
+  auto none = BuildTable(in, only_none);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->notes.empty());
+}
+
 TEST(TableTest, DeltaAgainstAColumn) {
   TableSpec s;
   s.delta = "none";

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -247,6 +248,38 @@ TEST(DiagnosticsPlotTest, FlipRateAgainstBitsOnTwoModels) {
     EXPECT_EQ(flip(model, "none"), 0) << model;
     EXPECT_LT(flip(model, "quant:bits=8"), flip(model, "quant:bits=2")) << model;
   }
+}
+
+// `kvsweep demo --keep DIR` after a `--evaluator fake` run in DIR reuses its jobs: the tables say
+// their numbers are placeholders, and the demo says where they came from.
+TEST(DemoKeepTest, AnEarlierFakeRunsResultsAreSaidToBePlaceholders) {
+  if (!kEngine) GTEST_SKIP() << "the second run needs the libtorch engine";
+  const std::string dir = MakeTempDir("demo_keep");
+  auto demo = [&](const std::vector<std::string>& extra, const std::string& name) {
+    std::vector<std::string> argv = {KVSWEEP_CLI_BIN, "demo",    "--keep",
+                                     dir + "/kept",   "--limit", "4"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Subprocess::Options o;
+    o.stdout_path = absl::StrCat(dir, "/", name, ".out");
+    o.stderr_path = absl::StrCat(dir, "/", name, ".err");
+    CommandResult r;
+    auto p = Subprocess::Spawn(argv, o);
+    if (!p.ok()) return r;
+    std::optional<int> st = (*p)->Wait(std::chrono::seconds(300));
+    if (st && WIFEXITED(*st)) r.exit_code = WEXITSTATUS(*st);
+    r.out = ReadFile(o.stdout_path).value_or("");
+    r.err = ReadFile(o.stderr_path).value_or("");
+    return r;
+  };
+  CommandResult fake = demo({"--evaluator", "fake", "--workers", "2"}, "fake");
+  ASSERT_EQ(fake.exit_code, 0) << fake.err;
+  EXPECT_THAT(fake.out, HasSubstr("PLACEHOLDERS: 8 of the 8 results"));
+  CommandResult engine = demo({}, "engine");
+  ASSERT_EQ(engine.exit_code, 0) << engine.err;
+  EXPECT_THAT(engine.out, HasSubstr("PLACEHOLDERS: 8 of the 8 results"));
+  EXPECT_THAT(engine.err,
+              HasSubstr("holds placeholder results of an earlier --evaluator=fake run"));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
