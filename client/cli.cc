@@ -210,6 +210,12 @@ int Submit(CoordinatorConnection& g, const std::string& file, bool dry_run) {
   if (absl::Status u = CheckUtf8(file, "the sweep file's name"); !u.ok()) return Error(u);
   if (absl::Status u = CheckUtf8(dir, "the sweep file's directory"); !u.ok()) return Error(u);
   if (absl::Status u = CheckUtf8(*yaml, file); !u.ok()) return Error(u);
+  if (yaml->size() > kMaxSweepYamlBytes) {  // the coordinator's limit, said before sending
+    return Error(absl::StrCat(file, ": ", yaml->size(), " bytes; a sweep file may have at most ",
+                              kMaxSweepYamlBytes,
+                              " (a sweep's combinations come from its lists, "
+                              "not from listing them)"));
+  }
   v1::SubmitSweepRequest req;
   req.set_sweep_yaml(*yaml);
   req.set_base_dir(dir);

@@ -155,6 +155,19 @@ TEST_F(CliTest, NonUtf8TextIsOneLineBeforeAnyRequest) {
   EXPECT_EQ(r.err, "kvsweep: the SQL: not valid UTF-8 at byte 8\n");
 }
 
+// A sweep file over the coordinator's limit is refused by name before it is sent (gRPC would
+// answer in its own words about message sizes).
+TEST_F(CliTest, OversizedSweepFileIsOneLineBeforeAnyRequest) {
+  const std::string yaml = absl::StrCat(::testing::TempDir(), "/kvsweep_cli_test_big.yaml");
+  ASSERT_TRUE(WriteFileAtomic(yaml, "name: big\n# " + std::string(2 << 20, 'x') + "\n").ok());
+  Result r = Run({"submit", yaml, "--dry-run"});
+  EXPECT_EQ(r.exit_code, 1);
+  ASSERT_EQ(r.err_lines().size(), 1u) << r.err;
+  EXPECT_THAT(r.err, StartsWith(absl::StrCat("kvsweep: ", yaml, ": ", (2 << 20) + 13,
+                                             " bytes; a sweep file may have at most 1048576")));
+  std::remove(yaml.c_str());
+}
+
 // CLI11's Range let NaN through (every comparison with NaN is false).
 TEST_F(CliTest, FloatingPointOptionsRefuseNaNAndInfinity) {
   for (const char* level : {"nan", "NaN", "inf", "-inf", "abc", "1", "0.4"}) {
