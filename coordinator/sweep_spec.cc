@@ -22,6 +22,7 @@
 #include "common/model_config.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
+#include "spec/job_spec.h"
 #include "spec/ledger.h"
 #include "spec/method_family.h"
 #include "spec/method_spec.h"
@@ -161,17 +162,17 @@ class Expander {
   }
 
  private:
+  // Messages quote user text: control and bidi characters in it are escaped, so that the
+  // error stays one line and reads as written.
   absl::Status Err(const YAML::Node& n, absl::string_view path, absl::string_view msg) const {
     const int line = n.IsDefined() ? n.Mark().line + 1 : 0;
-    if (line > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(o_.source_name, ":", line, ": ", path, ": ", msg));
-    }
-    return absl::InvalidArgumentError(absl::StrCat(o_.source_name, ": ", path, ": ", msg));
+    if (line > 0) return ErrAt(line, path, msg);
+    return absl::InvalidArgumentError(
+        absl::StrCat(o_.source_name, ": ", path, ": ", EscapeLabelText(msg)));
   }
   absl::Status ErrAt(int line, absl::string_view path, absl::string_view msg) const {
     return absl::InvalidArgumentError(
-        absl::StrCat(o_.source_name, ":", line, ": ", path, ": ", msg));
+        absl::StrCat(o_.source_name, ":", line, ": ", path, ": ", EscapeLabelText(msg)));
   }
 
   // Rejects keys outside `known` and duplicate keys.
@@ -196,6 +197,13 @@ class Expander {
   absl::StatusOr<std::string> Str(const YAML::Node& n, absl::string_view path) const {
     if (!n.IsScalar() || n.Scalar().empty()) return Err(n, path, "expected a non-empty string");
     return n.Scalar();
+  }
+  // A name or label that ends up in the jobs' labels (and in tables, CSV, SQL views): printable
+  // text only (CheckLabelText).
+  absl::StatusOr<std::string> Label(const YAML::Node& n, absl::string_view path) const {
+    KV_ASSIGN_OR_RETURN(std::string s, Str(n, path));
+    if (absl::Status l = CheckLabelText(s); !l.ok()) return Err(n, path, l.message());
+    return s;
   }
   absl::StatusOr<int> Int(const YAML::Node& n, absl::string_view path, int lo, int hi) const {
     int v = 0;
@@ -340,7 +348,7 @@ class Expander {
         if (!m["path"]) return Err(m, path, "missing required key 'path'");
         KV_ASSIGN_OR_RETURN(e.path, Str(m["path"], path + ".path"));
         if (m["name"]) {
-          KV_ASSIGN_OR_RETURN(e.name, Str(m["name"], path + ".name"));
+          KV_ASSIGN_OR_RETURN(e.name, Label(m["name"], path + ".name"));
         }
         if (m["tokenizer"]) {
           KV_ASSIGN_OR_RETURN(e.tokenizer, Str(m["tokenizer"], path + ".tokenizer"));
@@ -384,6 +392,10 @@ class Expander {
       e.config = *cfg;
       if (e.name.empty() && !repo_label.empty()) e.name = repo_label;
       if (e.name.empty()) e.name = BaseName(e.path);
+      if (absl::Status l = CheckLabelText(e.name); !l.ok()) {
+        return Err(at, path + ".path",
+                   absl::StrCat("the model name taken from it ", l.message(), " (or give a name)"));
+      }
       if (!names.insert(e.name).second) {
         return Err(m, path, absl::StrCat("duplicate model name '", e.name, "'"));
       }
@@ -423,7 +435,7 @@ class Expander {
       e.data = RealPath(e.data);
       e.name = e.task;
       if (t["name"]) {
-        KV_ASSIGN_OR_RETURN(e.name, Str(t["name"], path + ".name"));
+        KV_ASSIGN_OR_RETURN(e.name, Label(t["name"], path + ".name"));
       }
       if (t["limit"]) {
         KV_ASSIGN_OR_RETURN(e.limit, Int(t["limit"], path + ".limit", 0, 1 << 30));
@@ -451,6 +463,10 @@ class Expander {
     if (!n.IsSequence() || n.size() == 0) return Err(n, "methods", "expected a non-empty list");
     std::set<std::string> labels;
     auto add = [&](MethodTemplate t, const YAML::Node& at) -> absl::Status {
+      // Labels made from a spec, a budget as written or extra keys.
+      if (absl::Status l = CheckLabelText(t.label); !l.ok()) {
+        return Err(at, t.path, absl::StrCat("the method label ", l.message()));
+      }
       if (!labels.insert(t.label).second) {
         return Err(at, t.path, absl::StrCat("duplicate method label '", t.label, "'"));
       }
@@ -473,7 +489,7 @@ class Expander {
         t.family = parsed->FamilyLabel();
         t.label = t.spec;
         if (m.IsMap() && m["label"]) {
-          KV_ASSIGN_OR_RETURN(t.label, Str(m["label"], path + ".label"));
+          KV_ASSIGN_OR_RETURN(t.label, Label(m["label"], path + ".label"));
         }
         KV_RETURN_IF_ERROR(add(std::move(t), m));
       } else if (m.IsMap() && m["family"]) {
@@ -583,7 +599,7 @@ class Expander {
       ExcludeRule rule;
       for (auto it = e.begin(); it != e.end(); ++it) {
         const std::string k = it->first.Scalar();
-        KV_ASSIGN_OR_RETURN(std::string v, Str(it->second, absl::StrCat(path, ".", k)));
+        KV_ASSIGN_OR_RETURN(std::string v, Label(it->second, absl::StrCat(path, ".", k)));
         // Names must refer to something in the sweep: a typo would silently exclude nothing.
         if (k == "model" && std::none_of(models_.begin(), models_.end(),
                                          [&](const ModelEntry& m) { return m.name == v; })) {

@@ -7,8 +7,10 @@
 // merged (two spellings of one method, a seed that does not apply).
 //
 // Errors are kInvalidArgument with one line "<source>:<line>: <field path>: <problem>": malformed
-// YAML, unknown or duplicate keys, duplicate names, unknown methods, budgets out of range or
-// unreachable, kv_heads that do not divide, missing model or data paths, too many jobs.
+// YAML, unknown or duplicate keys, duplicate names, names or labels that are not printable text
+// (control or bidi characters: CheckLabelText), unknown methods, budgets out of range or
+// unreachable, kv_heads that do not divide, missing model or data paths, too many jobs. User
+// text quoted in a message has its control and bidi characters escaped (EscapeLabelText).
 #ifndef KVSWEEP_COORDINATOR_SWEEP_SPEC_H_
 #define KVSWEEP_COORDINATOR_SWEEP_SPEC_H_
 

@@ -232,6 +232,59 @@ TEST(SweepSpecTest, BadSweepsAreInvalidArgumentNamingTheProblem) {
   }
 }
 
+// Labels reach tables, CSV and SQL views: a NUL cut them short there and bidi controls reorder
+// what is shown. Names and labels with control or bidi characters are refused where they are
+// written, and user text quoted in any error is escaped, so the message stays one line.
+TEST(SweepSpecTest, LabelsWithControlOrBidiCharactersAreRefused) {
+  const std::string good = Yaml("  - none\n");
+  const std::vector<BadCase> cases = {
+      {"NUL and RLO in a method label",
+       Yaml("  - {spec: \"quant:bits=4\", label: \"<script>\\u0000x\\u202e\"}\n"),
+       "sweep.yaml:15: methods[0].label: contains the control character U+0000"},
+      {"RLO in a method label", Yaml("  - {spec: \"quant:bits=4\", label: \"a\\u202eb\"}\n"),
+       "sweep.yaml:15: methods[0].label: contains the Unicode bidi control U+202E"},
+      {"LRE", Yaml("  - {spec: none, label: \"\\u202a\"}\n"), "bidi control U+202A"},
+      {"FSI", Yaml("  - {spec: none, label: \"x\\u2068\"}\n"), "bidi control U+2068"},
+      {"PDI", Yaml("  - {spec: none, label: \"x\\u2069\"}\n"), "bidi control U+2069"},
+      {"LRM", Yaml("  - {spec: none, label: \"x\\u200e\"}\n"), "bidi control U+200E"},
+      {"RLM", Yaml("  - {spec: none, label: \"x\\u200f\"}\n"), "bidi control U+200F"},
+      {"newline", Yaml("  - {spec: none, label: \"a\\nb\"}\n"), "control character U+000A"},
+      {"tab", Yaml("  - {spec: none, label: \"a\\tb\"}\n"), "control character U+0009"},
+      {"DEL", Yaml("  - {spec: none, label: \"a\\x7fb\"}\n"), "control character U+007F"},
+      {"C1 NEL", Yaml("  - {spec: none, label: \"a\\x85b\"}\n"), "control character U+0085"},
+      {"C1 CSI", Yaml("  - {spec: none, label: \"a\\u009bb\"}\n"), "control character U+009B"},
+      {"model name", Replace(good, "name: gpt2", "name: \"gp\\u202et2\""),
+       "sweep.yaml:6: models[1].name: contains the Unicode bidi control U+202E"},
+      {"task name", Replace(good, "name: lambada", "name: \"lam\\u0000bada\""),
+       "sweep.yaml:10: tasks[0].name: contains the control character U+0000"},
+      {"budget as written", Yaml("  - {family: rank, budgets: [\"0.25\\t\"]}\n"),
+       "sweep.yaml:15: methods[0].budgets[0]: the method label contains the control character "
+       "U+0009"},
+      {"exclude value", good + "exclude:\n  - {model: \"llama\\u0000\"}\n",
+       "sweep.yaml:17: exclude[0].model: contains the control character U+0000"},
+      // Quoted in another error: escaped.
+      {"quoted spec", Yaml("  - \"foo\\u202e:x=1\\u0000\"\n"),
+       "sweep.yaml:15: methods[0]: method 'foo\\u202E:x=1\\u0000': unknown family "
+       "'foo\\u202E'"},
+  };
+  for (const BadCase& c : cases) {
+    auto s = ExpandSweep(c.yaml, Opts());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.name << ": " << s.status();
+    const std::string msg(s.status().message());
+    EXPECT_THAT(msg, HasSubstr(c.fragment)) << c.name;
+    for (unsigned char ch : msg) {
+      EXPECT_TRUE(ch >= 0x20 && ch != 0x7f) << c.name << ": raw control character in " << msg;
+    }
+    EXPECT_EQ(msg.find("\xe2\x80\xae"), std::string::npos) << c.name;  // U+202E
+  }
+  // Printable Unicode is fine.
+  auto s = ExpandSweep(
+      Yaml("  - {spec: \"quant:bits=4\", label: \"4 bits \u2713 gr\u00f6\u00dfe\"}\n"), Opts());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->jobs[0].labels["method"], "4 bits \u2713 gr\u00f6\u00dfe");
+}
+
 // `path: org/name` names a model in the Hugging Face hub cache (here a snapshot that links to
 // the assets' ref-llama); its label is the repo id. `dtype: auto` is each model's own dtype
 // (both assets' models are stored in float16), transformers' spellings are accepted, and an

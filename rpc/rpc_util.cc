@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
+#include "common/utf8.h"
 #include "grpc/support/log.h"
 
 namespace kvsweep {
@@ -203,44 +204,13 @@ absl::StatusOr<bool> IsLoopbackAddress(const std::string& address) {
 }
 
 absl::Status CheckUtf8(absl::string_view text, absl::string_view what) {
-  // RFC 3629: no overlong forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF.
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto b = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
-    const unsigned char c = b(i);
-    size_t n = 0;                        // continuation bytes
-    unsigned char lo = 0x80, hi = 0xBF;  // the range of the first continuation byte
-    if (c < 0x80) {
-      n = 0;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      n = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      n = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      n = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      n = SIZE_MAX;  // 0x80..0xC1 or 0xF5..0xFF: never a first byte
-    }
-    bool ok = n != SIZE_MAX && i + n < text.size();  // its continuation bytes are there
-    for (size_t k = 1; ok && k <= n; ++k) {
-      const unsigned char lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xBF;
-      ok = b(i + k) >= lo_k && b(i + k) <= hi_k;
-    }
-    if (!ok) {
-      std::string where = absl::StrCat("byte ", i);
-      if (text.find('\n') != absl::string_view::npos) {  // a file: its line too
-        absl::StrAppend(&where, " (line ", 1 + std::count(text.begin(), text.begin() + i, '\n'),
-                        ")");
-      }
-      return absl::InvalidArgumentError(absl::StrCat(what, ": not valid UTF-8 at ", where));
-    }
-    i += n + 1;
+  const int64_t i = FirstInvalidUtf8Byte(text);
+  if (i < 0) return absl::OkStatus();
+  std::string where = absl::StrCat("byte ", i);
+  if (text.find('\n') != absl::string_view::npos) {  // a file: its line too
+    absl::StrAppend(&where, " (line ", 1 + std::count(text.begin(), text.begin() + i, '\n'), ")");
   }
-  return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, ": not valid UTF-8 at ", where));
 }
 
 void InitRpcProcess() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }

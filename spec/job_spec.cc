@@ -1,12 +1,16 @@
 #include "spec/job_spec.h"
 
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/fingerprint.h"
 #include "common/hf_hub.h"
 #include "common/input_files.h"
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "spec/method_spec.h"
 
 namespace kvsweep {
@@ -15,7 +19,48 @@ namespace {
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
+
+bool IsControl(int32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
+bool IsBidiControl(int32_t cp) {
+  return cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) ||
+         (cp >= 0x2066 && cp <= 0x2069);
+}
 }  // namespace
+
+absl::Status CheckLabelText(absl::string_view text) {
+  for (size_t i = 0, len = 0; i < text.size(); i += len) {
+    const int32_t cp = DecodeUtf8(text, i, &len);
+    if (cp < 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "is not valid UTF-8 (byte 0x%02X at offset %d)", static_cast<unsigned char>(text[i]), i));
+    }
+    if (IsControl(cp)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("contains the control character U+%04X; use printable text", cp));
+    }
+    if (IsBidiControl(cp)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("contains the Unicode bidi control U+%04X; use printable text", cp));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EscapeLabelText(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0, len = 0; i < text.size(); i += len) {
+    const int32_t cp = DecodeUtf8(text, i, &len);
+    if (cp < 0) {
+      absl::StrAppendFormat(&out, "\\x%02X", static_cast<unsigned char>(text[i]));
+    } else if (IsControl(cp) || IsBidiControl(cp)) {
+      absl::StrAppendFormat(&out, "\\u%04X", cp);
+    } else {
+      out.append(text.data() + i, len);
+    }
+  }
+  return out;
+}
 
 std::string DefaultCalibrationPath() {
   return JoinPath(AssetsDir(), "data/wikitext-2/wiki.valid.tokens");
@@ -108,6 +153,9 @@ absl::StatusOr<JobSpec> JobSpec::FromJson(const nlohmann::json& j) {
 absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req) {
   JobSpec s;
   if (req.model_path.empty()) return Invalid("model", "no model path given");
+  if (absl::Status l = CheckLabelText(req.model_name); !l.ok()) {
+    return Invalid("model_name", l.message());
+  }
   if (!IsKnownTask(req.task)) {
     return Invalid("task", UnknownTaskMessage(req.task));
   }

@@ -12,7 +12,9 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/model_config.h"
 #include "common/path_policy.h"
 #include "nlohmann/json.hpp"
@@ -103,6 +105,17 @@ absl::StatusOr<JobSpec> ResolveJob(const JobRequest& req);
 // "input changed since submit: PATH" (PATH: the file, or the model/tokenizer path when only the
 // set of files changed). Other I/O errors are returned as they are.
 absl::Status VerifyJobInputs(const JobSpec& spec);
+
+// OK when `text`, a name or label a user gave (a model, task or method label, a model name),
+// is valid UTF-8 without control characters (C0, DEL, C1) or Unicode bidi controls (U+061C,
+// U+200E, U+200F, U+202A-U+202E, U+2066-U+2069). Labels reach tables, CSV, JSON and SQL views:
+// a NUL cuts them short there, a newline breaks rows and bidi controls reorder what is shown.
+// Else kInvalidArgument naming the first such character ("contains the control character
+// U+0000"), without quoting `text`.
+absl::Status CheckLabelText(absl::string_view text);
+// `text` with every character CheckLabelText refuses written as \uXXXX (bytes that are not
+// UTF-8 as \xNN): user input quoted in a one-line error message.
+std::string EscapeLabelText(absl::string_view text);
 
 // The assets' default calibration text (AssetsDir(): common/path_policy.h).
 std::string DefaultCalibrationPath();

@@ -1,5 +1,6 @@
 #include "spec/job_spec.h"
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace kvsweep {
@@ -26,6 +27,52 @@ TEST(JobSpecTest, ResolvesDefaultsAndFingerprints) {
   // The published sha256 of lambada_test.jsonl (assets SHA256SUMS).
   EXPECT_EQ(s->data_sha256, "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226");
   EXPECT_FALSE(s->calibration.has_value());
+}
+
+TEST(JobSpecTest, LabelTextIsPrintableUtf8) {
+  using ::testing::HasSubstr;
+  for (const char* ok : {"", "llama-7b", "quant@0.25[k:bits=4]", "gr\u00f6\u00dfe \u2713",
+                         "\U0001F600", "\u05e9\u05dc\u05d5\u05dd"}) {
+    EXPECT_TRUE(CheckLabelText(ok).ok()) << ok;
+    EXPECT_EQ(EscapeLabelText(ok), ok);
+  }
+  struct Bad {
+    std::string text, fragment, escaped;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {std::string("a\0b", 3), "control character U+0000", "a\\u0000b"},
+           {"a\nb", "control character U+000A", "a\\u000Ab"},
+           {"\x1b[31m", "control character U+001B", "\\u001B[31m"},
+           {"a\x7f", "control character U+007F", "a\\u007F"},
+           {"a\u0085", "control character U+0085", "a\\u0085"},
+           {"a\u009f", "control character U+009F", "a\\u009F"},
+           {"\u061c", "bidi control U+061C", "\\u061C"},
+           {"x\u200e", "bidi control U+200E", "x\\u200E"},
+           {"x\u200f", "bidi control U+200F", "x\\u200F"},
+           {"x\u202a", "bidi control U+202A", "x\\u202A"},
+           {"<script>\u202e", "bidi control U+202E", "<script>\\u202E"},
+           {"x\u2066", "bidi control U+2066", "x\\u2066"},
+           {"x\u2069", "bidi control U+2069", "x\\u2069"},
+           {"a\xff", "not valid UTF-8 (byte 0xFF at offset 1)", "a\\xFF"},
+           {"\xc0\x80", "not valid UTF-8 (byte 0xC0 at offset 0)", "\\xC0\\x80"},  // overlong
+           {"\xed\xa0\x80", "not valid UTF-8 (byte 0xED at offset 0)",
+            "\\xED\\xA0\\x80"},                                                        // surrogate
+           {"ab\xe2\x80", "not valid UTF-8 (byte 0xE2 at offset 2)", "ab\\xE2\\x80"},  // cut short
+       }) {
+    absl::Status s = CheckLabelText(b.text);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << b.escaped;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(b.fragment)) << b.escaped;
+    EXPECT_EQ(EscapeLabelText(b.text), b.escaped);
+  }
+  // Bidi controls just outside the ranges are ordinary characters.
+  EXPECT_TRUE(CheckLabelText("\u2029\u202f\u2065\u206a\u200d").ok());
+
+  JobRequest r = Req();
+  r.model_name = std::string("llama\0x", 7);
+  auto j = ResolveJob(r);
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument) << j.status();
+  EXPECT_EQ(j.status().message(),
+            "model_name: contains the control character U+0000; use printable text");
 }
 
 TEST(JobSpecTest, IdentityIgnoresNamesAndPathsButNotNumbersChangers) {

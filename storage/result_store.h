@@ -327,7 +327,8 @@ struct SqliteOptions {
 // Opens (creating if needed, unless read_only) the database at `path`, in WAL mode with
 // synchronous=FULL, and migrates its schema to the latest version. Errors: kNotFound /
 // kPermissionDenied / kUnavailable when the file cannot be opened, kFailedPrecondition when the
-// schema is newer than this build, kDataLoss when the file is not a database.
+// schema is newer than this build, kDataLoss when the file is not a database or fails
+// PRAGMA quick_check (read-only opens included), with one line naming the first problem.
 absl::StatusOr<std::unique_ptr<ResultStore>> NewSqliteResultStore(const std::string& path,
                                                                   const SqliteOptions& options);
 // The schema version this build writes.

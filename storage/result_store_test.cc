@@ -734,6 +734,45 @@ TEST(SqliteResultStoreTest, DamagedDatabaseIsRefusedAtOpen) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("is damaged"));
+  EXPECT_EQ(std::string(s.status().message()).find('\n'), std::string::npos) << s.status();
+}
+
+// A few hundred bytes of garbage inside one b-tree page: reads can come back short without an
+// error, so every open, read-only ones (`kvsweep export --db`) included, runs quick_check and
+// says what it found in one line.
+TEST(SqliteResultStoreTest, DamagedPageIsRefusedInOneLine) {
+  const std::string path = TempPath("damaged_page");
+  {
+    auto store = OpenOrDie(path);
+    std::vector<Mutation> batch;
+    SubmitSweep sub;
+    sub.name = "s";
+    for (int i = 0; i < 400; ++i) sub.jobs.push_back(Job(absl::StrCat("job-", i)));
+    batch.emplace_back(std::move(sub));
+    ASSERT_TRUE(store->Apply(batch).ok());
+  }
+  {
+    // Past the page header of page 11 (offset 10 * 4096): its cell pointers.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0, std::ios::end);
+    ASSERT_GT(f.tellp(), 12 * 4096);
+    f.seekp(10 * 4096 + 8);
+    const std::string junk(392, '\xab');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  for (bool read_only : {true, false}) {
+    SqliteOptions o;
+    o.read_only = read_only;
+    auto s = NewSqliteResultStore(path, o);
+    ASSERT_FALSE(s.ok()) << "read_only=" << read_only;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+    const std::string msg(s.status().message());
+    EXPECT_THAT(msg, HasSubstr(absl::StrCat("database '", path, "' is damaged: ")));
+    EXPECT_THAT(msg, HasSubstr("page 11"));
+    EXPECT_THAT(msg, ::testing::ContainsRegex(R"(\(and [0-9]+ more\); restore it)"));
+    EXPECT_THAT(msg, ::testing::Not(HasSubstr("***"))) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
 }
 
 TEST(SqliteResultStoreTest, BusyDatabaseIsAborted) {

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/mutex.h"
 #include "common/status_macros.h"
@@ -74,6 +73,10 @@ class SqliteResultStore final : public ResultStore {
           OpenConnection(path, o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &rdb_));
       sqlite3_busy_timeout(rdb_, o.busy_timeout_ms);
       KV_RETURN_IF_ERROR(Exec(rdb_, "PRAGMA query_only=ON"));
+      // The writer checks the file when it opens it; a read-only open has no writer, and a
+      // damaged page can read as no rows at all (an export that comes back empty), so it
+      // checks the file here.
+      if (o.read_only) KV_RETURN_IF_ERROR(QuickCheck(rdb_, path));
     }
     KV_RETURN_IF_ERROR(sandbox_.Open(path, o.busy_timeout_ms));
     if (o.read_only) {
@@ -236,16 +239,8 @@ class SqliteResultStore final : public ResultStore {
 
   absl::Status IntegrityCheck() override {
     MutexLock lock(&rmu_);
-    KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(rdb_, "PRAGMA integrity_check"));
-    std::vector<std::string> report;
-    for (;;) {
-      KV_ASSIGN_OR_RETURN(bool row, st->Step());
-      if (!row) break;
-      report.push_back(st->Text(0));
-    }
-    if (report.size() != 1 || report[0] != "ok") {
-      return absl::DataLossError(absl::StrCat("integrity_check: ", absl::StrJoin(report, "; ")));
-    }
+    KV_ASSIGN_OR_RETURN(std::string problem, RunCheckPragma(rdb_, "integrity_check", 100));
+    if (!problem.empty()) return absl::DataLossError(absl::StrCat("integrity_check: ", problem));
     KV_ASSIGN_OR_RETURN(auto fk, Stmt::Prepare(rdb_, "PRAGMA foreign_key_check"));
     KV_ASSIGN_OR_RETURN(bool bad_fk, fk->Step());
     if (bad_fk) return absl::DataLossError("foreign_key_check: dangling references");

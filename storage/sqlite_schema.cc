@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "storage/result_store.h"
@@ -138,6 +140,16 @@ constexpr int kLatestVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
 int LatestSchemaVersion() { return kLatestVersion; }
 
+std::string OneLine(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    out.push_back(u < 0x20 || u == 0x7f ? ' ' : c);
+  }
+  return out;
+}
+
 absl::Status CheckJournalMode(sqlite3* db, const std::string& path) {
   KV_ASSIGN_OR_RETURN(auto st, Stmt::Prepare(db, "PRAGMA journal_mode"));
   KV_ASSIGN_OR_RETURN(bool row, st->Step());
@@ -175,21 +187,41 @@ absl::StatusOr<int> ReadSchemaVersion(sqlite3* db, const std::string& path) {
   return r3 ? static_cast<int>(v->Int(0)) : 0;
 }
 
-absl::Status QuickCheck(sqlite3* db, const std::string& path) {
-  absl::StatusOr<std::unique_ptr<Stmt>> st = Stmt::Prepare(db, "PRAGMA quick_check(5)");
-  std::vector<std::string> report;
-  absl::Status s = st.status();
-  while (s.ok()) {
-    absl::StatusOr<bool> row = (*st)->Step();
-    s = row.status();
-    if (!s.ok() || !*row) break;
-    report.push_back((*st)->Text(0));
+absl::StatusOr<std::string> RunCheckPragma(sqlite3* db, absl::string_view pragma, int max_errors) {
+  KV_ASSIGN_OR_RETURN(auto st,
+                      Stmt::Prepare(db, absl::StrCat("PRAGMA ", pragma, "(", max_errors, ")")));
+  // SQLite reports the problems as rows, but may also pack several into one row, one a line,
+  // after a "*** in database main ***" header line.
+  std::vector<std::string> problems;
+  for (;;) {
+    KV_ASSIGN_OR_RETURN(bool row, st->Step());
+    if (!row) break;
+    for (absl::string_view line : absl::StrSplit(st->Text(0), '\n', absl::SkipWhitespace())) {
+      line = absl::StripAsciiWhitespace(line);
+      if (absl::StartsWith(line, "*** in database ")) continue;
+      problems.emplace_back(line);
+    }
   }
-  if (s.ok() && report.size() == 1 && report[0] == "ok") return absl::OkStatus();
+  if (problems.size() == 1 && problems[0] == "ok") return std::string();
+  if (problems.empty()) return absl::StrCat(pragma, " reported no result");
+  std::string out = OneLine(problems[0]);
+  if (problems.size() > 1) {
+    // At max_errors SQLite stops looking: there may be more.
+    absl::StrAppend(&out, " (and ",
+                    static_cast<int>(problems.size()) >= max_errors ? "at least " : "",
+                    problems.size() - 1, " more)");
+  }
+  return out;
+}
+
+absl::Status QuickCheck(sqlite3* db, const std::string& path) {
+  absl::StatusOr<std::string> problem = RunCheckPragma(db, "quick_check", 100);
+  // An error from the check itself (SQLITE_CORRUPT, SQLITE_NOTADB) is what is wrong with it.
+  if (problem.ok() && problem->empty()) return absl::OkStatus();
   return absl::DataLossError(
-      absl::StrCat("database '", path, "' is damaged (quick_check: ",
-                   s.ok() ? absl::StrJoin(report, "; ") : std::string(s.message()),
-                   "); restore it from a backup or start a new one"));
+      absl::StrCat("database '", path,
+                   "' is damaged: ", problem.ok() ? *problem : OneLine(problem.status().message()),
+                   "; restore it from a backup or start a new one"));
 }
 
 absl::StatusOr<int> MigrateSchema(sqlite3* db, const std::string& path, int max_version) {

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace kvsweep {
 
@@ -23,8 +24,15 @@ absl::Status SchemaTooNew(const std::string& path, int version);
 // kFailedPrecondition unless `db` is in WAL mode (this also makes a fresh connection read the
 // database once).
 absl::Status CheckJournalMode(sqlite3* db, const std::string& path);
-// kDataLoss, with what quick_check found, for a damaged file.
+// Runs PRAGMA `pragma` (quick_check or integrity_check), which stops after `max_errors`
+// problems: "" when the file is sound, else one line, "<first problem> (and N more)". Errors
+// of the check itself (SQLITE_CORRUPT, SQLITE_NOTADB) are returned as they are.
+absl::StatusOr<std::string> RunCheckPragma(sqlite3* db, absl::string_view pragma, int max_errors);
+// kDataLoss for a damaged file, with one line: "database 'PATH' is damaged: <first problem>
+// (and N more); restore it ...".
 absl::Status QuickCheck(sqlite3* db, const std::string& path);
+// `text` with control characters (newlines included) replaced by spaces.
+std::string OneLine(absl::string_view text);
 
 }  // namespace kvsweep
 

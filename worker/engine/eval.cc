@@ -10,6 +10,7 @@
 #include "common/build_info.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "spec/ledger.h"
 #include "spec/method_spec.h"
 #include "worker/engine/diagnostics.h"
@@ -57,7 +58,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> CalibrationWindows(const Calib
                                                                      const Tokenizer& tok) {
   absl::StatusOr<std::string> text = ReadFile(c.path, kMaxDataFileBytes);
   if (!text.ok()) return text.status();
-  if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {
+  if (int64_t bad = FirstInvalidUtf8Byte(*text); bad >= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("calibration text ", c.path, " is not valid UTF-8 at byte ", bad));
   }

@@ -8,6 +8,7 @@
 
 #include "common/file_util.h"
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "gtest/gtest.h"
 #include "spec/job_spec.h"
 #include "worker/engine/eval.h"
@@ -131,11 +132,11 @@ TEST(TaskMathTest, WordsAndUtf8) {
   EXPECT_EQ(CountWords(""), 0);
   EXPECT_EQ(CountWords("  a b\n\nc\t d  "), 4);
   EXPECT_EQ(CountWords("\xc2\xa0x"), 1);  // NBSP is not ASCII whitespace
-  EXPECT_EQ(FirstInvalidUtf8("ok \xe2\x82\xac"), -1);
-  EXPECT_EQ(FirstInvalidUtf8("ab\xff"), 2);
-  EXPECT_EQ(FirstInvalidUtf8("\xc0\xaf"), 0);      // overlong
-  EXPECT_EQ(FirstInvalidUtf8("\xed\xa0\x80"), 0);  // surrogate
-  EXPECT_EQ(FirstInvalidUtf8("x\xe2\x82"), 1);     // truncated
+  EXPECT_EQ(FirstInvalidUtf8Byte("ok \xe2\x82\xac"), -1);
+  EXPECT_EQ(FirstInvalidUtf8Byte("ab\xff"), 2);
+  EXPECT_EQ(FirstInvalidUtf8Byte("\xc0\xaf"), 0);      // overlong
+  EXPECT_EQ(FirstInvalidUtf8Byte("\xed\xa0\x80"), 0);  // surrogate
+  EXPECT_EQ(FirstInvalidUtf8Byte("x\xe2\x82"), 1);     // truncated
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "stats/bootstrap.h"
 #include "stats/eval_units.h"
 #include "worker/engine/tasks/task.h"
@@ -35,7 +36,7 @@ class LambadaTask final : public Task {
             in.data_path, ":", line_no, ": expected an object with a string \"text\""));
       }
       std::string text = (*j)["text"].get<std::string>();
-      if (int64_t bad = FirstInvalidUtf8(text); bad >= 0) {
+      if (int64_t bad = FirstInvalidUtf8Byte(text); bad >= 0) {
         return absl::InvalidArgumentError(
             absl::StrCat(in.data_path, ":", line_no, ": text is not valid UTF-8 at byte ", bad));
       }

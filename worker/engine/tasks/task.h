@@ -42,9 +42,8 @@ class Task {
 // "lambada_openai" | "wikitext" | "wikitext_stream" | "ptb" | "text"; kInvalidArgument otherwise.
 absl::StatusOr<std::unique_ptr<Task>> NewTask(const std::string& name);
 
-// Shared helpers (exposed for tests).
-// Byte offset of the first invalid UTF-8 sequence, or -1 if `s` is valid.
-int64_t FirstInvalidUtf8(absl::string_view s);
+// Shared helpers (exposed for tests). (The first invalid UTF-8 byte of a text:
+// common/utf8.h's FirstInvalidUtf8Byte.)
 // lm_eval.utils.get_rolling_token_windows + make_disjoint_window, as score requests: every
 // token predicted exactly once; inputs at most W tokens.
 std::vector<ScoreRequest> RollingWindows(const std::vector<int32_t>& tokens, int32_t prefix_id,

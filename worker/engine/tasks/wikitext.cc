@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/utf8.h"
 #include "stats/bootstrap.h"
 #include "stats/eval_units.h"
 #include "worker/engine/tasks/task.h"
@@ -27,7 +28,7 @@ absl::StatusOr<std::string> ReadTextData(const std::string& path) {
   absl::StatusOr<std::string> text = ReadFile(path, kMaxDataFileBytes);
   if (!text.ok()) return text.status();
   if (text->empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": data file is empty"));
-  if (int64_t bad = FirstInvalidUtf8(*text); bad >= 0) {
+  if (int64_t bad = FirstInvalidUtf8Byte(*text); bad >= 0) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not valid UTF-8 at byte ", bad));
   }
   return text;
@@ -230,44 +231,6 @@ int64_t CountWords(absl::string_view text) {
     in_word = !space;
   }
   return words;
-}
-
-int64_t FirstInvalidUtf8(absl::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int len = 0;
-    uint32_t cp = 0;
-    if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    } else
-      return i;
-    if (i + len > n) return i;
-    for (int k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    // Overlong forms, surrogates and code points past U+10FFFF are invalid.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return i;
-    }
-    i += len;
-  }
-  return -1;
 }
 
 }  // namespace kvsweep::engine
