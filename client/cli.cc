@@ -434,7 +434,7 @@ int TableCmd(CoordinatorConnection& g, const std::string& db,
   if (!text.ok()) return Error(text.status());
   std::cout << *text;
   // In every format, also where the table has no caption (csv): placeholders are said on stderr.
-  if (!t->notes.empty() && absl::StartsWith(t->notes[0], "PLACEHOLDERS")) {
+  if (t->placeholders > 0) {
     std::cerr << "kvsweep: table: " << t->notes[0] << "\n";
   }
   return 0;

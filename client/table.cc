@@ -226,6 +226,7 @@ absl::StatusOr<Table> BuildTable(const std::vector<TableInput>& inputs, const Ta
     }
     t.notes.assign(notes.begin(), notes.end());
   }
+  t.placeholders = placeholders;
   if (placeholders > 0) t.notes.insert(t.notes.begin(), PlaceholderNote(placeholders, results));
   return t;
 }

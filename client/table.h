@@ -60,7 +60,8 @@ struct Table {
   std::vector<std::vector<int>> seeds;
   // [row][col]: delta cells whose jobs carry per-unit results on the same data.
   std::vector<std::vector<std::optional<PairedComparison>>> compared;
-  std::vector<std::string> notes;  // why some cells have no interval
+  std::vector<std::string> notes;  // placeholders (first), why some cells have no interval
+  int placeholders = 0;            // results shown from the fake evaluator
 };
 
 // The note a table, plot or report carries when `placeholders` of its `results` are the fake

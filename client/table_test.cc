@@ -58,6 +58,7 @@ TEST(TableTest, PlaceholderResultsAreSaidSo) {
   ASSERT_TRUE(t.ok()) << t.status();
   ASSERT_FALSE(t->notes.empty());
   EXPECT_EQ(t->notes[0], PlaceholderNote(1, 3));
+  EXPECT_EQ(t->placeholders, 1);
   EXPECT_THAT(t->notes[0], HasSubstr("PLACEHOLDERS: 1 of the 3 results"));
   EXPECT_THAT(*FormatTable(*t, "md"), HasSubstr("PLACEHOLDERS"));
   // Filtered out by --where: not among the results shown.

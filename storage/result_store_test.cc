@@ -709,17 +709,20 @@ TEST(SqliteResultStoreTest, QueryIsReadOnly) {
   EXPECT_EQ(forever.status().code(), absl::StatusCode::kDeadlineExceeded) << forever.status();
 }
 
+// A database of one sweep with 400 jobs: pages enough to damage some in the middle.
+void WriteSweepOf400Jobs(const std::string& path) {
+  auto store = OpenOrDie(path);
+  std::vector<Mutation> batch;
+  SubmitSweep sub;
+  sub.name = "s";
+  for (int i = 0; i < 400; ++i) sub.jobs.push_back(Job(absl::StrCat("job-", i)));
+  batch.emplace_back(std::move(sub));
+  ASSERT_TRUE(store->Apply(batch).ok());
+}
+
 TEST(SqliteResultStoreTest, DamagedDatabaseIsRefusedAtOpen) {
   const std::string path = TempPath("damaged");
-  {
-    auto store = OpenOrDie(path);
-    std::vector<Mutation> batch;
-    SubmitSweep sub;
-    sub.name = "s";
-    for (int i = 0; i < 400; ++i) sub.jobs.push_back(Job(absl::StrCat("job-", i)));
-    batch.emplace_back(std::move(sub));
-    ASSERT_TRUE(store->Apply(batch).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteSweepOf400Jobs(path));
   {
     // Overwrite four b-tree pages in the middle of the file with garbage.
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
@@ -742,15 +745,7 @@ TEST(SqliteResultStoreTest, DamagedDatabaseIsRefusedAtOpen) {
 // says what it found in one line.
 TEST(SqliteResultStoreTest, DamagedPageIsRefusedInOneLine) {
   const std::string path = TempPath("damaged_page");
-  {
-    auto store = OpenOrDie(path);
-    std::vector<Mutation> batch;
-    SubmitSweep sub;
-    sub.name = "s";
-    for (int i = 0; i < 400; ++i) sub.jobs.push_back(Job(absl::StrCat("job-", i)));
-    batch.emplace_back(std::move(sub));
-    ASSERT_TRUE(store->Apply(batch).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteSweepOf400Jobs(path));
   {
     // Past the page header of page 11 (offset 10 * 4096): its cell pointers.
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
